@@ -1,0 +1,121 @@
+"""The clock is passed in, never read inside the metering core.
+
+`SystemClock` is the gateway's: monotonic nanoseconds for durations, wall time for placing intervals, the boot id
+that ties the two together, and whether the kernel says the wall clock is synchronised (adjtimex's STA_UNSYNC flag,
+which NTP/chrony/timesyncd clear). Tests and simulations use `ManualClock`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+STA_UNSYNC = 0x0040
+TIME_ERROR = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Now:
+    mono_ns: int
+    wall: float
+    synced: bool
+    boot_id: str
+
+
+class Clock(Protocol):
+    def now(self) -> Now: ...
+
+
+def read_boot_id(path: Path = Path("/proc/sys/kernel/random/boot_id")) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return f"noboot-{uuid.uuid4()}"
+
+
+class _Timex(ctypes.Structure):
+    # struct timex from <sys/timex.h> (glibc, 64-bit and 32-bit layouts use C longs throughout)
+    _fields_ = [
+        ("modes", ctypes.c_uint),
+        ("offset", ctypes.c_long),
+        ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long),
+        ("esterror", ctypes.c_long),
+        ("status", ctypes.c_int),
+        ("constant", ctypes.c_long),
+        ("precision", ctypes.c_long),
+        ("tolerance", ctypes.c_long),
+        ("time_sec", ctypes.c_long),
+        ("time_usec", ctypes.c_long),
+        ("tick", ctypes.c_long),
+        ("ppsfreq", ctypes.c_long),
+        ("jitter", ctypes.c_long),
+        ("shift", ctypes.c_int),
+        ("stabil", ctypes.c_long),
+        ("jitcnt", ctypes.c_long),
+        ("calcnt", ctypes.c_long),
+        ("errcnt", ctypes.c_long),
+        ("stbcnt", ctypes.c_long),
+        ("tai", ctypes.c_int),
+        ("_pad", ctypes.c_int * 11),
+    ]
+
+
+def kernel_clock_synced() -> bool:
+    """Ask the kernel (adjtimex, read-only) whether an NTP daemon has synchronised the clock."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        tx = _Timex()
+        state = libc.adjtimex(ctypes.byref(tx))
+    except (OSError, AttributeError):
+        return False
+    if state < 0 or state == TIME_ERROR:
+        return False
+    return not (tx.status & STA_UNSYNC)
+
+
+class SystemClock:
+    """The real clock. The sync flag is re-read at most every `sync_check_s` seconds (it changes rarely)."""
+
+    def __init__(self, *, sync_check_s: float = 10.0) -> None:
+        self.boot_id = read_boot_id()
+        self._sync_check_ns = int(sync_check_s * 1e9)
+        self._synced = kernel_clock_synced()
+        self._checked_ns = time.monotonic_ns()
+
+    def now(self) -> Now:
+        mono = time.monotonic_ns()
+        if mono - self._checked_ns >= self._sync_check_ns:
+            self._synced = kernel_clock_synced()
+            self._checked_ns = mono
+        return Now(mono, time.time(), self._synced, self.boot_id)
+
+    def mono_to_wall(self, mono_ns: int) -> float:
+        """Wall time of a past monotonic stamp (e.g. a GPIO edge's kernel timestamp)."""
+        return time.time() - (time.monotonic_ns() - mono_ns) / 1e9
+
+
+class ManualClock:
+    """A clock a test or a compressed-time simulation moves by hand."""
+
+    def __init__(self, *, mono_ns: int = 1_000_000_000, wall: float = 1_764_460_800.0, synced: bool = True,
+                 boot_id: str = "00000000-0000-4000-8000-000000000000") -> None:
+        self.mono_ns = mono_ns
+        self.wall = wall
+        self.synced = synced
+        self.boot_id = boot_id
+
+    def now(self) -> Now:
+        return Now(self.mono_ns, self.wall, self.synced, self.boot_id)
+
+    def advance(self, seconds: float) -> None:
+        self.mono_ns += int(seconds * 1e9)
+        self.wall += seconds
+
+    def mono_to_wall(self, mono_ns: int) -> float:
+        return self.wall - (self.mono_ns - mono_ns) / 1e9

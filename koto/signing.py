@@ -1,0 +1,101 @@
+"""ECDSA P-256 / SHA-256 keys and signatures (DER, base64), the rule for records and downlink commands alike.
+
+P-256 is what secure elements (ATECC608, TPM 2.0) hold and what OCMF uses, so a gateway can later move its key into
+hardware without changing the contract. Everything here is `cryptography`; nothing is hand-rolled.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .canonical import canonical_bytes
+
+PrivateKey = ec.EllipticCurvePrivateKey
+PublicKey = ec.EllipticCurvePublicKey
+
+
+class KeyError_(ValueError):
+    """A key file that is missing, unreadable, or not an ECDSA P-256 key."""
+
+
+def generate_key() -> PrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def save_private_key(key: PrivateKey, path: Path) -> None:
+    """Write PKCS#8 PEM with mode 0600 from the first byte (never world-readable, not even briefly)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(path, 0o600)
+
+
+def public_pem(key: PrivateKey | PublicKey) -> str:
+    pub = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
+    return pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def load_private_key(path: Path) -> PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as e:
+        raise KeyError_(f"{path}: cannot load the private key ({e})") from e
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise KeyError_(f"{path}: not an ECDSA P-256 private key")
+    return key
+
+
+def load_public_key(pem: str | bytes) -> PublicKey:
+    data = pem.encode() if isinstance(pem, str) else pem
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as e:
+        raise KeyError_(f"cannot load the public key ({e})") from e
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise KeyError_("not an ECDSA P-256 public key")
+    return key
+
+
+def sign_bytes(key: PrivateKey, data: bytes) -> str:
+    return base64.b64encode(key.sign(data, ec.ECDSA(hashes.SHA256()))).decode("ascii")
+
+
+def verify_bytes(key: PublicKey, data: bytes, sig_b64: str) -> bool:
+    try:
+        sig = base64.b64decode(sig_b64, validate=True)
+        key.verify(sig, data, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def sign_event(key: PrivateKey, event: dict[str, Any]) -> dict[str, Any]:
+    """Return `event` with `sig` over the canonical bytes of the event without `sig`."""
+    body = {k: v for k, v in event.items() if k != "sig"}
+    return {**body, "sig": sign_bytes(key, canonical_bytes(body))}
+
+
+def verify_event(keys: list[PublicKey], event: dict[str, Any]) -> bool:
+    """True when any of `keys` (e.g. current and next operator key during a rotation) signed `event`."""
+    sig = event.get("sig")
+    if not isinstance(sig, str):
+        return False
+    body = {k: v for k, v in event.items() if k != "sig"}
+    try:
+        data = canonical_bytes(body)
+    except ValueError:
+        return False
+    return any(verify_bytes(k, data, sig) for k in keys)
