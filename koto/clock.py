@@ -119,3 +119,37 @@ class ManualClock:
 
     def mono_to_wall(self, mono_ns: int) -> float:
         return self.wall - (self.mono_ns - mono_ns) / 1e9
+
+
+class ScaledClock:
+    """Real time run `factor` times faster: the demo and soak runs compress hours of appliance use into seconds.
+
+    Monotonic and wall time both advance `factor` times faster than the host clock from the moment of creation.
+    `from_real_mono_ns` maps a host monotonic stamp (e.g. a GPIO edge's timestamp) onto this clock's timeline, so
+    drivers that take timestamps from their backend keep exact ordering under compression.
+    """
+
+    def __init__(self, factor: float, *, synced: bool = True, boot_id: str | None = None) -> None:
+        if factor <= 0:
+            raise ValueError("factor must be positive")
+        self.factor = factor
+        self.synced = synced
+        self.boot_id = boot_id or read_boot_id()
+        self._real0 = time.monotonic_ns()
+        self._wall0 = time.time()
+
+    def from_real_mono_ns(self, real_mono_ns: int) -> int:
+        return self._real0 + int((real_mono_ns - self._real0) * self.factor)
+
+    def now(self) -> Now:
+        mono = self.from_real_mono_ns(time.monotonic_ns())
+        return Now(mono, self._wall0 + (mono - self._real0) / 1e9, self.synced, self.boot_id)
+
+    def mono_to_wall(self, mono_ns: int) -> float:
+        return self._wall0 + (mono_ns - self._real0) / 1e9
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep `seconds` of this clock's time (seconds / factor of real time)."""
+        import asyncio
+
+        await asyncio.sleep(seconds / self.factor)
