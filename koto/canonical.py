@@ -23,7 +23,8 @@ class CanonicalError(ValueError):
 
 def _check(value: Any, path: str) -> None:
     if isinstance(value, bool) or value is None or isinstance(value, float):
-        raise CanonicalError(f"{path}: {type(value).__name__} is not allowed in canonical JSON (strings and integers only)")
+        kind = type(value).__name__
+        raise CanonicalError(f"{path}: {kind} is not allowed in canonical JSON (strings and integers only)")
     if isinstance(value, int):
         if abs(value) > MAX_SAFE_INT:
             raise CanonicalError(f"{path}: integer {value} is beyond 2**53-1")
@@ -60,7 +61,7 @@ def event_hash(event: dict[str, Any]) -> str:
 
 def rfc3339(t_wall: float) -> str:
     """UTC time with milliseconds and a `Z`, e.g. 2026-11-30T01:02:03.045Z (the `time` of every event)."""
-    ms = int(round(t_wall * 1000))
+    ms = round(t_wall * 1000)
     dt = datetime.fromtimestamp(ms // 1000, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
 
