@@ -1,0 +1,293 @@
+"""The gateway's TOML configuration: one file, validated up front, every error naming the file and the key.
+
+    [gateway]                      # who we are and where we keep state
+    id = "gw-0001"                 # also the MQTT client id and the certificate CN
+    state_dir = "/var/lib/koto"
+    timezone = "Europe/Berlin"     # tariffs' time-of-use windows are in local time
+
+    [cloud]                        # optional; without it the gateway meters locally only (see docs/sync.md)
+    broker = "mqtts://broker.example.net:8883"
+    ...
+
+    [[appliance]]
+    id = "washer"
+    profile = "washing_machine"    # a built-in profile name, or a path to a profile TOML
+    subject = "household-42/washer"
+    energy = "washer-meter"        # the source whose readings carry the energy (register, pulses or power)
+
+    [appliance.sources.washer-meter]
+    driver = "modbus"              # any driver in drivers.base.REGISTRY, with that driver's own keys
+    ...
+
+Sources are validated by their drivers when built (`drivers.base.build_source`), so this module checks only the
+gateway's own keys and the shape; a driver's error still names this file.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .errors import ConfigError
+
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ENERGY_KINDS = ("register", "pulses", "power")
+
+
+class _Table:
+    """Reads one TOML table, remembering where it is, so every error names file and dotted key."""
+
+    def __init__(self, data: dict[str, Any], file: str, path: str) -> None:
+        self.data = data
+        self.file = file
+        self.path = path
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.file, self.key(name), problem)
+
+    def get(self, name: str, typ: type | tuple[type, ...], default: Any = ..., *, what: str = "") -> Any:
+        self.seen.add(name)
+        if name not in self.data:
+            if default is ...:
+                raise self.error(name, f"missing; {what or 'required'}")
+            return default
+        value = self.data[name]
+        if isinstance(value, bool) and bool not in (typ if isinstance(typ, tuple) else (typ,)):
+            raise self.error(name, f"expected {what or _tname(typ)}, got a boolean")
+        if not isinstance(value, typ):
+            raise self.error(name, f"expected {what or _tname(typ)}, got {type(value).__name__} {value!r}")
+        return value
+
+    def number(self, name: str, default: float, *, lo: float, hi: float) -> float:
+        v = self.get(name, (int, float), default, what=f"a number from {lo:g} to {hi:g}")
+        if not lo <= v <= hi:
+            raise self.error(name, f"{v!r} is out of range; allowed {lo:g} to {hi:g}")
+        return float(v)
+
+    def table(self, name: str) -> _Table | None:
+        v = self.get(name, dict, None, what="a table")
+        return None if v is None else _Table(v, self.file, self.key(name))
+
+    def reject_unknown(self, allowed_extra: tuple[str, ...] = ()) -> None:
+        unknown = sorted(set(self.data) - self.seen - set(allowed_extra))
+        if unknown:
+            allowed = ", ".join(sorted(self.seen | set(allowed_extra)))
+            raise self.error(unknown[0], f"unknown key; allowed here: {allowed}")
+
+
+def _tname(typ: type | tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table",
+             list: "a list"}
+    ts = typ if isinstance(typ, tuple) else (typ,)
+    return " or ".join(names.get(t, t.__name__) for t in ts)
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    broker: str
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    topic_prefix: str = "koto/v1"
+    protocol: int = 5
+    keepalive_s: int = 30
+    window: int = 128
+    ack_timeout_s: float = 10.0
+    live_interval_s: float = 0.0  # 0 = live topic off
+    operator_keys: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class ApplianceConfig:
+    id: str
+    profile: str
+    subject: str
+    energy: str
+    energy_kind: str
+    imp_per_kwh: int = 0
+    max_gap_s: float = 60.0
+    interim_s: int = 900
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    relay: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    file: str
+    id: str
+    state_dir: Path
+    timezone: str
+    subject: str
+    batch_ms: int
+    checkpoint_s: float
+    retain_days: int
+    web_port: int
+    cloud: CloudConfig | None
+    tariff: dict[str, Any] | None
+    appliances: tuple[ApplianceConfig, ...]
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def source_owner(self) -> dict[str, str]:
+        """Source name -> appliance id (a source feeds exactly one appliance)."""
+        return {s: a.id for a in self.appliances for s in a.sources}
+
+
+def _path(t: _Table, name: str, base: Path) -> Path | None:
+    v = t.get(name, str, None, what="a file path")
+    if v is None:
+        return None
+    p = Path(v)
+    return p if p.is_absolute() else (base / p)
+
+
+def _energy_kind_for(driver: str) -> str:
+    return {"s0": "pulses", "mcp3008": "power"}.get(driver, "register")
+
+
+def parse_config(data: dict[str, Any], *, file: str = "<config>", base: Path | None = None) -> GatewayConfig:
+    """Validate a parsed TOML document. `base` resolves relative paths (the config file's folder)."""
+    base = base or Path.cwd()
+    root = _Table(data, file, "")
+    gw = root.table("gateway")
+    if gw is None:
+        raise ConfigError(file, "gateway", "missing; a [gateway] table with at least `id` is required")
+    gid = gw.get("id", str, what="the gateway id (letters, digits, _ . -; also the certificate CN)")
+    if not ID_RE.match(gid):
+        raise gw.error("id", f"{gid!r} is not allowed; use 1-64 letters, digits, '_', '.', '-'")
+    state_dir = _path(gw, "state_dir", base) or Path("/var/lib/koto")
+    tzname = gw.get("timezone", str, "UTC", what="an IANA time zone such as Europe/Berlin")
+    try:
+        ZoneInfo(tzname)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise gw.error("timezone", f"unknown time zone {tzname!r}; use an IANA name such as Europe/Berlin") from e
+    subject = gw.get("subject", str, f"urn:koto:gw:{gid}")
+    batch_ms = int(gw.number("batch_ms", 500, lo=10, hi=60_000))
+    checkpoint_s = gw.number("checkpoint_s", 10, lo=0.1, hi=3600)
+    retain_days = int(gw.number("retain_days", 90, lo=1, hi=3650))
+    web_port = int(gw.number("web_port", 8080, lo=0, hi=65535))
+    gw.reject_unknown()
+
+    cloud = None
+    ct = root.table("cloud")
+    if ct is not None:
+        broker = ct.get("broker", str, what="a broker URL, mqtt://host:port or mqtts://host:port")
+        if not re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", broker):
+            raise ct.error("broker", f"{broker!r} is not mqtt://host[:port] or mqtts://host[:port]")
+        protocol = ct.get("protocol", int, 5, what="5 (MQTT 5) or 311 (MQTT 3.1.1)")
+        if protocol not in (5, 311):
+            raise ct.error("protocol", f"{protocol} is not allowed; use 5 or 311")
+        keys = ct.get("operator_keys", list, [], what="a list of PEM file paths")
+        op_keys: list[Path] = []
+        for i, k in enumerate(keys):
+            if not isinstance(k, str):
+                raise ct.error(f"operator_keys[{i}]", "expected a file path string")
+            op_keys.append(Path(k) if Path(k).is_absolute() else base / k)
+        if len(op_keys) > 2:
+            raise ct.error("operator_keys", "at most two keys (current and next, for rotation)")
+        cloud = CloudConfig(
+            broker=broker,
+            ca=_path(ct, "ca", base),
+            cert=_path(ct, "cert", base),
+            key=_path(ct, "key", base),
+            topic_prefix=ct.get("topic_prefix", str, "koto/v1"),
+            protocol=protocol,
+            keepalive_s=int(ct.number("keepalive_s", 30, lo=5, hi=3600)),
+            window=int(ct.number("window", 128, lo=1, hi=10_000)),
+            ack_timeout_s=ct.number("ack_timeout_s", 10, lo=0.5, hi=3600),
+            live_interval_s=ct.number("live_interval_s", 0, lo=0, hi=3600),
+            operator_keys=tuple(op_keys),
+        )
+        if broker.startswith("mqtts://") and (cloud.cert is None) != (cloud.key is None):
+            raise ct.error("cert", "give both `cert` and `key` (the client certificate and its key) or neither")
+        ct.reject_unknown()
+
+    tariff = root.get("tariff", dict, None, what="a table describing the local default tariff")
+
+    apps_raw = root.get("appliance", list, [], what="an array of [[appliance]] tables")
+    appliances: list[ApplianceConfig] = []
+    seen_sources: dict[str, str] = {}
+    for i, raw in enumerate(apps_raw):
+        if not isinstance(raw, dict):
+            raise ConfigError(file, f"appliance[{i}]", "expected a table ([[appliance]])")
+        at = _Table(raw, file, f"appliance[{i}]")
+        aid = at.get("id", str, what="the appliance id")
+        if not ID_RE.match(aid):
+            raise at.error("id", f"{aid!r} is not allowed; use 1-64 letters, digits, '_', '.', '-'")
+        if any(a.id == aid for a in appliances):
+            raise at.error("id", f"{aid!r} is used by another appliance; ids must be unique")
+        at.path = f"appliance.{aid}"
+        profile = at.get("profile", str, what="a built-in profile name or a path to a profile TOML")
+        if "/" in profile or profile.endswith(".toml"):
+            p = Path(profile)
+            profile = str(p if p.is_absolute() else base / p)
+        sources_t = at.table("sources")
+        if sources_t is None or not sources_t.data:
+            raise at.error("sources", "missing; at least one [appliance.sources.NAME] table with a `driver`")
+        sources: dict[str, dict[str, Any]] = {}
+        for sname, scfg in sources_t.data.items():
+            sources_t.seen.add(sname)
+            if not isinstance(scfg, dict):
+                raise sources_t.error(sname, "expected a table with a `driver` key")
+            if not ID_RE.match(sname):
+                raise sources_t.error(sname, "source names use letters, digits, '_', '.', '-'")
+            if sname in seen_sources:
+                raise sources_t.error(sname, f"already used by appliance {seen_sources[sname]!r}; names are global")
+            if not isinstance(scfg.get("driver"), str):
+                raise ConfigError(file, f"{sources_t.key(sname)}.driver", "missing; name the driver that reads it")
+            seen_sources[sname] = aid
+            sources[sname] = dict(scfg)
+        energy = at.get("energy", str, next(iter(sources)), what="the name of the source that meters energy")
+        if energy not in sources:
+            raise at.error("energy", f"{energy!r} is not one of this appliance's sources: {', '.join(sources)}")
+        kind = at.get("energy_kind", str, _energy_kind_for(sources[energy]["driver"]),
+                      what="register, pulses or power")
+        if kind not in ENERGY_KINDS:
+            raise at.error("energy_kind", f"{kind!r} is not allowed; use register, pulses or power")
+        imp = 0
+        if kind == "pulses":
+            imp = int(sources[energy].get("imp_per_kwh", 0)) or int(at.get("imp_per_kwh", int, 0))
+            if imp <= 0:
+                raise at.error("imp_per_kwh", "pulse sources need imp_per_kwh > 0 (on the meter's label)")
+        else:
+            at.get("imp_per_kwh", int, 0)
+        relay = at.get("relay", dict, None, what="a table: pin, active_high")
+        appliances.append(ApplianceConfig(
+            id=aid,
+            profile=profile,
+            subject=at.get("subject", str, f"urn:koto:gw:{gid}:{aid}"),
+            energy=energy,
+            energy_kind=kind,
+            imp_per_kwh=imp,
+            max_gap_s=at.number("max_gap_s", 60, lo=1, hi=86_400),
+            interim_s=int(at.number("interim_s", 900, lo=10, hi=86_400)),
+            sources=sources,
+            relay=relay,
+        ))
+        at.reject_unknown()
+    root.reject_unknown()
+    return GatewayConfig(file, gid, state_dir, tzname, subject, batch_ms, checkpoint_s, retain_days, web_port,
+                         cloud, tariff, tuple(appliances))
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(str(p), "-", "file not found") from e
+    except OSError as e:
+        raise ConfigError(str(p), "-", f"cannot read: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(p), "-", f"not valid TOML: {e}") from e
+    return parse_config(data, file=str(p), base=p.resolve().parent)
