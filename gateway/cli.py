@@ -8,7 +8,6 @@ key file) print one plain line and exit 2; `koto verify` exits 1 naming the firs
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
