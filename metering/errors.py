@@ -38,3 +38,23 @@ class ChainError(LedgerError):
         self.seq = seq
         self.reason = reason
         super().__init__(f"seq {seq}: {reason}")
+
+
+class TariffError(KotoError, ValueError):
+    """A tariff that cannot be used. Names where it came from, the key, and what is allowed."""
+
+    def __init__(self, file: str, key: str, problem: str) -> None:
+        self.file = file
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{file}: {key}: {problem}")
+
+
+class EntitlementError(KotoError, ValueError):
+    """An entitlement that cannot be used. Names where it came from, the key, and what is allowed."""
+
+    def __init__(self, file: str, key: str, problem: str) -> None:
+        self.file = file
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{file}: {key}: {problem}")
