@@ -1,0 +1,445 @@
+"""Modbus RTU energy meters, described by register maps kept as data (drivers/registers/*.toml).
+
+    [sources.washer]
+    driver = "modbus"
+    port = "/dev/serial/by-id/usb-FTDI_FT232R-if00-port0"
+    address = 1
+    model = "sdm120"          # or: map = "/etc/koto/my-meter.toml", or an inline table map = { ... }
+    poll_s = 2.0
+
+A map names, for each register, its address, type, Koto quantity, unit and scale, and a plausible range. The
+decoder is pure (registers in, integers in milli-units out) and is tested with register literals; the source polls
+through the port's single `ModbusBus` owner (drivers/serialbus.py).
+
+Never a wrong value: a reply that fails CRC is dropped by pymodbus' RTU framer; what passes is checked again here —
+NaN and infinity, values outside the map's range, negative energy and an energy register that goes backwards are
+rejected and counted, never emitted. Float32 registers are converted through their shortest decimal form, so the
+same register bits always give the same integer (`koto.reading.to_milli`, exactly once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import struct
+import tomllib
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Self
+
+from koto.clock import Clock
+from koto.reading import Quantity, Reading, to_milli
+
+from .base import Source
+from .errors import DriverConfigError, FrameError
+from .serialbus import (
+    FC_READ_HOLDING,
+    FC_READ_INPUT,
+    BusSettingsConflict,
+    ModbusBus,
+    PortUnavailable,
+    SerialSettings,
+    acquire_bus,
+    release_bus,
+)
+
+REGISTER_DIR = Path(__file__).with_name("registers")
+MODELS = ("sdm120", "sdm630", "pzem004t")
+
+TYPES: dict[str, int] = {"uint16": 1, "int16": 1, "uint32": 2, "int32": 2, "float32": 2}
+# unit -> factor to the quantity's milli-unit, per quantity
+UNITS: dict[Quantity, dict[str, int]] = {
+    Quantity.VOLTAGE_MV: {"V": 1000, "mV": 1},
+    Quantity.CURRENT_MA: {"A": 1000, "mA": 1},
+    Quantity.POWER_MW: {"W": 1000, "kW": 1_000_000, "mW": 1},
+    Quantity.ENERGY_MWH: {"Wh": 1000, "kWh": 1_000_000, "mWh": 1},
+    Quantity.FREQUENCY_MHZ: {"Hz": 1000, "mHz": 1},
+}
+FUNCTIONS = {"input": FC_READ_INPUT, "holding": FC_READ_HOLDING}
+BACKWARDS_CONFIRM = 3  # an energy register that reads lower this many polls in a row was reset: accept it
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterSpec:
+    key: str
+    address: int
+    type: str
+    quantity: Quantity
+    unit: str
+    scale: Decimal = Decimal(1)
+    signal: str = ""
+    min: Decimal | None = None
+    max: Decimal | None = None
+
+    @property
+    def count(self) -> int:
+        return TYPES[self.type]
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterMap:
+    name: str
+    function: int
+    word_order: str  # "big": high word first (Eastron); "little": low word first (PZEM-004T)
+    registers: tuple[RegisterSpec, ...]
+    max_gap: int = 0
+    max_count: int = 60
+    serial: Mapping[str, Any] = field(default_factory=dict)
+
+    def blocks(self) -> list[Block]:
+        """Group registers into as few requests as the device allows (gaps up to `max_gap`, `max_count` long)."""
+        out: list[Block] = []
+        for spec in sorted(self.registers, key=lambda r: r.address):
+            if out:
+                b = out[-1]
+                end = b.address + b.count
+                new_count = spec.address + spec.count - b.address
+                if spec.address - end <= self.max_gap and new_count <= self.max_count and spec.address >= end:
+                    out[-1] = Block(b.address, new_count, (*b.specs, spec))
+                    continue
+            out.append(Block(spec.address, spec.count, (spec,)))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    address: int
+    count: int
+    specs: tuple[RegisterSpec, ...]
+
+
+# -- map loading and validation (errors name the file and the key) ----------------------------------------------
+def _err(source: str, file: str, key: str, problem: str) -> DriverConfigError:
+    return DriverConfigError(source, key, problem, file)
+
+
+def _dec(v: Any, *, source: str, file: str, key: str) -> Decimal:
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        raise _err(source, file, key, f"must be a number (or a decimal string like \"0.1\"), not {v!r}")
+    try:
+        d = Decimal(str(v))
+    except ArithmeticError:
+        raise _err(source, file, key, f"must be a number, not {v!r}") from None
+    if not d.is_finite():
+        raise _err(source, file, key, "must be finite")
+    return d
+
+
+def parse_map(data: Mapping[str, Any], *, file: str = "", source: str = "?") -> RegisterMap:
+    """Validate a register map given as a TOML document (or inline table)."""
+    meter = data.get("meter", {})
+    if not isinstance(meter, Mapping):
+        raise _err(source, file, "meter", "must be a table")
+    fn = meter.get("function", "input")
+    if fn not in FUNCTIONS:
+        raise _err(source, file, "meter.function", f"{fn!r} is not allowed; allowed: input, holding")
+    wo = meter.get("word_order", "big")
+    if wo not in ("big", "little"):
+        raise _err(source, file, "meter.word_order", f"{wo!r} is not allowed; allowed: big, little")
+    max_gap = meter.get("max_gap", 0)
+    max_count = meter.get("max_count", 60)
+    if not isinstance(max_gap, int) or not 0 <= max_gap <= 100:
+        raise _err(source, file, "meter.max_gap", "must be an integer 0..100")
+    if not isinstance(max_count, int) or not 1 <= max_count <= 125:
+        raise _err(source, file, "meter.max_count", "must be an integer 1..125 (the Modbus limit)")
+    regs_raw = data.get("register")
+    if not isinstance(regs_raw, list) or not regs_raw:
+        raise _err(source, file, "register", "needs at least one [[register]] table")
+    regs: list[RegisterSpec] = []
+    keys: set[str] = set()
+    allowed = {"key", "address", "type", "quantity", "unit", "scale", "signal", "min", "max"}
+    for i, r in enumerate(regs_raw):
+        where = f"register[{i}]"
+        if not isinstance(r, Mapping):
+            raise _err(source, file, where, "must be a table")
+        extra = set(r) - allowed
+        if extra:
+            raise _err(source, file, f"{where}.{sorted(extra)[0]}",
+                       f"unknown key; allowed: {', '.join(sorted(allowed))}")
+        key = r.get("key")
+        if not isinstance(key, str) or not key:
+            raise _err(source, file, f"{where}.key", "must be a non-empty string")
+        where = f"register[{i}] ({key})"
+        if key in keys:
+            raise _err(source, file, f"{where}.key", "duplicate key")
+        keys.add(key)
+        addr = r.get("address")
+        if isinstance(addr, bool) or not isinstance(addr, int) or not 0 <= addr <= 0xFFFF:
+            raise _err(source, file, f"{where}.address", "must be an integer 0..0xFFFF (protocol address, 0-based)")
+        typ = r.get("type")
+        if typ not in TYPES:
+            raise _err(source, file, f"{where}.type", f"{typ!r} is not allowed; allowed: {', '.join(TYPES)}")
+        try:
+            q = Quantity(str(r.get("quantity")))
+        except ValueError:
+            raise _err(source, file, f"{where}.quantity",
+                       f"{r.get('quantity')!r} is not allowed; allowed: {', '.join(q.value for q in UNITS)}") from None
+        if q not in UNITS:
+            raise _err(source, file, f"{where}.quantity", f"allowed: {', '.join(q.value for q in UNITS)}")
+        unit = r.get("unit")
+        if unit not in UNITS[q]:
+            raise _err(source, file, f"{where}.unit", f"{unit!r} is not allowed for {q.value}; allowed: "
+                       f"{', '.join(UNITS[q])}")
+        scale = _dec(r.get("scale", 1), source=source, file=file, key=f"{where}.scale")
+        if scale <= 0:
+            raise _err(source, file, f"{where}.scale", "must be positive")
+        signal = r.get("signal", "")
+        if not isinstance(signal, str):
+            raise _err(source, file, f"{where}.signal", "must be a string (\"L1\", \"L2\", \"L3\" or \"\")")
+        lo = None if "min" not in r else _dec(r["min"], source=source, file=file, key=f"{where}.min")
+        hi = None if "max" not in r else _dec(r["max"], source=source, file=file, key=f"{where}.max")
+        if lo is not None and hi is not None and lo > hi:
+            raise _err(source, file, f"{where}.min", "is above max")
+        regs.append(RegisterSpec(key, addr, typ, q, unit, scale, signal, lo, hi))
+    by_addr = sorted(regs, key=lambda s: s.address)
+    for a, b in itertools.pairwise(by_addr):
+        if a.address + a.count > b.address:
+            raise _err(source, file, f"register ({b.key}).address", f"overlaps register {a.key!r}")
+    serial = data.get("serial", {})
+    if not isinstance(serial, Mapping):
+        raise _err(source, file, "serial", "must be a table")
+    return RegisterMap(str(meter.get("name", Path(file).stem if file else "custom")), FUNCTIONS[fn], wo,
+                       tuple(regs), max_gap, max_count, dict(serial))
+
+
+def load_map(path: str | Path, *, source: str = "?") -> RegisterMap:
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except OSError as e:
+        # the key `map` is in the config file (filled in by build_source); the problem names the map's path
+        raise _err(source, "", "map", f"cannot read the register map {str(p)!r}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise _err(source, str(p), "map", f"not valid TOML: {e}") from None
+    return parse_map(data, file=str(p), source=source)
+
+
+def model_map(model: str, *, source: str = "?") -> RegisterMap:
+    if model not in MODELS:
+        raise DriverConfigError(source, "model", f"{model!r} is not known; allowed: {', '.join(MODELS)}")
+    return load_map(REGISTER_DIR / f"{model}.toml", source=source)
+
+
+# -- pure decoding ------------------------------------------------------------------------------------------------
+def float32_decimal(x: float) -> Decimal:
+    """The shortest decimal that is the same float32: 230.1 stays 230.1, not 230.10000610351562."""
+    if not math.isfinite(x):
+        raise FrameError("not_finite", f"{x!r}")
+    bits = struct.pack(">f", x)
+    for p in range(1, 10):
+        s = f"{x:.{p}g}"
+        if struct.pack(">f", float(s)) == bits:
+            return Decimal(s)
+    return Decimal(repr(x))  # pragma: no cover - 9 significant digits always round-trip a float32
+
+
+def raw_value(spec: RegisterSpec, regs: list[int], word_order: str) -> Decimal:
+    """Registers of one value -> its value in the map's unit (before range checks)."""
+    from pymodbus.client import AsyncModbusSerialClient as C
+
+    dt = {"uint16": C.DATATYPE.UINT16, "int16": C.DATATYPE.INT16, "uint32": C.DATATYPE.UINT32,
+          "int32": C.DATATYPE.INT32, "float32": C.DATATYPE.FLOAT32}[spec.type]
+    wo: Any = word_order
+    v = C.convert_from_registers(regs, dt, word_order=wo)
+    if spec.type == "float32":
+        assert isinstance(v, float)
+        return float32_decimal(v) * spec.scale
+    assert isinstance(v, int)
+    return Decimal(v) * spec.scale
+
+
+def decode_value(spec: RegisterSpec, regs: list[int], word_order: str) -> int:
+    """Registers -> integer milli-units, or FrameError(kind) for a value that must never be billed."""
+    v = raw_value(spec, regs, word_order)
+    if spec.quantity is Quantity.ENERGY_MWH and v < 0:
+        raise FrameError("negative_energy", f"{spec.key} = {v} {spec.unit}")
+    if (spec.min is not None and v < spec.min) or (spec.max is not None and v > spec.max):
+        raise FrameError("out_of_range", f"{spec.key} = {v} {spec.unit}, plausible {spec.min}..{spec.max}")
+    return to_milli(v, UNITS[spec.quantity][spec.unit])
+
+
+def decode_block(rmap: RegisterMap, block: Block, regs: list[int]) -> list[tuple[RegisterSpec, int | FrameError]]:
+    out: list[tuple[RegisterSpec, int | FrameError]] = []
+    for spec in block.specs:
+        off = spec.address - block.address
+        try:
+            out.append((spec, decode_value(spec, regs[off:off + spec.count], rmap.word_order)))
+        except FrameError as e:
+            out.append((spec, e))
+    return out
+
+
+# -- the source ---------------------------------------------------------------------------------------------------
+SOURCE_KEYS = {"driver", "port", "address", "model", "map", "baud", "parity", "bytesize", "stopbits", "timeout_s",
+               "poll_s", "retries"}
+
+
+class ModbusMeterSource(Source):
+    """Polls one meter at one address; meters on the same port share one bus owner."""
+
+    driver = "modbus"
+
+    def __init__(self, name: str, *, clock: Clock, settings: SerialSettings, address: int, regmap: RegisterMap,
+                 poll_s: float = 2.0, retries: int = 2, timeout_s: float = 0.5,
+                 bus_options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(name, clock=clock)
+        self.settings = settings
+        self.address = address
+        self.map = regmap
+        self.poll_s = poll_s
+        self.retries = retries
+        self.timeout_s = timeout_s
+        self.bus_options = dict(bus_options or {})
+        self.polls = 0
+        self.bus: ModbusBus | None = None
+        self._blocks = regmap.blocks()
+        self._seen_generation = 0
+        self._energy_last: dict[str, int] = {}
+        self._energy_lower: dict[str, int] = {}
+
+    @classmethod
+    def from_config(cls, name: str, cfg: Mapping[str, Any], *, clock: Clock, **backends: Any) -> Self:
+        extra = set(cfg) - SOURCE_KEYS
+        if extra:
+            k = sorted(extra)[0]
+            raise DriverConfigError(name, k, f"unknown key; allowed: {', '.join(sorted(SOURCE_KEYS))}")
+        port = cfg.get("port")
+        if not isinstance(port, str) or not port:
+            raise DriverConfigError(name, "port", "missing; the serial device, e.g. /dev/serial/by-id/usb-...")
+        has_model, has_map = "model" in cfg, "map" in cfg
+        if has_model == has_map:
+            raise DriverConfigError(name, "model", "give exactly one of model = \"sdm120\" | \"sdm630\" | "
+                                    "\"pzem004t\" or map = \"/path/to/map.toml\" (or an inline map table)")
+        if has_model:
+            regmap = model_map(str(cfg["model"]), source=name)
+        elif isinstance(cfg["map"], str):
+            regmap = load_map(cfg["map"], source=name)
+        elif isinstance(cfg["map"], Mapping):
+            regmap = parse_map(cfg["map"], source=name)
+        else:
+            raise DriverConfigError(name, "map", "must be a path to a TOML register map or an inline table")
+        address = cfg.get("address", 1)
+        if isinstance(address, bool) or not isinstance(address, int) or not 1 <= address <= 248:
+            raise DriverConfigError(name, "address", "must be an integer 1..247 (or 248 = 0xF8, PZEM's general "
+                                    "address, only with a single PZEM on the line)")
+        ser = regmap.serial
+
+        def pick(key: str, default: Any, ok: Callable[[Any], bool], allowed: str) -> Any:
+            v = cfg.get(key, ser.get(key, default))
+            if isinstance(v, bool) or not ok(v):
+                raise DriverConfigError(name, key, f"{v!r} is not allowed; allowed: {allowed}")
+            return v
+
+        settings = SerialSettings(
+            port=port,
+            baud=pick("baud", 9600, lambda v: isinstance(v, int) and v in (1200, 2400, 4800, 9600, 19200, 38400,
+                                                                            57600, 115200),
+                      "1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200"),
+            parity=pick("parity", "N", lambda v: v in ("N", "E", "O"), "\"N\", \"E\", \"O\""),
+            bytesize=pick("bytesize", 8, lambda v: v in (7, 8), "7, 8"),
+            stopbits=pick("stopbits", 1, lambda v: v in (1, 2), "1, 2"),
+        )
+        poll_s = pick("poll_s", 2.0, lambda v: isinstance(v, int | float) and 0.01 <= v <= 3600, "0.01..3600 s")
+        timeout_s = pick("timeout_s", 0.5, lambda v: isinstance(v, int | float) and 0.01 <= v <= 10, "0.01..10 s")
+        retries = pick("retries", 2, lambda v: isinstance(v, int) and 0 <= v <= 10, "0..10")
+        return cls(name, clock=clock, settings=settings, address=address, regmap=regmap, poll_s=float(poll_s),
+                   retries=retries, timeout_s=float(timeout_s), bus_options=backends.get("bus_options"))
+
+    async def _open(self) -> None:
+        try:
+            self.bus = acquire_bus(self.settings, timeout_s=self.timeout_s, **self.bus_options)
+        except BusSettingsConflict as e:
+            raise DriverConfigError(self.name, "baud", str(e)) from None
+        self._seen_generation = self.bus.generation
+
+    async def _close(self) -> None:
+        if self.bus is not None:
+            bus, self.bus = self.bus, None
+            await release_bus(bus)
+
+    async def _read_block(self, block: Block) -> list[int] | None:
+        assert self.bus is not None
+        for _attempt in range(self.retries + 1):
+            try:
+                regs = await self.bus.read_registers(self.address, self.map.function, block.address, block.count)
+            except PortUnavailable as e:
+                self.health.state = "reconnecting"
+                self._count_error("port", "serial port %s is not available (%s); will retry with backoff",
+                                  self.settings.port, e)
+                return None
+            except FrameError as e:
+                self._count_error(e.kind, "meter at address %d: %s (%s)", self.address, _PLAIN.get(e.kind, e.kind),
+                                  e.detail)
+                if e.kind in ("exception", "port"):
+                    return None
+                continue
+            if self.bus.generation != self._seen_generation:
+                self.health.reconnects += self.bus.generation - self._seen_generation
+                self._seen_generation = self.bus.generation
+            return regs
+        return None
+
+    def _accept_energy(self, spec: RegisterSpec, value: int) -> bool:
+        """An energy register never goes backwards, unless it keeps reading lower (the meter was reset)."""
+        last = self._energy_last.get(spec.key)
+        if last is not None and value < last:
+            n = self._energy_lower.get(spec.key, 0) + 1
+            self._energy_lower[spec.key] = n
+            if n < BACKWARDS_CONFIRM:
+                self._count_error("energy_backwards", "meter at address %d: %s went back from %d to %d mWh; "
+                                  "ignored", self.address, spec.key, last, value)
+                return False
+            self._rl.warning(f"reset:{spec.key}", "%s: energy register %s was reset (%d -> %d mWh)",
+                             self.name, spec.key, last, value)
+        self._energy_lower.pop(spec.key, None)
+        self._energy_last[spec.key] = value
+        return True
+
+    async def poll_once(self) -> list[Reading]:
+        """Read every block once; return the readings that passed every check."""
+        self.polls += 1
+        out: list[Reading] = []
+        failed = False
+        for block in self._blocks:
+            regs = await self._read_block(block)
+            if regs is None:
+                failed = True
+                continue
+            now = self.clock.now()
+            for spec, val in decode_block(self.map, block, regs):
+                if isinstance(val, FrameError):
+                    failed = True
+                    self._count_error(val.kind, "meter at address %d: rejected %s", self.address, val.detail)
+                    continue
+                if spec.quantity is Quantity.ENERGY_MWH and not self._accept_energy(spec, val):
+                    failed = True
+                    continue
+                out.append(self._emit(Reading(self.name, now.mono_ns, now.wall, now.boot_id, spec.quantity, val,
+                                              wall_synced=now.synced, signal=spec.signal)))
+        if self.health.state != "stopped":
+            self.health.state = "degraded" if failed else "ok"
+        return out
+
+    async def _readings(self) -> AsyncIterator[Reading]:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            for r in await self.poll_once():
+                yield r
+            # fixed rate; if a poll overran, start the next one now rather than bunching up
+            period = self.poll_s / getattr(self.clock, "factor", 1.0)
+            next_at = max(next_at + period, loop.time())
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+
+_PLAIN = {
+    "timeout": "no reply",
+    "crc": "reply failed its checksum (CRC), discarded",
+    "truncated": "reply was cut short, discarded",
+    "garbage": "unreadable bytes on the line, discarded",
+    "exception": "meter refused the request",
+    "wrong_length": "reply had the wrong number of registers, discarded",
+}

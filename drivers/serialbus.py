@@ -1,0 +1,239 @@
+"""One owner per serial port: every Modbus request on an RS485 bus goes through one `ModbusBus`, one at a time.
+
+RS485 is half-duplex and Modbus RTU frames carry no transaction id, so two requests in flight on one wire would mix
+their replies. Several meter sources configured on the same port therefore share one `ModbusBus` (looked up by port
+path in `acquire_bus`), and the bus serialises requests with one lock. The bus also owns the port's life: when the
+USB adapter is unplugged the transport drops, and the next request reopens the port with capped, jittered backoff;
+`generation` counts successful reopens so each source can count its reconnects.
+
+pymodbus' own `AsyncModbusSerialClient` does the framing and the CRC (a reply that fails CRC is dropped by its RTU
+framer and never decoded). We run it with `retries=0` and no automatic reconnect, so that every failed attempt comes
+back here and can be classified (timeout, CRC, truncated, garbage, exception) and counted by the source that asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import BackendUnavailable, FrameError
+
+log = logging.getLogger("koto.drivers.serialbus")
+
+FC_READ_HOLDING = 3
+FC_READ_INPUT = 4
+
+
+@dataclass(frozen=True, slots=True)
+class SerialSettings:
+    """How to talk on one port. Every meter sharing a port must agree on these."""
+
+    port: str
+    baud: int = 9600
+    parity: str = "N"
+    bytesize: int = 8
+    stopbits: int = 1
+
+    def line(self) -> tuple[int, str, int, int]:
+        return (self.baud, self.parity, self.bytesize, self.stopbits)
+
+
+class PortUnavailable(BackendUnavailable):
+    """The port cannot be opened now (unplugged, missing, busy); the bus retries it after a backoff."""
+
+    kind = "port"
+
+
+class BusSettingsConflict(ValueError):
+    """Two sources on one port asked for different line settings (baud, parity...)."""
+
+
+def _quiet_pymodbus() -> None:
+    """pymodbus logs every timeout at ERROR; we count and rate-limit those ourselves, in plain words.
+
+    Only touched when nobody configured the pymodbus logger (its level is still NOTSET)."""
+    lg = logging.getLogger("pymodbus.logging")
+    if lg.level == logging.NOTSET:
+        lg.setLevel(logging.CRITICAL)
+
+
+def classify_failure(rx: bytes, device_id: int, function: int, expected_len: int) -> str:
+    """Name what went wrong from the bytes that arrived during a failed attempt (pure; tested byte by byte).
+
+    - nothing arrived: "timeout" (device absent, asleep, wrong baud or address)
+    - our header (device id, function code) but too few bytes: "truncated"
+    - our header and enough bytes: the RTU framer refused it, so the CRC was wrong: "crc"
+    - anything else: "garbage" (noise, another device talking, a corrupted header)
+    """
+    if not rx:
+        return "timeout"
+    if len(rx) >= 2 and rx[0] == device_id and (rx[1] & 0x7F) == function:
+        if rx[1] & 0x80:
+            return "crc" if len(rx) >= 5 else "truncated"
+        return "truncated" if len(rx) < expected_len else "crc"
+    return "garbage"
+
+
+class ModbusBus:
+    """The single owner of one serial port. Use `acquire_bus` to share it between sources."""
+
+    def __init__(
+        self,
+        settings: SerialSettings,
+        *,
+        timeout_s: float = 0.5,
+        turnaround_s: float = 0.02,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.timeout_s = timeout_s
+        self.turnaround_s = turnaround_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.generation = 0  # successful reopens after the first open
+        self.opened_once = False
+        self.requests = 0
+        self.failures: Counter[str] = Counter()
+        self._rng = rng or random.Random()
+        self._lock = asyncio.Lock()
+        self._client: Any = None
+        self._rx = b""
+        self._backoff_s = 0.0
+        self._next_open_at = 0.0
+        self.last_open_error = ""
+
+    # -- port life ------------------------------------------------------------------------------------------------
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        if not sending and len(data) >= len(self._rx):
+            self._rx = bytes(data)  # the framer's accumulated receive buffer for this attempt
+        return data
+
+    def _make_client(self) -> Any:
+        from pymodbus.client import AsyncModbusSerialClient
+        from pymodbus.framer import FramerType
+
+        _quiet_pymodbus()
+        s = self.settings
+        return AsyncModbusSerialClient(
+            s.port,
+            framer=FramerType.RTU,
+            baudrate=s.baud,
+            bytesize=s.bytesize,
+            parity=s.parity,
+            stopbits=s.stopbits,
+            timeout=self.timeout_s,
+            retries=0,
+            reconnect_delay=0,  # we reopen ourselves, with jitter, and count it
+            name=f"koto:{s.port}",
+            trace_packet=self._trace_packet,
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and bool(self._client.connected)
+
+    async def _ensure_open(self) -> None:
+        if self.connected:
+            return
+        now = time.monotonic()
+        if now < self._next_open_at:
+            raise PortUnavailable(f"{self.settings.port}: not open ({self.last_open_error}); retrying shortly")
+        if self._client is not None:
+            self._client.close()  # a fresh client per open: no state left over from the lost transport
+        self._client = self._make_client()
+        ok = await self._client.connect()
+        if not ok or not self._client.connected:
+            self._backoff_s = min(self.backoff_max_s, max(self.backoff_initial_s, self._backoff_s * 2))
+            delay = self._backoff_s * self._rng.uniform(0.5, 1.0)
+            self._next_open_at = time.monotonic() + delay
+            self.last_open_error = "cannot open the port (unplugged or missing?)"
+            raise PortUnavailable(f"{self.settings.port}: {self.last_open_error}")
+        self._backoff_s = 0.0
+        self.last_open_error = ""
+        if self.opened_once:
+            self.generation += 1
+            log.info("%s: serial port open again", self.settings.port)
+        self.opened_once = True
+
+    async def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- requests -------------------------------------------------------------------------------------------------
+    async def read_registers(self, device_id: int, function: int, address: int, count: int) -> list[int]:
+        """One attempt to read `count` registers; raises FrameError(kind) or PortUnavailable. No retry here."""
+        from pymodbus.exceptions import ModbusException
+
+        async with self._lock:
+            await self._ensure_open()
+            self.requests += 1
+            self._rx = b""
+            client = self._client
+            try:
+                if function == FC_READ_INPUT:
+                    rr = await client.read_input_registers(address, count=count, device_id=device_id)
+                elif function == FC_READ_HOLDING:
+                    rr = await client.read_holding_registers(address, count=count, device_id=device_id)
+                else:  # pragma: no cover - maps are validated
+                    raise ValueError(f"unsupported function code {function}")
+            except ModbusException as e:
+                if not self.connected:
+                    kind = "port"
+                    self._next_open_at = 0.0
+                else:
+                    kind = classify_failure(self._rx, device_id, function, 5 + 2 * count)
+                self.failures[kind] += 1
+                # Let a late or partial reply drain before the next request, so it cannot be taken for that one.
+                await asyncio.sleep(self.turnaround_s)
+                raise FrameError(kind, f"device {device_id} register {address:#06x}: {e}") from None
+            if rr.isError():
+                code = getattr(rr, "exception_code", "?")
+                self.failures["exception"] += 1
+                raise FrameError("exception", f"device {device_id} register {address:#06x}: exception code {code}")
+            regs = list(rr.registers)
+            if len(regs) != count:
+                self.failures["wrong_length"] += 1
+                raise FrameError("wrong_length", f"device {device_id}: asked {count} registers, got {len(regs)}")
+            return regs
+
+
+# -- sharing: one bus per port per event loop ---------------------------------------------------------------------
+_BUSES: dict[tuple[int, str], tuple[ModbusBus, int]] = {}
+
+
+def acquire_bus(settings: SerialSettings, **options: Any) -> ModbusBus:
+    """The bus for `settings.port` in this event loop, created on first use; release it with `release_bus`."""
+    key = (id(asyncio.get_running_loop()), settings.port)
+    found = _BUSES.get(key)
+    if found is not None:
+        bus, refs = found
+        if bus.settings.line() != settings.line():
+            raise BusSettingsConflict(
+                f"{settings.port} is already used at {bus.settings.line()} (baud, parity, bytesize, stopbits); "
+                f"every meter on one bus must use the same line settings, not {settings.line()}"
+            )
+        _BUSES[key] = (bus, refs + 1)
+        return bus
+    bus = ModbusBus(settings, **options)
+    _BUSES[key] = (bus, 1)
+    return bus
+
+
+async def release_bus(bus: ModbusBus) -> None:
+    for key, (b, refs) in list(_BUSES.items()):
+        if b is bus:
+            if refs <= 1:
+                del _BUSES[key]
+                await bus.close()
+            else:
+                _BUSES[key] = (b, refs - 1)
+            return
+    await bus.close()
