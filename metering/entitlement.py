@@ -6,7 +6,8 @@ An entitlement *gates* access; it does not price it (the tariff does, always). T
   or when the gateway's config lists it in `gated`. A function nothing gates is free to use under the tariff.
 - **Covered or not.** A record of a gated function is covered (`entitled="yes"`, `entitlement_id`) when some
   entitlement for it is in force at the record's *start*: not revoked, `valid_from <= t < valid_until`, and not used
-  up. Otherwise it is recorded and flagged `entitled="no"`: never dropped, never silently billed. The gateway may
+  up; a `cycle` record by the decision made when its use started (its first partition record). Otherwise it is
+  recorded and flagged `entitled="no"`: never dropped, never silently billed. The gateway may
   refuse to *start* a function (`check`) but never stops a running one, so the last covered record may take a kWh
   entitlement past its limit by at most that one record (at most `interim_s` of use).
 - **Which one.** Among several in force: an exact function name before `*`, then the one ending soonest, then id.
@@ -36,6 +37,7 @@ from .records import PARTITION_KINDS, RecordKind, UsageRecord
 from .tariff import MWH_PER_KWH, parse_match
 
 ApplyStatus = Literal["applied", "duplicate", "stale"]
+MAX_OPEN_CYCLES = 64  # uses whose start decision is remembered until their cycle record arrives
 _KWH = re.compile(r"^(0|[1-9][0-9]{0,9})(\.[0-9]{1,6})?$")
 
 
@@ -186,6 +188,7 @@ class Entitlements:
         self.gated = frozenset(_pattern(g) for g in gated)
         self._book: dict[str, Entitlement] = {}
         self._used: dict[str, Consumption] = {}
+        self._started: dict[str, Decision] = {}  # cycle_id -> the decision made when that use started
         for ent in entitlements:
             self.apply(ent)
 
@@ -260,11 +263,22 @@ class Entitlements:
         return Decision(entitled=False, gated=True, reason=self._why_not(named, t_wall))
 
     def charge(self, record: UsageRecord) -> Decision:
-        """Decide a record's coverage at its start, flag it, and count what it draws. Call once per record."""
+        """Decide a record's coverage, flag it, and count what it draws. Call exactly once per record.
+
+        A partition record is judged at its own start. A `cycle` record is judged as of the start of its use: it
+        takes the decision made for the first partition record with its `cycle_id` (so a use that began covered
+        stays covered, and one that began uncovered stays flagged), or, if none was seen, is judged at its start.
+        """
         if record.kind == RecordKind.GAP or not record.function:
             record.entitled, record.entitlement_id = "", ""
             return Decision(entitled=True, gated=False, reason="no function")
-        decision = self.check(record.appliance, record.function, record.t_start_wall)
+        decision = self._started.pop(record.cycle_id, None) if record.kind == RecordKind.CYCLE else None
+        if decision is None:
+            decision = self.check(record.appliance, record.function, record.t_start_wall)
+        if record.kind != RecordKind.CYCLE and record.cycle_id and record.cycle_id not in self._started:
+            self._started[record.cycle_id] = decision
+            while len(self._started) > MAX_OPEN_CYCLES:
+                del self._started[next(iter(self._started))]
         if not decision.gated:
             record.entitled, record.entitlement_id = "", ""
         elif decision.entitled:
@@ -284,6 +298,11 @@ class Entitlements:
         return {
             "entitlements": [e.to_dict() for e in self._book.values()],
             "used": {k: {"uses": v.uses, "mwh": v.mwh} for k, v in self._used.items()},
+            "open_cycles": {
+                k: {"entitled": int(d.entitled), "entitlement_id": d.entitlement_id, "gated": int(d.gated),
+                    "reason": d.reason}
+                for k, d in self._started.items()
+            },
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -293,7 +312,11 @@ class Entitlements:
             ent = Entitlement.from_dict(raw, file=f"snapshot entitlements[{i}]")
             book[ent.id] = ent
         used = {str(k): Consumption(int(v["uses"]), int(v["mwh"])) for k, v in state.get("used", {}).items()}
-        self._book, self._used = book, used
+        started = {
+            str(k): Decision(bool(v["entitled"]), str(v["entitlement_id"]), bool(v["gated"]), str(v["reason"]))
+            for k, v in state.get("open_cycles", {}).items()
+        }
+        self._book, self._used, self._started = book, used, started
 
     # ------------------------------------------------------------------------------------------- internals
 
