@@ -1,0 +1,334 @@
+"""The reference receiver: a shared-subscription MQTT 5 consumer that verifies, stores, commits, then acks.
+
+    store = open_store("cloud.db")                     # or "postgresql://..."
+    rx = Receiver(store, ReceiverConfig(broker="mqtt://127.0.0.1:1883"))
+    async with rx:                                     # starts run() as a task, returns once subscribed
+        ...
+    # or: await rx.run()  (forever; reconnects with capped jittered backoff)
+
+Group commit: verified events collect in a batch that is committed when it reaches `max_batch`, or when no more
+messages are waiting and the oldest has waited `linger_s`. Under load batches grow by themselves (one fsync per
+batch); when idle a lone record is committed after a few milliseconds. Only after the commit returns are the acks
+published, one cumulative ack per touched (gateway, epoch), carrying the prefix the store recomputed from the
+database: acks never run ahead of what is durable, and never past a gap or a broken link.
+
+MQTT QoS 1 PUBACKs go out as soon as a message is read, before it is committed: a receiver that dies then loses
+nothing, because the gateway keeps the record until the application-level ack arrives and resends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import ssl
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from koto.signing import KeyError_, PublicKey, load_public_key
+
+from .errors import ConfigError, Rejected
+from .store import Ack, CommitResult, Store
+from .verify import Event, check_event
+
+if TYPE_CHECKING:
+    import aiomqtt
+
+    from .openmeter import Forwarder
+
+log = logging.getLogger("koto.cloud.receiver")
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerURL:
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerURL:
+    """`mqtt://host[:1883]` or `mqtts://host[:8883]`."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ConfigError(f"--broker {url!r} is not a URL ({e}); use mqtt://host:1883 or mqtts://host:8883") from e
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(f"--broker {url!r}: use mqtt://host:1883 or mqtts://host:8883")
+    tls = parts.scheme == "mqtts"
+    return BrokerURL(parts.hostname, port or (8883 if tls else 1883), tls)
+
+
+def tls_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca) if ca else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
+        ctx.load_cert_chain(str(cert), str(key) if key else None)
+    return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverConfig:
+    broker: str
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    prefix: str = "koto/v1"
+    group: str = "koto"
+    client_id: str | None = None  # set it for a persistent session (the broker queues while the receiver is away)
+    max_batch: int = 500
+    linger_s: float = 0.004
+    backoff_initial_s: float = 0.2
+    backoff_cap_s: float = 5.0
+
+
+def mqtt_client(broker: str, *, ca: Path | None = None, cert: Path | None = None, key: Path | None = None,
+                client_id: str | None = None, persistent: bool = False) -> aiomqtt.Client:
+    """An aiomqtt MQTT 5 client for the receiver or the command sender (TLS when the URL is mqtts://)."""
+    import aiomqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    url = parse_broker_url(broker)
+    props = None
+    if persistent:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 24 * 3600
+    return aiomqtt.Client(
+        url.host, url.port, identifier=client_id or f"koto-cloud-{uuid.uuid4().hex[:12]}",
+        protocol=aiomqtt.ProtocolVersion.V5, clean_start=not persistent, properties=props,
+        tls_context=tls_context(ca, cert, key) if url.tls else None, keepalive=30,
+    )
+
+
+class Receiver:
+    def __init__(self, store: Store, config: ReceiverConfig, *, forwarder: Forwarder | None = None) -> None:
+        parse_broker_url(config.broker)  # fail early on a bad URL
+        self.store = store
+        self.config = config
+        self.forwarder = forwarder
+        self.stats: Counter[str] = Counter()
+        self.ready = asyncio.Event()
+        self.committed = asyncio.Event()  # set after every commit (the forwarder waits on it)
+        self._db = asyncio.Lock()  # one store call at a time (the forwarder shares the connection)
+        self._keys: dict[str, PublicKey] = {}
+        self._logged: set[tuple[str, str]] = set()
+        self._batch: list[Event] = []
+        self._batch_t0 = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._fwd_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    async def __aenter__(self) -> Receiver:
+        await self.start()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    async def start(self, within: float = 10.0) -> None:
+        self._task = asyncio.create_task(self.run(), name="koto-receiver")
+        waiter = asyncio.create_task(self.ready.wait())
+        done, _ = await asyncio.wait({waiter, self._task}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        if waiter not in done:
+            waiter.cancel()
+            if self._task in done:
+                self._task.result()  # raise what stopped it
+            raise TimeoutError(f"receiver did not subscribe to {self.config.broker} within {within}s")
+
+    async def stop(self) -> None:
+        for task in (self._task, self._fwd_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._fwd_task = None
+
+    async def run(self) -> None:
+        """Consume forever; reconnect after any broker loss with capped, jittered exponential backoff."""
+        import aiomqtt
+
+        if self.forwarder is not None and self._fwd_task is None:
+            self._fwd_task = asyncio.create_task(self.forwarder.run(self.store, self._db, self.committed))
+        delay = self.config.backoff_initial_s
+        while True:
+            try:
+                client = mqtt_client(self.config.broker, ca=self.config.ca, cert=self.config.cert,
+                                     key=self.config.key, client_id=self.config.client_id,
+                                     persistent=self.config.client_id is not None)
+                async with client:
+                    await self._subscribe(client)
+                    delay = self.config.backoff_initial_s
+                    self.ready.set()
+                    log.info("receiving on %s (shared group %r)", self.config.broker, self.config.group)
+                    try:
+                        await self._consume(client)
+                    finally:
+                        if self._batch:  # keep what was verified; the acks go out after the next birth/resend
+                            await self._commit()
+            except aiomqtt.MqttError as e:
+                self.ready.clear()
+                self.stats["disconnects"] += 1
+                log.warning("broker %s: %s; reconnecting in %.1f s", self.config.broker, e, delay)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(self.config.backoff_cap_s, delay * 2)
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        p, g = self.config.prefix, self.config.group
+        await client.subscribe(f"$share/{g}/{p}/+/up/usage", qos=1)
+        await client.subscribe(f"$share/{g}/{p}/+/up/reply", qos=1)
+        # Not shared: every receiver sees every birth (retained ones too, at subscribe), and re-sends its ack.
+        await client.subscribe(f"{p}/+/up/status", qos=1)
+
+    # -- the loop --------------------------------------------------------------------------------------------
+    async def _consume(self, client: aiomqtt.Client) -> None:
+        loop = asyncio.get_running_loop()
+        messages = client.messages
+        it = messages.__aiter__()
+        while True:
+            if self._batch and len(messages) == 0:
+                wait = self.config.linger_s - (loop.time() - self._batch_t0)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                else:
+                    await self._flush(client)
+                continue
+            message = await it.__anext__()
+            await self._handle(client, str(message.topic), bytes(message.payload))
+            if len(self._batch) >= self.config.max_batch:
+                await self._flush(client)
+
+    def _split(self, topic: str) -> tuple[str, str] | None:
+        prefix = self.config.prefix + "/"
+        if not topic.startswith(prefix):
+            return None
+        parts = topic[len(prefix):].split("/")
+        if len(parts) != 3 or parts[1] != "up" or not parts[0]:
+            return None
+        return parts[0], parts[2]
+
+    async def _handle(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+        where = self._split(topic)
+        if where is None:
+            self._reject("", Rejected("malformed", f"message on unexpected topic {topic!r}"))
+            return
+        gateway, kind = where
+        if kind == "usage":
+            self.stats["received"] += 1
+            try:
+                ev = check_event(payload, gateway, await self._key(gateway))
+            except Rejected as e:
+                self._reject(gateway, e)
+                return
+            if not self._batch:
+                self._batch_t0 = asyncio.get_running_loop().time()
+            self._batch.append(ev)
+        elif kind == "status":
+            await self._on_status(client, gateway, payload)
+        elif kind == "reply":
+            await self._on_reply(gateway, payload)
+
+    async def _key(self, gateway: str) -> PublicKey | None:
+        key = self._keys.get(gateway)
+        if key is None:
+            async with self._db:
+                pem = await asyncio.to_thread(self.store.pubkey, gateway)
+            if pem is None:
+                return None
+            try:
+                key = load_public_key(pem)
+            except KeyError_ as e:
+                self._reject(gateway, Rejected("bad_key", f"the registered key of {gateway!r} is unusable ({e})"))
+                return None
+            self._keys[gateway] = key
+        return key
+
+    def _reject(self, gateway: str, e: Rejected) -> None:
+        self.stats[e.kind] += 1
+        if (e.kind, gateway) not in self._logged:  # once per kind and gateway: a flood must not flood the log
+            self._logged.add((e.kind, gateway))
+            log.warning("rejected a message from %s: %s (further ones are only counted)", gateway or "?", e.reason)
+
+    async def _commit(self) -> CommitResult:
+        batch, self._batch = self._batch, []
+        for attempt in range(5):
+            try:
+                async with self._db:
+                    res = await asyncio.to_thread(self.store.commit, batch)
+                break
+            except Exception as e:  # a deadlock or lock timeout between receivers: retry the whole batch
+                if attempt == 4:
+                    raise
+                log.warning("commit of %d records failed (%s); retrying", len(batch), e)
+                await asyncio.sleep(0.05 * (attempt + 1))
+        self.stats["stored"] += len(res.inserted)
+        self.stats["duplicates"] += res.duplicates
+        self.stats["commits"] += 1
+        for ev in res.conflicts:
+            self.stats["conflicts"] += 1
+            log.error("ALARM: %s sent a different record under existing id %s; kept the first, alarmed",
+                      ev.gateway, ev.id)
+        for gw, epoch, seq in res.breaks:
+            if ("chain_break", f"{gw}/{epoch}/{seq}") not in self._logged:
+                self._logged.add(("chain_break", f"{gw}/{epoch}/{seq}"))
+                self.stats["chain_breaks"] += 1
+                log.error("ALARM: %s epoch %d: record %d does not link to record %d; acks stop there",
+                          gw, epoch, seq, seq - 1)
+        self.committed.set()
+        return res
+
+    async def _flush(self, client: aiomqtt.Client) -> None:
+        res = await self._commit()
+        await asyncio.gather(*(self._send_ack(client, a) for a in res.acks))
+
+    async def _send_ack(self, client: aiomqtt.Client, ack: Ack) -> None:
+        if ack.acked_through <= 0:
+            return
+        await client.publish(f"{self.config.prefix}/{ack.gateway}/down/ack", ack.payload(), qos=1)
+        self.stats["acks_sent"] += 1
+
+    async def _on_status(self, client: aiomqtt.Client, gateway: str, payload: bytes) -> None:
+        msg = _json_object(payload)
+        if msg is None:
+            self._reject(gateway, Rejected("malformed", "status payload is not a JSON object"))
+            return
+        self.stats["status"] += 1
+        if msg.get("online") != 1:
+            return
+        epoch = msg.get("epoch")
+        if type(epoch) is not int or epoch < 0:
+            self._reject(gateway, Rejected("malformed", "birth without an integer epoch"))
+            return
+        if self._batch:
+            await self._flush(client)
+        async with self._db:
+            await asyncio.to_thread(self.store.set_birth, gateway, msg)
+            ack = await asyncio.to_thread(self.store.ack_state, gateway, epoch)
+        self.stats["births"] += 1
+        await self._send_ack(client, ack)
+
+    async def _on_reply(self, gateway: str, payload: bytes) -> None:
+        msg = _json_object(payload)
+        if msg is None or not isinstance(msg.get("ack_of"), str) or not isinstance(msg.get("status"), str):
+            self._reject(gateway, Rejected("malformed", "reply is not a JSON object with ack_of and status"))
+            return
+        self.stats["replies"] += 1
+        async with self._db:
+            await asyncio.to_thread(self.store.add_reply, gateway, msg)
+        log.info("%s replied %s to command %s: %s", gateway, msg["status"], msg["ack_of"], msg.get("reason", ""))
+
+
+def _json_object(payload: bytes) -> dict[str, Any] | None:
+    try:
+        msg = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return msg if isinstance(msg, dict) else None

@@ -1,0 +1,446 @@
+"""The receiver's database: SQLite (WAL) by default, PostgreSQL (psycopg 3) given a `postgresql://` DSN.
+
+One SQL dialect serves both (`?` placeholders are rewritten to `%s` for psycopg; `INSERT ... ON CONFLICT DO NOTHING`
+exists in both). The rules that make several receivers on one database safe live here, not in the receiver:
+
+- records are unique by (source, id) and inserted with ON CONFLICT DO NOTHING, so a resend is a no-op whichever
+  receiver gets it; a *different* hash for an existing id is an alarm (stored in `alarms`, never in `records`);
+- the acknowledgeable prefix is recomputed from the database inside the committing transaction, after taking the
+  (gateway, epoch) chain row's write lock (SQLite: BEGIN IMMEDIATE locks the file; PostgreSQL: SELECT ... FOR
+  UPDATE), so the last committer always sees every other receiver's committed rows and the prefix can only grow;
+- the prefix advances from N to N+1 only when record N+1 is stored and its prevhash is the stored hash of N (64
+  zeros for N = 1); a link that does not match stops the prefix there for good and raises an alarm: nothing is ever
+  acknowledged over a gap or a break.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from koto.canonical import ZERO_HASH, rfc3339
+
+from .errors import StoreError
+from .verify import Event
+
+log = logging.getLogger("koto.cloud.store")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS gateways (
+    id TEXT PRIMARY KEY, pubkey_pem TEXT NOT NULL, registered_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    source TEXT NOT NULL, id TEXT NOT NULL, gateway TEXT NOT NULL, epoch BIGINT NOT NULL, seq BIGINT NOT NULL,
+    type TEXT NOT NULL, subject TEXT NOT NULL, time TEXT NOT NULL, hash TEXT NOT NULL, prevhash TEXT NOT NULL,
+    body TEXT NOT NULL, received_at TEXT NOT NULL, forwarded INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (source, id));
+CREATE INDEX IF NOT EXISTS records_chain ON records (gateway, epoch, seq);
+CREATE INDEX IF NOT EXISTS records_forward ON records (forwarded, type);
+CREATE TABLE IF NOT EXISTS chain (
+    gateway TEXT NOT NULL, epoch BIGINT NOT NULL, contiguous_through BIGINT NOT NULL, head_hash TEXT NOT NULL,
+    PRIMARY KEY (gateway, epoch));
+CREATE TABLE IF NOT EXISTS alarms (
+    gateway TEXT NOT NULL, epoch BIGINT NOT NULL, seq BIGINT NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL,
+    body TEXT NOT NULL, at TEXT NOT NULL, UNIQUE (gateway, epoch, seq, kind));
+CREATE TABLE IF NOT EXISTS commands (
+    gateway TEXT NOT NULL, dseq BIGINT NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL, body TEXT NOT NULL,
+    sent_at TEXT NOT NULL, PRIMARY KEY (gateway, dseq));
+CREATE TABLE IF NOT EXISTS replies (
+    gateway TEXT NOT NULL, ack_of TEXT NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL, dseq TEXT NOT NULL,
+    body TEXT NOT NULL, received_at TEXT NOT NULL, UNIQUE (gateway, ack_of, status, dseq));
+CREATE TABLE IF NOT EXISTS births (
+    gateway TEXT PRIMARY KEY, body TEXT NOT NULL, received_at TEXT NOT NULL);
+"""
+
+_WALK_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    gateway: str
+    epoch: int
+    acked_through: int
+    head_hash: str
+
+    def payload(self) -> bytes:
+        return json.dumps(
+            {"epoch": self.epoch, "acked_through": self.acked_through, "head_hash": self.head_hash},
+            separators=(",", ":"), sort_keys=True,
+        ).encode()
+
+
+@dataclass(slots=True)
+class CommitResult:
+    inserted: list[Event] = field(default_factory=list)
+    duplicates: int = 0
+    conflicts: list[Event] = field(default_factory=list)  # same id, different hash: alarmed, not stored
+    acks: list[Ack] = field(default_factory=list)  # current prefix of every (gateway, epoch) in the batch
+    breaks: list[tuple[str, int, int]] = field(default_factory=list)  # (gateway, epoch, seq) whose link is wrong
+
+
+def _now() -> str:
+    return rfc3339(time.time())
+
+
+class Store:
+    """Common logic over a DB-API connection; subclasses supply the connection, placeholders and locking."""
+
+    placeholder = "?"
+
+    def __init__(self) -> None:
+        self._conn: Any = None
+
+    # -- dialect hooks ---------------------------------------------------------------------------------------
+    def _sql(self, sql: str) -> str:
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
+    def _begin(self) -> None:
+        raise NotImplementedError
+
+    def _lock_chain(self, gateway: str, epoch: int) -> tuple[int, str]:
+        raise NotImplementedError
+
+    def _done(self) -> None:
+        self._conn.commit()
+
+    def _undo(self) -> None:
+        self._conn.rollback()
+
+    def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        cur = self._conn.cursor()
+        cur.execute(self._sql(sql), tuple(params))
+        return cur
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- gateways --------------------------------------------------------------------------------------------
+    def register(self, gateway: str, pubkey_pem: str) -> None:
+        """Register or re-key a gateway (the public PEM printed by `koto provision`)."""
+        self._begin()
+        try:
+            self._x("INSERT INTO gateways (id, pubkey_pem, registered_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET pubkey_pem = excluded.pubkey_pem, "
+                    "registered_at = excluded.registered_at", (gateway, pubkey_pem, _now()))
+            self._done()
+        except BaseException:
+            self._undo()
+            raise
+
+    def pubkey(self, gateway: str) -> str | None:
+        row = self._x("SELECT pubkey_pem FROM gateways WHERE id = ?", (gateway,)).fetchone()
+        self._done()
+        return None if row is None else str(row[0])
+
+    def gateways(self) -> list[str]:
+        rows = self._x("SELECT id FROM gateways ORDER BY id").fetchall()
+        self._done()
+        return [str(r[0]) for r in rows]
+
+    # -- records ---------------------------------------------------------------------------------------------
+    def commit(self, events: Sequence[Event]) -> CommitResult:
+        """Store a batch in one transaction, then compute every touched (gateway, epoch)'s acknowledgeable prefix.
+
+        The returned acks are durable when this returns: publish them only now, never before.
+        """
+        res = CommitResult()
+        now = _now()
+        self._begin()
+        try:
+            touched: set[tuple[str, int]] = set()
+            for ev in events:
+                touched.add((ev.gateway, ev.epoch))
+                cur = self._x(
+                    "INSERT INTO records (source, id, gateway, epoch, seq, type, subject, time, hash, prevhash, "
+                    "body, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (source, id) DO NOTHING",
+                    (ev.source, ev.id, ev.gateway, ev.epoch, ev.seq, ev.type, ev.subject, ev.time, ev.hash,
+                     ev.prevhash, ev.body.decode("utf-8"), now),
+                )
+                if cur.rowcount == 1:
+                    res.inserted.append(ev)
+                    continue
+                row = self._x("SELECT hash FROM records WHERE source = ? AND id = ?", (ev.source, ev.id)).fetchone()
+                if row is not None and row[0] == ev.hash:
+                    res.duplicates += 1
+                else:
+                    res.conflicts.append(ev)
+                    self._alarm(ev.gateway, ev.epoch, ev.seq, "conflict",
+                                f"a second, different record {ev.id} (hash {ev.hash[:12]}...)", ev.body, now)
+            for gateway, epoch in sorted(touched):
+                ack, broken = self._advance(gateway, epoch, now)
+                res.acks.append(ack)
+                if broken is not None:
+                    res.breaks.append((gateway, epoch, broken))
+            self._done()
+        except BaseException:
+            self._undo()
+            raise
+        return res
+
+    def _alarm(self, gateway: str, epoch: int, seq: int, kind: str, detail: str, body: bytes, now: str) -> None:
+        self._x("INSERT INTO alarms (gateway, epoch, seq, kind, detail, body, at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (gateway, epoch, seq, kind) DO NOTHING",
+                (gateway, epoch, seq, kind, detail, body.decode("utf-8", "replace"), now))
+
+    def _advance(self, gateway: str, epoch: int, now: str) -> tuple[Ack, int | None]:
+        """Walk the stored chain past the current prefix (inside the caller's transaction, with the row locked)."""
+        through, head = self._lock_chain(gateway, epoch)
+        start = through
+        broken: int | None = None
+        cur = self._x("SELECT seq, hash, prevhash FROM records WHERE gateway = ? AND epoch = ? AND seq > ? "
+                      "ORDER BY seq", (gateway, epoch, through))
+        done = False
+        while not done:
+            rows = cur.fetchmany(_WALK_CHUNK)
+            if not rows:
+                break
+            for seq, h, prev in rows:
+                if seq != through + 1:
+                    done = True
+                    break
+                if prev != head:
+                    broken = int(seq)
+                    done = True
+                    break
+                through, head = int(seq), str(h)
+        cur.close()
+        if broken is not None:
+            self._alarm(gateway, epoch, broken, "chain_break",
+                        f"record {broken}'s prevhash is not the hash of stored record {broken - 1}", b"", now)
+        if through > start:
+            self._x("UPDATE chain SET contiguous_through = ?, head_hash = ? WHERE gateway = ? AND epoch = ?",
+                    (through, head, gateway, epoch))
+        return Ack(gateway, epoch, through, head), broken
+
+    def ack_state(self, gateway: str, epoch: int) -> Ack:
+        """The current acknowledgeable prefix, recomputed from the database (used on a birth)."""
+        self._begin()
+        try:
+            ack, _ = self._advance(gateway, epoch, _now())
+            self._done()
+        except BaseException:
+            self._undo()
+            raise
+        return ack
+
+    def stored_seqs(self, gateway: str, epoch: int) -> list[int]:
+        rows = self._x("SELECT seq FROM records WHERE gateway = ? AND epoch = ? ORDER BY seq", (gateway, epoch))
+        out = [int(r[0]) for r in rows.fetchall()]
+        self._done()
+        return out
+
+    def count(self, gateway: str | None = None) -> int:
+        if gateway is None:
+            row = self._x("SELECT COUNT(*) FROM records").fetchone()
+        else:
+            row = self._x("SELECT COUNT(*) FROM records WHERE gateway = ?", (gateway,)).fetchone()
+        self._done()
+        return int(row[0])
+
+    def bodies(self, gateway: str) -> Iterator[bytes]:
+        rows = self._x("SELECT body FROM records WHERE gateway = ? ORDER BY epoch, seq", (gateway,)).fetchall()
+        self._done()
+        for r in rows:
+            yield str(r[0]).encode("utf-8")
+
+    def alarms(self, gateway: str | None = None) -> list[tuple[str, int, int, str, str]]:
+        sql = "SELECT gateway, epoch, seq, kind, detail FROM alarms"
+        rows = (self._x(sql + " WHERE gateway = ? ORDER BY at", (gateway,)) if gateway
+                else self._x(sql + " ORDER BY at")).fetchall()
+        self._done()
+        return [(str(a), int(b), int(c), str(d), str(e)) for a, b, c, d, e in rows]
+
+    def usage_summary(self, gateway: str) -> dict[str, Any]:
+        """Per subject and function: records, uses, energy (mWh) and duration (ms) of the partition kinds."""
+        rows = self._x("SELECT type, subject, body FROM records WHERE gateway = ?", (gateway,)).fetchall()
+        self._done()
+        out: dict[str, Any] = {}
+        for typ, subject, body in rows:
+            if typ != "io.koto.usage.v1":
+                continue
+            data = json.loads(body).get("data", {})
+            key = f"{subject} {data.get('function', '')}".strip()
+            s = out.setdefault(key, {"records": 0, "uses": 0, "energy_mwh": 0, "duration_ms": 0})
+            s["records"] += 1
+            if data.get("kind") in ("function", "interim", "gap"):
+                s["uses"] += int(data.get("uses", 0))
+                s["energy_mwh"] += int(data.get("energy_mwh", 0))
+                s["duration_ms"] += int(data.get("duration_ms", 0))
+        return out
+
+    # -- forwarding ------------------------------------------------------------------------------------------
+    def unforwarded(self, limit: int = 100) -> list[tuple[str, str, str]]:
+        """(source, id, body) of committed usage records not yet forwarded to OpenMeter."""
+        rows = self._x("SELECT source, id, body FROM records WHERE forwarded = 0 AND type = ? LIMIT ?",
+                       ("io.koto.usage.v1", limit)).fetchall()
+        self._done()
+        return [(str(a), str(b), str(c)) for a, b, c in rows]
+
+    def mark_forwarded(self, keys: Sequence[tuple[str, str]]) -> None:
+        self._begin()
+        try:
+            for source, id_ in keys:
+                self._x("UPDATE records SET forwarded = 1 WHERE source = ? AND id = ?", (source, id_))
+            self._done()
+        except BaseException:
+            self._undo()
+            raise
+
+    # -- commands, replies, births ---------------------------------------------------------------------------
+    def next_dseq(self, gateway: str) -> int:
+        """One above the highest dseq sent to this gateway or reported in its last birth."""
+        row = self._x("SELECT MAX(dseq) FROM commands WHERE gateway = ?", (gateway,)).fetchone()
+        sent = int(row[0]) if row and row[0] is not None else 0
+        birth = self.birth(gateway)
+        reported = 0
+        if birth is not None:
+            try:
+                reported = int(birth.get("last_dseq") or 0)
+            except (TypeError, ValueError):
+                reported = 0
+        return max(sent, reported) + 1
+
+    def add_command(self, gateway: str, dseq: int, event: dict[str, Any]) -> None:
+        self._begin()
+        try:
+            self._x("INSERT INTO commands (gateway, dseq, id, type, body, sent_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (gateway, dseq, event["id"], event["type"], json.dumps(event, sort_keys=True), _now()))
+            self._done()
+        except BaseException:
+            self._undo()
+            raise
+
+    def add_reply(self, gateway: str, reply: dict[str, Any]) -> None:
+        self._begin()
+        try:
+            self._x("INSERT INTO replies (gateway, ack_of, status, reason, dseq, body, received_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gateway, ack_of, status, dseq) DO NOTHING",
+                    (gateway, str(reply.get("ack_of", "")), str(reply.get("status", "")),
+                     str(reply.get("reason", "")), str(reply.get("dseq", "")), json.dumps(reply, sort_keys=True),
+                     _now()))
+            self._done()
+        except BaseException:
+            self._undo()
+            raise
+
+    def replies(self, gateway: str) -> list[dict[str, Any]]:
+        rows = self._x("SELECT body FROM replies WHERE gateway = ? ORDER BY received_at", (gateway,)).fetchall()
+        self._done()
+        return [json.loads(r[0]) for r in rows]
+
+    def set_birth(self, gateway: str, birth: dict[str, Any]) -> None:
+        self._begin()
+        try:
+            self._x("INSERT INTO births (gateway, body, received_at) VALUES (?, ?, ?) ON CONFLICT (gateway) "
+                    "DO UPDATE SET body = excluded.body, received_at = excluded.received_at",
+                    (gateway, json.dumps(birth, sort_keys=True), _now()))
+            self._done()
+        except BaseException:
+            self._undo()
+            raise
+
+    def birth(self, gateway: str) -> dict[str, Any] | None:
+        row = self._x("SELECT body FROM births WHERE gateway = ?", (gateway,)).fetchone()
+        self._done()
+        return None if row is None else dict(json.loads(row[0]))
+
+
+class SqliteStore(Store):
+    """SQLite in WAL mode with synchronous=FULL: a commit is on disk before the receiver acks it.
+
+    BEGIN IMMEDIATE takes the write lock up front, which serialises committers across processes (two receivers on
+    one file) and makes the prefix walk see every earlier commit.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        try:
+            self._conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA busy_timeout=30000")
+            self._conn.executescript(SCHEMA)
+        except sqlite3.Error as e:
+            raise StoreError(f"{path}: cannot open the SQLite database ({e})") from e
+
+    # With isolation_level=None we manage transactions ourselves; commit/rollback only act inside one.
+    def _done(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("COMMIT")
+
+    def _undo(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    def _begin(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def _lock_chain(self, gateway: str, epoch: int) -> tuple[int, str]:
+        self._x("INSERT INTO chain (gateway, epoch, contiguous_through, head_hash) VALUES (?, ?, 0, ?) "
+                "ON CONFLICT (gateway, epoch) DO NOTHING", (gateway, epoch, ZERO_HASH))
+        row = self._x("SELECT contiguous_through, head_hash FROM chain WHERE gateway = ? AND epoch = ?",
+                      (gateway, epoch)).fetchone()
+        return int(row[0]), str(row[1])
+
+
+class PostgresStore(Store):
+    """PostgreSQL via psycopg 3. `schema` (created if missing) isolates a deployment or a test run."""
+
+    placeholder = "%s"
+
+    def __init__(self, dsn: str, *, schema: str | None = None) -> None:
+        super().__init__()
+        import psycopg  # lazy: the cloud extra is optional
+
+        self.schema = schema
+        try:
+            self._conn = psycopg.connect(dsn, connect_timeout=10)
+            if schema:
+                if not schema.replace("_", "").isalnum():
+                    raise StoreError(f"schema {schema!r}: use letters, digits and underscores only")
+                self._conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                self._conn.execute(f'SET search_path TO "{schema}"')
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    self._conn.execute(stmt)
+            self._done()
+        except psycopg.Error as e:
+            raise StoreError(f"cannot use the PostgreSQL database ({e})") from e
+
+    def _begin(self) -> None:
+        pass  # psycopg opens a transaction on the first statement
+
+    def _lock_chain(self, gateway: str, epoch: int) -> tuple[int, str]:
+        self._x("INSERT INTO chain (gateway, epoch, contiguous_through, head_hash) VALUES (?, ?, 0, ?) "
+                "ON CONFLICT (gateway, epoch) DO NOTHING", (gateway, epoch, ZERO_HASH))
+        row = self._x("SELECT contiguous_through, head_hash FROM chain WHERE gateway = ? AND epoch = ? FOR UPDATE",
+                      (gateway, epoch)).fetchone()
+        return int(row[0]), str(row[1])
+
+    def drop_schema(self) -> None:
+        """Drop this store's schema and everything in it (tests)."""
+        if self.schema:
+            self._undo()
+            self._conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+            self._done()
+
+
+def open_store(db: str, *, schema: str | None = None) -> Store:
+    """`postgresql://...` (or `postgres://`) opens PostgreSQL; anything else is a SQLite file path."""
+    if db.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(db, schema=schema)
+    return SqliteStore(db)
