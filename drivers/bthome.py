@@ -1,0 +1,279 @@
+"""A thin adapter around bthome-ble: service-data bytes in, what this one advert said out, or a counted error.
+
+bthome-ble (the parser Home Assistant uses) does the decoding and the AES-CCM decryption. It is built for Home
+Assistant's entity model, which leaves three gaps for a meter, closed here and nowhere else:
+
+- Its `update()` returns every value it has *ever* seen for the device (sensor-state-data never clears its update
+  dicts), so a later advert without power would still show the old power. We capture the values set during *this*
+  call by overriding the public `update_sensor` / `update_binary_sensor` hooks.
+- It swallows bad input silently (debug log lines, a `None` payload). We classify each rejected advert into a kind
+  the health counters use: wrong length, unknown object id, bad MIC, replayed counter, missing bindkey, and so on.
+  The framing check walks the payload with bthome-ble's own object table (`bthome_ble.const.MEAS_TYPES`), so the
+  lengths come from the library; the values never come from us.
+- Its packet-id filter accepts a repeat after 4 s. BlueZ re-reports cached service data whenever a property such
+  as RSSI changes, so we also drop an advert whose raw bytes or packet id equal the last one we accepted.
+
+An advert that does not frame completely is rejected whole: a meter must not bill half an advert.
+
+`build_service_data` goes the other way (values -> advert bytes, optionally encrypted with `cryptography`'s
+AESCCM). It generates test and demo data; parsing always goes through bthome-ble.
+
+bthome-ble is imported lazily (on the first decoder), so importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+from functools import cache
+from typing import Any
+
+from .errors import FrameError
+
+BTHOME_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
+BTHOME_V1_UUIDS = frozenset({"0000181c-0000-1000-8000-00805f9b34fb", "0000181e-0000-1000-8000-00805f9b34fb"})
+
+_VARIABLE_LENGTH = frozenset({"raw", "string", "command"})
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """What one accepted advert said. Values are bthome-ble's native units (W, kWh, V, A), keyed like bthome-ble
+    keys them ("power", "energy", "power_1" when a device sends two of a kind)."""
+
+    packet_id: int | None
+    encrypted: bool
+    sensors: Mapping[str, Any]
+    binary: Mapping[str, bool]
+    title: str | None = None
+
+
+@dataclass
+class _Capture:
+    payload_seen: bool = False
+    error: FrameError | None = None
+    duplicate: bool = False
+    packet_id: int | None = None
+    sensors: dict[str, Any] = field(default_factory=dict)
+    binary: dict[str, bool] = field(default_factory=dict)
+
+
+def check_frame(payload: bytes) -> int | None:
+    """Walk a decrypted BTHome v2 payload with bthome-ble's object table; return the packet id if there is one.
+
+    Raises FrameError("unknown_object" | "wrong_length") when the payload does not frame completely.
+    """
+    from bthome_ble.const import MEAS_TYPES
+
+    packet_id: int | None = None
+    i, n = 0, len(payload)
+    if n == 0:
+        raise FrameError("wrong_length", "the advert carries no measurement objects")
+    while i < n:
+        oid = payload[i]
+        meas = MEAS_TYPES.get(oid)
+        if meas is None:
+            raise FrameError("unknown_object", f"object id 0x{oid:02x} (byte {i}) is not a known BTHome v2 object")
+        if meas.data_format in _VARIABLE_LENGTH:
+            if i + 1 >= n:
+                raise FrameError("wrong_length", f"object 0x{oid:02x} is cut off before its length byte")
+            size = 1 + (payload[i + 1] & 0x1F) if meas.data_format == "command" else payload[i + 1]
+            start = i + 2
+        else:
+            size = meas.data_length
+            start = i + 1
+        if start + size > n:
+            raise FrameError(
+                "wrong_length", f"object 0x{oid:02x} needs {size} bytes but only {n - start} are left"
+            )
+        if oid == 0x00:
+            packet_id = payload[start]
+        i = start + size
+    return packet_id
+
+
+@cache
+def _parser_class() -> type[Any]:
+    """bthome-ble's parser with three small hooks; built on first use so bthome_ble is imported lazily."""
+    from bthome_ble import BTHomeBluetoothDeviceData
+
+    # bthome-ble logs every bad advert at warning level, without rate limit; we count and log in plain words
+    # ourselves (at most once a minute per device and kind), so its own lines would only be spam.
+    logging.getLogger("bthome_ble").setLevel(logging.CRITICAL)
+
+    class _KotoParser(BTHomeBluetoothDeviceData):
+        def __init__(self, bindkey: bytes | None) -> None:
+            self.koto = _Capture()
+            self.koto_last_packet_id: int | None = None
+            super().__init__(bindkey=bindkey)
+
+        def _parse_payload(self, payload: bytes, adv_time: float) -> bool:
+            # Called by bthome-ble with the (decrypted) payload; the one private hook we use, pinned by tests.
+            cap = self.koto
+            cap.payload_seen = True
+            try:
+                packet_id = check_frame(payload)
+            except FrameError as e:
+                cap.error = e
+                return False
+            cap.packet_id = packet_id
+            if packet_id is not None and packet_id == self.koto_last_packet_id:
+                cap.duplicate = True
+                return False
+            ok: bool = super()._parse_payload(payload, adv_time)
+            if not ok and packet_id is not None:
+                cap.duplicate = True  # bthome-ble judged it an older packet (out of order through BlueZ)
+            elif ok:
+                self.koto_last_packet_id = packet_id
+            return ok
+
+        def update_sensor(self, key: str, native_unit_of_measurement: Any, native_value: Any,
+                          device_class: Any = None, name: str | None = None, device_id: str | None = None) -> None:
+            self.koto.sensors[key] = native_value
+            super().update_sensor(key, native_unit_of_measurement, native_value, device_class, name, device_id)
+
+        def update_binary_sensor(self, key: str, native_value: bool | None, device_class: Any = None,
+                                 name: str | None = None, device_id: str | None = None) -> None:
+            if native_value is not None:
+                self.koto.binary[key] = bool(native_value)
+            super().update_binary_sensor(key, native_value, device_class, name, device_id)
+
+    return _KotoParser
+
+
+def service_info(address: str, service_data: Mapping[str, bytes], *, name: str | None, rssi: int,
+                 t_s: float) -> Any:
+    """The habluetooth BluetoothServiceInfoBleak that bthome-ble's `update()` takes."""
+    from habluetooth import BluetoothServiceInfoBleak
+
+    return BluetoothServiceInfoBleak(
+        name=name or address, address=address, rssi=rssi, manufacturer_data={},
+        service_data=dict(service_data), service_uuids=[], source="koto",
+        device=None,  # type: ignore[arg-type]  # bthome-ble never looks at it (its own tests pass None)
+        advertisement=None,
+        connectable=False, time=t_s, tx_power=None,
+    )
+
+
+class BTHomeDecoder:
+    """Decodes the adverts of one device. Keeps bthome-ble's per-device state (packet id, encryption counter)."""
+
+    def __init__(self, address: str, bindkey: bytes | None = None) -> None:
+        if bindkey is not None and len(bindkey) != 16:
+            raise ValueError("a BTHome bindkey is 16 bytes (32 hex digits)")
+        self.address = address
+        self.bindkey = bindkey
+        self._parser = _parser_class()(bindkey)
+        self._last_raw: bytes | None = None
+
+    def decode(self, service_data: Mapping[str, bytes], *, name: str | None = None, rssi: int = 0,
+               t_s: float = 0.0) -> Decoded | None:
+        """Decode one advert. Returns None for a repeat of what we already have; raises FrameError for bad input.
+
+        `t_s` is a monotonic time in seconds (bthome-ble's 4 s duplicate window uses it).
+        """
+        raw = service_data.get(BTHOME_UUID)
+        if raw is None:
+            if BTHOME_V1_UUIDS & service_data.keys():
+                raise FrameError("unsupported_version", "the device sends BTHome v1; set its firmware to BTHome v2")
+            raise FrameError("not_bthome", "the advert carries no BTHome service data")
+        raw = bytes(raw)
+        if raw == self._last_raw:
+            return None  # BlueZ reporting a property change of the advert we already decoded
+        if not raw:
+            raise FrameError("wrong_length", "the BTHome service data is empty")
+        info = raw[0]
+        version = (info >> 5) & 7
+        if version != 2:
+            raise FrameError("bad_version", f"the advert says BTHome version {version}; only version 2 exists")
+        encrypted = bool(info & 0x01)
+        body = len(raw) - 1 - (6 if info & 0x02 else 0)
+        if encrypted and self.bindkey is None:
+            raise FrameError("no_bindkey", "the device sends encrypted adverts but no bindkey is configured")
+        if not encrypted and self.bindkey is not None:
+            raise FrameError(
+                "not_encrypted", "a plain advert came from a device configured with a bindkey (spoofed?)"
+            )
+        if body < (8 + 2 if encrypted else 2):
+            raise FrameError("wrong_length", f"the advert is too short ({len(raw)} bytes)")
+
+        p = self._parser
+        p.koto = cap = _Capture()
+        p.update(service_info(self.address, service_data, name=name, rssi=rssi, t_s=t_s))
+        if cap.error is not None:
+            raise cap.error
+        if not cap.payload_seen:
+            if encrypted and p.decryption_failed:
+                raise FrameError("bad_mic", "decryption failed: wrong bindkey or corrupted advert")
+            if encrypted:
+                raise FrameError("replayed_counter", "the encryption counter went backwards (replayed advert?)")
+            raise FrameError("not_parsed", "bthome-ble did not accept the advert")
+        self._last_raw = raw
+        if cap.duplicate:
+            return None
+        sensors = {k: v for k, v in cap.sensors.items() if k not in ("signal_strength", "packet_id")}
+        return Decoded(cap.packet_id, encrypted, sensors, dict(cap.binary), p.title)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building adverts (test and demo data only)
+
+
+def _uint(value: int, size: int, what: str) -> bytes:
+    if not 0 <= value < 1 << (8 * size):
+        raise ValueError(f"{what} {value} does not fit in {size} bytes")
+    return value.to_bytes(size, "little")
+
+
+def build_service_data(
+    *,
+    packet_id: int | None = None,
+    power_mw: int | None = None,
+    energy_mwh: int | None = None,
+    voltage_mv: int | None = None,
+    current_ma: int | None = None,
+    power_on: bool | None = None,
+    extra: Sequence[tuple[int, bytes]] = (),
+    bindkey: bytes | None = None,
+    mac: str | None = None,
+    counter: int = 0,
+) -> bytes:
+    """BTHome v2 service data (for UUID 0xFCD2) carrying the given values, plain or AES-CCM encrypted.
+
+    Resolutions are BTHome's: power 0.01 W (rounded half-even), energy 1 Wh (floored, as a register truncates),
+    voltage 1 mV, current 1 mA. Objects are written in ascending id order, as the spec asks. `extra` adds raw
+    (object id, data bytes) pairs. Encrypting needs the device MAC (`mac`, "AA:BB:...") and a 32-bit `counter`.
+    """
+    objs: list[tuple[int, bytes]] = list(extra)
+    if packet_id is not None:
+        objs.append((0x00, _uint(packet_id, 1, "packet id")))
+    if power_mw is not None:
+        centiwatts = int((Decimal(power_mw) / 10).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+        if 0 <= centiwatts < 1 << 24:
+            objs.append((0x0B, _uint(centiwatts, 3, "power")))
+        else:
+            objs.append((0x5C, centiwatts.to_bytes(4, "little", signed=True)))
+    if voltage_mv is not None:
+        objs.append((0x0C, _uint(voltage_mv, 2, "voltage")))
+    if power_on is not None:
+        objs.append((0x10, b"\x01" if power_on else b"\x00"))
+    if current_ma is not None:
+        objs.append((0x43, _uint(current_ma, 2, "current")))
+    if energy_mwh is not None:
+        wh = int((Decimal(energy_mwh) / 1000).quantize(Decimal(1), rounding=ROUND_FLOOR))
+        objs.append((0x4D, _uint(wh, 4, "energy")))
+    objs.sort(key=lambda o: o[0])
+    payload = b"".join(bytes([oid]) + data for oid, data in objs)
+    if bindkey is None:
+        return bytes([0x40]) + payload
+    if mac is None:
+        raise ValueError("encrypting a BTHome advert needs the device MAC (it is part of the nonce)")
+    from cryptography.hazmat.primitives.ciphers.aead import AESCCM
+
+    info = 0x41
+    count = _uint(counter, 4, "counter")
+    nonce = bytes.fromhex(mac.replace(":", "")) + b"\xd2\xfc" + bytes([info]) + count
+    sealed = AESCCM(bindkey, tag_length=4).encrypt(nonce, payload, None)
+    return bytes([info]) + sealed[:-4] + count + sealed[-4:]
