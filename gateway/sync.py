@@ -1,0 +1,550 @@
+"""Uplink: store-and-forward of ledger records to the billing cloud over MQTT (contract v1, docs/sync.md).
+
+The ledger is the queue. Nothing here keeps records in memory beyond one batch: on every (re)connect the pump
+starts again from the ledger's `acked_through`, publishes unacked records in seq order with their stored bytes,
+and keeps at most `window` records beyond the last cloud ack in flight. The cloud ack (`down/ack`) — not the QoS 1
+PUBACK, which only says the broker has the message — is what marks records acked, and only when its `head_hash`
+equals the ledger's own hash of that record (`Ledger.mark_acked`); a mismatch is counted as an alarm and prunes
+nothing. If acks stop coming while records are outstanding, the pump goes back to the acked point and resends
+(the receiver stores by id, so a resend is a no-op there).
+
+Reconnects use a capped, jittered backoff (0.5 s doubling to 5 s), so the drain starts within a few seconds of the
+broker coming back however long it was away. The meter calls `notify()` after each append; the live view calls
+`offer_live()`, published at most once per `live_interval_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
+
+from koto.canonical import rfc3339
+from koto.clock import Clock
+
+from .errors import ConfigError
+from .mqtt_conn import Backoff, BrokerURL, cloudevents_properties, json_properties, make_client, parse_broker_url
+from .mqtt_conn import tls_context as make_tls_context
+
+if TYPE_CHECKING:
+    import aiomqtt
+
+    from .downlink import DownlinkHandler
+
+log = logging.getLogger("koto.sync")
+
+DEFAULT_PREFIX = "koto/v1"
+
+
+class _Stored(Protocol):
+    seq: int
+    epoch: int
+    hash: str
+    body: bytes
+
+
+class SyncLedger(Protocol):
+    """What Sync needs of metering.ledger.Ledger (quick SQLite reads and one write per ack)."""
+
+    @property
+    def epoch(self) -> int: ...
+
+    def head(self) -> tuple[int, str]: ...
+
+    def unacked(self, after_seq: int = 0, limit: int = 100) -> list[Any]: ...
+
+    def unacked_count(self) -> int: ...
+
+    def acked_through(self) -> int: ...
+
+    def mark_acked(self, epoch: int, through: int, head_hash: str) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    """The [cloud] section of the gateway config (keys documented in docs/sync.md)."""
+
+    gateway_id: str
+    broker: str
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    topic_prefix: str = DEFAULT_PREFIX
+    protocol: int = 5
+    keepalive_s: int = 30
+    window: int = 128
+    batch: int = 64
+    ack_timeout_s: float = 15.0
+    live_interval_s: float = 5.0
+    operator_keys: tuple[Path, ...] = ()
+    backoff_initial_s: float = 0.5
+    backoff_cap_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, file: str = "<config>") -> None:
+        def bad(key: str, problem: str) -> ConfigError:
+            return ConfigError(file, f"cloud.{key}", problem)
+
+        if not self.gateway_id or any(c in self.gateway_id for c in "/#+ "):
+            raise bad("gateway_id", f"{self.gateway_id!r}: a non-empty id without '/', '#', '+' or spaces")
+        parse_broker_url(self.broker, file=file, key="cloud.broker")
+        if self.protocol not in (5, 311):
+            raise bad("protocol", f"{self.protocol!r} is not allowed; use 5 (MQTT 5) or 311 (MQTT 3.1.1)")
+        if not self.topic_prefix or self.topic_prefix.endswith("/") or any(c in self.topic_prefix for c in "#+"):
+            raise bad("topic_prefix", f"{self.topic_prefix!r}: a topic like koto/v1 without wildcards or trailing /")
+        if not 1 <= self.window <= 65535:
+            raise bad("window", f"{self.window} is not allowed; use 1..65535 (e.g. 128)")
+        if self.batch < 1:
+            raise bad("batch", f"{self.batch} is not allowed; use a positive number (e.g. 64)")
+        if not 5 <= self.keepalive_s <= 3600:
+            raise bad("keepalive_s", f"{self.keepalive_s} is not allowed; use 5..3600 seconds")
+        if self.ack_timeout_s <= 0:
+            raise bad("ack_timeout_s", f"{self.ack_timeout_s} is not allowed; use a positive number of seconds")
+        if self.live_interval_s < 0:
+            raise bad("live_interval_s", f"{self.live_interval_s} is not allowed; use 0 (off) or more seconds")
+        if (self.cert is None) != (self.key is None):
+            raise bad("cert", "cert and key go together: give both or neither")
+        if not 0 < self.backoff_initial_s <= self.backoff_cap_s:
+            raise bad("backoff_cap_s", "need 0 < backoff_initial_s <= backoff_cap_s")
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any], *, gateway_id: str, file: str = "<config>",
+                   base_dir: Path | None = None) -> SyncConfig:
+        """Build from a parsed TOML `[cloud]` table; relative paths are taken from `base_dir` (the config's folder)."""
+        known = {"broker", "ca", "cert", "key", "topic_prefix", "protocol", "keepalive_s", "window", "batch",
+                 "ack_timeout_s", "live_interval_s", "operator_keys", "backoff_initial_s", "backoff_cap_s"}
+        for k in table:
+            if k not in known:
+                raise ConfigError(file, f"cloud.{k}", f"unknown key; allowed: {', '.join(sorted(known))}")
+
+        def path(key: str) -> Path | None:
+            v = table.get(key)
+            if v is None:
+                return None
+            if not isinstance(v, str) or not v:
+                raise ConfigError(file, f"cloud.{key}", "must be a file path (string)")
+            p = Path(v)
+            return p if p.is_absolute() or base_dir is None else base_dir / p
+
+        def number(key: str, kind: type, default: Any) -> Any:
+            v = table.get(key, default)
+            if isinstance(v, bool) or not isinstance(v, int | float) or (kind is int and not isinstance(v, int)):
+                raise ConfigError(file, f"cloud.{key}", f"{v!r} must be {'an integer' if kind is int else 'a number'}")
+            return kind(v)
+
+        broker = table.get("broker")
+        if not isinstance(broker, str):
+            raise ConfigError(file, "cloud.broker", "required: a URL like mqtts://broker.example:8883")
+        keys = table.get("operator_keys", [])
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or len(keys) > 2:
+            raise ConfigError(file, "cloud.operator_keys", "a list of at most two PEM file paths (current, next)")
+        prefix = table.get("topic_prefix", DEFAULT_PREFIX)
+        if not isinstance(prefix, str):
+            raise ConfigError(file, "cloud.topic_prefix", "must be a string like koto/v1")
+        d = cls.__dataclass_fields__
+        values: dict[str, Any] = dict(
+            gateway_id=gateway_id, broker=broker, ca=path("ca"), cert=path("cert"), key=path("key"),
+            topic_prefix=prefix,
+            protocol=number("protocol", int, d["protocol"].default),
+            keepalive_s=number("keepalive_s", int, d["keepalive_s"].default),
+            window=number("window", int, d["window"].default),
+            batch=number("batch", int, d["batch"].default),
+            ack_timeout_s=number("ack_timeout_s", float, d["ack_timeout_s"].default),
+            live_interval_s=number("live_interval_s", float, d["live_interval_s"].default),
+            operator_keys=tuple(Path(k) if Path(k).is_absolute() or base_dir is None else base_dir / k for k in keys),
+            backoff_initial_s=number("backoff_initial_s", float, d["backoff_initial_s"].default),
+            backoff_cap_s=number("backoff_cap_s", float, d["backoff_cap_s"].default),
+        )
+        try:
+            return cls(**values)
+        except ConfigError as e:
+            raise ConfigError(file, e.key, e.problem) from None
+
+    @property
+    def url(self) -> BrokerURL:
+        return parse_broker_url(self.broker)
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    prefix: str
+    gateway_id: str
+
+    def _t(self, leaf: str) -> str:
+        return f"{self.prefix}/{self.gateway_id}/{leaf}"
+
+    @property
+    def usage(self) -> str:
+        return self._t("up/usage")
+
+    @property
+    def status(self) -> str:
+        return self._t("up/status")
+
+    @property
+    def reply(self) -> str:
+        return self._t("up/reply")
+
+    @property
+    def live(self) -> str:
+        return self._t("up/live")
+
+    @property
+    def ack(self) -> str:
+        return self._t("down/ack")
+
+    @property
+    def cmd(self) -> str:
+        return self._t("down/cmd")
+
+
+@dataclass(slots=True)
+class SyncHealth:
+    """What diagnostics and the birth show about the uplink. Counts only; nothing secret."""
+
+    connected: bool = False
+    connects: int = 0
+    disconnects: int = 0
+    last_connect: str = ""
+    last_ack: str = ""
+    last_error: str = ""
+    acked_through: int = 0
+    sent_through: int = 0
+    published: int = 0
+    resends: int = 0
+    ack_timeouts: int = 0
+    acks_advanced: int = 0
+    acks_already: int = 0
+    ack_mismatches: int = 0
+    acks_ignored: int = 0
+    commands: int = 0
+    live_published: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class _SessionLost(Exception):
+    """The connection ended; go round the reconnect loop."""
+
+
+class Sync:
+    """The uplink task. Use as `async with Sync(...) as sync:` (runs `run()` in a task) or await `run()` yourself."""
+
+    def __init__(self, config: SyncConfig, ledger: SyncLedger, *, clock: Clock,
+                 downlink: DownlinkHandler | None = None, version: str = "",
+                 status: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.clock = clock
+        self.downlink = downlink
+        self.version = version
+        self._status_extra = status
+        self.topics = Topics(config.topic_prefix, config.gateway_id)
+        self.health = SyncHealth()
+        self._wake = asyncio.Event()
+        self._live_event = asyncio.Event()
+        self._live: dict[str, Any] | None = None
+        self._last_live = -1e18
+        self._task: asyncio.Task[None] | None = None
+        self._ssl = None
+        if config.url.tls:
+            self._ssl = make_tls_context(config.ca, config.cert, config.key)
+        self._sent_through = 0
+        self._ack_wait_since: float | None = None
+        self._client: aiomqtt.Client | None = None
+        self._acked_event = asyncio.Event()
+        if downlink is not None:
+            downlink.add_report_section("sync", self.health_report)
+
+    # -- what the rest of the gateway calls --------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """New records were appended: wake the pump (cheap; call after every ledger append)."""
+        self._wake.set()
+
+    def offer_live(self, appliances: dict[str, dict[str, Any]]) -> None:
+        """Latest live view ({appliance: {"power_mw": int, "function": str}}); only the newest one is kept."""
+        if self.config.live_interval_s <= 0:
+            return
+        self._live = appliances
+        self._live_event.set()
+
+    def health_report(self) -> dict[str, Any]:
+        """A redacted snapshot for diagnostics: counts and times, never keys, certificates or payloads."""
+        h = asdict(self.health)
+        h.pop("extra", None)
+        h["connected"] = int(self.health.connected)
+        with contextlib.suppress(Exception):
+            h["unacked"] = self.ledger.unacked_count()
+            h["acked_through"] = self.ledger.acked_through()
+        h["broker"] = f"{self.config.url.host}:{self.config.url.port}"
+        h["protocol"] = self.config.protocol
+        h["window"] = self.config.window
+        return h
+
+    async def wait_acked(self, seq: int) -> None:
+        """Return once the ledger's acked_through reaches `seq` (tests, benches and graceful shutdown)."""
+        while self.ledger.acked_through() < seq:
+            self._acked_event.clear()
+            if self.ledger.acked_through() >= seq:
+                return
+            await self._acked_event.wait()
+
+    async def __aenter__(self) -> Sync:
+        self._task = asyncio.create_task(self.run(), name="koto-sync")
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # -- the connection loop -----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, drain, listen; on any loss wait a capped jittered backoff and go again. Runs until cancelled."""
+        import aiomqtt
+
+        backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_cap_s)
+        failures = 0
+        while True:
+            client = make_client(
+                url=self.config.url, client_id=self.config.gateway_id, protocol=self.config.protocol,
+                keepalive=self.config.keepalive_s, ssl_context=self._ssl, will_topic=self.topics.status,
+                will_payload=self._will_payload(),
+            )
+            client.pending_calls_threshold = self.config.window * 2 + 16  # our pipelining is by design
+            try:
+                async with client:
+                    self._client = client
+                    self.health.connected = True
+                    self.health.connects += 1
+                    self.health.last_connect = rfc3339(self.clock.now().wall)
+                    if failures or self.health.connects > 1:
+                        log.info("connected to %s again after %d failed attempt(s)", self.config.broker, failures)
+                    failures = 0
+                    backoff.reset()
+                    try:
+                        await self._session(client)
+                    finally:
+                        self._client = None
+                        self.health.connected = False
+            except asyncio.CancelledError:
+                raise
+            except (aiomqtt.MqttError, _SessionLost, OSError) as e:
+                self.health.connected = False
+                self.health.last_error = str(e)[:200]
+                if failures == 0:
+                    self.health.disconnects += 1
+                    log.warning("cloud connection to %s lost or refused: %s; retrying with backoff (<= %.1f s)",
+                                self.config.broker, e, self.config.backoff_cap_s)
+                else:
+                    log.debug("reconnect attempt %d failed: %s", failures, e)
+                failures += 1
+            await asyncio.sleep(backoff.next())
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        self._sent_through = self.ledger.acked_through()
+        self._ack_wait_since = None
+        await client.subscribe([(self.topics.ack, 1), (self.topics.cmd, 1)])
+        await self._publish_birth(client)
+        pending: set[asyncio.Future[Any]] = set()
+        tasks = [
+            asyncio.create_task(self._reader(client), name="koto-sync-reader"),
+            asyncio.create_task(self._pump(client, pending), name="koto-sync-pump"),
+            asyncio.create_task(self._live_loop(client), name="koto-sync-live"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                exc = t.exception()
+                if exc is not None:
+                    raise exc
+            raise _SessionLost("session ended")
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._publish_offline(client), timeout=1.0)
+            raise
+        finally:
+            for t in tasks:
+                t.cancel()
+            for p in pending:
+                p.cancel()
+            await asyncio.gather(*tasks, *pending, return_exceptions=True)
+
+    def _will_payload(self) -> bytes:
+        return json.dumps({"online": 0, "gateway": self.config.gateway_id}, separators=(",", ":")).encode()
+
+    def birth(self) -> dict[str, Any]:
+        now = self.clock.now()
+        head_seq, _ = self.ledger.head()
+        b: dict[str, Any] = {
+            "online": 1, "gateway": self.config.gateway_id, "version": self.version, "boot_id": now.boot_id,
+            "epoch": self.ledger.epoch, "last_seq": head_seq, "unacked": self.ledger.unacked_count(),
+            "tariff_version": 0, "last_dseq": "", "clock_synced": int(now.synced), "time": rfc3339(now.wall),
+        }
+        if self.downlink is not None:
+            b["tariff_version"] = self.downlink.tariff_version()
+            b["last_dseq"] = self.downlink.last_dseq_text()
+        return b
+
+    def _props(self, factory: Callable[[], Any]) -> Any:
+        return factory() if self.config.protocol == 5 else None
+
+    async def _publish_birth(self, client: aiomqtt.Client) -> None:
+        payload = json.dumps(self.birth(), sort_keys=True, separators=(",", ":")).encode()
+        await client.publish(self.topics.status, payload, qos=1, retain=True, properties=self._props(json_properties))
+
+    async def _publish_offline(self, client: aiomqtt.Client) -> None:
+        """A clean disconnect does not fire the Will, so say goodbye explicitly on shutdown."""
+        await client.publish(self.topics.status, self._will_payload(), qos=1, retain=True,
+                             properties=self._props(json_properties))
+
+    # -- uplink pump -------------------------------------------------------------------------------------------
+
+    async def _pump(self, client: aiomqtt.Client, pending: set[asyncio.Future[Any]]) -> None:
+        loop = asyncio.get_running_loop()
+        props = self._props(cloudevents_properties)
+        cfg = self.config
+        errors: list[BaseException] = []
+
+        def done(fut: asyncio.Future[Any]) -> None:
+            pending.discard(fut)
+            if not fut.cancelled() and fut.exception() is not None:
+                errors.append(fut.exception())  # type: ignore[arg-type]
+
+        while True:
+            if errors:
+                raise _SessionLost(f"publish failed: {errors[0]}")
+            self._wake.clear()
+            acked = self.ledger.acked_through()
+            self.health.acked_through = acked
+            if self._sent_through < acked:
+                self._sent_through = acked
+            outstanding = self._sent_through - acked
+            now = loop.time()
+            if outstanding > 0 and self._ack_wait_since is not None and now - self._ack_wait_since > cfg.ack_timeout_s:
+                log.warning("no cloud ack for %.0f s with %d record(s) outstanding; resending from seq %d",
+                            now - self._ack_wait_since, outstanding, acked + 1)
+                self.health.ack_timeouts += 1
+                self.health.resends += outstanding
+                self._sent_through = acked
+                self._ack_wait_since = now
+                outstanding = 0
+            room = cfg.window - outstanding
+            if room > 0:
+                batch = self.ledger.unacked(after_seq=self._sent_through, limit=min(room, cfg.batch))
+                if batch:
+                    if outstanding == 0 or self._ack_wait_since is None:
+                        self._ack_wait_since = now
+                    for rec in batch:
+                        fut = asyncio.ensure_future(client.publish(self.topics.usage, rec.body, qos=1,
+                                                                   properties=props))
+                        pending.add(fut)
+                        fut.add_done_callback(done)
+                        self._sent_through = rec.seq
+                    self.health.published += len(batch)
+                    self.health.sent_through = self._sent_through
+                    await asyncio.sleep(0)  # let the socket writer and the reader run between batches
+                    continue
+            if outstanding == 0:
+                self._ack_wait_since = None
+                await self._wake.wait()
+            else:
+                assert self._ack_wait_since is not None
+                remaining = cfg.ack_timeout_s - (loop.time() - self._ack_wait_since) + 0.01
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=max(0.01, remaining))
+
+    # -- downlink reader ---------------------------------------------------------------------------------------
+
+    async def _reader(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            topic = str(message.topic)
+            payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+            if topic == self.topics.ack:
+                self._on_ack(bytes(payload))
+            elif topic == self.topics.cmd:
+                await self._on_command(client, bytes(payload))
+            else:
+                log.debug("ignoring message on %s", topic)
+
+    def _on_ack(self, payload: bytes) -> None:
+        try:
+            ack = json.loads(payload)
+            epoch, through, head_hash = ack["epoch"], ack["acked_through"], ack["head_hash"]
+            if (not isinstance(epoch, int) or isinstance(epoch, bool) or not isinstance(through, int)
+                    or isinstance(through, bool) or not isinstance(head_hash, str)):
+                raise TypeError("epoch and acked_through must be integers, head_hash a string")
+        except (ValueError, KeyError, TypeError) as e:
+            self.health.acks_ignored += 1
+            log.warning("ignoring a malformed cloud ack (%s): %r", e, payload[:120])
+            return
+        if through <= 0:
+            self.health.acks_already += 1
+            return
+        outcome = self.ledger.mark_acked(epoch, through, head_hash)
+        name = getattr(outcome, "name", str(outcome)).upper()
+        if name == "ADVANCED":
+            self.health.acks_advanced += 1
+            self.health.last_ack = rfc3339(self.clock.now().wall)
+            self.health.acked_through = through
+            self._ack_wait_since = asyncio.get_running_loop().time() if self._sent_through > through else None
+            self._acked_event.set()
+            self._wake.set()
+        elif name == "ALREADY":
+            self.health.acks_already += 1
+        elif name in ("MISMATCH", "BEYOND_HEAD"):
+            self.health.ack_mismatches += 1
+            log.error("ALARM: cloud ack for epoch %d through seq %d does not match our ledger (%s); nothing pruned",
+                      epoch, through, name.lower())
+        else:
+            self.health.acks_ignored += 1
+            log.warning("ignoring a cloud ack for epoch %d (ours is %d)", epoch, self.ledger.epoch)
+
+    async def _on_command(self, client: aiomqtt.Client, payload: bytes) -> None:
+        self.health.commands += 1
+        if self.downlink is None:
+            reply = {"ack_of": "", "status": "rejected",
+                     "reason": "this gateway accepts no commands (no operator keys)", "dseq": "",
+                     "gateway": self.config.gateway_id, "time": rfc3339(self.clock.now().wall)}
+            log.warning("downlink command rejected: no operator keys are configured")
+        else:
+            reply = self.downlink.handle(payload)
+            if reply.get("status") == "applied":
+                self.notify()  # the lifecycle record is in the ledger; send it
+        data = json.dumps(reply, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        await client.publish(self.topics.reply, data, qos=1, properties=self._props(json_properties))
+
+    # -- live view ---------------------------------------------------------------------------------------------
+
+    async def _live_loop(self, client: aiomqtt.Client) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._live_event.wait()
+            wait = self._last_live + self.config.live_interval_s - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._live_event.clear()
+            live = self._live
+            if live is None:
+                continue
+            self._live = None
+            body = {"t": rfc3339(self.clock.now().wall), "appliances": live}
+            self._last_live = loop.time()
+            await client.publish(self.topics.live, json.dumps(body, sort_keys=True, separators=(",", ":")).encode(),
+                                 qos=0, properties=self._props(json_properties))
+            self.health.live_published += 1
