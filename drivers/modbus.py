@@ -297,6 +297,7 @@ class ModbusMeterSource(Source):
         self.bus: ModbusBus | None = None
         self._blocks = regmap.blocks()
         self._seen_generation = 0
+        self._port_down = False
         self._energy_last: dict[str, int] = {}
         self._energy_lower: dict[str, int] = {}
 
@@ -363,10 +364,13 @@ class ModbusMeterSource(Source):
     async def _read_block(self, block: Block) -> list[int] | None:
         assert self.bus is not None
         for _attempt in range(self.retries + 1):
+            for _ in range(self.bus.take_noise()):
+                self._count_error("line_noise", "unexpected bytes on %s between requests, ignored",
+                                  self.settings.port)
             try:
                 regs = await self.bus.read_registers(self.address, self.map.function, block.address, block.count)
             except PortUnavailable as e:
-                self.health.state = "reconnecting"
+                self._port_down = True
                 self._count_error("port", "serial port %s is not available (%s); will retry with backoff",
                                   self.settings.port, e)
                 return None
@@ -374,6 +378,7 @@ class ModbusMeterSource(Source):
                 self._count_error(e.kind, "meter at address %d: %s (%s)", self.address, _PLAIN.get(e.kind, e.kind),
                                   e.detail)
                 if e.kind in ("exception", "port"):
+                    self._port_down = e.kind == "port"
                     return None
                 continue
             if self.bus.generation != self._seen_generation:
@@ -401,6 +406,7 @@ class ModbusMeterSource(Source):
     async def poll_once(self) -> list[Reading]:
         """Read every block once; return the readings that passed every check."""
         self.polls += 1
+        self._port_down = False
         out: list[Reading] = []
         failed = False
         for block in self._blocks:
@@ -420,7 +426,7 @@ class ModbusMeterSource(Source):
                 out.append(self._emit(Reading(self.name, now.mono_ns, now.wall, now.boot_id, spec.quantity, val,
                                               wall_synced=now.synced, signal=spec.signal)))
         if self.health.state != "stopped":
-            self.health.state = "degraded" if failed else "ok"
+            self.health.state = "reconnecting" if self._port_down else "degraded" if failed else "ok"
         return out
 
     async def _readings(self) -> AsyncIterator[Reading]:
@@ -437,6 +443,7 @@ class ModbusMeterSource(Source):
 
 _PLAIN = {
     "timeout": "no reply",
+    "port": "the serial port went away (adapter unplugged?)",
     "crc": "reply failed its checksum (CRC), discarded",
     "truncated": "reply was cut short, discarded",
     "garbage": "unreadable bytes on the line, discarded",

@@ -105,15 +105,26 @@ class ModbusBus:
         self._lock = asyncio.Lock()
         self._client: Any = None
         self._rx = b""
+        self._busy = False
+        self._noise = 0
         self._backoff_s = 0.0
         self._next_open_at = 0.0
         self.last_open_error = ""
 
     # -- port life ------------------------------------------------------------------------------------------------
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        if not sending and len(data) >= len(self._rx):
+        if sending:
+            return data
+        if not self._busy:
+            self._noise += 1  # bytes nobody asked for: noise, or a reply that came too late
+        elif len(data) >= len(self._rx):
             self._rx = bytes(data)  # the framer's accumulated receive buffer for this attempt
         return data
+
+    def take_noise(self) -> int:
+        """How many times bytes arrived while no request was waiting, since the last call."""
+        n, self._noise = self._noise, 0
+        return n
 
     def _make_client(self) -> Any:
         from pymodbus.client import AsyncModbusSerialClient
@@ -176,6 +187,7 @@ class ModbusBus:
             await self._ensure_open()
             self.requests += 1
             self._rx = b""
+            self._busy = True
             client = self._client
             try:
                 if function == FC_READ_INPUT:
@@ -185,6 +197,7 @@ class ModbusBus:
                 else:  # pragma: no cover - maps are validated
                     raise ValueError(f"unsupported function code {function}")
             except ModbusException as e:
+                self._busy = False
                 if not self.connected:
                     kind = "port"
                     self._next_open_at = 0.0
@@ -193,7 +206,10 @@ class ModbusBus:
                 self.failures[kind] += 1
                 # Let a late or partial reply drain before the next request, so it cannot be taken for that one.
                 await asyncio.sleep(self.turnaround_s)
-                raise FrameError(kind, f"device {device_id} register {address:#06x}: {e}") from None
+                log.debug("%s: device %d register %#06x: %s", self.settings.port, device_id, address, e)
+                raise FrameError(kind, f"device {device_id}, register {address:#06x}") from None
+            finally:
+                self._busy = False
             if rr.isError():
                 code = getattr(rr, "exception_code", "?")
                 self.failures["exception"] += 1
