@@ -22,7 +22,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
+import signal
 import ssl
 import uuid
 from collections import Counter
@@ -124,6 +126,7 @@ class Receiver:
         self._batch_t0 = 0.0
         self._task: asyncio.Task[None] | None = None
         self._fwd_task: asyncio.Task[None] | None = None
+        self._failpoint = os.environ.get("KOTO_CLOUD_FAILPOINT", "")  # tests only; see _flush
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     async def __aenter__(self) -> Receiver:
@@ -287,6 +290,9 @@ class Receiver:
 
     async def _flush(self, client: aiomqtt.Client) -> None:
         res = await self._commit()
+        if self._failpoint == "kill_after_commit" and res.inserted:
+            # Fault injection for the crash tests: die exactly between a durable commit and its ack.
+            os.kill(os.getpid(), signal.SIGKILL)
         await asyncio.gather(*(self._send_ack(client, a) for a in res.acks))
 
     async def _send_ack(self, client: aiomqtt.Client, ack: Ack) -> None:

@@ -1,0 +1,313 @@
+"""`koto-cloud`: run the reference receiver, register gateways, sign and send commands, verify and summarise.
+
+Every option can also come from the environment as KOTO_CLOUD_<COMMAND>_<OPTION> (click's auto_envvar_prefix),
+e.g. KOTO_CLOUD_SERVE_DB. Broker TLS for the command senders: --ca, --cert, --cert-key (`--key` there is the
+operator's signing key); for `serve`: --ca, --cert, --key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from koto.signing import KeyError_, generate_key, load_private_key, load_public_key, public_pem, save_private_key
+
+from . import commands as cmds
+from .errors import KotoError
+from .store import Store, open_store
+
+DB_HELP = "SQLite file (default) or postgresql:// DSN"
+
+
+def _store(db: str) -> Store:
+    return open_store(db)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log at debug level.")
+def cli(verbose: bool) -> None:
+    """Koto's reference billing receiver and operator tools."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# -- receiver --------------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--broker", required=True, help="mqtt://host:1883 or mqtts://host:8883")
+@click.option("--ca", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="CA that signed the broker")
+@click.option("--cert", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="receiver client cert")
+@click.option("--key", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="receiver client key")
+@click.option("--db", required=True, help=DB_HELP)
+@click.option("--prefix", default="koto/v1", show_default=True)
+@click.option("--group", default="koto", show_default=True, help="shared-subscription group")
+@click.option("--client-id", default=None, help="fixed client id = persistent session (default: random, clean)")
+@click.option("--max-batch", default=500, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--linger-ms", default=4.0, show_default=True, type=click.FloatRange(0, 1000))
+@click.option("--openmeter", default=None, help="OpenMeter ingest URL (…/api/v1/events) to forward usage to")
+@click.option("--openmeter-token", default=None, envvar="KOTO_CLOUD_OPENMETER_TOKEN", help="bearer token")
+def serve(broker: str, ca: Path | None, cert: Path | None, key: Path | None, db: str, prefix: str, group: str,
+          client_id: str | None, max_batch: int, linger_ms: float, openmeter: str | None,
+          openmeter_token: str | None) -> None:
+    """Receive, verify, store and ack usage; store replies; re-send acks on births."""
+    from .openmeter import Forwarder
+    from .receiver import Receiver, ReceiverConfig
+
+    store = _store(db)
+    config = ReceiverConfig(broker=broker, ca=ca, cert=cert, key=key, prefix=prefix, group=group,
+                            client_id=client_id, max_batch=max_batch, linger_s=linger_ms / 1000)
+    fwd = Forwarder(openmeter, token=openmeter_token) if openmeter else None
+
+    async def main() -> None:
+        rx = Receiver(store, config, forwarder=fwd)
+        task = asyncio.create_task(rx.run())
+        await rx.ready.wait()
+        click.echo(f"koto-cloud: ready, receiving on {broker}", err=False)
+        sys.stdout.flush()
+        await task
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        store.close()
+
+
+# -- keys and gateways -----------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--force", is_flag=True, help="overwrite an existing key")
+def keygen(out: Path, force: bool) -> None:
+    """Make the operator's signing key; prints the public PEM to pin on gateways."""
+    if out.exists() and not force:
+        raise click.ClickException(f"{out} exists; use --force to replace it (gateways pin the old public key!)")
+    key = generate_key()
+    save_private_key(key, out)
+    pub = public_pem(key)
+    out.with_suffix(".pub.pem").write_text(pub)
+    click.echo(pub, nl=False)
+
+
+@cli.command()
+@click.argument("gateway")
+@click.option("--pubkey", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="the gateway's public key PEM (printed by `koto provision`)")
+@click.option("--db", required=True, help=DB_HELP)
+def register(gateway: str, pubkey: Path, db: str) -> None:
+    """Register (or re-key) a gateway so its records verify."""
+    pem = pubkey.read_text()
+    try:
+        load_public_key(pem)
+    except KeyError_ as e:
+        raise click.ClickException(f"{pubkey}: {e}") from e
+    with _store(db) as store:
+        store.register(gateway, pem)
+    click.echo(f"registered {gateway}")
+
+
+# -- commands --------------------------------------------------------------------------------------------------
+def _send_options(f: Any) -> Any:
+    opts = [
+        click.option("--key", "signing_key", required=True,
+                     type=click.Path(path_type=Path, exists=True, dir_okay=False), help="operator key (keygen)"),
+        click.option("--db", required=True, help=DB_HELP + " (tracks dseq and what was sent)"),
+        click.option("--broker", required=True, help="mqtt://host:1883 or mqtts://host:8883"),
+        click.option("--ca", type=click.Path(path_type=Path, exists=True, dir_okay=False)),
+        click.option("--cert", type=click.Path(path_type=Path, exists=True, dir_okay=False)),
+        click.option("--cert-key", type=click.Path(path_type=Path, exists=True, dir_okay=False)),
+        click.option("--prefix", default="koto/v1", show_default=True),
+        click.option("--operator", default="operator", show_default=True, help="name in urn:koto:operator:<name>"),
+        click.option("--expires-in", default="1d", show_default=True, help="e.g. 90s, 30m, 12h, 7d"),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _duration_s(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except (ValueError, IndexError):
+        raise click.BadParameter(f"{text!r}: use a number with s, m, h or d, e.g. 1d") from None
+
+
+def _send(gateway: str, type_: str, data: dict[str, Any], o: dict[str, Any], *,
+          wait_reply_s: float | None = None) -> dict[str, Any]:
+    try:
+        key = load_private_key(o["signing_key"])
+    except KeyError_ as e:
+        raise click.ClickException(str(e)) from e
+    with _store(o["db"]) as store:
+        dseq = store.next_dseq(gateway)
+        command = cmds.build_command(key, gateway, type_, data, dseq, operator=o["operator"], now=time.time(),
+                                     expires_in_s=_duration_s(o["expires_in"]))
+        store.add_command(gateway, dseq, command)
+        broker = cmds.BrokerOptions(o["broker"], o["ca"], o["cert"], o["cert_key"], o["prefix"])
+        reply = asyncio.run(cmds.send_command(broker, gateway, command, wait_reply_s=wait_reply_s))
+        if reply is not None:
+            store.add_reply(gateway, reply)
+    click.echo(f"sent {type_} to {gateway}: id {command['id']} dseq {dseq}", err=True)
+    return reply or {}
+
+
+@cli.command()
+@click.argument("gateway")
+@click.option("--file", "file_", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="tariff as TOML or JSON (metering.tariff form)")
+@_send_options
+def tariff(gateway: str, file_: Path, **o: Any) -> None:
+    """Send a tariff."""
+    _send(gateway, cmds.TARIFF, cmds.tariff_data(cmds.load_document(file_), file=str(file_)), o)
+
+
+def _when(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: use a date (2026-12-31) or an RFC 3339 time") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@cli.command()
+@click.argument("gateway")
+@click.option("--appliance", required=True)
+@click.option("--function", default="*", show_default=True)
+@click.option("--uses", type=click.IntRange(1), help="grant N uses")
+@click.option("--kwh", help="grant X kWh (decimal, e.g. 12.5)")
+@click.option("--until", help="grant unlimited use until DATE")
+@click.option("--valid-from")
+@click.option("--valid-until")
+@click.option("--id", "ent_id", default=None, help="entitlement id (default: a new one)")
+@click.option("--version", "version", default=1, show_default=True, type=click.IntRange(1))
+@_send_options
+def grant(gateway: str, appliance: str, function: str, uses: int | None, kwh: str | None, until: str | None,
+          valid_from: str | None, valid_until: str | None, ent_id: str | None, version: int, **o: Any) -> None:
+    """Grant the use of a function: --uses N | --kwh X | --until DATE."""
+    if sum(x is not None for x in (uses, kwh, until)) != 1:
+        raise click.UsageError("give exactly one of --uses, --kwh, --until")
+    doc: dict[str, Any] = {"id": ent_id or f"ent-{appliance}-{int(time.time())}", "version": version,
+                           "action": "grant", "appliance": appliance, "function": function}
+    if uses is not None:
+        doc.update(kind="uses", limit=uses)
+    elif kwh is not None:
+        doc.update(kind="kwh", limit=kwh)
+    else:
+        doc.update(kind="until")
+        valid_until = until
+    for k, v in (("valid_from", _when(valid_from)), ("valid_until", _when(valid_until))):
+        if v is not None:
+            doc[k] = v
+    data = cmds.entitlement_data(doc)
+    _send(gateway, cmds.ENTITLEMENT, data, o)
+    click.echo(json.dumps(data, sort_keys=True))
+
+
+@cli.command()
+@click.argument("gateway")
+@click.option("--id", "ent_id", required=True, help="the entitlement to withdraw")
+@click.option("--version", "version", required=True, type=click.IntRange(1), help="above the granted version")
+@_send_options
+def revoke(gateway: str, ent_id: str, version: int, **o: Any) -> None:
+    """Withdraw an entitlement (a revoked function stays gated; it does not become free)."""
+    data = cmds.entitlement_data({"id": ent_id, "version": version, "action": "revoke"})
+    _send(gateway, cmds.ENTITLEMENT, data, o)
+
+
+@cli.command()
+@click.argument("gateway")
+@click.option("--file", "file_", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--name", required=True, help="the appliance profile name")
+@click.option("--version", "version", required=True, type=click.IntRange(1))
+@_send_options
+def profile(gateway: str, file_: Path, name: str, version: int, **o: Any) -> None:
+    """Send a new or updated appliance profile (TOML)."""
+    _send(gateway, cmds.PROFILE, cmds.profile_data(file_, name, version), o)
+
+
+@cli.command()
+@click.argument("gateway")
+@click.option("--wait", default=15.0, show_default=True, help="seconds to wait for the reply")
+@_send_options
+def diagnose(gateway: str, wait: float, **o: Any) -> None:
+    """Ask the gateway for a (redacted) status report; waits for the reply and prints it."""
+    reply = _send(gateway, cmds.DIAGNOSTICS, {}, o, wait_reply_s=wait)
+    click.echo(json.dumps(reply, indent=2, sort_keys=True))
+
+
+# -- audit -----------------------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("gateway")
+@click.option("--db", required=True, help=DB_HELP)
+def verify(gateway: str, db: str) -> None:
+    """Re-verify every stored record of GATEWAY offline (signatures, chain links, gaps). Exit 1 on a problem."""
+    from .verify import verify_chain
+
+    with _store(db) as store:
+        pem = store.pubkey(gateway)
+        if pem is None:
+            raise click.ClickException(f"{gateway} is not registered in {db}")
+        n, problems = verify_chain(store.bodies(gateway), load_public_key(pem))
+        alarms = store.alarms(gateway)
+    for p in problems:
+        click.echo(f"epoch {p.epoch} seq {p.seq}: {p.reason}")
+    for _, epoch, seq, kind, detail in alarms:
+        click.echo(f"alarm epoch {epoch} seq {seq} {kind}: {detail}")
+    click.echo(f"{gateway}: {n} records, {len(problems)} problems, {len(alarms)} alarms")
+    if problems:
+        raise click.exceptions.Exit(1)
+
+
+@cli.command()
+@click.argument("gateway")
+@click.option("--db", required=True, help=DB_HELP)
+@click.option("--json", "as_json", is_flag=True)
+def usage(gateway: str, db: str, as_json: bool) -> None:
+    """Summarise stored usage per subject and function."""
+    with _store(db) as store:
+        summary = store.usage_summary(gateway)
+    if as_json:
+        click.echo(json.dumps(summary, sort_keys=True))
+        return
+    for key, s in sorted(summary.items()):
+        click.echo(f"{key}: {s['records']} records, {s['uses']} uses, {s['energy_mwh'] / 1e6:.6f} kWh, "
+                   f"{s['duration_ms'] / 60000:.1f} min")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 1 a failure said in plain words, 2 a usage error)."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="koto-cloud", standalone_mode=False,
+                 auto_envvar_prefix="KOTO_CLOUD")
+    except click.exceptions.Exit as e:
+        return int(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        return 1
+    except KotoError as e:
+        click.echo(f"koto-cloud: {e}", err=True)
+        return 1
+    except SystemExit as e:
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
