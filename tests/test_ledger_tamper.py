@@ -1,0 +1,201 @@
+"""`verify` fails, naming the first bad seq, when any single byte of any stored record is changed.
+
+Changes are made the way an attacker or a failing SD card would: through SQLite (body, hash, every column of the
+row, rows deleted or swapped) and by flipping bytes of the database file itself.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from koto.signing import PrivateKey, generate_key
+from metering.ledger import Ledger
+from metering.records import RecordKind
+from tests.ledger_support import lifecycle, usage
+
+GW = "gw-tamper"
+EPOCH = 1_790_000_001
+
+COLUMNS = ("id", "type", "kind", "appliance", "function", "cycle_id", "t_end_ms", "energy_mwh", "duration_ms",
+           "uses", "cost_minor", "currency", "hash")
+
+
+@pytest.fixture(scope="module")
+def key() -> PrivateKey:
+    return generate_key()
+
+
+@pytest.fixture
+def db(tmp_path: Path, key: PrivateKey) -> Path:
+    """A small ledger with every kind of record: function, interim, gap, cycle, lifecycle (non-ASCII too)."""
+    path = tmp_path / "ledger.db"
+    with Ledger.open(path, gateway_id=GW, key=key, epoch=EPOCH) as led:
+        led.append([usage(0, cycle_id="c1", function="fill"), usage(1, cycle_id="c1", kind=RecordKind.INTERIM)])
+        led.append(
+            [
+                usage(2, cycle_id="c1", kind=RecordKind.GAP, appliance="Spülmaschine"),
+                usage(3, cycle_id="c1", kind=RecordKind.CYCLE, uses=1),
+                lifecycle("config change"),
+            ]
+        )
+        led.wal_checkpoint()
+    return path
+
+
+@pytest.fixture
+def reader(db: Path) -> Iterator[Ledger]:
+    with Ledger.open(db, gateway_id=GW, key=None) as led:
+        yield led
+
+
+@pytest.fixture
+def raw(db: Path) -> Iterator[sqlite3.Connection]:
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA synchronous=OFF")  # tampering needs no durability; keeps the byte-by-byte loops fast
+    yield conn
+    conn.close()
+
+
+def rows(raw: sqlite3.Connection) -> list[tuple[int, bytes, str]]:
+    return raw.execute("SELECT seq, body, hash FROM records ORDER BY seq").fetchall()
+
+
+def assert_names(led: Ledger, key: PrivateKey, seq: int, what: str) -> None:
+    report = led.verify(key.public_key())
+    assert not report.ok, f"{what}: verify passed"
+    assert report.first_bad_seq == seq, f"{what}: named seq {report.first_bad_seq} ({report.reason}), not {seq}"
+
+
+def test_a_good_ledger_verifies(reader: Ledger, key: PrivateKey) -> None:
+    report = reader.verify(key.public_key())
+    assert (report.ok, report.checked, report.first_bad_seq, report.first_seq, report.last_seq) == (True, 5, None, 1, 5)
+
+
+def test_another_key_does_not_verify_naming_the_first_record(reader: Ledger) -> None:
+    report = reader.verify(generate_key().public_key())
+    assert (report.ok, report.first_bad_seq, report.reason) == (False, 1, "signature does not verify")
+
+
+@pytest.mark.parametrize("mask", [0x01, 0x80])
+def test_every_byte_of_every_body_flipped_is_caught(
+    reader: Ledger, raw: sqlite3.Connection, key: PrivateKey, mask: int
+) -> None:
+    for seq, body, _ in rows(raw):
+        for i in range(len(body)):
+            bad = bytearray(body)
+            bad[i] ^= mask
+            raw.execute("UPDATE records SET body=? WHERE seq=?", (bytes(bad), seq))
+            assert_names(reader, key, seq, f"seq {seq} body byte {i} ^ {mask:#x}")
+        raw.execute("UPDATE records SET body=? WHERE seq=?", (body, seq))
+    assert reader.verify(key.public_key()).ok
+
+
+def test_every_character_of_every_stored_hash_changed_is_caught(
+    reader: Ledger, raw: sqlite3.Connection, key: PrivateKey
+) -> None:
+    for seq, _, h in rows(raw):
+        for i in range(len(h)):
+            bad = h[:i] + ("0" if h[i] != "0" else "1") + h[i + 1 :]
+            raw.execute("UPDATE records SET hash=? WHERE seq=?", (bad, seq))
+            assert_names(reader, key, seq, f"seq {seq} hash char {i}")
+        raw.execute("UPDATE records SET hash=? WHERE seq=?", (h, seq))
+
+
+@pytest.mark.parametrize("column", COLUMNS)
+def test_every_column_of_the_row_changed_is_caught(
+    reader: Ledger, raw: sqlite3.Connection, key: PrivateKey, column: str
+) -> None:
+    for (seq,) in raw.execute("SELECT seq FROM records ORDER BY seq").fetchall():
+        (value,) = raw.execute(f"SELECT {column} FROM records WHERE seq=?", (seq,)).fetchone()
+        changed = value ^ 1 if isinstance(value, int) else (chr(ord(value[0]) ^ 0x40) + value[1:] if value else "x")
+        raw.execute(f"UPDATE records SET {column}=? WHERE seq=?", (changed, seq))
+        assert_names(reader, key, seq, f"seq {seq} column {column}")
+        raw.execute(f"UPDATE records SET {column}=? WHERE seq=?", (value, seq))
+    assert reader.verify(key.public_key()).ok
+
+
+def test_a_deleted_record_is_named(reader: Ledger, raw: sqlite3.Connection, key: PrivateKey) -> None:
+    raw.execute("DELETE FROM records WHERE seq=3")
+    assert_names(reader, key, 3, "deleted seq 3")
+
+
+def test_a_deleted_head_is_named(reader: Ledger, raw: sqlite3.Connection, key: PrivateKey) -> None:
+    raw.execute("DELETE FROM records WHERE seq=5")
+    assert_names(reader, key, 5, "deleted head")
+
+
+def test_a_renumbered_record_is_named(reader: Ledger, raw: sqlite3.Connection, key: PrivateKey) -> None:
+    raw.execute("UPDATE records SET seq=99 WHERE seq=2")
+    assert_names(reader, key, 2, "seq 2 moved to 99")
+
+
+def test_two_swapped_bodies_are_named(reader: Ledger, raw: sqlite3.Connection, key: PrivateKey) -> None:
+    (_, b2, h2), (_, b3, h3) = rows(raw)[1:3]
+    raw.execute("UPDATE records SET body=?, hash=? WHERE seq=2", (b3, h3))
+    raw.execute("UPDATE records SET body=?, hash=? WHERE seq=3", (b2, h2))
+    assert_names(reader, key, 2, "swapped 2 and 3")
+
+
+def test_a_changed_chain_head_or_anchor_is_caught(reader: Ledger, raw: sqlite3.Connection, key: PrivateKey) -> None:
+    raw.execute("UPDATE kv SET value=? WHERE key='head_hash'", ("0" * 64,))
+    assert not reader.verify(key.public_key()).ok
+    raw.execute("UPDATE kv SET value=? WHERE key='head_hash'", (rows(raw)[-1][2],))
+    assert reader.verify(key.public_key()).ok
+    raw.execute("UPDATE kv SET value='2' WHERE key='anchor_seq'")
+    assert_names(reader, key, 1, "anchor moved")
+
+
+def _file_flip_cases(data: bytes, body: bytes, h: str, currency: bytes) -> Iterator[int]:
+    """Offsets in the file of a record's body (a sample), its stored hash and its text columns before the hash."""
+    off = data.find(body)
+    assert off > 0 and data.find(body, off + 1) == -1
+    assert data[off - 64 : off] == h.encode()  # the hash column sits right before the body in the row
+    yield from range(off, off + len(body), 11)
+    yield off + len(body) - 1
+    yield from range(off - 64 - len(currency), off)
+
+
+def test_bytes_flipped_in_the_database_file_are_caught(db: Path, raw: sqlite3.Connection, key: PrivateKey) -> None:
+    records = raw.execute("SELECT seq, body, hash, currency FROM records ORDER BY seq").fetchall()
+    raw.close()
+    original = db.read_bytes()
+    assert not db.with_name(db.name + "-wal").exists() or db.with_name(db.name + "-wal").stat().st_size == 0
+    flips = 0
+    for seq, body, h, currency in records:
+        for pos in _file_flip_cases(original, body, h, currency.encode()):
+            bad = bytearray(original)
+            bad[pos] ^= 0x04
+            db.write_bytes(bytes(bad))
+            with Ledger.open(db, gateway_id=GW, key=None) as led:
+                assert_names(led, key, seq, f"file byte {pos} (in seq {seq})")
+            flips += 1
+    db.write_bytes(original)
+    with Ledger.open(db, gateway_id=GW, key=None) as led:
+        assert led.verify(key.public_key()).ok
+    assert flips > 300
+
+
+B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def test_a_signature_respelled_in_non_canonical_base64_is_caught(tmp_path: Path, key: PrivateKey) -> None:
+    """Base64 decoders ignore the unused low bits of the last character: `verify` must not."""
+    path = tmp_path / "b64.db"
+    with Ledger.open(path, gateway_id=GW, key=key, epoch=EPOCH) as led:
+        for i in range(200):  # a DER signature is 70-72 bytes; find one whose base64 has padding bits
+            (s,) = led.append([usage(i)])
+            sig = s.event()["sig"]
+            if sig.endswith("="):
+                break
+        else:
+            pytest.fail("no padded signature in 200 records")
+        last = sig.rstrip("=")[-1]
+        respelled = sig.rstrip("=")[:-1] + B64[B64.index(last) + 1] + sig[len(sig.rstrip("=")) :]
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("UPDATE records SET body=? WHERE seq=?", (s.body.replace(sig.encode(), respelled.encode()), s.seq))
+        conn.close()
+        assert_names(led, key, s.seq, "sig with non-zero padding bits")
