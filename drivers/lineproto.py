@@ -1,0 +1,340 @@
+"""Appliances with their own microcontroller: readings as text lines on a serial port.
+
+Two line shapes, as Arduino/ESP sketches print them (`format = "auto"` accepts both):
+
+    {"power_w": 12.5, "energy_kwh": 1.234, "state": "spin"}       # JSON lines
+    P:12.5,E:1.234  or  P=12.5 E=1.234                             # key:value pairs (, ; space or tab between)
+
+    [sources.coffee]
+    driver = "line"
+    port = "/dev/serial/by-id/usb-Espressif_USB_JTAG-if00"
+    baud = 115200
+    [sources.coffee.keys]                    # optional; the defaults below cover the common names
+    P = { quantity = "power_mw", unit = "W" }
+    E = { quantity = "energy_mwh", unit = "kWh" }
+    heater = { quantity = "signal" }         # the signal is named after the key unless `signal = "..."`
+
+The parser is pure (bytes in, values out) and tested line by line. A line that is not text, too long, neither JSON nor
+key:value, or carries NaN, infinity, a non-number or negative energy is counted under its kind and never becomes a
+reading; unknown keys are counted and ignored. The first line after each (re)open is dropped, since we may have
+joined in the middle of it. A text line has no checksum, so a sketch that must be billed exactly should print its
+energy counter (cumulative) rather than increments: a lost line then loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Self
+
+from koto.clock import Clock
+from koto.reading import Quantity, Reading, to_milli
+
+from .base import Source
+from .errors import DriverConfigError, FrameError
+
+MAX_LINE = 1024
+UNITS: dict[Quantity, dict[str, int]] = {
+    Quantity.VOLTAGE_MV: {"V": 1000, "mV": 1},
+    Quantity.CURRENT_MA: {"A": 1000, "mA": 1},
+    Quantity.POWER_MW: {"W": 1000, "kW": 1_000_000, "mW": 1},
+    Quantity.ENERGY_MWH: {"Wh": 1000, "kWh": 1_000_000, "mWh": 1},
+    Quantity.FREQUENCY_MHZ: {"Hz": 1000, "mHz": 1},
+    Quantity.PULSES: {"": 1},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    quantity: Quantity
+    unit: str = ""
+    scale: Decimal = Decimal(1)
+    signal: str = ""
+
+
+DEFAULT_KEYS: dict[str, KeySpec] = {
+    "power_w": KeySpec(Quantity.POWER_MW, "W"),
+    "energy_kwh": KeySpec(Quantity.ENERGY_MWH, "kWh"),
+    "energy_wh": KeySpec(Quantity.ENERGY_MWH, "Wh"),
+    "voltage_v": KeySpec(Quantity.VOLTAGE_MV, "V"),
+    "current_a": KeySpec(Quantity.CURRENT_MA, "A"),
+    "frequency_hz": KeySpec(Quantity.FREQUENCY_MHZ, "Hz"),
+    "P": KeySpec(Quantity.POWER_MW, "W"),
+    "E": KeySpec(Quantity.ENERGY_MWH, "kWh"),
+    "state": KeySpec(Quantity.SIGNAL, signal="state"),
+}
+
+
+def parse_keys(table: Mapping[str, Any], *, source: str = "?") -> dict[str, KeySpec]:
+    """Validate a `[sources.x.keys]` table."""
+    out: dict[str, KeySpec] = {}
+    for key, spec in table.items():
+        where = f"keys.{key}"
+        if not isinstance(spec, Mapping):
+            raise DriverConfigError(source, where, "must be a table like { quantity = \"power_mw\", unit = \"W\" }")
+        extra = set(spec) - {"quantity", "unit", "scale", "signal"}
+        if extra:
+            raise DriverConfigError(source, f"{where}.{sorted(extra)[0]}", "unknown key; allowed: quantity, unit, "
+                                    "scale, signal")
+        try:
+            q = Quantity(str(spec.get("quantity")))
+        except ValueError:
+            q = Quantity.ANALOG
+        if q is not Quantity.SIGNAL and q not in UNITS:
+            allowed = ", ".join([Quantity.SIGNAL.value, *(x.value for x in UNITS)])
+            raise DriverConfigError(source, f"{where}.quantity", f"{spec.get('quantity')!r} is not allowed; "
+                                    f"allowed: {allowed}")
+        if q is Quantity.SIGNAL:
+            sig = spec.get("signal", key)
+            if not isinstance(sig, str) or not sig:
+                raise DriverConfigError(source, f"{where}.signal", "must be a non-empty string")
+            out[key] = KeySpec(q, signal=sig)
+            continue
+        unit = spec.get("unit", next(iter(UNITS[q])))
+        if unit not in UNITS[q]:
+            raise DriverConfigError(source, f"{where}.unit", f"{unit!r} is not allowed for {q.value}; allowed: "
+                                    f"{', '.join(UNITS[q])}")
+        try:
+            scale = Decimal(str(spec.get("scale", 1)))
+        except InvalidOperation:
+            scale = Decimal(0)
+        if not scale.is_finite() or scale <= 0 or isinstance(spec.get("scale"), bool):
+            raise DriverConfigError(source, f"{where}.scale", "must be a positive number")
+        sig = spec.get("signal", "")
+        if not isinstance(sig, str):
+            raise DriverConfigError(source, f"{where}.signal", "must be a string (a phase or channel name, or \"\")")
+        out[key] = KeySpec(q, unit, scale, sig)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    values: list[tuple[KeySpec, int | str]]
+    unknown: list[str]
+    rejected: list[FrameError]
+
+
+class LineParser:
+    """Pure: one line (bytes, without the newline) -> values in milli-units, unknown keys, rejected values."""
+
+    def __init__(self, keys: Mapping[str, KeySpec] | None = None, fmt: str = "auto") -> None:
+        self.keys = dict(DEFAULT_KEYS if keys is None else keys)
+        self.fmt = fmt
+
+    def _pairs(self, text: str) -> list[tuple[str, Any]]:
+        if self.fmt in ("json", "auto") and text.startswith("{"):
+            try:
+                obj = json.loads(text)
+            except ValueError:
+                raise FrameError("garbage", f"not valid JSON: {text[:40]!r}") from None
+            if not isinstance(obj, dict):
+                raise FrameError("garbage", f"JSON line is not an object: {text[:40]!r}")
+            return list(obj.items())
+        if self.fmt == "json":
+            raise FrameError("garbage", f"not a JSON object: {text[:40]!r}")
+        pairs: list[tuple[str, Any]] = []
+        for tok in text.replace(",", " ").replace(";", " ").replace("\t", " ").split():
+            sep = ":" if ":" in tok else "=" if "=" in tok else ""
+            if not sep:
+                raise FrameError("garbage", f"no key:value in {tok[:40]!r}")
+            k, _, v = tok.partition(sep)
+            if not k or not v:
+                raise FrameError("garbage", f"empty key or value in {tok[:40]!r}")
+            pairs.append((k, v))
+        return pairs
+
+    @staticmethod
+    def _convert(key: str, spec: KeySpec, raw: Any) -> int | str:
+        if spec.quantity is Quantity.SIGNAL:
+            if isinstance(raw, bool):
+                return "on" if raw else "off"
+            if isinstance(raw, str | int) and len(str(raw)) <= 64:
+                return str(raw)
+            raise FrameError("bad_value", f"{key}: signal value {raw!r}")
+        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+            raise FrameError("bad_value", f"{key}: {raw!r} is not a number")
+        if isinstance(raw, float) and not math.isfinite(raw):
+            raise FrameError("not_finite", f"{key}: {raw!r}")
+        try:
+            d = Decimal(str(raw).strip())
+        except InvalidOperation:
+            raise FrameError("bad_value", f"{key}: {raw!r} is not a number") from None
+        if not d.is_finite():
+            raise FrameError("not_finite", f"{key}: {raw!r}")
+        if spec.quantity in (Quantity.ENERGY_MWH, Quantity.PULSES) and d < 0:
+            raise FrameError("negative_energy", f"{key}: {raw!r}")
+        return to_milli(d * spec.scale, UNITS[spec.quantity][spec.unit])
+
+    def parse(self, line: bytes) -> Parsed:
+        if len(line) > MAX_LINE:
+            raise FrameError("too_long", f"{len(line)} bytes without a newline")
+        try:
+            text = line.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise FrameError("not_text", f"{line[:20]!r}") from None
+        if not text:
+            return Parsed([], [], [])
+        if any(not c.isprintable() and c != "\t" for c in text):
+            raise FrameError("not_text", f"control characters in {text[:40]!r}")
+        values: list[tuple[KeySpec, int | str]] = []
+        unknown: list[str] = []
+        rejected: list[FrameError] = []
+        for k, raw in self._pairs(text):
+            spec = self.keys.get(k)
+            if spec is None:
+                unknown.append(k)
+                continue
+            try:
+                values.append((spec, self._convert(k, spec, raw)))
+            except FrameError as e:
+                rejected.append(e)
+        return Parsed(values, unknown, rejected)
+
+
+_PLAIN = {
+    "garbage": "unreadable line, ignored",
+    "not_text": "line is not text (wrong baud rate?), ignored",
+    "too_long": "line too long, ignored",
+    "bad_value": "value is not a number, ignored",
+    "not_finite": "value is NaN or infinite, ignored",
+    "negative_energy": "energy below zero, ignored",
+    "unknown_key": "unknown key, ignored (map it under [sources.NAME.keys])",
+    "port": "serial port went away (unplugged?); reopening",
+}
+
+
+class LineSource(Source):
+    """Reads lines from a serial port (any path pyserial opens: a USB CDC port, a pty in tests)."""
+
+    driver = "line"
+
+    def __init__(self, name: str, *, clock: Clock, port: str, baud: int = 115200,
+                 parser: LineParser | None = None, backoff_initial_s: float = 0.5,
+                 backoff_max_s: float = 30.0) -> None:
+        super().__init__(name, clock=clock)
+        self.port = port
+        self.baud = baud
+        self.parser = parser or LineParser()
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.lines = 0
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._opened_once = False
+        self._stream: AsyncIterator[Reading] | None = None
+        self._rng = random.Random()
+
+    @classmethod
+    def from_config(cls, name: str, cfg: Mapping[str, Any], *, clock: Clock, **backends: Any) -> Self:
+        allowed = {"driver", "port", "baud", "format", "keys"}
+        extra = set(cfg) - allowed
+        if extra:
+            raise DriverConfigError(name, sorted(extra)[0], f"unknown key; allowed: {', '.join(sorted(allowed))}")
+        port = cfg.get("port")
+        if not isinstance(port, str) or not port:
+            raise DriverConfigError(name, "port", "missing; the serial device, e.g. /dev/ttyACM0")
+        baud = cfg.get("baud", 115200)
+        if isinstance(baud, bool) or not isinstance(baud, int) or not 300 <= baud <= 4_000_000:
+            raise DriverConfigError(name, "baud", f"{baud!r} is not allowed; allowed: an integer 300..4000000")
+        fmt = cfg.get("format", "auto")
+        if fmt not in ("auto", "json", "kv"):
+            raise DriverConfigError(name, "format", f"{fmt!r} is not allowed; allowed: auto, json, kv")
+        keys_cfg = cfg.get("keys")
+        if keys_cfg is not None and not isinstance(keys_cfg, Mapping):
+            raise DriverConfigError(name, "keys", "must be a table of key = { quantity = ..., unit = ... }")
+        keys = None if keys_cfg is None else {**DEFAULT_KEYS, **parse_keys(keys_cfg, source=name)}
+        return cls(name, clock=clock, port=port, baud=baud, parser=LineParser(keys, fmt),
+                   **{k: v for k, v in backends.items() if k in ("backoff_initial_s", "backoff_max_s")})
+
+    async def _connect(self) -> None:
+        import serial_asyncio_fast
+
+        self._reader, self._writer = await serial_asyncio_fast.open_serial_connection(url=self.port,
+                                                                                      baudrate=self.baud)
+
+    async def _close(self) -> None:
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            await stream.aclose()  # type: ignore[attr-defined]
+        await self._close_port()
+
+    async def _close_port(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = self._reader = None
+
+    async def _lines(self) -> AsyncIterator[bytes]:
+        """Raw lines, reopening the port with capped, jittered backoff when it goes away."""
+        backoff = 0.0
+        while True:
+            try:
+                await self._connect()
+            except (OSError, ValueError) as e:
+                self.health.state = "reconnecting"
+                self._count_error("port", "cannot open %s (%s); retrying", self.port, e)
+                backoff = min(self.backoff_max_s, max(self.backoff_initial_s, backoff * 2))
+                await asyncio.sleep(backoff * self._rng.uniform(0.5, 1.0))
+                continue
+            if self._opened_once:
+                self.health.reconnects += 1
+                self._rl.warning("reopened", "%s: %s open again", self.name, self.port)
+            self._opened_once = True
+            backoff = 0.0
+            self.health.state = "ok"
+            assert self._reader is not None
+            buf = b""
+            first = True
+            overflow = False
+            while True:
+                try:
+                    chunk = await self._reader.read(4096)
+                    why = "end of data"
+                except (OSError, ValueError) as exc:  # pyserial's SerialException is an OSError
+                    chunk, why = b"", str(exc)
+                if not chunk:
+                    self._count_error("port", "%s went away (%s); reopening", self.port, why)
+                    break
+                buf += chunk
+                while b"\n" in buf:
+                    line, _, buf = buf.partition(b"\n")
+                    if overflow:
+                        overflow = False  # the tail of an over-long line
+                        continue
+                    if first:
+                        first = False  # we may have joined in the middle of this one
+                        continue
+                    yield line.rstrip(b"\r")
+                if len(buf) > MAX_LINE:
+                    yield buf  # reported as too long by the parser
+                    buf, overflow = b"", True
+            await self._close_port()
+            self.health.state = "reconnecting"
+            await asyncio.sleep(self.backoff_initial_s * self._rng.uniform(0.5, 1.0))
+
+    def _readings(self) -> AsyncIterator[Reading]:
+        """One stream per source: a second `async for` continues where the first stopped, on the same port."""
+        if self._stream is None:
+            self._stream = self._stream_readings()
+        return self._stream
+
+    async def _stream_readings(self) -> AsyncIterator[Reading]:
+        async for line in self._lines():
+            self.lines += 1
+            try:
+                parsed = self.parser.parse(line)
+            except FrameError as e:
+                self._count_error(e.kind, "%s (%s)", _PLAIN.get(e.kind, e.kind), e.detail)
+                continue
+            for k in parsed.unknown:
+                self._count_error("unknown_key", "%s: %r", _PLAIN["unknown_key"], k)
+            for rej in parsed.rejected:
+                self._count_error(rej.kind, "%s (%s)", _PLAIN.get(rej.kind, rej.kind), rej.detail)
+            now = self.clock.now()
+            for spec, value in parsed.values:
+                yield self._emit(Reading(self.name, now.mono_ns, now.wall, now.boot_id, spec.quantity, value,
+                                         wall_synced=now.synced, signal=spec.signal))
