@@ -123,10 +123,20 @@ class Mcp3008Source(Source):
             from ..pins import select_pin_factory
 
             self.pin_factory = select_pin_factory()
-        from gpiozero import MCP3008
+        from gpiozero import MCP3008, Device
 
-        self._adc = MCP3008(channel=self.channel, differential=self.differential, port=self.spi_port,
-                            device=self.spi_device, pin_factory=self.pin_factory)
+        # gpiozero's software SPI bus (used with MockFactory, or when hardware SPI is off) calls
+        # Device.__init__() without our pin_factory, which makes gpiozero look for a *default* factory: on a
+        # laptop that fails, on a Pi it may silently build a second one. Lend it ours for the construction only.
+        lent = Device.pin_factory is None
+        if lent:
+            Device.pin_factory = self.pin_factory
+        try:
+            self._adc = MCP3008(channel=self.channel, differential=self.differential, port=self.spi_port,
+                                device=self.spi_device, pin_factory=self.pin_factory)
+        finally:
+            if lent:
+                Device.pin_factory = None
 
     async def _close(self) -> None:
         adc, self._adc = self._adc, None
