@@ -1,0 +1,209 @@
+"""Pure state machines: which function is running, and whether a use (cycle) is under way.
+
+Both take (t_mono_ns, power_mw[, signals]) and keep only integers, so they snapshot to plain data and cost a few
+comparisons per reading when nothing changes (the common case: the current function still holds).
+
+Switching rule (see `profile.py`): the current function holds while its *off* band and signal hold (hysteresis
+beats priority). Once it fails, the candidate is the first function in profile order whose *on* band and signal
+hold, else the `unmatched` function. The switch happens at the reading where the current function has been failing
+for its `min_off_s` and the candidate has held for its `min_on_s`. The dwell only *confirms*: the boundary is put
+back at the reading where the confirmed candidate began (`cand_since`), and the meter moves what it accumulated
+since then to the new segment. `update` reports that moment (`CANDIDATE`) so the meter can mark it, and `DROPPED`
+when the current function holds again (the mark is void).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .profile import CycleRule, Profile
+
+NO_TIME = -(2**63)
+NO_CHANGE, CANDIDATE, DROPPED = -1, -2, -3
+
+
+class Detector:
+    """Current function of one appliance, from power and signals, with hysteresis and dwell."""
+
+    __slots__ = (
+        "_funcs",
+        "_min_off",
+        "_n",
+        "_off_max",
+        "_off_min",
+        "_sig",
+        "_signals",
+        "_val",
+        "cand",
+        "cand_since",
+        "cur",
+        "fail_since",
+        "names",
+    )
+
+    def __init__(self, profile: Profile, signals: dict[str, str]) -> None:
+        self._funcs = profile.functions
+        self._n = len(profile.functions)
+        self.names: tuple[str, ...] = (*tuple(f.name for f in profile.functions), profile.unmatched)
+        self._signals = signals
+        self.cur = -1  # -1 = nothing seen yet; index n = unmatched
+        self.cand = -1
+        self.cand_since = NO_TIME
+        self.fail_since = NO_TIME
+        self._off_min = 1  # an empty band: nothing "stays" before the first reading
+        self._off_max = 0
+        self._sig = ""
+        self._val = ""
+        self._min_off = 0
+
+    @property
+    def function(self) -> str:
+        return self.names[self.cur] if self.cur >= 0 else ""
+
+    def _set(self, idx: int) -> None:
+        self.cur = idx
+        self.cand = -1
+        self.cand_since = NO_TIME
+        self.fail_since = NO_TIME
+        if idx < self._n:
+            f = self._funcs[idx]
+            self._off_min, self._off_max, self._sig, self._val = f.off_min_mw, f.off_max_mw, f.signal, f.value
+            self._min_off = f.min_off_ns
+        else:  # unmatched: "stays" only while nothing else enters; checked by scanning
+            self._off_min, self._off_max, self._sig, self._val, self._min_off = 1, 0, "", "", 0
+
+    def _entering(self, p: int) -> int:
+        sig = self._signals
+        for i, f in enumerate(self._funcs):
+            if f.on_min_mw <= p <= f.on_max_mw and (not f.signal or sig.get(f.signal) == f.value):
+                return i
+        return self._n
+
+    def start(self, p: int) -> int:
+        """First reading: take the matching function at once (no dwell: there is nothing to confirm against)."""
+        self._set(self._entering(p))
+        return self.cur
+
+    def update(self, t: int, p: int) -> int:
+        """Feed one observation. Returns the new function's index if it switches now (the boundary is
+        `cand_since` as it was before the call, i.e. the last CANDIDATE time, or `t`), CANDIDATE if a new candidate
+        begins at `t`, DROPPED if the current function holds again after failing, else NO_CHANGE."""
+        if self._off_min <= p <= self._off_max and (not self._sig or self._signals.get(self._sig) == self._val):
+            if self.fail_since != NO_TIME:
+                self.fail_since = NO_TIME
+                self.cand = -1
+                return DROPPED
+            return NO_CHANGE
+        if self.cur < 0:
+            return self.start(p)
+        c = self._entering(p)
+        if c == self.cur:  # only possible for unmatched: nothing else enters, so it holds
+            if self.fail_since != NO_TIME:
+                self.fail_since = NO_TIME
+                self.cand = -1
+                return DROPPED
+            return NO_CHANGE
+        if self.fail_since == NO_TIME:
+            self.fail_since = t
+        res = NO_CHANGE
+        if c != self.cand:
+            self.cand = c
+            self.cand_since = t
+            res = CANDIDATE
+        min_on = self._funcs[c].min_on_ns if c < self._n else 0
+        if t - self.fail_since >= self._min_off and t - self.cand_since >= min_on:
+            self._set(c)
+            return c
+        return res
+
+    def rebase(self, t: int) -> None:
+        """Monotonic time restarted (new boot): restart running dwell timers at `t`."""
+        if self.fail_since != NO_TIME:
+            self.fail_since = t
+        if self.cand_since != NO_TIME:
+            self.cand_since = t
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"cur": self.function, "cand": self.names[self.cand] if self.cand >= 0 else "",
+                "cand_since": self.cand_since, "fail_since": self.fail_since}
+
+    def restore(self, s: dict[str, Any]) -> None:
+        """Restore; a function name the (possibly updated) profile no longer has falls back to `unmatched`."""
+        cur = str(s.get("cur", ""))
+        if cur:
+            self._set(self.names.index(cur) if cur in self.names else self._n)
+        cand = str(s.get("cand", ""))
+        if cand in self.names and self.cur >= 0:
+            self.cand = self.names.index(cand)
+            self.cand_since = int(s.get("cand_since", NO_TIME))
+            self.fail_since = int(s.get("fail_since", NO_TIME))
+
+
+IDLE, STARTING, RUNNING, ENDING = 0, 1, 2, 3
+CYCLE_STARTED, CYCLE_ENDED = 1, 2
+
+
+class CycleTracker:
+    """One use: power above `start_mw` for `start_ns` starts it; below `end_mw` for `end_ns` ends it.
+
+    Anything shorter than `end_ns` below `end_mw` is a pause inside the use. Power dipping to or below `start_mw`
+    while starting cancels the start (the start must be sustained).
+    """
+
+    __slots__ = ("_end_mw", "_end_ns", "_start_mw", "_start_ns", "rise_t", "since", "state")
+
+    def __init__(self, rule: CycleRule | None) -> None:
+        if rule is None:  # no cycle rule: never starts
+            self._start_mw, self._start_ns, self._end_mw, self._end_ns = 2**62, 0, 0, 0
+        else:
+            self._start_mw, self._start_ns = rule.start_mw, rule.start_ns
+            self._end_mw, self._end_ns = rule.end_mw, rule.end_ns
+        self.state = IDLE
+        self.since = NO_TIME
+        self.rise_t = NO_TIME
+
+    @property
+    def running(self) -> bool:
+        return self.state >= RUNNING
+
+    def update(self, t: int, p: int) -> int:
+        st = self.state
+        if st == IDLE:
+            if p > self._start_mw:
+                self.state, self.since = STARTING, t
+                if self._start_ns == 0:
+                    self.state = RUNNING
+                    return CYCLE_STARTED
+            return 0
+        if st == RUNNING:
+            if p < self._end_mw:
+                self.state, self.since = ENDING, t
+                if self._end_ns == 0:
+                    self.state = IDLE
+                    return CYCLE_ENDED
+            return 0
+        if st == STARTING:
+            if p <= self._start_mw:
+                self.state = IDLE
+            elif t - self.since >= self._start_ns:
+                self.state = RUNNING
+                return CYCLE_STARTED
+            return 0
+        # ENDING
+        if p >= self._end_mw:
+            self.state = RUNNING
+        elif t - self.since >= self._end_ns:
+            self.state = IDLE
+            return CYCLE_ENDED
+        return 0
+
+    def rebase(self, t: int) -> None:
+        if self.since != NO_TIME:
+            self.since = t
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"state": self.state, "since": self.since}
+
+    def restore(self, s: dict[str, Any]) -> None:
+        self.state = int(s.get("state", IDLE))
+        self.since = int(s.get("since", NO_TIME))
