@@ -1,0 +1,44 @@
+"""`discover` finds simulated meters on a pty, names their model and prints a config block that builds."""
+
+from __future__ import annotations
+
+import tomllib
+
+from drivers.base import build_source
+from drivers.discover_serial import Found, config_block, discover, list_ports
+from drivers.modbus import ModbusMeterSource
+from drivers.modbus_sim import ModbusSimulator, SimMeter
+from koto.clock import ManualClock
+
+
+async def test_discover_names_an_sdm120_sdm630_and_pzem_and_skips_empty_addresses() -> None:
+    meters = [SimMeter("sdm120", 1), SimMeter("sdm630", 2), SimMeter("pzem004t", 5)]
+    async with ModbusSimulator(meters) as sim:
+        found = await discover([sim.port], addresses=[1, 2, 3, 5], bauds=[9600], timeout_s=0.1)
+        assert [(f.address, f.model) for f in found] == [(1, "sdm120"), (2, "sdm630"), (5, "pzem004t")]
+        assert all(f.port == sim.port and f.baud == 9600 for f in found)
+
+        block = config_block(found)
+        sources = tomllib.loads(block)["sources"]
+        assert sources["meter-1"] == {"driver": "modbus", "port": sim.port, "address": 1, "model": "sdm120",
+                                      "baud": 9600}
+        # the pasted block builds working sources
+        src = build_source("meter-1", sources["meter-1"], clock=ManualClock())
+        assert isinstance(src, ModbusMeterSource)
+        async with src:
+            assert len(await src.poll_once()) == 6
+
+
+async def test_a_port_that_cannot_be_opened_finds_nothing(tmp_path: object) -> None:
+    assert await discover(["/nonexistent/ttyUSB9"], addresses=[1], bauds=[9600], timeout_s=0.05) == []
+
+
+def test_unknown_device_gets_a_commented_block_and_empty_result_a_hint() -> None:
+    block = config_block([Found("/dev/ttyUSB0", 7, 9600, None, "answers, but fits no known model")])
+    assert tomllib.loads(block) == {} and "map =" in block and "address = 7" in block
+    assert "no Modbus meter answered" in config_block([])
+
+
+def test_list_ports_returns_port_descriptions() -> None:
+    for p in list_ports():
+        assert p.device and p.stable_path
