@@ -97,7 +97,7 @@ def test_most_specific_rule_wins_for_each_rate_separately() -> None:
     spin = t.rates_for("washer", "spin")  # washer/* adds per-minute and per-use, energy from *
     assert (spin.per_kwh, spin.per_minute, spin.per_use) == (Decimal("0.30"), Decimal("0.01"), Decimal("0.50"))
     kettle = t.rates_for("kettle", "boil")
-    assert (kettle.per_kwh, kettle.per_minute, kettle.per_use) == (Decimal("0.30"), 0, 0)
+    assert (kettle.per_kwh, kettle.per_minute, kettle.per_use) == (Decimal("0.30"), Decimal(0), Decimal(0))
     # an appliance outranks a function name: washer/* beats */standby for the minute rate
     assert t.rates_for("washer", "standby").per_minute == Decimal("0.01")
     assert t.rates_for("washer", "standby").per_kwh == 0
