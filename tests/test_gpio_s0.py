@@ -179,3 +179,28 @@ async def test_active_level_follows_the_config(active_high: bool) -> None:
         drive_pulses(factory.pin(PIN), [10 * S, 11 * S], active_low=not active_high)
         got = await take(it, 3)
     assert [r.t_mono_ns for r in got if r.quantity is Quantity.PULSES] == [10 * S, 11 * S]
+
+
+async def test_host_stamped_edges_are_mapped_onto_a_scaled_clock() -> None:
+    """A plain MockPin stamps edges with time.monotonic(), as lgpio stamps them with the kernel's CLOCK_MONOTONIC:
+    host time, which a ScaledClock (demo, soak) maps onto its own faster timeline."""
+    import time
+
+    from gpiozero.pins.mock import MockFactory
+
+    from koto.clock import ScaledClock
+
+    clock = ScaledClock(60.0)
+    factory = MockFactory()
+    src = S0PulseSource("m", clock=clock, pin=PIN, imp_per_kwh=1000, pin_factory=factory, bounce_ms=0)
+    pin = factory.pin(PIN)
+    async with src:
+        it = aiter(src)
+        await take(it, 1)
+        before = time.monotonic_ns()
+        pin.drive_low()
+        after = time.monotonic_ns()
+        pin.drive_high()
+        (r,) = await take(it, 1)
+    slack = 60 * 1000  # a microsecond of float rounding, scaled
+    assert clock.from_real_mono_ns(before) - slack <= r.t_mono_ns <= clock.from_real_mono_ns(after) + slack
