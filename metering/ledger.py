@@ -215,47 +215,43 @@ def _js(s: str) -> str:
 
 
 def _check_data(data: Mapping[str, Any], index: int) -> None:
-    """Strings and integers only (the canonical form); a fast path for flat data, the full check for nested."""
-    where = f"draft {index}"
+    """Strings and integers only (the canonical form): a fast pass over flat values, the full check otherwise."""
+    for v in data.values():
+        t = type(v)
+        if t is str or (t is int and -MAX_SAFE_INT <= v <= MAX_SAFE_INT):
+            continue
+        break
+    else:
+        return
     for k, v in data.items():
         t = type(v)
-        if t is str:
+        if t is str or (t is int and -MAX_SAFE_INT <= v <= MAX_SAFE_INT):
             continue
-        if t is int:
-            if -MAX_SAFE_INT <= v <= MAX_SAFE_INT:
-                continue
-        elif t in (dict, list, tuple):
+        if t in (dict, list, tuple):
             try:
                 canonical_bytes({k: v})
             except CanonicalError as e:
-                raise LedgerError(f"{where}: data.{k}: {e}") from e
+                raise LedgerError(f"draft {index}: data.{k}: {e}") from e
             continue
-        raise LedgerError(f"{where}: data.{k}: {type(v).__name__} {v!r} is not allowed (strings and integers only)")
-
-
-def _int_field(data: Mapping[str, Any], key: str) -> int:
-    v = data.get(key, 0)
-    return v if type(v) is int else 0
-
-
-def _str_field(data: Mapping[str, Any], key: str) -> str:
-    v = data.get(key, "")
-    return v if type(v) is str else ""
+        raise LedgerError(f"draft {index}: data.{k}: {t.__name__} {v!r} is not allowed (strings and integers only)")
 
 
 def _columns(data: Mapping[str, Any]) -> tuple[str, str, str, str, int, int, int, int, str]:
     """The query columns a record's `data` implies: kind, appliance, function, cycle_id, energy, duration, uses,
     cost, currency. Used both when writing and when verifying, so they cannot disagree."""
+    g = data.get
+    kind, app, fn, cyc, cur = g("kind", ""), g("appliance", ""), g("function", ""), g("cycle_id", ""), g("currency", "")
+    e, d, u, c = g("energy_mwh", 0), g("duration_ms", 0), g("uses", 0), g("cost_minor", 0)
     return (
-        _str_field(data, "kind"),
-        _str_field(data, "appliance"),
-        _str_field(data, "function"),
-        _str_field(data, "cycle_id"),
-        _int_field(data, "energy_mwh"),
-        _int_field(data, "duration_ms"),
-        _int_field(data, "uses"),
-        _int_field(data, "cost_minor"),
-        _str_field(data, "currency"),
+        kind if type(kind) is str else "",
+        app if type(app) is str else "",
+        fn if type(fn) is str else "",
+        cyc if type(cyc) is str else "",
+        e if type(e) is int else 0,
+        d if type(d) is int else 0,
+        u if type(u) is int else 0,
+        c if type(c) is int else 0,
+        cur if type(cur) is str else "",
     )
 
 
@@ -461,7 +457,6 @@ class Ledger:
             if d.cycle_id and "cycle_id" not in data:
                 data["cycle_id"] = d.cycle_id
             kind, app, fn, cid, energy, dur, uses, cost, cur = _columns(data)
-            cid = cid or d.cycle_id
             if cid:
                 if kind in _PARTITION:
                     span = cycle_seqs.get(cid)
