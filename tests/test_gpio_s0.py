@@ -204,3 +204,30 @@ async def test_host_stamped_edges_are_mapped_onto_a_scaled_clock() -> None:
         (r,) = await take(it, 1)
     slack = 60 * 1000  # a microsecond of float rounding, scaled
     assert clock.from_real_mono_ns(before) - slack <= r.t_mono_ns <= clock.from_real_mono_ns(after) + slack
+
+
+async def test_the_demo_pulse_train_runs_through_the_real_s0_stack() -> None:
+    from drivers.gpio.sim import run_pulse_train
+
+    clock = ManualClock(mono_ns=7 * S)
+    factory = mock_factory()
+
+    async def sleep(seconds: float) -> None:  # compressed time: each nap moves the clock, yields the loop
+        clock.advance(seconds)
+        await asyncio.sleep(0)
+
+    src = S0PulseSource("kettle", clock=clock, pin=PIN, imp_per_kwh=1000, pin_factory=factory)
+    async with src:
+        it = aiter(src)
+        await take(it, 1)
+        train = asyncio.create_task(run_pulse_train(factory.pin(PIN), clock, lambda: 3_600_000, 1000, sleep=sleep))
+        got: list[Reading] = []
+        try:
+            while sum(r.quantity is Quantity.PULSES for r in got) < 4:
+                got += await take(it, 1)
+        finally:
+            train.cancel()
+    pulses = [r for r in got if r.quantity is Quantity.PULSES]
+    assert [r.t_mono_ns - 7 * S for r in pulses] == [1 * S, 2 * S, 3 * S, 4 * S]  # 3.6 kW: 1 Wh per second
+    measured = [r.value for r in got if r.quantity is Quantity.POWER_MW and r.quality is Quality.GOOD]
+    assert measured == [3_600_000] * 3
