@@ -23,15 +23,24 @@ from types import TracebackType
 from .pki import TestPKI
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_ACL = """\
-# Each gateway may touch only its own subtree; identity is the certificate CN (use_identity_as_username).
-pattern readwrite koto/v1/%u/#
+DEPLOY = REPO / "deploy" / "mosquitto"
+DEFAULT_ACL = (DEPLOY / "acl").read_text()  # what operators deploy is what the tests run
 
-# Receivers: read every gateway's uplink, write every gateway's downlink.
-user koto-receiver
-topic read koto/v1/+/up/#
-topic write koto/v1/+/down/#
-"""
+
+def deploy_tls_lines(*, ca: Path, cert: Path, key: Path, acl_file: Path) -> list[str]:
+    """deploy/mosquitto/koto.conf with its file paths swapped for the test PKI's, and without its `listener`
+    (the test picks a free port) or the settings the test base config already sets."""
+    swap = {"cafile": ca, "certfile": cert, "keyfile": key, "acl_file": acl_file}
+    out = []
+    for raw in (DEPLOY / "koto.conf").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name = line.split()[0]
+        if name == "listener":
+            continue
+        out.append(f"{name} {swap[name]}" if name in swap else line)
+    return out
 
 
 def free_port() -> int:
@@ -87,15 +96,10 @@ class Mosquitto:
         if self.pki:
             acl_file = self.folder / "acl"
             acl_file.write_text(self.acl)
-            lines += [
-                f"cafile {self.pki.ca}",
-                f"certfile {self.pki.server.cert}",
-                f"keyfile {self.pki.server.key}",
-                "require_certificate true",
-                "use_identity_as_username true",
-                "tls_version tlsv1.2",
-                f"acl_file {acl_file}",
-            ]
+            base = {line.split()[0] for line in lines}
+            lines += [line for line in deploy_tls_lines(ca=self.pki.ca, cert=self.pki.server.cert,
+                                                        key=self.pki.server.key, acl_file=acl_file)
+                      if line.split()[0] not in base]
         else:
             lines.append("allow_anonymous true")
         self.conf.write_text("\n".join(lines) + "\n")
