@@ -267,9 +267,10 @@ class Entitlements:
 
         A partition record is judged at its own start. A `cycle` record is judged as of the start of its use: it
         takes the decision made for the first partition record with its `cycle_id` (so a use that began covered
-        stays covered, and one that began uncovered stays flagged), or, if none was seen, is judged at its start.
+        stays covered, and one that began uncovered stays flagged), or, if none was seen, is judged at its start
+        (a cycle with no function, as the meter writes them, is governed only by `appliance/*` entitlements).
         """
-        if record.kind == RecordKind.GAP or not record.function:
+        if record.kind == RecordKind.GAP or (not record.function and record.kind != RecordKind.CYCLE):
             record.entitled, record.entitlement_id = "", ""
             return Decision(entitled=True, gated=False, reason="no function")
         decision = self._started.pop(record.cycle_id, None) if record.kind == RecordKind.CYCLE else None

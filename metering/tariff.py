@@ -208,10 +208,11 @@ class Tariff:
     def exact_cost(self, record: UsageRecord, tz: tzinfo) -> Fraction:
         """The record's exact cost in minor units, before rounding: the tariff applied to its quantities.
 
-        `cycle` records pay per use (at the rates in force when the use started); partition records pay per kWh of
-        `energy_mwh` and per minute of `duration_ms`; `gap` records and records with no function pay nothing.
+        `cycle` records pay per use (at the rates in force when the use started; a cycle with no function, as the
+        meter writes them, matches only rules whose function is `*`); partition records pay per kWh of `energy_mwh`
+        and per minute of `duration_ms`; `gap` records and partition records with no function pay nothing.
         """
-        if record.kind == RecordKind.GAP or not record.function:
+        if record.kind == RecordKind.GAP or (not record.function and record.kind != RecordKind.CYCLE):
             return Fraction(0)
         scale: int = 10**self.exponent
         if record.kind == RecordKind.CYCLE:

@@ -32,7 +32,7 @@ def record(
         kind=kind,
         appliance=appliance,
         source="washer-plug",
-        function="" if kind == RecordKind.GAP else function,
+        function="" if kind == RecordKind.GAP else function,  # a cycle keeps what it is given ("" from the meter)
         t_start_mono_ns=0,
         t_end_mono_ns=round((end - start) * 1e9),
         t_start_wall=start,

@@ -155,6 +155,20 @@ def test_a_use_that_began_covered_stays_covered_and_one_that_began_flagged_stays
     assert [first.entitled, last.entitled, cycle.entitled] == ["no", "yes", "no"]
 
 
+def test_a_cycle_without_a_function_follows_its_use_or_appliance_wide_grants() -> None:
+    book = Entitlements([ent(function="wash", limit=1)])
+    cycle = record("cycle", T0, T0 + MIN, function="", uses=1, cycle_id="c-other")  # as the meter writes them
+    book.charge(cycle)  # no use start seen, and only appliance-wide grants govern a cycle with no function
+    assert cycle.entitled == ""
+    book = Entitlements([ent(limit=1)])
+    c = "c1"
+    first = record("interim", T0, T0 + MIN, function="wash", energy_mwh=1, cycle_id=c)
+    cycle = record("cycle", T0, T0 + MIN, function="", uses=1, cycle_id=c)
+    book.charge(first)
+    book.charge(cycle)
+    assert (first.entitled, cycle.entitled, book.consumption("e1").uses) == ("yes", "yes", 1)
+
+
 def test_until_covers_records_that_start_inside_its_validity() -> None:
     book = Entitlements([ent(kind="until", limit=None, valid_from=rfc3339(T0), valid_until=rfc3339(T0 + 3600))])
     early = book.check("washer", "wash", T0 - 1)

@@ -192,6 +192,12 @@ def test_per_use_prices_go_on_cycle_records_at_the_window_where_the_use_started(
     assert t.exact_cost(night_cycle, BERLIN) == 50
 
 
+def test_a_cycle_without_a_function_pays_the_appliance_wide_per_use_price() -> None:
+    t = tariff(rates=[{"match": "washer", "per_use": "0.50"}, {"match": "washer/heat", "per_use": "9"}])
+    cycle = record("cycle", at(2024, 6, 3, 12), at(2024, 6, 3, 13), function="", uses=1)
+    assert t.exact_cost(cycle, BERLIN) == 50
+
+
 def test_gap_records_cost_nothing_and_partition_records_no_uses() -> None:
     t = tariff()
     assert t.exact_cost(record("gap", at(2024, 6, 3, 12), at(2024, 6, 3, 13), energy_mwh=5_000_000), BERLIN) == 0
