@@ -225,6 +225,7 @@ async def test_the_demo_pulse_train_runs_through_the_real_s0_stack() -> None:
         try:
             while sum(r.quantity is Quantity.PULSES for r in got) < 4:
                 got += await take(it, 1)
+            got += await take(it, 1)  # the fourth pulse's power follows its count
         finally:
             train.cancel()
     pulses = [r for r in got if r.quantity is Quantity.PULSES]
