@@ -322,3 +322,35 @@ def test_entitlement_commands_go_through_pricing() -> None:
     assert p.apply_entitlement(grant).status == "duplicate"
     assert p.allows("washer", "spin", at(2026, 3, 2, 12)).entitlement_id == "g"
     assert not p.allows("washer", "spin", at(2026, 4, 1)).entitled
+
+
+# ------------------------------------------------------------------------------------ with the real meter
+
+
+def test_the_meter_prices_and_entitles_a_washer_run_through_pricing() -> None:
+    from metering.energy import EnergySpec
+    from metering.meter import ApplianceMeter
+    from metering.profile import builtin_profile
+    from tests.traces import T0_WALL, build, run, washer_script
+
+    tariff = Tariff.from_dict({**WORKED, "appliances": ["washer"]})
+    one_use = Entitlement.from_dict({"id": "one", "version": 1, "appliance": "washer", "function": "*",
+                                     "kind": "uses", "limit": 1})
+    pricing = Pricing(tz="Europe/Berlin", tariffs=[tariff], entitlements=[one_use])
+    meter = ApplianceMeter("washer", builtin_profile("washing_machine"),
+                           energy=EnergySpec(kind="power", source="washer-plug"), policy=pricing, interim_s=120)
+    records = [r for res in run(meter, build(washer_script(), source="washer-plug")) for r in res.records]
+    assert {r.kind for r in records} >= {RecordKind.FUNCTION, RecordKind.INTERIM, RecordKind.CYCLE}
+    assert all((r.tariff_id, r.tariff_version, r.currency) == ("home-2026", 3, "EUR") for r in records)
+    (cycle,) = [r for r in records if r.kind == RecordKind.CYCLE]
+    assert (cycle.cost_minor, cycle.entitled, cycle.entitlement_id) == (50, "yes", "one")
+    by_key: dict[str, list[UsageRecord]] = {}
+    for r in records:
+        by_key.setdefault(f"{r.appliance}/{r.function}", []).append(r)
+    for key_records in by_key.values():
+        exact = sum((tariff.exact_cost(r, BERLIN) for r in key_records), Fraction(0))
+        assert sum(r.cost_minor for r in key_records) == round_half_even(exact)
+    energy = sum(r.energy_mwh for r in records if r.kind != RecordKind.CYCLE and r.kind != RecordKind.GAP)
+    assert energy > 0 and sum(r.cost_minor for r in records if r.kind != RecordKind.CYCLE) > 0
+    assert pricing.entitlements.consumption("one").uses == 1
+    assert not pricing.allows("washer", "fill", T0_WALL + 86_400).entitled  # the one use is spent
