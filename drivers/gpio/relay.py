@@ -127,7 +127,7 @@ class Relay:
 
     # -- the one decision --------------------------------------------------------------------------------------
 
-    def allow_start(self, allowed: bool, *, running: bool) -> bool:
+    def allow_start(self, allowed: bool, running: bool) -> bool:
         """Apply an entitlement decision; returns whether the appliance is powered afterwards.
 
         allowed: power on (the safe state). Not allowed and idle: block, so the function cannot start. Not allowed
