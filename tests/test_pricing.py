@@ -329,7 +329,7 @@ def test_entitlement_commands_go_through_pricing() -> None:
 
 def test_the_meter_prices_and_entitles_a_washer_run_through_pricing() -> None:
     from metering.energy import EnergySpec
-    from metering.meter import ApplianceMeter
+    from metering.meter import ApplianceMeter, FeedResult
     from metering.profile import builtin_profile
     from tests.traces import T0_WALL, build, run, washer_script
 
@@ -339,7 +339,8 @@ def test_the_meter_prices_and_entitles_a_washer_run_through_pricing() -> None:
     pricing = Pricing(tz="Europe/Berlin", tariffs=[tariff], entitlements=[one_use])
     meter = ApplianceMeter("washer", builtin_profile("washing_machine"),
                            energy=EnergySpec(kind="power", source="washer-plug"), policy=pricing, interim_s=120)
-    records = [r for res in run(meter, build(washer_script(), source="washer-plug")) for r in res.records]
+    results = run(meter, build(washer_script(), source="washer-plug"))
+    records = [r for res in results if isinstance(res, FeedResult) for r in res.records]
     assert {r.kind for r in records} >= {RecordKind.FUNCTION, RecordKind.INTERIM, RecordKind.CYCLE}
     assert all((r.tariff_id, r.tariff_version, r.currency) == ("home-2026", 3, "EUR") for r in records)
     (cycle,) = [r for r in records if r.kind == RecordKind.CYCLE]
