@@ -292,8 +292,8 @@ def usage(gateway: str, db: str, as_json: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 1 a failure said in plain words, 2 a usage error)."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="koto-cloud", standalone_mode=False,
-                 auto_envvar_prefix="KOTO_CLOUD")
+        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="koto-cloud",
+                      standalone_mode=False, auto_envvar_prefix="KOTO_CLOUD")
     except click.exceptions.Exit as e:
         return int(e.exit_code)
     except click.ClickException as e:
@@ -306,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except SystemExit as e:
         return int(e.code or 0) if not isinstance(e.code, str) else 1
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":

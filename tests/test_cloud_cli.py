@@ -1,0 +1,138 @@
+"""`koto-cloud` as operators use it: keys, registration, signed commands over a real broker, audit and summary."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from cloud.cli import main
+from cloud.store import SqliteStore
+from cloud.verify import parse_event
+from koto.signing import load_public_key, verify_event
+from tests.support.broker import Mosquitto
+from tests.support.events import EventFactory
+from tests.support.schemas import errors
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_keygen_writes_a_private_key_and_prints_the_public_pem(tmp_path, capsys):
+    out = tmp_path / "operator.pem"
+    assert main(["keygen", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("-----BEGIN PUBLIC KEY-----")
+    assert (out.stat().st_mode & 0o777) == 0o600
+    assert (tmp_path / "operator.pub.pem").read_text() == printed
+    assert main(["keygen", "--out", str(out)]) == 1  # never silently replaces a key gateways have pinned
+    assert "exists" in capsys.readouterr().err
+
+
+def test_register_verify_and_usage(tmp_path, capsys):
+    f = EventFactory("gw-1")
+    pub = tmp_path / "gw.pub.pem"
+    pub.write_text(f.public_pem)
+    db = tmp_path / "cloud.db"
+    assert main(["register", "gw-1", "--pubkey", str(pub), "--db", str(db)]) == 0
+    with SqliteStore(db) as s:
+        s.commit([parse_event(b) for b in f.chain(20)])
+    assert main(["verify", "gw-1", "--db", str(db)]) == 0
+    assert "gw-1: 20 records, 0 problems" in capsys.readouterr().out
+    assert main(["usage", "gw-1", "--db", str(db), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary == {"urn:koto:appliance:washer-1 wash_40":
+                       {"records": 20, "uses": 2, "energy_mwh": 2400, "duration_ms": 1_200_000}}
+    # Someone edits a stored record: the offline verification finds it.
+    with sqlite3.connect(db) as conn:
+        body = conn.execute("SELECT body FROM records WHERE id = '1-7'").fetchone()[0]
+        conn.execute("UPDATE records SET body = ? WHERE id = '1-7'",
+                     (body.replace('"energy_mwh":120', '"energy_mwh":1'),))
+    assert main(["verify", "gw-1", "--db", str(db)]) == 1
+    out = capsys.readouterr().out
+    assert "seq 7: signature does not verify" in out and "seq 8: prevhash" in out
+    assert main(["verify", "gw-9", "--db", str(db)]) == 1
+
+
+def test_register_refuses_a_file_that_is_not_a_p256_public_key(tmp_path, capsys):
+    bad = tmp_path / "gw.pub.pem"
+    bad.write_text("hello")
+    assert main(["register", "gw-1", "--pubkey", str(bad), "--db", str(tmp_path / "c.db")]) == 1
+    assert "cannot load the public key" in capsys.readouterr().err
+
+
+class CommandSink:
+    """A gateway-side peer: collects commands on its down/cmd and answers diagnostics like a gateway would."""
+
+    def __init__(self, broker: Mosquitto, gw: str) -> None:
+        self.gw = gw
+        self.client = aiomqtt.Client(broker.host, broker.port, identifier=gw, protocol=aiomqtt.ProtocolVersion.V5)
+        self.commands: list[dict] = []
+
+    async def run(self, ready: asyncio.Event) -> None:
+        async with self.client as c:
+            await c.subscribe(f"koto/v1/{self.gw}/down/cmd", qos=1)
+            ready.set()
+            async for m in c.messages:
+                cmd = json.loads(m.payload)
+                self.commands.append(cmd)
+                if cmd["type"] == "io.koto.cmd.diagnostics.v1":
+                    reply = {"ack_of": cmd["id"], "status": "applied", "reason": "", "dseq": cmd["dseq"],
+                             "gateway": self.gw, "time": "2026-11-30T01:02:03.045Z", "report": {"unacked": 0}}
+                    await c.publish(f"koto/v1/{self.gw}/up/reply", json.dumps(reply).encode(), qos=1)
+
+
+@pytest.fixture
+def broker(tmp_path: Path):
+    with Mosquitto(tmp_path / "broker") as b:
+        yield b
+
+
+async def test_commands_are_signed_addressed_sequenced_and_valid(broker, tmp_path, capsys):
+    key, db = tmp_path / "operator.pem", tmp_path / "cloud.db"
+    assert main(["keygen", "--out", str(key)]) == 0
+    operator = load_public_key(capsys.readouterr().out)
+    tariff = tmp_path / "tariff.toml"
+    tariff.write_text('id = "home"\nversion = 3\ncurrency = "EUR"\n[[rates]]\nmatch = "*"\nper_kwh = "0.31"\n')
+    bad_tariff = tmp_path / "bad.json"
+    bad_tariff.write_text('{"id": "home", "version": 4, "currency": "euro"}')
+    common = ["--key", str(key), "--db", str(db), "--broker", broker.url]
+    sink = CommandSink(broker, "gw-1")
+    ready = asyncio.Event()
+    task = asyncio.create_task(sink.run(ready))
+    await ready.wait()
+    run = lambda *argv: asyncio.to_thread(main, [*argv, *common])  # noqa: E731
+    assert await run("tariff", "gw-1", "--file", str(tariff)) == 0
+    assert await run("grant", "gw-1", "--appliance", "washer-1", "--function", "wash_40", "--uses", "10",
+                     "--id", "e1", "--valid-until", "2027-01-01") == 0
+    assert await run("revoke", "gw-1", "--id", "e1", "--version", "2") == 0
+    assert await run("profile", "gw-1", "--file", str(REPO / "metering/profiles/kettle.toml"),
+                     "--name", "kettle", "--version", "2") == 0
+    assert await run("tariff", "gw-1", "--file", str(bad_tariff)) == 1  # refused before anything is sent
+    assert "currency" in capsys.readouterr().err
+    assert await run("diagnose", "gw-1", "--wait", "10") == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{"):])["report"] == {"unacked": 0}
+    task.cancel()
+    types = [c["type"].split(".")[3] for c in sink.commands]
+    assert types == ["tariff", "entitlement", "entitlement", "profile", "diagnostics"]
+    assert [c["dseq"] for c in sink.commands] == ["1", "2", "3", "4", "5"]
+    for c in sink.commands:
+        assert verify_event([operator], c)
+        assert c["subject"] == "urn:koto:gw:gw-1"
+        assert errors("command.json", c) == []
+    assert sink.commands[1]["data"] == {"id": "e1", "version": 1, "action": "grant", "appliance": "washer-1",
+                                        "function": "wash_40", "kind": "uses", "limit": 10,
+                                        "valid_until": "2027-01-01T00:00:00.000Z"}
+    assert sink.commands[0]["data"]["rates"] == [{"match": "*/*", "per_kwh": "0.31"}]
+    with SqliteStore(db) as s:
+        assert s.next_dseq("gw-1") == 6
+        assert [r["status"] for r in s.replies("gw-1")] == ["applied"]
+
+
+def test_a_bad_broker_url_is_a_plain_error(tmp_path, capsys):
+    assert main(["serve", "--broker", "http://x", "--db", str(tmp_path / "c.db")]) == 1
+    assert "mqtt://" in capsys.readouterr().err
