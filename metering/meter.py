@@ -192,6 +192,8 @@ class ApplianceMeter:
         self._acc = 0  # power kind: integral remainder below one mWh, mW·ns
         self._seen_power = False
         self._auth_t = 0
+        self._auth_wall = 0.0
+        self._auth_boot = ""
         self._chain = 0  # register kind: continuous register value at the end of the last emitted record
         # the open segment
         self._open = False
@@ -423,7 +425,7 @@ class ApplianceMeter:
         if self.signals.get(r.signal) == v:
             return
         self.signals[r.signal] = v
-        if self._open and r.boot_id == self._last_boot:
+        if self._open and r.boot_id == self._last_boot and r.t_mono_ns - self._last_t <= self._gap_ns:
             t = max(r.t_mono_ns, self._ct)
             self._advance(t, r.t_wall, r.wall_synced)
             sw = self.detector.update(t, self._p)
@@ -495,14 +497,17 @@ class ApplianceMeter:
 
     def _authority(self, r: Reading, raw: int) -> None:
         t = r.t_mono_ns
-        dt = t - self._auth_t
+        if r.boot_id == self._auth_boot:
+            dt = t - self._auth_t
+        else:  # monotonic time is not comparable across boots: judge plausibility by the wall clock
+            dt = max(0, round((r.t_wall - self._auth_wall) * 1e9))
         if self._open:
             self._advance(t, r.t_wall, r.wall_synced)
         swapped = self._swap_pending
         self._swap_pending = False
         before_raw = self._auth.last_raw
         status, d = self._auth.observe(raw, dt, self._max_mw, swapped=swapped)
-        self._auth_t = t
+        self._auth_t, self._auth_wall, self._auth_boot = t, r.t_wall, r.boot_id
         if status == FIRST:
             self._chain = self._auth.mwh(self._auth.cont)
             self._awaiting = False
@@ -807,6 +812,7 @@ class ApplianceMeter:
             "last_t": self._last_t, "last_boot": self._last_boot,
             "ct": self._ct, "cw": repr(self._cw), "cs": int(self._cs), "p": self._p, "acc": self._acc,
             "seen_power": int(self._seen_power), "auth": self._auth.snapshot(), "auth_t": self._auth_t,
+            "auth_wall": repr(self._auth_wall), "auth_boot": self._auth_boot,
             "chain": self._chain,
             "open": int(self._open), "o_fn": self._o_fn, "o_cyc": self._o_cyc, "o_t0": self._o_t0,
             "o_w0": repr(self._o_w0), "o_s0": int(self._o_s0), "o_peak": self._o_peak, "o_e": self._o_e,
@@ -831,6 +837,7 @@ class ApplianceMeter:
         self._seen_power = bool(int(s["seen_power"]))
         self._auth.restore(s["auth"])
         self._auth_t, self._chain = int(s["auth_t"]), int(s["chain"])
+        self._auth_wall, self._auth_boot = float(s["auth_wall"]), str(s["auth_boot"])
         self._open = bool(int(s["open"]))
         self._o_fn, self._o_cyc = str(s["o_fn"]), str(s["o_cyc"])
         self._o_t0, self._o_w0, self._o_s0 = int(s["o_t0"]), float(s["o_w0"]), bool(int(s["o_s0"]))
