@@ -9,6 +9,7 @@ imported lazily (inside functions) so the package imports without the `sync` ext
 from __future__ import annotations
 
 import random
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,7 @@ def make_client(
     will_payload: bytes | None = None,
     persistent: bool = True,
     timeout: float = 10.0,
+    max_inflight: int | None = None,
 ) -> aiomqtt.Client:
     """An aiomqtt client for the gateway (or a test peer) with the contract's session semantics."""
     import aiomqtt
@@ -125,8 +127,26 @@ def make_client(
         ssl_context = tls_context(None, None, None)
     return aiomqtt.Client(
         url.host, url.port, identifier=client_id, keepalive=keepalive, will=will,
-        tls_context=ssl_context if url.tls else None, timeout=timeout, **kwargs,
+        tls_context=ssl_context if url.tls else None, timeout=timeout, max_inflight_messages=max_inflight,
+        # Small messages and cumulative acks: without NODELAY, Nagle plus delayed ACKs add ~40 ms per round trip.
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)], **kwargs,
     )
+
+
+def publish_nowait(client: aiomqtt.Client, topic: str, payload: bytes, qos: int, properties: Any = None) -> None:
+    """Hand a message to the MQTT client's outgoing queue without awaiting its PUBACK.
+
+    For the usage stream the QoS 1 PUBACK means nothing to us (the cloud ack on down/ack does), and aiomqtt's
+    awaitable `publish` tracks every pending PUBACK with a scan over all pending calls, which costs O(in-flight)
+    per message and dominated the drain. This uses the paho client aiomqtt wraps (stable across aiomqtt 2.x, the
+    range pyproject allows); a failure (not connected) raises MqttCodeError like aiomqtt's own publish.
+    """
+    import aiomqtt
+    import paho.mqtt.client as paho
+
+    info = client._client.publish(topic, payload, qos, False, properties)
+    if info.rc != paho.MQTT_ERR_SUCCESS:
+        raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
 
 
 def content_type_properties(content_type: str) -> Any:

@@ -29,7 +29,15 @@ from koto.canonical import rfc3339
 from koto.clock import Clock
 
 from .errors import ConfigError
-from .mqtt_conn import Backoff, BrokerURL, cloudevents_properties, json_properties, make_client, parse_broker_url
+from .mqtt_conn import (
+    Backoff,
+    BrokerURL,
+    cloudevents_properties,
+    json_properties,
+    make_client,
+    parse_broker_url,
+    publish_nowait,
+)
 from .mqtt_conn import tls_context as make_tls_context
 
 if TYPE_CHECKING:
@@ -78,7 +86,7 @@ class SyncConfig:
     topic_prefix: str = DEFAULT_PREFIX
     protocol: int = 5
     keepalive_s: int = 30
-    window: int = 128
+    window: int = 256
     batch: int = 64
     ack_timeout_s: float = 15.0
     live_interval_s: float = 5.0
@@ -324,9 +332,8 @@ class Sync:
             client = make_client(
                 url=self.config.url, client_id=self.config.gateway_id, protocol=self.config.protocol,
                 keepalive=self.config.keepalive_s, ssl_context=self._ssl, will_topic=self.topics.status,
-                will_payload=self._will_payload(),
+                will_payload=self._will_payload(), max_inflight=self.config.window,
             )
-            client.pending_calls_threshold = self.config.window * 2 + 16  # our pipelining is by design
             try:
                 async with client:
                     self._client = client
@@ -361,10 +368,9 @@ class Sync:
         self._ack_wait_since = None
         await client.subscribe([(self.topics.ack, 1), (self.topics.cmd, 1)])
         await self._publish_birth(client)
-        pending: set[asyncio.Future[Any]] = set()
         tasks = [
             asyncio.create_task(self._reader(client), name="koto-sync-reader"),
-            asyncio.create_task(self._pump(client, pending), name="koto-sync-pump"),
+            asyncio.create_task(self._pump(client), name="koto-sync-pump"),
             asyncio.create_task(self._live_loop(client), name="koto-sync-live"),
         ]
         try:
@@ -381,9 +387,7 @@ class Sync:
         finally:
             for t in tasks:
                 t.cancel()
-            for p in pending:
-                p.cancel()
-            await asyncio.gather(*tasks, *pending, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _will_payload(self) -> bytes:
         return json.dumps({"online": 0, "gateway": self.config.gateway_id}, separators=(",", ":")).encode()
@@ -415,20 +419,11 @@ class Sync:
 
     # -- uplink pump -------------------------------------------------------------------------------------------
 
-    async def _pump(self, client: aiomqtt.Client, pending: set[asyncio.Future[Any]]) -> None:
+    async def _pump(self, client: aiomqtt.Client) -> None:
         loop = asyncio.get_running_loop()
         props = self._props(cloudevents_properties)
         cfg = self.config
-        errors: list[BaseException] = []
-
-        def done(fut: asyncio.Future[Any]) -> None:
-            pending.discard(fut)
-            if not fut.cancelled() and fut.exception() is not None:
-                errors.append(fut.exception())  # type: ignore[arg-type]
-
         while True:
-            if errors:
-                raise _SessionLost(f"publish failed: {errors[0]}")
             self._wake.clear()
             acked = self.ledger.acked_through()
             self.health.acked_through = acked
@@ -451,10 +446,7 @@ class Sync:
                     if outstanding == 0 or self._ack_wait_since is None:
                         self._ack_wait_since = now
                     for rec in batch:
-                        fut = asyncio.ensure_future(client.publish(self.topics.usage, rec.body, qos=1,
-                                                                   properties=props))
-                        pending.add(fut)
-                        fut.add_done_callback(done)
+                        publish_nowait(client, self.topics.usage, rec.body, 1, props)
                         self._sent_through = rec.seq
                     self.health.published += len(batch)
                     self.health.sent_through = self._sent_through

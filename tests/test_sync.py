@@ -22,7 +22,7 @@ from gateway.mqtt_conn import make_client, parse_broker_url
 from gateway.sync import Sync, SyncConfig
 from koto.clock import ManualClock
 from koto.signing import public_pem
-from metering.ledger import Ledger
+from metering.ledger import Ledger, Stored
 from tests.support.broker import Mosquitto
 from tests.support.gw_child import append_usage, device_key, energy_check, open_ledger
 
@@ -30,10 +30,10 @@ GW = "gw-test-1"
 EPOCH = 7
 
 
-async def eventually(pred: Callable[[], bool], *, timeout: float = 30.0, what: str = "condition") -> None:
+async def eventually(pred: Callable[[], bool], *, within: float = 30.0, what: str = "condition") -> None:
     """Poll until `pred()` holds; the timeout only turns a hang into a failure (not a timing assertion)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while not pred():
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
@@ -98,10 +98,16 @@ class Observer:
             await client.subscribe(self.topic, qos=1)
             self._ready.set()
             async for m in client.messages:
-                self.messages.append((str(m.topic), bytes(m.payload), bool(m.retain)))  # type: ignore[arg-type]
+                self.messages.append((str(m.topic), bytes(m.payload), bool(m.retain)))
 
     def seqs(self) -> list[int]:
         return [json.loads(p)["data"]["seq"] for t, p, _ in self.messages if t.endswith("/up/usage")]
+
+
+def rec(ledger: Ledger, seq: int) -> Stored:
+    r = ledger.get(seq)
+    assert r is not None
+    return r
 
 
 def check_receiver(store: SqliteStore, ledger: Ledger, n: int) -> None:
@@ -147,9 +153,10 @@ async def test_published_bytes_are_the_stored_bytes_and_carry_the_cloudevents_co
                 got.append(m)
                 if len(got) == 5:
                     break
-    assert [bytes(m.payload) for m in got] == [ledger.get(s).body for s in range(1, 6)]  # type: ignore[arg-type, union-attr]
+    assert [bytes(m.payload) for m in got] == [rec(ledger, s).body for s in range(1, 6)]
     assert got[0].properties is not None
-    assert got[0].properties.ContentType == "application/cloudevents+json; charset=utf-8"
+    content_type = got[0].properties.ContentType  # type: ignore[attr-defined]
+    assert content_type == "application/cloudevents+json; charset=utf-8"
 
 
 async def fake_cloud_ack(client: aiomqtt.Client, epoch: int, through: int, head_hash: str) -> None:
@@ -164,13 +171,13 @@ async def test_an_ack_with_the_wrong_head_hash_is_never_honoured(broker: Mosquit
         await cloud.subscribe(f"koto/v1/{GW}/up/usage", qos=1)
         await eventually(lambda: sync.health.published >= 10, what="publish")
         await fake_cloud_ack(cloud, EPOCH, 10, "f" * 64)
-        await fake_cloud_ack(cloud, EPOCH, 5, ledger.get(4).hash)  # type: ignore[union-attr]  # hash of another record
+        await fake_cloud_ack(cloud, EPOCH, 5, rec(ledger, 4).hash)  # hash of another record
         await fake_cloud_ack(cloud, EPOCH, 11, "0" * 64)  # beyond our head
         await eventually(lambda: sync.health.ack_mismatches == 3, what="mismatch alarms")
         assert ledger.acked_through() == 0
         assert ledger.unacked_count() == 10
-        await fake_cloud_ack(cloud, EPOCH + 1, 10, ledger.get(10).hash)  # type: ignore[union-attr]  # other epoch
-        await fake_cloud_ack(cloud, EPOCH, 10, ledger.get(10).hash)  # type: ignore[union-attr]  # the right one
+        await fake_cloud_ack(cloud, EPOCH + 1, 10, rec(ledger, 10).hash)  # other epoch
+        await fake_cloud_ack(cloud, EPOCH, 10, rec(ledger, 10).hash)  # the right one
         await eventually(lambda: ledger.acked_through() == 10, what="ack")
         assert sync.health.acks_ignored == 1
         for junk in (b"not json", b"{}", b'{"epoch":"7","acked_through":1,"head_hash":"x"}', b"[1]"):
@@ -189,13 +196,13 @@ async def test_without_acks_the_gateway_resends_from_the_acked_point_with_identi
         await cloud.subscribe(f"koto/v1/{GW}/up/usage", qos=1)
         async with Sync(config(broker, ack_timeout_s=0.3, window=20), ledger, clock=ManualClock()) as sync:
             async for m in cloud.messages:
-                got.append(bytes(m.payload))  # type: ignore[arg-type]
+                got.append(bytes(m.payload))
                 if len(got) == 20:  # first pass complete: ack the first 8 only
-                    await fake_cloud_ack(cloud, EPOCH, 8, ledger.get(8).hash)  # type: ignore[union-attr]
+                    await fake_cloud_ack(cloud, EPOCH, 8, rec(ledger, 8).hash)
                 if len(got) >= 20 + 12:  # the resend of 9..20 arrived
                     break
             assert sync.health.resends >= 12
-    assert got[20:32] == [ledger.get(s).body for s in range(9, 21)]  # type: ignore[union-attr]
+    assert got[20:32] == [rec(ledger, s).body for s in range(9, 21)]
     assert ledger.acked_through() == 8
 
 
@@ -208,14 +215,14 @@ async def test_the_in_flight_window_bounds_what_is_sent_beyond_the_last_cloud_ac
         async with Sync(config(broker, ack_timeout_s=3600, window=16), ledger, clock=ManualClock()) as sync:
             got = []
             async for m in cloud.messages:
-                got.append(json.loads(m.payload)["data"]["seq"])  # type: ignore[arg-type]
+                got.append(json.loads(m.payload)["data"]["seq"])
                 if len(got) == 16:
                     break
             await asyncio.sleep(0.3)  # give a (wrong) pump the chance to overrun the window
             assert sync.health.published == 16
-            await fake_cloud_ack(cloud, EPOCH, 10, ledger.get(10).hash)  # type: ignore[union-attr]
+            await fake_cloud_ack(cloud, EPOCH, 10, rec(ledger, 10).hash)
             async for m in cloud.messages:
-                got.append(json.loads(m.payload)["data"]["seq"])  # type: ignore[arg-type]
+                got.append(json.loads(m.payload)["data"]["seq"])
                 if len(got) == 26:
                     break
             await asyncio.sleep(0.3)
@@ -245,7 +252,7 @@ async def test_birth_is_retained_on_every_connect_and_says_where_the_ledger_stan
         await eventually(lambda: sync.health.connects == 1, what="connect")
         async with Observer(broker, f"koto/v1/{GW}/up/status") as obs:
             await eventually(lambda: bool(obs.messages), what="retained birth")
-    topic, payload, retained = obs.messages[0]
+    _topic, payload, retained = obs.messages[0]
     birth = json.loads(payload)
     assert retained
     assert birth == {"online": 1, "gateway": GW, "version": "9.9", "boot_id": clock.boot_id, "epoch": EPOCH,

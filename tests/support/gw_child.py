@@ -92,7 +92,8 @@ def energy_check(bodies: list[bytes]) -> tuple[int, int, int]:
         if first is None:
             first = data["register_start_mwh"]
         elif data["register_start_mwh"] != last:
-            raise AssertionError(f"register does not chain at seq {data['seq']}: {data['register_start_mwh']} != {last}")
+            raise AssertionError(f"register does not chain at seq {data['seq']}: "
+                                 f"{data['register_start_mwh']} != {last}")
         total += data["energy_mwh"]
         last = data["register_end_mwh"]
     return total, first or 0, last
