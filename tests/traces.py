@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from koto.clock import Now
 from koto.reading import Quantity, Reading
+from metering.meter import ApplianceMeter, FeedResult
 
 BOOT = "00000000-0000-4000-8000-000000000000"
 T0_MONO = 1_000_000_000
@@ -120,12 +121,9 @@ def end_of(items: Sequence[Item]) -> Now:
     return Now(last.t_mono_ns, last.t_wall, last.wall_synced, last.boot_id)
 
 
-def run(meter: object, items: Iterable[Item], *, close: bool = True) -> list[object]:
+def run(meter: ApplianceMeter, items: Iterable[Item], *, close: bool = True) -> list[FeedResult]:
     """Feed readings and ticks; return every FeedResult that carried something (and the close result)."""
-    from metering.meter import ApplianceMeter
-
-    assert isinstance(meter, ApplianceMeter)
-    results: list[object] = []
+    results: list[FeedResult] = []
     last: Item | None = None
     for it in items:
         res = meter.tick(it) if isinstance(it, Now) else meter.feed(it)
@@ -139,11 +137,11 @@ def run(meter: object, items: Iterable[Item], *, close: bool = True) -> list[obj
     return results
 
 
-def function_sequence(results: Iterable[object]) -> list[str]:
+def function_sequence(results: Iterable[FeedResult]) -> list[str]:
     """Functions in the order they started (from events), consecutive duplicates merged."""
     seq: list[str] = []
     for res in results:
-        for ev in getattr(res, "events", ()):
+        for ev in res.events:
             if ev.kind == "function_started" and (not seq or seq[-1] != ev.function):
                 seq.append(ev.function)
     return seq

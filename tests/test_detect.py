@@ -1,0 +1,116 @@
+"""The function detector and the cycle tracker: hysteresis, dwell, priority, signals, pauses."""
+
+from __future__ import annotations
+
+from metering.detect import CANDIDATE, CYCLE_ENDED, CYCLE_STARTED, DROPPED, NO_CHANGE, CycleTracker, Detector
+from metering.profile import CycleRule, builtin_profile, parse_profile
+
+S = 1_000_000_000
+
+
+def washer() -> Detector:
+    return Detector(builtin_profile("washing_machine"), {})
+
+
+def feed(d: Detector, trace: list[tuple[float, float]]) -> list[str]:
+    """(seconds, watts) readings; returns the function after each."""
+    out = []
+    for t, w in trace:
+        d.update(round(t * S), round(w * 1000))
+        out.append(d.function)
+    return out
+
+
+def test_first_reading_picks_the_matching_function_at_once() -> None:
+    d = washer()
+    assert d.update(0, 2_000) >= 0 and d.function == "standby"
+
+
+def test_hysteresis_keeps_the_function_inside_its_off_band() -> None:
+    d = washer()
+    d.start(2_100_000)
+    # heat: on at 1200 W, off below 900 W — 1000 W is not enough to enter but enough to stay
+    assert feed(d, [(i, 1000) for i in range(30)])[-1] == "heat"
+
+
+def test_a_pause_shorter_than_the_dwell_does_not_switch() -> None:
+    d = washer()
+    d.start(180_000)
+    seq = feed(d, [(0, 180), (1, 10), (2, 10), (3, 10), (4, 180), (5, 180)])
+    assert set(seq) == {"wash"}
+
+
+def test_switch_needs_min_off_of_the_old_and_min_on_of_the_new() -> None:
+    d = washer()
+    d.start(180_000)  # wash: min_off 8 s; spin: min_on 8 s
+    assert d.update(0, 450_000) == CANDIDATE
+    assert d.update(5 * S, 450_000) == NO_CHANGE
+    assert d.function == "wash" and d.cand_since == 0
+    assert d.update(8 * S, 450_000) == d.names.index("spin")
+    assert d.function == "spin"
+
+
+def test_candidate_dropped_when_the_function_holds_again() -> None:
+    d = washer()
+    d.start(180_000)
+    assert d.update(0, 10_000) == CANDIDATE
+    assert d.update(S, 180_000) == DROPPED
+    assert d.update(2 * S, 180_000) == NO_CHANGE
+
+
+def test_nothing_matching_means_the_unmatched_function() -> None:
+    d = washer()
+    d.start(5_000)  # between standby (<= 4 W) and fill (>= 6 W)
+    assert d.function == "other"
+    assert d.update(S, 20_000) == CANDIDATE
+    feed(d, [(7, 20)])
+    assert d.function == "fill"
+
+
+def test_signal_rules_follow_the_signal() -> None:
+    signals: dict[str, str] = {}
+    d = Detector(builtin_profile("air_conditioner"), signals)
+    d.start(800_000)
+    assert d.function == "other"  # compressor power but no mode yet
+    signals["mode"] = "cool"
+    feed(d, [(0, 800), (10, 800)])
+    assert d.function == "cool"
+    signals["mode"] = "heat"
+    feed(d, [(11, 800), (41, 800)])
+    assert d.function == "heat"
+
+
+def test_priority_is_file_order_among_entering_functions() -> None:
+    p = parse_profile({"name": "x", "max_power_w": 10, "function": [
+        {"name": "first", "on_above_w": 5}, {"name": "second", "on_above_w": 1}]})
+    d = Detector(p, {})
+    d.start(7_000)
+    assert d.function == "first"
+
+
+def test_snapshot_restore_keeps_a_pending_candidate() -> None:
+    d = washer()
+    d.start(180_000)
+    d.update(0, 450_000)
+    e = washer()
+    e.restore(d.snapshot())
+    assert e.update(8 * S, 450_000) == e.names.index("spin")
+
+
+def test_cycle_start_must_be_sustained_and_pauses_stay_inside() -> None:
+    c = CycleTracker(CycleRule(start_mw=6_000, start_ns=10 * S, end_mw=5_000, end_ns=120 * S))
+    assert c.update(0, 20_000) == 0
+    assert c.update(5 * S, 3_000) == 0 and not c.running  # dipped: start cancelled
+    c.update(6 * S, 20_000)
+    assert c.update(16 * S, 20_000) == CYCLE_STARTED and c.running
+    assert c.update(20 * S, 1_000) == 0
+    assert c.update(100 * S, 1_000) == 0  # an 80 s pause
+    assert c.update(101 * S, 180_000) == 0 and c.running
+    c.update(200 * S, 1_000)
+    assert c.update(319 * S, 1_000) == 0
+    assert c.update(320 * S, 1_000) == CYCLE_ENDED and not c.running
+
+
+def test_no_cycle_rule_never_starts() -> None:
+    c = CycleTracker(None)
+    assert c.update(0, 10**9) == 0 and c.update(10**12, 10**9) == 0
