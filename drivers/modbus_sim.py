@@ -147,6 +147,7 @@ class SimMeter:
     voltage_v: float = 230.0
     seed: int = 0
     time_fn: Callable[[], float] = time.monotonic
+    power_fn: Callable[[float], float] | None = None  # watts at simulated time t: the demo's appliance program
     fixed: dict[str, float] = field(default_factory=dict)  # pin values by register key (tests)
     truth: dict[str, float] = field(default_factory=dict)
     served: int = 0
@@ -162,9 +163,12 @@ class SimMeter:
 
     # physical values at time t (seconds), phases share the load
     def _physics(self, t: float) -> dict[str, float]:
-        p = self.base_power_w * (1.0 + 0.5 * math.sin(2 * math.pi * t / 97.0)) + self._rng.uniform(-5, 5)
-        if int(t / 41.0) % 3 == 2:
-            p = 3.0 + self._rng.uniform(0, 1)  # standby stretch
+        if self.power_fn is not None:
+            p = self.power_fn(t)
+        else:
+            p = self.base_power_w * (1.0 + 0.5 * math.sin(2 * math.pi * t / 97.0)) + self._rng.uniform(-5, 5)
+            if int(t / 41.0) % 3 == 2:
+                p = 3.0 + self._rng.uniform(0, 1)  # standby stretch
         p = max(0.0, p)
         if self._t_last is not None and t > self._t_last:
             self.energy_kwh += p * (t - self._t_last) / 3_600_000.0

@@ -204,8 +204,12 @@ class ModbusBus:
                 else:
                     kind = classify_failure(self._rx, device_id, function, 5 + 2 * count)
                 self.failures[kind] += 1
-                # Let a late or partial reply drain before the next request, so it cannot be taken for that one.
-                await asyncio.sleep(self.turnaround_s)
+                # RTU replies carry no transaction id: a reply that comes late would be taken for the answer to the
+                # next request (and a retry asks the same registers, so nothing would tell them apart). After no
+                # reply or a partial one, keep the bus quiet as long again as we waited; whatever arrives meanwhile
+                # is dropped (counted as line noise) before the next request is sent.
+                quiet = self.turnaround_s if kind in ("crc", "port") else max(self.turnaround_s, self.timeout_s)
+                await asyncio.sleep(quiet)
                 log.debug("%s: device %d register %#06x: %s", self.settings.port, device_id, address, e)
                 raise FrameError(kind, f"device {device_id}, register {address:#06x}") from None
             finally:
