@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import ssl
 import uuid
 from collections import Counter
@@ -107,6 +108,9 @@ def mqtt_client(broker: str, *, ca: Path | None = None, cert: Path | None = None
         url.host, url.port, identifier=client_id or f"koto-cloud-{uuid.uuid4().hex[:12]}",
         protocol=aiomqtt.ProtocolVersion.V5, clean_start=not persistent, properties=props,
         tls_context=tls_context(ca, cert, key) if url.tls else None, keepalive=30,
+        # Without TCP_NODELAY, Nagle plus delayed ACKs add ~40 ms per hop to every small message (an ack
+        # round trip measured 88 ms on loopback, 0.6 ms with it).
+        socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
     )
 
 

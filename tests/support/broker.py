@@ -90,6 +90,7 @@ class Mosquitto:
             "max_queued_messages 100000",
             "max_inflight_messages 0",
             "persistent_client_expiration 7d",
+            "set_tcp_nodelay true",
         ]
         if os.geteuid() == 0:
             lines.insert(0, "user root")

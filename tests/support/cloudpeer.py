@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ class GatewayPeer:
         self.gw = gw
         tls = tls_for(broker, cn or gw) if broker.pki else None
         self.client = aiomqtt.Client(broker.host, broker.port, identifier=gw, protocol=aiomqtt.ProtocolVersion.V5,
-                                     tls_context=tls)
+                                     tls_context=tls, socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),))
         self.acks: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
 
