@@ -41,7 +41,8 @@ from .modbus import MODELS, RegisterMap, model_map
 
 log = logging.getLogger("koto.drivers.modbus_sim")
 
-FAULTS = ("flip", "truncate", "garbage", "drop")
+FAULTS = ("flip", "truncate", "garbage", "drop")  # the soak's mix
+ALL_FAULTS = (*FAULTS, "late")  # late: the whole reply, but `late_s` after it was due
 
 
 # -- the wire -----------------------------------------------------------------------------------------------------
@@ -248,13 +249,14 @@ class ModbusSimulator:
     """A pymodbus RTU server for `meters` on a PtyWire, with a fault knob. `port` is what a driver opens."""
 
     def __init__(self, meters: Sequence[SimMeter], *, corrupt: float = 0.0, faults: Sequence[str] = FAULTS,
-                 seed: int = 1, directory: str | Path | None = None, baud: int = 9600) -> None:
+                 seed: int = 1, directory: str | Path | None = None, baud: int = 9600,
+                 late_s: float = 0.3) -> None:
         ids = [m.device_id for m in meters]
         if len(set(ids)) != len(ids):
             raise ValueError("two simulated meters share one address")
-        bad = [f for f in faults if f not in FAULTS]
+        bad = [f for f in faults if f not in ALL_FAULTS]
         if bad:
-            raise ValueError(f"unknown fault {bad[0]!r}; allowed: {', '.join(FAULTS)}")
+            raise ValueError(f"unknown fault {bad[0]!r}; allowed: {', '.join(ALL_FAULTS)}")
         self.meters = list(meters)
         self.corrupt = corrupt
         self.faults = tuple(faults)
@@ -262,6 +264,8 @@ class ModbusSimulator:
         self.wire = PtyWire(directory)
         self.baud = baud
         self.injected: Counter[str] = Counter()
+        self.fault_next: list[str] = []  # faults forced on the next replies, in order (tests)
+        self.late_s = late_s
         self.replies = 0
         self._server: Any = None
 
@@ -278,10 +282,16 @@ class ModbusSimulator:
         if data[0] not in {m.device_id for m in self.meters}:
             return b""  # nobody at that address: silence, as on a real bus
         self.replies += 1
-        if self.corrupt <= 0 or self.rng.random() >= self.corrupt:
+        if self.fault_next:
+            fault = self.fault_next.pop(0)
+        elif self.corrupt <= 0 or self.rng.random() >= self.corrupt:
             return data
-        fault = self.rng.choice(self.faults)
+        else:
+            fault = self.rng.choice(self.faults)
         self.injected[fault] += 1
+        if fault == "late":
+            asyncio.get_running_loop().call_later(self.late_s, self.wire.inject, data)
+            return b""
         if fault == "flip":
             b = bytearray(data)
             b[self.rng.randrange(len(b))] ^= 1 << self.rng.randrange(8)

@@ -184,3 +184,16 @@ async def test_different_line_settings_on_one_port_are_refused(sim: ModbusSimula
             async with meter(sim, 3, "pzem004t", baud=19200):
                 pass
         assert e.value.key == "baud"
+
+
+async def test_a_late_reply_is_never_taken_for_the_retrys_answer() -> None:
+    ticks = iter(range(1_000_000))
+    pzem = SimMeter("pzem004t", 3, time_fn=lambda: float(next(ticks)) * 7.0)  # every reply carries new values
+    # late_s 0.2: after the 0.15 s timeout, before the quiet period ends
+    async with ModbusSimulator([pzem], late_s=0.2) as sim, meter(sim, 3, "pzem004t", retries=2) as src:
+        for _ in range(3):
+            sim.fault_next = ["late"]
+            got = by_key(src, await src.poll_once())
+            assert got["power"] == round(pzem.truth["power"] * 1000)  # the retry's own reply, not the late one
+            assert got["energy"] == round(pzem.truth["energy"] * 1000)
+        assert src.health.errors["timeout"] == 3 and src.health.errors["line_noise"] >= 1
