@@ -18,7 +18,9 @@ import argparse
 import asyncio
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from koto.clock import SystemClock
 from koto.signing import PrivateKey, generate_key, load_private_key, save_private_key
@@ -26,6 +28,7 @@ from metering.ledger import Ledger
 from metering.records import RecordKind, TimeStatus, UsageRecord, usage_draft
 
 START_WALL = 1_764_460_800.0
+REPO = Path(__file__).resolve().parents[2]
 
 
 def device_key(state: Path) -> PrivateKey:
@@ -146,3 +149,118 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- chaos: the child gateway SIGKILLed and restarted, the broker stopped and restarted, during one run ----------
+
+@dataclass
+class ChaosResult:
+    total: int
+    gateway_kills: int
+    broker_restarts: int
+    stored: int
+    exactly_once: bool
+    chain_problems: list[str]
+    energy_mwh: int
+    register_delta_mwh: int
+    seconds: float
+    child_restarts: int = 0
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (self.exactly_once and not self.chain_problems and self.stored == self.total
+                and self.energy_mwh == self.register_delta_mwh)
+
+
+async def chaos(folder: Path, *, total: int, gateway_kills: int, broker_restarts: int, rate: float = 400.0,
+                gateway_id: str = "gw-chaos", tls: bool = False, broker_down_s: float = 0.5,
+                timeout_s: float = 600.0) -> ChaosResult:
+    """Run the child gateway against Mosquitto and the reference receiver, killing things as records flow.
+
+    Events fire when the receiver has stored evenly spaced fractions of `total`, so every kill and restart lands
+    in the middle of a drain; kills and broker restarts are interleaved. At the end the child must exit 0 (every
+    record acked) and the receiver must hold every seq exactly once, with the chain and the energy intact.
+    """
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from cloud.receiver import Receiver, ReceiverConfig
+    from cloud.store import SqliteStore
+    from cloud.verify import verify_chain
+    from koto.signing import public_pem
+
+    from .broker import Mosquitto
+    from .pki import TestPKI
+
+    t0 = time.monotonic()
+    pki = TestPKI(folder / "pki") if tls else None
+    state = folder / "gw"
+    state.mkdir(parents=True, exist_ok=True)
+    key = device_key(state)
+    db = folder / "cloud.db"
+    store = SqliteStore(db)
+    store.register(gateway_id, public_pem(key))
+    reader = SqliteStore(db)
+    order = ["kill"] * gateway_kills  # broker restarts spread evenly among the kills
+    for i in range(broker_restarts):
+        order.insert(round((i + 1) * (gateway_kills + i) / (broker_restarts + 1)), "broker")
+    thresholds = [total * (i + 1) // (len(order) + 1) for i in range(len(order))]
+    result = ChaosResult(total, 0, 0, 0, False, [], 0, 0, 0.0)
+
+    with Mosquitto(folder / "broker", pki=pki) as broker:
+        cmd = [sys.executable, "-m", "tests.support.gw_child", "--state", str(state), "--gateway", gateway_id,
+               "--broker", broker.url, "--total", str(total), "--rate", str(rate), "--ack-timeout", "2"]
+        rx_kw: dict[str, Any] = {}
+        if pki is not None:
+            pair, rx = pki.client(gateway_id), pki.client("koto-receiver")
+            cmd += ["--ca", str(pki.ca), "--cert", str(pair.cert), "--key", str(pair.key)]
+            rx_kw = {"ca": pki.ca, "cert": rx.cert, "key": rx.key}
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+        def spawn() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(cmd, cwd=REPO, env=env)
+
+        child = spawn()
+        async with Receiver(store, ReceiverConfig(broker=broker.url, client_id="rx-chaos", **rx_kw)):
+            for what, at in zip(order, thresholds, strict=True):
+                while reader.count(gateway_id) < at:
+                    if time.monotonic() - t0 > timeout_s:
+                        raise TimeoutError(f"chaos: stuck below {at} stored records")
+                    await asyncio.sleep(0.02)
+                if what == "kill":
+                    child.send_signal(signal.SIGKILL)
+                    child.wait()
+                    result.gateway_kills += 1
+                    result.log.append(f"SIGKILL gateway at {reader.count(gateway_id)} stored")
+                    child = spawn()
+                else:
+                    broker.stop()
+                    result.log.append(f"broker stopped at {reader.count(gateway_id)} stored")
+                    await asyncio.sleep(broker_down_s)
+                    broker.start()
+                    result.broker_restarts += 1
+            while child.poll() is None:
+                if time.monotonic() - t0 > timeout_s:
+                    child.kill()
+                    raise TimeoutError("chaos: the gateway did not finish")
+                await asyncio.sleep(0.05)
+            if child.returncode != 0:
+                raise RuntimeError(f"chaos: the gateway exited with {child.returncode}")
+        ledger = Ledger.open(state / "ledger.db", gateway_id=gateway_id, key=None)
+        epoch = ledger.epoch
+        ledger.close()
+        seqs = reader.stored_seqs(gateway_id, epoch)
+        bodies = list(reader.bodies(gateway_id))
+        result.stored = len(seqs)
+        result.exactly_once = seqs == list(range(1, total + 1)) and reader.count(gateway_id) == total
+        _, problems = verify_chain(bodies, key.public_key())
+        result.chain_problems = [f"{p.epoch}/{p.seq}: {p.reason}" for p in problems]
+        energy, first, last = energy_check(bodies)
+        result.energy_mwh, result.register_delta_mwh = energy, last - first
+    store.close()
+    reader.close()
+    result.seconds = time.monotonic() - t0
+    return result
