@@ -36,16 +36,19 @@ async def test_mid_size_chaos_over_tls_three_gateway_kills_and_two_broker_restar
     assert result.ok
 
 
+def spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
 async def test_the_will_marks_a_killed_gateway_offline_and_the_next_birth_online(tmp_path: Path) -> None:
     with Mosquitto(tmp_path / "broker") as broker:
         cmd = [sys.executable, "-m", "tests.support.gw_child", "--state", str(tmp_path / "gw"), "--gateway", "gw-w",
                "--broker", broker.url, "--total", "100000", "--rate", "50"]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
         statuses: list[dict[str, object]] = []
         obs = make_client(url=parse_broker_url(broker.url), client_id="obs", persistent=False)
         async with obs:
             await obs.subscribe("koto/v1/gw-w/up/status", qos=1)
-            child = subprocess.Popen(cmd, cwd=REPO, env=env)
+            child = spawn(cmd)
             try:
                 async with asyncio.timeout(30):
                     async for m in obs.messages:
@@ -53,7 +56,7 @@ async def test_the_will_marks_a_killed_gateway_offline_and_the_next_birth_online
                         if len(statuses) == 1:
                             child.send_signal(signal.SIGKILL)
                             child.wait()
-                            child = subprocess.Popen(cmd, cwd=REPO, env=env)
+                            child = spawn(cmd)
                         if len(statuses) == 3:
                             break
             finally:
