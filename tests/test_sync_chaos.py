@@ -52,7 +52,7 @@ async def test_the_will_marks_a_killed_gateway_offline_and_the_next_birth_online
             try:
                 async with asyncio.timeout(30):
                     async for m in obs.messages:
-                        statuses.append(json.loads(m.payload))  # type: ignore[arg-type]
+                        statuses.append(json.loads(m.payload))
                         if len(statuses) == 1:
                             child.send_signal(signal.SIGKILL)
                             child.wait()
