@@ -315,3 +315,29 @@ class DownlinkHandler:
             except Exception as e:  # a broken section must not break the reply
                 report[name] = {"error": type(e).__name__}
         return report
+
+
+def restore_from_ledger(ledger: DownlinkLedger, pricing: Any,
+                        on_profile: Callable[[str, int, str], None] | None = None) -> dict[str, int]:
+    """At start: re-apply every tariff, entitlement and profile the ledger holds (the daemon calls this once,
+    after restoring the meter's pricing snapshot).
+
+    A command is committed to the ledger before pricing changes in memory, and the meter's pricing snapshot is
+    checkpointed only with its next records; a crash in between would otherwise forget an applied tariff. Applying
+    what is already known is a no-op (`duplicate`), so this is safe to run every time. Returns counts per kind.
+    """
+    from metering.entitlement import Entitlement
+    from metering.tariff import Tariff
+
+    counts = {"tariff": 0, "entitlement": 0, "profile": 0}
+    for doc in sorted(ledger.docs(DOC_TARIFF), key=lambda d: int(d.version)):
+        if pricing.apply_tariff(Tariff.from_dict(doc.body, file=f"ledger tariff {doc.id}")).applied:
+            counts["tariff"] += 1
+    for doc in ledger.docs(DOC_ENTITLEMENT):
+        if pricing.apply_entitlement(Entitlement.from_dict(doc.body, file=f"ledger entitlement {doc.id}")).applied:
+            counts["entitlement"] += 1
+    if on_profile is not None:
+        for doc in ledger.docs(DOC_PROFILE):
+            on_profile(str(doc.body["name"]), int(doc.body["version"]), str(doc.body["toml"]))
+            counts["profile"] += 1
+    return counts

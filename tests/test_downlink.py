@@ -340,3 +340,24 @@ async def test_commands_over_mqtt_get_replies_and_their_lifecycle_records_reach_
     assert w.ledger.acked_through() == 2
     store.close()
     w.ledger.close()
+
+
+def test_after_a_restart_pricing_is_rebuilt_from_what_the_ledger_holds(tmp_path: Path) -> None:
+    from gateway.downlink import restore_from_ledger
+
+    w = World(tmp_path)
+    w.send(w.cmd(CMD_TARIFF, tariff_data(2)))
+    w.send(w.cmd(CMD_ENTITLEMENT, ent_data(1)))
+    w.send(w.cmd(CMD_ENTITLEMENT, {"id": "e1", "version": 2, "action": "revoke"}))
+    w.send(w.cmd(CMD_PROFILE, {"name": "kettle2", "version": 1, "toml": PROFILE_TOML}))
+    w.ledger.close()
+    w2 = World(tmp_path)  # a fresh process: empty pricing, as if the snapshot predates the commands
+    assert restore_from_ledger(w2.ledger, w2.pricing, lambda *p: w2.profiles.append(p)) == {
+        "tariff": 1, "entitlement": 1, "profile": 1}
+    assert [t.version for t in w2.pricing.tariffs] == [2]
+    rec = washer_record()
+    w2.pricing.price(rec)
+    assert (rec.tariff_version, rec.entitled) == (2, "no")  # revoked stays gated
+    assert w2.profiles == [("kettle2", 1, PROFILE_TOML)]
+    assert restore_from_ledger(w2.ledger, w2.pricing) == {"tariff": 0, "entitlement": 0, "profile": 0}
+    w2.ledger.close()
