@@ -11,12 +11,18 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from drivers.errors import KotoError as DriverError
 from koto import __version__
+from metering.errors import KotoError as MeteringError
 
 from .errors import KotoError
+
+if TYPE_CHECKING:
+    from .state import StateDir as StateDirT
 
 DEFAULT_CONFIG = "/etc/koto/koto.toml"
 
@@ -78,6 +84,143 @@ def provision(config_path: str | None, state_dir: str | None, force: bool) -> No
     click.echo(pem, nl=False)
 
 
+def _open_ledger_ro(sd: StateDirT, gid: str | None) -> Any:
+    from metering.ledger import Ledger, read_gateway_id
+
+    if not sd.ledger.exists():
+        raise click.ClickException(f"{sd.ledger}: no ledger yet (start the gateway, or `koto demo`)")
+    return Ledger.open(sd.ledger, gateway_id=gid or read_gateway_id(sd.ledger), key=None)
+
+
+@cli.command()
+@_config_option
+@_state_option
+def verify(config_path: str | None, state_dir: str | None) -> None:
+    """Walk the ledger's hash chain and signatures offline; exit 1 naming the first bad seq."""
+    _cfg, sd, gid = _resolve(config_path, state_dir)
+    with _open_ledger_ro(sd, gid) as ledger:
+        report = ledger.verify(sd.public_key())
+    if report.ok:
+        click.echo(f"ok: {report.checked} records verified (seq {report.first_seq}..{report.last_seq}), "
+                   f"chain and signatures intact")
+        return
+    where = f"seq {report.first_bad_seq}" if report.first_bad_seq is not None else "the ledger"
+    click.echo(f"FAILED at {where}: {report.reason}", err=True)
+    raise SystemExit(1)
+
+
+def _fmt_kwh(mwh: int) -> str:
+    return f"{mwh / 1_000_000:.3f}"
+
+
+def _fmt_duration(ms: int) -> str:
+    s = ms // 1000
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _fmt_cost(costs: tuple[tuple[str, int], ...], exponent: int = 2) -> str:
+    if not costs:
+        return "-"
+    return " + ".join(f"{minor / 10**exponent:.{exponent}f} {cur}" for cur, minor in costs)
+
+
+def usage_table(rows: Sequence[Any], by: str) -> str:
+    """`koto usage` as a plain table a person reads (also printed at the end of `koto demo`)."""
+    head = ("appliance", {"function": "function", "day": "day", "cycle": "cycle"}[by], "kWh", "time", "uses",
+            "cost", "records")
+    empty = "(uses)" if by == "function" else "-"  # cycle records carry uses and per-use cost, no function
+    body = [(r.appliance, r.key or empty, _fmt_kwh(r.energy_mwh), _fmt_duration(r.duration_ms), str(r.uses),
+             _fmt_cost(r.costs), str(r.records)) for r in rows]
+    if rows:
+        cur: dict[str, int] = {}
+        for r in rows:
+            for c, m in r.costs:
+                cur[c] = cur.get(c, 0) + m
+        body.append(("total", "", _fmt_kwh(sum(r.energy_mwh for r in rows)),
+                     _fmt_duration(sum(r.duration_ms for r in rows)), str(sum(r.uses for r in rows)),
+                     _fmt_cost(tuple(sorted(cur.items()))), str(sum(r.records for r in rows))))
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
+    right = {2, 3, 4, 5, 6}
+
+    def line(cells: Sequence[str]) -> str:
+        cols = enumerate(zip(cells, widths, strict=True))
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in cols)
+
+    out = [line(head), "  ".join("-" * w for w in widths)]
+    out += [line(b) for b in body[:-1]] + (["  ".join("-" * w for w in widths), line(body[-1])] if body else [])
+    return "\n".join(out)
+
+
+def _parse_since(text: str | None, tz: Any) -> float | None:
+    if not text:
+        return None
+    from datetime import datetime, timedelta
+
+    now = datetime.now(tz)
+    if text in ("today",):
+        return now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    if text.endswith("d") and text[:-1].isdigit():
+        return (now - timedelta(days=int(text[:-1]))).timestamp()
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError as e:
+        raise click.BadParameter(f"{text!r}: use YYYY-MM-DD, an ISO time, 'today' or Nd (e.g. 7d)") from e
+    return (dt if dt.tzinfo else dt.replace(tzinfo=tz)).timestamp()
+
+
+@cli.command()
+@_config_option
+@_state_option
+@click.option("--appliance", default=None, help="Only this appliance.")
+@click.option("--since", default=None, help="From this local date/time (YYYY-MM-DD, ISO time, 'today', or 7d).")
+@click.option("--by", type=click.Choice(["function", "day", "cycle"]), default="function", show_default=True)
+def usage(config_path: str | None, state_dir: str | None, appliance: str | None, since: str | None, by: str) -> None:
+    """Per-function (or per-day, per-cycle) energy, time, uses and cost, read back from the ledger."""
+    from zoneinfo import ZoneInfo
+
+    cfg, sd, gid = _resolve(config_path, state_dir)
+    tz = cfg.tz if cfg else ZoneInfo("UTC")
+    with _open_ledger_ro(sd, gid) as ledger:
+        rows = ledger.usage_summary(appliance=appliance, since_wall=_parse_since(since, tz), by=by, tz=tz)
+    if not rows:
+        what = (f" for {appliance}" if appliance else "") + (f" since {since}" if since else "")
+        click.echo(f"no usage recorded{what}")
+        return
+    click.echo(usage_table(rows, by))
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="KOTO_CONFIG", default=None,
+              help=f"Gateway config (TOML). Default: $KOTO_CONFIG or {DEFAULT_CONFIG}.")
+def run(config_path: str | None) -> None:
+    """Run the gateway: sources, meters, ledger and sync, until SIGTERM or Ctrl-C."""
+    import asyncio
+
+    from .runner import run_gateway
+
+    cfg, _sd, _gid = _resolve(config_path, None, need_config=True)
+    asyncio.run(run_gateway(cfg))
+
+
+@cli.command()
+@click.option("--state-dir", type=click.Path(file_okay=False), default="demo-state", show_default=True,
+              help="Where the demo keeps its ledger and key (wiped at the start of each run).")
+@click.option("--speed", type=click.FloatRange(1, 10_000), default=60.0, show_default=True,
+              help="How much faster than real time the appliances run.")
+@click.option("--minutes", type=click.FloatRange(0.1, 1000), default=None,
+              help="Simulated minutes to run (default: until every appliance has finished its programme).")
+def demo(state_dir: str, speed: float, minutes: float | None) -> None:
+    """Meter three simulated appliances through the real driver stacks into a local ledger, then show usage."""
+    import asyncio
+
+    from .demo import run_demo
+
+    logging.getLogger("koto").setLevel(logging.ERROR)  # the demo prints what happens; warnings would be noise
+    rc = asyncio.run(run_demo(Path(state_dir), speed=speed, duration_s=None if minutes is None else minutes * 60))
+    if rc:
+        raise SystemExit(rc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one `koto` command; return its exit code (0 ok, 1 check failed, 2 usage or config error)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -91,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.ClickException as e:
         e.show()
         return 2 if e.exit_code in (1, 2) else int(e.exit_code)
-    except KotoError as e:
+    except (KotoError, DriverError, MeteringError) as e:
         click.echo(f"koto: {e}", err=True)
         return 2
     except SystemExit as e:  # commands that exit with a code (verify)

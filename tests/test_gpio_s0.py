@@ -232,3 +232,41 @@ async def test_the_demo_pulse_train_runs_through_the_real_s0_stack() -> None:
     assert [r.t_mono_ns - 7 * S for r in pulses] == [1 * S, 2 * S, 3 * S, 4 * S]  # 3.6 kW: 1 Wh per second
     measured = [r.value for r in got if r.quantity is Quantity.POWER_MW and r.quality is Quality.GOOD]
     assert measured == [3_600_000] * 3
+
+
+async def test_an_idle_meter_restates_its_count_so_silence_is_not_mistaken_for_a_dead_source() -> None:
+    clock = ManualClock(mono_ns=100 * S)
+    factory = mock_factory()
+    pin = factory.pin(PIN)
+    src = S0PulseSource("m", clock=clock, pin=PIN, imp_per_kwh=1000, pin_factory=factory, start_count=7,
+                        heartbeat_s=30, poll_s=0.01)
+    t0 = clock.mono_ns
+    async with src:
+        it = aiter(src)
+        (first,) = await take(it, 1)
+        clock.mono_ns = t0 + 31 * S
+        (beat,) = await take(it, 1)
+        drive_pulses(pin, [t0 + 40 * S])
+        (pulse,) = await take(it, 1)
+    assert (first.value, beat.quantity, beat.value, beat.t_mono_ns) == (7, Quantity.PULSES, 7, t0 + 31 * S)
+    assert (pulse.quantity, pulse.value) == (Quantity.PULSES, 8)
+
+
+async def test_readings_leave_in_time_order_even_when_an_edge_arrives_late() -> None:
+    clock = ManualClock(mono_ns=100 * S)
+    factory = mock_factory()
+    pin = factory.pin(PIN)
+    src = S0PulseSource("m", clock=clock, pin=PIN, imp_per_kwh=1000, pin_factory=factory, report_s=1, poll_s=0.01)
+    t0 = clock.mono_ns
+    async with src:
+        it = aiter(src)
+        await take(it, 1)
+        drive_pulses(pin, [t0 + 1 * S, t0 + 2 * S])
+        await take(it, 3)
+        clock.mono_ns = t0 + 6 * S
+        (late,) = await take(it, 1)  # an estimated power stamped "now"
+        drive_pulses(pin, [t0 + 5 * S])  # an edge from before that moment reaches us only now
+        (pulse, power) = await take(it, 2)
+    assert late.t_mono_ns == t0 + 6 * S
+    assert pulse.t_mono_ns == power.t_mono_ns == t0 + 6 * S  # never before what already left
+    assert (pulse.value, power.value) == (3, 1_200_000)  # the count and the power still use the edge's own time

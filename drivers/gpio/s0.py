@@ -6,6 +6,7 @@ kWh. Wired between the GPIO and ground with the Pi's pull-up, a pulse is a low l
 What the source yields:
 - `PULSES` at start (the `start_count` the gateway restored from the meter's checkpoint) and at every pulse:
   the cumulative count, so a restart continues where the checkpoint left off instead of starting again at zero.
+- `PULSES` again every `heartbeat_s` (default 30) without a pulse, so an idle appliance is not a silent source.
 - `POWER_MW` at every pulse after the first: the average power over the interval since the previous pulse,
   `3.6e9 / (imp_per_kwh * interval_s)` mW, exact integer arithmetic. Stamped with the pulse edge's own time.
 - While no pulse comes for longer than the last interval, power is at most what one pulse in the time since the
@@ -38,13 +39,13 @@ S0_PULSE_WIDTH_MS = 30
 class S0PulseSource(Source):
     driver: ClassVar[str] = "s0"
     KEYS: ClassVar[tuple[str, ...]] = (
-        "pin", "imp_per_kwh", "pull", "active", "bounce_ms", "zero_after_s", "report_s", "poll_s",
+        "pin", "imp_per_kwh", "pull", "active", "bounce_ms", "zero_after_s", "report_s", "poll_s", "heartbeat_s",
     )
 
     def __init__(self, name: str, *, clock: Clock, pin: int, imp_per_kwh: float | int | str | Fraction,
                  pin_factory: Any = None, start_count: int = 0, pull: str = "up", active_high: bool = False,
                  bounce_ms: float = 5.0, zero_after_s: float = 600.0, report_s: float = 5.0,
-                 poll_s: float = 1.0) -> None:
+                 poll_s: float = 1.0, heartbeat_s: float = 30.0) -> None:
         super().__init__(name, clock=clock)
         imp = imp_per_kwh if isinstance(imp_per_kwh, Fraction) else to_fraction(imp_per_kwh)
         if imp <= 0:
@@ -57,6 +58,7 @@ class S0PulseSource(Source):
         self.bounce_ns = round(bounce_ms * 1e6)
         self.zero_after_ns = round(zero_after_s * 1e9)
         self.report_ns = round(report_s * 1e9)
+        self.heartbeat_ns = round(heartbeat_s * 1e9)
         self.poll_s = poll_s
         self.pin_factory = pin_factory
         self._input = EdgeInput(pin, pull=pull, active_high=active_high, bounce_s=bounce_ms / 1000,
@@ -65,6 +67,7 @@ class S0PulseSource(Source):
         self._last_pulse_ns: int | None = None
         self._last_interval_ns: int | None = None
         self._chain_start_ns = 0  # when we started watching, or the last zero: the decay's reference point
+        self._emitted_ns = 0  # the newest stamp handed out: readings leave in time order
         self._zero_reported = False
         self._last_decay_ns: int | None = None
 
@@ -82,9 +85,10 @@ class S0PulseSource(Source):
         zero_after = k.number("zero_after_s", 600.0, lo=1, hi=86_400)
         report = k.number("report_s", 5.0, lo=0.1, hi=3600)
         poll = k.number("poll_s", 1.0, lo=0.01, hi=60)
+        heartbeat = k.number("heartbeat_s", 30.0, lo=1, hi=3600)
         return cls(name, clock=clock, pin=pin, imp_per_kwh=cfg["imp_per_kwh"], pin_factory=pin_factory,
                    start_count=start_count, pull=pull, active_high=active_high, bounce_ms=bounce,
-                   zero_after_s=zero_after, report_s=report, poll_s=poll)
+                   zero_after_s=zero_after, report_s=report, poll_s=poll, heartbeat_s=heartbeat)
 
     @property
     def bounces_rejected(self) -> int:
@@ -98,11 +102,17 @@ class S0PulseSource(Source):
         active = self._input.open()
         self._deb = Debouncer(self.bounce_ns, initial_active=active)
         self._chain_start_ns = self.clock.now().mono_ns
+        self._emitted_ns = 0
 
     async def _close(self) -> None:
         self._input.close()
 
     def _reading(self, t_ns: int, quantity: Quantity, value: int, quality: Quality = Quality.GOOD) -> Reading:
+        # Readings leave in time order: an edge that reaches us after a decay reading was stamped "now" (lgpio's
+        # thread, or a simulator driving edges in steps) is stamped at that reading's time instead of before it.
+        # The count is unaffected; power still uses the edges' own times.
+        t_ns = max(t_ns, self._emitted_ns)
+        self._emitted_ns = t_ns
         now = self.clock.now()
         wall = now.wall - (now.mono_ns - t_ns) / 1e9
         return Reading(self.name, t_ns, wall, now.boot_id, quantity, value, quality, now.synced)
@@ -166,6 +176,10 @@ class S0PulseSource(Source):
         now_ns = self.clock.now().mono_ns
         out.extend(self._confirmed(self._deb.flush(now_ns)))
         out.extend(self._decay(now_ns))
+        if not out and now_ns - self._emitted_ns >= self.heartbeat_ns:
+            # No pulse is also a reading: an idle appliance draws nothing, and the meter must not mistake the
+            # silence for a dead source (it would write a `gap`). The count is restated every `heartbeat_s`.
+            out.append(self._reading(now_ns, Quantity.PULSES, self.count))
         bounced = self._deb.rejected - before[0]
         if bounced:
             self.health.errors["bounce"] += bounced - 1

@@ -1,0 +1,378 @@
+"""`koto run`: the gateway as one asyncio process — sources, meters, ledger and sync.
+
+    sources (one task each, supervised) ──► queue ──► meter loop ──► ledger (batched, one fsync per batch)
+                                                        │                 │
+                                                        └── events (log)  └──► sync.notify() ──► MQTT
+
+One `TaskGroup`: a task per source, the meter loop, a ticker (time alone closes interims and cycles), and the sync.
+A failing source is restarted with capped, jittered backoff and counted; it never takes the others down. Meter and
+pricing state are checkpointed in the same transaction as the records they produced, so a restart — clean, kill -9
+or power loss — resumes exactly where the ledger ends: nothing lost, nothing counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.base import Source, build_source
+from drivers.errors import DriverConfigError
+from koto import __version__
+from koto.clock import Clock, Now
+from koto.reading import Quantity, Reading
+from metering.energy import EnergySpec
+from metering.ledger import Ledger
+from metering.meter import ApplianceMeter, FeedResult, MeterEvent
+from metering.pricing import Pricing
+from metering.profile import Profile, builtin_profile, load_profile
+from metering.records import CLOCK_TYPE, LIFECYCLE_TYPE, Draft, TimeStatus
+from metering.tariff import Tariff
+
+from .config import ApplianceConfig, GatewayConfig
+from .errors import ConfigError
+from .state import StateDir
+
+log = logging.getLogger("koto.gateway")
+
+PRICING_CHECKPOINT = "pricing"
+QUEUE_MAX = 10_000
+
+
+def meter_checkpoint_name(appliance: str) -> str:
+    return f"meter:{appliance}"
+
+
+def load_appliance_profile(app: ApplianceConfig, file: str) -> Profile:
+    try:
+        if app.profile.endswith(".toml"):
+            return load_profile(app.profile)
+        return builtin_profile(app.profile)
+    except (KeyError, LookupError) as e:
+        raise ConfigError(file, f"appliance.{app.id}.profile", f"{e}") from e
+
+
+def _status(now: Now) -> TimeStatus:
+    return TimeStatus.SYNCED if now.synced else TimeStatus.UNSYNCED
+
+
+@dataclass
+class SourceState:
+    """The supervisor's view of one source: the driver's own health plus restarts."""
+
+    name: str
+    appliance: str
+    driver: str
+    source: Source | None = None
+    restarts: int = 0
+    last_error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        h = self.source.health.as_dict() if self.source else {"state": "starting"}
+        return {"appliance": self.appliance, "driver": self.driver, "restarts": self.restarts,
+                "last_error": self.last_error, **h}
+
+
+@dataclass
+class GatewayStats:
+    readings: int = 0
+    records: int = 0
+    batches: int = 0
+    unrouted: int = 0
+    events: list[str] = field(default_factory=list)
+
+
+class Gateway:
+    """Everything `koto run` does, built from a `GatewayConfig`.
+
+    `backends` are the hardware seams handed to drivers (`pin_factory` for GPIO, `ble` for a BLE scanner backend);
+    tests and the demo pass simulated ones, production lets each driver choose. `on_event` receives every meter
+    event (function started, cycle ended, rejected reading...) — the demo prints them.
+    """
+
+    def __init__(self, cfg: GatewayConfig, *, clock: Clock, backends: Mapping[str, Any] | None = None,
+                 on_event: Callable[[MeterEvent], None] | None = None, sync_enabled: bool = True) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.backends = dict(backends or {})
+        self.on_event = on_event
+        self.state = StateDir(cfg.state_dir)
+        self.stats = GatewayStats()
+        self.ledger = Ledger.open(self.state.ledger, gateway_id=cfg.id, key=self.state.private_key(),
+                                  gateway_subject=cfg.subject)
+        self.pricing = self._load_pricing()
+        self.meters: dict[str, ApplianceMeter] = {}
+        self.subjects: dict[str, str] = {}
+        for app in cfg.appliances:
+            profile = load_appliance_profile(app, cfg.file)
+            spec = EnergySpec(kind=app.energy_kind,  # type: ignore[arg-type]
+                              source=app.energy, imp_per_kwh=app.imp_per_kwh or 1000, max_gap_s=app.max_gap_s)
+            self.meters[app.id] = ApplianceMeter(app.id, profile, energy=spec, policy=self.pricing,
+                                                 interim_s=app.interim_s,
+                                                 state=self.ledger.checkpoint(meter_checkpoint_name(app.id)))
+            self.subjects[app.id] = app.subject
+        self.owner = cfg.source_owner()
+        self.sources = {name: SourceState(name, self.owner[name], str(scfg["driver"]))
+                        for app in cfg.appliances for name, scfg in app.sources.items()}
+        self.sync: Any = None
+        self._sync_enabled = sync_enabled and cfg.cloud is not None
+        self._queue: asyncio.Queue[Reading] = asyncio.Queue(QUEUE_MAX)
+        self._pending: list[Draft] = []
+        self._dirty = False
+        self._last_checkpoint_ns = 0
+        self._clock_synced: bool | None = None
+        self._stopping = False
+        self._inflight: asyncio.Future[None] | None = None
+        for name in self.sources:  # fail fast: a driver's config error names the file and key before we start
+            build_source(name, self._source_cfg(name), clock=self.clock, file=cfg.file, **self._source_kwargs(name))
+
+    # ------------------------------------------------------------------------------------------ set-up
+
+    def _load_pricing(self) -> Pricing:
+        """Pricing from its checkpoint, then any tariff/entitlement committed by a downlink since (docs table)."""
+        pricing = Pricing(tz=self.cfg.tz)
+        state = self.ledger.checkpoint(PRICING_CHECKPOINT)
+        if state:
+            pricing.restore(state)
+        elif self.cfg.tariff:
+            pricing.apply_tariff(Tariff.from_dict(self.cfg.tariff, file=f"{self.cfg.file} [tariff]"))
+        from metering.entitlement import Entitlement
+
+        for doc in sorted(self.ledger.docs("tariff"), key=lambda d: d.version):
+            pricing.apply_tariff(Tariff.from_dict(doc.body, file=f"ledger doc tariff {doc.id}"))
+        for doc in sorted(self.ledger.docs("entitlement"), key=lambda d: d.version):
+            pricing.apply_entitlement(Entitlement.from_dict(doc.body, file=f"ledger doc entitlement {doc.id}"))
+        return pricing
+
+    def _source_cfg(self, name: str) -> Mapping[str, Any]:
+        return next(a.sources[name] for a in self.cfg.appliances if name in a.sources)
+
+    def _source_kwargs(self, name: str) -> dict[str, Any]:
+        kw = dict(self.backends)
+        app = self.cfg.appliances[[a.id for a in self.cfg.appliances].index(self.owner[name])]
+        if self.sources[name].driver == "s0" and app.energy == name:
+            # The pulse count continues from the meter's checkpoint: a restart loses nothing already counted.
+            snap = self.meters[app.id].snapshot().get("auth", {})
+            last = snap.get("last_raw", "")
+            kw["start_count"] = int(last) if last != "" else 0
+        return kw
+
+    def _sync(self) -> Any:
+        from koto.signing import load_public_key
+
+        from .downlink import DownlinkHandler
+        from .sync import Sync, SyncConfig
+
+        cloud = self.cfg.cloud
+        assert cloud is not None
+        keys = []
+        for p in cloud.operator_keys:
+            try:
+                keys.append(load_public_key(p.read_bytes()))
+            except OSError as e:
+                raise ConfigError(self.cfg.file, "cloud.operator_keys", f"cannot read {p}: {e.strerror}") from e
+        downlink = None
+        if keys:
+            downlink = DownlinkHandler(self.ledger, self.pricing, keys, self.cfg.id, self.clock,
+                                       on_profile=self._on_profile)
+            downlink.add_report_section("gateway", self.report)
+        scfg = SyncConfig(gateway_id=self.cfg.id, broker=cloud.broker, ca=cloud.ca, cert=cloud.cert, key=cloud.key,
+                          topic_prefix=cloud.topic_prefix, protocol=cloud.protocol, keepalive_s=cloud.keepalive_s,
+                          window=cloud.window, ack_timeout_s=cloud.ack_timeout_s,
+                          live_interval_s=cloud.live_interval_s, operator_keys=cloud.operator_keys)
+        return Sync(scfg, self.ledger, clock=self.clock, downlink=downlink, version=__version__)
+
+    def _on_profile(self, name: str, version: int, toml_text: str) -> None:
+        """A profile came down from the cloud: meters using a profile of that name switch at their next start."""
+        log.info("profile %s version %d received; it applies from the next restart", name, version)
+
+    # ------------------------------------------------------------------------------------------ running
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run until `stop` is set (or the task is cancelled); then close segments and write a final batch."""
+        stop = stop or asyncio.Event()
+        self._lifecycle("start", version=__version__,
+                        appliances=",".join(sorted(self.meters)), sources=",".join(sorted(self.sources)))
+        self._flush_now()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                workers = [tg.create_task(self._supervise(name), name=f"source:{name}") for name in self.sources]
+                workers.append(tg.create_task(self._ticker(), name="ticker"))
+                meter_task = tg.create_task(self._meter_loop(), name="meter")
+                if self._sync_enabled:
+                    self.sync = self._sync()
+                    workers.append(tg.create_task(self.sync.run(), name="sync"))
+                await stop.wait()
+                self._stopping = True
+                for w in workers:
+                    if w.get_name() != "sync":
+                        w.cancel()
+                await asyncio.sleep(0)
+                meter_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await meter_task
+                if self._inflight is not None:
+                    await self._inflight  # an append already handed to its thread finishes before the last one
+                self._shutdown()
+                for w in workers:
+                    w.cancel()
+        finally:
+            self.ledger.close()
+
+    def _shutdown(self) -> None:
+        """A clean stop: feed what is queued, close every open segment, record the stop, one last batch."""
+        while not self._queue.empty():
+            self._feed(self._queue.get_nowait())
+        now = self.clock.now()
+        for aid, meter in self.meters.items():
+            self._take(aid, meter.close(now))
+        self._lifecycle("stop")
+        self._flush_now()
+        log.info("gateway stopped; ledger at seq %d", self.ledger.head()[0])
+
+    async def _supervise(self, name: str) -> None:
+        """Run one source forever; on failure log once in plain words, back off (capped, jittered), restart."""
+        st = self.sources[name]
+        scfg = self._source_cfg(name)
+        delay = 0.5
+        while True:
+            try:
+                src = build_source(name, scfg, clock=self.clock, file=self.cfg.file, **self._source_kwargs(name))
+                st.source = src
+                async with src:
+                    delay = 0.5
+                    async for reading in src:
+                        await self._queue.put(reading)
+                st.last_error = "the source ended"
+            except asyncio.CancelledError:
+                raise
+            except (ConfigError, DriverConfigError):
+                raise
+            except Exception as e:  # a driver failure must never take the gateway down
+                st.last_error = f"{type(e).__name__}: {e}"
+                log.warning("%s: source failed (%s); restarting in %.1f s", name, st.last_error, delay)
+            st.restarts += 1
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 30.0)
+
+    async def _meter_loop(self) -> None:
+        """Feed readings to meters; append what they produce in batches (one transaction, one fsync each)."""
+        batch_s = self.cfg.batch_ms / 1000
+        while True:
+            deadline = time.monotonic() + batch_s
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    reading = await asyncio.wait_for(self._queue.get(), timeout=left)
+                except TimeoutError:
+                    break
+                self._feed(reading)
+            await self._flush()
+
+    async def _ticker(self) -> None:
+        """Time alone closes things: interim slices, a cycle's end after its dwell, a stale source."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = self.clock.now()
+            self._watch_clock(now)
+            for aid, meter in self.meters.items():
+                self._take(aid, meter.tick(now))
+
+    def _feed(self, reading: Reading) -> None:
+        self.stats.readings += 1
+        aid = self.owner.get(reading.source)
+        if aid is None:
+            self.stats.unrouted += 1
+            return
+        if reading.quantity not in (Quantity.POWER_MW, Quantity.ENERGY_MWH, Quantity.PULSES, Quantity.SIGNAL):
+            return  # diagnostics (voltage, RSSI...) serve the live view, not the ledger
+        self._take(aid, self.meters[aid].feed(reading))
+
+    def _take(self, aid: str, result: FeedResult) -> None:
+        if not result:
+            return
+        for ev in result.events:
+            if ev.kind == "rejected":
+                log.warning("%s", ev.message)
+            else:
+                log.info("%s", ev.message)
+            if self.on_event:
+                self.on_event(ev)
+        if result.items:
+            self._pending.extend(result.drafts(self.subjects[aid]))
+        self._dirty = True
+
+    def _watch_clock(self, now: Now) -> None:
+        """When the wall clock becomes synchronised, record its offset for this boot (invariant 4)."""
+        if self._clock_synced is None:
+            self._clock_synced = now.synced
+            return
+        if now.synced and not self._clock_synced:
+            self._pending.append(Draft(CLOCK_TYPE, self.cfg.subject, now.wall, TimeStatus.SYNCED, {
+                "event": "clock_synced", "boot_id": now.boot_id, "mono_ns": now.mono_ns,
+                "wall_ms": int(now.wall * 1000),
+                "offset_ms": int(now.wall * 1000) - now.mono_ns // 1_000_000,
+            }))
+            log.info("wall clock synchronised; records made before carry time status U and this boot's offset")
+        self._clock_synced = now.synced
+
+    def _lifecycle(self, event: str, **data: str | int) -> None:
+        now = self.clock.now()
+        body: dict[str, Any] = {"event": event, "gateway": self.cfg.id, "boot_id": now.boot_id,
+                                "mono_ns": now.mono_ns, "timestatus": str(_status(now)), **data}
+        self._pending.append(Draft(LIFECYCLE_TYPE, self.cfg.subject, now.wall, _status(now), body))
+
+    def _checkpoints(self) -> dict[str, dict[str, Any]]:
+        cps = {meter_checkpoint_name(aid): m.snapshot() for aid, m in self.meters.items()}
+        cps[PRICING_CHECKPOINT] = self.pricing.snapshot()
+        return cps
+
+    def _batch(self) -> tuple[list[Draft], dict[str, dict[str, Any]]] | None:
+        now_ns = time.monotonic_ns()
+        due = now_ns - self._last_checkpoint_ns >= int(self.cfg.checkpoint_s * 1e9)
+        if not self._pending and not (self._dirty and due):
+            return None
+        drafts, self._pending = self._pending, []
+        self._dirty = False
+        self._last_checkpoint_ns = now_ns
+        return drafts, self._checkpoints()
+
+    def _flush_now(self) -> None:
+        batch = self._batch()
+        if batch:
+            self._append(*batch)
+
+    async def _flush(self) -> None:
+        batch = self._batch()
+        if batch:
+            # The fsync runs off the event loop; the snapshot was taken with the drafts, so they stay consistent.
+            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._append, *batch))
+            await asyncio.shield(self._inflight)
+
+    def _append(self, drafts: list[Draft], checkpoints: dict[str, dict[str, Any]]) -> None:
+        stored = self.ledger.append(drafts, checkpoints=checkpoints)
+        self.stats.batches += 1
+        self.stats.records += len(stored)
+        if stored and self.sync is not None:
+            self.sync.notify()
+
+    # ------------------------------------------------------------------------------------------ status
+
+    def report(self) -> dict[str, Any]:
+        """A redacted status snapshot (support staff, the diagnostics command, the status page)."""
+        seq, _ = self.ledger.head()
+        return {
+            "gateway": self.cfg.id,
+            "version": __version__,
+            "ledger": {"epoch": self.ledger.epoch, "head_seq": seq, "acked_through": self.ledger.acked_through(),
+                       "unacked": self.ledger.unacked_count()},
+            "readings": self.stats.readings,
+            "records": self.stats.records,
+            "appliances": {aid: {"function": m.function, "power_mw": m.power_mw, "rejected": dict(m.rejected)}
+                           for aid, m in self.meters.items()},
+            "sources": {name: st.as_dict() for name, st in self.sources.items()},
+        }
