@@ -89,7 +89,7 @@ class SyncConfig:
     window: int = 256
     batch: int = 64
     ack_timeout_s: float = 15.0
-    live_interval_s: float = 5.0
+    live_interval_s: float = 0.0  # 0 = the live topic is off
     operator_keys: tuple[Path, ...] = ()
     backoff_initial_s: float = 0.5
     backoff_cap_s: float = 5.0
@@ -175,6 +175,15 @@ class SyncConfig:
             return cls(**values)
         except ConfigError as e:
             raise ConfigError(file, e.key, e.problem) from None
+
+    @classmethod
+    def from_cloud_config(cls, cloud: Any, gateway_id: str, **overrides: Any) -> SyncConfig:
+        """From gateway.config's `CloudConfig` (the loaded `[cloud]` table), which validated file and keys already."""
+        names = ("broker", "ca", "cert", "key", "topic_prefix", "protocol", "keepalive_s", "window", "ack_timeout_s",
+                 "live_interval_s", "operator_keys")
+        values = {n: getattr(cloud, n) for n in names if hasattr(cloud, n)}
+        values["operator_keys"] = tuple(values.get("operator_keys", ()))
+        return cls(gateway_id=gateway_id, **{**values, **overrides})
 
     @property
     def url(self) -> BrokerURL:

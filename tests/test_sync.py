@@ -295,3 +295,30 @@ async def test_new_records_are_sent_when_the_meter_notifies(broker: Mosquitto, l
             await asyncio.sleep(0.01)
         await asyncio.wait_for(sync.wait_acked(35), 30)
     check_receiver(store, ledger, 35)
+
+
+def test_sync_config_comes_from_the_gateway_config_cloud_table(tmp_path: Path) -> None:
+    from gateway.config import CloudConfig
+
+    cloud = CloudConfig(broker="mqtts://broker.example:8883", ca=tmp_path / "ca.pem", cert=tmp_path / "gw.crt",
+                        key=tmp_path / "gw.key", window=64, live_interval_s=2.0,
+                        operator_keys=(tmp_path / "op.pem",))
+    cfg = SyncConfig.from_cloud_config(cloud, "gw-9")
+    assert (cfg.gateway_id, cfg.url.host, cfg.url.port, cfg.url.tls) == ("gw-9", "broker.example", 8883, True)
+    assert (cfg.window, cfg.live_interval_s, cfg.operator_keys) == (64, 2.0, (tmp_path / "op.pem",))
+
+
+@pytest.mark.parametrize("table, key", [
+    ({"broker": "http://x"}, "cloud.broker"),
+    ({"broker": "mqtt://x", "protocol": 4}, "cloud.protocol"),
+    ({"broker": "mqtt://x", "window": 0}, "cloud.window"),
+    ({"broker": "mqtt://x", "cert": "a.crt"}, "cloud.cert"),
+    ({"broker": "mqtt://x", "operator_keys": ["a", "b", "c"]}, "cloud.operator_keys"),
+    ({"broker": "mqtt://x", "colour": "red"}, "cloud.colour"),
+])
+def test_bad_cloud_settings_name_the_file_and_key(table: dict[str, Any], key: str) -> None:
+    from gateway.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        SyncConfig.from_table(table, gateway_id="gw-1", file="koto.toml")
+    assert (e.value.file, e.value.key) == ("koto.toml", key)
