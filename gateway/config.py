@@ -115,6 +115,7 @@ class ApplianceConfig:
     imp_per_kwh: int = 0
     max_gap_s: float = 60.0
     interim_s: int = 900
+    channel: str = ""
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     relay: dict[str, Any] | None = None
 
@@ -271,6 +272,7 @@ def parse_config(data: dict[str, Any], *, file: str = "<config>", base: Path | N
             imp_per_kwh=imp,
             max_gap_s=at.number("max_gap_s", 60, lo=1, hi=86_400),
             interim_s=int(at.number("interim_s", 900, lo=10, hi=86_400)),
+            channel=at.get("channel", str, "", what='the energy source\'s channel: "" (total), "L1", "L2", "L3"'),
             sources=sources,
             relay=relay,
         ))

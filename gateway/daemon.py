@@ -111,7 +111,8 @@ class Gateway:
         for app in cfg.appliances:
             profile = load_appliance_profile(app, cfg.file)
             spec = EnergySpec(kind=app.energy_kind,  # type: ignore[arg-type]
-                              source=app.energy, imp_per_kwh=app.imp_per_kwh or 1000, max_gap_s=app.max_gap_s)
+                              source=app.energy, imp_per_kwh=app.imp_per_kwh or 1000, max_gap_s=app.max_gap_s,
+                              channel=app.channel)
             self.meters[app.id] = ApplianceMeter(app.id, profile, energy=spec, policy=self.pricing,
                                                  interim_s=app.interim_s,
                                                  state=self.ledger.checkpoint(meter_checkpoint_name(app.id)))

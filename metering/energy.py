@@ -55,6 +55,7 @@ class EnergySpec:
     wrap_mwh: int = 0  # 0: the register never wraps (e.g. 2**32 for a 32-bit mWh counter)
     wrap_pulses: int = 0
     step_mwh: int = 10_000
+    channel: str = ""  # which of the source's channels (Reading.signal) carries the appliance: "" = the total
 
     def __post_init__(self) -> None:
         if self.kind not in ("register", "pulses", "power"):

@@ -369,6 +369,11 @@ class ApplianceMeter:
         if r.source != self._src:
             self._reject(r, "wrong_source", f"reading from {r.source!r}, this meter's energy source is {self._src!r}")
             return
+        if r.signal != self.spec.channel:
+            # A meter may report several channels (an SDM630's phases L1-L3 beside the total, an SDM120's import
+            # register beside its total register): the meter takes exactly one, the configured channel.
+            self.ignored += 1
+            return
         kind = self.spec.kind
         if (q is _ENERGY and kind != "register") or (q is _PULSES and kind != "pulses"):
             self._reject(r, "wrong_quantity", f"{q.value} reading on a {kind} source")

@@ -277,3 +277,29 @@ def test_snapshot_is_plain_strings_and_integers() -> None:
             assert type(o) in (str, int), o
 
     check(m.snapshot())
+
+
+def test_only_the_configured_channel_of_a_multi_channel_meter_is_metered() -> None:
+    """An SDM630 reports each phase beside the total; an SDM120 its import register beside its total register.
+    Feeding them all to one appliance must neither triple-count power nor mix two registers."""
+    from dataclasses import replace
+
+    m = ApplianceMeter("dryer", builtin_profile("tumble_dryer"), energy=EnergySpec("register", "sdm630"))
+    base = Reading("sdm630", 1 * S, 1_764_460_800.0, "boot", Quantity.ENERGY_MWH, 5_000_000)
+    items: list[Reading] = []
+    for i in range(0, 601, 10):  # ten minutes at 2.4 kW total, 0.8 kW on each phase
+        t = (1 + i) * S
+        wall = 1_764_460_800.0 + i
+        total = replace(base, t_mono_ns=t, t_wall=wall, quantity=Quantity.POWER_MW, value=2_400_000)
+        items.append(total)
+        items += [replace(total, signal=f"L{p}", value=800_000) for p in (1, 2, 3)]
+        reg = 5_000_000 + 2_400_000 * i // 3600
+        items.append(replace(base, t_mono_ns=t, t_wall=wall, value=reg))
+        items.append(replace(base, t_mono_ns=t, t_wall=wall, value=9_000_000 + reg, signal="import"))
+    res = [m.feed(r) for r in items]
+    res.append(m.close(Now(601 * S, 1_764_460_800.0 + 600, True, "boot")))
+    part = partition(res)
+    assert sum(r.energy_mwh for r in part) == 2_400_000 * 600 // 3600
+    assert max(r.peak_power_mw for r in part) == 2_400_000
+    assert m.rejected == {}
+    assert m.ignored == 61 * 4  # three phases and the import register, at every step
