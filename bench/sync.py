@@ -3,6 +3,8 @@
     .venv/bin/python -m bench.sync                      # 10,000-record backlog, plain MQTT on loopback
     .venv/bin/python -m bench.sync --tls                # the same over TLS with client certificates
     .venv/bin/python -m bench.sync --outage 120         # also: broker away 120 s, time until the drain restarts
+    .venv/bin/python -m bench.sync --receivers 2        # two receivers on the shared subscription
+    .venv/bin/python -m bench.sync --peer null          # the gateway side alone (a trusting acker, no receiver)
 
 What is measured, all against one real Mosquitto and the reference receiver (cloud/, SQLite store) in one run:
 1. raw: the same 10,000 stored bodies published with aiomqtt at QoS 1 (256 in flight) until every PUBACK is back.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -94,16 +97,22 @@ async def run(args: argparse.Namespace) -> None:
             kw = {"ca": pki.ca, "cert": gw_pair.cert, "key": gw_pair.key}
             rx_kw = {"ca": pki.ca, "cert": rx_pair.cert, "key": rx_pair.key}
         cfg = SyncConfig(gateway_id=GW, broker=broker.url, window=args.window, **kw)
-        rx_proc = None
-        if args.rx_process:  # the receiver in its own process, as deployed (koto-cloud serve)
-            cmd = [sys.executable, "-m", "cloud.cli", "serve", "--broker", broker.url, "--db", str(tmp / "cloud.db"),
-                   "--client-id", "rx-bench"]
-            for k, v in rx_kw.items():
-                cmd += [f"--{k}", str(v)]
-            rx_proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": os.getcwd()})  # noqa: ASYNC220
+        procs: list[subprocess.Popen[bytes]] = []
+        env = {**os.environ, "PYTHONPATH": os.getcwd()}
+        if args.peer == "null":  # an acker that trusts everything: what the gateway side alone can do
+            cmd = [sys.executable, "-m", "bench.sync", "--null-acker", broker.url, str(tmp / "gw" / "ledger.db")]
+            procs.append(subprocess.Popen(cmd, env=env))  # noqa: ASYNC220
+        elif args.rx_process:  # the receiver in its own process(es), as deployed (koto-cloud serve)
+            for i in range(args.receivers):
+                cmd = [sys.executable, "-m", "cloud.cli", "serve", "--broker", broker.url,
+                       "--db", str(tmp / "cloud.db"), "--client-id", f"rx-bench-{i}"]
+                for k, v in rx_kw.items():
+                    cmd += [f"--{k}", str(v)]
+                procs.append(subprocess.Popen(cmd, env=env))  # noqa: ASYNC220
+        if procs:
             await asyncio.sleep(2.0)
         rx_ctx: Any = (Receiver(store, ReceiverConfig(broker=broker.url, client_id="rx-bench", **rx_kw))
-                       if rx_proc is None else _Null())
+                       if not procs else _Null())
         async with rx_ctx:
             sync = Sync(cfg, ledger, clock=SystemClock(), version="bench")
             t0 = time.perf_counter()
@@ -123,6 +132,7 @@ async def run(args: argparse.Namespace) -> None:
                     await asyncio.sleep(args.latency_gap)
 
                 outage: float | None = None
+                reconnect: float | None = None
                 if args.outage:
                     append_usage(ledger, 3000, batch=1000)
                     sync.notify()
@@ -132,19 +142,23 @@ async def run(args: argparse.Namespace) -> None:
                     while time.monotonic() < deadline:  # the meter keeps writing while the broker is away
                         append_usage(ledger, 10)
                         await asyncio.sleep(1.0)
-                    acked_before = ledger.acked_through()
+                    acked_before, connects_before = ledger.acked_through(), sync.health.connects
                     broker.start()
                     t2 = time.perf_counter()
-                    while ledger.acked_through() == acked_before:  # noqa: ASYNC110 (a measurement, 10 ms grain)
+                    reconnect = None
+                    while ledger.acked_through() == acked_before:
+                        if reconnect is None and sync.health.connects > connects_before:
+                            reconnect = time.perf_counter() - t2
                         await asyncio.sleep(0.01)
                     outage = time.perf_counter() - t2
                     head, _ = ledger.head()
                     await sync.wait_acked(head)
-        if rx_proc is not None:
-            rx_proc.terminate()
-            rx_proc.wait()
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
         ok = store.stored_seqs(GW, ledger.epoch) == list(range(1, ledger.head()[0] + 1))
         mode = "TLS + client certs" if args.tls else "plain TCP"
+        mode += {"null": ", peer: null acker (no verify/store)"}.get(args.peer, f", {args.receivers} receiver(s)")
         print(f"sync bench ({mode}, loopback, window {args.window}, {args.records} records of ~{len(bodies[0])} B)")
         print(f"  raw aiomqtt QoS1 publish : {raw_rate:8.0f} records/s ({raw_s:.2f} s, PUBACKs only, no subscriber)")
         print(f"  sync drain until acked   : {drain_rate:8.0f} records/s ({drain_s:.2f} s, verified+committed+acked)")
@@ -152,12 +166,39 @@ async def run(args: argparse.Namespace) -> None:
         print(f"  commit-to-ack latency    : p50 {statistics.median(lat):.1f} ms, p99 {pct(lat, 99):.1f} ms, "
               f"max {max(lat):.1f} ms over {len(lat)} live records (target p99 <= 250 ms)")
         if outage is not None:
-            print(f"  broker away {args.outage:.0f} s      : first cloud ack {outage:.2f} s after it came back "
-                  f"(target < 10 s); reconnect backoff cap {cfg.backoff_cap_s} s")
+            print(f"  broker away {args.outage:.0f} s      : gateway reconnected after {reconnect or 0:.2f} s, first "
+                  f"cloud ack {outage:.2f} s after the broker came back (target < 10 s; backoff cap "
+                  f"{cfg.backoff_cap_s} s)")
+        if args.peer == "null":
+            ok = ledger.acked_through() == ledger.head()[0]
         print(f"  receiver holds every seq exactly once: {ok}; resends {sync.health.resends}, "
               f"ack mismatches {sync.health.ack_mismatches}")
         ledger.close()
         store.close()
+
+
+async def null_acker(broker_url: str, ledger_path: str) -> None:
+    """Ack every record as soon as it arrives, with the hash from the ledger itself (no verify, no store)."""
+    from metering.ledger import Ledger
+
+    ledger = Ledger.open(ledger_path, gateway_id=GW, key=None)
+    client = make_client(url=parse_broker_url(broker_url), client_id="null-acker", persistent=False)
+    async with client:
+        await client.subscribe(f"koto/v1/{GW}/up/usage", qos=1)
+        done: set[int] = set()
+        through = 0
+        async for m in client.messages:
+            payload = bytes(m.payload)
+            i = payload.index(b'"sequence":"') + 12
+            done.add(int(payload[i:i + 20]))
+            while through + 1 in done:
+                through += 1
+                done.discard(through)
+            if len(client.messages) == 0 or through % 64 == 0:
+                rec = ledger.get(through)
+                if rec is not None:
+                    ack = {"epoch": ledger.epoch, "acked_through": through, "head_hash": rec.hash}
+                    await client.publish(f"koto/v1/{GW}/down/ack", json.dumps(ack).encode(), qos=1)
 
 
 class _Null:
@@ -169,6 +210,9 @@ class _Null:
 
 
 def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--null-acker":
+        asyncio.run(null_acker(sys.argv[2], sys.argv[3]))
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--records", type=int, default=10_000)
     p.add_argument("--window", type=int, default=SyncConfig.__dataclass_fields__["window"].default)
@@ -177,6 +221,9 @@ def main() -> None:
     p.add_argument("--latency-gap", type=float, default=0.02, help="seconds between live records")
     p.add_argument("--rx-process", action=argparse.BooleanOptionalAction, default=True,
                    help="run the receiver as `koto-cloud serve` in its own process (default) or in this one")
+    p.add_argument("--receivers", type=int, default=1, help="koto-cloud serve processes on the shared subscription")
+    p.add_argument("--peer", choices=("receiver", "null"), default="receiver",
+                   help="null: a trusting acker instead of the receiver, to see the gateway side alone")
     p.add_argument("--broker-nodelay", action="store_true", help="add `set_tcp_nodelay true` to the broker")
     p.add_argument("--outage", type=float, default=0.0, help="seconds the broker is away (0 = skip)")
     asyncio.run(run(p.parse_args()))
