@@ -1,0 +1,113 @@
+"""`koto discover`: what an installer sees before writing koto.toml — meters on the serial ports, BTHome devices in
+range, the levels of the GPIO inputs — and a config block ready to paste.
+
+The probing is the drivers' (drivers.discover_serial, drivers.discover_ble, drivers.pins); this module only turns
+what they found into the gateway's own config layout (`[[appliance]]` with `[appliance.sources.NAME]`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from metering.profile import builtin_profiles
+
+PROFILE_HINT = {"sdm120": "washing_machine", "sdm630": "oven", "pzem004t": "washing_machine"}
+
+
+def _appliance(n: int, source: str, profile: str) -> list[str]:
+    names = ", ".join(sorted(builtin_profiles()))
+    return [
+        "[[appliance]]",
+        f'id = "appliance-{n}"          # name it after the appliance: washer, dryer, kettle ...',
+        f'profile = "{profile}"  # built-in: {names}; or a path to your own profile TOML',
+        f'energy = "{source}"',
+        "",
+        f"[appliance.sources.{source}]",
+    ]
+
+
+def serial_block(found: Sequence[Any], start: int = 1) -> list[str]:
+    out: list[str] = []
+    for i, f in enumerate(found, start=start):
+        if f.model is None:
+            out.append(f"# a device answers on {f.port} at address {f.address}, {f.baud} baud, but its model is not "
+                       "known: write a register map (docs/serial.md) and use `map = ...`")
+            out.append("")
+            continue
+        source = f"meter-{f.address}"
+        out += [f"# {f.model} on {f.port} at address {f.address}, {f.baud} baud ({f.evidence})"]
+        out += _appliance(i, source, PROFILE_HINT.get(f.model, "washing_machine"))
+        out += ['driver = "modbus"', f'model = "{f.model}"', f'port = "{f.port}"', f"address = {f.address}",
+                f"baud = {f.baud}", ""]
+    return out
+
+
+def ble_block(devices: Sequence[Any], start: int = 1) -> list[str]:
+    out: list[str] = []
+    for i, d in enumerate(devices, start=start):
+        base = re.sub(r"[^a-z0-9]+", "-", (d.name or "plug").lower()).strip("-") or "plug"
+        source = f"{base}-{d.address.replace(':', '')[-4:].lower()}"
+        out += [f"# BTHome device {d.address} ({d.name or 'no name'}, {d.rssi} dBm)"]
+        out += _appliance(i, source, "washing_machine")
+        out += ['driver = "bthome"', f'address = "{d.address}"']
+        if d.encrypted:
+            out.append('bindkey = ""  # FILL IN: the 32 hex digits from the device; its adverts are encrypted')
+        out.append("")
+    return out
+
+
+def gpio_lines(states: Sequence[Any]) -> list[str]:
+    out = []
+    for s in states:
+        level = "unreadable: " + s.problem if s.high is None else ("high" if s.high else "low")
+        out.append(f"  GPIO{s.pin}: {level}")
+    if states:
+        out += ["", "  An S0 meter or a contact to ground reads low while active (pull-up). Source templates:",
+                '    driver = "s0", pin = N, imp_per_kwh = 1000     (the figure on the meter\'s label)',
+                '    driver = "gpio_signal", pin = N, signal = "door"']
+    return out
+
+
+async def run_discover(*, ports: list[str] | None, addresses: list[int], bauds: list[int], timeout_s: float,
+                       ble_seconds: float, gpio_pins: list[int], pin_factory: str | None,
+                       ble_backend: Any = None) -> str:
+    """Probe what was asked and return the report (printed by the CLI)."""
+    lines: list[str] = []
+    found: list[Any] = []
+    devices: list[Any] = []
+    if ports != []:
+        from drivers.discover_serial import discover, list_ports
+
+        if ports is None:
+            listed = list_ports()
+            lines.append(f"Serial ports: {', '.join(p.stable_path for p in listed) or 'none found'}")
+        found = await discover(ports, addresses=addresses, bauds=bauds, timeout_s=timeout_s)
+        lines.append(f"Modbus meters found: {len(found)}")
+        for f in found:
+            lines.append(f"  {f.port} address {f.address} at {f.baud} baud: {f.model or 'unknown model'}")
+    if ble_seconds > 0:
+        from drivers.discover_ble import discover_ble
+
+        try:
+            devices = await discover_ble(ble_seconds, backend=ble_backend)
+            lines.append(f"BTHome devices heard in {ble_seconds:g} s: {len(devices)}")
+            for d in devices:
+                vals = ", ".join(f"{k}={v}" for k, v in sorted(d.values.items()))
+                lines.append(f"  {d.address} {d.name or '-'} {d.rssi} dBm {vals}")
+        except Exception as e:  # no adapter, no D-Bus, BlueZ down: say so, keep the rest of the report
+            lines.append(f"BLE scan not possible here: {type(e).__name__}: {e} (is bluetoothd running?)")
+    if gpio_pins:
+        from drivers.pins import read_input_states, select_pin_factory
+
+        try:
+            factory = select_pin_factory(pin_factory)
+            lines.append("GPIO inputs:")
+            lines += gpio_lines(read_input_states(gpio_pins, factory))
+        except Exception as e:
+            lines.append(f"GPIO not readable here: {e}")
+    block = serial_block(found) + ble_block(devices, start=len(found) + 1)
+    if block:
+        lines += ["", "Paste into koto.toml (then name each appliance and check its profile):", "", *block]
+    return "\n".join(lines).rstrip() + "\n"
