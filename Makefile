@@ -2,39 +2,55 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+HASH := $(shell sha256sum pyproject.toml | cut -c1-12)
+VENV_OK := $(VENV)/.venv-ok
+RUN_STAMP := $(VENV)/.run-$(HASH)
+DEV_STAMP := $(VENV)/.dev-$(HASH)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint typecheck pytest bench clean system-deps
 
-$(STAMP): pyproject.toml
+$(VENV_OK):
+	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Koto needs Python >= 3.11 (Debian 12 / Raspberry Pi OS Bookworm have it)"; exit 1; }
+	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || \
+		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3-venv )
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
-	rm -f $(VENV)/.installed-*
 	touch $@
+
+# What the gateway runs with (the demo), and on top of it what the tests and linters need.
+$(RUN_STAMP): pyproject.toml | $(VENV_OK)
+	$(BIN)/pip install -q -e '.[all]'
+	rm -f $(VENV)/.run-*
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(VENV_OK)
+	$(BIN)/pip install -q -e '.[dev]'
+	rm -f $(VENV)/.dev-* $(VENV)/.run-*
+	touch $@ $(RUN_STAMP)
 
 # Mosquitto is a real peer of the sync tests; install it from the distribution when missing.
 system-deps:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mosquitto )
 
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	$(BIN)/koto demo
 
-test: $(STAMP) system-deps lint typecheck pytest
+test: $(DEV_STAMP) system-deps lint typecheck pytest
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy koto metering
 	$(BIN)/mypy gateway drivers cloud
 
-pytest: $(STAMP)
+pytest: $(DEV_STAMP) system-deps
 	$(BIN)/pytest -q
 
-bench: $(STAMP)
+bench: $(DEV_STAMP) system-deps
 	$(BIN)/python bench/metering.py
 
 clean:
