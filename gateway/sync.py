@@ -296,7 +296,7 @@ class Sync:
     def health_report(self) -> dict[str, Any]:
         """A redacted snapshot for diagnostics: counts and times, never keys, certificates or payloads."""
         h = asdict(self.health)
-        h.pop("extra", None)
+        h.update(h.pop("extra", {}))
         h["connected"] = int(self.health.connected)
         with contextlib.suppress(Exception):
             h["unacked"] = self.ledger.unacked_count()
@@ -369,6 +369,12 @@ class Sync:
                                 self.config.broker, e, self.config.backoff_cap_s)
                 else:
                     log.debug("reconnect attempt %d failed: %s", failures, e)
+                failures += 1
+            except Exception as e:  # e.g. the ledger failed under us: say so loudly, keep the uplink alive
+                self.health.connected = False
+                self.health.last_error = f"{type(e).__name__}: {e}"[:200]
+                self.health.extra["internal_errors"] = self.health.extra.get("internal_errors", 0) + 1
+                log.error("sync session failed (%s: %s); starting a new session after backoff", type(e).__name__, e)
                 failures += 1
             await asyncio.sleep(backoff.next())
 

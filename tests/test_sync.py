@@ -22,6 +22,7 @@ from gateway.mqtt_conn import make_client, parse_broker_url
 from gateway.sync import Sync, SyncConfig
 from koto.clock import ManualClock
 from koto.signing import public_pem
+from metering.errors import LedgerError
 from metering.ledger import Ledger, Stored
 from tests.support.broker import Mosquitto
 from tests.support.gw_child import append_usage, device_key, energy_check, open_ledger
@@ -322,3 +323,31 @@ def test_bad_cloud_settings_name_the_file_and_key(table: dict[str, Any], key: st
     with pytest.raises(ConfigError) as e:
         SyncConfig.from_table(table, gateway_id="gw-1", file="koto.toml")
     assert (e.value.file, e.value.key) == ("koto.toml", key)
+
+
+async def test_a_failing_ledger_call_ends_the_session_not_the_uplink(broker: Mosquitto, ledger: Ledger,
+                                                                     store: SqliteStore, receiver: Receiver) -> None:
+    """A ledger fault (injected once in front of the real ledger; a locked or damaged database has no quick real
+    trigger) ends that session with one error line; the next session drains everything."""
+    append_usage(ledger, 50)
+
+    class Flaky:
+        """The real ledger, whose unacked() raises once, as a damaged or locked database would."""
+
+        def __init__(self, inner: Ledger) -> None:
+            self.inner, self.failed = inner, False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def unacked(self, after_seq: int = 0, limit: int = 100) -> list[Stored]:
+            if not self.failed:
+                self.failed = True
+                raise LedgerError("database is locked")
+            return self.inner.unacked(after_seq, limit)
+
+    flaky = Flaky(ledger)
+    async with Sync(config(broker), flaky, clock=ManualClock()) as sync:
+        await asyncio.wait_for(sync.wait_acked(50), 30)
+    assert sync.health_report()["internal_errors"] == 1
+    check_receiver(store, ledger, 50)
