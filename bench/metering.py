@@ -1,18 +1,22 @@
 """Benchmarks for the metering core and the ledger, each beside a baseline measured in the same run.
 
-    .venv/bin/python bench/metering.py [ledger|core|all] [--records N] [--batch B] [--rounds R]
+    .venv/bin/python bench/metering.py [ledger|core|all] [--records N] [--batch 1,10,100] [--rounds R]
 
-- ledger: records/s appended by `Ledger.append` with full durability (WAL, synchronous=FULL, one transaction per
-  batch), from realistic usage drafts (building the event, chaining, ECDSA-signing every record), beside raw SQLite
-  inserts of the SAME rows (the bodies the ledger produced, precomputed) into a table of the same schema, with the
-  same pragmas and batch size. Rounds alternate ledger and raw so a busy machine slows both alike; the best round
-  of each is reported.
+- ledger: for each batch size, records/s appended by `Ledger.append` with full durability (WAL, synchronous=FULL,
+  one transaction per batch), from realistic usage drafts (building the event, chaining, ECDSA-signing every
+  record), beside raw SQLite inserts of the SAME rows (the bodies the ledger produced, precomputed) into a table of
+  the same schema, with the same pragmas and batch size. Where the ledger would use its signer process (batches of
+  `SIGNER_MIN_BATCH` and more) both ways are measured. Then the per-record breakdown: the signature, the raw
+  insert/commit, building and chaining, and the rest. Rounds alternate ledger and raw so a busy machine slows both
+  alike; the best round of each is reported. Batches of 1 cost an fsync per record, so they use at most 1000.
 - core: readings/s through `ApplianceMeter.feed` (and `tick`) beside a bare loop over the same readings.
 """
 
 from __future__ import annotations
 
 import argparse
+import binascii
+import hashlib
 import json
 import sqlite3
 import sys
@@ -24,22 +28,25 @@ from pathlib import Path
 # Run as a script, this file's folder comes first on sys.path and its name would hide the `metering` package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from koto.canonical import canonical_bytes  # noqa: E402
-from koto.signing import generate_key, sign_bytes  # noqa: E402
-from metering.ledger import INSERT_SQL, SCHEMA, Ledger, connect  # noqa: E402
+import metering.ledger as ledger_mod  # noqa: E402
+from koto.canonical import ZERO_HASH, canonical_bytes  # noqa: E402
+from koto.signing import generate_key  # noqa: E402
+from metering.ledger import _PREHASHED_ECDSA, _RECORD_COLS, INSERT_SQL, SCHEMA, Ledger, connect  # noqa: E402
 from metering.records import Draft, RecordKind, TimeStatus, UsageRecord, usage_draft  # noqa: E402
 
 T0 = 1_800_000_000.0
+DEFAULT_SIGNER_MIN_BATCH = ledger_mod.SIGNER_MIN_BATCH
+WARMUP = DEFAULT_SIGNER_MIN_BATCH  # appended before each timed ledger round; large enough to start the signer
 
 
-def usage_drafts(n: int) -> list[Draft]:
+def usage_drafts(n: int, *, t0: float = T0, first_cycle: int = 0) -> list[Draft]:
     """A washer-like stream: function records with registers, tariff and cost, a cycle record every 8."""
     out: list[Draft] = []
     functions = ("fill", "heat", "wash", "spin")
     register = 12_345_678_000
     for i in range(n):
-        cycle = i // 8
-        t = T0 + i * 60
+        cycle = first_cycle + i // 8
+        t = t0 + i * 60
         if i % 8 == 7:
             rec = UsageRecord(
                 kind=RecordKind.CYCLE, appliance="washer", source="washer.sdm120", function="cotton40",
@@ -63,24 +70,44 @@ def usage_drafts(n: int) -> list[Draft]:
     return out
 
 
-def _ledger_round(dirpath: Path, drafts: list[Draft], batch: int, epoch: int) -> tuple[float, list[tuple[object, ...]]]:
-    key = generate_key()
-    path = dirpath / f"ledger-{epoch}.db"
-    with Ledger.open(path, gateway_id="bench-gw", key=key, epoch=epoch) as ledger:
-        t = time.perf_counter()
-        for i in range(0, len(drafts), batch):
-            ledger.append(drafts[i : i + batch])
-        elapsed = time.perf_counter() - t
+def _timed_rows(path: Path, after_seq: int) -> list[tuple[object, ...]]:
     conn = sqlite3.connect(path)
-    rows = conn.execute(
-        "SELECT seq, id, type, kind, appliance, function, cycle_id, t_end_ms, energy_mwh, duration_ms, uses, "
-        "cost_minor, currency, hash, body FROM records ORDER BY seq"
-    ).fetchall()
+    rows = conn.execute(f"SELECT {_RECORD_COLS} FROM records WHERE seq>? ORDER BY seq", (after_seq,)).fetchall()
     conn.close()
-    return len(drafts) / elapsed, rows
+    return rows
 
 
-def _raw_round(dirpath: Path, rows: list[tuple[object, ...]], batch: int, tag: int) -> float:
+def _ledger_round(
+    dirpath: Path, drafts: list[Draft], batch: int, tag: str, *, signer: bool
+) -> tuple[float, list[tuple[object, ...]], float]:
+    """Records/s of `Ledger.append` over `drafts` in batches of `batch`, the rows it stored, and the signer's start-up
+    time (0 in-process). Both modes first append the same warm-up batch, outside the timing, so the database starts
+    alike; with `signer` that batch starts the signer process and the round waits until it is ready."""
+    ledger_mod.SIGNER_MIN_BATCH = DEFAULT_SIGNER_MIN_BATCH if signer else 10**9
+    path = dirpath / f"ledger-{tag}.db"
+    start_s = 0.0
+    try:
+        with Ledger.open(path, gateway_id="bench-gw", key=generate_key(), epoch=1_000) as ledger:
+            ledger.append(usage_drafts(WARMUP, t0=T0 - 86_400))
+            if signer:
+                s = ledger._signer
+                if s is None or not s.check_ready(30.0):
+                    raise SystemExit("bench: the signer process did not start")
+                start_s = s.ready_after_s
+            t = time.perf_counter()
+            for i in range(0, len(drafts), batch):
+                ledger.append(drafts[i : i + batch])
+            elapsed = time.perf_counter() - t
+            if signer and (ledger._signer is None or ledger._signer.gone):
+                raise SystemExit("bench: the signer process failed during the round")
+    finally:
+        ledger_mod.SIGNER_MIN_BATCH = DEFAULT_SIGNER_MIN_BATCH
+    return len(drafts) / elapsed, _timed_rows(path, WARMUP), start_s
+
+
+def _raw_round(dirpath: Path, rows: list[tuple[object, ...]], batch: int, tag: str) -> float:
+    """Records/s of raw SQLite: the same rows (the ledger's own bytes), same schema, pragmas and batch size, one
+    `BEGIN IMMEDIATE ... COMMIT` per batch, nothing else."""
     conn = connect(dirpath / f"raw-{tag}.db")
     for statement in SCHEMA.split(";"):
         if statement.strip():
@@ -96,41 +123,76 @@ def _raw_round(dirpath: Path, rows: list[tuple[object, ...]], batch: int, tag: i
 
 
 def _sign_rate(rows: list[tuple[object, ...]]) -> float:
-    """ECDSA P-256 signatures/s over the records' own unsigned bytes: the floor of the ledger's per-record cost."""
+    """ECDSA P-256 signatures/s over the records' own digests, done as the ledger does it (prehashed, base64):
+    the floor of the in-process ledger's per-record cost."""
     key = generate_key()
-    unsigned = []
+    digests = []
     for row in rows:
         event = json.loads(row[-1])  # type: ignore[arg-type]
         del event["sig"]
-        unsigned.append(canonical_bytes(event))
+        digests.append(hashlib.sha256(canonical_bytes(event)).digest())
     t = time.perf_counter()
-    for b in unsigned:
-        sign_bytes(key, b)
-    return len(unsigned) / (time.perf_counter() - t)
+    for d in digests:
+        binascii.b2a_base64(key.sign(d, _PREHASHED_ECDSA), newline=False).decode("ascii")
+    return len(digests) / (time.perf_counter() - t)
 
 
-def bench_ledger(records: int = 5000, batch: int = 100, rounds: int = 3) -> tuple[float, float]:
-    drafts = usage_drafts(records)
-    best_ledger = best_raw = best_sign = 0.0
+def _build_rate(dirpath: Path, drafts: list[Draft], batch: int) -> float:
+    """Records/s of building and chaining alone (validate, JSON, canonical text, sha256), no signing, no SQL."""
+    with Ledger.open(dirpath / "build.db", gateway_id="bench-gw", key=generate_key(), epoch=1_000) as ledger:
+        t = time.perf_counter()
+        for i in range(0, len(drafts), batch):
+            ledger._prepare(drafts[i : i + batch], 0, ZERO_HASH)
+        return len(drafts) / (time.perf_counter() - t)
+
+
+def bench_ledger(records: int = 5000, batches: tuple[int, ...] = (1, 10, 100), rounds: int = 3) -> None:
+    """For each batch size: the ledger (in-process signing, and the signer process where the ledger would use it)
+    beside raw SQLite inserts of the same bytes; best of `rounds`, rounds alternating ledger and raw."""
+    print(
+        f"ledger vs raw sqlite: WAL + synchronous=FULL, one transaction per batch, the same rows and bytes, "
+        f"best of {rounds}; the ledger signs in-process below {DEFAULT_SIGNER_MIN_BATCH} records per batch, "
+        "with its signer process from there"
+    )
     with tempfile.TemporaryDirectory(prefix="koto-bench-") as tmp:
         d = Path(tmp)
-        for r in range(rounds):
-            rate, rows = _ledger_round(d, drafts, batch, epoch=1_000 + r)
-            best_ledger = max(best_ledger, rate)
-            best_raw = max(best_raw, _raw_round(d, rows, batch, r))
-            best_sign = max(best_sign, _sign_rate(rows))
-    ratio = best_ledger / best_raw
-    print(
-        f"ledger: {best_ledger:,.0f} records/s; raw sqlite: {best_raw:,.0f} records/s; ratio {ratio:.2f}x "
-        f"({records} records, batches of {batch}, WAL + synchronous=FULL, best of {rounds})"
-    )
-    per_ledger, per_raw, per_sign = 1e6 / best_ledger, 1e6 / best_raw, 1e6 / best_sign
-    print(
-        f"ledger: per record {per_ledger:.1f} us = ECDSA P-256 sign {per_sign:.1f} us + raw insert/commit "
-        f"{per_raw:.1f} us + the rest (building, chaining, Python) {max(0.0, per_ledger - per_sign - per_raw):.1f} us; "
-        f"without the signature the ratio would be {per_raw / max(per_ledger - per_sign, per_raw):.2f}x"
-    )
-    return best_ledger, best_raw
+        for batch in batches:
+            n = min(records, 1000 * batch)  # batches of 1 cost an fsync per record: fewer records, same method
+            drafts = usage_drafts(n)
+            modes = [False, True] if batch >= DEFAULT_SIGNER_MIN_BATCH else [False]
+            best: dict[bool, float] = {}
+            best_raw: dict[bool, float] = {}
+            start_ms = 0.0
+            rows: list[tuple[object, ...]] = []
+            for r in range(rounds):
+                for signer in modes:
+                    tag = f"{batch}-{r}-{int(signer)}"
+                    rate, rows, start_s = _ledger_round(d, drafts, batch, tag, signer=signer)
+                    best[signer] = max(best.get(signer, 0.0), rate)
+                    best_raw[signer] = max(best_raw.get(signer, 0.0), _raw_round(d, rows, batch, tag))
+                    start_ms = max(start_ms, start_s * 1000)
+            raw = max(best_raw.values())
+            for signer in modes:
+                how = "signer process" if signer else "in-process    "
+                print(
+                    f"batch {batch:>4}: ledger {how} {best[signer]:>8,.0f} records/s; raw sqlite {raw:>8,.0f} "
+                    f"records/s; ratio {best[signer] / raw:.2f}x ({n} records)"
+                )
+            sign = 1e6 / _sign_rate(rows)
+            build = 1e6 / max(_build_rate(d, drafts, batch) for _ in range(rounds))
+            per_raw = 1e6 / raw
+            per_in = 1e6 / best[False]
+            print(
+                f"batch {batch:>4}: per record in-process {per_in:.1f} us = ECDSA P-256 sign {sign:.1f} + raw "
+                f"insert/commit {per_raw:.1f} + build/chain {build:.1f} + the rest (assemble, head, Python) "
+                f"{per_in - sign - per_raw - build:.1f} us"
+            )
+            if True in best:
+                print(
+                    f"batch {batch:>4}: per record with the signer process {1e6 / best[True]:.1f} us "
+                    f"({best[True] / best[False]:.2f}x in-process); the signer started in {start_ms:.0f} ms, "
+                    "once per ledger, while the first large batch was signed in-process"
+                )
 
 
 def bench_core(readings: int = 200_000, rounds: int = 3) -> tuple[float, float]:
@@ -178,7 +240,7 @@ def bench_core(readings: int = 200_000, rounds: int = 3) -> tuple[float, float]:
 
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], object]] = {
-    "ledger": lambda a: bench_ledger(a.records, a.batch, a.rounds),
+    "ledger": lambda a: bench_ledger(a.records, tuple(int(b) for b in a.batch.split(",")), a.rounds),
     "core": lambda a: bench_core(rounds=a.rounds),
 }
 
@@ -187,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("section", nargs="?", default="all", choices=[*SECTIONS, "all"])
     p.add_argument("--records", type=int, default=5000)
-    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--batch", default="1,10,100", help="batch sizes for the ledger, comma-separated")
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
     for name, fn in SECTIONS.items():
