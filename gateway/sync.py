@@ -89,6 +89,7 @@ class SyncConfig:
     window: int = 256
     batch: int = 64
     ack_timeout_s: float = 15.0
+    stale_ack_resend_s: float = 2.0
     live_interval_s: float = 0.0  # 0 = the live topic is off
     operator_keys: tuple[Path, ...] = ()
     backoff_initial_s: float = 0.5
@@ -116,6 +117,8 @@ class SyncConfig:
             raise bad("keepalive_s", f"{self.keepalive_s} is not allowed; use 5..3600 seconds")
         if self.ack_timeout_s <= 0:
             raise bad("ack_timeout_s", f"{self.ack_timeout_s} is not allowed; use a positive number of seconds")
+        if self.stale_ack_resend_s <= 0:
+            raise bad("stale_ack_resend_s", f"{self.stale_ack_resend_s} is not allowed; use a positive number")
         if self.live_interval_s < 0:
             raise bad("live_interval_s", f"{self.live_interval_s} is not allowed; use 0 (off) or more seconds")
         if (self.cert is None) != (self.key is None):
@@ -128,7 +131,8 @@ class SyncConfig:
                    base_dir: Path | None = None) -> SyncConfig:
         """Build from a parsed TOML `[cloud]` table; relative paths are taken from `base_dir` (the config's folder)."""
         known = {"broker", "ca", "cert", "key", "topic_prefix", "protocol", "keepalive_s", "window", "batch",
-                 "ack_timeout_s", "live_interval_s", "operator_keys", "backoff_initial_s", "backoff_cap_s"}
+                 "ack_timeout_s", "stale_ack_resend_s", "live_interval_s", "operator_keys", "backoff_initial_s",
+                 "backoff_cap_s"}
         for k in table:
             if k not in known:
                 raise ConfigError(file, f"cloud.{k}", f"unknown key; allowed: {', '.join(sorted(known))}")
@@ -166,6 +170,7 @@ class SyncConfig:
             window=number("window", int, d["window"].default),
             batch=number("batch", int, d["batch"].default),
             ack_timeout_s=number("ack_timeout_s", float, d["ack_timeout_s"].default),
+            stale_ack_resend_s=number("stale_ack_resend_s", float, d["stale_ack_resend_s"].default),
             live_interval_s=number("live_interval_s", float, d["live_interval_s"].default),
             operator_keys=tuple(Path(k) if Path(k).is_absolute() or base_dir is None else base_dir / k for k in keys),
             backoff_initial_s=number("backoff_initial_s", float, d["backoff_initial_s"].default),
@@ -240,6 +245,7 @@ class SyncHealth:
     ack_timeouts: int = 0
     acks_advanced: int = 0
     acks_already: int = 0
+    stale_ack_resends: int = 0
     ack_mismatches: int = 0
     acks_ignored: int = 0
     commands: int = 0
@@ -275,6 +281,7 @@ class Sync:
             self._ssl = make_tls_context(config.ca, config.cert, config.key)
         self._sent_through = 0
         self._ack_wait_since: float | None = None
+        self._resend_at: float | None = None  # set by a stale ack: resend then unless an ack advances first
         self._client: aiomqtt.Client | None = None
         self._acked_event = asyncio.Event()
         if downlink is not None:
@@ -381,6 +388,7 @@ class Sync:
     async def _session(self, client: aiomqtt.Client) -> None:
         self._sent_through = self.ledger.acked_through()
         self._ack_wait_since = None
+        self._resend_at = None
         await client.subscribe([(self.topics.ack, 1), (self.topics.cmd, 1)])
         await self._publish_birth(client)
         tasks = [
@@ -446,13 +454,20 @@ class Sync:
                 self._sent_through = acked
             outstanding = self._sent_through - acked
             now = loop.time()
-            if outstanding > 0 and self._ack_wait_since is not None and now - self._ack_wait_since > cfg.ack_timeout_s:
-                log.warning("no cloud ack for %.0f s with %d record(s) outstanding; resending from seq %d",
-                            now - self._ack_wait_since, outstanding, acked + 1)
-                self.health.ack_timeouts += 1
+            deadline = self._deadline()
+            if outstanding > 0 and deadline is not None and now >= deadline:
+                if self._resend_at is not None and now >= self._resend_at:
+                    self.health.stale_ack_resends += 1
+                    log.info("the cloud holds only through seq %d and %d later record(s) are not arriving; "
+                             "resending from seq %d", acked, outstanding, acked + 1)
+                else:
+                    self.health.ack_timeouts += 1
+                    log.warning("no cloud ack for %.0f s with %d record(s) outstanding; resending from seq %d",
+                                now - (self._ack_wait_since or now), outstanding, acked + 1)
                 self.health.resends += outstanding
                 self._sent_through = acked
                 self._ack_wait_since = now
+                self._resend_at = None
                 outstanding = 0
             room = cfg.window - outstanding
             if room > 0:
@@ -467,14 +482,20 @@ class Sync:
                     self.health.sent_through = self._sent_through
                     await asyncio.sleep(0)  # let the socket writer and the reader run between batches
                     continue
-            if outstanding == 0:
-                self._ack_wait_since = None
+            deadline = self._deadline()
+            if outstanding == 0 or deadline is None:
+                self._ack_wait_since = self._resend_at = None
                 await self._wake.wait()
             else:
-                assert self._ack_wait_since is not None
-                remaining = cfg.ack_timeout_s - (loop.time() - self._ack_wait_since) + 0.01
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=max(0.01, remaining))
+                    await asyncio.wait_for(self._wake.wait(), timeout=max(0.01, deadline - loop.time() + 0.01))
+
+    def _deadline(self) -> float | None:
+        """When outstanding records are resent: the ack timeout, or sooner after a stale ack (see _on_ack)."""
+        if self._ack_wait_since is None:
+            return None
+        deadline = self._ack_wait_since + self.config.ack_timeout_s
+        return deadline if self._resend_at is None else min(deadline, self._resend_at)
 
     # -- downlink reader ---------------------------------------------------------------------------------------
 
@@ -500,20 +521,26 @@ class Sync:
             self.health.acks_ignored += 1
             log.warning("ignoring a malformed cloud ack (%s): %r", e, payload[:120])
             return
-        if through <= 0:
-            self.health.acks_already += 1
-            return
-        outcome = self.ledger.mark_acked(epoch, through, head_hash)
+        outcome = self.ledger.mark_acked(epoch, through, head_hash) if through > 0 else "ALREADY"
         name = getattr(outcome, "name", str(outcome)).upper()
         if name == "ADVANCED":
             self.health.acks_advanced += 1
             self.health.last_ack = rfc3339(self.clock.now().wall)
             self.health.acked_through = through
             self._ack_wait_since = asyncio.get_running_loop().time() if self._sent_through > through else None
+            self._resend_at = None
             self._acked_event.set()
             self._wake.set()
         elif name == "ALREADY":
             self.health.acks_already += 1
+            # A receiver states what it holds (on our birth, after its own reconnect, or after a commit elsewhere
+            # in the group). If that is exactly our acked point and nothing advances for `stale_ack_resend_s`,
+            # what we sent beyond it was lost (e.g. a broker restart drops shared-subscription messages queued for
+            # an absent receiver): resend then, instead of waiting out the full ack timeout.
+            if epoch == self.ledger.epoch and through == self.ledger.acked_through() \
+                    and self._sent_through > through and self._resend_at is None:
+                self._resend_at = asyncio.get_running_loop().time() + self.config.stale_ack_resend_s
+                self._wake.set()
         elif name in ("MISMATCH", "BEYOND_HEAD"):
             self.health.ack_mismatches += 1
             log.error("ALARM: cloud ack for epoch %d through seq %d does not match our ledger (%s); nothing pruned",

@@ -41,6 +41,14 @@ async def eventually(pred: Callable[[], bool], *, within: float = 30.0, what: st
         await asyncio.sleep(0.02)
 
 
+async def drained(sync: Sync, seq: int, *, within: float = 60.0) -> None:
+    """Wait until the cloud acked `seq`; on a hang, fail with the sync's health so the cause is visible."""
+    try:
+        await asyncio.wait_for(sync.wait_acked(seq), within)
+    except TimeoutError:
+        raise AssertionError(f"not acked through {seq} within {within} s: {sync.health_report()}") from None
+
+
 @pytest.fixture
 def broker(tmp_path: Path) -> Any:
     with Mosquitto(tmp_path / "broker") as b:
@@ -129,7 +137,7 @@ async def test_a_10000_record_backlog_drains_completely_in_order_exactly_once(
     append_usage(ledger, 10_000, batch=2000)
     async with Observer(broker, f"koto/v1/{GW}/up/usage") as obs, \
             Sync(config(broker), ledger, clock=ManualClock()) as sync:
-        await asyncio.wait_for(sync.wait_acked(10_000), 60)
+        await drained(sync, 10_000, within=60)
         await eventually(lambda: len(obs.seqs()) >= 10_000, what="observer")
     check_receiver(store, ledger, 10_000)
     first_seen: list[int] = []
@@ -207,6 +215,28 @@ async def test_without_acks_the_gateway_resends_from_the_acked_point_with_identi
     assert ledger.acked_through() == 8
 
 
+async def test_a_stale_ack_from_a_returning_receiver_triggers_a_prompt_resend(
+        broker: Mosquitto, ledger: Ledger) -> None:
+    """A receiver that says it holds only through our acked point, while we sent more, makes us resend soon,
+    not after the (here: hour-long) ack timeout: what we sent beyond it was lost on the way."""
+    append_usage(ledger, 20)
+    cloud = make_client(url=parse_broker_url(broker.url), client_id="fake-cloud", persistent=False)
+    got: list[int] = []
+    async with cloud:
+        await cloud.subscribe(f"koto/v1/{GW}/up/usage", qos=1)
+        cfg = config(broker, ack_timeout_s=3600, stale_ack_resend_s=0.2)
+        async with Sync(cfg, ledger, clock=ManualClock()) as sync:
+            async for m in cloud.messages:
+                got.append(json.loads(m.payload)["data"]["seq"])
+                if len(got) == 20:
+                    await fake_cloud_ack(cloud, EPOCH, 8, rec(ledger, 8).hash)  # progress
+                    await fake_cloud_ack(cloud, EPOCH, 8, rec(ledger, 8).hash)  # then only the same state again
+                if len(got) == 32:
+                    break
+            assert (sync.health.stale_ack_resends, sync.health.ack_timeouts) == (1, 0)
+    assert got[20:] == list(range(9, 21))
+
+
 async def test_the_in_flight_window_bounds_what_is_sent_beyond_the_last_cloud_ack(
         broker: Mosquitto, ledger: Ledger) -> None:
     append_usage(ledger, 100)
@@ -240,7 +270,7 @@ async def test_broker_stopped_and_restarted_during_a_drain(
         await eventually(lambda: not sync.health.connected, what="disconnect")
         append_usage(ledger, 500)  # the meter keeps writing while the cloud is away
         broker.start()
-        await asyncio.wait_for(sync.wait_acked(3500), 60)
+        await drained(sync, 3500, within=60)
         assert sync.health.connects >= 2
     check_receiver(store, ledger, 3500)
 
@@ -282,7 +312,7 @@ async def test_mqtt_311_also_drains(broker: Mosquitto, ledger: Ledger, store: Sq
                                     receiver: Receiver) -> None:
     append_usage(ledger, 500)
     async with Sync(config(broker, protocol=311), ledger, clock=ManualClock()) as sync:
-        await asyncio.wait_for(sync.wait_acked(500), 30)
+        await drained(sync, 500, within=30)
     check_receiver(store, ledger, 500)
 
 
@@ -294,7 +324,7 @@ async def test_new_records_are_sent_when_the_meter_notifies(broker: Mosquitto, l
             append_usage(ledger, 7)
             sync.notify()
             await asyncio.sleep(0.01)
-        await asyncio.wait_for(sync.wait_acked(35), 30)
+        await drained(sync, 35, within=30)
     check_receiver(store, ledger, 35)
 
 
@@ -348,6 +378,6 @@ async def test_a_failing_ledger_call_ends_the_session_not_the_uplink(broker: Mos
 
     flaky = Flaky(ledger)
     async with Sync(config(broker), flaky, clock=ManualClock()) as sync:
-        await asyncio.wait_for(sync.wait_acked(50), 30)
+        await drained(sync, 50, within=30)
     assert sync.health_report()["internal_errors"] == 1
     check_receiver(store, ledger, 50)
