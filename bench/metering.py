@@ -5,8 +5,7 @@
 - ledger: for each batch size, records/s appended by `Ledger.append` with full durability (WAL, synchronous=FULL,
   one transaction per batch), from realistic usage drafts (building the event, chaining, ECDSA-signing every
   record), beside raw SQLite inserts of the SAME rows (the bodies the ledger produced, precomputed) into a table of
-  the same schema, with the same pragmas and batch size. Where the ledger would use its signer process (batches of
-  `SIGNER_MIN_BATCH` and more) both ways are measured. Then the per-record breakdown: the signature, the raw
+  the same schema, with the same pragmas and batch size. Then the per-record breakdown: the signature, the raw
   insert/commit, building and chaining, and the rest. Rounds alternate ledger and raw so a busy machine slows both
   alike; the best round of each is reported. Batches of 1 cost an fsync per record, so they use at most 1000.
 - core: readings/s through `ApplianceMeter.feed` (and `tick`) beside a bare loop over the same readings.
@@ -28,15 +27,13 @@ from pathlib import Path
 # Run as a script, this file's folder comes first on sys.path and its name would hide the `metering` package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import metering.ledger as ledger_mod  # noqa: E402
 from koto.canonical import ZERO_HASH, canonical_bytes  # noqa: E402
 from koto.signing import generate_key  # noqa: E402
 from metering.ledger import _PREHASHED_ECDSA, _RECORD_COLS, INSERT_SQL, SCHEMA, Ledger, connect  # noqa: E402
 from metering.records import Draft, RecordKind, TimeStatus, UsageRecord, usage_draft  # noqa: E402
 
 T0 = 1_800_000_000.0
-DEFAULT_SIGNER_MIN_BATCH = ledger_mod.SIGNER_MIN_BATCH
-WARMUP = DEFAULT_SIGNER_MIN_BATCH  # appended before each timed ledger round; large enough to start the signer
+WARMUP = 64  # appended before each timed ledger round, so both sides start from a non-empty database
 
 
 def usage_drafts(n: int, *, t0: float = T0, first_cycle: int = 0) -> list[Draft]:
@@ -77,32 +74,17 @@ def _timed_rows(path: Path, after_seq: int) -> list[tuple[object, ...]]:
     return rows
 
 
-def _ledger_round(
-    dirpath: Path, drafts: list[Draft], batch: int, tag: str, *, signer: bool
-) -> tuple[float, list[tuple[object, ...]], float]:
-    """Records/s of `Ledger.append` over `drafts` in batches of `batch`, the rows it stored, and the signer's start-up
-    time (0 in-process). Both modes first append the same warm-up batch, outside the timing, so the database starts
-    alike; with `signer` that batch starts the signer process and the round waits until it is ready."""
-    ledger_mod.SIGNER_MIN_BATCH = DEFAULT_SIGNER_MIN_BATCH if signer else 10**9
+def _ledger_round(dirpath: Path, drafts: list[Draft], batch: int, tag: str) -> tuple[float, list[tuple[object, ...]]]:
+    """Records/s of `Ledger.append` over `drafts` in batches of `batch`, and the rows it stored. A warm-up batch is
+    appended first, outside the timing, as on the raw side."""
     path = dirpath / f"ledger-{tag}.db"
-    start_s = 0.0
-    try:
-        with Ledger.open(path, gateway_id="bench-gw", key=generate_key(), epoch=1_000) as ledger:
-            ledger.append(usage_drafts(WARMUP, t0=T0 - 86_400))
-            if signer:
-                s = ledger._signer
-                if s is None or not s.check_ready(30.0):
-                    raise SystemExit("bench: the signer process did not start")
-                start_s = s.ready_after_s
-            t = time.perf_counter()
-            for i in range(0, len(drafts), batch):
-                ledger.append(drafts[i : i + batch])
-            elapsed = time.perf_counter() - t
-            if signer and (ledger._signer is None or ledger._signer.gone):
-                raise SystemExit("bench: the signer process failed during the round")
-    finally:
-        ledger_mod.SIGNER_MIN_BATCH = DEFAULT_SIGNER_MIN_BATCH
-    return len(drafts) / elapsed, _timed_rows(path, WARMUP), start_s
+    with Ledger.open(path, gateway_id="bench-gw", key=generate_key(), epoch=1_000) as ledger:
+        ledger.append(usage_drafts(WARMUP, t0=T0 - 86_400))
+        t = time.perf_counter()
+        for i in range(0, len(drafts), batch):
+            ledger.append(drafts[i : i + batch])
+        elapsed = time.perf_counter() - t
+    return len(drafts) / elapsed, _timed_rows(path, WARMUP)
 
 
 def _raw_round(dirpath: Path, rows: list[tuple[object, ...]], batch: int, tag: str) -> float:
@@ -147,52 +129,37 @@ def _build_rate(dirpath: Path, drafts: list[Draft], batch: int) -> float:
 
 
 def bench_ledger(records: int = 5000, batches: tuple[int, ...] = (1, 10, 100), rounds: int = 3) -> None:
-    """For each batch size: the ledger (in-process signing, and the signer process where the ledger would use it)
-    beside raw SQLite inserts of the same bytes; best of `rounds`, rounds alternating ledger and raw."""
+    """For each batch size: the ledger beside raw SQLite inserts of the same bytes; best of `rounds`, rounds
+    alternating ledger and raw."""
     print(
         f"ledger vs raw sqlite: WAL + synchronous=FULL, one transaction per batch, the same rows and bytes, "
-        f"best of {rounds}; the ledger signs in-process below {DEFAULT_SIGNER_MIN_BATCH} records per batch, "
-        "with its signer process from there"
+        f"best of {rounds}; every record ECDSA-signed"
     )
     with tempfile.TemporaryDirectory(prefix="koto-bench-") as tmp:
         d = Path(tmp)
         for batch in batches:
             n = min(records, 1000 * batch)  # batches of 1 cost an fsync per record: fewer records, same method
             drafts = usage_drafts(n)
-            modes = [False, True] if batch >= DEFAULT_SIGNER_MIN_BATCH else [False]
-            best: dict[bool, float] = {}
-            best_raw: dict[bool, float] = {}
-            start_ms = 0.0
+            best = best_raw = 0.0
             rows: list[tuple[object, ...]] = []
             for r in range(rounds):
-                for signer in modes:
-                    tag = f"{batch}-{r}-{int(signer)}"
-                    rate, rows, start_s = _ledger_round(d, drafts, batch, tag, signer=signer)
-                    best[signer] = max(best.get(signer, 0.0), rate)
-                    best_raw[signer] = max(best_raw.get(signer, 0.0), _raw_round(d, rows, batch, tag))
-                    start_ms = max(start_ms, start_s * 1000)
-            raw = max(best_raw.values())
-            for signer in modes:
-                how = "signer process" if signer else "in-process    "
-                print(
-                    f"batch {batch:>4}: ledger {how} {best[signer]:>8,.0f} records/s; raw sqlite {raw:>8,.0f} "
-                    f"records/s; ratio {best[signer] / raw:.2f}x ({n} records)"
-                )
+                tag = f"{batch}-{r}"
+                rate, rows = _ledger_round(d, drafts, batch, tag)
+                best = max(best, rate)
+                best_raw = max(best_raw, _raw_round(d, rows, batch, tag))
+            print(
+                f"batch {batch:>4}: ledger {best:>8,.0f} records/s; raw sqlite {best_raw:>8,.0f} records/s; "
+                f"ratio {best / best_raw:.2f}x ({n} records)"
+            )
             sign = 1e6 / _sign_rate(rows)
             build = 1e6 / max(_build_rate(d, drafts, batch) for _ in range(rounds))
-            per_raw = 1e6 / raw
-            per_in = 1e6 / best[False]
+            per_raw = 1e6 / best_raw
+            per = 1e6 / best
             print(
-                f"batch {batch:>4}: per record in-process {per_in:.1f} us = ECDSA P-256 sign {sign:.1f} + raw "
-                f"insert/commit {per_raw:.1f} + build/chain {build:.1f} + the rest (assemble, head, Python) "
-                f"{per_in - sign - per_raw - build:.1f} us"
+                f"batch {batch:>4}: per record {per:.1f} us = ECDSA P-256 sign {sign:.1f} + raw insert/commit "
+                f"{per_raw:.1f} + build/chain {build:.1f} + the rest (assemble, head, Python) "
+                f"{per - sign - per_raw - build:.1f} us"
             )
-            if True in best:
-                print(
-                    f"batch {batch:>4}: per record with the signer process {1e6 / best[True]:.1f} us "
-                    f"({best[True] / best[False]:.2f}x in-process); the signer started in {start_ms:.0f} ms, "
-                    "once per ledger, while the first large batch was signed in-process"
-                )
 
 
 def bench_core(readings: int = 200_000, rounds: int = 3) -> tuple[float, float]:

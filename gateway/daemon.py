@@ -42,6 +42,7 @@ log = logging.getLogger("koto.gateway")
 
 PRICING_CHECKPOINT = "pricing"
 QUEUE_MAX = 10_000
+STOP_DRAIN_S = 3.0
 
 
 def meter_checkpoint_name(appliance: str) -> str:
@@ -182,10 +183,7 @@ class Gateway:
             downlink = DownlinkHandler(self.ledger, self.pricing, keys, self.cfg.id, self.clock,
                                        on_profile=self._on_profile)
             downlink.add_report_section("gateway", self.report)
-        scfg = SyncConfig(gateway_id=self.cfg.id, broker=cloud.broker, ca=cloud.ca, cert=cloud.cert, key=cloud.key,
-                          topic_prefix=cloud.topic_prefix, protocol=cloud.protocol, keepalive_s=cloud.keepalive_s,
-                          window=cloud.window, ack_timeout_s=cloud.ack_timeout_s,
-                          live_interval_s=cloud.live_interval_s, operator_keys=cloud.operator_keys)
+        scfg = SyncConfig.from_cloud_config(cloud, self.cfg.id)
         return Sync(scfg, self.ledger, clock=self.clock, downlink=downlink, version=__version__)
 
     def _on_profile(self, name: str, version: int, toml_text: str) -> None:
@@ -220,6 +218,11 @@ class Gateway:
                 if self._inflight is not None:
                     await self._inflight  # an append already handed to its thread finishes before the last one
                 self._shutdown()
+                if self.sync is not None:
+                    # A clean stop gives the cloud a moment to ack the last records; what it does not ack in time
+                    # stays unacked in the ledger and is sent at the next start.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.sync.wait_acked(self.ledger.head()[0]), STOP_DRAIN_S)
                 for w in workers:
                     w.cancel()
         finally:

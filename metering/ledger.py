@@ -26,28 +26,20 @@ import binascii
 import fcntl
 import hashlib
 import json
-import logging
 import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from enum import Enum
 from json.encoder import encode_basestring
-from multiprocessing.connection import Connection
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from koto.canonical import MAX_SAFE_INT, ZERO_HASH, CanonicalError, canonical_bytes, parse_rfc3339, sha256_hex
@@ -342,160 +334,6 @@ def _assemble(prepared: list[_Prepared], sigs: Sequence[str], epoch: int) -> tup
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The signer process. `cryptography` holds the GIL while it signs, so a thread cannot sign beside the ledger's own
-# work; a second process can. It gets a copy of the device key over a pipe (never argv or the environment), signs
-# 32-byte digests in order and answers each request with the base64 signatures joined by newlines. It exits on the
-# pipe's EOF (the ledger closed, or the gateway died: the kernel closes the pipe even after SIGKILL) and, in case
-# another process inherited the pipe, when its parent is no longer the process that started it.
-
-# Measured on the 2-core build VM (bench/metering.py ledger): the signer pays from batches of ~64 records (1.3x at
-# 64-100, 1.6x at 1000); at 32 it is within noise of in-process signing, and below that its round trips cost more
-# than they save. The daemon's usual batches (1-10 records) are signed in-process and never start it.
-SIGNER_MIN_BATCH = 64
-_SIGNER_CHUNK = 8  # digests per request: small, so the second core starts early; IPC is ~1 us per record at this size
-_SIGNER_WINDOW = 2  # requests outstanding at the signer; the chunks it has no room for are signed in-process
-_SIGNER_TIMEOUT_S = 10.0  # a reply slower than this means the signer is stuck: kill it and sign in-process
-_PROBE = hashlib.sha256(b"koto ledger signer probe").digest()
-
-_log = logging.getLogger(__name__)
-
-
-class _SignerGone(Exception):
-    """The signer process died, hung or answered nonsense; the ledger signs in-process from then on."""
-
-
-def _signer_main(conn: Connection, parent_pid: int) -> None:  # pragma: no cover - runs in the child process
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
-    try:
-        key = serialization.load_der_private_key(conn.recv_bytes(), password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            return
-        sign = key.sign
-        b64 = binascii.b2a_base64
-        conn.send_bytes(b64(sign(_PROBE, _PREHASHED_ECDSA), newline=False))
-        while True:
-            if not conn.poll(1.0):
-                if os.getppid() != parent_pid:
-                    return
-                continue
-            msg = conn.recv_bytes()
-            sigs = [b64(sign(msg[i : i + 32], _PREHASHED_ECDSA), newline=False) for i in range(0, len(msg), 32)]
-            conn.send_bytes(b"\n".join(sigs))
-    except (EOFError, OSError, KeyboardInterrupt):
-        return
-    finally:
-        conn.close()
-
-
-def _signer_child(fd: int, parent_pid: int) -> None:  # pragma: no cover - runs in the child process
-    """Entry point of the signer interpreter: `fd` is its end of the socket pair the ledger made."""
-    _signer_main(Connection(fd), parent_pid)
-
-
-class _Signer:
-    """The ledger's handle on its signer process (one per writing `Ledger`, started on the first large batch)."""
-
-    def __init__(self, key: PrivateKey, path: Path) -> None:
-        self._key = key
-        self._path = path
-        # A plain interpreter, not multiprocessing's spawn: spawn re-imports the caller's __main__ in the child,
-        # which runs any script that uses the ledger without an `if __name__ == "__main__"` guard a second time.
-        ours, theirs = socket.socketpair()
-        root = str(Path(__file__).resolve().parent.parent)  # the folder holding the `metering` package
-        code = (
-            f"import sys; sys.path.insert(0, {root!r}); "
-            f"from metering.ledger import _signer_child; _signer_child({theirs.fileno()}, {os.getpid()})"
-        )
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", code],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),),
-                close_fds=True,
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        self._conn = Connection(ours.detach())
-        self.ready = False
-        self.gone = False
-        self.started_at = time.perf_counter()
-        self.ready_after_s = 0.0
-        try:
-            self._conn.send_bytes(
-                key.private_bytes(
-                    serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-                )
-            )
-        except OSError as e:
-            self.fail(f"cannot hand it the key ({e})")
-
-    def check_ready(self, wait_s: float = 0.0) -> bool:
-        """True once the signer has proven it holds the device key (its probe signature verifies)."""
-        if self.ready or self.gone:
-            return self.ready
-        try:
-            if not self._conn.poll(wait_s):
-                return False
-            probe = self._conn.recv_bytes().decode("ascii")
-        except (EOFError, OSError, UnicodeDecodeError) as e:
-            self.fail(f"it did not start ({e})")
-            return False
-        try:
-            self._key.public_key().verify(base64.b64decode(probe, validate=True), _PROBE, _PREHASHED_ECDSA)
-        except (InvalidSignature, ValueError):
-            self.fail("its probe signature does not verify with the device key")
-            return False
-        self.ready = True
-        self.ready_after_s = time.perf_counter() - self.started_at
-        return True
-
-    def send(self, digests: list[bytes]) -> None:
-        try:
-            self._conn.send_bytes(b"".join(digests))
-        except (OSError, ValueError) as e:
-            raise self.fail(f"cannot send it work ({e})") from e
-
-    def has_reply(self) -> bool:
-        try:
-            return self._conn.poll(0)
-        except (OSError, ValueError, EOFError):
-            return True  # let `receive` find out what is wrong
-
-    def receive(self, n: int) -> list[str]:
-        try:
-            if not self._conn.poll(_SIGNER_TIMEOUT_S):
-                raise self.fail(f"no answer within {_SIGNER_TIMEOUT_S:.0f} s")
-            sigs = self._conn.recv_bytes().decode("ascii").split("\n")
-        except (EOFError, OSError, ValueError) as e:
-            raise self.fail(f"it stopped answering ({e})") from e
-        if len(sigs) != n:
-            raise self.fail(f"{len(sigs)} signatures for {n} records")
-        return sigs
-
-    def fail(self, reason: str) -> _SignerGone:
-        """Stop using (and kill) the signer; log once. Returns the exception for the caller to raise."""
-        if not self.gone:
-            self.gone = True
-            _log.warning("%s: the signer process failed (%s); signing in-process from now on", self._path, reason)
-            self.close()
-        return _SignerGone(reason)
-
-    def close(self) -> None:
-        """Close the pipe (the signer exits on its EOF) and reap the process; kill it if it does not go."""
-        self.gone = True
-        self._conn.close()
-        try:
-            self._proc.wait(2.0)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(2.0)
-
-
-# --------------------------------------------------------------------------------------------------------------
 
 
 class Ledger:
@@ -528,8 +366,6 @@ class Ledger:
         self._source = f"urn:koto:gw:{gateway_id}"
         self._id_prefix = f"{epoch}-"
         self._closed = False
-        self._signer: _Signer | None = None
-        self._signer_failed = False
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
@@ -576,9 +412,6 @@ class Ledger:
             if self._closed:
                 return
             self._closed = True
-            if self._signer is not None:
-                self._signer.close()
-                self._signer = None
             self._conn.close()
             _release_lock(self._lock_fd)
             self._lock_fd = None
@@ -649,112 +482,8 @@ class Ledger:
 
     def _append_records(self, drafts: Sequence[Draft], head_seq: int, head_hash: str) -> list[Stored]:
         """Build, chain, sign and insert a batch inside the caller's transaction; returns the stored records."""
-        signer = self._signer_for(len(drafts))
-        if signer is None:
-            rows, stored = self._build(drafts, head_seq, head_hash)
-            self._conn.executemany(INSERT_SQL, rows)
-            return stored
-        return self._append_pipelined(signer, drafts, head_seq, head_hash)
-
-    def _signer_for(self, n: int) -> _Signer | None:
-        """The signer process for a batch of `n` records, or None to sign in-process (small batch, not started yet,
-        or failed). The first large batch starts it and is signed in-process while it starts (~0.3 s)."""
-        if n < SIGNER_MIN_BATCH or self._key is None:
-            return None
-        signer = self._signer
-        if signer is None:
-            if self._signer_failed:
-                return None
-            try:
-                self._signer = _Signer(self._key, self.path)
-            except (OSError, RuntimeError, ValueError) as e:
-                self._signer_failed = True
-                _log.warning("%s: cannot start the signer process (%s); signing in-process", self.path, e)
-            return None
-        if signer.gone:
-            self._signer, self._signer_failed = None, True
-            return None
-        return signer if signer.check_ready() else None
-
-    def _append_pipelined(
-        self, signer: _Signer, drafts: Sequence[Draft], head_seq: int, head_hash: str
-    ) -> list[Stored]:
-        """The batch in chunks, on both cores. This process builds and chains each chunk (the chain needs hashes,
-        not signatures) and hands its digests to the signer process while the signer has fewer than
-        `_SIGNER_WINDOW` chunks to do; chunks come back signed, in order, and are assembled and inserted here as
-        soon as every chunk before them is. Chunks the signer has no room for are signed here, from the end of the
-        batch, while the signer works from the front. If the signer fails, what it owed is signed here and the batch
-        goes on. A record is never stored without its signature, and nothing is committed (by the caller) before
-        every record of the batch is signed and inserted."""
-        key = self._key
-        assert key is not None
-        sign = key.sign
-        b64 = binascii.b2a_base64
-        epoch = self.epoch
-        insert = self._conn.executemany
-        order: deque[list[Any]] = deque()  # [chunk, signatures or None], in seq order, until inserted
-        remote: deque[list[Any]] = deque()  # the entries the signer owes, in the order they were sent
-        unsent: deque[list[Any]] = deque()  # entries nobody signs yet, in seq order
-        stored: list[Stored] = []
-
-        def sign_here(entry: list[Any]) -> None:
-            entry[1] = [b64(sign(p[2], _PREHASHED_ECDSA), newline=False).decode("ascii") for p in entry[0]]
-
-        def settle(wait: bool) -> None:
-            """Take the signer's answers (waiting for one if `wait`), give it more work, insert the ready prefix."""
-            while remote and (wait or signer.has_reply()):
-                wait = False
-                entry = remote[0]
-                try:
-                    entry[1] = signer.receive(len(entry[0]))
-                except _SignerGone:
-                    for e in remote:
-                        sign_here(e)
-                    remote.clear()
-                    break
-                remote.popleft()
-            while unsent and len(remote) < _SIGNER_WINDOW and not signer.gone:
-                entry = unsent[0]
-                try:
-                    signer.send([p[2] for p in entry[0]])
-                except _SignerGone:
-                    break
-                remote.append(unsent.popleft())
-            while order and order[0][1] is not None:
-                chunk, sigs = order.popleft()
-                rows, done = _assemble(chunk, sigs, epoch)
-                insert(INSERT_SQL, rows)
-                stored.extend(done)
-
-        try:
-            chunk: list[_Prepared] = []
-            for p in self._prepare_iter(drafts, head_seq, head_hash):
-                chunk.append(p)
-                if len(chunk) == _SIGNER_CHUNK:
-                    entry: list[Any] = [chunk, None]
-                    order.append(entry)
-                    unsent.append(entry)
-                    chunk = []
-                    settle(False)
-            if chunk:
-                entry = [chunk, None]
-                order.append(entry)
-                unsent.append(entry)
-            while order:
-                settle(False)
-                if unsent and (len(remote) >= _SIGNER_WINDOW or signer.gone):
-                    sign_here(unsent.pop())  # the signer works from the front, this process from the back
-                elif remote:
-                    settle(True)
-        except BaseException:
-            # A bad draft or a failed insert: the caller rolls the transaction back. Collect (and drop) what the
-            # signer still owes, so that its next answer belongs to the next request.
-            while remote:
-                try:
-                    signer.receive(len(remote.popleft()[0]))
-                except _SignerGone:
-                    break
-            raise
+        rows, stored = self._build(drafts, head_seq, head_hash)
+        self._conn.executemany(INSERT_SQL, rows)
         return stored
 
     def _build(
