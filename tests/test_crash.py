@@ -43,7 +43,7 @@ id = "washer"
 profile = "washing_machine"
 energy = "meter"
 interim_s = 10
-max_gap_s = 60
+max_gap_s = 2
 
 [appliance.sources.meter]
 driver = "modbus"
@@ -84,8 +84,8 @@ async def test_thirty_sigkills_lose_nothing_and_invent_nothing(tmp_path: Path) -
     program = washer()
     t0 = asyncio.get_running_loop().time()
 
-    def power_w(t: float) -> float:  # the washer programme, 100x faster than life: a cycle every 22 s
-        return program.power_w((t - t0) * 100 % program.length_s)
+    def power_w(t: float) -> float:  # the washer programme, 10x faster than life: a cycle every 221 s
+        return program.power_w((t - t0) * 10 % program.length_s)
 
     meter = SimMeter("sdm120", 1, energy_kwh=FIRST_KWH, power_fn=power_w)
     log = tmp_path / "gateway.log"
