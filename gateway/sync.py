@@ -48,13 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("koto.sync")
 
 DEFAULT_PREFIX = "koto/v1"
-
-
-class _Stored(Protocol):
-    seq: int
-    epoch: int
-    hash: str
-    body: bytes
+STABLE_SESSION_S = 10.0  # a session that lasted this long resets the reconnect backoff
 
 
 class SyncLedger(Protocol):
@@ -282,7 +276,6 @@ class Sync:
         self._sent_through = 0
         self._ack_wait_since: float | None = None
         self._resend_at: float | None = None  # set by a stale ack: resend then unless an ack advances first
-        self._client: aiomqtt.Client | None = None
         self._acked_event = asyncio.Event()
         if downlink is not None:
             downlink.add_report_section("sync", self.health_report)
@@ -343,6 +336,7 @@ class Sync:
         import aiomqtt
 
         backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_cap_s)
+        loop = asyncio.get_running_loop()
         failures = 0
         while True:
             client = make_client(
@@ -350,38 +344,41 @@ class Sync:
                 keepalive=self.config.keepalive_s, ssl_context=self._ssl, will_topic=self.topics.status,
                 will_payload=self._will_payload(), max_inflight=self.config.window,
             )
+            connected_at: float | None = None
             try:
                 async with client:
-                    self._client = client
+                    connected_at = loop.time()
                     self.health.connected = True
                     self.health.connects += 1
                     self.health.last_connect = rfc3339(self.clock.now().wall)
-                    if failures or self.health.connects > 1:
+                    if failures:
                         log.info("connected to %s again after %d failed attempt(s)", self.config.broker, failures)
-                    failures = 0
-                    backoff.reset()
                     try:
                         await self._session(client)
                     finally:
-                        self._client = None
                         self.health.connected = False
             except asyncio.CancelledError:
                 raise
-            except (aiomqtt.MqttError, _SessionLost, OSError) as e:
-                self.health.connected = False
-                self.health.last_error = str(e)[:200]
-                if failures == 0:
-                    self.health.disconnects += 1
-                    log.warning("cloud connection to %s lost or refused: %s; retrying with backoff (<= %.1f s)",
-                                self.config.broker, e, self.config.backoff_cap_s)
-                else:
-                    log.debug("reconnect attempt %d failed: %s", failures, e)
-                failures += 1
-            except Exception as e:  # e.g. the ledger failed under us: say so loudly, keep the uplink alive
+            except Exception as e:
                 self.health.connected = False
                 self.health.last_error = f"{type(e).__name__}: {e}"[:200]
-                self.health.extra["internal_errors"] = self.health.extra.get("internal_errors", 0) + 1
-                log.error("sync session failed (%s: %s); starting a new session after backoff", type(e).__name__, e)
+                # A session that lasted resets the backoff; one dropped at once (a duplicate client id taking
+                # over, an ACL refusal) keeps backing off instead of spinning.
+                if connected_at is not None and loop.time() - connected_at > STABLE_SESSION_S:
+                    backoff.reset()
+                    failures = 0
+                if connected_at is not None:
+                    self.health.disconnects += 1
+                if isinstance(e, aiomqtt.MqttError | _SessionLost | OSError):
+                    if failures == 0:
+                        log.warning("cloud connection to %s lost or refused: %s; retrying with backoff (<= %.1f s)",
+                                    self.config.broker, e, self.config.backoff_cap_s)
+                    else:
+                        log.debug("reconnect attempt %d failed: %s", failures, e)
+                else:  # e.g. the ledger failed under us: say so loudly, keep the uplink alive
+                    self.health.extra["internal_errors"] = self.health.extra.get("internal_errors", 0) + 1
+                    log.error("sync session failed (%s: %s); starting a new session after backoff",
+                              type(e).__name__, e)
                 failures += 1
             await asyncio.sleep(backoff.next())
 
