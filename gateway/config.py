@@ -271,7 +271,7 @@ def parse_config(data: dict[str, Any], *, file: str = "<config>", base: Path | N
             energy_kind=kind,
             imp_per_kwh=imp,
             max_gap_s=at.number("max_gap_s", 60, lo=1, hi=86_400),
-            interim_s=int(at.number("interim_s", 900, lo=10, hi=86_400)),
+            interim_s=int(at.number("interim_s", 900, lo=1, hi=86_400)),
             channel=at.get("channel", str, "", what='the energy source\'s channel: "" (total), "L1", "L2", "L3"'),
             sources=sources,
             relay=relay,

@@ -69,7 +69,7 @@ id = "washer"
 profile = "washing_machine"
 subject = "household-7/washer"
 energy = "meter"
-interim_s = 10
+interim_s = 2
 
 [appliance.sources.meter]
 driver = "modbus"
