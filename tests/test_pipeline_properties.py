@@ -37,9 +37,13 @@ TARIFF = Tariff.from_dict({"id": "t", "version": 1, "currency": "EUR", "exponent
                                      {"match": "washer/*", "per_use": "0.45"}]})
 PER_KWH, PER_MIN, PER_USE = Fraction("0.3125") * 100, Fraction("0.007") * 100, Fraction("0.45") * 100  # minor units
 
+WASH = [(15_000, 60), (2_100_000, 300), (200_000, 120), (2_000, 5), (210_000, 120), (450_000, 120), (1_500, 200)]
+
 step = st.one_of(
     st.tuples(st.just("power"), st.integers(1, 30), st.sampled_from([0, 2_000, 15_000, 200_000, 450_000, 2_100_000])),
     st.tuples(st.just("power"), st.integers(1, 30), st.integers(0, 2_600_000)),
+    st.tuples(st.just("hold"), st.integers(10, 900), st.sampled_from([1_500, 15_000, 200_000, 450_000, 2_100_000])),
+    st.tuples(st.just("wash"), st.just(0), st.integers(1, 10)),  # a whole washer programme, sampled every N s
     st.tuples(st.just("tick"), st.integers(1, 600), st.just(0)),
     st.tuples(st.just("flush"), st.just(0), st.just(0)),
     st.tuples(st.just("crash"), st.integers(1, 200), st.just(0)),
@@ -92,6 +96,14 @@ class Gateway:
             self.power = value
             self.take(self.meter.feed(self.reading(Quantity.POWER_MW, value)))
             self.register_reading()
+            self.take(self.meter.tick(self.now()))  # the daemon ticks every second
+        elif kind == "hold":  # a steady draw sampled every 10 s
+            for _ in range(seconds // 10):
+                self.run("power", 10, value)
+        elif kind == "wash":
+            for watts, length in WASH:
+                for _ in range(max(1, length // value)):
+                    self.run("power", value, watts)
         elif kind == "tick":
             self.advance(seconds)
             self.take(self.meter.tick(self.now()))
