@@ -17,6 +17,7 @@ import contextlib
 import logging
 import random
 import time
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,7 @@ from metering.energy import EnergySpec
 from metering.ledger import Ledger
 from metering.meter import ApplianceMeter, FeedResult, MeterEvent
 from metering.pricing import Pricing
-from metering.profile import Profile, builtin_profile, load_profile
+from metering.profile import Profile, builtin_profile, load_profile, parse_profile
 from metering.records import CLOCK_TYPE, LIFECYCLE_TYPE, Draft, TimeStatus
 from metering.tariff import Tariff
 
@@ -104,13 +105,23 @@ class Gateway:
         self.on_event = on_event
         self.state = StateDir(cfg.state_dir)
         self.stats = GatewayStats()
+        self.sync: Any = None
+        self._sync_enabled = sync_enabled and cfg.cloud is not None
         self.ledger = Ledger.open(self.state.ledger, gateway_id=cfg.id, key=self.state.private_key(),
                                   gateway_subject=cfg.subject)
+        try:
+            self._build(cfg)
+        except BaseException:  # a bad profile or source config: release the ledger (and its writer lock)
+            self.ledger.close()
+            raise
+
+    def _build(self, cfg: GatewayConfig) -> None:
+        self._profiles: dict[str, tuple[int, str]] = {}
         self.pricing = self._load_pricing()
         self.meters: dict[str, ApplianceMeter] = {}
         self.subjects: dict[str, str] = {}
         for app in cfg.appliances:
-            profile = load_appliance_profile(app, cfg.file)
+            profile = self._profile_for(app)
             spec = EnergySpec(kind=app.energy_kind,  # type: ignore[arg-type]
                               source=app.energy, imp_per_kwh=app.imp_per_kwh or 1000, max_gap_s=app.max_gap_s,
                               channel=app.channel)
@@ -121,8 +132,6 @@ class Gateway:
         self.owner = cfg.source_owner()
         self.sources = {name: SourceState(name, self.owner[name], str(scfg["driver"]))
                         for app in cfg.appliances for name, scfg in app.sources.items()}
-        self.sync: Any = None
-        self._sync_enabled = sync_enabled and cfg.cloud is not None
         self._queue: asyncio.Queue[Reading] = asyncio.Queue(QUEUE_MAX)
         self._pending: list[Draft] = []
         self._dirty = False
@@ -136,20 +145,35 @@ class Gateway:
     # ------------------------------------------------------------------------------------------ set-up
 
     def _load_pricing(self) -> Pricing:
-        """Pricing from its checkpoint, then any tariff/entitlement committed by a downlink since (docs table)."""
+        """Pricing from its checkpoint, then whatever a downlink committed since (tariffs, entitlements, profiles).
+
+        A command is committed to the ledger before pricing changes in memory, and the pricing snapshot is saved
+        only with the next batch, so the ledger's documents are re-applied at every start (a no-op when known).
+        """
+        from .downlink import restore_from_ledger
+
         pricing = Pricing(tz=self.cfg.tz)
         state = self.ledger.checkpoint(PRICING_CHECKPOINT)
         if state:
             pricing.restore(state)
         elif self.cfg.tariff:
             pricing.apply_tariff(Tariff.from_dict(self.cfg.tariff, file=f"{self.cfg.file} [tariff]"))
-        from metering.entitlement import Entitlement
-
-        for doc in sorted(self.ledger.docs("tariff"), key=lambda d: d.version):
-            pricing.apply_tariff(Tariff.from_dict(doc.body, file=f"ledger doc tariff {doc.id}"))
-        for doc in sorted(self.ledger.docs("entitlement"), key=lambda d: d.version):
-            pricing.apply_entitlement(Entitlement.from_dict(doc.body, file=f"ledger doc entitlement {doc.id}"))
+        restore_from_ledger(self.ledger, pricing, on_profile=self._remember_profile)
         return pricing
+
+    def _remember_profile(self, name: str, version: int, toml_text: str) -> None:
+        known = self._profiles.get(name)
+        if known is None or version > known[0]:
+            self._profiles[name] = (version, toml_text)
+
+    def _profile_for(self, app: ApplianceConfig) -> Profile:
+        """The configured profile, or a newer version of it that the cloud sent (the field customisation)."""
+        profile = load_appliance_profile(app, self.cfg.file)
+        sent = self._profiles.get(profile.name)
+        if sent is not None and sent[0] > profile.version:
+            profile = parse_profile(tomllib.loads(sent[1]), file=f"ledger profile {profile.name} v{sent[0]}")
+            log.info("%s: using profile %s version %d from the cloud", app.id, profile.name, profile.version)
+        return profile
 
     def _source_cfg(self, name: str) -> Mapping[str, Any]:
         return next(a.sources[name] for a in self.cfg.appliances if name in a.sources)
@@ -187,8 +211,10 @@ class Gateway:
         return Sync(scfg, self.ledger, clock=self.clock, downlink=downlink, version=__version__)
 
     def _on_profile(self, name: str, version: int, toml_text: str) -> None:
-        """A profile came down from the cloud: meters using a profile of that name switch at their next start."""
-        log.info("profile %s version %d received; it applies from the next restart", name, version)
+        """A profile came down from the cloud (already committed to the ledger). A meter never changes its rules in
+        the middle of a segment: appliances using a profile of that name take it at the gateway's next start."""
+        self._remember_profile(name, version, toml_text)
+        log.warning("profile %s version %d received; it applies from the next start of the gateway", name, version)
 
     # ------------------------------------------------------------------------------------------ running
 

@@ -1,0 +1,51 @@
+"""The daemon's start-up: what the cloud sent (a newer profile, a tariff) is taken from the ledger's documents, and
+a bad source config stops the start with the file and key named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from drivers.errors import DriverConfigError
+from gateway.config import parse_config
+from gateway.daemon import Gateway
+from gateway.state import StateDir
+from koto.clock import ManualClock
+from metering.ledger import Doc, Ledger
+from metering.profile import builtin_profile
+
+PROFILE_V2 = (Path(__file__).resolve().parents[1] / "metering" / "profiles" / "kettle.toml").read_text()
+
+
+def config(tmp: Path, **source: object) -> dict[str, object]:
+    return {"gateway": {"id": "gw-d", "state_dir": str(tmp / "state")},
+            "appliance": [{"id": "kettle", "profile": "kettle",
+                           "sources": {"k": {"driver": "s0", "pin": 17, "imp_per_kwh": 1000, **source}}}]}
+
+
+def test_a_profile_and_a_tariff_the_cloud_sent_are_used_at_the_next_start(tmp_path: Path) -> None:
+    sd = StateDir(tmp_path / "state")
+    sd.provision()
+    newer = PROFILE_V2.replace('name = "kettle"', 'name = "kettle"\nversion = 9')
+    assert "version = 9" in newer
+    tariff = {"id": "t", "version": 4, "currency": "EUR", "exponent": 2, "rates": [{"match": "*/*", "per_kwh": "0.5"}],
+              "windows": []}
+    with Ledger.open(sd.ledger, gateway_id="gw-d", key=sd.private_key()) as ledger:
+        ledger.append([], docs=[Doc("profile", "kettle", 9, {"name": "kettle", "version": 9, "toml": newer}),
+                                Doc("tariff", "t", 4, tariff)])
+    gw = Gateway(parse_config(config(tmp_path), file="koto.toml"), clock=ManualClock(), sync_enabled=False)
+    try:
+        assert gw.meters["kettle"].profile.version == 9
+        assert builtin_profile("kettle").version < 9
+        t = gw.pricing.tariff_for("kettle")
+        assert t is not None and (t.id, t.version) == ("t", 4)
+    finally:
+        gw.ledger.close()
+
+
+def test_a_driver_config_error_stops_the_start_naming_file_and_key(tmp_path: Path) -> None:
+    StateDir(tmp_path / "state").provision()
+    with pytest.raises(DriverConfigError) as err:
+        Gateway(parse_config(config(tmp_path, bounce_ms=40), file="koto.toml"), clock=ManualClock())
+    assert err.value.file == "koto.toml" and err.value.key == "bounce_ms"
