@@ -311,6 +311,9 @@ class Gateway:
             self._watch_clock(now)
             for aid, meter in self.meters.items():
                 self._take(aid, meter.tick(now))
+            if self.sync is not None:  # the optional live view; Sync keeps the newest and rate-limits it
+                self.sync.offer_live({aid: {"power_mw": m.power_mw, "function": m.function}
+                                      for aid, m in self.meters.items()})
 
     def _feed(self, reading: Reading) -> None:
         self.stats.readings += 1
