@@ -33,20 +33,14 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Self
 
 from koto.clock import Clock
+from koto.reading import UNITS as METER_UNITS
 from koto.reading import Quantity, Reading, to_milli
 
 from .base import Source
 from .errors import DriverConfigError, FrameError
 
 MAX_LINE = 1024
-UNITS: dict[Quantity, dict[str, int]] = {
-    Quantity.VOLTAGE_MV: {"V": 1000, "mV": 1},
-    Quantity.CURRENT_MA: {"A": 1000, "mA": 1},
-    Quantity.POWER_MW: {"W": 1000, "kW": 1_000_000, "mW": 1},
-    Quantity.ENERGY_MWH: {"Wh": 1000, "kWh": 1_000_000, "mWh": 1},
-    Quantity.FREQUENCY_MHZ: {"Hz": 1000, "mHz": 1},
-    Quantity.PULSES: {"": 1},
-}
+UNITS: dict[Quantity, dict[str, int]] = {**METER_UNITS, Quantity.PULSES: {"": 1}}  # a sketch may count pulses
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from koto.clock import Clock
-from koto.reading import Quantity, Reading, to_milli
+from koto.reading import UNITS, Quantity, Reading, to_milli
 
 from .base import Source
 from .errors import DriverConfigError, FrameError
@@ -50,14 +50,6 @@ REGISTER_DIR = Path(__file__).with_name("registers")
 MODELS = ("sdm120", "sdm630", "pzem004t")
 
 TYPES: dict[str, int] = {"uint16": 1, "int16": 1, "uint32": 2, "int32": 2, "float32": 2}
-# unit -> factor to the quantity's milli-unit, per quantity
-UNITS: dict[Quantity, dict[str, int]] = {
-    Quantity.VOLTAGE_MV: {"V": 1000, "mV": 1},
-    Quantity.CURRENT_MA: {"A": 1000, "mA": 1},
-    Quantity.POWER_MW: {"W": 1000, "kW": 1_000_000, "mW": 1},
-    Quantity.ENERGY_MWH: {"Wh": 1000, "kWh": 1_000_000, "mWh": 1},
-    Quantity.FREQUENCY_MHZ: {"Hz": 1000, "mHz": 1},
-}
 FUNCTIONS = {"input": FC_READ_INPUT, "holding": FC_READ_HOLDING}
 BACKWARDS_CONFIRM = 3  # an energy register that reads lower this many polls in a row was reset: accept it
 

@@ -29,6 +29,15 @@ class Quantity(StrEnum):
 
 BILLABLE = frozenset({Quantity.POWER_MW, Quantity.ENERGY_MWH, Quantity.PULSES})
 
+# The units devices report in, as the factor to each quantity's milli-unit (`to_milli(value, factor)`).
+UNITS: dict[Quantity, dict[str, int]] = {
+    Quantity.VOLTAGE_MV: {"V": 1000, "mV": 1},
+    Quantity.CURRENT_MA: {"A": 1000, "mA": 1},
+    Quantity.POWER_MW: {"W": 1000, "kW": 1_000_000, "mW": 1},
+    Quantity.ENERGY_MWH: {"Wh": 1000, "kWh": 1_000_000, "mWh": 1},
+    Quantity.FREQUENCY_MHZ: {"Hz": 1000, "mHz": 1},
+}
+
 
 class Quality(StrEnum):
     GOOD = "good"
