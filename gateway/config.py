@@ -99,8 +99,8 @@ class CloudConfig:
     topic_prefix: str = "koto/v1"
     protocol: int = 5
     keepalive_s: int = 30
-    window: int = 128
-    ack_timeout_s: float = 10.0
+    window: int = 256
+    ack_timeout_s: float = 15.0
     live_interval_s: float = 0.0  # 0 = live topic off
     operator_keys: tuple[Path, ...] = ()
 
@@ -204,8 +204,8 @@ def parse_config(data: dict[str, Any], *, file: str = "<config>", base: Path | N
             topic_prefix=ct.get("topic_prefix", str, "koto/v1"),
             protocol=protocol,
             keepalive_s=int(ct.number("keepalive_s", 30, lo=5, hi=3600)),
-            window=int(ct.number("window", 128, lo=1, hi=10_000)),
-            ack_timeout_s=ct.number("ack_timeout_s", 10, lo=0.5, hi=3600),
+            window=int(ct.number("window", 256, lo=1, hi=10_000)),
+            ack_timeout_s=ct.number("ack_timeout_s", 15, lo=0.5, hi=3600),
             live_interval_s=ct.number("live_interval_s", 0, lo=0, hi=3600),
             operator_keys=tuple(op_keys),
         )
