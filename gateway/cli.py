@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
@@ -19,10 +19,9 @@ from drivers.errors import KotoError as DriverError
 from koto import __version__
 from metering.errors import KotoError as MeteringError
 
+from .config import GatewayConfig, load_config
 from .errors import KotoError
-
-if TYPE_CHECKING:
-    from .state import StateDir as StateDirT
+from .state import StateDir
 
 DEFAULT_CONFIG = "/etc/koto/koto.toml"
 
@@ -41,11 +40,9 @@ def _state_option(f: click.decorators.FC) -> click.decorators.FC:
     )(f)
 
 
-def _resolve(config_path: str | None, state_dir: str | None, *, need_config: bool = False):  # type: ignore[no-untyped-def]
+def _resolve(config_path: str | None, state_dir: str | None, *,
+             need_config: bool = False) -> tuple[GatewayConfig | None, StateDir, str | None]:
     """Return (config or None, StateDir, gateway id or None)."""
-    from .config import load_config
-    from .state import StateDir
-
     cfg = None
     if config_path is None and Path(DEFAULT_CONFIG).exists():
         config_path = DEFAULT_CONFIG
@@ -84,7 +81,7 @@ def provision(config_path: str | None, state_dir: str | None, force: bool) -> No
     click.echo(pem, nl=False)
 
 
-def _open_ledger_ro(sd: StateDirT, gid: str | None) -> Any:
+def _open_ledger_ro(sd: StateDir, gid: str | None) -> Any:
     from metering.ledger import Ledger, read_gateway_id
 
     if not sd.ledger.exists():
@@ -199,6 +196,7 @@ def run(config_path: str | None) -> None:
     from .runner import run_gateway
 
     cfg, _sd, _gid = _resolve(config_path, None, need_config=True)
+    assert cfg is not None  # need_config
     asyncio.run(run_gateway(cfg))
 
 
