@@ -113,3 +113,10 @@ def test_a_config_error_is_one_plain_line_naming_file_and_key(tmp_path: Path,
     err = capsys.readouterr().err
     assert f"{cfg}: gateway.timezone: unknown time zone" in err
     assert "Traceback" not in err
+
+
+def test_run_before_provision_says_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "koto.toml"
+    cfg.write_text(f'[gateway]\nid = "gw-1"\nstate_dir = "{tmp_path / "state"}"\n')
+    assert koto(["run", "--config", str(cfg)]) == 2
+    assert "run `koto provision" in capsys.readouterr().err
