@@ -410,15 +410,15 @@ class Sync:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _will_payload(self) -> bytes:
-        return json.dumps({"online": 0, "gateway": self.config.gateway_id}, separators=(",", ":")).encode()
+        return json.dumps({"online": False, "gateway": self.config.gateway_id}, separators=(",", ":")).encode()
 
     def birth(self) -> dict[str, Any]:
         now = self.clock.now()
         head_seq, _ = self.ledger.head()
         b: dict[str, Any] = {
-            "online": 1, "gateway": self.config.gateway_id, "version": self.version, "boot_id": now.boot_id,
+            "online": True, "gateway": self.config.gateway_id, "version": self.version, "boot_id": now.boot_id,
             "epoch": self.ledger.epoch, "last_seq": head_seq, "unacked": self.ledger.unacked_count(),
-            "tariff_version": 0, "last_dseq": "", "clock_synced": int(now.synced), "time": rfc3339(now.wall),
+            "tariff_version": 0, "last_dseq": "", "clock_synced": now.synced, "time": rfc3339(now.wall),
         }
         if self.downlink is not None:
             b["tariff_version"] = self.downlink.tariff_version()

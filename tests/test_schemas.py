@@ -30,8 +30,8 @@ def test_every_schema_is_a_valid_draft_2020_12_schema(path: Path):
 
 
 def birth() -> dict:
-    return {"online": 1, "gateway": "gw-1", "version": "0.1.0", "boot_id": "b00t", "epoch": 1, "last_seq": 42,
-            "unacked": 3, "tariff_version": 2, "last_dseq": "7", "clock_synced": 1, "time": "2026-11-30T01:02:03.045Z"}
+    return {"online": True, "gateway": "gw-1", "version": "0.1.0", "boot_id": "b00t", "epoch": 1, "last_seq": 42,
+            "unacked": 3, "tariff_version": 2, "last_dseq": "7", "clock_synced": True, "time": "2026-11-30T01:02:03.045Z"}
 
 
 def test_usage_events_of_every_type_validate():
@@ -63,11 +63,11 @@ def test_malformed_events_do_not_validate(breakage):
 
 def test_status_ack_reply_and_live_validate_and_their_malformed_twins_do_not():
     assert errors("birth.json", birth()) == [] and errors("status.json", birth()) == []
-    assert errors("will.json", {"online": 0, "gateway": "gw-1"}) == []
-    assert errors("status.json", {"online": 0, "gateway": "gw-1"}) == []
-    assert errors("birth.json", {**birth(), "online": True}) != []
-    assert errors("birth.json", {**birth(), "clock_synced": False}) != []
-    assert errors("will.json", {"online": False, "gateway": "gw-1"}) != []
+    assert errors("will.json", {"online": False, "gateway": "gw-1"}) == []
+    assert errors("status.json", {"online": False, "gateway": "gw-1"}) == []
+    assert errors("birth.json", {**birth(), "online": 1}) != []
+    assert errors("birth.json", {**birth(), "clock_synced": 0}) != []
+    assert errors("will.json", {"online": 0, "gateway": "gw-1"}) != []
     f = EventFactory("gw-1")
     f.chain(3)
     assert errors("ack.json", Ack("gw-1", 1, 3, f.head).payload()) == []

@@ -286,12 +286,12 @@ async def test_birth_is_retained_on_every_connect_and_says_where_the_ledger_stan
     _topic, payload, retained = obs.messages[0]
     birth = json.loads(payload)
     assert retained
-    assert birth == {"online": 1, "gateway": GW, "version": "9.9", "boot_id": clock.boot_id, "epoch": EPOCH,
-                     "last_seq": 3, "unacked": 3, "tariff_version": 0, "last_dseq": "", "clock_synced": 0,
+    assert birth == {"online": True, "gateway": GW, "version": "9.9", "boot_id": clock.boot_id, "epoch": EPOCH,
+                     "last_seq": 3, "unacked": 3, "tariff_version": 0, "last_dseq": "", "clock_synced": False,
                      "time": birth["time"]}
     async with Observer(broker, f"koto/v1/{GW}/up/status") as obs:  # after a clean stop: offline, retained
         await eventually(lambda: bool(obs.messages), what="retained offline status")
-    assert json.loads(obs.messages[0][1]) == {"online": 0, "gateway": GW}
+    assert json.loads(obs.messages[0][1]) == {"online": False, "gateway": GW}
 
 
 async def test_live_view_is_rate_limited(broker: Mosquitto, ledger: Ledger) -> None:

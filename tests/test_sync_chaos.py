@@ -62,6 +62,6 @@ async def test_the_will_marks_a_killed_gateway_offline_and_the_next_birth_online
             finally:
                 child.kill()
                 child.wait()
-    assert [s["online"] for s in statuses] == [1, 0, 1]
-    assert statuses[1] == {"online": 0, "gateway": "gw-w"}
+    assert [s["online"] for s in statuses] == [True, False, True]
+    assert statuses[1] == {"online": False, "gateway": "gw-w"}
     assert statuses[2]["last_seq"] >= statuses[0]["last_seq"]  # type: ignore[operator]

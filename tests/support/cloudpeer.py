@@ -66,7 +66,7 @@ class GatewayPeer:
 
     async def birth(self, epoch: int = 1, last_seq: int = 0) -> None:
         await self.client.publish(f"{P}/{self.gw}/up/status", json.dumps(
-            {"online": 1, "gateway": self.gw, "epoch": epoch, "last_seq": last_seq}).encode(), qos=1)
+            {"online": True, "gateway": self.gw, "epoch": epoch, "last_seq": last_seq}).encode(), qos=1)
 
     def acked(self) -> int:
         return max((a["acked_through"] for a in self.acks), default=0)
