@@ -31,7 +31,8 @@ def test_every_schema_is_a_valid_draft_2020_12_schema(path: Path):
 
 def birth() -> dict:
     return {"online": True, "gateway": "gw-1", "version": "0.1.0", "boot_id": "b00t", "epoch": 1, "last_seq": 42,
-            "unacked": 3, "tariff_version": 2, "last_dseq": "7", "clock_synced": True, "time": "2026-11-30T01:02:03.045Z"}
+            "unacked": 3, "tariff_version": 2, "last_dseq": "7", "clock_synced": True,
+            "time": "2026-11-30T01:02:03.045Z"}
 
 
 def test_usage_events_of_every_type_validate():
