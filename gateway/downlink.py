@@ -48,7 +48,8 @@ KV_APPLIED_IDS = "downlink.applied_ids"
 RECENT_IDS = 256
 
 _DSEQ = re.compile(r"^(0|[1-9][0-9]{0,17})$")  # decimal, no sign or leading zeros, fits 2**63
-_STR_FIELDS = ("specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dseq", "expirytime", "sig")
+_STR_FIELDS = ("specversion", "id", "source", "type", "subject", "dseq", "expirytime", "sig")
+_OPTIONAL_STR_FIELDS = ("time", "datacontenttype")  # optional CloudEvents attributes: strings when present
 
 
 class DownlinkLedger(Protocol):
@@ -161,6 +162,9 @@ class DownlinkHandler:
             raise Rejected("malformed command: not a JSON object")
         for key in _STR_FIELDS:
             if not isinstance(event.get(key), str):
+                raise Rejected(f"malformed command: {key} must be a string")
+        for key in _OPTIONAL_STR_FIELDS:
+            if key in event and not isinstance(event[key], str):
                 raise Rejected(f"malformed command: {key} must be a string")
         if not isinstance(event.get("data"), dict):
             raise Rejected("malformed command: data must be an object")

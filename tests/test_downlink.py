@@ -173,6 +173,13 @@ def test_both_pinned_operator_keys_are_accepted_during_a_rotation(tmp_path: Path
 
 # -- rejected commands: each with the right status, one log line, and nothing applied ---------------------------
 
+def test_a_command_without_the_optional_time_and_datacontenttype_is_applied(w: World) -> None:
+    """CloudEvents requires only id, source, specversion and type; a cloud may leave `time` out."""
+    cmd = {k: v for k, v in w.cmd(CMD_TARIFF, tariff_data(1)).items() if k not in ("time", "datacontenttype", "sig")}
+    reply = w.send(json.dumps(sign_event(w.operator, cmd)).encode())
+    assert reply["status"] == "applied", reply
+
+
 def test_forged_command_signed_by_another_key_is_rejected(w: World, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="koto.downlink"):
         reply = w.send(w.cmd(CMD_TARIFF, tariff_data(1), key=generate_key()))
@@ -246,7 +253,7 @@ def test_malformed_json_is_rejected_with_an_empty_ack_of(w: World, payload: byte
 
 @pytest.mark.parametrize("field, value", [
     ("dseq", 7), ("dseq", "07"), ("dseq", "-1"), ("data", "x"), ("expirytime", "tomorrow"), ("subject", None),
-    ("id", ""), ("specversion", "0.3"), ("sig", 5),
+    ("id", ""), ("specversion", "0.3"), ("sig", 5), ("time", 1764460800), ("datacontenttype", ["json"]),
 ])
 def test_wrong_types_are_rejected(w: World, field: str, value: Any) -> None:
     cmd = w.cmd(CMD_TARIFF, tariff_data(1))
