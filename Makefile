@@ -30,10 +30,12 @@ $(DEV_STAMP): pyproject.toml | $(VENV_OK)
 	rm -f $(VENV)/.dev-* $(VENV)/.run-*
 	touch $@ $(RUN_STAMP)
 
-# Mosquitto is a real peer of the sync tests; install it from the distribution when missing.
+# Mosquitto is a real peer of the sync tests, systemd-analyze checks the unit; install them when missing.
 system-deps:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mosquitto )
+	@command -v systemd-analyze >/dev/null 2>&1 || \
+		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q systemd )
 
 demo: $(RUN_STAMP)
 	$(BIN)/koto demo
