@@ -32,7 +32,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from koto.signing import KeyError_, PublicKey, load_public_key
@@ -42,11 +42,14 @@ from .store import Ack, CommitResult, Store
 from .verify import Event, check_event
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import aiomqtt
 
     from .openmeter import Forwarder
 
 log = logging.getLogger("koto.cloud.receiver")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,8 @@ class Receiver:
         self._logged: set[tuple[str, str]] = set()
         self._batch: list[Event] = []
         self._batch_t0 = 0.0
+        self._kick = asyncio.Event()  # the batch became non-empty or full: wake the committer
+        self._flushing = asyncio.Lock()  # one commit-and-ack at a time, in order
         self._task: asyncio.Task[None] | None = None
         self._fwd_task: asyncio.Task[None] | None = None
         self._failpoint = os.environ.get("KOTO_CLOUD_FAILPOINT", "")  # tests only; see _flush
@@ -197,21 +202,58 @@ class Receiver:
 
     # -- the loop --------------------------------------------------------------------------------------------
     async def _consume(self, client: aiomqtt.Client) -> None:
-        loop = asyncio.get_running_loop()
-        messages = client.messages
-        it = messages.__aiter__()
+        """Read and verify messages here while a second task commits and acks what was verified before.
+
+        Verifying (this task, CPU) and committing (a worker thread, mostly waiting for the disk or the database)
+        overlap, so neither waits for the other and acks flow while the gateway's window is still open.
+        """
+        committer = asyncio.create_task(self._committer(client), name="koto-receiver-commit")
+        try:
+            await self._read(client, committer)
+        finally:
+            committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committer
+
+    async def _read(self, client: aiomqtt.Client, committer: asyncio.Task[None]) -> None:
+        # aiomqtt's iterator creates a task and an asyncio.wait per message, which cost as much as parsing the
+        # message; messages already queued are taken straight from the queue behind it (aiomqtt 2.x), and the
+        # iterator is used only to wait for the next one (it also raises when the connection is lost).
+        queue: asyncio.Queue[aiomqtt.Message] = client._queue
+        it = client.messages.__aiter__()
         while True:
-            if self._batch and len(messages) == 0:
-                wait = self.config.linger_s - (loop.time() - self._batch_t0)
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                else:
-                    await self._flush(client)
+            if committer.done():
+                committer.result()  # raise what stopped it (a broker loss, a failed commit)
+                raise RuntimeError("the committer stopped")
+            try:
+                message = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                message = await it.__anext__()
+            payload = message.payload
+            await self._handle(client, message.topic.value,
+                               payload if type(payload) is bytes else bytes(payload))
+
+    async def _committer(self, client: aiomqtt.Client) -> None:
+        """Group commit: close the batch when it is `max_batch` long or its oldest record has waited `linger_s`.
+
+        Only one commit runs at a time; while it runs, the next batch fills, so under load batches grow to what
+        arrives during one commit and the committer is never idle, and a lone record waits at most `linger_s`.
+        """
+        loop = asyncio.get_running_loop()
+        kick = self._kick
+        while True:
+            if not self._batch:
+                kick.clear()
+                await kick.wait()
                 continue
-            message = await it.__anext__()
-            await self._handle(client, str(message.topic), bytes(message.payload))
-            if len(self._batch) >= self.config.max_batch:
-                await self._flush(client)
+            wait = self._batch_t0 + self.config.linger_s - loop.time()
+            if wait > 0 and len(self._batch) < self.config.max_batch:
+                kick.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await kick.wait()
+                continue
+            await self._flush(client)
 
     def _split(self, topic: str) -> tuple[str, str] | None:
         prefix = self.config.prefix + "/"
@@ -230,14 +272,21 @@ class Receiver:
         gateway, kind = where
         if kind == "usage":
             self.stats["received"] += 1
+            key = self._keys.get(gateway)
             try:
-                ev = check_event(payload, gateway, await self._key(gateway))
+                ev = check_event(payload, gateway, key if key is not None else await self._key(gateway))
             except Rejected as e:
                 self._reject(gateway, e)
                 return
-            if not self._batch:
+            batch = self._batch
+            if not batch:
                 self._batch_t0 = asyncio.get_running_loop().time()
-            self._batch.append(ev)
+                self._kick.set()
+            batch.append(ev)
+            if len(batch) >= self.config.max_batch:
+                # The committer is busy with the previous batch: wait for it and commit this one here, so
+                # a backlog never grows the batch without bound (backpressure on the broker's queue).
+                await self._flush(client)
         elif kind == "status":
             await self._on_status(client, gateway, payload)
         elif kind == "reply":
@@ -246,8 +295,7 @@ class Receiver:
     async def _key(self, gateway: str) -> PublicKey | None:
         key = self._keys.get(gateway)
         if key is None:
-            async with self._db:
-                pem = await asyncio.to_thread(self.store.pubkey, gateway)
+            pem = await self._in_store(self.store.pubkey, gateway)
             if pem is None:
                 return None
             try:
@@ -264,13 +312,39 @@ class Receiver:
             self._logged.add((e.kind, gateway))
             log.warning("rejected a message from %s: %s (further ones are only counted)", gateway or "?", e.reason)
 
+    async def _in_store(self, fn: Callable[..., T], *args: Any) -> T:
+        """One store call in a worker thread, one at a time (the forwarder shares the connection).
+
+        A caller cancelled meanwhile still waits for the thread to finish before letting go of the lock: the
+        connection must never be used by two threads at once.
+        """
+        async with self._db:
+            fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+            try:
+                return await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(fut)
+                raise
+
     async def _commit(self) -> CommitResult:
+        """Commit the batch verified so far; a caller cancelled meanwhile (stop) still lets it finish and count."""
         batch, self._batch = self._batch, []
+        task = asyncio.ensure_future(self._commit_batch(batch))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(task)
+            raise
+
+    async def _commit_batch(self, batch: list[Event]) -> CommitResult:
         for attempt in range(5):
             try:
-                async with self._db:
-                    res = await asyncio.to_thread(self.store.commit, batch)
+                res = await self._in_store(self.store.commit, batch)
                 break
+            except asyncio.CancelledError:
+                raise
             except Exception as e:  # a deadlock or lock timeout between receivers: retry the whole batch
                 if attempt == 4:
                     raise
@@ -293,16 +367,30 @@ class Receiver:
         return res
 
     async def _flush(self, client: aiomqtt.Client) -> None:
-        res = await self._commit()
-        if self._failpoint == "kill_after_commit" and res.inserted:
-            # Fault injection for the crash tests: die exactly between a durable commit and its ack.
-            os.kill(os.getpid(), signal.SIGKILL)
-        await asyncio.gather(*(self._send_ack(client, a) for a in res.acks))
+        """Commit everything verified so far (after any commit in progress), then ack what the commit made durable."""
+        async with self._flushing:
+            if not self._batch:
+                return
+            res = await self._commit()
+            if self._failpoint == "kill_after_commit" and res.inserted:
+                # Fault injection for the crash tests: die exactly between a durable commit and its ack.
+                os.kill(os.getpid(), signal.SIGKILL)
+            for a in res.acks:
+                self._send_ack(client, a)
 
-    async def _send_ack(self, client: aiomqtt.Client, ack: Ack) -> None:
+    def _send_ack(self, client: aiomqtt.Client, ack: Ack) -> None:
+        """Hand the ack to the MQTT client (QoS 1) without waiting for the broker's PUBACK.
+
+        Waiting for it (aiomqtt's publish) stalled reading for a broker round trip per commit; the PUBACK tells
+        us nothing the gateway's resend rules need (a lost ack is re-sent on the next commit or birth).
+        """
+        import aiomqtt
+
         if ack.acked_through <= 0:
             return
-        await client.publish(f"{self.config.prefix}/{ack.gateway}/down/ack", ack.payload(), qos=1)
+        info = client._client.publish(f"{self.config.prefix}/{ack.gateway}/down/ack", ack.payload(), 1)
+        if info.rc != 0:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish an ack")
         self.stats["acks_sent"] += 1
 
     async def _on_status(self, client: aiomqtt.Client, gateway: str, payload: bytes) -> None:
@@ -317,13 +405,11 @@ class Receiver:
         if type(epoch) is not int or epoch < 0:
             self._reject(gateway, Rejected("malformed", "birth without an integer epoch"))
             return
-        if self._batch:
-            await self._flush(client)
-        async with self._db:
-            await asyncio.to_thread(self.store.set_birth, gateway, msg)
-            ack = await asyncio.to_thread(self.store.ack_state, gateway, epoch)
+        await self._flush(client)  # what was verified before the birth is in the ack it gets
+        await self._in_store(self.store.set_birth, gateway, msg)
+        ack = await self._in_store(self.store.ack_state, gateway, epoch)
         self.stats["births"] += 1
-        await self._send_ack(client, ack)
+        self._send_ack(client, ack)
 
     async def _on_reply(self, gateway: str, payload: bytes) -> None:
         msg = _json_object(payload)
@@ -331,8 +417,7 @@ class Receiver:
             self._reject(gateway, Rejected("malformed", "reply is not a JSON object with ack_of and status"))
             return
         self.stats["replies"] += 1
-        async with self._db:
-            await asyncio.to_thread(self.store.add_reply, gateway, msg)
+        await self._in_store(self.store.add_reply, gateway, msg)
         log.info("%s replied %s to command %s: %s", gateway, msg["status"], msg["ack_of"], msg.get("reason", ""))
 
 
