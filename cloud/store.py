@@ -160,26 +160,11 @@ class Store:
         now = _now()
         self._begin()
         try:
-            touched: set[tuple[str, int]] = set()
-            for ev in events:
-                touched.add((ev.gateway, ev.epoch))
-                cur = self._x(
-                    "INSERT INTO records (source, id, gateway, epoch, seq, type, subject, time, hash, prevhash, "
-                    "body, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (source, id) DO NOTHING",
-                    (ev.source, ev.id, ev.gateway, ev.epoch, ev.seq, ev.type, ev.subject, ev.time, ev.hash,
-                     ev.prevhash, ev.body.decode("utf-8"), now),
-                )
-                if cur.rowcount == 1:
-                    res.inserted.append(ev)
-                    continue
-                row = self._x("SELECT hash FROM records WHERE source = ? AND id = ?", (ev.source, ev.id)).fetchone()
-                if row is not None and row[0] == ev.hash:
-                    res.duplicates += 1
-                else:
-                    res.conflicts.append(ev)
-                    self._alarm(ev.gateway, ev.epoch, ev.seq, "conflict",
-                                f"a second, different record {ev.id} (hash {ev.hash[:12]}...)", ev.body, now)
+            touched = {(ev.gateway, ev.epoch) for ev in events}
+            if not self._insert_all(events, now):
+                self._insert_each(events, now, res)
+            else:
+                res.inserted = list(events)
             for gateway, epoch in sorted(touched):
                 ack, broken = self._advance(gateway, epoch, now)
                 res.acks.append(ack)
@@ -190,6 +175,48 @@ class Store:
             self._undo()
             raise
         return res
+
+    _INSERT = ("INSERT INTO records (source, id, gateway, epoch, seq, type, subject, time, hash, prevhash, body, "
+               "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, id) DO NOTHING")
+
+    @staticmethod
+    def _row(ev: Event, now: str) -> tuple[Any, ...]:
+        return (ev.source, ev.id, ev.gateway, ev.epoch, ev.seq, ev.type, ev.subject, ev.time, ev.hash, ev.prevhash,
+                ev.body.decode("utf-8"), now)
+
+    def _insert_all(self, events: Sequence[Event], now: str) -> bool:
+        """The common case in one executemany: every record new. False (and nothing inserted) when any is not.
+
+        Inside a savepoint, so that when the count of inserted rows falls short (a resend, a conflict, the same id
+        twice in the batch) the batch is undone and `_insert_each` tells duplicates from conflicts record by record.
+        """
+        if not events:
+            return True
+        if len({(ev.source, ev.id) for ev in events}) != len(events):
+            return False
+        self._x("SAVEPOINT batch")
+        cur = self._conn.cursor()
+        cur.executemany(self._sql(self._INSERT), [self._row(ev, now) for ev in events])
+        if cur.rowcount == len(events):
+            self._x("RELEASE SAVEPOINT batch")
+            return True
+        self._x("ROLLBACK TO SAVEPOINT batch")
+        self._x("RELEASE SAVEPOINT batch")
+        return False
+
+    def _insert_each(self, events: Sequence[Event], now: str, res: CommitResult) -> None:
+        for ev in events:
+            cur = self._x(self._INSERT, self._row(ev, now))
+            if cur.rowcount == 1:
+                res.inserted.append(ev)
+                continue
+            row = self._x("SELECT hash FROM records WHERE source = ? AND id = ?", (ev.source, ev.id)).fetchone()
+            if row is not None and row[0] == ev.hash:
+                res.duplicates += 1
+            else:
+                res.conflicts.append(ev)
+                self._alarm(ev.gateway, ev.epoch, ev.seq, "conflict",
+                            f"a second, different record {ev.id} (hash {ev.hash[:12]}...)", ev.body, now)
 
     def _alarm(self, gateway: str, epoch: int, seq: int, kind: str, detail: str, body: bytes, now: str) -> None:
         self._x("INSERT INTO alarms (gateway, epoch, seq, kind, detail, body, at) VALUES (?, ?, ?, ?, ?, ?, ?) "
