@@ -46,6 +46,22 @@ QUEUE_MAX = 10_000
 STOP_DRAIN_S = 3.0
 
 
+async def stop_tasks(tasks: list[asyncio.Task[Any]], *, every_s: float = 1.0) -> None:
+    """Cancel `tasks` and wait until they have ended, cancelling again any that is still running after `every_s`.
+
+    One cancel is not always enough: Python 3.11's `asyncio.wait_for` (used inside libraries such as pymodbus) can
+    swallow a cancellation that arrives as its inner call completes, and the task then runs on — a stop would hang.
+    `asyncio.wait` never raises the tasks' own exceptions, and our own cancellation still reaches us.
+    """
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every_s)
+        for t in pending:
+            log.warning("task %s did not stop when asked; asking again", t.get_name())
+
+
 def meter_checkpoint_name(appliance: str) -> str:
     return f"meter:{appliance}"
 
@@ -234,13 +250,8 @@ class Gateway:
                     workers.append(tg.create_task(self.sync.run(), name="sync"))
                 await stop.wait()
                 self._stopping = True
-                for w in workers:
-                    if w.get_name() != "sync":
-                        w.cancel()
-                await asyncio.sleep(0)
-                meter_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await meter_task
+                await stop_tasks([w for w in workers if w.get_name() != "sync"])
+                await stop_tasks([meter_task])
                 if self._inflight is not None:
                     await self._inflight  # an append already handed to its thread finishes before the last one
                 self._shutdown()
@@ -248,9 +259,9 @@ class Gateway:
                     # A clean stop gives the cloud a moment to ack the last records; what it does not ack in time
                     # stays unacked in the ledger and is sent at the next start.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.sync.wait_acked(self.ledger.head()[0]), STOP_DRAIN_S)
-                for w in workers:
-                    w.cancel()
+                        async with asyncio.timeout(STOP_DRAIN_S):
+                            await self.sync.wait_acked(self.ledger.head()[0])
+                await stop_tasks(workers)
         finally:
             self.ledger.close()
 
@@ -297,7 +308,8 @@ class Gateway:
             deadline = time.monotonic() + batch_s
             while (left := deadline - time.monotonic()) > 0:
                 try:
-                    reading = await asyncio.wait_for(self._queue.get(), timeout=left)
+                    async with asyncio.timeout(left):
+                        reading = await self._queue.get()
                 except TimeoutError:
                     break
                 self._feed(reading)

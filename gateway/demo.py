@@ -16,7 +16,6 @@ usage table is read back from the ledger and the chain is verified, exactly as `
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -175,8 +174,7 @@ async def run_demo(state_dir: Path, *, speed: float = 60.0, out: Callable[[str],
             await asyncio.wait([runner], timeout=max(0.0, (length - sim.t()) / speed))
         finally:
             stop.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
+            await runner
             for d in drivers:
                 d.cancel()
             await asyncio.gather(*drivers, return_exceptions=True)

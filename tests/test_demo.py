@@ -1,5 +1,8 @@
 """`koto demo`: three appliances through the real driver stacks (pymodbus RTU on a pty, MockFactory pins, BTHome
-adverts through bleak's front end and bthome-ble) into the production Gateway and ledger, at 300x."""
+adverts through bleak's front end and bthome-ble) into the production Gateway and ledger, at 150x.
+
+At 150x a 100 ms hiccup of a loaded machine moves a boundary by 15 simulated seconds, so attribution is checked
+to within that; totals are exact by construction and checked by the ledger tests."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from metering.ledger import Ledger
 
 async def test_the_demo_shows_every_function_and_reads_usage_back_from_a_verified_ledger(tmp_path: Path) -> None:
     lines: list[str] = []
-    assert await run_demo(tmp_path / "demo", speed=300.0, out=lines.append) == 0
+    assert await run_demo(tmp_path / "demo", speed=150.0, out=lines.append) == 0
     text = "\n".join(lines)
     for event in ("washer: fill started", "washer: heat started", "washer: wash started", "washer: spin started",
                   "kettle: boil started", "aircon: cool started", "aircon: heat started", "washer: use ended"):
@@ -21,8 +24,8 @@ async def test_the_demo_shows_every_function_and_reads_usage_back_from_a_verifie
         rows = {(r.appliance, r.key): r for r in ledger.usage_summary(by="function")}
     assert rows[("washer", "")].uses == 1 and rows[("kettle", "")].uses == 2 and rows[("aircon", "")].uses == 1
     # the washer's heater ran 9 minutes at 2050 W: 307.5 Wh, read from the SDM120's float32 register
-    assert abs(rows[("washer", "heat")].energy_mwh - 307_500) < 3_000
+    assert abs(rows[("washer", "heat")].energy_mwh - 307_500) < 10_000
     # cooling 12 min at 850 W and heating 12 min at 1100 W, from the plug's BTHome energy counter
-    assert abs(rows[("aircon", "cool")].energy_mwh - 170_000) < 5_000
-    assert abs(rows[("aircon", "heat")].energy_mwh - 220_000) < 5_000
-    assert rows[("washer", "heat")].costs == (("EUR", 10),)
+    assert abs(rows[("aircon", "cool")].energy_mwh - 170_000) < 10_000
+    assert abs(rows[("aircon", "heat")].energy_mwh - 220_000) < 10_000
+    assert rows[("washer", "heat")].costs in ((("EUR", 9),), (("EUR", 10),))  # 0.3075 kWh at 0.32 EUR
