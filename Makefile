@@ -7,6 +7,8 @@ VENV_OK := $(VENV)/.venv-ok
 RUN_STAMP := $(VENV)/.run-$(HASH)
 DEV_STAMP := $(VENV)/.dev-$(HASH)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# On a Pi the venv also sees Raspberry Pi OS's python3-lgpio (lgpio has no wheels on PyPI).
+VENV_FLAGS := $(if $(filter aarch64 armv7l,$(shell uname -m)),--system-site-packages,)
 
 .PHONY: demo test lint typecheck pytest bench clean system-deps
 
@@ -15,7 +17,7 @@ $(VENV_OK):
 		{ echo "Koto needs Python >= 3.11 (Debian 12 / Raspberry Pi OS Bookworm have it)"; exit 1; }
 	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3-venv )
-	$(PY) -m venv $(VENV)
+	$(PY) -m venv $(VENV_FLAGS) $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	touch $@
 
