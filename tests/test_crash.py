@@ -11,6 +11,7 @@ import signal
 import struct
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 from drivers.modbus_sim import ModbusSimulator, SimMeter
@@ -25,8 +26,12 @@ FIRST_KWH = 1234.5  # exactly representable as float32: the first register value
 
 
 def served_mwh(kwh: float) -> int:
-    """What the driver makes of a value served as float32: the same conversion, done independently here."""
-    return to_milli(struct.unpack(">f", struct.pack(">f", kwh))[0], 1_000_000)
+    """What a register served as float32 means in mWh, by the documented rule (docs/serial.md): the shortest
+    decimal that reads back as the same float32 (what the meter's own display shows), converted once."""
+    bits = struct.pack(">f", kwh)
+    x = struct.unpack(">f", bits)[0]
+    shortest = next(s for p in range(1, 10) if struct.pack(">f", float(s := f"{x:.{p}g}")) == bits)
+    return to_milli(Decimal(shortest), 1_000_000)
 
 
 def config(tmp: Path, port: str) -> Path:
