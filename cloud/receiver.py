@@ -6,11 +6,12 @@
         ...
     # or: await rx.run()  (forever; reconnects with capped jittered backoff)
 
-Group commit: verified events collect in a batch that is committed when it reaches `max_batch`, or when no more
-messages are waiting and the oldest has waited `linger_s`. Under load batches grow by themselves (one fsync per
-batch); when idle a lone record is committed after a few milliseconds. Only after the commit returns are the acks
-published, one cumulative ack per touched (gateway, epoch), carrying the prefix the store recomputed from the
-database: acks never run ahead of what is durable, and never past a gap or a broken link.
+Group commit: verified events collect in a batch that a committer task commits (in a worker thread) when it reaches
+`max_batch` or its oldest record has waited `linger_s`; one commit runs at a time, and while it runs the reader goes
+on verifying the next batch, so under load batches grow by themselves (one fsync per batch) and acks keep flowing
+while the gateway's window is still open; when idle a lone record is committed after `linger_s`. Only after the
+commit returns are the acks published, one cumulative ack per touched (gateway, epoch), carrying the prefix the
+store recomputed from the database: acks never run ahead of what is durable, and never past a gap or a broken link.
 
 MQTT QoS 1 PUBACKs go out as soon as a message is read, before it is committed: a receiver that dies then loses
 nothing, because the gateway keeps the record until the application-level ack arrives and resends it.
