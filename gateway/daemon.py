@@ -336,6 +336,9 @@ class Gateway:
         if reading.quantity not in (Quantity.POWER_MW, Quantity.ENERGY_MWH, Quantity.PULSES, Quantity.SIGNAL):
             return  # diagnostics (voltage, RSSI...) serve the live view, not the ledger
         self._take(aid, self.meters[aid].feed(reading))
+        # Even a reading that produced no record moved the meter's state (a pulse count, a register, an open
+        # segment's energy): it is checkpointed within `checkpoint_s`, which bounds what a crash can lose.
+        self._dirty = True
 
     def _take(self, aid: str, result: FeedResult) -> None:
         if not result:

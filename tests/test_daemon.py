@@ -49,3 +49,37 @@ def test_a_driver_config_error_stops_the_start_naming_file_and_key(tmp_path: Pat
     with pytest.raises(DriverConfigError) as err:
         Gateway(parse_config(config(tmp_path, bounce_ms=40), file="koto.toml"), clock=ManualClock())
     assert err.value.file == "koto.toml" and err.value.key == "bounce_ms"
+
+
+async def test_pulses_are_checkpointed_within_checkpoint_s_even_when_no_record_is_written(tmp_path: Path) -> None:
+    """A crash may lose at most `checkpoint_s` of pulse counting: the count is saved while a boil goes on, long
+    before the boil's record is written."""
+    import asyncio
+
+    from drivers.gpio.sim import mock_factory, run_pulse_train
+    from koto.clock import SystemClock
+
+    StateDir(tmp_path / "state").provision()
+    cfg = config(tmp_path, imp_per_kwh=20_000)  # 2.2 kW is a pulse every 82 ms
+    cfg["gateway"] = {**cfg["gateway"], "batch_ms": 20, "checkpoint_s": 0.2}  # type: ignore[dict-item]
+    clock = SystemClock()
+    factory = mock_factory()
+    gw = Gateway(parse_config(cfg, file="koto.toml"), clock=clock, backends={"pin_factory": factory},
+                 sync_enabled=False)
+    stop = asyncio.Event()
+    run = asyncio.create_task(gw.run(stop))
+    kettle = asyncio.create_task(run_pulse_train(factory.pin(17), clock, lambda: 2_200_000, 20_000, step_s=0.02,
+                                                 sleep=asyncio.sleep))
+    try:
+        await asyncio.sleep(4.0)  # the boil started in the first second; since then pulses change no function
+        source = gw.sources["k"].source
+        assert source is not None
+        count = source.count  # type: ignore[attr-defined]
+        state = gw.ledger.checkpoint("meter:kettle")
+        assert state is not None
+        assert count > 40
+        assert count - int(state["auth"]["last_raw"]) < 8  # 0.2 s checkpoint + a batch: ~3 pulses, not seconds
+    finally:
+        kettle.cancel()
+        stop.set()
+        await run
