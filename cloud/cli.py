@@ -54,16 +54,19 @@ def cli(verbose: bool) -> None:
 @click.option("--linger-ms", default=4.0, show_default=True, type=click.FloatRange(0, 1000))
 @click.option("--openmeter", default=None, help="OpenMeter ingest URL (…/api/v1/events) to forward usage to")
 @click.option("--openmeter-token", default=None, envvar="KOTO_CLOUD_OPENMETER_TOKEN", help="bearer token")
+@click.option("--protocol", type=click.Choice(["311", "5"]), default="311", show_default=True,
+              help="MQTT version of the receiver's own connection (gateways use 5 either way)")
 def serve(broker: str, ca: Path | None, cert: Path | None, key: Path | None, db: str, prefix: str, group: str,
           client_id: str | None, max_batch: int, linger_ms: float, openmeter: str | None,
-          openmeter_token: str | None) -> None:
+          openmeter_token: str | None, protocol: str) -> None:
     """Receive, verify, store and ack usage; store replies; re-send acks on births."""
     from .openmeter import Forwarder
     from .receiver import Receiver, ReceiverConfig
 
     store = _store(db)
     config = ReceiverConfig(broker=broker, ca=ca, cert=cert, key=key, prefix=prefix, group=group,
-                            client_id=client_id, max_batch=max_batch, linger_s=linger_ms / 1000)
+                            client_id=client_id, max_batch=max_batch, linger_s=linger_ms / 1000,
+                            protocol=int(protocol))
     fwd = Forwarder(openmeter, token=openmeter_token) if openmeter else None
 
     async def main() -> None:

@@ -26,14 +26,16 @@ def broker(tmp_path: Path):
         yield b
 
 
-async def test_stores_a_chain_exactly_once_when_every_message_is_sent_twice_out_of_order(broker, tmp_path):
+@pytest.mark.parametrize("protocol", [311, 5])
+async def test_stores_a_chain_exactly_once_when_every_message_is_sent_twice_out_of_order(broker, tmp_path, protocol):
     f = EventFactory("gw-1")
     bodies = f.chain(300)
     store = open_store(str(tmp_path / "cloud.db"))
     store.register("gw-1", f.public_pem)
     shuffled = bodies + bodies
     random.Random(7).shuffle(shuffled)
-    async with Receiver(store, ReceiverConfig(broker=broker.url)) as rx, Gateway(broker, "gw-1") as gw:
+    config = ReceiverConfig(broker=broker.url, protocol=protocol)
+    async with Receiver(store, config) as rx, Gateway(broker, "gw-1") as gw:
         await gw.publish(shuffled)
         ack = await gw.wait_ack(300)
         await until(lambda: rx.stats["received"] == 600)
