@@ -16,7 +16,9 @@ usage table is read back from the ledger and the chain is verified, exactly as `
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -195,11 +197,20 @@ def _summary(sd: StateDir, cfg: Any, out: Callable[[str], None]) -> int:
     out(usage_table(rows, "function"))
     out("")
     if report.ok:
-        out(f"Ledger: {head} signed, hash-chained records; verify ok. Try: koto usage --state-dir {sd.root} "
-            f"--by cycle, and koto verify --state-dir {sd.root}")
+        koto = _koto_command()
+        out(f"Ledger: {head} signed, hash-chained records; verify ok. Try: {koto} usage --state-dir {sd.root} "
+            f"--by cycle, and {koto} verify --state-dir {sd.root}")
         return 0
     out(f"Ledger verify FAILED at seq {report.first_bad_seq}: {report.reason}")
     return 1
+
+
+def _koto_command() -> str:
+    """How the person who ran the demo can run `koto` (from `make demo` it is not on their PATH)."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "koto" and shutil.which("koto") != str(argv0.resolve()):
+        return os.path.relpath(argv0) if not argv0.is_absolute() else str(argv0)
+    return "koto"
 
 
 def demo_scripts() -> dict[str, Script]:
