@@ -28,6 +28,7 @@ from koto import __version__
 from koto.clock import Clock, Now
 from koto.reading import Quantity, Reading
 from metering.energy import EnergySpec
+from metering.errors import LedgerError
 from metering.ledger import Ledger
 from metering.meter import ApplianceMeter, FeedResult, MeterEvent
 from metering.pricing import Pricing
@@ -102,6 +103,7 @@ class GatewayStats:
     records: int = 0
     batches: int = 0
     unrouted: int = 0
+    append_failures: int = 0
     events: list[str] = field(default_factory=list)
 
 
@@ -154,7 +156,8 @@ class Gateway:
         self._last_checkpoint_ns = 0
         self._clock_synced: bool | None = None
         self._stopping = False
-        self._inflight: asyncio.Future[None] | None = None
+        self._inflight: tuple[asyncio.Future[int], list[Draft]] | None = None
+        self._append_failing = False
         for name in self.sources:  # fail fast: a driver's config error names the file and key before we start
             build_source(name, self._source_cfg(name), clock=self.clock, file=cfg.file, **self._source_kwargs(name))
 
@@ -252,8 +255,7 @@ class Gateway:
                 self._stopping = True
                 await stop_tasks([w for w in workers if w.get_name() != "sync"])
                 await stop_tasks([meter_task])
-                if self._inflight is not None:
-                    await self._inflight  # an append already handed to its thread finishes before the last one
+                await self._settle()  # an append already handed to its thread finishes before the last one
                 self._shutdown()
                 if self.sync is not None:
                     # A clean stop gives the cloud a moment to ack the last records; what it does not ack in time
@@ -392,21 +394,60 @@ class Gateway:
     def _flush_now(self) -> None:
         batch = self._batch()
         if batch:
-            self._append(*batch)
+            try:
+                self._stored(self._append(*batch))
+            except LedgerError as e:
+                self._keep(batch[0], e)
 
     async def _flush(self) -> None:
         batch = self._batch()
         if batch:
             # The fsync runs off the event loop; the snapshot was taken with the drafts, so they stay consistent.
-            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._append, *batch))
-            await asyncio.shield(self._inflight)
+            fut = asyncio.ensure_future(asyncio.to_thread(self._append, *batch))
+            self._inflight = (fut, batch[0])
+            try:
+                n = await asyncio.shield(fut)  # cancelled here (a stop), the append still ends: see _settle
+            except LedgerError as e:
+                self._inflight = None
+                self._keep(batch[0], e)
+            else:
+                self._inflight = None
+                self._stored(n)
 
-    def _append(self, drafts: list[Draft], checkpoints: dict[str, dict[str, Any]]) -> None:
-        stored = self.ledger.append(drafts, checkpoints=checkpoints)
+    async def _settle(self) -> None:
+        """Wait for an append that a stop interrupted the waiting for, and account for it like `_flush` would."""
+        if self._inflight is None:
+            return
+        fut, drafts = self._inflight
+        self._inflight = None
+        try:
+            self._stored(await fut)
+        except LedgerError as e:
+            self._keep(drafts, e)
+
+    def _append(self, drafts: list[Draft], checkpoints: dict[str, dict[str, Any]]) -> int:
+        return len(self.ledger.append(drafts, checkpoints=checkpoints))
+
+    def _stored(self, n: int) -> None:
         self.stats.batches += 1
-        self.stats.records += len(stored)
-        if stored and self.sync is not None:
-            self.sync.notify()
+        self.stats.records += n
+        if self._append_failing:
+            log.warning("ledger writable again; the records kept in memory are stored")
+            self._append_failing = False
+        if n and self.sync is not None:
+            self.sync.notify()  # on the event loop's thread: asyncio events are not thread-safe
+
+    def _keep(self, drafts: list[Draft], error: Exception) -> None:
+        """The ledger could not commit (a full SD card, an I/O error): nothing of the batch was stored. Keep the
+        records in memory, in order, and retry with the next batch, whose checkpoint covers them too. Only a crash
+        while the card stays full loses them, and then the register's gap record still accounts for the energy."""
+        self._pending[:0] = drafts
+        self._dirty = True
+        self.stats.append_failures += 1
+        if not self._append_failing:
+            log.error("ledger: could not store %d records (%s); keeping them in memory and retrying", len(drafts),
+                      error)
+            self._append_failing = True
 
     # ------------------------------------------------------------------------------------------ status
 

@@ -474,7 +474,8 @@ class Ledger:
                         conn.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?,?)", list(kv.items()))
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:  # SQLite has already rolled back after e.g. SQLITE_FULL
+                        conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as e:
                 raise LedgerError(f"{self.path}: append failed, nothing was stored ({e})") from e
@@ -675,7 +676,8 @@ class Ledger:
                     outcome = self._ack_in_tx(through, head_hash)
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:  # SQLite has already rolled back after e.g. SQLITE_FULL
+                        conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as e:
                 raise LedgerError(f"{self.path}: cannot record the ack ({e})") from e
@@ -914,7 +916,8 @@ class Ledger:
                     )
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:  # SQLite has already rolled back after e.g. SQLITE_FULL
+                        conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as e:
                 raise LedgerError(f"{self.path}: prune failed, nothing was deleted ({e})") from e

@@ -3,6 +3,7 @@ a bad source config stops the start with the file and key named."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,50 @@ async def test_pulses_are_checkpointed_within_checkpoint_s_even_when_no_record_i
         kettle.cancel()
         stop.set()
         await run
+
+
+async def test_a_full_disk_keeps_records_in_memory_and_stores_them_in_order_when_space_returns(
+        tmp_path: Path) -> None:
+    """SQLite's SQLITE_FULL (here from max_page_count, as from a full SD card): nothing is lost or reordered."""
+    import asyncio
+
+    from drivers.gpio.sim import mock_factory, run_pulse_train
+    from koto.clock import SystemClock
+    from tests.ledger_checks import assert_contiguous, ledger_events
+
+    StateDir(tmp_path / "state").provision()
+    cfg = config(tmp_path, imp_per_kwh=20_000)
+    cfg["gateway"] = {**cfg["gateway"], "batch_ms": 20, "checkpoint_s": 0.1}  # type: ignore[dict-item]
+    cfg["appliance"][0]["interim_s"] = 1  # type: ignore[index]
+    clock = SystemClock()
+    factory = mock_factory()
+    gw = Gateway(parse_config(cfg, file="koto.toml"), clock=clock, backends={"pin_factory": factory},
+                 sync_enabled=False)
+    stop = asyncio.Event()
+    run = asyncio.create_task(gw.run(stop))
+    kettle = asyncio.create_task(run_pulse_train(factory.pin(17), clock, lambda: 2_200_000, 20_000, step_s=0.02,
+                                                 sleep=asyncio.sleep))
+    db = gw.ledger._conn  # the test reaches into SQLite only to make it run out of room
+    try:
+        await asyncio.sleep(1.5)
+        with gw.ledger._mutex:
+            (pages,) = db.execute("PRAGMA page_count").fetchone()
+            db.execute(f"PRAGMA max_page_count = {pages}")
+        await asyncio.sleep(3.0)  # interim records every second: once the last free page is used, commits fail
+        assert gw.stats.append_failures > 0
+        head_when_full = gw.ledger.head()[0]
+        kept = len(gw._pending)
+        assert kept >= 2  # held in memory, in order, with nothing stored
+        with gw.ledger._mutex:
+            db.execute("PRAGMA max_page_count = 1073741823")
+        await asyncio.sleep(1.0)
+        assert gw.ledger.head()[0] >= head_when_full + kept
+    finally:
+        kettle.cancel()
+        stop.set()
+        await run
+    events = ledger_events(tmp_path / "state" / "ledger.db", "gw-d")
+    assert_contiguous(events)
+    usage = [e["data"] for e in events if e["type"] == "io.koto.usage.v1"]
+    for prev, cur in pairwise(usage):
+        assert cur["start_mono_ns"] >= prev["start_mono_ns"]  # stored in the order they were made
