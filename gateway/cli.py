@@ -197,6 +197,9 @@ def run(config_path: str | None) -> None:
 
     cfg, _sd, _gid = _resolve(config_path, None, need_config=True)
     assert cfg is not None  # need_config
+    koto_log = logging.getLogger("koto")
+    if koto_log.getEffectiveLevel() > logging.INFO:
+        koto_log.setLevel(logging.INFO)  # the journal gets one line per event a person cares about, by default
     asyncio.run(run_gateway(cfg))
 
 
