@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -453,33 +454,41 @@ class Ledger:
         with self._mutex:
             self._check_open()
             conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    head_seq, head_hash = self._head_in_tx()
-                    stored = self._append_records(drafts, head_seq, head_hash) if drafts else []
-                    if stored:
-                        last = stored[-1]
-                        conn.executemany(
-                            "UPDATE kv SET value=? WHERE key=?",
-                            ((str(last.seq), _K_HEAD_SEQ), (last.hash, _K_HEAD_HASH)),
-                        )
-                    if ckpt_rows:
-                        conn.executemany("INSERT OR REPLACE INTO checkpoints (name, state) VALUES (?,?)", ckpt_rows)
-                    if doc_rows:
-                        conn.executemany(
-                            "INSERT OR REPLACE INTO docs (kind, id, version, body) VALUES (?,?,?,?)", doc_rows
-                        )
-                    if kv:
-                        conn.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?,?)", list(kv.items()))
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:  # SQLite has already rolled back after e.g. SQLITE_FULL
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as e:
-                raise LedgerError(f"{self.path}: append failed, nothing was stored ({e})") from e
+            with self._transaction("append failed, nothing was stored"):
+                head_seq, head_hash = self._head_in_tx()
+                stored = self._append_records(drafts, head_seq, head_hash) if drafts else []
+                if stored:
+                    last = stored[-1]
+                    conn.executemany(
+                        "UPDATE kv SET value=? WHERE key=?",
+                        ((str(last.seq), _K_HEAD_SEQ), (last.hash, _K_HEAD_HASH)),
+                    )
+                if ckpt_rows:
+                    conn.executemany("INSERT OR REPLACE INTO checkpoints (name, state) VALUES (?,?)", ckpt_rows)
+                if doc_rows:
+                    conn.executemany("INSERT OR REPLACE INTO docs (kind, id, version, body) VALUES (?,?,?,?)", doc_rows)
+                if kv:
+                    conn.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?,?)", list(kv.items()))
         return stored
+
+    @contextlib.contextmanager
+    def _transaction(self, failure: str) -> Iterator[None]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT): all of it or, on any error, none of it.
+
+        A SQLite error becomes a LedgerError naming the file and saying what did not happen (`failure`).
+        """
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # SQLite has already rolled back after e.g. SQLITE_FULL
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise LedgerError(f"{self.path}: {failure} ({e})") from e
 
     def _append_records(self, drafts: Sequence[Draft], head_seq: int, head_hash: str) -> list[Stored]:
         """Build, chain, sign and insert a batch inside the caller's transaction; returns the stored records."""
@@ -669,18 +678,8 @@ class Ledger:
             self._check_open()
             if epoch != self.epoch:
                 return AckOutcome.WRONG_EPOCH
-            conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    outcome = self._ack_in_tx(through, head_hash)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:  # SQLite has already rolled back after e.g. SQLITE_FULL
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as e:
-                raise LedgerError(f"{self.path}: cannot record the ack ({e})") from e
+            with self._transaction("cannot record the ack"):
+                outcome = self._ack_in_tx(through, head_hash)
             return outcome
 
     def _ack_in_tx(self, through: int, head_hash: str) -> AckOutcome:
@@ -891,21 +890,18 @@ class Ledger:
         with self._mutex:
             self._check_open()
             conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    head_seq, _ = self._head_in_tx()
-                    limit = min(self.acked_through(), head_seq - 1)
-                    anchor = int(self._kv_required(_K_ANCHOR_SEQ))
-                    # The prefix ends before the first record in range that is still within retention.
-                    row = conn.execute(
-                        "SELECT min(seq) FROM records WHERE seq>=? AND seq<=? AND t_end_ms>=?",
-                        (anchor, limit, cutoff_ms),
-                    ).fetchone()
-                    last = (row[0] - 1) if row[0] is not None else limit
-                    if last < anchor:
-                        conn.execute("COMMIT")
-                        return 0
+            deleted = 0
+            with self._transaction("prune failed, nothing was deleted"):
+                head_seq, _ = self._head_in_tx()
+                limit = min(self.acked_through(), head_seq - 1)
+                anchor = int(self._kv_required(_K_ANCHOR_SEQ))
+                # The prefix ends before the first record in range that is still within retention.
+                row = conn.execute(
+                    "SELECT min(seq) FROM records WHERE seq>=? AND seq<=? AND t_end_ms>=?",
+                    (anchor, limit, cutoff_ms),
+                ).fetchone()
+                last = (row[0] - 1) if row[0] is not None else limit
+                if last >= anchor:
                     h = conn.execute("SELECT hash FROM records WHERE seq=?", (last,)).fetchone()
                     if h is None:
                         raise LedgerError(f"{self.path}: seq {last} is missing; run `koto verify`")
@@ -914,13 +910,6 @@ class Ledger:
                         "UPDATE kv SET value=? WHERE key=?",
                         ((str(last + 1), _K_ANCHOR_SEQ), (str(h[0]), _K_ANCHOR_PREV)),
                     )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:  # SQLite has already rolled back after e.g. SQLITE_FULL
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as e:
-                raise LedgerError(f"{self.path}: prune failed, nothing was deleted ({e})") from e
         return int(deleted)
 
     def anchor(self) -> tuple[int, str]:
