@@ -3,6 +3,9 @@ a bad source config stops the start with the file and key named."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from itertools import pairwise
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from gateway.state import StateDir
 from koto.clock import ManualClock
 from metering.ledger import Doc, Ledger
 from metering.profile import builtin_profile
+from tests.ledger_checks import assert_contiguous, ledger_events
 
 PROFILE_V2 = (Path(__file__).resolve().parents[1] / "metering" / "profiles" / "kettle.toml").read_text()
 
@@ -52,52 +56,15 @@ def test_a_driver_config_error_stops_the_start_naming_file_and_key(tmp_path: Pat
     assert err.value.file == "koto.toml" and err.value.key == "bounce_ms"
 
 
-async def test_pulses_are_checkpointed_within_checkpoint_s_even_when_no_record_is_written(tmp_path: Path) -> None:
-    """A crash may lose at most `checkpoint_s` of pulse counting: the count is saved while a boil goes on, long
-    before the boil's record is written."""
-    import asyncio
-
+@contextlib.asynccontextmanager
+async def boiling_kettle(tmp_path: Path, **gateway: float) -> AsyncIterator[Gateway]:
+    """A running gateway whose kettle boils at 2.2 kW on an S0 meter (20,000 imp/kWh: a pulse every 82 ms)."""
     from drivers.gpio.sim import mock_factory, run_pulse_train
     from koto.clock import SystemClock
-
-    StateDir(tmp_path / "state").provision()
-    cfg = config(tmp_path, imp_per_kwh=20_000)  # 2.2 kW is a pulse every 82 ms
-    cfg["gateway"] = {**cfg["gateway"], "batch_ms": 20, "checkpoint_s": 0.2}  # type: ignore[dict-item]
-    clock = SystemClock()
-    factory = mock_factory()
-    gw = Gateway(parse_config(cfg, file="koto.toml"), clock=clock, backends={"pin_factory": factory},
-                 sync_enabled=False)
-    stop = asyncio.Event()
-    run = asyncio.create_task(gw.run(stop))
-    kettle = asyncio.create_task(run_pulse_train(factory.pin(17), clock, lambda: 2_200_000, 20_000, step_s=0.02,
-                                                 sleep=asyncio.sleep))
-    try:
-        await asyncio.sleep(4.0)  # the boil started in the first second; since then pulses change no function
-        source = gw.sources["k"].source
-        assert source is not None
-        count = source.count  # type: ignore[attr-defined]
-        state = gw.ledger.checkpoint("meter:kettle")
-        assert state is not None
-        assert count > 40
-        assert count - int(state["auth"]["last_raw"]) < 8  # 0.2 s checkpoint + a batch: ~3 pulses, not seconds
-    finally:
-        kettle.cancel()
-        stop.set()
-        await run
-
-
-async def test_a_full_disk_keeps_records_in_memory_and_stores_them_in_order_when_space_returns(
-        tmp_path: Path) -> None:
-    """SQLite's SQLITE_FULL (here from max_page_count, as from a full SD card): nothing is lost or reordered."""
-    import asyncio
-
-    from drivers.gpio.sim import mock_factory, run_pulse_train
-    from koto.clock import SystemClock
-    from tests.ledger_checks import assert_contiguous, ledger_events
 
     StateDir(tmp_path / "state").provision()
     cfg = config(tmp_path, imp_per_kwh=20_000)
-    cfg["gateway"] = {**cfg["gateway"], "batch_ms": 20, "checkpoint_s": 0.1}  # type: ignore[dict-item]
+    cfg["gateway"] = {**cfg["gateway"], "batch_ms": 20, **gateway}  # type: ignore[dict-item]
     cfg["appliance"][0]["interim_s"] = 1  # type: ignore[index]
     clock = SystemClock()
     factory = mock_factory()
@@ -107,8 +74,33 @@ async def test_a_full_disk_keeps_records_in_memory_and_stores_them_in_order_when
     run = asyncio.create_task(gw.run(stop))
     kettle = asyncio.create_task(run_pulse_train(factory.pin(17), clock, lambda: 2_200_000, 20_000, step_s=0.02,
                                                  sleep=asyncio.sleep))
-    db = gw.ledger._conn  # the test reaches into SQLite only to make it run out of room
     try:
+        yield gw
+    finally:
+        kettle.cancel()
+        stop.set()
+        await run
+
+
+async def test_pulses_are_checkpointed_within_checkpoint_s_even_when_no_record_is_written(tmp_path: Path) -> None:
+    """A crash may lose at most `checkpoint_s` of pulse counting: the count is saved while a boil goes on, long
+    before the boil's record is written."""
+    async with boiling_kettle(tmp_path, checkpoint_s=0.2) as gw:
+        await asyncio.sleep(4.0)  # the boil started in the first second; since then pulses change no function
+        source = gw.sources["k"].source
+        assert source is not None
+        count = source.count  # type: ignore[attr-defined]
+        state = gw.ledger.checkpoint("meter:kettle")
+        assert state is not None
+        assert count > 40
+        assert count - int(state["auth"]["last_raw"]) < 8  # 0.2 s checkpoint + a batch: ~3 pulses, not seconds
+
+
+async def test_a_full_disk_keeps_records_in_memory_and_stores_them_in_order_when_space_returns(
+        tmp_path: Path) -> None:
+    """SQLite's SQLITE_FULL (here from max_page_count, as from a full SD card): nothing is lost or reordered."""
+    async with boiling_kettle(tmp_path, checkpoint_s=0.1) as gw:
+        db = gw.ledger._conn  # the test reaches into SQLite only to make it run out of room
         await asyncio.sleep(1.5)
         with gw.ledger._mutex:
             (pages,) = db.execute("PRAGMA page_count").fetchone()
@@ -122,10 +114,6 @@ async def test_a_full_disk_keeps_records_in_memory_and_stores_them_in_order_when
             db.execute("PRAGMA max_page_count = 1073741823")
         await asyncio.sleep(1.0)
         assert gw.ledger.head()[0] >= head_when_full + kept
-    finally:
-        kettle.cancel()
-        stop.set()
-        await run
     events = ledger_events(tmp_path / "state" / "ledger.db", "gw-d")
     assert_contiguous(events)
     usage = [e["data"] for e in events if e["type"] == "io.koto.usage.v1"]
