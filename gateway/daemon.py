@@ -160,6 +160,16 @@ class Gateway:
         self._append_failing = False
         for name in self.sources:  # fail fast: a driver's config error names the file and key before we start
             build_source(name, self._source_cfg(name), clock=self.clock, file=cfg.file, **self._source_kwargs(name))
+        self.relays: dict[str, Any] = {}
+        for app in cfg.appliances:
+            if app.relay:
+                from drivers.gpio.relay import Relay
+
+                try:
+                    self.relays[app.id] = Relay.from_config(f"{app.id}-relay", app.relay,
+                                                            pin_factory=self.backends.get("pin_factory"))
+                except DriverConfigError as e:
+                    raise DriverConfigError(e.source, f"appliance.{app.id}.relay.{e.key}", e.problem, cfg.file) from e
 
     # ------------------------------------------------------------------------------------------ set-up
 
@@ -171,7 +181,8 @@ class Gateway:
         """
         from .downlink import restore_from_ledger
 
-        pricing = Pricing(tz=self.cfg.tz)
+        # An appliance behind an enforcement relay is gated as a whole: without a grant it may not start.
+        pricing = Pricing(tz=self.cfg.tz, gated=[f"{a.id}/*" for a in self.cfg.appliances if a.relay])
         state = self.ledger.checkpoint(PRICING_CHECKPOINT)
         if state:
             pricing.restore(state)
@@ -243,7 +254,10 @@ class Gateway:
         self._lifecycle("start", version=__version__,
                         appliances=",".join(sorted(self.meters)), sources=",".join(sorted(self.sources)))
         self._flush_now()
+        relays = contextlib.ExitStack()
         try:
+            for relay in self.relays.values():
+                relays.enter_context(relay)  # safe state first: the appliance has power
             async with asyncio.TaskGroup() as tg:
                 workers = [tg.create_task(self._supervise(name), name=f"source:{name}") for name in self.sources]
                 workers.append(tg.create_task(self._ticker(), name="ticker"))
@@ -265,6 +279,7 @@ class Gateway:
                             await self.sync.wait_acked(self.ledger.head()[0])
                 await stop_tasks(workers)
         finally:
+            relays.close()  # stop: back to the safe state (powered), pins released
             self.ledger.close()
 
     def _shutdown(self) -> None:
@@ -325,9 +340,20 @@ class Gateway:
             self._watch_clock(now)
             for aid, meter in self.meters.items():
                 self._take(aid, meter.tick(now))
+            self._enforce(now)
             if self.sync is not None:  # the optional live view; Sync keeps the newest and rate-limits it
                 self.sync.offer_live({aid: {"power_mw": m.power_mw, "function": m.function}
                                       for aid, m in self.meters.items()})
+
+    def _enforce(self, now: Now) -> None:
+        """Entitlements, physically: an idle appliance without a grant is kept from starting; a running cycle is
+        never cut (the relay driver refuses to), its use is recorded and flagged unentitled instead (§5)."""
+        for aid, relay in self.relays.items():
+            meter = self.meters[aid]
+            # One relay powers the whole appliance: it may start when any of its functions is entitled.
+            allowed = any(self.pricing.allows(aid, fn, now.wall).entitled
+                          for fn in ("*", *meter.profile.function_names()))
+            relay.allow_start(allowed, running=meter.cycle.running)
 
     def _feed(self, reading: Reading) -> None:
         self.stats.readings += 1

@@ -119,3 +119,50 @@ async def test_a_full_disk_keeps_records_in_memory_and_stores_them_in_order_when
     usage = [e["data"] for e in events if e["type"] == "io.koto.usage.v1"]
     for prev, cur in pairwise(usage):
         assert cur["start_mono_ns"] >= prev["start_mono_ns"]  # stored in the order they were made
+
+
+async def test_an_enforcement_relay_blocks_an_idle_unentitled_appliance_but_never_cuts_a_running_cycle(
+        tmp_path: Path) -> None:
+    from drivers.gpio.sim import mock_factory, run_pulse_train
+    from koto.clock import SystemClock
+    from metering.entitlement import Entitlement
+
+    StateDir(tmp_path / "state").provision()
+    cfg = config(tmp_path, imp_per_kwh=20_000)
+    cfg["gateway"] = {**cfg["gateway"], "batch_ms": 20}  # type: ignore[dict-item]
+    cfg["appliance"][0]["relay"] = {"pin": 22, "active_high": True}  # type: ignore[index]  # NC contact
+    clock = SystemClock()
+    factory = mock_factory()
+    coil = factory.pin(22)
+    gw = Gateway(parse_config(cfg, file="koto.toml"), clock=clock, backends={"pin_factory": factory},
+                 sync_enabled=False)
+    relay = gw.relays["kettle"]
+    stop = asyncio.Event()
+    run = asyncio.create_task(gw.run(stop))
+    boil: asyncio.Task[None] | None = None
+
+    def grant(version: int, action: str = "grant") -> None:
+        gw.pricing.apply_entitlement(Entitlement.from_dict(
+            {"id": "e1", "version": version, "action": action, "appliance": "kettle", "function": "*",
+             "kind": "uses", "limit": 5}))
+
+    try:
+        await asyncio.sleep(1.5)
+        assert not relay.powered and coil.state == 1  # idle and no grant: the NC contact opened, no power
+        grant(1)
+        await asyncio.sleep(1.5)
+        assert relay.powered and coil.state == 0
+        boil = asyncio.create_task(run_pulse_train(factory.pin(17), clock, lambda: 2_200_000, 20_000,
+                                                   step_s=0.02, sleep=asyncio.sleep))
+        await asyncio.sleep(5.0)  # a use has started (the kettle profile needs a few seconds above 1 kW)
+        assert gw.meters["kettle"].cycle.running
+        grant(2, action="revoke")
+        await asyncio.sleep(1.5)
+        assert relay.powered and relay.kept_running > 0  # revoked mid-boil: the boil is never cut
+        relay.allow_start(False, running=False)  # what the next idle tick does: prove a stop restores power
+    finally:
+        if boil is not None:
+            boil.cancel()
+        stop.set()
+        await run
+    assert relay.powered  # a clean stop returns to the safe state (powered) before releasing the pin
