@@ -256,6 +256,13 @@ def discover(ports: tuple[str, ...], no_serial: bool, address: str, baud: str, t
     click.echo(report, nl=False)
 
 
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one `koto` command; return its exit code (0 ok, 1 check failed, 2 usage or config error)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -271,6 +278,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if e.exit_code in (1, 2) else int(e.exit_code)
     except (KotoError, DriverError, MeteringError) as e:
         click.echo(f"koto: {e}", err=True)
+        return 2
+    except BaseExceptionGroup as group:  # the daemon's TaskGroup: plain errors stay plain lines
+        plain, rest = group.split((KotoError, DriverError, MeteringError))
+        if rest is not None or plain is None:
+            raise
+        for leaf in _leaves(plain):
+            click.echo(f"koto: {leaf}", err=True)
         return 2
     except SystemExit as e:  # commands that exit with a code (verify)
         return int(e.code or 0) if not isinstance(e.code, str) else 1

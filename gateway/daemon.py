@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 import tomllib
 from collections.abc import Callable, Mapping
@@ -160,6 +161,8 @@ class Gateway:
         self._append_failing = False
         for name in self.sources:  # fail fast: a driver's config error names the file and key before we start
             build_source(name, self._source_cfg(name), clock=self.clock, file=cfg.file, **self._source_kwargs(name))
+        if self._sync_enabled:  # built now so that a bad [cloud] table stops the start with file and key
+            self.sync = self._sync()
         self.relays: dict[str, Any] = {}
         for app in cfg.appliances:
             if app.relay:
@@ -232,13 +235,18 @@ class Gateway:
                 keys.append(load_public_key(p.read_bytes()))
             except OSError as e:
                 raise ConfigError(self.cfg.file, "cloud.operator_keys", f"cannot read {p}: {e.strerror}") from e
+            except ValueError as e:
+                raise ConfigError(self.cfg.file, "cloud.operator_keys", f"{p}: {e}") from e
         downlink = None
         if keys:
             downlink = DownlinkHandler(self.ledger, self.pricing, keys, self.cfg.id, self.clock,
                                        on_profile=self._on_profile)
             downlink.add_report_section("gateway", self.report)
         scfg = SyncConfig.from_cloud_config(cloud, self.cfg.id)
-        return Sync(scfg, self.ledger, clock=self.clock, downlink=downlink, version=__version__)
+        try:
+            return Sync(scfg, self.ledger, clock=self.clock, downlink=downlink, version=__version__)
+        except (OSError, ssl.SSLError) as e:  # the CA, certificate or key file is missing or unreadable
+            raise ConfigError(self.cfg.file, "cloud", f"cannot load the TLS files (ca, cert, key): {e}") from e
 
     def _on_profile(self, name: str, version: int, toml_text: str) -> None:
         """A profile came down from the cloud (already committed to the ledger). A meter never changes its rules in
@@ -262,8 +270,7 @@ class Gateway:
                 workers = [tg.create_task(self._supervise(name), name=f"source:{name}") for name in self.sources]
                 workers.append(tg.create_task(self._ticker(), name="ticker"))
                 meter_task = tg.create_task(self._meter_loop(), name="meter")
-                if self._sync_enabled:
-                    self.sync = self._sync()
+                if self.sync is not None:
                     workers.append(tg.create_task(self.sync.run(), name="sync"))
                 await stop.wait()
                 self._stopping = True
