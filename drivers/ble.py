@@ -1,6 +1,6 @@
 """BTHome v2 plugs and sensors over BLE: adverts in, power / energy / voltage / current / on-off readings out.
 
-    [sources.ac-plug]
+    [appliance.sources.ac-plug]
     driver = "bthome"
     address = "A4:C1:38:8D:18:B2"
     bindkey = "231d39c1d7cc1ab1aee224cd096db932"   # only for encrypted devices

@@ -73,10 +73,10 @@ def _source_name(dev: FoundDevice) -> str:
 
 
 def config_block(devices: Sequence[FoundDevice]) -> str:
-    """TOML for `koto.toml`, one `[sources.*]` table per device."""
+    """TOML for `koto.toml`, one `[appliance.sources.*]` table per device."""
     out: list[str] = []
     for dev in devices:
-        out.append(f"[sources.{_source_name(dev)}]")
+        out.append(f"[appliance.sources.{_source_name(dev)}]")
         out.append('driver = "bthome"')
         out.append(f'address = "{dev.address}"')
         if dev.encrypted:

@@ -145,14 +145,14 @@ async def discover(ports: Iterable[str] | None = None, **options: object) -> lis
 
 
 def config_block(found: Sequence[Found]) -> str:
-    """TOML to paste into koto.toml: one [sources.*] table per meter found."""
+    """TOML to paste into koto.toml: one [appliance.sources.*] table per meter found."""
     if not found:
         return "# no Modbus meter answered; check wiring (A/B swapped?), address and baud rate\n"
     out: list[str] = []
     for i, f in enumerate(found, start=1):
         name = MODEL_NAMES.get(f.model or "", "unknown device")
         out.append(f"# {name} on {f.port} at address {f.address}, {f.baud} baud: {f.evidence}")
-        lines = [f"[sources.meter-{i}]", 'driver = "modbus"', f'port = "{f.port}"', f"address = {f.address}"]
+        lines = [f"[appliance.sources.meter-{i}]", 'driver = "modbus"', f'port = "{f.port}"', f"address = {f.address}"]
         if f.model is None:
             lines.append('map = "/etc/koto/maps/my-meter.toml"  # write a register map: see docs/serial.md')
             lines = ["# " + ln for ln in lines]

@@ -5,11 +5,11 @@ Two line shapes, as Arduino/ESP sketches print them (`format = "auto"` accepts b
     {"power_w": 12.5, "energy_kwh": 1.234, "state": "spin"}       # JSON lines
     P:12.5,E:1.234  or  P=12.5 E=1.234                             # key:value pairs (, ; space or tab between)
 
-    [sources.coffee]
+    [appliance.sources.coffee]
     driver = "line"
     port = "/dev/serial/by-id/usb-Espressif_USB_JTAG-if00"
     baud = 115200
-    [sources.coffee.keys]                    # optional; the defaults below cover the common names
+    [appliance.sources.coffee.keys]                    # optional; the defaults below cover the common names
     P = { quantity = "power_mw", unit = "W" }
     E = { quantity = "energy_mwh", unit = "kWh" }
     heater = { quantity = "signal" }         # the signal is named after the key unless `signal = "..."`
@@ -65,7 +65,7 @@ DEFAULT_KEYS: dict[str, KeySpec] = {
 
 
 def parse_keys(table: Mapping[str, Any], *, source: str = "?") -> dict[str, KeySpec]:
-    """Validate a `[sources.x.keys]` table."""
+    """Validate a `[appliance.sources.x.keys]` table."""
     out: dict[str, KeySpec] = {}
     for key, spec in table.items():
         where = f"keys.{key}"
@@ -197,7 +197,7 @@ _PLAIN = {
     "bad_value": "value is not a number, ignored",
     "not_finite": "value is NaN or infinite, ignored",
     "negative_energy": "energy below zero, ignored",
-    "unknown_key": "unknown key, ignored (map it under [sources.NAME.keys])",
+    "unknown_key": "unknown key, ignored (map it under [appliance.sources.NAME.keys])",
     "port": "serial port went away (unplugged?); reopening",
 }
 

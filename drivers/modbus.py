@@ -1,6 +1,6 @@
 """Modbus RTU energy meters, described by register maps kept as data (drivers/registers/*.toml).
 
-    [sources.washer]
+    [appliance.sources.washer]
     driver = "modbus"
     port = "/dev/serial/by-id/usb-FTDI_FT232R-if00-port0"
     address = 1

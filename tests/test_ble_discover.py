@@ -42,13 +42,13 @@ async def test_discover_lists_replayed_devices_and_prints_a_config_block_that_bu
     assert "2 BTHome device(s) heard" in report and "power=45.68" in report and "needs its bindkey" in report
 
     cfg = tomllib.loads(config_block(found))
-    names = list(cfg["sources"])
+    names = list(cfg["appliance"]["sources"])
     assert names == ["ac-plug-18b2", "bthome-80a5"]
-    assert cfg["sources"]["bthome-80a5"]["bindkey"] == ""  # to fill in; the source refuses it until then
-    src = build_source(names[0], cfg["sources"][names[0]], clock=clock, ble=backend)
+    assert cfg["appliance"]["sources"]["bthome-80a5"]["bindkey"] == ""  # to fill in; the source refuses it until then
+    src = build_source(names[0], cfg["appliance"]["sources"][names[0]], clock=clock, ble=backend)
     assert isinstance(src, BTHomeSource) and src.address == PLUG
     with pytest.raises(DriverConfigError) as e:
-        build_source(names[1], cfg["sources"][names[1]], clock=clock, ble=backend)
+        build_source(names[1], cfg["appliance"]["sources"][names[1]], clock=clock, ble=backend)
     assert e.value.key == "bindkey"
 
 

@@ -19,7 +19,7 @@ async def test_discover_names_an_sdm120_sdm630_and_pzem_and_skips_empty_addresse
         assert all(f.port == sim.port and f.baud == 9600 for f in found)
 
         block = config_block(found)
-        sources = tomllib.loads(block)["sources"]
+        sources = tomllib.loads(block)["appliance"]["sources"]
         assert sources["meter-1"] == {"driver": "modbus", "port": sim.port, "address": 1, "model": "sdm120",
                                       "baud": 9600}
         # the pasted block builds working sources
