@@ -334,6 +334,12 @@ async def test_commands_over_mqtt_get_replies_and_their_lifecycle_records_reach_
         cfg = SyncConfig(gateway_id=GW, broker=broker.url, backoff_initial_s=0.1, backoff_cap_s=0.5)
         async with Receiver(store, ReceiverConfig(broker=broker.url)), \
                 Sync(cfg, w.ledger, clock=w.clock, downlink=w.handler) as sync:
+            # An operator sends to a gateway that is online: its birth (published once it has subscribed to
+            # down/cmd) has reached the cloud. Before its first subscription the broker would drop the command.
+            with SqliteStore(tmp_path / "cloud.db") as probe:
+                async with asyncio.timeout(10):
+                    while probe.birth(GW) is None:  # noqa: ASYNC110 - polling another connection's commits
+                        await asyncio.sleep(0.02)
             opts = BrokerOptions(broker.url)
             ok = await send_command(opts, GW, w.cmd(CMD_TARIFF, tariff_data(5)), wait_reply_s=10)
             forged = await send_command(opts, GW, w.cmd(CMD_TARIFF, tariff_data(6), key=generate_key()),
