@@ -43,6 +43,12 @@ from tests.support.pki import TestPKI
 GW = "gw-bench"
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process (all its threads) has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, max(0, round(p / 100 * len(xs)) - 1))]
@@ -119,9 +125,13 @@ async def run(args: argparse.Namespace) -> None:
                 # Timed from the moment the session is up, as the raw side is timed from its connect.
                 while not sync.health.connected:  # noqa: ASYNC110 - a 1 ms poll of a flag Sync sets
                     await asyncio.sleep(0.001)
+                pids = {"gateway": os.getpid(), "broker": broker.proc.pid if broker.proc else 0,
+                        **{f"receiver{i + 1 if len(procs) > 1 else ''}": p.pid for i, p in enumerate(procs)}}
+                cpu0 = {name: cpu_s(pid) for name, pid in pids.items()}
                 t0 = time.perf_counter()
                 await sync.wait_acked(args.records)
                 drain_s = time.perf_counter() - t0
+                cpu = {name: cpu_s(pid) - cpu0[name] for name, pid in pids.items()}
                 drain_rate = args.records / drain_s
 
                 lat: list[float] = []
@@ -166,6 +176,9 @@ async def run(args: argparse.Namespace) -> None:
         print(f"  raw aiomqtt QoS1 publish : {raw_rate:8.0f} records/s ({raw_s:.2f} s, PUBACKs only, no subscriber)")
         print(f"  sync drain until acked   : {drain_rate:8.0f} records/s ({drain_s:.2f} s, verified+committed+acked)")
         print(f"  ratio drain/raw          : {drain_rate / raw_rate:8.2f}  (target >= 0.5)")
+        print("  CPU during the drain     : " + ", ".join(
+            f"{name} {c / drain_s:.2f} cores ({c / args.records * 1e6:.0f} us/record)" for name, c in cpu.items())
+            + (" (the receiver runs in this process: --no-rx-process)" if not procs else ""))
         print(f"  commit-to-ack latency    : p50 {statistics.median(lat):.1f} ms, p99 {pct(lat, 99):.1f} ms, "
               f"max {max(lat):.1f} ms over {len(lat)} live records (target p99 <= 250 ms)")
         if outage is not None:
