@@ -6,12 +6,13 @@
         ...
     # or: await rx.run()  (forever; reconnects with capped jittered backoff)
 
-Group commit: verified events collect in a batch that a committer task commits (in a worker thread) when it reaches
-`max_batch` or its oldest record has waited `linger_s`; one commit runs at a time, and while it runs the reader goes
-on verifying the next batch, so under load batches grow by themselves (one fsync per batch) and acks keep flowing
-while the gateway's window is still open; when idle a lone record is committed after `linger_s`. Only after the
-commit returns are the acks published, one cumulative ack per touched (gateway, epoch), carrying the prefix the
-store recomputed from the database: acks never run ahead of what is durable, and never past a gap or a broken link.
+Group commit: shape-checked events collect in a batch (a `RunVerifier`) that a committer task closes when it reaches
+`max_batch` or its oldest record has waited `linger_s`. Closing it authenticates the batch (one signature per
+hash-linked run, cloud/verifier.py) and commits what is authentic in one transaction; under load batches grow to
+what arrives during one commit (one fsync per batch), when idle a lone record is committed after `linger_s`. Only
+after the commit returns are the acks published, one cumulative ack per touched (gateway, epoch), carrying the
+prefix the store recomputed from the database: acks never run ahead of what is durable, and never past a gap or a
+broken link.
 
 MQTT QoS 1 PUBACKs go out as soon as a message is read, before it is committed: a receiver that dies then loses
 nothing, because the gateway keeps the record until the application-level ack arrives and resends it.
@@ -40,7 +41,8 @@ from koto.signing import KeyError_, PublicKey, load_public_key
 
 from .errors import ConfigError, Rejected
 from .store import Ack, CommitResult, Store
-from .verify import Event, check_event
+from .verifier import RunVerifier
+from .verify import Event, bad_signature, check_shape
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -139,7 +141,7 @@ class Receiver:
         self._db = asyncio.Lock()  # one store call at a time (the forwarder shares the connection)
         self._keys: dict[str, PublicKey] = {}
         self._logged: set[tuple[str, str]] = set()
-        self._batch: list[Event] = []
+        self._batch = RunVerifier(self._keys)  # parsed events of the next commit; authenticated when it is taken
         self._batch_t0 = 0.0
         self._kick = asyncio.Event()  # the batch became non-empty or full: wake the committer
         self._flushing = asyncio.Lock()  # one commit-and-ack at a time, in order
@@ -195,7 +197,7 @@ class Receiver:
                     try:
                         await self._consume(client)
                     finally:
-                        if self._batch:  # keep what was verified; the acks go out after the next birth/resend
+                        if len(self._batch):  # keep what was read; the acks go out after the next birth/resend
                             await self._commit()
             except aiomqtt.MqttError as e:
                 self.ready.clear()
@@ -213,10 +215,9 @@ class Receiver:
 
     # -- the loop --------------------------------------------------------------------------------------------
     async def _consume(self, client: aiomqtt.Client) -> None:
-        """Read and verify messages here while a second task commits and acks what was verified before.
+        """Read and shape-check messages here while a second task authenticates, commits and acks batches.
 
-        Verifying (this task, CPU) and committing (a worker thread, mostly waiting for the disk or the database)
-        overlap, so neither waits for the other and acks flow while the gateway's window is still open.
+        The commit runs in a worker thread, mostly waiting for the disk or the database, while reading goes on.
         """
         committer = asyncio.create_task(self._committer(client), name="koto-receiver-commit")
         try:
@@ -253,7 +254,7 @@ class Receiver:
         loop = asyncio.get_running_loop()
         kick = self._kick
         while True:
-            if not self._batch:
+            if not len(self._batch):
                 kick.clear()
                 await kick.wait()
                 continue
@@ -285,15 +286,15 @@ class Receiver:
             self.stats["received"] += 1
             key = self._keys.get(gateway)
             try:
-                ev = check_event(payload, gateway, key if key is not None else await self._key(gateway))
+                ev = check_shape(payload, gateway, key if key is not None else await self._key(gateway))
             except Rejected as e:
                 self._reject(gateway, e)
                 return
             batch = self._batch
-            if not batch:
+            if not len(batch):
                 self._batch_t0 = asyncio.get_running_loop().time()
                 self._kick.set()
-            batch.append(ev)
+            batch.add(ev)
             if len(batch) >= self.config.max_batch:
                 # The committer is busy with the previous batch: wait for it and commit this one here, so
                 # a backlog never grows the batch without bound (backpressure on the broker's queue).
@@ -339,9 +340,12 @@ class Receiver:
                 raise
 
     async def _commit(self) -> CommitResult:
-        """Commit the batch verified so far; a caller cancelled meanwhile (stop) still lets it finish and count."""
-        batch, self._batch = self._batch, []
-        task = asyncio.ensure_future(self._commit_batch(batch))
+        """Authenticate and commit the batch so far; a caller cancelled meanwhile (stop) still lets it finish."""
+        good, forged = self._batch.take()
+        self.stats["signatures_checked"] = self._batch.signatures_checked
+        for ev in forged:
+            self._reject(ev.gateway, bad_signature(ev))
+        task = asyncio.ensure_future(self._commit_batch(good))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -350,6 +354,8 @@ class Receiver:
             raise
 
     async def _commit_batch(self, batch: list[Event]) -> CommitResult:
+        if not batch:
+            return CommitResult()
         for attempt in range(5):
             try:
                 res = await self._in_store(self.store.commit, batch)
@@ -378,9 +384,9 @@ class Receiver:
         return res
 
     async def _flush(self, client: aiomqtt.Client) -> None:
-        """Commit everything verified so far (after any commit in progress), then ack what the commit made durable."""
+        """Commit everything received so far (after any commit in progress), then ack what it made durable."""
         async with self._flushing:
-            if not self._batch:
+            if not len(self._batch):
                 return
             res = await self._commit()
             if self._failpoint == "kill_after_commit" and res.inserted:
@@ -416,7 +422,7 @@ class Receiver:
         if type(epoch) is not int or epoch < 0:
             self._reject(gateway, Rejected("malformed", "birth without an integer epoch"))
             return
-        await self._flush(client)  # what was verified before the birth is in the ack it gets
+        await self._flush(client)  # what was received before the birth is in the ack it gets
         await self._in_store(self.store.set_birth, gateway, msg)
         ack = await self._in_store(self.store.ack_state, gateway, epoch)
         self.stats["births"] += 1

@@ -151,15 +151,26 @@ def _flat_canonical(obj: dict[str, Any], nested: str = "") -> bool:
 
 def check_event(payload: bytes, topic_gateway: str, key: PublicKey | None) -> Event:
     """Everything the receiver checks before storing: shape, topic/source agreement, registration, signature."""
+    ev = check_shape(payload, topic_gateway, key)
+    assert key is not None  # check_shape rejects an unregistered gateway
+    if not ev.verify(key):
+        raise bad_signature(ev)
+    return ev
+
+
+def check_shape(payload: bytes, topic_gateway: str, key: PublicKey | None) -> Event:
+    """`check_event` without the signature: what the receiver checks as it reads, before `verify_signatures`."""
     ev = parse_event(payload)
     if ev.gateway != topic_gateway:
         raise Rejected("wrong_topic",
                        f"event source names gateway {ev.gateway!r} but came on {topic_gateway!r}'s topic")
     if key is None:
         raise Rejected("unknown_gateway", f"gateway {ev.gateway!r} is not registered (koto-cloud register)")
-    if not ev.verify(key):
-        raise Rejected("bad_signature", f"event {ev.id} of {ev.gateway!r} is not signed by its registered key")
     return ev
+
+
+def bad_signature(ev: Event) -> Rejected:
+    return Rejected("bad_signature", f"event {ev.id} of {ev.gateway!r} is not signed by its registered key")
 
 
 @dataclass(frozen=True, slots=True)

@@ -157,3 +157,22 @@ def test_the_store_counts_a_resend_as_a_duplicate(tmp_path):
         r2 = store.commit(evs)
     assert (len(r1.inserted), r1.acks[0].acked_through) == (2, 2)
     assert (len(r2.inserted), r2.duplicates, r2.acks[0].acked_through) == (2, 2, 4)
+
+
+async def test_a_forged_record_linked_into_a_genuine_stream_is_rejected_and_the_genuine_ones_stored(broker, tmp_path):
+    f = EventFactory("gw-1")
+    bodies = f.chain(10)
+    forger = EventFactory("gw-1")  # a key the cloud never registered, but a record that links to the genuine 10
+    from koto.canonical import canonical_bytes
+    forged = canonical_bytes(forger.event(11, event_hash(json.loads(bodies[-1])), energy_mwh=10**7))
+    store = open_store(str(tmp_path / "cloud.db"))
+    store.register("gw-1", f.public_pem)
+    async with Receiver(store, ReceiverConfig(broker=broker.url)) as rx, Gateway(broker, "gw-1") as gw:
+        await gw.publish([*bodies, forged])
+        await gw.wait_ack(10)
+        await until(lambda: rx.stats["bad_signature"] == 1)
+        await gw.publish(f.chain(5))  # the genuine 11..15: record 11 is not taken by the forgery
+        await gw.wait_ack(15)
+    assert store.stored_seqs("gw-1", 1) == list(range(1, 16))
+    assert verify_chain(store.bodies("gw-1"), load_public_key(f.public_pem)) == (15, [])
+    assert store.alarms("gw-1") == []
