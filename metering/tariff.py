@@ -416,7 +416,7 @@ class _Parser:
             raise self.fail(f"{at}.days", "is empty; leave it out for every day")
         start = self.clock(body["start"], f"{at}.start", allow_24=False)
         end = self.clock(body["end"], f"{at}.end", allow_24=True)
-        if start == end % 86400:
+        if start == end:  # 00:00 to 24:00 is the whole day, not an empty window
             raise self.fail(f"{at}.end", "equals start; for a whole day use start 00:00 and end 24:00")
         rules = self.rules(body["rates"], f"{at}.rates")
         if not rules:

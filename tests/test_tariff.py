@@ -122,6 +122,19 @@ def test_a_window_crossing_midnight_covers_both_days() -> None:
     assert t.window_at(at(2024, 6, 4, 22, 0), BERLIN) is t.windows[0]  # start is inclusive
 
 
+def test_a_window_from_0000_to_2400_is_the_whole_of_its_days() -> None:
+    """What the error for start == end tells people to write (found by the pricing property test)."""
+    rates = [{"match": "*", "per_kwh": "0.1"}]
+    t = tariff(windows=[{"name": "monday", "days": ["mon"], "start": "00:00", "end": "24:00", "rates": rates}])
+    assert not t.windows[0].crosses_midnight
+    assert t.window_at(at(2024, 6, 2, 23, 59, 59), BERLIN) is None  # Sunday
+    assert t.window_at(at(2024, 6, 3, 0, 0), BERLIN) is t.windows[0]  # 2024-06-03 is a Monday
+    assert t.window_at(at(2024, 6, 3, 23, 59, 59), BERLIN) is t.windows[0]
+    assert t.window_at(at(2024, 6, 4, 0, 0), BERLIN) is None
+    segs = t.split(at(2024, 6, 2, 23), at(2024, 6, 4, 1), BERLIN)
+    assert [(s.ms // 1000 // HOUR, s.window is not None) for s in segs] == [(1, False), (24, True), (1, False)]
+
+
 def test_days_are_the_days_a_window_starts() -> None:
     rates = [{"match": "*", "per_kwh": "0.1"}]
     t = tariff(windows=[{"name": "mon-night", "days": ["mon"], "start": "22:00", "end": "06:00", "rates": rates}])
