@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from koto.loop import install_exception_handler
 from koto.signing import KeyError_, generate_key, load_private_key, load_public_key, public_pem, save_private_key
 
 from . import commands as cmds
@@ -70,6 +71,7 @@ def serve(broker: str, ca: Path | None, cert: Path | None, key: Path | None, db:
     fwd = Forwarder(openmeter, token=openmeter_token) if openmeter else None
 
     async def main() -> None:
+        install_exception_handler(asyncio.get_running_loop())
         rx = Receiver(store, config, forwarder=fwd)
         task = asyncio.create_task(rx.run())
         await rx.ready.wait()

@@ -8,6 +8,7 @@ import signal
 from typing import Any
 
 from koto.clock import SystemClock
+from koto.loop import install_exception_handler
 
 from .config import GatewayConfig
 from .daemon import Gateway
@@ -35,6 +36,7 @@ def production_backends(cfg: GatewayConfig) -> dict[str, Any]:
 async def run_gateway(cfg: GatewayConfig) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    install_exception_handler(loop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     gw = Gateway(cfg, clock=SystemClock(), backends=production_backends(cfg))
