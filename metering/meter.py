@@ -11,7 +11,9 @@ Segments. The meter keeps one *open segment* (a function running since a moment)
 Per source these tile time in emission order (each record starts where the previous one ended; a reboot's gap has
 zero monotonic length and names the previous boot) and, for registers, chain `register_start_mwh` to the previous
 `register_end_mwh` on the continuous scale of `energy.py`. A `cycle` record summarises a finished use after its
-last segment record: `uses` 1, `cycle_id`, `cycle_energy_mwh` (the ledger fills first/last seq from the cycle id).
+last segment record: `uses` 1, `cycle_id`, `cycle_energy_mwh` (the ledger fills first/last seq from the cycle id);
+its wall interval covers the whole use, its monotonic stamps and `boot_id` are those of the boot it ended in (a use
+that went on across a reboot starts, on that clock, where it resumed, and names its first boot in `start_boot_id`).
 
 Power sources emit a segment's record when it closes. Register and pulse sources hold closed segments until the next
 authority reading, which splits its delta over them (see `energy.py`) and emits them in order.
@@ -764,6 +766,11 @@ class ApplianceMeter:
             if acc is not None:
                 if not acc:
                     acc.update(t0=s.t0, w0=repr(s.w0), s0=int(s.s0), boot=s.boot, e=0, dur=0, peak=0)
+                elif acc["boot"] != s.boot:
+                    # The use went on across a reboot. Monotonic stamps of two boots do not compare, so the summary
+                    # keeps the clock of the boot it ends in (from where the use resumed) and names the first boot.
+                    acc.setdefault("start_boot", acc["boot"])
+                    acc.update(t0=s.t0, boot=s.boot)
                 acc["e"] += s.e
                 acc["dur"] += rec.duration_ms
                 acc["peak"] = max(acc["peak"], s.peak)
@@ -781,6 +788,8 @@ class ApplianceMeter:
             t_end_wall=float(acc["w1"]), boot_id=str(acc["boot"]),
             time_status=_S if (acc["s0"] and acc["s1"]) else _U, energy_mwh=0, duration_ms=int(acc["dur"]),
             cycle_id=cid, uses=1, peak_power_mw=int(acc["peak"]), cycle_energy_mwh=int(acc["e"]))
+        if "start_boot" in acc:
+            rec.extra["start_boot_id"] = str(acc["start_boot"])
         self._out(rec)
 
     def _emit_gap(self, t0: int, w0: float, s0: bool, boot: str, t1: int, w1: float, s1: bool, d: int,

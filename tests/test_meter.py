@@ -177,6 +177,30 @@ def test_restart_after_a_long_time_is_a_restart_gap_and_conserves() -> None:
     assert total(res) + total(res2) + total([m2_close]) == 50 * 555 + 9999 + 50
 
 
+def test_a_use_that_goes_on_across_a_reboot_has_one_summary_on_the_clock_of_the_boot_it_ended_in() -> None:
+    """Monotonic stamps of two boots do not compare: the summary's start is where the use resumed in its last boot.
+
+    (Found by the register property test: the summary took its start from boot 1 and its end from boot 2.)
+    """
+    m = ApplianceMeter("kettle", builtin_profile("kettle"), energy=EnergySpec("power", "p"))
+    before = [reading(Quantity.POWER_MW, 2_000_000, t, source="p") for t in range(0, 31, 5)]
+    # The Pi reboots at 31 s while the kettle keeps boiling; the new boot's monotonic clock starts near zero.
+    after = [Reading("p", 2 * S + t * S, T.T0_WALL + 40 + t, "boot-2", Quantity.POWER_MW, p)
+             for t, p in ((0, 2_000_000), (10, 2_000_000), (20, 0), (30, 0), (40, 0))]
+    res = feed_all(m, before + after)
+    cycles = [r for r in records(res) if r.kind == RecordKind.CYCLE]
+    assert len(cycles) == 1
+    c = cycles[0]
+    segments = [r for r in partition(res) if r.cycle_id == c.cycle_id]
+    assert {r.boot_id for r in segments if r.function == "boil"} == {T.BOOT, "boot-2"}
+    assert c.boot_id == "boot-2" and c.extra["start_boot_id"] == T.BOOT
+    assert c.t_start_mono_ns == min(r.t_start_mono_ns for r in segments if r.boot_id == "boot-2")
+    assert c.t_end_mono_ns == segments[-1].t_end_mono_ns >= c.t_start_mono_ns
+    assert c.t_start_wall == segments[0].t_start_wall  # the wall interval covers the whole use
+    assert c.duration_ms == sum(r.duration_ms for r in segments)
+    assert c.cycle_energy_mwh == sum(r.energy_mwh for r in segments)
+
+
 def test_power_gap_beyond_max_gap_integrates_nothing() -> None:
     m = ApplianceMeter("kettle", builtin_profile("kettle"), energy=EnergySpec("power", "p", max_gap_s=30))
     rs = [reading(Quantity.POWER_MW, 2_000_000, t, source="p") for t in (0, 10, 20, 100, 110)]

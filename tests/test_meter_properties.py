@@ -13,7 +13,7 @@ import itertools
 import json
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from koto.clock import Now
@@ -295,6 +295,9 @@ def test_power_source_conserves_the_integral(steps: list[tuple[str, int, Any]], 
 
 @SETTINGS
 @given(st.lists(st.one_of(step, step, anomaly), max_size=60), st.sampled_from([30, 900]))
+# Once found: a use that went on across a reboot got a cycle summary stamped with two boots' monotonic clocks.
+@example([("reg", 0, 0), ("swap", 321, 10_000_000), ("tick", 10_000, 0), ("reboot", 0, 0), ("reset", 0, 0),
+          ("long", 100_000, 0), ("power", 20_000, 0)], 30)
 def test_register_source_conserves_last_minus_first(steps: list[tuple[str, int, Any]], interim_s: int) -> None:
     w = run_world("register", steps, interim_s)
     w.do("reg", 0, 0)
