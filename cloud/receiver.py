@@ -197,7 +197,7 @@ class Receiver:
                     try:
                         await self._consume(client)
                     finally:
-                        if len(self._batch):  # keep what was read; the acks go out after the next birth/resend
+                        if self._batch:  # keep what was read; the acks go out after the next birth/resend
                             await self._commit()
             except aiomqtt.MqttError as e:
                 self.ready.clear()
@@ -255,7 +255,7 @@ class Receiver:
         loop = asyncio.get_running_loop()
         kick = self._kick
         while True:
-            if not len(self._batch):
+            if not self._batch:
                 kick.clear()
                 await kick.wait()
                 continue
@@ -292,7 +292,7 @@ class Receiver:
                 self._reject(gateway, e)
                 return
             batch = self._batch
-            if not len(batch):
+            if not batch:
                 self._batch_t0 = asyncio.get_running_loop().time()
                 self._kick.set()
             batch.add(ev)
@@ -389,7 +389,7 @@ class Receiver:
     async def _flush(self, client: aiomqtt.Client) -> None:
         """Commit everything received so far (after any commit in progress), then ack what it made durable."""
         async with self._flushing:
-            if not len(self._batch):
+            if not self._batch:
                 return
             res = await self._commit()
             if self._failpoint == "kill_after_commit" and res.inserted:
