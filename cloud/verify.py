@@ -159,7 +159,7 @@ def check_event(payload: bytes, topic_gateway: str, key: PublicKey | None) -> Ev
 
 
 def check_shape(payload: bytes, topic_gateway: str, key: PublicKey | None) -> Event:
-    """`check_event` without the signature: what the receiver checks as it reads, before `verify_signatures`."""
+    """`check_event` without the signature: what the receiver checks as it reads (`RunVerifier` checks that)."""
     ev = parse_event(payload)
     if ev.gateway != topic_gateway:
         raise Rejected("wrong_topic",
