@@ -230,7 +230,9 @@ def test_cost_equals_the_tariff_applied_to_the_quantities(case: Case) -> None:
         key = f"{r.appliance}/{r.function}"
         want = oracle_cost(case.tariff, r)
         assert (r.tariff_id, r.tariff_version, r.currency) == ("t", 1, "EUR")
-        assert abs(r.cost_minor - want) < 1
+        # Within one minor unit: exactly one when the old total rounded down on a tie and the new one up on a tie
+        # (8.5 -> 8, then 25.5 -> 26: a record of exact cost 17 costs 18); the running total below is the rule.
+        assert abs(r.cost_minor - want) <= 1
         exact[key] = exact.get(key, Fraction(0)) + want
         charged[key] = charged.get(key, 0) + r.cost_minor
         assert charged[key] == round_half_even(exact[key])  # at every moment, per appliance/function
