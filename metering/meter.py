@@ -429,15 +429,17 @@ class ApplianceMeter:
                 self._swap_pending = True
             self._identity = v
             return
-        if self.signals.get(r.signal) == v:
-            return
+        changed = self.signals.get(r.signal) != v
         self.signals[r.signal] = v
         if self._open and r.boot_id == self._last_boot and r.t_mono_ns - self._last_t <= self._gap_ns:
+            # Integrate up to the signal's moment whether or not its value changed, as a tick would: otherwise
+            # whether the power before a stale spell counts would depend on the signal happening to change.
             t = max(r.t_mono_ns, self._ct)
             self._advance(t, r.t_wall, r.wall_synced)
-            sw = self.detector.update(t, self._p)
-            if sw != NO_CHANGE:
-                self._det(sw, t, r.t_wall, r.wall_synced, self._p)
+            if changed:
+                sw = self.detector.update(t, self._p)
+                if sw != NO_CHANGE:
+                    self._det(sw, t, r.t_wall, r.wall_synced, self._p)
 
     def _power_step(self, r: Reading, v: int) -> None:
         """Power kind, after `_discontinuity` opened a new segment at this reading."""

@@ -201,6 +201,19 @@ def test_a_use_that_goes_on_across_a_reboot_has_one_summary_on_the_clock_of_the_
     assert c.cycle_energy_mwh == sum(r.energy_mwh for r in segments)
 
 
+def test_a_repeated_signal_moves_the_integration_like_a_tick() -> None:
+    """Power is integrated up to every moment the meter is told about while its source is fresh: a reading, a tick,
+    a signal, whether or not the signal's value changed. (Found by the power property test: an unchanged signal
+    was dropped, so the 180 ms before a stale spell counted only when the mode happened to change.)"""
+    for second_mode in ("heat", "cool"):
+        m = ApplianceMeter("ac", builtin_profile("air_conditioner"), energy=EnergySpec("power", "p", max_gap_s=60))
+        res = feed_all(m, [reading(Quantity.SIGNAL, "heat", 0, source="ir", signal="mode"),
+                           reading(Quantity.POWER_MW, 20_000, 0, source="p"),
+                           reading(Quantity.SIGNAL, second_mode, 0.18, source="ir", signal="mode")])
+        res.append(m.close(Now(T.T0_MONO + 61_180_000_000, T.T0_WALL + 61.18, True, T.BOOT)))  # stale by then
+        assert total(res) == 20_000 * 180 // 3_600_000, second_mode  # 1 mWh: 20 W for 180 ms
+
+
 def test_power_gap_beyond_max_gap_integrates_nothing() -> None:
     m = ApplianceMeter("kettle", builtin_profile("kettle"), energy=EnergySpec("power", "p", max_gap_s=30))
     rs = [reading(Quantity.POWER_MW, 2_000_000, t, source="p") for t in (0, 10, 20, 100, 110)]
