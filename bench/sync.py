@@ -5,6 +5,7 @@
     .venv/bin/python -m bench.sync --outage 120         # also: broker away 120 s, time until the drain restarts
     .venv/bin/python -m bench.sync --receivers 2        # two receivers on the shared subscription
     .venv/bin/python -m bench.sync --peer null          # the gateway side alone (a trusting acker, no receiver)
+    .venv/bin/python -m bench.sync --pg postgresql://postgres@127.0.0.1:5432/test   # the receiver on PostgreSQL
 
 What is measured, all against one real Mosquitto and the reference receiver (cloud/, SQLite store) in one run:
 1. raw: the same 10,000 stored bodies published with aiomqtt at QoS 1 (256 in flight) until every PUBACK is back.
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud.receiver import Receiver, ReceiverConfig
-from cloud.store import SqliteStore
+from cloud.store import PostgresStore, SqliteStore, Store, open_store
 from gateway.mqtt_conn import make_client, parse_broker_url, tls_context
 from gateway.sync import Sync, SyncConfig
 from koto.clock import SystemClock
@@ -88,7 +89,14 @@ async def run(args: argparse.Namespace) -> None:
         broker.conf.write_text(broker.conf.read_text() + "set_tcp_nodelay true\n")
     with broker:
         ledger = open_ledger(tmp / "gw", GW)
-        store = SqliteStore(tmp / "cloud.db")
+        store: Store
+        db = str(tmp / "cloud.db")
+        if args.pg:  # a schema of its own, dropped at the end; the receiver finds it through its search_path
+            schema = f"koto_bench_{os.getpid()}"
+            store = PostgresStore(args.pg, schema=schema)
+            db = args.pg + ("&" if "?" in args.pg else "?") + f"options=-csearch_path%3D{schema}"
+        else:
+            store = SqliteStore(db)
         store.register(GW, public_pem(device_key(tmp / "gw")))
         append_usage(ledger, args.records, batch=2000)
         bodies = [r.body for r in ledger.iter_records(1, args.records)]
@@ -111,13 +119,13 @@ async def run(args: argparse.Namespace) -> None:
         elif args.rx_process:  # the receiver in its own process(es), as deployed (koto-cloud serve)
             for i in range(args.receivers):
                 cmd = [sys.executable, "-m", "cloud.cli", "serve", "--broker", broker.url,
-                       "--db", str(tmp / "cloud.db"), "--client-id", f"rx-bench-{i}"]
+                       "--db", db, "--client-id", f"rx-bench-{i}"]
                 for k, v in rx_kw.items():
                     cmd += [f"--{k}", str(v)]
                 procs.append(subprocess.Popen(cmd, env=env))  # noqa: ASYNC220
         if procs:
             await asyncio.sleep(2.0)
-        rx_ctx: Any = (Receiver(store, ReceiverConfig(broker=broker.url, client_id="rx-bench", **rx_kw))
+        rx_ctx: Any = (Receiver(open_store(db), ReceiverConfig(broker=broker.url, client_id="rx-bench", **rx_kw))
                        if not procs else _Null())
         async with rx_ctx:
             sync = Sync(cfg, ledger, clock=SystemClock(), version="bench")
@@ -171,6 +179,7 @@ async def run(args: argparse.Namespace) -> None:
             proc.wait()
         ok = store.stored_seqs(GW, ledger.epoch) == list(range(1, ledger.head()[0] + 1))
         mode = "TLS + client certs" if args.tls else "plain TCP"
+        mode += ", PostgreSQL store" if args.pg else ", SQLite store"
         mode += {"null": ", peer: null acker (no verify/store)"}.get(args.peer, f", {args.receivers} receiver(s)")
         print(f"sync bench ({mode}, loopback, window {args.window}, {args.records} records of ~{len(bodies[0])} B)")
         print(f"  raw aiomqtt QoS1 publish : {raw_rate:8.0f} records/s ({raw_s:.2f} s, PUBACKs only, no subscriber)")
@@ -190,6 +199,8 @@ async def run(args: argparse.Namespace) -> None:
         print(f"  receiver holds every seq exactly once: {ok}; resends {sync.health.resends}, "
               f"ack mismatches {sync.health.ack_mismatches}")
         ledger.close()
+        if isinstance(store, PostgresStore):
+            store.drop_schema()
         store.close()
 
 
@@ -242,6 +253,7 @@ def main() -> None:
                    help="null: a trusting acker instead of the receiver, to see the gateway side alone")
     p.add_argument("--broker-nodelay", action="store_true", help="add `set_tcp_nodelay true` to the broker")
     p.add_argument("--outage", type=float, default=0.0, help="seconds the broker is away (0 = skip)")
+    p.add_argument("--pg", metavar="DSN", help="store at the receiver in this PostgreSQL database (default SQLite)")
     asyncio.run(run(p.parse_args()))
 
 
