@@ -8,10 +8,10 @@ git's signed tags and Certificate Transparency's signed tree heads rest on the s
 
 What it saves: the ECDSA P-256 verify takes ~65 us a record on the 2-core machine the benches run on (what
 `openssl speed ecdsap256` gives there, so no binding can do better), the largest cost of the receiver's hot path; a
-backlog drain from one gateway arrives as a few long runs. What it does not
-change: no record is stored or acked unless its bytes are authenticated, links across batches are still checked by
-the store before an ack, and records that arrive out of order or interleaved (two receivers on one shared
-subscription each see every other record) form runs of one and are verified one by one, exactly as before.
+backlog drain from one gateway arrives as a few long runs. What it does not change: no record is stored or acked
+unless its bytes are authenticated, links across batches are still checked by the store before an ack, and records
+that arrive out of order or interleaved (two receivers on one shared subscription each see every other record)
+form runs of one and are verified one by one, exactly as before.
 
 When a run's last signature fails, the records before it are checked from the end back until one holds: that one
 vouches for everything before it, and the records after it, whose own signatures all failed, are rejected. So a
@@ -23,17 +23,10 @@ stored signature offline.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from koto.signing import PublicKey
 
 from .verify import Event
-
-
-@dataclass(slots=True)
-class _Run:
-    members: list[int] = field(default_factory=list)  # indices into the batch, in seq order
-    tail: Event | None = None
 
 
 class RunVerifier:
@@ -48,7 +41,7 @@ class RunVerifier:
         self._keys = keys
         self._events: list[Event] = []
         self._ok: list[bool] = []
-        self._open: dict[tuple[str, int], _Run] = {}
+        self._open: dict[tuple[str, int], list[int]] = {}  # (gateway, epoch) -> its open run, indices in seq order
         self.signatures_checked = 0
 
     def __len__(self) -> int:
@@ -61,13 +54,13 @@ class RunVerifier:
         self._ok.append(False)
         key = (ev.gateway, ev.epoch)
         run = self._open.get(key)
-        if run is not None and run.tail is not None and ev.seq == run.tail.seq + 1 and ev.prevhash == run.tail.hash:
-            run.members.append(i)
-            run.tail = ev
-            return
         if run is not None:
+            tail = self._events[run[-1]]
+            if ev.seq == tail.seq + 1 and ev.prevhash == tail.hash:
+                run.append(i)
+                return
             self._close(run)
-        self._open[key] = _Run([i], ev)
+        self._open[key] = [i]
 
     def take(self) -> tuple[list[Event], list[Event]]:
         """Everything added so far, leaving the verifier empty: (authenticated, rejected), each in arrival order."""
@@ -83,15 +76,14 @@ class RunVerifier:
         self.signatures_checked += 1
         return key is not None and ev.verify(key)
 
-    def _close(self, run: _Run) -> None:
+    def _close(self, run: list[int]) -> None:
         """Find the last record of the run whose signature holds: it vouches for itself and all before it.
 
         The first check is the run's last record, which holds for every genuine run; only when it fails are the
         records before it checked, from the end back, and those after the one that holds are rejected.
         """
-        members = run.members
-        for pos in range(len(members) - 1, -1, -1):
-            if self._verify(self._events[members[pos]]):
-                for i in members[:pos + 1]:
+        for pos in range(len(run) - 1, -1, -1):
+            if self._verify(self._events[run[pos]]):
+                for i in run[:pos + 1]:
                     self._ok[i] = True
                 return
