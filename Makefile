@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # On a Pi the venv also sees Raspberry Pi OS's python3-lgpio (lgpio has no wheels on PyPI).
 VENV_FLAGS := $(if $(filter aarch64 armv7l,$(shell uname -m)),--system-site-packages,)
 
-.PHONY: demo test lint typecheck pytest bench clean system-deps
+.PHONY: demo test test-fast lint typecheck pytest bench clean system-deps
 
 $(VENV_OK):
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -53,6 +53,10 @@ typecheck: $(DEV_STAMP)
 
 pytest: $(DEV_STAMP) system-deps
 	$(BIN)/pytest -q
+
+# The inner loop: lint, types and every test but the slow ones (> ~10 s each). `make test` is what CI runs.
+test-fast: $(DEV_STAMP) system-deps lint typecheck
+	$(BIN)/pytest -q -m 'not slow and not hardware'
 
 bench: $(DEV_STAMP) system-deps
 	$(BIN)/python bench/metering.py

@@ -170,7 +170,7 @@ def bench_core(readings: int = 200_000, rounds: int = 3) -> tuple[float, float]:
     from metering.energy import EnergySpec
     from metering.meter import ApplianceMeter
     from metering.profile import builtin_profile
-    from tests.traces import build, washer_script
+    from tests.support.traces import build, washer_script
 
     script = washer_script()
     one = len(build(script, source="washer.sdm120", register=True, tick=False))

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.paths import REPO as ROOT
+
 FORBIDDEN = {
     "koto": {"metering", "drivers", "gateway", "cloud"},
     "metering": {"drivers", "gateway", "cloud"},

@@ -27,8 +27,9 @@ from koto.signing import PrivateKey, generate_key, load_private_key, save_privat
 from metering.ledger import Ledger
 from metering.records import RecordKind, TimeStatus, UsageRecord, usage_draft
 
+from .paths import REPO
+
 START_WALL = 1_764_460_800.0
-REPO = Path(__file__).resolve().parents[2]
 
 
 def device_key(state: Path) -> PrivateKey:

@@ -90,11 +90,6 @@ def values(readings: list[Reading]) -> dict[str, int | str]:
     return {(r.quantity.value + (f":{r.signal}" if r.signal else "")): r.value for r in readings}
 
 
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
 @pytest.mark.parametrize("vec", V.PLAIN, ids=lambda v: v.name)
 async def test_published_vectors_become_milli_unit_readings_through_the_scanner_callback(
     vec: V.Vector, clock: ManualClock

@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-UNIT = Path(__file__).resolve().parents[1] / "systemd" / "koto.service"
+from tests.support.paths import REPO
+
+UNIT = REPO / "systemd" / "koto.service"
 
 def installed_copy(tmp_path: Path) -> Path:
     """The unit as installed, with ExecStart pointing at this checkout's koto (verify checks that it exists)."""

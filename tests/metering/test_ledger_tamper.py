@@ -15,18 +15,13 @@ import pytest
 from koto.signing import PrivateKey, generate_key
 from metering.ledger import Ledger
 from metering.records import RecordKind
-from tests.ledger_support import lifecycle, usage
+from tests.support.drafts import lifecycle, usage
 
 GW = "gw-tamper"
 EPOCH = 1_790_000_001
 
 COLUMNS = ("id", "type", "kind", "appliance", "function", "cycle_id", "t_end_ms", "energy_mwh", "duration_ms",
            "uses", "cost_minor", "currency", "hash")
-
-
-@pytest.fixture(scope="module")
-def key() -> PrivateKey:
-    return generate_key()
 
 
 @pytest.fixture

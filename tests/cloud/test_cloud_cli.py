@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from pathlib import Path
 
 import aiomqtt
-import pytest
 
 from cloud.cli import main
 from cloud.store import SqliteStore
@@ -16,9 +14,8 @@ from cloud.verify import parse_event
 from koto.signing import load_public_key, verify_event
 from tests.support.broker import Mosquitto
 from tests.support.events import EventFactory
+from tests.support.paths import REPO
 from tests.support.schemas import errors
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_keygen_writes_a_private_key_and_prints_the_public_pem(tmp_path, capsys):
@@ -83,12 +80,6 @@ class CommandSink:
                     reply = {"ack_of": cmd["id"], "status": "applied", "reason": "", "dseq": cmd["dseq"],
                              "gateway": self.gw, "time": "2026-11-30T01:02:03.045Z", "report": {"unacked": 0}}
                     await c.publish(f"koto/v1/{self.gw}/up/reply", json.dumps(reply).encode(), qos=1)
-
-
-@pytest.fixture
-def broker(tmp_path: Path):
-    with Mosquitto(tmp_path / "broker") as b:
-        yield b
 
 
 async def test_commands_are_signed_addressed_sequenced_and_valid(broker, tmp_path, capsys):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from pathlib import Path
 
 import pytest
 
@@ -14,16 +13,9 @@ from cloud.store import SqliteStore, open_store
 from cloud.verify import verify_chain
 from koto.canonical import event_hash
 from koto.signing import load_public_key
-from tests.support.broker import Mosquitto
 from tests.support.cloudpeer import GatewayPeer as Gateway
 from tests.support.cloudpeer import until
 from tests.support.events import EventFactory
-
-
-@pytest.fixture
-def broker(tmp_path: Path):
-    with Mosquitto(tmp_path / "broker") as b:
-        yield b
 
 
 @pytest.mark.parametrize("protocol", [311, 5])

@@ -29,7 +29,7 @@ from metering.pricing import Pricing
 from metering.profile import builtin_profile
 from metering.records import PARTITION_KINDS, USAGE_TYPE, Draft
 from metering.tariff import Tariff
-from tests.ledger_checks import assert_contiguous, conservation
+from tests.support.ledger_checks import assert_contiguous, conservation
 
 S = 1_000_000_000
 TARIFF = Tariff.from_dict({"id": "t", "version": 1, "currency": "EUR", "exponent": 2, "windows": [],

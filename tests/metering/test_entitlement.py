@@ -10,7 +10,7 @@ from koto.canonical import canonical_bytes, rfc3339
 from metering.entitlement import Entitlement, EntitlementKind, Entitlements
 from metering.errors import EntitlementError
 from metering.records import UsageRecord
-from tests.pricing_support import at, record
+from tests.support.records import at, record
 
 T0 = at(2026, 1, 10, 12)
 MIN = 60.0

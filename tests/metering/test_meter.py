@@ -14,7 +14,7 @@ from metering.meter import ApplianceMeter, FeedResult, LifecycleNote
 from metering.policy import Decision
 from metering.profile import builtin_profile
 from metering.records import LIFECYCLE_TYPE, PARTITION_KINDS, USAGE_TYPE, RecordKind, UsageRecord
-from tests import traces as T
+from tests.support import traces as T
 
 S = 1_000_000_000
 

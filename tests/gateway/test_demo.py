@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from gateway.demo import run_demo
 from metering.ledger import Ledger
 
 
+@pytest.mark.slow
 async def test_the_demo_shows_every_function_and_reads_usage_back_from_a_verified_ledger(tmp_path: Path) -> None:
     lines: list[str] = []
     assert await run_demo(tmp_path / "demo", speed=150.0, out=lines.append) == 0

@@ -8,8 +8,9 @@ import pytest
 
 from metering.errors import ProfileError
 from metering.profile import BUILTIN_NAMES, NO_MAX, builtin_profile, builtin_profiles, load_profile, parse_profile
+from tests.support.paths import REPO
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "metering" / "profiles"
+PROFILES_DIR = REPO / "metering" / "profiles"
 
 
 def test_every_builtin_loads_with_standby_and_a_cycle() -> None:

@@ -5,14 +5,10 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-
-import pytest
 
 from cloud.openmeter import BATCH_CONTENT_TYPE, Forwarder
 from cloud.receiver import Receiver, ReceiverConfig
 from cloud.store import SqliteStore
-from tests.support.broker import Mosquitto
 from tests.support.cloudpeer import GatewayPeer, until
 from tests.support.events import EventFactory
 from tests.support.schemas import errors
@@ -52,12 +48,6 @@ class Ingest:
 
     def accepted_ids(self) -> list[str]:
         return [e["id"] for _, body in self.requests[self.fail_first:] for e in json.loads(body)]
-
-
-@pytest.fixture
-def broker(tmp_path: Path):
-    with Mosquitto(tmp_path / "broker") as b:
-        yield b
 
 
 async def test_committed_usage_is_forwarded_as_a_cloudevents_batch_with_retries(broker, tmp_path):

@@ -20,7 +20,7 @@ from metering.policy import Policy
 from metering.pricing import Pricing
 from metering.records import RecordKind, UsageRecord
 from metering.tariff import Tariff
-from tests.pricing_support import BERLIN, at, record
+from tests.support.records import BERLIN, at, record
 
 HOUR_MS = 3_600_000
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -333,7 +333,7 @@ def test_the_meter_prices_and_entitles_a_washer_run_through_pricing() -> None:
     from metering.energy import EnergySpec
     from metering.meter import ApplianceMeter, FeedResult
     from metering.profile import builtin_profile
-    from tests.traces import T0_WALL, build, run, washer_script
+    from tests.support.traces import T0_WALL, build, run, washer_script
 
     tariff = Tariff.from_dict({**WORKED, "appliances": ["washer"]})
     one_use = Entitlement.from_dict({"id": "one", "version": 1, "appliance": "washer", "function": "*",

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from koto.canonical import canonical_bytes
 from metering.errors import TariffError
 from metering.tariff import Tariff, allocate
-from tests.pricing_support import BERLIN, at, record
+from tests.support.records import BERLIN, at, record
 
 HOUR = 3600
 

@@ -14,13 +14,16 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from drivers.modbus_sim import ModbusSimulator, SimMeter
 from gateway.cli import main as koto
 from gateway.simulate import washer
 from koto.reading import to_milli
-from tests.ledger_checks import assert_contiguous, conservation, ledger_events
+from tests.support.ledger_checks import assert_contiguous, conservation, ledger_events
+from tests.support.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 KILLS = 30
 FIRST_KWH = 1234.5  # exactly representable as float32: the first register value the gateway reads
 
@@ -84,6 +87,7 @@ def check(state: Path) -> dict[str, tuple[int, int, int]]:
     return conservation(events)
 
 
+@pytest.mark.slow
 async def test_thirty_sigkills_lose_nothing_and_invent_nothing(tmp_path: Path) -> None:
     rng = random.Random(20261130)
     program = washer()

@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from cloud.store import SqliteStore
 from cloud.verify import verify_chain
 from koto.signing import load_public_key
@@ -18,12 +16,6 @@ from tests.support.cloudpeer import GatewayPeer, until
 from tests.support.events import EventFactory
 
 KOTO_CLOUD = [sys.executable, "-c", "import sys; from cloud.cli import main; sys.exit(main())"]
-
-
-@pytest.fixture
-def broker(tmp_path: Path):
-    with Mosquitto(tmp_path / "broker") as b:
-        yield b
 
 
 def serve(broker: Mosquitto, db: Path, *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -82,6 +82,7 @@ timeout_s = 0.3
     return cfg
 
 
+@pytest.mark.slow
 async def test_a_gateway_meters_syncs_exactly_once_and_applies_a_signed_tariff(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pki = TestPKI(tmp_path / "pki")

@@ -15,19 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from koto.canonical import ZERO_HASH, canonical_bytes, rfc3339, sha256_hex
-from koto.signing import PrivateKey, generate_key, save_private_key, verify_bytes
+from koto.signing import PrivateKey, save_private_key, verify_bytes
 from metering.errors import LedgerError
 from metering.ledger import AckOutcome, Doc, Ledger, _rfc3339_ms, read_gateway_id
 from metering.records import LIFECYCLE_TYPE, USAGE_TYPE, RecordKind, TimeStatus
-from tests.ledger_support import SUBJECT, T0, batch, lifecycle, usage
+from tests.support.drafts import SUBJECT, T0, batch, lifecycle, usage
+from tests.support.paths import REPO
 
 GW = "gw-test-1"
 EPOCH = 1_790_000_000
-
-
-@pytest.fixture(scope="module")
-def key() -> PrivateKey:
-    return generate_key()
 
 
 @pytest.fixture
@@ -153,7 +149,7 @@ CHILD = textwrap.dedent(
     from pathlib import Path
     from koto.signing import load_private_key
     from metering.ledger import Ledger
-    from tests.ledger_support import batch
+    from tests.support.drafts import batch
     db, keyfile = Path(sys.argv[1]), Path(sys.argv[2])
     with Ledger.open(db, gateway_id="gw-test-1", key=load_private_key(keyfile)) as led:
         while True:
@@ -168,7 +164,7 @@ def test_a_killed_writer_leaves_records_and_checkpoint_in_step(tmp_path: Path, d
     keyfile = tmp_path / "device.pem"
     save_private_key(key, keyfile)
     open_ledger(db, key).close()
-    root = Path(__file__).resolve().parent.parent
+    root = REPO
     for kill in range(3):
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD, str(db), str(keyfile)], stdout=subprocess.PIPE, text=True, cwd=root

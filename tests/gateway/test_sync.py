@@ -50,12 +50,6 @@ async def drained(sync: Sync, seq: int, *, within: float = 60.0) -> None:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Any:
-    with Mosquitto(tmp_path / "broker") as b:
-        yield b
-
-
-@pytest.fixture
 def ledger(tmp_path: Path) -> Any:
     led = open_ledger(tmp_path / "gw", GW, epoch=EPOCH)
     yield led
@@ -132,6 +126,7 @@ def check_receiver(store: SqliteStore, ledger: Ledger, n: int) -> None:
     assert ledger.unacked_count() == 0
 
 
+@pytest.mark.slow
 async def test_a_10000_record_backlog_drains_completely_in_order_exactly_once(
         broker: Mosquitto, ledger: Ledger, store: SqliteStore, receiver: Receiver) -> None:
     append_usage(ledger, 10_000, batch=2000)

@@ -18,9 +18,10 @@ from gateway.state import StateDir
 from koto.clock import ManualClock
 from metering.ledger import Doc, Ledger
 from metering.profile import builtin_profile
-from tests.ledger_checks import assert_contiguous, ledger_events
+from tests.support.ledger_checks import assert_contiguous, ledger_events
+from tests.support.paths import REPO
 
-PROFILE_V2 = (Path(__file__).resolve().parents[1] / "metering" / "profiles" / "kettle.toml").read_text()
+PROFILE_V2 = (REPO / "metering" / "profiles" / "kettle.toml").read_text()
 
 
 def config(tmp: Path, **source: object) -> dict[str, object]:
@@ -121,6 +122,7 @@ async def test_a_full_disk_keeps_records_in_memory_and_stores_them_in_order_when
         assert cur["start_mono_ns"] >= prev["start_mono_ns"]  # stored in the order they were made
 
 
+@pytest.mark.slow
 async def test_an_enforcement_relay_blocks_an_idle_unentitled_appliance_but_never_cuts_a_running_cycle(
         tmp_path: Path) -> None:
     from drivers.gpio.sim import mock_factory, run_pulse_train

@@ -15,9 +15,9 @@ from cloud.store import Ack
 from koto.canonical import canonical_bytes
 from koto.signing import generate_key
 from tests.support.events import EventFactory
+from tests.support.paths import REPO
 from tests.support.schemas import SCHEMAS, errors
 
-REPO = Path(__file__).resolve().parents[1]
 NOW = 1_790_000_000.0
 
 

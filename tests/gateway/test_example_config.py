@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from drivers.base import build_source
 from drivers.ble_backend import ReplayBackend
 from drivers.gpio.sim import mock_factory
 from gateway.config import load_config
 from koto.clock import ManualClock
 from metering.profile import builtin_profile
+from tests.support.paths import REPO
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "koto.example.toml"
+EXAMPLE = REPO / "deploy" / "koto.example.toml"
 
 
 def test_the_example_config_is_valid_and_every_source_builds() -> None:

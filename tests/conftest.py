@@ -1,0 +1,36 @@
+"""Fixtures shared across the test packages: real peers (a Mosquitto broker on a free port), a device key, a clock.
+
+Helpers that are not fixtures (event factories, traces, ledger checks, the PKI) live in `tests/support/`.
+Markers: `slow` for tests that take more than ~10 s (`make test-fast` leaves them out; `make test` runs everything),
+`hardware` for tests that need a real Raspberry Pi and wiring (never run here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from koto.clock import ManualClock
+from koto.signing import PrivateKey, generate_key
+from tests.support.broker import Mosquitto
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A plain (anonymous, no TLS) Mosquitto process of its own, stopped after the test."""
+    with Mosquitto(tmp_path / "broker") as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def key() -> PrivateKey:
+    """An ECDSA P-256 device key (one per session: a test that needs a second key makes its own)."""
+    return generate_key()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """A clock the test moves by hand (monotonic, wall, sync flag, boot id)."""
+    return ManualClock()
