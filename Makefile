@@ -32,10 +32,13 @@ $(DEV_STAMP): pyproject.toml | $(VENV_OK)
 	rm -f $(VENV)/.dev-* $(VENV)/.run-*
 	touch $@ $(RUN_STAMP)
 
-# Mosquitto is a real peer of the sync tests, systemd-analyze checks the unit; install them when missing.
+# Mosquitto is a real peer of the sync tests, PostgreSQL of the receiver's store tests (they start their own
+# server from its binaries), systemd-analyze checks the unit; install them when missing.
 system-deps:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mosquitto )
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql )
 	@command -v systemd-analyze >/dev/null 2>&1 || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q systemd )
 

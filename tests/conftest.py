@@ -7,6 +7,7 @@ Markers: `slow` for tests that take more than ~10 s (`make test-fast` leaves the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from koto.clock import ManualClock
 from koto.signing import PrivateKey, generate_key
 from tests.support.broker import Mosquitto
+from tests.support.postgres import PostgresServer
 
 
 @pytest.fixture
@@ -34,3 +36,14 @@ def key() -> PrivateKey:
 def clock() -> ManualClock:
     """A clock the test moves by hand (monotonic, wall, sync flag, boot id)."""
     return ManualClock()
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    """A PostgreSQL server: KOTO_TEST_PG_DSN's when set (CI points it at the machine's server), else our own."""
+    dsn = os.environ.get("KOTO_TEST_PG_DSN")
+    if dsn:
+        yield dsn
+        return
+    with PostgresServer() as server:
+        yield server.dsn

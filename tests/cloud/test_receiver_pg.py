@@ -1,12 +1,11 @@
-"""The PostgreSQL store against the server on this machine (KOTO_TEST_PG_DSN, set by .ci/run).
+"""The PostgreSQL store against a real server: KOTO_TEST_PG_DSN's (set by .ci/run), or one the tests start.
 
-Skipped only when the variable is unset; when it is set and the server is unreachable the tests FAIL. Each test
-works in its own schema, dropped afterwards.
+Never skipped: without the variable the `pg_dsn` fixture starts a private cluster (tests/support/postgres.py); a
+server that cannot be reached or started FAILS the tests. Each test works in its own schema, dropped afterwards.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
@@ -20,23 +19,18 @@ from tests.support.broker import Mosquitto
 from tests.support.cloudpeer import GatewayPeer, until
 from tests.support.events import EventFactory
 
-DSN = os.environ.get("KOTO_TEST_PG_DSN")
-pytestmark = pytest.mark.skipif(not DSN, reason="KOTO_TEST_PG_DSN is not set (e.g. postgresql://postgres@127.0.0.1:5432/test)")
-
 
 @pytest.fixture
-def schema():
+def schema(pg_dsn: str):
     name = f"koto_test_{uuid.uuid4().hex[:10]}"
     yield name
-    assert DSN
-    PostgresStore(DSN, schema=name).drop_schema()
+    PostgresStore(pg_dsn, schema=name).drop_schema()
 
 
-def test_postgres_store_is_idempotent_and_acks_only_the_contiguous_prefix(schema):
-    assert DSN
+def test_postgres_store_is_idempotent_and_acks_only_the_contiguous_prefix(schema, pg_dsn):
     f = EventFactory("gw-1")
     evs = [parse_event(b) for b in f.chain(30)]
-    with PostgresStore(DSN, schema=schema) as store:
+    with PostgresStore(pg_dsn, schema=schema) as store:
         store.register("gw-1", f.public_pem)
         r1 = store.commit(evs[:10] + evs[11:])
         assert (len(r1.inserted), r1.acks[0].acked_through) == (29, 10)
@@ -48,10 +42,9 @@ def test_postgres_store_is_idempotent_and_acks_only_the_contiguous_prefix(schema
         assert store.next_dseq("gw-1") == 1
 
 
-async def test_two_receivers_sharing_one_postgres_database_store_every_record_once(schema, tmp_path: Path):
-    assert DSN
+async def test_two_receivers_sharing_one_postgres_database_store_every_record_once(schema, pg_dsn, tmp_path: Path):
     gws = [EventFactory(f"gw-{i}") for i in (1, 2)]
-    stores = [PostgresStore(DSN, schema=schema), PostgresStore(DSN, schema=schema)]
+    stores = [PostgresStore(pg_dsn, schema=schema), PostgresStore(pg_dsn, schema=schema)]
     for f in gws:
         stores[0].register(f.gateway, f.public_pem)
     with Mosquitto(tmp_path / "broker") as broker:
