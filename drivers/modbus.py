@@ -34,11 +34,10 @@ from koto.clock import Clock
 from koto.reading import UNITS, Quantity, Reading, to_milli
 
 from .base import Source
-from .errors import DriverConfigError, FrameError
+from .errors import BusSettingsConflict, DriverConfigError, FrameError
 from .serialbus import (
     FC_READ_HOLDING,
     FC_READ_INPUT,
-    BusSettingsConflict,
     ModbusBus,
     PortUnavailable,
     SerialSettings,

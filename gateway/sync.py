@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from koto.canonical import rfc3339
 from koto.clock import Clock
+from koto.errors import KotoError
 
 from .errors import ConfigError
 from .mqtt_conn import (
@@ -247,7 +248,7 @@ class SyncHealth:
     extra: dict[str, int] = field(default_factory=dict)
 
 
-class _SessionLost(Exception):
+class _SessionLost(KotoError):
     """The connection ended; go round the reconnect loop."""
 
 
