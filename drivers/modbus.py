@@ -427,7 +427,7 @@ class ModbusMeterSource(Source):
             for r in await self.poll_once():
                 yield r
             # fixed rate; if a poll overran, start the next one now rather than bunching up
-            period = self.poll_s / getattr(self.clock, "factor", 1.0)
+            period = self.poll_s / self.clock.factor
             next_at = max(next_at + period, loop.time())
             await asyncio.sleep(max(0.0, next_at - loop.time()))
 
