@@ -40,6 +40,7 @@ from metering.tariff import Tariff
 from .config import ApplianceConfig, GatewayConfig
 from .errors import ConfigError
 from .state import StateDir
+from .sync import Sync, SyncConfig
 
 log = logging.getLogger("koto.gateway")
 
@@ -124,7 +125,7 @@ class Gateway:
         self.on_event = on_event
         self.state = StateDir(cfg.state_dir)
         self.stats = GatewayStats()
-        self.sync: Any = None
+        self.sync: Sync | None = None
         self._sync_enabled = sync_enabled and cfg.cloud is not None
         self.ledger = Ledger.open(self.state.ledger, gateway_id=cfg.id, key=self.state.private_key(),
                                   gateway_subject=cfg.subject)
@@ -221,11 +222,10 @@ class Gateway:
             kw["start_count"] = int(last) if last != "" else 0
         return kw
 
-    def _sync(self) -> Any:
+    def _sync(self) -> Sync:
         from koto.signing import load_public_key
 
         from .downlink import DownlinkHandler
-        from .sync import Sync, SyncConfig
 
         cloud = self.cfg.cloud
         assert cloud is not None

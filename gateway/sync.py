@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from koto.canonical import rfc3339
 from koto.clock import Clock
 from koto.errors import KotoError
+from metering.ledger import AckOutcome, Stored
 
 from .errors import ConfigError
 from .mqtt_conn import (
@@ -60,13 +61,13 @@ class SyncLedger(Protocol):
 
     def head(self) -> tuple[int, str]: ...
 
-    def unacked(self, after_seq: int = 0, limit: int = 100) -> list[Any]: ...
+    def unacked(self, after_seq: int = 0, limit: int = 100) -> list[Stored]: ...
 
     def unacked_count(self) -> int: ...
 
     def acked_through(self) -> int: ...
 
-    def mark_acked(self, epoch: int, through: int, head_hash: str) -> Any: ...
+    def mark_acked(self, epoch: int, through: int, head_hash: str) -> AckOutcome: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,33 +520,34 @@ class Sync:
             self.health.acks_ignored += 1
             log.warning("ignoring a malformed cloud ack (%s): %r", e, payload[:120])
             return
-        outcome = self.ledger.mark_acked(epoch, through, head_hash) if through > 0 else "ALREADY"
-        name = getattr(outcome, "name", str(outcome)).upper()
-        if name == "ADVANCED":
-            self.health.acks_advanced += 1
-            self.health.last_ack = rfc3339(self.clock.now().wall)
-            self.health.acked_through = through
-            self._ack_wait_since = asyncio.get_running_loop().time() if self._sent_through > through else None
-            self._resend_at = None
-            self._acked_event.set()
-            self._wake.set()
-        elif name == "ALREADY":
-            self.health.acks_already += 1
-            # A receiver states what it holds (on our birth, after its own reconnect, or after a commit elsewhere
-            # in the group). If that is exactly our acked point and nothing advances for `stale_ack_resend_s`,
-            # what we sent beyond it was lost (e.g. a broker restart drops shared-subscription messages queued for
-            # an absent receiver): resend then, instead of waiting out the full ack timeout.
-            if epoch == self.ledger.epoch and through == self.ledger.acked_through() \
-                    and self._sent_through > through and self._resend_at is None:
-                self._resend_at = asyncio.get_running_loop().time() + self.config.stale_ack_resend_s
+        outcome = self.ledger.mark_acked(epoch, through, head_hash) if through > 0 else AckOutcome.ALREADY
+        match outcome:
+            case AckOutcome.ADVANCED:
+                self.health.acks_advanced += 1
+                self.health.last_ack = rfc3339(self.clock.now().wall)
+                self.health.acked_through = through
+                self._ack_wait_since = asyncio.get_running_loop().time() if self._sent_through > through else None
+                self._resend_at = None
+                self._acked_event.set()
                 self._wake.set()
-        elif name in ("MISMATCH", "BEYOND_HEAD"):
-            self.health.ack_mismatches += 1
-            log.error("ALARM: cloud ack for epoch %d through seq %d does not match our ledger (%s); nothing pruned",
-                      epoch, through, name.lower())
-        else:
-            self.health.acks_ignored += 1
-            log.warning("ignoring a cloud ack for epoch %d (ours is %d)", epoch, self.ledger.epoch)
+            case AckOutcome.ALREADY:
+                self.health.acks_already += 1
+                # A receiver states what it holds (on our birth, after its own reconnect, or after a commit
+                # elsewhere in the group). If that is exactly our acked point and nothing advances for
+                # `stale_ack_resend_s`, what we sent beyond it was lost (e.g. a broker restart drops
+                # shared-subscription messages queued for an absent receiver): resend then, instead of waiting out
+                # the full ack timeout.
+                if epoch == self.ledger.epoch and through == self.ledger.acked_through() \
+                        and self._sent_through > through and self._resend_at is None:
+                    self._resend_at = asyncio.get_running_loop().time() + self.config.stale_ack_resend_s
+                    self._wake.set()
+            case AckOutcome.MISMATCH | AckOutcome.BEYOND_HEAD:
+                self.health.ack_mismatches += 1
+                log.error("ALARM: cloud ack for epoch %d through seq %d does not match our ledger (%s); "
+                          "nothing pruned", epoch, through, outcome.value)
+            case AckOutcome.WRONG_EPOCH:
+                self.health.acks_ignored += 1
+                log.warning("ignoring a cloud ack for epoch %d (ours is %d)", epoch, self.ledger.epoch)
 
     async def _on_command(self, client: aiomqtt.Client, payload: bytes) -> None:
         self.health.commands += 1
