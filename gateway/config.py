@@ -20,7 +20,7 @@
     ...
 
 Sources are validated by their drivers when built (`drivers.base.build_source`), so this module checks only the
-gateway's own keys and the shape; a driver's error still names this file.
+gateway's own keys, the shape, and that each source names a known driver; a driver's error still names this file.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from drivers.base import driver_class
 
 from .errors import ConfigError
 
@@ -152,10 +154,6 @@ def _path(t: _Table, name: str, base: Path) -> Path | None:
     return p if p.is_absolute() else (base / p)
 
 
-def _energy_kind_for(driver: str) -> str:
-    return {"s0": "pulses", "mcp3008": "power"}.get(driver, "register")
-
-
 def parse_config(data: dict[str, Any], *, file: str = "<config>", base: Path | None = None) -> GatewayConfig:
     """Validate a parsed TOML document. `base` resolves relative paths (the config file's folder)."""
     base = base or Path.cwd()
@@ -246,13 +244,14 @@ def parse_config(data: dict[str, Any], *, file: str = "<config>", base: Path | N
                 raise sources_t.error(sname, f"already used by appliance {seen_sources[sname]!r}; names are global")
             if not isinstance(scfg.get("driver"), str):
                 raise ConfigError(file, f"{sources_t.key(sname)}.driver", "missing; name the driver that reads it")
+            driver_class(scfg["driver"], source=sname, file=file)  # an unknown driver is named now, not at start
             seen_sources[sname] = aid
             sources[sname] = dict(scfg)
         energy = at.get("energy", str, next(iter(sources)), what="the name of the source that meters energy")
         if energy not in sources:
             raise at.error("energy", f"{energy!r} is not one of this appliance's sources: {', '.join(sources)}")
-        kind = at.get("energy_kind", str, _energy_kind_for(sources[energy]["driver"]),
-                      what="register, pulses or power")
+        default_kind = driver_class(sources[energy]["driver"], source=energy, file=file).energy_kind
+        kind = at.get("energy_kind", str, default_kind, what="register, pulses or power")
         if kind not in ENERGY_KINDS:
             raise at.error("energy_kind", f"{kind!r} is not allowed; use register, pulses or power")
         imp = 0

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.base import Source, build_source
+from drivers.base import Source, build_source, driver_class
 from drivers.errors import DriverConfigError
 from koto import __version__
 from koto.clock import Clock, Now
@@ -215,7 +215,7 @@ class Gateway:
     def _source_kwargs(self, name: str) -> dict[str, Any]:
         kw = dict(self.backends)
         app = self.cfg.appliances[[a.id for a in self.cfg.appliances].index(self.owner[name])]
-        if self.sources[name].driver == "s0" and app.energy == name:
+        if driver_class(self.sources[name].driver).takes_start_count and app.energy == name:
             # The pulse count continues from the meter's checkpoint: a restart loses nothing already counted.
             snap = self.meters[app.id].snapshot().get("auth", {})
             last = snap.get("last_raw", "")

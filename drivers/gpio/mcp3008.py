@@ -57,6 +57,8 @@ class Calibration:
 
 class Mcp3008Source(Source):
     driver: ClassVar[str] = "mcp3008"
+    energy_kind = "power"
+    needs = frozenset({"pin_factory"})
     KEYS: ClassVar[tuple[str, ...]] = (
         "channel", "differential", "quantity", "gain", "offset", "points", "interval_s", "samples",
         "spi_port", "spi_device", "signal",

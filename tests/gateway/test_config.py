@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from drivers.errors import UnknownDriver
 from gateway.config import load_config
 from gateway.errors import ConfigError
 
@@ -98,3 +99,11 @@ def test_two_appliances_cannot_share_a_source_name(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, text))
     assert "already used by appliance 'washer'" in err.value.problem
+
+
+def test_an_unknown_driver_is_named_when_the_config_is_loaded(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace('driver = "s0"', 'driver = "s1"'))
+    with pytest.raises(UnknownDriver) as err:
+        load_config(path)
+    assert (err.value.file, err.value.source, err.value.key) == (str(path), "kettle-s0", "driver")
+    assert "allowed: bthome, gpio_signal, line, mcp3008, modbus, s0" in err.value.problem
