@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from drivers.base import driver_class
+from koto.errors import FieldError
 from metering.energy import Kind
 
 from .errors import ConfigError
@@ -226,7 +227,10 @@ def _parse_gateway(gw: _Table, base: Path) -> _Gateway:
 def _parse_cloud(ct: _Table, gateway_id: str, base: Path) -> SyncConfig:
     """The `[cloud]` table, with the one set of limits the uplink runs within."""
     broker = ct.get("broker", str, what="a broker URL, mqtt://host:port or mqtts://host:port")
-    parse_broker_url(broker, file=ct.file, key=ct.key("broker"))
+    try:
+        parse_broker_url(broker, file=ct.file, key=ct.key("broker"))
+    except FieldError as e:  # the URL rule's own error, said as this file's ConfigError
+        raise ct.error("broker", e.problem) from None
     protocol = ct.get("protocol", int, 5, what="5 (MQTT 5) or 311 (MQTT 3.1.1)")
     if protocol not in (5, 311):
         raise ct.error("protocol", f"{protocol} is not allowed; use 5 or 311")
