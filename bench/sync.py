@@ -33,8 +33,9 @@ from typing import Any
 
 from cloud.receiver import Receiver, ReceiverConfig
 from cloud.store import PostgresStore, SqliteStore, Store, open_store
+from gateway.config import SyncConfig
 from gateway.mqtt_conn import make_client, parse_broker_url, tls_context
-from gateway.sync import Sync, SyncConfig
+from gateway.sync import Sync
 from koto.clock import SystemClock
 from koto.signing import public_pem
 from tests.support.broker import Mosquitto

@@ -19,11 +19,11 @@ from typing import Any
 
 import click
 
+from koto.errors import KotoError
 from koto.loop import install_exception_handler
 from koto.signing import KeyError_, generate_key, load_private_key, load_public_key, public_pem, save_private_key
 
 from . import commands as cmds
-from .errors import KotoError
 from .store import Store, open_store
 
 DB_HELP = "SQLite file (default) or postgresql:// DSN"
@@ -150,10 +150,7 @@ def _duration_s(text: str) -> float:
 
 def _send(gateway: str, type_: str, data: dict[str, Any], o: dict[str, Any], *,
           wait_reply_s: float | None = None) -> dict[str, Any]:
-    try:
-        key = load_private_key(o["signing_key"])
-    except KeyError_ as e:
-        raise click.ClickException(str(e)) from e
+    key = load_private_key(o["signing_key"])  # a bad key file is a KotoError: one plain line from main()
     with _store(o["db"]) as store:
         dseq = store.next_dseq(gateway)
         command = cmds.build_command(key, gateway, type_, data, dseq, operator=o["operator"], now=time.time(),

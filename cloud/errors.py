@@ -1,10 +1,8 @@
-"""One error root for the reference receiver. Each error says, in plain words, what is wrong and what to do."""
+"""The reference receiver's errors, all under `koto.errors.KotoError`; each says what is wrong and what to do."""
 
 from __future__ import annotations
 
-
-class KotoError(Exception):
-    """Root of every error raised on purpose by `cloud`."""
+from koto.errors import KotoError
 
 
 class ConfigError(KotoError, ValueError):

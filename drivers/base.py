@@ -6,7 +6,11 @@
 
 Sources are built from TOML tables by `driver = "..."` through the explicit `REGISTRY` below (no glob loading, no
 setattr): the table maps a driver name to "module:Class", and the module is imported only when a configured source
-names it, so a laptop without BlueZ never imports bleak.
+names it. What the gateway must know about a driver (its traits: `energy_kind`, `needs`, `takes_start_count`) is
+declared on its class, so adding a driver is one module and one registry line. Reading a trait imports the driver's
+module but no hardware library: every driver module imports its library (bleak, lgpio, pymodbus, pyserial) inside
+the functions that open the device, which tests/test_layering.py checks; so a laptop without BlueZ never imports
+bleak.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from koto.clock import Clock
 from koto.reading import Reading
@@ -26,6 +30,9 @@ from koto.reading import Reading
 from .errors import DriverConfigError, UnknownDriver
 
 log = logging.getLogger("koto.drivers")
+
+EnergyKind = Literal["register", "pulses", "power"]
+Backend = Literal["pin_factory", "ble"]
 
 
 @dataclass
@@ -85,6 +92,17 @@ class Source:
     """
 
     driver: ClassVar[str] = ""
+    # Traits, read by the gateway from the class (see the module docstring):
+    energy_kind: ClassVar[EnergyKind] = "register"
+    """When an appliance meters its energy with this source, what the energy readings are: a cumulative register
+    (ENERGY_MWH, the common case), a cumulative pulse count (PULSES), or instantaneous power only (POWER_MW, which
+    the meter integrates). The default of the appliance's `energy_kind` in the config."""
+    needs: ClassVar[frozenset[Backend]] = frozenset()
+    """The backends `from_config` takes from the gateway (`pin_factory`: gpiozero's; `ble`: the BLE scanner). The
+    gateway builds a backend only when a configured source needs it."""
+    takes_start_count: ClassVar[bool] = False
+    """The driver counts in software from `start_count=` (an S0 input has no register of its own): for the source
+    that meters an appliance's energy, the gateway passes the meter's last count, so a restart loses nothing."""
 
     def __init__(self, name: str, *, clock: Clock) -> None:
         self.name = name
@@ -131,7 +149,8 @@ class Source:
         self._rl.warning(kind, f"{self.name}: " + msg, *args)
 
 
-# driver name -> "module:Class". Explicit, reviewed, greppable. Add a line when you add a driver.
+# driver name -> "module:Class". Explicit, reviewed, greppable. Add a line when you add a driver (and declare its
+# traits on its class).
 REGISTRY: dict[str, str] = {
     "s0": "drivers.gpio:S0PulseSource",  # S0 pulse meter on a GPIO input
     "gpio_signal": "drivers.gpio:SignalSource",  # door, heater relay, mode selector contact
@@ -142,11 +161,8 @@ REGISTRY: dict[str, str] = {
 }
 
 
-def register(name: str, target: str) -> None:
-    REGISTRY[name] = target
-
-
 def driver_class(name: str, *, source: str = "?", file: str = "") -> type[Source]:
+    """The class registered as `name` (its module imported now, if not yet); UnknownDriver names the source."""
     target = REGISTRY.get(name)
     if target is None:
         allowed = ", ".join(sorted(REGISTRY))

@@ -59,6 +59,7 @@ def _split_key(key: str) -> tuple[str, str]:
 
 class BTHomeSource(Source):
     driver = "bthome"
+    needs = frozenset({"ble"})
 
     def __init__(self, name: str, *, clock: Clock, address: str, backend: BleakBackend | None = None,
                  bindkey: bytes | None = None, stale_after_s: float = 300.0, check_interval_s: float = 1.0,

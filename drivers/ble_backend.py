@@ -241,8 +241,8 @@ class ReplayAdvert:
 class Replay:
     """A script of adverts, played on a clock. Survives scanner restarts: it resumes where it was.
 
-    Waiting uses `clock.sleep(dt)` when the clock has one (ScaledClock); a ManualClock is moved forward by `dt`
-    (`advance`), so a test replays hours of adverts instantly and in order.
+    Waiting is `clock.sleep(dt)`: a ScaledClock sleeps dt/factor, a ManualClock is moved forward by `dt`, so a test
+    replays hours of adverts instantly and in order.
     """
 
     def __init__(self, adverts: Iterable[ReplayAdvert] = (), *, clock: Clock) -> None:
@@ -262,14 +262,7 @@ class Replay:
     async def _wait_until(self, t_s: float) -> None:
         dt = t_s - self._t
         if dt > 0:
-            sleep = getattr(self.clock, "sleep", None)
-            advance = getattr(self.clock, "advance", None)
-            if sleep is not None:
-                await sleep(dt)
-            elif advance is not None:
-                advance(dt)
-            else:
-                await asyncio.sleep(dt)
+            await self.clock.sleep(dt)
             self._t = t_s
         await asyncio.sleep(0)
 

@@ -1,26 +1,33 @@
-"""One error root for drivers; each error also subclasses the matching built-in (gpiozero's exc.py style)."""
+"""The drivers' errors, all under `koto.errors.KotoError`; each also subclasses the matching built-in (gpiozero's
+exc.py style), so code that expects a `ValueError` or a `RuntimeError` keeps working."""
 
 from __future__ import annotations
 
-
-class KotoError(Exception):
-    """Root of every error raised on purpose by `drivers`."""
+from koto.errors import FieldError, KotoError
 
 
-class DriverConfigError(KotoError, ValueError):
-    """A source's configuration is unusable. Names the source (and file, when known) and the key."""
+class DriverConfigError(FieldError):
+    """A source's configuration is unusable: a `FieldError` that also names the source.
+
+    A driver knows the source and its own key but not the file; `drivers.base.build_source`, which is told the
+    file, raises it again with the file filled in.
+    """
 
     def __init__(self, source: str, key: str, problem: str, file: str = "") -> None:
         self.source = source
-        self.key = key
-        self.problem = problem
-        self.file = file
-        where = f"{file}: " if file else ""
-        super().__init__(f"{where}source {source!r}: {key}: {problem}")
+        super().__init__(file, key, problem)
+
+    def __str__(self) -> str:
+        where = f"{self.file}: " if self.file else ""
+        return f"{where}source {self.source!r}: {self.key}: {self.problem}"
 
 
 class UnknownDriver(DriverConfigError):
-    pass
+    """A source names a driver that is not in `drivers.base.REGISTRY`."""
+
+
+class BusSettingsConflict(KotoError, ValueError):
+    """Two sources on one serial port asked for different line settings (baud, parity...)."""
 
 
 class BackendUnavailable(KotoError, RuntimeError):

@@ -34,11 +34,10 @@ from koto.clock import Clock
 from koto.reading import UNITS, Quantity, Reading, to_milli
 
 from .base import Source
-from .errors import DriverConfigError, FrameError
+from .errors import BusSettingsConflict, DriverConfigError, FrameError
 from .serialbus import (
     FC_READ_HOLDING,
     FC_READ_INPUT,
-    BusSettingsConflict,
     ModbusBus,
     PortUnavailable,
     SerialSettings,
@@ -104,97 +103,114 @@ class Block:
 
 
 # -- map loading and validation (errors name the file and the key) ----------------------------------------------
-def _err(source: str, file: str, key: str, problem: str) -> DriverConfigError:
-    return DriverConfigError(source, key, problem, file)
-
-
-def _dec(v: Any, *, source: str, file: str, key: str) -> Decimal:
-    if isinstance(v, bool) or not isinstance(v, int | float | str):
-        raise _err(source, file, key, f"must be a number (or a decimal string like \"0.1\"), not {v!r}")
-    try:
-        d = Decimal(str(v))
-    except ArithmeticError:
-        raise _err(source, file, key, f"must be a number, not {v!r}") from None
-    if not d.is_finite():
-        raise _err(source, file, key, "must be finite")
-    return d
+REGISTER_KEYS = ("address", "key", "max", "min", "quantity", "scale", "signal", "type", "unit")
 
 
 def parse_map(data: Mapping[str, Any], *, file: str = "", source: str = "?") -> RegisterMap:
     """Validate a register map given as a TOML document (or inline table)."""
+    rd = _MapReader(source, file)
     meter = data.get("meter", {})
     if not isinstance(meter, Mapping):
-        raise _err(source, file, "meter", "must be a table")
-    fn = meter.get("function", "input")
-    if fn not in FUNCTIONS:
-        raise _err(source, file, "meter.function", f"{fn!r} is not allowed; allowed: input, holding")
-    wo = meter.get("word_order", "big")
-    if wo not in ("big", "little"):
-        raise _err(source, file, "meter.word_order", f"{wo!r} is not allowed; allowed: big, little")
-    max_gap = meter.get("max_gap", 0)
-    max_count = meter.get("max_count", 60)
-    if not isinstance(max_gap, int) or not 0 <= max_gap <= 100:
-        raise _err(source, file, "meter.max_gap", "must be an integer 0..100")
-    if not isinstance(max_count, int) or not 1 <= max_count <= 125:
-        raise _err(source, file, "meter.max_count", "must be an integer 1..125 (the Modbus limit)")
+        raise rd.error("meter", "must be a table")
+    function, word_order, max_gap, max_count = rd.meter(meter)
     regs_raw = data.get("register")
     if not isinstance(regs_raw, list) or not regs_raw:
-        raise _err(source, file, "register", "needs at least one [[register]] table")
-    regs: list[RegisterSpec] = []
+        raise rd.error("register", "needs at least one [[register]] table")
     keys: set[str] = set()
-    allowed = {"key", "address", "type", "quantity", "unit", "scale", "signal", "min", "max"}
-    for i, r in enumerate(regs_raw):
+    regs = tuple(rd.register(r, i, keys) for i, r in enumerate(regs_raw))
+    for a, b in itertools.pairwise(sorted(regs, key=lambda s: s.address)):
+        if a.address + a.count > b.address:
+            raise rd.error(f"register ({b.key}).address", f"overlaps register {a.key!r}")
+    serial = data.get("serial", {})
+    if not isinstance(serial, Mapping):
+        raise rd.error("serial", "must be a table")
+    name = str(meter.get("name", Path(file).stem if file else "custom"))
+    return RegisterMap(name, function, word_order, regs, max_gap, max_count, dict(serial))
+
+
+class _MapReader:
+    """Checks the parts of one register map; every error names the source, the map's file and the key."""
+
+    def __init__(self, source: str, file: str) -> None:
+        self.source = source
+        self.file = file
+
+    def error(self, key: str, problem: str) -> DriverConfigError:
+        return DriverConfigError(self.source, key, problem, self.file)
+
+    def meter(self, meter: Mapping[str, Any]) -> tuple[int, str, int, int]:
+        """The `[meter]` table: (function code, word order, max_gap, max_count)."""
+        fn = meter.get("function", "input")
+        if fn not in FUNCTIONS:
+            raise self.error("meter.function", f"{fn!r} is not allowed; allowed: input, holding")
+        wo = meter.get("word_order", "big")
+        if wo not in ("big", "little"):
+            raise self.error("meter.word_order", f"{wo!r} is not allowed; allowed: big, little")
+        max_gap = meter.get("max_gap", 0)
+        max_count = meter.get("max_count", 60)
+        if not isinstance(max_gap, int) or not 0 <= max_gap <= 100:
+            raise self.error("meter.max_gap", "must be an integer 0..100")
+        if not isinstance(max_count, int) or not 1 <= max_count <= 125:
+            raise self.error("meter.max_count", "must be an integer 1..125 (the Modbus limit)")
+        return FUNCTIONS[fn], wo, max_gap, max_count
+
+    def register(self, r: Any, i: int, keys: set[str]) -> RegisterSpec:
+        """One `[[register]]` table; `keys` are the keys of the registers before it (a key is used once)."""
         where = f"register[{i}]"
         if not isinstance(r, Mapping):
-            raise _err(source, file, where, "must be a table")
-        extra = set(r) - allowed
+            raise self.error(where, "must be a table")
+        extra = set(r) - set(REGISTER_KEYS)
         if extra:
-            raise _err(source, file, f"{where}.{sorted(extra)[0]}",
-                       f"unknown key; allowed: {', '.join(sorted(allowed))}")
+            raise self.error(f"{where}.{sorted(extra)[0]}", f"unknown key; allowed: {', '.join(REGISTER_KEYS)}")
         key = r.get("key")
         if not isinstance(key, str) or not key:
-            raise _err(source, file, f"{where}.key", "must be a non-empty string")
+            raise self.error(f"{where}.key", "must be a non-empty string")
         where = f"register[{i}] ({key})"
         if key in keys:
-            raise _err(source, file, f"{where}.key", "duplicate key")
+            raise self.error(f"{where}.key", "duplicate key")
         keys.add(key)
         addr = r.get("address")
         if isinstance(addr, bool) or not isinstance(addr, int) or not 0 <= addr <= 0xFFFF:
-            raise _err(source, file, f"{where}.address", "must be an integer 0..0xFFFF (protocol address, 0-based)")
+            raise self.error(f"{where}.address", "must be an integer 0..0xFFFF (protocol address, 0-based)")
         typ = r.get("type")
         if typ not in TYPES:
-            raise _err(source, file, f"{where}.type", f"{typ!r} is not allowed; allowed: {', '.join(TYPES)}")
+            raise self.error(f"{where}.type", f"{typ!r} is not allowed; allowed: {', '.join(TYPES)}")
+        q, unit = self.quantity_and_unit(r, where)
+        scale = self.decimal(r.get("scale", 1), f"{where}.scale")
+        if scale <= 0:
+            raise self.error(f"{where}.scale", "must be positive")
+        signal = r.get("signal", "")
+        if not isinstance(signal, str):
+            raise self.error(f"{where}.signal", "must be a string (\"L1\", \"L2\", \"L3\" or \"\")")
+        lo = None if "min" not in r else self.decimal(r["min"], f"{where}.min")
+        hi = None if "max" not in r else self.decimal(r["max"], f"{where}.max")
+        if lo is not None and hi is not None and lo > hi:
+            raise self.error(f"{where}.min", "is above max")
+        return RegisterSpec(key, addr, typ, q, unit, scale, signal, lo, hi)
+
+    def quantity_and_unit(self, r: Mapping[str, Any], where: str) -> tuple[Quantity, str]:
+        allowed = ", ".join(q.value for q in UNITS)
         try:
             q = Quantity(str(r.get("quantity")))
         except ValueError:
-            raise _err(source, file, f"{where}.quantity",
-                       f"{r.get('quantity')!r} is not allowed; allowed: {', '.join(q.value for q in UNITS)}") from None
+            raise self.error(f"{where}.quantity", f"{r.get('quantity')!r} is not allowed; allowed: {allowed}") from None
         if q not in UNITS:
-            raise _err(source, file, f"{where}.quantity", f"allowed: {', '.join(q.value for q in UNITS)}")
+            raise self.error(f"{where}.quantity", f"allowed: {allowed}")
         unit = r.get("unit")
         if unit not in UNITS[q]:
-            raise _err(source, file, f"{where}.unit", f"{unit!r} is not allowed for {q.value}; allowed: "
-                       f"{', '.join(UNITS[q])}")
-        scale = _dec(r.get("scale", 1), source=source, file=file, key=f"{where}.scale")
-        if scale <= 0:
-            raise _err(source, file, f"{where}.scale", "must be positive")
-        signal = r.get("signal", "")
-        if not isinstance(signal, str):
-            raise _err(source, file, f"{where}.signal", "must be a string (\"L1\", \"L2\", \"L3\" or \"\")")
-        lo = None if "min" not in r else _dec(r["min"], source=source, file=file, key=f"{where}.min")
-        hi = None if "max" not in r else _dec(r["max"], source=source, file=file, key=f"{where}.max")
-        if lo is not None and hi is not None and lo > hi:
-            raise _err(source, file, f"{where}.min", "is above max")
-        regs.append(RegisterSpec(key, addr, typ, q, unit, scale, signal, lo, hi))
-    by_addr = sorted(regs, key=lambda s: s.address)
-    for a, b in itertools.pairwise(by_addr):
-        if a.address + a.count > b.address:
-            raise _err(source, file, f"register ({b.key}).address", f"overlaps register {a.key!r}")
-    serial = data.get("serial", {})
-    if not isinstance(serial, Mapping):
-        raise _err(source, file, "serial", "must be a table")
-    return RegisterMap(str(meter.get("name", Path(file).stem if file else "custom")), FUNCTIONS[fn], wo,
-                       tuple(regs), max_gap, max_count, dict(serial))
+            raise self.error(f"{where}.unit", f"{unit!r} is not allowed for {q.value}; allowed: {', '.join(UNITS[q])}")
+        return q, str(unit)
+
+    def decimal(self, v: Any, key: str) -> Decimal:
+        if isinstance(v, bool) or not isinstance(v, int | float | str):
+            raise self.error(key, f"must be a number (or a decimal string like \"0.1\"), not {v!r}")
+        try:
+            d = Decimal(str(v))
+        except ArithmeticError:
+            raise self.error(key, f"must be a number, not {v!r}") from None
+        if not d.is_finite():
+            raise self.error(key, "must be finite")
+        return d
 
 
 def load_map(path: str | Path, *, source: str = "?") -> RegisterMap:
@@ -203,9 +219,9 @@ def load_map(path: str | Path, *, source: str = "?") -> RegisterMap:
         data = tomllib.loads(p.read_text())
     except OSError as e:
         # the key `map` is in the config file (filled in by build_source); the problem names the map's path
-        raise _err(source, "", "map", f"cannot read the register map {str(p)!r}: {e.strerror}") from None
+        raise DriverConfigError(source, "map", f"cannot read the register map {str(p)!r}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
-        raise _err(source, str(p), "map", f"not valid TOML: {e}") from None
+        raise DriverConfigError(source, "map", f"not valid TOML: {e}", str(p)) from None
     return parse_map(data, file=str(p), source=source)
 
 
@@ -428,7 +444,7 @@ class ModbusMeterSource(Source):
             for r in await self.poll_once():
                 yield r
             # fixed rate; if a poll overran, start the next one now rather than bunching up
-            period = self.poll_s / getattr(self.clock, "factor", 1.0)
+            period = self.poll_s / self.clock.factor
             next_at = max(next_at + period, loop.time())
             await asyncio.sleep(max(0.0, next_at - loop.time()))
 

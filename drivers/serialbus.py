@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BackendUnavailable, FrameError
+from .errors import BackendUnavailable, BusSettingsConflict, FrameError
 
 log = logging.getLogger("koto.drivers.serialbus")
 
@@ -47,10 +47,6 @@ class PortUnavailable(BackendUnavailable):
     """The port cannot be opened now (unplugged, missing, busy); the bus retries it after a backoff."""
 
     kind = "port"
-
-
-class BusSettingsConflict(ValueError):
-    """Two sources on one port asked for different line settings (baud, parity...)."""
 
 
 def _quiet_pymodbus() -> None:

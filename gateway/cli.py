@@ -15,12 +15,10 @@ from typing import Any
 
 import click
 
-from drivers.errors import KotoError as DriverError
 from koto import __version__
-from metering.errors import KotoError as MeteringError
+from koto.errors import KotoError
 
 from .config import GatewayConfig, load_config
-from .errors import KotoError
 from .state import StateDir
 
 DEFAULT_CONFIG = "/etc/koto/koto.toml"
@@ -276,11 +274,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.ClickException as e:
         e.show()
         return 2 if e.exit_code in (1, 2) else int(e.exit_code)
-    except (KotoError, DriverError, MeteringError) as e:
+    except KotoError as e:
         click.echo(f"koto: {e}", err=True)
         return 2
     except BaseExceptionGroup as group:  # the daemon's TaskGroup: plain errors stay plain lines
-        plain, rest = group.split((KotoError, DriverError, MeteringError))
+        plain, rest = group.split(KotoError)
         if rest is not None or plain is None:
             raise
         for leaf in _leaves(plain):

@@ -19,8 +19,13 @@
     driver = "modbus"              # any driver in drivers.base.REGISTRY, with that driver's own keys
     ...
 
-Sources are validated by their drivers when built (`drivers.base.build_source`), so this module checks only the
-gateway's own keys and the shape; a driver's error still names this file.
+This module is the one parser of the file, `[cloud]` included (into the `SyncConfig` the uplink runs on), with one
+set of limits. Sources are validated by their drivers when built (`drivers.base.build_source`), so this module
+checks only the gateway's own keys, the shape, and that each source names a known driver; a driver's error still
+names this file.
+
+`retain_days` and `web_port` in `[gateway]` are reserved: accepted and range-checked, so a file written today keeps
+its meaning, but not used yet (pruning acked records and the status page are the next issues' work).
 """
 
 from __future__ import annotations
@@ -29,13 +34,18 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from drivers.base import driver_class
+from koto.errors import FieldError
+from metering.energy import Kind
+
 from .errors import ConfigError
+from .mqtt_conn import BrokerURL, parse_broker_url
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-ENERGY_KINDS = ("register", "pulses", "power")
+ENERGY_KINDS: tuple[Kind, ...] = ("register", "pulses", "power")
 
 
 class _Table:
@@ -90,8 +100,16 @@ def _tname(typ: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(t, t.__name__) for t in ts)
 
 
-@dataclass(frozen=True)
-class CloudConfig:
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    """What the uplink (`gateway.sync.Sync`) runs on: the `[cloud]` table and the gateway id, its MQTT client id.
+
+    `parse_config` builds it from the file and is where every value is checked (docs/sync.md has the keys). Tests
+    and benches build one directly; `batch`, `stale_ack_resend_s` and the reconnect backoff are not file keys, only
+    their tuning knobs.
+    """
+
+    gateway_id: str
     broker: str
     ca: Path | None = None
     cert: Path | None = None
@@ -100,9 +118,17 @@ class CloudConfig:
     protocol: int = 5
     keepalive_s: int = 30
     window: int = 256
+    batch: int = 64
     ack_timeout_s: float = 15.0
-    live_interval_s: float = 0.0  # 0 = live topic off
+    stale_ack_resend_s: float = 2.0
+    live_interval_s: float = 0.0  # 0 = the live topic is off
     operator_keys: tuple[Path, ...] = ()
+    backoff_initial_s: float = 0.5
+    backoff_cap_s: float = 5.0
+
+    @property
+    def url(self) -> BrokerURL:
+        return parse_broker_url(self.broker)
 
 
 @dataclass(frozen=True)
@@ -111,7 +137,7 @@ class ApplianceConfig:
     profile: str
     subject: str
     energy: str
-    energy_kind: str
+    energy_kind: Kind
     imp_per_kwh: int = 0
     max_gap_s: float = 60.0
     interim_s: int = 900
@@ -129,9 +155,7 @@ class GatewayConfig:
     subject: str
     batch_ms: int
     checkpoint_s: float
-    retain_days: int
-    web_port: int
-    cloud: CloudConfig | None
+    cloud: SyncConfig | None
     tariff: dict[str, Any] | None
     appliances: tuple[ApplianceConfig, ...]
 
@@ -152,10 +176,6 @@ def _path(t: _Table, name: str, base: Path) -> Path | None:
     return p if p.is_absolute() else (base / p)
 
 
-def _energy_kind_for(driver: str) -> str:
-    return {"s0": "pulses", "mcp3008": "power"}.get(driver, "register")
-
-
 def parse_config(data: dict[str, Any], *, file: str = "<config>", base: Path | None = None) -> GatewayConfig:
     """Validate a parsed TOML document. `base` resolves relative paths (the config file's folder)."""
     base = base or Path.cwd()
@@ -163,6 +183,29 @@ def parse_config(data: dict[str, Any], *, file: str = "<config>", base: Path | N
     gw = root.table("gateway")
     if gw is None:
         raise ConfigError(file, "gateway", "missing; a [gateway] table with at least `id` is required")
+    gateway = _parse_gateway(gw, base)
+    ct = root.table("cloud")
+    cloud = None if ct is None else _parse_cloud(ct, gateway.id, base)
+    tariff = root.get("tariff", dict, None, what="a table describing the local default tariff")
+    appliances = _parse_appliances(root, gateway.id, base)
+    root.reject_unknown()
+    return GatewayConfig(file=file, id=gateway.id, state_dir=gateway.state_dir, timezone=gateway.timezone,
+                         subject=gateway.subject, batch_ms=gateway.batch_ms, checkpoint_s=gateway.checkpoint_s,
+                         cloud=cloud, tariff=tariff, appliances=appliances)
+
+
+class _Gateway(NamedTuple):
+    """The `[gateway]` table's keys that are used."""
+
+    id: str
+    state_dir: Path
+    timezone: str
+    subject: str
+    batch_ms: int
+    checkpoint_s: float
+
+
+def _parse_gateway(gw: _Table, base: Path) -> _Gateway:
     gid = gw.get("id", str, what="the gateway id (letters, digits, _ . -; also the certificate CN)")
     if not ID_RE.match(gid):
         raise gw.error("id", f"{gid!r} is not allowed; use 1-64 letters, digits, '_', '.', '-'")
@@ -175,111 +218,136 @@ def parse_config(data: dict[str, Any], *, file: str = "<config>", base: Path | N
     subject = gw.get("subject", str, f"urn:koto:gw:{gid}")
     batch_ms = int(gw.number("batch_ms", 500, lo=10, hi=60_000))
     checkpoint_s = gw.number("checkpoint_s", 10, lo=0.1, hi=3600)
-    retain_days = int(gw.number("retain_days", 90, lo=1, hi=3650))
-    web_port = int(gw.number("web_port", 8080, lo=0, hi=65535))
+    gw.number("retain_days", 90, lo=1, hi=3650)  # reserved, not used yet (see the module docstring)
+    gw.number("web_port", 8080, lo=0, hi=65535)  # reserved, not used yet
     gw.reject_unknown()
+    return _Gateway(gid, state_dir, tzname, subject, batch_ms, checkpoint_s)
 
-    cloud = None
-    ct = root.table("cloud")
-    if ct is not None:
-        broker = ct.get("broker", str, what="a broker URL, mqtt://host:port or mqtts://host:port")
-        if not re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", broker):
-            raise ct.error("broker", f"{broker!r} is not mqtt://host[:port] or mqtts://host[:port]")
-        protocol = ct.get("protocol", int, 5, what="5 (MQTT 5) or 311 (MQTT 3.1.1)")
-        if protocol not in (5, 311):
-            raise ct.error("protocol", f"{protocol} is not allowed; use 5 or 311")
-        keys = ct.get("operator_keys", list, [], what="a list of PEM file paths")
-        op_keys: list[Path] = []
-        for i, k in enumerate(keys):
-            if not isinstance(k, str):
-                raise ct.error(f"operator_keys[{i}]", "expected a file path string")
-            op_keys.append(Path(k) if Path(k).is_absolute() else base / k)
-        if len(op_keys) > 2:
-            raise ct.error("operator_keys", "at most two keys (current and next, for rotation)")
-        cloud = CloudConfig(
-            broker=broker,
-            ca=_path(ct, "ca", base),
-            cert=_path(ct, "cert", base),
-            key=_path(ct, "key", base),
-            topic_prefix=ct.get("topic_prefix", str, "koto/v1"),
-            protocol=protocol,
-            keepalive_s=int(ct.number("keepalive_s", 30, lo=5, hi=3600)),
-            window=int(ct.number("window", 256, lo=1, hi=10_000)),
-            ack_timeout_s=ct.number("ack_timeout_s", 15, lo=0.5, hi=3600),
-            live_interval_s=ct.number("live_interval_s", 0, lo=0, hi=3600),
-            operator_keys=tuple(op_keys),
-        )
-        if broker.startswith("mqtts://") and (cloud.cert is None) != (cloud.key is None):
-            raise ct.error("cert", "give both `cert` and `key` (the client certificate and its key) or neither")
-        ct.reject_unknown()
 
-    tariff = root.get("tariff", dict, None, what="a table describing the local default tariff")
+def _parse_cloud(ct: _Table, gateway_id: str, base: Path) -> SyncConfig:
+    """The `[cloud]` table, with the one set of limits the uplink runs within."""
+    broker = ct.get("broker", str, what="a broker URL, mqtt://host:port or mqtts://host:port")
+    try:
+        parse_broker_url(broker, file=ct.file, key=ct.key("broker"))
+    except FieldError as e:  # the URL rule's own error, said as this file's ConfigError
+        raise ct.error("broker", e.problem) from None
+    protocol = ct.get("protocol", int, 5, what="5 (MQTT 5) or 311 (MQTT 3.1.1)")
+    if protocol not in (5, 311):
+        raise ct.error("protocol", f"{protocol} is not allowed; use 5 or 311")
+    prefix = ct.get("topic_prefix", str, "koto/v1", what="a topic prefix such as koto/v1")
+    if not prefix or prefix.endswith("/") or any(c in prefix for c in "#+"):
+        raise ct.error("topic_prefix", f"{prefix!r} is not allowed; a topic like koto/v1 without wildcards or a "
+                                       "trailing /")
+    cloud = SyncConfig(
+        gateway_id=gateway_id,
+        broker=broker,
+        ca=_path(ct, "ca", base),
+        cert=_path(ct, "cert", base),
+        key=_path(ct, "key", base),
+        topic_prefix=prefix,
+        protocol=protocol,
+        keepalive_s=int(ct.number("keepalive_s", 30, lo=5, hi=3600)),
+        window=int(ct.number("window", 256, lo=1, hi=10_000)),
+        ack_timeout_s=ct.number("ack_timeout_s", 15, lo=0.5, hi=3600),
+        live_interval_s=ct.number("live_interval_s", 0, lo=0, hi=3600),
+        operator_keys=_operator_keys(ct, base),
+    )
+    if (cloud.cert is None) != (cloud.key is None):
+        raise ct.error("cert", "give both `cert` and `key` (the client certificate and its key) or neither")
+    ct.reject_unknown()
+    return cloud
 
-    apps_raw = root.get("appliance", list, [], what="an array of [[appliance]] tables")
+
+def _operator_keys(ct: _Table, base: Path) -> tuple[Path, ...]:
+    keys = ct.get("operator_keys", list, [], what="a list of PEM file paths")
+    paths: list[Path] = []
+    for i, k in enumerate(keys):
+        if not isinstance(k, str):
+            raise ct.error(f"operator_keys[{i}]", "expected a file path string")
+        paths.append(Path(k) if Path(k).is_absolute() else base / k)
+    if len(paths) > 2:
+        raise ct.error("operator_keys", "at most two keys (current and next, for rotation)")
+    return tuple(paths)
+
+
+def _parse_appliances(root: _Table, gateway_id: str, base: Path) -> tuple[ApplianceConfig, ...]:
+    raw_list = root.get("appliance", list, [], what="an array of [[appliance]] tables")
     appliances: list[ApplianceConfig] = []
-    seen_sources: dict[str, str] = {}
-    for i, raw in enumerate(apps_raw):
+    owners: dict[str, str] = {}  # source name -> appliance id: source names are unique across the gateway
+    for i, raw in enumerate(raw_list):
         if not isinstance(raw, dict):
-            raise ConfigError(file, f"appliance[{i}]", "expected a table ([[appliance]])")
-        at = _Table(raw, file, f"appliance[{i}]")
+            raise ConfigError(root.file, f"appliance[{i}]", "expected a table ([[appliance]])")
+        at = _Table(raw, root.file, f"appliance[{i}]")
         aid = at.get("id", str, what="the appliance id")
         if not ID_RE.match(aid):
             raise at.error("id", f"{aid!r} is not allowed; use 1-64 letters, digits, '_', '.', '-'")
         if any(a.id == aid for a in appliances):
             raise at.error("id", f"{aid!r} is used by another appliance; ids must be unique")
         at.path = f"appliance.{aid}"
-        profile = at.get("profile", str, what="a built-in profile name or a path to a profile TOML")
-        if "/" in profile or profile.endswith(".toml"):
-            p = Path(profile)
-            profile = str(p if p.is_absolute() else base / p)
-        sources_t = at.table("sources")
-        if sources_t is None or not sources_t.data:
-            raise at.error("sources", "missing; at least one [appliance.sources.NAME] table with a `driver`")
-        sources: dict[str, dict[str, Any]] = {}
-        for sname, scfg in sources_t.data.items():
-            sources_t.seen.add(sname)
-            if not isinstance(scfg, dict):
-                raise sources_t.error(sname, "expected a table with a `driver` key")
-            if not ID_RE.match(sname):
-                raise sources_t.error(sname, "source names use letters, digits, '_', '.', '-'")
-            if sname in seen_sources:
-                raise sources_t.error(sname, f"already used by appliance {seen_sources[sname]!r}; names are global")
-            if not isinstance(scfg.get("driver"), str):
-                raise ConfigError(file, f"{sources_t.key(sname)}.driver", "missing; name the driver that reads it")
-            seen_sources[sname] = aid
-            sources[sname] = dict(scfg)
-        energy = at.get("energy", str, next(iter(sources)), what="the name of the source that meters energy")
-        if energy not in sources:
-            raise at.error("energy", f"{energy!r} is not one of this appliance's sources: {', '.join(sources)}")
-        kind = at.get("energy_kind", str, _energy_kind_for(sources[energy]["driver"]),
-                      what="register, pulses or power")
-        if kind not in ENERGY_KINDS:
-            raise at.error("energy_kind", f"{kind!r} is not allowed; use register, pulses or power")
-        imp = 0
-        if kind == "pulses":
-            imp = int(sources[energy].get("imp_per_kwh", 0)) or int(at.get("imp_per_kwh", int, 0))
-            if imp <= 0:
-                raise at.error("imp_per_kwh", "pulse sources need imp_per_kwh > 0 (on the meter's label)")
-        else:
-            at.get("imp_per_kwh", int, 0)
-        relay = at.get("relay", dict, None, what="a table: pin, active_high")
-        appliances.append(ApplianceConfig(
-            id=aid,
-            profile=profile,
-            subject=at.get("subject", str, f"urn:koto:gw:{gid}:{aid}"),
-            energy=energy,
-            energy_kind=kind,
-            imp_per_kwh=imp,
-            max_gap_s=at.number("max_gap_s", 60, lo=1, hi=86_400),
-            interim_s=int(at.number("interim_s", 900, lo=1, hi=86_400)),
-            channel=at.get("channel", str, "", what='the energy source\'s channel: "" (total), "L1", "L2", "L3"'),
-            sources=sources,
-            relay=relay,
-        ))
-        at.reject_unknown()
-    root.reject_unknown()
-    return GatewayConfig(file, gid, state_dir, tzname, subject, batch_ms, checkpoint_s, retain_days, web_port,
-                         cloud, tariff, tuple(appliances))
+        appliances.append(_parse_appliance(at, aid, gateway_id, base, owners))
+    return tuple(appliances)
+
+
+def _parse_appliance(at: _Table, aid: str, gateway_id: str, base: Path, owners: dict[str, str]) -> ApplianceConfig:
+    profile = at.get("profile", str, what="a built-in profile name or a path to a profile TOML")
+    if "/" in profile or profile.endswith(".toml"):
+        p = Path(profile)
+        profile = str(p if p.is_absolute() else base / p)
+    sources = _parse_sources(at, aid, owners)
+    energy = at.get("energy", str, next(iter(sources)), what="the name of the source that meters energy")
+    if energy not in sources:
+        raise at.error("energy", f"{energy!r} is not one of this appliance's sources: {', '.join(sources)}")
+    default_kind = driver_class(sources[energy]["driver"], source=energy, file=at.file).energy_kind
+    kind_name = at.get("energy_kind", str, default_kind, what="register, pulses or power")
+    kind = next((k for k in ENERGY_KINDS if k == kind_name), None)
+    if kind is None:
+        raise at.error("energy_kind", f"{kind_name!r} is not allowed; use register, pulses or power")
+    imp = 0
+    if kind == "pulses":
+        imp = int(sources[energy].get("imp_per_kwh", 0)) or int(at.get("imp_per_kwh", int, 0))
+        if imp <= 0:
+            raise at.error("imp_per_kwh", "pulse sources need imp_per_kwh > 0 (on the meter's label)")
+    else:
+        at.get("imp_per_kwh", int, 0)
+    relay = at.get("relay", dict, None, what="a table: pin, active_high")
+    app = ApplianceConfig(
+        id=aid,
+        profile=profile,
+        subject=at.get("subject", str, f"urn:koto:gw:{gateway_id}:{aid}"),
+        energy=energy,
+        energy_kind=kind,
+        imp_per_kwh=imp,
+        max_gap_s=at.number("max_gap_s", 60, lo=1, hi=86_400),
+        interim_s=int(at.number("interim_s", 900, lo=1, hi=86_400)),
+        channel=at.get("channel", str, "", what='the energy source\'s channel: "" (total), "L1", "L2", "L3"'),
+        sources=sources,
+        relay=relay,
+    )
+    at.reject_unknown()
+    return app
+
+
+def _parse_sources(at: _Table, aid: str, owners: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The appliance's `[appliance.sources.NAME]` tables: names unique across the gateway, each naming a known
+    driver (the driver checks its own keys when the source is built)."""
+    sources_t = at.table("sources")
+    if sources_t is None or not sources_t.data:
+        raise at.error("sources", "missing; at least one [appliance.sources.NAME] table with a `driver`")
+    sources: dict[str, dict[str, Any]] = {}
+    for sname, scfg in sources_t.data.items():
+        sources_t.seen.add(sname)
+        if not isinstance(scfg, dict):
+            raise sources_t.error(sname, "expected a table with a `driver` key")
+        if not ID_RE.match(sname):
+            raise sources_t.error(sname, "source names use letters, digits, '_', '.', '-'")
+        if sname in owners:
+            raise sources_t.error(sname, f"already used by appliance {owners[sname]!r}; names are global")
+        if not isinstance(scfg.get("driver"), str):
+            raise ConfigError(at.file, f"{sources_t.key(sname)}.driver", "missing; name the driver that reads it")
+        driver_class(scfg["driver"], source=sname, file=at.file)  # an unknown driver is named now, not at start
+        owners[sname] = aid
+        sources[sname] = dict(scfg)
+    return sources
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.base import Source, build_source
+from drivers.base import Source, build_source, driver_class
 from drivers.errors import DriverConfigError
 from koto import __version__
 from koto.clock import Clock, Now
@@ -40,6 +40,7 @@ from metering.tariff import Tariff
 from .config import ApplianceConfig, GatewayConfig
 from .errors import ConfigError
 from .state import StateDir
+from .sync import Sync
 
 log = logging.getLogger("koto.gateway")
 
@@ -124,7 +125,7 @@ class Gateway:
         self.on_event = on_event
         self.state = StateDir(cfg.state_dir)
         self.stats = GatewayStats()
-        self.sync: Any = None
+        self.sync: Sync | None = None
         self._sync_enabled = sync_enabled and cfg.cloud is not None
         self.ledger = Ledger.open(self.state.ledger, gateway_id=cfg.id, key=self.state.private_key(),
                                   gateway_subject=cfg.subject)
@@ -141,9 +142,8 @@ class Gateway:
         self.subjects: dict[str, str] = {}
         for app in cfg.appliances:
             profile = self._profile_for(app)
-            spec = EnergySpec(kind=app.energy_kind,  # type: ignore[arg-type]
-                              source=app.energy, imp_per_kwh=app.imp_per_kwh or 1000, max_gap_s=app.max_gap_s,
-                              channel=app.channel)
+            spec = EnergySpec(kind=app.energy_kind, source=app.energy, imp_per_kwh=app.imp_per_kwh or 1000,
+                              max_gap_s=app.max_gap_s, channel=app.channel)
             self.meters[app.id] = ApplianceMeter(app.id, profile, energy=spec, policy=self.pricing,
                                                  interim_s=app.interim_s,
                                                  state=self.ledger.checkpoint(meter_checkpoint_name(app.id)))
@@ -214,37 +214,35 @@ class Gateway:
     def _source_kwargs(self, name: str) -> dict[str, Any]:
         kw = dict(self.backends)
         app = self.cfg.appliances[[a.id for a in self.cfg.appliances].index(self.owner[name])]
-        if self.sources[name].driver == "s0" and app.energy == name:
+        if driver_class(self.sources[name].driver).takes_start_count and app.energy == name:
             # The pulse count continues from the meter's checkpoint: a restart loses nothing already counted.
             snap = self.meters[app.id].snapshot().get("auth", {})
             last = snap.get("last_raw", "")
             kw["start_count"] = int(last) if last != "" else 0
         return kw
 
-    def _sync(self) -> Any:
-        from koto.signing import load_public_key
+    def _sync(self) -> Sync:
+        from koto.signing import KeyError_, PublicKey, load_public_key
 
         from .downlink import DownlinkHandler
-        from .sync import Sync, SyncConfig
 
         cloud = self.cfg.cloud
         assert cloud is not None
-        keys = []
+        keys: list[PublicKey] = []
         for p in cloud.operator_keys:
             try:
                 keys.append(load_public_key(p.read_bytes()))
             except OSError as e:
                 raise ConfigError(self.cfg.file, "cloud.operator_keys", f"cannot read {p}: {e.strerror}") from e
-            except ValueError as e:
+            except KeyError_ as e:
                 raise ConfigError(self.cfg.file, "cloud.operator_keys", f"{p}: {e}") from e
         downlink = None
         if keys:
             downlink = DownlinkHandler(self.ledger, self.pricing, keys, self.cfg.id, self.clock,
                                        on_profile=self._on_profile)
             downlink.add_report_section("gateway", self.report)
-        scfg = SyncConfig.from_cloud_config(cloud, self.cfg.id)
         try:
-            return Sync(scfg, self.ledger, clock=self.clock, downlink=downlink, version=__version__)
+            return Sync(cloud, self.ledger, clock=self.clock, downlink=downlink, version=__version__)
         except (OSError, ssl.SSLError) as e:  # the CA, certificate or key file is missing or unreadable
             raise ConfigError(self.cfg.file, "cloud", f"cannot load the TLS files (ca, cert, key): {e}") from e
 

@@ -98,7 +98,7 @@ class _Sim:
 
         pin = self.pin_factory.pin(KETTLE_PIN)
         await run_pulse_train(pin, self.clock, lambda: int(self.kettle.power_w(self.t()) * 1000), IMP_PER_KWH,
-                              step_s=0.5, sleep=self.clock.sleep)
+                              step_s=0.5)
 
     async def aircon_valve(self) -> None:
         from drivers.gpio.sim import drive_edges

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from koto.canonical import parse_rfc3339, rfc3339
 from koto.clock import Clock
+from koto.errors import KotoError
 from koto.signing import PublicKey, verify_event
 from metering.records import LIFECYCLE_TYPE, Draft, TimeStatus
 
@@ -73,7 +74,7 @@ class DownlinkLedger(Protocol):
     def unacked_count(self) -> int: ...
 
 
-class Rejected(Exception):
+class Rejected(KotoError):
     """A command that breaks a rule; `status` is `rejected` or `duplicate`, `reason` plain words for the reply."""
 
     def __init__(self, reason: str, status: str = "rejected") -> None:

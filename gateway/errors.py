@@ -1,20 +1,12 @@
-"""One error root for the gateway package. Errors carry the data a caller needs (file, key, what is allowed)."""
+"""The gateway's errors, all under `koto.errors.KotoError`, so `koto` prints any of them as one plain line."""
 
 from __future__ import annotations
 
-
-class KotoError(Exception):
-    """Root of every error raised on purpose by `gateway`."""
+from koto.errors import FieldError, KotoError
 
 
-class ConfigError(KotoError, ValueError):
-    """A configuration that cannot be used: names the file and the key, and says what is allowed."""
-
-    def __init__(self, file: str, key: str, problem: str) -> None:
-        self.file = file
-        self.key = key
-        self.problem = problem
-        super().__init__(f"{file}: {key}: {problem}")
+class ConfigError(FieldError):
+    """A gateway configuration that cannot be used: names the file and the dotted key, and says what is allowed."""
 
 
 class NotProvisioned(KotoError, FileNotFoundError):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
+from drivers.base import Backend, driver_class
 from koto.clock import SystemClock
 from koto.loop import install_exception_handler
 
@@ -15,22 +17,27 @@ from .daemon import Gateway
 
 log = logging.getLogger("koto.gateway")
 
-GPIO_DRIVERS = {"s0", "gpio_signal", "mcp3008"}
+
+def _pin_factory() -> Any:
+    from drivers.pins import select_pin_factory
+
+    return select_pin_factory()
+
+
+def _ble() -> Any:
+    from drivers.ble_backend import BleakBackend
+
+    return BleakBackend(adapter=None)
+
+
+BACKENDS: dict[Backend, Callable[[], Any]] = {"pin_factory": _pin_factory, "ble": _ble}
 
 
 def production_backends(cfg: GatewayConfig) -> dict[str, Any]:
-    """Only the backends a configured source needs, imported only then (no BlueZ needed for a Modbus-only Pi)."""
-    drivers = {str(s["driver"]) for a in cfg.appliances for s in a.sources.values()}
-    backends: dict[str, Any] = {}
-    if drivers & GPIO_DRIVERS:
-        from drivers.pins import select_pin_factory
-
-        backends["pin_factory"] = select_pin_factory()
-    if "bthome" in drivers:
-        from drivers.ble_backend import BleakBackend
-
-        backends["ble"] = BleakBackend(adapter=None)
-    return backends
+    """Only the backends a configured source's driver `needs`, each imported only then (no BlueZ needed for a
+    Modbus-only Pi)."""
+    needed = {b for a in cfg.appliances for s in a.sources.values() for b in driver_class(str(s["driver"])).needs}
+    return {b: build() for b, build in BACKENDS.items() if b in needed}
 
 
 async def run_gateway(cfg: GatewayConfig) -> None:

@@ -21,21 +21,20 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from koto.canonical import rfc3339
 from koto.clock import Clock
+from koto.errors import KotoError
+from metering.ledger import AckOutcome, Stored
 
-from .errors import ConfigError
+from .config import SyncConfig
 from .mqtt_conn import (
     Backoff,
-    BrokerURL,
     cloudevents_properties,
     json_properties,
     make_client,
-    parse_broker_url,
     publish_nowait,
 )
 from .mqtt_conn import tls_context as make_tls_context
@@ -47,7 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("koto.sync")
 
-DEFAULT_PREFIX = "koto/v1"
 STABLE_SESSION_S = 10.0  # a session that lasted this long resets the reconnect backoff
 
 
@@ -59,134 +57,13 @@ class SyncLedger(Protocol):
 
     def head(self) -> tuple[int, str]: ...
 
-    def unacked(self, after_seq: int = 0, limit: int = 100) -> list[Any]: ...
+    def unacked(self, after_seq: int = 0, limit: int = 100) -> list[Stored]: ...
 
     def unacked_count(self) -> int: ...
 
     def acked_through(self) -> int: ...
 
-    def mark_acked(self, epoch: int, through: int, head_hash: str) -> Any: ...
-
-
-@dataclass(frozen=True, slots=True)
-class SyncConfig:
-    """The [cloud] section of the gateway config (keys documented in docs/sync.md)."""
-
-    gateway_id: str
-    broker: str
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
-    topic_prefix: str = DEFAULT_PREFIX
-    protocol: int = 5
-    keepalive_s: int = 30
-    window: int = 256
-    batch: int = 64
-    ack_timeout_s: float = 15.0
-    stale_ack_resend_s: float = 2.0
-    live_interval_s: float = 0.0  # 0 = the live topic is off
-    operator_keys: tuple[Path, ...] = ()
-    backoff_initial_s: float = 0.5
-    backoff_cap_s: float = 5.0
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self, file: str = "<config>") -> None:
-        def bad(key: str, problem: str) -> ConfigError:
-            return ConfigError(file, f"cloud.{key}", problem)
-
-        if not self.gateway_id or any(c in self.gateway_id for c in "/#+ "):
-            raise bad("gateway_id", f"{self.gateway_id!r}: a non-empty id without '/', '#', '+' or spaces")
-        parse_broker_url(self.broker, file=file, key="cloud.broker")
-        if self.protocol not in (5, 311):
-            raise bad("protocol", f"{self.protocol!r} is not allowed; use 5 (MQTT 5) or 311 (MQTT 3.1.1)")
-        if not self.topic_prefix or self.topic_prefix.endswith("/") or any(c in self.topic_prefix for c in "#+"):
-            raise bad("topic_prefix", f"{self.topic_prefix!r}: a topic like koto/v1 without wildcards or trailing /")
-        if not 1 <= self.window <= 65535:
-            raise bad("window", f"{self.window} is not allowed; use 1..65535 (e.g. 128)")
-        if self.batch < 1:
-            raise bad("batch", f"{self.batch} is not allowed; use a positive number (e.g. 64)")
-        if not 5 <= self.keepalive_s <= 3600:
-            raise bad("keepalive_s", f"{self.keepalive_s} is not allowed; use 5..3600 seconds")
-        if self.ack_timeout_s <= 0:
-            raise bad("ack_timeout_s", f"{self.ack_timeout_s} is not allowed; use a positive number of seconds")
-        if self.stale_ack_resend_s <= 0:
-            raise bad("stale_ack_resend_s", f"{self.stale_ack_resend_s} is not allowed; use a positive number")
-        if self.live_interval_s < 0:
-            raise bad("live_interval_s", f"{self.live_interval_s} is not allowed; use 0 (off) or more seconds")
-        if (self.cert is None) != (self.key is None):
-            raise bad("cert", "cert and key go together: give both or neither")
-        if not 0 < self.backoff_initial_s <= self.backoff_cap_s:
-            raise bad("backoff_cap_s", "need 0 < backoff_initial_s <= backoff_cap_s")
-
-    @classmethod
-    def from_table(cls, table: dict[str, Any], *, gateway_id: str, file: str = "<config>",
-                   base_dir: Path | None = None) -> SyncConfig:
-        """Build from a parsed TOML `[cloud]` table; relative paths are taken from `base_dir` (the config's folder)."""
-        known = {"broker", "ca", "cert", "key", "topic_prefix", "protocol", "keepalive_s", "window", "batch",
-                 "ack_timeout_s", "stale_ack_resend_s", "live_interval_s", "operator_keys", "backoff_initial_s",
-                 "backoff_cap_s"}
-        for k in table:
-            if k not in known:
-                raise ConfigError(file, f"cloud.{k}", f"unknown key; allowed: {', '.join(sorted(known))}")
-
-        def path(key: str) -> Path | None:
-            v = table.get(key)
-            if v is None:
-                return None
-            if not isinstance(v, str) or not v:
-                raise ConfigError(file, f"cloud.{key}", "must be a file path (string)")
-            p = Path(v)
-            return p if p.is_absolute() or base_dir is None else base_dir / p
-
-        def number(key: str, kind: type, default: Any) -> Any:
-            v = table.get(key, default)
-            if isinstance(v, bool) or not isinstance(v, int | float) or (kind is int and not isinstance(v, int)):
-                raise ConfigError(file, f"cloud.{key}", f"{v!r} must be {'an integer' if kind is int else 'a number'}")
-            return kind(v)
-
-        broker = table.get("broker")
-        if not isinstance(broker, str):
-            raise ConfigError(file, "cloud.broker", "required: a URL like mqtts://broker.example:8883")
-        keys = table.get("operator_keys", [])
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or len(keys) > 2:
-            raise ConfigError(file, "cloud.operator_keys", "a list of at most two PEM file paths (current, next)")
-        prefix = table.get("topic_prefix", DEFAULT_PREFIX)
-        if not isinstance(prefix, str):
-            raise ConfigError(file, "cloud.topic_prefix", "must be a string like koto/v1")
-        d = cls.__dataclass_fields__
-        values: dict[str, Any] = dict(
-            gateway_id=gateway_id, broker=broker, ca=path("ca"), cert=path("cert"), key=path("key"),
-            topic_prefix=prefix,
-            protocol=number("protocol", int, d["protocol"].default),
-            keepalive_s=number("keepalive_s", int, d["keepalive_s"].default),
-            window=number("window", int, d["window"].default),
-            batch=number("batch", int, d["batch"].default),
-            ack_timeout_s=number("ack_timeout_s", float, d["ack_timeout_s"].default),
-            stale_ack_resend_s=number("stale_ack_resend_s", float, d["stale_ack_resend_s"].default),
-            live_interval_s=number("live_interval_s", float, d["live_interval_s"].default),
-            operator_keys=tuple(Path(k) if Path(k).is_absolute() or base_dir is None else base_dir / k for k in keys),
-            backoff_initial_s=number("backoff_initial_s", float, d["backoff_initial_s"].default),
-            backoff_cap_s=number("backoff_cap_s", float, d["backoff_cap_s"].default),
-        )
-        try:
-            return cls(**values)
-        except ConfigError as e:
-            raise ConfigError(file, e.key, e.problem) from None
-
-    @classmethod
-    def from_cloud_config(cls, cloud: Any, gateway_id: str, **overrides: Any) -> SyncConfig:
-        """From gateway.config's `CloudConfig` (the loaded `[cloud]` table), which validated file and keys already."""
-        names = ("broker", "ca", "cert", "key", "topic_prefix", "protocol", "keepalive_s", "window", "ack_timeout_s",
-                 "live_interval_s", "operator_keys")
-        values = {n: getattr(cloud, n) for n in names if hasattr(cloud, n)}
-        values["operator_keys"] = tuple(values.get("operator_keys", ()))
-        return cls(gateway_id=gateway_id, **{**values, **overrides})
-
-    @property
-    def url(self) -> BrokerURL:
-        return parse_broker_url(self.broker)
+    def mark_acked(self, epoch: int, through: int, head_hash: str) -> AckOutcome: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +124,7 @@ class SyncHealth:
     extra: dict[str, int] = field(default_factory=dict)
 
 
-class _SessionLost(Exception):
+class _SessionLost(KotoError):
     """The connection ended; go round the reconnect loop."""
 
 
@@ -518,33 +395,34 @@ class Sync:
             self.health.acks_ignored += 1
             log.warning("ignoring a malformed cloud ack (%s): %r", e, payload[:120])
             return
-        outcome = self.ledger.mark_acked(epoch, through, head_hash) if through > 0 else "ALREADY"
-        name = getattr(outcome, "name", str(outcome)).upper()
-        if name == "ADVANCED":
-            self.health.acks_advanced += 1
-            self.health.last_ack = rfc3339(self.clock.now().wall)
-            self.health.acked_through = through
-            self._ack_wait_since = asyncio.get_running_loop().time() if self._sent_through > through else None
-            self._resend_at = None
-            self._acked_event.set()
-            self._wake.set()
-        elif name == "ALREADY":
-            self.health.acks_already += 1
-            # A receiver states what it holds (on our birth, after its own reconnect, or after a commit elsewhere
-            # in the group). If that is exactly our acked point and nothing advances for `stale_ack_resend_s`,
-            # what we sent beyond it was lost (e.g. a broker restart drops shared-subscription messages queued for
-            # an absent receiver): resend then, instead of waiting out the full ack timeout.
-            if epoch == self.ledger.epoch and through == self.ledger.acked_through() \
-                    and self._sent_through > through and self._resend_at is None:
-                self._resend_at = asyncio.get_running_loop().time() + self.config.stale_ack_resend_s
+        outcome = self.ledger.mark_acked(epoch, through, head_hash) if through > 0 else AckOutcome.ALREADY
+        match outcome:
+            case AckOutcome.ADVANCED:
+                self.health.acks_advanced += 1
+                self.health.last_ack = rfc3339(self.clock.now().wall)
+                self.health.acked_through = through
+                self._ack_wait_since = asyncio.get_running_loop().time() if self._sent_through > through else None
+                self._resend_at = None
+                self._acked_event.set()
                 self._wake.set()
-        elif name in ("MISMATCH", "BEYOND_HEAD"):
-            self.health.ack_mismatches += 1
-            log.error("ALARM: cloud ack for epoch %d through seq %d does not match our ledger (%s); nothing pruned",
-                      epoch, through, name.lower())
-        else:
-            self.health.acks_ignored += 1
-            log.warning("ignoring a cloud ack for epoch %d (ours is %d)", epoch, self.ledger.epoch)
+            case AckOutcome.ALREADY:
+                self.health.acks_already += 1
+                # A receiver states what it holds (on our birth, after its own reconnect, or after a commit
+                # elsewhere in the group). If that is exactly our acked point and nothing advances for
+                # `stale_ack_resend_s`, what we sent beyond it was lost (e.g. a broker restart drops
+                # shared-subscription messages queued for an absent receiver): resend then, instead of waiting out
+                # the full ack timeout.
+                if epoch == self.ledger.epoch and through == self.ledger.acked_through() \
+                        and self._sent_through > through and self._resend_at is None:
+                    self._resend_at = asyncio.get_running_loop().time() + self.config.stale_ack_resend_s
+                    self._wake.set()
+            case AckOutcome.MISMATCH | AckOutcome.BEYOND_HEAD:
+                self.health.ack_mismatches += 1
+                log.error("ALARM: cloud ack for epoch %d through seq %d does not match our ledger (%s); "
+                          "nothing pruned", epoch, through, outcome.value)
+            case AckOutcome.WRONG_EPOCH:
+                self.health.acks_ignored += 1
+                log.warning("ignoring a cloud ack for epoch %d (ours is %d)", epoch, self.ledger.epoch)
 
     async def _on_command(self, client: aiomqtt.Client, payload: bytes) -> None:
         self.health.commands += 1

@@ -2,11 +2,13 @@
 
 `SystemClock` is the gateway's: monotonic nanoseconds for durations, wall time for placing intervals, the boot id
 that ties the two together, and whether the kernel says the wall clock is synchronised (adjtimex's STA_UNSYNC flag,
-which NTP/chrony/timesyncd clear). Tests and simulations use `ManualClock`.
+which NTP/chrony/timesyncd clear). Tests use `ManualClock`; the demo and soak runs use `ScaledClock`, which runs
+faster than real time. Every clock has the whole `Clock` protocol, so a driver never asks which kind it was given.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import time
@@ -28,7 +30,28 @@ class Now:
 
 
 class Clock(Protocol):
+    """What the gateway, the sync and the drivers ask of a clock.
+
+    Drivers take timestamps from their backends on the host's monotonic clock (a GPIO edge's kernel stamp) and wait
+    in real time (a poll period, a timeout that an edge may cut short); a clock that runs faster than real time
+    (`ScaledClock`) must therefore say how its timeline relates to the host's.
+    """
+
     def now(self) -> Now: ...
+
+    @property
+    def factor(self) -> float:
+        """Seconds of this clock per real second: a wait of `s` clock seconds that an event may end early (a
+        timeout, a poll period) waits `s / factor` real seconds."""
+        ...
+
+    def from_real_mono_ns(self, real_mono_ns: int) -> int:
+        """A host monotonic stamp (`time.monotonic_ns()`'s clock, e.g. a GPIO edge's) on this clock's timeline."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Let `seconds` of this clock's time pass."""
+        ...
 
 
 def read_boot_id(path: Path = Path("/proc/sys/kernel/random/boot_id")) -> str:
@@ -82,6 +105,8 @@ def kernel_clock_synced() -> bool:
 class SystemClock:
     """The real clock. The sync flag is re-read at most every `sync_check_s` seconds (it changes rarely)."""
 
+    factor = 1.0
+
     def __init__(self, *, sync_check_s: float = 10.0) -> None:
         self.boot_id = read_boot_id()
         self._sync_check_ns = int(sync_check_s * 1e9)
@@ -95,13 +120,21 @@ class SystemClock:
             self._checked_ns = mono
         return Now(mono, time.time(), self._synced, self.boot_id)
 
-    def mono_to_wall(self, mono_ns: int) -> float:
-        """Wall time of a past monotonic stamp (e.g. a GPIO edge's kernel timestamp)."""
-        return time.time() - (time.monotonic_ns() - mono_ns) / 1e9
+    def from_real_mono_ns(self, real_mono_ns: int) -> int:
+        return real_mono_ns
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 class ManualClock:
-    """A clock a test or a compressed-time simulation moves by hand."""
+    """A clock a test or a compressed-time simulation moves by hand.
+
+    It is not tied to real time: `sleep` moves it (the task that sleeps is the one driving the simulation), host
+    stamps are taken as they are, and a wait that an event may end early takes real seconds (`factor` 1).
+    """
+
+    factor = 1.0
 
     def __init__(self, *, mono_ns: int = 1_000_000_000, wall: float = 1_764_460_800.0, synced: bool = True,
                  boot_id: str = "00000000-0000-4000-8000-000000000000") -> None:
@@ -117,8 +150,13 @@ class ManualClock:
         self.mono_ns += int(seconds * 1e9)
         self.wall += seconds
 
-    def mono_to_wall(self, mono_ns: int) -> float:
-        return self.wall - (self.mono_ns - mono_ns) / 1e9
+    def from_real_mono_ns(self, real_mono_ns: int) -> int:
+        return real_mono_ns
+
+    async def sleep(self, seconds: float) -> None:
+        """Move the clock `seconds` forward, then let the other tasks run once."""
+        self.advance(seconds)
+        await asyncio.sleep(0)
 
 
 class ScaledClock:
@@ -145,11 +183,6 @@ class ScaledClock:
         mono = self.from_real_mono_ns(time.monotonic_ns())
         return Now(mono, self._wall0 + (mono - self._real0) / 1e9, self.synced, self.boot_id)
 
-    def mono_to_wall(self, mono_ns: int) -> float:
-        return self._wall0 + (mono_ns - self._real0) / 1e9
-
     async def sleep(self, seconds: float) -> None:
         """Sleep `seconds` of this clock's time (seconds / factor of real time)."""
-        import asyncio
-
         await asyncio.sleep(seconds / self.factor)

@@ -16,12 +16,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .canonical import canonical_bytes
+from .errors import KotoError
 
 PrivateKey = ec.EllipticCurvePrivateKey
 PublicKey = ec.EllipticCurvePublicKey
 
 
-class KeyError_(ValueError):
+class KeyError_(KotoError, ValueError):
     """A key file that is missing, unreadable, or not an ECDSA P-256 key."""
 
 

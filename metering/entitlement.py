@@ -127,39 +127,8 @@ class Entitlement:
         for k in ("id", "version") if revoked else ("id", "version", "appliance", "kind"):
             if k not in d:
                 raise fail(k, "is required")
-        ent_id = d["id"]
-        if not isinstance(ent_id, str) or not ent_id or ent_id != ent_id.strip():
-            raise fail("id", f"{ent_id!r} is not allowed; a non-empty string")
-        version = d["version"]
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise fail("version", f"{version!r} is not allowed; an integer >= 1")
-        appliance = d.get("appliance", "")
-        if not isinstance(appliance, str) or "/" in appliance or appliance == "*" or (not appliance and not revoked):
-            raise fail("appliance", f"{appliance!r} is not allowed; an appliance name (no '/', not '*')")
-        function = d.get("function", "*")
-        if not isinstance(function, str) or not function or "/" in function or function != function.strip():
-            raise fail("function", f"{function!r} is not allowed; a function name or '*' for all")
-        kind_raw = d.get("kind", "until")
-        try:
-            kind = EntitlementKind(kind_raw)
-        except ValueError as exc:
-            raise fail("kind", f"{kind_raw!r} is not allowed; uses, kwh or until") from exc
-        limit = 0
-        raw_limit = d.get("limit")
-        if kind == EntitlementKind.USES and not (revoked and raw_limit is None):
-            if isinstance(raw_limit, bool) or not isinstance(raw_limit, int) or raw_limit < 1:
-                raise fail("limit", f"{raw_limit!r} is not allowed; for kind uses, an integer number of uses >= 1")
-            limit = raw_limit
-        elif kind == EntitlementKind.KWH and not (revoked and raw_limit is None):
-            if isinstance(raw_limit, int) and not isinstance(raw_limit, bool) and raw_limit > 0:
-                limit = raw_limit * MWH_PER_KWH
-            elif isinstance(raw_limit, str) and _KWH.match(raw_limit) and Decimal(raw_limit) > 0:
-                limit = int(Decimal(raw_limit) * MWH_PER_KWH)
-            else:
-                raise fail("limit", f"{raw_limit!r} is not allowed; for kind kwh, kWh > 0 as a decimal string such "
-                                    "as \"12.5\" (at most 6 decimals) or an integer")
-        elif kind == EntitlementKind.UNTIL and raw_limit is not None:
-            raise fail("limit", "is not allowed for kind until; valid_until is the limit")
+        ent_id, version, appliance, function = _identity(d, revoked, fail)
+        kind, limit = _kind_and_limit(d, revoked, fail)
         valid_from = _time(d.get("valid_from"), "valid_from", fail)
         valid_until = _time(d.get("valid_until"), "valid_until", fail)
         if kind == EntitlementKind.UNTIL and valid_until is None and not revoked:
@@ -351,7 +320,51 @@ def _kwh_text(mwh: int) -> str:
     return f"{whole}.{frac:06d}".rstrip("0").rstrip(".") if frac else str(whole)
 
 
-def _time(v: Any, key: str, fail: Callable[[str, str], EntitlementError]) -> int | None:
+_Fail = Callable[[str, str], EntitlementError]
+
+
+def _identity(d: dict[str, Any], revoked: bool, fail: _Fail) -> tuple[str, int, str, str]:
+    """What an entitlement is about: (id, version, appliance, function); a revoke may leave the appliance out."""
+    ent_id = d["id"]
+    if not isinstance(ent_id, str) or not ent_id or ent_id != ent_id.strip():
+        raise fail("id", f"{ent_id!r} is not allowed; a non-empty string")
+    version = d["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise fail("version", f"{version!r} is not allowed; an integer >= 1")
+    appliance = d.get("appliance", "")
+    if not isinstance(appliance, str) or "/" in appliance or appliance == "*" or (not appliance and not revoked):
+        raise fail("appliance", f"{appliance!r} is not allowed; an appliance name (no '/', not '*')")
+    function = d.get("function", "*")
+    if not isinstance(function, str) or not function or "/" in function or function != function.strip():
+        raise fail("function", f"{function!r} is not allowed; a function name or '*' for all")
+    return ent_id, version, appliance, function
+
+
+def _kind_and_limit(d: dict[str, Any], revoked: bool, fail: _Fail) -> tuple[EntitlementKind, int]:
+    """The kind and its limit: uses (an integer), mWh (from kWh, a decimal string or an integer), or none (until)."""
+    kind_raw = d.get("kind", "until")
+    try:
+        kind = EntitlementKind(kind_raw)
+    except ValueError as exc:
+        raise fail("kind", f"{kind_raw!r} is not allowed; uses, kwh or until") from exc
+    raw = d.get("limit")
+    if raw is None and (revoked or kind == EntitlementKind.UNTIL):
+        return kind, 0
+    if kind == EntitlementKind.USES:
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+            raise fail("limit", f"{raw!r} is not allowed; for kind uses, an integer number of uses >= 1")
+        return kind, raw
+    if kind == EntitlementKind.KWH:
+        if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0:
+            return kind, raw * MWH_PER_KWH
+        if isinstance(raw, str) and _KWH.match(raw) and Decimal(raw) > 0:
+            return kind, int(Decimal(raw) * MWH_PER_KWH)
+        raise fail("limit", f"{raw!r} is not allowed; for kind kwh, kWh > 0 as a decimal string such as \"12.5\" "
+                            "(at most 6 decimals) or an integer")
+    raise fail("limit", "is not allowed for kind until; valid_until is the limit")
+
+
+def _time(v: Any, key: str, fail: _Fail) -> int | None:
     """RFC 3339 text or integer epoch seconds -> whole epoch seconds (rounded down)."""
     if v is None:
         return None

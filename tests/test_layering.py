@@ -62,3 +62,19 @@ def test_importing_the_layers_and_the_cli_loads_no_hardware_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == ""
+
+
+def test_reading_every_drivers_traits_and_loading_a_config_loads_no_hardware_library() -> None:
+    """Traits live on the driver classes (drivers/base.py), so learning them imports each driver's module: those
+    modules import their hardware library only inside the functions that open a device."""
+    code = (
+        "import sys\n"
+        "from drivers.base import REGISTRY, driver_class\n"
+        "from gateway.config import load_config\n"
+        "traits = [(c.energy_kind, c.needs, c.takes_start_count) for c in map(driver_class, REGISTRY)]\n"
+        "load_config('deploy/koto.example.toml')\n"
+        f"heavy = {HEAVY!r}\n"
+        "print(','.join(sorted(m for m in heavy if m in sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == ""

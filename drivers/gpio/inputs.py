@@ -11,9 +11,9 @@ runs on whichever thread drove the pin (often the loop itself); the same path wo
 Timebase: gpiozero's `ticks` are seconds on the pin factory's clock. With lgpio they are the kernel's edge
 timestamps divided by 1e9; lgpio asks for CLOCK_MONOTONIC stamps (it does not set LG_SET_REALTIME_CLOCK, and
 gpiozero masks that flag out), the same clock as `time.monotonic_ns()`. A plain MockPin stamps with
-`time.monotonic()`, also host-monotonic. Host stamps go through the source clock's `from_real_mono_ns` when it has
-one (ScaledClock compresses time) and are used as they are otherwise (SystemClock). A `ScriptedPin` (drivers.gpio
-.sim) already carries times on the source clock's own timeline, so its stamps are used unchanged.
+`time.monotonic()`, also host-monotonic. Host stamps go through the source clock's `from_real_mono_ns` (the
+identity for SystemClock; ScaledClock compresses time). A `ScriptedPin` (drivers.gpio.sim) already carries times on
+the source clock's own timeline, so its stamps are used unchanged.
 """
 
 from __future__ import annotations
@@ -34,10 +34,7 @@ def ticks_to_clock_ns(clock: Clock, pin: Any) -> Callable[[float], int]:
     """The mapping from a pin's `ticks` (float seconds) to the clock's monotonic nanoseconds, chosen per pin."""
     if getattr(pin, "koto_timebase", "host") == "clock":
         return lambda ticks: round(ticks * 1e9)
-    from_real = getattr(clock, "from_real_mono_ns", None)
-    if callable(from_real):
-        return lambda ticks: int(from_real(round(ticks * 1e9)))
-    return lambda ticks: round(ticks * 1e9)
+    return lambda ticks: clock.from_real_mono_ns(round(ticks * 1e9))
 
 
 @functools.cache
@@ -134,5 +131,4 @@ class EdgeInput:
 
 def real_seconds(clock: Clock, clock_seconds: float) -> float:
     """How long to wait in real time for `clock_seconds` to pass on `clock` (ScaledClock runs faster)."""
-    factor = getattr(clock, "factor", 1.0)
-    return max(0.0, clock_seconds / factor) if isinstance(factor, int | float) and factor > 0 else clock_seconds
+    return max(0.0, clock_seconds / clock.factor)

@@ -27,7 +27,6 @@ from koto.reading import Quantity, Reading
 from ..base import Source
 from .config import Keys
 from .edges import to_fraction
-from .inputs import real_seconds
 
 RAW_MAX = 1023
 
@@ -58,6 +57,8 @@ class Calibration:
 
 class Mcp3008Source(Source):
     driver: ClassVar[str] = "mcp3008"
+    energy_kind = "power"
+    needs = frozenset({"pin_factory"})
     KEYS: ClassVar[tuple[str, ...]] = (
         "channel", "differential", "quantity", "gain", "offset", "points", "interval_s", "samples",
         "spi_port", "spi_device", "signal",
@@ -163,12 +164,8 @@ class Mcp3008Source(Source):
 
     async def _readings(self) -> AsyncIterator[Reading]:
         assert self._adc is not None, "use `async with` before iterating"
-        sleep = getattr(self.clock, "sleep", None)
         while True:
             r = await self.read_once()
             if r is not None:
                 yield self._emit(r)
-            if sleep is not None:
-                await sleep(self.interval_s)
-            else:
-                await asyncio.sleep(real_seconds(self.clock, self.interval_s))
+            await self.clock.sleep(self.interval_s)

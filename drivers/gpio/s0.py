@@ -38,6 +38,9 @@ S0_PULSE_WIDTH_MS = 30
 
 class S0PulseSource(Source):
     driver: ClassVar[str] = "s0"
+    energy_kind = "pulses"
+    needs = frozenset({"pin_factory"})
+    takes_start_count = True
     KEYS: ClassVar[tuple[str, ...]] = (
         "pin", "imp_per_kwh", "pull", "active", "bounce_ms", "zero_after_s", "report_s", "poll_s", "heartbeat_s",
     )

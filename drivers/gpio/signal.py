@@ -22,6 +22,7 @@ from .inputs import EdgeInput, real_seconds
 
 class SignalSource(Source):
     driver: ClassVar[str] = "gpio_signal"
+    needs = frozenset({"pin_factory"})
     KEYS: ClassVar[tuple[str, ...]] = (
         "pin", "signal", "pull", "active", "bounce_ms", "active_value", "inactive_value",
     )

@@ -14,8 +14,7 @@ Imports gpiozero at import time: import this module only where simulation is wan
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from fractions import Fraction
 from typing import Any
 
@@ -121,17 +120,15 @@ class PulseTrain:
 
 
 async def run_pulse_train(pin: Any, clock: Clock, power_mw: Callable[[], int], imp_per_kwh: float | int | str,
-                          *, step_s: float = 0.2, width_ns: int = S0_WIDTH_NS,
-                          sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
+                          *, step_s: float = 0.2, width_ns: int = S0_WIDTH_NS) -> None:
     """Drive S0 pulses into `pin` for as long as the task runs, at whatever `power_mw()` says now (demo use).
 
-    `sleep` waits `step_s` of the clock's time (ScaledClock.sleep when the demo compresses time).
+    Each step waits `step_s` of the clock's time (`clock.sleep`: compressed on a ScaledClock, moved on a ManualClock).
     """
     p = _scripted(pin, None)
-    nap = sleep or getattr(clock, "sleep", None) or asyncio.sleep
     train = PulseTrain(imp_per_kwh, start_ns=clock.now().mono_ns)
     while True:
-        await nap(step_s)
+        await clock.sleep(step_s)
         drive_pulses(p, train.advance(clock.now().mono_ns, power_mw()), width_ns=width_ns)
 
 

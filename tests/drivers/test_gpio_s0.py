@@ -211,16 +211,11 @@ async def test_the_demo_pulse_train_runs_through_the_real_s0_stack() -> None:
 
     clock = ManualClock(mono_ns=7 * S)
     factory = mock_factory()
-
-    async def sleep(seconds: float) -> None:  # compressed time: each nap moves the clock, yields the loop
-        clock.advance(seconds)
-        await asyncio.sleep(0)
-
     src = S0PulseSource("kettle", clock=clock, pin=PIN, imp_per_kwh=1000, pin_factory=factory)
     async with src:
         it = aiter(src)
         await take(it, 1)
-        train = asyncio.create_task(run_pulse_train(factory.pin(PIN), clock, lambda: 3_600_000, 1000, sleep=sleep))
+        train = asyncio.create_task(run_pulse_train(factory.pin(PIN), clock, lambda: 3_600_000, 1000))
         got: list[Reading] = []
         try:
             while sum(r.quantity is Quantity.PULSES for r in got) < 4:

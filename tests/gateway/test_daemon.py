@@ -73,8 +73,7 @@ async def boiling_kettle(tmp_path: Path, **gateway: float) -> AsyncIterator[Gate
                  sync_enabled=False)
     stop = asyncio.Event()
     run = asyncio.create_task(gw.run(stop))
-    kettle = asyncio.create_task(run_pulse_train(factory.pin(17), clock, lambda: 2_200_000, 20_000, step_s=0.02,
-                                                 sleep=asyncio.sleep))
+    kettle = asyncio.create_task(run_pulse_train(factory.pin(17), clock, lambda: 2_200_000, 20_000, step_s=0.02))
     try:
         yield gw
     finally:
@@ -155,8 +154,7 @@ async def test_an_enforcement_relay_blocks_an_idle_unentitled_appliance_but_neve
         grant(1)
         await asyncio.sleep(1.5)
         assert relay.powered and coil.state == 0
-        boil = asyncio.create_task(run_pulse_train(factory.pin(17), clock, lambda: 2_200_000, 20_000,
-                                                   step_s=0.02, sleep=asyncio.sleep))
+        boil = asyncio.create_task(run_pulse_train(factory.pin(17), clock, lambda: 2_200_000, 20_000, step_s=0.02))
         await asyncio.sleep(5.0)  # a use has started (the kettle profile needs a few seconds above 1 kW)
         assert gw.meters["kettle"].cycle.running
         grant(2, action="revoke")

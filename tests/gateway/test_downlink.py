@@ -322,7 +322,8 @@ async def test_commands_over_mqtt_get_replies_and_their_lifecycle_records_reach_
     from cloud.commands import BrokerOptions, send_command
     from cloud.receiver import Receiver, ReceiverConfig
     from cloud.store import SqliteStore
-    from gateway.sync import Sync, SyncConfig
+    from gateway.config import SyncConfig
+    from gateway.sync import Sync
     from koto.signing import public_pem
     from tests.support.broker import Mosquitto
     from tests.support.gw_child import device_key

@@ -18,8 +18,10 @@ import pytest
 from cloud.receiver import Receiver, ReceiverConfig
 from cloud.store import SqliteStore
 from cloud.verify import verify_chain
+from gateway.config import SyncConfig, parse_config
+from gateway.errors import ConfigError
 from gateway.mqtt_conn import make_client, parse_broker_url
-from gateway.sync import Sync, SyncConfig
+from gateway.sync import Sync
 from koto.clock import ManualClock
 from koto.signing import public_pem
 from metering.errors import LedgerError
@@ -324,12 +326,10 @@ async def test_new_records_are_sent_when_the_meter_notifies(broker: Mosquitto, l
 
 
 def test_sync_config_comes_from_the_gateway_config_cloud_table(tmp_path: Path) -> None:
-    from gateway.config import CloudConfig
-
-    cloud = CloudConfig(broker="mqtts://broker.example:8883", ca=tmp_path / "ca.pem", cert=tmp_path / "gw.crt",
-                        key=tmp_path / "gw.key", window=64, live_interval_s=2.0,
-                        operator_keys=(tmp_path / "op.pem",))
-    cfg = SyncConfig.from_cloud_config(cloud, "gw-9")
+    table = {"broker": "mqtts://broker.example:8883", "ca": "ca.pem", "cert": "gw.crt", "key": "gw.key",
+             "window": 64, "live_interval_s": 2.0, "operator_keys": ["op.pem"]}
+    cfg = parse_config({"gateway": {"id": "gw-9"}, "cloud": table}, file="koto.toml", base=tmp_path).cloud
+    assert cfg is not None
     assert (cfg.gateway_id, cfg.url.host, cfg.url.port, cfg.url.tls) == ("gw-9", "broker.example", 8883, True)
     assert (cfg.window, cfg.live_interval_s, cfg.operator_keys) == (64, 2.0, (tmp_path / "op.pem",))
 
@@ -343,10 +343,8 @@ def test_sync_config_comes_from_the_gateway_config_cloud_table(tmp_path: Path) -
     ({"broker": "mqtt://x", "colour": "red"}, "cloud.colour"),
 ])
 def test_bad_cloud_settings_name_the_file_and_key(table: dict[str, Any], key: str) -> None:
-    from gateway.errors import ConfigError
-
     with pytest.raises(ConfigError) as e:
-        SyncConfig.from_table(table, gateway_id="gw-1", file="koto.toml")
+        parse_config({"gateway": {"id": "gw-1"}, "cloud": table}, file="koto.toml")
     assert (e.value.file, e.value.key) == ("koto.toml", key)
 
 

@@ -104,7 +104,8 @@ def energy_check(bodies: list[bytes]) -> tuple[int, int, int]:
 
 
 async def _child(args: argparse.Namespace) -> int:
-    from gateway.sync import Sync, SyncConfig
+    from gateway.config import SyncConfig
+    from gateway.sync import Sync
 
     state = Path(args.state)
     ledger = open_ledger(state, args.gateway)

@@ -1,0 +1,47 @@
+"""A driver is one module plus one registry line: what the gateway must know about it (the energy its readings
+carry, the backends it needs, whether it continues a count) is declared on its class, and the gateway reads it there."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+import pytest
+
+from drivers.base import REGISTRY, EnergyKind, driver_class
+from gateway.config import parse_config
+from gateway.runner import production_backends
+from metering.energy import Kind
+
+
+def test_every_registered_driver_declares_its_traits_on_its_class() -> None:
+    traits = {name: (c.driver, c.energy_kind, set(c.needs), c.takes_start_count)
+              for name, c in ((n, driver_class(n)) for n in REGISTRY)}
+    assert traits == {
+        "s0": ("s0", "pulses", {"pin_factory"}, True),
+        "gpio_signal": ("gpio_signal", "register", {"pin_factory"}, False),
+        "mcp3008": ("mcp3008", "power", {"pin_factory"}, False),
+        "modbus": ("modbus", "register", set(), False),
+        "line": ("line", "register", set(), False),
+        "bthome": ("bthome", "register", {"ble"}, False),
+    }
+    assert get_args(EnergyKind) == get_args(Kind)  # the drivers' energy kinds are the meter's
+
+
+def config(*drivers: str) -> dict[str, object]:
+    sources = {f"src-{i}": {"driver": d, **({"imp_per_kwh": 1000} if d == "s0" else {})} for i, d in enumerate(drivers)}
+    return {"gateway": {"id": "gw-1"}, "appliance": [{"id": "a", "profile": "kettle", "sources": sources}]}
+
+
+def test_the_gateway_builds_only_the_backends_its_drivers_need(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    assert production_backends(parse_config(config("modbus", "line"))) == {}
+    assert set(production_backends(parse_config(config("modbus", "s0")))) == {"pin_factory"}
+    assert set(production_backends(parse_config(config("mcp3008", "bthome")))) == {"pin_factory", "ble"}
+
+
+@pytest.mark.parametrize(("driver", "kind"), [("s0", "pulses"), ("mcp3008", "power"), ("modbus", "register")])
+def test_an_appliance_meters_by_its_energy_drivers_kind_unless_the_config_says(driver: str, kind: str) -> None:
+    raw = config(driver)
+    assert parse_config(raw).appliances[0].energy_kind == kind
+    raw["appliance"][0]["energy_kind"] = "power"  # type: ignore[index]
+    assert parse_config(raw).appliances[0].energy_kind == "power"
