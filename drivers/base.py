@@ -83,6 +83,30 @@ class RateLimitedLog:
         return True
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A piece of hardware a source uses, so that two sources that would fight over it are refused at config load.
+
+    Claims of one `resource` (e.g. "serial:/dev/ttyUSB0", "gpio:17") must all be shared and agree on `terms` (e.g.
+    the line settings of an RS-485 bus every meter on it must use); an exclusive claim tolerates no other. `key` is
+    the source's config key that names the resource, so the error can name it.
+    """
+
+    resource: str
+    key: str
+    terms: str = ""
+    exclusive: bool = True
+
+
+def claim_conflict(a: Claim, b: Claim) -> str:
+    """Why two claims of the same resource cannot both hold ("" when they can), in words for a config error."""
+    if a.exclusive or b.exclusive:
+        return "is already used by another source; each can be used by only one"
+    if a.terms != b.terms:
+        return f"is already used with {a.terms}; every source on it must use the same settings, not {b.terms}"
+    return ""
+
+
 class Source:
     """Base class for every driver. Subclasses implement `_open`, `_close` and `_readings`.
 
@@ -137,6 +161,10 @@ class Source:
 
     def _readings(self) -> AsyncIterator[Reading]:
         raise NotImplementedError
+
+    def claims(self) -> tuple[Claim, ...]:
+        """The hardware this source uses (a pin, a serial port and its line settings...); none by default."""
+        return ()
 
     def _emit(self, reading: Reading) -> Reading:
         self.health.readings += 1

@@ -28,7 +28,7 @@ from typing import Any, Self
 from koto.clock import Clock, Now
 from koto.reading import Quantity, Reading, to_milli
 
-from .base import Source
+from .base import Claim, Source
 from .ble_backend import BleakBackend, Subscription
 from .bthome import BTHomeDecoder, Decoded
 from .errors import DriverConfigError, FrameError
@@ -118,6 +118,9 @@ class BTHomeSource(Source):
         return cls(name, clock=clock, address=address, backend=ble, bindkey=bindkey, stale_after_s=float(stale))
 
     # --- lifecycle --------------------------------------------------------------------------------------------
+
+    def claims(self) -> tuple[Claim, ...]:
+        return (Claim(f"ble:{self.address}", "address"),)
 
     async def _open(self) -> None:
         self._decoder = BTHomeDecoder(self.address, self.bindkey)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import random
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from koto.clock import Clock
 from koto.reading import UNITS as METER_UNITS
 from koto.reading import Quantity, Reading, to_milli
 
-from .base import Source
+from .base import Claim, Source
 from .errors import DriverConfigError, FrameError
 
 MAX_LINE = 1024
@@ -309,6 +310,10 @@ class LineSource(Source):
             await self._close_port()
             self.health.state = "reconnecting"
             await asyncio.sleep(self.backoff_initial_s * self._rng.uniform(0.5, 1.0))
+
+    def claims(self) -> tuple[Claim, ...]:
+        # A line protocol owns its port: another reader would steal half of every line.
+        return (Claim(f"serial:{os.path.realpath(self.port)}", "port"),)
 
     def _readings(self) -> AsyncIterator[Reading]:
         """One stream per source: a second `async for` continues where the first stopped, on the same port."""

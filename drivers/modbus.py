@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import os
 import struct
 import tomllib
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -33,7 +34,7 @@ from typing import Any, Self
 from koto.clock import Clock
 from koto.reading import UNITS, Quantity, Reading, to_milli
 
-from .base import Source
+from .base import Claim, Source
 from .errors import BusSettingsConflict, DriverConfigError, FrameError
 from .serialbus import (
     FC_READ_HOLDING,
@@ -356,6 +357,12 @@ class ModbusMeterSource(Source):
         retries = pick("retries", 2, lambda v: isinstance(v, int) and 0 <= v <= 10, "0..10")
         return cls(name, clock=clock, settings=settings, address=address, regmap=regmap, poll_s=float(poll_s),
                    retries=retries, timeout_s=float(timeout_s), bus_options=backends.get("bus_options"))
+
+    def claims(self) -> tuple[Claim, ...]:
+        """Meters share an RS-485 bus (one owner serialises them) only when all use the same line settings."""
+        s = self.settings
+        terms = f"{s.baud} baud, parity {s.parity}, {s.bytesize} data bits, {s.stopbits} stop bit(s)"
+        return (Claim(f"serial:{os.path.realpath(s.port)}", "baud", terms=terms, exclusive=False),)
 
     async def _open(self) -> None:
         try:

@@ -189,6 +189,7 @@ def parse_config(data: dict[str, Any], *, file: str = "<config>", base: Path | N
     tariff = root.get("tariff", dict, None, what="a table describing the local default tariff")
     appliances = _parse_appliances(root, gateway.id, base)
     root.reject_unknown()
+    _check_hardware(appliances, file)
     return GatewayConfig(file=file, id=gateway.id, state_dir=gateway.state_dir, timezone=gateway.timezone,
                          subject=gateway.subject, batch_ms=gateway.batch_ms, checkpoint_s=gateway.checkpoint_s,
                          cloud=cloud, tariff=tariff, appliances=appliances)
@@ -348,6 +349,43 @@ def _parse_sources(at: _Table, aid: str, owners: dict[str, str]) -> dict[str, di
         owners[sname] = aid
         sources[sname] = dict(scfg)
     return sources
+
+
+_RESOURCE_WORDS = {"serial": "serial port", "gpio": "GPIO", "ble": "BLE device", "mcp3008": "MCP3008 input"}
+
+
+def _check_hardware(appliances: tuple[ApplianceConfig, ...], file: str) -> None:
+    """Build every source (pure: no port is opened) so each driver checks its own keys now, then refuse two
+    sources (or a source and a relay) that would fight over one piece of hardware: two meters on one RS-485 bus
+    with different line settings, one GPIO pin twice, one BLE device twice. Found at load, named by file and key,
+    instead of when the second source opens at run time."""
+    from drivers.base import Claim, build_source, claim_conflict
+    from drivers.errors import DriverConfigError
+    from drivers.gpio.relay import Relay
+    from koto.clock import ManualClock
+
+    clock = ManualClock()
+    held: dict[str, tuple[str, Claim]] = {}  # resource -> (dotted key of the first claimant, its claim)
+    for app in appliances:
+        claims: list[tuple[str, Claim]] = []
+        for name, scfg in app.sources.items():
+            src = build_source(name, scfg, clock=clock, file=file)
+            claims += [(f"appliance.{app.id}.sources.{name}", c) for c in src.claims()]
+        if app.relay is not None:
+            try:
+                relay = Relay.from_config(f"{app.id}-relay", app.relay)
+            except DriverConfigError as e:
+                raise ConfigError(file, f"appliance.{app.id}.relay.{e.key}", e.problem) from None
+            claims.append((f"appliance.{app.id}.relay", Claim(f"gpio:{relay.pin}", "pin")))
+        for where, claim in claims:
+            first = held.setdefault(claim.resource, (where, claim))
+            if first[0] == where:
+                continue
+            problem = claim_conflict(first[1], claim)
+            if problem:
+                kind, _, ident = claim.resource.partition(":")
+                raise ConfigError(file, f"{where}.{claim.key}",
+                                  f"{_RESOURCE_WORDS.get(kind, kind)} {ident} {problem} (see {first[0]})")
 
 
 def load_config(path: str | Path) -> GatewayConfig:

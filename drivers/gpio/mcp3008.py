@@ -24,10 +24,12 @@ from typing import Any, ClassVar, Self
 from koto.clock import Clock
 from koto.reading import Quantity, Reading
 
-from ..base import Source
+from ..base import Claim, Source
 from .config import Keys
 from .edges import to_fraction
 
+SPI0_BUS_PINS = (9, 10, 11)  # MISO, MOSI, SCLK (BCM numbers)
+SPI0_CE_PINS = (8, 7)  # CE0, CE1
 RAW_MAX = 1023
 
 
@@ -118,6 +120,17 @@ class Mcp3008Source(Source):
                    spi_port=k.integer("spi_port", 0, lo=0, hi=0),
                    spi_device=k.integer("spi_device", 0, lo=0, hi=1),
                    signal=k.text("signal") if "signal" in cfg else "")
+
+    def claims(self) -> tuple[Claim, ...]:
+        """The SPI bus's pins (shared by every channel of every chip on it), the chip select, and the channel."""
+        spi = f"SPI{self.spi_port}"
+        ce_pin = SPI0_CE_PINS[self.spi_device]
+        channels = (self.channel, self.channel ^ 1) if self.differential else (self.channel,)
+        return (
+            *(Claim(f"gpio:{pin}", "spi_port", terms=spi, exclusive=False) for pin in SPI0_BUS_PINS),
+            Claim(f"gpio:{ce_pin}", "spi_device", terms=f"{spi} chip select {self.spi_device}", exclusive=False),
+            *(Claim(f"mcp3008:{spi}.{self.spi_device}:{ch}", "channel") for ch in channels),
+        )
 
     async def _open(self) -> None:
         if self.pin_factory is None:

@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Self
 from koto.clock import Clock
 from koto.reading import Quality, Quantity, Reading
 
-from ..base import Source
+from ..base import Claim, Source
 from .config import Keys
 from .edges import Debouncer, Edge, s0_power_mw, to_fraction
 from .inputs import EdgeInput, real_seconds
@@ -96,6 +96,9 @@ class S0PulseSource(Source):
     @property
     def bounces_rejected(self) -> int:
         return 0 if self._deb is None else self._deb.rejected
+
+    def claims(self) -> tuple[Claim, ...]:
+        return (Claim(f"gpio:{self._input.pin_number}", "pin"),)
 
     async def _open(self) -> None:
         if self.pin_factory is None:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Self
 from koto.clock import Clock
 from koto.reading import Quantity, Reading
 
-from ..base import Source
+from ..base import Claim, Source
 from .config import Keys
 from .edges import Debouncer
 from .inputs import EdgeInput, real_seconds
@@ -61,6 +61,9 @@ class SignalSource(Source):
         """The debounced state now."""
         assert self._deb is not None
         return self.active_value if self._deb.stable else self.inactive_value
+
+    def claims(self) -> tuple[Claim, ...]:
+        return (Claim(f"gpio:{self._input.pin_number}", "pin"),)
 
     async def _open(self) -> None:
         if self.pin_factory is None:

@@ -33,7 +33,7 @@ energy = "washer-meter"
 driver = "modbus"
 model = "sdm120"
 port = "/dev/ttyUSB0"
-device_id = 1
+address = 1
 
 [[appliance]]
 id = "kettle"
