@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from koto import __version__
-from koto.errors import KotoError
+from koto.errors import KotoError, explain_os_error
 
 from .config import GatewayConfig, load_config
 from .state import StateDir
@@ -69,14 +69,24 @@ def cli(verbose: int) -> None:
 @cli.command()
 @_config_option
 @_state_option
-@click.option("--force", is_flag=True, help="Replace an existing device key (the old ledger then no longer verifies).")
-def provision(config_path: str | None, state_dir: str | None, force: bool) -> None:
+@click.option("--force", is_flag=True, help="Make a new device key even though one exists.")
+@click.option("--new-epoch", is_flag=True,
+              help="With --force while a ledger exists: archive it as ledger-EPOCH.db and start a new epoch.")
+def provision(config_path: str | None, state_dir: str | None, force: bool, new_epoch: bool) -> None:
     """Create the state folder and the device key; print the public key to register at the billing cloud."""
     _cfg, sd, _gid = _resolve(config_path, state_dir)
-    pem, created = sd.provision(force=force)
-    click.echo(f"{'created' if created else 'kept existing'} device key {sd.private_key_path} (mode 0600)", err=True)
+    done = sd.provision(force=force, new_epoch=new_epoch)
+    old = done.archived
+    if old is not None:
+        click.echo(f"archived epoch {old.epoch} (seq 1..{old.head_seq}) as {old.path}; its public key is "
+                   f"{sd.keys / f'device-{old.epoch}.pub.pem'}", err=True)
+        if old.unacked:
+            click.echo(f"warning: {old.unacked} record(s) of epoch {old.epoch} were never acknowledged by the cloud; "
+                       f"they stay in {old.path}", err=True)
+    click.echo(f"{'created' if done.created else 'kept existing'} device key {sd.private_key_path} (mode 0600)",
+               err=True)
     click.echo(f"public key written to {sd.public_key_path}; register it at the billing cloud:", err=True)
-    click.echo(pem, nl=False)
+    click.echo(done.public_pem, nl=False)
 
 
 def _open_ledger_ro(sd: StateDir, gid: str | None) -> Any:
@@ -277,12 +287,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KotoError as e:
         click.echo(f"koto: {e}", err=True)
         return 2
+    except OSError as e:  # a folder owned by root, a full disk, a read-only card: one line that says what to do
+        click.echo(f"koto: {explain_os_error(e)}", err=True)
+        return 2
     except BaseExceptionGroup as group:  # the daemon's TaskGroup: plain errors stay plain lines
-        plain, rest = group.split(KotoError)
+        plain, rest = group.split((KotoError, OSError))
         if rest is not None or plain is None:
             raise
         for leaf in _leaves(plain):
-            click.echo(f"koto: {leaf}", err=True)
+            text = explain_os_error(leaf) if isinstance(leaf, OSError) and not isinstance(leaf, KotoError) else leaf
+            click.echo(f"koto: {text}", err=True)
         return 2
     except SystemExit as e:  # commands that exit with a code (verify)
         return int(e.code or 0) if not isinstance(e.code, str) else 1

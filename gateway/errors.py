@@ -15,3 +15,14 @@ class NotProvisioned(KotoError, FileNotFoundError):
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir
         super().__init__(f"{state_dir}: no device key; run `koto provision --state-dir {state_dir}` first")
+
+
+class StateError(KotoError):
+    """The state folder is in a state a command must not change (a ledger a new key would orphan, a running writer).
+
+    Names the path and says what to do."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")

@@ -11,6 +11,8 @@ came from), the dotted key, and the problem in plain words, including what is al
 
 from __future__ import annotations
 
+import errno
+
 
 class KotoError(Exception):
     """Root of every error raised on purpose by Koto (koto, metering, drivers, gateway, cloud)."""
@@ -26,4 +28,26 @@ class FieldError(KotoError, ValueError):
         super().__init__(f"{file}: {key}: {problem}")
 
 
-__all__ = ["FieldError", "KotoError"]
+_ADVICE = {
+    errno.EACCES: "permission denied; run the command as the koto user (sudo -u koto koto ...), or give the folder "
+                  "to that user (sudo chown -R koto:koto on the folder)",
+    errno.EPERM: "operation not permitted; run the command as the koto user (sudo -u koto koto ...)",
+    errno.ENOSPC: "the disk is full; free some space (journalctl --vacuum-size=50M, old files) and try again",
+    errno.EDQUOT: "the disk quota is used up; free some space and try again",
+    errno.EFBIG: "the file is too large for this file system or its limit; free space or raise the limit",
+    errno.EROFS: "the file system is read-only; remount it read-write (or check the SD card: it may be failing)",
+    errno.EIO: "input/output error; the SD card or disk may be failing: back up the state folder and replace it",
+    errno.ENOENT: "no such file or folder; check the path",
+    errno.ENOTDIR: "a part of the path is not a folder; check the path",
+    errno.EISDIR: "is a folder, not a file; check the path",
+}
+
+
+def explain_os_error(e: OSError) -> str:
+    """One line for an OS error a person can act on: the path, what is wrong, and what to do (never a traceback)."""
+    path = e.filename if e.filename is not None else ""
+    advice = _ADVICE.get(e.errno or 0) or (e.strerror or str(e))
+    return f"{path}: {advice}" if path else advice
+
+
+__all__ = ["FieldError", "KotoError", "explain_os_error"]

@@ -7,7 +7,6 @@ hardware without changing the contract. Everything here is `cryptography`; nothi
 from __future__ import annotations
 
 import base64
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .canonical import canonical_bytes
 from .errors import KotoError
+from .files import write_atomic
 
 PrivateKey = ec.EllipticCurvePrivateKey
 PublicKey = ec.EllipticCurvePublicKey
@@ -31,17 +31,12 @@ def generate_key() -> PrivateKey:
 
 
 def save_private_key(key: PrivateKey, path: Path) -> None:
-    """Write PKCS#8 PEM with mode 0600 from the first byte (never world-readable, not even briefly)."""
+    """Write PKCS#8 PEM, mode 0600 from the first byte, atomically: a full disk leaves no empty or partial key."""
     path.parent.mkdir(parents=True, exist_ok=True)
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(path, 0o600)
+    write_atomic(path, pem, mode=0o600)
 
 
 def public_pem(key: PrivateKey | PublicKey) -> str:
@@ -51,9 +46,17 @@ def public_pem(key: PrivateKey | PublicKey) -> str:
 
 def load_private_key(path: Path) -> PrivateKey:
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as e:
-        raise KeyError_(f"{path}: cannot load the private key ({e})") from e
+        data = path.read_bytes()
+    except OSError as e:
+        raise KeyError_(f"{path}: cannot read the key ({e.strerror})") from e
+    if not data.strip():
+        raise KeyError_(f"{path}: the key file is empty (a provisioning that ran out of disk?); restore it from a "
+                        "backup, or start a new epoch with `koto provision --force --new-epoch`")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as e:
+        raise KeyError_(f"{path}: not a PEM private key ({str(e).splitlines()[0]}); restore it from a backup, or "
+                        "start a new epoch with `koto provision --force --new-epoch`") from e
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise KeyError_(f"{path}: not an ECDSA P-256 private key")
     return key
