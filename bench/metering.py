@@ -29,7 +29,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 from koto.canonical import ZERO_HASH, canonical_bytes  # noqa: E402
 from koto.signing import generate_key  # noqa: E402
-from metering.ledger import _PREHASHED_ECDSA, _RECORD_COLS, INSERT_SQL, SCHEMA, Ledger, connect  # noqa: E402
+from metering.ledger import Ledger  # noqa: E402
+from metering.ledger.envelope import PREHASHED_ECDSA, Envelope  # noqa: E402
+from metering.ledger.store import INSERT_SQL, RECORD_COLS, connect, create_schema  # noqa: E402
 from metering.records import Draft, RecordKind, TimeStatus, UsageRecord, usage_draft  # noqa: E402
 
 T0 = 1_800_000_000.0
@@ -69,7 +71,7 @@ def usage_drafts(n: int, *, t0: float = T0, first_cycle: int = 0) -> list[Draft]
 
 def _timed_rows(path: Path, after_seq: int) -> list[tuple[object, ...]]:
     conn = sqlite3.connect(path)
-    rows = conn.execute(f"SELECT {_RECORD_COLS} FROM records WHERE seq>? ORDER BY seq", (after_seq,)).fetchall()
+    rows = conn.execute(f"SELECT {RECORD_COLS} FROM records WHERE seq>? ORDER BY seq", (after_seq,)).fetchall()
     conn.close()
     return rows
 
@@ -91,9 +93,7 @@ def _raw_round(dirpath: Path, rows: list[tuple[object, ...]], batch: int, tag: s
     """Records/s of raw SQLite: the same rows (the ledger's own bytes), same schema, pragmas and batch size, one
     `BEGIN IMMEDIATE ... COMMIT` per batch, nothing else."""
     conn = connect(dirpath / f"raw-{tag}.db")
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            conn.execute(statement)
+    create_schema(conn)
     t = time.perf_counter()
     for i in range(0, len(rows), batch):
         conn.execute("BEGIN IMMEDIATE")
@@ -115,17 +115,17 @@ def _sign_rate(rows: list[tuple[object, ...]]) -> float:
         digests.append(hashlib.sha256(canonical_bytes(event)).digest())
     t = time.perf_counter()
     for d in digests:
-        binascii.b2a_base64(key.sign(d, _PREHASHED_ECDSA), newline=False).decode("ascii")
+        binascii.b2a_base64(key.sign(d, PREHASHED_ECDSA), newline=False).decode("ascii")
     return len(digests) / (time.perf_counter() - t)
 
 
-def _build_rate(dirpath: Path, drafts: list[Draft], batch: int) -> float:
+def _build_rate(drafts: list[Draft], batch: int) -> float:
     """Records/s of building and chaining alone (validate, JSON, canonical text, sha256), no signing, no SQL."""
-    with Ledger.open(dirpath / "build.db", gateway_id="bench-gw", key=generate_key(), epoch=1_000) as ledger:
-        t = time.perf_counter()
-        for i in range(0, len(drafts), batch):
-            ledger._prepare(drafts[i : i + batch], 0, ZERO_HASH)
-        return len(drafts) / (time.perf_counter() - t)
+    envelope = Envelope(epoch=1_000, gateway_id="bench-gw", gateway_subject="urn:koto:gw:bench-gw")
+    t = time.perf_counter()
+    for i in range(0, len(drafts), batch):
+        envelope.prepare(drafts[i : i + batch], 0, ZERO_HASH, {})
+    return len(drafts) / (time.perf_counter() - t)
 
 
 def bench_ledger(records: int = 5000, batches: tuple[int, ...] = (1, 10, 100), rounds: int = 3) -> None:
@@ -152,7 +152,7 @@ def bench_ledger(records: int = 5000, batches: tuple[int, ...] = (1, 10, 100), r
                 f"ratio {best / best_raw:.2f}x ({n} records)"
             )
             sign = 1e6 / _sign_rate(rows)
-            build = 1e6 / max(_build_rate(d, drafts, batch) for _ in range(rounds))
+            build = 1e6 / max(_build_rate(drafts, batch) for _ in range(rounds))
             per_raw = 1e6 / best_raw
             per = 1e6 / best
             print(

@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from koto.canonical import MAX_SAFE_INT, ZERO_HASH, CanonicalError, canonical_bytes
+from koto.canonical import ZERO_HASH, CanonicalError, canonical_text
 from koto.signing import PublicKey, verify_bytes
 
 from .errors import Rejected
@@ -32,9 +32,6 @@ _HEX = frozenset("0123456789abcdef")
 # ECDSA over a digest we already have (the record hash is the SHA-256 of the signed bytes): the same check as
 # koto.signing.verify_bytes without hashing the bytes a second time or building the algorithm object per record.
 _PREHASHED = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
-# koto.canonical.canonical_bytes(..., check=False) is json.dumps with these arguments; one encoder built once
-# gives the same bytes without json.dumps building a new encoder for every record.
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 _STR_FIELDS = ("specversion", "id", "source", "type", "subject", "time", "datacontenttype", "sequence",
                "timestatus", "prevhash", "sig")
 
@@ -113,40 +110,16 @@ def parse_event(payload: bytes) -> Event:
         raise Rejected("malformed", "the first record of an epoch must have a prevhash of 64 zeros")
     gateway = gateway_of(ev["source"])
     body = {k: v for k, v in ev.items() if k != "sig"}
-    if _flat_canonical(body, nested="data") and _flat_canonical(data):
-        signed = _CANONICAL.encode(body).encode("utf-8")
-    else:  # nested arrays/objects, or a value with no canonical form: the full check says which and where
-        try:
-            signed = canonical_bytes(body)
-        except CanonicalError as e:
-            raise Rejected("malformed", f"event has no canonical form: {e}") from None
+    try:  # koto's fast path: the bytes of canonical_bytes(body), or its refusal naming the value
+        signed = canonical_text(body).encode("utf-8")
+    except CanonicalError as e:
+        raise Rejected("malformed", f"event has no canonical form: {e}") from None
     digest = hashlib.sha256(signed).digest()
     return Event(
         gateway=gateway, source=ev["source"], id=ev["id"], epoch=epoch, seq=seq, type=ev["type"],
         subject=ev["subject"], time=ev["time"], hash=digest.hex(), prevhash=ev["prevhash"], sig=ev["sig"],
         body=bytes(payload), signed=signed, digest=digest,
     )
-
-
-def _flat_canonical(obj: dict[str, Any], nested: str = "") -> bool:
-    """True when every value is a string or a safe integer (or is the object under key `nested`, checked apart).
-
-    The common case of koto.canonical's check, without building a path string per value (that was a fifth of the
-    parse time); anything else (an array, a deeper object, a float, a bool, null, a huge integer) returns False and
-    the caller runs the full check, which accepts or rejects exactly as before and names the offending value.
-    """
-    for k, v in obj.items():
-        t = type(v)
-        if t is str:
-            continue
-        if t is int:
-            if -MAX_SAFE_INT <= v <= MAX_SAFE_INT:
-                continue
-            return False
-        if k == nested and t is dict:
-            continue
-        return False
-    return True
 
 
 def check_event(payload: bytes, topic_gateway: str, key: PublicKey | None) -> Event:

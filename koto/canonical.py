@@ -4,17 +4,34 @@ Records and commands hold only strings, integers and nested objects/arrays of th
 sorted keys and no insignificant whitespace *is* RFC 8785 (JCS): JCS differs from it only in how it writes floats
 (which we never use) and in sorting by UTF-16 code units (identical to code-point order for the ASCII keys we use).
 `canonical_bytes` refuses anything else, so two implementations that follow the contract get identical bytes.
+
+Two ways to the same bytes:
+
+- `canonical_bytes` is the definition: it checks every value (naming the first bad one by its path) and encodes with
+  `json.dumps`. Verification and anything not on a hot path use it.
+- `canonical_text` is the hot path of the ledger (every record it writes) and the receiver (every record it reads):
+  one check pass without a path string per value, an encoder built once. When that pass is not sure (an array, a
+  subclass of str or int, a value that has no canonical form) it runs the full check, so it accepts, refuses and
+  encodes exactly as `canonical_bytes` does; tests/koto/test_canonical.py checks that over generated values.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 ZERO_HASH = "0" * 64
 MAX_SAFE_INT = 2**53 - 1  # JCS/ECMAScript: larger integers do not survive a round trip through a JS receiver
+
+_MIN_SAFE_INT = -MAX_SAFE_INT
+
+# What `json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)` builds on every call, built once.
+# Without its check for circular references: only checked values reach it, and the check recurses forever on a
+# circular value (RecursionError) before anything is encoded, in `canonical_bytes` as here.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False)
 
 
 class CanonicalError(ValueError):
@@ -42,11 +59,36 @@ def _check(value: Any, path: str) -> None:
         raise CanonicalError(f"{path}: {type(value).__name__} is not allowed in canonical JSON")
 
 
-def canonical_bytes(obj: dict[str, Any], *, check: bool = True) -> bytes:
-    """UTF-8 JCS bytes of `obj`. `check=False` skips validation on hot paths whose input is already known good."""
-    if check:
-        _check(obj, "$")
+def _plainly_canonical(obj: dict[Any, Any]) -> bool:
+    """True when `obj` holds only string keys and plain strings, safe integers and objects of them (what records are
+    made of). A sufficient condition for `_check` to pass, never a necessary one: False means "run the full check"."""
+    for k, v in obj.items():
+        if type(k) is not str:
+            return False
+        t = type(v)
+        if t is str or (t is int and _MIN_SAFE_INT <= v <= MAX_SAFE_INT) or (t is dict and _plainly_canonical(v)):
+            continue
+        return False
+    return True
+
+
+def canonical_bytes(obj: dict[str, Any]) -> bytes:
+    """UTF-8 JCS bytes of `obj`; raises `CanonicalError` naming the first value that has no canonical form."""
+    _check(obj, "$")
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def canonical_text(obj: dict[str, Any], *, where: str = "$") -> str:
+    """`canonical_bytes(obj)` as text, the fast way (see the module docstring). `where` names `obj` in errors, e.g.
+    "data" gives "data.energy_mwh: float is not allowed ..."."""
+    if not _plainly_canonical(obj):
+        _check(obj, where)
+    return _ENCODER.encode(obj)
+
+
+def json_string(text: str) -> str:
+    """The canonical JSON literal of one string (quoted and escaped), for canonical text assembled from pieces."""
+    return _ENCODER.encode(text)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -64,6 +106,26 @@ def rfc3339(t_wall: float) -> str:
     ms = round(t_wall * 1000)
     dt = datetime.fromtimestamp(ms // 1000, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+
+
+_DAY_PREFIX: dict[int, str] = {}  # days since 1970 -> "YYYY-MM-DDT" (a gateway sees few distinct days)
+
+
+def rfc3339_ms(ms: int) -> str:
+    """`rfc3339(ms / 1000)` for integer milliseconds, without a datetime per call: the ledger formats the `time` of
+    every record with it (tests/koto/test_canonical.py checks the two agree over the whole range up to year 9999)."""
+    s, frac = divmod(ms, 1000)
+    day, sod = divmod(s, 86400)
+    prefix = _DAY_PREFIX.get(day)
+    if prefix is None:
+        tm = time.gmtime(day * 86400)
+        prefix = f"{tm.tm_year:04d}-{tm.tm_mon:02d}-{tm.tm_mday:02d}T"
+        if len(_DAY_PREFIX) >= 1024:
+            _DAY_PREFIX.clear()
+        _DAY_PREFIX[day] = prefix
+    hh, rem = divmod(sod, 3600)
+    mm, ss = divmod(rem, 60)
+    return f"{prefix}{hh:02d}:{mm:02d}:{ss:02d}.{frac:03d}Z"
 
 
 def parse_rfc3339(text: str) -> float:

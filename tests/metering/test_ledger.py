@@ -11,13 +11,11 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from koto.canonical import ZERO_HASH, canonical_bytes, rfc3339, sha256_hex
 from koto.signing import PrivateKey, save_private_key, verify_bytes
 from metering.errors import LedgerError
-from metering.ledger import AckOutcome, Doc, Ledger, _rfc3339_ms, read_gateway_id
+from metering.ledger import AckOutcome, Doc, Ledger, read_gateway_id
 from metering.records import LIFECYCLE_TYPE, USAGE_TYPE, RecordKind, TimeStatus
 from tests.support.drafts import SUBJECT, T0, batch, lifecycle, usage
 from tests.support.paths import REPO
@@ -95,12 +93,6 @@ def test_unicode_and_nested_data_stay_canonical(db: Path, key: PrivateKey) -> No
         assert led.verify(key.public_key()).ok
     assert s.body == canonical_bytes(json.loads(s.body))
     assert s.event()["data"]["tags"] == ["ä", 1, {"a": "x", "b": 2}]
-
-
-@given(st.integers(min_value=0, max_value=253402300799999))
-@settings(max_examples=300, deadline=None)
-def test_the_fast_time_format_is_the_contracts_rfc3339(ms: int) -> None:
-    assert _rfc3339_ms(ms) == rfc3339(ms / 1000)
 
 
 @pytest.mark.parametrize(

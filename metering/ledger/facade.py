@@ -1,0 +1,381 @@
+"""`Ledger`: the one object the rest of Koto holds, composing the store, the envelope, verify, usage and retention.
+
+It owns the connection, the writer lock and one mutex, and gives each part the connection inside that mutex: the
+parts know SQL or bytes, the facade knows which of them run together in one transaction (an append is the records,
+the chain head, the checkpoints, the documents and the settings, all or nothing). Acks, reading records back, and
+the checkpoints/docs/kv beside the records are small enough to live here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import tzinfo
+from enum import Enum
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from koto.canonical import MAX_SAFE_INT
+from koto.signing import PrivateKey, PublicKey
+
+from ..errors import LedgerError
+from ..records import Draft
+from . import retention, store, usage
+from .envelope import Envelope, Stored, cycles_named
+from .store import INSERT_SQL, K_ACKED, RESERVED_KV
+from .usage import UsageBy, UsageRow
+from .verify import VerifyReport, verify_chain
+
+
+class AckOutcome(Enum):
+    """The ledger's answer to a cumulative ack from the cloud (`Ledger.mark_acked`)."""
+
+    ADVANCED = "advanced"  # the cursor moved to `through`
+    ALREADY = "already"  # `through` is at or below the cursor: a duplicate or late ack, nothing to do
+    MISMATCH = "mismatch"  # the cloud's head_hash is not our hash of that record: an alarm, nothing is marked
+    WRONG_EPOCH = "wrong_epoch"  # an ack for another epoch (an older database of this gateway)
+    BEYOND_HEAD = "beyond_head"  # the cloud claims records we never wrote
+
+
+@dataclass(frozen=True, slots=True)
+class Doc:
+    """A versioned document from the cloud (tariff, entitlement, profile), stored beside the records."""
+
+    kind: str
+    id: str
+    version: int
+    body: dict[str, Any]
+
+
+class Ledger:
+    """The gateway's ledger database. Open with `Ledger.open(...)`; use as a context manager or call `close()`.
+
+    One process writes (it holds an advisory lock on `<db>.lock`); any number may read (`key=None`), e.g.
+    `koto usage` and `koto verify` while the daemon runs. Methods are thread-safe (one internal lock), so the
+    daemon may call `append` from a worker thread to keep the fsync off its event loop.
+    """
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        identity: store.Identity,
+        *,
+        key: PrivateKey | None,
+        lock_fd: int | None,
+    ) -> None:
+        self._conn = conn
+        self.path = path
+        self.gateway_id = identity.gateway_id
+        self.gateway_subject = identity.gateway_subject
+        self.epoch = identity.epoch
+        self._key = key
+        self._lock_fd = lock_fd
+        self._mutex = threading.RLock()
+        self._envelope = Envelope(
+            epoch=identity.epoch, gateway_id=identity.gateway_id, gateway_subject=identity.gateway_subject
+        )
+        self._closed = False
+
+    # ---------------------------------------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def open(
+        cls,
+        path: Path | str,
+        *,
+        gateway_id: str,
+        key: PrivateKey | None,
+        gateway_subject: str | None = None,
+        epoch: int | None = None,
+    ) -> Ledger:
+        """Open (with a key: create if missing) the ledger at `path` for `gateway_id`.
+
+        `key=None` opens an existing ledger for reading (queries, `verify`, acks and settings, but no `append`).
+        `epoch` is used only when the database is created (default: the wall clock's seconds, the only time the
+        ledger reads a clock, and never for a record); given for an existing database it must match.
+        """
+        p = Path(path)
+        if not gateway_id:
+            raise LedgerError(f"{p}: a gateway id is required")
+        if key is None and not p.exists():
+            raise LedgerError(f"{p}: no ledger at this path (run `koto provision` or start the gateway first)")
+        conn, lock_fd, identity = store.open_db(p, gateway_id, gateway_subject, epoch, writer=key is not None)
+        return cls(conn, p, identity, key=key, lock_fd=lock_fd)
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._closed:
+                return
+            self._closed = True
+            self._conn.close()
+            store.release_lock(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def read_only(self) -> bool:
+        return self._key is None
+
+    # ---------------------------------------------------------------------------------------------- append
+
+    def append(
+        self,
+        drafts: Sequence[Draft],
+        *,
+        checkpoints: Mapping[str, Mapping[str, Any]] | None = None,
+        docs: Sequence[Doc] | None = None,
+        kv: Mapping[str, str] | None = None,
+    ) -> list[Stored]:
+        """Append `drafts` as records, and store `checkpoints`, `docs` and `kv`, all in ONE transaction.
+
+        Either everything is committed (and fsynced) or nothing is. For a `cycle` draft with a cycle id the ledger
+        fills `first_seq`/`last_seq` from the partition records of that cycle already stored or earlier in the
+        batch. Returns the stored records in seq order.
+        """
+        if self._key is None:
+            raise LedgerError(f"{self.path}: opened without the device key; cannot append records")
+        if kv:
+            self._check_kv_keys(kv)
+        ckpt_rows = [(name, json.dumps(state, sort_keys=True)) for name, state in (checkpoints or {}).items()]
+        doc_rows = [_doc_row(d) for d in docs or ()]
+        with self._mutex:
+            self._check_open()
+            conn = self._conn
+            with store.transaction(conn, self.path, "append failed, nothing was stored"):
+                stored = self._append_records(drafts, self._key) if drafts else []
+                if ckpt_rows:
+                    conn.executemany("INSERT OR REPLACE INTO checkpoints (name, state) VALUES (?,?)", ckpt_rows)
+                if doc_rows:
+                    conn.executemany("INSERT OR REPLACE INTO docs (kind, id, version, body) VALUES (?,?,?,?)", doc_rows)
+                if kv:
+                    conn.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?,?)", list(kv.items()))
+        return stored
+
+    def _append_records(self, drafts: Sequence[Draft], key: PrivateKey) -> list[Stored]:
+        """Build, chain, sign and insert a batch after the current head, inside the caller's transaction.
+
+        The signature is the largest cost by far (one ECDSA P-256 sign per record, ~20 us); the rest is one JSON
+        encode of `data`, a few string joins and one sha256 per record (see docs/ledger.md, Performance)."""
+        conn = self._conn
+        head_seq, head_hash = store.head(conn)
+        spans = store.cycle_spans(conn, cycles_named(drafts))
+        rows, stored = self._envelope.seal(self._envelope.prepare(drafts, head_seq, head_hash, spans), key)
+        conn.executemany(INSERT_SQL, rows)
+        store.set_head(conn, stored[-1].seq, stored[-1].hash)
+        return stored
+
+    # ---------------------------------------------------------------------------------------------- reading
+
+    def head(self) -> tuple[int, str]:
+        """(last seq, its hash); (0, 64 zeros) for an empty ledger."""
+        with self._mutex:
+            self._check_open()
+            return store.head(self._conn)
+
+    def acked_through(self) -> int:
+        with self._mutex:
+            self._check_open()
+            return store.acked_through(self._conn, self.path)
+
+    def get(self, seq: int) -> Stored | None:
+        with self._mutex:
+            self._check_open()
+            row = self._conn.execute(
+                "SELECT seq, id, type, kind, hash, body FROM records WHERE seq=?", (seq,)
+            ).fetchone()
+            acked = store.acked_through(self._conn, self.path)
+        return None if row is None else self._stored(row, acked)
+
+    def iter_records(self, from_seq: int = 1, to_seq: int | None = None, *, chunk: int = 500) -> Iterator[Stored]:
+        """Records in seq order, fetched in chunks (safe to interleave with appends)."""
+        nxt = from_seq
+        hi = to_seq if to_seq is not None else MAX_SAFE_INT
+        while True:
+            with self._mutex:
+                self._check_open()
+                rows = self._conn.execute(
+                    "SELECT seq, id, type, kind, hash, body FROM records WHERE seq>=? AND seq<=? ORDER BY seq LIMIT ?",
+                    (nxt, hi, chunk),
+                ).fetchall()
+                acked = store.acked_through(self._conn, self.path)
+            if not rows:
+                return
+            for row in rows:
+                yield self._stored(row, acked)
+            nxt = rows[-1][0] + 1
+
+    def unacked(self, after_seq: int = 0, limit: int = 100) -> list[Stored]:
+        """The next unacked records after `after_seq`, in seq order: what the sync (re)sends, byte-identical."""
+        with self._mutex:
+            self._check_open()
+            acked = store.acked_through(self._conn, self.path)
+            rows = self._conn.execute(
+                "SELECT seq, id, type, kind, hash, body FROM records WHERE seq>? ORDER BY seq LIMIT ?",
+                (max(after_seq, acked), limit),
+            ).fetchall()
+        return [self._stored(r, acked) for r in rows]
+
+    def unacked_count(self) -> int:
+        with self._mutex:
+            self._check_open()
+            return store.head(self._conn)[0] - store.acked_through(self._conn, self.path)
+
+    def _stored(self, row: tuple[Any, ...], acked_through: int) -> Stored:
+        seq, rid, typ, kind, h, body = row
+        return Stored(seq, rid, self.epoch, typ, kind, h, bytes(body), seq <= acked_through)
+
+    # ---------------------------------------------------------------------------------------------- acks
+
+    def mark_acked(self, epoch: int, through: int, head_hash: str) -> AckOutcome:
+        """Honour a cumulative ack from the cloud, only when it names a record we hold with the hash we hold."""
+        with self._mutex:
+            self._check_open()
+            if epoch != self.epoch:
+                return AckOutcome.WRONG_EPOCH
+            with store.transaction(self._conn, self.path, "cannot record the ack"):
+                return self._ack_in_tx(through, head_hash)
+
+    def _ack_in_tx(self, through: int, head_hash: str) -> AckOutcome:
+        conn = self._conn
+        head_seq, _ = store.head(conn)
+        acked = store.acked_through(conn, self.path)
+        if through > head_seq:
+            return AckOutcome.BEYOND_HEAD
+        row = conn.execute("SELECT hash FROM records WHERE seq=?", (through,)).fetchone()
+        if row is not None and row[0] != head_hash:
+            return AckOutcome.MISMATCH
+        if through <= acked:
+            return AckOutcome.ALREADY
+        if row is None:  # cannot happen for seq in (acked, head] unless the database was altered
+            return AckOutcome.MISMATCH
+        conn.execute("UPDATE kv SET value=? WHERE key=?", (str(through), K_ACKED))
+        return AckOutcome.ADVANCED
+
+    # ------------------------------------------------------------------------------------ checkpoints, docs, kv
+
+    def checkpoint(self, name: str) -> dict[str, Any] | None:
+        with self._mutex:
+            self._check_open()
+            row = self._conn.execute("SELECT state FROM checkpoints WHERE name=?", (name,)).fetchone()
+        if row is None:
+            return None
+        state: dict[str, Any] = json.loads(row[0])
+        return state
+
+    def checkpoints(self) -> dict[str, dict[str, Any]]:
+        with self._mutex:
+            self._check_open()
+            rows = self._conn.execute("SELECT name, state FROM checkpoints ORDER BY name").fetchall()
+        return {name: json.loads(state) for name, state in rows}
+
+    def put_doc(self, kind: str, id: str, version: int, body: Mapping[str, Any]) -> None:
+        """Store (replace) a document. Version rules (reject stale) belong to the caller that knows the command."""
+        row = _doc_row(Doc(kind, id, version, dict(body)))
+        self._write("INSERT OR REPLACE INTO docs (kind, id, version, body) VALUES (?,?,?,?)", row)
+
+    def doc(self, kind: str, id: str) -> Doc | None:
+        with self._mutex:
+            self._check_open()
+            row = self._conn.execute(
+                "SELECT kind, id, version, body FROM docs WHERE kind=? AND id=?", (kind, id)
+            ).fetchone()
+        return None if row is None else Doc(row[0], row[1], row[2], json.loads(row[3]))
+
+    def docs(self, kind: str) -> list[Doc]:
+        with self._mutex:
+            self._check_open()
+            rows = self._conn.execute(
+                "SELECT kind, id, version, body FROM docs WHERE kind=? ORDER BY id", (kind,)
+            ).fetchall()
+        return [Doc(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    def kv_get(self, key: str, default: str | None = None) -> str | None:
+        with self._mutex:
+            self._check_open()
+            row = self._conn.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+        return default if row is None else str(row[0])
+
+    def kv_set(self, key: str, value: str) -> None:
+        """Set a setting (e.g. `last_dseq`). Keys the ledger owns (epoch, head, acked_through, ...) are refused."""
+        self._check_kv_keys({key: value})
+        self._write("INSERT OR REPLACE INTO kv (key, value) VALUES (?,?)", (key, value))
+
+    def _check_kv_keys(self, kv: Mapping[str, str]) -> None:
+        for k, v in kv.items():
+            if k in RESERVED_KV:
+                raise LedgerError(f"{self.path}: kv key {k!r} belongs to the ledger and cannot be set")
+            if not isinstance(v, str):
+                raise LedgerError(f"{self.path}: kv {k!r}: value must be a string, not {type(v).__name__}")
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> None:
+        with self._mutex:
+            self._check_open()
+            try:
+                self._conn.execute(sql, params)  # autocommit: its own durable transaction
+            except sqlite3.Error as e:
+                raise LedgerError(f"{self.path}: write failed ({e})") from e
+
+    # ---------------------------------------------------------------------------------- usage, verify, retention
+
+    def usage_summary(
+        self,
+        appliance: str | None = None,
+        since_wall: float | None = None,
+        by: UsageBy = "function",
+        tz: tzinfo | None = None,
+    ) -> list[UsageRow]:
+        """Usage grouped per appliance and function, local day (`tz`, default UTC) or cycle (see `usage`)."""
+        usage.check_by(by)
+        with self._mutex:
+            self._check_open()
+            rows = usage.usage_rows(self._conn, appliance, since_wall)
+        return usage.summarise(rows, by, tz)
+
+    def verify(self, public_key: PublicKey) -> VerifyReport:
+        """Walk every stored record offline and check it (see `verify`): the first bad record is named."""
+        with self._mutex:
+            self._check_open()
+            return verify_chain(self._conn, self.epoch, self._envelope.source, public_key)
+
+    def prune(self, retain_days: float, now_wall: float) -> int:
+        """Delete acked records that ended more than `retain_days` before `now_wall`, oldest first, as a prefix.
+
+        Never an unacked record and never the chain head. The first kept record's prevhash becomes the anchor
+        `verify` starts from. Returns the number of records deleted."""
+        with self._mutex:
+            self._check_open()
+            return retention.prune(self._conn, self.path, retain_days, now_wall)
+
+    def anchor(self) -> tuple[int, str]:
+        """(first kept seq, its prevhash): where the local chain starts after pruning; (1, zeros) before."""
+        with self._mutex:
+            self._check_open()
+            return retention.anchor(self._conn, self.path)
+
+    def wal_checkpoint(self) -> None:
+        """Fold the WAL into the database and truncate it (call when idle so the WAL does not grow)."""
+        with self._mutex:
+            self._check_open()
+            retention.wal_checkpoint(self._conn, self.path)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LedgerError(f"{self.path}: the ledger is closed")
+
+
+def _doc_row(d: Doc) -> tuple[str, str, int, str]:
+    if not d.kind or not d.id or type(d.version) is not int:
+        raise LedgerError(f"document {d.kind!r}/{d.id!r}: kind, id and an integer version are required")
+    return (d.kind, d.id, d.version, json.dumps(d.body, sort_keys=True, separators=(",", ":")))

@@ -1,0 +1,297 @@
+"""The ledger's SQLite file: connection and pragmas, the writer lock, the schema and its version, transactions, and
+the kv keys the ledger owns.
+
+Everything that knows how the ledger sits on disk is here, so a schema change (and the migration that goes with it)
+is one module's business: `init_db` creates a new database or checks an existing one is this gateway's and at
+`SCHEMA_VERSION`, which is where a future migration from an older version plugs in. Functions take the connection
+and run inside the caller's lock (the `Ledger` facade's mutex); none of them takes a lock of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from koto.canonical import MAX_SAFE_INT, ZERO_HASH
+
+from ..errors import LedgerError
+from ..records import PARTITION_KINDS
+
+SCHEMA_VERSION = 1
+
+# Keys of the kv table that the ledger owns; `kv_set` refuses them so nothing outside can move the chain or cursor.
+K_GATEWAY = "gateway_id"
+K_SUBJECT = "gateway_subject"
+K_EPOCH = "epoch"
+K_HEAD_SEQ = "head_seq"
+K_HEAD_HASH = "head_hash"
+K_ACKED = "acked_through"
+K_ANCHOR_SEQ = "anchor_seq"
+K_ANCHOR_PREV = "anchor_prevhash"
+K_SCHEMA = "schema_version"
+RESERVED_KV = frozenset(
+    {K_GATEWAY, K_SUBJECT, K_EPOCH, K_HEAD_SEQ, K_HEAD_HASH, K_ACKED, K_ANCHOR_SEQ, K_ANCHOR_PREV, K_SCHEMA}
+)
+
+PARTITION = tuple(str(k) for k in PARTITION_KINDS)
+
+# The schema. `records` columns beside `body` and `hash` are copies of fields inside `body`, kept for queries and
+# checked by `verify`. Times as integer milliseconds so the copy is exact.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    seq         INTEGER PRIMARY KEY,
+    id          TEXT    NOT NULL UNIQUE,
+    type        TEXT    NOT NULL,
+    kind        TEXT    NOT NULL,
+    appliance   TEXT    NOT NULL,
+    function    TEXT    NOT NULL,
+    cycle_id    TEXT    NOT NULL,
+    t_end_ms    INTEGER NOT NULL,
+    energy_mwh  INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    uses        INTEGER NOT NULL,
+    cost_minor  INTEGER NOT NULL,
+    currency    TEXT    NOT NULL,
+    hash        TEXT    NOT NULL,
+    body        BLOB    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_cycle ON records(cycle_id) WHERE cycle_id != '';
+CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS docs (
+    kind TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (kind, id)
+);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+RECORD_COLS = (
+    "seq, id, type, kind, appliance, function, cycle_id, t_end_ms, energy_mwh, duration_ms, uses, cost_minor, "
+    "currency, hash, body"
+)
+INSERT_SQL = f"INSERT INTO records ({RECORD_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA busy_timeout=10000")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a ledger database belongs to, as stored in it."""
+
+    gateway_id: str
+    gateway_subject: str
+    epoch: int
+
+
+def connect(path: Path | str) -> sqlite3.Connection:
+    """A connection with the ledger's pragmas (also used by the benchmark's raw-SQLite baseline)."""
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    for pragma in _PRAGMAS:
+        conn.execute(pragma)
+    return conn
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """The tables and index, in the caller's transaction (also used by the benchmark's raw-SQLite baseline)."""
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def open_db(
+    p: Path, gateway_id: str, subject: str | None, epoch: int | None, *, writer: bool
+) -> tuple[sqlite3.Connection, int | None, Identity]:
+    """Connect to the ledger at `p` and check (a writer: create) it; returns the connection, the writer lock's file
+    descriptor (None for a reader) and the stored identity. On any failure nothing stays open or locked."""
+    lock_fd: int | None = None
+    if writer:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        lock_fd = take_writer_lock(p)
+    try:
+        conn = connect(p)
+    except sqlite3.Error as e:
+        release_lock(lock_fd)
+        raise LedgerError(f"{p}: cannot open the ledger database ({e})") from e
+    try:
+        identity = init_db(conn, p, gateway_id, subject, epoch, create=writer)
+    except BaseException:
+        conn.close()
+        release_lock(lock_fd)
+        raise
+    return conn, lock_fd, identity
+
+
+def take_writer_lock(p: Path) -> int:
+    """An advisory lock on `<db>.lock`: one writing process per ledger; readers take none."""
+    lock_path = p.with_name(p.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        raise LedgerError(f"{p}: another process is writing this ledger (lock {lock_path} is held)") from e
+    return fd
+
+
+def release_lock(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def init_db(
+    conn: sqlite3.Connection, p: Path, gateway_id: str, subject: str | None, epoch: int | None, *, create: bool
+) -> Identity:
+    """Create the schema and identity on first open; on later opens check the database is this gateway's."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            has_kv = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='kv'").fetchone()
+            kv: dict[str, str] = dict(conn.execute("SELECT key, value FROM kv").fetchall()) if has_kv else {}
+            if K_GATEWAY not in kv:
+                if not create:
+                    raise LedgerError(f"{p}: not a Koto ledger (no gateway id); open it with the device key first")
+                if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] and not has_kv:
+                    raise LedgerError(f"{p}: this database holds other tables; it is not a Koto ledger")
+                kv = _create(conn, p, gateway_id, subject, epoch)
+            else:
+                _check_identity(conn, p, kv, gateway_id, subject, epoch, create=create)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.DatabaseError as e:
+        raise LedgerError(f"{p}: cannot use this file as a ledger ({e})") from e
+    return Identity(kv[K_GATEWAY], kv[K_SUBJECT], int(kv[K_EPOCH]))
+
+
+def _create(
+    conn: sqlite3.Connection, p: Path, gateway_id: str, subject: str | None, epoch: int | None
+) -> dict[str, str]:
+    """A new ledger: the schema, its version, the identity and an empty chain (inside `init_db`'s transaction)."""
+    ep = epoch if epoch is not None else int(time.time())
+    if type(ep) is not int or not (0 < ep <= MAX_SAFE_INT):
+        raise LedgerError(f"{p}: epoch {ep!r} must be a positive integer")
+    create_schema(conn)
+    kv = {
+        K_SCHEMA: str(SCHEMA_VERSION),
+        K_GATEWAY: gateway_id,
+        K_SUBJECT: subject or f"urn:koto:gw:{gateway_id}",
+        K_EPOCH: str(ep),
+        K_HEAD_SEQ: "0",
+        K_HEAD_HASH: ZERO_HASH,
+        K_ACKED: "0",
+        K_ANCHOR_SEQ: "1",
+        K_ANCHOR_PREV: ZERO_HASH,
+    }
+    conn.executemany("INSERT INTO kv (key, value) VALUES (?,?)", list(kv.items()))
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    return kv
+
+
+def _check_identity(
+    conn: sqlite3.Connection,
+    p: Path,
+    kv: dict[str, str],
+    gateway_id: str,
+    subject: str | None,
+    epoch: int | None,
+    *,
+    create: bool,
+) -> None:
+    """An existing ledger: this gateway's, at the schema version this code reads (a migration from an older version
+    would run here), with the epoch asked for; a writer given a new subject stores it (updates `kv` in place)."""
+    if kv[K_GATEWAY] != gateway_id:
+        raise LedgerError(
+            f"{p}: this ledger belongs to gateway {kv[K_GATEWAY]!r}, not {gateway_id!r}; "
+            "use that gateway's state directory or a new one"
+        )
+    if int(kv.get(K_SCHEMA, "0")) != SCHEMA_VERSION:
+        raise LedgerError(f"{p}: ledger schema version {kv.get(K_SCHEMA)!r}; this Koto reads {SCHEMA_VERSION}")
+    if epoch is not None and int(kv[K_EPOCH]) != epoch:
+        raise LedgerError(f"{p}: the ledger's epoch is {kv[K_EPOCH]}, not {epoch}")
+    if subject and create and subject != kv[K_SUBJECT]:
+        conn.execute("UPDATE kv SET value=? WHERE key=?", (subject, K_SUBJECT))
+        kv[K_SUBJECT] = subject
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection, path: Path, failure: str) -> Iterator[None]:
+    """One write transaction (BEGIN IMMEDIATE ... COMMIT): all of it or, on any error, none of it.
+
+    A SQLite error becomes a LedgerError naming the file and saying what did not happen (`failure`).
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # SQLite has already rolled back after e.g. SQLITE_FULL
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as e:
+        raise LedgerError(f"{path}: {failure} ({e})") from e
+
+
+def head(conn: sqlite3.Connection) -> tuple[int, str]:
+    """(last seq, its hash) as the kv table holds them."""
+    rows = dict(conn.execute("SELECT key, value FROM kv WHERE key IN (?,?)", (K_HEAD_SEQ, K_HEAD_HASH)).fetchall())
+    return int(rows[K_HEAD_SEQ]), str(rows[K_HEAD_HASH])
+
+
+def set_head(conn: sqlite3.Connection, seq: int, hash_hex: str) -> None:
+    conn.executemany("UPDATE kv SET value=? WHERE key=?", ((str(seq), K_HEAD_SEQ), (hash_hex, K_HEAD_HASH)))
+
+
+def acked_through(conn: sqlite3.Connection, path: Path) -> int:
+    """The cloud's cumulative ack: every record with seq <= this is durable at the cloud."""
+    return int(kv_required(conn, path, K_ACKED))
+
+
+def kv_required(conn: sqlite3.Connection, path: Path, key: str) -> str:
+    """A kv value the ledger cannot do without; its absence means the file was damaged."""
+    row = conn.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+    if row is None:
+        raise LedgerError(f"{path}: kv {key!r} is missing; the ledger is damaged")
+    return str(row[0])
+
+
+def cycle_spans(conn: sqlite3.Connection, cycle_ids: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """(min, max) seq of the partition records already stored for each of `cycle_ids`: one query per 500 ids."""
+    spans: dict[str, tuple[int, int]] = {}
+    ids = sorted(cycle_ids)
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        rows = conn.execute(
+            f"SELECT cycle_id, min(seq), max(seq) FROM records WHERE cycle_id IN ({','.join('?' * len(chunk))}) "
+            "AND cycle_id!='' AND kind IN (?,?,?) GROUP BY cycle_id",
+            (*chunk, *PARTITION),
+        ).fetchall()
+        for cid, lo, hi in rows:
+            spans[cid] = (lo, hi)
+    return spans
+
+
+def read_gateway_id(path: Path | str) -> str:
+    """The gateway id a ledger file belongs to (for tools that are handed a file), without opening it for writing."""
+    p = Path(path)
+    if not p.exists():
+        raise LedgerError(f"{p}: no ledger at this path")
+    try:
+        conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM kv WHERE key=?", (K_GATEWAY,)).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        raise LedgerError(f"{p}: not a Koto ledger ({e})") from e
+    if row is None:
+        raise LedgerError(f"{p}: not a Koto ledger (no gateway id)")
+    return str(row[0])
