@@ -8,47 +8,26 @@ step, from the same checkpoints.
 
 from __future__ import annotations
 
-import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from koto.clock import Now
+from koto.errors import FieldError, KotoError
 from koto.reading import Quantity, Reading
 from metering.energy import EnergySpec
-from metering.meter import ApplianceMeter, FeedResult
+from metering.meter import ApplianceMeter
+from metering.meter.checkpoint import VERSION, Checkpoint
+from metering.meter.codec import check_schema
+from metering.meter.state import MeterState
 from metering.profile import builtin_profile
-from metering.records import UsageRecord
+from tests.support.meter_outputs import encode_result
 
 V1 = json.loads((Path(__file__).parent / "data" / "meter_v1_checkpoints.json").read_text())
 SCENARIOS = {s["name"]: s for s in V1["scenarios"]}
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, bool):
-        return int(v)
-    if isinstance(v, float):
-        return repr(v)
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_plain(x) for x in v]
-    if v is None or type(v) in (int, str):
-        return v
-    return str(v)
-
-
-def encode_result(res: FeedResult) -> dict[str, Any]:
-    """What a result says, as the fixture records it: every event field, every record field, every note's draft."""
-    events = [[e.kind, e.appliance, e.function, e.power_mw, repr(e.t_wall), e.message, _plain(e.decision)]
-              for e in res.events]
-    items = [{"type": "UsageRecord", **{f.name: _plain(getattr(i, f.name)) for f in dataclasses.fields(i)}}
-             if isinstance(i, UsageRecord) else
-             {"type": "LifecycleNote", **_plain(dataclasses.asdict(i.draft("subject", res.appliance)))}
-             for i in res.items]
-    return {"events": events, "items": items}
 
 
 def decode_step(row: list[Any], boot: str) -> tuple[str, Reading | Now]:
@@ -90,3 +69,57 @@ def test_a_v1_checkpoint_restores_to_the_same_behaviour(name: str) -> None:
     after = s["after"]
     assert (m.function, m.power_mw, dict(m.rejected), m.readings) == (
         after["function"], after["power_mw"], after["rejected"], after["readings"])
+
+
+def test_a_v1_checkpoint_is_rewritten_as_the_current_version() -> None:
+    s = SCENARIOS["register_held_mark_cycle"]
+    m = meter_for(s, json.loads(json.dumps(s["snapshot"])))
+    snap = m.snapshot()
+    assert snap["v"] == VERSION == 2
+    assert meter_for(s, json.loads(json.dumps(snap))).snapshot() == snap
+
+
+def test_the_checkpoint_is_declared_in_types_the_codec_understands() -> None:
+    check_schema(Checkpoint)
+    with pytest.raises(TypeError, match="ambiguous"):
+        check_schema(_Ambiguous)
+
+
+@dataclass
+class _Ambiguous:
+    name: str | None
+
+
+def test_a_checkpoint_of_another_version_or_energy_kind_starts_fresh() -> None:
+    s = SCENARIOS["register_held_mark_cycle"]
+    snap = meter_for(s, json.loads(json.dumps(s["snapshot"]))).snapshot()
+    for state in ({**snap, "v": 3}, {**snap, "v": 0}, {**snap, "kind": "pulses"}, {}):
+        m = meter_for(s, state)
+        assert m.readings == 0 and m.state == MeterState() and m.last_raw is None
+
+
+def test_a_damaged_checkpoint_is_an_error_naming_the_key_never_a_half_restored_meter() -> None:
+    s = SCENARIOS["register_pending_stale_gap"]
+    snap = meter_for(s, json.loads(json.dumps(s["snapshot"]))).snapshot()
+
+    def damaged(path: str, value: Any) -> dict[str, Any]:
+        state = json.loads(json.dumps(snap))
+        *parents, last = path.split(".")
+        node = state
+        for k in parents:
+            node = node[k]
+        if value is None:
+            del node[last]
+        else:
+            node[last] = value
+        return state
+
+    cases = [("meter.cursor.wall", None, "missing"), ("meter.cursor.wall", 1.5, "a number as a string"),
+             ("meter.cursor.synced", 2, "0 or 1"), ("meter.gap.reason", "outage", "one of restart, reboot"),
+             ("meter.held", {}, "a list"), ("meter.counters.readings", "7", "an integer"),
+             ("meter.extra", 1, "unknown key")]
+    for path, value, problem in cases:
+        with pytest.raises(FieldError) as e:
+            meter_for(s, damaged(path, value))
+        assert e.value.file == "checkpoint of washer" and e.value.key == path and problem in e.value.problem, e.value
+        assert isinstance(e.value, KotoError) and isinstance(e.value, ValueError)
