@@ -134,8 +134,9 @@ class Detector:
             self.cand_since = t
 
     def snapshot(self) -> DetectorState:
-        return DetectorState(self.function, self.names[self.cand] if self.cand >= 0 else "", self.cand_since,
-                             self.fail_since)
+        if self.cand < 0:  # no candidate: its start time is left over from the last one, and never read again
+            return DetectorState(self.function, "", NO_TIME, self.fail_since)
+        return DetectorState(self.function, self.names[self.cand], self.cand_since, self.fail_since)
 
     def restore(self, s: DetectorState) -> None:
         """Restore; a function name the (possibly updated) profile no longer has falls back to `unmatched`."""
