@@ -216,9 +216,7 @@ class Gateway:
         app = self.cfg.appliances[[a.id for a in self.cfg.appliances].index(self.owner[name])]
         if driver_class(self.sources[name].driver).takes_start_count and app.energy == name:
             # The pulse count continues from the meter's checkpoint: a restart loses nothing already counted.
-            snap = self.meters[app.id].snapshot().get("auth", {})
-            last = snap.get("last_raw", "")
-            kw["start_count"] = int(last) if last != "" else 0
+            kw["start_count"] = self.meters[app.id].last_raw or 0
         return kw
 
     def _sync(self) -> Sync:

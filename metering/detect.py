@@ -14,12 +14,22 @@ when the current function holds again (the mark is void).
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from .profile import CycleRule, Profile
 
 NO_TIME = -(2**63)
 NO_CHANGE, CANDIDATE, DROPPED = -1, -2, -3
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorState:
+    """A detector's checkpoint: functions by name (a profile update may reorder or drop them), dwell timers."""
+
+    cur: str
+    cand: str
+    cand_since: int
+    fail_since: int
 
 
 class Detector:
@@ -123,24 +133,29 @@ class Detector:
         if self.cand_since != NO_TIME:
             self.cand_since = t
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"cur": self.function, "cand": self.names[self.cand] if self.cand >= 0 else "",
-                "cand_since": self.cand_since, "fail_since": self.fail_since}
+    def snapshot(self) -> DetectorState:
+        if self.cand < 0:  # no candidate: its start time is left over from the last one, and never read again
+            return DetectorState(self.function, "", NO_TIME, self.fail_since)
+        return DetectorState(self.function, self.names[self.cand], self.cand_since, self.fail_since)
 
-    def restore(self, s: dict[str, Any]) -> None:
+    def restore(self, s: DetectorState) -> None:
         """Restore; a function name the (possibly updated) profile no longer has falls back to `unmatched`."""
-        cur = str(s.get("cur", ""))
-        if cur:
-            self._set(self.names.index(cur) if cur in self.names else self._n)
-        cand = str(s.get("cand", ""))
-        if cand in self.names and self.cur >= 0:
-            self.cand = self.names.index(cand)
-            self.cand_since = int(s.get("cand_since", NO_TIME))
-            self.fail_since = int(s.get("fail_since", NO_TIME))
+        if s.cur:
+            self._set(self.names.index(s.cur) if s.cur in self.names else self._n)
+        if s.cand in self.names and self.cur >= 0:
+            self.cand = self.names.index(s.cand)
+            self.cand_since = s.cand_since
+            self.fail_since = s.fail_since
 
 
 IDLE, STARTING, RUNNING, ENDING = 0, 1, 2, 3
 CYCLE_STARTED, CYCLE_ENDED = 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class CycleState:
+    state: int
+    since: int
 
 
 class CycleTracker:
@@ -150,7 +165,7 @@ class CycleTracker:
     while starting cancels the start (the start must be sustained).
     """
 
-    __slots__ = ("_end_mw", "_end_ns", "_start_mw", "_start_ns", "rise_t", "since", "state")
+    __slots__ = ("_end_mw", "_end_ns", "_start_mw", "_start_ns", "since", "state")
 
     def __init__(self, rule: CycleRule | None) -> None:
         if rule is None:  # no cycle rule: never starts
@@ -160,7 +175,6 @@ class CycleTracker:
             self._end_mw, self._end_ns = rule.end_mw, rule.end_ns
         self.state = IDLE
         self.since = NO_TIME
-        self.rise_t = NO_TIME
 
     @property
     def running(self) -> bool:
@@ -201,9 +215,9 @@ class CycleTracker:
         if self.since != NO_TIME:
             self.since = t
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"state": self.state, "since": self.since}
+    def snapshot(self) -> CycleState:
+        return CycleState(self.state, self.since)
 
-    def restore(self, s: dict[str, Any]) -> None:
-        self.state = int(s.get("state", IDLE))
-        self.since = int(s.get("since", NO_TIME))
+    def restore(self, s: CycleState) -> None:
+        self.state = s.state
+        self.since = s.since

@@ -32,7 +32,7 @@ only at a wrap, reset or swap (the lifecycle note gives raw before/after and the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 MW_NS_PER_MWH = 3_600_000_000_000
 PLAUSIBLE_FACTOR = 2  # a register may rise at most this many times max power over the elapsed time (+ one step)
@@ -96,6 +96,14 @@ def split_largest_remainder(total: int, weights: list[int]) -> list[int]:
 OK, FIRST, WRAP, RESET, SWAP, JUMP = "ok", "first", "wrap", "reset", "swap", "implausible"
 
 
+@dataclass(frozen=True, slots=True)
+class AuthorityState:
+    """A register's or counter's checkpoint: the last raw value (None before the first) and the continuous offset."""
+
+    last_raw: int | None
+    offset: int
+
+
 class Authority:
     """The register or pulse counter of one source, kept on a continuous scale (see the module docstring)."""
 
@@ -147,10 +155,9 @@ class Authority:
             return JUMP, delta
         return status, delta
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"last_raw": "" if self.last_raw is None else self.last_raw, "offset": self.offset}
+    def snapshot(self) -> AuthorityState:
+        return AuthorityState(self.last_raw, self.offset)
 
-    def restore(self, s: dict[str, Any]) -> None:
-        lr = s.get("last_raw", "")
-        self.last_raw = None if lr == "" else int(lr)
-        self.offset = int(s.get("offset", 0))
+    def restore(self, s: AuthorityState) -> None:
+        self.last_raw = s.last_raw
+        self.offset = s.offset

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 USAGE_TYPE = "io.koto.usage.v1"
 CLOCK_TYPE = "io.koto.clock.v1"
@@ -24,6 +24,19 @@ class RecordKind(StrEnum):
 
 
 PARTITION_KINDS = frozenset({RecordKind.FUNCTION, RecordKind.INTERIM, RecordKind.GAP})
+
+
+class GapReason(StrEnum):
+    """Why a `gap` record holds energy nobody watched being used (billed to no function, never dropped). This is the
+    one list: the contract (docs/contract.md, docs/asyncapi.yaml, cloud/schemas/event-usage.json) repeats it, and a
+    test ties them together."""
+
+    RESTART = "restart"  # after a clean stop, or from a checkpoint with the next reading in a new boot / after max_gap
+    REBOOT = "reboot"  # readings resumed in a new boot
+    MAX_GAP = "max_gap"  # two readings of the source further apart than its max_gap_s
+    STALE = "stale"  # no reading for max_gap_s while the gateway ran: metering paused until the source came back
+    IMPLAUSIBLE = "implausible"  # a register rise beyond what the profile's max power could use in the time
+    UNATTRIBUTED = "unattributed"  # energy with no segment to attribute it to (not expected to occur; never dropped)
 
 
 class TimeStatus(StrEnum):
@@ -66,7 +79,7 @@ class UsageRecord:
     cost_minor: int = 0
     entitlement_id: str = ""
     entitled: str = ""  # "yes", "no" (recorded and flagged, never silently billed or dropped), "" = not gated
-    reason: str = ""  # for gap records: "restart", "outage", "reset", "wrap", "swap", "max_gap"
+    reason: GapReason | Literal[""] = ""  # gap records only
     extra: dict[str, Any] = field(default_factory=dict)
 
     def data(self) -> dict[str, Any]:
@@ -99,7 +112,7 @@ class UsageRecord:
             "currency": self.currency,
             "entitlement_id": self.entitlement_id,
             "entitled": self.entitled,
-            "reason": self.reason,
+            "reason": str(self.reason),
         }
         for k, v in optional.items():
             if v is not None and v != "":

@@ -93,7 +93,7 @@ async def test_pulses_are_checkpointed_within_checkpoint_s_even_when_no_record_i
         state = gw.ledger.checkpoint("meter:kettle")
         assert state is not None
         assert count > 40
-        assert count - int(state["auth"]["last_raw"]) < 8  # 0.2 s checkpoint + a batch: ~3 pulses, not seconds
+        assert count - int(state["authority"]["last_raw"]) < 8  # 0.2 s checkpoint + a batch: ~3 pulses, not seconds
 
 
 async def test_a_full_disk_keeps_records_in_memory_and_stores_them_in_order_when_space_returns(

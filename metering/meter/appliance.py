@@ -1,0 +1,453 @@
+"""`ApplianceMeter`: readings of one appliance in, what happened out (events for people, records for the ledger).
+
+Pure: no clock reads, no I/O, no threads. One meter per appliance and energy source.
+
+Segments. The meter keeps one *open segment* (a function running since a moment), cut into records:
+- `function`: the segment (or its last slice) when the function changes, a use ends, the source stops or goes stale;
+- `interim`: a slice every `interim_s` of a long segment (and a cut before a zero-length `gap` at an implausible
+  register jump), so the ledger never waits hours for a long function;
+- `gap`: energy for a time nobody watched (a restart, a stale source, an interval longer than `max_gap_s`, an
+  implausible register jump), billed to no function and never dropped.
+Per source these tile time in emission order (each record starts where the previous one ended; a reboot's gap has
+zero monotonic length and names the previous boot) and, for registers, chain `register_start_mwh` to the previous
+`register_end_mwh` on the continuous scale of `energy.py`. A `cycle` record summarises a finished use after its
+last segment record: `uses` 1, `cycle_id`, `cycle_energy_mwh` (the ledger fills first/last seq from the cycle id);
+its wall interval covers the whole use, its monotonic stamps and `boot_id` are those of the boot it ended in (a use
+that went on across a reboot starts, on that clock, where it resumed, and names its first boot in `start_boot_id`).
+
+Power sources emit a segment's record when it closes. Register and pulse sources hold closed segments until the next
+authority reading, which splits its delta over them (see `energy.py`) and emits them in order.
+
+Restart (`state=` from `snapshot()`). The first reading after a restore continues as if nothing happened when it is
+in the same boot and within `max_gap_s` of the last reading the snapshot saw (the interval is attributed to the open
+segment). Otherwise, and always after a clean `close()`, everything from the last covered moment to the first
+reading (register/pulses: the first authority reading) is one `gap` record with reason "restart" holding the whole
+register delta, so conservation holds exactly across the restart.
+
+Bad readings never raise: they are counted in `meter.rejected[reason]`, reported as a `rejected` event, and never
+reach a total.
+
+State. Everything carried from one reading to the next is `self.state` (see `state.py`), plus the detector's, the
+cycle tracker's and the register's own; `snapshot()` is all of it through the generic codec (`checkpoint.py`).
+Moments travel as `koto.clock.Now`. The hot path is `feed` with a power reading on a power source: it touches the
+cursor, the open segment and its mark in place and builds no object unless something happens.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from koto.clock import Now
+from koto.reading import Quantity, Reading
+
+from ..detect import NO_CHANGE, CycleTracker, Detector
+from ..energy import FIRST, JUMP, MW_NS_PER_MWH, OK, Authority, EnergySpec
+from ..policy import Policy
+from ..profile import Profile
+from ..records import GapReason, RecordKind
+from .checkpoint import VERSION, Checkpoint, dump, load
+from .emit import Recorder
+from .results import EMPTY, FeedResult, Item, MeterEvent
+from .screen import Refusal, refuse_power, screen
+from .segments import Segments
+from .state import MeterState, Segment
+
+REJECT_FACTOR_NUM, REJECT_FACTOR_DEN = 3, 2  # power above 1.5 x the profile's max_power is rejected
+IDENTITY_SIGNALS = frozenset({"serial", "meter_id"})  # a SIGNAL from the energy source naming the meter itself
+
+_POWER = Quantity.POWER_MW
+_SIGNAL = Quantity.SIGNAL
+_INTERIM = RecordKind.INTERIM
+_BACKWARDS = Refusal("time_backwards", "time went backwards")
+
+
+def _moment(r: Reading) -> Now:
+    return Now(r.t_mono_ns, r.t_wall, r.wall_synced, r.boot_id)
+
+
+class ApplianceMeter:
+    """Meter one appliance. See the module docstring for the record rules.
+
+    `feed(reading)`, `tick(now)` and `close(now)` return a `FeedResult` (the shared empty one when nothing
+    happened). `snapshot()` returns JSON-able state (str/int only) to pass back as `state=`.
+    """
+
+    __slots__ = ("_auth", "_channel", "_ev", "_gap_ns", "_items", "_max_mw", "_power_kind", "_pulses", "_recorder",
+                 "_reject_mw", "_restored_at", "_segments", "_src", "appliance", "cycle", "detector", "policy",
+                 "profile", "spec", "state")
+
+    def __init__(self, appliance: str, profile: Profile, *, energy: EnergySpec, policy: Policy | None = None,
+                 interim_s: int = 900, state: dict[str, Any] | None = None) -> None:
+        if interim_s <= 0:
+            raise ValueError(f"interim_s must be > 0, not {interim_s!r}")
+        self.appliance = appliance
+        self.profile = profile
+        self.spec = energy
+        self.policy = policy
+        self._src = energy.source
+        self._channel = energy.channel
+        self._power_kind = energy.kind == "power"
+        self._pulses = energy.kind == "pulses"
+        self._gap_ns = int(energy.max_gap_s * 1_000_000_000)
+        self._max_mw = profile.max_power_mw
+        self._reject_mw = profile.max_power_mw * REJECT_FACTOR_NUM // REJECT_FACTOR_DEN
+        self._ev: list[MeterEvent] = []
+        self._items: list[Item] = []
+        cp = None if state is None else load(state, kind=energy.kind, origin=f"checkpoint of {appliance}")
+        self.state = MeterState() if cp is None else cp.meter
+        self.detector = Detector(profile, self.state.signals)
+        self.cycle = CycleTracker(profile.cycle)
+        self._auth = Authority(energy)
+        self._recorder = Recorder(appliance, energy, policy, self.state, self._items)
+        self._segments = Segments(appliance, self.state, self.detector, self._recorder, self._ev, policy=policy,
+                                  interim_ns=int(interim_s) * 1_000_000_000, power_kind=self._power_kind)
+        # A restored meter calls the first silence before any new reading a restart, whatever its length.
+        self._restored_at: int | None = None
+        if cp is not None:
+            self.detector.restore(cp.detector)
+            self.cycle.restore(cp.cycle)
+            self._auth.restore(cp.authority)
+            self._restored_at = self.state.cursor.last_ns
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def function(self) -> str:
+        """The function running now ("" before the first reading)."""
+        return self.detector.function
+
+    @property
+    def power_mw(self) -> int:
+        return self.state.cursor.power_mw
+
+    @property
+    def last_raw(self) -> int | None:
+        """The last raw register value or pulse count of the energy source (None before the first): where a pulse
+        counter resumes after a restart, so nothing already counted is lost."""
+        return self._auth.last_raw
+
+    @property
+    def readings(self) -> int:
+        return self.state.counters.readings
+
+    @property
+    def ignored(self) -> int:
+        """Diagnostic quantities (voltage, rssi...) and other channels of the source: not metered."""
+        return self.state.counters.ignored
+
+    @property
+    def rejected(self) -> Counter[str]:
+        """Readings that never reached a total, by reason."""
+        return self.state.counters.rejected
+
+    def feed(self, r: Reading) -> FeedResult:
+        st = self.state
+        st.counters.readings += 1
+        if r.quantity is _POWER and self._power_kind:
+            v = r.value
+            if type(v) is not int or v < 0 or v > self._reject_mw or r.source != self._src:
+                self._reject(r, refuse_power(r, self._src, self._max_mw))
+            else:
+                c = st.cursor
+                seg = st.seg
+                t = r.t_mono_ns
+                if r.boot_id != c.boot or t - c.last_ns > self._gap_ns or seg is None:
+                    if r.boot_id == c.boot and t < c.last_ns:
+                        self._reject(r, _BACKWARDS)
+                    else:
+                        self._discontinuity(r, v)
+                elif t < c.last_ns:
+                    self._reject(r, _BACKWARDS)
+                else:
+                    c.last_ns = t
+                    self._advance(seg, t, r.t_wall, r.wall_synced)
+                    c.power_mw = v
+                    sw = self.detector.update(t, v)
+                    if sw != NO_CHANGE:
+                        self._segments.detected(sw, _moment(r), v)
+                        seg = self._segments.current()
+                    if v > seg.peak_mw:
+                        seg.peak_mw = v
+                    mk = seg.mark
+                    if mk is not None and v > mk.peak_mw:
+                        mk.peak_mw = v
+                    cs = self.cycle.update(t, v)
+                    if cs:
+                        self._segments.use_changed(cs, _moment(r), v)
+                        seg = self._segments.current()
+                    if t >= seg.due_ns:
+                        self._segments.cut(_INTERIM, _moment(r))
+        else:
+            self._feed_other(r)
+        if self._ev or self._items:
+            return self._result()
+        return EMPTY
+
+    def tick(self, now: Now) -> FeedResult:
+        """Close what time alone closes: dwell-confirmed switches, the end of a use, interim slices, a stale source."""
+        st = self.state
+        c = st.cursor
+        if not c.boot or now.boot_id != c.boot or now.mono_ns < c.mono_ns:
+            return EMPTY
+        t = now.mono_ns
+        seg = st.seg
+        if t - c.last_ns > self._gap_ns:
+            if seg is not None:
+                self._ev.append(MeterEvent("source_stale", self.appliance, self.function, c.power_mw, now.wall,
+                                           f"{self.appliance}: no readings from {self._src} for "
+                                           f"{(t - c.last_ns) // 1_000_000_000} s; metering paused"))
+                self._segments.begin_gap(GapReason.STALE)
+        elif seg is not None:
+            if t > c.mono_ns:  # (a tick at the moment of the last reading has nothing to integrate)
+                self._advance(seg, t, now.wall, now.synced)
+            p = c.power_mw
+            if self._pulses and not c.seen_power and t > st.authority.last.mono_ns:
+                # no power samples: one more pulse could not have come later at more than this power
+                bound = (1_000_000 * MW_NS_PER_MWH // self.spec.imp_per_kwh) // (t - st.authority.last.mono_ns)
+                if bound < p:
+                    p = c.power_mw = bound
+            self._detect(t, p, now)
+            seg = st.seg
+            if seg is not None and t >= seg.due_ns:
+                self._segments.cut(_INTERIM, now)
+        return self._result() if self._ev or self._items else EMPTY
+
+    def close(self, now: Now) -> FeedResult:
+        """Clean stop: close the open segment with a `function` record (its energy as known; for register and pulse
+        sources, energy after the last authority reading shows up after the restart as a "restart" gap)."""
+        st = self.state
+        c = st.cursor
+        if st.seg is not None:
+            if now.boot_id == c.boot and 0 <= now.mono_ns - c.last_ns <= self._gap_ns:
+                self._advance(st.seg, now.mono_ns, now.wall, now.synced)
+            self._segments.close(RecordKind.FUNCTION, c.at())
+        if st.held:
+            self._segments.allocate(0)
+        st.stopped = True
+        return self._result() if self._ev or self._items else EMPTY
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: JSON-able, strings and integers only (see `checkpoint.py`)."""
+        return dump(Checkpoint(VERSION, self.appliance, self.spec.kind, self._src, self.state,
+                               self.detector.snapshot(), self.cycle.snapshot(), self._auth.snapshot()))
+
+    # ------------------------------------------------------------------ readings
+
+    def _reject(self, r: Reading, why: Refusal) -> None:
+        self.state.counters.rejected[why.reason] += 1
+        self._ev.append(MeterEvent("rejected", self.appliance, self.detector.function, 0, r.t_wall,
+                                   f"{self.appliance}: reading rejected: {why.words}"))
+
+    def _feed_other(self, r: Reading) -> None:
+        """Signals, diagnostics, and every reading of a register or pulse source."""
+        q = r.quantity
+        if q is _SIGNAL:
+            self._feed_signal(r)
+            return
+        v = r.value
+        if not (q is _POWER and type(v) is int and 0 <= v <= self._reject_mw and r.source == self._src
+                and r.signal == self._channel):  # (not the common reading: look closer)
+            checked = screen(r, self.spec, self._reject_mw, self._max_mw)
+            if not isinstance(checked, int):
+                if checked is None:
+                    self.state.counters.ignored += 1
+                else:
+                    self._reject(r, checked)
+                return
+            v = checked
+        st = self.state
+        c = st.cursor
+        t = r.t_mono_ns
+        if r.boot_id == c.boot and t < c.last_ns:
+            self._reject(r, _BACKWARDS)
+            return
+        if c.boot and (r.boot_id != c.boot or t - c.last_ns > self._gap_ns or st.stopped):
+            self._segments.begin_gap(self._gap_reason(r))
+        first = not c.boot
+        if r.boot_id != c.boot and c.boot:
+            self.detector.rebase(t)
+            self.cycle.rebase(t)
+        c.last_ns = t
+        c.boot = r.boot_id
+        if q is not _POWER:
+            self._authority(r, v)
+            return
+        c.seen_power = True
+        if st.seg is not None:
+            self._advance(st.seg, t, r.t_wall, r.wall_synced)
+        c.power_mw = v
+        if first:
+            self.detector.start(v)
+            self._segments.switch(_moment(r), v)
+        self._detect(t, v, r)
+        seg = st.seg
+        if seg is not None and v > seg.peak_mw:
+            seg.peak_mw = v
+
+    def _feed_signal(self, r: Reading) -> None:
+        v = r.value
+        if not isinstance(v, str):
+            self._reject(r, Refusal("bad_signal", f"signal {r.signal!r} value must be a string, got "
+                                                  f"{type(v).__name__}"))
+            return
+        st = self.state
+        if r.source == self._src and r.signal in IDENTITY_SIGNALS:
+            a = st.authority
+            if a.identity and v != a.identity:
+                a.swap_pending = True
+            a.identity = v
+            return
+        changed = st.signals.get(r.signal) != v
+        st.signals[r.signal] = v
+        c = st.cursor
+        seg = st.seg
+        if seg is not None and r.boot_id == c.boot and r.t_mono_ns - c.last_ns <= self._gap_ns:
+            # Integrate up to the signal's moment whether or not its value changed, as a tick would: otherwise
+            # whether the power before a stale spell counts would depend on the signal happening to change.
+            t = max(r.t_mono_ns, c.mono_ns)
+            self._advance(seg, t, r.t_wall, r.wall_synced)
+            if changed:
+                sw = self.detector.update(t, c.power_mw)
+                if sw != NO_CHANGE:
+                    self._segments.detected(sw, Now(t, r.t_wall, r.wall_synced, r.boot_id), c.power_mw)
+
+    def _gap_reason(self, r: Reading) -> GapReason:
+        st = self.state
+        if st.stopped or st.cursor.last_ns == self._restored_at:
+            return GapReason.RESTART
+        if r.boot_id != st.cursor.boot:
+            return GapReason.REBOOT
+        return GapReason.MAX_GAP
+
+    def _discontinuity(self, r: Reading, v: int) -> None:
+        """Power kind: first reading, a new boot, an interval beyond max_gap, or after a stop/stale."""
+        st = self.state
+        c = st.cursor
+        t = r.t_mono_ns
+        at = _moment(r)
+        if c.boot:
+            if st.seg is not None or st.gap is None:
+                self._segments.begin_gap(self._gap_reason(r))
+            if r.boot_id != c.boot:
+                self.detector.rebase(t)
+                self.cycle.rebase(t)
+            self._segments.end_gap(at, 0)
+        c.last_ns = t
+        c.boot = r.boot_id
+        c.move(at)
+        c.power_mw = v
+        if self.detector.cur < 0:
+            self.detector.start(v)
+            self._segments.switch(at, v)
+        elif self.detector.update(t, v) >= 0:
+            self._segments.switch(at, v)
+        seg = self._segments.open(at)
+        if v > seg.peak_mw:
+            seg.peak_mw = v
+        cs = self.cycle.update(t, v)
+        if cs:
+            self._segments.use_changed(cs, at, v)
+
+    def _detect(self, t: int, p: int, src: Reading | Now) -> None:
+        """Feed the detector and the cycle tracker the power `p` at `t`, the moment of `src`, and act on what they
+        say."""
+        sw = self.detector.update(t, p)
+        if sw != NO_CHANGE:
+            self._segments.detected(sw, src if isinstance(src, Now) else _moment(src), p)
+        cs = self.cycle.update(t, p)
+        if cs:
+            self._segments.use_changed(cs, src if isinstance(src, Now) else _moment(src), p)
+
+    # ------------------------------------------------------------------ energy
+
+    def _advance(self, seg: Segment, t: int, wall: float, synced: bool) -> None:
+        """Move the cursor to `t`, integrating (power kind) or weighting (register/pulses) the power in force over
+        the open segment `seg` and its mark. The moment comes as three values, not a `Now`: this runs for every
+        reading, and a moment object per reading would be the hot path's only allocation."""
+        c = self.state.cursor
+        dt = t - c.mono_ns
+        if dt <= 0:
+            return
+        if self._power_kind:
+            acc = c.acc + c.power_mw * dt
+            if acc >= MW_NS_PER_MWH:
+                e = acc // MW_NS_PER_MWH
+                seg.mwh += e
+                mk = seg.mark
+                if mk is not None:
+                    mk.mwh += e
+                acc -= e * MW_NS_PER_MWH
+            c.acc = acc
+        else:
+            mk = seg.mark
+            if c.seen_power:
+                seg.weight += c.power_mw * dt
+                if mk is not None:
+                    mk.weight += c.power_mw * dt
+            seg.dur_ns += dt
+            if mk is not None:
+                mk.dur_ns += dt
+        c.mono_ns = t
+        c.wall = wall
+        c.synced = synced
+
+    def _authority(self, r: Reading, raw: int) -> None:
+        """A register or pulse reading: its delta since the previous one goes to the held slices and the open
+        segment, or to the pending gap, or (an implausible jump) to a gap of its own."""
+        st = self.state
+        c = st.cursor
+        a = st.authority
+        segs = self._segments
+        t = r.t_mono_ns
+        if r.boot_id == a.last.boot_id:
+            dt = t - a.last.mono_ns
+        else:  # monotonic time is not comparable across boots: judge plausibility by the wall clock
+            dt = max(0, round((r.t_wall - a.last.wall) * 1e9))
+        if st.seg is not None:
+            self._advance(st.seg, t, r.t_wall, r.wall_synced)
+        swapped = a.swap_pending
+        a.swap_pending = False
+        before_raw = self._auth.last_raw
+        status, d = self._auth.observe(raw, dt, self._max_mw, swapped=swapped)
+        at = a.last = _moment(r)
+        if status == FIRST:
+            a.chain_mwh = self._auth.mwh(self._auth.cont)
+            st.gap = None  # nothing was covered before the first authority reading: nothing to fill
+            if st.seg is None:
+                if self.detector.cur < 0:
+                    self.detector.start(c.power_mw)
+                    segs.switch(at, c.power_mw)
+                c.move(at)
+                segs.open(at)
+            return
+        if status != OK:
+            event, words = self._recorder.anomaly(status, at, before_raw, raw, d, self._auth.offset, self._max_mw)
+            self._ev.append(MeterEvent(event, self.appliance, self.function, c.power_mw, r.t_wall,
+                                       f"{self.appliance}: {words}"))
+        if st.gap is not None:
+            if st.held:
+                segs.allocate(0)
+            segs.end_gap(at, d)
+            c.move(at)
+            segs.open(at)
+        elif status == JUMP:
+            segs.allocate(0)
+            segs.cut(_INTERIM, at)
+            self._recorder.gap(at, at, d, GapReason.IMPLAUSIBLE)
+        else:
+            segs.allocate(d)
+        if not c.seen_power and dt > 0 and status != JUMP:
+            # no power samples on this source: detect on the power the authority implies over the interval
+            p = d * MW_NS_PER_MWH // dt
+            c.power_mw = p
+            self._detect(t, p, r)
+            seg = st.seg
+            if seg is not None and p > seg.peak_mw:
+                seg.peak_mw = p
+
+    def _result(self) -> FeedResult:
+        res = FeedResult(tuple(self._ev), tuple(self._items), self.appliance)
+        self._ev.clear()
+        self._items.clear()
+        return res

@@ -1,0 +1,87 @@
+"""The meter's checkpoint: its state values through the generic codec, and the reading of older checkpoints.
+
+Version 2 is `encode(Checkpoint(...))`: the meter's `MeterState` beside the detector's, the cycle tracker's and the
+register's own states. Version 1 (the hand-written format before the state became values) is read by rewriting it
+into version 2 data, so there is one decoder. A checkpoint of another version, or of another energy kind, is
+ignored and the meter starts fresh, as before (the first authority reading becomes the baseline); a checkpoint of a
+known version that does not decode is an error (`koto.errors.FieldError`), never a half-restored meter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..detect import CycleState, DetectorState
+from ..energy import AuthorityState
+from .codec import decode, encode
+from .state import MeterState
+
+VERSION = 2
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    v: int
+    appliance: str
+    kind: str
+    source: str
+    meter: MeterState
+    detector: DetectorState
+    cycle: CycleState
+    authority: AuthorityState
+
+
+def dump(cp: Checkpoint) -> dict[str, Any]:
+    data: dict[str, Any] = encode(cp)
+    return data
+
+
+def load(data: dict[str, Any], *, kind: str, origin: str) -> Checkpoint | None:
+    """The checkpoint in `data`, or None when it is of another version or energy kind (start fresh)."""
+    v = data.get("v")
+    if data.get("kind") != kind or v not in (1, VERSION):
+        return None
+    return decode(Checkpoint, upgrade_v1(data) if v == 1 else data, origin=origin)
+
+
+def _now(t: Any, wall: Any, synced: Any, boot: Any) -> dict[str, Any]:
+    return {"mono_ns": t, "wall": wall, "synced": synced, "boot_id": boot}
+
+
+def _slice_v1(d: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": d["kind"], "function": d["function"], "cycle_id": d["cycle_id"],
+            "start": _now(d["t0"], d["w0"], d["s0"], d["boot"]), "end": _now(d["t1"], d["w1"], d["s1"], d["boot"]),
+            "peak_mw": d["peak"], "mwh": d["e"], "weight": d["w"], "dur_ns": d["dur"], "ends_cycle": d["ends_cycle"]}
+
+
+def _use_v1(d: dict[str, Any]) -> dict[str, Any] | str:
+    if not d:
+        return ""  # started, no record yet
+    return {"start_ns": d["t0"], "start_wall": d["w0"], "start_synced": d["s0"],
+            "end": _now(d["t1"], d["w1"], d["s1"], d["boot"]), "start_boot": d.get("start_boot", ""),
+            "mwh": d["e"], "duration_ms": d["dur"], "peak_mw": d["peak"]}
+
+
+def upgrade_v1(s: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 data rewritten as version 2 data (the same state, named by the value types)."""
+    boot = s["last_boot"]
+    on, mt, mw, ms, me, mpw, mdur, mpeak, mprepeak = s["mark"]
+    mark = {"at": _now(mt, mw, ms, boot), "peak_before": mprepeak, "peak_mw": mpeak, "mwh": me, "weight": mpw,
+            "dur_ns": mdur} if on else ""
+    seg = {"function": s["o_fn"], "cycle_id": s["o_cyc"], "start": _now(s["o_t0"], s["o_w0"], s["o_s0"], boot),
+           "due_ns": s["due"], "peak_mw": s["o_peak"], "mwh": s["o_e"], "weight": s["o_w"], "dur_ns": s["o_dur"],
+           "mark": mark} if s["open"] else ""
+    gap = {"reason": s["gap"], "start": _now(s["g_t"], s["g_w"], s["g_s"], s["g_boot"])} if s["gap"] else ""
+    meter = {
+        "cursor": {"last_ns": s["last_t"], "boot": boot, "mono_ns": s["ct"], "wall": s["cw"], "synced": s["cs"],
+                   "power_mw": s["p"], "acc": s["acc"], "seen_power": s["seen_power"]},
+        "seg": seg, "held": [_slice_v1(d) for d in s["held"]], "gap": gap, "stopped": s["stopped"],
+        "authority": {"last": _now(s["auth_t"], s["auth_wall"], 1, s["auth_boot"]), "chain_mwh": s["chain"],
+                      "identity": s["identity"], "swap_pending": s["swap_pending"]},
+        "cycle_id": s["cycle_id"], "uses": {k: _use_v1(v) for k, v in s["cycles"].items()},
+        "signals": s["signals"], "counters": {"readings": s["readings"], "ignored": 0, "rejected": s["rejected"]},
+    }
+    return {"v": VERSION, "appliance": s["appliance"], "kind": s["kind"], "source": s["source"], "meter": meter,
+            "detector": s["detector"], "cycle": s["cycle"],
+            "authority": {"last_raw": s["auth"]["last_raw"], "offset": s["auth"]["offset"]}}
