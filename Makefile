@@ -51,8 +51,7 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(DEV_STAMP)
-	$(BIN)/mypy koto metering
-	$(BIN)/mypy gateway drivers cloud
+	$(BIN)/mypy koto metering drivers gateway cloud
 
 pytest: $(DEV_STAMP) system-deps
 	$(BIN)/pytest -q

@@ -23,6 +23,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from .errors import KotoError
+
 ZERO_HASH = "0" * 64
 MAX_SAFE_INT = 2**53 - 1  # JCS/ECMAScript: larger integers do not survive a round trip through a JS receiver
 
@@ -34,8 +36,9 @@ _MIN_SAFE_INT = -MAX_SAFE_INT
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False)
 
 
-class CanonicalError(ValueError):
-    """A value that has no canonical form (float, bool, None, huge int, non-string key)."""
+class CanonicalError(KotoError, ValueError):
+    """A value that has no canonical form (float, bool, None, huge int, non-string key, a string that is not valid
+    Unicode such as a lone surrogate from a JSON "\\ud800" escape)."""
 
 
 def _check(value: Any, path: str) -> None:
@@ -46,7 +49,11 @@ def _check(value: Any, path: str) -> None:
         if abs(value) > MAX_SAFE_INT:
             raise CanonicalError(f"{path}: integer {value} is beyond 2**53-1")
     elif isinstance(value, str):
-        return
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise CanonicalError(f"{path}: string is not valid Unicode (a lone surrogate)") from None
     elif isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):
@@ -83,7 +90,13 @@ def canonical_text(obj: dict[str, Any], *, where: str = "$") -> str:
     "data" gives "data.energy_mwh: float is not allowed ..."."""
     if not _plainly_canonical(obj):
         _check(obj, where)
-    return _ENCODER.encode(obj)
+    text = _ENCODER.encode(obj)
+    if not text.isascii():  # the fast pass does not look inside strings: one that cannot be UTF-8 is refused here
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            _check(obj, where)
+    return text
 
 
 def json_string(text: str) -> str:

@@ -132,3 +132,28 @@ def test_a_string_literal_is_the_canonical_json_of_the_string(text: str) -> None
 @settings(max_examples=300, deadline=None)
 def test_the_fast_time_format_is_the_contracts_rfc3339(ms: int) -> None:
     assert rfc3339_ms(ms) == rfc3339(ms / 1000)
+
+
+def test_a_lone_surrogate_has_no_canonical_form_on_either_path() -> None:
+    """JSON may escape a lone surrogate ("\\ud800"); it is not Unicode, so it cannot be signed bytes: refused, never
+    a UnicodeEncodeError escaping to the caller (the receiver's loop)."""
+    import json
+
+    from koto.canonical import CanonicalError, canonical_bytes, canonical_text
+
+    value = json.loads('{"data": {"function": "w\\ud800sh"}}')
+    for encode in (canonical_bytes, canonical_text):
+        with pytest.raises(CanonicalError, match=r"\$\.data\.function: string is not valid Unicode"):
+            encode(value)
+
+
+def test_a_payload_with_a_lone_surrogate_is_rejected_by_the_receivers_parser() -> None:
+    from cloud.errors import Rejected
+    from cloud.verify import parse_event
+    from tests.support.events import EventFactory
+
+    body = EventFactory("gw-1").chain(1)[0].replace(b'"appliance":"', b'"appliance":"\\ud800', 1)
+    assert b"\\ud800" in body
+    with pytest.raises(Rejected) as e:
+        parse_event(body)
+    assert e.value.kind == "malformed"
