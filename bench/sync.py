@@ -33,9 +33,10 @@ from typing import Any
 
 from cloud.receiver import Receiver, ReceiverConfig
 from cloud.store import PostgresStore, SqliteStore, Store, open_store
-from gateway.mqtt_conn import make_client, parse_broker_url, tls_context
+from gateway.mqtt_conn import make_client
 from gateway.sync import Sync, SyncConfig
 from koto.clock import SystemClock
+from koto.net import parse_broker_url, tls_context
 from koto.signing import public_pem
 from tests.support.broker import Mosquitto
 from tests.support.gw_child import append_usage, device_key, open_ledger

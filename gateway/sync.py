@@ -27,18 +27,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from koto.canonical import rfc3339
 from koto.clock import Clock
+from koto.errors import FieldError
+from koto.net import Backoff, BrokerURL, parse_broker_url, tls_context
 
 from .errors import ConfigError
-from .mqtt_conn import (
-    Backoff,
-    BrokerURL,
-    cloudevents_properties,
-    json_properties,
-    make_client,
-    parse_broker_url,
-    publish_nowait,
-)
-from .mqtt_conn import tls_context as make_tls_context
+from .mqtt_conn import cloudevents_properties, json_properties, make_client, publish_nowait
 
 if TYPE_CHECKING:
     import aiomqtt
@@ -98,7 +91,10 @@ class SyncConfig:
 
         if not self.gateway_id or any(c in self.gateway_id for c in "/#+ "):
             raise bad("gateway_id", f"{self.gateway_id!r}: a non-empty id without '/', '#', '+' or spaces")
-        parse_broker_url(self.broker, file=file, key="cloud.broker")
+        try:
+            parse_broker_url(self.broker, file=file, key="cloud.broker")
+        except FieldError as e:
+            raise bad("broker", e.problem) from None
         if self.protocol not in (5, 311):
             raise bad("protocol", f"{self.protocol!r} is not allowed; use 5 (MQTT 5) or 311 (MQTT 3.1.1)")
         if not self.topic_prefix or self.topic_prefix.endswith("/") or any(c in self.topic_prefix for c in "#+"):
@@ -272,7 +268,7 @@ class Sync:
         self._task: asyncio.Task[None] | None = None
         self._ssl = None
         if config.url.tls:
-            self._ssl = make_tls_context(config.ca, config.cert, config.key)
+            self._ssl = tls_context(config.ca, config.cert, config.key)
         self._sent_through = 0
         self._ack_wait_since: float | None = None
         self._resend_at: float | None = None  # set by a stale ack: resend then unless an ack advances first

@@ -18,9 +18,10 @@ import pytest
 from cloud.receiver import Receiver, ReceiverConfig
 from cloud.store import SqliteStore
 from cloud.verify import verify_chain
-from gateway.mqtt_conn import make_client, parse_broker_url
+from gateway.mqtt_conn import make_client
 from gateway.sync import Sync, SyncConfig
 from koto.clock import ManualClock
+from koto.net import parse_broker_url
 from koto.signing import public_pem
 from metering.errors import LedgerError
 from metering.ledger import Ledger, Stored
