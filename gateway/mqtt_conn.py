@@ -9,6 +9,8 @@ imported lazily (inside functions) so the package imports without the `sync` ext
 
 from __future__ import annotations
 
+import asyncio
+import math
 import socket
 import ssl
 from typing import TYPE_CHECKING, Any
@@ -71,20 +73,46 @@ def make_client(
     )
 
 
-def publish_nowait(client: aiomqtt.Client, topic: str, payload: bytes, qos: int, properties: Any = None) -> None:
-    """Hand a message to the MQTT client's outgoing queue without awaiting its PUBACK.
+class Outbox:
+    """QoS 1 publishing that does not hold the caller up until each PUBACK, on aiomqtt's public `publish`.
 
-    For the usage stream the QoS 1 PUBACK means nothing to us (the cloud ack on down/ack does), and aiomqtt's
-    awaitable `publish` tracks every pending PUBACK with a scan over all pending calls, which costs O(in-flight)
-    per message and dominated the drain. This uses the paho client aiomqtt wraps (stable across aiomqtt 2.x, the
-    range pyproject allows); a failure (not connected) raises MqttCodeError like aiomqtt's own publish.
+    For the usage stream the PUBACK means nothing to us (the cloud ack on `down/ack` does, and the pump's window
+    counts records beyond it), so the pump hands a message over and goes on. Each message is one task awaiting
+    aiomqtt's `publish` without a timeout: aiomqtt does not fail a pending publish when the connection drops, so the
+    session that owns the outbox closes it, which cancels what still waits. Tasks start in the order they were made,
+    so messages go out in seq order. The first failure (e.g. not connected) is kept and raised by the next
+    `publish`, as aiomqtt's own publish would have raised it.
+
+    Why not paho's publish underneath, as before: that is aiomqtt's private `_client`. The price of the public call
+    is a task per message and aiomqtt's scan over every pending call (docs/sync.md has the figures). aiomqtt also
+    logs a warning whenever more than `pending_calls_threshold` calls await their acks; a full window is normal
+    here, so the threshold is raised to it.
     """
-    import aiomqtt
-    import paho.mqtt.client as paho
 
-    info = client._client.publish(topic, payload, qos, False, properties)
-    if info.rc != paho.MQTT_ERR_SUCCESS:
-        raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+    def __init__(self, client: aiomqtt.Client, *, window: int) -> None:
+        self._client = client
+        client.pending_calls_threshold = max(client.pending_calls_threshold, window + 16)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._failed: BaseException | None = None
+
+    def publish(self, topic: str, payload: bytes, qos: int, properties: Any = None) -> None:
+        if self._failed is not None:
+            raise self._failed
+        task = asyncio.create_task(self._client.publish(topic, payload, qos=qos, properties=properties,
+                                                        timeout=math.inf))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._failed is None:
+            self._failed = task.exception()
+
+    async def aclose(self) -> None:
+        """Stop waiting for PUBACKs (the session is over; unacked records are resent by the next one)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def content_type_properties(content_type: str) -> Any:

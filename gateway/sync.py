@@ -31,7 +31,7 @@ from koto.errors import FieldError
 from koto.net import Backoff, BrokerURL, parse_broker_url, tls_context
 
 from .errors import ConfigError
-from .mqtt_conn import cloudevents_properties, json_properties, make_client, publish_nowait
+from .mqtt_conn import Outbox, cloudevents_properties, json_properties, make_client
 
 if TYPE_CHECKING:
     import aiomqtt
@@ -384,9 +384,10 @@ class Sync:
         self._resend_at = None
         await client.subscribe([(self.topics.ack, 1), (self.topics.cmd, 1)])
         await self._publish_birth(client)
+        outbox = Outbox(client, window=self.config.window)
         tasks = [
             asyncio.create_task(self._reader(client), name="koto-sync-reader"),
-            asyncio.create_task(self._pump(client), name="koto-sync-pump"),
+            asyncio.create_task(self._pump(outbox), name="koto-sync-pump"),
             asyncio.create_task(self._live_loop(client), name="koto-sync-live"),
         ]
         try:
@@ -404,6 +405,7 @@ class Sync:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await outbox.aclose()
 
     def _will_payload(self) -> bytes:
         return json.dumps({"online": False, "gateway": self.config.gateway_id}, separators=(",", ":")).encode()
@@ -435,7 +437,7 @@ class Sync:
 
     # -- uplink pump -------------------------------------------------------------------------------------------
 
-    async def _pump(self, client: aiomqtt.Client) -> None:
+    async def _pump(self, outbox: Outbox) -> None:
         loop = asyncio.get_running_loop()
         props = self._props(cloudevents_properties)
         cfg = self.config
@@ -469,7 +471,7 @@ class Sync:
                     if outstanding == 0 or self._ack_wait_since is None:
                         self._ack_wait_since = now
                     for rec in batch:
-                        publish_nowait(client, self.topics.usage, rec.body, 1, props)
+                        outbox.publish(self.topics.usage, rec.body, 1, props)
                         self._sent_through = rec.seq
                     self.health.published += len(batch)
                     self.health.sent_through = self._sent_through
