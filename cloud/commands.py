@@ -12,21 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import tomllib
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from koto.canonical import CanonicalError, canonical_bytes, rfc3339
+from koto.mqtt import Connection
 from koto.net import parse_broker_url, tls_context
 from koto.signing import PrivateKey, sign_event
 
 from .errors import CommandError
-
-if TYPE_CHECKING:
-    import aiomqtt
 
 TARIFF = "io.koto.cmd.tariff.v1"
 ENTITLEMENT = "io.koto.cmd.entitlement.v1"
@@ -130,40 +127,24 @@ async def send_command(broker: BrokerOptions, gateway: str, command: dict[str, A
     The gateway's persistent session means the broker queues the command while the gateway is offline; waiting
     for a reply only makes sense when it is online (`koto-cloud diagnose`).
     """
-    client = _mqtt_client(broker)
+    url = parse_broker_url(broker.url, file="command line", key="--broker")
+    ssl_context = tls_context(broker.ca, broker.cert, broker.key) if url.tls else None
     payload = canonical_bytes(command)
-    async with client:
+    async with Connection(url, client_id=f"koto-cloud-{uuid.uuid4().hex[:12]}", ssl_context=ssl_context) as conn:
         if wait_reply_s is None:
-            await client.publish(f"{broker.prefix}/{gateway}/down/cmd", payload, qos=1)
+            await conn.deliver(f"{broker.prefix}/{gateway}/down/cmd", payload, qos=1)
             return None
-        await client.subscribe(f"{broker.prefix}/{gateway}/up/reply", qos=1)
-        await client.publish(f"{broker.prefix}/{gateway}/down/cmd", payload, qos=1)
+        await conn.subscribe(f"{broker.prefix}/{gateway}/up/reply", qos=1)
+        await conn.deliver(f"{broker.prefix}/{gateway}/down/cmd", payload, qos=1)
         try:
             async with asyncio.timeout(wait_reply_s):
-                async for message in client.messages:
-                    try:
-                        reply = json.loads(message.payload)
-                    except ValueError:
-                        continue
-                    if isinstance(reply, dict) and reply.get("ack_of") == command["id"]:
-                        return reply
+                while True:
+                    for message in await conn.receive():
+                        try:
+                            reply = json.loads(message.payload)
+                        except ValueError:
+                            continue
+                        if isinstance(reply, dict) and reply.get("ack_of") == command["id"]:
+                            return reply
         except TimeoutError:
             raise CommandError(f"no reply from {gateway} within {wait_reply_s:g} s (is it online?)") from None
-    return None
-
-
-def _mqtt_client(broker: BrokerOptions) -> aiomqtt.Client:
-    """An aiomqtt client (MQTT 5, clean session, a random id; TLS when the URL is mqtts://) for one command.
-
-    The sender publishes a message or two and may wait for one reply, so aiomqtt's public API is all it needs (the
-    receiver, which reads thousands of messages a second, has its own connection: cloud/mqtt.py).
-    """
-    import aiomqtt
-
-    url = parse_broker_url(broker.url, file="command line", key="--broker")
-    return aiomqtt.Client(
-        url.host, url.port, identifier=f"koto-cloud-{uuid.uuid4().hex[:12]}", protocol=aiomqtt.ProtocolVersion.V5,
-        tls_context=tls_context(broker.ca, broker.cert, broker.key) if url.tls else None, keepalive=30,
-        # Without TCP_NODELAY, Nagle plus delayed ACKs add ~40 ms to each small message's round trip.
-        socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
-    )

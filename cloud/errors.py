@@ -29,15 +29,3 @@ class Rejected(KotoError, ValueError):
 
 class CommandError(KotoError):
     """A downlink command that cannot be built or sent (bad payload, no reply in time)."""
-
-
-class BrokerError(KotoError, ConnectionError):
-    """The broker cannot be reached, refused the connection or a subscription, or the connection was lost.
-
-    `broker` is `host:port`; `problem` says what happened in plain words. The receiver reconnects after it.
-    """
-
-    def __init__(self, broker: str, problem: str) -> None:
-        self.broker = broker
-        self.problem = problem
-        super().__init__(f"broker {broker}: {problem}")

@@ -16,7 +16,7 @@ broken link.
 
 MQTT QoS 1 PUBACKs go out as soon as a message is read, before it is committed: a receiver that dies then loses
 nothing, because the gateway keeps the record until the application-level ack arrives and resends it. The MQTT
-connection is `cloud/mqtt.py` (paho-mqtt's public API; its docstring says why not aiomqtt).
+connection is `koto/mqtt.py` (paho-mqtt's public API; its docstring says why not aiomqtt).
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from koto.mqtt import BrokerError, Connection
 from koto.net import Backoff, parse_broker_url, tls_context
 from koto.signing import KeyError_, PublicKey, load_public_key
 
-from .errors import BrokerError, Rejected
-from .mqtt import Connection
+from .errors import Rejected
 from .store import Ack, CommitResult, Store
 from .verifier import RunVerifier
 from .verify import Event, bad_signature, check_shape
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("koto.cloud.receiver")
 T = TypeVar("T")
+PERSISTENT_SESSION_S = 24 * 3600  # a receiver with a fixed client id: the broker queues for it this long (MQTT 5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +145,8 @@ class Receiver:
         """A new connection (the TLS files are read again for each, so renewed certificates are picked up)."""
         cfg = self.config
         ssl_context = tls_context(cfg.ca, cfg.cert, cfg.key) if self.url.tls else None
-        return Connection(self.url, client_id=cfg.client_id, protocol=cfg.protocol,
-                          persistent=cfg.client_id is not None, ssl_context=ssl_context)
+        return Connection(self.url, client_id=cfg.client_id, protocol=cfg.protocol, ssl_context=ssl_context,
+                          session_expiry_s=PERSISTENT_SESSION_S if cfg.client_id is not None else None)
 
     async def _subscribe(self, conn: Connection) -> None:
         p, g = self.config.prefix, self.config.group

@@ -1,30 +1,34 @@
-"""The receiver's MQTT connection: paho-mqtt's public external-event-loop API on asyncio, in this one module.
+"""Koto's MQTT connection: paho-mqtt's public external-event-loop API on asyncio, in this one module.
 
-Why not aiomqtt, which the gateway and the command sender use. aiomqtt 2.x (the range pyproject allows; its
-`client.py` was read for this decision) wraps this same paho client, and cannot do two things the receiver needs at
-the speed it needs them without reaching into that wrapping:
+The gateway's uplink (`gateway/sync.py`), the reference receiver (`cloud/receiver.py`) and the command sender
+(`cloud/commands.py`) all connect through `Connection`. It lives in `koto/` because both sides need it and neither may
+import the other; paho is imported only inside functions, so importing `koto` never loads it.
+
+Why not aiomqtt, which Koto used before. aiomqtt 2.x (the range pyproject allowed; its `client.py` was read for this
+decision) wraps this same paho client, and cannot do three things at the speed Koto needs them without reaching into
+that wrapping, which is what the code did (`client._queue`, `client._client.publish`):
 
 1. Reading in bulk. `async for message in client.messages` creates a task and an `asyncio.wait` for every message,
-   which cost as much as shape-checking it; the receiver used to take queued messages from aiomqtt's private queue
-   (`client._queue`) instead. Here paho's `on_message` appends each message to an inbox the receiver empties in
-   one go (`receive()`), with no task or future per message.
-2. Publishing an ack without awaiting its PUBACK. aiomqtt's `publish` awaits the PUBACK (and scans every pending
-   call to log how many there are); awaiting it stalled reading for a broker round trip per commit, so the receiver
-   used aiomqtt's private paho client (`client._client.publish`). The PUBACK says nothing the gateway's resend rules
-   need: a lost ack is re-sent on the next commit or birth. Here `publish()` hands the message to paho and returns.
+   which cost as much as shape-checking it at the receiver. Here paho's `on_message` appends each message to an
+   inbox that `receive()` empties in one go, with no task or future per message.
+2. Publishing QoS 1 without awaiting the PUBACK. aiomqtt's `publish` always awaits it, and scans every pending call
+   each time to log how many there are. The usage stream and the receiver's acks need no PUBACK (the cloud's
+   application-level ack, and the next ack, are what count). Going through aiomqtt's public `publish` anyway, a task
+   per record, took the sync bench's drain from 0.47-0.77x raw publish to 0.32-0.42x (docs/sync.md). Here
+   `publish()` hands the message to paho and returns; `deliver()` awaits the PUBACK where it matters.
+3. The upgrade. aiomqtt 3 drops paho, MQTT 3.1.1 (which the contract requires gateways to support, and the receiver's
+   default, because paho's MQTT 5 handling of every incoming message cost about a quarter of its throughput) and
+   socket options (TCP_NODELAY, worth ~40 ms per round trip here), so Koto could not have followed it anyway.
 
-aiomqtt 3 does not help either: it drops paho, MQTT 3.1.1 (the receiver's default, because paho's MQTT 5 handling
-of every incoming message cost about a quarter of its throughput, docs/sync.md) and socket options (TCP_NODELAY,
-worth ~40 ms per round trip here). paho's external-loop API (`socket()`, `loop_read()`, `loop_write()`,
-`loop_misc()`, the `on_socket_*` callbacks) is documented, stable since paho 1.x, and what aiomqtt 2 is built on.
-Nothing outside this module imports paho in `cloud/`; nothing here uses a name paho does not document.
+paho's external-loop API (`socket()`, `loop_read()`, `loop_write()`, `loop_misc()`, the `on_socket_*` callbacks) is
+documented, stable since paho 1.x, and what aiomqtt 2 is itself built on. Nothing else in Koto imports paho, and
+nothing here uses a name paho does not document.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 import ssl
 import threading
@@ -32,40 +36,62 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from koto.net import BrokerURL, tls_context
-
-from .errors import BrokerError
+from .errors import KotoError
+from .net import BrokerURL, tls_context
 
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
 
-log = logging.getLogger("koto.cloud.mqtt")
-PERSISTENT_SESSION_S = 24 * 3600  # MQTT 5 session expiry of a receiver with a fixed client id
+
+class BrokerError(KotoError, ConnectionError):
+    """The broker cannot be reached, refused the connection or a subscription, or the connection was lost.
+
+    `broker` is `host:port`; `problem` says what happened in plain words. Callers reconnect after it.
+    """
+
+    def __init__(self, broker: str, problem: str) -> None:
+        self.broker = broker
+        self.problem = problem
+        super().__init__(f"broker {broker}: {problem}")
+
+
+class Message(NamedTuple):
+    topic: str
+    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
+class Will:
+    """What the broker publishes for us if the connection is lost without a DISCONNECT."""
+
     topic: str
     payload: bytes
+    qos: int = 1
+    retain: bool = True
+    content_type: str | None = None  # sent only under MQTT 5
 
 
 class Connection:
     """One MQTT connection on the running event loop, used as `async with Connection(...) as conn:`.
 
-    `subscribe()` awaits the SUBACK; `publish()` does not wait for anything; `receive()` returns every message that
-    has arrived since the last call (waiting for the first). A lost connection makes the next `receive()`, once the
-    inbox is empty, raise `BrokerError`, as does `publish()`. Leaving the block waits (a few seconds at most) for the
-    PUBACK of the last message published, then disconnects: closing a socket with the broker's PUBACKs still unread
-    makes the kernel reset the connection, and the broker then drops what it had not read yet.
-    `persistent` asks the broker to keep the session (and queue QoS 1 messages) while the client is away: a day
-    under MQTT 5, under 3.1.1 until the broker's `persistent_client_expiration`.
+    `subscribe()` awaits the SUBACK; `publish()` waits for nothing, `deliver()` for the PUBACK; `receive()` returns
+    every message that has arrived since the last call (waiting for the first). A lost connection makes the next
+    `receive()`, once the inbox is empty, raise `BrokerError`, as it does `publish()` and `deliver()`. Leaving the
+    block waits (a few seconds at most) for the PUBACK of the last message published, then disconnects: closing a
+    socket with the broker's PUBACKs still unread makes the kernel reset the connection, and the broker then drops
+    what it had not read yet.
+
+    `session_expiry_s` asks the broker to keep the session (subscriptions, queued QoS 1 messages) while the client
+    is away: that long under MQTT 5, under 3.1.1 until the broker's `persistent_client_expiration`. None is a clean
+    session. `max_inflight` is how many QoS 1 messages may await their PUBACK (paho queues the rest).
     """
 
-    def __init__(self, url: BrokerURL, *, client_id: str | None = None, protocol: int = 311,
-                 persistent: bool = False, ssl_context: ssl.SSLContext | None = None, keepalive: int = 30,
-                 timeout: float = 10.0) -> None:
+    def __init__(self, url: BrokerURL, *, client_id: str | None = None, protocol: int = 5,
+                 session_expiry_s: int | None = None, ssl_context: ssl.SSLContext | None = None,
+                 keepalive: int = 30, timeout: float = 10.0, will: Will | None = None,
+                 max_inflight: int | None = None) -> None:
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -74,18 +100,23 @@ class Connection:
         self.url = url
         self.name = f"{url.host}:{url.port}"
         self._protocol = protocol
-        self._persistent = persistent
+        self._session_expiry_s = session_expiry_s
         self._keepalive = keepalive
         self._timeout = timeout
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._paho = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id or f"koto-cloud-{uuid.uuid4().hex[:12]}",
+            CallbackAPIVersion.VERSION2, client_id=client_id or f"koto-{uuid.uuid4().hex[:12]}",
             protocol=paho.MQTTv5 if protocol == 5 else paho.MQTTv311,
-            clean_session=None if protocol == 5 else not persistent, reconnect_on_failure=False,
+            clean_session=None if protocol == 5 else session_expiry_s is None, reconnect_on_failure=False,
         )
         if url.tls:
             self._paho.tls_set_context(ssl_context or tls_context())
+        if will is not None:
+            self._paho.will_set(will.topic, will.payload, will.qos, will.retain,
+                                self._properties("WILLMESSAGE", will.content_type))
+        if max_inflight is not None:
+            self._paho.max_inflight_messages_set(max_inflight)
         self._paho.on_connect = self._on_connect
         self._paho.on_disconnect = self._on_disconnect
         self._paho.on_subscribe = self._on_subscribe
@@ -98,11 +129,13 @@ class Connection:
         self._connected: asyncio.Future[None] = self._loop.create_future()
         self._lost: asyncio.Future[None] = self._loop.create_future()
         self._subacks: dict[int, asyncio.Future[list[Any]]] = {}
+        self._pubacks: dict[int, asyncio.Future[None]] = {}  # only for deliver()
+        self._publish_props: dict[str, Any] = {}  # content type -> paho PUBLISH properties, built once
         self._inbox: list[Message] = []
+        self._wake = asyncio.Event()
         self._last_mid: int | None = None  # of the last QoS 1 message published
         self._all_acked = asyncio.Event()
         self._all_acked.set()
-        self._wake = asyncio.Event()
         self._misc: asyncio.Task[None] | None = None
 
     # -- the connection ----------------------------------------------------------------------------------------
@@ -134,16 +167,13 @@ class Connection:
 
     def _connect(self) -> None:
         """Open the socket and send CONNECT (blocking: DNS, TCP and the TLS handshake; runs in a worker thread)."""
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
         if self._protocol == 5:
             props = None
-            if self._persistent:
-                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-                props.SessionExpiryInterval = PERSISTENT_SESSION_S
-            self._paho.connect(self.url.host, self.url.port, self._keepalive, clean_start=not self._persistent,
-                               properties=props)
+            if self._session_expiry_s is not None:
+                props = self._properties("CONNECT")
+                props.SessionExpiryInterval = self._session_expiry_s
+            self._paho.connect(self.url.host, self.url.port, self._keepalive,
+                               clean_start=self._session_expiry_s is None, properties=props)
         else:
             self._paho.connect(self.url.host, self.url.port, self._keepalive)
         sock = self._paho.socket()
@@ -170,11 +200,13 @@ class Connection:
         if self._lost.done():
             return
         self._lost.set_exception(error)
-        self._lost.exception()  # mark it retrieved: the loss is reported by receive() and publish()
-        self._all_acked.set()  # nothing more will be acked
-        for fut in self._subacks.values():
+        self._lost.exception()  # mark it retrieved: the loss is reported by receive(), publish() and deliver()
+        waiting: list[asyncio.Future[Any]] = [*self._subacks.values(), *self._pubacks.values()]
+        for fut in waiting:
             if not fut.done():
                 fut.set_exception(error)
+                fut.exception()
+        self._all_acked.set()  # nothing more will be acked
         self._wake.set()
 
     def check(self) -> None:
@@ -182,38 +214,78 @@ class Connection:
         if self._lost.done():
             raise self._lost.exception() or BrokerError(self.name, "disconnected")
 
-    # -- what the receiver calls -------------------------------------------------------------------------------
-    async def subscribe(self, topic: str, qos: int = 1) -> None:
-        """Subscribe and wait for the SUBACK; a refused subscription (reason >= 0x80) raises BrokerError."""
+    # -- what the callers use ----------------------------------------------------------------------------------
+    async def subscribe(self, *topics: str, qos: int = 1) -> None:
+        """Subscribe (one SUBSCRIBE for all `topics`) and wait for the SUBACK; a refusal raises BrokerError."""
         import paho.mqtt.client as paho
 
         self.check()
-        rc, mid = self._paho.subscribe(topic, qos)
+        rc, mid = self._paho.subscribe([(topic, qos) for topic in topics])
         if rc != paho.MQTT_ERR_SUCCESS or mid is None:
-            raise BrokerError(self.name, f"cannot subscribe to {topic!r} ({paho.error_string(rc)})")
+            raise BrokerError(self.name, f"cannot subscribe to {', '.join(topics)} ({paho.error_string(rc)})")
         fut: asyncio.Future[list[Any]] = self._loop.create_future()
         self._subacks[mid] = fut
         try:
             async with asyncio.timeout(self._timeout):
                 codes = await fut
         except TimeoutError:
-            raise BrokerError(self.name, f"no SUBACK for {topic!r} within {self._timeout:g} s") from None
+            raise BrokerError(self.name, f"no SUBACK within {self._timeout:g} s") from None
         finally:
             self._subacks.pop(mid, None)
-        if any(code.is_failure for code in codes):
-            raise BrokerError(self.name, f"the broker refused the subscription to {topic!r} ({codes[0]})")
+        refused = [t for t, code in zip(topics, codes, strict=False) if code.is_failure]
+        if refused:
+            raise BrokerError(self.name, f"the broker refused the subscription to {', '.join(refused)}")
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        """Hand the message to the client's outgoing queue and return; the PUBACK is not waited for."""
+    def publish(self, topic: str, payload: bytes, qos: int = 1, *, retain: bool = False,
+                content_type: str | None = None) -> None:
+        """Hand the message to the client's outgoing queue and return; the PUBACK is not waited for.
+
+        `content_type` is sent as the MQTT 5 content type property (and left out under 3.1.1).
+        """
+        self._publish(topic, payload, qos, retain, content_type)
+
+    async def deliver(self, topic: str, payload: bytes, qos: int = 1, *, retain: bool = False,
+                      content_type: str | None = None) -> None:
+        """Publish and wait until the broker has it (the PUBACK; for QoS 0, until it is written)."""
+        mid = self._publish(topic, payload, qos, retain, content_type)
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._pubacks[mid] = fut
+        try:
+            async with asyncio.timeout(self._timeout):
+                await fut
+        except TimeoutError:
+            raise BrokerError(self.name, f"no PUBACK for {topic!r} within {self._timeout:g} s") from None
+        finally:
+            self._pubacks.pop(mid, None)
+
+    def _publish(self, topic: str, payload: bytes, qos: int, retain: bool, content_type: str | None) -> int:
         import paho.mqtt.client as paho
 
         self.check()
-        info = self._paho.publish(topic, payload, qos)
+        props = None
+        if content_type is not None and self._protocol == 5:
+            props = self._publish_props.get(content_type)
+            if props is None:
+                props = self._publish_props[content_type] = self._properties("PUBLISH", content_type)
+        info = self._paho.publish(topic, payload, qos, retain, props)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise BrokerError(self.name, f"cannot publish to {topic!r} ({paho.error_string(info.rc)})")
         if qos > 0:
             self._last_mid = info.mid
             self._all_acked.clear()
+        return info.mid
+
+    def _properties(self, packet: str, content_type: str | None = None) -> Any:
+        """MQTT 5 properties of a packet type (None under 3.1.1), carrying a content type if one is given."""
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        if self._protocol != 5:
+            return None
+        props = Properties(getattr(PacketTypes, packet))  # type: ignore[no-untyped-call]
+        if content_type is not None:
+            props.ContentType = content_type
+        return props
 
     async def receive(self) -> list[Message]:
         """Every message received since the last call, oldest first; waits for one if there is none yet.
@@ -245,15 +317,19 @@ class Connection:
         if fut is not None and not fut.done():
             fut.set_result(codes)
 
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        if mid == self._last_mid:  # a broker acks one connection's messages in order: all are acked
+            self._all_acked.set()
+        if self._pubacks:
+            fut = self._pubacks.get(mid)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         payload = message.payload
         self._inbox.append(Message(message.topic, payload if type(payload) is bytes else bytes(payload)))
         if len(self._inbox) == 1:
             self._wake.set()
-
-    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
-        if mid == self._last_mid:  # a broker acks one connection's messages in order: all are acked
-            self._all_acked.set()
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         self._on_loop(self._loop.add_reader, sock.fileno(), self._readable)
@@ -268,7 +344,8 @@ class Connection:
         self._on_loop(self._loop.remove_writer, sock.fileno())
 
     def _on_loop(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Call `fn` now on the loop's thread, or soon from `_connect`'s worker thread."""
+        """Call `fn` now on the loop's thread, or soon from `_connect`'s worker thread (koto.loop quietens the
+        harmless race where the socket closes before a deferred `add_writer` runs)."""
         if threading.get_ident() == self._loop_thread:
             fn(*args)
         else:
@@ -303,3 +380,6 @@ class Connection:
 
         while self._paho.loop_misc() == paho.MQTT_ERR_SUCCESS:  # noqa: ASYNC110 - paho's timers are polled
             await asyncio.sleep(1.0)
+
+
+__all__ = ["BrokerError", "Connection", "Message", "Will"]
