@@ -157,13 +157,15 @@ class Connection:
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if not self._lost.done():
-            with contextlib.suppress(TimeoutError, BrokerError):
-                async with asyncio.timeout(min(self._timeout, 2.0)):
-                    await self._all_acked.wait()
-                    self._paho.disconnect()
-                    await asyncio.shield(self._lost)
-        self._close()
+        try:
+            if not self._lost.done():
+                with contextlib.suppress(TimeoutError, BrokerError):
+                    async with asyncio.timeout(min(self._timeout, 2.0)):
+                        await self._all_acked.wait()
+                        self._paho.disconnect()
+                        await asyncio.shield(self._lost)
+        finally:  # cancelled meanwhile or not, the socket is closed
+            self._close()
 
     def _connect(self) -> None:
         """Open the socket and send CONNECT (blocking: DNS, TCP and the TLS handshake; runs in a worker thread)."""
