@@ -35,14 +35,14 @@ from typing import Any
 
 from cloud.receiver import Receiver, ReceiverConfig
 from cloud.store import PostgresStore, SqliteStore, Store, open_store
+from gateway.mqtt_conn import make_client
 from gateway.sync import Sync, SyncConfig
 from koto.clock import SystemClock
-from koto.net import tls_context
+from koto.net import parse_broker_url, tls_context
 from koto.signing import public_pem
 from metering.ledger import Ledger
 from tests.support.broker import Mosquitto
 from tests.support.gw_child import append_usage, device_key, open_ledger
-from tests.support.mqtt import peer_client
 from tests.support.pki import TestPKI
 
 GW = "gw-bench"
@@ -64,7 +64,8 @@ async def raw_publish(broker: Mosquitto, bodies: list[bytes], pki: TestPKI | Non
     if pki is not None:
         pair = pki.client("gw-raw")
         ssl = tls_context(pki.ca, pair.cert, pair.key)
-    client = peer_client(broker.url, "gw-raw", ssl_context=ssl, max_inflight=in_flight)
+    client = make_client(url=parse_broker_url(broker.url), client_id="gw-raw", ssl_context=ssl, persistent=False,
+                         max_inflight=in_flight)
     client.pending_calls_threshold = in_flight * 2
     sem = asyncio.Semaphore(in_flight)
 
@@ -252,7 +253,7 @@ def report(args: argparse.Namespace, cfg: SyncConfig, fig: Figures, *, in_proces
 async def null_acker(broker_url: str, ledger_path: str) -> None:
     """Ack every record as soon as it arrives, with the hash from the ledger itself (no verify, no store)."""
     ledger = Ledger.open(ledger_path, gateway_id=GW, key=None)
-    client = peer_client(broker_url, "null-acker")
+    client = make_client(url=parse_broker_url(broker_url), client_id="null-acker", persistent=False)
     async with client:
         await client.subscribe(f"koto/v1/{GW}/up/usage", qos=1)
         done: set[int] = set()

@@ -28,13 +28,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from koto.canonical import rfc3339
 from koto.clock import Clock
 from koto.errors import FieldError
-from koto.mqtt import BrokerError, Connection
 from koto.net import Backoff, BrokerURL, parse_broker_url, tls_context
 
 from .errors import ConfigError
-from .mqtt_conn import CLOUDEVENTS_CONTENT_TYPE, JSON_CONTENT_TYPE, gateway_connection
+from .mqtt_conn import Outbox, cloudevents_properties, json_properties, make_client
 
 if TYPE_CHECKING:
+    import aiomqtt
+
     from .downlink import DownlinkHandler
 
 log = logging.getLogger("koto.sync")
@@ -328,12 +329,14 @@ class Sync:
 
     async def run(self) -> None:
         """Connect, drain, listen; on any loss wait a capped jittered backoff and go again. Runs until cancelled."""
+        import aiomqtt
+
         backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_cap_s)
         loop = asyncio.get_running_loop()
         failures = 0
         while True:
-            client = gateway_connection(
-                url=self.config.url, gateway_id=self.config.gateway_id, protocol=self.config.protocol,
+            client = make_client(
+                url=self.config.url, client_id=self.config.gateway_id, protocol=self.config.protocol,
                 keepalive=self.config.keepalive_s, ssl_context=self._ssl, will_topic=self.topics.status,
                 will_payload=self._will_payload(), max_inflight=self.config.window,
             )
@@ -362,7 +365,7 @@ class Sync:
                     failures = 0
                 if connected_at is not None:
                     self.health.disconnects += 1
-                if isinstance(e, BrokerError | _SessionLost | OSError):
+                if isinstance(e, aiomqtt.MqttError | _SessionLost | OSError):
                     if failures == 0:
                         log.warning("cloud connection to %s lost or refused: %s; retrying with backoff (<= %.1f s)",
                                     self.config.broker, e, self.config.backoff_cap_s)
@@ -375,15 +378,16 @@ class Sync:
                 failures += 1
             await asyncio.sleep(backoff.next())
 
-    async def _session(self, client: Connection) -> None:
+    async def _session(self, client: aiomqtt.Client) -> None:
         self._sent_through = self.ledger.acked_through()
         self._ack_wait_since = None
         self._resend_at = None
-        await client.subscribe(self.topics.ack, self.topics.cmd, qos=1)
+        await client.subscribe([(self.topics.ack, 1), (self.topics.cmd, 1)])
         await self._publish_birth(client)
+        outbox = Outbox(client, window=self.config.window)
         tasks = [
             asyncio.create_task(self._reader(client), name="koto-sync-reader"),
-            asyncio.create_task(self._pump(client), name="koto-sync-pump"),
+            asyncio.create_task(self._pump(outbox), name="koto-sync-pump"),
             asyncio.create_task(self._live_loop(client), name="koto-sync-live"),
         ]
         try:
@@ -401,6 +405,7 @@ class Sync:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await outbox.aclose()
 
     def _will_payload(self) -> bytes:
         return json.dumps({"online": False, "gateway": self.config.gateway_id}, separators=(",", ":")).encode()
@@ -418,20 +423,23 @@ class Sync:
             b["last_dseq"] = self.downlink.last_dseq_text()
         return b
 
-    async def _publish_birth(self, client: Connection) -> None:
-        payload = json.dumps(self.birth(), sort_keys=True, separators=(",", ":")).encode()
-        await client.deliver(self.topics.status, payload, qos=1, retain=True, content_type=JSON_CONTENT_TYPE)
+    def _props(self, factory: Callable[[], Any]) -> Any:
+        return factory() if self.config.protocol == 5 else None
 
-    async def _publish_offline(self, client: Connection) -> None:
+    async def _publish_birth(self, client: aiomqtt.Client) -> None:
+        payload = json.dumps(self.birth(), sort_keys=True, separators=(",", ":")).encode()
+        await client.publish(self.topics.status, payload, qos=1, retain=True, properties=self._props(json_properties))
+
+    async def _publish_offline(self, client: aiomqtt.Client) -> None:
         """A clean disconnect does not fire the Will, so say goodbye explicitly on shutdown."""
-        await client.deliver(self.topics.status, self._will_payload(), qos=1, retain=True,
-                             content_type=JSON_CONTENT_TYPE)
+        await client.publish(self.topics.status, self._will_payload(), qos=1, retain=True,
+                             properties=self._props(json_properties))
 
     # -- uplink pump -------------------------------------------------------------------------------------------
 
-    async def _pump(self, client: Connection) -> None:
+    async def _pump(self, outbox: Outbox) -> None:
         loop = asyncio.get_running_loop()
-        usage = self.topics.usage
+        props = self._props(cloudevents_properties)
         cfg = self.config
         while True:
             self._wake.clear()
@@ -463,7 +471,7 @@ class Sync:
                     if outstanding == 0 or self._ack_wait_since is None:
                         self._ack_wait_since = now
                     for rec in batch:
-                        client.publish(usage, rec.body, 1, content_type=CLOUDEVENTS_CONTENT_TYPE)  # no PUBACK wait
+                        outbox.publish(self.topics.usage, rec.body, 1, props)
                         self._sent_through = rec.seq
                     self.health.published += len(batch)
                     self.health.sent_through = self._sent_through
@@ -486,15 +494,16 @@ class Sync:
 
     # -- downlink reader ---------------------------------------------------------------------------------------
 
-    async def _reader(self, client: Connection) -> None:
-        while True:
-            for topic, payload in await client.receive():  # raises BrokerError once the connection is lost
-                if topic == self.topics.ack:
-                    self._on_ack(payload)
-                elif topic == self.topics.cmd:
-                    await self._on_command(client, payload)
-                else:
-                    log.debug("ignoring message on %s", topic)
+    async def _reader(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            topic = str(message.topic)
+            payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+            if topic == self.topics.ack:
+                self._on_ack(bytes(payload))
+            elif topic == self.topics.cmd:
+                await self._on_command(client, bytes(payload))
+            else:
+                log.debug("ignoring message on %s", topic)
 
     def _on_ack(self, payload: bytes) -> None:
         try:
@@ -535,7 +544,7 @@ class Sync:
             self.health.acks_ignored += 1
             log.warning("ignoring a cloud ack for epoch %d (ours is %d)", epoch, self.ledger.epoch)
 
-    async def _on_command(self, client: Connection, payload: bytes) -> None:
+    async def _on_command(self, client: aiomqtt.Client, payload: bytes) -> None:
         self.health.commands += 1
         if self.downlink is None:
             reply = {"ack_of": "", "status": "rejected",
@@ -547,11 +556,11 @@ class Sync:
             if reply.get("status") == "applied":
                 self.notify()  # the lifecycle record is in the ledger; send it
         data = json.dumps(reply, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-        await client.deliver(self.topics.reply, data, qos=1, content_type=JSON_CONTENT_TYPE)
+        await client.publish(self.topics.reply, data, qos=1, properties=self._props(json_properties))
 
     # -- live view ---------------------------------------------------------------------------------------------
 
-    async def _live_loop(self, client: Connection) -> None:
+    async def _live_loop(self, client: aiomqtt.Client) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._live_event.wait()
@@ -565,6 +574,6 @@ class Sync:
             self._live = None
             body = {"t": rfc3339(self.clock.now().wall), "appliances": live}
             self._last_live = loop.time()
-            await client.deliver(self.topics.live, json.dumps(body, sort_keys=True, separators=(",", ":")).encode(),
-                                 qos=0, content_type=JSON_CONTENT_TYPE)
+            await client.publish(self.topics.live, json.dumps(body, sort_keys=True, separators=(",", ":")).encode(),
+                                 qos=0, properties=self._props(json_properties))
             self.health.live_published += 1

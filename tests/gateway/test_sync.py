@@ -18,14 +18,15 @@ import pytest
 from cloud.receiver import Receiver, ReceiverConfig
 from cloud.store import SqliteStore
 from cloud.verify import verify_chain
+from gateway.mqtt_conn import Outbox, make_client
 from gateway.sync import Sync, SyncConfig
 from koto.clock import ManualClock
+from koto.net import parse_broker_url
 from koto.signing import public_pem
 from metering.errors import LedgerError
 from metering.ledger import Ledger, Stored
 from tests.support.broker import Mosquitto
 from tests.support.gw_child import append_usage, device_key, energy_check, open_ledger
-from tests.support.mqtt import peer_client
 
 GW = "gw-test-1"
 EPOCH = 7
@@ -96,7 +97,7 @@ class Observer:
         await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        client = peer_client(self.broker.url, f"obs-{id(self)}")
+        client = make_client(url=parse_broker_url(self.broker.url), client_id=f"obs-{id(self)}", persistent=False)
         async with client:
             await client.subscribe(self.topic, qos=1)
             self._ready.set()
@@ -126,6 +127,31 @@ def check_receiver(store: SqliteStore, ledger: Ledger, n: int) -> None:
     assert ledger.unacked_count() == 0
 
 
+async def test_the_outbox_publishes_in_order_without_waiting_and_a_lost_connection_fails_the_next_publish(
+        broker: Mosquitto) -> None:
+    """The pump's publishing on aiomqtt's public API: a whole batch is handed over at once (no await), arrives in
+    order, and once the broker is gone the failure surfaces on the next publish instead of being lost."""
+    async with Observer(broker, "koto/v1/ob/up/usage") as obs:
+        client = make_client(url=parse_broker_url(broker.url), client_id="ob", persistent=False)
+        async with client:
+            outbox = Outbox(client, window=64)
+            for i in range(200):
+                outbox.publish("koto/v1/ob/up/usage", json.dumps({"data": {"seq": i}}).encode(), 1)
+            await eventually(lambda: len(obs.seqs()) == 200, what="all 200 at the observer")
+            assert obs.seqs() == list(range(200))
+            broker.stop(kill=True)
+            await eventually(lambda: not _publishes(outbox), within=10, what="a publish to fail")
+            await outbox.aclose()
+
+
+def _publishes(outbox: Outbox) -> bool:
+    try:
+        outbox.publish("koto/v1/ob/up/usage", b"{}", 1)
+    except aiomqtt.MqttError:
+        return False
+    return True
+
+
 @pytest.mark.slow
 async def test_a_10000_record_backlog_drains_completely_in_order_exactly_once(
         broker: Mosquitto, ledger: Ledger, store: SqliteStore, receiver: Receiver) -> None:
@@ -149,7 +175,7 @@ async def test_published_bytes_are_the_stored_bytes_and_carry_the_cloudevents_co
         broker: Mosquitto, ledger: Ledger) -> None:
     append_usage(ledger, 5)
     got: list[aiomqtt.Message] = []
-    client = peer_client(broker.url, "peer")
+    client = make_client(url=parse_broker_url(broker.url), client_id="peer", persistent=False)
     async with client:
         await client.subscribe(f"koto/v1/{GW}/up/usage", qos=1)
         async with Sync(config(broker), ledger, clock=ManualClock()):
@@ -170,7 +196,7 @@ async def fake_cloud_ack(client: aiomqtt.Client, epoch: int, through: int, head_
 
 async def test_an_ack_with_the_wrong_head_hash_is_never_honoured(broker: Mosquitto, ledger: Ledger) -> None:
     append_usage(ledger, 10)
-    cloud = peer_client(broker.url, "fake-cloud")
+    cloud = make_client(url=parse_broker_url(broker.url), client_id="fake-cloud", persistent=False)
     async with cloud, Sync(config(broker, ack_timeout_s=3600), ledger, clock=ManualClock()) as sync:
         await cloud.subscribe(f"koto/v1/{GW}/up/usage", qos=1)
         await eventually(lambda: sync.health.published >= 10, what="publish")
@@ -194,7 +220,7 @@ async def test_an_ack_with_the_wrong_head_hash_is_never_honoured(broker: Mosquit
 async def test_without_acks_the_gateway_resends_from_the_acked_point_with_identical_bytes(
         broker: Mosquitto, ledger: Ledger) -> None:
     append_usage(ledger, 20)
-    cloud = peer_client(broker.url, "fake-cloud")
+    cloud = make_client(url=parse_broker_url(broker.url), client_id="fake-cloud", persistent=False)
     got: list[bytes] = []
     async with cloud:
         await cloud.subscribe(f"koto/v1/{GW}/up/usage", qos=1)
@@ -215,7 +241,7 @@ async def test_a_stale_ack_from_a_returning_receiver_triggers_a_prompt_resend(
     """A receiver that says it holds only through our acked point, while we sent more, makes us resend soon,
     not after the (here: hour-long) ack timeout: what we sent beyond it was lost on the way."""
     append_usage(ledger, 20)
-    cloud = peer_client(broker.url, "fake-cloud")
+    cloud = make_client(url=parse_broker_url(broker.url), client_id="fake-cloud", persistent=False)
     got: list[int] = []
     async with cloud:
         await cloud.subscribe(f"koto/v1/{GW}/up/usage", qos=1)
@@ -235,7 +261,7 @@ async def test_a_stale_ack_from_a_returning_receiver_triggers_a_prompt_resend(
 async def test_the_in_flight_window_bounds_what_is_sent_beyond_the_last_cloud_ack(
         broker: Mosquitto, ledger: Ledger) -> None:
     append_usage(ledger, 100)
-    cloud = peer_client(broker.url, "fake-cloud")
+    cloud = make_client(url=parse_broker_url(broker.url), client_id="fake-cloud", persistent=False)
     async with cloud:
         await cloud.subscribe(f"koto/v1/{GW}/up/usage", qos=1)
         async with Sync(config(broker, ack_timeout_s=3600, window=16), ledger, clock=ManualClock()) as sync:

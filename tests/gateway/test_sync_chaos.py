@@ -14,9 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gateway.mqtt_conn import make_client
+from koto.net import parse_broker_url
 from tests.support.broker import Mosquitto
 from tests.support.gw_child import REPO, chaos
-from tests.support.mqtt import peer_client
 
 
 async def test_gateway_sigkilled_during_a_drain_and_restarted(tmp_path: Path) -> None:
@@ -45,7 +46,7 @@ async def test_the_will_marks_a_killed_gateway_offline_and_the_next_birth_online
         cmd = [sys.executable, "-m", "tests.support.gw_child", "--state", str(tmp_path / "gw"), "--gateway", "gw-w",
                "--broker", broker.url, "--total", "100000", "--rate", "50"]
         statuses: list[dict[str, object]] = []
-        obs = peer_client(broker.url, "obs")
+        obs = make_client(url=parse_broker_url(broker.url), client_id="obs", persistent=False)
         async with obs:
             await obs.subscribe("koto/v1/gw-w/up/status", qos=1)
             child = spawn(cmd)
