@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from koto.canonical import CanonicalError, canonical_bytes, rfc3339
-from koto.mqtt import Connection
 from koto.net import parse_broker_url, tls_context
 from koto.signing import PrivateKey, sign_event
 
 from .errors import CommandError
+from .mqtt import Connection
 
 TARIFF = "io.koto.cmd.tariff.v1"
 ENTITLEMENT = "io.koto.cmd.entitlement.v1"

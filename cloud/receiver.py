@@ -16,7 +16,7 @@ broken link.
 
 MQTT QoS 1 PUBACKs go out as soon as a message is read, before it is committed: a receiver that dies then loses
 nothing, because the gateway keeps the record until the application-level ack arrives and resends it. The MQTT
-connection is `koto/mqtt.py` (paho-mqtt's public API; its docstring says why not aiomqtt).
+connection is `cloud/mqtt.py` (paho-mqtt's public API; its docstring says why not aiomqtt).
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from koto.mqtt import BrokerError, Connection
 from koto.net import Backoff, parse_broker_url, tls_context
 from koto.signing import KeyError_, PublicKey, load_public_key
 
 from .errors import Rejected
+from .mqtt import BrokerError, Connection
 from .store import Ack, CommitResult, Store
 from .verifier import RunVerifier
 from .verify import Event, bad_signature, check_shape

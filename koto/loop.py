@@ -1,6 +1,6 @@
 """One event-loop exception handler for Koto's long-running processes (`koto run`, `koto-cloud serve`).
 
-`koto.mqtt` (as aiomqtt 2.x did before it) registers paho's socket writer from the thread that connects, with
+`cloud.mqtt` (as aiomqtt 2.x did before it) registers paho's socket writer from the thread that connects, with
 `loop.call_soon_threadsafe(loop.add_writer, fd, ...)`. When the broker goes away between that call and the callback
 running (seen when the broker restarted during a drain), the socket is already closed, `add_writer` raises
 `OSError(EBADF)`, and asyncio prints a traceback for an error that changes nothing: the lost connection reaches us

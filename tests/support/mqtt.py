@@ -1,4 +1,4 @@
-"""A plain aiomqtt client: an MQTT peer that is not Koto's own connection (koto/mqtt.py).
+"""A plain aiomqtt client: an MQTT peer that is not Koto's own connection (cloud/mqtt.py).
 
 Tests use it where they play the other side (an observer, a misbehaving cloud) so that Koto's client is checked
 against an independent one, and the sync bench uses it for its raw-publish baseline.

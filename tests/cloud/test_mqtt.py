@@ -1,4 +1,4 @@
-"""Koto's MQTT connection (koto/mqtt.py, paho on asyncio) against a real Mosquitto, with an independent aiomqtt client
+"""Koto's MQTT connection (cloud/mqtt.py, paho on asyncio) against a real Mosquitto, with an independent aiomqtt client
 as the peer where one is needed: bulk and in order, publish without waiting, deliver, Will, content type, sessions,
 and a lost or refused connection said as BrokerError."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from koto.mqtt import BrokerError, Connection, Message, Will
+from cloud.mqtt import BrokerError, Connection, Message, Will
 from koto.net import BrokerURL, parse_broker_url, tls_context
 from tests.support.broker import Mosquitto, free_port
 from tests.support.mqtt import peer_client

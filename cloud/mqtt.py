@@ -1,8 +1,8 @@
-"""Koto's MQTT connection: paho-mqtt's public external-event-loop API on asyncio, in this one module.
+"""The reference cloud's MQTT connection: paho-mqtt's public external-event-loop API on asyncio, in this one module.
 
-The gateway's uplink (`gateway/sync.py`), the reference receiver (`cloud/receiver.py`) and the command sender
-(`cloud/commands.py`) all connect through `Connection`. It lives in `koto/` because both sides need it and neither may
-import the other; paho is imported only inside functions, so importing `koto` never loads it.
+The receiver (`cloud/receiver.py`) and the command sender (`cloud/commands.py`) connect through `Connection`. The
+gateway keeps aiomqtt 2.x (gateway/sync.py): its publish rate is far below the receiver's read rate, and aiomqtt's
+public API carries it. paho is imported only inside functions.
 
 Why not aiomqtt, which Koto used before. aiomqtt 2.x (the range pyproject allowed; its `client.py` was read for this
 decision) wraps this same paho client, and cannot do three things at the speed Koto needs them without reaching into
@@ -38,8 +38,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from koto.net import BrokerURL, tls_context
+
 from .errors import KotoError
-from .net import BrokerURL, tls_context
 
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
