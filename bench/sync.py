@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -28,16 +29,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cloud.receiver import Receiver, ReceiverConfig
 from cloud.store import PostgresStore, SqliteStore, Store, open_store
 from gateway.config import SyncConfig
-from gateway.mqtt_conn import make_client, parse_broker_url, tls_context
+from gateway.mqtt_conn import make_client
 from gateway.sync import Sync
 from koto.clock import SystemClock
+from koto.net import parse_broker_url, tls_context
 from koto.signing import public_pem
+from metering.ledger import Ledger
 from tests.support.broker import Mosquitto
 from tests.support.gw_child import append_usage, device_key, open_ledger
 from tests.support.pki import TestPKI
@@ -82,6 +86,99 @@ async def raw_publish(broker: Mosquitto, bodies: list[bytes], pki: TestPKI | Non
         return time.perf_counter() - t0
 
 
+@dataclass
+class Figures:
+    """What one run measured; `report` prints it."""
+
+    records: int
+    body_bytes: int
+    raw_s: float
+    drain_s: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per process during the drain
+    latency_ms: list[float] = field(default_factory=list)
+    reconnect_s: float | None = None
+    outage_s: float | None = None
+    stored_once: bool = False
+    resends: int = 0
+    ack_mismatches: int = 0
+
+
+def open_cloud_store(args: argparse.Namespace, tmp: Path) -> tuple[Store, str]:
+    """The receiver's store and the `--db` its processes open: SQLite in `tmp`, or a schema of its own per run in
+    the PostgreSQL database `--pg` names (dropped at the end; the receiver finds it through its search_path)."""
+    if not args.pg:
+        db = str(tmp / "cloud.db")
+        return SqliteStore(db), db
+    schema = f"koto_bench_{os.getpid()}"
+    db = args.pg + ("&" if "?" in args.pg else "?") + f"options=-csearch_path%3D{schema}"
+    return PostgresStore(args.pg, schema=schema), db
+
+
+def start_peers(args: argparse.Namespace, broker: Mosquitto, tmp: Path, db: str,
+                rx_kw: dict[str, Any]) -> list[subprocess.Popen[bytes]]:
+    """The acking side in processes of its own: `koto-cloud serve` (one per `--receivers`) or the null acker.
+    None with `--no-rx-process` (the receiver then runs in this process)."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    if args.peer == "null":  # an acker that trusts everything: what the gateway side alone can do
+        cmd = [sys.executable, "-m", "bench.sync", "--null-acker", broker.url, str(tmp / "gw" / "ledger.db")]
+        return [subprocess.Popen(cmd, env=env)]
+    if not args.rx_process:
+        return []
+    procs = []
+    for i in range(args.receivers):  # the receiver as deployed
+        cmd = [sys.executable, "-m", "cloud.cli", "serve", "--broker", broker.url, "--db", db,
+               "--client-id", f"rx-bench-{i}"]
+        for k, v in rx_kw.items():
+            cmd += [f"--{k}", str(v)]
+        procs.append(subprocess.Popen(cmd, env=env))
+    return procs
+
+
+async def measure_drain(sync: Sync, records: int, pids: dict[str, int], fig: Figures) -> None:
+    """From the moment the session is up (as the raw side is timed from its connect) until the cloud acked all."""
+    while not sync.health.connected:  # noqa: ASYNC110 - a 1 ms poll of a flag Sync sets
+        await asyncio.sleep(0.001)
+    cpu0 = {name: cpu_s(pid) for name, pid in pids.items()}
+    t0 = time.perf_counter()
+    await sync.wait_acked(records)
+    fig.drain_s = time.perf_counter() - t0
+    fig.cpu = {name: cpu_s(pid) - cpu0[name] for name, pid in pids.items()}
+
+
+async def measure_latency(sync: Sync, ledger: Ledger, n: int, gap_s: float, fig: Figures) -> None:
+    """Live records appended one at a time: from the ledger commit to the cloud ack."""
+    for _ in range(n):
+        append_usage(ledger, 1)
+        t1 = time.perf_counter()
+        sync.notify()
+        head, _ = ledger.head()
+        await sync.wait_acked(head)
+        fig.latency_ms.append((time.perf_counter() - t1) * 1000)
+        await asyncio.sleep(gap_s)
+
+
+async def measure_outage(sync: Sync, ledger: Ledger, broker: Mosquitto, away_s: float, fig: Figures) -> None:
+    """Stop the broker during a drain, keep metering, start it again: time to reconnect and to the first new ack."""
+    append_usage(ledger, 3000, batch=1000)
+    sync.notify()
+    await asyncio.sleep(0.2)
+    broker.stop()
+    deadline = time.monotonic() + away_s
+    while time.monotonic() < deadline:  # the meter keeps writing while the broker is away
+        append_usage(ledger, 10)
+        await asyncio.sleep(1.0)
+    acked_before, connects_before = ledger.acked_through(), sync.health.connects
+    broker.start()
+    t2 = time.perf_counter()
+    while ledger.acked_through() == acked_before:
+        if fig.reconnect_s is None and sync.health.connects > connects_before:
+            fig.reconnect_s = time.perf_counter() - t2
+        await asyncio.sleep(0.01)
+    fig.outage_s = time.perf_counter() - t2
+    head, _ = ledger.head()
+    await sync.wait_acked(head)
+
+
 async def run(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="koto-bench-sync-"))
     pki = TestPKI(tmp / "pki") if args.tls else None
@@ -90,125 +187,72 @@ async def run(args: argparse.Namespace) -> None:
         broker.conf.write_text(broker.conf.read_text() + "set_tcp_nodelay true\n")
     with broker:
         ledger = open_ledger(tmp / "gw", GW)
-        store: Store
-        db = str(tmp / "cloud.db")
-        if args.pg:  # a schema of its own, dropped at the end; the receiver finds it through its search_path
-            schema = f"koto_bench_{os.getpid()}"
-            store = PostgresStore(args.pg, schema=schema)
-            db = args.pg + ("&" if "?" in args.pg else "?") + f"options=-csearch_path%3D{schema}"
-        else:
-            store = SqliteStore(db)
+        store, db = open_cloud_store(args, tmp)
         store.register(GW, public_pem(device_key(tmp / "gw")))
         append_usage(ledger, args.records, batch=2000)
         bodies = [r.body for r in ledger.iter_records(1, args.records)]
+        fig = Figures(args.records, len(bodies[0]), await raw_publish(broker, bodies, pki))
 
-        raw_s = await raw_publish(broker, bodies, pki)
-        raw_rate = len(bodies) / raw_s
-
-        kw: dict[str, Any] = {}
+        gw_kw: dict[str, Any] = {}
         rx_kw: dict[str, Any] = {}
         if pki is not None:
             gw_pair, rx_pair = pki.client(GW), pki.client("koto-receiver")
-            kw = {"ca": pki.ca, "cert": gw_pair.cert, "key": gw_pair.key}
+            gw_kw = {"ca": pki.ca, "cert": gw_pair.cert, "key": gw_pair.key}
             rx_kw = {"ca": pki.ca, "cert": rx_pair.cert, "key": rx_pair.key}
-        cfg = SyncConfig(gateway_id=GW, broker=broker.url, window=args.window, **kw)
-        procs: list[subprocess.Popen[bytes]] = []
-        env = {**os.environ, "PYTHONPATH": os.getcwd()}
-        if args.peer == "null":  # an acker that trusts everything: what the gateway side alone can do
-            cmd = [sys.executable, "-m", "bench.sync", "--null-acker", broker.url, str(tmp / "gw" / "ledger.db")]
-            procs.append(subprocess.Popen(cmd, env=env))  # noqa: ASYNC220
-        elif args.rx_process:  # the receiver in its own process(es), as deployed (koto-cloud serve)
-            for i in range(args.receivers):
-                cmd = [sys.executable, "-m", "cloud.cli", "serve", "--broker", broker.url,
-                       "--db", db, "--client-id", f"rx-bench-{i}"]
-                for k, v in rx_kw.items():
-                    cmd += [f"--{k}", str(v)]
-                procs.append(subprocess.Popen(cmd, env=env))  # noqa: ASYNC220
+        cfg = SyncConfig(gateway_id=GW, broker=broker.url, window=args.window, **gw_kw)
+        procs = start_peers(args, broker, tmp, db, rx_kw)
         if procs:
             await asyncio.sleep(2.0)
         rx_ctx: Any = (Receiver(open_store(db), ReceiverConfig(broker=broker.url, client_id="rx-bench", **rx_kw))
-                       if not procs else _Null())
-        async with rx_ctx:
-            sync = Sync(cfg, ledger, clock=SystemClock(), version="bench")
-            async with sync:
-                # Timed from the moment the session is up, as the raw side is timed from its connect.
-                while not sync.health.connected:  # noqa: ASYNC110 - a 1 ms poll of a flag Sync sets
-                    await asyncio.sleep(0.001)
-                pids = {"gateway": os.getpid(), "broker": broker.proc.pid if broker.proc else 0,
-                        **{f"receiver{i + 1 if len(procs) > 1 else ''}": p.pid for i, p in enumerate(procs)}}
-                cpu0 = {name: cpu_s(pid) for name, pid in pids.items()}
-                t0 = time.perf_counter()
-                await sync.wait_acked(args.records)
-                drain_s = time.perf_counter() - t0
-                cpu = {name: cpu_s(pid) - cpu0[name] for name, pid in pids.items()}
-                drain_rate = args.records / drain_s
-
-                lat: list[float] = []
-                for _ in range(args.latency_n):
-                    append_usage(ledger, 1)
-                    t1 = time.perf_counter()
-                    sync.notify()
-                    head, _ = ledger.head()
-                    await sync.wait_acked(head)
-                    lat.append((time.perf_counter() - t1) * 1000)
-                    await asyncio.sleep(args.latency_gap)
-
-                outage: float | None = None
-                reconnect: float | None = None
-                if args.outage:
-                    append_usage(ledger, 3000, batch=1000)
-                    sync.notify()
-                    await asyncio.sleep(0.2)
-                    broker.stop()
-                    deadline = time.monotonic() + args.outage
-                    while time.monotonic() < deadline:  # the meter keeps writing while the broker is away
-                        append_usage(ledger, 10)
-                        await asyncio.sleep(1.0)
-                    acked_before, connects_before = ledger.acked_through(), sync.health.connects
-                    broker.start()
-                    t2 = time.perf_counter()
-                    reconnect = None
-                    while ledger.acked_through() == acked_before:
-                        if reconnect is None and sync.health.connects > connects_before:
-                            reconnect = time.perf_counter() - t2
-                        await asyncio.sleep(0.01)
-                    outage = time.perf_counter() - t2
-                    head, _ = ledger.head()
-                    await sync.wait_acked(head)
+                       if not procs else contextlib.nullcontext())
+        async with rx_ctx, Sync(cfg, ledger, clock=SystemClock(), version="bench") as sync:
+            pids = {"gateway": os.getpid(), "broker": broker.proc.pid if broker.proc else 0,
+                    **{f"receiver{i + 1 if len(procs) > 1 else ''}": p.pid for i, p in enumerate(procs)}}
+            await measure_drain(sync, args.records, pids, fig)
+            await measure_latency(sync, ledger, args.latency_n, args.latency_gap, fig)
+            if args.outage:
+                await measure_outage(sync, ledger, broker, args.outage, fig)
         for proc in procs:
             proc.terminate()
             proc.wait()
-        ok = store.stored_seqs(GW, ledger.epoch) == list(range(1, ledger.head()[0] + 1))
-        mode = "TLS + client certs" if args.tls else "plain TCP"
-        mode += ", PostgreSQL store" if args.pg else ", SQLite store"
-        mode += {"null": ", peer: null acker (no verify/store)"}.get(args.peer, f", {args.receivers} receiver(s)")
-        print(f"sync bench ({mode}, loopback, window {args.window}, {args.records} records of ~{len(bodies[0])} B)")
-        print(f"  raw aiomqtt QoS1 publish : {raw_rate:8.0f} records/s ({raw_s:.2f} s, PUBACKs only, no subscriber)")
-        print(f"  sync drain until acked   : {drain_rate:8.0f} records/s ({drain_s:.2f} s, verified+committed+acked)")
-        print(f"  ratio drain/raw          : {drain_rate / raw_rate:8.2f}  (target >= 0.5)")
-        print("  CPU during the drain     : " + ", ".join(
-            f"{name} {c / drain_s:.2f} cores ({c / args.records * 1e6:.0f} us/record)" for name, c in cpu.items())
-            + (" (the receiver runs in this process: --no-rx-process)" if not procs else ""))
-        print(f"  commit-to-ack latency    : p50 {statistics.median(lat):.1f} ms, p99 {pct(lat, 99):.1f} ms, "
-              f"max {max(lat):.1f} ms over {len(lat)} live records (target p99 <= 250 ms)")
-        if outage is not None:
-            print(f"  broker away {args.outage:.0f} s      : gateway reconnected after {reconnect or 0:.2f} s, first "
-                  f"cloud ack {outage:.2f} s after the broker came back (target < 10 s; backoff cap "
-                  f"{cfg.backoff_cap_s} s)")
         if args.peer == "null":
-            ok = ledger.acked_through() == ledger.head()[0]
-        print(f"  receiver holds every seq exactly once: {ok}; resends {sync.health.resends}, "
-              f"ack mismatches {sync.health.ack_mismatches}")
+            fig.stored_once = ledger.acked_through() == ledger.head()[0]
+        else:
+            fig.stored_once = store.stored_seqs(GW, ledger.epoch) == list(range(1, ledger.head()[0] + 1))
+        fig.resends, fig.ack_mismatches = sync.health.resends, sync.health.ack_mismatches
+        report(args, cfg, fig, in_process=not procs)
         ledger.close()
         if isinstance(store, PostgresStore):
             store.drop_schema()
         store.close()
 
 
+def report(args: argparse.Namespace, cfg: SyncConfig, fig: Figures, *, in_process: bool) -> None:
+    mode = "TLS + client certs" if args.tls else "plain TCP"
+    mode += ", PostgreSQL store" if args.pg else ", SQLite store"
+    mode += {"null": ", peer: null acker (no verify/store)"}.get(args.peer, f", {args.receivers} receiver(s)")
+    raw_rate, drain_rate = fig.records / fig.raw_s, fig.records / fig.drain_s
+    lat = fig.latency_ms
+    print(f"sync bench ({mode}, loopback, window {args.window}, {fig.records} records of ~{fig.body_bytes} B)")
+    print(f"  raw aiomqtt QoS1 publish : {raw_rate:8.0f} records/s ({fig.raw_s:.2f} s, PUBACKs only, no subscriber)")
+    print(f"  sync drain until acked   : {drain_rate:8.0f} records/s ({fig.drain_s:.2f} s, "
+          "verified+committed+acked)")
+    print(f"  ratio drain/raw          : {drain_rate / raw_rate:8.2f}  (target >= 0.5)")
+    print("  CPU during the drain     : " + ", ".join(
+        f"{name} {c / fig.drain_s:.2f} cores ({c / fig.records * 1e6:.0f} us/record)" for name, c in fig.cpu.items())
+        + (" (the receiver runs in this process: --no-rx-process)" if in_process else ""))
+    print(f"  commit-to-ack latency    : p50 {statistics.median(lat):.1f} ms, p99 {pct(lat, 99):.1f} ms, "
+          f"max {max(lat):.1f} ms over {len(lat)} live records (target p99 <= 250 ms)")
+    if fig.outage_s is not None:
+        print(f"  broker away {args.outage:.0f} s      : gateway reconnected after {fig.reconnect_s or 0:.2f} s, "
+              f"first cloud ack {fig.outage_s:.2f} s after the broker came back (target < 10 s; backoff cap "
+              f"{cfg.backoff_cap_s} s)")
+    print(f"  receiver holds every seq exactly once: {fig.stored_once}; resends {fig.resends}, "
+          f"ack mismatches {fig.ack_mismatches}")
+
+
 async def null_acker(broker_url: str, ledger_path: str) -> None:
     """Ack every record as soon as it arrives, with the hash from the ledger itself (no verify, no store)."""
-    from metering.ledger import Ledger
-
     ledger = Ledger.open(ledger_path, gateway_id=GW, key=None)
     client = make_client(url=parse_broker_url(broker_url), client_id="null-acker", persistent=False)
     async with client:
@@ -227,14 +271,6 @@ async def null_acker(broker_url: str, ledger_path: str) -> None:
                 if rec is not None:
                     ack = {"epoch": ledger.epoch, "acked_through": through, "head_hash": rec.hash}
                     await client.publish(f"koto/v1/{GW}/down/ack", json.dumps(ack).encode(), qos=1)
-
-
-class _Null:
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
 
 
 def main() -> None:

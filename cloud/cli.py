@@ -19,8 +19,9 @@ from typing import Any
 
 import click
 
-from koto.errors import KotoError
+from koto.errors import FieldError, KotoError
 from koto.loop import install_exception_handler
+from koto.net import parse_broker_url
 from koto.signing import KeyError_, generate_key, load_private_key, load_public_key, public_pem, save_private_key
 
 from . import commands as cmds
@@ -31,6 +32,15 @@ DB_HELP = "SQLite file (default) or postgresql:// DSN"
 
 def _store(db: str) -> Store:
     return open_store(db)
+
+
+def _broker(url: str) -> str:
+    """`--broker` checked by koto.net's one rule; a bad one is a plain one-line error naming the option."""
+    try:
+        parse_broker_url(url, file="command line", key="--broker")
+    except FieldError as e:
+        raise click.ClickException(f"--broker: {e.problem}") from None
+    return url
 
 
 @click.group()
@@ -64,6 +74,7 @@ def serve(broker: str, ca: Path | None, cert: Path | None, key: Path | None, db:
     from .openmeter import Forwarder
     from .receiver import Receiver, ReceiverConfig
 
+    _broker(broker)
     store = _store(db)
     config = ReceiverConfig(broker=broker, ca=ca, cert=cert, key=key, prefix=prefix, group=group,
                             client_id=client_id, max_batch=max_batch, linger_s=linger_ms / 1000,
@@ -156,7 +167,7 @@ def _send(gateway: str, type_: str, data: dict[str, Any], o: dict[str, Any], *,
         command = cmds.build_command(key, gateway, type_, data, dseq, operator=o["operator"], now=time.time(),
                                      expires_in_s=_duration_s(o["expires_in"]))
         store.add_command(gateway, dseq, command)
-        broker = cmds.BrokerOptions(o["broker"], o["ca"], o["cert"], o["cert_key"], o["prefix"])
+        broker = cmds.BrokerOptions(_broker(o["broker"]), o["ca"], o["cert"], o["cert_key"], o["prefix"])
         reply = asyncio.run(cmds.send_command(broker, gateway, command, wait_reply_s=wait_reply_s))
         if reply is not None:
             store.add_reply(gateway, reply)

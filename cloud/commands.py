@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from koto.canonical import CanonicalError, canonical_bytes, rfc3339
+from koto.net import parse_broker_url, tls_context
 from koto.signing import PrivateKey, sign_event
 
 from .errors import CommandError
+from .mqtt import Connection
 
 TARIFF = "io.koto.cmd.tariff.v1"
 ENTITLEMENT = "io.koto.cmd.entitlement.v1"
@@ -125,25 +127,24 @@ async def send_command(broker: BrokerOptions, gateway: str, command: dict[str, A
     The gateway's persistent session means the broker queues the command while the gateway is offline; waiting
     for a reply only makes sense when it is online (`koto-cloud diagnose`).
     """
-    from .receiver import mqtt_client
-
-    client = mqtt_client(broker.url, ca=broker.ca, cert=broker.cert, key=broker.key)
+    url = parse_broker_url(broker.url, file="command line", key="--broker")
+    ssl_context = tls_context(broker.ca, broker.cert, broker.key) if url.tls else None
     payload = canonical_bytes(command)
-    async with client:
+    async with Connection(url, client_id=f"koto-cloud-{uuid.uuid4().hex[:12]}", ssl_context=ssl_context) as conn:
         if wait_reply_s is None:
-            await client.publish(f"{broker.prefix}/{gateway}/down/cmd", payload, qos=1)
+            await conn.deliver(f"{broker.prefix}/{gateway}/down/cmd", payload, qos=1)
             return None
-        await client.subscribe(f"{broker.prefix}/{gateway}/up/reply", qos=1)
-        await client.publish(f"{broker.prefix}/{gateway}/down/cmd", payload, qos=1)
+        await conn.subscribe(f"{broker.prefix}/{gateway}/up/reply", qos=1)
+        await conn.deliver(f"{broker.prefix}/{gateway}/down/cmd", payload, qos=1)
         try:
             async with asyncio.timeout(wait_reply_s):
-                async for message in client.messages:
-                    try:
-                        reply = json.loads(message.payload)
-                    except ValueError:
-                        continue
-                    if isinstance(reply, dict) and reply.get("ack_of") == command["id"]:
-                        return reply
+                while True:
+                    for message in await conn.receive():
+                        try:
+                            reply = json.loads(message.payload)
+                        except ValueError:
+                            continue
+                        if isinstance(reply, dict) and reply.get("ack_of") == command["id"]:
+                            return reply
         except TimeoutError:
             raise CommandError(f"no reply from {gateway} within {wait_reply_s:g} s (is it online?)") from None
-    return None

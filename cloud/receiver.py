@@ -4,7 +4,7 @@
     rx = Receiver(store, ReceiverConfig(broker="mqtt://127.0.0.1:1883"))
     async with rx:                                     # starts run() as a task, returns once subscribed
         ...
-    # or: await rx.run()  (forever; reconnects with capped jittered backoff)
+    # or: await rx.run()  (forever; reconnects with capped jittered backoff, koto.net.Backoff)
 
 Group commit: shape-checked events collect in a batch (a `RunVerifier`) that a committer task closes when it reaches
 `max_batch` or its oldest record has waited `linger_s`. Closing it authenticates the batch (one signature per
@@ -15,7 +15,8 @@ prefix the store recomputed from the database: acks never run ahead of what is d
 broken link.
 
 MQTT QoS 1 PUBACKs go out as soon as a message is read, before it is committed: a receiver that dies then loses
-nothing, because the gateway keeps the record until the application-level ack arrives and resends it.
+nothing, because the gateway keeps the record until the application-level ack arrives and resends it. The MQTT
+connection is `cloud/mqtt.py` (paho-mqtt's public API; its docstring says why not aiomqtt).
 """
 
 from __future__ import annotations
@@ -25,21 +26,18 @@ import contextlib
 import json
 import logging
 import os
-import random
 import signal
-import socket
-import ssl
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
 
+from koto.net import Backoff, parse_broker_url, tls_context
 from koto.signing import KeyError_, PublicKey, load_public_key
 
-from .errors import ConfigError, Rejected
+from .errors import Rejected
+from .mqtt import BrokerError, Connection
 from .store import Ack, CommitResult, Store
 from .verifier import RunVerifier
 from .verify import Event, bad_signature, check_shape
@@ -47,40 +45,11 @@ from .verify import Event, bad_signature, check_shape
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    import aiomqtt
-
     from .openmeter import Forwarder
 
 log = logging.getLogger("koto.cloud.receiver")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerURL:
-    host: str
-    port: int
-    tls: bool
-
-
-def parse_broker_url(url: str) -> BrokerURL:
-    """`mqtt://host[:1883]` or `mqtts://host[:8883]`."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise ConfigError(f"--broker {url!r} is not a URL ({e}); use mqtt://host:1883 or mqtts://host:8883") from e
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ConfigError(f"--broker {url!r}: use mqtt://host:1883 or mqtts://host:8883")
-    tls = parts.scheme == "mqtts"
-    return BrokerURL(parts.hostname, port or (8883 if tls else 1883), tls)
-
-
-def tls_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca) if ca else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert is not None:
-        ctx.load_cert_chain(str(cert), str(key) if key else None)
-    return ctx
+PERSISTENT_SESSION_S = 24 * 3600  # a receiver with a fixed client id: the broker queues for it this long (MQTT 5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,37 +70,9 @@ class ReceiverConfig:
     protocol: int = 311
 
 
-def mqtt_client(broker: str, *, ca: Path | None = None, cert: Path | None = None, key: Path | None = None,
-                client_id: str | None = None, persistent: bool = False, protocol: int = 5) -> aiomqtt.Client:
-    """An aiomqtt client (MQTT 5, or 3.1.1 with `protocol=311`) for the receiver or the command sender (TLS when
-    the URL is mqtts://). `persistent` keeps the session while the client is away (a day under MQTT 5; under
-    3.1.1 until the broker's `persistent_client_expiration`)."""
-    import aiomqtt
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
-    url = parse_broker_url(broker)
-    session: dict[str, Any]
-    if protocol == 311:
-        session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": not persistent}
-    else:
-        props = None
-        if persistent:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = 24 * 3600
-        session = {"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": not persistent, "properties": props}
-    return aiomqtt.Client(
-        url.host, url.port, identifier=client_id or f"koto-cloud-{uuid.uuid4().hex[:12]}", **session,
-        tls_context=tls_context(ca, cert, key) if url.tls else None, keepalive=30,
-        # Without TCP_NODELAY, Nagle plus delayed ACKs add ~40 ms per hop to every small message (an ack
-        # round trip measured 88 ms on loopback, 0.6 ms with it).
-        socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
-    )
-
-
 class Receiver:
     def __init__(self, store: Store, config: ReceiverConfig, *, forwarder: Forwarder | None = None) -> None:
-        parse_broker_url(config.broker)  # fail early on a bad URL
+        self.url = parse_broker_url(config.broker, file="receiver config", key="broker")  # fail early on a bad URL
         self.store = store
         self.config = config
         self.forwarder = forwarder
@@ -178,75 +119,68 @@ class Receiver:
 
     async def run(self) -> None:
         """Consume forever; reconnect after any broker loss with capped, jittered exponential backoff."""
-        import aiomqtt
-
         if self.forwarder is not None and self._fwd_task is None:
             self._fwd_task = asyncio.create_task(self.forwarder.run(self.store, self._db, self.committed))
-        delay = self.config.backoff_initial_s
+        backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_cap_s)
         while True:
             try:
-                client = mqtt_client(self.config.broker, ca=self.config.ca, cert=self.config.cert,
-                                     key=self.config.key, client_id=self.config.client_id,
-                                     persistent=self.config.client_id is not None,
-                                     protocol=self.config.protocol)
-                async with client:
-                    await self._subscribe(client)
-                    delay = self.config.backoff_initial_s
+                async with self._connection() as conn:
+                    await self._subscribe(conn)
+                    backoff.reset()
                     self.ready.set()
                     log.info("receiving on %s (shared group %r)", self.config.broker, self.config.group)
                     try:
-                        await self._consume(client)
+                        await self._consume(conn)
                     finally:
                         if self._batch:  # keep what was read; the acks go out after the next birth/resend
                             await self._commit()
-            except aiomqtt.MqttError as e:
+            except BrokerError as e:
                 self.ready.clear()
                 self.stats["disconnects"] += 1
-                log.warning("broker %s: %s; reconnecting in %.1f s", self.config.broker, e, delay)
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(self.config.backoff_cap_s, delay * 2)
+                delay = backoff.next()
+                log.warning("%s; reconnecting in %.1f s", e, delay)
+                await asyncio.sleep(delay)
 
-    async def _subscribe(self, client: aiomqtt.Client) -> None:
+    def _connection(self) -> Connection:
+        """A new connection (the TLS files are read again for each, so renewed certificates are picked up)."""
+        cfg = self.config
+        ssl_context = tls_context(cfg.ca, cfg.cert, cfg.key) if self.url.tls else None
+        return Connection(self.url, client_id=cfg.client_id, protocol=cfg.protocol, ssl_context=ssl_context,
+                          session_expiry_s=PERSISTENT_SESSION_S if cfg.client_id is not None else None)
+
+    async def _subscribe(self, conn: Connection) -> None:
         p, g = self.config.prefix, self.config.group
-        await client.subscribe(f"$share/{g}/{p}/+/up/usage", qos=1)
-        await client.subscribe(f"$share/{g}/{p}/+/up/reply", qos=1)
+        await conn.subscribe(f"$share/{g}/{p}/+/up/usage", qos=1)
+        await conn.subscribe(f"$share/{g}/{p}/+/up/reply", qos=1)
         # Not shared: every receiver sees every birth (retained ones too, at subscribe), and re-sends its ack.
-        await client.subscribe(f"{p}/+/up/status", qos=1)
+        await conn.subscribe(f"{p}/+/up/status", qos=1)
 
     # -- the loop --------------------------------------------------------------------------------------------
-    async def _consume(self, client: aiomqtt.Client) -> None:
+    async def _consume(self, conn: Connection) -> None:
         """Read and shape-check messages here while a second task authenticates, commits and acks batches.
 
         With PostgreSQL the commit waits on the network in a worker thread and reading goes on meanwhile; SQLite
         commits on the loop, which measured faster (cloud/store.py, SqliteStore).
         """
-        committer = asyncio.create_task(self._committer(client), name="koto-receiver-commit")
+        committer = asyncio.create_task(self._committer(conn), name="koto-receiver-commit")
         try:
-            await self._read(client, committer)
+            await self._read(conn, committer)
         finally:
             committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await committer
 
-    async def _read(self, client: aiomqtt.Client, committer: asyncio.Task[None]) -> None:
-        # aiomqtt's iterator creates a task and an asyncio.wait per message, which cost as much as parsing the
-        # message; messages already queued are taken straight from the queue behind it (aiomqtt 2.x), and the
-        # iterator is used only to wait for the next one (it also raises when the connection is lost).
-        queue: asyncio.Queue[aiomqtt.Message] = client._queue
-        it = client.messages.__aiter__()
+    async def _read(self, conn: Connection, committer: asyncio.Task[None]) -> None:
+        # Everything that arrived since the last turn comes in one list (no task or future per message); the
+        # connection raises BrokerError once it is lost and the list is empty.
         while True:
-            if committer.done():
-                committer.result()  # raise what stopped it (a broker loss, a failed commit)
-                raise RuntimeError("the committer stopped")
-            try:
-                message = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                message = await it.__anext__()
-            payload = message.payload
-            await self._handle(client, message.topic.value,
-                               payload if type(payload) is bytes else bytes(payload))
+            for message in await conn.receive():
+                if committer.done():
+                    committer.result()  # raise what stopped it (a broker loss, a failed commit)
+                    raise RuntimeError("the committer stopped")
+                await self._handle(conn, message.topic, message.payload)
 
-    async def _committer(self, client: aiomqtt.Client) -> None:
+    async def _committer(self, conn: Connection) -> None:
         """Group commit: close the batch when it is `max_batch` long or its oldest record has waited `linger_s`.
 
         Only one commit runs at a time; while it runs, the next batch fills, so under load batches grow to what
@@ -266,7 +200,7 @@ class Receiver:
                     async with asyncio.timeout(wait):
                         await kick.wait()
                 continue
-            await self._flush(client)
+            await self._flush(conn)
 
     def _split(self, topic: str) -> tuple[str, str] | None:
         prefix = self.config.prefix + "/"
@@ -277,7 +211,7 @@ class Receiver:
             return None
         return parts[0], parts[2]
 
-    async def _handle(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+    async def _handle(self, conn: Connection, topic: str, payload: bytes) -> None:
         where = self._split(topic)
         if where is None:
             self._reject("", Rejected("malformed", f"message on unexpected topic {topic!r}"))
@@ -299,9 +233,9 @@ class Receiver:
             if len(batch) >= self.config.max_batch:
                 # The committer is busy with the previous batch: wait for it and commit this one here, so
                 # a backlog never grows the batch without bound (backpressure on the broker's queue).
-                await self._flush(client)
+                await self._flush(conn)
         elif kind == "status":
-            await self._on_status(client, gateway, payload)
+            await self._on_status(conn, gateway, payload)
         elif kind == "reply":
             await self._on_reply(gateway, payload)
 
@@ -386,7 +320,7 @@ class Receiver:
         self.committed.set()
         return res
 
-    async def _flush(self, client: aiomqtt.Client) -> None:
+    async def _flush(self, conn: Connection) -> None:
         """Commit everything received so far (after any commit in progress), then ack what it made durable."""
         async with self._flushing:
             if not self._batch:
@@ -396,24 +330,20 @@ class Receiver:
                 # Fault injection for the crash tests: die exactly between a durable commit and its ack.
                 os.kill(os.getpid(), signal.SIGKILL)
             for a in res.acks:
-                self._send_ack(client, a)
+                self._send_ack(conn, a)
 
-    def _send_ack(self, client: aiomqtt.Client, ack: Ack) -> None:
-        """Hand the ack to the MQTT client (QoS 1) without waiting for the broker's PUBACK.
+    def _send_ack(self, conn: Connection, ack: Ack) -> None:
+        """Hand the ack to the MQTT connection (QoS 1) without waiting for the broker's PUBACK.
 
-        Waiting for it (aiomqtt's publish) stalled reading for a broker round trip per commit; the PUBACK tells
-        us nothing the gateway's resend rules need (a lost ack is re-sent on the next commit or birth).
+        Waiting for it stalled reading for a broker round trip per commit; the PUBACK tells us nothing the
+        gateway's resend rules need (a lost ack is re-sent on the next commit or birth).
         """
-        import aiomqtt
-
         if ack.acked_through <= 0:
             return
-        info = client._client.publish(f"{self.config.prefix}/{ack.gateway}/down/ack", ack.payload(), 1)
-        if info.rc != 0:
-            raise aiomqtt.MqttCodeError(info.rc, "Could not publish an ack")
+        conn.publish(f"{self.config.prefix}/{ack.gateway}/down/ack", ack.payload(), 1)
         self.stats["acks_sent"] += 1
 
-    async def _on_status(self, client: aiomqtt.Client, gateway: str, payload: bytes) -> None:
+    async def _on_status(self, conn: Connection, gateway: str, payload: bytes) -> None:
         msg = _json_object(payload)
         if msg is None:
             self._reject(gateway, Rejected("malformed", "status payload is not a JSON object"))
@@ -425,11 +355,11 @@ class Receiver:
         if type(epoch) is not int or epoch < 0:
             self._reject(gateway, Rejected("malformed", "birth without an integer epoch"))
             return
-        await self._flush(client)  # what was received before the birth is in the ack it gets
+        await self._flush(conn)  # what was received before the birth is in the ack it gets
         await self._in_store(self.store.set_birth, gateway, msg)
         ack = await self._in_store(self.store.ack_state, gateway, epoch)
         self.stats["births"] += 1
-        self._send_ack(client, ack)
+        self._send_ack(conn, ack)
 
     async def _on_reply(self, gateway: str, payload: bytes) -> None:
         msg = _json_object(payload)

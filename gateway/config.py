@@ -39,10 +39,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from drivers.base import driver_class
 from koto.errors import FieldError
+from koto.net import BrokerURL, parse_broker_url
 from metering.energy import Kind
 
 from .errors import ConfigError
-from .mqtt_conn import BrokerURL, parse_broker_url
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENERGY_KINDS: tuple[Kind, ...] = ("register", "pulses", "power")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 import time
 import tomllib
@@ -27,6 +26,7 @@ from drivers.base import Source, build_source, driver_class
 from drivers.errors import DriverConfigError
 from koto import __version__
 from koto.clock import Clock, Now
+from koto.net import Backoff
 from koto.reading import Quantity, Reading
 from metering.energy import EnergySpec
 from metering.errors import LedgerError
@@ -300,13 +300,13 @@ class Gateway:
         """Run one source forever; on failure log once in plain words, back off (capped, jittered), restart."""
         st = self.sources[name]
         scfg = self._source_cfg(name)
-        delay = 0.5
+        backoff = Backoff(0.5, 30.0)  # a failing source (an unplugged adapter) is tried again at least every 30 s
         while True:
             try:
                 src = build_source(name, scfg, clock=self.clock, file=self.cfg.file, **self._source_kwargs(name))
                 st.source = src
                 async with src:
-                    delay = 0.5
+                    backoff.reset()
                     async for reading in src:
                         await self._queue.put(reading)
                 st.last_error = "the source ended"
@@ -316,10 +316,12 @@ class Gateway:
                 raise
             except Exception as e:  # a driver failure must never take the gateway down
                 st.last_error = f"{type(e).__name__}: {e}"
-                log.warning("%s: source failed (%s); restarting in %.1f s", name, st.last_error, delay)
+                wait = backoff.next()
+                log.warning("%s: source failed (%s); restarting in %.1f s", name, st.last_error, wait)
+            else:
+                wait = backoff.next()
             st.restarts += 1
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 30.0)
+            await asyncio.sleep(wait)
 
     async def _meter_loop(self) -> None:
         """Feed readings to meters; append what they produce in batches (one transaction, one fsync each)."""

@@ -1,4 +1,5 @@
-"""How the gateway reaches the broker: URL parsing, the TLS context, the aiomqtt client factory, and backoff.
+"""The gateway's MQTT client: the aiomqtt client factory with the contract's session semantics, and the MQTT 5
+content-type properties. Broker URLs, the TLS context and the reconnect backoff are `koto.net`'s.
 
 One place decides the session semantics the contract depends on: the client id is the gateway id (the CN of its
 certificate), the session is persistent (MQTT 5 clean start off with a 7-day session expiry; MQTT 3.1.1 clean
@@ -8,15 +9,13 @@ imported lazily (inside functions) so the package imports without the `sync` ext
 
 from __future__ import annotations
 
-import random
+import asyncio
+import math
 import socket
 import ssl
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from koto.net import BrokerURL, tls_context
 
 if TYPE_CHECKING:
     import aiomqtt
@@ -24,65 +23,6 @@ if TYPE_CHECKING:
 SESSION_EXPIRY_S = 7 * 24 * 3600
 CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerURL:
-    host: str
-    port: int
-    tls: bool
-
-
-def parse_broker_url(url: str, *, file: str = "<config>", key: str = "cloud.broker") -> BrokerURL:
-    """`mqtt://host[:1883]` or `mqtts://host[:8883]`; anything else is a config error that says what is allowed."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise ConfigError(file, key, f"{url!r} is not a URL ({e}); use mqtt://host:1883 or mqtts://host:8883") from e
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ConfigError(file, key, f"scheme {parts.scheme!r} is not allowed; use mqtt:// or mqtts://")
-    if not parts.hostname:
-        raise ConfigError(file, key, f"{url!r} has no host; use mqtt://host:1883 or mqtts://host:8883")
-    if parts.path not in ("", "/") or parts.query or parts.username:
-        raise ConfigError(file, key, f"{url!r}: only scheme, host and port are allowed (no path, user or query)")
-    tls = parts.scheme == "mqtts"
-    return BrokerURL(parts.hostname, port or (8883 if tls else 1883), tls)
-
-
-def tls_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext:
-    """A client TLS context: verify the broker against `ca` (system CAs if None), present `cert`/`key` if given.
-
-    TLS 1.2 is the floor (Mosquitto 2.0 and every cloud broker speak it); hostname checking stays on.
-    """
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca) if ca else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert is not None:
-        ctx.load_cert_chain(str(cert), str(key) if key else None)
-    return ctx
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter on the upper half: 0.5 s doubling to a 5 s cap by default.
-
-    The cap is what keeps the drain starting within a few seconds of the broker coming back however long it was
-    away (an uncapped doubling after a 2-minute outage would wait a minute or more). The jitter spreads a fleet's
-    reconnects after a broker restart.
-    """
-
-    def __init__(self, initial_s: float = 0.5, cap_s: float = 5.0, *, rng: random.Random | None = None) -> None:
-        self.initial_s = initial_s
-        self.cap_s = cap_s
-        self._next = initial_s
-        self._rng = rng or random.Random()
-
-    def next(self) -> float:
-        base = self._next
-        self._next = min(self.cap_s, self._next * 2)
-        return base / 2 + self._rng.random() * base / 2
-
-    def reset(self) -> None:
-        self._next = self.initial_s
 
 
 def make_client(
@@ -133,20 +73,46 @@ def make_client(
     )
 
 
-def publish_nowait(client: aiomqtt.Client, topic: str, payload: bytes, qos: int, properties: Any = None) -> None:
-    """Hand a message to the MQTT client's outgoing queue without awaiting its PUBACK.
+class Outbox:
+    """QoS 1 publishing that does not hold the caller up until each PUBACK, on aiomqtt's public `publish`.
 
-    For the usage stream the QoS 1 PUBACK means nothing to us (the cloud ack on down/ack does), and aiomqtt's
-    awaitable `publish` tracks every pending PUBACK with a scan over all pending calls, which costs O(in-flight)
-    per message and dominated the drain. This uses the paho client aiomqtt wraps (stable across aiomqtt 2.x, the
-    range pyproject allows); a failure (not connected) raises MqttCodeError like aiomqtt's own publish.
+    For the usage stream the PUBACK means nothing to us (the cloud ack on `down/ack` does, and the pump's window
+    counts records beyond it), so the pump hands a message over and goes on. Each message is one task awaiting
+    aiomqtt's `publish` without a timeout: aiomqtt does not fail a pending publish when the connection drops, so the
+    session that owns the outbox closes it, which cancels what still waits. Tasks start in the order they were made,
+    so messages go out in seq order. The first failure (e.g. not connected) is kept and raised by the next
+    `publish`, as aiomqtt's own publish would have raised it.
+
+    Why not paho's publish underneath, as before: that is aiomqtt's private `_client`. The price of the public call
+    is a task per message and aiomqtt's scan over every pending call (docs/sync.md has the figures). aiomqtt also
+    logs a warning whenever more than `pending_calls_threshold` calls await their acks; a full window is normal
+    here, so the threshold is raised to it.
     """
-    import aiomqtt
-    import paho.mqtt.client as paho
 
-    info = client._client.publish(topic, payload, qos, False, properties)
-    if info.rc != paho.MQTT_ERR_SUCCESS:
-        raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+    def __init__(self, client: aiomqtt.Client, *, window: int) -> None:
+        self._client = client
+        client.pending_calls_threshold = max(client.pending_calls_threshold, window + 16)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._failed: BaseException | None = None
+
+    def publish(self, topic: str, payload: bytes, qos: int, properties: Any = None) -> None:
+        if self._failed is not None:
+            raise self._failed
+        task = asyncio.create_task(self._client.publish(topic, payload, qos=qos, properties=properties,
+                                                        timeout=math.inf))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._failed is None:
+            self._failed = task.exception()
+
+    async def aclose(self) -> None:
+        """Stop waiting for PUBACKs (the session is over; unacked records are resent by the next one)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def content_type_properties(content_type: str) -> Any:

@@ -27,17 +27,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from koto.canonical import rfc3339
 from koto.clock import Clock
 from koto.errors import KotoError
+from koto.net import Backoff, tls_context
 from metering.ledger import AckOutcome, Stored
 
 from .config import SyncConfig
-from .mqtt_conn import (
-    Backoff,
-    cloudevents_properties,
-    json_properties,
-    make_client,
-    publish_nowait,
-)
-from .mqtt_conn import tls_context as make_tls_context
+from .mqtt_conn import Outbox, cloudevents_properties, json_properties, make_client
 
 if TYPE_CHECKING:
     import aiomqtt
@@ -149,7 +143,7 @@ class Sync:
         self._task: asyncio.Task[None] | None = None
         self._ssl = None
         if config.url.tls:
-            self._ssl = make_tls_context(config.ca, config.cert, config.key)
+            self._ssl = tls_context(config.ca, config.cert, config.key)
         self._sent_through = 0
         self._ack_wait_since: float | None = None
         self._resend_at: float | None = None  # set by a stale ack: resend then unless an ack advances first
@@ -265,9 +259,10 @@ class Sync:
         self._resend_at = None
         await client.subscribe([(self.topics.ack, 1), (self.topics.cmd, 1)])
         await self._publish_birth(client)
+        outbox = Outbox(client, window=self.config.window)
         tasks = [
             asyncio.create_task(self._reader(client), name="koto-sync-reader"),
-            asyncio.create_task(self._pump(client), name="koto-sync-pump"),
+            asyncio.create_task(self._pump(outbox), name="koto-sync-pump"),
             asyncio.create_task(self._live_loop(client), name="koto-sync-live"),
         ]
         try:
@@ -285,6 +280,7 @@ class Sync:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await outbox.aclose()
 
     def _will_payload(self) -> bytes:
         return json.dumps({"online": False, "gateway": self.config.gateway_id}, separators=(",", ":")).encode()
@@ -316,7 +312,7 @@ class Sync:
 
     # -- uplink pump -------------------------------------------------------------------------------------------
 
-    async def _pump(self, client: aiomqtt.Client) -> None:
+    async def _pump(self, outbox: Outbox) -> None:
         loop = asyncio.get_running_loop()
         props = self._props(cloudevents_properties)
         cfg = self.config
@@ -350,7 +346,7 @@ class Sync:
                     if outstanding == 0 or self._ack_wait_since is None:
                         self._ack_wait_since = now
                     for rec in batch:
-                        publish_nowait(client, self.topics.usage, rec.body, 1, props)
+                        outbox.publish(self.topics.usage, rec.body, 1, props)
                         self._sent_through = rec.seq
                     self.health.published += len(batch)
                     self.health.sent_through = self._sent_through

@@ -1,9 +1,10 @@
 """One event-loop exception handler for Koto's long-running processes (`koto run`, `koto-cloud serve`).
 
-aiomqtt 2.x registers paho's socket writer with `loop.call_soon_threadsafe(loop.add_writer, fd, ...)`. When the
-broker goes away between that call and the callback running (seen when the broker restarted during a drain), the
-socket is already closed, `add_writer` raises `OSError(EBADF)`, and asyncio prints a traceback for an error that
-changes nothing: the lost connection reaches us through aiomqtt's own path and we reconnect. A traceback in the
+`cloud.mqtt` (as aiomqtt 2.x did before it) registers paho's socket writer from the thread that connects, with
+`loop.call_soon_threadsafe(loop.add_writer, fd, ...)`. When the broker goes away between that call and the callback
+running (seen when the broker restarted during a drain), the socket is already closed, `add_writer` raises
+`OSError(EBADF)`, and asyncio prints a traceback for an error that changes nothing: the lost connection reaches us
+through the connection's own path and we reconnect. A traceback in the
 journal for it would send support staff looking for a bug that is not there, so it is logged at debug instead.
 Every other unhandled callback error goes to asyncio's default handler, exactly as before.
 """

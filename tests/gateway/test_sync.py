@@ -20,9 +20,10 @@ from cloud.store import SqliteStore
 from cloud.verify import verify_chain
 from gateway.config import SyncConfig, parse_config
 from gateway.errors import ConfigError
-from gateway.mqtt_conn import make_client, parse_broker_url
+from gateway.mqtt_conn import Outbox, make_client
 from gateway.sync import Sync
 from koto.clock import ManualClock
+from koto.net import parse_broker_url
 from koto.signing import public_pem
 from metering.errors import LedgerError
 from metering.ledger import Ledger, Stored
@@ -126,6 +127,31 @@ def check_receiver(store: SqliteStore, ledger: Ledger, n: int) -> None:
     assert total == last - first
     assert ledger.acked_through() == n
     assert ledger.unacked_count() == 0
+
+
+async def test_the_outbox_publishes_in_order_without_waiting_and_a_lost_connection_fails_the_next_publish(
+        broker: Mosquitto) -> None:
+    """The pump's publishing on aiomqtt's public API: a whole batch is handed over at once (no await), arrives in
+    order, and once the broker is gone the failure surfaces on the next publish instead of being lost."""
+    async with Observer(broker, "koto/v1/ob/up/usage") as obs:
+        client = make_client(url=parse_broker_url(broker.url), client_id="ob", persistent=False)
+        async with client:
+            outbox = Outbox(client, window=64)
+            for i in range(200):
+                outbox.publish("koto/v1/ob/up/usage", json.dumps({"data": {"seq": i}}).encode(), 1)
+            await eventually(lambda: len(obs.seqs()) == 200, what="all 200 at the observer")
+            assert obs.seqs() == list(range(200))
+            broker.stop(kill=True)
+            await eventually(lambda: not _publishes(outbox), within=10, what="a publish to fail")
+            await outbox.aclose()
+
+
+def _publishes(outbox: Outbox) -> bool:
+    try:
+        outbox.publish("koto/v1/ob/up/usage", b"{}", 1)
+    except aiomqtt.MqttError:
+        return False
+    return True
 
 
 @pytest.mark.slow

@@ -14,7 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.mqtt_conn import make_client, parse_broker_url
+from gateway.mqtt_conn import make_client
+from koto.net import parse_broker_url
 from tests.support.broker import Mosquitto
 from tests.support.gw_child import REPO, chaos
 

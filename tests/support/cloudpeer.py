@@ -29,7 +29,7 @@ async def until(cond: Callable[[], bool], within: float = 10.0) -> None:
 
 def tls_for(broker: Mosquitto, cn: str) -> Any:
     """An SSL context presenting a client certificate with CN `cn` from the broker's test PKI."""
-    from cloud.receiver import tls_context
+    from koto.net import tls_context
 
     assert broker.pki is not None
     pair = broker.pki.client(cn)
