@@ -394,7 +394,7 @@ class Gateway:
             return
         if now.synced and not self._clock_synced:
             self._pending.append(Draft(CLOCK_TYPE, self.cfg.subject, now.wall, TimeStatus.SYNCED, {
-                "event": "clock_synced", "boot_id": now.boot_id, "mono_ns": now.mono_ns,
+                "event": "clock_synced", "boot_id": now.boot_id, "mono_us": now.mono_ns // 1000,
                 "wall_ms": int(now.wall * 1000),
                 "offset_ms": int(now.wall * 1000) - now.mono_ns // 1_000_000,
             }))
@@ -404,7 +404,7 @@ class Gateway:
     def _lifecycle(self, event: str, **data: str | int) -> None:
         now = self.clock.now()
         body: dict[str, Any] = {"event": event, "gateway": self.cfg.id, "boot_id": now.boot_id,
-                                "mono_ns": now.mono_ns, "timestatus": str(_status(now)), **data}
+                                "mono_us": now.mono_ns // 1000, "timestatus": str(_status(now)), **data}
         self._pending.append(Draft(LIFECYCLE_TYPE, self.cfg.subject, now.wall, _status(now), body))
 
     def _checkpoints(self) -> dict[str, dict[str, Any]]:

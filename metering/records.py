@@ -89,8 +89,9 @@ class UsageRecord:
             "appliance": self.appliance,
             "source": self.source,
             "function": self.function,
-            "start_mono_ns": self.t_start_mono_ns,
-            "end_mono_ns": self.t_end_mono_ns,
+            # Microseconds: nanoseconds since boot pass 2**53 (the canonical integer limit) after 104 days of uptime.
+            "start_mono_us": self.t_start_mono_ns // 1000,
+            "end_mono_us": self.t_end_mono_ns // 1000,
             "start": _iso(self.t_start_wall),
             "end": _iso(self.t_end_wall),
             "boot_id": self.boot_id,

@@ -24,7 +24,8 @@ class LifecycleNote:
     def draft(self, subject: str, appliance: str) -> Draft:
         status = TimeStatus.SYNCED if self.at.synced else TimeStatus.UNSYNCED
         data: dict[str, Any] = {"event": self.event, "appliance": appliance, "source": self.source,
-                                "boot_id": self.at.boot_id, "mono_ns": self.at.mono_ns, "timestatus": str(status)}
+                                "boot_id": self.at.boot_id, "mono_us": self.at.mono_ns // 1000,
+                                "timestatus": str(status)}
         for k, v in self.details.items():
             data.setdefault(k, v)
         return Draft(LIFECYCLE_TYPE, subject, self.at.wall, status, data)

@@ -119,7 +119,7 @@ async def test_a_full_disk_keeps_records_in_memory_and_stores_them_in_order_when
     assert_contiguous(events)
     usage = [e["data"] for e in events if e["type"] == "io.koto.usage.v1"]
     for prev, cur in pairwise(usage):
-        assert cur["start_mono_ns"] >= prev["start_mono_ns"]  # stored in the order they were made
+        assert cur["start_mono_us"] >= prev["start_mono_us"]  # stored in the order they were made
 
 
 @pytest.mark.slow

@@ -151,7 +151,7 @@ def test_for_any_readings_and_crashes_the_ledger_conserves_energy_chains_and_pri
     assert_contiguous(events)
     usage = [e["data"] for e in events if e["type"] == USAGE_TYPE]
     for d in usage:
-        assert d["duration_ms"] >= 0 and d["end_mono_ns"] >= d["start_mono_ns"] and d["energy_mwh"] >= 0
+        assert d["duration_ms"] >= 0 and d["end_mono_us"] >= d["start_mono_us"] and d["energy_mwh"] >= 0
     sums = conservation(events)
     if sums:
         total, start, end = sums["meter"]

@@ -1,0 +1,154 @@
+"""The support tools on a big ledger: `koto usage` and `koto verify` on 1,000,000 records, beside plain baselines.
+
+    .venv/bin/python bench/ledger_scale.py [--records 1000000] [--state /tmp/koto-ledger-1m] [--workers N]
+
+A year-like ledger is generated once into `--state` (8 appliances, washer-like function records with registers,
+tariff and cost, a cycle record every 8, records spread over 365 days; every record ECDSA-signed by the real
+`Ledger.append`) and reused by later runs of the same size. Then, each as a child process so its peak memory (RSS,
+from `wait4`) is its own:
+
+- `koto usage` by function, by day and by cycle: wall time and peak RSS, beside the baseline of reading every usage
+  row's columns into Python (what `koto usage` did before it aggregated in SQL);
+- `koto verify`: records/s and peak RSS, beside the baseline of one ECDSA P-256 verification per record on one core
+  (what any verifier must at least do), measured in the same run.
+
+Targets (issue 10): usage under 60 MB and 2 s; verify >= 20,000 records/s, with progress shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path and its name would hide the `metering` package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from gateway.state import StateDir  # noqa: E402
+from metering.ledger import Ledger  # noqa: E402
+from metering.records import Draft, RecordKind, TimeStatus, UsageRecord, usage_draft  # noqa: E402
+
+GATEWAY = "gw-bench-1m"
+EPOCH = 1_790_000_000
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+APPLIANCES = ("washer", "dryer", "dishwasher", "fridge", "oven", "kettle", "heatpump", "freezer")
+FUNCTIONS = ("fill", "heat", "wash", "spin")
+
+
+def drafts(start: int, n: int, total: int) -> list[Draft]:
+    """Records start..start+n of a `total`-record year: 8 appliances in turn, a cycle summary every 8th record."""
+    out: list[Draft] = []
+    step = 365 * 86400 / total
+    for i in range(start, start + n):
+        app = APPLIANCES[i % len(APPLIANCES)]
+        t = T0 + i * step
+        mono = int(i * step * 1e9)
+        common = dict(appliance=app, source=f"{app}.meter", t_end_mono_ns=mono, t_end_wall=t, boot_id="b" * 36,
+                      tariff_id="household-2026", tariff_version=3, currency="EUR", time_status=TimeStatus.SYNCED)
+        if i % 8 == 7:
+            rec = UsageRecord(kind=RecordKind.CYCLE, function="", t_start_mono_ns=mono - 3_600_000_000_000,
+                              t_start_wall=t - 3600, cycle_id=f"{app}-{i // 8}", uses=1, cycle_energy_mwh=812_000,
+                              duration_ms=3_600_000, peak_power_mw=2_150_000, cost_minor=40, **common)
+        else:
+            e = 95_000 + (i * 7919) % 20_000
+            rec = UsageRecord(kind=RecordKind.FUNCTION, function=FUNCTIONS[i % 4],
+                              t_start_mono_ns=mono - 60_000_000_000, t_start_wall=t - 60, energy_mwh=e,
+                              duration_ms=60_000, cycle_id=f"{app}-{i // 8}", register_start_mwh=i * 100_000,
+                              register_end_mwh=i * 100_000 + e, peak_power_mw=2_000_000, cost_minor=e // 3125,
+                              **common)
+        out.append(usage_draft(rec, f"household-42/{app}"))
+    return out
+
+
+def ensure_ledger(state: Path, total: int) -> StateDir:
+    sd = StateDir(state)
+    if sd.ledger.exists():
+        with Ledger.open(sd.ledger, gateway_id=GATEWAY, key=None) as ledger:
+            if ledger.head()[0] == total:
+                return sd
+        raise SystemExit(f"{sd.ledger} holds another size; remove {state} or pass another --state")
+    sd.provision()
+    t0 = time.monotonic()
+    with Ledger.open(sd.ledger, gateway_id=GATEWAY, key=sd.private_key(), epoch=EPOCH) as ledger:
+        for start in range(0, total, 1000):
+            ledger.append(drafts(start, min(1000, total - start), total))
+            if start % 50_000 == 0:
+                done = start + min(1000, total - start)
+                print(f"  generating: {done:,} of {total:,} records ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
+        ledger.wal_checkpoint()
+    return sd
+
+
+def child(args: list[str]) -> tuple[float, float, str]:
+    """Run `args`; return (wall seconds, peak RSS in MiB, stdout)."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    out = proc.stdout.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.monotonic() - t0
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"{' '.join(args)} exited {proc.returncode}")
+    return wall, usage.ru_maxrss / 1024, out
+
+
+BASELINE_USAGE = """
+import sqlite3, sys
+conn = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+rows = conn.execute("SELECT appliance, function, cycle_id, t_end_ms, kind, energy_mwh, duration_ms, uses, "
+                    "cost_minor, currency FROM records WHERE type='io.koto.usage.v1' ORDER BY seq").fetchall()
+print(len(rows))
+"""
+
+BASELINE_VERIFY = """
+import sqlite3, sys, time, base64, hashlib
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+key = serialization.load_pem_public_key(open(sys.argv[2], "rb").read())
+conn = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+rows = conn.execute("SELECT hash, body FROM records ORDER BY seq LIMIT 20000").fetchall()
+alg = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
+sigs = [base64.b64decode(b[b.rindex(b'"sig":"') + 7:].split(b'"', 1)[0]) for _, b in rows]
+t0 = time.perf_counter()
+for (h, _), sig in zip(rows, sigs):
+    try:
+        key.verify(sig, bytes.fromhex(h), alg)
+    except Exception:
+        pass
+print(len(rows) / (time.perf_counter() - t0))
+"""
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--records", type=int, default=1_000_000)
+    p.add_argument("--state", type=Path, default=None, help="state folder to generate into or reuse")
+    args = p.parse_args()
+    state = args.state or Path(f"/tmp/koto-ledger-{args.records}")
+    sd = ensure_ledger(state, args.records)
+    koto = [sys.executable, "-m", "gateway.cli"]
+    size_mb = sd.ledger.stat().st_size / 1e6
+    print(f"ledger: {args.records:,} records, {size_mb:,.0f} MB ({sd.ledger})")
+    wall, rss, _ = child([sys.executable, "-c", BASELINE_USAGE, str(sd.ledger)])
+    print(f"usage baseline (every usage row into Python): {wall:6.2f} s, {rss:6.1f} MiB peak RSS")
+    for by in ("function", "day", "cycle"):
+        wall, rss, out = child([*koto, "usage", "--state-dir", str(sd.root), "--by", by])
+        lines = out.count("\n")
+        print(f"koto usage --by {by:8s}: {wall:6.2f} s, {rss:6.1f} MiB peak RSS ({lines:,} lines; "
+              f"target < 2 s, < 60 MB)")
+    _, _, out = child([sys.executable, "-c", BASELINE_VERIFY, str(sd.ledger), str(sd.public_key_path)])
+    base_rate = float(out.strip())
+    wall, rss, out = child([*koto, "verify", "--state-dir", str(sd.root)])
+    rate = args.records / wall
+    print(f"koto verify: {rate:,.0f} records/s ({wall:.1f} s, {rss:.1f} MiB peak RSS, {os.cpu_count()} cores); "
+          f"baseline one ECDSA verify per record on one core: {base_rate:,.0f}/s; ratio {rate / base_rate:.2f}x "
+          f"(target >= 20,000/s)")
+    print(f"  {out.strip()}")
+
+
+if __name__ == "__main__":
+    main()
