@@ -39,7 +39,7 @@ FUNCTIONS = ("fill", "heat", "wash", "spin")
 
 
 def drafts(start: int, n: int, total: int) -> list[Draft]:
-    """Records start..start+n of a `total`-record year: 8 appliances in turn, a cycle summary every 8th record."""
+    """Records start..start+n of a `total`-record year: 8 appliances in turn, each closing a use every 8 records."""
     out: list[Draft] = []
     step = 365 * 86400 / total
     for i in range(start, start + n):
@@ -48,15 +48,16 @@ def drafts(start: int, n: int, total: int) -> list[Draft]:
         mono = int(i * step * 1e9)
         common = dict(appliance=app, source=f"{app}.meter", t_end_mono_ns=mono, t_end_wall=t, boot_id="b" * 36,
                       tariff_id="household-2026", tariff_version=3, currency="EUR", time_status=TimeStatus.SYNCED)
-        if i % 8 == 7:
+        cycle = f"{app}-{i // 64}"  # an appliance's every 8th record (i % 8 picks the appliance) ends a use
+        if i % 64 >= 56:
             rec = UsageRecord(kind=RecordKind.CYCLE, function="", t_start_mono_ns=mono - 3_600_000_000_000,
-                              t_start_wall=t - 3600, cycle_id=f"{app}-{i // 8}", uses=1, cycle_energy_mwh=812_000,
+                              t_start_wall=t - 3600, cycle_id=cycle, uses=1, cycle_energy_mwh=812_000,
                               duration_ms=3_600_000, peak_power_mw=2_150_000, cost_minor=40, **common)
         else:
             e = 95_000 + (i * 7919) % 20_000
             rec = UsageRecord(kind=RecordKind.FUNCTION, function=FUNCTIONS[i % 4],
                               t_start_mono_ns=mono - 60_000_000_000, t_start_wall=t - 60, energy_mwh=e,
-                              duration_ms=60_000, cycle_id=f"{app}-{i // 8}", register_start_mwh=i * 100_000,
+                              duration_ms=60_000, cycle_id=cycle, register_start_mwh=i * 100_000,
                               register_end_mwh=i * 100_000 + e, peak_power_mw=2_000_000, cost_minor=e // 3125,
                               **common)
         out.append(usage_draft(rec, f"household-42/{app}"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -103,8 +104,8 @@ def _open_ledger_ro(sd: StateDir, gid: str | None) -> Any:
 def verify(config_path: str | None, state_dir: str | None) -> None:
     """Walk the ledger's hash chain and signatures offline; exit 1 naming the first bad seq."""
     _cfg, sd, gid = _resolve(config_path, state_dir)
-    with _open_ledger_ro(sd, gid) as ledger:
-        report = ledger.verify(sd.public_key())
+    with _open_ledger_ro(sd, gid) as ledger, _VerifyProgress() as progress:
+        report = ledger.verify(sd.public_key(), progress=progress)
     if report.ok:
         click.echo(f"ok: {report.checked} records verified (seq {report.first_seq}..{report.last_seq}), "
                    f"chain and signatures intact")
@@ -114,46 +115,37 @@ def verify(config_path: str | None, state_dir: str | None) -> None:
     raise SystemExit(1)
 
 
-def _fmt_kwh(mwh: int) -> str:
-    return f"{mwh / 1_000_000:.3f}"
+class _VerifyProgress:
+    """How far `koto verify` is: a bar on a terminal; without one (the journal, a script), a line every few seconds."""
 
+    EVERY_S = 5.0
 
-def _fmt_duration(ms: int) -> str:
-    s = ms // 1000
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    def __init__(self) -> None:
+        self._tty = sys.stderr.isatty()
+        self._bar: Any = None
+        self._shown = 0
+        self._t0 = self._last = time.monotonic()
 
+    def __enter__(self) -> _VerifyProgress:
+        return self
 
-def _fmt_cost(costs: tuple[tuple[str, int], ...], exponent: int = 2) -> str:
-    if not costs:
-        return "-"
-    return " + ".join(f"{minor / 10**exponent:.{exponent}f} {cur}" for cur, minor in costs)
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.render_finish()
 
-
-def usage_table(rows: Sequence[Any], by: str) -> str:
-    """`koto usage` as a plain table a person reads (also printed at the end of `koto demo`)."""
-    head = ("appliance", {"function": "function", "day": "day", "cycle": "cycle"}[by], "kWh", "time", "uses",
-            "cost", "records")
-    empty = "(uses)" if by == "function" else "-"  # cycle records carry uses and per-use cost, no function
-    body = [(r.appliance, r.key or empty, _fmt_kwh(r.energy_mwh), _fmt_duration(r.duration_ms), str(r.uses),
-             _fmt_cost(r.costs), str(r.records)) for r in rows]
-    if rows:
-        cur: dict[str, int] = {}
-        for r in rows:
-            for c, m in r.costs:
-                cur[c] = cur.get(c, 0) + m
-        body.append(("total", "", _fmt_kwh(sum(r.energy_mwh for r in rows)),
-                     _fmt_duration(sum(r.duration_ms for r in rows)), str(sum(r.uses for r in rows)),
-                     _fmt_cost(tuple(sorted(cur.items()))), str(sum(r.records for r in rows))))
-    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
-    right = {2, 3, 4, 5, 6}
-
-    def line(cells: Sequence[str]) -> str:
-        cols = enumerate(zip(cells, widths, strict=True))
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in cols)
-
-    out = [line(head), "  ".join("-" * w for w in widths)]
-    out += [line(b) for b in body[:-1]] + (["  ".join("-" * w for w in widths), line(body[-1])] if body else [])
-    return "\n".join(out)
+    def __call__(self, done: int, total: int) -> None:
+        if self._tty:
+            if self._bar is None:
+                self._bar = click.progressbar(length=total, label="verifying", file=sys.stderr,
+                                              show_pos=True, show_eta=True)
+            self._bar.update(done - self._shown)
+            self._shown = done
+            return
+        now = time.monotonic()
+        if now - self._last >= self.EVERY_S or done == total:
+            rate = done / max(now - self._t0, 1e-9)
+            click.echo(f"verify: {done:,} of {total:,} records checked ({rate:,.0f}/s)", err=True)
+            self._last = now
 
 
 def _parse_since(text: str | None, tz: Any) -> float | None:
@@ -183,15 +175,16 @@ def usage(config_path: str | None, state_dir: str | None, appliance: str | None,
     """Per-function (or per-day, per-cycle) energy, time, uses and cost, read back from the ledger."""
     from zoneinfo import ZoneInfo
 
+    from .usage_report import write_usage_table
+
     cfg, sd, gid = _resolve(config_path, state_dir)
     tz = cfg.tz if cfg else ZoneInfo("UTC")
+    since_wall = _parse_since(since, tz)
     with _open_ledger_ro(sd, gid) as ledger:
-        rows = ledger.usage_summary(appliance=appliance, since_wall=_parse_since(since, tz), by=by, tz=tz)
-    if not rows:
+        n = write_usage_table(lambda: ledger.iter_usage(appliance, since_wall, by, tz), by, click.echo)
+    if not n:
         what = (f" for {appliance}" if appliance else "") + (f" since {since}" if since else "")
         click.echo(f"no usage recorded{what}")
-        return
-    click.echo(usage_table(rows, by))
 
 
 @cli.command()

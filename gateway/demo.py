@@ -186,7 +186,7 @@ async def run_demo(state_dir: Path, *, speed: float = 60.0, out: Callable[[str],
 def _summary(sd: StateDir, cfg: Any, out: Callable[[str], None]) -> int:
     from metering.ledger import Ledger
 
-    from .cli import usage_table
+    from .usage_report import usage_table
 
     with Ledger.open(sd.ledger, gateway_id=cfg.id, key=None) as ledger:
         rows = ledger.usage_summary(by="function", tz=cfg.tz)

@@ -1,0 +1,89 @@
+"""`koto usage` as a plain table a person reads, written row by row (also printed at the end of `koto demo`).
+
+The rows come from the ledger as an iterator summed by SQLite, and are never all held: the table is written in two
+passes over a fresh iterator each, one to measure the columns and one to print, so `--by cycle` on a million-record
+ledger (a hundred thousand uses) costs a second SQL pass, not hundreds of megabytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from metering.ledger import UsageRow
+
+HEAD_KEY = {"function": "function", "day": "day", "cycle": "cycle"}
+RIGHT = {2, 3, 4, 5, 6}
+
+
+def fmt_kwh(mwh: int) -> str:
+    return f"{mwh / 1_000_000:.3f}"
+
+
+def fmt_duration(ms: int) -> str:
+    s = ms // 1000
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def fmt_cost(costs: tuple[tuple[str, int], ...], exponent: int = 2) -> str:
+    if not costs:
+        return "-"
+    return " + ".join(f"{minor / 10**exponent:.{exponent}f} {cur}" for cur, minor in costs)
+
+
+def _cells(r: UsageRow, by: str) -> tuple[str, ...]:
+    empty = "(uses)" if by == "function" else "-"  # cycle records carry uses and per-use cost, no function
+    return (r.appliance, r.key or empty, fmt_kwh(r.energy_mwh), fmt_duration(r.duration_ms), str(r.uses),
+            fmt_cost(r.costs), str(r.records))
+
+
+class _Total:
+    def __init__(self) -> None:
+        self.energy = self.duration = self.uses = self.records = 0
+        self.costs: dict[str, int] = {}
+
+    def add(self, r: UsageRow) -> None:
+        self.energy += r.energy_mwh
+        self.duration += r.duration_ms
+        self.uses += r.uses
+        self.records += r.records
+        for cur, minor in r.costs:
+            self.costs[cur] = self.costs.get(cur, 0) + minor
+
+    def cells(self) -> tuple[str, ...]:
+        return ("total", "", fmt_kwh(self.energy), fmt_duration(self.duration), str(self.uses),
+                fmt_cost(tuple(sorted(self.costs.items()))), str(self.records))
+
+
+def write_usage_table(rows: Callable[[], Iterable[UsageRow]], by: str, out: Callable[[str], None]) -> int:
+    """Write the table of `rows()` (called twice) through `out`, a line at a time; returns the number of rows."""
+    head = ("appliance", HEAD_KEY[by], "kWh", "time", "uses", "cost", "records")
+    widths = [len(h) for h in head]
+    total = _Total()
+    n = 0
+    for r in rows():
+        n += 1
+        total.add(r)
+        widths = [max(w, len(c)) for w, c in zip(widths, _cells(r, by), strict=True)]
+    if not n:
+        return 0
+    widths = [max(w, len(c)) for w, c in zip(widths, total.cells(), strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        cols = enumerate(zip(cells, widths, strict=True))
+        return "  ".join(c.rjust(w) if i in RIGHT else c.ljust(w) for i, (c, w) in cols).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    out(line(head))
+    out(rule)
+    for r in rows():
+        out(line(_cells(r, by)))
+    out(rule)
+    out(line(total.cells()))
+    return n
+
+
+def usage_table(rows: Sequence[UsageRow], by: str) -> str:
+    """The whole table as one string, for rows already in hand (tests, the demo)."""
+    lines: list[str] = []
+    write_usage_table(lambda: rows, by, lines.append)
+    return "\n".join(lines)
