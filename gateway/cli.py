@@ -18,6 +18,7 @@ import click
 
 from koto import __version__
 from koto.errors import KotoError, explain_os_error
+from koto.files import access_problem
 
 from .config import GatewayConfig, load_config
 from .state import StateDir
@@ -91,11 +92,18 @@ def provision(config_path: str | None, state_dir: str | None, force: bool, new_e
 
 
 def _open_ledger_ro(sd: StateDir, gid: str | None) -> Any:
+    from metering.errors import LedgerError
     from metering.ledger import Ledger, read_gateway_id
 
     if not sd.ledger.exists():
         raise click.ClickException(f"{sd.ledger}: no ledger yet (start the gateway, or `koto demo`)")
-    return Ledger.open(sd.ledger, gateway_id=gid or read_gateway_id(sd.ledger), key=None)
+    try:
+        return Ledger.open(sd.ledger, gateway_id=gid or read_gateway_id(sd.ledger), key=None)
+    except LedgerError:
+        problem = access_problem(sd.ledger, write=False)  # the usual cause: a state folder of another user
+        if problem:
+            raise LedgerError(problem) from None
+        raise
 
 
 @cli.command()

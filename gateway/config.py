@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from drivers.base import driver_class
-from koto.errors import FieldError
+from koto.errors import FieldError, explain_os_error
 from koto.net import BrokerURL, parse_broker_url
 from metering.energy import Kind
 
@@ -395,7 +395,9 @@ def load_config(path: str | Path) -> GatewayConfig:
     except FileNotFoundError as e:
         raise ConfigError(str(p), "-", "file not found") from e
     except OSError as e:
-        raise ConfigError(str(p), "-", f"cannot read: {e.strerror}") from e
+        raise ConfigError(str(p), "-", f"cannot read: {explain_os_error(e).removeprefix(f'{p}: ')}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(p), "-", f"not UTF-8 text (byte {e.start}); save it as UTF-8") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(str(p), "-", f"not valid TOML: {e}") from e
     return parse_config(data, file=str(p), base=p.resolve().parent)

@@ -44,9 +44,22 @@ _ADVICE = {
 
 
 def explain_os_error(e: OSError) -> str:
-    """One line for an OS error a person can act on: the path, what is wrong, and what to do (never a traceback)."""
-    path = e.filename if e.filename is not None else ""
+    """One line for an OS error a person can act on: the path, what is wrong, and what to do (never a traceback).
+    A permission error names who owns the path (or the folder that would hold it), the usual cause being a state
+    folder made by root for a service that runs as `koto`."""
+    path = str(e.filename) if e.filename is not None else ""
     advice = _ADVICE.get(e.errno or 0) or (e.strerror or str(e))
+    if path and e.errno in (errno.EACCES, errno.EPERM):
+        from pathlib import Path
+
+        from .files import owner_of
+
+        target = Path(path)
+        try:
+            target.stat()
+        except OSError:  # missing, or itself beyond reach: name the folder that would hold it
+            target = target.parent
+        advice = f"{advice} ({target} is owned by {owner_of(target)})"
     return f"{path}: {advice}" if path else advice
 
 

@@ -46,3 +46,43 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def owner_of(path: Path) -> str:
+    """The user name owning `path` (or its uid, or "?" when it cannot be seen)."""
+    import pwd
+
+    try:
+        uid = path.stat().st_uid
+    except OSError:
+        return "?"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def access_problem(path: Path, *, write: bool) -> str:
+    """Why this process cannot read (or, with `write`, write) `path` and create files beside it, in words that say
+    what to do; "" when it can. SQLite in WAL mode needs to create `-wal`/`-shm` files beside a database even to read
+    it, so the folder must be writable too."""
+    folder = path.parent
+    me = _me()
+    for target, mode, what in ((folder, os.W_OK | os.X_OK, "folder"), (path, os.R_OK | (os.W_OK if write else 0),
+                                                                         "file")):
+        if target.exists() and not os.access(target, mode):
+            owner = owner_of(target)
+            verb = "writable" if mode & os.W_OK else "readable"
+            return (f"{target}: {what} owned by {owner}, not {verb} by {me}; run the command as {owner} "
+                    f"(sudo -u {owner} koto ...), or give the state folder to the user the service runs as "
+                    f"(sudo chown -R koto:koto {folder if what == 'file' else target})")
+    return ""
+
+
+def _me() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"

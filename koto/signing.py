@@ -48,7 +48,9 @@ def load_private_key(path: Path) -> PrivateKey:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise KeyError_(f"{path}: cannot read the key ({e.strerror})") from e
+        from .errors import explain_os_error
+
+        raise KeyError_(f"cannot read the device key: {explain_os_error(e)}") from e
     if not data.strip():
         raise KeyError_(f"{path}: the key file is empty (a provisioning that ran out of disk?); restore it from a "
                         "backup, or start a new epoch with `koto provision --force --new-epoch`")

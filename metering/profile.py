@@ -250,6 +250,8 @@ def load_profile(path: str | Path) -> Profile:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ProfileError(str(p), "(file)", f"cannot be read: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ProfileError(str(p), "(file)", f"not UTF-8 text (byte {e.start}); save it as UTF-8") from e
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -1,0 +1,35 @@
+"""Run `koto` as a user who does not own the state folder: the support call "it says permission denied".
+
+As root (this machine's CI), the child imports everything first and then drops to `nobody` (the interpreter lives
+under /root, which `nobody` may not read, so it cannot be exec'd as `nobody`). As an ordinary user the files are
+made unreadable with chmod instead, which the caller does; the child then runs unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .paths import REPO
+
+AS_ROOT = os.geteuid() == 0
+PRELOAD = ["gateway.cli", "gateway.daemon", "gateway.runner", "gateway.config", "gateway.state",
+           "gateway.usage_report", "metering.ledger", "metering.profile", "koto.signing", "koto.files", "zoneinfo",
+           "sqlite3", "multiprocessing", "json", "asyncio", "tomllib", "pwd", "drivers.base", "drivers.gpio",
+           "drivers.modbus", "logging.handlers"]
+CHILD = f"""
+import importlib, os, sys
+for m in {PRELOAD!r}:
+    importlib.import_module(m)
+if os.geteuid() == 0:
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)
+from gateway.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def koto_as_other_user(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", CHILD, *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
