@@ -1,8 +1,9 @@
 """`koto usage` as a plain table a person reads, written row by row (also printed at the end of `koto demo`).
 
-The rows come from the ledger as an iterator summed by SQLite, and are never all held: the table is written in two
-passes over a fresh iterator each, one to measure the columns and one to print, so `--by cycle` on a million-record
-ledger (a hundred thousand uses) costs a second SQL pass, not hundreds of megabytes.
+The rows come from the ledger as an iterator summed by SQLite. Up to `HOLD` rows (any per-function or per-day
+table) are held and printed in one pass; beyond that (`--by cycle` on a million-record ledger: a hundred thousand
+uses) the table is written in two passes over a fresh iterator each, one to measure the columns and one to print,
+which costs a second SQL pass instead of hundreds of megabytes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from metering.ledger import UsageRow
 
 HEAD_KEY = {"function": "function", "day": "day", "cycle": "cycle"}
 RIGHT = {2, 3, 4, 5, 6}
+HOLD = 10_000
 
 
 def fmt_kwh(mwh: int) -> str:
@@ -60,10 +62,16 @@ def write_usage_table(rows: Callable[[], Iterable[UsageRow]], by: str, out: Call
     widths = [len(h) for h in head]
     total = _Total()
     n = 0
+    held: list[tuple[str, ...]] | None = []
     for r in rows():
         n += 1
         total.add(r)
-        widths = [max(w, len(c)) for w, c in zip(widths, _cells(r, by), strict=True)]
+        cells = _cells(r, by)
+        widths = [max(w, len(c)) for w, c in zip(widths, cells, strict=True)]
+        if held is not None:
+            held.append(cells)
+            if len(held) > HOLD:
+                held = None  # too many to hold: print from a second pass
     if not n:
         return 0
     widths = [max(w, len(c)) for w, c in zip(widths, total.cells(), strict=True)]
@@ -75,8 +83,8 @@ def write_usage_table(rows: Callable[[], Iterable[UsageRow]], by: str, out: Call
     rule = "  ".join("-" * w for w in widths)
     out(line(head))
     out(rule)
-    for r in rows():
-        out(line(_cells(r, by)))
+    for cells in held if held is not None else (_cells(r, by) for r in rows()):
+        out(line(cells))
     out(rule)
     out(line(total.cells()))
     return n
