@@ -258,9 +258,13 @@ def profile(gateway: str, file_: Path, name: str, version: int, **o: Any) -> Non
 @click.option("--wait", default=15.0, show_default=True, help="seconds to wait for the reply")
 @_send_options
 def diagnose(gateway: str, wait: float, **o: Any) -> None:
-    """Ask the gateway for a (redacted) status report; waits for the reply and prints it."""
+    """Ask the gateway for a (redacted) status report; waits for the reply and prints it. Exit 1 when the gateway
+    rejects the request or does not answer within --wait seconds."""
     reply = _send(gateway, cmds.DIAGNOSTICS, {}, o, wait_reply_s=wait)
     click.echo(json.dumps(reply, indent=2, sort_keys=True))
+    if reply.get("status") != "applied":
+        raise click.ClickException(f"{gateway} {reply.get('status', 'did not apply')} the request: "
+                                   f"{reply.get('reason') or 'no reason given'}")
 
 
 # -- audit -----------------------------------------------------------------------------------------------------

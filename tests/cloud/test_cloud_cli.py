@@ -64,8 +64,9 @@ def test_register_refuses_a_file_that_is_not_a_p256_public_key(tmp_path, capsys)
 class CommandSink:
     """A gateway-side peer: collects commands on its down/cmd and answers diagnostics like a gateway would."""
 
-    def __init__(self, broker: Mosquitto, gw: str) -> None:
+    def __init__(self, broker: Mosquitto, gw: str, *, verdict: str = "applied", reason: str = "") -> None:
         self.gw = gw
+        self.verdict, self.reason = verdict, reason
         self.client = aiomqtt.Client(broker.host, broker.port, identifier=gw, protocol=aiomqtt.ProtocolVersion.V5)
         self.commands: list[dict] = []
 
@@ -77,7 +78,7 @@ class CommandSink:
                 cmd = json.loads(m.payload)
                 self.commands.append(cmd)
                 if cmd["type"] == "io.koto.cmd.diagnostics.v1":
-                    reply = {"ack_of": cmd["id"], "status": "applied", "reason": "", "dseq": cmd["dseq"],
+                    reply = {"ack_of": cmd["id"], "status": self.verdict, "reason": self.reason, "dseq": cmd["dseq"],
                              "gateway": self.gw, "time": "2026-11-30T01:02:03.045Z", "report": {"unacked": 0}}
                     await c.publish(f"koto/v1/{self.gw}/up/reply", json.dumps(reply).encode(), qos=1)
 
@@ -127,3 +128,20 @@ async def test_commands_are_signed_addressed_sequenced_and_valid(broker, tmp_pat
 def test_a_bad_broker_url_is_a_plain_error(tmp_path, capsys):
     assert main(["serve", "--broker", "http://x", "--db", str(tmp_path / "c.db")]) == 1
     assert "mqtt://" in capsys.readouterr().err
+
+
+async def test_diagnose_exits_1_when_the_gateway_rejects_or_never_answers(broker, tmp_path, capsys):
+    key, db = tmp_path / "operator.pem", tmp_path / "cloud.db"
+    assert main(["keygen", "--out", str(key)]) == 0
+    common = ["--key", str(key), "--db", str(db), "--broker", broker.url]
+    assert await asyncio.to_thread(main, ["diagnose", "gw-1", "--wait", "1", *common]) == 1
+    assert "no reply from gw-1 within 1 s" in capsys.readouterr().err
+    sink = CommandSink(broker, "gw-1", verdict="rejected", reason="bad signature: not an operator key")
+    ready = asyncio.Event()
+    task = asyncio.create_task(sink.run(ready))
+    await ready.wait()
+    try:
+        assert await asyncio.to_thread(main, ["diagnose", "gw-1", "--wait", "10", *common]) == 1
+    finally:
+        task.cancel()
+    assert "gw-1 rejected the request: bad signature" in capsys.readouterr().err
