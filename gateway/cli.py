@@ -18,45 +18,8 @@ import click
 
 from koto import __version__
 from koto.errors import KotoError, explain_os_error
-from koto.files import access_problem
 
-from .config import GatewayConfig, load_config
-from .state import StateDir
-
-DEFAULT_CONFIG = "/etc/koto/koto.toml"
-
-
-def _config_option(f: click.decorators.FC) -> click.decorators.FC:
-    return click.option(
-        "--config", "config_path", type=click.Path(dir_okay=False), envvar="KOTO_CONFIG", default=None,
-        help=f"Gateway config (TOML). Default: $KOTO_CONFIG or {DEFAULT_CONFIG} when it exists.",
-    )(f)
-
-
-def _state_option(f: click.decorators.FC) -> click.decorators.FC:
-    return click.option(
-        "--state-dir", type=click.Path(file_okay=False), envvar="KOTO_STATE_DIR", default=None,
-        help="State folder (ledger.db, keys/). Overrides the config's gateway.state_dir.",
-    )(f)
-
-
-def _resolve(config_path: str | None, state_dir: str | None, *,
-             need_config: bool = False) -> tuple[GatewayConfig | None, StateDir, str | None]:
-    """Return (config or None, StateDir, gateway id or None)."""
-    cfg = None
-    if config_path is None and Path(DEFAULT_CONFIG).exists():
-        config_path = DEFAULT_CONFIG
-    if config_path is not None:
-        cfg = load_config(config_path)
-    elif need_config:
-        raise click.UsageError(f"no config: pass --config FILE (or set KOTO_CONFIG, or create {DEFAULT_CONFIG})")
-    if state_dir is not None:
-        sd = StateDir(Path(state_dir))
-    elif cfg is not None:
-        sd = StateDir(cfg.state_dir)
-    else:
-        raise click.UsageError("say where the state is: --state-dir DIR or --config FILE")
-    return cfg, sd, (cfg.id if cfg else None)
+from .cli_common import DEFAULT_CONFIG, config_option, open_ledger_ro, parse_since, resolve, state_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,14 +32,14 @@ def cli(verbose: int) -> None:
 
 
 @cli.command()
-@_config_option
-@_state_option
+@config_option
+@state_option
 @click.option("--force", is_flag=True, help="Make a new device key even though one exists.")
 @click.option("--new-epoch", is_flag=True,
               help="With --force while a ledger exists: archive it as ledger-EPOCH.db and start a new epoch.")
 def provision(config_path: str | None, state_dir: str | None, force: bool, new_epoch: bool) -> None:
     """Create the state folder and the device key; print the public key to register at the billing cloud."""
-    _cfg, sd, _gid = _resolve(config_path, state_dir)
+    _cfg, sd, _gid = resolve(config_path, state_dir)
     done = sd.provision(force=force, new_epoch=new_epoch)
     old = done.archived
     if old is not None:
@@ -91,28 +54,13 @@ def provision(config_path: str | None, state_dir: str | None, force: bool, new_e
     click.echo(done.public_pem, nl=False)
 
 
-def _open_ledger_ro(sd: StateDir, gid: str | None) -> Any:
-    from metering.errors import LedgerError
-    from metering.ledger import Ledger, read_gateway_id
-
-    if not sd.ledger.exists():
-        raise click.ClickException(f"{sd.ledger}: no ledger yet (start the gateway, or `koto demo`)")
-    try:
-        return Ledger.open(sd.ledger, gateway_id=gid or read_gateway_id(sd.ledger), key=None)
-    except LedgerError:
-        problem = access_problem(sd.ledger, write=False)  # the usual cause: a state folder of another user
-        if problem:
-            raise LedgerError(problem) from None
-        raise
-
-
 @cli.command()
-@_config_option
-@_state_option
+@config_option
+@state_option
 def verify(config_path: str | None, state_dir: str | None) -> None:
     """Walk the ledger's hash chain and signatures offline; exit 1 naming the first bad seq."""
-    _cfg, sd, gid = _resolve(config_path, state_dir)
-    with _open_ledger_ro(sd, gid) as ledger, _VerifyProgress() as progress:
+    _cfg, sd, gid = resolve(config_path, state_dir)
+    with open_ledger_ro(sd, gid) as ledger, _VerifyProgress() as progress:
         report = ledger.verify(sd.public_key(), progress=progress)
     if report.ok:
         click.echo(f"ok: {report.checked} records verified (seq {report.first_seq}..{report.last_seq}), "
@@ -156,26 +104,9 @@ class _VerifyProgress:
             self._last = now
 
 
-def _parse_since(text: str | None, tz: Any) -> float | None:
-    if not text:
-        return None
-    from datetime import datetime, timedelta
-
-    now = datetime.now(tz)
-    if text in ("today",):
-        return now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-    if text.endswith("d") and text[:-1].isdigit():
-        return (now - timedelta(days=int(text[:-1]))).timestamp()
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError as e:
-        raise click.BadParameter(f"{text!r}: use YYYY-MM-DD, an ISO time, 'today' or Nd (e.g. 7d)") from e
-    return (dt if dt.tzinfo else dt.replace(tzinfo=tz)).timestamp()
-
-
 @cli.command()
-@_config_option
-@_state_option
+@config_option
+@state_option
 @click.option("--appliance", default=None, help="Only this appliance.")
 @click.option("--since", default=None, help="From this local date/time (YYYY-MM-DD, ISO time, 'today', or 7d).")
 @click.option("--by", type=click.Choice(["function", "day", "cycle"]), default="function", show_default=True)
@@ -185,10 +116,10 @@ def usage(config_path: str | None, state_dir: str | None, appliance: str | None,
 
     from .usage_report import write_usage_table
 
-    cfg, sd, gid = _resolve(config_path, state_dir)
+    cfg, sd, gid = resolve(config_path, state_dir)
     tz = cfg.tz if cfg else ZoneInfo("UTC")
-    since_wall = _parse_since(since, tz)
-    with _open_ledger_ro(sd, gid) as ledger:
+    since_wall = parse_since(since, tz)
+    with open_ledger_ro(sd, gid) as ledger:
         n = write_usage_table(lambda: ledger.iter_usage(appliance, since_wall, by, tz), by, click.echo)
     if not n:
         what = (f" for {appliance}" if appliance else "") + (f" since {since}" if since else "")
@@ -204,7 +135,7 @@ def run(config_path: str | None) -> None:
 
     from .runner import run_gateway
 
-    cfg, _sd, _gid = _resolve(config_path, None, need_config=True)
+    cfg, _sd, _gid = resolve(config_path, None, need_config=True)
     assert cfg is not None  # need_config
     koto_log = logging.getLogger("koto")
     if koto_log.getEffectiveLevel() > logging.INFO:
