@@ -19,7 +19,7 @@ import click
 from koto import __version__
 from koto.errors import KotoError, explain_os_error
 
-from .cli_common import DEFAULT_CONFIG, config_option, open_ledger_ro, parse_since, resolve, state_option
+from .cli_common import DEFAULT_CONFIG, config_option, open_ledger_ro, resolve, state_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -105,28 +105,6 @@ class _VerifyProgress:
 
 
 @cli.command()
-@config_option
-@state_option
-@click.option("--appliance", default=None, help="Only this appliance.")
-@click.option("--since", default=None, help="From this local date/time (YYYY-MM-DD, ISO time, 'today', or 7d).")
-@click.option("--by", type=click.Choice(["function", "day", "cycle"]), default="function", show_default=True)
-def usage(config_path: str | None, state_dir: str | None, appliance: str | None, since: str | None, by: str) -> None:
-    """Per-function (or per-day, per-cycle) energy, time, uses and cost, read back from the ledger."""
-    from zoneinfo import ZoneInfo
-
-    from .usage_report import write_usage_table
-
-    cfg, sd, gid = resolve(config_path, state_dir)
-    tz = cfg.tz if cfg else ZoneInfo("UTC")
-    since_wall = parse_since(since, tz)
-    with open_ledger_ro(sd, gid) as ledger:
-        n = write_usage_table(lambda: ledger.iter_usage(appliance, since_wall, by, tz), by, click.echo)
-    if not n:
-        what = (f" for {appliance}" if appliance else "") + (f" since {since}" if since else "")
-        click.echo(f"no usage recorded{what}")
-
-
-@cli.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="KOTO_CONFIG", default=None,
               help=f"Gateway config (TOML). Default: $KOTO_CONFIG or {DEFAULT_CONFIG}.")
 def run(config_path: str | None) -> None:
@@ -194,6 +172,16 @@ def discover(ports: tuple[str, ...], no_serial: bool, address: str, baud: str, t
         ports=[] if no_serial else (list(ports) or None), addresses=_int_list(address), bauds=_int_list(baud),
         timeout_s=timeout, ble_seconds=ble_seconds, gpio_pins=_int_list(gpio), pin_factory=pin_factory))
     click.echo(report, nl=False)
+
+
+def _register() -> None:
+    """Commands that live in their own modules."""
+    from .cli_usage import usage
+
+    cli.add_command(usage)
+
+
+_register()
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -26,3 +26,11 @@ class StateError(KotoError):
         self.path = path
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+
+class UnknownName(KotoError):
+    """A name on the command line that the gateway does not know (a mistyped appliance): says which ones it knows."""
+
+    def __init__(self, what: str, name: str, known: list[str]) -> None:
+        self.what, self.name, self.known = what, name, known
+        super().__init__(f"no {what} named {name!r} (known: {', '.join(known) or 'none yet'})")

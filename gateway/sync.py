@@ -57,7 +57,7 @@ class SyncLedger(Protocol):
 
     def acked_through(self) -> int: ...
 
-    def mark_acked(self, epoch: int, through: int, head_hash: str) -> AckOutcome: ...
+    def mark_acked(self, epoch: int, through: int, head_hash: str, *, at_wall: float | None = None) -> AckOutcome: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,11 +391,13 @@ class Sync:
             self.health.acks_ignored += 1
             log.warning("ignoring a malformed cloud ack (%s): %r", e, payload[:120])
             return
-        outcome = self.ledger.mark_acked(epoch, through, head_hash) if through > 0 else AckOutcome.ALREADY
+        now_wall = self.clock.now().wall
+        outcome = (self.ledger.mark_acked(epoch, through, head_hash, at_wall=now_wall) if through > 0
+                   else AckOutcome.ALREADY)
         match outcome:
             case AckOutcome.ADVANCED:
                 self.health.acks_advanced += 1
-                self.health.last_ack = rfc3339(self.clock.now().wall)
+                self.health.last_ack = rfc3339(now_wall)
                 self.health.acked_through = through
                 self._ack_wait_since = asyncio.get_running_loop().time() if self._sent_through > through else None
                 self._resend_at = None

@@ -32,9 +32,13 @@ def fmt_cost(costs: tuple[tuple[str, int], ...], exponent: int = 2) -> str:
     return " + ".join(f"{minor / 10**exponent:.{exponent}f} {cur}" for cur, minor in costs)
 
 
-def _cells(r: UsageRow, by: str) -> tuple[str, ...]:
-    empty = "(uses)" if by == "function" else "-"  # cycle records carry uses and per-use cost, no function
-    return (r.appliance, r.key or empty, fmt_kwh(r.energy_mwh), fmt_duration(r.duration_ms), str(r.uses),
+def fmt_energy(mwh: int, exact: bool) -> str:
+    return str(mwh) if exact else fmt_kwh(mwh)
+
+
+def _cells(r: UsageRow, by: str, exact: bool = False) -> tuple[str, ...]:
+    empty = "(per use)" if by == "function" else "-"  # cycle records carry uses and per-use cost, no function
+    return (r.appliance, r.key or empty, fmt_energy(r.energy_mwh, exact), fmt_duration(r.duration_ms), str(r.uses),
             fmt_cost(r.costs), str(r.records))
 
 
@@ -51,14 +55,16 @@ class _Total:
         for cur, minor in r.costs:
             self.costs[cur] = self.costs.get(cur, 0) + minor
 
-    def cells(self) -> tuple[str, ...]:
-        return ("total", "", fmt_kwh(self.energy), fmt_duration(self.duration), str(self.uses),
+    def cells(self, exact: bool = False) -> tuple[str, ...]:
+        return ("total", "", fmt_energy(self.energy, exact), fmt_duration(self.duration), str(self.uses),
                 fmt_cost(tuple(sorted(self.costs.items()))), str(self.records))
 
 
-def write_usage_table(rows: Callable[[], Iterable[UsageRow]], by: str, out: Callable[[str], None]) -> int:
-    """Write the table of `rows()` (called twice) through `out`, a line at a time; returns the number of rows."""
-    head = ("appliance", HEAD_KEY[by], "kWh", "time", "uses", "cost", "records")
+def write_usage_table(rows: Callable[[], Iterable[UsageRow]], by: str, out: Callable[[str], None], *,
+                      exact: bool = False) -> int:
+    """Write the table of `rows()` (called twice) through `out`, a line at a time; returns the number of rows.
+    `exact`: energy in integer mWh instead of kWh."""
+    head = ("appliance", HEAD_KEY[by], "mWh" if exact else "kWh", "time", "uses", "cost", "records")
     widths = [len(h) for h in head]
     total = _Total()
     n = 0
@@ -66,7 +72,7 @@ def write_usage_table(rows: Callable[[], Iterable[UsageRow]], by: str, out: Call
     for r in rows():
         n += 1
         total.add(r)
-        cells = _cells(r, by)
+        cells = _cells(r, by, exact)
         widths = [max(w, len(c)) for w, c in zip(widths, cells, strict=True)]
         if held is not None:
             held.append(cells)
@@ -74,7 +80,7 @@ def write_usage_table(rows: Callable[[], Iterable[UsageRow]], by: str, out: Call
                 held = None  # too many to hold: print from a second pass
     if not n:
         return 0
-    widths = [max(w, len(c)) for w, c in zip(widths, total.cells(), strict=True)]
+    widths = [max(w, len(c)) for w, c in zip(widths, total.cells(exact), strict=True)]
 
     def line(cells: Sequence[str]) -> str:
         cols = enumerate(zip(cells, widths, strict=True))
@@ -83,10 +89,10 @@ def write_usage_table(rows: Callable[[], Iterable[UsageRow]], by: str, out: Call
     rule = "  ".join("-" * w for w in widths)
     out(line(head))
     out(rule)
-    for cells in held if held is not None else (_cells(r, by) for r in rows()):
+    for cells in held if held is not None else (_cells(r, by, exact) for r in rows()):
         out(line(cells))
     out(rule)
-    out(line(total.cells()))
+    out(line(total.cells(exact)))
     return n
 
 

@@ -25,6 +25,7 @@ and `facade`, the `Ledger` that composes them. Import the public names from here
 
 from __future__ import annotations
 
+from .billing import CycleRow, RecordRow, Synced
 from .envelope import Stored
 from .facade import AckOutcome, Doc, Ledger
 from .store import SCHEMA_VERSION, read_gateway_id
@@ -34,9 +35,12 @@ from .verify import VerifyReport
 __all__ = [
     "SCHEMA_VERSION",
     "AckOutcome",
+    "CycleRow",
     "Doc",
     "Ledger",
+    "RecordRow",
     "Stored",
+    "Synced",
     "UsageRow",
     "VerifyReport",
     "read_gateway_id",

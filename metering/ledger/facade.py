@@ -18,18 +18,21 @@ from datetime import tzinfo
 from enum import Enum
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from koto.canonical import MAX_SAFE_INT
 from koto.signing import PrivateKey, PublicKey
 
 from ..errors import LedgerError
 from ..records import Draft
-from . import retention, store, usage
+from . import billing, retention, store, usage
+from .billing import CycleRow, RecordRow
 from .envelope import Envelope, Stored, cycles_named
 from .store import INSERT_SQL, K_ACKED, RESERVED_KV
 from .usage import UsageBy, UsageRow
 from .verify import VerifyReport, verify_chain
+
+T = TypeVar("T")
 
 
 class AckOutcome(Enum):
@@ -239,14 +242,44 @@ class Ledger:
 
     # ---------------------------------------------------------------------------------------------- acks
 
-    def mark_acked(self, epoch: int, through: int, head_hash: str) -> AckOutcome:
-        """Honour a cumulative ack from the cloud, only when it names a record we hold with the hash we hold."""
+    def mark_acked(self, epoch: int, through: int, head_hash: str, *, at_wall: float | None = None) -> AckOutcome:
+        """Honour a cumulative ack from the cloud, only when it names a record we hold with the hash we hold.
+
+        `at_wall` (the caller's clock: the ledger reads none) is when the ack arrived; an advancing ack stores it, so
+        `synced_at` can say when a record reached the cloud ("synced on Wednesday 08:03")."""
         with self._mutex:
             self._check_open()
             if epoch != self.epoch:
                 return AckOutcome.WRONG_EPOCH
             with store.transaction(self._conn, self.path, "cannot record the ack"):
-                return self._ack_in_tx(through, head_hash)
+                outcome = self._ack_in_tx(through, head_hash)
+                if outcome is AckOutcome.ADVANCED and at_wall is not None:
+                    self._conn.execute("INSERT OR REPLACE INTO acks (through, at_ms) VALUES (?,?)",
+                                       (through, round(at_wall * 1000)))
+                    # An ack row is needed while a kept record is at or below its `through`; pruning moves the anchor.
+                    anchor_seq, _ = retention.anchor(self._conn, self.path)
+                    self._conn.execute("DELETE FROM acks WHERE through < ?", (anchor_seq,))
+                return outcome
+
+    def synced_at(self, seq: int) -> float | None:
+        """When the cloud acked record `seq` (wall seconds), or None: not acked yet, or acked before the ledger kept
+        ack times (then `acked_through` still says that it was)."""
+        with self._mutex:
+            self._check_open()
+            if not store.has_table(self._conn, "acks"):
+                return None
+            row = self._conn.execute("SELECT at_ms FROM acks WHERE through >= ? ORDER BY through LIMIT 1",
+                                     (seq,)).fetchone()
+            return None if row is None or seq > store.acked_through(self._conn, self.path) else row[0] / 1000
+
+    def last_ack(self) -> tuple[int, float] | None:
+        """(acked through seq, when) of the latest advancing ack with a known time, or None."""
+        with self._mutex:
+            self._check_open()
+            if not store.has_table(self._conn, "acks"):
+                return None
+            row = self._conn.execute("SELECT through, at_ms FROM acks ORDER BY through DESC LIMIT 1").fetchone()
+            return None if row is None else (int(row[0]), row[1] / 1000)
 
     def _ack_in_tx(self, through: int, head_hash: str) -> AckOutcome:
         conn = self._conn
@@ -365,14 +398,41 @@ class Ledger:
 
         yield from usage.fold(groups(), by)
 
+    def iter_cycles(self, appliance: str | None = None, since_wall: float | None = None) -> Iterator[CycleRow]:
+        """Each use (cycle) with its local times, energy, cost, entitlement and sync state (`billing.iter_cycles`)."""
+        return self._locked_iter(lambda: billing.iter_cycles(self._conn, self.path, appliance, _ms(since_wall)))
+
+    def iter_record_rows(self, appliance: str | None = None, since_wall: float | None = None) -> Iterator[RecordRow]:
+        """Every usage record with its sync state (`billing.iter_records`)."""
+        return self._locked_iter(lambda: billing.iter_records(self._conn, self.path, appliance, _ms(since_wall)))
+
+    def appliances(self) -> list[str]:
+        """The appliances this ledger holds usage of."""
+        with self._mutex:
+            self._check_open()
+            return billing.appliances(self._conn)
+
+    def _locked_iter(self, make: Callable[[], Iterator[T]]) -> Iterator[T]:
+        with self._mutex:
+            self._check_open()
+            yield from make()
+
     def verify(self, public_key: PublicKey, *, workers: int | None = None,
-               progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+               progress: Callable[[int, int], None] | None = None, from_seq: int | None = None) -> VerifyReport:
         """Walk every stored record offline and check it (see `verify`): the first bad record is named. A big
-        ledger is checked by `workers` processes (default one per core); `progress(checked, total)` as it goes."""
+        ledger is checked by `workers` processes (default one per core); `progress(checked, total)` as it goes.
+        `from_seq` checks only the records from there to the head (linked to the stored hash before it)."""
         with self._mutex:
             self._check_open()
             return verify_chain(self._conn, self.epoch, self._envelope.source, public_key, path=self.path,
-                                workers=workers, progress=progress)
+                                workers=workers, progress=progress, from_seq=from_seq)
+
+    def first_seq_since(self, since_wall: float) -> int | None:
+        """The lowest seq of a record ending at or after `since_wall` (what a report from then on reads)."""
+        with self._mutex:
+            self._check_open()
+            row = self._conn.execute("SELECT min(seq) FROM records WHERE t_end_ms >= ?", (_ms(since_wall),)).fetchone()
+            return None if row[0] is None else int(row[0])
 
     def prune(self, retain_days: float, now_wall: float) -> int:
         """Delete acked records that ended more than `retain_days` before `now_wall`, oldest first, as a prefix.
@@ -398,6 +458,10 @@ class Ledger:
     def _check_open(self) -> None:
         if self._closed:
             raise LedgerError(f"{self.path}: the ledger is closed")
+
+
+def _ms(wall: float | None) -> int | None:
+    return None if wall is None else round(wall * 1000)
 
 
 def _doc_row(d: Doc) -> tuple[str, str, int, str]:

@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS docs (
     kind TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (kind, id)
 );
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS acks (through INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
 """
 
 RECORD_COLS = (
@@ -161,6 +162,8 @@ def init_db(
                 kv = _create(conn, p, gateway_id, subject, epoch)
             else:
                 _check_identity(conn, p, kv, gateway_id, subject, epoch, create=create)
+                if create:
+                    create_schema(conn)  # tables added since the ledger was made (acks), empty until used
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -219,6 +222,11 @@ def _check_identity(
     if subject and create and subject != kv[K_SUBJECT]:
         conn.execute("UPDATE kv SET value=? WHERE key=?", (subject, K_SUBJECT))
         kv[K_SUBJECT] = subject
+
+
+def has_table(conn: sqlite3.Connection, name: str) -> bool:
+    """Whether the ledger has table `name` (a ledger made by an older Koto and only read since may lack `acks`)."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
 
 
 @contextlib.contextmanager

@@ -55,6 +55,10 @@ _SUMS = (
     "sum(CASE WHEN kind=? THEN uses ELSE 0 END), currency, sum(cost_minor), count(*)"
 )
 _KEYS = ("function", "day", "cycle")
+# By function, a gap is its own row named by its reason ("gap: stale"; the reason lives only in the gap's body); cycle
+# records (which carry the uses and per-use cost) keep their function, "" when they name none.
+_FUNCTION_KEY = ("CASE kind WHEN 'gap' THEN 'gap: ' || coalesce(json_extract(CAST(body AS TEXT), '$.data.reason'), "
+                 "'unknown') ELSE function END")
 
 
 def check_by(by: str) -> None:
@@ -83,7 +87,7 @@ def usage_groups(conn: sqlite3.Connection, appliance: str | None, since_wall: fl
         offset_sql, key_params = _offset_case(tz or UTC, lo, hi)
         key = f"(t_end_ms + {offset_sql}) / {_DAY_MS}"
     else:
-        key = "function" if by == "function" else "cycle_id"
+        key = _FUNCTION_KEY if by == "function" else "cycle_id"
     sql = (f"SELECT appliance, {key} AS k, {_SUMS} FROM records WHERE {where} GROUP BY appliance, k, currency "
            "ORDER BY appliance, k, currency")
     return conn.execute(sql, [*key_params, *PARTITION, *PARTITION, CYCLE, *params])

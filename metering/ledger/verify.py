@@ -62,19 +62,21 @@ class _Chunk:
 
 
 def verify_chain(conn: sqlite3.Connection, epoch: int, source: str, public_key: PublicKey, *, path: Path | None = None,
-                 workers: int | None = None, progress: Progress | None = None, chunk: int = CHUNK) -> VerifyReport:
-    """Walk every stored record from the anchor and check it (module docstring); then the chain head and the ack
+                 workers: int | None = None, progress: Progress | None = None, chunk: int = CHUNK,
+                 from_seq: int | None = None) -> VerifyReport:
+    """Walk every stored record from the anchor (or from `from_seq`, linked to the stored hash of the record before
+    it: a quick check of the recent part) and check it (module docstring); then the chain head and the ack
     cursor must agree with what is stored. With `path` (the database file) a big ledger is checked in chunks of
     `chunk` records by `workers` processes (default: one per core, from PARALLEL_FROM records; given explicitly, a
     pool whatever the size). A file SQLite cannot read is reported, not raised."""
     try:
-        return _walk(conn, epoch, source, public_key, path, workers, progress, chunk)
+        return _walk(conn, epoch, source, public_key, path, workers, progress, chunk, from_seq)
     except sqlite3.DatabaseError as e:
         return VerifyReport(False, 0, None, f"the database file is damaged ({e})")
 
 
 def _walk(conn: sqlite3.Connection, epoch: int, source: str, public_key: PublicKey, path: Path | None,
-          workers: int | None, progress: Progress | None, chunk: int) -> VerifyReport:
+          workers: int | None, progress: Progress | None, chunk: int, from_seq: int | None) -> VerifyReport:
     kv = dict(conn.execute("SELECT key, value FROM kv").fetchall())
     try:
         anchor_seq, anchor_prev = int(kv[K_ANCHOR_SEQ]), str(kv[K_ANCHOR_PREV])
@@ -86,6 +88,12 @@ def _walk(conn: sqlite3.Connection, epoch: int, source: str, public_key: PublicK
         return VerifyReport(False, 0, lo, f"seq {anchor_seq} is missing (next stored is {lo})", anchor_seq,
                             anchor_seq - 1)
     last_stored = max(hi if hi is not None else 0, anchor_seq - 1)
+    if from_seq is not None and from_seq > anchor_seq:
+        from_seq = min(from_seq, last_stored + 1)
+        row = conn.execute("SELECT hash FROM records WHERE seq=?", (from_seq - 1,)).fetchone()
+        if row is None:
+            return VerifyReport(False, 0, from_seq - 1, f"seq {from_seq - 1} is missing", anchor_seq, from_seq - 2)
+        anchor_seq, anchor_prev = from_seq, str(row[0])
     total = last_stored - anchor_seq + 1
     ranges = [(lo, min(lo + chunk - 1, last_stored)) for lo in range(anchor_seq, last_stored + 1, chunk)]
     job = _Job(str(path) if path is not None else "", epoch, source, anchor_seq, anchor_prev)

@@ -86,8 +86,11 @@ def test_usage_prints_energy_time_and_cost_per_function(tmp_path: Path, capsys: 
     assert heat[2:4] == ["0.036", "0:06:00"] and heat[5:7] == ["0.30", "EUR"]
     assert spin[2] == "0.042"
     assert out[-1].split()[:2] == ["total", "0.078"]
-    assert koto(["usage", "--state-dir", str(tmp_path / "state"), "--appliance", "dryer"]) == 0
-    assert "no usage recorded for dryer" in capsys.readouterr().out
+    assert koto(["usage", "--state-dir", str(tmp_path / "state"), "--since", "2999-01-01"]) == 0
+    assert "no usage recorded since 2999-01-01" in capsys.readouterr().out
+    # A mistyped appliance is named as unknown, with the ones the ledger knows, not reported as unused.
+    assert koto(["usage", "--state-dir", str(tmp_path / "state"), "--appliance", "dryer"]) == 2
+    assert "koto: no appliance named 'dryer' (known: washer)" in capsys.readouterr().err
 
 
 async def test_discover_finds_a_simulated_sdm120_on_a_pty_and_prints_a_config_to_paste(tmp_path: Path) -> None:

@@ -38,7 +38,9 @@ def naive(events: list[dict[str, Any]], by: str, zone: ZoneInfo) -> dict[tuple[s
         if ev["type"] != "io.koto.usage.v1":
             continue
         end = datetime.fromisoformat(d["end"].replace("Z", "+00:00"))
-        key = {"function": d["function"], "cycle": d.get("cycle_id", ""),
+        # By function a gap is its own row named by its reason.
+        function = f"gap: {d.get('reason') or 'unknown'}" if d["kind"] == "gap" else d["function"]
+        key = {"function": function, "cycle": d.get("cycle_id", ""),
                "day": end.astimezone(zone).strftime("%Y-%m-%d")}[by]
         g = out.setdefault((d["appliance"], key), [0, 0, 0, {}, 0])
         if d["kind"] in {str(k) for k in PARTITION_KINDS}:

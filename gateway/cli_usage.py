@@ -1,0 +1,95 @@
+"""`koto usage`: what was metered, read back from the ledger, in the shape a billing question needs.
+
+`--by function|day` sums (gaps are their own rows, named by reason); `--by cycle` lists each use with its local
+times, whether it was entitled and when the cloud acked it; `--by record` lists every record. `--json` writes one
+JSON object per line with exact integers, `--mwh` prints exact milliwatt-hours. Before the figures, the records the
+report reads are verified (up to QUICK_VERIFY of them; `koto verify` walks all): totals from a ledger that fails are
+printed with a warning, never silently.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import click
+
+from .cli_common import config_option, open_ledger_ro, parse_since, resolve, state_option
+from .errors import UnknownName
+
+QUICK_VERIFY = 20_000
+
+
+@click.command()
+@config_option
+@state_option
+@click.option("--appliance", default=None, help="Only this appliance.")
+@click.option("--since", default=None, help="From this local date/time (YYYY-MM-DD, ISO time, 'today', or 7d).")
+@click.option("--by", type=click.Choice(["function", "day", "cycle", "record"]), default="function",
+              show_default=True, help="Sum per function or day, or list each use (cycle) or each record.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, exact integers (mWh, ms).")
+@click.option("--mwh", is_flag=True, help="Energy as exact milliwatt-hours instead of kWh.")
+@click.option("--no-verify", is_flag=True, help="Skip the quick check of the records the report reads.")
+def usage(config_path: str | None, state_dir: str | None, appliance: str | None, since: str | None, by: str,
+          as_json: bool, mwh: bool, no_verify: bool) -> None:
+    """Energy, time, uses and cost per function, day, use or record, with sync and entitlement state."""
+    cfg, sd, gid = resolve(config_path, state_dir)
+    tz = cfg.tz if cfg else ZoneInfo("UTC")
+    since_wall = parse_since(since, tz)
+    with open_ledger_ro(sd, gid) as ledger:
+        known = ledger.appliances()
+        if appliance is not None and appliance not in known:
+            configured = {a.id for a in cfg.appliances} if cfg else set()
+            if appliance not in configured:
+                raise UnknownName("appliance", appliance, sorted(set(known) | configured))
+        if not no_verify:
+            _quick_verify(ledger, sd, since_wall)
+        width = max((len(a) for a in known), default=9)
+        n = _report(ledger, by, appliance, since_wall, tz, as_json=as_json, exact=mwh, width=width)
+    if not n and not as_json:
+        what = (f" for {appliance}" if appliance else "") + (f" since {since}" if since else "")
+        click.echo(f"no usage recorded{what}")
+
+
+def _report(ledger: Any, by: str, appliance: str | None, since_wall: float | None, tz: Any, *, as_json: bool,
+            exact: bool, width: int) -> int:
+    from .usage_detail import write_cycles, write_records
+    from .usage_report import write_usage_table
+
+    if by == "cycle":
+        return write_cycles(ledger.iter_cycles(appliance, since_wall), tz, click.echo, exact=exact,
+                            as_json=as_json, app_width=width)
+    if by == "record":
+        return write_records(ledger.iter_record_rows(appliance, since_wall), tz, click.echo, exact=exact,
+                             as_json=as_json, app_width=width)
+    if as_json:
+        n = 0
+        for r in ledger.iter_usage(appliance, since_wall, by, tz):
+            click.echo(json.dumps({"appliance": r.appliance, by: r.key, "energy_mwh": r.energy_mwh,
+                                   "duration_ms": r.duration_ms, "uses": r.uses, "cost_minor": dict(r.costs),
+                                   "records": r.records}, sort_keys=True))
+            n += 1
+        return n
+    return write_usage_table(lambda: ledger.iter_usage(appliance, since_wall, by, tz), by, click.echo, exact=exact)
+
+
+def _quick_verify(ledger: Any, sd: Any, since_wall: float | None) -> None:
+    """Verify the records the report reads (the last QUICK_VERIFY at most) and warn on stderr when they fail."""
+    head, _ = ledger.head()
+    if not head:
+        return
+    first = ledger.first_seq_since(since_wall) if since_wall is not None else 1
+    if first is None:
+        return
+    first = max(first, head - QUICK_VERIFY + 1)
+    try:
+        key = sd.public_key()
+    except (OSError, ValueError) as e:
+        click.echo(f"warning: cannot check the ledger's signatures ({e}); run `koto verify`", err=True)
+        return
+    report = ledger.verify(key, from_seq=first, workers=1)
+    if not report.ok:
+        where = f"seq {report.first_bad_seq}" if report.first_bad_seq is not None else "the ledger"
+        click.echo(f"warning: the ledger does not verify (FAILED at {where}: {report.reason}); these figures may be "
+                   "wrong: run `koto verify` and keep the file for support", err=True)

@@ -1,0 +1,111 @@
+"""`koto usage --by cycle` and `--by record`: the rows a support person reads to answer "was my washer use billed?".
+
+Each use with its local start and end, energy, cost, whether it was entitled and whether (and when) the cloud has
+it; each record with its kind, a gap named by its reason. Written a line at a time in fixed columns (no second pass
+however long the listing), or as JSON lines with exact integers (`--json`) to reconcile with the cloud's own figures.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from datetime import datetime, tzinfo
+from typing import Any
+
+from metering.ledger import CycleRow, RecordRow, Synced
+
+from .usage_report import fmt_cost, fmt_duration, fmt_kwh
+
+Out = Callable[[str], None]
+
+
+def local(ms: int, tz: tzinfo, *, date: bool = True) -> str:
+    """A local time as a person says it: "Tue 2026-12-01 10:02", or just "11:14"."""
+    t = datetime.fromtimestamp(ms / 1000, tz)
+    return t.strftime("%a %Y-%m-%d %H:%M") if date else t.strftime("%H:%M")
+
+
+def iso(ms: int | float, tz: tzinfo) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz).isoformat(timespec="seconds")
+
+
+def span(start_ms: int, end_ms: int, tz: tzinfo) -> str:
+    """"Tue 2026-12-01 10:02–11:14" within a day, both dates written out across midnight."""
+    a, b = datetime.fromtimestamp(start_ms / 1000, tz), datetime.fromtimestamp(end_ms / 1000, tz)
+    return f"{local(start_ms, tz)}–{local(end_ms, tz, date=a.date() != b.date())}"
+
+
+def synced_text(s: Synced, tz: tzinfo) -> str:
+    if s.state != "yes":
+        return s.state  # "no" or "partly": the cloud does not hold all of it yet
+    return local(round(s.at_wall * 1000), tz) if s.at_wall is not None else "yes"
+
+
+def _energy(mwh: int, exact: bool) -> str:
+    return f"{mwh} mWh" if exact else f"{fmt_kwh(mwh)} kWh"
+
+
+def _columns(out: Out, widths: tuple[int, ...], cells: tuple[str, ...], right: frozenset[int]) -> None:
+    out("  ".join(c.rjust(w) if i in right else c.ljust(w)
+                  for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip())
+
+
+def write_cycles(rows: Iterable[CycleRow], tz: tzinfo, out: Out, *, exact: bool = False,
+                 as_json: bool = False, app_width: int = 9) -> int:
+    """One line per use: when it ran, its energy, time, cost, entitlement and sync state. Returns the count."""
+    head = ("appliance", "ran (local time)", "energy", "time", "uses", "cost", "entitled", "synced")
+    widths = (max(app_width, 9), 28, 14 if exact else 11, 8, 4, 12, 8, 20)
+    right = frozenset({2, 3, 4, 5})
+    n = 0
+    for r in rows:
+        if as_json:
+            out(json.dumps(cycle_json(r, tz), sort_keys=True))
+        else:
+            if not n:
+                _columns(out, widths, head, right)
+            _columns(out, widths, (r.appliance, span(r.start_ms, r.end_ms, tz), _energy(r.energy_mwh, exact),
+                                   fmt_duration(r.duration_ms), str(r.uses), fmt_cost(r.costs), r.entitled or "-",
+                                   synced_text(r.synced, tz)), right)
+        n += 1
+    return n
+
+
+def write_records(rows: Iterable[RecordRow], tz: tzinfo, out: Out, *, exact: bool = False,
+                  as_json: bool = False, app_width: int = 9) -> int:
+    """One line per record (seq order): kind, function or gap reason, times, energy, cost, entitlement, sync."""
+    head = ("seq", "appliance", "kind", "function", "from–to (local time)", "energy", "cost", "entitled", "synced")
+    widths = (7, max(app_width, 9), 8, 16, 28, 14 if exact else 11, 12, 8, 20)
+    right = frozenset({0, 5, 6})
+    n = 0
+    for r in rows:
+        if as_json:
+            out(json.dumps(record_json(r, tz), sort_keys=True))
+        else:
+            if not n:
+                _columns(out, widths, head, right)
+            what = f"gap: {r.reason}" if r.kind == "gap" else (r.function or "-")
+            cost = fmt_cost(((r.currency, r.cost_minor),)) if r.currency else "-"
+            _columns(out, widths, (str(r.seq), r.appliance, r.kind, what, span(r.start_ms, r.end_ms, tz),
+                                   _energy(r.energy_mwh, exact), cost, r.entitled or "-",
+                                   synced_text(r.synced, tz)), right)
+        n += 1
+    return n
+
+
+def _synced_json(s: Synced, tz: tzinfo) -> dict[str, Any]:
+    return {"synced": s.state, "synced_at": iso(s.at_wall * 1000, tz) if s.at_wall is not None else None}
+
+
+def cycle_json(r: CycleRow, tz: tzinfo) -> dict[str, Any]:
+    return {"appliance": r.appliance, "cycle_id": r.cycle_id, "start": iso(r.start_ms, tz), "end": iso(r.end_ms, tz),
+            "energy_mwh": r.energy_mwh, "duration_ms": r.duration_ms, "uses": r.uses,
+            "cost_minor": dict(r.costs), "entitled": r.entitled or None, "first_seq": r.first_seq,
+            "last_seq": r.last_seq, **_synced_json(r.synced, tz)}
+
+
+def record_json(r: RecordRow, tz: tzinfo) -> dict[str, Any]:
+    return {"seq": r.seq, "appliance": r.appliance, "kind": r.kind, "function": r.function,
+            "reason": r.reason or None, "cycle_id": r.cycle_id or None, "start": iso(r.start_ms, tz),
+            "end": iso(r.end_ms, tz), "energy_mwh": r.energy_mwh, "duration_ms": r.duration_ms, "uses": r.uses,
+            "cost_minor": r.cost_minor if r.currency else None, "currency": r.currency or None,
+            "entitled": r.entitled or None, **_synced_json(r.synced, tz)}

@@ -1,0 +1,158 @@
+"""The ledger read back as a support person asks about it: each use (cycle) and each record, with its times, whether
+it was entitled and whether and when the cloud has it.
+
+`usage.py` sums groups for totals; this module lists rows: a cycle with its local start and end, every record with
+its kind (a gap with its reason). Rows are read with a cursor, so a long listing costs no memory. `entitled` and a
+gap's `reason` live only in the record's body: SQLite's json_extract reads them, for the rows listed only.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..records import USAGE_TYPE
+from .envelope import CYCLE
+from .store import PARTITION, acked_through, has_table
+
+_BODY = "CAST(body AS TEXT)"
+_ENTITLED = f"json_extract({_BODY}, '$.data.entitled')"
+_REASON = f"json_extract({_BODY}, '$.data.reason')"
+
+
+@dataclass(frozen=True, slots=True)
+class Synced:
+    """Whether the cloud holds a row's records: all, some or none of them, and when the last of them was acked
+    (None when not all are, or when the ack came before this ledger kept ack times)."""
+
+    state: str  # "yes", "partly", "no"
+    at_wall: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class CycleRow:
+    """One use of an appliance: its records' energy and time (partition kinds), uses, cost, and when it ran."""
+
+    appliance: str
+    cycle_id: str
+    start_ms: int
+    end_ms: int
+    energy_mwh: int
+    duration_ms: int
+    uses: int
+    costs: tuple[tuple[str, int], ...]
+    entitled: str  # "yes", "no" (recorded, flagged), "" (not gated)
+    first_seq: int
+    last_seq: int
+    synced: Synced
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRow:
+    """One usage record as stored."""
+
+    seq: int
+    appliance: str
+    kind: str
+    function: str
+    reason: str  # a gap's reason, else ""
+    cycle_id: str
+    start_ms: int
+    end_ms: int
+    energy_mwh: int
+    duration_ms: int
+    uses: int
+    cost_minor: int
+    currency: str
+    entitled: str
+    synced: Synced
+
+
+class _AckTimes:
+    """When each seq was acked, from the `acks` table, looked up as rows come (rows come in rising seq mostly)."""
+
+    def __init__(self, conn: sqlite3.Connection, acked: int) -> None:
+        self._conn = conn
+        self._acked = acked
+        self._has = has_table(conn, "acks")
+
+    def synced(self, first_seq: int, last_seq: int) -> Synced:
+        if last_seq <= self._acked:
+            at = None
+            if self._has:
+                row = self._conn.execute("SELECT at_ms FROM acks WHERE through >= ? ORDER BY through LIMIT 1",
+                                         (last_seq,)).fetchone()
+                at = None if row is None else row[0] / 1000
+            return Synced("yes", at)
+        return Synced("partly" if first_seq <= self._acked else "no", None)
+
+
+def _where(appliance: str | None, since_ms: int | None) -> tuple[str, list[Any]]:
+    where = "type=?"
+    params: list[Any] = [USAGE_TYPE]
+    if appliance is not None:
+        where += " AND appliance=?"
+        params.append(appliance)
+    if since_ms is not None:
+        where += " AND t_end_ms>=?"
+        params.append(since_ms)
+    return where, params
+
+
+def iter_cycles(conn: sqlite3.Connection, path: Path, appliance: str | None,
+                since_ms: int | None) -> Iterator[CycleRow]:
+    """Each cycle (use) with records ending at or after `since_ms`, in the order they started."""
+    where, params = _where(appliance, since_ms)
+    acks = _AckTimes(conn, acked_through(conn, path))
+    sql = (
+        "SELECT appliance, cycle_id, min(t_end_ms - duration_ms) AS start, max(t_end_ms), "
+        "sum(CASE WHEN kind IN (?,?,?) THEN energy_mwh ELSE 0 END), "
+        "sum(CASE WHEN kind IN (?,?,?) THEN duration_ms ELSE 0 END), "
+        "sum(CASE WHEN kind=? THEN uses ELSE 0 END), "
+        "group_concat(currency || ':' || cost_minor), min(seq), max(seq), "
+        f"group_concat(DISTINCT {_ENTITLED}) "
+        f"FROM records WHERE {where} AND cycle_id != '' GROUP BY appliance, cycle_id ORDER BY start, appliance"
+    )
+    for row in conn.execute(sql, [*PARTITION, *PARTITION, CYCLE, *params]):
+        app, cid, start, end, energy, dur, uses, costs, lo, hi, entitled = row
+        yield CycleRow(app, cid, start, end, energy, dur, uses, _costs(costs), _entitled(entitled), lo, hi,
+                       acks.synced(lo, hi))
+
+
+def iter_records(conn: sqlite3.Connection, path: Path, appliance: str | None,
+                 since_ms: int | None) -> Iterator[RecordRow]:
+    """Every usage record ending at or after `since_ms`, in seq order."""
+    where, params = _where(appliance, since_ms)
+    acks = _AckTimes(conn, acked_through(conn, path))
+    sql = (
+        "SELECT seq, appliance, kind, function, CASE WHEN kind='gap' THEN " + _REASON + " ELSE '' END, cycle_id, "
+        f"t_end_ms - duration_ms, t_end_ms, energy_mwh, duration_ms, uses, cost_minor, currency, {_ENTITLED} "
+        f"FROM records WHERE {where} ORDER BY seq"
+    )
+    for row in conn.execute(sql, params):
+        seq, app, kind, fn, reason, cid, start, end, energy, dur, uses, cost, cur, entitled = row
+        yield RecordRow(seq, app, kind, fn, reason or "", cid, start, end, energy, dur, uses, cost, cur,
+                        entitled or "", acks.synced(seq, seq))
+
+
+def appliances(conn: sqlite3.Connection) -> list[str]:
+    """Every appliance the ledger holds usage of (for "no appliance named X (known: ...)")."""
+    return [r[0] for r in conn.execute("SELECT DISTINCT appliance FROM records WHERE type=? ORDER BY appliance",
+                                       (USAGE_TYPE,))]
+
+
+def _costs(text: str | None) -> tuple[tuple[str, int], ...]:
+    out: dict[str, int] = {}
+    for part in (text or "").split(","):
+        cur, _, minor = part.rpartition(":")
+        if cur:
+            out[cur] = out.get(cur, 0) + int(minor)
+    return tuple(sorted(out.items()))
+
+
+def _entitled(values: str | None) -> str:
+    found = set((values or "").split(","))
+    return "no" if "no" in found else "yes" if "yes" in found else ""
