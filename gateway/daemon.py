@@ -20,6 +20,7 @@ import time
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from drivers.base import Source, build_source, driver_class
@@ -40,6 +41,8 @@ from metering.tariff import Tariff
 from .config import ApplianceConfig, GatewayConfig
 from .errors import ConfigError
 from .state import StateDir
+from .status import StatusFile
+from .status_build import SnapshotBuilder
 from .sync import Sync
 
 log = logging.getLogger("koto.gateway")
@@ -118,8 +121,10 @@ class Gateway:
     """
 
     def __init__(self, cfg: GatewayConfig, *, clock: Clock, backends: Mapping[str, Any] | None = None,
-                 on_event: Callable[[MeterEvent], None] | None = None, sync_enabled: bool = True) -> None:
+                 on_event: Callable[[MeterEvent], None] | None = None, sync_enabled: bool = True,
+                 runtime_dir: Path | None = None) -> None:
         self.cfg = cfg
+        self.status = StatusFile(runtime_dir) if runtime_dir is not None else None  # `koto status` reads it
         self.clock = clock
         self.backends = dict(backends or {})
         self.on_event = on_event
@@ -268,6 +273,9 @@ class Gateway:
                 meter_task = tg.create_task(self._meter_loop(), name="meter")
                 if self.sync is not None:
                     workers.append(tg.create_task(self.sync.run(), name="sync"))
+                snapshot = SnapshotBuilder(self)
+                if self.status is not None:
+                    workers.append(tg.create_task(self.status.run(snapshot), name="status"))
                 await stop.wait()
                 self._stopping = True
                 await stop_tasks([w for w in workers if w.get_name() != "sync"])
@@ -281,6 +289,8 @@ class Gateway:
                         async with asyncio.timeout(STOP_DRAIN_S):
                             await self.sync.wait_acked(self.ledger.head()[0])
                 await stop_tasks(workers)
+                if self.status is not None:
+                    self.status.stopped(snapshot())
         finally:
             relays.close()  # stop: back to the safe state (powered), pins released
             self.ledger.close()

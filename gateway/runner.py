@@ -14,6 +14,7 @@ from koto.loop import install_exception_handler
 
 from .config import GatewayConfig
 from .daemon import Gateway
+from .status import runtime_dir
 
 log = logging.getLogger("koto.gateway")
 
@@ -46,7 +47,7 @@ async def run_gateway(cfg: GatewayConfig) -> None:
     install_exception_handler(loop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    gw = Gateway(cfg, clock=SystemClock(), backends=production_backends(cfg))
+    gw = Gateway(cfg, clock=SystemClock(), backends=production_backends(cfg), runtime_dir=runtime_dir())
     log.warning("koto gateway %s running: %d appliances, %d sources, ledger %s", cfg.id, len(gw.meters),
                 len(gw.sources), gw.ledger.path)
     await gw.run(stop)

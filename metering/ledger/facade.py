@@ -379,13 +379,14 @@ class Ledger:
         since_wall: float | None = None,
         by: UsageBy = "function",
         tz: tzinfo | None = None,
+        from_seq: int | None = None,
     ) -> Iterator[UsageRow]:
         """`usage_summary` row by row, sorted by appliance and key, summed by SQLite as they are read: memory stays
-        flat on any ledger (`koto usage --by cycle` on a million records)."""
+        flat on any ledger (`koto usage --by cycle` on a million records). `from_seq` reads only records from there."""
         usage.check_by(by)
         with self._mutex:
             self._check_open()
-            cursor = iter(usage.usage_groups(self._conn, appliance, since_wall, by, tz))
+            cursor = iter(usage.usage_groups(self._conn, appliance, since_wall, by, tz, from_seq))
 
         def groups() -> Iterator[tuple[Any, ...]]:
             while True:
@@ -427,12 +428,14 @@ class Ledger:
             return verify_chain(self._conn, self.epoch, self._envelope.source, public_key, path=self.path,
                                 workers=workers, progress=progress, from_seq=from_seq)
 
-    def first_seq_since(self, since_wall: float) -> int | None:
-        """The lowest seq of a record ending at or after `since_wall` (what a report from then on reads)."""
+    def first_seq_since(self, since_wall: float, *, from_seq: int = 0) -> int | None:
+        """The lowest seq (at or after `from_seq`) of a record ending at or after `since_wall`: where a report from
+        then on starts reading. Records are appended in time order, so the scan stops at the first one."""
         with self._mutex:
             self._check_open()
-            row = self._conn.execute("SELECT min(seq) FROM records WHERE t_end_ms >= ?", (_ms(since_wall),)).fetchone()
-            return None if row[0] is None else int(row[0])
+            row = self._conn.execute("SELECT seq FROM records WHERE seq >= ? AND t_end_ms >= ? ORDER BY seq LIMIT 1",
+                                     (from_seq, _ms(since_wall))).fetchone()
+            return None if row is None else int(row[0])
 
     def prune(self, retain_days: float, now_wall: float) -> int:
         """Delete acked records that ended more than `retain_days` before `now_wall`, oldest first, as a prefix.

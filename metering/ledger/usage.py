@@ -67,12 +67,16 @@ def check_by(by: str) -> None:
 
 
 def usage_groups(conn: sqlite3.Connection, appliance: str | None, since_wall: float | None, by: UsageBy,
-                 tz: tzinfo | None = None) -> Iterable[tuple[Any, ...]]:
+                 tz: tzinfo | None = None, from_seq: int | None = None) -> Iterable[tuple[Any, ...]]:
     """(appliance, key, energy, duration, uses, currency, cost, records) per group and currency, from SQL, ordered by
     appliance and key (a cursor: rows are read as they are consumed); for `by="day"` the key is the local day's
-    number (days since 1970-01-01 in `tz`, default UTC)."""
+    number (days since 1970-01-01 in `tz`, default UTC). `from_seq` bounds the scan to records from that seq on
+    (the primary key: "today so far" reads today's rows only, not the whole table)."""
     where = "type=?"
     params: list[Any] = [USAGE_TYPE]
+    if from_seq is not None:
+        where += " AND seq>=?"
+        params.append(from_seq)
     if appliance is not None:
         where += " AND appliance=?"
         params.append(appliance)
