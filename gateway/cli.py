@@ -20,6 +20,7 @@ from koto import __version__
 from koto.errors import KotoError, explain_os_error
 
 from .cli_common import DEFAULT_CONFIG, config_option, open_ledger_ro, resolve, state_option
+from .logs import setup_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,8 +28,7 @@ from .cli_common import DEFAULT_CONFIG, config_option, open_ledger_ro, resolve, 
 @click.option("-v", "--verbose", count=True, help="More log detail (-v info, -vv debug).")
 def cli(verbose: int) -> None:
     """Koto gateway: meter the use of appliance functions into a signed ledger and sync it to the billing cloud."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    setup_logging(logging.WARNING - 10 * min(verbose, 2))
 
 
 @cli.command()
@@ -176,9 +176,11 @@ def discover(ports: tuple[str, ...], no_serial: bool, address: str, baud: str, t
 
 def _register() -> None:
     """Commands that live in their own modules."""
+    from .cli_logs import logs
     from .cli_status import status
     from .cli_usage import usage
 
+    cli.add_command(logs)
     cli.add_command(status)
     cli.add_command(usage)
 

@@ -43,6 +43,7 @@ from .errors import ConfigError
 from .state import StateDir
 from .status import StatusFile
 from .status_build import SnapshotBuilder
+from .summary import HourlySummary
 from .sync import Sync
 
 log = logging.getLogger("koto.gateway")
@@ -276,6 +277,7 @@ class Gateway:
                 snapshot = SnapshotBuilder(self)
                 if self.status is not None:
                     workers.append(tg.create_task(self.status.run(snapshot), name="status"))
+                workers.append(tg.create_task(HourlySummary(snapshot).run(), name="summary"))
                 await stop.wait()
                 self._stopping = True
                 await stop_tasks([w for w in workers if w.get_name() != "sync"])
@@ -327,7 +329,8 @@ class Gateway:
             except Exception as e:  # a driver failure must never take the gateway down
                 st.last_error = f"{type(e).__name__}: {e}"
                 wait = backoff.next()
-                log.warning("%s: source failed (%s); restarting in %.1f s", name, st.last_error, wait)
+                log.warning("%s: source failed (%s); restarting in %.1f s", name, st.last_error, wait,
+                            extra={"source": name, "appliance": self.owner.get(name, "")})
             else:
                 wait = backoff.next()
             st.restarts += 1
@@ -387,10 +390,11 @@ class Gateway:
         if not result:
             return
         for ev in result.events:
+            where = {"appliance": aid, "function": ev.function}
             if ev.kind == "rejected":
-                log.warning("%s", ev.message)
+                log.warning("%s", ev.message, extra=where)
             else:
-                log.info("%s", ev.message)
+                log.info("%s", ev.message, extra=where)
             if self.on_event:
                 self.on_event(ev)
         if result.items:

@@ -48,6 +48,6 @@ async def run_gateway(cfg: GatewayConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     gw = Gateway(cfg, clock=SystemClock(), backends=production_backends(cfg), runtime_dir=runtime_dir())
-    log.warning("koto gateway %s running: %d appliances, %d sources, ledger %s", cfg.id, len(gw.meters),
+    log.info("koto gateway %s running: %d appliances, %d sources, ledger %s", cfg.id, len(gw.meters),
                 len(gw.sources), gw.ledger.path)
     await gw.run(stop)
