@@ -46,7 +46,8 @@ from typing import Any
 
 from .errors import ProfileError
 
-BUILTIN_NAMES = ("washing_machine", "tumble_dryer", "dishwasher", "kettle", "oven", "air_conditioner")
+BUILTIN_NAMES = ("washing_machine", "tumble_dryer", "dishwasher", "kettle", "oven", "air_conditioner",
+                 "fridge_freezer")
 
 NO_MIN = -(2**62)  # "no lower bound" in mW; ints keep the hot path free of None checks
 NO_MAX = 2**62  # "no upper bound" in mW
