@@ -5,7 +5,8 @@ block), so the gateway writes only what a restart cannot recover otherwise:
 
 - **A meter that produced records** has its checkpoint written in the same transaction as those records, always:
   the ledger and the state that produced it never disagree (nothing counted twice after a restart).
-- **A register meter** needs nothing else. Between its records, its state can always be rebuilt from the last
+- **A register meter** needs one more: its first baseline (the first register value ever read, written with the
+  next batch). Beyond that nothing else. Between its records, its state can always be rebuilt from the last
   checkpoint plus the register itself: after a restart the register's delta since that checkpoint is reconciled
   (into the open segment when the gateway is back within `max_gap_s`, else as a `restart` gap), so a crash loses
   no energy, only the attribution of that interval to a function.
@@ -39,7 +40,9 @@ class CheckpointPlan:
     def fed(self, aid: str) -> None:
         """A reading reached meter `aid`: note whether its unrecoverable state moved."""
         meter = self._meters[aid]
-        if meter.spec.kind == "pulses":
+        if self._written_raw.get(aid) is None and meter.last_raw is not None:
+            self._owed.add(aid)  # the first baseline (any kind): without it a crash would lose energy since then
+        elif meter.spec.kind == "pulses":
             if meter.last_raw != self._written_raw.get(aid):
                 self._moved.add(aid)
         elif meter.spec.kind == "power" and meter.power_mw > 0:
