@@ -46,6 +46,7 @@ from .errors import ConfigError
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENERGY_KINDS: tuple[Kind, ...] = ("register", "pulses", "power")
+CHECKPOINT_S = 300.0  # default `[gateway] checkpoint_s`
 
 
 class _Table:
@@ -218,7 +219,9 @@ def _parse_gateway(gw: _Table, base: Path) -> _Gateway:
         raise gw.error("timezone", f"unknown time zone {tzname!r}; use an IANA name such as Europe/Berlin") from e
     subject = gw.get("subject", str, f"urn:koto:gw:{gid}")
     batch_ms = int(gw.number("batch_ms", 500, lo=10, hi=60_000))
-    checkpoint_s = gw.number("checkpoint_s", 10, lo=0.1, hi=3600)
+    # How often a pulse or power meter's state is saved between records: what a power cut can lose at most
+    # (a register meter needs none; see gateway/checkpointing.py). 300 s keeps an idle-time write budget tiny.
+    checkpoint_s = gw.number("checkpoint_s", CHECKPOINT_S, lo=0.1, hi=3600)
     gw.number("retain_days", 90, lo=1, hi=3650)  # reserved, not used yet (see the module docstring)
     gw.number("web_port", 8080, lo=0, hi=65535)  # reserved, not used yet
     gw.reject_unknown()

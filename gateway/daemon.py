@@ -38,6 +38,7 @@ from metering.profile import Profile, builtin_profile, load_profile, parse_profi
 from metering.records import CLOCK_TYPE, LIFECYCLE_TYPE, Draft, TimeStatus
 from metering.tariff import Tariff
 
+from .checkpointing import CheckpointPlan
 from .config import ApplianceConfig, GatewayConfig
 from .errors import ConfigError
 from .state import StateDir
@@ -159,8 +160,7 @@ class Gateway:
                         for app in cfg.appliances for name, scfg in app.sources.items()}
         self._queue: asyncio.Queue[Reading] = asyncio.Queue(QUEUE_MAX)
         self._pending: list[Draft] = []
-        self._dirty = False
-        self._last_checkpoint_ns = 0
+        self._ckpt = CheckpointPlan(self.meters, cfg.checkpoint_s)  # what each batch writes: the SD write budget
         self._clock_synced: bool | None = None
         self._stopping = False
         self._inflight: tuple[asyncio.Future[int], list[Draft]] | None = None
@@ -305,6 +305,7 @@ class Gateway:
         for aid, meter in self.meters.items():
             self._take(aid, meter.close(now))
         self._lifecycle("stop")
+        self._ckpt.owe_all()
         self._flush_now()
         log.info("gateway stopped; ledger at seq %d", self.ledger.head()[0])
 
@@ -338,7 +339,7 @@ class Gateway:
 
     async def _meter_loop(self) -> None:
         """Feed readings to meters; append what they produce in batches (one transaction, one fsync each)."""
-        batch_s = self.cfg.batch_ms / 1000
+        batch_s = self.cfg.batch_ms / 1000 / self.clock.factor  # batch_ms of the daemon's clock (compressed in runs)
         while True:
             deadline = time.monotonic() + batch_s
             while (left := deadline - time.monotonic()) > 0:
@@ -382,9 +383,7 @@ class Gateway:
         if reading.quantity not in (Quantity.POWER_MW, Quantity.ENERGY_MWH, Quantity.PULSES, Quantity.SIGNAL):
             return  # diagnostics (voltage, RSSI...) serve the live view, not the ledger
         self._take(aid, self.meters[aid].feed(reading))
-        # Even a reading that produced no record moved the meter's state (a pulse count, a register, an open
-        # segment's energy): it is checkpointed within `checkpoint_s`, which bounds what a crash can lose.
-        self._dirty = True
+        self._ckpt.fed(aid)  # a pulse count or integrated power is checkpointed within `checkpoint_s`
 
     def _take(self, aid: str, result: FeedResult) -> None:
         if not result:
@@ -399,7 +398,7 @@ class Gateway:
                 self.on_event(ev)
         if result.items:
             self._pending.extend(result.drafts(self.subjects[aid]))
-        self._dirty = True
+            self._ckpt.owe(aid)  # the meter's state goes in the same transaction as its records
 
     def _watch_clock(self, now: Now) -> None:
         """When the wall clock becomes synchronised, record its offset for this boot (invariant 4)."""
@@ -421,20 +420,17 @@ class Gateway:
                                 "mono_us": now.mono_ns // 1000, "timestatus": str(_status(now)), **data}
         self._pending.append(Draft(LIFECYCLE_TYPE, self.cfg.subject, now.wall, _status(now), body))
 
-    def _checkpoints(self) -> dict[str, dict[str, Any]]:
-        cps = {meter_checkpoint_name(aid): m.snapshot() for aid, m in self.meters.items()}
+    def _checkpoints(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        cps = {meter_checkpoint_name(aid): self.meters[aid].snapshot() for aid in names}
         cps[PRICING_CHECKPOINT] = self.pricing.snapshot()
         return cps
 
     def _batch(self) -> tuple[list[Draft], dict[str, dict[str, Any]]] | None:
-        now_ns = time.monotonic_ns()
-        due = now_ns - self._last_checkpoint_ns >= int(self.cfg.checkpoint_s * 1e9)
-        if not self._pending and not (self._dirty and due):
+        names = self._ckpt.take(self.clock.now().mono_ns, records=bool(self._pending))
+        if names is None:
             return None
         drafts, self._pending = self._pending, []
-        self._dirty = False
-        self._last_checkpoint_ns = now_ns
-        return drafts, self._checkpoints()
+        return drafts, self._checkpoints(names)
 
     def _flush_now(self) -> None:
         batch = self._batch()
@@ -487,7 +483,7 @@ class Gateway:
         records in memory, in order, and retry with the next batch, whose checkpoint covers them too. Only a crash
         while the card stays full loses them, and then the register's gap record still accounts for the energy."""
         self._pending[:0] = drafts
-        self._dirty = True
+        self._ckpt.owe_all()
         self.stats.append_failures += 1
         if not self._append_failing:
             log.error("ledger: could not store %d records (%s); keeping them in memory and retrying", len(drafts),
