@@ -159,6 +159,7 @@ class GatewayConfig:
     cloud: SyncConfig | None
     tariff: dict[str, Any] | None
     appliances: tuple[ApplianceConfig, ...]
+    stop_timeout_s: float = 10.0  # `koto run` exits this long after a stop request, whatever still runs
 
     @property
     def tz(self) -> ZoneInfo:
@@ -193,7 +194,7 @@ def parse_config(data: dict[str, Any], *, file: str = "<config>", base: Path | N
     _check_hardware(appliances, file)
     return GatewayConfig(file=file, id=gateway.id, state_dir=gateway.state_dir, timezone=gateway.timezone,
                          subject=gateway.subject, batch_ms=gateway.batch_ms, checkpoint_s=gateway.checkpoint_s,
-                         cloud=cloud, tariff=tariff, appliances=appliances)
+                         cloud=cloud, tariff=tariff, appliances=appliances, stop_timeout_s=gateway.stop_timeout_s)
 
 
 class _Gateway(NamedTuple):
@@ -205,6 +206,7 @@ class _Gateway(NamedTuple):
     subject: str
     batch_ms: int
     checkpoint_s: float
+    stop_timeout_s: float
 
 
 def _parse_gateway(gw: _Table, base: Path) -> _Gateway:
@@ -224,8 +226,10 @@ def _parse_gateway(gw: _Table, base: Path) -> _Gateway:
     checkpoint_s = gw.number("checkpoint_s", CHECKPOINT_S, lo=0.1, hi=3600)
     gw.number("retain_days", 90, lo=1, hi=3650)  # reserved, not used yet (see the module docstring)
     gw.number("web_port", 8080, lo=0, hi=65535)  # reserved, not used yet
+    # Below the unit's TimeoutStopSec=20 with room to spare: systemd's SIGKILL should never be what ends a stop.
+    stop_timeout_s = gw.number("stop_timeout_s", 10, lo=0.5, hi=600)
     gw.reject_unknown()
-    return _Gateway(gid, state_dir, tzname, subject, batch_ms, checkpoint_s)
+    return _Gateway(gid, state_dir, tzname, subject, batch_ms, checkpoint_s, stop_timeout_s)
 
 
 def _parse_cloud(ct: _Table, gateway_id: str, base: Path) -> SyncConfig:
