@@ -177,10 +177,12 @@ def discover(ports: tuple[str, ...], no_serial: bool, address: str, baud: str, t
 def _register() -> None:
     """Commands that live in their own modules."""
     from .cli_check import check
+    from .cli_doctor import doctor
     from .cli_status import status
     from .cli_usage import usage
 
     cli.add_command(check)
+    cli.add_command(doctor)
     cli.add_command(status)
     cli.add_command(usage)
 
