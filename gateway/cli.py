@@ -176,10 +176,14 @@ def discover(ports: tuple[str, ...], no_serial: bool, address: str, baud: str, t
 
 def _register() -> None:
     """Commands that live in their own modules."""
+    from .cli_check import check
+    from .cli_doctor import doctor
     from .cli_logs import logs
     from .cli_status import status
     from .cli_usage import usage
 
+    cli.add_command(check)
+    cli.add_command(doctor)
     cli.add_command(logs)
     cli.add_command(status)
     cli.add_command(usage)
@@ -209,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         e.show()
         return 2 if e.exit_code in (1, 2) else int(e.exit_code)
     except KotoError as e:
-        click.echo(f"koto: {e}", err=True)
+        for line in str(e).splitlines():  # a config with several problems: one line each
+            click.echo(f"koto: {line}", err=True)
         return 2
     except OSError as e:  # a folder owned by root, a full disk, a read-only card: one line that says what to do
         click.echo(f"koto: {explain_os_error(e)}", err=True)

@@ -36,7 +36,6 @@ from metering.meter import ApplianceMeter, FeedResult, MeterEvent
 from metering.pricing import Pricing
 from metering.profile import Profile, builtin_profile, load_profile, parse_profile
 from metering.records import CLOCK_TYPE, LIFECYCLE_TYPE, Draft, TimeStatus
-from metering.tariff import Tariff
 
 from .checkpointing import CheckpointPlan
 from .config import ApplianceConfig, GatewayConfig
@@ -174,6 +173,7 @@ class Gateway:
         A command is committed to the ledger before pricing changes in memory, and the pricing snapshot is saved
         only with the next batch, so the ledger's documents are re-applied at every start (a no-op when known).
         """
+        from .config_tariff import apply_config_tariff
         from .downlink import restore_from_ledger
 
         # An appliance behind an enforcement relay is gated as a whole: without a grant it may not start.
@@ -181,9 +181,8 @@ class Gateway:
         state = self.ledger.checkpoint(PRICING_CHECKPOINT)
         if state:
             pricing.restore(state)
-        elif self.cfg.tariff:
-            pricing.apply_tariff(Tariff.from_dict(self.cfg.tariff, file=f"{self.cfg.file} [tariff]"))
         restore_from_ledger(self.ledger, pricing, on_profile=self._remember_profile)
+        apply_config_tariff(self.cfg, self.ledger, pricing)  # [tariff] edits: docs/pricing.md
         return pricing
 
     def _remember_profile(self, name: str, version: int, toml_text: str) -> None:
