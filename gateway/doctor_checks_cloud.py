@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import socket
 import ssl
 from pathlib import Path
@@ -32,8 +33,10 @@ def check_broker(ctx: Context) -> list[Check]:
 def _why(e: BaseException) -> str:
     if isinstance(e, TimeoutError):
         return "timed out"
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror.lower() if not isinstance(e, ssl.SSLError) else str(e.reason or e)
+    if isinstance(e, ssl.SSLError):
+        return str(e.reason or e)
+    if isinstance(e, OSError) and e.errno:
+        return os.strerror(e.errno).lower()  # asyncio's "Connect call failed (...)" says less than ECONNREFUSED
     return str(e) or type(e).__name__
 
 
