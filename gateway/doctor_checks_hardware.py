@@ -1,7 +1,7 @@
 """Doctor checks of the hardware the config names: the GPIO pin factory, serial ports, the BLE adapter and BlueZ.
 
 Each runs only when a configured source needs it. The GPIO check asks gpiozero for its default pin factory exactly
-as the daemon will (`Device._default_pin_factory`, which tries lgpio, rpigpio, pigpio, native in turn and only
+as the daemon will (`Device.ensure_pin_factory`, which tries lgpio, rpigpio, pigpio, native in turn and only
 *warns* when it falls back), and says which one loaded and why the ones before it did not: a gateway on a silent
 fallback reads no pulses, or reads them wrongly (lgpio needs a writable working directory, ARCHITECTURE.md §8).
 """
@@ -52,12 +52,17 @@ def check_gpio(ctx: Context) -> Check:
     from gpiozero import Device
     from gpiozero.exc import BadPinFactory
 
+    previous = Device.pin_factory
+    Device.pin_factory = None  # ask afresh, as the daemon's first device will
+    failure = ""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            factory = Device._default_pin_factory()
+            Device.ensure_pin_factory()
         except (BadPinFactory, ImportError) as e:
-            factory, failure = None, str(e)
+            failure = str(e)
+        finally:
+            factory, Device.pin_factory = Device.pin_factory, previous
     fallbacks = tuple(str(w.message) for w in caught)
     if factory is None:
         return Check(name, "fail", f"no GPIO pin factory could be loaded ({failure})",

@@ -3,11 +3,13 @@ real certificates, folders owned by another user); only the kernel's adjtimex an
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +18,8 @@ import pytest
 from gateway.cli import main
 from gateway.doctor import Check, Context, make_context, run_doctor
 from gateway.doctor_checks_cloud import check_broker, check_certificates
-from gateway.doctor_checks_hardware import check_serial_ports
+from gateway.doctor_checks_hardware import check_gpio, check_serial_ports
+from gateway.doctor_checks_ledger import check_backlog, check_ledger
 from gateway.doctor_checks_system import check_clock, check_state_folder, check_user_groups
 from gateway.state import StateDir
 from tests.support.as_user import AS_ROOT, koto_as_other_user
@@ -233,3 +236,52 @@ def test_a_check_that_crashes_is_a_fail_line_and_the_others_run(tmp_path: Path) 
                         [("broken", broken), ("clock", lambda ctx: Check("clock", "ok", "fine"))])
     assert [(c.name, c.status) for c in checks] == [("broken", "fail"), ("clock", "ok")]
     assert checks[0].summary == "the check itself failed: RuntimeError: boom"
+
+
+def test_mock_pins_are_a_warning_not_an_ok(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    c = check_gpio(make_context(write_config(tmp_path), user=USER))
+    assert (c.status, c.summary) == ("warn", "gpiozero uses mock pins (GPIOZERO_PIN_FACTORY=mock): nothing real "
+                                             "is read")  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lgpio") is not None, reason="lgpio is installed here (a Pi)")
+def test_without_lgpio_the_fallbacks_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GPIOZERO_PIN_FACTORY", raising=False)
+    c = check_gpio(make_context(write_config(tmp_path), user=USER))
+    assert c.status in ("fail", "warn")  # type: ignore[union-attr]
+    assert c.details[0] == "Falling back from lgpio: No module named 'lgpio'"  # type: ignore[union-attr]
+    assert c.fix.startswith("install lgpio (sudo apt install python3-lgpio)")  # type: ignore[union-attr]
+
+
+def test_ledger_size_rate_and_a_backlog_never_acked(tmp_path: Path) -> None:
+    from metering.ledger import Ledger
+    from tests.support.drafts import usage
+
+    cfg = write_config(tmp_path, cloud=cloud_table("mqtt://127.0.0.1:1"))
+    sd = StateDir(tmp_path / "state")
+    sd.provision()
+    with Ledger.open(sd.ledger, gateway_id="gw-doc", key=sd.private_key()) as ledger:
+        ledger.append([usage(i, t_end=time.time() - 60 * (10 - i)) for i in range(10)])
+    ctx = make_context(cfg, user=USER, runtime_dir=tmp_path / "run")
+    led = check_ledger(ctx)
+    assert led.status == "ok" and "head seq 10; 10 records in the last 24 h" in led.summary
+    back = check_backlog(ctx)
+    assert (back.status, back.summary) == ("fail", "head seq 10, cloud acked through 0, backlog 10, last ack never "
+                                                   "(from the ledger; the daemon is not running)")
+    with Ledger.open(sd.ledger, gateway_id="gw-doc", key=None) as ledger:
+        _seq, head_hash = ledger.head()
+        ledger.mark_acked(ledger.epoch, 10, head_hash, at_wall=time.time())
+    assert check_backlog(ctx).status == "ok"
+
+
+def test_while_the_daemon_runs_the_backlog_comes_from_its_status_file(tmp_path: Path) -> None:
+    from gateway.status import StatusFile
+
+    cfg = write_config(tmp_path, cloud=cloud_table("mqtt://127.0.0.1:1"))
+    now = time.time()
+    StatusFile(tmp_path / "run").write({"pid": os.getpid(), "written_wall": now, "ledger": {
+        "head_seq": 120, "acked_through": 100, "backlog": 20, "last_ack_wall": now - 3 * 3600}})
+    c = check_backlog(make_context(cfg, user=USER, runtime_dir=tmp_path / "run"))
+    assert (c.status, c.summary) == ("warn", "head seq 120, cloud acked through 100, backlog 20, last ack 3.0 h ago "
+                                             "(from the daemon status)")
