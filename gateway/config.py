@@ -353,8 +353,10 @@ def _parse_appliance(at: _Table, aid: str, gateway_id: str, base: Path,
     sources = _parse_sources(at, aid, owners)
     energy = at.get("energy", str, next(iter(sources), ""), what="the name of the source that meters energy")
     default_kind: Kind = "power"
+    raw_sources = at.data.get("sources")
+    declared: dict[str, Any] = raw_sources if isinstance(raw_sources, dict) else {}
     if energy not in sources:
-        if sources:
+        if sources and energy not in declared:  # a declared source that failed is named already
             at.fail("energy", f"{energy!r} is not one of this appliance's sources: {', '.join(sources)}")
     else:
         default_kind = driver_class(sources[energy]["driver"], source=energy, file=at.file).energy_kind
