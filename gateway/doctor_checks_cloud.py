@@ -167,5 +167,5 @@ def _expiry(key: str, path: Path, now_wall: float) -> Check:
     if days < 0:
         return Check(name, "fail", what + f"EXPIRED on {end:%Y-%m-%d} ({-days:.0f} days ago)", renew)
     if days < WARN_DAYS:
-        return Check(name, "warn", what + f"expires on {end:%Y-%m-%d}, in {days:.0f} days", renew)
+        return Check(name, "warn", what + f"expires on {end:%Y-%m-%d}, in {int(days)} days", renew)
     return Check(name, "ok", what + f"valid until {end:%Y-%m-%d} ({days:.0f} days)")

@@ -113,9 +113,12 @@ def check_serial_ports(ctx: Context) -> list[Check]:
             continue
         if not can(user, st, read=True, write=True):
             group = owner_group(st).split(":")[1]
-            out.append(Check(name, "fail", f"{describe(path, st)} is not readable and writable by {user.name}",
-                             f"add {user.name} to the port's group: sudo usermod -aG {group} {user.name}; if the "
-                             "mode itself is wrong, fix the udev rule (the port should be crw-rw---- root:dialout)"))
+            fix = (f"add {user.name} to the port's group: sudo usermod -aG {group} {user.name}; if the mode itself "
+                   "is wrong, fix the udev rule (the port should be crw-rw---- root:dialout)")
+            if group == "root" or not st.st_mode & 0o060:  # joining root's group, or a group without rights: no
+                fix = ("give the port to the dialout group with a udev rule (SUBSYSTEM==\"tty\", GROUP=\"dialout\", "
+                       f"MODE=\"0660\") and add {user.name} to it: sudo usermod -aG dialout {user.name}")
+            out.append(Check(name, "fail", f"{describe(path, st)} is not readable and writable by {user.name}", fix))
             continue
         out.append(Check(name, "ok", f"{describe(path, st)}: readable and writable by {user.name}"))
     return out
