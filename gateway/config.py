@@ -19,6 +19,10 @@
     driver = "modbus"              # any driver in drivers.base.REGISTRY, with that driver's own keys
     ...
 
+Every problem is found in one pass (`parse_config_all`, used by `koto check --config`): a wrong value is recorded
+and a stand-in used, so the pass goes on; `parse_config` then raises one problem as itself, several as
+`gateway.errors.ConfigErrors` (docs/support.md).
+
 This module is the one parser of the file, `[cloud]` included (into the `SyncConfig` the uplink runs on), with one
 set of limits. Sources are validated by their drivers when built (`drivers.base.build_source`), so this module
 checks only the gateway's own keys, the shape, and that each source names a known driver; a driver's error still

@@ -93,7 +93,9 @@ def test_no_secret_of_the_config_is_in_any_file_of_the_bundle(tmp_path: Path, fa
     out = tmp_path / "bundle.tar.gz"
     assert main(["support-bundle", "--config", str(config), "--out", str(out), "--user", "root",
                  "--runtime-dir", str(tmp_path / "run"), "--timeout", "0.5"]) == 0
-    assert capsys.readouterr().out.strip() == str(out)
+    printed = capsys.readouterr()
+    assert printed.out.strip() == str(out)
+    assert printed.err == ""  # no terminal: no progress lines
     with tarfile.open(out) as tar:
         files = {m.name.split("/", 1)[1]: tar.extractfile(m).read().decode()  # type: ignore[union-attr]
                  for m in tar.getmembers() if m.isfile()}
@@ -117,3 +119,33 @@ def test_redaction_keeps_the_layout_and_non_secret_values() -> None:
     text = 'id = "gw"\nkey = "/etc/koto/gw.key"  # the client key\nenergy_kind = "pulses"\nbindkey = \'ab\'\n'
     assert redact_toml_text(text) == ('id = "gw"\nkey = "<redacted>"  # the client key\nenergy_kind = "pulses"\n'
                                       'bindkey = "<redacted>"\n')
+
+
+def test_progress_is_shown_on_a_terminal(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.support.paths import REPO
+
+    config, _ = secret_config(tmp_path)
+    master, slave = os.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "gateway.cli", "support-bundle", "--config", str(config),
+                               "--out", str(tmp_path / "b.tar.gz"), "--user", "root", "--timeout", "0.2",
+                               "--runtime-dir", str(tmp_path / "run")],
+                              stdout=subprocess.PIPE, stderr=slave, cwd=REPO, timeout=60)
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+    assert done.returncode == 0
+    assert b"support-bundle: running the doctor..." in shown
+    assert f"support-bundle: writing {tmp_path / 'b.tar.gz'}...".encode() in shown
