@@ -90,15 +90,11 @@ def make_bundle(config_path: Path, out: Path | None, *, state_dir: Path | None =
     bundle.add_json("doctor.json", {"ok": not any(c.status == "fail" for c in checks),
                                     "checks": [c.to_dict() for c in checks]})
     progress("reading the status")
-    from .status import read_status
-
-    found = read_status(ctx.runtime_dir)
-    bundle.add_json("status.json", {"running": not found.not_running, "problem": found.not_running or None,
-                                    "status": found.data})
+    _section(bundle, "status.json", lambda: _status(bundle, ctx))
     progress("reading the ledger")
-    _ledger(bundle, ctx)
+    _section(bundle, "ledger.json", lambda: _ledger(bundle, ctx))
     progress("collecting the logs")
-    _logs(bundle)
+    _section(bundle, "logs.txt", lambda: _logs(bundle))
     from koto import __version__
 
     bundle.add_json("system.json", {"koto": __version__, "python": sys.version, "platform": platform.platform(),
@@ -108,6 +104,23 @@ def make_bundle(config_path: Path, out: Path | None, *, state_dir: Path | None =
     progress(f"writing {out}")
     bundle.write(out)
     return out
+
+
+def _section(bundle: Bundle, member: str, fn: Callable[[], None]) -> None:
+    """Run one part of the bundle; a part that fails becomes a note in its member, never a bundle not made."""
+    try:
+        fn()
+    except Exception as e:
+        bundle.add(member, f"could not be collected: {type(e).__name__}: {e}\n")
+        bundle.notes.append(f"{member}: {type(e).__name__}: {e}")
+
+
+def _status(bundle: Bundle, ctx: Any) -> None:
+    from .status import read_status
+
+    found = read_status(ctx.runtime_dir)
+    bundle.add_json("status.json", {"running": not found.not_running, "problem": found.not_running or None,
+                                    "status": found.data})
 
 
 def _ledger(bundle: Bundle, ctx: Any) -> None:

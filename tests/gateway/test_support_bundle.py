@@ -149,3 +149,17 @@ def test_progress_is_shown_on_a_terminal(tmp_path: Path) -> None:
     assert done.returncode == 0
     assert b"support-bundle: running the doctor..." in shown
     assert f"support-bundle: writing {tmp_path / 'b.tar.gz'}...".encode() in shown
+
+
+def test_a_ledger_that_cannot_be_read_is_a_note_and_the_bundle_is_still_made(tmp_path: Path) -> None:
+    from gateway.support_bundle import make_bundle
+
+    config, _ = secret_config(tmp_path)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "ledger.db").write_bytes(b"this is not an SQLite database, it is a broken card" * 100)
+    out = make_bundle(config, tmp_path / "b.tar.gz", user="root", runtime_dir=tmp_path / "run", timeout_s=0.2)
+    with tarfile.open(out) as tar:
+        names = {m.name.split("/", 1)[1] for m in tar.getmembers()}
+        manifest = tar.extractfile(f"{out.name.removesuffix('.tar.gz')}/MANIFEST.txt").read().decode()  # type: ignore[union-attr]
+    assert {"config/koto.toml", "doctor.json", "ledger.json", "MANIFEST.txt"} <= names
+    assert "note: no ledger statistics:" in manifest or "note: ledger.json:" in manifest
