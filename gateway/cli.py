@@ -20,6 +20,7 @@ from koto import __version__
 from koto.errors import KotoError, explain_os_error
 
 from .cli_common import DEFAULT_CONFIG, config_option, open_ledger_ro, resolve, state_option
+from .logs import setup_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,8 +28,7 @@ from .cli_common import DEFAULT_CONFIG, config_option, open_ledger_ro, resolve, 
 @click.option("-v", "--verbose", count=True, help="More log detail (-v info, -vv debug).")
 def cli(verbose: int) -> None:
     """Koto gateway: meter the use of appliance functions into a signed ledger and sync it to the billing cloud."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    setup_logging(logging.WARNING - 10 * min(verbose, 2))
 
 
 @cli.command()
@@ -178,12 +178,14 @@ def _register() -> None:
     """Commands that live in their own modules."""
     from .cli_check import check
     from .cli_doctor import doctor
+    from .cli_logs import logs
     from .cli_status import status
     from .cli_support import support_bundle
     from .cli_usage import usage
 
     cli.add_command(check)
     cli.add_command(doctor)
+    cli.add_command(logs)
     cli.add_command(status)
     cli.add_command(support_bundle)
     cli.add_command(usage)

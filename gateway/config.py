@@ -50,6 +50,7 @@ from .errors import ConfigError, Problems
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENERGY_KINDS: tuple[Kind, ...] = ("register", "pulses", "power")
+CHECKPOINT_S = 300.0  # default `[gateway] checkpoint_s`
 
 
 class _Table:
@@ -178,6 +179,7 @@ class GatewayConfig:
     cloud: SyncConfig | None
     tariff: dict[str, Any] | None
     appliances: tuple[ApplianceConfig, ...]
+    stop_timeout_s: float = 10.0  # `koto run` exits this long after a stop request, whatever still runs
 
     @property
     def tz(self) -> ZoneInfo:
@@ -227,7 +229,7 @@ def parse_config_all(data: dict[str, Any], *, file: str = "<config>",
     _check_hardware(appliances, root.problems, file)
     cfg = GatewayConfig(file=file, id=gateway.id, state_dir=gateway.state_dir, timezone=gateway.timezone,
                         subject=gateway.subject, batch_ms=gateway.batch_ms, checkpoint_s=gateway.checkpoint_s,
-                        cloud=cloud, tariff=tariff, appliances=appliances)
+                        cloud=cloud, tariff=tariff, appliances=appliances, stop_timeout_s=gateway.stop_timeout_s)
     return cfg, root.problems
 
 
@@ -253,6 +255,7 @@ class _Gateway(NamedTuple):
     subject: str
     batch_ms: int
     checkpoint_s: float
+    stop_timeout_s: float
 
 
 def _parse_gateway(gw: _Table, base: Path) -> _Gateway:
@@ -268,11 +271,15 @@ def _parse_gateway(gw: _Table, base: Path) -> _Gateway:
         tzname = "UTC"
     subject = gw.get("subject", str, f"urn:koto:gw:{gid}")
     batch_ms = int(gw.number("batch_ms", 500, lo=10, hi=60_000))
-    checkpoint_s = gw.number("checkpoint_s", 10, lo=0.1, hi=3600)
+    # How often a pulse or power meter's state is saved between records: what a power cut can lose at most
+    # (a register meter needs none; see gateway/checkpointing.py). 300 s keeps an idle-time write budget tiny.
+    checkpoint_s = gw.number("checkpoint_s", CHECKPOINT_S, lo=0.1, hi=3600)
     gw.number("retain_days", 90, lo=1, hi=3650)  # reserved, not used yet (see the module docstring)
     gw.number("web_port", 8080, lo=0, hi=65535)  # reserved, not used yet
+    # Below the unit's TimeoutStopSec=20 with room to spare: systemd's SIGKILL should never be what ends a stop.
+    stop_timeout_s = gw.number("stop_timeout_s", 10, lo=0.5, hi=600)
     gw.reject_unknown()
-    return _Gateway(gid or "gateway", state_dir, tzname, subject, batch_ms, checkpoint_s)
+    return _Gateway(gid or "gateway", state_dir, tzname, subject, batch_ms, checkpoint_s, stop_timeout_s)
 
 
 def _parse_cloud(ct: _Table, gateway_id: str, base: Path) -> SyncConfig:

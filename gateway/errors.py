@@ -36,6 +36,17 @@ class UnknownName(KotoError):
         super().__init__(f"no {what} named {name!r} (known: {', '.join(known) or 'none yet'})")
 
 
+class DaemonFailed(KotoError):
+    """`koto run` stopped because one of its tasks failed in a way a restart of it cannot mend (a source's
+    configuration, the ledger file deleted under it, a bug). Names the task and carries the error."""
+
+    def __init__(self, task: str, error: BaseException) -> None:
+        self.task = task
+        self.error = error
+        text = str(error) or type(error).__name__
+        super().__init__(text if isinstance(error, KotoError) else f"{task} failed: {type(error).__name__}: {text}")
+
+
 def _where(e: FieldError) -> str:
     """Where a problem is, for telling repeats apart: a driver's key is its own (`baud`), so the source is added."""
     source = getattr(e, "source", None)
