@@ -289,3 +289,13 @@ def test_while_the_daemon_runs_the_backlog_comes_from_its_status_file(tmp_path: 
     c = check_backlog(make_context(cfg, user=USER, runtime_dir=tmp_path / "run"))
     assert (c.status, c.summary) == ("warn", "head seq 120, cloud acked through 100, backlog 20, last ack 3.0 h ago "
                                              "(from the daemon status)")
+
+
+def test_a_certificate_issued_to_another_gateway_is_named(tmp_path: Path) -> None:
+    pki = TestPKI(tmp_path / "pki")
+    other = pki.client("gw-other")
+    ctx = broker_ctx(tmp_path, cloud_table("mqtts://localhost:8883", tmp_path / "pki", cn="gw-other"))
+    c = one(check_certificates(ctx), "certificate CN")
+    assert (c.status, c.summary) == ("fail", f"{other.cert} is issued to CN gw-other, not to this gateway's id "
+                                             "'gw-doc': the broker takes the CN as the gateway's name and refuses its "
+                                             "messages (ACL)")
