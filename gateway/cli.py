@@ -180,12 +180,14 @@ def _register() -> None:
     from .cli_doctor import doctor
     from .cli_logs import logs
     from .cli_status import status
+    from .cli_support import support_bundle
     from .cli_usage import usage
 
     cli.add_command(check)
     cli.add_command(doctor)
     cli.add_command(logs)
     cli.add_command(status)
+    cli.add_command(support_bundle)
     cli.add_command(usage)
 
 

@@ -19,6 +19,10 @@
     driver = "modbus"              # any driver in drivers.base.REGISTRY, with that driver's own keys
     ...
 
+Every problem is found in one pass (`parse_config_all`, used by `koto check --config`): a wrong value is recorded
+and a stand-in used, so the pass goes on; `parse_config` then raises one problem as itself, several as
+`gateway.errors.ConfigErrors` (docs/support.md).
+
 This module is the one parser of the file, `[cloud]` included (into the `SyncConfig` the uplink runs on), with one
 set of limits. Sources are validated by their drivers when built (`drivers.base.build_source`), so this module
 checks only the gateway's own keys, the shape, and that each source names a known driver; a driver's error still
@@ -360,8 +364,10 @@ def _parse_appliance(at: _Table, aid: str, gateway_id: str, base: Path,
     sources = _parse_sources(at, aid, owners)
     energy = at.get("energy", str, next(iter(sources), ""), what="the name of the source that meters energy")
     default_kind: Kind = "power"
+    raw_sources = at.data.get("sources")
+    declared: dict[str, Any] = raw_sources if isinstance(raw_sources, dict) else {}
     if energy not in sources:
-        if sources:
+        if sources and energy not in declared:  # a declared source that failed is named already
             at.fail("energy", f"{energy!r} is not one of this appliance's sources: {', '.join(sources)}")
     else:
         default_kind = driver_class(sources[energy]["driver"], source=energy, file=at.file).energy_kind

@@ -58,8 +58,9 @@ def mosquitto_binary() -> str:
 
 class Mosquitto:
     def __init__(self, folder: Path, *, pki: TestPKI | None = None, acl: str | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, anonymous: bool = True) -> None:
         self.folder = Path(folder)
+        self.anonymous = anonymous  # plain only: False refuses every CONNECT (no password file): "not authorised"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.pki = pki
         self.port = port or free_port()
@@ -102,7 +103,7 @@ class Mosquitto:
                                                         key=self.pki.server.key, acl_file=acl_file)
                       if line.split()[0] not in base]
         else:
-            lines.append("allow_anonymous true")
+            lines.append(f"allow_anonymous {'true' if self.anonymous else 'false'}")
         self.conf.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout: float = 10.0) -> None:
