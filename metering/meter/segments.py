@@ -148,6 +148,15 @@ class Segments:
             self.events.append(MeterEvent("cycle_ended", self.appliance, fn, p, at.wall,
                                           f"{self.appliance}: use ended ({cid})"))
 
+    def drop_empty(self) -> None:
+        """Forget an open segment that covers nothing yet (opened at the cursor by a decision that took effect
+        there just before coverage stops): it would be a record of no time and no energy."""
+        st = self.state
+        seg = st.seg
+        if (seg is not None and seg.start.mono_ns == st.cursor.mono_ns and seg.start.boot_id == st.cursor.boot
+                and seg.mwh == 0 and seg.weight == 0 and seg.dur_ns == 0):
+            st.seg = None
+
     def begin_gap(self, reason: GapReason) -> None:
         """Stop covering time at the cursor; what follows until the next reading (power) or authority reading
         (register/pulses) becomes a gap record."""
