@@ -16,7 +16,8 @@ its wall interval covers the whole use, its monotonic stamps and `boot_id` are t
 that went on across a reboot starts, on that clock, where it resumed, and names its first boot in `start_boot_id`).
 
 Power sources emit a segment's record when it closes. Register and pulse sources hold closed segments until the next
-authority reading, which splits its delta over them (see `energy.py`) and emits them in order.
+authority reading, which splits its delta over them (see `energy.py`) and emits them in order; a register with power
+samples holds them longer while its late steps settle (up to `settle_s`, see `energy.py` and docs/metering.md).
 
 Restart (`state=` from `snapshot()`). The first reading after a restore continues as if nothing happened when it is
 in the same boot and within `max_gap_s` of the last reading the snapshot saw (the interval is attributed to the open
@@ -74,8 +75,8 @@ class ApplianceMeter:
     """
 
     __slots__ = ("_auth", "_channel", "_ev", "_gap_ns", "_items", "_max_mw", "_power_kind", "_pulses", "_recorder",
-                 "_reject_mw", "_restored_at", "_segments", "_src", "appliance", "cycle", "detector", "policy",
-                 "profile", "spec", "state")
+                 "_reject_mw", "_restored_at", "_segments", "_settle_ns", "_settles", "_src", "appliance", "cycle",
+                 "detector", "policy", "profile", "spec", "state")
 
     def __init__(self, appliance: str, profile: Profile, *, energy: EnergySpec, policy: Policy | None = None,
                  interim_s: int = 900, state: dict[str, Any] | None = None) -> None:
@@ -90,6 +91,8 @@ class ApplianceMeter:
         self._power_kind = energy.kind == "power"
         self._pulses = energy.kind == "pulses"
         self._gap_ns = int(energy.max_gap_s * 1_000_000_000)
+        self._settles = energy.kind == "register"
+        self._settle_ns = int(energy.settle_s * 1_000_000_000)
         self._max_mw = profile.max_power_mw
         self._reject_mw = profile.max_power_mw * REJECT_FACTOR_NUM // REJECT_FACTOR_DEN
         self._ev: list[MeterEvent] = []
@@ -101,7 +104,8 @@ class ApplianceMeter:
         self._auth = Authority(energy)
         self._recorder = Recorder(appliance, energy, policy, self.state, self._items)
         self._segments = Segments(appliance, self.state, self.detector, self._recorder, self._ev, policy=policy,
-                                  interim_ns=int(interim_s) * 1_000_000_000, power_kind=self._power_kind)
+                                  interim_ns=int(interim_s) * 1_000_000_000, power_kind=self._power_kind,
+                                  settles=self._settles)
         # A restored meter calls the first silence before any new reading a restart, whatever its length.
         self._restored_at: int | None = None
         if cp is not None:
@@ -489,6 +493,8 @@ class ApplianceMeter:
             segs.allocate(0)
             segs.cut(_INTERIM, at)
             self._recorder.gap(at, at, d, GapReason.IMPLAUSIBLE)
+        elif self._settles and c.seen_power:
+            segs.settle(d, t, r.boot_id, self._settle_ns)
         else:
             segs.allocate(d)
         if not c.seen_power and dt > 0 and status != JUMP:

@@ -1,11 +1,12 @@
 """The meter's checkpoint: its state values through the generic codec, and the reading of older checkpoints.
 
 Version 3 is `encode(Checkpoint(...))`: the meter's `MeterState` beside the detector's, the cycle tracker's and the
-register's own states. Version 2 lacked the decisions deferred to the next reading (issue 9); it is read by adding
-none. Version 1 (the hand-written format before the state became values) is rewritten into version 2 data, then 3,
-so there is one decoder. A checkpoint of another version, or of another energy kind, is ignored and the meter starts
-fresh, as before (the first authority reading becomes the baseline); a checkpoint of a known version that does not
-decode is an error (`koto.errors.FieldError`), never a half-restored meter.
+register's own states. Version 2 lacked the decisions deferred to the next reading and the register delta waiting
+for late steps (issue 9); it is read with none of either. Version 1 (the hand-written format before the state became
+values) is rewritten into version 2 data, then 3, so there is one decoder. A checkpoint of another version, or of
+another energy kind, is ignored and the meter starts fresh, as before (the first authority reading becomes the
+baseline); a checkpoint of a known version that does not decode is an error (`koto.errors.FieldError`),
+never a half-restored meter.
 """
 
 from __future__ import annotations
@@ -69,10 +70,15 @@ def _use_v1(d: dict[str, Any]) -> dict[str, Any] | str:
 
 
 def upgrade_v2(s: dict[str, Any]) -> dict[str, Any]:
-    """Version 2 data as version 3: nothing deferred to the next reading (version 2 never deferred)."""
+    """Version 2 data as version 3: nothing deferred to the next reading, nothing waiting to settle (version 2 did
+    neither)."""
     meter = s.get("meter")
     if not isinstance(meter, dict):
         return {**s, "v": VERSION}  # (the decoder names what is wrong)
+    auth = meter.get("authority")
+    if isinstance(auth, dict):
+        meter = {**meter, "authority": {**auth, "unsettled_mwh": 0, "step_mwh": 0, "last_delta_mwh": 0,
+                                            "lagging": 0}}
     return {**s, "v": VERSION, "meter": {**meter, "deferred": []}}
 
 

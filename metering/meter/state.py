@@ -154,12 +154,18 @@ class UseTotals:
 class AuthorityTrack:
     """What the meter knows of its register or pulse counter besides the raw scale (`energy.Authority`): when it was
     last read (plausibility needs the elapsed time: monotonic within a boot, wall across boots), where the register
-    chain of the emitted records stands, and the meter's identity (a change means the meter was swapped)."""
+    chain of the emitted records stands, the meter's identity (a change means the meter was swapped), and the register
+delta not yet split while closed slices wait for late register steps, with what settling needs to know of the
+register (`Segments.settle`)."""
 
     last: Now = NEVER
     chain_mwh: int = 0
     identity: str = ""
     swap_pending: bool = False
+    unsettled_mwh: int = 0  # register delta since the last split, held while closed slices settle (energy.py)
+    step_mwh: int = 0  # the register's step as seen (0: not yet): its smallest rise or change of rise (settling)
+    last_delta_mwh: int = 0  # its last rise
+    lagging: bool = False  # it showed a backlog of a step or more at the last split (see Segments.settle)
 
 
 @dataclass(slots=True)
