@@ -1,7 +1,7 @@
 """Attribution benchmark: how much energy the built-in profiles give to the right function, on labelled traces.
 
     .venv/bin/python bench/attribution.py [--mode power|register|pulses] [--reduced] [--profile NAME] [--traces]
-                                          [--dir PROFILE_DIR]
+                                          [--seed N] [--dir PROFILE_DIR]
 
 Each trace of the modelled, labelled suite (tests/support/appliance_traces.py: several machines and programmes
 per kind) is replayed through the real `ApplianceMeter` at full speed, fed as the daemon feeds it (a reading and a
@@ -58,14 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reduced", action="store_true", help="the reduced suite the tests run")
     ap.add_argument("--profile", help="only the traces of this profile")
     ap.add_argument("--traces", action="store_true", help="a line per trace")
+    ap.add_argument("--seed", type=int, default=0, help="> 0: other durations and noise (held-out traces)")
     ap.add_argument("--dir", type=Path, help="score NAME.toml profiles from this folder instead of the built-ins")
     a = ap.parse_args(argv)
-    traces = [t for t in suite(reduced=a.reduced) if not a.profile or t.profile == a.profile]
+    traces = [t for t in suite(reduced=a.reduced, seed=a.seed) if not a.profile or t.profile == a.profile]
     names = sorted({t.profile for t in traces})
     profiles = {n: load_profile(a.dir / f"{n}.toml") if a.dir else builtin_profile(n) for n in names}
     samples = sum(len(t.watts) for t in traces)
     print(f"attribution: {len(traces)} labelled traces, {samples:,} samples ({samples / 3600:.1f} h at 1 Hz), "
-          f"mode {a.mode}")
+          f"mode {a.mode}, seed {a.seed}")
     rows, secs = run(traces, profiles, a.mode, a.traces)
     print(f"replayed in {secs:.1f} s ({samples / secs:,.0f} samples/s)\n")
     print(f"{'profile':16} {'traces':>6}  {'energy right':>12} {'(baseline)':>10}  {'time right':>10} "
