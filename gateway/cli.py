@@ -176,11 +176,13 @@ def discover(ports: tuple[str, ...], no_serial: bool, address: str, baud: str, t
 
 def _register() -> None:
     """Commands that live in their own modules."""
+    from .cli_profile import profile
     from .cli_status import status
     from .cli_usage import usage
 
     cli.add_command(status)
     cli.add_command(usage)
+    cli.add_command(profile)
 
 
 _register()

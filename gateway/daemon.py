@@ -40,6 +40,7 @@ from metering.tariff import Tariff
 
 from .config import ApplianceConfig, GatewayConfig
 from .errors import ConfigError
+from .power_log import PowerLog
 from .state import StateDir
 from .status import StatusFile
 from .status_build import SnapshotBuilder
@@ -139,6 +140,9 @@ class Gateway:
         except BaseException:  # a bad profile or source config: release the ledger (and its writer lock)
             self.ledger.close()
             raise
+        # recent power per appliance, in RAM and on tmpfs, for `koto profile check/suggest`
+        self.power_log = (PowerLog(runtime_dir, {aid: m.spec for aid, m in self.meters.items()})
+                          if runtime_dir is not None else None)
 
     def _build(self, cfg: GatewayConfig) -> None:
         self._profiles: dict[str, tuple[int, str]] = {}
@@ -276,6 +280,8 @@ class Gateway:
                 snapshot = SnapshotBuilder(self)
                 if self.status is not None:
                     workers.append(tg.create_task(self.status.run(snapshot), name="status"))
+                if self.power_log is not None:
+                    workers.append(tg.create_task(self.power_log.run(), name="power-log"))
                 await stop.wait()
                 self._stopping = True
                 await stop_tasks([w for w in workers if w.get_name() != "sync"])
@@ -291,6 +297,8 @@ class Gateway:
                 await stop_tasks(workers)
                 if self.status is not None:
                     self.status.stopped(snapshot())
+                if self.power_log is not None:
+                    self.power_log.flush()
         finally:
             relays.close()  # stop: back to the safe state (powered), pins released
             self.ledger.close()
@@ -378,6 +386,8 @@ class Gateway:
             return
         if reading.quantity not in (Quantity.POWER_MW, Quantity.ENERGY_MWH, Quantity.PULSES, Quantity.SIGNAL):
             return  # diagnostics (voltage, RSSI...) serve the live view, not the ledger
+        if self.power_log is not None:
+            self.power_log.add(aid, reading)
         self._take(aid, self.meters[aid].feed(reading))
         # Even a reading that produced no record moved the meter's state (a pulse count, a register, an open
         # segment's energy): it is checkpointed within `checkpoint_s`, which bounds what a crash can lose.
