@@ -1,9 +1,9 @@
 """Recent power readings per appliance, kept in RAM and written to tmpfs, for `koto profile check/suggest`.
 
 The daemon keeps, per appliance, a bounded ring of its last power readings (6 h at 1 Hz by default) as two compact
-arrays (8 bytes a reading: 170 KB an appliance) and the last signal changes (a mode...). Every `every_s` — and
-soon after `koto profile` asks by creating `power-request` in the runtime folder — it writes each ring as
-`power-APPLIANCE.csv` in the runtime folder ($RUNTIME_DIRECTORY, /run/koto: tmpfs), never on the SD card.
+arrays (8 bytes a reading, times to 0.1 s: 173 KB an appliance) and the last signal changes (a mode...). Every
+`every_s` — and soon after `koto profile` asks by creating `power-request` in the runtime folder — it writes each
+ring as `power-APPLIANCE.csv` in the runtime folder ($RUNTIME_DIRECTORY, /run/koto: tmpfs), never on the SD card.
 
 The trace format (also what `--trace FILE` reads; a recording of your own can be written in it):
 
@@ -60,12 +60,15 @@ class TracePoint:
 class PowerRing:
     """The last `size` power readings of one appliance (wall time to the ms, power in mW), and its last signals."""
 
-    __slots__ = ("_ms", "_mw", "_n", "_next", "changes", "signals", "size")
+    __slots__ = ("_base", "_ds", "_mw", "_n", "_next", "changes", "signals", "size")
 
     def __init__(self, size: int = RING_READINGS) -> None:
         self.size = size
-        self._ms = array("q", bytes(8 * size))  # wall time in ms since the epoch (q: 8 bytes, no wrap)
-        self._mw = array("l", bytes(array("l").itemsize * size))
+        # wall time in tenths of a second from `_base` (signed: the wall clock may step back), and power in mW;
+        # 4 bytes each
+        self._ds = array("i", bytes(4 * size))
+        self._mw = array("i", bytes(4 * size))
+        self._base = -1.0
         self._next = 0
         self._n = 0
         self.changes = 0  # readings added so far: tells the writer whether anything is new
@@ -76,8 +79,10 @@ class PowerRing:
 
     def add(self, t_wall: float, power_mw: int) -> None:
         i = self._next
-        self._ms[i] = round(t_wall * 1000)
-        self._mw[i] = power_mw
+        if self._base < 0:
+            self._base = t_wall
+        self._ds[i] = max(-(2**31), min(2**31 - 1, round((t_wall - self._base) * 10)))
+        self._mw[i] = min(power_mw, 2**31 - 1)
         self._next = (i + 1) % self.size
         if self._n < self.size:
             self._n += 1
@@ -90,8 +95,8 @@ class PowerRing:
     def copy(self) -> PowerRing:
         """A frozen copy (two array copies: cheap enough for the event loop; the formatting runs elsewhere)."""
         c = PowerRing.__new__(PowerRing)
-        c.size, c._ms, c._mw, c._next, c._n, c.changes = (self.size, array("q", self._ms), array("l", self._mw),
-                                                          self._next, self._n, self.changes)
+        c.size, c._ds, c._mw, c._base = self.size, array("i", self._ds), array("i", self._mw), self._base
+        c._next, c._n, c.changes = self._next, self._n, self.changes
         c.signals = deque(self.signals, maxlen=SIGNALS_KEPT)
         return c
 
@@ -99,7 +104,7 @@ class PowerRing:
         """Oldest first, power and signals merged in time order."""
         start = (self._next - self._n) % self.size
         idx = [(start + k) % self.size for k in range(self._n)]
-        pts = [TracePoint(self._ms[i] / 1000, self._mw[i]) for i in idx]
+        pts = [TracePoint(round(self._base + self._ds[i] / 10, 1), self._mw[i]) for i in idx]
         if self.signals:
             first = pts[0].t if pts else float("-inf")
             pts += [s for s in self.signals if s.t >= first]
