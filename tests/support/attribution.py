@@ -37,6 +37,18 @@ BASELINE_ON_W = 10.0
 MODES = ("power", "register", "pulses")
 
 
+def resample(trace: LabelledTrace, every: int) -> LabelledTrace:
+    """The trace as a meter polled every `every` samples would see it (each poll reads the power of that moment; the
+    labels and uses follow the polls)."""
+    if every <= 1:
+        return trace
+    from dataclasses import replace
+
+    return replace(trace, watts=trace.watts[::every], labels=trace.labels[::every],
+                   uses=tuple((-(-a // every), -(-b // every)) for a, b in trace.uses),
+                   signals=tuple((-(-i // every), n, v) for i, n, v in trace.signals), step_s=trace.step_s * every)
+
+
 def readings(trace: LabelledTrace, mode: str = "power", source: str = "meter",
              imp_per_kwh: int = IMP_PER_KWH) -> Iterable[Reading | Now]:
     """The readings a gateway sees for `trace`, with a tick (`Now`) after each second."""
