@@ -52,6 +52,7 @@ class Timeline:
     spans: tuple[Span, ...]
     uses: tuple[Use, ...]
     profile: Profile
+    open_use: bool = False  # a use was still running when the period ended (it never came to rest)
 
     @property
     def start(self) -> float:
@@ -96,11 +97,12 @@ def replay(points: Sequence[TracePoint], profile: Profile, *, appliance: str = "
         res = meter.feed(r)
         if res:
             records += res.records
+    running = meter.cycle.running
     if pts:
         last = pts[-1]
         records += meter.close(Now(1_000_000_000 + round((last.t - t0) * 1e9), last.t, True, BOOT)).records
     sigs = tuple(p for p in pts if p.power_mw is None)
-    return Timeline(power, sigs, tuple(_spans(records)), tuple(_uses(records)), profile)
+    return Timeline(power, sigs, tuple(_spans(records)), tuple(_uses(records)), profile, running)
 
 
 def _spans(records: Sequence[UsageRecord]) -> list[Span]:

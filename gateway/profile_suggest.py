@@ -8,7 +8,7 @@ What it looks at, and why each is a safe kind of change:
   a thermostat pause, a drum reversing. A's `min_off_s` is raised above the longest such pause, so it stays A. (A
   higher-power interruption is not a pause — a heater pulse during a wash is real — and is left alone.);
 - the standby level: the power the appliance rests at. When it is above the standby band or the cycle's end
-  threshold, the appliance never looks idle and uses never end;
+  threshold (or inside a band that holds there), the appliance never looks idle and uses never end;
 - uses split by a pause: two uses closer together than three times `cycle.end_for_s` may be one programme with a
   long pause; `end_for_s` is raised above the pause.
 Every group of suggestions is checked: the suggested profile must parse, and replayed over the same period it must
@@ -128,11 +128,8 @@ def _pauses(tl: Timeline) -> list[Change]:
 
 
 def _rest_level(tl: Timeline) -> int | None:
-    """The power the appliance rests at: the median outside its uses, or, when it was hardly ever outside one (a use
-    that never ended), of the longest steady stretch below 50 W lasting 10 minutes or more."""
-    outside = [p.power_mw or 0 for p in tl.points if not any(u.start <= p.t <= u.end for u in tl.uses)]
-    if len(outside) >= 60:
-        return _pct(outside, 0.5)
+    """The power the appliance rests at: the median of its longest steady stretch below 50 W lasting 10 minutes or
+    more, else the median outside its uses (None when neither tells)."""
     best: list[int] = []
     run: list[int] = []
     t_run = 0.0
@@ -145,15 +142,17 @@ def _rest_level(tl: Timeline) -> int | None:
             run, t_run = [v], p.t
         if p.t - t_run > best_s and run[0] < 50_000:
             best, best_s = list(run), p.t - t_run
-    return _pct(best, 0.5) if best_s >= 600 else None
+    if best_s >= 600:
+        return _pct(best, 0.5)
+    outside = [p.power_mw or 0 for p in tl.points if not any(u.start <= p.t <= u.end for u in tl.uses)]
+    return _pct(outside, 0.5) if len(outside) >= 60 and not tl.open_use else None
 
 
 def _standby(tl: Timeline) -> list[Change]:
     prof = tl.profile
-    level = _rest_level(tl)
-    if level is None:
+    rest = _rest_level(tl)
+    if rest is None:
         return []
-    rest = level
     out = []
     stand = next((f for f in prof.functions if f.name == "standby"), None)
     if stand is not None and stand.on_max_mw != NO_MAX and rest * 6 // 5 > stand.on_max_mw:
@@ -161,6 +160,14 @@ def _standby(tl: Timeline) -> list[Change]:
                           f"the appliance rests at about {_w(rest)} W, above the standby band"))
         if stand.off_max_mw < rest * 3 // 2:
             out.append(Change("standby", "off_above_w", _w(stand.off_max_mw), _w(rest * 2), "hysteresis above it"))
+    if stand is not None:  # a function that holds at the rest level would keep the appliance out of standby
+        for f in prof.functions:
+            if f is stand or f.signal or not f.has_power_rule or not f.off_min_mw <= rest * 6 // 5 <= f.off_max_mw:
+                continue
+            out.append(Change(f.name, "off_below_w", _w(f.off_min_mw), _w(rest * 13 // 10),
+                              f"{f.name} would hold at the rest level of {_w(rest)} W"))
+            if f.on_min_mw < rest * 13 // 10:
+                out.append(Change(f.name, "on_above_w", _w(f.on_min_mw), _w(rest * 3 // 2), "above the rest level"))
     cyc = prof.cycle
     if cyc is not None and rest * 6 // 5 > cyc.end_mw:
         end = rest * 3 // 2
@@ -193,11 +200,12 @@ def _badness(tl: Timeline) -> tuple[float, int]:
 
 def suggest(tl: Timeline) -> list[Change]:
     """The changes, most important first (unmatched readings, pauses, the standby level, split uses). Each group is
-    kept only if, replayed over the same period with the groups kept before it, it leaves less time unmatched or
-    fewer function changes and no more of either, without adding uses (the split-uses group: if it joins uses)."""
+    kept only if, replayed over the same period with the groups kept before it, it does better: less time unmatched
+    or fewer function changes and no more of either, without adding uses; the standby group also when a use that
+    never ended now ends; the split-uses group when it joins uses."""
     kept: list[Change] = []
     current = tl
-    for group, joins in ((_unmatched, False), (_pauses, False), (_standby, False), (_split_uses, True)):
+    for group, kind in ((_unmatched, "band"), (_pauses, "band"), (_standby, "rest"), (_split_uses, "join")):
         cands = [c for c in group(current) if all((c.target, c.key) != (k.target, k.key) for k in kept)]
         if not cands:
             continue
@@ -206,8 +214,13 @@ def suggest(tl: Timeline) -> list[Change]:
         except ProfileError:
             continue
         (o0, n0), (o1, n1) = _badness(current), _badness(trial)
-        better = len(trial.uses) < len(current.uses) if joins else (
-            (o1, n1) != (o0, n0) and o1 <= o0 and n1 <= n0 and len(trial.uses) <= len(current.uses))
+        tidier = (o1, n1) != (o0, n0) and o1 <= o0 and n1 <= n0
+        if kind == "join":
+            better = len(trial.uses) < len(current.uses)
+        elif kind == "rest":  # uses that never ended now end, or the same uses with less flapping
+            better = (current.open_use and not trial.open_use) or (tidier and len(trial.uses) == len(current.uses))
+        else:
+            better = tidier and len(trial.uses) <= len(current.uses)
         if better:
             kept += cands
             current = trial

@@ -161,3 +161,20 @@ def test_suggest_leaves_a_fitting_profile_alone(tmp_path: Path, capsys: pytest.C
     assert koto(["profile", "suggest", "oven", "--profile", "oven", "--trace", str(trace)]) == 0
     assert "nothing to change" in capsys.readouterr().out
     assert builtin_profile("oven").functions[0].min_off_ns == 180 * 10**9
+
+
+def test_suggest_lets_the_uses_of_a_machine_resting_above_standby_end() -> None:
+    """A washer whose electronics rest at ~5 W (over the built-in's 3.5 W use end): its use never ends, and the
+    rest would be billed as fill. The suggestions move standby, the bands that hold there and the use's end above
+    the rest level, and the use ends."""
+    t = washer("old-6kg", "quick30")
+    watts = [w + 3.0 for w in (*t.watts, *(t.watts[-1],) * 1500)]
+    prof = builtin_profile("washing_machine")
+    tl = replay([TracePoint(T0 + i, round(w * 1000)) for i, w in enumerate(watts)], prof)
+    assert tl.open_use and not tl.uses
+    changes = suggest(tl)
+    assert {(c.target, c.key) for c in changes} >= {("standby", "on_below_w"), ("cycle", "end_below_w"),
+                                                   ("fill", "off_below_w")}
+    after = replay(tl.points, apply(prof, changes))
+    assert len(after.uses) == 1 and not after.open_use
+    assert after.seconds_by_function()["standby"] > 1500
