@@ -128,24 +128,21 @@ def _pauses(tl: Timeline) -> list[Change]:
 
 
 def _rest_level(tl: Timeline) -> int | None:
-    """The power the appliance rests at: the median of its longest steady stretch below 50 W lasting 10 minutes or
-    more, else the median outside its uses (None when neither tells)."""
-    best: list[int] = []
-    run: list[int] = []
-    t_run = 0.0
-    best_s = 0.0
-    for p in tl.points:
+    """The power the appliance rests at: the median outside its uses; when a use never ended, the median of the
+    steady stretch below 50 W the period ends with, if it lasted 10 minutes (None when neither tells)."""
+    if not tl.open_use:
+        outside = [p.power_mw or 0 for p in tl.points if not any(u.start <= p.t <= u.end for u in tl.uses)]
+        return _pct(outside, 0.5) if len(outside) >= 60 else None
+    tail: list[int] = []
+    t_end = tl.end
+    t_start = t_end
+    for p in reversed(tl.points):
         v = p.power_mw or 0
-        if run and v < 50_000 and abs(v - run[0]) <= max(300, run[0] * 3 // 10):
-            run.append(v)
-        else:
-            run, t_run = [v], p.t
-        if p.t - t_run > best_s and run[0] < 50_000:
-            best, best_s = list(run), p.t - t_run
-    if best_s >= 600:
-        return _pct(best, 0.5)
-    outside = [p.power_mw or 0 for p in tl.points if not any(u.start <= p.t <= u.end for u in tl.uses)]
-    return _pct(outside, 0.5) if len(outside) >= 60 and not tl.open_use else None
+        if v >= 50_000 or (tail and abs(v - tail[0]) > max(300, tail[0] * 3 // 10)):
+            break
+        tail.append(v)
+        t_start = p.t
+    return _pct(tail, 0.5) if t_end - t_start >= 600 else None
 
 
 def _standby(tl: Timeline) -> list[Change]:
