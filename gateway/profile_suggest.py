@@ -4,15 +4,17 @@ replayed period, as TOML an installer can paste into a custom profile.
 What it looks at, and why each is a safe kind of change:
 - time given to the `unmatched` function ("other"): readings that fall in no band. The nearest band (on a log
   scale) is widened to take them;
-- pauses: a function A interrupted by a short (< 5 min) stretch of a *lower-power* function B and then resumed —
-  a thermostat pause, a drum reversing. A's `min_off_s` is raised above the longest such pause, so it stays A. (A
-  higher-power interruption is not a pause — a heater pulse during a wash is real — and is left alone.);
+- pauses: a function A interrupted by a short (< 5 min) stretch of a *lower-power* function B, within one use,
+  and then resumed — a thermostat pause, a drum reversing. A's `min_off_s` is raised above the longest such pause,
+  so it stays A. Left alone: a higher-power interruption (a heater pulse during a wash is real), and "pauses" that
+  carry more than 5 % of the energy around them (a wash between two heats is a phase of its own);
 - the standby level: the power the appliance rests at. When it is above the standby band or the cycle's end
   threshold (or inside a band that holds there), the appliance never looks idle and uses never end;
 - uses split by a pause: two uses closer together than three times `cycle.end_for_s` may be one programme with a
   long pause; `end_for_s` is raised above the pause.
 Every group of suggestions is checked: the suggested profile must parse, and replayed over the same period it must
-do better (less time unmatched, fewer function changes, no extra uses) or it is dropped.
+do better (less time unmatched, fewer function changes, no extra uses; a longer dwell must not swallow a function
+of higher power) or it is dropped.
 """
 
 from __future__ import annotations
@@ -107,18 +109,25 @@ def _pauses(tl: Timeline) -> list[Change]:
     prof = tl.profile
     by_name = {f.name: f for f in prof.functions}
     longest: dict[str, float] = {}
+    energy: dict[str, list[int]] = {}  # A -> [energy of A around the pauses, energy of the pauses]
     sp = tl.spans
     for a, b, c in zip(sp, sp[1:], sp[2:], strict=False):
         if a.function != c.function or b.function in (a.function, GAP) or a.function not in by_name:
             continue
-        if b.seconds >= PAUSE_MAX_S:
-            continue
+        if b.seconds >= PAUSE_MAX_S or any(b.start < u.end <= b.end or b.start <= u.start < b.end for u in tl.uses):
+            continue  # too long for a pause, or the pause is between two uses
         mean_a = (a.energy_mwh + c.energy_mwh) / max(1e-9, a.seconds + c.seconds)
         mean_b = b.energy_mwh / max(1e-9, b.seconds)
         if mean_b < mean_a:
             longest[a.function] = max(longest.get(a.function, 0.0), b.seconds)
+            e = energy.setdefault(a.function, [0, 0])
+            e[0] += a.energy_mwh + c.energy_mwh
+            e[1] += b.energy_mwh
     out = []
     for name, secs in longest.items():
+        around, inside = energy[name]
+        if inside * 20 > around:  # the "pauses" carry more than 5 % of the energy around them: a phase of its own
+            continue
         cur = by_name[name].min_off_ns / 1e9
         new = float(math.ceil(secs * 1.2 + 2))
         if new > cur:
@@ -195,14 +204,24 @@ def _badness(tl: Timeline) -> tuple[float, int]:
     return tl.seconds_by_function().get(tl.profile.unmatched, 0.0), len(tl.spans)
 
 
+def _swallows(before: Timeline, after: Timeline, grown: set[str]) -> bool:
+    """Whether a function of higher mean power than one of `grown` lost more than 1 % of its energy."""
+    e0, e1 = before.energy_by_function(), after.energy_by_function()
+    secs = before.seconds_by_function()
+    mean = {f: e0[f] / max(1e-9, secs.get(f, 0.0)) for f in e0}
+    floor = min((mean.get(g, 0.0) for g in grown), default=0.0)
+    return any(mean[f] > floor and f not in grown and e1.get(f, 0) < e0[f] * 0.99 for f in e0)
+
+
 def suggest(tl: Timeline) -> list[Change]:
     """The changes, most important first (unmatched readings, pauses, the standby level, split uses). Each group is
     kept only if, replayed over the same period with the groups kept before it, it does better: less time unmatched
-    or fewer function changes and no more of either, without adding uses; the standby group also when a use that
-    never ended now ends; the split-uses group when it joins uses."""
+    or fewer function changes and no more of either, without adding uses (and, for pauses, without a function of
+    higher power losing energy); the standby group also when a use that never ended now ends; the split-uses group
+    when it joins uses."""
     kept: list[Change] = []
     current = tl
-    for group, kind in ((_unmatched, "band"), (_pauses, "band"), (_standby, "rest"), (_split_uses, "join")):
+    for group, kind in ((_unmatched, "band"), (_pauses, "pause"), (_standby, "rest"), (_split_uses, "join")):
         cands = [c for c in group(current) if all((c.target, c.key) != (k.target, k.key) for k in kept)]
         if not cands:
             continue
@@ -218,6 +237,8 @@ def suggest(tl: Timeline) -> list[Change]:
             better = (current.open_use and not trial.open_use) or (tidier and len(trial.uses) == len(current.uses))
         else:
             better = tidier and len(trial.uses) <= len(current.uses)
+            if kind == "pause":  # a longer min_off_s must not swallow a higher-power function (a heater pulse)
+                better = better and not _swallows(current, trial, {c.target for c in cands})
         if better:
             kept += cands
             current = trial
