@@ -10,6 +10,8 @@ What it looks at, and why each is a safe kind of change:
   carry more than 5 % of the energy around them (a wash between two heats is a phase of its own);
 - the standby level: the power the appliance rests at. When it is above the standby band or the cycle's end
   threshold (or inside a band that holds there), the appliance never looks idle and uses never end;
+- uses that end late: `end_for_s` far longer than any quiet stretch a use went on after (a dishwasher's use
+  open 30 minutes after its programme) is shortened to 1.5 times that stretch (at least a minute);
 - uses split by a pause: two uses closer together than three times `cycle.end_for_s` may be one programme with a
   long pause; `end_for_s` is raised above the pause.
 Every group of suggestions is checked: the suggested profile must parse, and replayed over the same period it must
@@ -137,9 +139,11 @@ def _pauses(tl: Timeline) -> list[Change]:
 
 
 def _rest_level(tl: Timeline) -> int | None:
-    """The power the appliance rests at: the median outside its uses; when a use never ended, the median of the
-    steady stretch below 50 W the period ends with, if it lasted 10 minutes (None when neither tells)."""
+    """The power the appliance rests at: the median outside its uses (when it had some); when a use never ended,
+    the median of the steady stretch below 50 W the period ends with, if it lasted 10 minutes (else None)."""
     if not tl.open_use:
+        if not tl.uses:  # no use seen: nothing says which readings are the rest
+            return None
         outside = [p.power_mw or 0 for p in tl.points if not any(u.start <= p.t <= u.end for u in tl.uses)]
         return _pct(outside, 0.5) if len(outside) >= 60 else None
     tail: list[int] = []
@@ -185,6 +189,33 @@ def _standby(tl: Timeline) -> list[Change]:
     return out
 
 
+def _late_end(tl: Timeline) -> list[Change]:
+    """Uses that end long after the appliance came to rest: `end_for_s` more than four times the longest quiet
+    stretch that a use went on after (at least one such pause must have been seen)."""
+    cyc = tl.profile.cycle
+    if cyc is None or not (tl.uses or tl.open_use):
+        return []
+    spans = [(u.start, u.end) for u in tl.uses] + ([(tl.uses[-1].end if tl.uses else tl.start, tl.end)]
+                                                    if tl.open_use else [])
+    longest = 0.0
+    for a, b in spans:
+        quiet_since: float | None = None
+        for p in tl.points:
+            if not a <= p.t <= b:
+                continue
+            if (p.power_mw or 0) < cyc.end_mw:
+                quiet_since = p.t if quiet_since is None else quiet_since
+            elif quiet_since is not None:
+                longest = max(longest, p.t - quiet_since)  # quiet, and then the use went on
+                quiet_since = None
+    cur = cyc.end_ns / 1e9
+    new = float(max(60, math.ceil(max(longest * 1.5, longest + 60))))
+    if longest <= 0 or cur <= max(4 * longest, longest + 120) or cur - new < 120:
+        return []  # no pause seen (nothing tells how long one may be), or not much to gain
+    return [Change("cycle", "end_for_s", cur, new, f"the longest quiet stretch a use went on after was "
+                   f"{longest:.0f} s; a use need not wait {cur:.0f} s to end")]
+
+
 def _split_uses(tl: Timeline) -> list[Change]:
     cyc = tl.profile.cycle
     if cyc is None or len(tl.uses) < 2:
@@ -221,7 +252,8 @@ def suggest(tl: Timeline) -> list[Change]:
     when it joins uses."""
     kept: list[Change] = []
     current = tl
-    for group, kind in ((_unmatched, "band"), (_pauses, "pause"), (_standby, "rest"), (_split_uses, "join")):
+    for group, kind in ((_unmatched, "band"), (_pauses, "pause"), (_standby, "rest"), (_late_end, "end"),
+                        (_split_uses, "join")):
         cands = [c for c in group(current) if all((c.target, c.key) != (k.target, k.key) for k in kept)]
         if not cands:
             continue
@@ -233,8 +265,13 @@ def suggest(tl: Timeline) -> list[Change]:
         tidier = (o1, n1) != (o0, n0) and o1 <= o0 and n1 <= n0
         if kind == "join":
             better = len(trial.uses) < len(current.uses)
-        elif kind == "rest":  # uses that never ended now end, or the same uses with less flapping
-            better = (current.open_use and not trial.open_use) or (tidier and len(trial.uses) == len(current.uses))
+        elif kind == "rest":  # uses that never ended now end, or the same uses with less flapping; standby never
+            # takes more than 5 % of the energy (it is the rest, not a phase)
+            e = trial.energy_by_function()
+            better = ((current.open_use and not trial.open_use) or (tidier and len(trial.uses) == len(current.uses))
+                      ) and e.get("standby", 0) * 20 <= sum(e.values())
+        elif kind == "end":  # uses end sooner without being split: the same uses (an open one now closed)
+            better = len(trial.uses) == len(current.uses) + current.open_use and not trial.open_use
         else:
             better = tidier and len(trial.uses) <= len(current.uses)
             if kind == "pause":  # a longer min_off_s must not swallow a higher-power function (a heater pulse)

@@ -21,7 +21,7 @@ from gateway.state import StateDir
 from koto.reading import Quantity, Reading
 from metering.energy import EnergySpec
 from metering.profile import builtin_profile, parse_profile
-from tests.support.appliance_traces import oven, washer
+from tests.support.appliance_traces import dishwasher, oven, washer
 
 T0 = 1_764_921_600.0
 BOOT = "00000000-0000-4000-8000-000000000001"
@@ -178,3 +178,21 @@ def test_suggest_lets_the_uses_of_a_machine_resting_above_standby_end() -> None:
     after = replay(tl.points, apply(prof, changes))
     assert len(after.uses) == 1 and not after.open_use
     assert after.seconds_by_function()["standby"] > 1500
+
+
+def test_suggest_shortens_a_use_end_that_waits_far_longer_than_any_pause() -> None:
+    """The dishwasher's use used to stay open 30 minutes after its programme: the longest quiet stretch a use went
+    on after (an eco soak) tells how long the end needs to wait."""
+    from importlib import resources
+
+    text = (resources.files("metering") / "profiles" / "dishwasher.toml").read_text()
+    late = parse_profile(tomllib.loads(text.replace("end_for_s = 120", "end_for_s = 1800").replace(
+        "end_below_w = 2", "end_below_w = 5")))
+    t = dishwasher("fan-dry-60cm", "eco50")  # drying with a fan: the use is on until the fan stops
+    tl = replay([TracePoint(T0 + i, round(w * 1000)) for i, w in enumerate(t.watts)], late)
+    assert tl.open_use and not tl.uses  # the trace ends 15 minutes after the programme: the use is still open
+    changes = suggest(tl)
+    end = next(c for c in changes if (c.target, c.key) == ("cycle", "end_for_s"))
+    assert 240 < end.new < 600  # above the eco soak pauses (4 minutes at the electronics' 3.5 W)
+    after = replay(tl.points, apply(late, changes))
+    assert len(after.uses) == 1 and not after.open_use
