@@ -25,6 +25,7 @@ from .power_log import REQUEST_FILE, TracePoint, read_trace, trace_name
 from .profile_plot import render_svg, render_terminal
 from .profile_replay import GAP, Timeline, replay
 from .profile_suggest import apply, power_stats, profile_toml, suggest
+from .status import read_status
 from .status import runtime_dir as default_runtime_dir
 
 REFRESH_WAIT_S = 6.0
@@ -89,22 +90,27 @@ def _profile(appliance: str, cfg: Any, ref: str | None) -> Profile:
 
 
 def _daemon_trace(appliance: str, folder: Path) -> tuple[list[TracePoint], str]:
-    """The daemon's trace of `appliance`, refreshed first when the runtime folder lets us ask."""
+    """The daemon's trace of `appliance`, refreshed first when the daemon runs and the runtime folder lets us ask."""
     path = folder / trace_name(appliance)
     before = path.stat().st_mtime if path.exists() else 0.0
+    running = not read_status(folder).not_running
     try:
-        (folder / REQUEST_FILE).touch()
+        if running:
+            (folder / REQUEST_FILE).touch()
     except OSError:
         pass  # not allowed to ask (e.g. not root): read what the daemon last wrote
     else:
         deadline = time.monotonic() + REFRESH_WAIT_S
-        while time.monotonic() < deadline and (not path.exists() or path.stat().st_mtime == before):
+        while running and time.monotonic() < deadline and (not path.exists() or path.stat().st_mtime == before):
             time.sleep(0.3)
     if not path.exists():
         raise click.ClickException(f"{path}: no power trace (is the daemon running, with {appliance!r} "
                                    "configured? or pass --trace FILE)")
     age = time.time() - path.stat().st_mtime
-    if age > 300:
+    if not running:
+        click.echo(f"note: the daemon is not running; reading the trace it last wrote ({age / 60:.0f} min ago)",
+                   err=True)
+    elif age > 300:
         click.echo(f"note: {path} was written {age / 60:.0f} min ago; the daemon writes it every 2 min while it "
                    "runs", err=True)
     return read_trace(path), str(path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import tomllib
 import xml.dom.minidom
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,22 @@ def test_suggest_shortens_a_use_end_that_waits_far_longer_than_any_pause() -> No
     assert 240 < end.new < 600  # above the eco soak pauses (4 minutes at the electronics' 3.5 W)
     after = replay(tl.points, apply(late, changes))
     assert len(after.uses) == 1 and not after.open_use
+
+
+def test_check_reads_the_daemon_trace_of_a_configured_appliance_since_a_time(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "koto.toml"
+    cfg.write_text(f'[gateway]\nid = "gw"\nstate_dir = "{tmp_path / "state"}"\ntimezone = "UTC"\n'
+                   '[[appliance]]\nid = "washer"\nprofile = "washing_machine"\n'
+                   '[appliance.sources.k]\ndriver = "s0"\npin = 17\nimp_per_kwh = 1000\n')
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    t = washer("belt-7kg", "quick30")
+    _write(run_dir / "power-washer.csv", (0.5,) * 3600 + t.watts)  # an idle hour, then the programme
+    since = datetime.fromtimestamp(T0 + 3600, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    assert koto(["profile", "check", "washer", "--config", str(cfg), "--runtime-dir", str(run_dir),
+                 "--since", since]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(t.watts)} readings from {run_dir / 'power-washer.csv'}" in out and "uses: 1" in out
+    assert koto(["profile", "check", "dryer", "--config", str(cfg), "--runtime-dir", str(run_dir)]) == 2
+    assert "no appliance named 'dryer' (known: washer)" in capsys.readouterr().err
