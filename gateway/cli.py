@@ -179,6 +179,7 @@ def _register() -> None:
     from .cli_check import check
     from .cli_doctor import doctor
     from .cli_logs import logs
+    from .cli_profile import profile
     from .cli_status import status
     from .cli_support import support_bundle
     from .cli_usage import usage
@@ -189,6 +190,7 @@ def _register() -> None:
     cli.add_command(status)
     cli.add_command(support_bundle)
     cli.add_command(usage)
+    cli.add_command(profile)
 
 
 _register()

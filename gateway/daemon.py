@@ -40,6 +40,7 @@ from metering.records import CLOCK_TYPE, LIFECYCLE_TYPE, Draft, TimeStatus
 from .checkpointing import CheckpointPlan
 from .config import ApplianceConfig, GatewayConfig
 from .errors import ConfigError
+from .power_log import PowerLog
 from .state import StateDir
 from .status import StatusFile
 from .status_build import SnapshotBuilder
@@ -126,6 +127,9 @@ class Gateway:
         except BaseException:  # a bad profile or source config: release the ledger (and its writer lock)
             self.ledger.close()
             raise
+        # recent power per appliance, in RAM and on tmpfs, for `koto profile check/suggest`
+        self.power_log = (PowerLog(runtime_dir, {aid: m.spec for aid, m in self.meters.items()})
+                          if runtime_dir is not None else None)
 
     def _build(self, cfg: GatewayConfig) -> None:
         self._profiles: dict[str, tuple[int, str]] = {}
@@ -269,6 +273,8 @@ class Gateway:
                 if self.status is not None:
                     workers.append(tg.create_task(sup.guard("status", self.status.run(snapshot)), name="status"))
                 workers.append(tg.create_task(sup.guard("summary", HourlySummary(snapshot).run()), name="summary"))
+                if self.power_log is not None:
+                    workers.append(tg.create_task(sup.guard("power log", self.power_log.run()), name="power-log"))
                 await stop.wait()
                 sup.stopping()  # arms the stop deadline, whoever asked for the stop
                 self._stopping = True
@@ -285,6 +291,8 @@ class Gateway:
                 await stop_tasks(workers)
                 if self.status is not None:
                     self.status.stopped(snapshot())
+                if self.power_log is not None:
+                    self.power_log.flush()
         finally:
             relays.close()  # stop: back to the safe state (powered), pins released
             self.ledger.close()
@@ -348,6 +356,8 @@ class Gateway:
             return
         if reading.quantity not in (Quantity.POWER_MW, Quantity.ENERGY_MWH, Quantity.PULSES, Quantity.SIGNAL):
             return  # diagnostics (voltage, RSSI...) serve the live view, not the ledger
+        if self.power_log is not None:
+            self.power_log.add(aid, reading)
         self._take(aid, self.meters[aid].feed(reading))
         self._ckpt.fed(aid)  # a pulse count or integrated power is checkpointed within `checkpoint_s`
 
