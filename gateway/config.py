@@ -24,8 +24,8 @@ set of limits. Sources are validated by their drivers when built (`drivers.base.
 checks only the gateway's own keys, the shape, and that each source names a known driver; a driver's error still
 names this file.
 
-`retain_days` and `web_port` in `[gateway]` are reserved: accepted and range-checked, so a file written today keeps
-its meaning, but not used yet (pruning acked records and the status page are the next issues' work).
+`web_port` in `[gateway]` is reserved: accepted and range-checked, so a file written today keeps its meaning, but
+not used yet. `retain_days` is how long records stay in the ledger (gateway/housekeeping.py says what leaves when).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from .errors import ConfigError
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENERGY_KINDS: tuple[Kind, ...] = ("register", "pulses", "power")
 CHECKPOINT_S = 300.0  # default `[gateway] checkpoint_s`
+RETAIN_DAYS = 90.0  # default `[gateway] retain_days`
 
 
 class _Table:
@@ -159,6 +160,7 @@ class GatewayConfig:
     cloud: SyncConfig | None
     tariff: dict[str, Any] | None
     appliances: tuple[ApplianceConfig, ...]
+    retain_days: float = RETAIN_DAYS
 
     @property
     def tz(self) -> ZoneInfo:
@@ -193,7 +195,7 @@ def parse_config(data: dict[str, Any], *, file: str = "<config>", base: Path | N
     _check_hardware(appliances, file)
     return GatewayConfig(file=file, id=gateway.id, state_dir=gateway.state_dir, timezone=gateway.timezone,
                          subject=gateway.subject, batch_ms=gateway.batch_ms, checkpoint_s=gateway.checkpoint_s,
-                         cloud=cloud, tariff=tariff, appliances=appliances)
+                         cloud=cloud, tariff=tariff, appliances=appliances, retain_days=gateway.retain_days)
 
 
 class _Gateway(NamedTuple):
@@ -205,6 +207,7 @@ class _Gateway(NamedTuple):
     subject: str
     batch_ms: int
     checkpoint_s: float
+    retain_days: float
 
 
 def _parse_gateway(gw: _Table, base: Path) -> _Gateway:
@@ -222,10 +225,10 @@ def _parse_gateway(gw: _Table, base: Path) -> _Gateway:
     # How often a pulse or power meter's state is saved between records: what a power cut can lose at most
     # (a register meter needs none; see gateway/checkpointing.py). 300 s keeps an idle-time write budget tiny.
     checkpoint_s = gw.number("checkpoint_s", CHECKPOINT_S, lo=0.1, hi=3600)
-    gw.number("retain_days", 90, lo=1, hi=3650)  # reserved, not used yet (see the module docstring)
+    retain_days = gw.number("retain_days", RETAIN_DAYS, lo=1, hi=3650)
     gw.number("web_port", 8080, lo=0, hi=65535)  # reserved, not used yet
     gw.reject_unknown()
-    return _Gateway(gid, state_dir, tzname, subject, batch_ms, checkpoint_s)
+    return _Gateway(gid, state_dir, tzname, subject, batch_ms, checkpoint_s, retain_days)
 
 
 def _parse_cloud(ct: _Table, gateway_id: str, base: Path) -> SyncConfig:

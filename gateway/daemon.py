@@ -41,6 +41,7 @@ from metering.tariff import Tariff
 from .checkpointing import CheckpointPlan
 from .config import ApplianceConfig, GatewayConfig
 from .errors import ConfigError
+from .housekeeping import Housekeeper
 from .state import StateDir
 from .status import StatusFile
 from .status_build import SnapshotBuilder
@@ -276,6 +277,7 @@ class Gateway:
                 snapshot = SnapshotBuilder(self)
                 if self.status is not None:
                     workers.append(tg.create_task(self.status.run(snapshot), name="status"))
+                workers.append(tg.create_task(self._housekeeper().run(), name="housekeeping"))
                 await stop.wait()
                 self._stopping = True
                 await stop_tasks([w for w in workers if w.get_name() != "sync"])
@@ -294,6 +296,11 @@ class Gateway:
         finally:
             relays.close()  # stop: back to the safe state (powered), pins released
             self.ledger.close()
+
+    def _housekeeper(self) -> Housekeeper:
+        """Retention: prunes at a quiet moment (no use running, nothing waiting in memory; see housekeeping.py)."""
+        return Housekeeper(self.ledger, self.clock, retain_days=self.cfg.retain_days, local_only=self.cfg.cloud is None,
+                           quiet=lambda: not self._pending and not any(m.cycle.running for m in self.meters.values()))
 
     def _shutdown(self) -> None:
         """A clean stop: feed what is queued, close every open segment, record the stop, one last batch."""
