@@ -160,7 +160,9 @@ class Gateway:
                         for app in cfg.appliances for name, scfg in app.sources.items()}
         self._queue: asyncio.Queue[Reading] = asyncio.Queue(QUEUE_MAX)
         self._pending: list[Draft] = []
-        self._ckpt = CheckpointPlan(self.meters, cfg.checkpoint_s)  # what each batch writes: the SD write budget
+        # What each batch writes, and when: the SD-card write budget (gateway/checkpointing.py)
+        self._ckpt = CheckpointPlan(self.meters, cfg.checkpoint_s,
+                                    hold_s=min((a.interim_s for a in cfg.appliances), default=900))
         self._clock_synced: bool | None = None
         self._stopping = False
         self._inflight: tuple[asyncio.Future[int], list[Draft]] | None = None
@@ -429,7 +431,8 @@ class Gateway:
         return cps
 
     def _batch(self) -> tuple[list[Draft], dict[str, dict[str, Any]]] | None:
-        names = self._ckpt.take(self.clock.now().mono_ns, records=bool(self._pending))
+        now_ns = self.clock.now().mono_ns
+        names = self._ckpt.take(now_ns, records=self._ckpt.records_due(self._pending, now_ns))
         if names is None:
             return None
         drafts, self._pending = self._pending, []
