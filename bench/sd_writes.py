@@ -1,6 +1,6 @@
 """The SD-card write budget: what the gateway writes per appliance-day, beside the records' own bytes and a naive store.
 
-    .venv/bin/python bench/sd_writes.py                         # a simulated day at 120x (about 12 minutes)
+    .venv/bin/python bench/sd_writes.py                         # a simulated day at 60x (about 25 minutes)
     .venv/bin/python bench/sd_writes.py --hours 2 --speed 60    # a shorter look
 
 Nine appliances, polled at 1 Hz of simulated time: eight on Eastron SDM120 register meters, all on ONE simulated
@@ -192,7 +192,7 @@ def naive_store(path: Path, samples: list[Reading]) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hours", type=float, default=24.0, help="simulated hours (default 24: a day)")
-    ap.add_argument("--speed", type=float, default=120.0, help="time compression (default 120x)")
+    ap.add_argument("--speed", type=float, default=60.0, help="time compression (default 60x: polls keep up)")
     ap.add_argument("--start-hour", type=float, default=5.0, help="local hour the run starts at (default 05:00)")
     ap.add_argument("--dir", default="/var/tmp", help="a disk-backed directory for the ledgers (default /var/tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the ledger (its path is printed)")
