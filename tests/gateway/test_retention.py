@@ -97,3 +97,37 @@ def test_a_local_only_year_keeps_retain_days_of_records_and_the_totals_of_all(tm
         assert sum(t.records for t in pruned) == hk.pruned
         assert {t.appliance for t in pruned} == {f"app{i}" for i in range(8)}
         assert ledger.verify(key.public_key(), workers=1).ok
+
+
+async def test_the_running_daemon_prunes_at_a_quiet_moment_and_folds_a_local_only_ledger(tmp_path: Path) -> None:
+    """`koto run`'s own housekeeper (wired in the daemon, on its clock) prunes old records of a local-only gateway."""
+    import time
+
+    from drivers.gpio.sim import mock_factory
+    from gateway.config import parse_config
+    from gateway.daemon import Gateway
+    from gateway.state import StateDir
+    from koto.clock import ScaledClock
+
+    sd = StateDir(tmp_path / "state")
+    sd.provision()
+    with Ledger.open(sd.ledger, gateway_id="gw-h", key=sd.private_key()) as ledger:
+        old = time.time() - 10 * DAY
+        ledger.append([usage(i, t_end=old + i) for i in range(700)])  # more than one step of 500
+    cfg = parse_config({"gateway": {"id": "gw-h", "state_dir": str(sd.root), "retain_days": 1},
+                        "appliance": [{"id": "kettle", "profile": "kettle",
+                                       "sources": {"k": {"driver": "s0", "pin": 17, "imp_per_kwh": 1000}}}]},
+                       file="koto.toml")
+    gw = Gateway(cfg, clock=ScaledClock(600.0), backends={"pin_factory": mock_factory()}, sync_enabled=False)
+    stop = asyncio.Event()
+    run = asyncio.create_task(gw.run(stop))
+    for _ in range(100):  # the first look is a minute of the daemon's clock (0.1 s here) after the start
+        await asyncio.sleep(0.05)
+        if gw.ledger.anchor()[0] > 700:
+            break
+    stop.set()
+    await run
+    with Ledger.open(sd.ledger, gateway_id="gw-h", key=None) as ledger:
+        assert ledger.anchor()[0] == 701  # all 700 old records, in two steps; the gateway's own start record kept
+        assert sum(t.records for t in ledger.pruned_totals()) == 700
+        assert ledger.verify(sd.public_key(), workers=1).ok
