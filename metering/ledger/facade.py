@@ -34,6 +34,11 @@ from .verify import VerifyReport, verify_chain
 
 T = TypeVar("T")
 
+# An upsert, not INSERT OR REPLACE: the row is updated in place (same rowid, same index entry), so a checkpoint
+# rewrites the one page that holds it instead of deleting and re-inserting it (table and index pages: SD writes).
+CHECKPOINT_UPSERT = ("INSERT INTO checkpoints (name, state) VALUES (?,?) "
+                     "ON CONFLICT(name) DO UPDATE SET state=excluded.state")
+
 
 class AckOutcome(Enum):
     """The ledger's answer to a cumulative ack from the cloud (`Ledger.mark_acked`)."""
@@ -160,7 +165,7 @@ class Ledger:
             with store.transaction(conn, self.path, "append failed, nothing was stored"):
                 stored = self._append_records(drafts, self._key) if drafts else []
                 if ckpt_rows:
-                    conn.executemany("INSERT OR REPLACE INTO checkpoints (name, state) VALUES (?,?)", ckpt_rows)
+                    conn.executemany(CHECKPOINT_UPSERT, ckpt_rows)
                 if doc_rows:
                     conn.executemany("INSERT OR REPLACE INTO docs (kind, id, version, body) VALUES (?,?,?,?)", doc_rows)
                 if kv:
