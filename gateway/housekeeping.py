@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from koto.clock import Clock
 from metering.errors import LedgerError
-from metering.ledger import Ledger
+from metering.ledger import Ledger, UsageRow
 
 log = logging.getLogger("koto.gateway.housekeeping")
 
@@ -95,3 +95,19 @@ class Housekeeper:
             log.info("retention: removed %d records older than %g days (%s); the ledger now starts at seq %d",
                      deleted, self.retain_days, rule, first)
         return deleted
+
+
+def pruned_rows(ledger: Ledger, appliance: str | None = None) -> list[UsageRow]:
+    """A local-only gateway's pruned totals as `koto usage` rows (per appliance and function, costs per currency)."""
+    rows: dict[tuple[str, str], UsageRow] = {}
+    for t in ledger.pruned_totals():
+        if appliance is not None and t.appliance != appliance:
+            continue
+        old = rows.get((t.appliance, t.key)) or UsageRow(t.appliance, t.key, 0, 0, 0, (), 0)
+        costs = dict(old.costs)
+        if t.currency:
+            costs[t.currency] = costs.get(t.currency, 0) + t.cost_minor
+        rows[(t.appliance, t.key)] = UsageRow(t.appliance, t.key, old.energy_mwh + t.energy_mwh,
+                                              old.duration_ms + t.duration_ms, old.uses + t.uses,
+                                              tuple(sorted(costs.items())), old.records + t.records)
+    return [rows[k] for k in sorted(rows)]

@@ -99,7 +99,8 @@ def test_a_local_only_year_keeps_retain_days_of_records_and_the_totals_of_all(tm
         assert ledger.verify(key.public_key(), workers=1).ok
 
 
-async def test_the_running_daemon_prunes_at_a_quiet_moment_and_folds_a_local_only_ledger(tmp_path: Path) -> None:
+async def test_the_running_daemon_prunes_at_a_quiet_moment_and_folds_a_local_only_ledger(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`koto run`'s own housekeeper (wired in the daemon, on its clock) prunes old records of a local-only gateway."""
     import time
 
@@ -131,3 +132,10 @@ async def test_the_running_daemon_prunes_at_a_quiet_moment_and_folds_a_local_onl
         assert ledger.anchor()[0] == 701  # all 700 old records, in two steps; the gateway's own start record kept
         assert sum(t.records for t in ledger.pruned_totals()) == 700
         assert ledger.verify(sd.public_key(), workers=1).ok
+    from gateway.cli import main as koto
+
+    capsys.readouterr()
+    assert koto(["usage", "--state-dir", str(sd.root), "--mwh"]) == 0
+    out = capsys.readouterr().out
+    assert "before seq 701: removed by retention" in out
+    assert "700000" in out  # the 700 pruned records' energy (1000 mWh each), exact
