@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # On a Pi the venv also sees Raspberry Pi OS's python3-lgpio (lgpio has no wheels on PyPI).
 VENV_FLAGS := $(if $(filter aarch64 armv7l,$(shell uname -m)),--system-site-packages,)
 
-.PHONY: demo test test-fast lint typecheck pytest bench clean system-deps
+.PHONY: demo test test-fast lint typecheck pytest bench bench-sd clean system-deps
 
 $(VENV_OK):
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -65,6 +65,10 @@ test-fast: $(DEV_STAMP) system-deps lint typecheck
 
 bench: $(DEV_STAMP) system-deps
 	$(BIN)/python bench/metering.py
+
+# The SD-card write budget: a compressed day of 9 appliances at 1 Hz (about 25 minutes at the default 60x).
+bench-sd: $(DEV_STAMP)
+	$(BIN)/python bench/sd_writes.py --speed 60
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -40,6 +40,7 @@ from metering.records import CLOCK_TYPE, LIFECYCLE_TYPE, Draft, TimeStatus
 from .checkpointing import CheckpointPlan
 from .config import ApplianceConfig, GatewayConfig
 from .errors import ConfigError
+from .housekeeping import Housekeeper
 from .power_log import PowerLog
 from .state import StateDir
 from .status import StatusFile
@@ -149,7 +150,9 @@ class Gateway:
                         for app in cfg.appliances for name, scfg in app.sources.items()}
         self._queue: asyncio.Queue[Reading] = asyncio.Queue(QUEUE_MAX)
         self._pending: list[Draft] = []
-        self._ckpt = CheckpointPlan(self.meters, cfg.checkpoint_s)  # what each batch writes: the SD write budget
+        # What each batch writes, and when: the SD-card write budget (gateway/checkpointing.py)
+        self._ckpt = CheckpointPlan(self.meters, cfg.checkpoint_s,
+                                    hold_s=min((a.interim_s for a in cfg.appliances), default=900))
         self._clock_synced: bool | None = None
         self._stopping = False
         self._inflight: tuple[asyncio.Future[int], list[Draft]] | None = None
@@ -275,6 +278,8 @@ class Gateway:
                 workers.append(tg.create_task(sup.guard("summary", HourlySummary(snapshot).run()), name="summary"))
                 if self.power_log is not None:
                     workers.append(tg.create_task(sup.guard("power log", self.power_log.run()), name="power-log"))
+                workers.append(tg.create_task(sup.guard("housekeeping", self._housekeeper().run()),
+                                              name="housekeeping"))
                 await stop.wait()
                 sup.stopping()  # arms the stop deadline, whoever asked for the stop
                 self._stopping = True
@@ -298,6 +303,11 @@ class Gateway:
             self.ledger.close()
         if sup.failure is not None:
             raise sup.failure  # `koto run` prints it as one line and exits 2
+
+    def _housekeeper(self) -> Housekeeper:
+        """Retention: prunes at a quiet moment (no use running, nothing waiting in memory; see housekeeping.py)."""
+        return Housekeeper(self.ledger, self.clock, retain_days=self.cfg.retain_days, local_only=self.cfg.cloud is None,
+                           quiet=lambda: not self._pending and not any(m.cycle.running for m in self.meters.values()))
 
     def _shutdown(self) -> None:
         """A clean stop: feed what is queued, close every open segment, record the stop, one last batch."""
@@ -402,7 +412,8 @@ class Gateway:
         return cps
 
     def _batch(self) -> tuple[list[Draft], dict[str, dict[str, Any]]] | None:
-        names = self._ckpt.take(self.clock.now().mono_ns, records=bool(self._pending))
+        now_ns = self.clock.now().mono_ns
+        names = self._ckpt.take(now_ns, records=self._ckpt.records_due(self._pending, now_ns))
         if names is None:
             return None
         drafts, self._pending = self._pending, []
