@@ -40,6 +40,8 @@ from metering.tariff import Tariff
 
 from .config import ApplianceConfig, GatewayConfig
 from .errors import ConfigError
+from .sdnotify import Notifier
+from .service import ServiceNotify
 from .state import StateDir
 from .status import StatusFile
 from .status_build import SnapshotBuilder
@@ -106,8 +108,10 @@ class Gateway:
 
     def __init__(self, cfg: GatewayConfig, *, clock: Clock, backends: Mapping[str, Any] | None = None,
                  on_event: Callable[[MeterEvent], None] | None = None, sync_enabled: bool = True,
-                 runtime_dir: Path | None = None, deadline: StopDeadline | None = None) -> None:
+                 runtime_dir: Path | None = None, deadline: StopDeadline | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.cfg = cfg
+        self.notifier = notifier or Notifier(environ={})  # systemd's, from `koto run`; silent otherwise
         self.deadline = deadline  # `koto run` arms one; in-process users (tests, the demo) have none
         self.supervisor = Supervisor(asyncio.Event(), deadline=deadline)
         self.status = StatusFile(runtime_dir) if runtime_dir is not None else None  # `koto status` reads it
@@ -149,6 +153,7 @@ class Gateway:
         self._clock_synced: bool | None = None
         self._stopping = False
         self._inflight: tuple[asyncio.Future[int], list[Draft]] | None = None
+        self._inflight_since = 0.0
         self._append_failing = False
         for name in self.sources:  # fail fast: a driver's config error names the file and key before we start
             self._build_source(name)
@@ -268,8 +273,11 @@ class Gateway:
                 snapshot = SnapshotBuilder(self)
                 if self.status is not None:
                     workers.append(tg.create_task(sup.guard("status", self.status.run(snapshot)), name="status"))
+                service = ServiceNotify(self, self.notifier)  # READY now: the ledger is open, the sources started
+                workers.append(tg.create_task(sup.guard("systemd notify", service.run()), name="notify"))
                 await stop.wait()
                 sup.stopping()  # arms the stop deadline, whoever asked for the stop
+                service.stopping(str(sup.failure or ""))
                 self._stopping = True
                 await stop_tasks([w for w in workers if w.get_name() != "sync"])
                 await stop_tasks([meter_task])
@@ -414,6 +422,7 @@ class Gateway:
             # The fsync runs off the event loop; the snapshot was taken with the drafts, so they stay consistent.
             fut = asyncio.ensure_future(asyncio.to_thread(self._append, *batch))
             self._inflight = (fut, batch[0])
+            self._inflight_since = time.monotonic()
             try:
                 n = await asyncio.shield(fut)  # cancelled here (a stop), the append still ends: see _settle
             except LedgerError as e:
@@ -433,6 +442,16 @@ class Gateway:
             self._stored(await fut)
         except LedgerError as e:
             self._keep(drafts, e)
+
+    def writer_stalled_s(self) -> float:
+        """How long the commit now running in its thread has been running (0 when none is): the watchdog's test."""
+        return time.monotonic() - self._inflight_since if self._inflight is not None else 0.0
+
+    def held_drafts(self) -> list[Draft]:
+        """Records made but not stored, when the last commit failed (a full disk): waiting, or in the commit."""
+        if not self._append_failing:
+            return []
+        return (self._inflight[1] if self._inflight else []) + self._pending
 
     def _append(self, drafts: list[Draft], checkpoints: dict[str, dict[str, Any]]) -> int:
         return len(self.ledger.append(drafts, checkpoints=checkpoints))
@@ -454,6 +473,7 @@ class Gateway:
         self._dirty = True
         self.stats.append_failures += 1
         if isinstance(error, LedgerGone):  # not a full disk: retrying would write into an unlinked file
+            self._append_failing = True
             self.supervisor.fail("ledger", error)
             return
         if not self._append_failing:

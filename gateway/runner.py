@@ -16,6 +16,7 @@ from koto.loop import install_exception_handler
 
 from .config import GatewayConfig
 from .daemon import Gateway
+from .sdnotify import Notifier
 from .status import runtime_dir
 from .supervisor import EXIT_DEADLINE, StopDeadline
 
@@ -63,7 +64,7 @@ async def run_gateway(cfg: GatewayConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     gw = Gateway(cfg, clock=SystemClock(), backends=production_backends(cfg), runtime_dir=runtime_dir(),
-                 deadline=deadline)
+                 deadline=deadline, notifier=Notifier())
     log.warning("koto gateway %s running: %d appliances, %d sources, ledger %s", cfg.id, len(gw.meters),
                 len(gw.sources), gw.ledger.path)
     try:
