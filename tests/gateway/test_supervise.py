@@ -196,3 +196,28 @@ def test_a_stop_that_cannot_commit_ends_at_the_deadline_with_what_is_committed(t
     assert "the stop did not finish within 2 s" in child.text()
     assert lifecycle(child.events()) == ["start"]  # the stop record could not be committed; nothing half-written
     assert koto(["verify", "--state-dir", str(cfg.parent / "state")]) == 0
+
+
+def test_a_ledger_deleted_under_the_running_daemon_stops_it_with_one_line_and_no_second_chain(
+        tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, appliance("kettle", "k", watts=2000))
+    child = Child(cfg)
+    child.wait_for("kettle: ")
+    db = tmp_path / "state" / "ledger.db"
+    os.unlink(db)
+    assert child.wait() == 2
+    text = child.text()
+    last = text.strip().splitlines()[-1]
+    assert last.startswith(f"koto: the ledger {db} was deleted or replaced while Koto ran (the file was deleted); "
+                           f"what it held is saved as {db}.rescued; nothing more was written to it")
+    assert "Traceback" not in text
+    assert not db.exists()  # nothing was written at the path: no second chain
+    again = subprocess.run([sys.executable, "-m", "tests.support.koto_child", "run", "--config", str(cfg)],
+                           cwd=REPO, capture_output=True, text=True, timeout=WAIT_S,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})  # systemd's Restart=always
+    assert again.returncode == 2
+    assert again.stderr.startswith(f"koto: {db}: {db}.rescued holds this ledger") and again.stderr.count("\n") == 1
+    assert not db.exists()
+    os.replace(f"{db}.rescued", db)  # what an operator does to restore it
+    assert lifecycle(child.events()) == ["start"]
+    assert koto(["verify", "--state-dir", str(db.parent)]) == 0
