@@ -40,6 +40,7 @@ from metering.tariff import Tariff
 
 from .config import ApplianceConfig, GatewayConfig
 from .errors import ConfigError
+from .held import report_unstored
 from .sdnotify import Notifier
 from .service import ServiceNotify
 from .state import StateDir
@@ -307,6 +308,7 @@ class Gateway:
             self._take(aid, meter.close(now))
         self._lifecycle("stop")
         self._flush_now()
+        report_unstored(self.held_drafts(), {a.id: a.energy_kind for a in self.cfg.appliances})
         log.info("gateway stopped; ledger at seq %d", self.ledger.head()[0])
 
     async def _meter_loop(self) -> None:
