@@ -53,10 +53,13 @@ async def run_gateway(cfg: GatewayConfig) -> None:
     install_exception_handler(loop)
     deadline = StopDeadline(cfg.stop_timeout_s)
 
+    signalled: list[signal.Signals] = []
+
     def on_signal(sig: signal.Signals) -> None:
-        if deadline.started:
+        if signalled:
             log.warning("%s again: exiting now with what the ledger has committed", sig.name)
             os._exit(EXIT_DEADLINE)
+        signalled.append(sig)
         log.info("%s: stopping (at most %g s)", sig.name, cfg.stop_timeout_s)
         deadline.start()
         stop.set()
