@@ -73,7 +73,12 @@ class ServiceNotify:
         self._withheld = False
 
     async def run(self) -> None:
-        self.notifier.ready(await asyncio.to_thread(status_line, self.gw))
+        try:
+            first = await asyncio.to_thread(status_line, self.gw)
+        except Exception as e:  # a status line is for people: it never keeps READY back or stops the daemon
+            log.debug("cannot build the status line: %s", e)
+            first = ""
+        self.notifier.ready(first)
         tick = min(self.interval_s or STATUS_EVERY_S, STATUS_EVERY_S)
         loop = asyncio.get_running_loop()
         next_status = loop.time() + STATUS_EVERY_S

@@ -170,11 +170,13 @@ class Supervisor:
         opens and then fails at once is not retried twice a second for ever."""
         backoff = Backoff(*SOURCE_BACKOFF)
         while True:
+            opening = True
             try:
                 src = build()
                 st.source = src
                 async with asyncio.timeout(OPEN_LIMIT_S):
                     await src.__aenter__()
+                opening = False
                 try:
                     async for reading in src:
                         backoff.reset()
@@ -190,7 +192,7 @@ class Supervisor:
                 return
             except Exception as e:  # a driver failure must never take the gateway down
                 st.last_error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-                if isinstance(e, TimeoutError):
+                if opening and isinstance(e, TimeoutError):
                     st.last_error = f"did not open within {OPEN_LIMIT_S:g} s"
                 wait = backoff.next()
                 log.warning("%s: source failed (%s); restarting in %.1f s", st.name, st.last_error, wait)
