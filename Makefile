@@ -33,7 +33,8 @@ $(DEV_STAMP): pyproject.toml | $(VENV_OK)
 	touch $@ $(RUN_STAMP)
 
 # Mosquitto is a real peer of the sync tests, PostgreSQL of the receiver's store tests (they start their own
-# server from its binaries), systemd-analyze checks the unit; install them when missing.
+# server from its binaries), systemd-analyze checks the unit, systemd-journal-remote writes the journal file that
+# `koto logs` reads in its test; install them when missing.
 system-deps:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mosquitto )
@@ -41,6 +42,8 @@ system-deps:
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql )
 	@command -v systemd-analyze >/dev/null 2>&1 || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q systemd )
+	@ls /lib/systemd/systemd-journal-remote /usr/lib/systemd/systemd-journal-remote >/dev/null 2>&1 || \
+		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q systemd-journal-remote )
 
 demo: $(RUN_STAMP)
 	$(BIN)/koto demo

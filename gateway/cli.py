@@ -20,6 +20,7 @@ from koto import __version__
 from koto.errors import KotoError, explain_os_error
 
 from .cli_common import DEFAULT_CONFIG, config_option, open_ledger_ro, resolve, state_option
+from .logs import setup_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,8 +28,7 @@ from .cli_common import DEFAULT_CONFIG, config_option, open_ledger_ro, resolve, 
 @click.option("-v", "--verbose", count=True, help="More log detail (-v info, -vv debug).")
 def cli(verbose: int) -> None:
     """Koto gateway: meter the use of appliance functions into a signed ledger and sync it to the billing cloud."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    setup_logging(logging.WARNING - 10 * min(verbose, 2))
 
 
 @cli.command()
@@ -176,9 +176,15 @@ def discover(ports: tuple[str, ...], no_serial: bool, address: str, baud: str, t
 
 def _register() -> None:
     """Commands that live in their own modules."""
+    from .cli_check import check
+    from .cli_doctor import doctor
+    from .cli_logs import logs
     from .cli_status import status
     from .cli_usage import usage
 
+    cli.add_command(check)
+    cli.add_command(doctor)
+    cli.add_command(logs)
     cli.add_command(status)
     cli.add_command(usage)
 
@@ -207,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         e.show()
         return 2 if e.exit_code in (1, 2) else int(e.exit_code)
     except KotoError as e:
-        click.echo(f"koto: {e}", err=True)
+        for line in str(e).splitlines():  # a config with several problems: one line each
+            click.echo(f"koto: {line}", err=True)
         return 2
     except OSError as e:  # a folder owned by root, a full disk, a read-only card: one line that says what to do
         click.echo(f"koto: {explain_os_error(e)}", err=True)

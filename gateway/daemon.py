@@ -36,8 +36,8 @@ from metering.meter import ApplianceMeter, FeedResult, MeterEvent
 from metering.pricing import Pricing
 from metering.profile import Profile, builtin_profile, load_profile, parse_profile
 from metering.records import CLOCK_TYPE, LIFECYCLE_TYPE, Draft, TimeStatus
-from metering.tariff import Tariff
 
+from .checkpointing import CheckpointPlan
 from .config import ApplianceConfig, GatewayConfig
 from .errors import ConfigError
 from .held import report_unstored
@@ -46,6 +46,7 @@ from .service import ServiceNotify
 from .state import StateDir
 from .status import StatusFile
 from .status_build import SnapshotBuilder
+from .summary import HourlySummary
 from .supervisor import SourceState, StopDeadline, Supervisor
 from .sync import Sync
 
@@ -149,8 +150,7 @@ class Gateway:
                         for app in cfg.appliances for name, scfg in app.sources.items()}
         self._queue: asyncio.Queue[Reading] = asyncio.Queue(QUEUE_MAX)
         self._pending: list[Draft] = []
-        self._dirty = False
-        self._last_checkpoint_ns = 0
+        self._ckpt = CheckpointPlan(self.meters, cfg.checkpoint_s)  # what each batch writes: the SD write budget
         self._clock_synced: bool | None = None
         self._stopping = False
         self._inflight: tuple[asyncio.Future[int], list[Draft]] | None = None
@@ -179,6 +179,7 @@ class Gateway:
         A command is committed to the ledger before pricing changes in memory, and the pricing snapshot is saved
         only with the next batch, so the ledger's documents are re-applied at every start (a no-op when known).
         """
+        from .config_tariff import apply_config_tariff
         from .downlink import restore_from_ledger
 
         # An appliance behind an enforcement relay is gated as a whole: without a grant it may not start.
@@ -186,9 +187,8 @@ class Gateway:
         state = self.ledger.checkpoint(PRICING_CHECKPOINT)
         if state:
             pricing.restore(state)
-        elif self.cfg.tariff:
-            pricing.apply_tariff(Tariff.from_dict(self.cfg.tariff, file=f"{self.cfg.file} [tariff]"))
         restore_from_ledger(self.ledger, pricing, on_profile=self._remember_profile)
+        apply_config_tariff(self.cfg, self.ledger, pricing)  # [tariff] edits: docs/pricing.md
         return pricing
 
     def _remember_profile(self, name: str, version: int, toml_text: str) -> None:
@@ -274,6 +274,7 @@ class Gateway:
                 snapshot = SnapshotBuilder(self)
                 if self.status is not None:
                     workers.append(tg.create_task(sup.guard("status", self.status.run(snapshot)), name="status"))
+                workers.append(tg.create_task(sup.guard("summary", HourlySummary(snapshot).run()), name="summary"))
                 service = ServiceNotify(self, self.notifier)  # READY now: the ledger is open, the sources started
                 workers.append(tg.create_task(sup.guard("systemd notify", service.run()), name="notify"))
                 await stop.wait()
@@ -307,13 +308,14 @@ class Gateway:
         for aid, meter in self.meters.items():
             self._take(aid, meter.close(now))
         self._lifecycle("stop")
+        self._ckpt.owe_all()
         self._flush_now()
         report_unstored(self.held_drafts(), {a.id: a.energy_kind for a in self.cfg.appliances})
         log.info("gateway stopped; ledger at seq %d", self.ledger.head()[0])
 
     async def _meter_loop(self) -> None:
         """Feed readings to meters; append what they produce in batches (one transaction, one fsync each)."""
-        batch_s = self.cfg.batch_ms / 1000
+        batch_s = self.cfg.batch_ms / 1000 / self.clock.factor  # batch_ms of the daemon's clock (compressed in runs)
         while True:
             deadline = time.monotonic() + batch_s
             while (left := deadline - time.monotonic()) > 0:
@@ -357,23 +359,22 @@ class Gateway:
         if reading.quantity not in (Quantity.POWER_MW, Quantity.ENERGY_MWH, Quantity.PULSES, Quantity.SIGNAL):
             return  # diagnostics (voltage, RSSI...) serve the live view, not the ledger
         self._take(aid, self.meters[aid].feed(reading))
-        # Even a reading that produced no record moved the meter's state (a pulse count, a register, an open
-        # segment's energy): it is checkpointed within `checkpoint_s`, which bounds what a crash can lose.
-        self._dirty = True
+        self._ckpt.fed(aid)  # a pulse count or integrated power is checkpointed within `checkpoint_s`
 
     def _take(self, aid: str, result: FeedResult) -> None:
         if not result:
             return
         for ev in result.events:
+            where = {"appliance": aid, "function": ev.function}
             if ev.kind == "rejected":
-                log.warning("%s", ev.message)
+                log.warning("%s", ev.message, extra=where)
             else:
-                log.info("%s", ev.message)
+                log.info("%s", ev.message, extra=where)
             if self.on_event:
                 self.on_event(ev)
         if result.items:
             self._pending.extend(result.drafts(self.subjects[aid]))
-        self._dirty = True
+            self._ckpt.owe(aid)  # the meter's state goes in the same transaction as its records
 
     def _watch_clock(self, now: Now) -> None:
         """When the wall clock becomes synchronised, record its offset for this boot (invariant 4)."""
@@ -395,20 +396,17 @@ class Gateway:
                                 "mono_us": now.mono_ns // 1000, "timestatus": str(_status(now)), **data}
         self._pending.append(Draft(LIFECYCLE_TYPE, self.cfg.subject, now.wall, _status(now), body))
 
-    def _checkpoints(self) -> dict[str, dict[str, Any]]:
-        cps = {meter_checkpoint_name(aid): m.snapshot() for aid, m in self.meters.items()}
+    def _checkpoints(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        cps = {meter_checkpoint_name(aid): self.meters[aid].snapshot() for aid in names}
         cps[PRICING_CHECKPOINT] = self.pricing.snapshot()
         return cps
 
     def _batch(self) -> tuple[list[Draft], dict[str, dict[str, Any]]] | None:
-        now_ns = time.monotonic_ns()
-        due = now_ns - self._last_checkpoint_ns >= int(self.cfg.checkpoint_s * 1e9)
-        if not self._pending and not (self._dirty and due):
+        names = self._ckpt.take(self.clock.now().mono_ns, records=bool(self._pending))
+        if names is None:
             return None
         drafts, self._pending = self._pending, []
-        self._dirty = False
-        self._last_checkpoint_ns = now_ns
-        return drafts, self._checkpoints()
+        return drafts, self._checkpoints(names)
 
     def _flush_now(self) -> None:
         batch = self._batch()
@@ -472,7 +470,7 @@ class Gateway:
         records in memory, in order, and retry with the next batch, whose checkpoint covers them too. Only a crash
         while the card stays full loses them, and then the register's gap record still accounts for the energy."""
         self._pending[:0] = drafts
-        self._dirty = True
+        self._ckpt.owe_all()
         self.stats.append_failures += 1
         if isinstance(error, LedgerGone):  # not a full disk: retrying would write into an unlinked file
             self._append_failing = True

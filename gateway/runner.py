@@ -68,7 +68,7 @@ async def run_gateway(cfg: GatewayConfig) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
     gw = Gateway(cfg, clock=SystemClock(), backends=production_backends(cfg), runtime_dir=runtime_dir(),
                  deadline=deadline, notifier=Notifier())
-    log.warning("koto gateway %s running: %d appliances, %d sources, ledger %s", cfg.id, len(gw.meters),
+    log.info("koto gateway %s running: %d appliances, %d sources, ledger %s", cfg.id, len(gw.meters),
                 len(gw.sources), gw.ledger.path)
     try:
         await gw.run(stop)

@@ -195,7 +195,8 @@ class Supervisor:
                 if opening and isinstance(e, TimeoutError):
                     st.last_error = f"did not open within {OPEN_LIMIT_S:g} s"
                 wait = backoff.next()
-                log.warning("%s: source failed (%s); restarting in %.1f s", st.name, st.last_error, wait)
+                log.warning("%s: source failed (%s); restarting in %.1f s", st.name, st.last_error, wait,
+                            extra={"source": st.name, "appliance": st.appliance})
             else:
                 wait = backoff.next()
             st.restarts += 1

@@ -42,7 +42,11 @@ def load(data: dict[str, Any], *, kind: str, origin: str) -> Checkpoint | None:
     v = data.get("v")
     if data.get("kind") != kind or v not in (1, VERSION):
         return None
-    return decode(Checkpoint, upgrade_v1(data) if v == 1 else data, origin=origin)
+    data = upgrade_v1(data) if v == 1 else data
+    det = data.get("detector")
+    if isinstance(det, dict) and "seen" not in det:  # written before profiles had `only_after`
+        data = {**data, "detector": {**det, "seen": ""}}
+    return decode(Checkpoint, data, origin=origin)
 
 
 def _now(t: Any, wall: Any, synced: Any, boot: Any) -> dict[str, Any]:

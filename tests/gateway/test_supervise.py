@@ -143,8 +143,9 @@ def test_a_source_failing_at_open_and_after_a_while_is_restarted_and_the_others_
     child.wait_for("flaky:fail:k", 2)  # opened after two failed opens, then failed twice after five readings
     assert child.stop() == 0
     text = child.text()
-    assert text.count("k: source failed (FileNotFoundError") == 2
-    assert text.count("k: source failed (RuntimeError: k went away after 5 readings)") >= 2
+    # Each kind of failure is said once: its repeats within 5 minutes are held back (gateway/logs.py RepeatFilter).
+    assert text.count("k: source failed (FileNotFoundError") == 1
+    assert text.count("k: source failed (RuntimeError: k went away after 5 readings)") == 1
     assert text.count("flaky:open:d") == 1  # the healthy source was never touched
     assert text.count("flaky:close:k") == text.count("flaky:open:k") - 2  # every source that opened was closed
     events = child.events()
