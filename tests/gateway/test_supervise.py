@@ -224,3 +224,35 @@ def test_a_ledger_deleted_under_the_running_daemon_stops_it_with_one_line_and_no
     os.replace(f"{db}.rescued", db)  # what an operator does to restore it
     assert lifecycle(child.events()) == ["start"]
     assert koto(["verify", "--state-dir", str(db.parent)]) == 0
+
+
+def test_a_second_stop_signal_exits_at_once(tmp_path: Path) -> None:
+    """An impatient Ctrl-C during a stop that cannot finish (the ledger's write lock is held; the deadline is 60 s)."""
+    cfg = write_config(tmp_path, appliance("kettle", "k", watts=2000), stop_timeout_s=60)
+    child = Child(cfg)
+    child.wait_for("kettle: ")
+    db = sqlite3.connect(tmp_path / "state" / "ledger.db", isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")
+    try:
+        child.proc.send_signal(signal.SIGTERM)
+        child.wait_for("SIGTERM: stopping")
+        child.proc.send_signal(signal.SIGINT)
+        code = child.wait()
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    assert code == 1
+    assert "SIGINT again: exiting now" in child.text()
+    assert koto(["verify", "--state-dir", str(tmp_path / "state")]) == 0
+
+
+def test_sigterm_ends_the_process_at_the_deadline_even_when_the_event_loop_is_blocked(tmp_path: Path) -> None:
+    """A driver blocks the event loop in synchronous code: no handler on the loop could run. The signals are heard on
+    a thread of their own, so SIGTERM still arms the deadline and the process ends with one line."""
+    cfg = write_config(tmp_path, appliance("kettle", "k", watts=2000, block_loop_after=10), stop_timeout_s=1)
+    child = Child(cfg)
+    child.wait_for("flaky:blocking:k")
+    assert child.stop() == 1
+    text = child.text()
+    assert "SIGTERM: stopping" in text and "the stop did not finish within 1 s" in text
+    assert koto(["verify", "--state-dir", str(tmp_path / "state")]) == 0
