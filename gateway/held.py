@@ -53,6 +53,6 @@ def report_unstored(drafts: list[Draft], energy_kinds: Mapping[str, str]) -> Hel
                 else "lost: its meter has no register to reconcile from")
         per_app.append(f"{app} {mwh} mWh ({fate})")
     energy = "; ".join(per_app) if per_app else "no metered energy among them"
-    log.error("ledger: stopping with %d records the ledger could not store (a full disk or a lost ledger file); "
-              "they are not in the ledger: %s", held.records, energy)
+    log.error("ledger: stopping with %d records the ledger could not store (see the error before: a full disk, a "
+              "lost or locked ledger file); they are not in the ledger: %s", held.records, energy)
     return held
