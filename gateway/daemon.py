@@ -40,8 +40,11 @@ from metering.records import CLOCK_TYPE, LIFECYCLE_TYPE, Draft, TimeStatus
 from .checkpointing import CheckpointPlan
 from .config import ApplianceConfig, GatewayConfig
 from .errors import ConfigError
+from .held import report_unstored
 from .housekeeping import Housekeeper
 from .power_log import PowerLog
+from .sdnotify import Notifier
+from .service import ServiceNotify
 from .state import StateDir
 from .status import StatusFile
 from .status_build import SnapshotBuilder
@@ -109,8 +112,10 @@ class Gateway:
 
     def __init__(self, cfg: GatewayConfig, *, clock: Clock, backends: Mapping[str, Any] | None = None,
                  on_event: Callable[[MeterEvent], None] | None = None, sync_enabled: bool = True,
-                 runtime_dir: Path | None = None, deadline: StopDeadline | None = None) -> None:
+                 runtime_dir: Path | None = None, deadline: StopDeadline | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.cfg = cfg
+        self.notifier = notifier or Notifier(environ={})  # systemd's, from `koto run`; silent otherwise
         self.deadline = deadline  # `koto run` arms one; in-process users (tests, the demo) have none
         self.supervisor = Supervisor(asyncio.Event(), deadline=deadline)
         self.status = StatusFile(runtime_dir) if runtime_dir is not None else None  # `koto status` reads it
@@ -156,6 +161,7 @@ class Gateway:
         self._clock_synced: bool | None = None
         self._stopping = False
         self._inflight: tuple[asyncio.Future[int], list[Draft]] | None = None
+        self._inflight_since = 0.0
         self._append_failing = False
         for name in self.sources:  # fail fast: a driver's config error names the file and key before we start
             self._build_source(name)
@@ -280,8 +286,11 @@ class Gateway:
                     workers.append(tg.create_task(sup.guard("power log", self.power_log.run()), name="power-log"))
                 workers.append(tg.create_task(sup.guard("housekeeping", self._housekeeper().run()),
                                               name="housekeeping"))
+                service = ServiceNotify(self, self.notifier)  # READY now: the ledger is open, the sources started
+                workers.append(tg.create_task(sup.guard("systemd notify", service.run()), name="notify"))
                 await stop.wait()
                 sup.stopping()  # arms the stop deadline, whoever asked for the stop
+                service.stopping(str(sup.failure or ""))
                 self._stopping = True
                 await stop_tasks([w for w in workers if w.get_name() != "sync"])
                 await stop_tasks([meter_task])
@@ -319,6 +328,7 @@ class Gateway:
         self._lifecycle("stop")
         self._ckpt.owe_all()
         self._flush_now()
+        report_unstored(self.held_drafts(), {a.id: a.energy_kind for a in self.cfg.appliances})
         log.info("gateway stopped; ledger at seq %d", self.ledger.head()[0])
 
     async def _meter_loop(self) -> None:
@@ -433,6 +443,7 @@ class Gateway:
             # The fsync runs off the event loop; the snapshot was taken with the drafts, so they stay consistent.
             fut = asyncio.ensure_future(asyncio.to_thread(self._append, *batch))
             self._inflight = (fut, batch[0])
+            self._inflight_since = time.monotonic()
             try:
                 n = await asyncio.shield(fut)  # cancelled here (a stop), the append still ends: see _settle
             except LedgerError as e:
@@ -452,6 +463,16 @@ class Gateway:
             self._stored(await fut)
         except LedgerError as e:
             self._keep(drafts, e)
+
+    def writer_stalled_s(self) -> float:
+        """How long the commit now running in its thread has been running (0 when none is): the watchdog's test."""
+        return time.monotonic() - self._inflight_since if self._inflight is not None else 0.0
+
+    def held_drafts(self) -> list[Draft]:
+        """Records made but not stored, when the last commit failed (a full disk): waiting, or in the commit."""
+        if not self._append_failing:
+            return []
+        return (self._inflight[1] if self._inflight else []) + self._pending
 
     def _append(self, drafts: list[Draft], checkpoints: dict[str, dict[str, Any]]) -> int:
         return len(self.ledger.append(drafts, checkpoints=checkpoints))
@@ -473,6 +494,7 @@ class Gateway:
         self._ckpt.owe_all()
         self.stats.append_failures += 1
         if isinstance(error, LedgerGone):  # not a full disk: retrying would write into an unlinked file
+            self._append_failing = True
             self.supervisor.fail("ledger", error)
             return
         if not self._append_failing:
