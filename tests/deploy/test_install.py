@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.paths import REPO
-from tests.support.rootfs import OverlayRoot, build_wheel, wheelhouse, why_not
+from tests.support.rootfs import OverlayRoot, build_wheel, debootstrap_root, wheelhouse, why_not
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(why_not() is not None, reason=why_not() or "")]
 
@@ -37,15 +37,18 @@ address = 1
 """
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OverlayRoot, str]]:
+@pytest.fixture(scope="module", params=["host-overlay", pytest.param("debootstrap", marks=pytest.mark.debootstrap)])
+def root(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OverlayRoot, str]]:
+    """host-overlay: this machine's Debian as the lower layer (free, in `make test`); debootstrap: a fresh minimal
+    Debian 12 made once and cached (`make test-install-debootstrap`)."""
+    lower = debootstrap_root(CACHE) if request.param == "debootstrap" else Path("/")
     tmp = tmp_path_factory.mktemp("install")
     wheels = wheelhouse(CACHE)
     wheel = build_wheel(tmp / "dist")
     card = tmp / "card"
     card.mkdir()
     r = OverlayRoot(tmp / "root", {"/mnt/koto-src": REPO, "/mnt/wheels": wheels, "/mnt/dist": wheel.parent,
-                                   "/mnt/card": card})
+                                   "/mnt/card": card}, lower=lower)
     yield r, f"/mnt/dist/{wheel.name}"
 
 

@@ -19,7 +19,8 @@ from gateway.bootfs import ImageBoot
 from gateway.cli import main
 from tests.support.pki import TestPKI
 
-pytestmark = pytest.mark.skipif(shutil.which("mcopy") is None or shutil.which("mkfs.fat") is None,
+MKFS = shutil.which("mkfs.fat") or "/usr/sbin/mkfs.fat"
+pytestmark = pytest.mark.skipif(shutil.which("mcopy") is None or not Path(MKFS).exists(),
                                 reason="needs mtools and dosfstools (make system-deps installs them)")
 
 BINDKEY = "5ec2e75ecf3a4b1c9d8e7f6a5b4c3d2e"  # a secret that must not survive on the card
@@ -60,7 +61,7 @@ def card(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     """A boot partition as an installer's laptop leaves it: the firmware's files plus what the installer dropped."""
     img = tmp_path / "boot.img"
     kib = "16384" if request.param == "16" else "40000"  # FAT32 needs >= 65525 clusters: 512-byte clusters here
-    subprocess.run(["mkfs.fat", "-F", request.param, "-s", "1", "-n", "bootfs", "-C", str(img), kib],
+    subprocess.run([MKFS, "-F", request.param, "-s", "1", "-n", "bootfs", "-C", str(img), kib],
                    check=True, capture_output=True)
     firmware = tmp_path / "config.txt"
     firmware.write_text("arm_64bit=1\n# the firmware's own file, which the import must leave alone\n" * 40)

@@ -77,6 +77,24 @@ class OverlayRoot:
         return snap
 
 
+DEBOOTSTRAP_PACKAGES = "python3,python3-venv,systemd,ca-certificates"
+
+
+def debootstrap_root(cache: Path, suite: str = "bookworm", mirror: str = "http://deb.debian.org/debian") -> Path:
+    """A minimal Debian root made once with debootstrap and kept in `cache` (the overlay's lower layer, so the
+    cached root itself is never written). The first one takes minutes and needs the mirror; then it is free."""
+    done = cache / f"debootstrap-{suite}"
+    if done.is_dir():
+        return done
+    partial = cache / f"debootstrap-{suite}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["debootstrap", "--variant=minbase", f"--include={DEBOOTSTRAP_PACKAGES}", suite, str(partial),
+                    mirror], check=True, capture_output=True, timeout=1800)
+    partial.rename(done)
+    return done
+
+
 def _q(s: str) -> str:
     return "'" + s.replace("'", "'\"'\"'") + "'"
 
