@@ -7,7 +7,7 @@ VENV_OK := $(VENV)/.venv-ok
 RUN_STAMP := $(VENV)/.run-$(HASH)
 DEV_STAMP := $(VENV)/.dev-$(HASH)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# On a Pi the venv also sees Raspberry Pi OS's python3-lgpio (lgpio has no wheels on PyPI).
+# On a Pi the venv also sees Raspberry Pi OS's python3-lgpio (PyPI's lgpio has no wheels for Python 3.13: docs/install.md).
 VENV_FLAGS := $(if $(filter aarch64 armv7l,$(shell uname -m)),--system-site-packages,)
 
 .PHONY: demo test test-fast test-install test-install-debootstrap lint typecheck pytest bench clean system-deps

@@ -159,6 +159,10 @@ if [ "$(cat "$PREFIX/.installed-wheel" 2>/dev/null)" != "$fingerprint" ]; then
     changed "installed $(basename "$WHEEL") into $VENV"
 fi
 "$VENV/bin/koto" --version >/dev/null || die "$VENV/bin/koto does not run"
+# `koto` on every PATH, for installers and support (sudo koto doctor, koto status).
+if [ "$(readlink /usr/local/bin/koto 2>/dev/null)" != "$VENV/bin/koto" ]; then
+    ln -sfn "$VENV/bin/koto" /usr/local/bin/koto; changed "linked /usr/local/bin/koto"
+fi
 
 # ---------------------------------------------------------------------------------------------- 5. files, units
 
