@@ -178,6 +178,7 @@ def _register() -> None:
     """Commands that live in their own modules."""
     from .cli_check import check
     from .cli_doctor import doctor
+    from .cli_firstboot import firstboot
     from .cli_logs import logs
     from .cli_profile import profile
     from .cli_status import status
@@ -186,6 +187,7 @@ def _register() -> None:
 
     cli.add_command(check)
     cli.add_command(doctor)
+    cli.add_command(firstboot)
     cli.add_command(logs)
     cli.add_command(status)
     cli.add_command(support_bundle)
