@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # On a Pi the venv also sees Raspberry Pi OS's python3-lgpio (lgpio has no wheels on PyPI).
 VENV_FLAGS := $(if $(filter aarch64 armv7l,$(shell uname -m)),--system-site-packages,)
 
-.PHONY: demo test test-fast lint typecheck pytest bench clean system-deps
+.PHONY: demo test test-fast test-arm64 lint typecheck pytest bench clean system-deps
 
 $(VENV_OK):
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -62,6 +62,11 @@ pytest: $(DEV_STAMP) system-deps
 # The inner loop: lint, types and every test but the slow ones (> ~10 s each). `make test` is what CI runs.
 test-fast: $(DEV_STAMP) system-deps lint typecheck
 	$(BIN)/pytest -q -m 'not slow and not hardware'
+
+# The suite inside a Debian 12 arm64 root under qemu-user emulation, ~7x slower than here, like a Pi 3 (not part of
+# `make test`; the first run builds the root and its venv). PYTEST_ARGS="tests/koto" runs part of it.
+test-arm64:
+	$(SUDO) tests/arm64/run.sh
 
 bench: $(DEV_STAMP) system-deps
 	$(BIN)/python bench/metering.py
