@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .paths import REPO
+from .slow import scaled
 
 AS_ROOT = os.geteuid() == 0
 PRELOAD = ["gateway.cli", "gateway.daemon", "gateway.runner", "gateway.config", "gateway.state",
@@ -32,4 +33,4 @@ sys.exit(main(sys.argv[1:]))
 
 def koto_as_other_user(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", CHILD, *map(str, args)], capture_output=True, text=True, cwd=REPO,
-                          timeout=60)
+                          timeout=scaled(60))
