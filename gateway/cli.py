@@ -34,29 +34,6 @@ def cli(verbose: int) -> None:
 @cli.command()
 @config_option
 @state_option
-@click.option("--force", is_flag=True, help="Make a new device key even though one exists.")
-@click.option("--new-epoch", is_flag=True,
-              help="With --force while a ledger exists: archive it as ledger-EPOCH.db and start a new epoch.")
-def provision(config_path: str | None, state_dir: str | None, force: bool, new_epoch: bool) -> None:
-    """Create the state folder and the device key; print the public key to register at the billing cloud."""
-    _cfg, sd, _gid = resolve(config_path, state_dir)
-    done = sd.provision(force=force, new_epoch=new_epoch)
-    old = done.archived
-    if old is not None:
-        click.echo(f"archived epoch {old.epoch} (seq 1..{old.head_seq}) as {old.path}; its public key is "
-                   f"{sd.keys / f'device-{old.epoch}.pub.pem'}", err=True)
-        if old.unacked:
-            click.echo(f"warning: {old.unacked} record(s) of epoch {old.epoch} were never acknowledged by the cloud; "
-                       f"they stay in {old.path}", err=True)
-    click.echo(f"{'created' if done.created else 'kept existing'} device key {sd.private_key_path} (mode 0600)",
-               err=True)
-    click.echo(f"public key written to {sd.public_key_path}; register it at the billing cloud:", err=True)
-    click.echo(done.public_pem, nl=False)
-
-
-@cli.command()
-@config_option
-@state_option
 def verify(config_path: str | None, state_dir: str | None) -> None:
     """Walk the ledger's hash chain and signatures offline; exit 1 naming the first bad seq."""
     _cfg, sd, gid = resolve(config_path, state_dir)
@@ -179,12 +156,14 @@ def _register() -> None:
     from .cli_check import check
     from .cli_doctor import doctor
     from .cli_logs import logs
+    from .cli_provision import provision
     from .cli_status import status
     from .cli_usage import usage
 
     cli.add_command(check)
     cli.add_command(doctor)
     cli.add_command(logs)
+    cli.add_command(provision)
     cli.add_command(status)
     cli.add_command(usage)
 
