@@ -117,43 +117,10 @@ def demo(state_dir: str, speed: float, minutes: float | None) -> None:
         raise SystemExit(rc)
 
 
-def _int_list(text: str) -> list[int]:
-    out: list[int] = []
-    for part in filter(None, text.split(",")):
-        lo, _, hi = part.partition("-")
-        try:
-            out.extend(range(int(lo, 0), int(hi, 0) + 1) if hi else [int(lo, 0)])
-        except ValueError as e:
-            raise click.BadParameter(f"{text!r}: use numbers and ranges such as 1-10,248") from e
-    return out
-
-
-@cli.command()
-@click.option("--port", "ports", multiple=True, help="Serial port to probe (repeatable). Default: every port found.")
-@click.option("--no-serial", is_flag=True, help="Do not probe serial ports.")
-@click.option("--address", default="1-10", show_default=True, help="Modbus addresses to try, e.g. 1-10,248.")
-@click.option("--baud", default="9600,2400", show_default=True, help="Baud rates to try, in order.")
-@click.option("--timeout", type=float, default=0.3, show_default=True, help="Seconds to wait for each reply.")
-@click.option("--ble-seconds", type=click.FloatRange(0, 600), default=10.0, show_default=True,
-              help="Listen for BTHome adverts this long (0: skip BLE).")
-@click.option("--gpio", default="", help="GPIO inputs to show, e.g. 17,27 (default: none).")
-@click.option("--pin-factory", default=None, help="lgpio (a Pi) or mock; default $GPIOZERO_PIN_FACTORY or lgpio.")
-def discover(ports: tuple[str, ...], no_serial: bool, address: str, baud: str, timeout: float, ble_seconds: float,
-             gpio: str, pin_factory: str | None) -> None:
-    """Find meters on serial ports, BTHome devices in range and GPIO input levels; print a config to paste."""
-    import asyncio
-
-    from .discover import run_discover
-
-    report = asyncio.run(run_discover(
-        ports=[] if no_serial else (list(ports) or None), addresses=_int_list(address), bauds=_int_list(baud),
-        timeout_s=timeout, ble_seconds=ble_seconds, gpio_pins=_int_list(gpio), pin_factory=pin_factory))
-    click.echo(report, nl=False)
-
-
 def _register() -> None:
     """Commands that live in their own modules."""
     from .cli_check import check
+    from .cli_discover import discover
     from .cli_doctor import doctor
     from .cli_logs import logs
     from .cli_provision import provision
@@ -161,6 +128,7 @@ def _register() -> None:
     from .cli_usage import usage
 
     cli.add_command(check)
+    cli.add_command(discover)
     cli.add_command(doctor)
     cli.add_command(logs)
     cli.add_command(provision)
