@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .paths import REPO
+from .slow import scaled
 
 AS_ROOT = os.geteuid() == 0
 PRELOAD = ["gateway.cli", "gateway.daemon", "gateway.runner", "gateway.config", "gateway.state",
@@ -34,4 +35,4 @@ def koto_as_other_user(*args: str | Path, preload: tuple[str, ...] = ()) -> subp
     """`preload`: more modules to import before dropping to `nobody` (those the command imports lazily)."""
     child = CHILD.format(preload=PRELOAD + list(preload))
     return subprocess.run([sys.executable, "-c", child, *map(str, args)], capture_output=True, text=True, cwd=REPO,
-                          timeout=60)
+                          timeout=scaled(60))

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from tests.support.slow import scaled
+
 from .pki import TestPKI
 
 REPO = Path(__file__).resolve().parents[2]
@@ -111,6 +113,7 @@ class Mosquitto:
         self.proc = subprocess.Popen(
             [mosquitto_binary(), "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -131,7 +134,7 @@ class Mosquitto:
             return
         self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         try:
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=scaled(10))
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()

@@ -89,3 +89,22 @@ class TestPKI:
         """A client certificate whose CN is `cn` (the gateway id, or a receiver's name), valid for `valid_days`
         from now (negative: expired that many days ago)."""
         return self._issue(cn, valid_days=valid_days)
+
+    def sign_request(self, csr_pem: bytes, out: Path) -> x509.Certificate:
+        """What an operator's CA does with `koto provision`'s request: a client certificate for its key and subject."""
+        csr = x509.load_pem_x509_csr(csr_pem)
+        assert csr.is_signature_valid
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(csr.subject)
+            .issuer_name(self._ca_cert.subject)
+            .public_key(csr.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(self._ca_key, hashes.SHA256())
+        )
+        out.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return cert
