@@ -13,8 +13,15 @@ through the port's single `ModbusBus` owner (drivers/serialbus.py).
 
 Never a wrong value: a reply that fails CRC is dropped by pymodbus' RTU framer; what passes is checked again here —
 NaN and infinity, values outside the map's range, negative energy and an energy register that goes backwards are
-rejected and counted, never emitted. Float32 registers are converted through their shortest decimal form, so the
-same register bits always give the same integer (`koto.reading.to_milli`, exactly once).
+rejected and counted, never emitted.
+
+Exact arithmetic. A register's value is taken at its exact binary value — a float32 widens to a float64 exactly, and
+`fractions.Fraction` of that is the exact number the meter sent; an integer register times its decimal scale is
+exact too — then multiplied by the unit factor and rounded ONCE to whole milli-units, half to even
+(`exact_milli`). So a difference of two energy readings is within one float32 step of the register's true delta
+(the two roundings to mWh add under 1 mWh), where the shortest-decimal reading used before could add a second
+step's worth of error (see docs/serial.md). Half-even is the rule `koto.reading.to_milli` uses for every other
+source: one rule everywhere, and no upward bias in the sums of many readings that a half-up rule would add.
 """
 
 from __future__ import annotations
@@ -23,16 +30,16 @@ import asyncio
 import itertools
 import math
 import os
-import struct
 import tomllib
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Self
 
 from koto.clock import Clock
-from koto.reading import UNITS, Quantity, Reading, to_milli
+from koto.reading import UNITS, Quantity, Reading
 
 from .base import Claim, Source
 from .errors import BusSettingsConflict, DriverConfigError, FrameError
@@ -233,20 +240,22 @@ def model_map(model: str, *, source: str = "?") -> RegisterMap:
 
 
 # -- pure decoding ------------------------------------------------------------------------------------------------
-def float32_decimal(x: float) -> Decimal:
-    """The shortest decimal that is the same float32: 230.1 stays 230.1, not 230.10000610351562."""
+def float32_exact(x: float) -> Fraction:
+    """The exact value of a float32 (unpacked into a Python float, which holds it exactly): 230.1 as a float32 is
+    230.100006103515625, and that is the number the meter sent."""
     if not math.isfinite(x):
         raise FrameError("not_finite", f"{x!r}")
-    bits = struct.pack(">f", x)
-    for p in range(1, 10):
-        s = f"{x:.{p}g}"
-        if struct.pack(">f", float(s)) == bits:
-            return Decimal(s)
-    return Decimal(repr(x))  # pragma: no cover - 9 significant digits always round-trip a float32
+    return Fraction(x)
 
 
-def raw_value(spec: RegisterSpec, regs: list[int], word_order: str) -> Decimal:
-    """Registers of one value -> its value in the map's unit (before range checks)."""
+def exact_milli(value: Fraction, factor: int) -> int:
+    """`value` (in the map's unit) times `factor` (that unit's milli-units), rounded once to an integer, half to
+    even (Python's `round` of a Fraction)."""
+    return round(value * factor)
+
+
+def raw_value(spec: RegisterSpec, regs: list[int], word_order: str) -> Fraction:
+    """Registers of one value -> its exact value in the map's unit (before range checks)."""
     from pymodbus.client import AsyncModbusSerialClient as C
 
     dt = {"uint16": C.DATATYPE.UINT16, "int16": C.DATATYPE.INT16, "uint32": C.DATATYPE.UINT32,
@@ -255,19 +264,23 @@ def raw_value(spec: RegisterSpec, regs: list[int], word_order: str) -> Decimal:
     v = C.convert_from_registers(regs, dt, word_order=wo)
     if spec.type == "float32":
         assert isinstance(v, float)
-        return float32_decimal(v) * spec.scale
+        return float32_exact(v) * Fraction(spec.scale)
     assert isinstance(v, int)
-    return Decimal(v) * spec.scale
+    return v * Fraction(spec.scale)
+
+
+def _show(v: Fraction) -> str:
+    return f"{float(v):.10g}"
 
 
 def decode_value(spec: RegisterSpec, regs: list[int], word_order: str) -> int:
     """Registers -> integer milli-units, or FrameError(kind) for a value that must never be billed."""
     v = raw_value(spec, regs, word_order)
     if spec.quantity is Quantity.ENERGY_MWH and v < 0:
-        raise FrameError("negative_energy", f"{spec.key} = {v} {spec.unit}")
-    if (spec.min is not None and v < spec.min) or (spec.max is not None and v > spec.max):
-        raise FrameError("out_of_range", f"{spec.key} = {v} {spec.unit}, plausible {spec.min}..{spec.max}")
-    return to_milli(v, UNITS[spec.quantity][spec.unit])
+        raise FrameError("negative_energy", f"{spec.key} = {_show(v)} {spec.unit}")
+    if (spec.min is not None and v < Fraction(spec.min)) or (spec.max is not None and v > Fraction(spec.max)):
+        raise FrameError("out_of_range", f"{spec.key} = {_show(v)} {spec.unit}, plausible {spec.min}..{spec.max}")
+    return exact_milli(v, UNITS[spec.quantity][spec.unit])
 
 
 def decode_block(rmap: RegisterMap, block: Block, regs: list[int]) -> list[tuple[RegisterSpec, int | FrameError]]:

@@ -12,7 +12,8 @@ from drivers.errors import DriverConfigError, FrameError
 from drivers.modbus import (
     ModbusMeterSource,
     decode_block,
-    float32_decimal,
+    exact_milli,
+    float32_exact,
     load_map,
     model_map,
     parse_map,
@@ -31,27 +32,33 @@ def values(model: str, regs_by_block: list[list[int]]) -> dict[str, int | str]:
     return out
 
 
-def test_float32_registers_convert_through_their_shortest_decimal() -> None:
+def test_float32_registers_convert_at_their_exact_binary_value_rounded_once_half_even() -> None:
     import struct
+    from fractions import Fraction
 
     f = struct.unpack(">f", bytes.fromhex("4366199a"))[0]
-    assert f != 230.1  # the float32 is 230.10000610...
-    assert float32_decimal(f) == Decimal("230.1")
+    assert float32_exact(f) == Fraction(Decimal("230.100006103515625"))  # what the meter sent, not 230.1
+    assert exact_milli(float32_exact(f), 1000) == 230_100
+    # 1/128 kWh is 7812.5 mWh exactly: a tie, to even; 3/128 kWh = 23437.5 mWh, to even (up)
+    assert exact_milli(float32_exact(1 / 128), 1_000_000) == 7812
+    assert exact_milli(float32_exact(3 / 128), 1_000_000) == 23438
+    with pytest.raises(FrameError):
+        float32_exact(float("nan"))
 
 
 def test_sdm120_requests_three_blocks_and_decodes_to_milli_units() -> None:
     rmap = model_map("sdm120")
     assert [(b.address, b.count) for b in rmap.blocks()] == [(0x0000, 14), (0x0046, 4), (0x0156, 2)]
     block0 = [0x4366, 0x199A, 0, 0, 0, 0, 0x40A8, 0x0000, 0, 0, 0, 0, 0x448F, 0xD000]  # 230.1 V, 5.25 A, 1150.5 W
-    block1 = [0x4247, 0xEB85, 0x449A, 0x5225]  # 49.98 Hz, 1234.567 kWh import
-    block2 = [0x47C0, 0xE6B7]  # 98765.43 kWh total
+    block1 = [0x4247, 0xEB85, 0x449A, 0x5225]  # 49.98 Hz, 1234.567 kWh import (exactly 1234.5670166015625)
+    block2 = [0x47C0, 0xE6B7]  # 98765.43 kWh total (exactly 98765.4296875)
     assert values("sdm120", [block0, block1, block2]) == {
         "voltage": 230_100,
         "current": 5_250,
         "power": 1_150_500,
         "frequency": 49_980,
-        "import_energy": 1_234_567_000,
-        "energy": 98_765_430_000,
+        "import_energy": 1_234_567_017,  # the register's exact value, not its shortest decimal (issue 9)
+        "energy": 98_765_429_688,
     }
 
 

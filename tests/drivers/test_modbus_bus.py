@@ -50,7 +50,7 @@ async def test_sdm120_decodes_to_milli_units(sim: ModbusSimulator) -> None:
     async with meter(sim, 1, "sdm120") as src:
         got = by_key(src, await src.poll_once())
     assert got == {"voltage": 230_100, "current": 5_250, "power": 1_150_500, "frequency": 49_980,
-                   "import_energy": 1_234_567_000, "energy": 1_234_567_000}
+                   "import_energy": 1_234_567_017, "energy": 1_234_567_017}  # float32 1234.5670166015625 kWh
 
 
 async def test_sdm630_decodes_each_phase_and_the_totals(sim: ModbusSimulator) -> None:
@@ -59,7 +59,7 @@ async def test_sdm630_decodes_each_phase_and_the_totals(sim: ModbusSimulator) ->
     got = by_key(src, readings)
     assert (got["voltage_l1"], got["voltage_l2"], got["voltage_l3"]) == (231_000, 229_500, 230_250)
     assert (got["power_l1"], got["power_l2"], got["power_l3"], got["power"]) == (100_500, 200_250, 0, 300_750)
-    assert got["energy"] == 98_765_430_000
+    assert got["energy"] == 98_765_429_688  # float32 98765.4296875 kWh, exactly
     phase = {r.signal for r in readings if r.quantity is Quantity.POWER_MW}
     assert phase == {"L1", "L2", "L3", ""}
 
@@ -142,7 +142,7 @@ async def test_corrupted_replies_are_counted_and_never_become_readings(
 
 async def test_garbage_bytes_on_the_line_do_not_become_readings(sim: ModbusSimulator) -> None:
     truth = {"voltage": 230_100, "current": 5_250, "power": 1_150_500, "frequency": 49_980,
-             "import_energy": 1_234_567_000, "energy": 1_234_567_000}
+             "import_energy": 1_234_567_017, "energy": 1_234_567_017}
     async with meter(sim, 1, "sdm120", retries=2) as src:
         delivered = 0
         for noise in (b"\x00\xff\x13\x37", b"\x01\x04\x04\x41\x20", bytes(range(40)), b"\x01" * 30):

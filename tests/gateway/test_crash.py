@@ -11,7 +11,7 @@ import signal
 import struct
 import subprocess
 import sys
-from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -19,9 +19,9 @@ import pytest
 from drivers.modbus_sim import ModbusSimulator, SimMeter
 from gateway.cli import main as koto
 from gateway.simulate import washer
-from koto.reading import to_milli
 from tests.support.ledger_checks import assert_contiguous, conservation, ledger_events
 from tests.support.paths import REPO
+from tests.support.slow import scaled
 
 ROOT = REPO
 KILLS = 30
@@ -29,12 +29,10 @@ FIRST_KWH = 1234.5  # exactly representable as float32: the first register value
 
 
 def served_mwh(kwh: float) -> int:
-    """What a register served as float32 means in mWh, by the documented rule (docs/serial.md): the shortest
-    decimal that reads back as the same float32 (what the meter's own display shows), converted once."""
-    bits = struct.pack(">f", kwh)
-    x = struct.unpack(">f", bits)[0]
-    shortest = next(s for p in range(1, 10) if struct.pack(">f", float(s := f"{x:.{p}g}")) == bits)
-    return to_milli(Decimal(shortest), 1_000_000)
+    """What a register served as float32 means in mWh, by the documented rule (docs/serial.md): the float32's exact
+    binary value, converted once, half to even."""
+    x = struct.unpack(">f", struct.pack(">f", kwh))[0]
+    return round(Fraction(x) * 1_000_000)
 
 
 def config(tmp: Path, port: str) -> Path:
@@ -72,7 +70,7 @@ def start(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 async def wait_exit(proc: subprocess.Popen[bytes], limit_s: float = 20.0) -> int:
-    for _ in range(int(limit_s / 0.05)):
+    for _ in range(int(scaled(limit_s) / 0.05)):
         if proc.poll() is not None:
             return proc.returncode
         await asyncio.sleep(0.05)
