@@ -1,9 +1,9 @@
 """The support call, end to end: "my washer use on Tuesday was not billed".
 
 A simulated gateway (the production Gateway, a real Modbus RTU SDM120 simulator on a pty, a real Mosquitto and the
-reference receiver) meters a washer cycle on Tuesday 1 December from 10:02 to 11:14 while the cloud is away; the
+reference receiver) meters a washer cycle on Tuesday 1 December from 10:02 to 11:13 while the cloud is away; the
 cloud comes back on Wednesday at 08:03. Support staff then answer with Koto's own commands alone: `koto usage --by
-cycle` says the use ran 10:02–11:14, used 0.81 kWh and was synced on Wednesday at 08:03; `koto status` and
+cycle` says the use ran 10:02–11:13, used 0.81 kWh and was synced on Wednesday at 08:03; `koto status` and
 `koto verify` agree. Time is compressed by a clock that follows a fixed plan (the night passes in seconds).
 """
 
@@ -33,7 +33,7 @@ T0 = datetime(2026, 12, 1, 10, 0, tzinfo=BERLIN).timestamp()  # Tuesday 10:00
 CLOUD_BACK = datetime(2026, 12, 2, 8, 3, tzinfo=BERLIN).timestamp()  # Wednesday 08:03
 
 # The programme: fill at 10:02, heat, wash, rinse fill, spin until 11:12, then standby; the washing-machine profile
-# closes a cycle after 2 minutes near standby (metering/profiles/washing_machine.toml), so the use ran 10:02-11:14.
+# closes a cycle after 90 s near standby (metering/profiles/washing_machine.toml), so the use ran 10:02-11:13.
 # About 0.81 kWh in the cycle.
 WASH = Script("washer", [
     Phase("standby", 120, 1.5, ripple=0.0),
@@ -134,7 +134,7 @@ async def test_tuesday_s_wash_is_found_metered_and_synced_on_wednesday_with_koto
                  "--since", "2026-12-01"]) == 0
     table = capsys.readouterr().out
     row = next(line for line in table.splitlines() if line.startswith("washer"))
-    assert "Tue 2026-12-01 10:02–11:14" in row, table
+    assert "Tue 2026-12-01 10:02–11:13" in row, table
     # ~0.81 kWh: the simulator integrates power between polls, so its register (the truth) varies by a few Wh
     assert abs(float(row.split("kWh")[0].split()[-1]) - 0.81) <= 0.01, table
     assert "Wed 2026-12-02 08:03" in row, table
