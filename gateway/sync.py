@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
     from .downlink import DownlinkHandler
 
+CLOSE_S = 5.0  # how long `close` waits for the connection loop to end
+
 log = logging.getLogger("koto.sync")
 
 STABLE_SESSION_S = 10.0  # a session that lasted this long resets the reconnect backoff
@@ -195,11 +197,20 @@ class Sync:
         await self.close()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop the connection loop. A cancel can be swallowed inside the MQTT client's connect or disconnect (seen
+        under load), so it is repeated, and after CLOSE_S a loop that still runs is left behind with a warning:
+        closing must never hang the gateway's stop."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        for _ in range(int(CLOSE_S / 0.5)):
+            task.cancel()
+            done, _pending = await asyncio.wait({task}, timeout=0.5)
+            if done:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    task.result()
+                return
+        log.warning("the cloud connection did not close within %g s; leaving it behind", CLOSE_S)
 
     # -- the connection loop -----------------------------------------------------------------------------------
 
