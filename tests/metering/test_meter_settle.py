@@ -164,7 +164,7 @@ def uses_within_one_step(k: Kettle) -> None:
         a, b = (c.t_start_mono_ns - T0) // S, (c.t_end_mono_ns - T0) // S
         true = Fraction(k.energy_mws(b) - k.energy_mws(a), 3600)
         assert c.cycle_energy_mwh is not None
-        assert abs(c.cycle_energy_mwh - true) <= step + 2, (c.cycle_energy_mwh, float(true), float(step))
+        assert abs(c.cycle_energy_mwh - true) <= step + 3, (c.cycle_energy_mwh, float(true), float(step))
     recs = [r for r in usage(results) if r.kind in PARTITION_KINDS]
     assert all(r.energy_mwh >= 0 for r in recs)
 
@@ -183,7 +183,8 @@ def test_any_use_is_within_one_float32_step_of_what_it_used_at_any_register_valu
         start_kwh: Fraction, shape: list[tuple[int, int, int]], poll_s: int, lag_s: int) -> None:
     """Any register value in the SDM120's range, any boils (power changing on poll boundaries, so the power samples
     are the truth and only the register's arithmetic and lag are tested), a register up to 6 s late: each use's
-    energy is within one float32 step (+2 mWh of rounding) of the energy really used over its interval."""
+    energy is within one float32 step of the energy really used over its interval (+3 mWh: the readings round to
+    mWh, the split to whole mWh, and standby at 1 W falls on either side of a boundary)."""
     phases = [(20 * poll_s, 1)]
     for n, w, rest in shape:
         phases += [(n * poll_s, w), (rest * poll_s, 1)]
