@@ -176,7 +176,8 @@ class Segments:
         - Closed slices wait while the register lags and their claims exceed what it has shown since the last split
           by half a step (its rounding) and 1 mWh, for at most `settle_ns` after the first of them closed (in the
           same boot). When the register caught up, its delta pays their claims first, oldest first (whole mWh), and
-          the rest is split as usual; after `settle_ns` it is split as usual and what they were owed is forgotten.
+          the rest is split as usual. After `settle_ns` it is split as usual, and the backlog is forgotten: a
+          register that never catches up reads low, or the power reads high, and does not lag.
         """
         st = self.state
         a = st.authority
@@ -197,8 +198,8 @@ class Segments:
             a.unsettled_mwh = total
             return
         unshown = (0 if a.lagging else a.behind_mws) + claims + seg_w - shown
-        if owed:  # waited long enough: what the held slices are owed is forgotten
-            unshown = min(unshown, seg_w)
+        if owed:  # waited long enough: not a late register but one that reads low (or power that reads high)
+            unshown = 0  # so the backlog is forgotten, and the register no longer counts as lagging
         mk = None if seg is None else seg.mark
         mark_weight = 0 if mk is None else mk.weight
         if a.unsettled_mwh and not owed:  # the register caught up with what waited: oldest claims first
