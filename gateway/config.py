@@ -19,13 +19,17 @@
     driver = "modbus"              # any driver in drivers.base.REGISTRY, with that driver's own keys
     ...
 
+Every problem is found in one pass (`parse_config_all`, used by `koto check --config`): a wrong value is recorded
+and a stand-in used, so the pass goes on; `parse_config` then raises one problem as itself, several as
+`gateway.errors.ConfigErrors` (docs/support.md).
+
 This module is the one parser of the file, `[cloud]` included (into the `SyncConfig` the uplink runs on), with one
 set of limits. Sources are validated by their drivers when built (`drivers.base.build_source`), so this module
 checks only the gateway's own keys, the shape, and that each source names a known driver; a driver's error still
 names this file.
 
-`retain_days` and `web_port` in `[gateway]` are reserved: accepted and range-checked, so a file written today keeps
-its meaning, but not used yet (pruning acked records and the status page are the next issues' work).
+`web_port` in `[gateway]` is reserved: accepted and range-checked, so a file written today keeps its meaning, but
+not used yet. `retain_days` is how long records stay in the ledger (gateway/housekeeping.py says what leaves when).
 """
 
 from __future__ import annotations
@@ -42,20 +46,27 @@ from koto.errors import FieldError, explain_os_error
 from koto.net import BrokerURL, parse_broker_url
 from metering.energy import Kind
 
-from .errors import ConfigError
+from .errors import ConfigError, Problems
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENERGY_KINDS: tuple[Kind, ...] = ("register", "pulses", "power")
+CHECKPOINT_S = 300.0  # default `[gateway] checkpoint_s`
+RETAIN_DAYS = 90.0  # default `[gateway] retain_days`
 
 
 class _Table:
-    """Reads one TOML table, remembering where it is, so every error names file and dotted key."""
+    """Reads one TOML table, remembering where it is, so every error names file and dotted key.
 
-    def __init__(self, data: dict[str, Any], file: str, path: str) -> None:
+    Problems are collected (`problems`, shared by a file's tables), not raised: a wrong value is recorded and a
+    stand-in (the default, or an empty value of the expected type) is returned, so one pass finds every problem.
+    `parse_config` raises them all at the end."""
+
+    def __init__(self, data: dict[str, Any], file: str, path: str, problems: Problems | None = None) -> None:
         self.data = data
         self.file = file
         self.path = path
         self.seen: set[str] = set()
+        self.problems = Problems() if problems is None else problems
 
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
@@ -63,34 +74,45 @@ class _Table:
     def error(self, name: str, problem: str) -> ConfigError:
         return ConfigError(self.file, self.key(name), problem)
 
+    def fail(self, name: str, problem: str) -> None:
+        """Record a problem at this table's key `name`; parsing goes on."""
+        self.problems.add(self.error(name, problem))
+
+    def sub(self, data: dict[str, Any], path: str) -> _Table:
+        return _Table(data, self.file, path, self.problems)
+
     def get(self, name: str, typ: type | tuple[type, ...], default: Any = ..., *, what: str = "") -> Any:
         self.seen.add(name)
+        types = typ if isinstance(typ, tuple) else (typ,)
+        stand_in = default if default is not ... else types[0]()
         if name not in self.data:
             if default is ...:
-                raise self.error(name, f"missing; {what or 'required'}")
-            return default
+                self.fail(name, f"missing; {what or 'required'}")
+            return stand_in
         value = self.data[name]
-        if isinstance(value, bool) and bool not in (typ if isinstance(typ, tuple) else (typ,)):
-            raise self.error(name, f"expected {what or _tname(typ)}, got a boolean")
+        if isinstance(value, bool) and bool not in types:
+            self.fail(name, f"expected {what or _tname(typ)}, got a boolean")
+            return stand_in
         if not isinstance(value, typ):
-            raise self.error(name, f"expected {what or _tname(typ)}, got {type(value).__name__} {value!r}")
+            self.fail(name, f"expected {what or _tname(typ)}, got {type(value).__name__} {value!r}")
+            return stand_in
         return value
 
     def number(self, name: str, default: float, *, lo: float, hi: float) -> float:
         v = self.get(name, (int, float), default, what=f"a number from {lo:g} to {hi:g}")
         if not lo <= v <= hi:
-            raise self.error(name, f"{v!r} is out of range; allowed {lo:g} to {hi:g}")
+            self.fail(name, f"{v!r} is out of range; allowed {lo:g} to {hi:g}")
+            return float(default)
         return float(v)
 
     def table(self, name: str) -> _Table | None:
         v = self.get(name, dict, None, what="a table")
-        return None if v is None else _Table(v, self.file, self.key(name))
+        return None if v is None else self.sub(v, self.key(name))
 
     def reject_unknown(self, allowed_extra: tuple[str, ...] = ()) -> None:
-        unknown = sorted(set(self.data) - self.seen - set(allowed_extra))
-        if unknown:
-            allowed = ", ".join(sorted(self.seen | set(allowed_extra)))
-            raise self.error(unknown[0], f"unknown key; allowed here: {allowed}")
+        allowed = ", ".join(sorted(self.seen | set(allowed_extra)))
+        for name in sorted(set(self.data) - self.seen - set(allowed_extra)):
+            self.fail(name, f"unknown key; allowed here: {allowed}")
 
 
 def _tname(typ: type | tuple[type, ...]) -> str:
@@ -158,6 +180,8 @@ class GatewayConfig:
     cloud: SyncConfig | None
     tariff: dict[str, Any] | None
     appliances: tuple[ApplianceConfig, ...]
+    stop_timeout_s: float = 10.0  # `koto run` exits this long after a stop request, whatever still runs
+    retain_days: float = RETAIN_DAYS
 
     @property
     def tz(self) -> ZoneInfo:
@@ -177,22 +201,52 @@ def _path(t: _Table, name: str, base: Path) -> Path | None:
 
 
 def parse_config(data: dict[str, Any], *, file: str = "<config>", base: Path | None = None) -> GatewayConfig:
-    """Validate a parsed TOML document. `base` resolves relative paths (the config file's folder)."""
+    """Validate a parsed TOML document. `base` resolves relative paths (the config file's folder).
+
+    Every problem is found in one pass: one is raised as itself, several as `ConfigErrors`."""
+    cfg, problems = parse_config_all(data, file=file, base=base)
+    problems.raise_if_any()
+    return cfg
+
+
+def parse_config_all(data: dict[str, Any], *, file: str = "<config>",
+                     base: Path | None = None) -> tuple[GatewayConfig, Problems]:
+    """The config as far as it can be read, and every problem found. With problems, the config holds stand-ins
+    for the bad values: good enough for `koto check` to go on checking the files and profiles it names, never to
+    run on."""
     base = base or Path.cwd()
     root = _Table(data, file, "")
     gw = root.table("gateway")
     if gw is None:
-        raise ConfigError(file, "gateway", "missing; a [gateway] table with at least `id` is required")
+        root.fail("gateway", "missing; a [gateway] table with at least `id` is required")
+        gw = root.sub({"id": "gateway"}, "gateway")
     gateway = _parse_gateway(gw, base)
     ct = root.table("cloud")
     cloud = None if ct is None else _parse_cloud(ct, gateway.id, base)
     tariff = root.get("tariff", dict, None, what="a table describing the local default tariff")
+    if tariff is not None:
+        _check_tariff(tariff, root)
     appliances = _parse_appliances(root, gateway.id, base)
     root.reject_unknown()
-    _check_hardware(appliances, file)
-    return GatewayConfig(file=file, id=gateway.id, state_dir=gateway.state_dir, timezone=gateway.timezone,
-                         subject=gateway.subject, batch_ms=gateway.batch_ms, checkpoint_s=gateway.checkpoint_s,
-                         cloud=cloud, tariff=tariff, appliances=appliances)
+    _check_hardware(appliances, root.problems, file)
+    cfg = GatewayConfig(file=file, id=gateway.id, state_dir=gateway.state_dir, timezone=gateway.timezone,
+                        subject=gateway.subject, batch_ms=gateway.batch_ms, checkpoint_s=gateway.checkpoint_s,
+                        cloud=cloud, tariff=tariff, appliances=appliances, stop_timeout_s=gateway.stop_timeout_s,
+                        retain_days=gateway.retain_days)
+    return cfg, root.problems
+
+
+def _check_tariff(tariff: dict[str, Any], root: _Table) -> None:
+    """The `[tariff]` is checked when the file is read (not first when the gateway starts), by the tariff's own
+    parser, its keys named under `tariff.`."""
+    from metering.errors import TariffError
+    from metering.tariff import Tariff
+
+    try:
+        Tariff.from_dict(tariff, file=root.file)
+    except TariffError as e:
+        key = "tariff" if e.key == "$" else f"tariff.{e.key}"
+        root.problems.add(ConfigError(root.file, key, e.problem))
 
 
 class _Gateway(NamedTuple):
@@ -204,41 +258,49 @@ class _Gateway(NamedTuple):
     subject: str
     batch_ms: int
     checkpoint_s: float
+    stop_timeout_s: float
+    retain_days: float
 
 
 def _parse_gateway(gw: _Table, base: Path) -> _Gateway:
     gid = gw.get("id", str, what="the gateway id (letters, digits, _ . -; also the certificate CN)")
-    if not ID_RE.match(gid):
-        raise gw.error("id", f"{gid!r} is not allowed; use 1-64 letters, digits, '_', '.', '-'")
+    if gid and not ID_RE.match(gid):
+        gw.fail("id", f"{gid!r} is not allowed; use 1-64 letters, digits, '_', '.', '-'")
     state_dir = _path(gw, "state_dir", base) or Path("/var/lib/koto")
     tzname = gw.get("timezone", str, "UTC", what="an IANA time zone such as Europe/Berlin")
     try:
         ZoneInfo(tzname)
-    except (ZoneInfoNotFoundError, ValueError) as e:
-        raise gw.error("timezone", f"unknown time zone {tzname!r}; use an IANA name such as Europe/Berlin") from e
+    except (ZoneInfoNotFoundError, ValueError):
+        gw.fail("timezone", f"unknown time zone {tzname!r}; use an IANA name such as Europe/Berlin")
+        tzname = "UTC"
     subject = gw.get("subject", str, f"urn:koto:gw:{gid}")
     batch_ms = int(gw.number("batch_ms", 500, lo=10, hi=60_000))
-    checkpoint_s = gw.number("checkpoint_s", 10, lo=0.1, hi=3600)
-    gw.number("retain_days", 90, lo=1, hi=3650)  # reserved, not used yet (see the module docstring)
+    # How often a pulse or power meter's state is saved between records: what a power cut can lose at most
+    # (a register meter needs none; see gateway/checkpointing.py). 300 s keeps an idle-time write budget tiny.
+    checkpoint_s = gw.number("checkpoint_s", CHECKPOINT_S, lo=0.1, hi=3600)
+    retain_days = gw.number("retain_days", RETAIN_DAYS, lo=1, hi=3650)
     gw.number("web_port", 8080, lo=0, hi=65535)  # reserved, not used yet
+    # Below the unit's TimeoutStopSec=20 with room to spare: systemd's SIGKILL should never be what ends a stop.
+    stop_timeout_s = gw.number("stop_timeout_s", 10, lo=0.5, hi=600)
     gw.reject_unknown()
-    return _Gateway(gid, state_dir, tzname, subject, batch_ms, checkpoint_s)
+    return _Gateway(gid or "gateway", state_dir, tzname, subject, batch_ms, checkpoint_s, stop_timeout_s,
+                    retain_days)
 
 
 def _parse_cloud(ct: _Table, gateway_id: str, base: Path) -> SyncConfig:
     """The `[cloud]` table, with the one set of limits the uplink runs within."""
     broker = ct.get("broker", str, what="a broker URL, mqtt://host:port or mqtts://host:port")
-    try:
-        parse_broker_url(broker, file=ct.file, key=ct.key("broker"))
-    except FieldError as e:  # the URL rule's own error, said as this file's ConfigError
-        raise ct.error("broker", e.problem) from None
+    if broker:
+        try:
+            parse_broker_url(broker, file=ct.file, key=ct.key("broker"))
+        except FieldError as e:  # the URL rule's own error, said as this file's ConfigError
+            ct.fail("broker", e.problem)
     protocol = ct.get("protocol", int, 5, what="5 (MQTT 5) or 311 (MQTT 3.1.1)")
     if protocol not in (5, 311):
-        raise ct.error("protocol", f"{protocol} is not allowed; use 5 or 311")
+        ct.fail("protocol", f"{protocol} is not allowed; use 5 or 311")
     prefix = ct.get("topic_prefix", str, "koto/v1", what="a topic prefix such as koto/v1")
     if not prefix or prefix.endswith("/") or any(c in prefix for c in "#+"):
-        raise ct.error("topic_prefix", f"{prefix!r} is not allowed; a topic like koto/v1 without wildcards or a "
-                                       "trailing /")
+        ct.fail("topic_prefix", f"{prefix!r} is not allowed; a topic like koto/v1 without wildcards or a trailing /")
     cloud = SyncConfig(
         gateway_id=gateway_id,
         broker=broker,
@@ -254,7 +316,7 @@ def _parse_cloud(ct: _Table, gateway_id: str, base: Path) -> SyncConfig:
         operator_keys=_operator_keys(ct, base),
     )
     if (cloud.cert is None) != (cloud.key is None):
-        raise ct.error("cert", "give both `cert` and `key` (the client certificate and its key) or neither")
+        ct.fail("cert", "give both `cert` and `key` (the client certificate and its key) or neither")
     ct.reject_unknown()
     return cloud
 
@@ -264,10 +326,11 @@ def _operator_keys(ct: _Table, base: Path) -> tuple[Path, ...]:
     paths: list[Path] = []
     for i, k in enumerate(keys):
         if not isinstance(k, str):
-            raise ct.error(f"operator_keys[{i}]", "expected a file path string")
+            ct.fail(f"operator_keys[{i}]", "expected a file path string")
+            continue
         paths.append(Path(k) if Path(k).is_absolute() else base / k)
     if len(paths) > 2:
-        raise ct.error("operator_keys", "at most two keys (current and next, for rotation)")
+        ct.fail("operator_keys", "at most two keys (current and next, for rotation)")
     return tuple(paths)
 
 
@@ -277,37 +340,52 @@ def _parse_appliances(root: _Table, gateway_id: str, base: Path) -> tuple[Applia
     owners: dict[str, str] = {}  # source name -> appliance id: source names are unique across the gateway
     for i, raw in enumerate(raw_list):
         if not isinstance(raw, dict):
-            raise ConfigError(root.file, f"appliance[{i}]", "expected a table ([[appliance]])")
-        at = _Table(raw, root.file, f"appliance[{i}]")
+            root.fail(f"appliance[{i}]", "expected a table ([[appliance]])")
+            continue
+        at = root.sub(raw, f"appliance[{i}]")
         aid = at.get("id", str, what="the appliance id")
+        if not aid:
+            continue  # named as appliance[i].id; its other keys are told once it has a name
         if not ID_RE.match(aid):
-            raise at.error("id", f"{aid!r} is not allowed; use 1-64 letters, digits, '_', '.', '-'")
+            at.fail("id", f"{aid!r} is not allowed; use 1-64 letters, digits, '_', '.', '-'")
+            continue
         if any(a.id == aid for a in appliances):
-            raise at.error("id", f"{aid!r} is used by another appliance; ids must be unique")
+            at.fail("id", f"{aid!r} is used by another appliance; ids must be unique")
+            continue
         at.path = f"appliance.{aid}"
-        appliances.append(_parse_appliance(at, aid, gateway_id, base, owners))
+        app = _parse_appliance(at, aid, gateway_id, base, owners)
+        if app is not None:
+            appliances.append(app)
     return tuple(appliances)
 
 
-def _parse_appliance(at: _Table, aid: str, gateway_id: str, base: Path, owners: dict[str, str]) -> ApplianceConfig:
+def _parse_appliance(at: _Table, aid: str, gateway_id: str, base: Path,
+                     owners: dict[str, str]) -> ApplianceConfig | None:
+    """One `[[appliance]]`; None when it has no usable source (the problems are recorded)."""
     profile = at.get("profile", str, what="a built-in profile name or a path to a profile TOML")
     if "/" in profile or profile.endswith(".toml"):
         p = Path(profile)
         profile = str(p if p.is_absolute() else base / p)
     sources = _parse_sources(at, aid, owners)
-    energy = at.get("energy", str, next(iter(sources)), what="the name of the source that meters energy")
+    energy = at.get("energy", str, next(iter(sources), ""), what="the name of the source that meters energy")
+    default_kind: Kind = "power"
+    raw_sources = at.data.get("sources")
+    declared: dict[str, Any] = raw_sources if isinstance(raw_sources, dict) else {}
     if energy not in sources:
-        raise at.error("energy", f"{energy!r} is not one of this appliance's sources: {', '.join(sources)}")
-    default_kind = driver_class(sources[energy]["driver"], source=energy, file=at.file).energy_kind
+        if sources and energy not in declared:  # a declared source that failed is named already
+            at.fail("energy", f"{energy!r} is not one of this appliance's sources: {', '.join(sources)}")
+    else:
+        default_kind = driver_class(sources[energy]["driver"], source=energy, file=at.file).energy_kind
     kind_name = at.get("energy_kind", str, default_kind, what="register, pulses or power")
     kind = next((k for k in ENERGY_KINDS if k == kind_name), None)
     if kind is None:
-        raise at.error("energy_kind", f"{kind_name!r} is not allowed; use register, pulses or power")
+        at.fail("energy_kind", f"{kind_name!r} is not allowed; use register, pulses or power")
+        kind = default_kind
     imp = 0
-    if kind == "pulses":
+    if kind == "pulses" and energy in sources:
         imp = int(sources[energy].get("imp_per_kwh", 0)) or int(at.get("imp_per_kwh", int, 0))
         if imp <= 0:
-            raise at.error("imp_per_kwh", "pulse sources need imp_per_kwh > 0 (on the meter's label)")
+            at.fail("imp_per_kwh", "pulse sources need imp_per_kwh > 0 (on the meter's label)")
     else:
         at.get("imp_per_kwh", int, 0)
     relay = at.get("relay", dict, None, what="a table: pin, active_high")
@@ -325,36 +403,45 @@ def _parse_appliance(at: _Table, aid: str, gateway_id: str, base: Path, owners: 
         relay=relay,
     )
     at.reject_unknown()
-    return app
+    return app if sources else None
 
 
 def _parse_sources(at: _Table, aid: str, owners: dict[str, str]) -> dict[str, dict[str, Any]]:
     """The appliance's `[appliance.sources.NAME]` tables: names unique across the gateway, each naming a known
-    driver (the driver checks its own keys when the source is built)."""
+    driver (the driver checks its own keys when the source is built). A bad one is recorded and left out."""
+    from drivers.errors import DriverConfigError
+
     sources_t = at.table("sources")
     if sources_t is None or not sources_t.data:
-        raise at.error("sources", "missing; at least one [appliance.sources.NAME] table with a `driver`")
+        at.fail("sources", "missing; at least one [appliance.sources.NAME] table with a `driver`")
+        return {}
     sources: dict[str, dict[str, Any]] = {}
     for sname, scfg in sources_t.data.items():
         sources_t.seen.add(sname)
         if not isinstance(scfg, dict):
-            raise sources_t.error(sname, "expected a table with a `driver` key")
-        if not ID_RE.match(sname):
-            raise sources_t.error(sname, "source names use letters, digits, '_', '.', '-'")
-        if sname in owners:
-            raise sources_t.error(sname, f"already used by appliance {owners[sname]!r}; names are global")
-        if not isinstance(scfg.get("driver"), str):
-            raise ConfigError(at.file, f"{sources_t.key(sname)}.driver", "missing; name the driver that reads it")
-        driver_class(scfg["driver"], source=sname, file=at.file)  # an unknown driver is named now, not at start
-        owners[sname] = aid
-        sources[sname] = dict(scfg)
+            sources_t.fail(sname, "expected a table with a `driver` key")
+        elif not ID_RE.match(sname):
+            sources_t.fail(sname, "source names use letters, digits, '_', '.', '-'")
+        elif sname in owners:
+            sources_t.fail(sname, f"already used by appliance {owners[sname]!r}; names are global")
+        elif not isinstance(scfg.get("driver"), str):
+            sources_t.problems.add(ConfigError(at.file, f"{sources_t.key(sname)}.driver",
+                                               "missing; name the driver that reads it"))
+        else:
+            try:
+                driver_class(scfg["driver"], source=sname, file=at.file)  # an unknown driver is named now
+            except DriverConfigError as e:
+                at.problems.add(e)
+                continue
+            owners[sname] = aid
+            sources[sname] = dict(scfg)
     return sources
 
 
 _RESOURCE_WORDS = {"serial": "serial port", "gpio": "GPIO", "ble": "BLE device", "mcp3008": "MCP3008 input"}
 
 
-def _check_hardware(appliances: tuple[ApplianceConfig, ...], file: str) -> None:
+def _check_hardware(appliances: tuple[ApplianceConfig, ...], problems: Problems, file: str) -> None:
     """Build every source (pure: no port is opened) so each driver checks its own keys now, then refuse two
     sources (or a source and a relay) that would fight over one piece of hardware: two meters on one RS-485 bus
     with different line settings, one GPIO pin twice, one BLE device twice. Found at load, named by file and key,
@@ -369,14 +456,19 @@ def _check_hardware(appliances: tuple[ApplianceConfig, ...], file: str) -> None:
     for app in appliances:
         claims: list[tuple[str, Claim]] = []
         for name, scfg in app.sources.items():
-            src = build_source(name, scfg, clock=clock, file=file)
+            try:
+                src = build_source(name, scfg, clock=clock, file=file)
+            except DriverConfigError as e:
+                problems.add(e)
+                continue
             claims += [(f"appliance.{app.id}.sources.{name}", c) for c in src.claims()]
         if app.relay is not None:
             try:
                 relay = Relay.from_config(f"{app.id}-relay", app.relay)
             except DriverConfigError as e:
-                raise ConfigError(file, f"appliance.{app.id}.relay.{e.key}", e.problem) from None
-            claims.append((f"appliance.{app.id}.relay", Claim(f"gpio:{relay.pin}", "pin")))
+                problems.add(ConfigError(file, f"appliance.{app.id}.relay.{e.key}", e.problem))
+            else:
+                claims.append((f"appliance.{app.id}.relay", Claim(f"gpio:{relay.pin}", "pin")))
         for where, claim in claims:
             first = held.setdefault(claim.resource, (where, claim))
             if first[0] == where:
@@ -384,14 +476,15 @@ def _check_hardware(appliances: tuple[ApplianceConfig, ...], file: str) -> None:
             problem = claim_conflict(first[1], claim)
             if problem:
                 kind, _, ident = claim.resource.partition(":")
-                raise ConfigError(file, f"{where}.{claim.key}",
-                                  f"{_RESOURCE_WORDS.get(kind, kind)} {ident} {problem} (see {first[0]})")
+                problems.add(ConfigError(file, f"{where}.{claim.key}",
+                                         f"{_RESOURCE_WORDS.get(kind, kind)} {ident} {problem} (see {first[0]})"))
 
 
-def load_config(path: str | Path) -> GatewayConfig:
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The file's TOML document; a missing, unreadable or broken file is one `ConfigError` naming it."""
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
+        return tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise ConfigError(str(p), "-", "file not found") from e
     except OSError as e:
@@ -400,4 +493,8 @@ def load_config(path: str | Path) -> GatewayConfig:
         raise ConfigError(str(p), "-", f"not UTF-8 text (byte {e.start}); save it as UTF-8") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(str(p), "-", f"not valid TOML: {e}") from e
-    return parse_config(data, file=str(p), base=p.resolve().parent)
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    p = Path(path)
+    return parse_config(read_toml(p), file=str(p), base=p.resolve().parent)

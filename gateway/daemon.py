@@ -20,6 +20,7 @@ import time
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +28,28 @@ from drivers.base import Source, build_source, driver_class
 from drivers.errors import DriverConfigError
 from koto import __version__
 from koto.clock import Clock, Now
-from koto.net import Backoff
 from koto.reading import Quantity, Reading
 from metering.energy import EnergySpec
-from metering.errors import LedgerError
+from metering.errors import LedgerError, LedgerGone
 from metering.ledger import Ledger
 from metering.meter import ApplianceMeter, FeedResult, MeterEvent
 from metering.pricing import Pricing
 from metering.profile import Profile, builtin_profile, load_profile, parse_profile
 from metering.records import CLOCK_TYPE, LIFECYCLE_TYPE, Draft, TimeStatus
-from metering.tariff import Tariff
 
+from .checkpointing import CheckpointPlan
 from .config import ApplianceConfig, GatewayConfig
 from .errors import ConfigError
+from .held import report_unstored
+from .housekeeping import Housekeeper
+from .power_log import PowerLog
+from .sdnotify import Notifier
+from .service import ServiceNotify
 from .state import StateDir
 from .status import StatusFile
 from .status_build import SnapshotBuilder
+from .summary import HourlySummary
+from .supervisor import SourceState, StopDeadline, Supervisor
 from .sync import Sync
 
 log = logging.getLogger("koto.gateway")
@@ -86,23 +93,6 @@ def _status(now: Now) -> TimeStatus:
 
 
 @dataclass
-class SourceState:
-    """The supervisor's view of one source: the driver's own health plus restarts."""
-
-    name: str
-    appliance: str
-    driver: str
-    source: Source | None = None
-    restarts: int = 0
-    last_error: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        h = self.source.health.as_dict() if self.source else {"state": "starting"}
-        return {"appliance": self.appliance, "driver": self.driver, "restarts": self.restarts,
-                "last_error": self.last_error, **h}
-
-
-@dataclass
 class GatewayStats:
     readings: int = 0
     records: int = 0
@@ -122,8 +112,12 @@ class Gateway:
 
     def __init__(self, cfg: GatewayConfig, *, clock: Clock, backends: Mapping[str, Any] | None = None,
                  on_event: Callable[[MeterEvent], None] | None = None, sync_enabled: bool = True,
-                 runtime_dir: Path | None = None) -> None:
+                 runtime_dir: Path | None = None, deadline: StopDeadline | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.cfg = cfg
+        self.notifier = notifier or Notifier(environ={})  # systemd's, from `koto run`; silent otherwise
+        self.deadline = deadline  # `koto run` arms one; in-process users (tests, the demo) have none
+        self.supervisor = Supervisor(asyncio.Event(), deadline=deadline)
         self.status = StatusFile(runtime_dir) if runtime_dir is not None else None  # `koto status` reads it
         self.clock = clock
         self.backends = dict(backends or {})
@@ -139,6 +133,9 @@ class Gateway:
         except BaseException:  # a bad profile or source config: release the ledger (and its writer lock)
             self.ledger.close()
             raise
+        # recent power per appliance, in RAM and on tmpfs, for `koto profile check/suggest`
+        self.power_log = (PowerLog(runtime_dir, {aid: m.spec for aid, m in self.meters.items()})
+                          if runtime_dir is not None else None)
 
     def _build(self, cfg: GatewayConfig) -> None:
         self._profiles: dict[str, tuple[int, str]] = {}
@@ -158,14 +155,16 @@ class Gateway:
                         for app in cfg.appliances for name, scfg in app.sources.items()}
         self._queue: asyncio.Queue[Reading] = asyncio.Queue(QUEUE_MAX)
         self._pending: list[Draft] = []
-        self._dirty = False
-        self._last_checkpoint_ns = 0
+        # What each batch writes, and when: the SD-card write budget (gateway/checkpointing.py)
+        self._ckpt = CheckpointPlan(self.meters, cfg.checkpoint_s,
+                                    hold_s=min((a.interim_s for a in cfg.appliances), default=900))
         self._clock_synced: bool | None = None
         self._stopping = False
         self._inflight: tuple[asyncio.Future[int], list[Draft]] | None = None
+        self._inflight_since = 0.0
         self._append_failing = False
         for name in self.sources:  # fail fast: a driver's config error names the file and key before we start
-            build_source(name, self._source_cfg(name), clock=self.clock, file=cfg.file, **self._source_kwargs(name))
+            self._build_source(name)
         if self._sync_enabled:  # built now so that a bad [cloud] table stops the start with file and key
             self.sync = self._sync()
         self.relays: dict[str, Any] = {}
@@ -187,6 +186,7 @@ class Gateway:
         A command is committed to the ledger before pricing changes in memory, and the pricing snapshot is saved
         only with the next batch, so the ledger's documents are re-applied at every start (a no-op when known).
         """
+        from .config_tariff import apply_config_tariff
         from .downlink import restore_from_ledger
 
         # An appliance behind an enforcement relay is gated as a whole: without a grant it may not start.
@@ -194,9 +194,8 @@ class Gateway:
         state = self.ledger.checkpoint(PRICING_CHECKPOINT)
         if state:
             pricing.restore(state)
-        elif self.cfg.tariff:
-            pricing.apply_tariff(Tariff.from_dict(self.cfg.tariff, file=f"{self.cfg.file} [tariff]"))
         restore_from_ledger(self.ledger, pricing, on_profile=self._remember_profile)
+        apply_config_tariff(self.cfg, self.ledger, pricing)  # [tariff] edits: docs/pricing.md
         return pricing
 
     def _remember_profile(self, name: str, version: int, toml_text: str) -> None:
@@ -215,6 +214,10 @@ class Gateway:
 
     def _source_cfg(self, name: str) -> Mapping[str, Any]:
         return next(a.sources[name] for a in self.cfg.appliances if name in a.sources)
+
+    def _build_source(self, name: str) -> Source:
+        return build_source(name, self._source_cfg(name), clock=self.clock, file=self.cfg.file,
+                            **self._source_kwargs(name))
 
     def _source_kwargs(self, name: str) -> dict[str, Any]:
         kw = dict(self.backends)
@@ -260,6 +263,7 @@ class Gateway:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until `stop` is set (or the task is cancelled); then close segments and write a final batch."""
         stop = stop or asyncio.Event()
+        sup = self.supervisor = Supervisor(stop, deadline=self.deadline)  # a task's failure sets `stop` too
         self._lifecycle("start", version=__version__,
                         appliances=",".join(sorted(self.meters)), sources=",".join(sorted(self.sources)))
         self._flush_now()
@@ -268,15 +272,25 @@ class Gateway:
             for relay in self.relays.values():
                 relays.enter_context(relay)  # safe state first: the appliance has power
             async with asyncio.TaskGroup() as tg:
-                workers = [tg.create_task(self._supervise(name), name=f"source:{name}") for name in self.sources]
-                workers.append(tg.create_task(self._ticker(), name="ticker"))
-                meter_task = tg.create_task(self._meter_loop(), name="meter")
+                workers = [tg.create_task(sup.run_source(st, partial(self._build_source, name), self._queue.put),
+                                          name=f"source:{name}") for name, st in self.sources.items()]
+                workers.append(tg.create_task(sup.guard("ticker", self._ticker()), name="ticker"))
+                meter_task = tg.create_task(sup.guard("meter loop", self._meter_loop()), name="meter")
                 if self.sync is not None:
-                    workers.append(tg.create_task(self.sync.run(), name="sync"))
+                    workers.append(tg.create_task(sup.guard("sync", self.sync.run()), name="sync"))
                 snapshot = SnapshotBuilder(self)
                 if self.status is not None:
-                    workers.append(tg.create_task(self.status.run(snapshot), name="status"))
+                    workers.append(tg.create_task(sup.guard("status", self.status.run(snapshot)), name="status"))
+                workers.append(tg.create_task(sup.guard("summary", HourlySummary(snapshot).run()), name="summary"))
+                if self.power_log is not None:
+                    workers.append(tg.create_task(sup.guard("power log", self.power_log.run()), name="power-log"))
+                workers.append(tg.create_task(sup.guard("housekeeping", self._housekeeper().run()),
+                                              name="housekeeping"))
+                service = ServiceNotify(self, self.notifier)  # READY now: the ledger is open, the sources started
+                workers.append(tg.create_task(sup.guard("systemd notify", service.run()), name="notify"))
                 await stop.wait()
+                sup.stopping()  # arms the stop deadline, whoever asked for the stop
+                service.stopping(str(sup.failure or ""))
                 self._stopping = True
                 await stop_tasks([w for w in workers if w.get_name() != "sync"])
                 await stop_tasks([meter_task])
@@ -291,9 +305,18 @@ class Gateway:
                 await stop_tasks(workers)
                 if self.status is not None:
                     self.status.stopped(snapshot())
+                if self.power_log is not None:
+                    self.power_log.flush()
         finally:
             relays.close()  # stop: back to the safe state (powered), pins released
             self.ledger.close()
+        if sup.failure is not None:
+            raise sup.failure  # `koto run` prints it as one line and exits 2
+
+    def _housekeeper(self) -> Housekeeper:
+        """Retention: prunes at a quiet moment (no use running, nothing waiting in memory; see housekeeping.py)."""
+        return Housekeeper(self.ledger, self.clock, retain_days=self.cfg.retain_days, local_only=self.cfg.cloud is None,
+                           quiet=lambda: not self._pending and not any(m.cycle.running for m in self.meters.values()))
 
     def _shutdown(self) -> None:
         """A clean stop: feed what is queued, close every open segment, record the stop, one last batch."""
@@ -303,39 +326,14 @@ class Gateway:
         for aid, meter in self.meters.items():
             self._take(aid, meter.close(now))
         self._lifecycle("stop")
+        self._ckpt.owe_all()
         self._flush_now()
+        report_unstored(self.held_drafts(), {a.id: a.energy_kind for a in self.cfg.appliances})
         log.info("gateway stopped; ledger at seq %d", self.ledger.head()[0])
-
-    async def _supervise(self, name: str) -> None:
-        """Run one source forever; on failure log once in plain words, back off (capped, jittered), restart."""
-        st = self.sources[name]
-        scfg = self._source_cfg(name)
-        backoff = Backoff(0.5, 30.0)  # a failing source (an unplugged adapter) is tried again at least every 30 s
-        while True:
-            try:
-                src = build_source(name, scfg, clock=self.clock, file=self.cfg.file, **self._source_kwargs(name))
-                st.source = src
-                async with src:
-                    backoff.reset()
-                    async for reading in src:
-                        await self._queue.put(reading)
-                st.last_error = "the source ended"
-            except asyncio.CancelledError:
-                raise
-            except (ConfigError, DriverConfigError):
-                raise
-            except Exception as e:  # a driver failure must never take the gateway down
-                st.last_error = f"{type(e).__name__}: {e}"
-                wait = backoff.next()
-                log.warning("%s: source failed (%s); restarting in %.1f s", name, st.last_error, wait)
-            else:
-                wait = backoff.next()
-            st.restarts += 1
-            await asyncio.sleep(wait)
 
     async def _meter_loop(self) -> None:
         """Feed readings to meters; append what they produce in batches (one transaction, one fsync each)."""
-        batch_s = self.cfg.batch_ms / 1000
+        batch_s = self.cfg.batch_ms / 1000 / self.clock.factor  # batch_ms of the daemon's clock (compressed in runs)
         while True:
             deadline = time.monotonic() + batch_s
             while (left := deadline - time.monotonic()) > 0:
@@ -378,24 +376,25 @@ class Gateway:
             return
         if reading.quantity not in (Quantity.POWER_MW, Quantity.ENERGY_MWH, Quantity.PULSES, Quantity.SIGNAL):
             return  # diagnostics (voltage, RSSI...) serve the live view, not the ledger
+        if self.power_log is not None:
+            self.power_log.add(aid, reading)
         self._take(aid, self.meters[aid].feed(reading))
-        # Even a reading that produced no record moved the meter's state (a pulse count, a register, an open
-        # segment's energy): it is checkpointed within `checkpoint_s`, which bounds what a crash can lose.
-        self._dirty = True
+        self._ckpt.fed(aid)  # a pulse count or integrated power is checkpointed within `checkpoint_s`
 
     def _take(self, aid: str, result: FeedResult) -> None:
         if not result:
             return
         for ev in result.events:
+            where = {"appliance": aid, "function": ev.function}
             if ev.kind == "rejected":
-                log.warning("%s", ev.message)
+                log.warning("%s", ev.message, extra=where)
             else:
-                log.info("%s", ev.message)
+                log.info("%s", ev.message, extra=where)
             if self.on_event:
                 self.on_event(ev)
         if result.items:
             self._pending.extend(result.drafts(self.subjects[aid]))
-        self._dirty = True
+            self._ckpt.owe(aid)  # the meter's state goes in the same transaction as its records
 
     def _watch_clock(self, now: Now) -> None:
         """When the wall clock becomes synchronised, record its offset for this boot (invariant 4)."""
@@ -417,20 +416,18 @@ class Gateway:
                                 "mono_us": now.mono_ns // 1000, "timestatus": str(_status(now)), **data}
         self._pending.append(Draft(LIFECYCLE_TYPE, self.cfg.subject, now.wall, _status(now), body))
 
-    def _checkpoints(self) -> dict[str, dict[str, Any]]:
-        cps = {meter_checkpoint_name(aid): m.snapshot() for aid, m in self.meters.items()}
+    def _checkpoints(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        cps = {meter_checkpoint_name(aid): self.meters[aid].snapshot() for aid in names}
         cps[PRICING_CHECKPOINT] = self.pricing.snapshot()
         return cps
 
     def _batch(self) -> tuple[list[Draft], dict[str, dict[str, Any]]] | None:
-        now_ns = time.monotonic_ns()
-        due = now_ns - self._last_checkpoint_ns >= int(self.cfg.checkpoint_s * 1e9)
-        if not self._pending and not (self._dirty and due):
+        now_ns = self.clock.now().mono_ns
+        names = self._ckpt.take(now_ns, records=self._ckpt.records_due(self._pending, now_ns))
+        if names is None:
             return None
         drafts, self._pending = self._pending, []
-        self._dirty = False
-        self._last_checkpoint_ns = now_ns
-        return drafts, self._checkpoints()
+        return drafts, self._checkpoints(names)
 
     def _flush_now(self) -> None:
         batch = self._batch()
@@ -446,6 +443,7 @@ class Gateway:
             # The fsync runs off the event loop; the snapshot was taken with the drafts, so they stay consistent.
             fut = asyncio.ensure_future(asyncio.to_thread(self._append, *batch))
             self._inflight = (fut, batch[0])
+            self._inflight_since = time.monotonic()
             try:
                 n = await asyncio.shield(fut)  # cancelled here (a stop), the append still ends: see _settle
             except LedgerError as e:
@@ -466,6 +464,16 @@ class Gateway:
         except LedgerError as e:
             self._keep(drafts, e)
 
+    def writer_stalled_s(self) -> float:
+        """How long the commit now running in its thread has been running (0 when none is): the watchdog's test."""
+        return time.monotonic() - self._inflight_since if self._inflight is not None else 0.0
+
+    def held_drafts(self) -> list[Draft]:
+        """Records made but not stored, when the last commit failed (a full disk): waiting, or in the commit."""
+        if not self._append_failing:
+            return []
+        return (self._inflight[1] if self._inflight else []) + self._pending
+
     def _append(self, drafts: list[Draft], checkpoints: dict[str, dict[str, Any]]) -> int:
         return len(self.ledger.append(drafts, checkpoints=checkpoints))
 
@@ -483,8 +491,12 @@ class Gateway:
         records in memory, in order, and retry with the next batch, whose checkpoint covers them too. Only a crash
         while the card stays full loses them, and then the register's gap record still accounts for the energy."""
         self._pending[:0] = drafts
-        self._dirty = True
+        self._ckpt.owe_all()
         self.stats.append_failures += 1
+        if isinstance(error, LedgerGone):  # not a full disk: retrying would write into an unlinked file
+            self._append_failing = True
+            self.supervisor.fail("ledger", error)
+            return
         if not self._append_failing:
             log.error("ledger: could not store %d records (%s); keeping them in memory and retrying", len(drafts),
                       error)

@@ -124,8 +124,14 @@ def read_status(folder: Path, *, now_wall: float | None = None) -> Read:
     if not _alive(int(data.get("pid", 0))):
         return Read(data, f"the gateway daemon is not running (pid {data.get('pid')} is gone; last status at "
                           f"{_when(written, None)}). See: journalctl -u koto")
-    if now - written > STALE_AFTER_S:
-        return Read(data, f"the gateway daemon is not responding: its status is {now - written:.0f} s old "
+    # Staleness by the file's own age (the host's clock), not by the wall time the daemon wrote into it: a wall
+    # clock that was set, or one the daemon was told is something else, must not look like a hung daemon.
+    try:
+        age = now - path.stat().st_mtime if now_wall is None else now - written
+    except OSError:
+        age = 0.0
+    if age > STALE_AFTER_S:
+        return Read(data, f"the gateway daemon is not responding: its status is {age:.0f} s old "
                           "(the watchdog restarts a hung daemon). See: journalctl -u koto")
     return Read(data)
 

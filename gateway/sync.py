@@ -147,6 +147,7 @@ class Sync:
         self._sent_through = 0
         self._ack_wait_since: float | None = None
         self._resend_at: float | None = None  # set by a stale ack: resend then unless an ack advances first
+        self._say_ack = True  # log the next advancing ack (first of a session, first after a timeout)
         self._acked_event = asyncio.Event()
         if downlink is not None:
             downlink.add_report_section("sync", self.health_report)
@@ -257,6 +258,7 @@ class Sync:
         self._sent_through = self.ledger.acked_through()
         self._ack_wait_since = None
         self._resend_at = None
+        self._say_ack = True  # the first ack of each session says how far the cloud has us
         await client.subscribe([(self.topics.ack, 1), (self.topics.cmd, 1)])
         await self._publish_birth(client)
         outbox = Outbox(client, window=self.config.window)
@@ -334,6 +336,7 @@ class Sync:
                     self.health.ack_timeouts += 1
                     log.warning("no cloud ack for %.0f s with %d record(s) outstanding; resending from seq %d",
                                 now - (self._ack_wait_since or now), outstanding, acked + 1)
+                    self._say_ack = True
                 self.health.resends += outstanding
                 self._sent_through = acked
                 self._ack_wait_since = now
@@ -399,6 +402,11 @@ class Sync:
                 self.health.acks_advanced += 1
                 self.health.last_ack = rfc3339(now_wall)
                 self.health.acked_through = through
+                if self._say_ack:
+                    self._say_ack = False
+                    backlog = self.ledger.head()[0] - through
+                    log.info("cloud acked through seq %d (%d record(s) still to send)", through, backlog,
+                             extra={"seq": through})
                 self._ack_wait_since = asyncio.get_running_loop().time() if self._sent_through > through else None
                 self._resend_at = None
                 self._acked_event.set()

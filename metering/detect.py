@@ -10,6 +10,11 @@ for its `min_off_s` and the candidate has held for its `min_on_s`. The dwell onl
 back at the reading where the confirmed candidate began (`cand_since`), and the meter moves what it accumulated
 since then to the new segment. `update` reports that moment (`CANDIDATE`) so the meter can mark it, and `DROPPED`
 when the current function holds again (the mark is void).
+
+Two profile rules extend this. `takes_over`: while the current function still holds, a function that may take it
+over and whose on band holds becomes the candidate all the same, and replaces it after its `min_on_s` (a spin is
+told from tumbling by lasting, not by power). `only_after`: a function enters only once one of the named functions
+has run in the current use; the meter calls `new_use()` when its cycle rule starts a use.
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ class DetectorState:
     cand: str
     cand_since: int
     fail_since: int
+    seen: str = ""  # the functions run in the current use, comma-separated (for `only_after`)
 
 
 class Detector:
     """Current function of one appliance, from power and signals, with hysteresis and dwell."""
 
     __slots__ = (
+        "_after",
         "_funcs",
         "_min_off",
         "_n",
@@ -43,12 +50,14 @@ class Detector:
         "_off_min",
         "_sig",
         "_signals",
+        "_takers",
         "_val",
         "cand",
         "cand_since",
         "cur",
         "fail_since",
         "names",
+        "seen",
     )
 
     def __init__(self, profile: Profile, signals: dict[str, str]) -> None:
@@ -65,6 +74,14 @@ class Detector:
         self._sig = ""
         self._val = ""
         self._min_off = 0
+        idx = {f.name: i for i, f in enumerate(profile.functions)}
+        # only_after as a bit mask of the functions one of which must have run (0 = no condition)
+        self._after = tuple(sum(1 << idx[n] for n in f.only_after) for f in profile.functions)
+        # for each function, the functions that may take it over (by index, in priority order)
+        takers = [tuple(j for j, g in enumerate(profile.functions) if f.name in g.takes_over)
+                  for f in profile.functions]
+        self._takers: tuple[tuple[int, ...], ...] = (*takers, ())
+        self.seen = 0  # bit i: function i ran in the current use
 
     @property
     def function(self) -> str:
@@ -72,6 +89,7 @@ class Detector:
 
     def _set(self, idx: int) -> None:
         self.cur = idx
+        self.seen |= 1 << idx
         self.cand = -1
         self.cand_since = NO_TIME
         self.fail_since = NO_TIME
@@ -85,9 +103,24 @@ class Detector:
     def _entering(self, p: int) -> int:
         sig = self._signals
         for i, f in enumerate(self._funcs):
-            if f.on_min_mw <= p <= f.on_max_mw and (not f.signal or sig.get(f.signal) == f.value):
+            if f.on_min_mw <= p <= f.on_max_mw and (not f.signal or sig.get(f.signal) == f.value) and (
+                    not self._after[i] or self.seen & self._after[i]):
                 return i
         return self._n
+
+    def _taking(self, p: int) -> int:
+        """The first function that may take over the current one and whose on band holds, else -1."""
+        sig = self._signals
+        for i in self._takers[self.cur]:
+            f = self._funcs[i]
+            if f.on_min_mw <= p <= f.on_max_mw and (not f.signal or sig.get(f.signal) == f.value) and (
+                    not self._after[i] or self.seen & self._after[i]):
+                return i
+        return -1
+
+    def new_use(self) -> None:
+        """A use starts: only the function running now counts as having run in it (for `only_after`)."""
+        self.seen = 1 << self.cur if self.cur >= 0 else 0
 
     def start(self, p: int) -> int:
         """First reading: take the matching function at once (no dwell: there is nothing to confirm against)."""
@@ -99,6 +132,21 @@ class Detector:
         `cand_since` as it was before the call, i.e. the last CANDIDATE time, or `t`), CANDIDATE if a new candidate
         begins at `t`, DROPPED if the current function holds again after failing, else NO_CHANGE."""
         if self._off_min <= p <= self._off_max and (not self._sig or self._signals.get(self._sig) == self._val):
+            if self._takers[self.cur]:
+                c = self._taking(p)
+                if c >= 0:
+                    res = NO_CHANGE
+                    if c != self.cand:
+                        self.cand, self.cand_since, res = c, t, CANDIDATE
+                    self.fail_since = NO_TIME
+                    if t - self.cand_since >= self._funcs[c].min_on_ns:
+                        self._set(c)
+                        return c
+                    return res
+                if self.cand >= 0:  # a take-over that did not last (or a switch the current function outlived)
+                    self.cand = -1
+                    self.fail_since = NO_TIME
+                    return DROPPED
             if self.fail_since != NO_TIME:
                 self.fail_since = NO_TIME
                 self.cand = -1
@@ -134,14 +182,17 @@ class Detector:
             self.cand_since = t
 
     def snapshot(self) -> DetectorState:
+        seen = ",".join(n for i, n in enumerate(self.names) if self.seen >> i & 1)
         if self.cand < 0:  # no candidate: its start time is left over from the last one, and never read again
-            return DetectorState(self.function, "", NO_TIME, self.fail_since)
-        return DetectorState(self.function, self.names[self.cand], self.cand_since, self.fail_since)
+            return DetectorState(self.function, "", NO_TIME, self.fail_since, seen)
+        return DetectorState(self.function, self.names[self.cand], self.cand_since, self.fail_since, seen)
 
     def restore(self, s: DetectorState) -> None:
         """Restore; a function name the (possibly updated) profile no longer has falls back to `unmatched`."""
         if s.cur:
             self._set(self.names.index(s.cur) if s.cur in self.names else self._n)
+        if s.seen:
+            self.seen = sum(1 << self.names.index(n) for n in s.seen.split(",") if n in self.names)
         if s.cand in self.names and self.cur >= 0:
             self.cand = self.names.index(s.cand)
             self.cand_since = s.cand_since

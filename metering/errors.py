@@ -23,3 +23,21 @@ class EntitlementError(FieldError):
 
 class LedgerError(KotoError):
     """The ledger database is unusable (corrupt, wrong gateway, not writable), or a call it cannot honour."""
+
+
+
+class LedgerGone(LedgerError):
+    """The ledger file was deleted or replaced while it was open: nothing more may be written through this handle
+    (it would go into an unlinked file, or start a second chain). Carries the path, what was found, and where the
+    records the open handle still reached were copied (`rescued`, or "" when that failed)."""
+
+    def __init__(self, path: str, found: str, rescued: str = "") -> None:
+        self.path = path
+        self.found = found
+        self.rescued = rescued
+        saved = f"; what it held is saved as {rescued}" if rescued else ""
+        super().__init__(
+            f"the ledger {path} was deleted or replaced while Koto ran ({found}){saved}; nothing more was written to "
+            "it; restore it (move the saved copy back to that path) or start a new epoch (move the saved copy "
+            "elsewhere and keep it)"
+        )

@@ -25,6 +25,14 @@ wrong type or an impossible band raises `ProfileError(file, key, problem)` namin
     end_below_w = 100
     end_for_s = 10
 
+Two rules for phases that power alone cannot tell apart:
+
+    only_after = ["spin"]       # (rinse) may start only once "spin" has run in the current use (since the
+                                # [cycle] rule last started one); until then the next function in order is chosen
+    takes_over = ["wash"]       # (spin) replaces "wash" once its own on band has held for its min_on_s, even
+                                # though "wash" still holds (its band may be wider): for a phase that differs from
+                                # another by lasting, not by power (a spin is continuous, tumbling pauses)
+
 A function may also (or only) be recognised by a signal: `signal = "mode"`, `value = "cool"` matches while the
 last signal reading named "mode" said "cool". With both, both must hold.
 
@@ -46,7 +54,8 @@ from typing import Any
 
 from .errors import ProfileError
 
-BUILTIN_NAMES = ("washing_machine", "tumble_dryer", "dishwasher", "kettle", "oven", "air_conditioner")
+BUILTIN_NAMES = ("washing_machine", "tumble_dryer", "dishwasher", "kettle", "oven", "air_conditioner",
+                 "fridge_freezer")
 
 NO_MIN = -(2**62)  # "no lower bound" in mW; ints keep the hot path free of None checks
 NO_MAX = 2**62  # "no upper bound" in mW
@@ -55,7 +64,7 @@ _TOP_KEYS = {"name", "description", "version", "max_power_w", "max_power_mw", "u
 _FUNC_KEYS = {
     "name", "description", "signal", "value", "min_on_s", "min_off_s",
     "on_above_w", "on_above_mw", "off_below_w", "off_below_mw",
-    "on_below_w", "on_below_mw", "off_above_w", "off_above_mw",
+    "on_below_w", "on_below_mw", "off_above_w", "off_above_mw", "only_after", "takes_over",
 }
 _CYCLE_KEYS = {
     "start_above_w", "start_above_mw", "start_for_s", "end_below_w", "end_below_mw", "end_for_s",
@@ -76,6 +85,8 @@ class FunctionRule:
     signal: str = ""  # "" = no signal condition
     value: str = ""
     description: str = ""
+    only_after: tuple[str, ...] = ()  # may enter only once one of these has run in the current use
+    takes_over: tuple[str, ...] = ()  # may replace these while they still hold (after its min_on_s)
 
     @property
     def has_power_rule(self) -> bool:
@@ -185,6 +196,11 @@ def _parse_function(file: str, i: int, raw: Any) -> FunctionRule:
         key = "value" if signal else "signal"
         raise ProfileError(file, f"{prefix}{key}",
                            'signal and value go together (e.g. signal = "mode", value = "cool")')
+    only_after = _names(file, f"{prefix}only_after", raw.get("only_after", []))
+    takes_over = _names(file, f"{prefix}takes_over", raw.get("takes_over", []))
+    if takes_over and not raw.get("min_on_s"):
+        raise ProfileError(file, f"{prefix}min_on_s", "a function that takes_over another needs a dwell "
+                           "(min_on_s > 0), or any passing reading in its band would cut the running function")
     if on_above is None and on_below is None and not signal:
         raise ProfileError(file, f"function[{i}]", f"function {name!r} needs a power band (on_above_w / on_below_w), "
                            "a signal (signal + value), or both")
@@ -193,7 +209,16 @@ def _parse_function(file: str, i: int, raw: Any) -> FunctionRule:
         min_on_ns=_s_to_ns(file, f"{prefix}min_on_s", raw.get("min_on_s", 0)),
         min_off_ns=_s_to_ns(file, f"{prefix}min_off_s", raw.get("min_off_s", 0)),
         signal=signal, value=value, description=_str(file, f"{prefix}description", raw.get("description", "")),
+        only_after=only_after, takes_over=takes_over,
     )
+
+
+def _names(file: str, key: str, v: Any) -> tuple[str, ...]:
+    """A function name or a list of them (checked against the profile's functions once all are read)."""
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, list) or not all(isinstance(x, str) and x.strip() for x in items):
+        raise ProfileError(file, key, f"must be a function name or a list of function names, got {v!r}")
+    return tuple(items)
 
 
 def _parse_cycle(file: str, raw: Any) -> CycleRule:
@@ -239,6 +264,15 @@ def parse_profile(data: dict[str, Any], *, file: str = "<profile>") -> Profile:
             raise ProfileError(file, f"function[{i}].name", f"duplicate function name {f.name!r} (names must be unique "
                                f"and differ from unmatched = {unmatched!r})")
         seen.add(f.name)
+    for i, f in enumerate(functions):
+        for key, refs in (("only_after", f.only_after), ("takes_over", f.takes_over)):
+            for ref in refs:
+                if ref not in seen or ref == f.name:
+                    raise ProfileError(file, f"function[{i}].{key}", f"{ref!r} is not another function of this "
+                                       f"profile; choose from {', '.join(n for n in seen if n != f.name)}")
+        if f.only_after and "cycle" not in data:
+            raise ProfileError(file, f"function[{i}].only_after", "needs a [cycle] rule (it looks back to the "
+                               "start of the current use)")
     cycle = _parse_cycle(file, data["cycle"]) if "cycle" in data else None
     return Profile(name=name, max_power_mw=max_mw, functions=functions, unmatched=unmatched, cycle=cycle,
                    description=_str(file, "description", data.get("description", "")), version=version, file=file)

@@ -35,8 +35,9 @@ K_ACKED = "acked_through"
 K_ANCHOR_SEQ = "anchor_seq"
 K_ANCHOR_PREV = "anchor_prevhash"
 K_SCHEMA = "schema_version"
+K_PRUNED = "pruned_totals"  # a local-only gateway's totals of the records it pruned (retention.py)
 RESERVED_KV = frozenset(
-    {K_GATEWAY, K_SUBJECT, K_EPOCH, K_HEAD_SEQ, K_HEAD_HASH, K_ACKED, K_ANCHOR_SEQ, K_ANCHOR_PREV, K_SCHEMA}
+    {K_GATEWAY, K_SUBJECT, K_EPOCH, K_HEAD_SEQ, K_HEAD_HASH, K_ACKED, K_ANCHOR_SEQ, K_ANCHOR_PREV, K_SCHEMA, K_PRUNED}
 )
 
 PARTITION = tuple(str(k) for k in PARTITION_KINDS)
@@ -75,7 +76,28 @@ RECORD_COLS = (
     "currency, hash, body"
 )
 INSERT_SQL = f"INSERT INTO records ({RECORD_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA busy_timeout=10000")
+# The WAL's limits, set deliberately: on an SD card every page SQLite writes is a flash page program inside an erase
+# block the card may have to copy, so the ledger writes as few pages as it can and always in the same places.
+# - page_size 4096: the ext4 block and kernel page size, so a page write is one block write, never a partial one
+#   (it applies to a new ledger; an existing one keeps the size it was made with).
+# - synchronous=FULL: a commit is on the card before the sync sends its records. NORMAL would let a power cut take
+#   back a commit the cloud may already hold, and the next record would then fork the chain under the same seq.
+# - wal_autocheckpoint=1000 pages (4 MiB): the ledger's hot pages (the chain head in kv, the checkpoints, the
+#   records' last leaf) are rewritten in the WAL by every commit but copied into the database only once per 1000
+#   WAL pages, not once per commit; with the daemon's budget (a few hundred KB a day) that is every few days.
+# - journal_size_limit 4 MiB + 1 page: after a checkpoint the WAL file is reused in place from its start (no
+#   truncate and regrow, no filesystem metadata writes per cycle); only a WAL that grew past that (a long prune, a
+#   reader holding a snapshot) is cut back, so the file never stays large. `retention` truncates it after pruning.
+WAL_AUTOCHECKPOINT_PAGES = 1000
+PAGE_SIZE = 4096
+_PRAGMAS = (
+    f"PRAGMA page_size={PAGE_SIZE}",
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA busy_timeout=10000",
+    f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}",
+    f"PRAGMA journal_size_limit={(WAL_AUTOCHECKPOINT_PAGES + 1) * PAGE_SIZE}",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,9 @@ def load(data: dict[str, Any], *, kind: str, origin: str) -> Checkpoint | None:
         data = upgrade_v1(data)
     if data.get("v") == 2:
         data = upgrade_v2(data)
+    det = data.get("detector")
+    if isinstance(det, dict) and "seen" not in det:  # written before profiles had `only_after`
+        data = {**data, "detector": {**det, "seen": ""}}
     return decode(Checkpoint, data, origin=origin)
 
 

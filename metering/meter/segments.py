@@ -132,6 +132,7 @@ class Segments:
         st = self.state
         fn = self.detector.function
         if cs == CYCLE_STARTED:
+            self.detector.new_use()
             cid = f"{self.appliance}-{st.cursor.boot[:8]}-{at.mono_ns}"
             st.cycle_id = cid
             if st.seg is not None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from metering.detect import CANDIDATE, CYCLE_ENDED, CYCLE_STARTED, DROPPED, NO_CHANGE, CycleTracker, Detector
-from metering.profile import CycleRule, builtin_profile, parse_profile
+from metering.profile import CycleRule, builtin_profile, load_profile, parse_profile
 
 S = 1_000_000_000
+WASHER = load_profile(Path(__file__).parent / "data" / "detector_washer.toml")
 
 
 def washer() -> Detector:
-    return Detector(builtin_profile("washing_machine"), {})
+    return Detector(WASHER, {})
 
 
 def feed(d: Detector, trace: list[tuple[float, float]]) -> list[str]:
@@ -114,3 +117,61 @@ def test_cycle_start_must_be_sustained_and_pauses_stay_inside() -> None:
 def test_no_cycle_rule_never_starts() -> None:
     c = CycleTracker(None)
     assert c.update(0, 10**9) == 0 and c.update(10**12, 10**9) == 0
+
+
+def _phased() -> Detector:
+    """Tumbling (wide band, pauses) vs spin (continuous, takes over; listed after wash, so it is reached only by
+    taking over), and rinse only after a spin."""
+    return Detector(parse_profile({
+        "name": "w", "max_power_w": 3000, "cycle": {"start_above_w": 5, "end_below_w": 2, "end_for_s": 60},
+        "function": [
+            {"name": "rinse", "on_above_w": 40, "off_below_w": 3, "on_below_w": 1000, "min_on_s": 2,
+             "only_after": "spin"},
+            {"name": "wash", "on_above_w": 40, "off_below_w": 3, "on_below_w": 1000, "min_on_s": 2},
+            {"name": "spin", "on_above_w": 100, "off_below_w": 40, "on_below_w": 1000, "min_on_s": 30,
+             "min_off_s": 5, "takes_over": ["wash", "rinse"]},
+            {"name": "standby", "on_below_w": 2},
+        ]}), {})
+
+
+def test_a_continuous_phase_takes_over_one_whose_band_still_holds() -> None:
+    d = _phased()
+    d.start(1_000)
+    tumble = [(t, 200 if t % 15 < 11 else 5) for t in range(0, 120)]
+    assert set(feed(d, tumble)[3:]) == {"wash"}  # bursts at spin power never last 30 s
+    assert d.update(120 * S, 180_000) == CANDIDATE  # wash still holds, but spin's band does: a candidate
+    assert d.cand_since == 120 * S
+    feed(d, [(t, 180) for t in range(121, 150)])
+    assert d.function == "wash"
+    assert d.update(150 * S, 180_000) == d.names.index("spin") and d.function == "spin"
+
+
+def test_a_take_over_that_does_not_last_is_dropped() -> None:
+    d = _phased()
+    d.start(60_000)
+    assert d.update(0, 180_000) == CANDIDATE
+    assert d.update(S, 60_000) == DROPPED and d.function == "wash" and d.cand < 0
+
+
+def test_only_after_waits_for_the_named_function_in_this_use() -> None:
+    d = _phased()
+    d.start(1_000)
+    feed(d, [(t, 60) for t in range(5)])
+    assert d.function == "wash"  # no spin yet: not a rinse
+    feed(d, [(t, 300) for t in range(5, 40)] + [(t, 1) for t in range(40, 50)] + [(t, 60) for t in range(50, 60)])
+    assert d.function == "rinse"  # after a spin, the same tumbling is a rinse
+    d.new_use()  # the next use starts while idle: no spin in it yet
+    feed(d, [(t, 1) for t in range(60, 70)] + [(t, 60) for t in range(70, 80)])
+    assert d.function == "wash"
+
+
+def test_the_functions_run_in_a_use_survive_a_snapshot() -> None:
+    d = _phased()
+    d.start(1_000)
+    feed(d, [(t, 300) for t in range(40)] + [(t, 1) for t in range(40, 50)])
+    snap = d.snapshot()
+    assert set(snap.seen.split(",")) == {"standby", "wash", "spin"}  # wash first, then spin took over
+    e = _phased()
+    e.restore(snap)
+    feed(e, [(t, 60) for t in range(50, 60)])
+    assert e.function == "rinse"

@@ -29,7 +29,7 @@ def test_every_builtin_says_where_its_numbers_come_from(name: str) -> None:
 
 def test_washer_thresholds_become_integer_milliwatts_with_hysteresis() -> None:
     heat = builtin_profile("washing_machine").functions[0]
-    assert (heat.name, heat.on_min_mw, heat.off_min_mw, heat.on_max_mw) == ("heat", 1_200_000, 900_000, NO_MAX)
+    assert (heat.name, heat.on_min_mw, heat.off_min_mw, heat.on_max_mw) == ("heat", 1_000_000, 700_000, NO_MAX)
     assert heat.min_on_ns == 3_000_000_000
 
 
@@ -59,6 +59,14 @@ def _base(**func: object) -> dict[str, object]:
      "function[1].name", "duplicate"),
     ({**_base(), "cycle": {"start_above_w": 5, "end_below_w": 9}}, "cycle.end_below_w", "at or below"),
     ({**_base(), "cycle": {"start_above_w": 5, "end_below_w": 1, "for_s": 3}}, "cycle.for_s", "unknown key"),
+    (_base(only_after="spin"), "function[0].only_after", "not another function of this profile"),
+    (_base(only_after=["on"]), "function[0].only_after", "not another function"),
+    (_base(only_after=3), "function[0].only_after", "a function name or a list"),
+    (_base(takes_over=["spin"], min_on_s=5), "function[0].takes_over", "not another function"),
+    (_base(takes_over=["x"]), "function[0].min_on_s", "needs a dwell"),
+    ({"name": "x", "max_power_w": 100, "function": [{"name": "a", "on_above_w": 10, "only_after": "b"},
+                                                    {"name": "b", "on_below_w": 9}]},
+     "function[0].only_after", "needs a [cycle] rule"),
 ])
 def test_a_bad_profile_names_the_key_and_what_is_allowed(data: dict[str, object], key: str, words: str) -> None:
     with pytest.raises(ProfileError) as exc:
