@@ -58,7 +58,8 @@ def run(traces: list[LabelledTrace], profiles: dict[str, Profile], mode: str, pe
             mark = "" if s.ok else "  MISS"
             worst = ", ".join(f"{k} {_pct(v).strip()}" for k, v in list(s.wrong.items())[:3] if v >= 0.001)
             print(f"  {tr.name:36} energy {_pct(s.energy_right)}  time {_pct(s.time_right)}  uses {s.uses}/"
-                  f"{s.true_uses}  end lag {s.end_lag_s:5.0f} s{mark}{'  [' + worst + ']' if worst else ''}")
+                  f"{s.true_uses}  start {s.start_lag_s:4.0f} s  end lag {s.end_lag_s:5.0f} s{mark}"
+                  f"{'  [' + worst + ']' if worst else ''}")
     return rows, time.perf_counter() - t0
 
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, secs = run(traces, profiles, a.mode, a.traces, a.imp_per_kwh)
     print(f"replayed in {secs:.1f} s ({samples / secs:,.0f} samples/s)\n")
     print(f"{'profile':16} {'traces':>6}  {'energy right':>12} {'(baseline)':>10}  {'time right':>10} "
-          f"{'(baseline)':>10}  {'uses':>9} {'(baseline)':>10}  {'worst energy':>12}  max end lag")
+          f"{'(baseline)':>10}  {'uses':>9} {'(baseline)':>10}  {'worst energy':>12}  max start/end lag")
     misses = 0
     for n in names:
         rs = [(s, b) for tr, s, b in rows if tr.profile == n]
@@ -98,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         exact = sum(s.uses == s.true_uses for s, _ in rs)
         worst = min(s.energy_right for s, _ in rs)
         lag = max(s.end_lag_s for s, _ in rs)
+        slag = max(s.start_lag_s for s, _ in rs)
         bad = sum(not s.ok for s, _ in rs)
         misses += bad
         print(f"{n:16} {len(rs):>6}  {_pct(e):>12} {_pct(eb):>10}  {_pct(t):>10} {_pct(tb):>10}  "
-              f"{uses:>4}/{true:<4} {ub:>10}  {_pct(worst):>12}  {lag:6.0f} s  "
+              f"{uses:>4}/{true:<4} {ub:>10}  {_pct(worst):>12}  {slag:4.0f} / {lag:4.0f} s  "
               f"{'ok' if not bad else f'MISS on {bad} trace(s)'}{'' if exact == len(rs) else ' (uses)'}")
     print(f"\n{len(rows) - misses}/{len(rows)} traces meet the target (>= 90 % energy right, uses exact)")
     return 0

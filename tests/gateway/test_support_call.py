@@ -32,16 +32,17 @@ BERLIN = ZoneInfo("Europe/Berlin")
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=BERLIN).timestamp()  # Tuesday 10:00
 CLOUD_BACK = datetime(2026, 12, 2, 8, 3, tzinfo=BERLIN).timestamp()  # Wednesday 08:03
 
-# The programme: fill at 10:02, heat, wash, rinse fill, spin until 11:12, then standby; the washing-machine profile
-# closes a cycle after 2 minutes near standby (metering/profiles/washing_machine.toml), so the use ran 10:02-11:14.
-# About 0.81 kWh in the cycle.
+# The programme: fill at 10:02:30, heat, wash (tumbling in 12 s bursts with 4 s pauses), a drain/rinse fill, spin
+# until 11:12:45, then standby; the washing-machine profile closes a use after 90 s near standby
+# (metering/profiles/washing_machine.toml), so the use ran 10:02-11:14. About 0.81 kWh in the use.
+TUMBLE = [Phase("wash", 12, 180), Phase("pause", 4, 6, ripple=0.0)]
 WASH = Script("washer", [
-    Phase("standby", 120, 1.5, ripple=0.0),
+    Phase("standby", 150, 1.5, ripple=0.0),
     Phase("fill", 180, 14),
-    Phase("heat", 1000, 2000),
-    Phase("wash", 2280, 180),
-    Phase("fill", 120, 14),
-    Phase("spin", 620, 808, ripple=0.02),
+    Phase("heat", 1050, 2000),
+    *TUMBLE * 139,
+    Phase("fill", 126, 14),
+    Phase("spin", 635, 800, ripple=0.02),
     Phase("standby", 600, 1.5, ripple=0.0),
 ])
 
@@ -89,8 +90,8 @@ timeout_s = 0.3
 async def test_tuesday_s_wash_is_found_metered_and_synced_on_wednesday_with_koto_s_commands_alone(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     night = CLOUD_BACK - T0
-    clock = PlannedClock([(0, 300), (105, 30), (150, 300),  # the cycle's start, at a pace the meter's polls follow
-                          (4290, 30), (4500, 300),  # its end
+    clock = PlannedClock([(0, 300), (135, 30), (180, 300),  # the use's start, at a pace the meter's polls follow
+                          (4380, 30), (4500, 300),  # its end
                           (4800, 20_000), (night - 300, 100), (night - 5, 1)],  # the night; Wednesday morning
                          wall0=T0)
     meter = SimMeter("sdm120", 1, energy_kwh=10.0, time_fn=lambda: clock.now().mono_ns / 1e9,
@@ -134,6 +135,8 @@ async def test_tuesday_s_wash_is_found_metered_and_synced_on_wednesday_with_koto
                  "--since", "2026-12-01"]) == 0
     table = capsys.readouterr().out
     row = next(line for line in table.splitlines() if line.startswith("washer"))
+    assert koto(["usage", "--config", str(cfg), "--by", "record", "--appliance", "washer"]) == 0
+    table += capsys.readouterr().out  # every record, for whoever reads a failure
     assert "Tue 2026-12-01 10:02–11:14" in row, table
     # ~0.81 kWh: the simulator integrates power between polls, so its register (the truth) varies by a few Wh
     assert abs(float(row.split("kWh")[0].split()[-1]) - 0.81) <= 0.01, table

@@ -1,5 +1,6 @@
 """The built-in profiles against the labelled trace suite (reduced: one or two programmes per machine), replayed
-through the real meter: >= 90 % of the energy to the right function and the uses exact, on every trace. A profile
+through the real meter: >= 90 % of the energy to the right function and the uses exact (each starting within
+30 s of the true start), on every trace. A profile
 edit that breaks a machine fails here, naming the trace and where its energy went. The full suite and the baseline
 are in `bench/attribution.py`."""
 
@@ -22,6 +23,7 @@ def test_each_trace_meets_the_attribution_target(trace: LabelledTrace) -> None:
     s = score(trace, replay(trace, builtin_profile(trace.profile)))
     assert s.energy_right >= TARGET_ENERGY, f"{trace.name}: {s.energy_right:.1%} right; wrong: {s.wrong}"
     assert s.uses == s.true_uses, f"{trace.name}: {s.uses} uses counted, {s.true_uses} true"
+    assert s.start_lag_s <= 30, f"{trace.name}: a use starts {s.start_lag_s:.0f} s away from the true start"
 
 
 def test_the_suite_covers_every_builtin_with_several_machines() -> None:

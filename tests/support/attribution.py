@@ -8,7 +8,8 @@ usage records. `score()` compares them with the labels:
   and the share whose label is the record's function counts as right (gap records are never right); for a power
   source this is exactly the true energy of the samples billed to their own function;
 - time right: the share of samples whose record names their labelled function;
-- uses: cycle records vs the trace's true uses, and how far each detected use's end is from the true end.
+- uses: cycle records vs the trace's true uses, and how far each detected use's start and end are from the true
+  ones.
 
 `baseline()` is the naive meter measured beside it: one on/off threshold (on above `BASELINE_ON_W`), every "on"
 sample billed to the kind's principal function (the one with most true energy in the suite), every rising edge a use.
@@ -110,6 +111,7 @@ class Score:
     uses: int
     true_uses: int
     end_lag_s: float  # the largest |detected end - true end| over matched uses (0 when none)
+    start_lag_s: float  # the largest |detected start - true start| over matched uses
     billed_mwh: int
     wrong: dict[str, float]  # "label->billed": share of energy
 
@@ -153,14 +155,16 @@ def score(trace: LabelledTrace, records: Sequence[UsageRecord]) -> Score:
                 wrong[k] = wrong.get(k, 0.0) + share
     time_right = sum(1 for i in range(n) if det[i] == trace.labels[i]) / n
     cycles = [r for r in records if r.kind == RecordKind.CYCLE]
-    lag = 0.0
+    lag = start_lag = 0.0
     for c in cycles:
         a, b = _sample_of(trace, c.t_start_mono_ns), _sample_of(trace, c.t_end_mono_ns)
-        over = [(min(b, ue) - max(a, ua), ue) for ua, ue in trace.uses if min(b, ue) > max(a, ua)]
+        over = [(min(b, ue) - max(a, ua), ua, ue) for ua, ue in trace.uses if min(b, ue) > max(a, ua)]
         if over:
-            lag = max(lag, abs(b - max(over)[1]) * trace.step_s)
+            _, ua, ue = max(over)
+            lag = max(lag, abs(b - ue) * trace.step_s)
+            start_lag = max(start_lag, abs(a - ua) * trace.step_s)
     tot = total or 1.0
-    return Score(trace.name, right / tot, time_right, len(cycles), len(trace.uses), lag, round(total),
+    return Score(trace.name, right / tot, time_right, len(cycles), len(trace.uses), lag, start_lag, round(total),
                  {k: v / tot for k, v in sorted(wrong.items(), key=lambda kv: -kv[1])})
 
 
@@ -189,5 +193,5 @@ def baseline(trace: LabelledTrace, on_function: str, off_function: str = "standb
         if fn == lab:
             right += w
             right_t += 1
-    return Score(trace.name, right / (total or 1.0), right_t / len(trace.watts), uses, len(trace.uses), 0.0,
+    return Score(trace.name, right / (total or 1.0), right_t / len(trace.watts), uses, len(trace.uses), 0.0, 0.0,
                  round(total * trace.step_s / 3.6), {})
