@@ -150,6 +150,7 @@ class SimMeter:
     time_fn: Callable[[], float] = time.monotonic
     power_fn: Callable[[float], float] | None = None  # watts at simulated time t: the demo's appliance program
     fixed: dict[str, float] = field(default_factory=dict)  # pin values by register key (tests)
+    energy_lag_s: float = 0.0  # the energy registers show the energy of this long ago (meters update them late)
     truth: dict[str, float] = field(default_factory=dict)
     served: int = 0
 
@@ -159,6 +160,7 @@ class SimMeter:
         self.map: RegisterMap = model_map(self.model)
         self._rng = random.Random(self.seed or self.device_id)
         self._t_last: float | None = None
+        self._history: list[tuple[float, float]] = []  # (t, energy) for energy_lag_s
         if self.model == "pzem004t":
             self.energy_kwh = min(self.energy_kwh, 9000.0)
 
@@ -174,10 +176,16 @@ class SimMeter:
         if self._t_last is not None and t > self._t_last:
             self.energy_kwh += p * (t - self._t_last) / 3_600_000.0
         self._t_last = t
+        shown_kwh = self.energy_kwh
+        if self.energy_lag_s > 0:
+            self._history.append((t, self.energy_kwh))
+            while len(self._history) > 1 and self._history[1][0] <= t - self.energy_lag_s:
+                self._history.pop(0)
+            shown_kwh = self._history[0][1]  # the last energy at or before t - lag (or the first one there is)
         v = self.voltage_v + self._rng.uniform(-2, 2)
         f = 50.0 + self._rng.uniform(-0.05, 0.05)
         vals = {"voltage": v, "current": p / v, "power": p, "frequency": f,
-                "import_energy": self.energy_kwh, "energy": self.energy_kwh}
+                "import_energy": shown_kwh, "energy": shown_kwh}
         if self.model == "sdm630":
             for i, share in enumerate((0.5, 0.3, 0.2), start=1):
                 vals[f"voltage_l{i}"] = v + i * 0.3

@@ -235,7 +235,10 @@ class ApplianceMeter:
         st = self.state
         c = st.cursor
         fresh = now.boot_id == c.boot and 0 <= now.mono_ns - c.last_ns <= self._gap_ns
-        self._settle_deferred(now.mono_ns if fresh else None)
+        if st.deferred:
+            self._settle_deferred(now.mono_ns if fresh else None)
+            if not fresh:
+                self._segments.drop_empty()
         if st.seg is not None:
             if fresh:
                 self._advance(st.seg, now.mono_ns, now.wall, now.synced)

@@ -81,7 +81,7 @@ def upgrade_v2(s: dict[str, Any]) -> dict[str, Any]:
     auth = meter.get("authority")
     if isinstance(auth, dict):
         meter = {**meter, "authority": {**auth, "unsettled_mwh": 0, "step_mwh": 0, "last_delta_mwh": 0,
-                                            "lagging": 0}}
+                                            "behind_mws": 0, "lagging": 0}}
     return {**s, "v": VERSION, "meter": {**meter, "deferred": []}}
 
 

@@ -18,6 +18,8 @@ from .emit import Recorder
 from .results import MeterEvent, watts
 from .state import Mark, MeterState, PendingGap, Segment, Slice
 
+MAX_LAG_NS = 10_000_000_000  # a register showing energy later than this is not lagging (see Segments.settle)
+
 
 class Segments:
     """The segment side of one meter: shares `state` and the `events` list with it, makes records by `recorder`."""
@@ -163,24 +165,25 @@ class Segments:
 
     def settle(self, d: int, t: int, boot: str, settle_ns: int) -> None:
         """A register reading's delta `d` on a source with power samples: split it now, or let the held slices wait
-        for late register steps (then `d` waits with them, in `unsettled_mwh`). The rule is docs/metering.md's:
+        for late register steps (then `d` waits with them, in `unsettled_mwh`). The rule (docs/metering.md):
 
-        - The register's step is estimated from what it shows: the smallest rise, or difference between two
-          consecutive rises, seen (and at least one float32 step at its value).
-        - A register shows energy in the order it was used, late, in steps. What the power samples saw that the
-          register has not shown yet (the backlog) stays a claim of the open segment: carried as its weight (its
-          mark's first, the newest; at most what the segment itself saw) into the next split, where it weighs
-          like power seen. A backlog of a whole step or more says the register is lagging; while it lags, any
-          backlog of 1 mWh or more is carried; less than a step is otherwise its resolution, not a late step.
+        - The register's step is estimated from what it shows: its smallest rise, or change between two rises of
+          more than 2 mWh (its own rounding to mWh), and at least one float32 step at its value.
+        - What the power samples saw and the register has not shown yet is the backlog (`behind_mws`, never below
+          0). A backlog of a whole step or more says the register lags. While it lags (until the backlog is under
+          1 mWh) the backlog is the open segment's claim, carried as its weight (its mark's first, the newest) into
+          the next split, where it weighs like power seen; at most what the segment's peak power would use in
+          `MAX_LAG_NS` (a register further behind reads low, or the power reads high: that is no lag).
         - Closed slices wait while the register lags and their claims exceed what it has shown since the last split
           by half a step (its rounding) and 1 mWh, for at most `settle_ns` after the first of them closed (in the
-          same boot). When slices waited, the register's delta pays their claims first, oldest first (whole mWh),
-          and the rest is split as usual. What is still owed then is rounding or a power reading that runs high.
+          same boot). When the register caught up, its delta pays their claims first, oldest first (whole mWh), and
+          the rest is split as usual. After `settle_ns` it is split as usual, and the backlog is forgotten: a
+          register that never catches up reads low, or the power reads high, and does not lag.
         """
         st = self.state
         a = st.authority
         for rise in (d, abs(d - a.last_delta_mwh) if a.last_delta_mwh and d else 0):
-            if rise > 0:
+            if rise > 2 or (rise > 0 and rise == d):
                 a.step_mwh = rise if a.step_mwh == 0 else min(a.step_mwh, rise)
         if d:
             a.last_delta_mwh = d
@@ -190,14 +193,17 @@ class Segments:
         total = a.unsettled_mwh + d
         shown = total * MW_NS_PER_MWH
         claims = sum(s.weight for s in held)
-        if (held and a.lagging and claims - shown >= max(MW_NS_PER_MWH, step // 2)
-                and held[0].end.boot_id == boot and t - held[0].end.mono_ns < settle_ns):
+        seg_w = 0 if seg is None else seg.weight
+        owed = held and a.lagging and claims - shown >= max(MW_NS_PER_MWH, step // 2)
+        if owed and held[0].end.boot_id == boot and t - held[0].end.mono_ns < settle_ns:
             a.unsettled_mwh = total
             return
-        backlog = 0 if seg is None else max(0, min(seg.weight, claims + seg.weight - shown))
+        unshown = (0 if a.lagging else a.behind_mws) + claims + seg_w - shown
+        if owed:  # waited long enough: not a late register but one that reads low (or power that reads high)
+            unshown = 0  # so the backlog is forgotten, and the register no longer counts as lagging
         mk = None if seg is None else seg.mark
         mark_weight = 0 if mk is None else mk.weight
-        if a.unsettled_mwh:  # they waited: oldest claims first
+        if a.unsettled_mwh and not owed:  # the register caught up with what waited: oldest claims first
             a.unsettled_mwh = 0
             for s in held:
                 e = min(total, s.weight // MW_NS_PER_MWH)
@@ -206,11 +212,17 @@ class Segments:
                 s.weight = s.dur_ns = 0
             d = total
         self.allocate(d)
-        a.lagging = backlog >= step or (a.lagging and backlog >= MW_NS_PER_MWH)
-        if seg is not None and a.lagging:
-            seg.weight = backlog  # (allocate left it 0)
+        peak = max(st.cursor.power_mw, 0 if seg is None else seg.peak_mw)
+        behind = max(0, min(unshown, peak * MAX_LAG_NS + step))
+        was = a.lagging
+        a.lagging = seg is not None and (behind >= step or (was and behind >= MW_NS_PER_MWH))
+        if a.lagging and seg is not None:
+            seg.weight = behind  # (allocate left it 0)
             if mk is not None:
-                mk.weight = min(backlog, mark_weight)
+                mk.weight = min(behind, mark_weight)
+            a.behind_mws = 0  # (it is in the weights now)
+        else:
+            a.behind_mws = behind
 
     def begin_gap(self, reason: GapReason) -> None:
         """Stop covering time at the cursor; what follows until the next reading (power) or authority reading

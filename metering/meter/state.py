@@ -165,7 +165,8 @@ register (`Segments.settle`)."""
     unsettled_mwh: int = 0  # register delta since the last split, held while closed slices settle (energy.py)
     step_mwh: int = 0  # the register's step as seen (0: not yet): its smallest rise or change of rise (settling)
     last_delta_mwh: int = 0  # its last rise
-    lagging: bool = False  # it showed a backlog of a step or more at the last split (see Segments.settle)
+    behind_mws: int = 0  # what the power saw and it has not shown (mW·ns), while not `lagging` (then: in weights)
+    lagging: bool = False  # it showed a backlog of a step or more (see Segments.settle)
 
 
 @dataclass(slots=True)

@@ -55,6 +55,7 @@ class Kettle:
     poll_s: int = 2
     lag_s: int = 3
     settle_s: float = 60.0
+    register_scale: Fraction = Fraction(1)  # what the register counts of the energy the power samples say was used
     items: list[Reading | Now] = field(default_factory=list)
 
     def power_w(self, t_s: int) -> int:
@@ -79,7 +80,7 @@ class Kettle:
         for s in range(total_s + 1):
             t, wall = T0 + s * S, WALL0 + s
             if s % self.poll_s == 0:
-                kwh = self.start_kwh + Fraction(self.energy_mws(s - self.lag_s), 3_600_000 * 1000)
+                kwh = self.start_kwh + Fraction(self.energy_mws(s - self.lag_s), 3_600_000 * 1000) * self.register_scale
                 out.append(Reading("m", t, wall, BOOT, Quantity.ENERGY_MWH, register_mwh(kwh)))
                 out.append(Reading("m", t, wall, BOOT, Quantity.POWER_MW, self.power_w(s) * 1000))
             out.append(Now(t, wall, True, BOOT))
@@ -164,7 +165,7 @@ def uses_within_one_step(k: Kettle) -> None:
         a, b = (c.t_start_mono_ns - T0) // S, (c.t_end_mono_ns - T0) // S
         true = Fraction(k.energy_mws(b) - k.energy_mws(a), 3600)
         assert c.cycle_energy_mwh is not None
-        assert abs(c.cycle_energy_mwh - true) <= step + 2, (c.cycle_energy_mwh, float(true), float(step))
+        assert abs(c.cycle_energy_mwh - true) <= step + 3, (c.cycle_energy_mwh, float(true), float(step))
     recs = [r for r in usage(results) if r.kind in PARTITION_KINDS]
     assert all(r.energy_mwh >= 0 for r in recs)
 
@@ -183,8 +184,40 @@ def test_any_use_is_within_one_float32_step_of_what_it_used_at_any_register_valu
         start_kwh: Fraction, shape: list[tuple[int, int, int]], poll_s: int, lag_s: int) -> None:
     """Any register value in the SDM120's range, any boils (power changing on poll boundaries, so the power samples
     are the truth and only the register's arithmetic and lag are tested), a register up to 6 s late: each use's
-    energy is within one float32 step (+2 mWh of rounding) of the energy really used over its interval."""
+    energy is within one float32 step of the energy really used over its interval (+3 mWh: the readings round to
+    mWh, the split to whole mWh, and standby at 1 W falls on either side of a boundary)."""
     phases = [(20 * poll_s, 1)]
     for n, w, rest in shape:
         phases += [(n * poll_s, w), (rest * poll_s, 1)]
     uses_within_one_step(Kettle(start_kwh, phases, poll_s=poll_s, lag_s=lag_s))
+
+
+def test_a_power_reading_that_runs_high_is_not_taken_for_a_late_register() -> None:
+    """The power samples read 3 % above what the register counts (no lag at all): the backlog grows by itself. Each
+    time a slice waited in vain (`settle_s`), the backlog is forgotten, so the three boils, a standby minute apart,
+    are each within a step or so of what the register counted for them, and no record waits beyond `settle_s`."""
+    k = Kettle(Fraction(12_346), [(60, 1), (300, 2000), (60, 1), (120, 2000), (60, 1), (200, 2500), (120, 1)],
+               poll_s=2, lag_s=0, register_scale=Fraction(100, 103))
+    items = k.build()
+    results = []
+    waited = 0
+    m = k.meter()
+    for it in items:
+        res = m.tick(it) if isinstance(it, Now) else m.feed(it)
+        if res:
+            results.append(res)
+        held = m.state.held
+        if held and isinstance(it, Reading):
+            waited = max(waited, it.t_mono_ns - held[0].end.mono_ns)
+    last = items[-1]
+    assert isinstance(last, Now)
+    results.append(m.close(last))
+    step = step_mwh(12_400.0)
+    assert waited <= 60 * S + 2 * S
+    cycles = [r for r in usage(results) if r.kind == RecordKind.CYCLE]
+    assert len(cycles) == 3
+    for c in cycles:
+        a, b = (c.t_start_mono_ns - T0) // S, (c.t_end_mono_ns - T0) // S
+        counted = Fraction(k.energy_mws(b) - k.energy_mws(a), 3600) * k.register_scale
+        assert c.cycle_energy_mwh is not None
+        assert abs(c.cycle_energy_mwh - counted) <= 2 * step, (c.cycle_energy_mwh, float(counted))
