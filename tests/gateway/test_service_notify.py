@@ -96,3 +96,24 @@ def test_ready_watchdog_status_stopping_and_no_pings_while_the_writer_is_stuck(
         if child.proc.poll() is None:
             child.proc.kill()
     assert lifecycle(child.events()) == ["start", "stop"]
+
+
+def test_a_blocked_event_loop_stops_the_pings(tmp_path: Path, notify_socket: tuple[str, socket.socket]) -> None:
+    """A driver blocks the event loop in synchronous code: the pings, sent from the loop, stop by themselves, so
+    systemd kills and restarts the daemon after WatchdogSec."""
+    path, sock = notify_socket
+    cfg = write_config(tmp_path, appliance("kettle", "k", watts=2000, block_loop_after=30), stop_timeout_s=1)
+    child = Child(cfg, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000", "RUNTIME_DIRECTORY": str(tmp_path)})
+    try:
+        next_with(sock, "READY")
+        next_with(sock, "WATCHDOG")
+        child.wait_for("flaky:blocking:k")
+        for _ in range(5):  # what was sent just before the block, then three silent seconds
+            if receive(sock, 3.0) is None:
+                break
+        else:
+            raise AssertionError("the watchdog kept being pinged while the event loop was blocked")
+        assert child.proc.poll() is None  # alive, and silent: systemd's watchdog is what ends this
+    finally:
+        child.proc.kill()
+        child.proc.wait()
