@@ -41,6 +41,8 @@ from .checkpointing import CheckpointPlan
 from .config import ApplianceConfig, GatewayConfig
 from .errors import ConfigError
 from .held import report_unstored
+from .housekeeping import Housekeeper
+from .power_log import PowerLog
 from .sdnotify import Notifier
 from .service import ServiceNotify
 from .state import StateDir
@@ -131,6 +133,9 @@ class Gateway:
         except BaseException:  # a bad profile or source config: release the ledger (and its writer lock)
             self.ledger.close()
             raise
+        # recent power per appliance, in RAM and on tmpfs, for `koto profile check/suggest`
+        self.power_log = (PowerLog(runtime_dir, {aid: m.spec for aid, m in self.meters.items()})
+                          if runtime_dir is not None else None)
 
     def _build(self, cfg: GatewayConfig) -> None:
         self._profiles: dict[str, tuple[int, str]] = {}
@@ -150,7 +155,9 @@ class Gateway:
                         for app in cfg.appliances for name, scfg in app.sources.items()}
         self._queue: asyncio.Queue[Reading] = asyncio.Queue(QUEUE_MAX)
         self._pending: list[Draft] = []
-        self._ckpt = CheckpointPlan(self.meters, cfg.checkpoint_s)  # what each batch writes: the SD write budget
+        # What each batch writes, and when: the SD-card write budget (gateway/checkpointing.py)
+        self._ckpt = CheckpointPlan(self.meters, cfg.checkpoint_s,
+                                    hold_s=min((a.interim_s for a in cfg.appliances), default=900))
         self._clock_synced: bool | None = None
         self._stopping = False
         self._inflight: tuple[asyncio.Future[int], list[Draft]] | None = None
@@ -275,6 +282,10 @@ class Gateway:
                 if self.status is not None:
                     workers.append(tg.create_task(sup.guard("status", self.status.run(snapshot)), name="status"))
                 workers.append(tg.create_task(sup.guard("summary", HourlySummary(snapshot).run()), name="summary"))
+                if self.power_log is not None:
+                    workers.append(tg.create_task(sup.guard("power log", self.power_log.run()), name="power-log"))
+                workers.append(tg.create_task(sup.guard("housekeeping", self._housekeeper().run()),
+                                              name="housekeeping"))
                 service = ServiceNotify(self, self.notifier)  # READY now: the ledger is open, the sources started
                 workers.append(tg.create_task(sup.guard("systemd notify", service.run()), name="notify"))
                 await stop.wait()
@@ -294,11 +305,18 @@ class Gateway:
                 await stop_tasks(workers)
                 if self.status is not None:
                     self.status.stopped(snapshot())
+                if self.power_log is not None:
+                    self.power_log.flush()
         finally:
             relays.close()  # stop: back to the safe state (powered), pins released
             self.ledger.close()
         if sup.failure is not None:
             raise sup.failure  # `koto run` prints it as one line and exits 2
+
+    def _housekeeper(self) -> Housekeeper:
+        """Retention: prunes at a quiet moment (no use running, nothing waiting in memory; see housekeeping.py)."""
+        return Housekeeper(self.ledger, self.clock, retain_days=self.cfg.retain_days, local_only=self.cfg.cloud is None,
+                           quiet=lambda: not self._pending and not any(m.cycle.running for m in self.meters.values()))
 
     def _shutdown(self) -> None:
         """A clean stop: feed what is queued, close every open segment, record the stop, one last batch."""
@@ -358,6 +376,8 @@ class Gateway:
             return
         if reading.quantity not in (Quantity.POWER_MW, Quantity.ENERGY_MWH, Quantity.PULSES, Quantity.SIGNAL):
             return  # diagnostics (voltage, RSSI...) serve the live view, not the ledger
+        if self.power_log is not None:
+            self.power_log.add(aid, reading)
         self._take(aid, self.meters[aid].feed(reading))
         self._ckpt.fed(aid)  # a pulse count or integrated power is checkpointed within `checkpoint_s`
 
@@ -402,7 +422,8 @@ class Gateway:
         return cps
 
     def _batch(self) -> tuple[list[Draft], dict[str, dict[str, Any]]] | None:
-        names = self._ckpt.take(self.clock.now().mono_ns, records=bool(self._pending))
+        now_ns = self.clock.now().mono_ns
+        names = self._ckpt.take(now_ns, records=self._ckpt.records_due(self._pending, now_ns))
         if names is None:
             return None
         drafts, self._pending = self._pending, []

@@ -32,6 +32,14 @@ class User:
     def in_group(self, gid: int) -> bool:
         return gid in self.gids
 
+    @property
+    def owner(self) -> str:
+        """`user:group` for chown: the user and its primary group."""
+        try:
+            return f"{self.name}:{grp.getgrgid(self.gid).gr_name}"
+        except KeyError:
+            return f"{self.name}:{self.gid}"
+
 
 def lookup_user(name: str) -> User | None:
     try:
@@ -120,7 +128,7 @@ def check_state_folder(ctx: Context) -> Check:
     if st.st_uid != user.uid:
         return Check(name, "fail", f"{describe(sd, st)} is owned by {owner_group(st).split(':')[0]}, not "
                                    f"{user.name}: the service cannot write its ledger and restarts in a loop",
-                     f"give it to the service user: sudo chown -R {user.name}:{user.name} {sd}")
+                     f"give it to the service user: sudo chown -R {user.owner} {sd}")
     if not can(user, st, read=True, write=True, search=True):
         return Check(name, "fail", f"{describe(sd, st)} is not readable and writable by {user.name}",
                      f"sudo chmod 0750 {sd}")
@@ -140,7 +148,7 @@ def check_state_folder(ctx: Context) -> Check:
                      "run doctor as root to check the files inside: sudo koto doctor")
     if bad:
         return Check(name, "fail", f"{len(bad)} file(s) in {sd} not owned by or not writable for {user.name}",
-                     f"sudo chown -R {user.name}:{user.name} {sd}", tuple(bad))
+                     f"sudo chown -R {user.owner} {sd}", tuple(bad))
     key = next((p for p in sorted((sd / "keys").glob("device*.pem")) if not p.name.endswith(".pub.pem")), None)
     if key is None:
         return Check(name, "fail", f"{sd}: no device key (keys/device*.pem): the gateway is not provisioned",

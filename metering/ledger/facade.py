@@ -35,6 +35,11 @@ from .verify import VerifyReport, verify_chain
 
 T = TypeVar("T")
 
+# An upsert, not INSERT OR REPLACE: the row is updated in place (same rowid, same index entry), so a checkpoint
+# rewrites the one page that holds it instead of deleting and re-inserting it (table and index pages: SD writes).
+CHECKPOINT_UPSERT = ("INSERT INTO checkpoints (name, state) VALUES (?,?) "
+                     "ON CONFLICT(name) DO UPDATE SET state=excluded.state")
+
 
 class AckOutcome(Enum):
     """The ledger's answer to a cumulative ack from the cloud (`Ledger.mark_acked`)."""
@@ -166,7 +171,7 @@ class Ledger:
             with store.transaction(conn, self.path, "append failed, nothing was stored"):
                 stored = self._append_records(drafts, self._key) if drafts else []
                 if ckpt_rows:
-                    conn.executemany("INSERT OR REPLACE INTO checkpoints (name, state) VALUES (?,?)", ckpt_rows)
+                    conn.executemany(CHECKPOINT_UPSERT, ckpt_rows)
                 if doc_rows:
                     conn.executemany("INSERT OR REPLACE INTO docs (kind, id, version, body) VALUES (?,?,?,?)", doc_rows)
                 if kv:
@@ -444,14 +449,24 @@ class Ledger:
                                      (from_seq, _ms(since_wall))).fetchone()
             return None if row is None else int(row[0])
 
-    def prune(self, retain_days: float, now_wall: float) -> int:
-        """Delete acked records that ended more than `retain_days` before `now_wall`, oldest first, as a prefix.
+    def prune(self, retain_days: float, now_wall: float, *, max_rows: int | None = None,
+              local_only: bool = False) -> int:
+        """Delete acked records that ended more than `retain_days` before `now_wall`, oldest first, as a prefix, at
+        most `max_rows` of them in this one transaction.
 
-        Never an unacked record and never the chain head. The first kept record's prevhash becomes the anchor
-        `verify` starts from. Returns the number of records deleted."""
+        Never an unacked record (unless `local_only`: no cloud, whose records are folded into `pruned_totals`
+        first) and never the chain head. The first kept record's prevhash becomes the anchor `verify` starts from.
+        Returns the number of records deleted."""
         with self._mutex:
             self._check_writable()
-            return retention.prune(self._conn, self.path, retain_days, now_wall)
+            return retention.prune(self._conn, self.path, retain_days, now_wall, max_rows=max_rows,
+                                   local_only=local_only)
+
+    def pruned_totals(self) -> list[retention.PrunedTotal]:
+        """What a local-only gateway's pruned records added up to, per appliance, function and currency."""
+        with self._mutex:
+            self._check_open()
+            return retention.pruned_totals(self._conn)
 
     def anchor(self) -> tuple[int, str]:
         """(first kept seq, its prevhash): where the local chain starts after pruning; (1, zeros) before."""

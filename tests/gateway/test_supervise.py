@@ -22,6 +22,7 @@ from drivers.modbus_sim import ModbusSimulator, SimMeter
 from gateway.cli import main as koto
 from tests.support.ledger_checks import assert_contiguous, ledger_events
 from tests.support.paths import REPO
+from tests.support.slow import scaled
 
 WAIT_S = 30.0  # far above any stop deadline used here: the tests fail on a hang, they do not time anything
 
@@ -68,7 +69,7 @@ class Child:
         return self.log.read_text()
 
     def wait_for(self, needle: str, count: int = 1) -> None:
-        end = time.monotonic() + WAIT_S
+        end = time.monotonic() + scaled(WAIT_S)
         while self.text().count(needle) < count:
             if self.proc.poll() is not None or time.monotonic() > end:
                 raise AssertionError(f"{needle!r} x{count} never came:\n{self.text()[-3000:]}")

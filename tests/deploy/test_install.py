@@ -1,0 +1,103 @@
+"""deploy/install.sh in a throw-away root (an overlay of this machine's Debian, tests/support/rootfs.py): it
+installs in an order that works, a second run changes nothing at all, and the installed koto, fed a config by the
+first-boot import, runs `koto doctor --json` as the koto user from the installed layout."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.paths import REPO
+from tests.support.rootfs import OverlayRoot, build_wheel, debootstrap_root, wheelhouse, why_not
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(why_not() is not None, reason=why_not() or "")]
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "koto-tests"
+
+CONFIG = """
+[gateway]
+id = "gw-0007"
+state_dir = "/var/lib/koto"
+timezone = "Europe/Berlin"
+
+[[appliance]]
+id = "washer"
+profile = "washing_machine"
+energy = "meter"
+
+[appliance.sources.meter]
+driver = "modbus"
+model = "sdm120"
+port = "/dev/ttyUSB0"
+address = 1
+"""
+
+
+@pytest.fixture(scope="module", params=["host-overlay", pytest.param("debootstrap", marks=pytest.mark.debootstrap)])
+def root(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OverlayRoot, str]]:
+    """host-overlay: this machine's Debian as the lower layer (free, in `make test`); debootstrap: a fresh minimal
+    Debian 12 made once and cached (`make test-install-debootstrap`)."""
+    lower = debootstrap_root(CACHE) if request.param == "debootstrap" else Path("/")
+    tmp = tmp_path_factory.mktemp("install")
+    wheels = wheelhouse(CACHE)
+    wheel = build_wheel(tmp / "dist")
+    card = tmp / "card"
+    card.mkdir()
+    r = OverlayRoot(tmp / "root", {"/mnt/koto-src": REPO, "/mnt/wheels": wheels, "/mnt/dist": wheel.parent,
+                                   "/mnt/card": card}, lower=lower)
+    yield r, f"/mnt/dist/{wheel.name}"
+
+
+def install(r: OverlayRoot, wheel: str) -> str:
+    return r.run(f"sh /mnt/koto-src/deploy/install.sh --wheel {wheel} --wheels /mnt/wheels").stdout
+
+
+def test_install_twice_then_doctor_as_the_koto_user(root: tuple[OverlayRoot, str]) -> None:
+    r, wheel = root
+    first = install(r, wheel)
+    assert "changed: created system user koto" in first
+    assert "changed: installed /etc/systemd/system/koto.service" in first
+    assert "changed: enabled koto.service" in first and "changed: enabled koto-firstboot.service" in first
+    before = r.snapshot()
+
+    second = install(r, wheel)
+    assert [ln for ln in second.splitlines() if ln.startswith("changed:")] == [], second
+    assert "nothing changed" in second
+    assert r.snapshot() == before  # not a byte, not a mode, not an mtime
+
+    # What it made, as the service expects it (the ordering bug of the old README: nothing here belongs to root).
+    facts = r.run("stat -c '%U:%G %a' /var/lib/koto /etc/koto; id -nG koto; getent passwd koto | cut -d: -f6,7;"
+                  "cmp /mnt/koto-src/systemd/koto.service /etc/systemd/system/koto.service && echo unit-as-is;"
+                  "cmp /mnt/koto-src/systemd/journald.conf.d/60-koto.conf "
+                  "/etc/systemd/journald.conf.d/60-koto.conf && echo journald-drop-in;"
+                  "readlink /etc/systemd/system/multi-user.target.wants/koto.service;"
+                  "grep -x 'include-system-site-packages = true' /opt/koto/.venv/pyvenv.cfg").stdout.splitlines()
+    assert facts[0] == "koto:koto 700" and facts[1] == "root:koto 750"
+    assert set(facts[2].split()) >= {"koto", "gpio", "dialout", "spi"}
+    assert facts[3] == "/var/lib/koto:/usr/sbin/nologin"
+    assert facts[4:6] == ["unit-as-is", "journald-drop-in"]
+    assert facts[6] == "/etc/systemd/system/koto.service"
+    assert facts[7] == "include-system-site-packages = true"
+
+    # First boot: the card's koto.toml is imported and the device key made by the koto user.
+    (r.binds["/mnt/card"] / "koto.toml").write_text(CONFIG)
+    out = r.run("/opt/koto/.venv/bin/koto firstboot --boot /mnt/card; stat -c '%U %a' /etc/koto/koto.toml "
+                "/var/lib/koto/keys/device.pem")
+    assert out.stdout.splitlines()[-2:] == ["koto 600", "koto 600"], out.stdout
+    assert not (r.binds["/mnt/card"] / "koto.toml").exists()
+
+    doctor = r.run("cd /var/lib/koto && runuser -u koto -- /opt/koto/.venv/bin/koto doctor --json --timeout 1 "
+                   "|| true; runuser -u koto -- id -un", check=False)
+    *report, who = doctor.stdout.strip().splitlines()
+    assert who == "koto"
+    checks = {c["check"]: c for c in json.loads("\n".join(report))["checks"]}
+    for name in ("config", "service user", "state folder", "disk"):
+        assert checks[name]["status"] == "ok", checks[name]
+    # Not started yet (no systemd in this root), no meter on /dev/ttyUSB0, no GPIO: said, never a traceback.
+    assert checks["ledger"]["status"] == "warn" and "no ledger yet" in checks["ledger"]["summary"]
+    assert all(c["status"] in ("ok", "warn", "fail", "skip") and c["summary"] for c in checks.values())
+    assert not any("the check itself failed" in c["summary"] for c in checks.values()), checks

@@ -1,0 +1,184 @@
+"""First boot from the boot partition, on a real FAT file system in an image file (mtools; nothing is mounted).
+
+A valid koto.toml is imported with the key and certificates it names, and afterwards its secrets are nowhere in
+the image's raw bytes; an invalid one is refused, kept on the card with the reasons beside it, and nothing is left
+in /etc/koto for the service to start on.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gateway.bootfs import ImageBoot
+from gateway.cli import main
+from tests.support.pki import TestPKI
+
+MKFS = shutil.which("mkfs.fat") or "/usr/sbin/mkfs.fat"
+pytestmark = pytest.mark.skipif(shutil.which("mcopy") is None or not Path(MKFS).exists(),
+                                reason="needs mtools and dosfstools (make system-deps installs them)")
+
+BINDKEY = "5ec2e75ecf3a4b1c9d8e7f6a5b4c3d2e"  # a secret that must not survive on the card
+
+CONFIG = """
+[gateway]
+id = "gw-0042"
+state_dir = "{state}"
+timezone = "Europe/Berlin"
+
+[cloud]
+broker = "mqtts://broker.example.net:8883"
+ca = "{etc}/ca.pem"
+cert = "{etc}/gw-0042.crt"
+key = "{etc}/gw-0042.key"
+
+[[appliance]]
+id = "aircon"
+profile = "air_conditioner"
+energy = "plug"
+
+[appliance.sources.plug]
+driver = "bthome"
+address = "A4:C1:38:12:34:56"
+bindkey = "{bindkey}"
+"""
+
+ME = pwd.getpwuid(os.geteuid()).pw_name
+
+
+def mtools(*args: str) -> bytes:
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "MTOOLSRC": "/dev/null"}
+    return subprocess.run(args, check=True, capture_output=True, env=env).stdout
+
+
+@pytest.fixture(params=["16", "32"], ids=["fat16", "fat32"])
+def card(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """A boot partition as an installer's laptop leaves it: the firmware's files plus what the installer dropped."""
+    img = tmp_path / "boot.img"
+    kib = "16384" if request.param == "16" else "40000"  # FAT32 needs >= 65525 clusters: 512-byte clusters here
+    subprocess.run([MKFS, "-F", request.param, "-s", "1", "-n", "bootfs", "-C", str(img), kib],
+                   check=True, capture_output=True)
+    firmware = tmp_path / "config.txt"
+    firmware.write_text("arm_64bit=1\n# the firmware's own file, which the import must leave alone\n" * 40)
+    mtools("mcopy", "-i", str(img), str(firmware), "::/config.txt")
+    return img
+
+
+def drop(img: Path, tmp_path: Path, text: str) -> dict[str, bytes]:
+    """Put koto.toml and the PKI files it names on the card; return the files as dropped."""
+    pki = TestPKI(tmp_path / "laptop")
+    pair = pki.client("gw-0042")
+    files = {"koto.toml": text.encode(), "ca.pem": pki.ca.read_bytes(), "gw-0042.crt": pair.cert.read_bytes(),
+             "gw-0042.key": pair.key.read_bytes()}
+    for name, data in files.items():
+        (tmp_path / "laptop" / name).write_bytes(data)
+        mtools("mcopy", "-o", "-i", str(img), str(tmp_path / "laptop" / name), f"::/{name}")
+    return files
+
+
+def secrets(files: dict[str, bytes]) -> list[bytes]:
+    """Byte strings that must be gone: the bindkey, and every base64 line of the private key."""
+    key_lines = [ln for ln in files["gw-0042.key"].splitlines() if ln and not ln.startswith(b"-----")]
+    return [BINDKEY.encode(), *key_lines]
+
+
+def test_deleting_alone_leaves_a_secret_readable_in_the_raw_image(card: Path, tmp_path: Path) -> None:
+    """Why the import overwrites before it deletes (and proof that the raw-bytes check below can fail)."""
+    (tmp_path / "secret.toml").write_text(f'bindkey = "{BINDKEY}"\n')
+    mtools("mcopy", "-i", str(card), str(tmp_path / "secret.toml"), "::/secret.toml")
+    mtools("mdel", "-i", str(card), "::/secret.toml")
+    assert BINDKEY.encode() in card.read_bytes()
+
+
+def test_a_valid_config_is_imported_provisioned_and_its_secrets_are_gone_from_the_card(
+        card: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    etc, state = tmp_path / "etc", tmp_path / "state"
+    files = drop(card, tmp_path, CONFIG.format(etc=etc, state=state, bindkey=BINDKEY))
+    raw = card.read_bytes()
+    assert all(s in raw for s in secrets(files))  # on the card before the import
+
+    assert main(["firstboot", "--image", str(card), "--etc", str(etc), "--user", ME]) == 0
+
+    for name, data in files.items():
+        installed = etc / name
+        assert installed.read_bytes() == data, name
+        assert installed.stat().st_mode & 0o777 == 0o600, name
+    assert not list(etc.glob(".*")), "no staging file is left behind"
+    raw = card.read_bytes()
+    leaked = [s for s in secrets(files) if s in raw]
+    assert leaked == [], f"still in the raw image: {leaked}"
+    assert files["koto.toml"] not in raw and files["gw-0042.crt"] not in raw
+    boot = ImageBoot(card)
+    assert not any(boot.exists(n) for n in files)
+    assert boot.read("config.txt").startswith(b"arm_64bit=1\n")  # the firmware's file is untouched
+    pub = (state / "keys" / "device.pub.pem").read_text()
+    assert boot.read("koto-gw-0042.pub.pem").decode() == pub  # left for registration (public)
+    out = capsys.readouterr()
+    assert out.out == pub and "scrubbed" in out.err
+    # The next boot: nothing left to import, nothing changed.
+    assert main(["firstboot", "--image", str(card), "--etc", str(etc), "--user", ME]) == 0
+    assert "nothing to import" in capsys.readouterr().out
+    assert (state / "keys" / "device.pub.pem").read_text() == pub
+
+
+def test_an_invalid_config_is_refused_kept_with_the_reasons_and_nothing_is_installed(
+        card: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    etc, state = tmp_path / "etc", tmp_path / "state"
+    bad = CONFIG.format(etc=etc, state=state, bindkey=BINDKEY).replace("Europe/Berlin", "Mars/Olympus")
+    bad = bad.replace('profile = "air_conditioner"', 'profile = "air_conditioner"\ncolour = "red"')
+    files = drop(card, tmp_path, bad)
+
+    assert main(["firstboot", "--image", str(card), "--etc", str(etc), "--user", ME]) == 1
+
+    out = capsys.readouterr()
+    assert "gateway.timezone" in out.out and "appliance.aircon.colour" in out.out
+    assert not (etc / "koto.toml").exists()  # koto.service's drop-in needs it: the service does not start
+    assert sorted(p.name for p in etc.iterdir()) == []  # the key and certificates were taken back out
+    assert not state.exists()  # not provisioned
+    boot = ImageBoot(card)
+    for name, data in files.items():
+        assert boot.read(name) == data, f"{name} is kept on the card for support"
+    reason = boot.read("koto.toml.rejected.txt").decode()
+    assert f"{card}/koto.toml: gateway.timezone" in reason and "appliance.aircon.colour" in reason
+    assert "boot again" in reason
+
+    # Fixed on the laptop and booted again: imported, and the reasons are gone with the secrets.
+    fixed = CONFIG.format(etc=etc, state=state, bindkey=BINDKEY)
+    (tmp_path / "laptop" / "koto.toml").write_text(fixed)
+    mtools("mcopy", "-o", "-i", str(card), str(tmp_path / "laptop" / "koto.toml"), "::/koto.toml")
+    assert main(["firstboot", "--image", str(card), "--etc", str(etc), "--user", ME]) == 0
+    assert not boot.exists("koto.toml.rejected.txt") and not boot.exists("koto.toml")
+    assert (etc / "koto.toml").read_text() == fixed
+    assert [s for s in secrets(files) if s in card.read_bytes()] == []
+
+
+def test_a_config_that_is_not_toml_is_refused_with_the_parse_error(card: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "koto.toml").write_text("[gateway\nid = 1\n")
+    mtools("mcopy", "-i", str(card), str(tmp_path / "koto.toml"), "::/koto.toml")
+    assert main(["firstboot", "--image", str(card), "--etc", str(tmp_path / "etc"), "--user", ME]) == 1
+    assert "not valid TOML" in ImageBoot(card).read("koto.toml.rejected.txt").decode()
+    assert not (tmp_path / "etc" / "koto.toml").exists()
+
+
+def test_a_mounted_partition_s_file_is_overwritten_in_place_before_it_is_deleted(tmp_path: Path) -> None:
+    """The mounted path (Raspberry Pi OS mounts the card at /boot/firmware): the same inode is rewritten with
+    zeros at the same length and synced before the unlink; free space is wiped only on FAT (never the root fs)."""
+    from gateway.bootfs import MountedBoot, fs_type
+
+    secret = tmp_path / "gw.key"
+    secret.write_bytes(b"PRIVATE" * 100)
+    keep = os.open(secret, os.O_RDONLY)  # an open descriptor sees the inode's bytes after the unlink
+    try:
+        boot = MountedBoot(tmp_path)
+        boot.scrub("gw.key")
+        assert not secret.exists()
+        assert os.pread(keep, 1000, 0) == b"\0" * 700
+    finally:
+        os.close(keep)
+    assert fs_type(tmp_path) not in ("vfat", "msdos") and boot.wipe_free() == 0
