@@ -22,6 +22,7 @@ from drivers.modbus_sim import ModbusSimulator, SimMeter
 from gateway.cli import main as koto
 from tests.support.ledger_checks import assert_contiguous, conservation, ledger_events
 from tests.support.paths import REPO
+from tests.support.slow import scaled
 
 FIRST_MWH = 1_234_500_000  # SimMeter's first register value, 1234.5 kWh (exact in float32)
 WRAPPER = """
@@ -75,7 +76,7 @@ def read(log: Path) -> str:
 
 
 async def wait_for(log: Path, needle: str, limit_s: float = 30.0) -> str:
-    for _ in range(int(limit_s / 0.05)):
+    for _ in range(int(scaled(limit_s) / 0.05)):
         if needle in (text := read(log)):
             return text
         await asyncio.sleep(0.05)
@@ -120,7 +121,7 @@ async def test_a_stop_on_a_really_full_disk_names_what_it_could_not_store_and_th
             await wait_for(log, "could not store")
             await asyncio.sleep(1.5)  # more interim records made, and held
             os.kill(pid, signal.SIGTERM)
-            assert await asyncio.wait_for(wrapper.wait(), 30) == 0
+            assert await asyncio.wait_for(wrapper.wait(), scaled(30)) == 0
         finally:
             if wrapper.returncode is None:
                 if pidfile.exists():
@@ -143,7 +144,7 @@ async def test_a_stop_on_a_really_full_disk_names_what_it_could_not_store_and_th
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
         await asyncio.sleep(3.0)
         proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert await asyncio.wait_for(proc.wait(), scaled(30)) == 0
 
     events = ledger_events(out / "ledger.db", "gw-tmpfs")
     assert_contiguous(events)

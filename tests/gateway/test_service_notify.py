@@ -17,6 +17,7 @@ import pytest
 
 from tests.gateway.test_supervise import Child, appliance, lifecycle, write_config
 from tests.support.ledger_checks import ledger_events
+from tests.support.slow import scaled
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def receive(sock: socket.socket, timeout_s: float) -> dict[str, str] | None:
 
 
 def next_with(sock: socket.socket, key: str, limit_s: float = 20.0) -> dict[str, str]:
-    end = time.monotonic() + limit_s
+    end = time.monotonic() + scaled(limit_s)
     while time.monotonic() < end:
         msg = receive(sock, max(0.01, end - time.monotonic()))
         if msg is not None and key in msg:
@@ -56,7 +57,7 @@ def test_ready_watchdog_status_stopping_and_no_pings_while_the_writer_is_stuck(
     cfg = write_config(tmp_path, appliance("kettle", "k", watts=2000, every_s=0.05))
     child = Child(cfg, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000", "RUNTIME_DIRECTORY": str(tmp_path)})
     try:
-        ready = receive(sock, 20)
+        ready = receive(sock, scaled(20))
         assert ready is not None and ready["READY"] == "1", ready
         # By READY the ledger is open with the start record committed, and the source has been opened.
         assert lifecycle(ledger_events(tmp_path / "state" / "ledger.db", "sup-gw")) == ["start"]
