@@ -149,13 +149,15 @@ def check_state_folder(ctx: Context) -> Check:
     if bad:
         return Check(name, "fail", f"{len(bad)} file(s) in {sd} not owned by or not writable for {user.name}",
                      f"sudo chown -R {user.owner} {sd}", tuple(bad))
-    key = next((p for p in sorted((sd / "keys").glob("device*.pem")) if not p.name.endswith(".pub.pem")), None)
-    if key is None:
+    # Private keys only: the public key and the certificate request (device.csr.pem) are meant to be shared.
+    keys = [p for p in sorted((sd / "keys").glob("device*.pem")) if not p.name.endswith((".pub.pem", ".csr.pem"))]
+    if not keys:
         return Check(name, "fail", f"{sd}: no device key (keys/device*.pem): the gateway is not provisioned",
                      f"sudo -u {user.name} koto provision --config {ctx.config_path}")
-    if key.stat().st_mode & 0o077:
-        return Check(name, "fail", f"{describe(key, key.stat())}: the device key is readable by others",
-                     f"sudo chmod 0600 {key}")
+    for key in keys:
+        if key.stat().st_mode & 0o077:
+            return Check(name, "fail", f"{describe(key, key.stat())}: the device key is readable by others",
+                         f"sudo chmod 0600 {key}")
     if st.st_mode & 0o002:
         return Check(name, "warn", f"{describe(sd, st)} is writable by everyone", f"sudo chmod 0750 {sd}")
     return Check(name, "ok", f"{describe(sd, st)}: owned by and writable for {user.name}, device key private")
