@@ -18,7 +18,9 @@ the stop event any more (issue 10). So here:
   the event loop: if the graceful path (close segments, write the stop record, let the cloud ack) has not ended the
   process within `stop_timeout_s` (10 s by default, half of the unit's `TimeoutStopSec=20`), it logs one line and
   exits at once. What the ledger has committed is on disk (every commit is fsynced, as a kill -9 test shows); what
-  was not committed is what a power cut would lose, and a register meter's next reading reconciles it.
+  was not committed is what a power cut would lose, and a register meter's next reading reconciles it;
+- `StopSignals` hears SIGTERM and SIGINT on a thread of its own, so a blocked event loop cannot keep a stop from
+  arming the deadline.
 """
 
 from __future__ import annotations
@@ -140,7 +142,8 @@ class StopSignals:
     even be armed, and a second Ctrl-C would not be heard. Here the signals are blocked in the main thread (and so in
     every thread started after, which inherits the mask) and one thread waits for them: the first calls `on_first`
     (arm the deadline, wake the loop with `call_soon_threadsafe`), any later one `on_again`. `close()` restores the
-    mask for an in-process caller.
+    mask for an in-process caller. A child process would inherit the mask too (SIGTERM blocked): `koto run` starts
+    none, and one that ever does must unblock them in the child (`pthread_sigmask` in a `preexec_fn`).
     """
 
     def __init__(self, on_first: Callable[[signal.Signals], None], on_again: Callable[[signal.Signals], None]) -> None:

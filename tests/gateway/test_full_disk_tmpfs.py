@@ -1,8 +1,8 @@
 """A real full disk: `koto run` with its state folder on a 512 KiB tmpfs, mounted in a mount namespace of its own
 (`unshare -rm`, no root needed where user namespaces are allowed). The test fills that file system while the daemon
-meters a Modbus meter, then stops the daemon. The stop must name the records and energy it could not store, and the
-next start, with space again, takes the register up where the last stored record ended (issue 10, item 5). The
-SQLITE_FULL variant that runs everywhere is test_full_disk_stop.py."""
+meters a Modbus meter. Meanwhile the STATUS line sent to systemd says the ledger is not writable; the stop names the
+records and energy it could not store; the next start, with space again, takes the register up where the last
+stored record ended (issue 10, item 5). The SQLITE_FULL variant that runs everywhere is test_full_disk_stop.py."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from drivers.modbus_sim import ModbusSimulator, SimMeter
 from gateway.cli import main as koto
 from tests.support.ledger_checks import assert_contiguous, conservation, ledger_events
 from tests.support.paths import REPO
+from tests.support.slow import scaled
 
 FIRST_MWH = 1_234_500_000  # SimMeter's first register value, 1234.5 kWh (exact in float32)
 WRAPPER = """
@@ -75,11 +78,22 @@ def read(log: Path) -> str:
 
 
 async def wait_for(log: Path, needle: str, limit_s: float = 30.0) -> str:
-    for _ in range(int(limit_s / 0.05)):
+    for _ in range(int(scaled(limit_s) / 0.05)):
         if needle in (text := read(log)):
             return text
         await asyncio.sleep(0.05)
     raise AssertionError(f"{needle!r} never came:\n{read(log)[-3000:]}")
+
+
+async def next_status(sock: socket.socket, needle: str, limit_s: float = 20.0) -> str:
+    """The first STATUS= sent to `sock` that contains `needle`."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(scaled(limit_s)):
+        while True:
+            data = (await loop.sock_recv(sock, 4096)).decode()
+            for line in data.split("\n"):
+                if line.startswith("STATUS=") and needle in line:
+                    return line.removeprefix("STATUS=")
 
 
 def fill(root: Path) -> None:
@@ -104,6 +118,10 @@ async def test_a_stop_on_a_really_full_disk_names_what_it_could_not_store_and_th
     state.mkdir()
     assert koto(["provision", "--state-dir", str(seed)]) == 0
     log, pidfile = tmp_path / "koto.log", tmp_path / "koto.pid"
+    notify_dir = Path(tempfile.mkdtemp(prefix="koto-n"))  # short: an AF_UNIX path has at most 107 bytes
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_dir / "notify.sock"))
+    notify.setblocking(False)
     meter = SimMeter("sdm120", 1, power_fn=lambda t: 2000.0)  # a kettle boiling at 2 kW
     async with ModbusSimulator([meter], baud=9600) as bus:
         cfg = config(tmp_path / "koto.toml", state, bus.port)
@@ -111,17 +129,21 @@ async def test_a_stop_on_a_really_full_disk_names_what_it_could_not_store_and_th
             wrapper = await asyncio.create_subprocess_exec(
                 "unshare", "-rm", "sh", "-c", WRAPPER, "sh", str(state), str(seed), sys.executable, str(cfg),
                 str(pidfile), str(out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
-                env={**os.environ, "PYTHONPATH": str(REPO)})
+                env={**os.environ, "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": str(notify_dir / "notify.sock")})
         try:
             await wait_for(log, "kettle: use started")
             await asyncio.sleep(2.5)  # a few interim records stored
             pid = int(read(pidfile))
             fill(Path(f"/proc/{pid}/root{state}"))  # the daemon's own view of its state folder: the tmpfs
             await wait_for(log, "could not store")
-            await asyncio.sleep(1.5)  # more interim records made, and held
+            # `systemctl status koto` would say so: the STATUS line, over the real notify socket.
+            status = await next_status(notify, "ledger not writable")
+            assert re.fullmatch(r"1 appliance metering, ledger not writable: \d+ records held in memory", status)
             os.kill(pid, signal.SIGTERM)
-            assert await asyncio.wait_for(wrapper.wait(), 30) == 0
+            assert await asyncio.wait_for(wrapper.wait(), scaled(30)) == 0
         finally:
+            notify.close()
+            shutil.rmtree(notify_dir)
             if wrapper.returncode is None:
                 if pidfile.exists():
                     os.kill(int(read(pidfile)), signal.SIGKILL)
@@ -143,7 +165,7 @@ async def test_a_stop_on_a_really_full_disk_names_what_it_could_not_store_and_th
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
         await asyncio.sleep(3.0)
         proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert await asyncio.wait_for(proc.wait(), scaled(30)) == 0
 
     events = ledger_events(out / "ledger.db", "gw-tmpfs")
     assert_contiguous(events)

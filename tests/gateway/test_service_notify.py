@@ -17,6 +17,7 @@ import pytest
 
 from tests.gateway.test_supervise import Child, appliance, lifecycle, write_config
 from tests.support.ledger_checks import ledger_events
+from tests.support.slow import scaled
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def receive(sock: socket.socket, timeout_s: float) -> dict[str, str] | None:
 
 
 def next_with(sock: socket.socket, key: str, limit_s: float = 20.0) -> dict[str, str]:
-    end = time.monotonic() + limit_s
+    end = time.monotonic() + scaled(limit_s)
     while time.monotonic() < end:
         msg = receive(sock, max(0.01, end - time.monotonic()))
         if msg is not None and key in msg:
@@ -56,7 +57,7 @@ def test_ready_watchdog_status_stopping_and_no_pings_while_the_writer_is_stuck(
     cfg = write_config(tmp_path, appliance("kettle", "k", watts=2000, every_s=0.05))
     child = Child(cfg, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000", "RUNTIME_DIRECTORY": str(tmp_path)})
     try:
-        ready = receive(sock, 20)
+        ready = receive(sock, scaled(20))
         assert ready is not None and ready["READY"] == "1", ready
         # By READY the ledger is open with the start record committed, and the source has been opened.
         assert lifecycle(ledger_events(tmp_path / "state" / "ledger.db", "sup-gw")) == ["start"]
@@ -96,3 +97,23 @@ def test_ready_watchdog_status_stopping_and_no_pings_while_the_writer_is_stuck(
         if child.proc.poll() is None:
             child.proc.kill()
     assert lifecycle(child.events()) == ["start", "stop"]
+
+
+def test_a_blocked_event_loop_stops_the_pings(tmp_path: Path, notify_socket: tuple[str, socket.socket]) -> None:
+    """A driver blocks the event loop in synchronous code: the pings, sent from the loop, stop by themselves, so
+    systemd kills and restarts the daemon after WatchdogSec."""
+    path, sock = notify_socket
+    cfg = write_config(tmp_path, appliance("kettle", "k", watts=2000, block_loop_after=30), stop_timeout_s=1)
+    child = Child(cfg, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000", "RUNTIME_DIRECTORY": str(tmp_path)})
+    try:
+        next_with(sock, "READY")
+        next_with(sock, "WATCHDOG")
+        child.wait_for("flaky:blocking:k")
+        for _ in range(100):  # what was queued before the block (read at once; pings come every 0.5 s)
+            if receive(sock, 0.2) is None:
+                break
+        assert receive(sock, 3.0) is None, "the watchdog kept being pinged while the event loop was blocked"
+        assert child.proc.poll() is None  # alive, and silent: systemd's watchdog is what ends this
+    finally:
+        child.proc.kill()
+        child.proc.wait()

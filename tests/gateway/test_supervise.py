@@ -77,7 +77,7 @@ class Child:
 
     def wait(self) -> int:
         try:
-            return self.proc.wait(WAIT_S)
+            return self.proc.wait(scaled(WAIT_S))
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise AssertionError(f"koto run hung:\n{self.text()[-3000:]}") from None
@@ -129,7 +129,7 @@ address = 1
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg), cwd=REPO,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
-        _, err = await asyncio.wait_for(proc.communicate(), WAIT_S)
+        _, err = await asyncio.wait_for(proc.communicate(), scaled(WAIT_S))
     assert proc.returncode == 2
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1, err
@@ -217,7 +217,7 @@ def test_a_ledger_deleted_under_the_running_daemon_stops_it_with_one_line_and_no
     assert "Traceback" not in text
     assert not db.exists()  # nothing was written at the path: no second chain
     again = subprocess.run([sys.executable, "-m", "tests.support.koto_child", "run", "--config", str(cfg)],
-                           cwd=REPO, capture_output=True, text=True, timeout=WAIT_S,
+                           cwd=REPO, capture_output=True, text=True, timeout=scaled(WAIT_S),
                            env={**os.environ, "PYTHONPATH": str(REPO)})  # systemd's Restart=always
     assert again.returncode == 2
     assert again.stderr.startswith(f"koto: {db}: {db}.rescued holds this ledger") and again.stderr.count("\n") == 1
