@@ -48,6 +48,7 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENERGY_KINDS: tuple[Kind, ...] = ("register", "pulses", "power")
 CHECKPOINT_S = 300.0  # default `[gateway] checkpoint_s`
 RETAIN_DAYS = 90.0  # default `[gateway] retain_days`
+HOLD_S = 900.0  # default `[gateway] hold_s` (gateway/checkpointing.py)
 
 
 class _Table:
@@ -161,6 +162,7 @@ class GatewayConfig:
     tariff: dict[str, Any] | None
     appliances: tuple[ApplianceConfig, ...]
     retain_days: float = RETAIN_DAYS
+    hold_s: float = HOLD_S
 
     @property
     def tz(self) -> ZoneInfo:
@@ -195,7 +197,8 @@ def parse_config(data: dict[str, Any], *, file: str = "<config>", base: Path | N
     _check_hardware(appliances, file)
     return GatewayConfig(file=file, id=gateway.id, state_dir=gateway.state_dir, timezone=gateway.timezone,
                          subject=gateway.subject, batch_ms=gateway.batch_ms, checkpoint_s=gateway.checkpoint_s,
-                         cloud=cloud, tariff=tariff, appliances=appliances, retain_days=gateway.retain_days)
+                         cloud=cloud, tariff=tariff, appliances=appliances, retain_days=gateway.retain_days,
+                         hold_s=gateway.hold_s)
 
 
 class _Gateway(NamedTuple):
@@ -208,6 +211,7 @@ class _Gateway(NamedTuple):
     batch_ms: int
     checkpoint_s: float
     retain_days: float
+    hold_s: float
 
 
 def _parse_gateway(gw: _Table, base: Path) -> _Gateway:
@@ -226,9 +230,10 @@ def _parse_gateway(gw: _Table, base: Path) -> _Gateway:
     # (a register meter needs none; see gateway/checkpointing.py). 300 s keeps an idle-time write budget tiny.
     checkpoint_s = gw.number("checkpoint_s", CHECKPOINT_S, lo=0.1, hi=3600)
     retain_days = gw.number("retain_days", RETAIN_DAYS, lo=1, hi=3650)
+    hold_s = gw.number("hold_s", HOLD_S, lo=0, hi=3600)  # how long records may wait to share a transaction
     gw.number("web_port", 8080, lo=0, hi=65535)  # reserved, not used yet
     gw.reject_unknown()
-    return _Gateway(gid, state_dir, tzname, subject, batch_ms, checkpoint_s, retain_days)
+    return _Gateway(gid, state_dir, tzname, subject, batch_ms, checkpoint_s, retain_days, hold_s)
 
 
 def _parse_cloud(ct: _Table, gateway_id: str, base: Path) -> SyncConfig:
