@@ -15,13 +15,14 @@ block), so the gateway writes only what a restart cannot recover otherwise:
   most every `checkpoint_s` of the daemon's clock, and only when it moved (a new pulse count; energy integrated
   from non-zero power). A crash loses at most that window (README, "What a power cut costs").
 - **Pricing** state is written with every transaction that writes anything (it moves with the records it priced).
-- **Interim records** (a slice of a segment still running, every `interim_s`) do not open a transaction of their
-  own: they wait for the next one (a function change, a use's end, a gap, a cadence checkpoint) for at most
-  `hold_s` (the shortest `interim_s`, 900 s by default). Each transaction costs the same few pages (the records'
-  leaf and index pages, the chain head, the checkpoints: ~25 KB with the WAL's index) however many records it
-  carries, and eight appliances' interims fall at eight different moments; held, they share one. Holding loses
-  nothing a crash would not: the checkpoint of a meter goes in the same transaction as its records, so after a
-  crash the register reconciles the interval again (and a pulse meter's held records are written at its cadence).
+- **Records wait** in memory for at most `[gateway] hold_s` (900 s by default; 0 = every batch) so that many share
+  one transaction: each transaction costs about the same eight pages (the records' last leaves and index pages,
+  the chain head, the checkpoints: 30-60 KB with the WAL's index) however many records it carries, and nine
+  appliances make a record (an interim slice, a function change) somewhere every minute or two. Holding loses
+  nothing a crash would not: a meter's checkpoint goes in the same transaction as its records, so after a crash the
+  register reconciles the interval again, and a pulse or power meter's held records go with its cadence checkpoint
+  (at most `checkpoint_s` later). The cost is latency: a record reaches the ledger, `koto usage` and the cloud up to
+  `hold_s` after it was made. A clean stop, and the retry after a failed commit, write at once.
 
 So between billable events an idle gateway writes nothing at all, and a busy S0 meter one small transaction per
 `checkpoint_s`. The cadence runs on the daemon's injected clock, so tests and the write-budget bench compress time.
@@ -32,8 +33,6 @@ from __future__ import annotations
 from metering.meter import ApplianceMeter
 from metering.records import Draft
 
-INTERIM = "interim"
-
 
 class CheckpointPlan:
     """Tracks, per meter, whether its checkpoint must go with the next batch (`owe`) or may wait for the cadence
@@ -43,7 +42,7 @@ class CheckpointPlan:
         self._meters = meters
         self._period_ns = int(checkpoint_s * 1e9)
         self._hold_ns = int(hold_s * 1e9)
-        self._held_since: int | None = None  # when the oldest held interim record was made
+        self._held_since: int | None = None  # when the oldest held record was made
         self._owed: set[str] = set()  # checkpoints that go with the next batch, whenever it is written
         self._force = False  # a batch is written at the next chance even without records
         self._moved: set[str] = set()
@@ -76,15 +75,13 @@ class CheckpointPlan:
         return bool(self._moved) and (self._last_ns is None or now_ns - self._last_ns >= self._period_ns)
 
     def records_due(self, pending: list[Draft], now_ns: int) -> bool:
-        """Whether `pending` must be written now: any record but an interim, or an interim held for `hold_s`."""
+        """Whether `pending` must be written now: its oldest record has waited `hold_s`."""
         if not pending:
             self._held_since = None
             return False
         if self._held_since is None:
             self._held_since = now_ns
-        if now_ns - self._held_since >= self._hold_ns:
-            return True
-        return any(d.data.get("kind") != INTERIM for d in pending)
+        return now_ns - self._held_since >= self._hold_ns
 
     def take(self, now_ns: int, *, records: bool) -> list[str] | None:
         """The meters whose checkpoints a batch made now carries, or None when no batch is to be written.

@@ -52,6 +52,7 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENERGY_KINDS: tuple[Kind, ...] = ("register", "pulses", "power")
 CHECKPOINT_S = 300.0  # default `[gateway] checkpoint_s`
 RETAIN_DAYS = 90.0  # default `[gateway] retain_days`
+HOLD_S = 900.0  # default `[gateway] hold_s` (gateway/checkpointing.py)
 
 
 class _Table:
@@ -182,6 +183,7 @@ class GatewayConfig:
     appliances: tuple[ApplianceConfig, ...]
     stop_timeout_s: float = 10.0  # `koto run` exits this long after a stop request, whatever still runs
     retain_days: float = RETAIN_DAYS
+    hold_s: float = HOLD_S
 
     @property
     def tz(self) -> ZoneInfo:
@@ -232,7 +234,7 @@ def parse_config_all(data: dict[str, Any], *, file: str = "<config>",
     cfg = GatewayConfig(file=file, id=gateway.id, state_dir=gateway.state_dir, timezone=gateway.timezone,
                         subject=gateway.subject, batch_ms=gateway.batch_ms, checkpoint_s=gateway.checkpoint_s,
                         cloud=cloud, tariff=tariff, appliances=appliances, stop_timeout_s=gateway.stop_timeout_s,
-                        retain_days=gateway.retain_days)
+                        retain_days=gateway.retain_days, hold_s=gateway.hold_s)
     return cfg, root.problems
 
 
@@ -260,6 +262,7 @@ class _Gateway(NamedTuple):
     checkpoint_s: float
     stop_timeout_s: float
     retain_days: float
+    hold_s: float
 
 
 def _parse_gateway(gw: _Table, base: Path) -> _Gateway:
@@ -279,12 +282,13 @@ def _parse_gateway(gw: _Table, base: Path) -> _Gateway:
     # (a register meter needs none; see gateway/checkpointing.py). 300 s keeps an idle-time write budget tiny.
     checkpoint_s = gw.number("checkpoint_s", CHECKPOINT_S, lo=0.1, hi=3600)
     retain_days = gw.number("retain_days", RETAIN_DAYS, lo=1, hi=3650)
+    hold_s = gw.number("hold_s", HOLD_S, lo=0, hi=3600)  # how long records may wait to share a transaction
     gw.number("web_port", 8080, lo=0, hi=65535)  # reserved, not used yet
     # Below the unit's TimeoutStopSec=20 with room to spare: systemd's SIGKILL should never be what ends a stop.
     stop_timeout_s = gw.number("stop_timeout_s", 10, lo=0.5, hi=600)
     gw.reject_unknown()
     return _Gateway(gid or "gateway", state_dir, tzname, subject, batch_ms, checkpoint_s, stop_timeout_s,
-                    retain_days)
+                    retain_days, hold_s)
 
 
 def _parse_cloud(ct: _Table, gateway_id: str, base: Path) -> SyncConfig:

@@ -48,6 +48,7 @@ state_dir = "{tmp / 'state'}"
 timezone = "Europe/Berlin"
 batch_ms = 50
 checkpoint_s = 1
+hold_s = 0  # records are committed (and sent) every batch, not held to share a transaction
 
 [cloud]
 broker = "{broker.url}"

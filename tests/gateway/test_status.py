@@ -21,7 +21,8 @@ from metering.entitlement import Entitlement, EntitlementKind
 
 
 def kettle_config(tmp: Path) -> dict[str, object]:
-    return {"gateway": {"id": "gw-status", "state_dir": str(tmp / "state"), "batch_ms": 20},
+    # hold_s 0: today's figures come from the ledger, and records are committed every batch instead of held
+    return {"gateway": {"id": "gw-status", "state_dir": str(tmp / "state"), "batch_ms": 20, "hold_s": 0},
             "tariff": {"id": "t", "version": 1, "currency": "EUR", "exponent": 2,
                        "rates": [{"match": "*/*", "per_kwh": "0.40"}], "windows": []},
             "appliance": [{"id": "kettle", "profile": "kettle", "interim_s": 1,
