@@ -64,6 +64,7 @@ done
 [ -z "$WHEEL" ] || [ -f "$WHEEL" ] || die "$WHEEL: no such wheel"
 [ -z "$WHEELS" ] || [ -d "$WHEELS" ] || die "$WHEELS: no such folder"
 [ -n "$WHEEL" ] || [ -f "$SRC/pyproject.toml" ] || die "no --wheel given and $SRC is not a Koto checkout"
+[ -f "$SRC/systemd/koto.service" ] || die "$SRC/systemd/koto.service missing: run the script from a Koto checkout (or release archive)"
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 
 # ---------------------------------------------------------------------------------------------- 1. packages

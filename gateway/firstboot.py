@@ -125,6 +125,10 @@ def import_from_boot(boot: BootPartition, *, etc: Path, owner: Owner | None,
              ", ".join(names), boot.where, wiped / 1e6)
     cfg = report.config
     assert cfg is not None
+    if not cfg.state_dir.exists():  # a state_dir other than /var/lib/koto: made here, the service user's from the start
+        cfg.state_dir.mkdir(mode=0o700, parents=True)
+        if owner is not None:
+            os.chown(cfg.state_dir, owner.uid, owner.gid)
     pem = provision(target)
     boot.write(f"koto-{cfg.id}.pub.pem", pem.encode())
     log.info("gateway %s provisioned; its public key is on the boot partition as koto-%s.pub.pem: register it "

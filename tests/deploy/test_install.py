@@ -58,7 +58,11 @@ def install(r: OverlayRoot, wheel: str) -> str:
 
 def test_install_twice_then_doctor_as_the_koto_user(root: tuple[OverlayRoot, str]) -> None:
     r, wheel = root
+    # The old README's order: `sudo koto provision` before the koto user existed left root's files in the state
+    # folder, and the service crash-looped. The installer gives them back.
+    r.run("mkdir -p -m 0700 /var/lib/koto/keys && chmod 0755 /var/lib/koto")
     first = install(r, wheel)
+    assert "changed: gave the files in /var/lib/koto back to koto" in first
     assert "changed: created system user koto" in first
     assert "changed: installed /etc/systemd/system/koto.service" in first
     assert "changed: enabled koto.service" in first and "changed: enabled koto-firstboot.service" in first
@@ -70,6 +74,7 @@ def test_install_twice_then_doctor_as_the_koto_user(root: tuple[OverlayRoot, str
     assert r.snapshot() == before  # not a byte, not a mode, not an mtime
 
     # What it made, as the service expects it (the ordering bug of the old README: nothing here belongs to root).
+    assert r.run("find /var/lib/koto ! -user koto").stdout == ""
     facts = r.run("stat -c '%U:%G %a' /var/lib/koto /etc/koto; id -nG koto; getent passwd koto | cut -d: -f6,7;"
                   "cmp /mnt/koto-src/systemd/koto.service /etc/systemd/system/koto.service && echo unit-as-is;"
                   "cmp /mnt/koto-src/systemd/journald.conf.d/60-koto.conf "
