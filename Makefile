@@ -45,11 +45,13 @@ system-deps:
 	@ls /lib/systemd/systemd-journal-remote /usr/lib/systemd/systemd-journal-remote >/dev/null 2>&1 || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q systemd-journal-remote )
 	@# The installer's tests: cloud-init checks the user-data, netplan renders the network-config, mtools and
-	@# dosfstools make and read the FAT image of the first-boot import.
+	@# dosfstools make and read the FAT image of the first-boot import, shellcheck checks deploy/install.sh.
 	@command -v cloud-init >/dev/null 2>&1 || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends cloud-init )
 	@command -v netplan >/dev/null 2>&1 || [ -x /usr/sbin/netplan ] || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends netplan.io )
+	@command -v shellcheck >/dev/null 2>&1 || \
+		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q shellcheck )
 	@command -v mcopy >/dev/null 2>&1 && { command -v mkfs.fat >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.fat ]; } || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mtools dosfstools )
 

@@ -82,6 +82,7 @@ if [ "$APT" = yes ]; then
         fi
     fi
     if [ -n "$want" ]; then
+        # shellcheck disable=SC2086  # $want is a list of package names, split on purpose
         apt-get install -y -q $want >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q $want >/dev/null; } \
             || die "apt-get install$want failed"
         changed "installed$want"
@@ -154,7 +155,7 @@ EOF
 if [ "$(cat "$PREFIX/.installed-wheel" 2>/dev/null)" != "$fingerprint" ]; then
     set -- --only-binary=:all:
     [ -z "$WHEELS" ] || set -- "$@" --no-index --find-links "$WHEELS"
-    "$VENV/bin/pip" install -q "$@" "$WHEEL[$EXTRAS]" || die "pip install $WHEEL failed (see above)"
+    "$VENV/bin/pip" install -q "$@" "${WHEEL}[$EXTRAS]" || die "pip install $WHEEL failed (see above)"
     "$VENV/bin/pip" install -q --force-reinstall --no-deps "$WHEEL" || die "pip install $WHEEL failed (see above)"
     echo "$fingerprint" > "$PREFIX/.installed-wheel"
     changed "installed $(basename "$WHEEL") into $VENV"
@@ -177,9 +178,7 @@ put() {
 }
 UNITS_CHANGED=no
 JOURNALD_CHANGED=no
-for f in README.md; do
-    [ -f "$SRC/$f" ] && { put "$SRC/$f" "$PREFIX/$f" 0644 || true; }
-done
+[ -f "$SRC/README.md" ] && { put "$SRC/README.md" "$PREFIX/README.md" 0644 || true; }
 [ -f "$SRC/deploy/koto.example.toml" ] && { put "$SRC/deploy/koto.example.toml" "$ETC/koto.example.toml" 0644 || true; }
 put "$SRC/systemd/koto.service" "$UNITS/koto.service" 0644 && UNITS_CHANGED=yes
 put "$SRC/systemd/koto-firstboot.service" "$UNITS/koto-firstboot.service" 0644 && UNITS_CHANGED=yes
