@@ -179,7 +179,7 @@ put() {
 UNITS_CHANGED=no
 JOURNALD_CHANGED=no
 [ -f "$SRC/README.md" ] && { put "$SRC/README.md" "$PREFIX/README.md" 0644 || true; }
-[ -f "$SRC/deploy/koto.example.toml" ] && { put "$SRC/deploy/koto.example.toml" "$ETC/koto.example.toml" 0644 || true; }
+[ -f "$SRC/deploy/koto.example.toml" ] && { put "$SRC/deploy/koto.example.toml" "$PREFIX/koto.example.toml" 0644 || true; }
 put "$SRC/systemd/koto.service" "$UNITS/koto.service" 0644 && UNITS_CHANGED=yes
 put "$SRC/systemd/koto-firstboot.service" "$UNITS/koto-firstboot.service" 0644 && UNITS_CHANGED=yes
 put "$SRC/systemd/koto.service.d/10-firstboot.conf" "$UNITS/koto.service.d/10-firstboot.conf" 0644 && UNITS_CHANGED=yes
@@ -209,5 +209,5 @@ else
 fi
 if [ ! -f "$ETC/koto.toml" ]; then
     echo "next: put koto.toml on the boot partition and reboot (docs/install.md), or write $ETC/koto.toml" \
-         "(from $ETC/koto.example.toml), check it with 'koto check', then: sudo systemctl start koto"
+         "(from $PREFIX/koto.example.toml), check it with 'koto check', then: sudo systemctl start koto"
 fi
