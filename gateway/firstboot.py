@@ -96,12 +96,12 @@ def import_from_boot(boot: BootPartition, *, etc: Path, owner: Owner | None,
         return _refuse(boot, [f"{boot.where}/{CONFIG_NAME}: not valid TOML: {e}"], [], {})
     etc.mkdir(parents=True, exist_ok=True)
     imports = [(p, p.name) for p in named_files(data, etc) if boot.exists(p.name)]
-    kept: dict[Path, bytes | None] = {}  # what was there before, to put back on refusal
+    kept: dict[Path, tuple[bytes, os.stat_result] | None] = {}  # what was there before, to put back on refusal
     target = etc / CONFIG_NAME
     staged = etc / f".{CONFIG_NAME}.import"
     try:
         for path, name in imports:
-            kept[path] = path.read_bytes() if path.exists() else None
+            kept[path] = (path.read_bytes(), path.stat()) if path.exists() else None
             _put(path, boot.read(name), owner)
         _put(staged, raw, owner)
         report = check_config(staged)
@@ -138,13 +138,16 @@ def import_from_boot(boot: BootPartition, *, etc: Path, owner: Owner | None,
 
 
 def _refuse(boot: BootPartition, problems: list[str], imports: list[tuple[Path, str]],
-            kept: dict[Path, bytes | None], staged: Path | None = None) -> ImportResult:
+            kept: dict[Path, tuple[bytes, os.stat_result] | None], staged: Path | None = None) -> ImportResult:
     """Undo what was put in /etc/koto, leave the card's files as they are with the reasons beside them."""
     for path, before in kept.items():
         if before is None:
             path.unlink(missing_ok=True)
         else:
-            write_atomic(path, before, mode=0o600)
+            data, st = before
+            write_atomic(path, data, mode=st.st_mode & 0o777)
+            if os.geteuid() == 0:
+                os.chown(path, st.st_uid, st.st_gid)
     if staged is not None:
         staged.unlink(missing_ok=True)
     note = (f"Koto did not import {CONFIG_NAME} from this card: {len(problems)} problem(s).\n"

@@ -182,3 +182,15 @@ def test_a_mounted_partition_s_file_is_overwritten_in_place_before_it_is_deleted
     finally:
         os.close(keep)
     assert fs_type(tmp_path) not in ("vfat", "msdos") and boot.wipe_free() == 0
+
+
+def test_a_refused_import_puts_back_the_files_it_had_replaced(card: Path, tmp_path: Path) -> None:
+    etc, state = tmp_path / "etc", tmp_path / "state"
+    etc.mkdir()
+    (etc / "ca.pem").write_bytes(b"the CA in use\n")
+    (etc / "ca.pem").chmod(0o640)
+    drop(card, tmp_path, CONFIG.format(etc=etc, state=state, bindkey=BINDKEY).replace("Europe/Berlin", "Mars/Olympus"))
+    assert main(["firstboot", "--image", str(card), "--etc", str(etc), "--user", ME]) == 1
+    assert (etc / "ca.pem").read_bytes() == b"the CA in use\n"
+    assert (etc / "ca.pem").stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in etc.iterdir()) == ["ca.pem"]
