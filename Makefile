@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # On a Pi the venv also sees Raspberry Pi OS's python3-lgpio (PyPI's lgpio has no wheels for Python 3.13: docs/install.md).
 VENV_FLAGS := $(if $(filter aarch64 armv7l,$(shell uname -m)),--system-site-packages,)
 
-.PHONY: demo test test-fast test-install test-install-debootstrap lint typecheck pytest bench clean system-deps
+.PHONY: demo test test-fast test-install test-install-debootstrap test-arm64 lint typecheck pytest bench bench-sd clean system-deps
 
 $(VENV_OK):
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -83,8 +83,17 @@ test-install-debootstrap: $(DEV_STAMP) system-deps
 	@command -v debootstrap >/dev/null 2>&1 || ( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q debootstrap )
 	$(BIN)/pytest -q -m debootstrap tests/deploy
 
+# The suite inside a Debian 12 arm64 root under qemu-user emulation, ~7x slower than here, like a Pi 3 (not part of
+# `make test`; the first run builds the root and its venv). PYTEST_ARGS="tests/koto" runs part of it.
+test-arm64:
+	$(SUDO) tests/arm64/run.sh
+
 bench: $(DEV_STAMP) system-deps
 	$(BIN)/python bench/metering.py
+
+# The SD-card write budget: a compressed day of 9 appliances at 1 Hz (about 25 minutes at the default 60x).
+bench-sd: $(DEV_STAMP)
+	$(BIN)/python bench/sd_writes.py --speed 60
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

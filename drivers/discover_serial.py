@@ -18,6 +18,10 @@ How a model is recognised (only reads, never writes):
    denormal, never a voltage).
 3. A device that answers but fits neither is reported as unknown, with a hint to write a register map.
 A meter that does not answer at a baud rate is tried at the next one; an absent address costs one timeout.
+
+`check_request` refuses what cannot exist before anything is probed (a port that is not there, an address outside
+Modbus' 1..247 (248 only as the PZEM-004T's general address), a baud rate no meter uses), and `survey` reports each
+step to a callback as it goes and what it tried, so an empty result can say what was looked at.
 """
 
 from __future__ import annotations
@@ -26,15 +30,18 @@ import argparse
 import asyncio
 import os
 import struct
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import FrameError
+from .errors import FrameError, ProbeRequestError
 from .serialbus import FC_READ_HOLDING, FC_READ_INPUT, ModbusBus, PortUnavailable, SerialSettings
 
 DEFAULT_ADDRESSES = tuple(range(1, 11))
 DEFAULT_BAUDS = (9600, 2400)
+# What meters' RS-485 ports speak, and what the modbus driver accepts as `baud` (drivers/modbus.py).
+METER_BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+MAX_ADDRESS = 248  # 1..247 are Modbus device addresses; 248 (0xF8) is the PZEM-004T's general address
 MODEL_NAMES = {"sdm120": "Eastron SDM120", "sdm630": "Eastron SDM630", "pzem004t": "PZEM-004T v3"}
 
 
@@ -113,35 +120,126 @@ async def identify(bus: ModbusBus, address: int) -> Found | None:
     return Found(port, address, baud, None, "answers, but the registers fit no known model")
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a survey, told to the caller as it happens (the command line shows it as progress)."""
+
+    port: str
+    baud: int
+    address: int | None  # None: a pass over the port at this baud starts, or the port failed to open
+    found: Found | None = None
+    problem: str | None = None  # the port could not be opened
+
+
+@dataclass(slots=True)
+class Tried:
+    """What was tried on one port: an empty result names these."""
+
+    port: str
+    addresses: list[int]
+    bauds: list[int] = field(default_factory=list)
+    problem: str | None = None
+
+
+@dataclass(slots=True)
+class Survey:
+    found: list[Found]
+    tried: list[Tried]
+
+
+OnStep = Callable[[Step], None]
+
+
+def check_request(ports: Iterable[str] | None, addresses: Iterable[int], bauds: Iterable[int]) -> None:
+    """Raise ProbeRequestError naming every impossible argument; probing them would only end in "found: 0"."""
+    problems: list[str] = []
+    for port in ports or ():
+        if not os.path.exists(port):
+            here = ", ".join(p.stable_path for p in list_ports()) or "none"
+            problems.append(f"--port {port}: no such serial port (ports here: {here}; is the adapter plugged in?)")
+    addrs = list(addresses)
+    if not addrs:
+        problems.append("--address: no address to try; give one or more, e.g. 1-10")
+    bad = sorted({a for a in addrs if not 1 <= a <= MAX_ADDRESS})
+    if bad:
+        problems.append(f"--address {ranges(bad)}: not a Modbus device address; use 1..247 (248 is the "
+                        "PZEM-004T's general address)")
+    rates = list(bauds)
+    if not rates:
+        problems.append("--baud: no baud rate to try; give one or more, e.g. 9600,2400")
+    wrong = sorted({b for b in rates if b not in METER_BAUDS})
+    if wrong:
+        problems.append(f"--baud {','.join(map(str, wrong))}: no meter uses this rate; use "
+                        f"{', '.join(map(str, METER_BAUDS))}")
+    if problems:
+        raise ProbeRequestError(problems)
+
+
+def ranges(numbers: Iterable[int]) -> str:
+    """1,2,3,5,7,8 -> "1-3,5,7-8": how an installer writes them on the command line."""
+    out: list[str] = []
+    run: list[int] = []
+    for n in sorted(set(numbers)):
+        if run and n == run[-1] + 1:
+            run.append(n)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [n]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
+
+
 async def probe_port(port: str, *, addresses: Iterable[int] = DEFAULT_ADDRESSES,
-                     bauds: Iterable[int] = DEFAULT_BAUDS, timeout_s: float = 0.3) -> list[Found]:
+                     bauds: Iterable[int] = DEFAULT_BAUDS, timeout_s: float = 0.3,
+                     on_step: OnStep | None = None, tried: Tried | None = None) -> list[Found]:
     """Probe one port at each baud rate until meters answer; addresses that answered are not asked again."""
+    say = on_step or (lambda step: None)
     found: list[Found] = []
     todo = list(addresses)
+    tried = tried if tried is not None else Tried(port, list(todo))
     for baud in bauds:
         if not todo:
             break
+        tried.bauds.append(baud)
+        say(Step(port, baud, None))
         bus = ModbusBus(SerialSettings(port, baud=baud), timeout_s=timeout_s, turnaround_s=0.01)
         try:
             for address in list(todo):
+                say(Step(port, baud, address))
                 f = await identify(bus, address)
                 if f is not None:
                     found.append(f)
                     todo.remove(address)
-        except PortUnavailable:
+                    say(Step(port, baud, address, found=f))
+        except PortUnavailable as e:
+            tried.problem = str(e)
+            say(Step(port, baud, None, problem=str(e)))
             return found
         finally:
             await bus.close()
     return found
 
 
+async def survey(ports: Iterable[str] | None = None, *, addresses: Iterable[int] = DEFAULT_ADDRESSES,
+                 bauds: Iterable[int] = DEFAULT_BAUDS, timeout_s: float = 0.3,
+                 on_step: OnStep | None = None) -> Survey:
+    """Probe the given ports (default: every port pyserial lists, by their stable paths); say what was tried."""
+    paths = list(ports) if ports is not None else [p.stable_path for p in list_ports()]
+    addrs, rates = list(addresses), list(bauds)
+    result = Survey([], [])
+    for port in paths:
+        tried = Tried(port, addrs)
+        result.tried.append(tried)
+        result.found.extend(await probe_port(port, addresses=addrs, bauds=rates, timeout_s=timeout_s,
+                                             on_step=on_step, tried=tried))
+    return result
+
+
 async def discover(ports: Iterable[str] | None = None, **options: object) -> list[Found]:
     """Probe the given ports (default: every port pyserial lists, by their stable paths)."""
-    paths = list(ports) if ports is not None else [p.stable_path for p in list_ports()]
-    found: list[Found] = []
-    for port in paths:
-        found.extend(await probe_port(port, **options))  # type: ignore[arg-type]
-    return found
+    return (await survey(ports, **options)).found  # type: ignore[arg-type]
 
 
 def config_block(found: Sequence[Found]) -> str:
@@ -179,6 +277,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--baud", default="9600,2400", help="baud rates to try in order (default 9600,2400)")
     p.add_argument("--timeout", type=float, default=0.3, help="seconds to wait for each reply")
     a = p.parse_args(argv)
+    try:
+        check_request(a.port, _ints(a.address), _ints(a.baud))
+    except ProbeRequestError as e:
+        p.error(str(e))
     if a.port is None:
         for info in list_ports():
             print(f"# port {info.stable_path} ({info.description}; {info.hwid})")

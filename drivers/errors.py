@@ -41,3 +41,14 @@ class FrameError(KotoError, ValueError):
         self.kind = kind
         self.detail = detail
         super().__init__(f"{kind}: {detail}")
+
+
+class ProbeRequestError(KotoError, ValueError):
+    """A discovery asked for something that cannot exist (a missing port, address 300, 9601 baud).
+
+    `problems` has one line each, naming the option, so the command line prints them all and exits 2 instead of
+    probing for a minute and reporting that nothing answered."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(problems))

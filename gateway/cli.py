@@ -34,29 +34,6 @@ def cli(verbose: int) -> None:
 @cli.command()
 @config_option
 @state_option
-@click.option("--force", is_flag=True, help="Make a new device key even though one exists.")
-@click.option("--new-epoch", is_flag=True,
-              help="With --force while a ledger exists: archive it as ledger-EPOCH.db and start a new epoch.")
-def provision(config_path: str | None, state_dir: str | None, force: bool, new_epoch: bool) -> None:
-    """Create the state folder and the device key; print the public key to register at the billing cloud."""
-    _cfg, sd, _gid = resolve(config_path, state_dir)
-    done = sd.provision(force=force, new_epoch=new_epoch)
-    old = done.archived
-    if old is not None:
-        click.echo(f"archived epoch {old.epoch} (seq 1..{old.head_seq}) as {old.path}; its public key is "
-                   f"{sd.keys / f'device-{old.epoch}.pub.pem'}", err=True)
-        if old.unacked:
-            click.echo(f"warning: {old.unacked} record(s) of epoch {old.epoch} were never acknowledged by the cloud; "
-                       f"they stay in {old.path}", err=True)
-    click.echo(f"{'created' if done.created else 'kept existing'} device key {sd.private_key_path} (mode 0600)",
-               err=True)
-    click.echo(f"public key written to {sd.public_key_path}; register it at the billing cloud:", err=True)
-    click.echo(done.public_pem, nl=False)
-
-
-@cli.command()
-@config_option
-@state_option
 def verify(config_path: str | None, state_dir: str | None) -> None:
     """Walk the ledger's hash chain and signatures offline; exit 1 naming the first bad seq."""
     _cfg, sd, gid = resolve(config_path, state_dir)
@@ -140,55 +117,29 @@ def demo(state_dir: str, speed: float, minutes: float | None) -> None:
         raise SystemExit(rc)
 
 
-def _int_list(text: str) -> list[int]:
-    out: list[int] = []
-    for part in filter(None, text.split(",")):
-        lo, _, hi = part.partition("-")
-        try:
-            out.extend(range(int(lo, 0), int(hi, 0) + 1) if hi else [int(lo, 0)])
-        except ValueError as e:
-            raise click.BadParameter(f"{text!r}: use numbers and ranges such as 1-10,248") from e
-    return out
-
-
-@cli.command()
-@click.option("--port", "ports", multiple=True, help="Serial port to probe (repeatable). Default: every port found.")
-@click.option("--no-serial", is_flag=True, help="Do not probe serial ports.")
-@click.option("--address", default="1-10", show_default=True, help="Modbus addresses to try, e.g. 1-10,248.")
-@click.option("--baud", default="9600,2400", show_default=True, help="Baud rates to try, in order.")
-@click.option("--timeout", type=float, default=0.3, show_default=True, help="Seconds to wait for each reply.")
-@click.option("--ble-seconds", type=click.FloatRange(0, 600), default=10.0, show_default=True,
-              help="Listen for BTHome adverts this long (0: skip BLE).")
-@click.option("--gpio", default="", help="GPIO inputs to show, e.g. 17,27 (default: none).")
-@click.option("--pin-factory", default=None, help="lgpio (a Pi) or mock; default $GPIOZERO_PIN_FACTORY or lgpio.")
-def discover(ports: tuple[str, ...], no_serial: bool, address: str, baud: str, timeout: float, ble_seconds: float,
-             gpio: str, pin_factory: str | None) -> None:
-    """Find meters on serial ports, BTHome devices in range and GPIO input levels; print a config to paste."""
-    import asyncio
-
-    from .discover import run_discover
-
-    report = asyncio.run(run_discover(
-        ports=[] if no_serial else (list(ports) or None), addresses=_int_list(address), bauds=_int_list(baud),
-        timeout_s=timeout, ble_seconds=ble_seconds, gpio_pins=_int_list(gpio), pin_factory=pin_factory))
-    click.echo(report, nl=False)
-
-
 def _register() -> None:
     """Commands that live in their own modules."""
     from .cli_check import check
+    from .cli_discover import discover
     from .cli_doctor import doctor
     from .cli_firstboot import firstboot
     from .cli_logs import logs
+    from .cli_profile import profile
+    from .cli_provision import provision
     from .cli_status import status
+    from .cli_support import support_bundle
     from .cli_usage import usage
 
     cli.add_command(check)
+    cli.add_command(discover)
     cli.add_command(doctor)
     cli.add_command(firstboot)
     cli.add_command(logs)
+    cli.add_command(provision)
     cli.add_command(status)
+    cli.add_command(support_bundle)
     cli.add_command(usage)
+    cli.add_command(profile)
 
 
 _register()

@@ -47,6 +47,8 @@ def usage(config_path: str | None, state_dir: str | None, appliance: str | None,
             _quick_verify(ledger, sd, since_wall)
         width = max((len(a) for a in known), default=9)
         n = _report(ledger, by, appliance, since_wall, tz, as_json=as_json, exact=mwh, width=width)
+        if by == "function" and since_wall is None and not as_json:
+            n += _pruned_report(ledger, appliance, exact=mwh)
     if not n and not as_json:
         what = (f" for {appliance}" if appliance else "") + (f" since {since}" if since else "")
         click.echo(f"no usage recorded{what}")
@@ -72,6 +74,18 @@ def _report(ledger: Any, by: str, appliance: str | None, since_wall: float | Non
             n += 1
         return n
     return write_usage_table(lambda: ledger.iter_usage(appliance, since_wall, by, tz), by, click.echo, exact=exact)
+
+
+def _pruned_report(ledger: Any, appliance: str | None, *, exact: bool) -> int:
+    """A local-only gateway's totals of the records retention removed (gateway/housekeeping.py), after the table."""
+    from .housekeeping import pruned_rows
+    from .usage_report import write_usage_table
+
+    rows = pruned_rows(ledger, appliance)
+    if rows:
+        click.echo(f"\nbefore seq {ledger.anchor()[0]}: removed by retention (retain_days), kept as totals:")
+        write_usage_table(lambda: iter(rows), "function", click.echo, exact=exact)
+    return len(rows)
 
 
 def _quick_verify(ledger: Any, sd: Any, since_wall: float | None) -> None:

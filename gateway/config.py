@@ -19,13 +19,17 @@
     driver = "modbus"              # any driver in drivers.base.REGISTRY, with that driver's own keys
     ...
 
+Every problem is found in one pass (`parse_config_all`, used by `koto check --config`): a wrong value is recorded
+and a stand-in used, so the pass goes on; `parse_config` then raises one problem as itself, several as
+`gateway.errors.ConfigErrors` (docs/support.md).
+
 This module is the one parser of the file, `[cloud]` included (into the `SyncConfig` the uplink runs on), with one
 set of limits. Sources are validated by their drivers when built (`drivers.base.build_source`), so this module
 checks only the gateway's own keys, the shape, and that each source names a known driver; a driver's error still
 names this file.
 
-`retain_days` and `web_port` in `[gateway]` are reserved: accepted and range-checked, so a file written today keeps
-its meaning, but not used yet (pruning acked records and the status page are the next issues' work).
+`web_port` in `[gateway]` is reserved: accepted and range-checked, so a file written today keeps its meaning, but
+not used yet. `retain_days` is how long records stay in the ledger (gateway/housekeeping.py says what leaves when).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from .errors import ConfigError, Problems
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENERGY_KINDS: tuple[Kind, ...] = ("register", "pulses", "power")
 CHECKPOINT_S = 300.0  # default `[gateway] checkpoint_s`
+RETAIN_DAYS = 90.0  # default `[gateway] retain_days`
 
 
 class _Table:
@@ -176,6 +181,7 @@ class GatewayConfig:
     tariff: dict[str, Any] | None
     appliances: tuple[ApplianceConfig, ...]
     stop_timeout_s: float = 10.0  # `koto run` exits this long after a stop request, whatever still runs
+    retain_days: float = RETAIN_DAYS
 
     @property
     def tz(self) -> ZoneInfo:
@@ -225,7 +231,8 @@ def parse_config_all(data: dict[str, Any], *, file: str = "<config>",
     _check_hardware(appliances, root.problems, file)
     cfg = GatewayConfig(file=file, id=gateway.id, state_dir=gateway.state_dir, timezone=gateway.timezone,
                         subject=gateway.subject, batch_ms=gateway.batch_ms, checkpoint_s=gateway.checkpoint_s,
-                        cloud=cloud, tariff=tariff, appliances=appliances, stop_timeout_s=gateway.stop_timeout_s)
+                        cloud=cloud, tariff=tariff, appliances=appliances, stop_timeout_s=gateway.stop_timeout_s,
+                        retain_days=gateway.retain_days)
     return cfg, root.problems
 
 
@@ -252,6 +259,7 @@ class _Gateway(NamedTuple):
     batch_ms: int
     checkpoint_s: float
     stop_timeout_s: float
+    retain_days: float
 
 
 def _parse_gateway(gw: _Table, base: Path) -> _Gateway:
@@ -270,12 +278,13 @@ def _parse_gateway(gw: _Table, base: Path) -> _Gateway:
     # How often a pulse or power meter's state is saved between records: what a power cut can lose at most
     # (a register meter needs none; see gateway/checkpointing.py). 300 s keeps an idle-time write budget tiny.
     checkpoint_s = gw.number("checkpoint_s", CHECKPOINT_S, lo=0.1, hi=3600)
-    gw.number("retain_days", 90, lo=1, hi=3650)  # reserved, not used yet (see the module docstring)
+    retain_days = gw.number("retain_days", RETAIN_DAYS, lo=1, hi=3650)
     gw.number("web_port", 8080, lo=0, hi=65535)  # reserved, not used yet
     # Below the unit's TimeoutStopSec=20 with room to spare: systemd's SIGKILL should never be what ends a stop.
     stop_timeout_s = gw.number("stop_timeout_s", 10, lo=0.5, hi=600)
     gw.reject_unknown()
-    return _Gateway(gid or "gateway", state_dir, tzname, subject, batch_ms, checkpoint_s, stop_timeout_s)
+    return _Gateway(gid or "gateway", state_dir, tzname, subject, batch_ms, checkpoint_s, stop_timeout_s,
+                    retain_days)
 
 
 def _parse_cloud(ct: _Table, gateway_id: str, base: Path) -> SyncConfig:
@@ -360,8 +369,10 @@ def _parse_appliance(at: _Table, aid: str, gateway_id: str, base: Path,
     sources = _parse_sources(at, aid, owners)
     energy = at.get("energy", str, next(iter(sources), ""), what="the name of the source that meters energy")
     default_kind: Kind = "power"
+    raw_sources = at.data.get("sources")
+    declared: dict[str, Any] = raw_sources if isinstance(raw_sources, dict) else {}
     if energy not in sources:
-        if sources:
+        if sources and energy not in declared:  # a declared source that failed is named already
             at.fail("energy", f"{energy!r} is not one of this appliance's sources: {', '.join(sources)}")
     else:
         default_kind = driver_class(sources[energy]["driver"], source=energy, file=at.file).energy_kind

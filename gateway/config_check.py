@@ -73,8 +73,8 @@ def _profile_problems(cfg: GatewayConfig) -> list[FieldError]:
                 builtin_profile(app.profile)
         except FieldError as e:  # the profile's own problem, said at the key that names it
             out.append(ConfigError(cfg.file, key, str(e)))
-        except (KeyError, LookupError) as e:
-            out.append(ConfigError(cfg.file, key, str(e)))
+        except Exception as e:  # an unreadable file or package: still one line, and the other checks go on
+            out.append(ConfigError(cfg.file, key, f"cannot load it: {type(e).__name__}: {e}"))
     return out
 
 

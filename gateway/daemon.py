@@ -40,6 +40,11 @@ from metering.records import CLOCK_TYPE, LIFECYCLE_TYPE, Draft, TimeStatus
 from .checkpointing import CheckpointPlan
 from .config import ApplianceConfig, GatewayConfig
 from .errors import ConfigError
+from .held import report_unstored
+from .housekeeping import Housekeeper
+from .power_log import PowerLog
+from .sdnotify import Notifier
+from .service import ServiceNotify
 from .state import StateDir
 from .status import StatusFile
 from .status_build import SnapshotBuilder
@@ -107,8 +112,10 @@ class Gateway:
 
     def __init__(self, cfg: GatewayConfig, *, clock: Clock, backends: Mapping[str, Any] | None = None,
                  on_event: Callable[[MeterEvent], None] | None = None, sync_enabled: bool = True,
-                 runtime_dir: Path | None = None, deadline: StopDeadline | None = None) -> None:
+                 runtime_dir: Path | None = None, deadline: StopDeadline | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.cfg = cfg
+        self.notifier = notifier or Notifier(environ={})  # systemd's, from `koto run`; silent otherwise
         self.deadline = deadline  # `koto run` arms one; in-process users (tests, the demo) have none
         self.supervisor = Supervisor(asyncio.Event(), deadline=deadline)
         self.status = StatusFile(runtime_dir) if runtime_dir is not None else None  # `koto status` reads it
@@ -126,6 +133,9 @@ class Gateway:
         except BaseException:  # a bad profile or source config: release the ledger (and its writer lock)
             self.ledger.close()
             raise
+        # recent power per appliance, in RAM and on tmpfs, for `koto profile check/suggest`
+        self.power_log = (PowerLog(runtime_dir, {aid: m.spec for aid, m in self.meters.items()})
+                          if runtime_dir is not None else None)
 
     def _build(self, cfg: GatewayConfig) -> None:
         self._profiles: dict[str, tuple[int, str]] = {}
@@ -145,10 +155,13 @@ class Gateway:
                         for app in cfg.appliances for name, scfg in app.sources.items()}
         self._queue: asyncio.Queue[Reading] = asyncio.Queue(QUEUE_MAX)
         self._pending: list[Draft] = []
-        self._ckpt = CheckpointPlan(self.meters, cfg.checkpoint_s)  # what each batch writes: the SD write budget
+        # What each batch writes, and when: the SD-card write budget (gateway/checkpointing.py)
+        self._ckpt = CheckpointPlan(self.meters, cfg.checkpoint_s,
+                                    hold_s=min((a.interim_s for a in cfg.appliances), default=900))
         self._clock_synced: bool | None = None
         self._stopping = False
         self._inflight: tuple[asyncio.Future[int], list[Draft]] | None = None
+        self._inflight_since = 0.0
         self._append_failing = False
         for name in self.sources:  # fail fast: a driver's config error names the file and key before we start
             self._build_source(name)
@@ -269,8 +282,15 @@ class Gateway:
                 if self.status is not None:
                     workers.append(tg.create_task(sup.guard("status", self.status.run(snapshot)), name="status"))
                 workers.append(tg.create_task(sup.guard("summary", HourlySummary(snapshot).run()), name="summary"))
+                if self.power_log is not None:
+                    workers.append(tg.create_task(sup.guard("power log", self.power_log.run()), name="power-log"))
+                workers.append(tg.create_task(sup.guard("housekeeping", self._housekeeper().run()),
+                                              name="housekeeping"))
+                service = ServiceNotify(self, self.notifier)  # READY now: the ledger is open, the sources started
+                workers.append(tg.create_task(sup.guard("systemd notify", service.run()), name="notify"))
                 await stop.wait()
                 sup.stopping()  # arms the stop deadline, whoever asked for the stop
+                service.stopping(str(sup.failure or ""))
                 self._stopping = True
                 await stop_tasks([w for w in workers if w.get_name() != "sync"])
                 await stop_tasks([meter_task])
@@ -285,11 +305,18 @@ class Gateway:
                 await stop_tasks(workers)
                 if self.status is not None:
                     self.status.stopped(snapshot())
+                if self.power_log is not None:
+                    self.power_log.flush()
         finally:
             relays.close()  # stop: back to the safe state (powered), pins released
             self.ledger.close()
         if sup.failure is not None:
             raise sup.failure  # `koto run` prints it as one line and exits 2
+
+    def _housekeeper(self) -> Housekeeper:
+        """Retention: prunes at a quiet moment (no use running, nothing waiting in memory; see housekeeping.py)."""
+        return Housekeeper(self.ledger, self.clock, retain_days=self.cfg.retain_days, local_only=self.cfg.cloud is None,
+                           quiet=lambda: not self._pending and not any(m.cycle.running for m in self.meters.values()))
 
     def _shutdown(self) -> None:
         """A clean stop: feed what is queued, close every open segment, record the stop, one last batch."""
@@ -301,6 +328,7 @@ class Gateway:
         self._lifecycle("stop")
         self._ckpt.owe_all()
         self._flush_now()
+        report_unstored(self.held_drafts(), {a.id: a.energy_kind for a in self.cfg.appliances})
         log.info("gateway stopped; ledger at seq %d", self.ledger.head()[0])
 
     async def _meter_loop(self) -> None:
@@ -348,6 +376,8 @@ class Gateway:
             return
         if reading.quantity not in (Quantity.POWER_MW, Quantity.ENERGY_MWH, Quantity.PULSES, Quantity.SIGNAL):
             return  # diagnostics (voltage, RSSI...) serve the live view, not the ledger
+        if self.power_log is not None:
+            self.power_log.add(aid, reading)
         self._take(aid, self.meters[aid].feed(reading))
         self._ckpt.fed(aid)  # a pulse count or integrated power is checkpointed within `checkpoint_s`
 
@@ -392,7 +422,8 @@ class Gateway:
         return cps
 
     def _batch(self) -> tuple[list[Draft], dict[str, dict[str, Any]]] | None:
-        names = self._ckpt.take(self.clock.now().mono_ns, records=bool(self._pending))
+        now_ns = self.clock.now().mono_ns
+        names = self._ckpt.take(now_ns, records=self._ckpt.records_due(self._pending, now_ns))
         if names is None:
             return None
         drafts, self._pending = self._pending, []
@@ -412,6 +443,7 @@ class Gateway:
             # The fsync runs off the event loop; the snapshot was taken with the drafts, so they stay consistent.
             fut = asyncio.ensure_future(asyncio.to_thread(self._append, *batch))
             self._inflight = (fut, batch[0])
+            self._inflight_since = time.monotonic()
             try:
                 n = await asyncio.shield(fut)  # cancelled here (a stop), the append still ends: see _settle
             except LedgerError as e:
@@ -431,6 +463,16 @@ class Gateway:
             self._stored(await fut)
         except LedgerError as e:
             self._keep(drafts, e)
+
+    def writer_stalled_s(self) -> float:
+        """How long the commit now running in its thread has been running (0 when none is): the watchdog's test."""
+        return time.monotonic() - self._inflight_since if self._inflight is not None else 0.0
+
+    def held_drafts(self) -> list[Draft]:
+        """Records made but not stored, when the last commit failed (a full disk): waiting, or in the commit."""
+        if not self._append_failing:
+            return []
+        return (self._inflight[1] if self._inflight else []) + self._pending
 
     def _append(self, drafts: list[Draft], checkpoints: dict[str, dict[str, Any]]) -> int:
         return len(self.ledger.append(drafts, checkpoints=checkpoints))
@@ -452,6 +494,7 @@ class Gateway:
         self._ckpt.owe_all()
         self.stats.append_failures += 1
         if isinstance(error, LedgerGone):  # not a full disk: retrying would write into an unlinked file
+            self._append_failing = True
             self.supervisor.fail("ledger", error)
             return
         if not self._append_failing:

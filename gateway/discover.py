@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from metering.profile import builtin_profiles
@@ -70,26 +71,75 @@ def gpio_lines(states: Sequence[Any]) -> list[str]:
     return out
 
 
-async def run_discover(*, ports: list[str] | None, addresses: list[int], bauds: list[int], timeout_s: float,
-                       ble_seconds: float, gpio_pins: list[int], pin_factory: str | None,
-                       ble_backend: Any = None) -> str:
-    """Probe what was asked and return the report (printed by the CLI)."""
+NO_ANSWER = ("  No answer usually means: A and B swapped, a long line without its 120 ohm terminator, another "
+             "address or baud rate (the meter's display menu shows both), or the meter not powered.")
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    text: str
+    found: int  # meters and devices found, for the exit code
+    probed: bool  # something was looked for (serial or BLE), not only GPIO levels shown
+    next_step: str = ""  # the command to run next; said apart, so what `koto discover > blocks.toml` saves is TOML
+
+
+def _tried_lines(survey: Any, timeout_s: float) -> list[str]:
+    from drivers.discover_serial import ranges
+
+    out = []
+    for t in survey.tried:
+        where = f"  tried {t.port}"
+        if t.bauds:
+            where += (f" at {', '.join(map(str, t.bauds))} baud, addresses {ranges(t.addresses)} "
+                      f"({timeout_s:g} s for each that is silent)")
+        out.append(f"{where}: {t.problem or 'no answer'}")
+    return out
+
+
+def _next_step(found: int, survey: Any, config: str, ble_seconds: float) -> str:
+    if found:
+        return f"Next: paste the blocks above into {config} (sudoedit {config}), then run: koto check --config {config}"
+    if survey is not None and survey.tried:
+        port = survey.tried[0].port
+        return (f"Next: check the wiring, then look wider: koto discover --port {port} --address 1-247 "
+                "--baud 9600,2400,4800,19200")
+    if survey is not None:
+        return ("Next: plug in the USB RS-485 adapter (ls /dev/serial/by-id should list it), then run koto "
+                "discover again")
+    return ("Next: move the device closer or wake it, then listen longer: koto discover --no-serial --ble-seconds "
+            f"{max(30, int(ble_seconds * 3))}")
+
+
+async def discover_report(*, ports: list[str] | None, addresses: list[int], bauds: list[int], timeout_s: float,
+                          ble_seconds: float, gpio_pins: list[int], pin_factory: str | None,
+                          ble_backend: Any = None, on_step: Any = None, on_ble: Any = None,
+                          config: str = "/etc/koto/koto.toml") -> Report:
+    """Probe what was asked, telling `on_step` (serial) and `on_ble` (before listening) as it goes."""
     lines: list[str] = []
     found: list[Any] = []
     devices: list[Any] = []
+    survey = None
     if ports != []:
-        from drivers.discover_serial import discover, list_ports
+        from drivers.discover_serial import list_ports
+        from drivers.discover_serial import survey as run_survey
 
         if ports is None:
             listed = list_ports()
             lines.append(f"Serial ports: {', '.join(p.stable_path for p in listed) or 'none found'}")
-        found = await discover(ports, addresses=addresses, bauds=bauds, timeout_s=timeout_s)
+        survey = await run_survey(ports, addresses=addresses, bauds=bauds, timeout_s=timeout_s, on_step=on_step)
+        found = survey.found
         lines.append(f"Modbus meters found: {len(found)}")
         for f in found:
             lines.append(f"  {f.port} address {f.address} at {f.baud} baud: {f.model or 'unknown model'}")
+        if not found:
+            lines += _tried_lines(survey, timeout_s)
+            lines.append(NO_ANSWER if any(t.bauds and not t.problem for t in survey.tried) else
+                         "  No serial port to probe: is the USB RS-485 adapter plugged in?")
     if ble_seconds > 0:
         from drivers.discover_ble import discover_ble
 
+        if on_ble is not None:
+            on_ble(ble_seconds)
         try:
             devices = await discover_ble(ble_seconds, backend=ble_backend)
             lines.append(f"BTHome devices heard in {ble_seconds:g} s: {len(devices)}")
@@ -110,4 +160,12 @@ async def run_discover(*, ports: list[str] | None, addresses: list[int], bauds: 
     block = serial_block(found) + ble_block(devices, start=len(found) + 1)
     if block:
         lines += ["", "Paste into koto.toml (then name each appliance and check its profile):", "", *block]
-    return "\n".join(lines).rstrip() + "\n"
+    probed = ports != [] or ble_seconds > 0
+    n = len(found) + len(devices)
+    return Report("\n".join(lines).rstrip() + "\n", n, probed,
+                  _next_step(n, survey, config, ble_seconds) if probed else "")
+
+
+async def run_discover(**kwargs: Any) -> str:
+    """The report's text (what `koto discover` prints); see `discover_report`."""
+    return (await discover_report(**kwargs)).text

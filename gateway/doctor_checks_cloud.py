@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import socket
 import ssl
 from pathlib import Path
@@ -32,8 +33,10 @@ def check_broker(ctx: Context) -> list[Check]:
 def _why(e: BaseException) -> str:
     if isinstance(e, TimeoutError):
         return "timed out"
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror.lower() if not isinstance(e, ssl.SSLError) else str(e.reason or e)
+    if isinstance(e, ssl.SSLError):
+        return str(e.reason or e)
+    if isinstance(e, OSError) and e.errno:
+        return os.strerror(e.errno).lower()  # asyncio's "Connect call failed (...)" says less than ECONNREFUSED
     return str(e) or type(e).__name__
 
 
@@ -139,7 +142,28 @@ def check_certificates(ctx: Context) -> list[Check]:
     for key, path in (("cloud.cert", cfg.cloud.cert), ("cloud.ca", cfg.cloud.ca)):
         if path is not None:
             out.append(_expiry(key, path, ctx.now_wall))
+    if cfg.cloud.cert is not None:
+        out.append(_common_name(cfg.cloud.cert, cfg.id))
     return out
+
+
+def _common_name(path: Path, gateway_id: str) -> Check:
+    """The broker knows a gateway by its certificate's CN (`use_identity_as_username`, ACL `%u`): it must be the
+    gateway id, or the connection is accepted and every publish refused."""
+    from cryptography import x509
+
+    name = "certificate CN"
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return Check(name, "skip", f"{path}: not readable (see above)")
+    cns = [str(a.value) for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+    if cns != [gateway_id]:
+        return Check(name, "fail", f"{path} is issued to CN {', '.join(cns) or '(none)'}, not to this gateway's id "
+                                   f"{gateway_id!r}: the broker takes the CN as the gateway's name and refuses its "
+                                   "messages (ACL)",
+                     "use the certificate issued for this gateway, or set gateway.id to the id it was registered with")
+    return Check(name, "ok", f"{path} is issued to CN {gateway_id} (the gateway id)")
 
 
 def _expiry(key: str, path: Path, now_wall: float) -> Check:
@@ -164,5 +188,5 @@ def _expiry(key: str, path: Path, now_wall: float) -> Check:
     if days < 0:
         return Check(name, "fail", what + f"EXPIRED on {end:%Y-%m-%d} ({-days:.0f} days ago)", renew)
     if days < WARN_DAYS:
-        return Check(name, "warn", what + f"expires on {end:%Y-%m-%d}, in {days:.0f} days", renew)
+        return Check(name, "warn", what + f"expires on {end:%Y-%m-%d}, in {int(days)} days", renew)
     return Check(name, "ok", what + f"valid until {end:%Y-%m-%d} ({days:.0f} days)")

@@ -1,7 +1,7 @@
 """Doctor checks of the hardware the config names: the GPIO pin factory, serial ports, the BLE adapter and BlueZ.
 
 Each runs only when a configured source needs it. The GPIO check asks gpiozero for its default pin factory exactly
-as the daemon will (`Device._default_pin_factory`, which tries lgpio, rpigpio, pigpio, native in turn and only
+as the daemon will (`Device.ensure_pin_factory`, which tries lgpio, rpigpio, pigpio, native in turn and only
 *warns* when it falls back), and says which one loaded and why the ones before it did not: a gateway on a silent
 fallback reads no pulses, or reads them wrongly (lgpio needs a writable working directory, ARCHITECTURE.md §8).
 """
@@ -52,12 +52,17 @@ def check_gpio(ctx: Context) -> Check:
     from gpiozero import Device
     from gpiozero.exc import BadPinFactory
 
+    previous = Device.pin_factory
+    Device.pin_factory = None  # ask afresh, as the daemon's first device will
+    failure = ""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            factory = Device._default_pin_factory()
+            Device.ensure_pin_factory()
         except (BadPinFactory, ImportError) as e:
-            factory, failure = None, str(e)
+            failure = str(e)
+        finally:
+            factory, Device.pin_factory = Device.pin_factory, previous
     fallbacks = tuple(str(w.message) for w in caught)
     if factory is None:
         return Check(name, "fail", f"no GPIO pin factory could be loaded ({failure})",
@@ -108,9 +113,12 @@ def check_serial_ports(ctx: Context) -> list[Check]:
             continue
         if not can(user, st, read=True, write=True):
             group = owner_group(st).split(":")[1]
-            out.append(Check(name, "fail", f"{describe(path, st)} is not readable and writable by {user.name}",
-                             f"add {user.name} to the port's group: sudo usermod -aG {group} {user.name}; if the "
-                             "mode itself is wrong, fix the udev rule (the port should be crw-rw---- root:dialout)"))
+            fix = (f"add {user.name} to the port's group: sudo usermod -aG {group} {user.name}; if the mode itself "
+                   "is wrong, fix the udev rule (the port should be crw-rw---- root:dialout)")
+            if group == "root" or not st.st_mode & 0o060:  # joining root's group, or a group without rights: no
+                fix = ("give the port to the dialout group with a udev rule (SUBSYSTEM==\"tty\", GROUP=\"dialout\", "
+                       f"MODE=\"0660\") and add {user.name} to it: sudo usermod -aG dialout {user.name}")
+            out.append(Check(name, "fail", f"{describe(path, st)} is not readable and writable by {user.name}", fix))
             continue
         out.append(Check(name, "ok", f"{describe(path, st)}: readable and writable by {user.name}"))
     return out

@@ -29,13 +29,11 @@ def _open(ctx: Context) -> tuple[Any, str]:
     if ctx.state_dir is None or cfg is None:
         return None, "no config"
     path = StateDir(ctx.state_dir).ledger
-    if not path.exists():
-        try:
-            path.parent.stat()
-        except PermissionError:
-            return None, f"{path.parent}: permission denied (run doctor as root or as the service user)"
-        except FileNotFoundError:
-            pass
+    try:
+        path.stat()
+    except PermissionError:
+        return None, f"{path.parent}: permission denied (run doctor as root, sudo koto doctor, or as the service user)"
+    except FileNotFoundError:
         return None, f"{path}: no ledger yet (it is made at the first start)"
     try:
         return Ledger.open(path, gateway_id=cfg.id, key=None), ""

@@ -32,6 +32,14 @@ class User:
     def in_group(self, gid: int) -> bool:
         return gid in self.gids
 
+    @property
+    def owner(self) -> str:
+        """`user:group` for chown: the user and its primary group."""
+        try:
+            return f"{self.name}:{grp.getgrgid(self.gid).gr_name}"
+        except KeyError:
+            return f"{self.name}:{self.gid}"
+
 
 def lookup_user(name: str) -> User | None:
     try:
@@ -120,7 +128,7 @@ def check_state_folder(ctx: Context) -> Check:
     if st.st_uid != user.uid:
         return Check(name, "fail", f"{describe(sd, st)} is owned by {owner_group(st).split(':')[0]}, not "
                                    f"{user.name}: the service cannot write its ledger and restarts in a loop",
-                     f"give it to the service user: sudo chown -R {user.name}:{user.name} {sd}")
+                     f"give it to the service user: sudo chown -R {user.owner} {sd}")
     if not can(user, st, read=True, write=True, search=True):
         return Check(name, "fail", f"{describe(sd, st)} is not readable and writable by {user.name}",
                      f"sudo chmod 0750 {sd}")
@@ -140,14 +148,16 @@ def check_state_folder(ctx: Context) -> Check:
                      "run doctor as root to check the files inside: sudo koto doctor")
     if bad:
         return Check(name, "fail", f"{len(bad)} file(s) in {sd} not owned by or not writable for {user.name}",
-                     f"sudo chown -R {user.name}:{user.name} {sd}", tuple(bad))
-    key = next((p for p in sorted((sd / "keys").glob("device*.pem")) if not p.name.endswith(".pub.pem")), None)
-    if key is None:
+                     f"sudo chown -R {user.owner} {sd}", tuple(bad))
+    # Private keys only: the public key and the certificate request (device.csr.pem) are meant to be shared.
+    keys = [p for p in sorted((sd / "keys").glob("device*.pem")) if not p.name.endswith((".pub.pem", ".csr.pem"))]
+    if not keys:
         return Check(name, "fail", f"{sd}: no device key (keys/device*.pem): the gateway is not provisioned",
                      f"sudo -u {user.name} koto provision --config {ctx.config_path}")
-    if key.stat().st_mode & 0o077:
-        return Check(name, "fail", f"{describe(key, key.stat())}: the device key is readable by others",
-                     f"sudo chmod 0600 {key}")
+    for key in keys:
+        if key.stat().st_mode & 0o077:
+            return Check(name, "fail", f"{describe(key, key.stat())}: the device key is readable by others",
+                         f"sudo chmod 0600 {key}")
     if st.st_mode & 0o002:
         return Check(name, "warn", f"{describe(sd, st)} is writable by everyone", f"sudo chmod 0750 {sd}")
     return Check(name, "ok", f"{describe(sd, st)}: owned by and writable for {user.name}, device key private")

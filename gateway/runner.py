@@ -16,8 +16,9 @@ from koto.loop import install_exception_handler
 
 from .config import GatewayConfig
 from .daemon import Gateway
+from .sdnotify import Notifier
 from .status import runtime_dir
-from .supervisor import EXIT_DEADLINE, StopDeadline
+from .supervisor import EXIT_DEADLINE, StopDeadline, StopSignals
 
 log = logging.getLogger("koto.gateway")
 
@@ -45,30 +46,38 @@ def production_backends(cfg: GatewayConfig) -> dict[str, Any]:
 
 
 async def run_gateway(cfg: GatewayConfig) -> None:
-    """Run until SIGTERM or SIGINT. The first signal starts the graceful stop and arms the stop deadline (see
-    `gateway.supervisor`); a second one (an impatient Ctrl-C) exits at once, as the deadline would."""
+    """Run until SIGTERM or SIGINT. The first signal starts the graceful stop and arms the stop deadline; a second
+    one (an impatient Ctrl-C) exits at once, as the deadline would. Both are heard on a thread of their own, so a
+    blocked event loop cannot keep them waiting (see `gateway.supervisor`)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     install_exception_handler(loop)
     deadline = StopDeadline(cfg.stop_timeout_s)
 
-    def on_signal(sig: signal.Signals) -> None:
-        if deadline.started:
-            log.warning("%s again: exiting now with what the ledger has committed", sig.name)
-            os._exit(EXIT_DEADLINE)
+    def first(sig: signal.Signals) -> None:  # on the signal thread: the loop may be blocked
         log.info("%s: stopping (at most %g s)", sig.name, cfg.stop_timeout_s)
         deadline.start()
-        stop.set()
+        loop.call_soon_threadsafe(stop.set)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
-    gw = Gateway(cfg, clock=SystemClock(), backends=production_backends(cfg), runtime_dir=runtime_dir(),
-                 deadline=deadline)
+    def again(sig: signal.Signals) -> None:
+        log.warning("%s again: exiting now with what the ledger has committed", sig.name)
+        os._exit(EXIT_DEADLINE)
+
+    signals = StopSignals(first, again)
+    signals.install()  # before any thread is started (a backend's, the executor's): they all inherit the mask
+    try:
+        gw = Gateway(cfg, clock=SystemClock(), backends=production_backends(cfg), runtime_dir=runtime_dir(),
+                     deadline=deadline, notifier=Notifier())
+    except BaseException:
+        signals.close()
+        raise
     log.info("koto gateway %s running: %d appliances, %d sources, ledger %s", cfg.id, len(gw.meters),
-                len(gw.sources), gw.ledger.path)
+             len(gw.sources), gw.ledger.path)
     try:
         await gw.run(stop)
     except KotoError as e:
         deadline.finished(code=2, last_words=f"koto: {e}")
         raise
+    finally:
+        signals.close()
     deadline.finished()

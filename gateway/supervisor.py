@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
@@ -128,6 +129,54 @@ class StopDeadline:
             handler.flush()
 
 
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+
+
+class StopSignals:
+    """SIGTERM and SIGINT taken by a thread of their own (`sigwait`), not by the event loop.
+
+    A handler the loop runs (`loop.add_signal_handler`) waits for the loop: when the loop is blocked (a commit
+    waiting out SQLite's busy timeout on its thread, a driver stuck in synchronous code), the stop deadline would not
+    even be armed, and a second Ctrl-C would not be heard. Here the signals are blocked in the main thread (and so in
+    every thread started after, which inherits the mask) and one thread waits for them: the first calls `on_first`
+    (arm the deadline, wake the loop with `call_soon_threadsafe`), any later one `on_again`. `close()` restores the
+    mask for an in-process caller.
+    """
+
+    def __init__(self, on_first: Callable[[signal.Signals], None], on_again: Callable[[signal.Signals], None]) -> None:
+        self.on_first = on_first
+        self.on_again = on_again
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._old_mask: set[int | signal.Signals] = set()
+
+    def install(self) -> None:
+        self._old_mask = set(signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS))
+        self._thread = threading.Thread(target=self._wait, name="koto-signals", daemon=True)
+        self._thread.start()
+
+    def _wait(self) -> None:
+        heard = False
+        while True:
+            sig = signal.Signals(signal.sigwait(STOP_SIGNALS))
+            if self._closed:
+                return
+            if heard:
+                self.on_again(sig)
+            else:
+                heard = True
+                self.on_first(sig)
+
+    def close(self) -> None:
+        if self._thread is None or self._closed:
+            return
+        self._closed = True
+        if self._thread.is_alive() and self._thread.ident is not None:
+            signal.pthread_kill(self._thread.ident, signal.SIGINT)  # wakes its sigwait; it sees `_closed` and ends
+            self._thread.join(1.0)
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
+
+
 class Supervisor:
     """Runs the daemon's tasks so that none of them can abort the others (see the module docstring)."""
 
@@ -170,11 +219,13 @@ class Supervisor:
         opens and then fails at once is not retried twice a second for ever."""
         backoff = Backoff(*SOURCE_BACKOFF)
         while True:
+            opening = True
             try:
                 src = build()
                 st.source = src
                 async with asyncio.timeout(OPEN_LIMIT_S):
                     await src.__aenter__()
+                opening = False
                 try:
                     async for reading in src:
                         backoff.reset()
@@ -190,7 +241,7 @@ class Supervisor:
                 return
             except Exception as e:  # a driver failure must never take the gateway down
                 st.last_error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-                if isinstance(e, TimeoutError):
+                if opening and isinstance(e, TimeoutError):
                     st.last_error = f"did not open within {OPEN_LIMIT_S:g} s"
                 wait = backoff.next()
                 log.warning("%s: source failed (%s); restarting in %.1f s", st.name, st.last_error, wait,

@@ -18,12 +18,20 @@ delta is split over the segments since the previous authority reading by `split_
 to their integrated power (mW·ns); the remainder goes by largest remainder, ties to the latest segment. With no
 power at all in the interval, the split is by duration; with no duration either, all goes to the latest segment.
 
+Settling (registers with power samples). A register shows energy late: it steps by a whole float32 step (~1 Wh at
+12,000 kWh) and many meters update it after their power reading, so the last steps of a function can arrive after
+it ended. A closed slice therefore waits — its window's register deltas are summed, not split — until the register
+has shown all the energy the power samples saw in the window (to the mWh), or `settle_s` after the first waiting
+slice closed; then the sum is split as above, over the waiting slices and the open segment. The register stays the
+authority for the total (every mWh is split, none made up); the power says where it went. See docs/metering.md.
+
 Register anomalies (`Authority.observe`), all reported as lifecycle notes, never as a negative or giant delta:
 - **wrap**: the value drops and `value + wrap - last` is plausible (with `wrap_mwh` / `wrap_pulses` set): the delta
   is that sum;
 - **reset**: the value drops to something that is itself plausible as energy since the drop: counted from zero;
 - **swap**: the value drops to an implausible value, or the meter's identity changed: re-based, delta 0;
-- **implausible jump**: a rise beyond `max_power * elapsed * 2 + step`: the delta goes to a `gap` record.
+- **implausible jump**: a rise beyond `max_power * elapsed * 2 + step` (step: `step_mwh`, or for a register one
+  float32 step at its value if that is more): the delta goes to a `gap` record.
 The meter keeps its register fields in one *continuous* scale (`cont`): the raw value plus an offset that moves
 only at a wrap, reset or swap (the lifecycle note gives raw before/after and the new offset), so every record's
 `register_end_mwh - register_start_mwh == energy_mwh` and the chain never breaks.
@@ -31,6 +39,7 @@ only at a wrap, reset or swap (the lifecycle note gives raw before/after and the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -56,12 +65,15 @@ class EnergySpec:
     wrap_pulses: int = 0
     step_mwh: int = 10_000
     channel: str = ""  # which of the source's channels (Reading.signal) carries the appliance: "" = the total
+    settle_s: float = 60.0  # register: how long a closed slice may wait for late register steps (docs/metering.md)
 
     def __post_init__(self) -> None:
         if self.kind not in ("register", "pulses", "power"):
             raise ValueError(f"energy kind must be register, pulses or power, not {self.kind!r}")
         if self.imp_per_kwh <= 0:
             raise ValueError(f"imp_per_kwh must be > 0, not {self.imp_per_kwh!r}")
+        if not self.settle_s >= 0:
+            raise ValueError(f"settle_s must be >= 0, not {self.settle_s!r}")
         if not self.max_gap_s > 0:
             raise ValueError(f"max_gap_s must be > 0, not {self.max_gap_s!r}")
 
@@ -69,6 +81,16 @@ class EnergySpec:
 def pulses_to_mwh(pulses: int, imp_per_kwh: int) -> int:
     """Cumulative energy of a cumulative pulse count, floored: 1 kWh = 1,000,000 mWh = imp_per_kwh pulses."""
     return pulses * 1_000_000 // imp_per_kwh
+
+
+def float32_step_mwh(mwh: int) -> int:
+    """One step of a float32 kWh register holding `mwh` (rounded up to whole mWh): a register cannot move by less,
+    so a rise of one step is always plausible — 977 mWh at 12,346 kWh, 15,625 mWh from 131,072 kWh, 1 kWh from
+    8,388,608 kWh (issue 9: a kettle's single step at 131,072 kWh was once taken for an implausible jump)."""
+    if mwh <= 0:
+        return 1
+    e = math.frexp(mwh / 1_000_000)[1]  # kWh = m * 2**e, 0.5 <= m < 1: one step is 2**(e - 24) kWh
+    return max(1, -(-1_000_000 * (1 << (e + 40)) // (1 << 64)))  # (mwh >= 1: e >= -19)
 
 
 def split_largest_remainder(total: int, weights: list[int]) -> list[int]:
@@ -132,7 +154,8 @@ class Authority:
             self.last_raw = raw
             return FIRST, 0
         before = self.mwh(last + self.offset)
-        bound = max_power_mw * max(dt_ns, 0) * PLAUSIBLE_FACTOR // MW_NS_PER_MWH + self.step
+        step = self.step if self.kind != "register" else max(self.step, float32_step_mwh(max(raw, last)))
+        bound = max_power_mw * max(dt_ns, 0) * PLAUSIBLE_FACTOR // MW_NS_PER_MWH + step
         if swapped:
             self.offset = last + self.offset - raw
             self.last_raw = raw

@@ -38,6 +38,6 @@ class LedgerGone(LedgerError):
         saved = f"; what it held is saved as {rescued}" if rescued else ""
         super().__init__(
             f"the ledger {path} was deleted or replaced while Koto ran ({found}){saved}; nothing more was written to "
-            "it; restore it (stop Koto, move the saved copy to that path) or start a new epoch: "
-            "koto provision --force --new-epoch"
+            "it; restore it (move the saved copy back to that path) or start a new epoch (move the saved copy "
+            "elsewhere and keep it)"
         )

@@ -3,6 +3,7 @@
 Helpers that are not fixtures (event factories, traces, ledger checks, the PKI) live in `tests/support/`.
 Markers: `slow` for tests that take more than ~10 s (`make test-fast` leaves them out; `make test` runs everything),
 `hardware` for tests that need a real Raspberry Pi and wiring (never run here).
+`KOTO_TEST_SLOWDOWN=N` stretches every hang timeout N times for a slow machine (tests/support/slow.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,15 @@ from koto.clock import ManualClock
 from koto.signing import PrivateKey, generate_key
 from tests.support.broker import Mosquitto
 from tests.support.postgres import PostgresServer
+from tests.support.slow import SLOWDOWN
+
+if SLOWDOWN > 1:
+    # Hypothesis fails an example that takes over 200 ms and warns of slow data generation; on a machine
+    # KOTO_TEST_SLOWDOWN times slower both say only that the machine is slow.
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("slow-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("slow-machine")
 
 
 @pytest.fixture

@@ -23,16 +23,22 @@ from typing import Any, Self, TypeVar
 from koto.canonical import MAX_SAFE_INT
 from koto.signing import PrivateKey, PublicKey
 
-from ..errors import LedgerError
+from ..errors import LedgerError, LedgerGone
 from ..records import Draft
 from . import billing, retention, store, usage
 from .billing import CycleRow, RecordRow
 from .envelope import Envelope, Stored, cycles_named
+from .fileguard import FileGuard, refuse_if_rescued
 from .store import INSERT_SQL, K_ACKED, RESERVED_KV
 from .usage import UsageBy, UsageRow
 from .verify import VerifyReport, verify_chain
 
 T = TypeVar("T")
+
+# An upsert, not INSERT OR REPLACE: the row is updated in place (same rowid, same index entry), so a checkpoint
+# rewrites the one page that holds it instead of deleting and re-inserting it (table and index pages: SD writes).
+CHECKPOINT_UPSERT = ("INSERT INTO checkpoints (name, state) VALUES (?,?) "
+                     "ON CONFLICT(name) DO UPDATE SET state=excluded.state")
 
 
 class AckOutcome(Enum):
@@ -84,6 +90,9 @@ class Ledger:
             epoch=identity.epoch, gateway_id=identity.gateway_id, gateway_subject=identity.gateway_subject
         )
         self._closed = False
+        # A writer checks before every commit that its path still names this file (see `fileguard`).
+        self._guard = FileGuard.of(path) if key is not None else None
+        self._gone: LedgerGone | None = None
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
@@ -108,6 +117,8 @@ class Ledger:
             raise LedgerError(f"{p}: a gateway id is required")
         if key is None and not p.exists():
             raise LedgerError(f"{p}: no ledger at this path (run `koto provision` or start the gateway first)")
+        if key is not None:
+            refuse_if_rescued(p)
         conn, lock_fd, identity = store.open_db(p, gateway_id, gateway_subject, epoch, writer=key is not None)
         return cls(conn, p, identity, key=key, lock_fd=lock_fd)
 
@@ -155,12 +166,12 @@ class Ledger:
         ckpt_rows = [(name, json.dumps(state, sort_keys=True)) for name, state in (checkpoints or {}).items()]
         doc_rows = [_doc_row(d) for d in docs or ()]
         with self._mutex:
-            self._check_open()
+            self._check_writable()
             conn = self._conn
             with store.transaction(conn, self.path, "append failed, nothing was stored"):
                 stored = self._append_records(drafts, self._key) if drafts else []
                 if ckpt_rows:
-                    conn.executemany("INSERT OR REPLACE INTO checkpoints (name, state) VALUES (?,?)", ckpt_rows)
+                    conn.executemany(CHECKPOINT_UPSERT, ckpt_rows)
                 if doc_rows:
                     conn.executemany("INSERT OR REPLACE INTO docs (kind, id, version, body) VALUES (?,?,?,?)", doc_rows)
                 if kv:
@@ -251,6 +262,7 @@ class Ledger:
             self._check_open()
             if epoch != self.epoch:
                 return AckOutcome.WRONG_EPOCH
+            self._check_writable()
             with store.transaction(self._conn, self.path, "cannot record the ack"):
                 outcome = self._ack_in_tx(through, head_hash)
                 if outcome is AckOutcome.ADVANCED and at_wall is not None:
@@ -355,7 +367,7 @@ class Ledger:
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> None:
         with self._mutex:
-            self._check_open()
+            self._check_writable()
             try:
                 self._conn.execute(sql, params)  # autocommit: its own durable transaction
             except sqlite3.Error as e:
@@ -437,14 +449,24 @@ class Ledger:
                                      (from_seq, _ms(since_wall))).fetchone()
             return None if row is None else int(row[0])
 
-    def prune(self, retain_days: float, now_wall: float) -> int:
-        """Delete acked records that ended more than `retain_days` before `now_wall`, oldest first, as a prefix.
+    def prune(self, retain_days: float, now_wall: float, *, max_rows: int | None = None,
+              local_only: bool = False) -> int:
+        """Delete acked records that ended more than `retain_days` before `now_wall`, oldest first, as a prefix, at
+        most `max_rows` of them in this one transaction.
 
-        Never an unacked record and never the chain head. The first kept record's prevhash becomes the anchor
-        `verify` starts from. Returns the number of records deleted."""
+        Never an unacked record (unless `local_only`: no cloud, whose records are folded into `pruned_totals`
+        first) and never the chain head. The first kept record's prevhash becomes the anchor `verify` starts from.
+        Returns the number of records deleted."""
+        with self._mutex:
+            self._check_writable()
+            return retention.prune(self._conn, self.path, retain_days, now_wall, max_rows=max_rows,
+                                   local_only=local_only)
+
+    def pruned_totals(self) -> list[retention.PrunedTotal]:
+        """What a local-only gateway's pruned records added up to, per appliance, function and currency."""
         with self._mutex:
             self._check_open()
-            return retention.prune(self._conn, self.path, retain_days, now_wall)
+            return retention.pruned_totals(self._conn)
 
     def anchor(self) -> tuple[int, str]:
         """(first kept seq, its prevhash): where the local chain starts after pruning; (1, zeros) before."""
@@ -455,12 +477,24 @@ class Ledger:
     def wal_checkpoint(self) -> None:
         """Fold the WAL into the database and truncate it (call when idle so the WAL does not grow)."""
         with self._mutex:
-            self._check_open()
+            self._check_writable()
             retention.wal_checkpoint(self._conn, self.path)
 
     def _check_open(self) -> None:
         if self._closed:
             raise LedgerError(f"{self.path}: the ledger is closed")
+
+    def _check_writable(self) -> None:
+        """Open, and (for a writer) its path still names the file it opened: else `LedgerGone`, nothing written."""
+        self._check_open()
+        if self._gone is not None:
+            raise self._gone  # said (and rescued) once; every later write is refused the same way
+        if self._guard is not None:
+            try:
+                self._guard.check(self._conn)
+            except LedgerGone as e:
+                self._gone = e
+                raise
 
 
 def _ms(wall: float | None) -> int | None:

@@ -35,8 +35,9 @@ K_ACKED = "acked_through"
 K_ANCHOR_SEQ = "anchor_seq"
 K_ANCHOR_PREV = "anchor_prevhash"
 K_SCHEMA = "schema_version"
+K_PRUNED = "pruned_totals"  # a local-only gateway's totals of the records it pruned (retention.py)
 RESERVED_KV = frozenset(
-    {K_GATEWAY, K_SUBJECT, K_EPOCH, K_HEAD_SEQ, K_HEAD_HASH, K_ACKED, K_ANCHOR_SEQ, K_ANCHOR_PREV, K_SCHEMA}
+    {K_GATEWAY, K_SUBJECT, K_EPOCH, K_HEAD_SEQ, K_HEAD_HASH, K_ACKED, K_ANCHOR_SEQ, K_ANCHOR_PREV, K_SCHEMA, K_PRUNED}
 )
 
 PARTITION = tuple(str(k) for k in PARTITION_KINDS)

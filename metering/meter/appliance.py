@@ -16,7 +16,8 @@ its wall interval covers the whole use, its monotonic stamps and `boot_id` are t
 that went on across a reboot starts, on that clock, where it resumed, and names its first boot in `start_boot_id`).
 
 Power sources emit a segment's record when it closes. Register and pulse sources hold closed segments until the next
-authority reading, which splits its delta over them (see `energy.py`) and emits them in order.
+authority reading, which splits its delta over them (see `energy.py`) and emits them in order; a register with power
+samples holds them longer while its late steps settle (up to `settle_s`, see `energy.py` and docs/metering.md).
 
 Restart (`state=` from `snapshot()`). The first reading after a restore continues as if nothing happened when it is
 in the same boot and within `max_gap_s` of the last reading the snapshot saw (the interval is attributed to the open
@@ -48,10 +49,10 @@ from ..profile import Profile
 from ..records import GapReason, RecordKind
 from .checkpoint import VERSION, Checkpoint, dump, load
 from .emit import Recorder
-from .results import EMPTY, FeedResult, Item, MeterEvent
+from .results import EMPTY, FeedResult, Item, MeterEvent, clock_time
 from .screen import Refusal, refuse_power, screen
 from .segments import Segments
-from .state import MeterState, Segment
+from .state import DETECT, INTERIM, USE, Deferred, MeterState, Segment
 
 REJECT_FACTOR_NUM, REJECT_FACTOR_DEN = 3, 2  # power above 1.5 x the profile's max_power is rejected
 IDENTITY_SIGNALS = frozenset({"serial", "meter_id"})  # a SIGNAL from the energy source naming the meter itself
@@ -74,8 +75,8 @@ class ApplianceMeter:
     """
 
     __slots__ = ("_auth", "_channel", "_ev", "_gap_ns", "_items", "_max_mw", "_power_kind", "_pulses", "_recorder",
-                 "_reject_mw", "_restored_at", "_segments", "_src", "appliance", "cycle", "detector", "policy",
-                 "profile", "spec", "state")
+                 "_reject_mw", "_restored_at", "_segments", "_settle_ns", "_settles", "_src", "appliance", "cycle",
+                 "detector", "policy", "profile", "spec", "state")
 
     def __init__(self, appliance: str, profile: Profile, *, energy: EnergySpec, policy: Policy | None = None,
                  interim_s: int = 900, state: dict[str, Any] | None = None) -> None:
@@ -90,6 +91,8 @@ class ApplianceMeter:
         self._power_kind = energy.kind == "power"
         self._pulses = energy.kind == "pulses"
         self._gap_ns = int(energy.max_gap_s * 1_000_000_000)
+        self._settles = energy.kind == "register"
+        self._settle_ns = int(energy.settle_s * 1_000_000_000)
         self._max_mw = profile.max_power_mw
         self._reject_mw = profile.max_power_mw * REJECT_FACTOR_NUM // REJECT_FACTOR_DEN
         self._ev: list[MeterEvent] = []
@@ -101,7 +104,8 @@ class ApplianceMeter:
         self._auth = Authority(energy)
         self._recorder = Recorder(appliance, energy, policy, self.state, self._items)
         self._segments = Segments(appliance, self.state, self.detector, self._recorder, self._ev, policy=policy,
-                                  interim_ns=int(interim_s) * 1_000_000_000, power_kind=self._power_kind)
+                                  interim_ns=int(interim_s) * 1_000_000_000, power_kind=self._power_kind,
+                                  settles=self._settles)
         # A restored meter calls the first silence before any new reading a restart, whatever its length.
         self._restored_at: int | None = None
         if cp is not None:
@@ -160,6 +164,9 @@ class ApplianceMeter:
                 elif t < c.last_ns:
                     self._reject(r, _BACKWARDS)
                 else:
+                    if st.deferred:
+                        self._settle_deferred(t)
+                        seg = self._segments.current()
                     c.last_ns = t
                     self._advance(seg, t, r.t_wall, r.wall_synced)
                     c.power_mw = v
@@ -185,7 +192,12 @@ class ApplianceMeter:
         return EMPTY
 
     def tick(self, now: Now) -> FeedResult:
-        """Close what time alone closes: dwell-confirmed switches, the end of a use, interim slices, a stale source."""
+        """Close what time alone closes: dwell-confirmed switches, the end of a use, interim slices, a stale source.
+
+        A tick does not move the cursor past the last reading of the energy source: what it decides is deferred
+        (`state.deferred`) until the next reading shows the energy up to that moment, and the boundary then falls at
+        the tick. A source silent beyond `max_gap_s` ends the open function at its last reading, and what was
+        deferred takes effect there: the gap starts where the silence started."""
         st = self.state
         c = st.cursor
         if not c.boot or now.boot_id != c.boot or now.mono_ns < c.mono_ns:
@@ -195,22 +207,26 @@ class ApplianceMeter:
         if t - c.last_ns > self._gap_ns:
             if seg is not None:
                 self._ev.append(MeterEvent("source_stale", self.appliance, self.function, c.power_mw, now.wall,
-                                           f"{self.appliance}: no readings from {self._src} for "
-                                           f"{(t - c.last_ns) // 1_000_000_000} s; metering paused"))
-                self._segments.begin_gap(GapReason.STALE)
+                                           f"no reading from {self.appliance}/{self._src} for "
+                                           f"{(t - c.last_ns) // 1_000_000_000} s: energy from "
+                                           f"{clock_time(c.wall)} is a gap until readings return"))
+                self._stop_covering(GapReason.STALE)
         elif seg is not None:
-            if t > c.mono_ns:  # (a tick at the moment of the last reading has nothing to integrate)
-                self._advance(seg, t, now.wall, now.synced)
             p = c.power_mw
-            if self._pulses and not c.seen_power and t > st.authority.last.mono_ns:
-                # no power samples: one more pulse could not have come later at more than this power
-                bound = (1_000_000 * MW_NS_PER_MWH // self.spec.imp_per_kwh) // (t - st.authority.last.mono_ns)
-                if bound < p:
-                    p = c.power_mw = bound
+            if not (self._power_kind or c.seen_power):
+                # A bare counter (no power samples): time without a count is itself what it reads (no energy), so
+                # the tick covers it at once, as it always has. Its heartbeat (S0: every 30 s) keeps it fresh.
+                if t > c.mono_ns:
+                    self._advance(seg, t, now.wall, now.synced)
+                if self._pulses and t > st.authority.last.mono_ns:
+                    # one more pulse could not have come later at more than this power
+                    bound = (1_000_000 * MW_NS_PER_MWH // self.spec.imp_per_kwh) // (t - st.authority.last.mono_ns)
+                    if bound < p:
+                        p = c.power_mw = bound
             self._detect(t, p, now)
             seg = st.seg
-            if seg is not None and t >= seg.due_ns:
-                self._segments.cut(_INTERIM, now)
+            if seg is not None and t >= seg.due_ns and not any(d.action == INTERIM for d in st.deferred):
+                self._decided(INTERIM, 0, now, p)
         return self._result() if self._ev or self._items else EMPTY
 
     def close(self, now: Now) -> FeedResult:
@@ -218,8 +234,10 @@ class ApplianceMeter:
         sources, energy after the last authority reading shows up after the restart as a "restart" gap)."""
         st = self.state
         c = st.cursor
+        fresh = now.boot_id == c.boot and 0 <= now.mono_ns - c.last_ns <= self._gap_ns
+        self._settle_deferred(now.mono_ns if fresh else None)
         if st.seg is not None:
-            if now.boot_id == c.boot and 0 <= now.mono_ns - c.last_ns <= self._gap_ns:
+            if fresh:
                 self._advance(st.seg, now.mono_ns, now.wall, now.synced)
             self._segments.close(RecordKind.FUNCTION, c.at())
         if st.held:
@@ -263,7 +281,9 @@ class ApplianceMeter:
             self._reject(r, _BACKWARDS)
             return
         if c.boot and (r.boot_id != c.boot or t - c.last_ns > self._gap_ns or st.stopped):
-            self._segments.begin_gap(self._gap_reason(r))
+            self._stop_covering(self._gap_reason(r))
+        elif st.deferred:
+            self._settle_deferred(t)
         first = not c.boot
         if r.boot_id != c.boot and c.boot:
             self.detector.rebase(t)
@@ -301,16 +321,13 @@ class ApplianceMeter:
         changed = st.signals.get(r.signal) != v
         st.signals[r.signal] = v
         c = st.cursor
-        seg = st.seg
-        if seg is not None and r.boot_id == c.boot and r.t_mono_ns - c.last_ns <= self._gap_ns:
-            # Integrate up to the signal's moment whether or not its value changed, as a tick would: otherwise
-            # whether the power before a stale spell counts would depend on the signal happening to change.
+        if changed and st.seg is not None and r.boot_id == c.boot and r.t_mono_ns - c.last_ns <= self._gap_ns:
+            # A signal is not a reading of the energy source: like a tick's, its switch waits for the next
+            # reading (or, at its moment, the one it came with) and takes its boundary at the signal.
             t = max(r.t_mono_ns, c.mono_ns)
-            self._advance(seg, t, r.t_wall, r.wall_synced)
-            if changed:
-                sw = self.detector.update(t, c.power_mw)
-                if sw != NO_CHANGE:
-                    self._segments.detected(sw, Now(t, r.t_wall, r.wall_synced, r.boot_id), c.power_mw)
+            sw = self.detector.update(t, c.power_mw)
+            if sw != NO_CHANGE:
+                self._decided(DETECT, sw, Now(t, r.t_wall, r.wall_synced, r.boot_id), c.power_mw)
 
     def _gap_reason(self, r: Reading) -> GapReason:
         st = self.state
@@ -328,7 +345,7 @@ class ApplianceMeter:
         at = _moment(r)
         if c.boot:
             if st.seg is not None or st.gap is None:
-                self._segments.begin_gap(self._gap_reason(r))
+                self._stop_covering(self._gap_reason(r))
             if r.boot_id != c.boot:
                 self.detector.rebase(t)
                 self.cycle.rebase(t)
@@ -351,13 +368,54 @@ class ApplianceMeter:
 
     def _detect(self, t: int, p: int, src: Reading | Now) -> None:
         """Feed the detector and the cycle tracker the power `p` at `t`, the moment of `src`, and act on what they
-        say."""
+        say (at once for a reading; for a tick's moment, once a reading covers it: see `_decided`)."""
         sw = self.detector.update(t, p)
         if sw != NO_CHANGE:
-            self._segments.detected(sw, src if isinstance(src, Now) else _moment(src), p)
+            self._decided(DETECT, sw, src if isinstance(src, Now) else _moment(src), p)
         cs = self.cycle.update(t, p)
         if cs:
-            self._segments.use_changed(cs, src if isinstance(src, Now) else _moment(src), p)
+            self._decided(USE, cs, src if isinstance(src, Now) else _moment(src), p)
+
+    def _decided(self, action: str, code: int, at: Now, p: int) -> None:
+        """Act on a decision taken at `at` now if the cursor has reached it; else defer it to the next reading of the
+        energy source (a tick or a signal between readings), so no record ends where no reading has been."""
+        st = self.state
+        if st.deferred or at.mono_ns > st.cursor.mono_ns:
+            st.deferred.append(Deferred(action, code, at, p))
+        else:
+            self._act(action, code, at, p)
+
+    def _act(self, action: str, code: int, at: Now, p: int) -> None:
+        if action == DETECT:
+            self._segments.detected(code, at, p)
+        elif action == USE:
+            self._segments.use_changed(code, at, p)
+        else:
+            self._segments.cut(_INTERIM, at)
+
+    def _settle_deferred(self, upto: int | None) -> None:
+        """Apply the deferred decisions in order: each at its own moment, integrating up to it, when a reading at
+        `upto` (or a stop within `max_gap_s`) covers it; at the cursor (the last reading) when `upto` is None — the
+        source went silent, the energy after its last reading is a gap, not the function's."""
+        st = self.state
+        c = st.cursor
+        todo, st.deferred = st.deferred, []
+        for d in todo:
+            at = d.at
+            if upto is None or at.boot_id != c.boot:
+                at = c.at()
+            elif at.mono_ns > upto:  # (a reading stamped before the tick that decided)
+                at = Now(upto, at.wall, at.synced, at.boot_id)
+            if st.seg is not None and at.mono_ns > c.mono_ns:
+                self._advance(st.seg, at.mono_ns, at.wall, at.synced)
+            self._act(d.action, d.code, at, d.power_mw)
+
+    def _stop_covering(self, reason: GapReason) -> None:
+        """Coverage stops at the cursor (the last reading): deferred decisions take effect there, then a gap begins."""
+        if self.state.deferred:
+            self._settle_deferred(None)
+            self._segments.drop_empty()
+        self._segments.begin_gap(reason)
 
     # ------------------------------------------------------------------ energy
 
@@ -435,6 +493,8 @@ class ApplianceMeter:
             segs.allocate(0)
             segs.cut(_INTERIM, at)
             self._recorder.gap(at, at, d, GapReason.IMPLAUSIBLE)
+        elif self._settles and c.seen_power:
+            segs.settle(d, t, r.boot_id, self._settle_ns)
         else:
             segs.allocate(d)
         if not c.seen_power and dt > 0 and status != JUMP:

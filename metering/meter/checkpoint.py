@@ -1,10 +1,12 @@
 """The meter's checkpoint: its state values through the generic codec, and the reading of older checkpoints.
 
-Version 2 is `encode(Checkpoint(...))`: the meter's `MeterState` beside the detector's, the cycle tracker's and the
-register's own states. Version 1 (the hand-written format before the state became values) is read by rewriting it
-into version 2 data, so there is one decoder. A checkpoint of another version, or of another energy kind, is
-ignored and the meter starts fresh, as before (the first authority reading becomes the baseline); a checkpoint of a
-known version that does not decode is an error (`koto.errors.FieldError`), never a half-restored meter.
+Version 3 is `encode(Checkpoint(...))`: the meter's `MeterState` beside the detector's, the cycle tracker's and the
+register's own states. Version 2 lacked the decisions deferred to the next reading and the register delta waiting
+for late steps (issue 9); it is read with none of either. Version 1 (the hand-written format before the state became
+values) is rewritten into version 2 data, then 3, so there is one decoder. A checkpoint of another version, or of
+another energy kind, is ignored and the meter starts fresh, as before (the first authority reading becomes the
+baseline); a checkpoint of a known version that does not decode is an error (`koto.errors.FieldError`),
+never a half-restored meter.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ..energy import AuthorityState
 from .codec import decode, encode
 from .state import MeterState
 
-VERSION = 2
+VERSION = 3
 
 
 @dataclass(slots=True)
@@ -40,9 +42,12 @@ def dump(cp: Checkpoint) -> dict[str, Any]:
 def load(data: dict[str, Any], *, kind: str, origin: str) -> Checkpoint | None:
     """The checkpoint in `data`, or None when it is of another version or energy kind (start fresh)."""
     v = data.get("v")
-    if data.get("kind") != kind or v not in (1, VERSION):
+    if data.get("kind") != kind or v not in (1, 2, VERSION):
         return None
-    data = upgrade_v1(data) if v == 1 else data
+    if v == 1:
+        data = upgrade_v1(data)
+    if data.get("v") == 2:
+        data = upgrade_v2(data)
     det = data.get("detector")
     if isinstance(det, dict) and "seen" not in det:  # written before profiles had `only_after`
         data = {**data, "detector": {**det, "seen": ""}}
@@ -67,6 +72,19 @@ def _use_v1(d: dict[str, Any]) -> dict[str, Any] | str:
             "mwh": d["e"], "duration_ms": d["dur"], "peak_mw": d["peak"]}
 
 
+def upgrade_v2(s: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 data as version 3: nothing deferred to the next reading, nothing waiting to settle (version 2 did
+    neither)."""
+    meter = s.get("meter")
+    if not isinstance(meter, dict):
+        return {**s, "v": VERSION}  # (the decoder names what is wrong)
+    auth = meter.get("authority")
+    if isinstance(auth, dict):
+        meter = {**meter, "authority": {**auth, "unsettled_mwh": 0, "step_mwh": 0, "last_delta_mwh": 0,
+                                            "lagging": 0}}
+    return {**s, "v": VERSION, "meter": {**meter, "deferred": []}}
+
+
 def upgrade_v1(s: dict[str, Any]) -> dict[str, Any]:
     """Version 1 data rewritten as version 2 data (the same state, named by the value types)."""
     boot = s["last_boot"]
@@ -86,6 +104,6 @@ def upgrade_v1(s: dict[str, Any]) -> dict[str, Any]:
         "cycle_id": s["cycle_id"], "uses": {k: _use_v1(v) for k, v in s["cycles"].items()},
         "signals": s["signals"], "counters": {"readings": s["readings"], "ignored": 0, "rejected": s["rejected"]},
     }
-    return {"v": VERSION, "appliance": s["appliance"], "kind": s["kind"], "source": s["source"], "meter": meter,
+    return {"v": 2, "appliance": s["appliance"], "kind": s["kind"], "source": s["source"], "meter": meter,
             "detector": s["detector"], "cycle": s["cycle"],
             "authority": {"last_raw": s["auth"]["last_raw"], "offset": s["auth"]["offset"]}}

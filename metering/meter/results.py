@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,11 @@ class FeedResult:
 
 
 EMPTY = FeedResult()
+
+
+def clock_time(wall: float) -> str:
+    """A wall-clock moment for a message, in the gateway's local time: "10:02:03"."""
+    return time.strftime("%H:%M:%S", time.localtime(wall))
 
 
 def watts(mw: float) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from koto.clock import Now
 
 from ..detect import CANDIDATE, CYCLE_ENDED, CYCLE_STARTED, DROPPED, Detector
-from ..energy import split_largest_remainder
+from ..energy import MW_NS_PER_MWH, float32_step_mwh, split_largest_remainder
 from ..policy import Policy
 from ..records import GapReason, RecordKind
 from .emit import Recorder
@@ -22,10 +22,12 @@ from .state import Mark, MeterState, PendingGap, Segment, Slice
 class Segments:
     """The segment side of one meter: shares `state` and the `events` list with it, makes records by `recorder`."""
 
-    __slots__ = ("_interim_ns", "_power_kind", "appliance", "detector", "events", "policy", "recorder", "state")
+    __slots__ = ("_interim_ns", "_power_kind", "_settles", "appliance", "detector", "events", "policy", "recorder",
+                 "state")
 
     def __init__(self, appliance: str, state: MeterState, detector: Detector, recorder: Recorder,
-                 events: list[MeterEvent], *, policy: Policy | None, interim_ns: int, power_kind: bool) -> None:
+                 events: list[MeterEvent], *, policy: Policy | None, interim_ns: int, power_kind: bool,
+                 settles: bool = False) -> None:
         self.appliance = appliance
         self.state = state
         self.detector = detector
@@ -34,6 +36,7 @@ class Segments:
         self.policy = policy
         self._interim_ns = interim_ns
         self._power_kind = power_kind
+        self._settles = settles  # a register: closed slices wait for late steps (see `settling`)
 
     def current(self) -> Segment:
         """The open segment, where one must be open (after a switch or a cut, which always reopen)."""
@@ -54,7 +57,7 @@ class Segments:
         s = self.current().close(kind, end)
         st.seg = None
         if self._power_kind or (not st.held and s.weight == 0 and s.dur_ns == 0):
-            self.recorder.slice(s)
+            self.recorder.slice(s)  # (nothing to wait for: no time since the last split, no late step owed)
         else:
             st.held.append(s)
         return s
@@ -149,6 +152,66 @@ class Segments:
             self.events.append(MeterEvent("cycle_ended", self.appliance, fn, p, at.wall,
                                           f"{self.appliance}: use ended ({cid})"))
 
+    def drop_empty(self) -> None:
+        """Forget an open segment that covers nothing yet (opened at the cursor by a decision that took effect
+        there just before coverage stops): it would be a record of no time and no energy."""
+        st = self.state
+        seg = st.seg
+        if (seg is not None and seg.start.mono_ns == st.cursor.mono_ns and seg.start.boot_id == st.cursor.boot
+                and seg.mwh == 0 and seg.weight == 0 and seg.dur_ns == 0):
+            st.seg = None
+
+    def settle(self, d: int, t: int, boot: str, settle_ns: int) -> None:
+        """A register reading's delta `d` on a source with power samples: split it now, or let the held slices wait
+        for late register steps (then `d` waits with them, in `unsettled_mwh`). The rule is docs/metering.md's:
+
+        - The register's step is estimated from what it shows: the smallest rise, or difference between two
+          consecutive rises, seen (and at least one float32 step at its value).
+        - A register shows energy in the order it was used, late, in steps. What the power samples saw that the
+          register has not shown yet (the backlog) stays a claim of the open segment: carried as its weight (its
+          mark's first, the newest; at most what the segment itself saw) into the next split, where it weighs
+          like power seen. A backlog of a whole step or more says the register is lagging; while it lags, any
+          backlog of 1 mWh or more is carried; less than a step is otherwise its resolution, not a late step.
+        - Closed slices wait while the register lags and their claims exceed what it has shown since the last split
+          by half a step (its rounding) and 1 mWh, for at most `settle_ns` after the first of them closed (in the
+          same boot). When slices waited, the register's delta pays their claims first, oldest first (whole mWh),
+          and the rest is split as usual. What is still owed then is rounding or a power reading that runs high.
+        """
+        st = self.state
+        a = st.authority
+        for rise in (d, abs(d - a.last_delta_mwh) if a.last_delta_mwh and d else 0):
+            if rise > 0:
+                a.step_mwh = rise if a.step_mwh == 0 else min(a.step_mwh, rise)
+        if d:
+            a.last_delta_mwh = d
+        step = max(1, a.step_mwh, float32_step_mwh(a.chain_mwh)) * MW_NS_PER_MWH
+        held = st.held
+        seg = st.seg
+        total = a.unsettled_mwh + d
+        shown = total * MW_NS_PER_MWH
+        claims = sum(s.weight for s in held)
+        if (held and a.lagging and claims - shown >= max(MW_NS_PER_MWH, step // 2)
+                and held[0].end.boot_id == boot and t - held[0].end.mono_ns < settle_ns):
+            a.unsettled_mwh = total
+            return
+        backlog = 0 if seg is None else max(0, min(seg.weight, claims + seg.weight - shown))
+        mk = None if seg is None else seg.mark
+        mark_weight = 0 if mk is None else mk.weight
+        if a.unsettled_mwh:  # they waited: oldest claims first
+            a.unsettled_mwh = 0
+            for s in held:
+                e = min(total, s.weight // MW_NS_PER_MWH)
+                s.mwh += e
+                total -= e
+                s.weight = s.dur_ns = 0
+            d = total
+        self.allocate(d)
+        a.lagging = backlog >= step or (a.lagging and backlog >= MW_NS_PER_MWH)
+        if seg is not None and a.lagging:
+            seg.weight = backlog  # (allocate left it 0)
+            if mk is not None:
+                mk.weight = min(backlog, mark_weight)
+
     def begin_gap(self, reason: GapReason) -> None:
         """Stop covering time at the cursor; what follows until the next reading (power) or authority reading
         (register/pulses) becomes a gap record."""
@@ -170,9 +233,12 @@ class Segments:
         self.state.gap = None
 
     def allocate(self, d: int) -> None:
-        """Split `d` mWh over the held slices and the open segment (and its mark) in proportion to their integrated
-        power, else their duration, else all to the latest; emit the held slices."""
+        """Split `d` mWh, and the delta that waited for the held slices to settle, over the held slices and the open
+        segment (and its mark) in proportion to their integrated power, else their duration, else all to the latest;
+        emit the held slices."""
         st = self.state
+        d += st.authority.unsettled_mwh  # (what waited for the held slices to settle is split with it)
+        st.authority.unsettled_mwh = 0
         held = st.held
         seg = st.seg
         if not held and seg is None:

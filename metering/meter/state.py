@@ -1,5 +1,5 @@
 """The meter's state as values: where it stands, the open segment and its mark, the held slices, a pending gap, the
-uses under way, what it knows of its register, its counters.
+uses under way, what it knows of its register, its counters, decisions deferred to the next reading.
 
 Every moment is a `koto.clock.Now` (monotonic ns, wall seconds, whether the wall clock was synchronised, and the
 boot that ties them): a moment never travels without its boot, so the rule "monotonic stamps of two boots do not
@@ -115,6 +115,22 @@ class PendingGap:
     start: Now
 
 
+DETECT, USE, INTERIM = "detect", "use", "interim"  # what a deferred decision does (see `Deferred`)
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A decision taken between readings of the energy source — by a tick (a dwell confirmed, a use ended, an interim
+    slice due) or by a signal — at `at`: `action` DETECT (the detector's verdict `code`), USE (the cycle tracker's
+    `code`) or INTERIM. It takes effect when the next reading covers `at` (the boundary falls at `at`), or at the
+    last reading if the source falls silent or stops first. `power_mw`: the power the decision saw."""
+
+    action: str
+    code: int
+    at: Now
+    power_mw: int
+
+
 @dataclass(slots=True)
 class UseTotals:
     """A use (cycle) under way, summed over its emitted records, for its `cycle` summary.
@@ -138,12 +154,18 @@ class UseTotals:
 class AuthorityTrack:
     """What the meter knows of its register or pulse counter besides the raw scale (`energy.Authority`): when it was
     last read (plausibility needs the elapsed time: monotonic within a boot, wall across boots), where the register
-    chain of the emitted records stands, and the meter's identity (a change means the meter was swapped)."""
+    chain of the emitted records stands, the meter's identity (a change means the meter was swapped), and the register
+delta not yet split while closed slices wait for late register steps, with what settling needs to know of the
+register (`Segments.settle`)."""
 
     last: Now = NEVER
     chain_mwh: int = 0
     identity: str = ""
     swap_pending: bool = False
+    unsettled_mwh: int = 0  # register delta since the last split, held while closed slices settle (energy.py)
+    step_mwh: int = 0  # the register's step as seen (0: not yet): its smallest rise or change of rise (settling)
+    last_delta_mwh: int = 0  # its last rise
+    lagging: bool = False  # it showed a backlog of a step or more at the last split (see Segments.settle)
 
 
 @dataclass(slots=True)
@@ -169,3 +191,4 @@ class MeterState:
     uses: dict[str, UseTotals | None] = field(default_factory=dict)
     signals: dict[str, str] = field(default_factory=dict)
     counters: Counters = field(default_factory=Counters)
+    deferred: list[Deferred] = field(default_factory=list)

@@ -19,6 +19,7 @@ from tests.support.broker import Mosquitto
 from tests.support.cloudpeer import GatewayPeer, tls_for, until
 from tests.support.events import EventFactory
 from tests.support.pki import TestPKI
+from tests.support.slow import scaled
 
 NOT_AUTHORIZED = 135  # MQTT 5 reason code
 
@@ -75,7 +76,7 @@ async def test_a_gateway_cannot_read_another_gateways_downlink(broker):
         await gw2.subscribe("koto/v1/gw-2/down/#", qos=1)
         await rx.publish("koto/v1/gw-1/down/cmd", b"for gw-1", qos=1)
         await rx.publish("koto/v1/gw-2/down/cmd", b"for gw-2", qos=1)
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(scaled(5)):
             first = await anext(aiomqtt.client.MessagesIterator(gw2))
         assert str(first.topic) == "koto/v1/gw-2/down/cmd"
         await asyncio.sleep(0.2)

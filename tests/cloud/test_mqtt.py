@@ -16,11 +16,12 @@ from koto.net import BrokerURL, parse_broker_url, tls_context
 from tests.support.broker import Mosquitto, free_port
 from tests.support.mqtt import peer_client
 from tests.support.pki import TestPKI
+from tests.support.slow import scaled
 
 
 async def collect(conn: Connection, n: int, within: float = 10.0) -> list[Message]:
     got: list[Message] = []
-    async with asyncio.timeout(within):
+    async with asyncio.timeout(scaled(within)):
         while len(got) < n:
             got += await conn.receive()
     return got
@@ -58,7 +59,7 @@ async def retained(broker: Mosquitto, topic: str) -> tuple[bytes, bool]:
     """What a new subscriber to `topic` gets first, and whether it came as the retained message."""
     async with peer_client(broker.url, "late") as late:
         await late.subscribe(topic, qos=1)
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(scaled(10)):
             m = await anext(aiomqtt.client.MessagesIterator(late))
     return bytes(m.payload), m.retain
 
@@ -76,7 +77,7 @@ async def test_the_content_type_and_retain_flag_reach_an_mqtt_5_peer_and_the_wil
             # The connection ends without a DISCONNECT, as with a pulled cable or a kill -9 (the test reaches
             # into the connection only to cut its socket).
             conn._paho.socket().shutdown(socket.SHUT_RDWR)
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(scaled(10)):
                 async for m in peer.messages:
                     seen.append((bytes(m.payload), getattr(m.properties, "ContentType", None)))
                     if len(seen) == 2:
@@ -95,7 +96,7 @@ async def test_a_lost_connection_hands_over_what_arrived_then_raises_broker_erro
             tx.publish("t/1", b"before", 1)
         await asyncio.sleep(0.5)  # delivered into rx's inbox, not yet taken
         broker.stop(kill=True)
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(scaled(10)):
             assert await rx.receive() == [Message("t/1", b"before")]
             with pytest.raises(BrokerError) as e:
                 await rx.receive()

@@ -21,6 +21,7 @@ from drivers.errors import DriverConfigError
 from koto.clock import ManualClock
 from koto.reading import Quantity, Reading
 from tests.data import bthome_vectors as V
+from tests.support.slow import scaled
 
 PLUG = "A4:C1:38:8D:18:B2"
 
@@ -76,7 +77,7 @@ def fake_backend(radio: Radio, **kw: Any) -> BleakBackend:
 
 async def until(cond: Callable[[], bool]) -> None:
     """Poll a condition the code under test has no event for (health state, restart counts)."""
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(scaled(5)):
         while not cond():  # noqa: ASYNC110
             await asyncio.sleep(0.005)
 
@@ -206,7 +207,7 @@ async def test_a_silent_device_turns_stale_with_one_log_line_and_no_invented_rea
         stale_lines = [r for r in caplog.records if "no advert from" in r.getMessage()]
         assert len(stale_lines) == 1
         radio.emit(PLUG, build_service_data(packet_id=2, power_mw=0))
-        first = await asyncio.wait_for(pending, 5)
+        first = await asyncio.wait_for(pending, scaled(5))
         assert first.value == 0 and src.health.state == "ok"
 
 

@@ -11,6 +11,7 @@ from drivers.gpio import Calibration, Mcp3008Source
 from drivers.gpio.sim import MockMcp3008, mock_factory
 from koto.clock import ManualClock
 from koto.reading import Quantity
+from tests.support.slow import scaled
 
 
 @pytest.fixture
@@ -30,11 +31,11 @@ async def test_two_point_calibration_turns_raw_counts_into_milliwatts(chip_and_f
     chip.set_raw(3, 1000)  # a neighbouring channel must not leak in
     async with src:
         it = aiter(src)  # the generator is suspended at each yield, so a value set now is read next
-        first = await asyncio.wait_for(anext(it), 5)
+        first = await asyncio.wait_for(anext(it), scaled(5))
         chip.set_raw(2, 4)
-        second = await asyncio.wait_for(anext(it), 5)
+        second = await asyncio.wait_for(anext(it), scaled(5))
         chip.set_raw(2, 0)  # below the zero point: noise, never negative power
-        third = await asyncio.wait_for(anext(it), 5)
+        third = await asyncio.wait_for(anext(it), scaled(5))
     assert (first.quantity, first.value) == (Quantity.POWER_MW, 1_000_000)
     assert second.value == 0
     assert third.value == 0
@@ -48,7 +49,7 @@ async def test_linear_calibration_as_an_analog_value(chip_and_factory) -> None: 
     src = Mcp3008Source("probe", clock=ManualClock(), channel=0, calibration=cal, pin_factory=factory,
                         quantity=Quantity.ANALOG, signal="temp_c", interval_s=0.001, samples=1)
     async with src:
-        r = await asyncio.wait_for(anext(aiter(src)), 5)
+        r = await asyncio.wait_for(anext(aiter(src)), scaled(5))
     assert (r.quantity, r.value, r.signal) == (Quantity.ANALOG, 6270, "temp_c")  # 6.27 in milli-units
 
 

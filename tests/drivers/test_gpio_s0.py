@@ -13,6 +13,7 @@ from drivers.gpio import S0PulseSource
 from drivers.gpio.sim import drive_edges, drive_pulses, mock_factory
 from koto.clock import ManualClock
 from koto.reading import Quality, Quantity, Reading
+from tests.support.slow import scaled
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -25,7 +26,7 @@ def expected_power_mw(imp_per_kwh: int, interval_ns: int) -> int:
 
 
 async def take(it: AsyncIterator[Reading], n: int) -> list[Reading]:
-    return [await asyncio.wait_for(anext(it), 5) for _ in range(n)]
+    return [await asyncio.wait_for(anext(it), scaled(5)) for _ in range(n)]
 
 
 def test_the_power_formula_is_physics() -> None:

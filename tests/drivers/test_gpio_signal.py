@@ -9,13 +9,14 @@ from drivers.gpio import SignalSource
 from drivers.gpio.sim import drive_edges, mock_factory
 from koto.clock import ManualClock
 from koto.reading import Quantity, Reading
+from tests.support.slow import scaled
 
 MS = 1_000_000
 PIN = 27
 
 
 async def take(it: AsyncIterator[Reading], n: int) -> list[Reading]:
-    return [await asyncio.wait_for(anext(it), 5) for _ in range(n)]
+    return [await asyncio.wait_for(anext(it), scaled(5)) for _ in range(n)]
 
 
 async def test_reports_the_level_at_start_then_debounced_changes_with_their_own_time() -> None:
@@ -58,7 +59,7 @@ async def test_a_change_is_not_reported_before_it_has_been_stable_for_the_bounce
         await asyncio.sleep(0.05)
         assert not pending.done() and src.value == "off"
         clock.mono_ns = t + 60 * MS
-        on = await asyncio.wait_for(pending, 5)
+        on = await asyncio.wait_for(pending, scaled(5))
     assert (on.value, on.signal) == ("on", "heater")
 
 

@@ -133,3 +133,13 @@ def test_a_file_that_is_not_toml_is_one_problem(tmp_path: Path, capsys: pytest.C
     path = write(tmp_path, "[gateway\nid=", pki=False)
     assert main(["check", "--config", str(path)]) == 1
     assert "not valid TOML" in capsys.readouterr().out
+
+
+def test_a_bad_source_is_named_once_not_again_as_a_bad_energy_source(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    text = GOOD.replace('driver = "modbus"', 'driver = "modbos"').replace(
+        "address = 1", 'address = 1\n\n[appliance.sources.washer-door]\ndriver = "gpio_signal"\npin = 22')
+    path = write(tmp_path, text)
+    assert main(["check", "--config", str(path), "--no-state"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "source 'washer-meter': driver: unknown driver 'modbos'" in lines[0]

@@ -84,6 +84,8 @@ def test_a_good_config_loads_with_paths_resolved_next_to_the_file(tmp_path: Path
         (BROKER, 'broker = "mqtt://broker.example.net/path"', "cloud.broker", "no path"),
         ('key = "gw.key"', "", "cloud.cert", "both `cert` and `key`"),
         ('timezone = "Europe/Berlin"', 'timezone = "Europe/Berlin"\nretain_days = 0', "gateway.retain_days", "1 to"),
+        ('timezone = "Europe/Berlin"', 'timezone = "Europe/Berlin"\ncheckpoint_s = 0', "gateway.checkpoint_s",
+         "0.1 to 3600"),
     ],
 )
 def test_a_bad_config_names_the_file_and_the_key(tmp_path: Path, old: str, new: str, key: str, says: str) -> None:
@@ -109,12 +111,14 @@ def test_two_appliances_cannot_share_a_source_name(tmp_path: Path) -> None:
     assert "already used by appliance 'washer'" in err.value.problem
 
 
-def test_retain_days_and_web_port_are_reserved_accepted_but_not_carried(tmp_path: Path) -> None:
-    """Not used yet (pruning and the status page come next): a file may set them; a bad value is still named
-    (above), so what a file says today keeps its meaning once they are used."""
+def test_retain_days_is_carried_and_web_port_is_reserved(tmp_path: Path) -> None:
+    """`retain_days` drives pruning (default 90); `web_port` is accepted but not used yet, and a bad value of either
+    is named (above), so what a file says today keeps its meaning."""
     cfg = load_config(write(tmp_path, GOOD.replace('timezone = "Europe/Berlin"',
                                                    'timezone = "Europe/Berlin"\nretain_days = 30\nweb_port = 80')))
-    assert not hasattr(cfg, "retain_days") and not hasattr(cfg, "web_port")
+    assert cfg.retain_days == 30 and not hasattr(cfg, "web_port")
+    assert load_config(write(tmp_path, GOOD)).retain_days == 90
+    assert load_config(write(tmp_path, GOOD)).checkpoint_s == 300
 
 
 def test_the_cloud_table_becomes_the_sync_config_with_the_gateway_id(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from gateway.cli import main as koto
 from gateway.simulate import washer
 from tests.support.ledger_checks import assert_contiguous, conservation, ledger_events
 from tests.support.paths import REPO
+from tests.support.slow import scaled
 
 ROOT = REPO
 KILLS = 30
@@ -69,7 +70,7 @@ def start(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 async def wait_exit(proc: subprocess.Popen[bytes], limit_s: float = 20.0) -> int:
-    for _ in range(int(limit_s / 0.05)):
+    for _ in range(int(scaled(limit_s) / 0.05)):
         if proc.poll() is not None:
             return proc.returncode
         await asyncio.sleep(0.05)

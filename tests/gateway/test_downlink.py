@@ -30,6 +30,7 @@ from metering.ledger import Ledger
 from metering.pricing import Pricing
 from metering.records import LIFECYCLE_TYPE, RecordKind, UsageRecord, usage_draft
 from tests.support.gw_child import open_ledger
+from tests.support.slow import scaled
 
 GW = "gw-dl-1"
 NOW = 1_764_460_800.0
@@ -346,7 +347,7 @@ async def test_commands_over_mqtt_get_replies_and_their_lifecycle_records_reach_
             forged = await send_command(opts, GW, w.cmd(CMD_TARIFF, tariff_data(6), key=generate_key()),
                                         wait_reply_s=10)
             diag = await send_command(opts, GW, w.cmd(CMD_DIAGNOSTICS, {}), wait_reply_s=10)
-            await asyncio.wait_for(sync.wait_acked(2), 10)
+            await asyncio.wait_for(sync.wait_acked(2), scaled(10))
     assert ok is not None and ok["status"] == "applied"
     assert forged is not None and forged["status"] == "rejected"
     assert diag is not None and diag["report"]["sync"]["connected"] == 1

@@ -23,6 +23,7 @@ from koto.clock import SystemClock
 from metering.ledger import Ledger
 from tests.support.broker import Mosquitto
 from tests.support.pki import TestPKI
+from tests.support.slow import scaled
 
 GW = "gw-e2e"
 TARIFF = {"id": "household-2027", "version": 7, "currency": "EUR", "exponent": 2,
@@ -30,7 +31,7 @@ TARIFF = {"id": "household-2027", "version": 7, "currency": "EUR", "exponent": 2
 
 
 async def until(cond: Callable[[], bool], what: str, limit_s: float = 30.0) -> None:
-    for _ in range(int(limit_s / 0.05)):
+    for _ in range(int(scaled(limit_s) / 0.05)):
         if cond():
             return
         await asyncio.sleep(0.05)

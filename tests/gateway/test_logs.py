@@ -25,6 +25,7 @@ from gateway.journal import JournalHandler, encode, stderr_is_journal
 from gateway.logs import RepeatFilter
 from gateway.state import StateDir
 from gateway.summary import summary_line
+from tests.support.slow import scaled
 
 JOURNAL_REMOTE = next((p for p in ("/lib/systemd/systemd-journal-remote", "/usr/lib/systemd/systemd-journal-remote")
                        if os.path.exists(p)), None)
@@ -243,5 +244,5 @@ port = "{tmp_path / 'ttyNONE'}"
         first = proc.stderr.readline()
     finally:
         proc.terminate()
-        rest = proc.communicate(timeout=20)[1]
+        rest = proc.communicate(timeout=scaled(20))[1]
     assert first.startswith("INFO koto") and "running" in first, first + rest

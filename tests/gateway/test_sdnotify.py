@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.sdnotify import Notifier
+from tests.support.slow import scaled
 
 
 @pytest.fixture
@@ -18,7 +19,7 @@ def listener(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
     path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
-    sock.settimeout(2)
+    sock.settimeout(scaled(2))
     yield path, sock
     sock.close()
 
@@ -47,7 +48,7 @@ def test_an_abstract_namespace_socket_is_reached_by_its_at_name():
     name = f"koto-test-{uuid.uuid4().hex}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(b"\0" + name.encode())
-    sock.settimeout(2)
+    sock.settimeout(scaled(2))
     try:
         assert Notifier(environ={"NOTIFY_SOCKET": "@" + name}).ready()
         assert received(sock) == {"READY": "1"}

@@ -22,6 +22,7 @@ from drivers.modbus_sim import ModbusSimulator, SimMeter
 from gateway.cli import main as koto
 from tests.support.ledger_checks import assert_contiguous, ledger_events
 from tests.support.paths import REPO
+from tests.support.slow import scaled
 
 WAIT_S = 30.0  # far above any stop deadline used here: the tests fail on a hang, they do not time anything
 
@@ -68,7 +69,7 @@ class Child:
         return self.log.read_text()
 
     def wait_for(self, needle: str, count: int = 1) -> None:
-        end = time.monotonic() + WAIT_S
+        end = time.monotonic() + scaled(WAIT_S)
         while self.text().count(needle) < count:
             if self.proc.poll() is not None or time.monotonic() > end:
                 raise AssertionError(f"{needle!r} x{count} never came:\n{self.text()[-3000:]}")
@@ -169,10 +170,12 @@ def test_a_source_whose_config_fails_when_it_opens_stops_the_daemon_cleanly_with
     assert lifecycle(child.events()) == ["start", "stop"]
 
 
-def test_a_source_that_never_returns_from_its_close_does_not_hold_the_stop(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, appliance("kettle", "k", watts=2000, hang_close=True), stop_timeout_s=60)
+def test_sources_that_never_return_from_their_open_or_close_do_not_hold_the_stop(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, appliance("kettle", "k", watts=2000, hang_close=True)
+                       + appliance("dryer", "d", hang_open=True), stop_timeout_s=60)
     child = Child(cfg)
     child.wait_for("kettle: ")  # metering
+    child.wait_for("flaky:open:d")  # and the dryer's source stuck in its open
     assert child.stop() == 0  # well before the 60 s deadline: the close is left behind once the ledger is closed
     text = child.text()
     assert "left behind" in text and "gateway stopped" in text
@@ -197,3 +200,60 @@ def test_a_stop_that_cannot_commit_ends_at_the_deadline_with_what_is_committed(t
     assert "the stop did not finish within 2 s" in child.text()
     assert lifecycle(child.events()) == ["start"]  # the stop record could not be committed; nothing half-written
     assert koto(["verify", "--state-dir", str(cfg.parent / "state")]) == 0
+
+
+def test_a_ledger_deleted_under_the_running_daemon_stops_it_with_one_line_and_no_second_chain(
+        tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, appliance("kettle", "k", watts=2000))
+    child = Child(cfg)
+    child.wait_for("kettle: ")
+    db = tmp_path / "state" / "ledger.db"
+    os.unlink(db)
+    assert child.wait() == 2
+    text = child.text()
+    last = text.strip().splitlines()[-1]
+    assert last.startswith(f"koto: the ledger {db} was deleted or replaced while Koto ran (the file was deleted); "
+                           f"what it held is saved as {db}.rescued; nothing more was written to it")
+    assert "Traceback" not in text
+    assert not db.exists()  # nothing was written at the path: no second chain
+    again = subprocess.run([sys.executable, "-m", "tests.support.koto_child", "run", "--config", str(cfg)],
+                           cwd=REPO, capture_output=True, text=True, timeout=WAIT_S,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})  # systemd's Restart=always
+    assert again.returncode == 2
+    assert again.stderr.startswith(f"koto: {db}: {db}.rescued holds this ledger") and again.stderr.count("\n") == 1
+    assert not db.exists()
+    os.replace(f"{db}.rescued", db)  # what an operator does to restore it
+    assert lifecycle(child.events()) == ["start"]
+    assert koto(["verify", "--state-dir", str(db.parent)]) == 0
+
+
+def test_a_second_stop_signal_exits_at_once(tmp_path: Path) -> None:
+    """An impatient Ctrl-C during a stop that cannot finish (the ledger's write lock is held; the deadline is 60 s)."""
+    cfg = write_config(tmp_path, appliance("kettle", "k", watts=2000), stop_timeout_s=60)
+    child = Child(cfg)
+    child.wait_for("kettle: ")
+    db = sqlite3.connect(tmp_path / "state" / "ledger.db", isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")
+    try:
+        child.proc.send_signal(signal.SIGTERM)
+        child.wait_for("SIGTERM: stopping")
+        child.proc.send_signal(signal.SIGINT)
+        code = child.wait()
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    assert code == 1
+    assert "SIGINT again: exiting now" in child.text()
+    assert koto(["verify", "--state-dir", str(tmp_path / "state")]) == 0
+
+
+def test_sigterm_ends_the_process_at_the_deadline_even_when_the_event_loop_is_blocked(tmp_path: Path) -> None:
+    """A driver blocks the event loop in synchronous code: no handler on the loop could run. The signals are heard on
+    a thread of their own, so SIGTERM still arms the deadline and the process ends with one line."""
+    cfg = write_config(tmp_path, appliance("kettle", "k", watts=2000, block_loop_after=10), stop_timeout_s=1)
+    child = Child(cfg)
+    child.wait_for("flaky:blocking:k")
+    assert child.stop() == 1
+    text = child.text()
+    assert "SIGTERM: stopping" in text and "the stop did not finish within 1 s" in text
+    assert koto(["verify", "--state-dir", str(tmp_path / "state")]) == 0

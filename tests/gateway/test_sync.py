@@ -29,15 +29,19 @@ from metering.errors import LedgerError
 from metering.ledger import Ledger, Stored
 from tests.support.broker import Mosquitto
 from tests.support.gw_child import append_usage, device_key, energy_check, open_ledger
+from tests.support.slow import scaled
 
 GW = "gw-test-1"
 EPOCH = 7
 
 
 async def eventually(pred: Callable[[], bool], *, within: float = 30.0, what: str = "condition") -> None:
-    """Poll until `pred()` holds; the timeout only turns a hang into a failure (not a timing assertion)."""
+    """Poll until `pred()` holds; the timeout only turns a hang into a failure (not a timing assertion).
+
+    `pred` runs every 20 ms on the loop the peers share, so it must cost O(1): a predicate that re-reads everything
+    received so far starves the very clients it waits for on a slow machine."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
+    deadline = loop.time() + scaled(within)
     while not pred():
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
@@ -47,9 +51,9 @@ async def eventually(pred: Callable[[], bool], *, within: float = 30.0, what: st
 async def drained(sync: Sync, seq: int, *, within: float = 60.0) -> None:
     """Wait until the cloud acked `seq`; on a hang, fail with the sync's health so the cause is visible."""
     try:
-        await asyncio.wait_for(sync.wait_acked(seq), within)
+        await asyncio.wait_for(sync.wait_acked(seq), scaled(within))
     except TimeoutError:
-        raise AssertionError(f"not acked through {seq} within {within} s: {sync.health_report()}") from None
+        raise AssertionError(f"not acked through {seq} within {scaled(within):g} s: {sync.health_report()}") from None
 
 
 @pytest.fixture
@@ -80,17 +84,20 @@ def config(broker: Mosquitto, **kw: Any) -> SyncConfig:
 
 
 class Observer:
-    """A plain subscriber that records every message on a topic filter, in arrival order."""
+    """A plain subscriber that records every message on a topic filter, in arrival order.
+
+    Usage records' seqs are parsed once, as they arrive, so waiting on their count is O(1) per poll."""
 
     def __init__(self, broker: Mosquitto, topic: str) -> None:
         self.broker, self.topic = broker, topic
         self.messages: list[tuple[str, bytes, bool]] = []
+        self.usage_seqs: list[int] = []
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
     async def __aenter__(self) -> Observer:
         self._task = asyncio.create_task(self._run())
-        await asyncio.wait_for(self._ready.wait(), 10)
+        await asyncio.wait_for(self._ready.wait(), scaled(10))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -104,10 +111,13 @@ class Observer:
             await client.subscribe(self.topic, qos=1)
             self._ready.set()
             async for m in client.messages:
-                self.messages.append((str(m.topic), bytes(m.payload), bool(m.retain)))
+                topic, payload = str(m.topic), bytes(m.payload)
+                self.messages.append((topic, payload, bool(m.retain)))
+                if topic.endswith("/up/usage"):
+                    self.usage_seqs.append(json.loads(payload)["data"]["seq"])
 
     def seqs(self) -> list[int]:
-        return [json.loads(p)["data"]["seq"] for t, p, _ in self.messages if t.endswith("/up/usage")]
+        return list(self.usage_seqs)
 
 
 def rec(ledger: Ledger, seq: int) -> Stored:
@@ -139,7 +149,7 @@ async def test_the_outbox_publishes_in_order_without_waiting_and_a_lost_connecti
             outbox = Outbox(client, window=64)
             for i in range(200):
                 outbox.publish("koto/v1/ob/up/usage", json.dumps({"data": {"seq": i}}).encode(), 1)
-            await eventually(lambda: len(obs.seqs()) == 200, what="all 200 at the observer")
+            await eventually(lambda: len(obs.usage_seqs) == 200, what="all 200 at the observer")
             assert obs.seqs() == list(range(200))
             broker.stop(kill=True)
             await eventually(lambda: not _publishes(outbox), within=10, what="a publish to fail")
@@ -161,7 +171,7 @@ async def test_a_10000_record_backlog_drains_completely_in_order_exactly_once(
     async with Observer(broker, f"koto/v1/{GW}/up/usage") as obs, \
             Sync(config(broker), ledger, clock=ManualClock()) as sync:
         await drained(sync, 10_000, within=60)
-        await eventually(lambda: len(obs.seqs()) >= 10_000, what="observer")
+        await eventually(lambda: len(obs.usage_seqs) >= 10_000, what="observer")
     check_receiver(store, ledger, 10_000)
     first_seen: list[int] = []
     seen: set[int] = set()

@@ -25,13 +25,13 @@ CHECKPOINT_S = 300
 IMP_PER_KWH = 1000
 
 
-def config(tmp: Path) -> dict[str, Any]:
+def config(tmp: Path, interim_s: int = 3600) -> dict[str, Any]:
     return {
         "gateway": {"id": "gw-b", "state_dir": str(tmp / "state"), "checkpoint_s": CHECKPOINT_S},
         "appliance": [
-            {"id": "boiler", "profile": "kettle", "energy": "reg", "interim_s": 3600,
+            {"id": "boiler", "profile": "kettle", "energy": "reg", "interim_s": interim_s,
              "sources": {"reg": {"driver": "modbus", "model": "sdm120", "port": "/dev/ttyKOTO-none", "address": 1}}},
-            {"id": "kettle", "profile": "kettle", "energy": "s0", "interim_s": 3600,
+            {"id": "kettle", "profile": "kettle", "energy": "s0", "interim_s": interim_s,
              "sources": {"s0": {"driver": "s0", "pin": 17, "imp_per_kwh": IMP_PER_KWH}}},
         ],
     }
@@ -46,7 +46,7 @@ class Sim:
         self.pulses = 0.0
         self.reader = sqlite3.connect(db)
         self.version = self._version()
-        self.commits: list[tuple[float, bool, set[str]]] = []  # (clock s, records added, checkpoints changed)
+        self.commits: list[tuple[float, bool, set[str]]] = []  # (wall s, records added, checkpoints changed)
         self._seen = self._state()
 
     def _version(self) -> int:
@@ -77,7 +77,7 @@ class Sim:
                 self.version = v
                 head, cps = self._state()
                 changed = {k for k, s in cps.items() if self._seen[1].get(k) != s}
-                self.commits.append((now.mono_ns / 1e9, head > self._seen[0], changed))
+                self.commits.append((now.wall, head > self._seen[0], changed))
                 self._seen = (head, cps)
 
     def between_records(self) -> list[tuple[float, set[str]]]:
@@ -85,12 +85,12 @@ class Sim:
 
 
 @contextmanager
-def gateway(tmp_path: Path) -> Iterator[Sim]:
+def gateway(tmp_path: Path, **kw: int) -> Iterator[Sim]:
     from drivers.gpio.sim import mock_factory
 
     StateDir(tmp_path / "state").provision()
     clock = ManualClock()
-    gw = Gateway(parse_config(config(tmp_path), file="koto.toml"), clock=clock,
+    gw = Gateway(parse_config(config(tmp_path, **kw), file="koto.toml"), clock=clock,
                  backends={"pin_factory": mock_factory()}, sync_enabled=False)
     try:
         gw._lifecycle("start")
@@ -134,3 +134,21 @@ def test_a_counting_s0_meter_is_checkpointed_only_at_its_cadence(tmp_path: Path)
         assert state is not None
         behind = int(sim.pulses) - int(state["authority"]["last_raw"])
         assert 0 <= behind <= CHECKPOINT_S * 2000 / 3_600_000 * IMP_PER_KWH + 1  # the power-cut window
+
+
+def test_interim_records_wait_for_the_next_transaction_for_at_most_interim_s(tmp_path: Path) -> None:
+    """Two appliances' interims fall at different moments (the kettle's standby segment began at the start, the
+    boiler's boil 2 minutes later); held, they share one transaction per `interim_s` instead of one each."""
+    with gateway(tmp_path, interim_s=600) as sim:
+        sim.run(120)
+        sim.run(1, boiler_w=2000)
+        sim.commits.clear()
+        head0 = sim.gw.ledger.head()[0]
+        sim.run(2 * 3600, boiler_w=2000)
+        commits = [t for t, records, _ in sim.commits if records]
+        records = sim.gw.ledger.head()[0] - head0
+        assert records >= 2 * (2 * 3600 // 600) - 2  # both appliances' interims were written...
+        assert len(commits) <= 2 * 3600 // 600 + 1  # ...in about half as many transactions
+        for (end_ms,) in sim.reader.execute("SELECT t_end_ms FROM records WHERE seq > ?", (head0,)):
+            written = min(t for t in commits if t >= end_ms / 1000)
+            assert written - end_ms / 1000 <= 600  # none held longer than interim_s

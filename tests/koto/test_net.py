@@ -12,6 +12,7 @@ import pytest
 from koto.errors import FieldError, KotoError
 from koto.net import Backoff, BrokerURL, parse_broker_url, tls_context
 from tests.support.pki import TestPKI
+from tests.support.slow import scaled
 
 
 @pytest.mark.parametrize("url, expected", [
@@ -73,7 +74,7 @@ async def _handshake(pki: TestPKI, client_ctx: ssl.SSLContext, host: str) -> str
     port = server.sockets[0].getsockname()[1]
     async with server:
         _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx, server_hostname=host)
-        cn = await asyncio.wait_for(seen, 10)
+        cn = await asyncio.wait_for(seen, scaled(10))
         writer.close()
         return cn
 

@@ -201,17 +201,32 @@ def test_a_use_that_goes_on_across_a_reboot_has_one_summary_on_the_clock_of_the_
     assert c.cycle_energy_mwh == sum(r.energy_mwh for r in segments)
 
 
-def test_a_repeated_signal_moves_the_integration_like_a_tick() -> None:
-    """Power is integrated up to every moment the meter is told about while its source is fresh: a reading, a tick,
-    a signal, whether or not the signal's value changed. (Found by the power property test: an unchanged signal
-    was dropped, so the 180 ms before a stale spell counted only when the mode happened to change.)"""
+def test_a_signal_moves_no_integration_so_a_silent_source_ends_at_its_last_reading() -> None:
+    """Power is integrated between readings of the energy source only. A signal between them (changed or repeated)
+    decides, but the energy after the last reading is not the function's when no reading follows: stale by the
+    stop, the function ends at the reading at 0 s. (Before issue 9 a signal integrated the last power up to its
+    own moment — 1 mWh here — extending the function into a silence; the issue calls that wrong.)"""
     for second_mode in ("heat", "cool"):
         m = ApplianceMeter("ac", builtin_profile("air_conditioner"), energy=EnergySpec("power", "p", max_gap_s=60))
         res = feed_all(m, [reading(Quantity.SIGNAL, "heat", 0, source="ir", signal="mode"),
                            reading(Quantity.POWER_MW, 20_000, 0, source="p"),
                            reading(Quantity.SIGNAL, second_mode, 0.18, source="ir", signal="mode")])
         res.append(m.close(Now(T.T0_MONO + 61_180_000_000, T.T0_WALL + 61.18, True, T.BOOT)))  # stale by then
-        assert total(res) == 20_000 * 180 // 3_600_000, second_mode  # 1 mWh: 20 W for 180 ms
+        assert total(res) == 0, second_mode
+        assert max(r.t_end_mono_ns for r in partition(res)) == T.T0_MONO, second_mode
+
+
+def test_a_signal_between_readings_switches_at_its_moment_once_the_next_reading_comes() -> None:
+    """Readings every 10 s; the mode turns to heat at 94 s. The switch waits for the reading at 100 s (which shows
+    the power up to then), and the boundary falls at 94 s: cool has 800 W for 94 s."""
+    m = ApplianceMeter("ac", builtin_profile("air_conditioner"), energy=EnergySpec("power", "p", max_gap_s=60))
+    feed_all(m, [reading(Quantity.SIGNAL, "cool", 0, source="ir", signal="mode"),
+                 *(reading(Quantity.POWER_MW, 800_000, t, source="p") for t in range(0, 100, 10))])
+    assert not m.feed(reading(Quantity.SIGNAL, "heat", 94, source="ir", signal="mode")).records
+    res = feed_all(m, [reading(Quantity.POWER_MW, 900_000, t, source="p") for t in (100, 110, 120, 130)])
+    (cool,) = records(res)  # heat's dwell (cool's min_off 30 s) confirmed at 130 s, back to the mark at 94 s
+    assert (cool.function, cool.t_start_mono_ns, cool.t_end_mono_ns) == ("cool", T.T0_MONO, T.T0_MONO + 94 * S)
+    assert cool.energy_mwh == 800_000 * 94 // 3600
 
 
 def test_power_gap_beyond_max_gap_integrates_nothing() -> None:

@@ -75,7 +75,7 @@ def test_a_v1_checkpoint_is_rewritten_as_the_current_version() -> None:
     s = SCENARIOS["register_held_mark_cycle"]
     m = meter_for(s, json.loads(json.dumps(s["snapshot"])))
     snap = m.snapshot()
-    assert snap["v"] == VERSION == 2
+    assert snap["v"] == VERSION == 3
     assert meter_for(s, json.loads(json.dumps(snap))).snapshot() == snap
 
 
@@ -93,7 +93,7 @@ class _Ambiguous:
 def test_a_checkpoint_of_another_version_or_energy_kind_starts_fresh() -> None:
     s = SCENARIOS["register_held_mark_cycle"]
     snap = meter_for(s, json.loads(json.dumps(s["snapshot"]))).snapshot()
-    for state in ({**snap, "v": 3}, {**snap, "v": 0}, {**snap, "kind": "pulses"}, {}):
+    for state in ({**snap, "v": 4}, {**snap, "v": 0}, {**snap, "kind": "pulses"}, {}):
         m = meter_for(s, state)
         assert m.readings == 0 and m.state == MeterState() and m.last_raw is None
 

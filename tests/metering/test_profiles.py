@@ -29,7 +29,7 @@ def test_every_builtin_says_where_its_numbers_come_from(name: str) -> None:
 
 def test_washer_thresholds_become_integer_milliwatts_with_hysteresis() -> None:
     heat = builtin_profile("washing_machine").functions[0]
-    assert (heat.name, heat.on_min_mw, heat.off_min_mw, heat.on_max_mw) == ("heat", 1_200_000, 900_000, NO_MAX)
+    assert (heat.name, heat.on_min_mw, heat.off_min_mw, heat.on_max_mw) == ("heat", 1_000_000, 700_000, NO_MAX)
     assert heat.min_on_ns == 3_000_000_000
 
 

@@ -13,15 +13,16 @@ import sys
 from pathlib import Path
 
 from .paths import REPO
+from .slow import scaled
 
 AS_ROOT = os.geteuid() == 0
 PRELOAD = ["gateway.cli", "gateway.daemon", "gateway.runner", "gateway.config", "gateway.state",
            "gateway.usage_report", "metering.ledger", "metering.profile", "koto.signing", "koto.files", "zoneinfo",
            "sqlite3", "multiprocessing", "json", "asyncio", "tomllib", "pwd", "drivers.base", "drivers.gpio",
            "drivers.modbus", "logging.handlers"]
-CHILD = f"""
+CHILD = """
 import importlib, os, sys
-for m in {PRELOAD!r}:
+for m in {preload!r}:
     importlib.import_module(m)
 if os.geteuid() == 0:
     os.setgroups([]); os.setgid(65534); os.setuid(65534)
@@ -30,6 +31,8 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def koto_as_other_user(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", CHILD, *map(str, args)], capture_output=True, text=True, cwd=REPO,
-                          timeout=60)
+def koto_as_other_user(*args: str | Path, preload: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """`preload`: more modules to import before dropping to `nobody` (those the command imports lazily)."""
+    child = CHILD.format(preload=PRELOAD + list(preload))
+    return subprocess.run([sys.executable, "-c", child, *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                          timeout=scaled(60))

@@ -37,12 +37,25 @@ BASELINE_ON_W = 10.0
 MODES = ("power", "register", "pulses")
 
 
-def readings(trace: LabelledTrace, mode: str = "power", source: str = "meter") -> Iterable[Reading | Now]:
+def resample(trace: LabelledTrace, every: int) -> LabelledTrace:
+    """The trace as a meter polled every `every` samples would see it (each poll reads the power of that moment; the
+    labels and uses follow the polls)."""
+    if every <= 1:
+        return trace
+    from dataclasses import replace
+
+    return replace(trace, watts=trace.watts[::every], labels=trace.labels[::every],
+                   uses=tuple((-(-a // every), -(-b // every)) for a, b in trace.uses),
+                   signals=tuple((-(-i // every), n, v) for i, n, v in trace.signals), step_s=trace.step_s * every)
+
+
+def readings(trace: LabelledTrace, mode: str = "power", source: str = "meter",
+             imp_per_kwh: int = IMP_PER_KWH) -> Iterable[Reading | Now]:
     """The readings a gateway sees for `trace`, with a tick (`Now`) after each second."""
     step = round(trace.step_s * 1e9)
     sig = {i: (n, v) for i, n, v in trace.signals}
     integral = 0  # mW*ns
-    pulse = 1_000_000 * MW_NS_PER_MWH // IMP_PER_KWH
+    pulse = 1_000_000 * MW_NS_PER_MWH // imp_per_kwh
     count = 0
     if mode == "pulses":
         yield Reading(source, T0_MONO, T0_WALL, BOOT, Quantity.PULSES, 0)
@@ -69,13 +82,14 @@ def readings(trace: LabelledTrace, mode: str = "power", source: str = "meter") -
                       integral // MW_NS_PER_MWH)
 
 
-def replay(trace: LabelledTrace, profile: Profile, mode: str = "power") -> list[UsageRecord]:
+def replay(trace: LabelledTrace, profile: Profile, mode: str = "power",
+           imp_per_kwh: int = IMP_PER_KWH) -> list[UsageRecord]:
     """Every usage record the real meter makes of `trace` (closed at its end, as a clean stop would)."""
-    spec = EnergySpec(mode, "meter", imp_per_kwh=IMP_PER_KWH, max_gap_s=600.0, step_mwh=1000)
+    spec = EnergySpec(mode, "meter", imp_per_kwh=imp_per_kwh, max_gap_s=600.0, step_mwh=1000)
     meter = ApplianceMeter(trace.profile, profile, energy=spec, interim_s=900)
     out: list[UsageRecord] = []
     last: Now | None = None
-    for it in readings(trace, mode):
+    for it in readings(trace, mode, imp_per_kwh=imp_per_kwh):
         if isinstance(it, Now):
             res = meter.tick(it)
             last = it

@@ -9,7 +9,9 @@ them in a `koto run` child process; nothing in Koto itself knows them).
   mend;
 - `hang_close = true`: never return from its close, swallowing every cancellation (Python 3.11's `wait_for`, inside
   pymodbus, swallows one: the hang of issue 10);
-- `hang_open = true`: never return from its open.
+- `hang_open = true`: never return from its open;
+- `block_loop_after = N`: after N readings, block the whole event loop in synchronous code (a driver calling a
+  blocking library function): nothing on the loop runs any more.
 
 Each open, failure and close is printed to stderr as `flaky:EVENT:NAME` so a test can count them.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar, Self
 
@@ -27,7 +30,8 @@ from drivers.errors import DriverConfigError
 from koto.clock import Clock
 from koto.reading import Quantity, Reading
 
-KEYS = {"driver", "watts", "every_s", "fail_opens", "fail_after", "config_error_at_open", "hang_close", "hang_open"}
+KEYS = {"driver", "watts", "every_s", "fail_opens", "fail_after", "config_error_at_open", "hang_close", "hang_open",
+        "block_loop_after"}
 _OPENS: dict[str, int] = {}  # per source name, across restarts (a new object is built for each)
 
 
@@ -78,6 +82,9 @@ class FlakySource(Source):
             yield self._emit(Reading(self.name, now.mono_ns, now.wall, now.boot_id, Quantity.POWER_MW,
                                      int(self.cfg.get("watts", 100)) * 1000, wall_synced=now.synced))
             n += 1
+            if n == int(self.cfg.get("block_loop_after", 0)):
+                say("blocking", self.name)
+                time.sleep(3600)  # noqa: ASYNC251 - the point: a driver that blocks the loop
             if fail_after and n >= fail_after:
                 say("fail", self.name)
                 raise RuntimeError(f"{self.name} went away after {n} readings")

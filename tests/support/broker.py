@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from tests.support.slow import scaled
+
 from .pki import TestPKI
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,8 +60,9 @@ def mosquitto_binary() -> str:
 
 class Mosquitto:
     def __init__(self, folder: Path, *, pki: TestPKI | None = None, acl: str | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, anonymous: bool = True) -> None:
         self.folder = Path(folder)
+        self.anonymous = anonymous  # plain only: False refuses every CONNECT (no password file): "not authorised"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.pki = pki
         self.port = port or free_port()
@@ -102,7 +105,7 @@ class Mosquitto:
                                                         key=self.pki.server.key, acl_file=acl_file)
                       if line.split()[0] not in base]
         else:
-            lines.append("allow_anonymous true")
+            lines.append(f"allow_anonymous {'true' if self.anonymous else 'false'}")
         self.conf.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout: float = 10.0) -> None:
@@ -110,6 +113,7 @@ class Mosquitto:
         self.proc = subprocess.Popen(
             [mosquitto_binary(), "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -130,7 +134,7 @@ class Mosquitto:
             return
         self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         try:
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=scaled(10))
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()

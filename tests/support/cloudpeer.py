@@ -15,6 +15,8 @@ from typing import Any
 
 import aiomqtt
 
+from tests.support.slow import scaled
+
 from .broker import Mosquitto
 
 P = "koto/v1"
@@ -22,7 +24,7 @@ P = "koto/v1"
 
 async def until(cond: Callable[[], bool], within: float = 10.0) -> None:
     """Poll `cond` (a store query, a counter) until it holds; TimeoutError after `within` seconds."""
-    async with asyncio.timeout(within):
+    async with asyncio.timeout(scaled(within)):
         while not cond():  # noqa: ASYNC110 - polling a database or a counter, there is no event to wait on
             await asyncio.sleep(0.01)
 

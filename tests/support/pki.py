@@ -57,7 +57,7 @@ class TestPKI:
         self.ca.write_bytes(self._ca_cert.public_bytes(serialization.Encoding.PEM))
         self.server = self._issue("localhost", server=True)
 
-    def _issue(self, cn: str, *, server: bool = False) -> CertPair:
+    def _issue(self, cn: str, *, server: bool = False, valid_days: float = 30) -> CertPair:
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         b = (
@@ -66,8 +66,8 @@ class TestPKI:
             .issuer_name(self._ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=30))
+            .not_valid_before(now - dt.timedelta(days=max(1.0, 1 - valid_days)))
+            .not_valid_after(now + dt.timedelta(days=valid_days))
         )
         if server:
             b = b.add_extension(
@@ -85,6 +85,26 @@ class TestPKI:
         _write_key(key, pair.key)
         return pair
 
-    def client(self, cn: str) -> CertPair:
-        """A client certificate whose CN is `cn` (the gateway id, or a receiver's name)."""
-        return self._issue(cn)
+    def client(self, cn: str, *, valid_days: float = 30) -> CertPair:
+        """A client certificate whose CN is `cn` (the gateway id, or a receiver's name), valid for `valid_days`
+        from now (negative: expired that many days ago)."""
+        return self._issue(cn, valid_days=valid_days)
+
+    def sign_request(self, csr_pem: bytes, out: Path) -> x509.Certificate:
+        """What an operator's CA does with `koto provision`'s request: a client certificate for its key and subject."""
+        csr = x509.load_pem_x509_csr(csr_pem)
+        assert csr.is_signature_valid
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(csr.subject)
+            .issuer_name(self._ca_cert.subject)
+            .public_key(csr.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(self._ca_key, hashes.SHA256())
+        )
+        out.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return cert

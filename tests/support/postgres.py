@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from tests.support.slow import scaled
+
 INSTALL_HINT = "install PostgreSQL (Debian: apt-get install postgresql; `make system-deps` does it)"
 
 
@@ -68,8 +70,9 @@ class PostgresServer:
     def __enter__(self) -> PostgresServer:
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", options, "-w", "start")
-        deadline = time.monotonic() + 15
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", options, "-w",
+                  "-t", str(int(scaled(60))), "start")
+        deadline = time.monotonic() + scaled(15)
         while True:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()

@@ -43,9 +43,10 @@ def washer_script() -> Script:
 
 
 def dryer_script() -> Script:
-    """Heat with thermostat pauses (motor only), cool-down tumble, standby."""
+    """Heat with thermostat pauses (motor only), cool-down tumble (five minutes: longer than a thermostat pause),
+    standby."""
     phases: list[Phase] = [(20, 1.0), (120, 2350.0), (30, 240.0), (120, 2350.0), (40, 250.0), (120, 2300.0),
-                           (90, 230.0), (200, 1.5)]
+                           (300, 230.0), (300, 1.5)]
     return Script(phases, expected=["standby", "heat", "tumble", "standby"], cycles=1)
 
 

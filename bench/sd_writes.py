@@ -1,0 +1,238 @@
+"""The SD-card write budget: what the gateway writes per appliance-day, beside the records' own bytes and a naive store.
+
+    .venv/bin/python bench/sd_writes.py                         # a simulated day at 60x (about 25 minutes)
+    .venv/bin/python bench/sd_writes.py --hours 2 --speed 60    # a shorter look
+
+Nine appliances, polled at 1 Hz of simulated time: eight on Eastron SDM120 register meters, all on ONE simulated
+RS-485 bus (addresses 1-8 of one pymodbus RTU server on a pty pair, drivers/modbus_sim.py, read through the one bus
+owner exactly as `koto run` reads them), and a kettle on an S0 pulse meter (1000 imp/kWh, pulses driven into a
+gpiozero MockFactory pin). Each appliance follows a realistic day (below: washes, a dishwasher at night, cooking,
+kettles, an air conditioner in the afternoon, standby in between). The gateway is the production `Gateway` with the
+default `[gateway]` settings (checkpoint_s 300, batch_ms 500, interim_s 900), on a `ScaledClock`: the day is
+compressed, the gateway's own clock (cadences, batching, interims) compressed with it. Sync is off (no cloud):
+acks would add one small kv commit per acked window, not measured here.
+
+Printed, in one run:
+1. **ours**: this process's `write_bytes` (/proc/self/io: what reached the block layer, the WAL, its checkpoints
+   into the database and the final checkpoint at close included) over the day, per appliance-day;
+2. **records**: the records' own bytes (the signed bodies in the ledger), per appliance-day;
+3. **naive**: a store of every sample (one SQLite row per reading, WAL, synchronous=FULL, one transaction each),
+   measured in the same run on the same disk with the readings this run received: its bytes per sample times the
+   samples an appliance yields in a day at 1 Hz.
+Targets (issue 10): ours <= 1 MB per appliance-day and <= 10x the records' own bytes. Exits 1 when one is missed.
+Run it on a disk-backed directory (`--dir`, default /var/tmp): on tmpfs nothing reaches a block device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from drivers.gpio.sim import mock_factory, run_pulse_train  # noqa: E402
+from drivers.modbus_sim import ModbusSimulator, SimMeter  # noqa: E402
+from gateway.config import parse_config  # noqa: E402
+from gateway.daemon import Gateway  # noqa: E402
+from gateway.simulate import Phase, Script, air_conditioner, kettle, washer  # noqa: E402
+from gateway.state import StateDir  # noqa: E402
+from koto.clock import ScaledClock  # noqa: E402
+from koto.reading import Reading  # noqa: E402
+
+MB = 1_000_000
+S0_PIN = 17
+IMP_PER_KWH = 1000
+NAIVE_SAMPLES = 3000  # rows written one transaction each for the naive store (an fsync each)
+
+
+def dishwasher() -> Script:
+    return Script("dishwasher", [Phase("standby", 1, 0.5, ripple=0.0), Phase("wash", 600, 120),
+                                 Phase("heat", 1200, 2000, ripple=0.01), Phase("wash", 1500, 150),
+                                 Phase("heat", 900, 2000, ripple=0.01), Phase("dry", 1800, 15),
+                                 Phase("standby", 1, 0.5, ripple=0.0)])
+
+
+def dryer() -> Script:
+    return Script("dryer", [Phase("standby", 1, 0.8, ripple=0.0), Phase("dry", 4800, 2400),
+                            Phase("cool", 600, 250), Phase("standby", 1, 0.8, ripple=0.0)])
+
+
+def oven() -> Script:
+    bake = [Phase("bake", 300, 2500, ripple=0.01), Phase("bake", 240, 40)]
+    return Script("oven", [Phase("standby", 1, 1.0, ripple=0.0), Phase("preheat", 600, 3000, ripple=0.01),
+                           *bake * 5, Phase("standby", 1, 1.0, ripple=0.0)])
+
+
+# Each appliance: its profile, the script of one use, and the hours of the day its uses start.
+DAY: dict[str, tuple[str, Callable[[], Script], tuple[float, ...]]] = {
+    "washer": ("washing_machine", washer, (7.5, 18.0)),
+    "washer-2": ("washing_machine", washer, (10.0,)),
+    "dishwasher": ("dishwasher", dishwasher, (21.5,)),
+    "dryer": ("tumble_dryer", dryer, (9.0, 19.0)),
+    "oven": ("oven", oven, (12.0, 18.5)),
+    "aircon": ("air_conditioner", air_conditioner, (13.0, 15.0)),
+    "kettle-reg": ("kettle", kettle, (7.0, 10.5, 16.0, 20.0)),
+    "kettle-reg-2": ("kettle", kettle, (8.0, 14.0)),
+    "kettle-s0": ("kettle", kettle, (6.5, 12.5, 17.0)),  # the S0 meter
+}
+REGISTER = [a for a in DAY if a != "kettle-s0"]
+
+
+class Day:
+    """Power of each appliance at simulated time t (seconds since the start), from its script and its start hours."""
+
+    def __init__(self, start_h: float) -> None:
+        self.start_h = start_h
+        self.scripts = {aid: make() for aid, (_, make, _) in DAY.items()}
+
+    def power_w(self, aid: str, t: float) -> float:
+        script = self.scripts[aid]
+        hour_s = ((self.start_h * 3600 + t) % 86400)
+        running = [h for h in DAY[aid][2] if 0 <= hour_s - h * 3600 < script.length_s]
+        if running:
+            return script.power_w(hour_s - running[0] * 3600)
+        return script.power_w(0.0) if script.phases[0].watts > 0 else 0.0
+
+
+class TappedGateway(Gateway):
+    """The production gateway, keeping a copy of the first readings it receives (the naive store's rows)."""
+
+    tap: list[Reading]
+
+    def _feed(self, reading: Reading) -> None:
+        if len(self.tap) < NAIVE_SAMPLES:
+            self.tap.append(reading)
+        super()._feed(reading)
+
+
+def write_bytes() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    raise RuntimeError("/proc/self/io has no write_bytes")
+
+
+def config(state: Path, port: str) -> dict[str, Any]:
+    apps: list[dict[str, Any]] = []
+    for i, aid in enumerate(REGISTER, start=1):
+        apps.append({"id": aid, "profile": DAY[aid][0], "energy": f"{aid}-meter",
+                     "sources": {f"{aid}-meter": {"driver": "modbus", "model": "sdm120", "port": port, "address": i,
+                                                  "baud": 9600, "poll_s": 1.0, "timeout_s": 0.3}}})
+    apps.append({"id": "kettle-s0", "profile": "kettle", "energy": "kettle-pulses",
+                 "sources": {"kettle-pulses": {"driver": "s0", "pin": S0_PIN, "imp_per_kwh": IMP_PER_KWH}}})
+    return {"gateway": {"id": "bench-gw", "state_dir": str(state), "timezone": "UTC"}, "appliance": apps}
+
+
+async def run_day(state: Path, hours: float, speed: float, start_h: float) -> tuple[int, TappedGateway, float]:
+    """Run the gateway through `hours` of simulated use; returns (write_bytes over the run, the gateway, sim s)."""
+    clock = ScaledClock(speed)
+    t0 = clock.now().mono_ns
+    day = Day(start_h)
+
+    def sim_t() -> float:
+        return (clock.now().mono_ns - t0) / 1e9
+
+    meters = [SimMeter("sdm120", i, energy_kwh=1000.0 + i, time_fn=sim_t,
+                       power_fn=lambda t, aid=aid: day.power_w(aid, t))  # type: ignore[misc]
+              for i, aid in enumerate(REGISTER, start=1)]
+    factory = mock_factory()
+    async with ModbusSimulator(meters) as bus:
+        cfg = parse_config(config(state, bus.port), file="<bench sd_writes>")
+        gw = TappedGateway(cfg, clock=clock, backends={"pin_factory": factory}, sync_enabled=False)
+        gw.tap = []
+        before = write_bytes()
+        stop = asyncio.Event()
+        pulses = asyncio.create_task(run_pulse_train(factory.pin(S0_PIN), clock,
+                                                     lambda: int(day.power_w("kettle-s0", sim_t()) * 1000),
+                                                     IMP_PER_KWH, step_s=1.0))
+        runner = asyncio.create_task(gw.run(stop))
+        real0 = time.monotonic()
+        await asyncio.wait([runner], timeout=hours * 3600 / speed)
+        stop.set()
+        await runner  # a clean stop: the last batch, then the ledger closes (its final WAL checkpoint)
+        pulses.cancel()
+        await asyncio.gather(pulses, return_exceptions=True)
+        written = write_bytes() - before
+        print(f"  ran {sim_t() / 3600:.2f} simulated hours in {time.monotonic() - real0:.0f} s", file=sys.stderr)
+    return written, gw, sim_t()
+
+
+def records_bytes(db: Path) -> tuple[int, int]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        n, size = conn.execute("SELECT count(*), coalesce(sum(length(body)), 0) FROM records").fetchone()
+    finally:
+        conn.close()
+    return int(n), int(size)
+
+
+def naive_store(path: Path, samples: list[Reading]) -> float:
+    """Bytes written per sample by one SQLite row per reading (WAL, synchronous=FULL, a transaction each)."""
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE samples (t_ns INTEGER, source TEXT, quantity TEXT, value INTEGER)")
+    before = write_bytes()
+    for r in samples:
+        conn.execute("INSERT INTO samples VALUES (?,?,?,?)", (r.t_mono_ns, r.source, str(r.quantity), r.value))
+    conn.close()
+    return (write_bytes() - before) / len(samples)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hours", type=float, default=24.0, help="simulated hours (default 24: a day)")
+    ap.add_argument("--speed", type=float, default=60.0, help="time compression (default 60x: polls keep up)")
+    ap.add_argument("--start-hour", type=float, default=5.0, help="local hour the run starts at (default 05:00)")
+    ap.add_argument("--dir", default="/var/tmp", help="a disk-backed directory for the ledgers (default /var/tmp)")
+    ap.add_argument("--keep", action="store_true", help="keep the ledger (its path is printed)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    work = Path(tempfile.mkdtemp(prefix="koto-sd-", dir=args.dir))
+    try:
+        state = work / "state"
+        StateDir(state).provision()
+        written, gw, sim_s = asyncio.run(run_day(state, args.hours, args.speed, args.start_hour))
+        if written == 0:
+            print(f"{args.dir}: nothing reached a block device (tmpfs?); use --dir on a disk", file=sys.stderr)
+            return 2
+        n_records, rec_bytes = records_bytes(state / "ledger.db")
+        per_sample = naive_store(work / "naive.db", gw.tap)
+    finally:
+        if args.keep:
+            print(f"  ledger kept in {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    apps = len(DAY)
+    app_days = apps * sim_s / 86400
+    readings_per_app_s = gw.stats.readings / apps / sim_s  # what this run received (compression may slow polls)
+    # Modbus polls per meter per simulated second this run achieved (1.0 when compression kept up)
+    polls_per_s = sum(getattr(s.source, "polls", 0) for s in gw.sources.values()) / len(REGISTER) / sim_s
+    samples_per_day = readings_per_app_s / max(polls_per_s, 1e-9) * 86400  # at 1 Hz
+    ours = written / app_days
+    records = rec_bytes / app_days
+    naive = per_sample * samples_per_day
+    print(f"write budget, {apps} appliances (8 SDM120 on one RS-485 bus + 1 S0), {sim_s / 3600:.1f} simulated h "
+          f"at {args.speed:g}x, polled at 1 Hz ({polls_per_s:.2f} polls/s achieved, "
+          f"{readings_per_app_s:.1f} readings/appliance/s), {n_records} records, {gw.stats.batches} transactions")
+    print(f"{'per appliance-day':<22}{'ours':>12}{'records':>12}{'naive':>12}")
+    print(f"{'bytes':<22}{ours / MB:>10.3f}MB{records / MB:>10.3f}MB{naive / MB:>10.1f}MB")
+    print(f"ours / records {ours / records:.1f}x (target <= 10x); ours {ours / MB:.3f} MB (target <= 1 MB); "
+          f"naive / ours {naive / ours:.0f}x; naive measured at {per_sample:.0f} bytes/sample x "
+          f"{samples_per_day:,.0f} samples/appliance-day")
+    ok = ours <= 1 * MB and ours <= 10 * records
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
