@@ -138,10 +138,12 @@ fi
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 if [ -z "$WHEEL" ]; then
-    # A wheel from this checkout. SOURCE_DATE_EPOCH makes it the same bytes each time, so an unchanged checkout
-    # is recognised below and not reinstalled.
-    SOURCE_DATE_EPOCH=$(git -C "$SRC" log -1 --format=%ct 2>/dev/null || echo 315532800) \
-        "$VENV/bin/pip" wheel -q --no-deps -w "$TMP" "$SRC" >/dev/null || die "building a wheel from $SRC failed"
+    # A wheel from this checkout, built from a copy so that root leaves no build/ or *.egg-info in the installer's
+    # clone. An unchanged checkout gives a wheel with the same RECORD, recognised below and not reinstalled.
+    mkdir "$TMP/src"
+    tar -C "$SRC" --exclude=./.venv --exclude=./build --exclude='*.egg-info' --exclude=.git -cf - . \
+        | tar -C "$TMP/src" -xf - || die "cannot copy $SRC"
+    "$VENV/bin/pip" wheel -q --no-deps -w "$TMP" "$TMP/src" >/dev/null || die "building a wheel from $SRC failed"
     WHEEL=$(ls "$TMP"/koto_gateway-*.whl)
 fi
 # The wheel's RECORD lists every file with its hash: the same RECORD is the same Koto, whatever the zip's dates.

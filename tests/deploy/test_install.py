@@ -53,6 +53,21 @@ def root(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     yield r, f"/mnt/dist/{wheel.name}"
 
 
+def test_from_the_checkout_it_builds_its_wheel_without_writing_there_and_a_rerun_changes_nothing(
+        tmp_path: Path) -> None:
+    """The README's `sudo deploy/install.sh` in a clone: the wheel is built from a copy (the clone is mounted
+    read-only here, so a build/ or *.egg-info written into it fails the run), and the rebuilt wheel of an unchanged
+    clone is recognised (same RECORD), so the second run reinstalls nothing."""
+    r = OverlayRoot(tmp_path / "root", {"/mnt/koto-src": REPO, "/mnt/wheels": wheelhouse(CACHE)},
+                    read_only=frozenset({"/mnt/koto-src", "/mnt/wheels"}))
+    first = r.run("sh /mnt/koto-src/deploy/install.sh --wheels /mnt/wheels").stdout
+    assert "changed: installed koto_gateway-" in first
+    before = r.snapshot()
+    second = r.run("sh /mnt/koto-src/deploy/install.sh --wheels /mnt/wheels").stdout
+    assert [ln for ln in second.splitlines() if ln.startswith("changed:")] == [] and "nothing changed" in second
+    assert r.snapshot() == before
+
+
 def install(r: OverlayRoot, wheel: str) -> str:
     return r.run(f"sh /mnt/koto-src/deploy/install.sh --wheel {wheel} --wheels /mnt/wheels").stdout
 
