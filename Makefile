@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # On a Pi the venv also sees Raspberry Pi OS's python3-lgpio (PyPI's lgpio has no wheels for Python 3.13: docs/install.md).
 VENV_FLAGS := $(if $(filter aarch64 armv7l,$(shell uname -m)),--system-site-packages,)
 
-.PHONY: demo test test-fast test-install test-install-debootstrap test-arm64 lint typecheck pytest bench bench-sd clean system-deps
+.PHONY: demo test test-fast test-install test-install-debootstrap image-test test-arm64 lint typecheck pytest bench bench-sd clean system-deps
 
 $(VENV_OK):
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -87,6 +87,17 @@ test-install-debootstrap: $(DEV_STAMP) system-deps
 # `make test`; the first run builds the root and its venv). PYTEST_ARGS="tests/koto" runs part of it.
 test-arm64:
 	$(SUDO) tests/arm64/run.sh
+
+# An arm64 Debian with deploy/install.sh applied, booted under qemu-system-aarch64 with the card's koto.toml on a
+# FAT image and a simulated meter: first boot imports and scrubs, koto.service reaches READY, koto doctor reports.
+# The first run debootstraps the arm64 root under qemu-user (cached in ~/.cache/koto-tests); see docs/install.md.
+image-test: $(DEV_STAMP) system-deps
+	@command -v qemu-system-aarch64 >/dev/null 2>&1 || \
+		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends qemu-system-arm )
+	@[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || \
+		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q qemu-user-static binfmt-support )
+	@command -v debootstrap >/dev/null 2>&1 || ( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q debootstrap )
+	$(BIN)/pytest -q -m image tests/image
 
 bench: $(DEV_STAMP) system-deps
 	$(BIN)/python bench/metering.py

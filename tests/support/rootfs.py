@@ -63,6 +63,14 @@ class OverlayRoot:
                                  f"--- stderr\n{out.stderr}")
         return out
 
+    def run_host(self, script: str, *, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """Run `script` on the host with only the overlay mounted (at $ROOT), e.g. to pack the merged tree."""
+        m = str(self.merged)
+        mount = f"mount -t overlay overlay -o lowerdir={self.lower},upperdir={self.upper},workdir={self.work} {m}"
+        return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-eu", "-c",
+                               f"{mount} && ROOT={m} && {script}"], capture_output=True, text=True,
+                              timeout=timeout, check=True)
+
     def snapshot(self) -> dict[str, tuple[object, ...]]:
         """Every file the root's writes made: type, mode, owner, size, mtime and content hash."""
         snap: dict[str, tuple[object, ...]] = {}
