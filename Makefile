@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # On a Pi the venv also sees Raspberry Pi OS's python3-lgpio (PyPI's lgpio has no wheels for Python 3.13: docs/install.md).
 VENV_FLAGS := $(if $(filter aarch64 armv7l,$(shell uname -m)),--system-site-packages,)
 
-.PHONY: demo test test-fast test-install test-install-debootstrap test-arm64 lint typecheck pytest bench bench-sd clean system-deps
+.PHONY: demo test test-fast test-install test-install-debootstrap image-test test-arm64 lint typecheck pytest bench bench-sd clean system-deps
 
 $(VENV_OK):
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -45,11 +45,13 @@ system-deps:
 	@ls /lib/systemd/systemd-journal-remote /usr/lib/systemd/systemd-journal-remote >/dev/null 2>&1 || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q systemd-journal-remote )
 	@# The installer's tests: cloud-init checks the user-data, netplan renders the network-config, mtools and
-	@# dosfstools make and read the FAT image of the first-boot import.
+	@# dosfstools make and read the FAT image of the first-boot import, shellcheck checks deploy/install.sh.
 	@command -v cloud-init >/dev/null 2>&1 || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends cloud-init )
 	@command -v netplan >/dev/null 2>&1 || [ -x /usr/sbin/netplan ] || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends netplan.io )
+	@command -v shellcheck >/dev/null 2>&1 || \
+		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q shellcheck )
 	@command -v mcopy >/dev/null 2>&1 && { command -v mkfs.fat >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.fat ]; } || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mtools dosfstools )
 
@@ -85,6 +87,17 @@ test-install-debootstrap: $(DEV_STAMP) system-deps
 # `make test`; the first run builds the root and its venv). PYTEST_ARGS="tests/koto" runs part of it.
 test-arm64:
 	$(SUDO) tests/arm64/run.sh
+
+# An arm64 Debian with deploy/install.sh applied, booted under qemu-system-aarch64 with the card's koto.toml on a
+# FAT image and a simulated meter: first boot imports and scrubs, koto.service reaches READY, koto doctor reports.
+# The first run debootstraps the arm64 root under qemu-user (cached in ~/.cache/koto-tests); see docs/install.md.
+image-test: $(DEV_STAMP) system-deps
+	@command -v qemu-system-aarch64 >/dev/null 2>&1 || \
+		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends qemu-system-arm )
+	@[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || \
+		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q qemu-user-static binfmt-support )
+	@command -v debootstrap >/dev/null 2>&1 || ( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q debootstrap )
+	$(BIN)/pytest -q -m image tests/image
 
 bench: $(DEV_STAMP) system-deps
 	$(BIN)/python bench/metering.py

@@ -64,6 +64,7 @@ done
 [ -z "$WHEEL" ] || [ -f "$WHEEL" ] || die "$WHEEL: no such wheel"
 [ -z "$WHEELS" ] || [ -d "$WHEELS" ] || die "$WHEELS: no such folder"
 [ -n "$WHEEL" ] || [ -f "$SRC/pyproject.toml" ] || die "no --wheel given and $SRC is not a Koto checkout"
+[ -f "$SRC/systemd/koto.service" ] || die "$SRC/systemd/koto.service missing: run the script from a Koto checkout (or release archive)"
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 
 # ---------------------------------------------------------------------------------------------- 1. packages
@@ -81,6 +82,7 @@ if [ "$APT" = yes ]; then
         fi
     fi
     if [ -n "$want" ]; then
+        # shellcheck disable=SC2086  # $want is a list of package names, split on purpose
         apt-get install -y -q $want >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q $want >/dev/null; } \
             || die "apt-get install$want failed"
         changed "installed$want"
@@ -136,10 +138,12 @@ fi
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 if [ -z "$WHEEL" ]; then
-    # A wheel from this checkout. SOURCE_DATE_EPOCH makes it the same bytes each time, so an unchanged checkout
-    # is recognised below and not reinstalled.
-    SOURCE_DATE_EPOCH=$(git -C "$SRC" log -1 --format=%ct 2>/dev/null || echo 315532800) \
-        "$VENV/bin/pip" wheel -q --no-deps -w "$TMP" "$SRC" >/dev/null || die "building a wheel from $SRC failed"
+    # A wheel from this checkout, built from a copy so that root leaves no build/ or *.egg-info in the installer's
+    # clone. An unchanged checkout gives a wheel with the same RECORD, recognised below and not reinstalled.
+    mkdir "$TMP/src"
+    tar -C "$SRC" --exclude=./.venv --exclude=./build --exclude='*.egg-info' --exclude=.git -cf - . \
+        | tar -C "$TMP/src" -xf - || die "cannot copy $SRC"
+    "$VENV/bin/pip" wheel -q --no-deps -w "$TMP" "$TMP/src" >/dev/null || die "building a wheel from $SRC failed"
     WHEEL=$(ls "$TMP"/koto_gateway-*.whl)
 fi
 # The wheel's RECORD lists every file with its hash: the same RECORD is the same Koto, whatever the zip's dates.
@@ -153,7 +157,7 @@ EOF
 if [ "$(cat "$PREFIX/.installed-wheel" 2>/dev/null)" != "$fingerprint" ]; then
     set -- --only-binary=:all:
     [ -z "$WHEELS" ] || set -- "$@" --no-index --find-links "$WHEELS"
-    "$VENV/bin/pip" install -q "$@" "$WHEEL[$EXTRAS]" || die "pip install $WHEEL failed (see above)"
+    "$VENV/bin/pip" install -q "$@" "${WHEEL}[$EXTRAS]" || die "pip install $WHEEL failed (see above)"
     "$VENV/bin/pip" install -q --force-reinstall --no-deps "$WHEEL" || die "pip install $WHEEL failed (see above)"
     echo "$fingerprint" > "$PREFIX/.installed-wheel"
     changed "installed $(basename "$WHEEL") into $VENV"
@@ -176,10 +180,8 @@ put() {
 }
 UNITS_CHANGED=no
 JOURNALD_CHANGED=no
-for f in README.md; do
-    [ -f "$SRC/$f" ] && { put "$SRC/$f" "$PREFIX/$f" 0644 || true; }
-done
-[ -f "$SRC/deploy/koto.example.toml" ] && { put "$SRC/deploy/koto.example.toml" "$ETC/koto.example.toml" 0644 || true; }
+[ -f "$SRC/README.md" ] && { put "$SRC/README.md" "$PREFIX/README.md" 0644 || true; }
+[ -f "$SRC/deploy/koto.example.toml" ] && { put "$SRC/deploy/koto.example.toml" "$PREFIX/koto.example.toml" 0644 || true; }
 put "$SRC/systemd/koto.service" "$UNITS/koto.service" 0644 && UNITS_CHANGED=yes
 put "$SRC/systemd/koto-firstboot.service" "$UNITS/koto-firstboot.service" 0644 && UNITS_CHANGED=yes
 put "$SRC/systemd/koto.service.d/10-firstboot.conf" "$UNITS/koto.service.d/10-firstboot.conf" 0644 && UNITS_CHANGED=yes
@@ -209,5 +211,5 @@ else
 fi
 if [ ! -f "$ETC/koto.toml" ]; then
     echo "next: put koto.toml on the boot partition and reboot (docs/install.md), or write $ETC/koto.toml" \
-         "(from $ETC/koto.example.toml), check it with 'koto check', then: sudo systemctl start koto"
+         "(from $PREFIX/koto.example.toml), check it with 'koto check', then: sudo systemctl start koto"
 fi

@@ -275,6 +275,26 @@ def _runs(clusters: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
+FAT_TYPES = {0x01, 0x04, 0x06, 0x0B, 0x0C, 0x0E}  # MBR partition types of FAT12/16/32 (LBA or CHS)
+
+
+def fat_offset(image: Path) -> int:
+    """Where the FAT file system starts in `image`: 0 for a bare file system, else the first FAT partition of its
+    MBR (a whole card: Raspberry Pi OS's boot partition starts at 4 MiB or 8 MiB)."""
+    with open(image, "rb") as f:
+        head = f.read(512)
+    if len(head) < 512 or head[510:512] != b"\x55\xaa":
+        raise BootError(f"{image}: neither a FAT file system nor a disk image with a partition table")
+    bps = struct.unpack_from("<H", head, 11)[0]
+    if head[0] in (0xEB, 0xE9) and bps in (512, 1024, 2048, 4096) and (b"FAT" in head[54:62] or b"FAT" in head[82:90]):
+        return 0  # a FAT boot sector, not an MBR
+    for i in range(4):
+        entry = head[446 + 16 * i: 446 + 16 * (i + 1)]
+        if entry[4] in FAT_TYPES:
+            return int(struct.unpack_from("<I", entry, 8)[0]) * 512
+    raise BootError(f"{image}: its partition table has no FAT partition (the boot partition)")
+
+
 def fs_type(path: Path, mounts: Path = Path("/proc/self/mounts")) -> str:
     """The type of the file system `path` is on (the longest mount point that contains it)."""
     best, kind = "", ""

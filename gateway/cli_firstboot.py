@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .bootfs import BootPartition, ImageBoot, MountedBoot, find_boot
+from .bootfs import BootPartition, ImageBoot, MountedBoot, fat_offset, find_boot
 from .firstboot import Owner, import_from_boot
 
 
@@ -38,17 +38,22 @@ def _provisioner(owner: Owner | None, user: str) -> Callable[[Path], str]:
               help="The mounted boot partition. Default: /boot/firmware, else /boot.")
 @click.option("--image", type=click.Path(dir_okay=False, exists=True), default=None,
               help="A FAT file system in an image file or an unmounted block device instead (mtools).")
-@click.option("--offset", type=int, default=0, show_default=True, help="With --image: where the FAT starts, in bytes.")
+@click.option("--offset", type=int, default=None,
+              help="With --image: where the FAT starts, in bytes. Default: 0 for a bare FAT, else the first FAT "
+                   "partition of a whole card's partition table.")
 @click.option("--etc", "etc_dir", type=click.Path(file_okay=False), default="/etc/koto", show_default=True,
               help="Where the config and the files it names go.")
 @click.option("--user", default="koto", show_default=True,
               help="The service user: owns the imported files and the device key (when run as root).")
-def firstboot(boot_dir: str | None, image: str | None, offset: int, etc_dir: str, user: str) -> None:
+def firstboot(boot_dir: str | None, image: str | None, offset: int | None, etc_dir: str, user: str) -> None:
     """Import koto.toml (and the key and certificate files it names) from the boot partition into /etc/koto,
     check it, scrub the secrets from the card and provision. A refused config stays on the card with the reasons
     in koto.toml.rejected.txt; exit 1."""
-    boot: BootPartition = (ImageBoot(Path(image), offset) if image
-                           else MountedBoot(Path(boot_dir)) if boot_dir else find_boot())
+    boot: BootPartition
+    if image:
+        boot = ImageBoot(Path(image), fat_offset(Path(image)) if offset is None else offset)
+    else:
+        boot = MountedBoot(Path(boot_dir)) if boot_dir else find_boot()
     owner: Owner | None = None
     if os.geteuid() == 0:
         try:

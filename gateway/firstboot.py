@@ -4,8 +4,9 @@ An installer flashes a card, drops `koto.toml` on its FAT boot partition (and, i
 operator's public key, the CA and the client certificate and key, by the same file names), and boots.
 `koto-firstboot.service` runs `koto firstboot` before `koto.service`:
 
-1. the config and every file it names under /etc/koto whose name is on the partition are put in place, each mode
-   0600 and owned by the service user (a file already there is kept aside, and put back if the import is refused);
+1. the config and every file it names under /etc/koto whose name is on the partition are put in place: the config
+   and private keys mode 0600 and the service user's, certificates and public keys 0644 and root's (the gateway
+   reads them but cannot replace what it trusts); a file already there is kept aside, put back if refused;
 2. the config is checked as `koto check` does (every problem, and every file it names);
 3. refused: everything from step 1 is undone, the files stay on the card for support with the reasons beside them
    in `koto.toml.rejected.txt`, and the command exits 1; /etc/koto/koto.toml is then absent (or the earlier, valid
@@ -77,9 +78,17 @@ def named_files(data: Any, etc: Path) -> list[Path]:
     return found
 
 
-def _put(path: Path, data: bytes, owner: Owner | None) -> None:
-    write_atomic(path, data, mode=0o600)
-    if owner is not None:
+def is_secret(data: bytes) -> bool:
+    """A private key (any PEM "... PRIVATE KEY"). Certificates and public keys are meant to be shared."""
+    return b"PRIVATE KEY-----" in data
+
+
+def _put(path: Path, data: bytes, owner: Owner | None, *, secret: bool = True) -> None:
+    """A secret (the config, a private key): mode 0600, the service user's (it must read it). Public material (the
+    CA, a certificate, the operator's public key): 0644 and root's, so the service can read but never replace the
+    keys it trusts (as `koto provision` leaves them)."""
+    write_atomic(path, data, mode=0o600 if secret else 0o644)
+    if owner is not None and secret:
         os.chown(path, owner.uid, owner.gid)
 
 
@@ -96,13 +105,14 @@ def import_from_boot(boot: BootPartition, *, etc: Path, owner: Owner | None,
         return _refuse(boot, [f"{boot.where}/{CONFIG_NAME}: not valid TOML: {e}"], [], {})
     etc.mkdir(parents=True, exist_ok=True)
     imports = [(p, p.name) for p in named_files(data, etc) if boot.exists(p.name)]
-    kept: dict[Path, bytes | None] = {}  # what was there before, to put back on refusal
+    kept: dict[Path, tuple[bytes, os.stat_result] | None] = {}  # what was there before, to put back on refusal
     target = etc / CONFIG_NAME
     staged = etc / f".{CONFIG_NAME}.import"
     try:
         for path, name in imports:
-            kept[path] = path.read_bytes() if path.exists() else None
-            _put(path, boot.read(name), owner)
+            kept[path] = (path.read_bytes(), path.stat()) if path.exists() else None
+            named = boot.read(name)
+            _put(path, named, owner, secret=is_secret(named))
         _put(staged, raw, owner)
         report = check_config(staged)
     except OSError as e:
@@ -112,7 +122,7 @@ def import_from_boot(boot: BootPartition, *, etc: Path, owner: Owner | None,
         return _refuse(boot, problems, imports, kept, staged)
     os.replace(staged, target)
     fsync_dir(etc)
-    log.info("imported %s from %s into %s (mode 0600)", CONFIG_NAME,
+    log.info("imported %s from %s into %s", CONFIG_NAME,
              boot.where, ", ".join([str(target), *(str(p) for p, _ in imports)]))
     # The secrets are on the root file system now: scrub them from the card before anything else can fail.
     names = [CONFIG_NAME, *(n for _, n in imports)]
@@ -125,6 +135,10 @@ def import_from_boot(boot: BootPartition, *, etc: Path, owner: Owner | None,
              ", ".join(names), boot.where, wiped / 1e6)
     cfg = report.config
     assert cfg is not None
+    if not cfg.state_dir.exists():  # a state_dir other than /var/lib/koto: made here, the service user's from the start
+        cfg.state_dir.mkdir(mode=0o700, parents=True)
+        if owner is not None:
+            os.chown(cfg.state_dir, owner.uid, owner.gid)
     pem = provision(target)
     boot.write(f"koto-{cfg.id}.pub.pem", pem.encode())
     log.info("gateway %s provisioned; its public key is on the boot partition as koto-%s.pub.pem: register it "
@@ -134,13 +148,16 @@ def import_from_boot(boot: BootPartition, *, etc: Path, owner: Owner | None,
 
 
 def _refuse(boot: BootPartition, problems: list[str], imports: list[tuple[Path, str]],
-            kept: dict[Path, bytes | None], staged: Path | None = None) -> ImportResult:
+            kept: dict[Path, tuple[bytes, os.stat_result] | None], staged: Path | None = None) -> ImportResult:
     """Undo what was put in /etc/koto, leave the card's files as they are with the reasons beside them."""
     for path, before in kept.items():
         if before is None:
             path.unlink(missing_ok=True)
         else:
-            write_atomic(path, before, mode=0o600)
+            data, st = before
+            write_atomic(path, data, mode=st.st_mode & 0o777)
+            if os.geteuid() == 0:
+                os.chown(path, st.st_uid, st.st_gid)
     if staged is not None:
         staged.unlink(missing_ok=True)
     note = (f"Koto did not import {CONFIG_NAME} from this card: {len(problems)} problem(s).\n"

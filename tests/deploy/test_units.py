@@ -48,5 +48,5 @@ def test_the_gateway_waits_for_the_import_and_does_not_start_without_a_config() 
     assert "ConditionPathExists=/etc/koto/koto.toml" in drop_in
     firstboot = (SYSTEMD / "koto-firstboot.service").read_text().splitlines()
     assert "Before=koto.service" in firstboot and "Type=oneshot" in firstboot
-    assert "ExecStart=/opt/koto/.venv/bin/koto firstboot" in firstboot
+    assert "ExecStart=/opt/koto/.venv/bin/koto -v firstboot" in firstboot
     assert {"ConditionPathExists=|/boot/firmware/koto.toml", "ConditionPathExists=|/boot/koto.toml"} <= set(firstboot)

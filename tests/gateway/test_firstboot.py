@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.bootfs import ImageBoot
+from gateway.bootfs import ImageBoot, fat_offset
 from gateway.cli import main
 from tests.support.pki import TestPKI
 
@@ -56,17 +56,35 @@ def mtools(*args: str) -> bytes:
     return subprocess.run(args, check=True, capture_output=True, env=env).stdout
 
 
-@pytest.fixture(params=["16", "32"], ids=["fat16", "fat32"])
+CARD_OFFSET = 4 << 20  # where Raspberry Pi OS images start their boot partition
+
+
+@pytest.fixture(params=["16", "32", "card"], ids=["fat16", "fat32", "whole-card"])
 def card(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    """A boot partition as an installer's laptop leaves it: the firmware's files plus what the installer dropped."""
+    """A boot partition as an installer's laptop leaves it: the firmware's files plus what the installer dropped.
+    fat16/fat32: the file system alone; whole-card: an MBR with a FAT32 partition at 4 MiB, as flashed."""
     img = tmp_path / "boot.img"
-    kib = "16384" if request.param == "16" else "40000"  # FAT32 needs >= 65525 clusters: 512-byte clusters here
-    subprocess.run([MKFS, "-F", request.param, "-s", "1", "-n", "bootfs", "-C", str(img), kib],
-                   check=True, capture_output=True)
+    if request.param == "card":
+        img.write_bytes(b"")
+        os.truncate(img, CARD_OFFSET + (40000 << 10))
+        subprocess.run(["sfdisk", "-q", str(img)], input=f"label: dos\nstart={CARD_OFFSET // 512}, type=c\n",
+                       text=True, check=True, capture_output=True)
+        subprocess.run([MKFS, "-F", "32", "-s", "1", "-n", "bootfs", "--offset", str(CARD_OFFSET // 512), str(img),
+                        "40000"], check=True, capture_output=True)
+    else:
+        kib = "16384" if request.param == "16" else "40000"  # FAT32 needs >= 65525 clusters: 512-byte clusters
+        subprocess.run([MKFS, "-F", request.param, "-s", "1", "-n", "bootfs", "-C", str(img), kib],
+                       check=True, capture_output=True)
     firmware = tmp_path / "config.txt"
     firmware.write_text("arm_64bit=1\n# the firmware's own file, which the import must leave alone\n" * 40)
-    mtools("mcopy", "-i", str(img), str(firmware), "::/config.txt")
+    mtools("mcopy", "-i", target(img), str(firmware), "::/config.txt")
     return img
+
+
+def target(img: Path) -> str:
+    """mtools' name for the FAT in `img` (a whole card's partition is addressed by its offset)."""
+    offset = fat_offset(img)
+    return f"{img}@@{offset}" if offset else str(img)
 
 
 def drop(img: Path, tmp_path: Path, text: str) -> dict[str, bytes]:
@@ -77,7 +95,7 @@ def drop(img: Path, tmp_path: Path, text: str) -> dict[str, bytes]:
              "gw-0042.key": pair.key.read_bytes()}
     for name, data in files.items():
         (tmp_path / "laptop" / name).write_bytes(data)
-        mtools("mcopy", "-o", "-i", str(img), str(tmp_path / "laptop" / name), f"::/{name}")
+        mtools("mcopy", "-o", "-i", target(img), str(tmp_path / "laptop" / name), f"::/{name}")
     return files
 
 
@@ -90,8 +108,8 @@ def secrets(files: dict[str, bytes]) -> list[bytes]:
 def test_deleting_alone_leaves_a_secret_readable_in_the_raw_image(card: Path, tmp_path: Path) -> None:
     """Why the import overwrites before it deletes (and proof that the raw-bytes check below can fail)."""
     (tmp_path / "secret.toml").write_text(f'bindkey = "{BINDKEY}"\n')
-    mtools("mcopy", "-i", str(card), str(tmp_path / "secret.toml"), "::/secret.toml")
-    mtools("mdel", "-i", str(card), "::/secret.toml")
+    mtools("mcopy", "-i", target(card), str(tmp_path / "secret.toml"), "::/secret.toml")
+    mtools("mdel", "-i", target(card), "::/secret.toml")
     assert BINDKEY.encode() in card.read_bytes()
 
 
@@ -107,13 +125,14 @@ def test_a_valid_config_is_imported_provisioned_and_its_secrets_are_gone_from_th
     for name, data in files.items():
         installed = etc / name
         assert installed.read_bytes() == data, name
-        assert installed.stat().st_mode & 0o777 == 0o600, name
+        secret = name in ("koto.toml", "gw-0042.key")  # the config may hold a bindkey; the client's private key
+        assert installed.stat().st_mode & 0o777 == (0o600 if secret else 0o644), name
     assert not list(etc.glob(".*")), "no staging file is left behind"
     raw = card.read_bytes()
     leaked = [s for s in secrets(files) if s in raw]
     assert leaked == [], f"still in the raw image: {leaked}"
     assert files["koto.toml"] not in raw and files["gw-0042.crt"] not in raw
-    boot = ImageBoot(card)
+    boot = ImageBoot(card, fat_offset(card))
     assert not any(boot.exists(n) for n in files)
     assert boot.read("config.txt").startswith(b"arm_64bit=1\n")  # the firmware's file is untouched
     pub = (state / "keys" / "device.pub.pem").read_text()
@@ -140,17 +159,17 @@ def test_an_invalid_config_is_refused_kept_with_the_reasons_and_nothing_is_insta
     assert not (etc / "koto.toml").exists()  # koto.service's drop-in needs it: the service does not start
     assert sorted(p.name for p in etc.iterdir()) == []  # the key and certificates were taken back out
     assert not state.exists()  # not provisioned
-    boot = ImageBoot(card)
+    boot = ImageBoot(card, fat_offset(card))
     for name, data in files.items():
         assert boot.read(name) == data, f"{name} is kept on the card for support"
     reason = boot.read("koto.toml.rejected.txt").decode()
-    assert f"{card}/koto.toml: gateway.timezone" in reason and "appliance.aircon.colour" in reason
+    assert f"{boot.where}/koto.toml: gateway.timezone" in reason and "appliance.aircon.colour" in reason
     assert "boot again" in reason
 
     # Fixed on the laptop and booted again: imported, and the reasons are gone with the secrets.
     fixed = CONFIG.format(etc=etc, state=state, bindkey=BINDKEY)
     (tmp_path / "laptop" / "koto.toml").write_text(fixed)
-    mtools("mcopy", "-o", "-i", str(card), str(tmp_path / "laptop" / "koto.toml"), "::/koto.toml")
+    mtools("mcopy", "-o", "-i", target(card), str(tmp_path / "laptop" / "koto.toml"), "::/koto.toml")
     assert main(["firstboot", "--image", str(card), "--etc", str(etc), "--user", ME]) == 0
     assert not boot.exists("koto.toml.rejected.txt") and not boot.exists("koto.toml")
     assert (etc / "koto.toml").read_text() == fixed
@@ -160,9 +179,9 @@ def test_an_invalid_config_is_refused_kept_with_the_reasons_and_nothing_is_insta
 def test_a_config_that_is_not_toml_is_refused_with_the_parse_error(card: Path, tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "koto.toml").write_text("[gateway\nid = 1\n")
-    mtools("mcopy", "-i", str(card), str(tmp_path / "koto.toml"), "::/koto.toml")
+    mtools("mcopy", "-i", target(card), str(tmp_path / "koto.toml"), "::/koto.toml")
     assert main(["firstboot", "--image", str(card), "--etc", str(tmp_path / "etc"), "--user", ME]) == 1
-    assert "not valid TOML" in ImageBoot(card).read("koto.toml.rejected.txt").decode()
+    assert "not valid TOML" in ImageBoot(card, fat_offset(card)).read("koto.toml.rejected.txt").decode()
     assert not (tmp_path / "etc" / "koto.toml").exists()
 
 
@@ -182,3 +201,15 @@ def test_a_mounted_partition_s_file_is_overwritten_in_place_before_it_is_deleted
     finally:
         os.close(keep)
     assert fs_type(tmp_path) not in ("vfat", "msdos") and boot.wipe_free() == 0
+
+
+def test_a_refused_import_puts_back_the_files_it_had_replaced(card: Path, tmp_path: Path) -> None:
+    etc, state = tmp_path / "etc", tmp_path / "state"
+    etc.mkdir()
+    (etc / "ca.pem").write_bytes(b"the CA in use\n")
+    (etc / "ca.pem").chmod(0o640)
+    drop(card, tmp_path, CONFIG.format(etc=etc, state=state, bindkey=BINDKEY).replace("Europe/Berlin", "Mars/Olympus"))
+    assert main(["firstboot", "--image", str(card), "--etc", str(etc), "--user", ME]) == 1
+    assert (etc / "ca.pem").read_bytes() == b"the CA in use\n"
+    assert (etc / "ca.pem").stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in etc.iterdir()) == ["ca.pem"]

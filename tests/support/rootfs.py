@@ -35,13 +35,15 @@ def why_not() -> str | None:
 
 
 class OverlayRoot:
-    def __init__(self, folder: Path, binds: dict[str, Path], lower: Path = Path("/")) -> None:
+    def __init__(self, folder: Path, binds: dict[str, Path], lower: Path = Path("/"),
+                 read_only: frozenset[str] = frozenset()) -> None:
         self.folder = folder
         self.upper, self.work, self.merged = folder / "upper", folder / "work", folder / "merged"
         for d in (self.upper, self.work, self.merged):
             d.mkdir(parents=True, exist_ok=True)
         self.lower = lower
         self.binds = binds  # path inside the root -> host path
+        self.read_only = read_only  # which of them the root may not write to
 
     def run(self, script: str, *, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """Run `script` (sh) as root inside the root, in a fresh mount namespace."""
@@ -50,6 +52,8 @@ class OverlayRoot:
                  f"mount -t proc proc {m}/proc", f"mount --rbind /dev {m}/dev", f"mount -t tmpfs tmpfs {m}/run"]
         for inside, host in self.binds.items():
             setup.append(f"mkdir -p {m}{inside} && mount --bind {host} {m}{inside}")
+            if inside in self.read_only:
+                setup.append(f"mount -o remount,bind,ro {m}{inside}")
         inner = f"exec chroot {m} /usr/bin/env -i PATH={PATH} HOME=/root LANG=C.UTF-8 /bin/sh -eu -c {_q(script)}"
         out = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-eu", "-c",
                               " && ".join(setup) + " && " + inner],
@@ -58,6 +62,14 @@ class OverlayRoot:
             raise AssertionError(f"in the root, exit {out.returncode}:\n{script}\n--- stdout\n{out.stdout}\n"
                                  f"--- stderr\n{out.stderr}")
         return out
+
+    def run_host(self, script: str, *, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """Run `script` on the host with only the overlay mounted (at $ROOT), e.g. to pack the merged tree."""
+        m = str(self.merged)
+        mount = f"mount -t overlay overlay -o lowerdir={self.lower},upperdir={self.upper},workdir={self.work} {m}"
+        return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-eu", "-c",
+                               f"{mount} && ROOT={m} && {script}"], capture_output=True, text=True,
+                              timeout=timeout, check=True)
 
     def snapshot(self) -> dict[str, tuple[object, ...]]:
         """Every file the root's writes made: type, mode, owner, size, mtime and content hash."""
