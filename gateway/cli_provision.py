@@ -58,7 +58,6 @@ def provision(config_path: str | None, state_dir: str | None, force: bool, new_e
     if not writing and not target.exists() and state_dir is None and not no_input and _terminal():
         gateway_id, timezone, state_dir, broker, ca, operator_key = _ask(target)
         writing = True
-    written: list[Path] = []
     if writing:
         given = ", ".join(k for k, v in flags.items() if v is not None)
         if target.exists():
@@ -67,13 +66,15 @@ def provision(config_path: str | None, state_dir: str | None, force: bool, new_e
         if gateway_id is None:
             raise click.UsageError(f"{given} write a new config, which needs --id (the gateway id, also the CN of "
                                    "its certificate)")
-        written = _write_new(target, gateway_id, timezone, state_dir, broker, ca, operator_key, replace_operator_key)
+        _write_new(target, gateway_id, timezone, state_dir, broker, ca, operator_key, replace_operator_key)
         config_path = str(target)
     cfg, sd, gid = resolve(config_path, state_dir)
     if operator_key is not None and not writing:
-        written.append(_pin_for_existing(cfg, target, Path(operator_key), replace_operator_key))
+        _pin_for_existing(cfg, target, Path(operator_key), replace_operator_key)
     pem = _provision_state(sd, gid, force=force, new_epoch=new_epoch)
-    hand_over([*_root_owned(sd.root), *written], owner_of=sd.root)
+    # The service reads its key and its 0600 config as the state folder's owner; the CA and the pinned operator
+    # key stay root's (0644, readable): the service's user must not be able to change whom it trusts.
+    hand_over([*_root_owned(sd.root), *([target] if writing else [])], owner_of=sd.root)
     if writing:
         click.echo(f"next: `koto discover` for the meters, paste its blocks into {target}, then "
                    f"`koto check --config {target}`", err=True)
@@ -86,7 +87,7 @@ def _terminal() -> bool:
 
 
 def _write_new(target: Path, gateway_id: str, timezone: str | None, state_dir: str | None, broker: str | None,
-               ca: str | None, operator_key: str | None, replace: bool) -> list[Path]:
+               ca: str | None, operator_key: str | None, replace: bool) -> None:
     """Validate the whole new config first, then copy the CA, pin the operator key and write the file."""
     folder = target.absolute().parent
     sd = StateDir(Path(state_dir or DEFAULT_STATE).absolute())
@@ -100,19 +101,15 @@ def _write_new(target: Path, gateway_id: str, timezone: str | None, state_dir: s
     validate(text, target)  # one line naming the key, before any file is touched
     if operator_key is not None:
         read_public_key(Path(operator_key))  # a wrong file is refused before the CA is copied
-    done: list[Path] = []
     folder.mkdir(parents=True, exist_ok=True)
     if ca is not None and ca_dest is not None:
         _copy_ca(Path(ca), ca_dest)
-        done.append(ca_dest)
     if operator_key is not None and op_dest is not None:
-        done.append(_say_pinned(Path(operator_key), op_dest, replace))
+        _say_pinned(Path(operator_key), op_dest, replace)
     write_config(target, text)
-    done.append(target)
     click.echo(f"wrote {target} (mode 0600) for gateway {gateway_id}", err=True)
     if tls:
         click.echo(f"the broker needs this gateway's client certificate at {new.cert}", err=True)
-    return done
 
 
 def _copy_ca(source: Path, dest: Path) -> None:
@@ -129,23 +126,21 @@ def _copy_ca(source: Path, dest: Path) -> None:
         write_atomic(dest, data, mode=0o644)
 
 
-def _say_pinned(source: Path, dest: Path, replace: bool) -> Path:
+def _say_pinned(source: Path, dest: Path, replace: bool) -> None:
     pinned = pin_operator_key(source, dest, replace=replace)
     said = "pinned" if pinned.changed else "already pinned"
     click.echo(f"operator key {said} at {pinned.path}, fingerprint {pinned.fingerprint}; compare it with the "
                "operator's", err=True)
-    return pinned.path
 
 
-def _pin_for_existing(cfg: object, target: Path, source: Path, replace: bool) -> Path:
+def _pin_for_existing(cfg: object, target: Path, source: Path, replace: bool) -> None:
     """Pin where the config already looks ([cloud] operator_keys' first file), else beside the config and say so."""
     cloud = getattr(cfg, "cloud", None)
     keys = cloud.operator_keys if cloud is not None else ()
     dest = keys[0] if keys else target.absolute().parent / "operator.pub.pem"
-    path = _say_pinned(source, dest, replace)
+    _say_pinned(source, dest, replace)
     if not keys:
         click.echo(f"{target}: add operator_keys = [\"{dest}\"] under [cloud] so the gateway trusts it", err=True)
-    return path
 
 
 def _provision_state(sd: StateDir, gid: str | None, *, force: bool, new_epoch: bool) -> str:

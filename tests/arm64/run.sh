@@ -64,12 +64,15 @@ bind sysfs /sys -t sysfs
 bind /dev /dev --rbind    # the host's ptys too: the serial tests open pty pairs
 bind tmpfs /tmp -t tmpfs
 cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# pip in the root trusts what pip here trusts: this machine's CA bundle includes any local CA (a proxy's).
+[ -f /etc/ssl/certs/ca-certificates.crt ] && cp -L /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/ca-certificates.crt"
 
 say "running 'make $TARGET' in the arm64 root (KOTO_TEST_SLOWDOWN=$SLOWDOWN)"
 t0=$(date +%s)
 rc=0
 chroot "$ROOT" /usr/bin/env -i HOME=/root LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    KOTO_TEST_SLOWDOWN="$SLOWDOWN" PYTEST_ADDOPTS="${PYTEST_ARGS:-}" \
+    KOTO_TEST_SLOWDOWN="$SLOWDOWN" PYTEST_ADDOPTS="${PYTEST_ARGS:-}" PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    ${http_proxy:+http_proxy=$http_proxy} ${https_proxy:+https_proxy=$https_proxy} ${no_proxy:+no_proxy=$no_proxy} \
     sh -c "cd /koto && uname -m && make $TARGET" || rc=$?
 say "make $TARGET in the arm64 root: exit $rc after $(( $(date +%s) - t0 )) s"
 exit $rc

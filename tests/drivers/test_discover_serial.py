@@ -9,12 +9,13 @@ from drivers.discover_serial import Found, config_block, discover, list_ports
 from drivers.modbus import ModbusMeterSource
 from drivers.modbus_sim import ModbusSimulator, SimMeter
 from koto.clock import ManualClock
+from tests.support.slow import scaled
 
 
 async def test_discover_names_an_sdm120_sdm630_and_pzem_and_skips_empty_addresses() -> None:
     meters = [SimMeter("sdm120", 1), SimMeter("sdm630", 2), SimMeter("pzem004t", 5)]
     async with ModbusSimulator(meters) as sim:
-        found = await discover([sim.port], addresses=[1, 2, 3, 5], bauds=[9600], timeout_s=0.1)
+        found = await discover([sim.port], addresses=[1, 2, 3, 5], bauds=[9600], timeout_s=scaled(0.1))
         assert [(f.address, f.model) for f in found] == [(1, "sdm120"), (2, "sdm630"), (5, "pzem004t")]
         assert all(f.port == sim.port and f.baud == 9600 for f in found)
 

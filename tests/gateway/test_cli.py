@@ -16,6 +16,7 @@ from gateway.state import StateDir
 from koto.clock import ManualClock
 from metering.ledger import Ledger
 from metering.records import RecordKind, TimeStatus, UsageRecord, usage_draft
+from tests.support.slow import scaled
 
 S = 1_000_000_000
 
@@ -97,7 +98,7 @@ async def test_discover_finds_a_simulated_sdm120_on_a_pty_and_prints_a_config_to
     from gateway.discover import run_discover
 
     async with ModbusSimulator([SimMeter("sdm120", 3)]) as bus:
-        report = await run_discover(ports=[bus.port], addresses=[1, 2, 3], bauds=[9600], timeout_s=0.2,
+        report = await run_discover(ports=[bus.port], addresses=[1, 2, 3], bauds=[9600], timeout_s=scaled(0.2),
                                     ble_seconds=0, gpio_pins=[17], pin_factory="mock")
     assert f"{bus.port} address 3 at 9600 baud: sdm120" in report
     assert "GPIO17: high" in report  # the pull-up holds an unconnected input high

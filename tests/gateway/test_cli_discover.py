@@ -30,7 +30,7 @@ async def koto_discover(*args: str) -> tuple[int, str, str]:
 async def test_it_shows_each_pass_and_each_find_as_it_goes_and_ends_with_koto_check() -> None:
     async with ModbusSimulator([SimMeter("sdm120", 3)]) as sim:
         rc, out, err = await koto_discover("--port", sim.port, "--address", "1-3", "--baud", "9600,2400",
-                                           "--timeout", "0.1")
+                                           "--timeout", str(scaled(0.1)))
     assert rc == 0
     lines = err.splitlines()
     found = next(i for i, line in enumerate(lines) if line.startswith("  address 3: Eastron SDM120 (float32 voltage"))
@@ -44,10 +44,11 @@ async def test_it_shows_each_pass_and_each_find_as_it_goes_and_ends_with_koto_ch
 async def test_nothing_found_says_what_was_tried_and_exits_1() -> None:
     async with ModbusSimulator([SimMeter("sdm120", 9)]) as sim:
         rc, out, err = await koto_discover("--port", sim.port, "--address", "1-2,5", "--baud", "9600",
-                                            "--timeout", "0.05")
+                                            "--timeout", f"{scaled(0.05):g}")
     assert rc == 1
     assert "Modbus meters found: 0" in out
-    assert f"tried {sim.port} at 9600 baud, addresses 1-2,5 (0.05 s for each that is silent): no answer" in out
+    silent = f"{scaled(0.05):g} s for each that is silent"
+    assert f"tried {sim.port} at 9600 baud, addresses 1-2,5 ({silent}): no answer" in out
     assert "A and B swapped" in out
     assert err.splitlines()[-1] == (f"Next: check the wiring, then look wider: koto discover --port "
                                              f"{sim.port} --address 1-247 --baud 9600,2400,4800,19200")

@@ -57,7 +57,7 @@ model = "sdm120"
 port = "{port}"
 address = 1
 poll_s = 0.05
-timeout_s = 0.3
+timeout_s = {scaled(0.3)}
 """)
     return cfg
 

@@ -172,10 +172,12 @@ def test_run_as_root_the_files_go_to_the_owner_of_the_state_folder(tmp_path: Pat
     state = tmp_path / "state"
     state.mkdir()
     os.chown(state, 65534, 65534)  # the install script made it for the service's user
-    cfg = tmp_path / "koto.toml"
-    assert koto(["provision", "--config", str(cfg), "--state-dir", str(state), "--id", "gw-1"]) == 0
+    cfg = tmp_path / "etc" / "koto.toml"
+    assert koto(["provision", "--config", str(cfg), "--state-dir", str(state), "--id", "gw-1",
+                 "--operator-key", str(operator_key(tmp_path / "op.pub.pem"))]) == 0
     made = [state / "keys", *(state / "keys").iterdir(), cfg]
     assert {(p.name, p.stat().st_uid) for p in made} == {(p.name, 65534) for p in made}
+    assert (cfg.parent / "operator.pub.pem").stat().st_uid == 0  # whom it trusts stays root's to change
 
 
 def test_on_a_terminal_the_questions_write_the_config(tmp_path: Path) -> None:

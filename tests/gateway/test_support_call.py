@@ -25,6 +25,7 @@ from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.simulate import Phase, Script
 from tests.support.broker import Mosquitto
+from tests.support.slow import scaled
 from tests.support.varclock import PlannedClock
 
 GW = "gw-support"
@@ -81,7 +82,7 @@ port = "{port}"
 baud = 38400
 address = 1
 poll_s = 1
-timeout_s = 0.3
+timeout_s = {scaled(0.3)}
 """)
     return cfg
 
