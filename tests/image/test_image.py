@@ -82,9 +82,9 @@ WantedBy=multi-user.target
 """
 
 REPORT = """#!/bin/sh
-for i in $(seq 900); do
+for i in $(seq 900); do  # until READY, or a crash loop (Restart=always keeps it "activating")
     s=$(systemctl show -p ActiveState --value koto.service)
-    [ "$s" = active ] || [ "$s" = failed ] && break
+    [ "$s" = active ] || [ "$s" = failed ] || [ "$(systemctl show -p NRestarts --value koto.service)" -ge 2 ] && break
     sleep 1
 done
 sleep 10
@@ -97,6 +97,7 @@ echo KOTO-DOCTOR-BEGIN
 runuser -u koto -- /opt/koto/.venv/bin/koto doctor --json --timeout 2
 echo KOTO-DOCTOR-END
 journalctl -b -u koto-firstboot -u koto --no-pager -o cat | tail -n 40 | sed 's/^/journal: /'
+journalctl -b -k --no-pager -o cat | grep -i 'audit.*syscall' | tail -n 5 | sed 's/^/kernel: /'
 echo KOTO-IMAGE-REPORT-END
 systemctl poweroff
 """
