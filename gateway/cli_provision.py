@@ -56,7 +56,7 @@ def provision(config_path: str | None, state_dir: str | None, force: bool, new_e
     flags = {"--id": gateway_id, "--timezone": timezone, "--broker": broker, "--ca": ca}
     writing = any(v is not None for v in flags.values())
     if not writing and not target.exists() and state_dir is None and not no_input and _terminal():
-        gateway_id, timezone, state_dir, broker, ca, operator_key = _ask(target)
+        gateway_id, timezone, state_dir, broker, ca, operator_key = _ask(target, operator_key)
         writing = True
     if writing:
         given = ", ".join(k for k, v in flags.items() if v is not None)
@@ -70,6 +70,9 @@ def provision(config_path: str | None, state_dir: str | None, force: bool, new_e
         config_path = str(target)
     cfg, sd, gid = resolve(config_path, state_dir)
     if operator_key is not None and not writing:
+        if cfg is None:
+            raise click.UsageError("--operator-key pins the key beside the config: pass --config FILE (an existing "
+                                   "config, or a new one with --id)")
         _pin_for_existing(cfg, target, Path(operator_key), replace_operator_key)
     pem = _provision_state(sd, gid, force=force, new_epoch=new_epoch)
     # The service reads its key and its 0600 config as the state folder's owner; the CA and the pinned operator
@@ -220,7 +223,7 @@ def _check_file(text: str) -> str:
     return text
 
 
-def _ask(target: Path) -> tuple[str, str, str, str | None, str | None, str | None]:
+def _ask(target: Path, operator_key: str | None) -> tuple[str, str, str, str | None, str | None, str | None]:
     """The questions an installer answers at a terminal; each answer is checked as it is given."""
     click.echo(f"No config at {target} yet: a few questions to write one (Ctrl-C stops; nothing is written "
                "before the last answer).", err=True)
@@ -235,6 +238,6 @@ def _ask(target: Path) -> tuple[str, str, str, str | None, str | None, str | Non
     if broker:
         ca = click.prompt("CA file that signed the broker's certificate (empty: the system's CAs)", default="",
                           err=True, show_default=False, value_proc=_check_file) or None
-    op = click.prompt("Operator's command-signing public key file (empty: accept no commands)", default="",
-                      err=True, show_default=False, value_proc=_check_file) or None
+    op = operator_key or click.prompt("Operator's command-signing public key file (empty: accept no commands)",
+                                      default="", err=True, show_default=False, value_proc=_check_file) or None
     return gid, tz, state, broker or None, ca, op

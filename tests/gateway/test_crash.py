@@ -69,6 +69,23 @@ def start(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
                                 stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=ROOT)
 
 
+RUNNING = " running: "  # what `koto -v run` logs once it has opened the ledger and started its sources
+
+
+async def running(log: Path, starts: int, limit_s: float = 30.0) -> None:
+    """Wait until `starts` runs in all have said they are running (a hang bound only): starting Python and opening the
+    ledger takes a few seconds on a slow machine, more than the fixed pauses below assume."""
+    for _ in range(int(scaled(limit_s) / 0.05)):
+        if _log_text(log).count(RUNNING) >= starts:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the gateway did not say it was running {starts} times: {_log_text(log)[-2000:]}")
+
+
+def _log_text(log: Path) -> str:
+    return log.read_text(errors="replace") if log.exists() else ""
+
+
 async def wait_exit(proc: subprocess.Popen[bytes], limit_s: float = 20.0) -> int:
     for _ in range(int(scaled(limit_s) / 0.05)):
         if proc.poll() is not None:
@@ -100,13 +117,16 @@ async def test_thirty_sigkills_lose_nothing_and_invent_nothing(tmp_path: Path) -
         cfg = config(tmp_path, bus.port)
         assert koto(["provision", "--config", str(cfg)]) == 0
         proc = start(cfg, log)  # a first run long enough to commit the register's baseline
+        await running(log, 1)
         await asyncio.sleep(3.0)
         for _ in range(KILLS):
             proc.send_signal(signal.SIGKILL)
             assert await wait_exit(proc) == -signal.SIGKILL
             check(tmp_path / "state")
+            said = _log_text(log).count(RUNNING)  # runs killed during their start never said it
             proc = start(cfg, log)
             await asyncio.sleep(rng.uniform(0.2, 2.0))  # sometimes before the ledger is even open
+        await running(log, said + 1)  # the last run is past its start, so SIGTERM meets its handler
         await asyncio.sleep(1.5)
         proc.send_signal(signal.SIGTERM)  # the last run stops cleanly and closes its open segment
         assert await wait_exit(proc) == 0, log.read_text()[-3000:]

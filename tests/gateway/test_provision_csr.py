@@ -167,6 +167,13 @@ def test_a_pinned_operator_key_is_not_swapped_silently(tmp_path: Path, capsys: p
     assert pinned.read_text() == second.read_text()
 
 
+def test_pinning_needs_a_config_to_pin_beside(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    op = operator_key(tmp_path / "op.pub.pem")
+    assert koto(["provision", "--state-dir", str(tmp_path / "s"), "--operator-key", str(op)]) == 2
+    assert "--config FILE" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="handing files to another user needs root")
 def test_run_as_root_the_files_go_to_the_owner_of_the_state_folder(tmp_path: Path) -> None:
     state = tmp_path / "state"
