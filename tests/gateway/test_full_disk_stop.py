@@ -21,7 +21,8 @@ from tests.support.ledger_checks import assert_contiguous, conservation, ledger_
 
 
 def config(tmp: Path, port: str) -> dict[str, object]:
-    return {"gateway": {"id": "gw-full", "state_dir": str(tmp / "state"), "batch_ms": 50, "checkpoint_s": 0.2},
+    return {"gateway": {"id": "gw-full", "state_dir": str(tmp / "state"), "batch_ms": 50, "checkpoint_s": 0.2,
+                        "hold_s": 0},
             "appliance": [{"id": "kettle", "profile": "kettle", "interim_s": 1, "max_gap_s": 2,
                            "sources": {"m": {"driver": "modbus", "model": "sdm120", "port": port, "address": 1,
                                              "baud": 9600, "poll_s": 0.05, "timeout_s": 0.3}}}]}

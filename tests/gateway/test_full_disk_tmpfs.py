@@ -55,6 +55,7 @@ def config(path: Path, state: Path, port: str) -> Path:
 id = "gw-tmpfs"
 state_dir = "{state}"
 batch_ms = 50
+hold_s = 0  # commit every batch, so the disk fills while the test watches
 
 [[appliance]]
 id = "kettle"

@@ -35,6 +35,7 @@ id = "sup-gw"
 state_dir = "{tmp / 'state'}"
 batch_ms = 50
 checkpoint_s = 0.2
+hold_s = 0  # every batch committed at once: these tests watch each commit (READY after the start record)
 stop_timeout_s = {stop_timeout_s}
 {body}""")
     return cfg
