@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # On a Pi the venv also sees Raspberry Pi OS's python3-lgpio (PyPI's lgpio has no wheels for Python 3.13: docs/install.md).
 VENV_FLAGS := $(if $(filter aarch64 armv7l,$(shell uname -m)),--system-site-packages,)
 
-.PHONY: demo test test-fast test-install test-install-debootstrap image-test test-arm64 lint typecheck pytest bench bench-sd clean system-deps
+.PHONY: demo test test-fast test-install test-install-debootstrap image-test test-arm64 lint typecheck pytest fuzz bench bench-sd clean system-deps
 
 $(VENV_OK):
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -98,6 +98,11 @@ image-test: $(DEV_STAMP) system-deps
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q qemu-user-static binfmt-support )
 	@command -v debootstrap >/dev/null 2>&1 || ( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q debootstrap )
 	$(BIN)/pytest -q -m image tests/image
+
+# Every fuzz test (tests/**/test_fuzz_*.py) at full size: 100,000 cases each. `make test` runs the same tests with
+# a few thousand cases (tests/support/fuzzing.py).
+fuzz: $(DEV_STAMP) system-deps
+	KOTO_FUZZ_EXAMPLES=100000 $(BIN)/pytest -q -p no:cacheprovider $$(find tests -name 'test_fuzz_*.py' | sort)
 
 bench: $(DEV_STAMP) system-deps
 	$(BIN)/python bench/metering.py
