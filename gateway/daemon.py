@@ -136,6 +136,7 @@ class Gateway:
         # recent power per appliance, in RAM and on tmpfs, for `koto profile check/suggest`
         self.power_log = (PowerLog(runtime_dir, {aid: m.spec for aid, m in self.meters.items()})
                           if runtime_dir is not None else None)
+        self._household_init()
 
     def _build(self, cfg: GatewayConfig) -> None:
         self._profiles: dict[str, tuple[int, str]] = {}
@@ -285,6 +286,7 @@ class Gateway:
                     workers.append(tg.create_task(sup.guard("power log", self.power_log.run()), name="power-log"))
                 workers.append(tg.create_task(sup.guard("housekeeping", self._housekeeper().run()),
                                               name="housekeeping"))
+                self._household_tasks(tg, sup, workers)
                 service = ServiceNotify(self, self.notifier)  # READY now: the ledger is open, the sources started
                 workers.append(tg.create_task(sup.guard("systemd notify", service.run()), name="notify"))
                 await stop.wait()
@@ -311,6 +313,39 @@ class Gateway:
             self.ledger.close()
         if sup.failure is not None:
             raise sup.failure  # `koto run` prints it as one line and exits 2
+
+    def _household_init(self) -> None:
+        """The status LED and button (gateway/indicator.py) and Home Assistant (gateway/homeassistant.py): each off
+        unless configured; its energy totals start here, before the gateway appends."""
+        from .homeassistant import for_gateway
+        from .indicator import Indicator
+
+        self.indicator = None
+        if self.cfg.led is not None or self.cfg.button is not None:
+            self.indicator = Indicator(self.cfg.led, self.cfg.button, pin_factory=self.backends.get("pin_factory"),
+                                       on_long_press=self._long_press)
+        self.home_assistant = for_gateway(self)
+
+    def _household_tasks(self, tg: asyncio.TaskGroup, sup: Supervisor, workers: list[asyncio.Task[Any]]) -> None:
+        from .indicator import gateway_state
+
+        if self.indicator is not None:
+            workers.append(tg.create_task(sup.guard("status LED", self.indicator.run(
+                partial(gateway_state, self), self._pairing_active)), name="indicator"))
+        if self.home_assistant is not None:
+            workers.append(tg.create_task(sup.guard("home assistant", self.home_assistant.run()),
+                                          name="home-assistant"))
+
+    def _pairing_active(self) -> bool:
+        return bool(getattr(getattr(self, "pairing", None), "active", False))
+
+    def _long_press(self) -> None:
+        """The button was held: pairing mode (gateway/pairing.py's PairingMode, where the gateway has one)."""
+        pairing = getattr(self, "pairing", None)
+        if pairing is None:
+            log.info("pairing mode requested by button")
+        else:
+            pairing.enter(time.monotonic())
 
     def _housekeeper(self) -> Housekeeper:
         """Retention: prunes at a quiet moment (no use running, nothing waiting in memory; see housekeeping.py)."""
