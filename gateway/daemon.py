@@ -293,7 +293,7 @@ class Gateway:
                 sup.stopping()  # arms the stop deadline, whoever asked for the stop
                 service.stopping(str(sup.failure or ""))
                 self._stopping = True
-                await stop_tasks([w for w in workers if w.get_name() != "sync"])
+                await stop_tasks([w for w in workers if w.get_name() not in ("sync", "home-assistant")])
                 await stop_tasks([meter_task])
                 await self._settle()  # an append already handed to its thread finishes before the last one
                 self._shutdown()

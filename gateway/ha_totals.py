@@ -7,8 +7,12 @@ sum of the appliance's partition records (function, interim and gap: every watt-
 cannot give it for ever — records the cloud has acked leave after `retain_days` — so a small file in the state
 folder (`homeassistant-totals.json`) keeps a base: the totals through some seq of some epoch. At each start the
 records after that seq are added and the base is moved to the ledger's head (nothing appends during a start); while
-running, the records after the base are summed again on each refresh and the base is moved forward once a day, when
-no record was appended during the sum (the ledger head did not move), so it is exact. A ledger with another epoch
+running, the records after the base are summed again on each refresh, and every 6 hours the base is moved forward
+(when no record was appended during the sum — the ledger head did not move — so it is exact), and at a clean stop:
+records stay in the ledger at least a day (`retain_days` >= 1), so pruning never takes one the base has not counted.
+A few small writes a day, on the SD card's budget. What is not covered: a crash, and then a new ledger — the records
+after the base in the old one are not in the new one, and the total steps back to the base (Home Assistant then
+counts a meter reset). A ledger with another epoch
 (a new one) starts adding from its first record on top of the old totals. A local-only gateway's own pruned totals
 count when there is no base yet.
 
@@ -29,7 +33,7 @@ from koto.files import write_atomic
 log = logging.getLogger("koto.homeassistant")
 
 TOTALS_FILE = "homeassistant-totals.json"
-REBASE_S = 86_400.0
+REBASE_S = 6 * 3600.0  # records stay at least a day (retain_days >= 1): a base 6 h old is never overtaken
 
 
 class _Ledger(Protocol):
@@ -97,13 +101,15 @@ class EnergyTotals:
         for a, e in more.items():
             self.base[a] = self.base.get(a, 0) + e
 
-    def refresh(self, ledger: _Ledger) -> dict[str, int]:
-        """The totals now (blocking: reads the ledger). Never below what was published before."""
+    def refresh(self, ledger: _Ledger, *, save: bool = False) -> dict[str, int]:
+        """The totals now (blocking: reads the ledger). Never below what was published before. `save`: move the
+        base now (at a clean stop, when nothing appends any more)."""
         before = ledger.head()[0]
         more = self._sum(ledger, self.through + 1) if before > self.through else {}
         after = ledger.head()[0]
         now = {a: self.base.get(a, 0) + more.get(a, 0) for a in {*self.base, *more}}
-        if before == after and before > self.through and self._clock() - self._rebased_at >= self.rebase_s:
+        due = save or self._clock() - self._rebased_at >= self.rebase_s
+        if before == after and before > self.through and due:
             self.base, self.through = now, after  # exact: nothing was appended during the sum
             self._save()
         for a, e in now.items():

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -180,10 +181,10 @@ def discovery_configs(topics: Topics, appliance: str, profile: str) -> dict[str,
 
 
 def kwh(mwh: int) -> str:
-    """Integer mWh as kWh with three decimals (whole Wh, rounded down), by integer arithmetic: never a float drift
-    that could make a total step back."""
-    wh = max(0, mwh) // 1000
-    return f"{wh // 1000}.{wh % 1000:03d}"
+    """Integer mWh as kWh with six decimals (exact), by integer arithmetic: never a float drift that could make a
+    total step back. (Home Assistant shows it to `suggested_display_precision`, three.)"""
+    v = max(0, mwh)
+    return f"{v // 1_000_000}.{v % 1_000_000:06d}"
 
 
 def state_payload(power_mw: int, function: str, energy_mwh: int) -> dict[str, Any]:
@@ -199,17 +200,22 @@ class HomeAssistant:
 
     def __init__(self, cfg: HomeAssistantConfig, gateway: str, profiles: Mapping[str, str], *,
                  appliances: Callable[[], Mapping[str, tuple[int, str]]],
-                 totals: Callable[[], Mapping[str, int]], backoff: Backoff | None = None) -> None:
+                 totals: Callable[[], Mapping[str, int]], backoff: Backoff | None = None,
+                 energy_every_s: float = ENERGY_EVERY_S,
+                 on_stop: Callable[[], Mapping[str, int]] | None = None) -> None:
         self.cfg = cfg
         self.topics = topics_for(cfg, gateway)
         self.profiles = dict(profiles)
         self.appliances = appliances
         self.totals = totals
         self.backoff = backoff or Backoff(1.0, 60.0)
+        self.energy_every_s = energy_every_s  # the totals are a ledger read (in a thread): once a minute
+        self.on_stop = on_stop  # at a clean stop (the ledger quiet): the totals, their base saved
         self.connected = False
         self.published = 0
         self._energy: dict[str, int] = {}
         self._failing = False
+        self._stopped = False
 
     def _client(self) -> Any:
         import aiomqtt
@@ -232,6 +238,7 @@ class HomeAssistant:
                 async with self._client() as client:
                     await self._session(client)
             except asyncio.CancelledError:
+                self._final_totals()  # not connected at the stop: the base is saved all the same
                 raise
             except Exception as e:  # aiomqtt.MqttError, OSError, ssl...: never out of here, metering goes on
                 if self.connected or not self._failing:
@@ -252,9 +259,11 @@ class HomeAssistant:
         listener = asyncio.create_task(self._listen(client))
         try:
             await self._publish_loop(client)
-        except asyncio.CancelledError:  # a clean stop: say so (the Will says it only when the gateway dies)
+        except asyncio.CancelledError:  # a clean stop: the last totals, then say so (the Will says it only on a crash)
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout(1.5):
+                    self._final_totals()
+                    await self._publish_states(client)
                     await client.publish(self.topics.availability, b"offline", qos=1, retain=True)
             raise
         finally:
@@ -275,17 +284,27 @@ class HomeAssistant:
 
     async def _publish_loop(self, client: Any) -> None:
         loop = asyncio.get_running_loop()
-        last_energy = -ENERGY_EVERY_S
+        last_energy = -math.inf
         while True:
-            if loop.time() - last_energy >= ENERGY_EVERY_S or not self._energy:
+            if loop.time() - last_energy >= self.energy_every_s:
                 self._energy = dict(await asyncio.to_thread(self.totals))
                 last_energy = loop.time()
-            for app, (power_mw, function) in self.appliances().items():
-                body = state_payload(power_mw, function, self._energy.get(app, 0))
-                await client.publish(self.topics.state(app), json.dumps(body, sort_keys=True).encode(), qos=0,
-                                     retain=True)
-                self.published += 1
+            await self._publish_states(client)
             await asyncio.sleep(self.cfg.interval_s)
+
+    async def _publish_states(self, client: Any) -> None:
+        for app, (power_mw, function) in self.appliances().items():
+            body = state_payload(power_mw, function, self._energy.get(app, 0))
+            await client.publish(self.topics.state(app), json.dumps(body, sort_keys=True).encode(), qos=0,
+                                 retain=True)
+            self.published += 1
+
+    def _final_totals(self) -> None:
+        """Once, at the stop (after the gateway's last records: it stops this task after its final batch)."""
+        if self.on_stop is not None and not self._stopped:
+            self._stopped = True
+            with contextlib.suppress(Exception):
+                self._energy = dict(self.on_stop())
 
 
 def for_gateway(gw: Gateway) -> HomeAssistant | None:
@@ -298,4 +317,5 @@ def for_gateway(gw: Gateway) -> HomeAssistant | None:
     totals.start(gw.ledger)
     return HomeAssistant(cfg, gw.cfg.id, {aid: m.profile.name for aid, m in gw.meters.items()},
                          appliances=lambda: {aid: (m.power_mw, m.function) for aid, m in gw.meters.items()},
-                         totals=lambda: totals.refresh(gw.ledger))
+                         totals=lambda: totals.refresh(gw.ledger),
+                         on_stop=lambda: totals.refresh(gw.ledger, save=True))
