@@ -12,7 +12,6 @@ Without a daemon, `--trace FILE` learns from a recording of your own (the trace 
 from __future__ import annotations
 
 import select
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,14 +23,13 @@ from .cli_common import config_option
 from .cli_common import resolve as resolve_config
 from .daemon import load_appliance_profile
 from .errors import UnknownName
-from .learn import IDLE_S, Learned, LearnSession, derive_rule, learned_toml, save_learned
+from .learn import IDLE_S, Learned, LearnSession, cut_recording, derive_rule, learned_toml, save_learned
 from .power_log import TracePoint, read_trace
 from .profile_plot import render_terminal
 from .status import read_status
 from .status import runtime_dir as default_runtime_dir
 
 POLL_S = 0.5
-BASELINE_S = 60.0  # the readings this long before the start say where the appliance rests
 
 
 @click.command()
@@ -139,13 +137,11 @@ def _record(appliance: str, function: str, folder: Path, *, idle_s: float,
     t1 = time.time()
     click.echo(("\n" if tty else "") + f"recording ended ({why}) after {_mmss(t1 - t0)}; reading the daemon's trace")
     trace, _ = _daemon_trace(appliance, folder)
-    before = [p.power_mw for p in trace if p.power_mw is not None and t0 - BASELINE_S <= p.t < t0]
-    samples = [p for p in trace if t0 <= p.t <= t1]
-    history = [p for p in trace if not t0 <= p.t <= t1]
-    if not samples:
+    rec = cut_recording(trace, t0, t1)
+    if not rec.samples:
         raise click.ClickException(f"the daemon's trace has no readings of {appliance} between the marks; is its "
                                    "source delivering? (koto status)")
-    return samples, (int(statistics.median_low(before)) if len(before) >= 3 else None), history
+    return list(rec.samples), rec.rest_mw, list(rec.history)
 
 
 def _mmss(s: float) -> str:

@@ -8,6 +8,10 @@ The API (pure apart from `save_learned`, which writes files):
     session.state                                                 # waiting -> running -> rested (or stopped)
     session.stop()                                                # Enter / the page's Stop button
     learned = derive_rule(profile, "boil", session.samples, rest_mw=rest, history=older_points)
+
+    # or, from the daemon's RAM ring (gw.power_log.rings[appliance].points()) between two marks:
+    rec = cut_recording(ring_points, started_wall, stopped_wall)
+    learned = derive_rule(profile, "boil", rec.samples, rest_mw=rec.rest_mw, history=rec.history)
     learned.summary()                                             # the numbers, as lines for a person
     learned.timeline                                              # the recording replayed with the new rule
     saved = save_learned(learned, config_path=Path("/etc/koto/koto.toml"), appliance="kettle")
@@ -49,16 +53,12 @@ import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from pathlib import Path
 
 from koto.errors import KotoError
 from metering.errors import ProfileError
-from metering.profile import NO_MAX, NO_MIN, FunctionRule, Profile, load_profile, parse_profile
+from metering.profile import NO_MAX, NO_MIN, FunctionRule, Profile, parse_profile
 
-from .config import load_config
-from .errors import UnknownName
-from .learn_files import edit_profile_line, write_keeping_owner
+from .learn_files import Saved, learned_toml, save_learned  # writing the files; re-exported here
 from .power_log import TracePoint
 from .profile_replay import GAP, Timeline, replay
 from .profile_suggest import profile_toml
@@ -90,8 +90,11 @@ class LearnSession:
     States: `waiting` (nothing above the rest yet), `running` (active readings seen), `rested` (back at rest for
     `idle_s` after running: the function ended; the caller stops), `stopped` (`stop()` was called). Readings fed after
     `stopped` are ignored. The threshold is the one `derive_rule` uses, from `baseline_mw` (the rest before the
-    start) or, without one, from the lowest readings so far.
+    start) or, without one, from the first readings (the recording starts at rest: the person starts the function
+    after starting the recording). Each reading costs a few comparisons, however long the recording.
     """
+
+    FIRST = 3  # readings that give the rest when no baseline is known
 
     def __init__(self, appliance: str, function: str, *, baseline_mw: int | None = None,
                  idle_s: float = IDLE_S) -> None:
@@ -100,21 +103,21 @@ class LearnSession:
         self.baseline_mw = baseline_mw
         self.idle_s = idle_s
         self.state = "waiting"
-        self._points: list[TracePoint] = []
-        self._quiet_since: float | None = None
         self.peak_mw = 0
+        self._points: list[TracePoint] = []
+        self._first: list[int] = []
+        self._threshold = None if baseline_mw is None else active_threshold(baseline_mw)
+        self._active = 0
+        self._quiet_since: float | None = None
 
     @property
     def samples(self) -> tuple[TracePoint, ...]:
         return tuple(self._points)
 
     @property
-    def threshold_mw(self) -> int:
-        rest = self.baseline_mw
-        if rest is None:
-            powers = [p.power_mw for p in self._points if p.power_mw is not None]
-            rest = _pct(powers, 0.05) if powers else 0
-        return active_threshold(rest)
+    def threshold_mw(self) -> int | None:
+        """The power at or above which the function counts as running (None until the rest is known)."""
+        return self._threshold
 
     def feed(self, point: TracePoint) -> str:
         """Add one reading (power or signal); returns the state after it."""
@@ -124,13 +127,16 @@ class LearnSession:
         if point.power_mw is None:
             return self.state
         self.peak_mw = max(self.peak_mw, point.power_mw)
-        active = point.power_mw >= self.threshold_mw
-        if active:
+        if self._threshold is None:
+            self._first.append(point.power_mw)
+            if len(self._first) < self.FIRST:
+                return self.state
+            self._threshold = active_threshold(min(self._first))
+        if point.power_mw >= self._threshold:
+            self._active += 1
             self._quiet_since = None
-            if self.state == "waiting" and sum(1 for p in self._points if (p.power_mw or 0) >= self.threshold_mw) >= 2:
-                self.state = "running"
-            elif self.state == "rested":
-                self.state = "running"  # it went on: a long pause, not the end
+            if (self.state == "waiting" and self._active >= 2) or self.state == "rested":
+                self.state = "running"  # (from rested: it went on, a long pause, not the end)
         elif self.state == "running":
             if self._quiet_since is None:
                 self._quiet_since = point.t
@@ -141,6 +147,27 @@ class LearnSession:
     def stop(self) -> tuple[TracePoint, ...]:
         self.state = "stopped"
         return self.samples
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A recording cut out of a longer trace (the daemon's power ring): the readings between the marks, the rest
+    before them (median of the last `BASELINE_S`; None without 3 readings there), and everything else (history)."""
+
+    samples: tuple[TracePoint, ...]
+    rest_mw: int | None
+    history: tuple[TracePoint, ...]
+
+
+BASELINE_S = 60.0
+
+
+def cut_recording(trace: Sequence[TracePoint], start: float, end: float) -> Recording:
+    """Split `trace` (e.g. `gw.power_log.rings[appliance].points()`) at the marks `start`..`end` (wall seconds)."""
+    before = sorted(p.power_mw for p in trace if p.power_mw is not None and start - BASELINE_S <= p.t < start)
+    return Recording(tuple(p for p in trace if start <= p.t <= end),
+                     before[(len(before) - 1) // 2] if len(before) >= 3 else None,
+                     tuple(p for p in trace if not start <= p.t <= end))
 
 
 # ------------------------------------------------------------------------------------------------ deriving
@@ -455,69 +482,5 @@ def derive_rule(base: Profile, function: str, samples: Sequence[TracePoint], *, 
                    kept)
 
 
-# ------------------------------------------------------------------------------------------------ saving
-
-
-@dataclass(frozen=True)
-class Saved:
-    profile_path: Path
-    config_edited: bool  # the config now points at the profile (it used a built-in before)
-    profile_name: str
-
-
-def learned_toml(learned: Learned, *, name: str, header: Sequence[str] = (), when: float | None = None) -> str:
-    """The new profile as TOML: `header` (the old file's leading comments) first, then a line saying what was
-    learned, then the whole profile."""
-    stamp = datetime.fromtimestamp(when if when is not None else datetime.now(UTC).timestamp(), UTC)
-    lv = learned.levels
-    note = (f"# {stamp:%Y-%m-%d %H:%M} UTC: `koto learn` {'relearned' if learned.relearned else 'added'} "
-            f"{learned.function!r} for {learned.appliance} from {lv.seconds:.0f} s at {_w(lv.p50_mw)} W median "
-            f"(replayed: {100 * learned.detected:.0f} % found)")
-    body = profile_toml(learned.profile, [], name=name)
-    if learned.profile.version != 1:
-        body = body.replace("\n", f"\nversion = {learned.profile.version}\n", 1)
-    return "\n".join([*header, note, body])
-
-
-def _header(path: Path) -> list[str]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        if not line.startswith("#"):
-            break
-        out.append(line)
-    return out
-
-
-def save_learned(learned: Learned, *, config_path: Path, appliance: str, when: float | None = None) -> Saved:
-    """Write the learned profile where `appliance`'s config points; for a built-in, a copy beside the config, and the
-    config's `profile = ...` line changed to it. Both files are written atomically (all or nothing) keeping their
-    owner and mode; the config is checked by the one config parser before it is replaced."""
-    cfg = load_config(config_path)
-    app = next((a for a in cfg.appliances if a.id == appliance), None)
-    if app is None:
-        raise UnknownName("appliance", appliance, sorted(a.id for a in cfg.appliances))
-    custom = app.profile.endswith(".toml") or "/" in app.profile
-    if custom:
-        target = Path(app.profile)
-        name = learned.base.name
-        text = learned_toml(learned, name=name, header=_header(target), when=when)
-    else:
-        target = config_path.resolve().parent / f"{appliance}.profile.toml"
-        name = f"{app.profile}-{appliance}"
-        text = learned_toml(learned, name=name, when=when, header=[
-            f"# {appliance}'s own profile: the built-in {app.profile!r} with what `koto learn` learned.",
-            "# The built-in's notes on where its numbers come from: metering/profiles/"
-            f"{app.profile}.toml (docs/profiles.md)."])
-    load_check = parse_profile(tomllib.loads(text), file=str(target))  # what the daemon will read
-    if load_check.function_names() != learned.profile.function_names():
-        raise LearnRefused(learned.function, f"{target}: the written profile would not read back the same")
-    write_keeping_owner(target, text, like=target if target.exists() else config_path, mode=0o644)
-    if custom:
-        load_profile(target)
-        return Saved(target, False, name)
-    edit_profile_line(config_path, appliance, str(target))
-    return Saved(target, True, name)
+__all__ = ["LearnRefused", "LearnSession", "Learned", "Levels", "Recording", "Saved", "cut_recording", "derive_rule",
+           "learned_toml", "measure", "save_learned"]

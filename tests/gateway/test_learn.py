@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_config
-from gateway.learn import LearnRefused, LearnSession, derive_rule, save_learned
+from gateway.learn import LearnRefused, LearnSession, cut_recording, derive_rule, save_learned
 from gateway.learn_files import replace_profile_line
 from gateway.power_log import TracePoint
 from gateway.profile_replay import replay
@@ -118,6 +118,20 @@ def test_the_session_waits_runs_and_says_when_the_appliance_is_back_at_rest() ->
     assert states.index("rested") > len(states) - 120
     assert len(session.stop()) == len(states) and session.state == "stopped"
     assert session.feed(TracePoint(T0 + 9999, 70_000)) == "stopped" and len(session.samples) == len(states)
+
+
+def test_without_a_baseline_the_session_takes_the_rest_from_its_first_readings() -> None:
+    session = LearnSession("kettle", "keep_warm", idle_s=55)
+    states = [session.feed(p) for p in _keep_warm(3)]
+    assert 1_700 <= (session.threshold_mw or 0) <= 2_300  # the rest (0.2-0.8 W) + 1.5 W
+    assert "running" in states and states[-1] == "rested"
+
+
+def test_a_recording_is_cut_from_the_daemons_ring_with_the_rest_before_it() -> None:
+    ring = _points([3.0] * 120 + [70.0] * 30 + [3.0] * 60, T0 - 120)  # 2 min at 3 W before the start mark
+    rec = cut_recording(ring, T0, T0 + 60)
+    assert rec.rest_mw == 3000 and len(rec.samples) == 61 and len(rec.history) == len(ring) - 61
+    assert cut_recording(ring[120:], T0, T0 + 60).rest_mw is None  # nothing before the mark: found later
 
 
 CONFIG = """\
