@@ -61,13 +61,13 @@ from metering.profile import NO_MAX, NO_MIN, FunctionRule, Profile, parse_profil
 from .learn_files import Saved, learned_toml, save_learned  # writing the files; re-exported here
 from .power_log import TracePoint
 from .profile_replay import GAP, Timeline, replay
-from .profile_suggest import profile_toml
+from .profile_suggest import PAUSE_MAX_S, profile_toml
 
 MIN_ACTIVE = 5  # readings above the rest a run needs
 MIN_DETECTED = 0.8  # share of the recorded run's energy the learned rule must detect when replayed
 MIN_KEPT = 0.9  # share of its energy every other function must keep in the history replayed with the new rule
 MIN_SEEN = 10  # readings of another function that say where it sits (else its band stands for it)
-MAX_PAUSE_S = 900.0  # a "pause" longer than this is two runs, not one
+MAX_PAUSE_S = PAUSE_MAX_S  # a lower stretch this long or longer is another function (or rest), not a pause
 IDLE_S = 30.0  # LearnSession: back at rest this long after running = the function ended
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
@@ -190,6 +190,7 @@ class Levels:
     energy_mwh: int
     readings: int
     band_mw: int  # the lowest level that is the function running, not one of its pauses
+    breaks: int = 0  # lower stretches of MAX_PAUSE_S or more inside the run: another function or rest, not pauses
 
     @property
     def seconds(self) -> float:
@@ -219,7 +220,8 @@ class Learned:
             f"{self.function}: {'relearned' if self.relearned else 'new function'} from {lv.seconds:.0f} s of "
             f"running ({lv.readings} readings, {lv.energy_mwh / 1e6:.3f} kWh)",
             f"  at rest {_w(lv.rest_mw)} W; running {_w(lv.p5_mw)} / {_w(lv.p50_mw)} / {_w(lv.p98_mw)} W "
-            f"(p5 / median / p98), peak {_w(lv.peak_mw)} W; {lv.pauses} pause(s), longest {lv.longest_pause_s:.0f} s",
+            f"(p5 / median / p98), peak {_w(lv.peak_mw)} W; {lv.pauses} pause(s), longest {lv.longest_pause_s:.0f} s"
+            + (f"; {lv.breaks} break(s) of {MAX_PAUSE_S / 60:.0f} min or more (not pauses)" if lv.breaks else ""),
             f"  rule: starts at {_w(r.on_min_mw)} W ({top}) held {r.min_on_ns / 1e9:g} s; stays down to "
             f"{_w(r.off_min_mw)} W, ends after {r.min_off_ns / 1e9:g} s out of its band",
             f"  replayed: the rule finds {100 * self.detected:.0f} % of the recorded run's energy",
@@ -291,9 +293,11 @@ def measure(samples: Sequence[TracePoint], *, rest_mw: int) -> Levels:
         elif quiet is not None:
             pauses.append(p.t - quiet)
             quiet = None
+    short = [p for p in pauses if p < MAX_PAUSE_S]
     return Levels(rest_mw=rest_mw, threshold_mw=thr, start=run[0].t, end=run[-1].t, p5_mw=_pct(on, 0.05),
-                  p50_mw=_pct(on, 0.5), p98_mw=_pct(on, 0.98), peak_mw=max(on), longest_pause_s=max(pauses, default=0),
-                  pauses=len(pauses), energy_mwh=_energy_mwh(run), readings=len(run), band_mw=low)
+                  p50_mw=_pct(on, 0.5), p98_mw=_pct(on, 0.98), peak_mw=max(on), longest_pause_s=max(short, default=0),
+                  pauses=len(short), energy_mwh=_energy_mwh(run), readings=len(run), band_mw=low,
+                  breaks=len(pauses) - len(short))
 
 
 def _rest_from_profile(profile: Profile, samples: Sequence[TracePoint]) -> int:
@@ -351,6 +355,27 @@ def _carve(new: FunctionRule, lv: Levels, other: FunctionRule, seen: tuple[int, 
            ) -> tuple[FunctionRule, FunctionRule, str]:
     """Make `other` and the learned rule `new` not reach into each other's measured levels. Returns both rules and a
     sentence saying what changed ("" when nothing had to); raises LearnRefused when their levels overlap."""
+    new2, other2, why = _carve_bands(new, lv, other, seen)
+    changed = [f"{key} {_band_w(a)} -> {_band_w(b)}" for key, a, b in (
+        ("on_above_w", other.on_min_mw, other2.on_min_mw), ("off_below_w", other.off_min_mw, other2.off_min_mw),
+        ("on_below_w", other.on_max_mw, other2.on_max_mw), ("off_above_w", other.off_max_mw, other2.off_max_mw))
+        if a != b]
+    if not changed:
+        return new2, other2, ""
+    return new2, other2, f"{other.name}: {', '.join(changed)} ({why})"
+
+
+def _band_w(mw: int) -> str:
+    return "none" if mw in (NO_MIN, NO_MAX) else f"{_w(mw):g}"
+
+
+def _exclusive(a: FunctionRule, b: FunctionRule) -> bool:
+    """Told apart by a signal (cool and heat by the mode), whatever their power."""
+    return bool(a.signal) and a.signal == b.signal and a.value != b.value
+
+
+def _carve_bands(new: FunctionRule, lv: Levels, other: FunctionRule, seen: tuple[int, int, int] | None,
+                 ) -> tuple[FunctionRule, FunctionRule, str]:
     if not other.has_power_rule:
         return new, other, ""
     lo_new, hi_new = lv.p5_mw, lv.p98_mw
@@ -367,22 +392,21 @@ def _carve(new: FunctionRule, lv: Levels, other: FunctionRule, seen: tuple[int, 
     if hi_o < new.off_min_mw:  # the other one sits below the learned band: it gives up only that band
         other = replace(other, on_max_mw=min(other.on_max_mw, new.off_min_mw - 1),
                         off_max_mw=min(other.off_max_mw, new.on_min_mw - 1))
-        return new, other, f"{other.name} now ends below {_w(new.off_min_mw)} W (it sat at up to {_w(hi_o)} W, {how})"
+        return new, other, f"it sat at up to {_w(hi_o)} W, {how}"
     if lo_o > new.off_max_mw:  # above it
         other = replace(other, on_min_mw=max(other.on_min_mw, new.off_max_mw + 1),
                         off_min_mw=max(other.off_min_mw, new.on_max_mw + 1))
-        return new, other, (f"{other.name} now starts above {_w(new.off_max_mw)} W (it sat at {_w(lo_o)} W and "
-                            f"up, {how})")
+        return new, other, f"it sat at {_w(lo_o)} W and up, {how}"
     if hi_o < lo_new:  # below, close to it: a boundary between the two levels (their geometric mean)
         b = math.isqrt(max(1, hi_o) * lo_new)
         new = replace(new, on_min_mw=max(new.on_min_mw, b + 1), off_min_mw=max(new.off_min_mw, b + 1))
         other = replace(other, on_max_mw=min(other.on_max_mw, b), off_max_mw=min(other.off_max_mw, b))
-        return new, other, f"{other.name} now ends at {_w(b)} W (it sat at up to {_w(hi_o)} W, {how})"
+        return new, other, f"it sat at up to {_w(hi_o)} W, {how}: the boundary is between the two levels"
     if lo_o > hi_new:  # above, close to it
         b = math.isqrt(hi_new * lo_o)
         new = replace(new, on_max_mw=min(new.on_max_mw, b), off_max_mw=min(new.off_max_mw, b))
         other = replace(other, on_min_mw=max(other.on_min_mw, b + 1), off_min_mw=max(other.off_min_mw, b + 1))
-        return new, other, f"{other.name} now starts above {_w(b)} W (it sat at {_w(lo_o)} W and up, {how})"
+        return new, other, f"it sat at {_w(lo_o)} W and up, {how}: the boundary is between the two levels"
     top = "no upper limit" if hi_o == NO_MAX else f"{_w(hi_o)} W"
     bottom = 0.0 if lo_o == NO_MIN else _w(lo_o)
     raise LearnRefused(new.name, f"power alone cannot tell it ({_w(lo_new)}-{_w(hi_new)} W) from {other.name} "
@@ -426,21 +450,22 @@ def derive_rule(base: Profile, function: str, samples: Sequence[TracePoint], *, 
     run = [p for p in pts if lv.start <= p.t <= lv.end]
     old = next((f for f in base.functions if f.name == function), None)
     others = [f for f in base.functions if f.name != function]
-    rule = replace(_derive_band(lv, run, others, base.cycle.start_ns if base.cycle else 0), name=function)
+    rivals = [f for f in others if old is None or not _exclusive(f, old)]
+    rule = replace(_derive_band(lv, run, rivals, base.cycle.start_ns if base.cycle else 0), name=function)
     if old is not None:  # relearned: the band and dwell are new, what the profile says about it otherwise stays
         rule = replace(rule, signal=old.signal, value=old.value, description=old.description,
                        only_after=old.only_after, takes_over=old.takes_over,
                        min_on_ns=old.min_on_ns if old.takes_over else rule.min_on_ns)
     signals = [p for p in samples if p.power_mw is None]
     hist = sorted([*_power(history), *(p for p in pts if not lv.start <= p.t <= lv.end)], key=lambda p: p.t)
-    hist_all = sorted([*hist, *(p for p in history if p.power_mw is None), *signals], key=lambda p: p.t)
-    before = replay(hist_all, base, appliance=appliance) if hist else None
+    hist_signals = sorted([*(p for p in history if p.power_mw is None), *signals], key=lambda p: p.t)
+    before = replay(hist, base, appliance=appliance, signals=hist_signals) if hist else None
     seen = _levels_of(before, (lv.start, lv.end)) if before is not None else {}
     adjusted: list[str] = []
     carved: list[FunctionRule] = []
     for f in others:
-        if f.signal and f.signal != rule.signal:
-            carved.append(f)  # told apart by its signal, not by power
+        if _exclusive(f, rule):
+            carved.append(f)
             continue
         rule, f2, said = _carve(rule, lv, f, seen.get(f.name))
         carved.append(f2)
@@ -457,7 +482,7 @@ def derive_rule(base: Profile, function: str, samples: Sequence[TracePoint], *, 
         adjusted.append(f"max_power_w {_w(base.max_power_mw)} -> {_w(max_mw)} (it drew {_w(lv.peak_mw)} W)")
     new = _as_profile(base, functions, max_mw)
     rule = next(f for f in new.functions if f.name == function)
-    ran = replay([*run, *(s for s in signals if s.t <= lv.end)], new, appliance=appliance)
+    ran = replay(run, new, appliance=appliance, signals=[s for s in signals if s.t <= lv.end])
     total = sum(ran.energy_by_function().values())
     detected = ran.energy_by_function().get(function, 0) / total if total > 0 else 0.0
     if detected < MIN_DETECTED:
@@ -466,7 +491,7 @@ def derive_rule(base: Profile, function: str, samples: Sequence[TracePoint], *, 
                            f"energy (most went to {got}); record the function on its own, from rest to rest")
     kept: dict[str, float] = {}
     if before is not None:
-        after = replay(hist_all, new, appliance=appliance)
+        after = replay(hist, new, appliance=appliance, signals=hist_signals)
         e0, e1 = before.energy_by_function(), after.energy_by_function()
         total0 = sum(e0.values()) or 1
         for name, had in e0.items():
@@ -477,7 +502,7 @@ def derive_rule(base: Profile, function: str, samples: Sequence[TracePoint], *, 
                 raise LearnRefused(function, f"{name} would lose {100 * (1 - kept[name]):.0f} % of its energy in "
                                    "the history replayed with the learned rule; record again, or relearn "
                                    f"{name} too")
-    timeline = replay([*pts, *signals], new, appliance=appliance)
+    timeline = replay(pts, new, appliance=appliance, signals=signals)
     return Learned(appliance, function, rule, new, base, lv, detected, timeline, old is not None, tuple(adjusted),
                    kept)
 

@@ -16,7 +16,7 @@ from gateway.learn_files import replace_profile_line
 from gateway.power_log import TracePoint
 from gateway.profile_replay import replay
 from metering.profile import Profile, builtin_profile, load_profile
-from tests.support.appliance_traces import kettle, oven
+from tests.support.appliance_traces import aircon, kettle, oven
 
 T0 = 1_764_921_600.0
 
@@ -86,10 +86,27 @@ def test_a_new_function_narrows_the_catch_all_standby_and_keeps_the_boil() -> No
     assert names == ["boil", "keep_warm", "standby"] and not learned.relearned
     standby = learned.profile.functions[2]
     assert 5_000 < standby.on_max_mw <= learned.rule.off_min_mw  # the rest (0.5 W) stays standby
-    assert any(a.startswith("standby now ends below") for a in learned.adjusted)
+    assert any(a.startswith("standby: on_below_w 999 -> ") for a in learned.adjusted), learned.adjusted
     assert learned.kept["boil"] == pytest.approx(1.0)
     assert _share(_keep_warm(2), "keep_warm", learned.profile) > 0.97  # another evening's keep-warm
     assert _share(history, "boil", learned.profile) > 0.99
+
+
+def test_a_relearned_cool_keeps_its_mode_signal_and_the_heat_at_the_same_power_is_no_rival() -> None:
+    """Cooling and heating draw the same; the mode signal tells them apart, so relearning one leaves the other be.
+    The fan-only spells between compressor runs (5-10 minutes) are another function, not pauses of the cooling."""
+    tr = aircon("split-3.5kW-cool")
+    signals = [TracePoint(T0 + i - 0.5, None, name, value) for i, name, value in tr.signals]
+    learned = derive_rule(builtin_profile("air_conditioner"), "cool", [*_points(tr.watts), *signals])
+    assert (learned.rule.signal, learned.rule.value) == ("mode", "cool")
+    assert learned.levels.breaks == 3 and learned.rule.min_off_ns < 300 * 10**9
+    heat = next(f for f in learned.profile.functions if f.name == "heat")
+    assert heat == next(f for f in builtin_profile("air_conditioner").functions if f.name == "heat")
+    other = aircon("split-3.5kW-cool", seed=20)
+    tl = replay(_points(other.watts), learned.profile,
+                signals=[TracePoint(T0 + i - 0.5, None, n, v) for i, n, v in other.signals])
+    true_cool = sum(w for w, label in zip(other.watts, other.labels, strict=True) if label == "cool") / 3.6
+    assert tl.energy_by_function()["cool"] == pytest.approx(true_cool, rel=0.02)
 
 
 def test_a_function_power_cannot_tell_from_another_is_refused_naming_both() -> None:
