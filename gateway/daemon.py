@@ -324,7 +324,11 @@ class Gateway:
         if self.cfg.led is not None or self.cfg.button is not None:
             self.indicator = Indicator(self.cfg.led, self.cfg.button, pin_factory=self.backends.get("pin_factory"),
                                        on_long_press=self._long_press)
-        self.home_assistant = for_gateway(self)
+        try:
+            self.home_assistant = for_gateway(self)
+        except BaseException:  # a bad [home_assistant] ca: release the ledger (and its writer lock)
+            self.ledger.close()
+            raise
 
     def _household_tasks(self, tg: asyncio.TaskGroup, sup: Supervisor, workers: list[asyncio.Task[Any]]) -> None:
         from .indicator import gateway_state

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -90,6 +91,19 @@ def test_the_home_assistant_table_is_off_by_default_and_every_error_names_its_ke
             ({"host": "h", "hots": "x"}, "hots", "unknown key")):
         with pytest.raises(ConfigError, match=rf"koto.toml: home_assistant.{key}: .*{words}"):
             parse_config(_cfg(tmp_path, table), file="koto.toml")
+
+
+def test_a_ca_that_cannot_be_loaded_stops_the_start_naming_the_key(tmp_path: Path) -> None:
+    from gateway.daemon import Gateway
+    from gateway.state import StateDir
+    from koto.clock import SystemClock
+
+    StateDir(tmp_path / "state").provision()
+    cfg = parse_config(_cfg(tmp_path, {"host": "h", "ca": "missing.pem"}), file="koto.toml", base=tmp_path)
+    with pytest.raises(ConfigError, match=r"koto.toml: home_assistant.ca: cannot load .*missing.pem"):
+        Gateway(cfg, clock=SystemClock(), sync_enabled=False)
+    Gateway(dataclasses.replace(cfg, home_assistant=None), clock=SystemClock(),
+            sync_enabled=False).ledger.close()  # the ledger was released: it opens again
 
 
 def _sum(ledger: Any) -> int:

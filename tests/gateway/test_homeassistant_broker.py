@@ -195,3 +195,54 @@ async def test_a_dead_household_broker_is_said_once_and_metering_goes_on(
     failures = [r for r in caplog.records if "Home Assistant broker" in r.getMessage()]
     assert len(failures) == 1 and "retrying" in failures[0].getMessage()
     assert any("Home Assistant: connected" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_gateway_killed_outright_is_marked_offline_by_its_will(tmp_path: Path) -> None:
+    """kill -9: no clean stop says anything; the broker publishes the Will, and Home Assistant shows the devices
+    unavailable."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.support.paths import REPO
+
+    StateDir(tmp_path / "state").provision()
+    with Mosquitto(tmp_path / "mqtt") as broker:
+        cfg = tmp_path / "koto.toml"
+        cfg.write_text(f"""[gateway]
+id = "gw-ha"
+state_dir = "{tmp_path / 'state'}"
+
+[home_assistant]
+host = "127.0.0.1"
+port = {broker.port}
+
+[[appliance]]
+id = "kettle"
+profile = "kettle"
+[appliance.sources.k]
+driver = "s0"
+pin = 17
+imp_per_kwh = 1000
+""")
+        async with HomeAssistantPeer(broker.url, "ha") as ha:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg), cwd=REPO,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": str(REPO), "GPIOZERO_PIN_FACTORY": "mock",
+                     "RUNTIME_DIRECTORY": str(tmp_path / "run")})
+            try:
+                for _ in range(150):
+                    await asyncio.sleep(0.1)
+                    if ha.payloads("/availability") == [b"online"]:
+                        break
+                assert ha.payloads("/availability") == [b"online"]
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                await proc.wait()
+            for _ in range(50):
+                await asyncio.sleep(0.1)
+                if len(ha.payloads("/availability")) > 1:
+                    break
+            assert ha.payloads("/availability") == [b"online", b"offline"]
