@@ -146,3 +146,11 @@ def test_the_lifetime_total_survives_pruning_a_restart_and_a_new_ledger(tmp_path
     assert third.start(ledger)["washer"] == grown + _sum(ledger)
     ledger.close()
     assert json.loads((state / TOTALS_FILE).read_text())["epoch"] == 8
+
+
+def test_the_household_brokers_password_stays_out_of_a_support_bundle() -> None:
+    from gateway.redact import redact_toml_text
+
+    text = '[home_assistant]\nhost = "ha.local"\nusername = "koto"\npassword = "s3cret-pw"   # the broker user\n'
+    out = redact_toml_text(text)
+    assert "s3cret-pw" not in out and 'host = "ha.local"' in out and "# the broker user" in out
