@@ -35,6 +35,8 @@ def test_each_state_has_its_pattern_pairing_first() -> None:
     assert pattern_for({**OK, "cloud": None}) is ONLINE  # metering locally is all a local-only gateway does
     assert pattern_for({**OK, "cloud": {"connected": False}}) is OFFLINE
     assert pattern_for({**OK, "sources": {"m": {"state": "reconnecting"}}}) is ERROR
+    assert pattern_for({**OK, "sources": {"m": {"state": "starting", "restarts": 0}}}) is ONLINE  # just started
+    assert pattern_for({**OK, "sources": {"m": {"state": "starting", "restarts": 3}}}) is ERROR  # failing to open
     assert pattern_for({**OK, "ledger": {"failing": True}, "cloud": {"connected": False}}) is ERROR
     assert pattern_for({**OK, "sources": {"m": {"state": "reconnecting"}}}, pairing=True) is PAIRING
     assert pattern_for({**OK, "state": "stopped"}, pairing=True).name == "off"
