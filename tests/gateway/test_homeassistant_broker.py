@@ -80,8 +80,8 @@ async def _run_gateway(tmp: Path, port: int, boil_s: float, after_s: float) -> G
     clock, factory = SystemClock(), mock_factory()
     gw = Gateway(parse_config(_cfg(tmp, port), file="koto.toml"), clock=clock, backends={"pin_factory": factory},
                  sync_enabled=False)
-    assert gw.home_assistant is not None
-    gw.home_assistant.energy_every_s = 0.3
+    assert gw.household.home_assistant is not None
+    gw.household.home_assistant.energy_every_s = 0.3
     watts = {"now": 2_200_000}
     stop = asyncio.Event()
     run = asyncio.create_task(gw.run(stop))
@@ -170,8 +170,8 @@ async def test_a_dead_household_broker_is_said_once_and_metering_goes_on(
     clock, factory = SystemClock(), mock_factory()
     gw = Gateway(parse_config(_cfg(tmp_path, port), file="koto.toml"), clock=clock,
                  backends={"pin_factory": factory}, sync_enabled=False)
-    assert gw.home_assistant is not None
-    gw.home_assistant.backoff = Backoff(0.05, 0.2)
+    assert gw.household.home_assistant is not None
+    gw.household.home_assistant.backoff = Backoff(0.05, 0.2)
     stop = asyncio.Event()
     with caplog.at_level(logging.INFO, logger="koto"):
         run = asyncio.create_task(gw.run(stop))
@@ -183,9 +183,9 @@ async def test_a_dead_household_broker_is_said_once_and_metering_goes_on(
             with Mosquitto(tmp_path / "mqtt", port=port):  # the broker comes back
                 for _ in range(40):
                     await asyncio.sleep(0.1)
-                    if gw.home_assistant.connected:
+                    if gw.household.home_assistant.connected:
                         break
-                assert gw.home_assistant.connected
+                assert gw.household.home_assistant.connected
                 stop.set()
                 await run
         finally:

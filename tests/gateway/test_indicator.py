@@ -190,5 +190,5 @@ async def test_the_running_gateway_lights_the_led_and_asks_for_pairing_on_a_long
             stop.set()
             await run
     assert "pairing mode requested by button" in caplog.text
-    assert gw.indicator is not None and gw.indicator.long_presses == 1
+    assert gw.household.indicator is not None and gw.household.indicator.long_presses == 1
     assert factory.pin(22).state is False  # stopped: dark
