@@ -21,7 +21,9 @@ homeassistant/components/mqtt/sensor.py), per appliance, one device (`koto_GW_AP
   metered it (gateway/ha_totals.py), so it never goes down, across restarts too.
 
 Discovery configs go to `{discovery_prefix}/sensor/{gw}/{appliance}_{power|function|energy}/config`, retained, QoS 1,
-and again whenever Home Assistant says it came online (`{discovery_prefix}/status` = `online`). The states are one
+and again whenever Home Assistant says it came online (`{discovery_prefix}/status` = `online`). An appliance that
+was announced before (it has an energy total) and is no longer configured gets empty retained configs, which
+remove it from Home Assistant. The states are one
 retained JSON message per appliance on `{topic_prefix}/{appliance}/state`; availability is
 `{topic_prefix}/availability`: `online` retained at connect, `offline` at a clean stop and as the MQTT Will when the
 gateway dies. Nothing of this can hold up metering: it is one task, reading what the meters hold and (in a thread)
@@ -37,7 +39,7 @@ import logging
 import math
 import re
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,10 +205,12 @@ class HomeAssistant:
                  appliances: Callable[[], Mapping[str, tuple[int, str]]],
                  totals: Callable[[], Mapping[str, int]], backoff: Backoff | None = None,
                  energy_every_s: float = ENERGY_EVERY_S,
-                 on_stop: Callable[[], Mapping[str, int]] | None = None, tls: ssl.SSLContext | None = None) -> None:
+                 on_stop: Callable[[], Mapping[str, int]] | None = None, tls: ssl.SSLContext | None = None,
+                 gone: Iterable[str] = ()) -> None:
         self.cfg = cfg
         self.topics = topics_for(cfg, gateway)
         self.profiles = dict(profiles)
+        self.gone = sorted(set(gone) - set(profiles))  # appliances announced before, no longer configured
         self.appliances = appliances
         self.totals = totals
         self.backoff = backoff or Backoff(1.0, 60.0)
@@ -269,6 +273,10 @@ class HomeAssistant:
                 await listener
 
     async def _announce(self, client: Any) -> None:
+        for app in self.gone:  # an empty retained config removes the entity (and then the device) from HA
+            for topic in discovery_configs(self.topics, app, ""):
+                await client.publish(topic, b"", qos=1, retain=True)
+            await client.publish(self.topics.state(app), b"", qos=1, retain=True)
         for app, profile in self.profiles.items():
             for topic, payload in discovery_configs(self.topics, app, profile).items():
                 await client.publish(topic, json.dumps(payload, sort_keys=True).encode(), qos=1, retain=True)
@@ -328,4 +336,4 @@ def for_gateway(gw: Gateway) -> HomeAssistant | None:
     return HomeAssistant(cfg, gw.cfg.id, {aid: m.profile.name for aid, m in gw.meters.items()},
                          appliances=lambda: {aid: (m.power_mw, m.function) for aid, m in gw.meters.items()},
                          totals=lambda: totals.refresh(gw.ledger),
-                         on_stop=lambda: totals.refresh(gw.ledger, save=True), tls=tls)
+                         on_stop=lambda: totals.refresh(gw.ledger, save=True), tls=tls, gone=totals.base)

@@ -137,11 +137,15 @@ async def test_home_assistant_sees_each_appliance_and_an_energy_total_that_never
     assert json.loads(retained["koto/gw-ha/kettle/state"])["energy_kwh"] == f"{energies[-1]:.6f}"
 
 
-async def test_home_assistant_comes_online_and_gets_the_devices_again(tmp_path: Path) -> None:
+async def test_home_assistant_comes_online_and_gets_the_devices_again_and_loses_a_removed_one(
+        tmp_path: Path) -> None:
     from drivers.gpio.sim import mock_factory
+    from gateway.ha_totals import TOTALS_FILE
     from koto.clock import SystemClock
 
     StateDir(tmp_path / "state").provision()
+    (tmp_path / "state" / TOTALS_FILE).write_text(  # an earlier config had a washer, announced then
+        json.dumps({"epoch": 0, "through_seq": 0, "mwh": {"washer": 5_000_000}}))
     with Mosquitto(tmp_path / "mqtt") as broker:
         gw = Gateway(parse_config(_cfg(tmp_path, broker.port), file="koto.toml"), clock=SystemClock(),
                      backends={"pin_factory": mock_factory()},
@@ -154,7 +158,11 @@ async def test_home_assistant_comes_online_and_gets_the_devices_again(tmp_path: 
                 before = len(ha.payloads("/config"))
                 await ha.birth()
                 await asyncio.sleep(0.5)
-                assert len(ha.payloads("/config")) == before + 3
+                assert len(ha.payloads("/config")) == before + 6  # the kettle's three, the washer's three removals
+                removed = {t for t, p, _ in ha.got if "washer" in t and p == b""}
+                assert removed == {f"homeassistant/sensor/gw-ha/washer_{w}/config"
+                                   for w in ("power", "function", "energy")} | {"koto/gw-ha/washer/state"}
+                assert not any(p for t, p, _ in ha.got if "washer" in t)  # nothing but removals
         finally:
             stop.set()
             await run
