@@ -5,7 +5,6 @@ a copy of the built-in profile and points the config at it; the gateway started 
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -64,16 +63,13 @@ async def test_koto_learn_records_a_boil_from_the_running_gateway_and_the_next_s
         watts["now"] = 2_200_000  # the person switches the kettle on
         await asyncio.sleep(3.0)
         watts["now"] = 300_000
-        t_back = time.monotonic()
-        rc = await learning
-        assert rc == 0
-        assert time.monotonic() - t_back < 15  # it stopped by itself, well before --max-minutes
+        assert await learning == 0
     finally:
         pulses.cancel()
         stop.set()
         await run
     out = capsys.readouterr().out
-    assert "recording ended (back at rest for 2 s)" in out
+    assert "recording ended (back at rest for 2 s)" in out  # by itself, not at --max-minutes
     assert "boil: relearned" in out and "B boil" in out
     profile_path = tmp_path / "kettle.profile.toml"
     assert f"saved: {profile_path}" in out
