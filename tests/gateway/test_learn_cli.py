@@ -112,3 +112,32 @@ def test_koto_learn_from_a_recording_shows_the_rule_and_saves_only_when_asked(
     flat.write_text(format_trace(_keep_warm(1)[:50], "only rest"))
     assert koto(["learn", "kettle", "--function", "keep_warm", "--config", str(cfg_path), "--trace", str(flat)]) == 2
     assert "koto: keep_warm: not learned: no function seen" in capsys.readouterr().err
+
+
+def test_a_folder_that_cannot_be_written_is_one_line_naming_the_file() -> None:
+    """The config's folder not writable (`koto learn` without sudo): one line naming the file it meant to write."""
+    import os
+    import shutil
+    import tempfile
+
+    from tests.support.as_user import AS_ROOT, koto_as_other_user
+
+    folder = Path(tempfile.mkdtemp(prefix="koto-learn-"))
+    try:
+        os.chmod(folder, 0o755 if AS_ROOT else 0o555)  # root: the other user may look but not write
+        cfg_path = folder / "koto.toml"
+        cfg_path.write_text(CONFIG.format(state=folder / "state"))
+        trace = folder / "keep-warm.csv"
+        trace.write_text(format_trace(_keep_warm(1), "recorded"))
+        for f in (cfg_path, trace):
+            os.chmod(f, 0o644)
+        out = koto_as_other_user("learn", "kettle", "--function", "keep_warm", "--config", cfg_path, "--trace",
+                                 trace, "--yes", preload=("gateway.cli_learn", "gateway.learn", "gateway.learn_files",
+                                                          "gateway.profile_plot", "gateway.profile_suggest",
+                                                          "importlib.readers", "importlib.resources.readers"))
+    finally:
+        os.chmod(folder, 0o755)
+        shutil.rmtree(folder, ignore_errors=True)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"koto: {folder / 'kettle.profile.toml'}: ") and "permission denied" in lines[0]
