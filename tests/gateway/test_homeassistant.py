@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from gateway.config import parse_config
@@ -154,3 +156,11 @@ def test_the_household_brokers_password_stays_out_of_a_support_bundle() -> None:
     text = '[home_assistant]\nhost = "ha.local"\nusername = "koto"\npassword = "s3cret-pw"   # the broker user\n'
     out = redact_toml_text(text)
     assert "s3cret-pw" not in out and 'host = "ha.local"' in out and "# the broker user" in out
+
+
+@given(st.integers(0, 10**15), st.integers(0, 10**15))
+def test_the_energy_text_is_exact_and_keeps_the_order(a: int, b: int) -> None:
+    """Home Assistant parses the text as a float: no float drift may make a larger total read smaller."""
+    assert int(kwh(a).replace(".", "")) == a
+    if a <= b:
+        assert float(kwh(a)) <= float(kwh(b))
