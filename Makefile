@@ -94,10 +94,13 @@ test-arm64:
 image-test: $(DEV_STAMP) system-deps
 	@command -v qemu-system-aarch64 >/dev/null 2>&1 || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends qemu-system-arm )
-	@[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || \
+	@[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || command -v qemu-aarch64-static >/dev/null 2>&1 || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q qemu-user-static binfmt-support )
+	@# A container may start without binfmt_misc mounted, and installing the package does not register it there.
+	@[ -e /proc/sys/fs/binfmt_misc/register ] || $(SUDO) mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+	@[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || $(SUDO) update-binfmts --enable qemu-aarch64
 	@command -v debootstrap >/dev/null 2>&1 || ( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q debootstrap )
-	$(BIN)/pytest -q -m image tests/image
+	KOTO_IMAGE_TEST=1 $(BIN)/pytest -q -m image tests/image
 
 # Every fuzz test (tests/**/test_fuzz_*.py) at full size: 100,000 cases each. `make test` runs the same tests with
 # a few thousand cases (tests/support/fuzzing.py).
