@@ -20,10 +20,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from koto.canonical import ZERO_HASH, CanonicalError, canonical_text
+from koto.canonical import MAX_SAFE_INT, ZERO_HASH, CanonicalError, canonical_text
 from koto.signing import PublicKey, verify_bytes
 
 from .errors import Rejected
+from .safejson import load_object
 
 EVENT_TYPES = frozenset({"io.koto.usage.v1", "io.koto.clock.v1", "io.koto.lifecycle.v1"})
 SOURCE_PREFIX = "urn:koto:gw:"
@@ -76,15 +77,9 @@ def gateway_of(source: str) -> str:
 
 
 def parse_event(payload: bytes) -> Event:
-    """Parse and shape-check one uplink usage payload. Raises `Rejected("malformed", reason)`."""
-    if len(payload) > MAX_EVENT_BYTES:
-        raise Rejected("malformed", f"payload of {len(payload)} bytes is above the {MAX_EVENT_BYTES}-byte limit")
-    try:
-        ev = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise Rejected("malformed", f"payload is not JSON ({e})") from None
-    if not isinstance(ev, dict):
-        raise Rejected("malformed", "payload is not a JSON object")
+    """Parse and shape-check one uplink usage payload. Raises `Rejected` (kind malformed, too_large, too_deep or
+    out_of_range) and nothing else, whatever the bytes."""
+    ev = load_object(payload, max_bytes=MAX_EVENT_BYTES, what="usage record")
     for name in _STR_FIELDS:
         if not isinstance(ev.get(name), str):
             raise Rejected("malformed", f"field {name!r} is missing or not a string")
@@ -94,16 +89,18 @@ def parse_event(payload: bytes) -> Event:
     epoch, seq = data.get("epoch"), data.get("seq")
     if type(epoch) is not int or type(seq) is not int or epoch < 0 or seq < 1:
         raise Rejected("malformed", "data.epoch and data.seq must be integers (epoch >= 0, seq >= 1)")
+    if epoch > MAX_SAFE_INT or seq > MAX_SAFE_INT:
+        raise Rejected("out_of_range", f"data.epoch {epoch} or data.seq {seq} is above 2**53-1")
     if ev["specversion"] != "1.0":
-        raise Rejected("malformed", f"specversion {ev['specversion']!r} is not '1.0'")
+        raise Rejected("malformed", f"specversion {ev['specversion'][:40]!r} is not '1.0'")
     if ev["type"] not in EVENT_TYPES:
-        raise Rejected("malformed", f"type {ev['type']!r} is not one of {sorted(EVENT_TYPES)}")
+        raise Rejected("malformed", f"type {ev['type'][:80]!r} is not one of {sorted(EVENT_TYPES)}")
     if ev["id"] != f"{epoch}-{seq}":
-        raise Rejected("malformed", f"id {ev['id']!r} does not match data epoch {epoch} and seq {seq}")
+        raise Rejected("malformed", f"id {ev['id'][:80]!r} does not match data epoch {epoch} and seq {seq}")
     if ev["sequence"] != f"{seq:020d}":
-        raise Rejected("malformed", f"sequence {ev['sequence']!r} is not seq {seq} padded to 20 digits")
+        raise Rejected("malformed", f"sequence {ev['sequence'][:40]!r} is not seq {seq} padded to 20 digits")
     if ev["timestatus"] not in ("S", "U"):
-        raise Rejected("malformed", f"timestatus {ev['timestatus']!r} is not 'S' or 'U'")
+        raise Rejected("malformed", f"timestatus {ev['timestatus'][:20]!r} is not 'S' or 'U'")
     if not _is_hex64(ev["prevhash"]):
         raise Rejected("malformed", "prevhash is not 64 lowercase hex digits")
     if seq == 1 and ev["prevhash"] != ZERO_HASH:
@@ -136,7 +133,7 @@ def check_shape(payload: bytes, topic_gateway: str, key: PublicKey | None) -> Ev
     ev = parse_event(payload)
     if ev.gateway != topic_gateway:
         raise Rejected("wrong_topic",
-                       f"event source names gateway {ev.gateway!r} but came on {topic_gateway!r}'s topic")
+                       f"event source names gateway {ev.gateway[:80]!r} but came on {topic_gateway!r}'s topic")
     if key is None:
         raise Rejected("unknown_gateway", f"gateway {ev.gateway!r} is not registered (koto-cloud register)")
     return ev
