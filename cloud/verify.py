@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,8 @@ EVENT_TYPES = frozenset({"io.koto.usage.v1", "io.koto.clock.v1", "io.koto.lifecy
 SOURCE_PREFIX = "urn:koto:gw:"
 MAX_EVENT_BYTES = 64 * 1024
 _HEX = frozenset("0123456789abcdef")
+_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})")
+_SIG = re.compile(r"[A-Za-z0-9+/]{1,200}={0,2}")  # a DER P-256 signature is at most 72 bytes: 96 base64 characters
 # ECDSA over a digest we already have (the record hash is the SHA-256 of the signed bytes): the same check as
 # koto.signing.verify_bytes without hashing the bytes a second time or building the algorithm object per record.
 _PREHASHED = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
@@ -103,6 +106,15 @@ def parse_event(payload: bytes) -> Event:
         raise Rejected("malformed", f"timestatus {ev['timestatus'][:20]!r} is not 'S' or 'U'")
     if not _is_hex64(ev["prevhash"]):
         raise Rejected("malformed", "prevhash is not 64 lowercase hex digits")
+    if len(ev) != len(_STR_FIELDS) + 1:
+        extra = sorted(set(ev) - {*_STR_FIELDS, "data"})
+        raise Rejected("malformed", f"fields {', '.join(repr(k[:40]) for k in extra[:5])} are not in the contract")
+    if ev["datacontenttype"] != "application/json" or not ev["subject"]:
+        raise Rejected("malformed", "datacontenttype is not 'application/json' or subject is empty")
+    if not _TIME.fullmatch(ev["time"]):
+        raise Rejected("malformed", f"time {ev['time'][:40]!r} is not an RFC 3339 time")
+    if not _SIG.fullmatch(ev["sig"]):
+        raise Rejected("malformed", "sig is not base64")
     if seq == 1 and ev["prevhash"] != ZERO_HASH:
         raise Rejected("malformed", "the first record of an epoch must have a prevhash of 64 zeros")
     gateway = gateway_of(ev["source"])
