@@ -41,7 +41,7 @@ MAX_DSEQ_DIGITS = 16  # a command's dseq is ^[1-9][0-9]{0,15}$ (common.json): be
 MAX_ID_CHARS = 128  # a command id (common.json commandEnvelope.id)
 KINDS = ("usage", "status", "reply")
 
-_GATEWAY_ID = re.compile(r"[^/#+\s]{1,128}", re.ASCII)
+_GATEWAY_ID = re.compile(r"[^/#+\s]{1,128}")
 _DSEQ = re.compile(rf"[0-9]{{0,{MAX_DSEQ_DIGITS}}}")
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})", re.ASCII)
 _REPLY_STATUS = frozenset({"applied", "duplicate", "rejected"})

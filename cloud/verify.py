@@ -123,6 +123,8 @@ def parse_event(payload: bytes) -> Event:
         signed = canonical_text(body).encode("utf-8")
     except CanonicalError as e:
         raise Rejected("malformed", f"event has no canonical form: {e}") from None
+    except UnicodeEncodeError:  # koto.canonical checks values, not keys, for lone surrogates (found by fuzzing)
+        raise Rejected("malformed", "event has no canonical form: a key is not valid Unicode") from None
     digest = hashlib.sha256(signed).digest()
     return Event(
         gateway=gateway, source=ev["source"], id=ev["id"], epoch=epoch, seq=seq, type=ev["type"],
