@@ -116,7 +116,9 @@ def cli(verbose: bool) -> None:
 @click.option("--db", required=True, help=DB_HELP)
 @click.option("--prefix", default="koto/v1", show_default=True)
 @click.option("--group", default="koto", show_default=True, help="shared-subscription group")
-@click.option("--client-id", default=None, help="fixed client id = persistent session (default: random, clean)")
+@click.option("--client-id", default=None,
+              help="fixed client id = persistent session (default: random, clean); a broker that binds the client "
+                   "id to the certificate (deploy/mosquitto) uses the certificate's CN instead")
 @click.option("--max-batch", default=500, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--linger-ms", default=4.0, show_default=True, type=click.FloatRange(0, 1000))
 @click.option("--openmeter", default=None, help="OpenMeter ingest URL (…/api/v1/events) to forward usage to")
