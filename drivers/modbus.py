@@ -38,6 +38,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Self
 
+from koto.canonical import MAX_SAFE_INT
 from koto.clock import Clock
 from koto.reading import UNITS, Quantity, Reading
 
@@ -280,7 +281,10 @@ def decode_value(spec: RegisterSpec, regs: list[int], word_order: str) -> int:
         raise FrameError("negative_energy", f"{spec.key} = {_show(v)} {spec.unit}")
     if (spec.min is not None and v < Fraction(spec.min)) or (spec.max is not None and v > Fraction(spec.max)):
         raise FrameError("out_of_range", f"{spec.key} = {_show(v)} {spec.unit}, plausible {spec.min}..{spec.max}")
-    return exact_milli(v, UNITS[spec.quantity][spec.unit])
+    milli = exact_milli(v, UNITS[spec.quantity][spec.unit])
+    if abs(milli) > MAX_SAFE_INT:  # a map without min/max and a huge scale: a record's integers stay below 2**53
+        raise FrameError("out_of_range", f"{spec.key} = {_show(v)} {spec.unit} is too large to be real")
+    return milli
 
 
 def decode_block(rmap: RegisterMap, block: Block, regs: list[int]) -> list[tuple[RegisterSpec, int | FrameError]]:
@@ -477,4 +481,10 @@ _PLAIN = {
     "garbage": "unreadable bytes on the line, discarded",
     "exception": "meter refused the request",
     "wrong_length": "reply had the wrong number of registers, discarded",
+    "wrong_function": "reply was to another kind of request, discarded",
+    "out_of_range": "value outside the plausible range, discarded",
+    "negative_energy": "energy below zero, discarded",
+    "not_finite": "value is NaN or infinite, discarded",
+    "energy_backwards": "energy register went backwards, ignored",
+    "line_noise": "unexpected bytes between requests, ignored",
 }

@@ -75,6 +75,25 @@ def classify_failure(rx: bytes, device_id: int, function: int, expected_len: int
     return "garbage"
 
 
+def check_reply(rr: Any, device_id: int, function: int, address: int, count: int) -> list[int]:
+    """The registers of a reply pymodbus' RTU framer let through (CRC good, our device id), or FrameError(kind).
+
+    Pure, and fuzzed (tests/drivers/test_fuzz_modbus.py): the framer decodes whatever function code a frame
+    carries, so a CRC-good reply to another request (function 3 when we asked 4) must be refused here, as must an
+    exception reply and a reply with another number of registers than we asked for.
+    """
+    if rr.isError():
+        code = getattr(rr, "exception_code", "?")
+        raise FrameError("exception", f"device {device_id} register {address:#06x}: exception code {code}")
+    got = getattr(rr, "function_code", None)
+    if got != function:
+        raise FrameError("wrong_function", f"device {device_id}: asked with function {function}, reply has {got}")
+    regs = list(rr.registers)
+    if len(regs) != count:
+        raise FrameError("wrong_length", f"device {device_id}: asked {count} registers, got {len(regs)}")
+    return regs
+
+
 class ModbusBus:
     """The single owner of one serial port. Use `acquire_bus` to share it between sources."""
 
@@ -210,15 +229,11 @@ class ModbusBus:
                 raise FrameError(kind, f"device {device_id}, register {address:#06x}") from None
             finally:
                 self._busy = False
-            if rr.isError():
-                code = getattr(rr, "exception_code", "?")
-                self.failures["exception"] += 1
-                raise FrameError("exception", f"device {device_id} register {address:#06x}: exception code {code}")
-            regs = list(rr.registers)
-            if len(regs) != count:
-                self.failures["wrong_length"] += 1
-                raise FrameError("wrong_length", f"device {device_id}: asked {count} registers, got {len(regs)}")
-            return regs
+            try:
+                return check_reply(rr, device_id, function, address, count)
+            except FrameError as e:
+                self.failures[e.kind] += 1
+                raise
 
 
 # -- sharing: one bus per port per event loop ---------------------------------------------------------------------
