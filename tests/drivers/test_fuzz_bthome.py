@@ -151,14 +151,17 @@ def authentic(raw: bytes, address: str, key: bytes) -> bool:
     return True
 
 
-def feed(address: str, bindkey: bytes | None, batch: list[tuple[BLEDevice, Any]]) -> tuple[BTHomeSource, list[tuple[str, list[Reading]]]]:
+Outcomes = list[tuple[str, list[Reading]]]
+
+
+def feed(address: str, bindkey: bytes | None, batch: list[tuple[BLEDevice, Any]]) -> tuple[BTHomeSource, Outcomes]:
     """Run the adverts through a real source (opened on a replay backend) and return what each produced."""
     clock = ManualClock()
 
-    async def run() -> tuple[BTHomeSource, list[tuple[str, list[Reading]]]]:
+    async def run() -> tuple[BTHomeSource, Outcomes]:
         src = BTHomeSource("fuzz", clock=clock, address=address, backend=ReplayBackend([], clock=clock),
                            bindkey=bindkey)
-        outcomes: list[tuple[str, list[Reading]]] = []
+        outcomes: Outcomes = []
         async with src:
             for device, adv in batch:
                 clock.advance(1.0)
