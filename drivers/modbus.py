@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
+from functools import cache
 from pathlib import Path
 from typing import Any, Self
 
@@ -231,13 +232,24 @@ def load_map(path: str | Path, *, source: str = "?") -> RegisterMap:
         raise DriverConfigError(source, "map", f"cannot read the register map {str(p)!r}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise DriverConfigError(source, "map", f"not valid TOML: {e}", str(p)) from None
+    except UnicodeDecodeError as e:
+        raise DriverConfigError(source, "map", f"not UTF-8 text (byte {e.start}); save it as UTF-8", str(p)) from None
+    except ValueError:  # a NUL in the path (TOML allows "\u0000"; found by fuzzing)
+        raise DriverConfigError(source, "map", f"{str(p)!r} is not a usable path (it contains a NUL)") from None
     return parse_map(data, file=str(p), source=source)
 
 
 def model_map(model: str, *, source: str = "?") -> RegisterMap:
     if model not in MODELS:
         raise DriverConfigError(source, "model", f"{model!r} is not known; allowed: {', '.join(MODELS)}")
-    return load_map(REGISTER_DIR / f"{model}.toml", source=source)
+    return _builtin_map(model)
+
+
+@cache
+def _builtin_map(model: str) -> RegisterMap:
+    """A shipped map is read once per process: every config load builds every source, and parsing the same TOML
+    for each was most of the time a config check took."""
+    return load_map(REGISTER_DIR / f"{model}.toml")
 
 
 # -- pure decoding ------------------------------------------------------------------------------------------------
