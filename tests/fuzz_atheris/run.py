@@ -30,6 +30,8 @@ except ImportError:  # pragma: no cover - depends on the platform
 
 with atheris.instrument_imports(include=["drivers", "gateway", "metering", "koto", "pymodbus", "bthome_ble",
                                          "tomllib", "json"]):
+    from pymodbus.exceptions import ModbusException
+
     from drivers.bthome import BTHOME_UUID, BTHomeDecoder
     from drivers.errors import FrameError
     from drivers.lineproto import _PLAIN as LINE_KINDS
@@ -40,7 +42,6 @@ with atheris.instrument_imports(include=["drivers", "gateway", "metering", "koto
     from koto.errors import FieldError
     from metering.errors import ProfileError
     from metering.profile import parse_profile
-    from pymodbus.exceptions import ModbusException
     from tests.drivers import test_fuzz_bthome as bt
     from tests.drivers import test_fuzz_lineproto as lp
     from tests.drivers import test_fuzz_modbus as mb
