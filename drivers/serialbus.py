@@ -75,12 +75,14 @@ def classify_failure(rx: bytes, device_id: int, function: int, expected_len: int
     return "garbage"
 
 
-def check_reply(rr: Any, device_id: int, function: int, address: int, count: int) -> list[int]:
+def check_reply(rr: Any, device_id: int, function: int, address: int, count: int, rx: bytes | None = None) -> list[int]:
     """The registers of a reply pymodbus' RTU framer let through (CRC good, our device id), or FrameError(kind).
 
     Pure, and fuzzed (tests/drivers/test_fuzz_modbus.py): the framer decodes whatever function code a frame
     carries, so a CRC-good reply to another request (function 3 when we asked 4) must be refused here, as must an
-    exception reply and a reply with another number of registers than we asked for.
+    exception reply and a reply with another number of registers than we asked for. The framer also takes a frame
+    whose byte count is odd (5 bytes for 2 registers: it ignores the last one), so when the bytes that arrived are
+    known (`rx`), the well-formed frame with exactly these registers must be among them.
     """
     if rr.isError():
         code = getattr(rr, "exception_code", "?")
@@ -91,7 +93,17 @@ def check_reply(rr: Any, device_id: int, function: int, address: int, count: int
     regs = list(rr.registers)
     if len(regs) != count:
         raise FrameError("wrong_length", f"device {device_id}: asked {count} registers, got {len(regs)}")
+    if rx is not None and rtu_frame(device_id, function, regs) not in rx:
+        raise FrameError("wrong_length", f"device {device_id}: the reply's byte count is not {2 * count}")
     return regs
+
+
+def rtu_frame(device_id: int, function: int, regs: list[int]) -> bytes:
+    """The well-formed RTU reply carrying `regs`: id, function, byte count, the registers, CRC."""
+    from pymodbus.framer import FramerRTU
+
+    body = bytes([device_id, function, 2 * len(regs)]) + b"".join(r.to_bytes(2, "big") for r in regs)
+    return body + FramerRTU.compute_CRC(body).to_bytes(2, "big")
 
 
 class ModbusBus:
@@ -230,7 +242,7 @@ class ModbusBus:
             finally:
                 self._busy = False
             try:
-                return check_reply(rr, device_id, function, address, count)
+                return check_reply(rr, device_id, function, address, count, rx=self._rx)
             except FrameError as e:
                 self.failures[e.kind] += 1
                 raise

@@ -84,7 +84,7 @@ def modbus(data: bytes) -> None:
         assert classify_failure(wire, device_id, rmap.function, 5 + 2 * block.count) in MODBUS_KINDS
         return
     try:
-        regs = check_reply(pdu, device_id, rmap.function, block.address, block.count)
+        regs = check_reply(pdu, device_id, rmap.function, block.address, block.count, rx=wire)
     except FrameError as e:
         assert e.kind in MODBUS_KINDS
         return
