@@ -16,19 +16,33 @@ limit). The properties:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
 import struct
 from fractions import Fraction
 from typing import Any
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerRTU
 from pymodbus.pdu import DecodePDU
 
 from drivers.errors import DriverConfigError, FrameError
 from drivers.modbus import _PLAIN, MODELS, TYPES, RegisterMap, decode_block, model_map, parse_map
-from drivers.serialbus import FC_READ_HOLDING, FC_READ_INPUT, check_reply, classify_failure
+from drivers.modbus_sim import PtyWire
+from drivers.serialbus import (
+    FC_READ_HOLDING,
+    FC_READ_INPUT,
+    ModbusBus,
+    SerialSettings,
+    check_reply,
+    classify_failure,
+    guard_framer,
+    rtu_frame,
+)
 from koto.canonical import MAX_SAFE_INT
 from koto.reading import UNITS, Quantity
 from tests.support.fuzzing import fuzz_settings
@@ -134,8 +148,10 @@ def crc(frame: bytes) -> bytes:
 
 
 def receive(chunks: list[bytes], device_id: int) -> Any:
-    """The first PDU pymodbus' client would hand back for a request to `device_id`, fed as its transport does."""
+    """The first PDU pymodbus' client would hand back for a request to `device_id`, fed as its transport does,
+    through the framer as `ModbusBus` guards it (no exception may escape into asyncio's reader callback)."""
     framer = FramerRTU(DecodePDU(is_server=False))
+    guard_framer(framer)
     buf = b""
     for chunk in chunks:
         buf += chunk
@@ -194,6 +210,8 @@ def good_frames(data: bytes, device_id: int, function: int, count: int) -> list[
        cuts=st.lists(st.integers(0, 600), max_size=6), raw=st.booleans())
 @example(data=None, which=0, device_id=1, cuts=[], raw=False).via("a CRC-good function 3 reply to a function 4 "
                                                                    "request was accepted before check_reply")
+@example(data=bytes.fromhex("011403c7a3bbb8f3"), which=0, device_id=1, cuts=[], raw=False).via(
+    "a CRC-good function 20 frame pymodbus cannot decode: ModbusIOException escaped into asyncio's reader callback")
 @example(data=bytes([1, 4, 5]) + bytes(5) + crc(bytes([1, 4, 5]) + bytes(5)), which=TWO_REGISTER_BLOCK, device_id=1,
          cuts=[], raw=False).via("an odd byte count (5 for 2 registers): pymodbus ignores the last byte; refused")
 def test_bytes_on_the_wire_become_registers_only_from_a_good_frame(data: Any, which: int, device_id: int,
@@ -213,11 +231,8 @@ def test_bytes_on_the_wire_become_registers_only_from_a_good_frame(data: Any, wh
         wire = data.draw(replies(device_id, function, block.count))
     points = sorted({c % (len(wire) + 1) for c in cuts})
     chunks = [wire[a:b] for a, b in zip([0, *points], [*points, len(wire)], strict=True)]
-    try:
-        pdu = receive(chunks, device_id)
-    except ModbusException:
-        pdu = None  # pymodbus' client: a failed attempt, classified from the bytes that came
-    if pdu is None:
+    pdu = receive(chunks, device_id)  # must not raise: in the client it would be a traceback per frame
+    if pdu is None:  # no reply: the attempt fails and is classified from the bytes that came
         assert classify_failure(wire, device_id, function, 5 + 2 * block.count) in _PLAIN
         return
     try:
@@ -227,3 +242,36 @@ def test_bytes_on_the_wire_become_registers_only_from_a_good_frame(data: Any, wh
         return
     assert regs in good_frames(wire, device_id, function, block.count)
     check_decoded(rmap, block, regs)
+
+
+async def test_an_undecodable_frame_on_a_real_bus_is_counted_without_a_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The fuzzer's find, end to end: pymodbus' client on a pty, a device answering first with a CRC-good frame
+    pymodbus cannot decode, then properly. The first attempt fails by kind, the second reads, and nothing is logged
+    at error level (unguarded, asyncio logged "Exception in callback" with a traceback for the frame)."""
+    wire = PtyWire()
+    wire.start()
+    fd = os.open(wire.server_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    replies = [bytes.fromhex("011403c7a3bbb8f3"), rtu_frame(1, FC_READ_INPUT, [0x4366, 0x1999])]
+
+    def answer() -> None:
+        with contextlib.suppress(BlockingIOError):
+            if os.read(fd, 256) and replies:
+                os.write(fd, replies.pop(0))
+
+    loop = asyncio.get_running_loop()
+    loop.add_reader(fd, answer)
+    bus = ModbusBus(SerialSettings(wire.port), timeout_s=0.3, turnaround_s=0.01)
+    try:
+        with caplog.at_level(logging.ERROR):
+            with pytest.raises(FrameError) as first:
+                await bus.read_registers(1, FC_READ_INPUT, 0, 2)
+            regs = await bus.read_registers(1, FC_READ_INPUT, 0, 2)
+    finally:
+        await bus.close()
+        loop.remove_reader(fd)
+        os.close(fd)
+        wire.close()
+    assert first.value.kind == "garbage" and bus.failures == {"garbage": 1}
+    assert regs == [0x4366, 0x1999]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
