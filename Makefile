@@ -106,6 +106,27 @@ image-test: $(DEV_STAMP) system-deps
 # a few thousand cases (tests/support/fuzzing.py).
 fuzz: $(DEV_STAMP) system-deps
 	KOTO_FUZZ_EXAMPLES=100000 $(BIN)/pytest -q -p no:cacheprovider $$(find tests -name 'test_fuzz_*.py' | sort)
+	$(MAKE) fuzz-atheris
+
+# Coverage-guided fuzzing (atheris/libFuzzer) of the gateway's byte parsers from the seeds in tests/fuzz_corpus/,
+# ATHERIS_RUNS executions each (tests/fuzz_atheris/run.py). atheris has x86-64 Linux wheels only: elsewhere the pip
+# step fails softly and run.py says it skips. A crash stops the target and leaves its input in the printed folder.
+.PHONY: fuzz-atheris
+ATHERIS_RUNS ?= 100000
+ATHERIS_TARGETS ?= lineproto modbus bthome downlink config profile
+fuzz-atheris: $(DEV_STAMP)
+	-@$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/pip install -q 'atheris>=2.3,<3'
+	@for t in $(ATHERIS_TARGETS); do \
+		work=$$(mktemp -d /tmp/koto-atheris-$$t.XXXXXX); \
+		echo "atheris $$t: $(ATHERIS_RUNS) runs from tests/fuzz_corpus/$$t"; \
+		if ! $(BIN)/python -m tests.fuzz_atheris.run $$t -runs=$(ATHERIS_RUNS) -print_final_stats=1 \
+			-artifact_prefix=$$work/ $$work tests/fuzz_corpus/$$t >$$work.log 2>&1; then \
+			grep -v "^INFO: Instrumenting" $$work.log | tail -40; \
+			echo "atheris $$t failed or found a crash: its input is in $$work, its log $$work.log"; exit 1; \
+		fi; \
+		grep -E "^(Done|stat::average_exec|INFO: seed)|skipping" $$work.log; \
+		rm -rf $$work $$work.log; \
+	done
 
 bench: $(DEV_STAMP) system-deps
 	$(BIN)/python bench/metering.py

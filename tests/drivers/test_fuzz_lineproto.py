@@ -118,6 +118,15 @@ def test_an_accepted_number_is_exactly_what_was_sent(key: str, text: str, kv: bo
         check_value(spec.quantity, value)
 
 
+def outcome(line: bytes) -> object:
+    """What the parser makes of a line, comparably: its values, unknown keys and rejected kinds, or its error kind."""
+    try:
+        got = LineParser().parse(line)
+    except FrameError as e:
+        return e.kind
+    return got.values, got.unknown, [e.kind for e in got.rejected]
+
+
 def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts})
     return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
@@ -137,15 +146,6 @@ def test_how_the_bytes_were_chunked_changes_nothing(data: bytes, cuts: list[int]
     whole = LineSplitter().feed(data)
     splitter = LineSplitter()
     chunked = [line for chunk in split_at(data, cuts) for line in splitter.feed(chunk)]
-    parser = LineParser()
-
-    def outcome(line: bytes) -> object:
-        try:
-            got = parser.parse(line)
-        except FrameError as e:
-            return e.kind
-        return got.values, got.unknown, [e.kind for e in got.rejected]
-
     assert [outcome(x) for x in chunked] == [outcome(x) for x in whole]
     assert all(len(x) <= MAX_LINE or outcome(x) == "too_long" for x in chunked)
     assert len(splitter._buf) <= MAX_LINE  # bounded, whatever comes
