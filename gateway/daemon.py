@@ -141,6 +141,7 @@ class Gateway:
         # recent power per appliance, in RAM and on tmpfs, for `koto profile check/suggest`
         self.power_log = (PowerLog(runtime_dir, {aid: m.spec for aid, m in self.meters.items()})
                           if runtime_dir is not None else None)
+        self._household_init()
 
     def _build(self, cfg: GatewayConfig) -> None:
         self._profiles: dict[str, tuple[int, str]] = {}
@@ -295,13 +296,14 @@ class Gateway:
                     from .web import serve
 
                     workers.append(tg.create_task(sup.guard("web page", serve(self)), name="web"))
+                self._household_tasks(tg, sup, workers)
                 service = ServiceNotify(self, self.notifier)  # READY now: the ledger is open, the sources started
                 workers.append(tg.create_task(sup.guard("systemd notify", service.run()), name="notify"))
                 await stop.wait()
                 sup.stopping()  # arms the stop deadline, whoever asked for the stop
                 service.stopping(str(sup.failure or ""))
                 self._stopping = True
-                await stop_tasks([w for w in workers if w.get_name() != "sync"])
+                await stop_tasks([w for w in workers if w.get_name() not in ("sync", "home-assistant")])
                 await stop_tasks([meter_task])
                 await self._settle()  # an append already handed to its thread finishes before the last one
                 self._shutdown()
@@ -329,6 +331,19 @@ class Gateway:
                                                                self._queue.put), name=f"source:{name}")
         self._workers.append(task)
         return task
+
+    def _household_init(self) -> None:
+        """The status LED and button, Home Assistant (gateway/household.py): each off unless configured."""
+        from .household import Household
+
+        try:
+            self.household = Household(self)
+        except BaseException:  # a bad [home_assistant] ca: release the ledger (and its writer lock)
+            self.ledger.close()
+            raise
+
+    def _household_tasks(self, tg: asyncio.TaskGroup, sup: Supervisor, workers: list[asyncio.Task[Any]]) -> None:
+        self.household.start(tg, sup, workers)
 
     def _housekeeper(self) -> Housekeeper:
         """Retention: prunes at a quiet moment (no use running, nothing waiting in memory; see housekeeping.py)."""

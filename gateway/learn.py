@@ -8,6 +8,10 @@ The API (pure apart from `save_learned`, which writes files):
     session.state                                                 # waiting -> running -> rested (or stopped)
     session.stop()                                                # Enter / the page's Stop button
     learned = derive_rule(profile, "boil", session.samples, rest_mw=rest, history=older_points)
+
+    # or, from the daemon's RAM ring (gw.power_log.rings[appliance].points()) between two marks:
+    rec = cut_recording(ring_points, started_wall, stopped_wall)
+    learned = derive_rule(profile, "boil", rec.samples, rest_mw=rec.rest_mw, history=rec.history)
     learned.summary()                                             # the numbers, as lines for a person
     learned.timeline                                              # the recording replayed with the new rule
     saved = save_learned(learned, config_path=Path("/etc/koto/koto.toml"), appliance="kettle")
@@ -49,25 +53,21 @@ import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from pathlib import Path
 
 from koto.errors import KotoError
 from metering.errors import ProfileError
-from metering.profile import NO_MAX, NO_MIN, FunctionRule, Profile, load_profile, parse_profile
+from metering.profile import NO_MAX, NO_MIN, FunctionRule, Profile, parse_profile
 
-from .config import load_config
-from .errors import UnknownName
-from .learn_files import edit_profile_line, write_keeping_owner
+from .learn_files import Saved, learned_toml, save_learned  # writing the files; re-exported here
 from .power_log import TracePoint
 from .profile_replay import GAP, Timeline, replay
-from .profile_suggest import profile_toml
+from .profile_suggest import PAUSE_MAX_S, profile_toml
 
 MIN_ACTIVE = 5  # readings above the rest a run needs
 MIN_DETECTED = 0.8  # share of the recorded run's energy the learned rule must detect when replayed
 MIN_KEPT = 0.9  # share of its energy every other function must keep in the history replayed with the new rule
 MIN_SEEN = 10  # readings of another function that say where it sits (else its band stands for it)
-MAX_PAUSE_S = 900.0  # a "pause" longer than this is two runs, not one
+MAX_PAUSE_S = PAUSE_MAX_S  # a lower stretch this long or longer is another function (or rest), not a pause
 IDLE_S = 30.0  # LearnSession: back at rest this long after running = the function ended
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
@@ -90,8 +90,11 @@ class LearnSession:
     States: `waiting` (nothing above the rest yet), `running` (active readings seen), `rested` (back at rest for
     `idle_s` after running: the function ended; the caller stops), `stopped` (`stop()` was called). Readings fed after
     `stopped` are ignored. The threshold is the one `derive_rule` uses, from `baseline_mw` (the rest before the
-    start) or, without one, from the lowest readings so far.
+    start) or, without one, from the first readings (the recording starts at rest: the person starts the function
+    after starting the recording). Each reading costs a few comparisons, however long the recording.
     """
+
+    FIRST = 3  # readings that give the rest when no baseline is known
 
     def __init__(self, appliance: str, function: str, *, baseline_mw: int | None = None,
                  idle_s: float = IDLE_S) -> None:
@@ -100,21 +103,21 @@ class LearnSession:
         self.baseline_mw = baseline_mw
         self.idle_s = idle_s
         self.state = "waiting"
-        self._points: list[TracePoint] = []
-        self._quiet_since: float | None = None
         self.peak_mw = 0
+        self._points: list[TracePoint] = []
+        self._first: list[int] = []
+        self._threshold = None if baseline_mw is None else active_threshold(baseline_mw)
+        self._active = 0
+        self._quiet_since: float | None = None
 
     @property
     def samples(self) -> tuple[TracePoint, ...]:
         return tuple(self._points)
 
     @property
-    def threshold_mw(self) -> int:
-        rest = self.baseline_mw
-        if rest is None:
-            powers = [p.power_mw for p in self._points if p.power_mw is not None]
-            rest = _pct(powers, 0.05) if powers else 0
-        return active_threshold(rest)
+    def threshold_mw(self) -> int | None:
+        """The power at or above which the function counts as running (None until the rest is known)."""
+        return self._threshold
 
     def feed(self, point: TracePoint) -> str:
         """Add one reading (power or signal); returns the state after it."""
@@ -124,13 +127,16 @@ class LearnSession:
         if point.power_mw is None:
             return self.state
         self.peak_mw = max(self.peak_mw, point.power_mw)
-        active = point.power_mw >= self.threshold_mw
-        if active:
+        if self._threshold is None:
+            self._first.append(point.power_mw)
+            if len(self._first) < self.FIRST:
+                return self.state
+            self._threshold = active_threshold(min(self._first))
+        if point.power_mw >= self._threshold:
+            self._active += 1
             self._quiet_since = None
-            if self.state == "waiting" and sum(1 for p in self._points if (p.power_mw or 0) >= self.threshold_mw) >= 2:
-                self.state = "running"
-            elif self.state == "rested":
-                self.state = "running"  # it went on: a long pause, not the end
+            if (self.state == "waiting" and self._active >= 2) or self.state == "rested":
+                self.state = "running"  # (from rested: it went on, a long pause, not the end)
         elif self.state == "running":
             if self._quiet_since is None:
                 self._quiet_since = point.t
@@ -141,6 +147,27 @@ class LearnSession:
     def stop(self) -> tuple[TracePoint, ...]:
         self.state = "stopped"
         return self.samples
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A recording cut out of a longer trace (the daemon's power ring): the readings between the marks, the rest
+    before them (median of the last `BASELINE_S`; None without 3 readings there), and everything else (history)."""
+
+    samples: tuple[TracePoint, ...]
+    rest_mw: int | None
+    history: tuple[TracePoint, ...]
+
+
+BASELINE_S = 60.0
+
+
+def cut_recording(trace: Sequence[TracePoint], start: float, end: float) -> Recording:
+    """Split `trace` (e.g. `gw.power_log.rings[appliance].points()`) at the marks `start`..`end` (wall seconds)."""
+    before = sorted(p.power_mw for p in trace if p.power_mw is not None and start - BASELINE_S <= p.t < start)
+    return Recording(tuple(p for p in trace if start <= p.t <= end),
+                     before[(len(before) - 1) // 2] if len(before) >= 3 else None,
+                     tuple(p for p in trace if not start <= p.t <= end))
 
 
 # ------------------------------------------------------------------------------------------------ deriving
@@ -163,6 +190,7 @@ class Levels:
     energy_mwh: int
     readings: int
     band_mw: int  # the lowest level that is the function running, not one of its pauses
+    breaks: int = 0  # lower stretches of MAX_PAUSE_S or more inside the run: another function or rest, not pauses
 
     @property
     def seconds(self) -> float:
@@ -192,7 +220,8 @@ class Learned:
             f"{self.function}: {'relearned' if self.relearned else 'new function'} from {lv.seconds:.0f} s of "
             f"running ({lv.readings} readings, {lv.energy_mwh / 1e6:.3f} kWh)",
             f"  at rest {_w(lv.rest_mw)} W; running {_w(lv.p5_mw)} / {_w(lv.p50_mw)} / {_w(lv.p98_mw)} W "
-            f"(p5 / median / p98), peak {_w(lv.peak_mw)} W; {lv.pauses} pause(s), longest {lv.longest_pause_s:.0f} s",
+            f"(p5 / median / p98), peak {_w(lv.peak_mw)} W; {lv.pauses} pause(s), longest {lv.longest_pause_s:.0f} s"
+            + (f"; {lv.breaks} break(s) of {MAX_PAUSE_S / 60:.0f} min or more (not pauses)" if lv.breaks else ""),
             f"  rule: starts at {_w(r.on_min_mw)} W ({top}) held {r.min_on_ns / 1e9:g} s; stays down to "
             f"{_w(r.off_min_mw)} W, ends after {r.min_off_ns / 1e9:g} s out of its band",
             f"  replayed: the rule finds {100 * self.detected:.0f} % of the recorded run's energy",
@@ -264,9 +293,11 @@ def measure(samples: Sequence[TracePoint], *, rest_mw: int) -> Levels:
         elif quiet is not None:
             pauses.append(p.t - quiet)
             quiet = None
+    short = [p for p in pauses if p < MAX_PAUSE_S]
     return Levels(rest_mw=rest_mw, threshold_mw=thr, start=run[0].t, end=run[-1].t, p5_mw=_pct(on, 0.05),
-                  p50_mw=_pct(on, 0.5), p98_mw=_pct(on, 0.98), peak_mw=max(on), longest_pause_s=max(pauses, default=0),
-                  pauses=len(pauses), energy_mwh=_energy_mwh(run), readings=len(run), band_mw=low)
+                  p50_mw=_pct(on, 0.5), p98_mw=_pct(on, 0.98), peak_mw=max(on), longest_pause_s=max(short, default=0),
+                  pauses=len(short), energy_mwh=_energy_mwh(run), readings=len(run), band_mw=low,
+                  breaks=len(pauses) - len(short))
 
 
 def _rest_from_profile(profile: Profile, samples: Sequence[TracePoint]) -> int:
@@ -324,6 +355,27 @@ def _carve(new: FunctionRule, lv: Levels, other: FunctionRule, seen: tuple[int, 
            ) -> tuple[FunctionRule, FunctionRule, str]:
     """Make `other` and the learned rule `new` not reach into each other's measured levels. Returns both rules and a
     sentence saying what changed ("" when nothing had to); raises LearnRefused when their levels overlap."""
+    new2, other2, why = _carve_bands(new, lv, other, seen)
+    changed = [f"{key} {_band_w(a)} -> {_band_w(b)}" for key, a, b in (
+        ("on_above_w", other.on_min_mw, other2.on_min_mw), ("off_below_w", other.off_min_mw, other2.off_min_mw),
+        ("on_below_w", other.on_max_mw, other2.on_max_mw), ("off_above_w", other.off_max_mw, other2.off_max_mw))
+        if a != b]
+    if not changed:
+        return new2, other2, ""
+    return new2, other2, f"{other.name}: {', '.join(changed)} ({why})"
+
+
+def _band_w(mw: int) -> str:
+    return "none" if mw in (NO_MIN, NO_MAX) else f"{_w(mw):g}"
+
+
+def _exclusive(a: FunctionRule, b: FunctionRule) -> bool:
+    """Told apart by a signal (cool and heat by the mode), whatever their power."""
+    return bool(a.signal) and a.signal == b.signal and a.value != b.value
+
+
+def _carve_bands(new: FunctionRule, lv: Levels, other: FunctionRule, seen: tuple[int, int, int] | None,
+                 ) -> tuple[FunctionRule, FunctionRule, str]:
     if not other.has_power_rule:
         return new, other, ""
     lo_new, hi_new = lv.p5_mw, lv.p98_mw
@@ -340,22 +392,21 @@ def _carve(new: FunctionRule, lv: Levels, other: FunctionRule, seen: tuple[int, 
     if hi_o < new.off_min_mw:  # the other one sits below the learned band: it gives up only that band
         other = replace(other, on_max_mw=min(other.on_max_mw, new.off_min_mw - 1),
                         off_max_mw=min(other.off_max_mw, new.on_min_mw - 1))
-        return new, other, f"{other.name} now ends below {_w(new.off_min_mw)} W (it sat at up to {_w(hi_o)} W, {how})"
+        return new, other, f"it sat at up to {_w(hi_o)} W, {how}"
     if lo_o > new.off_max_mw:  # above it
         other = replace(other, on_min_mw=max(other.on_min_mw, new.off_max_mw + 1),
                         off_min_mw=max(other.off_min_mw, new.on_max_mw + 1))
-        return new, other, (f"{other.name} now starts above {_w(new.off_max_mw)} W (it sat at {_w(lo_o)} W and "
-                            f"up, {how})")
+        return new, other, f"it sat at {_w(lo_o)} W and up, {how}"
     if hi_o < lo_new:  # below, close to it: a boundary between the two levels (their geometric mean)
         b = math.isqrt(max(1, hi_o) * lo_new)
         new = replace(new, on_min_mw=max(new.on_min_mw, b + 1), off_min_mw=max(new.off_min_mw, b + 1))
         other = replace(other, on_max_mw=min(other.on_max_mw, b), off_max_mw=min(other.off_max_mw, b))
-        return new, other, f"{other.name} now ends at {_w(b)} W (it sat at up to {_w(hi_o)} W, {how})"
+        return new, other, f"it sat at up to {_w(hi_o)} W, {how}: the boundary is between the two levels"
     if lo_o > hi_new:  # above, close to it
         b = math.isqrt(hi_new * lo_o)
         new = replace(new, on_max_mw=min(new.on_max_mw, b), off_max_mw=min(new.off_max_mw, b))
         other = replace(other, on_min_mw=max(other.on_min_mw, b + 1), off_min_mw=max(other.off_min_mw, b + 1))
-        return new, other, f"{other.name} now starts above {_w(b)} W (it sat at {_w(lo_o)} W and up, {how})"
+        return new, other, f"it sat at {_w(lo_o)} W and up, {how}: the boundary is between the two levels"
     top = "no upper limit" if hi_o == NO_MAX else f"{_w(hi_o)} W"
     bottom = 0.0 if lo_o == NO_MIN else _w(lo_o)
     raise LearnRefused(new.name, f"power alone cannot tell it ({_w(lo_new)}-{_w(hi_new)} W) from {other.name} "
@@ -399,21 +450,22 @@ def derive_rule(base: Profile, function: str, samples: Sequence[TracePoint], *, 
     run = [p for p in pts if lv.start <= p.t <= lv.end]
     old = next((f for f in base.functions if f.name == function), None)
     others = [f for f in base.functions if f.name != function]
-    rule = replace(_derive_band(lv, run, others, base.cycle.start_ns if base.cycle else 0), name=function)
+    rivals = [f for f in others if old is None or not _exclusive(f, old)]
+    rule = replace(_derive_band(lv, run, rivals, base.cycle.start_ns if base.cycle else 0), name=function)
     if old is not None:  # relearned: the band and dwell are new, what the profile says about it otherwise stays
         rule = replace(rule, signal=old.signal, value=old.value, description=old.description,
                        only_after=old.only_after, takes_over=old.takes_over,
                        min_on_ns=old.min_on_ns if old.takes_over else rule.min_on_ns)
     signals = [p for p in samples if p.power_mw is None]
     hist = sorted([*_power(history), *(p for p in pts if not lv.start <= p.t <= lv.end)], key=lambda p: p.t)
-    hist_all = sorted([*hist, *(p for p in history if p.power_mw is None), *signals], key=lambda p: p.t)
-    before = replay(hist_all, base, appliance=appliance) if hist else None
+    hist_signals = sorted([*(p for p in history if p.power_mw is None), *signals], key=lambda p: p.t)
+    before = replay(hist, base, appliance=appliance, signals=hist_signals) if hist else None
     seen = _levels_of(before, (lv.start, lv.end)) if before is not None else {}
     adjusted: list[str] = []
     carved: list[FunctionRule] = []
     for f in others:
-        if f.signal and f.signal != rule.signal:
-            carved.append(f)  # told apart by its signal, not by power
+        if _exclusive(f, rule):
+            carved.append(f)
             continue
         rule, f2, said = _carve(rule, lv, f, seen.get(f.name))
         carved.append(f2)
@@ -430,7 +482,7 @@ def derive_rule(base: Profile, function: str, samples: Sequence[TracePoint], *, 
         adjusted.append(f"max_power_w {_w(base.max_power_mw)} -> {_w(max_mw)} (it drew {_w(lv.peak_mw)} W)")
     new = _as_profile(base, functions, max_mw)
     rule = next(f for f in new.functions if f.name == function)
-    ran = replay([*run, *(s for s in signals if s.t <= lv.end)], new, appliance=appliance)
+    ran = replay(run, new, appliance=appliance, signals=[s for s in signals if s.t <= lv.end])
     total = sum(ran.energy_by_function().values())
     detected = ran.energy_by_function().get(function, 0) / total if total > 0 else 0.0
     if detected < MIN_DETECTED:
@@ -439,7 +491,7 @@ def derive_rule(base: Profile, function: str, samples: Sequence[TracePoint], *, 
                            f"energy (most went to {got}); record the function on its own, from rest to rest")
     kept: dict[str, float] = {}
     if before is not None:
-        after = replay(hist_all, new, appliance=appliance)
+        after = replay(hist, new, appliance=appliance, signals=hist_signals)
         e0, e1 = before.energy_by_function(), after.energy_by_function()
         total0 = sum(e0.values()) or 1
         for name, had in e0.items():
@@ -450,74 +502,10 @@ def derive_rule(base: Profile, function: str, samples: Sequence[TracePoint], *, 
                 raise LearnRefused(function, f"{name} would lose {100 * (1 - kept[name]):.0f} % of its energy in "
                                    "the history replayed with the learned rule; record again, or relearn "
                                    f"{name} too")
-    timeline = replay([*pts, *signals], new, appliance=appliance)
+    timeline = replay(pts, new, appliance=appliance, signals=signals)
     return Learned(appliance, function, rule, new, base, lv, detected, timeline, old is not None, tuple(adjusted),
                    kept)
 
 
-# ------------------------------------------------------------------------------------------------ saving
-
-
-@dataclass(frozen=True)
-class Saved:
-    profile_path: Path
-    config_edited: bool  # the config now points at the profile (it used a built-in before)
-    profile_name: str
-
-
-def learned_toml(learned: Learned, *, name: str, header: Sequence[str] = (), when: float | None = None) -> str:
-    """The new profile as TOML: `header` (the old file's leading comments) first, then a line saying what was
-    learned, then the whole profile."""
-    stamp = datetime.fromtimestamp(when if when is not None else datetime.now(UTC).timestamp(), UTC)
-    lv = learned.levels
-    note = (f"# {stamp:%Y-%m-%d %H:%M} UTC: `koto learn` {'relearned' if learned.relearned else 'added'} "
-            f"{learned.function!r} for {learned.appliance} from {lv.seconds:.0f} s at {_w(lv.p50_mw)} W median "
-            f"(replayed: {100 * learned.detected:.0f} % found)")
-    body = profile_toml(learned.profile, [], name=name)
-    if learned.profile.version != 1:
-        body = body.replace("\n", f"\nversion = {learned.profile.version}\n", 1)
-    return "\n".join([*header, note, body])
-
-
-def _header(path: Path) -> list[str]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        if not line.startswith("#"):
-            break
-        out.append(line)
-    return out
-
-
-def save_learned(learned: Learned, *, config_path: Path, appliance: str, when: float | None = None) -> Saved:
-    """Write the learned profile where `appliance`'s config points; for a built-in, a copy beside the config, and the
-    config's `profile = ...` line changed to it. Both files are written atomically (all or nothing) keeping their
-    owner and mode; the config is checked by the one config parser before it is replaced."""
-    cfg = load_config(config_path)
-    app = next((a for a in cfg.appliances if a.id == appliance), None)
-    if app is None:
-        raise UnknownName("appliance", appliance, sorted(a.id for a in cfg.appliances))
-    custom = app.profile.endswith(".toml") or "/" in app.profile
-    if custom:
-        target = Path(app.profile)
-        name = learned.base.name
-        text = learned_toml(learned, name=name, header=_header(target), when=when)
-    else:
-        target = config_path.resolve().parent / f"{appliance}.profile.toml"
-        name = f"{app.profile}-{appliance}"
-        text = learned_toml(learned, name=name, when=when, header=[
-            f"# {appliance}'s own profile: the built-in {app.profile!r} with what `koto learn` learned.",
-            "# The built-in's notes on where its numbers come from: metering/profiles/"
-            f"{app.profile}.toml (docs/profiles.md)."])
-    load_check = parse_profile(tomllib.loads(text), file=str(target))  # what the daemon will read
-    if load_check.function_names() != learned.profile.function_names():
-        raise LearnRefused(learned.function, f"{target}: the written profile would not read back the same")
-    write_keeping_owner(target, text, like=target if target.exists() else config_path, mode=0o644)
-    if custom:
-        load_profile(target)
-        return Saved(target, False, name)
-    edit_profile_line(config_path, appliance, str(target))
-    return Saved(target, True, name)
+__all__ = ["LearnRefused", "LearnSession", "Learned", "Levels", "Recording", "Saved", "cut_recording", "derive_rule",
+           "learned_toml", "measure", "save_learned"]

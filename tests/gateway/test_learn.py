@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_config
-from gateway.learn import LearnRefused, LearnSession, derive_rule, save_learned
+from gateway.learn import LearnRefused, LearnSession, cut_recording, derive_rule, save_learned
 from gateway.learn_files import replace_profile_line
 from gateway.power_log import TracePoint
 from gateway.profile_replay import replay
 from metering.profile import Profile, builtin_profile, load_profile
-from tests.support.appliance_traces import kettle, oven
+from tests.support.appliance_traces import aircon, kettle, oven
 
 T0 = 1_764_921_600.0
 
@@ -86,10 +86,27 @@ def test_a_new_function_narrows_the_catch_all_standby_and_keeps_the_boil() -> No
     assert names == ["boil", "keep_warm", "standby"] and not learned.relearned
     standby = learned.profile.functions[2]
     assert 5_000 < standby.on_max_mw <= learned.rule.off_min_mw  # the rest (0.5 W) stays standby
-    assert any(a.startswith("standby now ends below") for a in learned.adjusted)
+    assert any(a.startswith("standby: on_below_w 999 -> ") for a in learned.adjusted), learned.adjusted
     assert learned.kept["boil"] == pytest.approx(1.0)
     assert _share(_keep_warm(2), "keep_warm", learned.profile) > 0.97  # another evening's keep-warm
     assert _share(history, "boil", learned.profile) > 0.99
+
+
+def test_a_relearned_cool_keeps_its_mode_signal_and_the_heat_at_the_same_power_is_no_rival() -> None:
+    """Cooling and heating draw the same; the mode signal tells them apart, so relearning one leaves the other be.
+    The fan-only spells between compressor runs (5-10 minutes) are another function, not pauses of the cooling."""
+    tr = aircon("split-3.5kW-cool")
+    signals = [TracePoint(T0 + i - 0.5, None, name, value) for i, name, value in tr.signals]
+    learned = derive_rule(builtin_profile("air_conditioner"), "cool", [*_points(tr.watts), *signals])
+    assert (learned.rule.signal, learned.rule.value) == ("mode", "cool")
+    assert learned.levels.breaks == 3 and learned.rule.min_off_ns < 300 * 10**9
+    heat = next(f for f in learned.profile.functions if f.name == "heat")
+    assert heat == next(f for f in builtin_profile("air_conditioner").functions if f.name == "heat")
+    other = aircon("split-3.5kW-cool", seed=20)
+    tl = replay(_points(other.watts), learned.profile,
+                signals=[TracePoint(T0 + i - 0.5, None, n, v) for i, n, v in other.signals])
+    true_cool = sum(w for w, label in zip(other.watts, other.labels, strict=True) if label == "cool") / 3.6
+    assert tl.energy_by_function()["cool"] == pytest.approx(true_cool, rel=0.02)
 
 
 def test_a_function_power_cannot_tell_from_another_is_refused_naming_both() -> None:
@@ -118,6 +135,20 @@ def test_the_session_waits_runs_and_says_when_the_appliance_is_back_at_rest() ->
     assert states.index("rested") > len(states) - 120
     assert len(session.stop()) == len(states) and session.state == "stopped"
     assert session.feed(TracePoint(T0 + 9999, 70_000)) == "stopped" and len(session.samples) == len(states)
+
+
+def test_without_a_baseline_the_session_takes_the_rest_from_its_first_readings() -> None:
+    session = LearnSession("kettle", "keep_warm", idle_s=55)
+    states = [session.feed(p) for p in _keep_warm(3)]
+    assert 1_700 <= (session.threshold_mw or 0) <= 2_300  # the rest (0.2-0.8 W) + 1.5 W
+    assert "running" in states and states[-1] == "rested"
+
+
+def test_a_recording_is_cut_from_the_daemons_ring_with_the_rest_before_it() -> None:
+    ring = _points([3.0] * 120 + [70.0] * 30 + [3.0] * 60, T0 - 120)  # 2 min at 3 W before the start mark
+    rec = cut_recording(ring, T0, T0 + 60)
+    assert rec.rest_mw == 3000 and len(rec.samples) == 61 and len(rec.history) == len(ring) - 61
+    assert cut_recording(ring[120:], T0, T0 + 60).rest_mw is None  # nothing before the mark: found later
 
 
 CONFIG = """\
