@@ -106,10 +106,17 @@ def _validate(text: str, path: Path) -> GatewayConfig:
     except tomllib.TOMLDecodeError as e:
         raise PairingError(f"{path} would not be valid TOML with this appliance added ({e}); nothing was "
                            "changed. Add it by hand (see `koto discover`)") from e
+    from metering.errors import ProfileError
+
+    from .daemon import load_appliance_profile
+
     try:
-        return parse_config(data, file=str(path), base=path.resolve().parent)
-    except (ConfigError, ConfigErrors) as e:
+        cfg = parse_config(data, file=str(path), base=path.resolve().parent)
+        for app in cfg.appliances:  # the parser leaves profiles to the daemon's start; a bad one must not get in
+            load_appliance_profile(app, cfg.file)
+    except (ConfigError, ConfigErrors, ProfileError) as e:
         raise PairingError(f"the config would not be valid with this appliance ({e}); nothing was changed") from e
+    return cfg
 
 
 def _write(path: Path, text: str) -> None:

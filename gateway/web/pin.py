@@ -32,7 +32,7 @@ def pin_path(state_dir: Path) -> Path:
 
 def check_pin_text(pin: str) -> str:
     if not (pin.isdigit() and pin.isascii() and MIN_DIGITS <= len(pin) <= MAX_DIGITS):
-        raise PinError(f"a PIN is {MIN_DIGITS} to {MAX_DIGITS} digits")
+        raise PinError("a PIN is four to twelve digits (0-9)")
     return pin
 
 
