@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -119,6 +118,11 @@ def wait_for(check: Any, what: str, timeout_s: float = 20.0, every_s: float = 0.
     raise AssertionError(f"timed out waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
 
 
-def copy_screenshot(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dest)
+def click_and_wait(browser: Any, by: str, what: str, timeout_s: float = 30.0) -> None:
+    """Click a control that loads a new page, and wait until the new page has replaced the old one."""
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = browser.find_element("tag name", "html")
+    browser.find_element(by, what).click()
+    WebDriverWait(browser, scaled(timeout_s)).until(ec.staleness_of(old))

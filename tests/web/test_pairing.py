@@ -9,14 +9,14 @@ from typing import Any
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from tests.web.conftest import Household, wait_for
+from tests.web.conftest import Household, click_and_wait, wait_for
 from tests.web.household import PIN
 
 
 def log_in(browser: Any, household: Household, pin: str) -> None:
     browser.get(household.url + "/login")
     browser.find_element(By.ID, "pin").send_keys(pin)
-    browser.find_element(By.CSS_SELECTOR, "form[action='/login'] button").click()
+    click_and_wait(browser, By.CSS_SELECTOR, "form[action='/login'] button")
 
 
 def test_a_wrong_pin_is_refused_and_the_right_one_allows_changes(browser: Any, household: Household) -> None:
@@ -55,17 +55,17 @@ def test_pairing_adds_a_found_meter_that_then_shows_readings_and_undo_removes_it
     addresses = browser.find_element(By.ID, "addresses")
     addresses.clear()
     addresses.send_keys("1-2")
-    browser.find_element(By.CSS_SELECTOR, "form[action='/pair/search'] button").click()
+    click_and_wait(browser, By.CSS_SELECTOR, "form[action='/pair/search'] button")
     # progress while it searches (the page refreshes itself), then the meter found at address 2
     choice = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "label[for='meter-0']"), "the search result",
                       timeout_s=40, every_s=0.5)
     assert "Eastron SDM120" in choice[0].text and "address 2" in choice[0].text
     browser.find_element(By.ID, "name").send_keys("dryer")
     Select(browser.find_element(By.ID, "profile")).select_by_value("tumble_dryer")
-    browser.find_element(By.CSS_SELECTOR, "form[action='/pair/read'] button").click()
+    click_and_wait(browser, By.CSS_SELECTOR, "form[action='/pair/read'] button")
     confirm = browser.find_element(By.CSS_SELECTOR, ".confirm [role=status]").text
     assert "Eastron SDM120 at address 2 reads" in confirm and " W now" in confirm
-    browser.find_element(By.XPATH, "//button[text()='Save dryer and start metering']").click()
+    click_and_wait(browser, By.XPATH, "//button[text()='Save dryer and start metering']")
 
     assert "dryer was added and is being metered now" in browser.find_element(By.CSS_SELECTOR, ".flash").text
     added = household.config.read_text()
@@ -80,7 +80,7 @@ def test_pairing_adds_a_found_meter_that_then_shows_readings_and_undo_removes_it
     assert wait_for(dryer_power, "readings from the added dryer").endswith(" W")  # metered by the running gateway
     assert browser.find_elements(By.ID, "app-washer")  # the others run on
 
-    browser.find_element(By.XPATH, "//button[text()='Undo: remove dryer']").click()
+    click_and_wait(browser, By.XPATH, "//button[text()='Undo: remove dryer']")
     assert "dryer was removed again" in browser.find_element(By.CSS_SELECTOR, ".flash").text
     assert not browser.find_elements(By.ID, "app-dryer")
     assert household.config.read_text() == original  # exactly what was added is gone
