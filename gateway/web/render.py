@@ -15,7 +15,7 @@ from typing import Any
 from .chart import chart_svg, legend_html
 from .model import STALE_SOURCE_S, Figures
 
-NOSCRIPT_REFRESH_S = 30
+NOSCRIPT_REFRESH_S = 15
 
 
 def fmt_w(mw: int) -> str:
