@@ -220,10 +220,7 @@ class HotAdd:
             gw.sources[name] = SourceState(name, app.id, str(scfg["driver"]))
         gw.cfg = cfg
         if gw.power_log is not None:
-            from .power_log import PowerRing
-
-            gw.power_log.specs[app.id] = spec
-            gw.power_log.rings[app.id] = PowerRing()
+            gw.power_log.track(app.id, spec)
 
     async def undo(self, aid: str) -> None:
         """Remove exactly what `add` added: the config text first (so a crash now cannot bring it back), then the
@@ -256,7 +253,7 @@ class HotAdd:
         gw.subjects.pop(aid, None)
         gw.cfg = cfg
         if gw.power_log is not None:
-            gw.power_log.rings.pop(aid, None)
+            gw.power_log.forget(aid)
         del self.added[aid]
         log.info("%s: removed again on the status page; what it metered stays in the ledger", aid,
                  extra={"appliance": aid})
