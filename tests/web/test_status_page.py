@@ -117,3 +117,18 @@ def test_every_control_has_a_label_and_text_contrast_passes_wcag_aa(browser: Any
         assert browser.execute_script(UNLABELLED) == [], path
         checked, bad = browser.execute_script(CONTRAST)
         assert checked > 5 and bad == [], path
+
+
+def test_nothing_comes_from_the_internet_and_the_scripts_and_styles_stay_under_100_kb(
+        browser: Any, household: Household) -> None:
+    browser.get(household.url)
+    resources = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(r => [r.name, r.encodedBodySize || r.transferSize]);")
+    assert resources and all(name.startswith(household.url + "/") for name, _ in resources)
+    import urllib.request
+
+    total = 0
+    for name in ("page.css", "page.js"):
+        with urllib.request.urlopen(f"{household.url}/static/{name}", timeout=10) as r:
+            total += len(r.read())
+    assert 0 < total < 100_000
