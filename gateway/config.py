@@ -37,9 +37,10 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from drivers.base import driver_class
@@ -48,6 +49,10 @@ from koto.net import BrokerURL, parse_broker_url
 from metering.energy import Kind
 
 from .errors import ConfigError, Problems
+
+if TYPE_CHECKING:
+    from .homeassistant import HomeAssistantConfig
+    from .indicator import ButtonConfig, LedConfig
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENERGY_KINDS: tuple[Kind, ...] = ("register", "pulses", "power")
@@ -183,6 +188,9 @@ class GatewayConfig:
     cloud: SyncConfig | None
     tariff: dict[str, Any] | None
     appliances: tuple[ApplianceConfig, ...]
+    led: LedConfig | None = None  # [gateway.led], [gateway.button]: gateway/indicator.py
+    button: ButtonConfig | None = None
+    home_assistant: HomeAssistantConfig | None = None  # [home_assistant]: gateway/homeassistant.py
     stop_timeout_s: float = 10.0  # `koto run` exits this long after a stop request, whatever still runs
     retain_days: float = RETAIN_DAYS
     hold_s: float = HOLD_S
@@ -226,6 +234,7 @@ def parse_config_all(data: dict[str, Any], *, file: str = "<config>",
     if gw is None:
         root.fail("gateway", "missing; a [gateway] table with at least `id` is required")
         gw = root.sub({"id": "gateway"}, "gateway")
+    household, household_claims = _parse_household(root, gw, base)
     gateway = _parse_gateway(gw, base)
     ct = root.table("cloud")
     cloud = None if ct is None else _parse_cloud(ct, gateway.id, base)
@@ -234,13 +243,35 @@ def parse_config_all(data: dict[str, Any], *, file: str = "<config>",
         _check_tariff(tariff, root)
     appliances = _parse_appliances(root, gateway.id, base)
     root.reject_unknown()
-    _check_hardware(appliances, root.problems, file)
-    cfg = GatewayConfig(file=file, id=gateway.id, state_dir=gateway.state_dir, timezone=gateway.timezone,
+    _check_hardware(appliances, root.problems, file, household_claims)
+    cfg = GatewayConfig(**household, file=file, id=gateway.id, state_dir=gateway.state_dir, timezone=gateway.timezone,
                         subject=gateway.subject, batch_ms=gateway.batch_ms, checkpoint_s=gateway.checkpoint_s,
                         cloud=cloud, tariff=tariff, appliances=appliances, stop_timeout_s=gateway.stop_timeout_s,
                         retain_days=gateway.retain_days, hold_s=gateway.hold_s, web_port=gateway.web_port,
                         web_host=gateway.web_host)
     return cfg, root.problems
+
+
+def _parse_household(root: _Table, gw: _Table, base: Path) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """`[gateway.led]`, `[gateway.button]` (gateway/indicator.py) and `[home_assistant]` (gateway/homeassistant.py),
+    each checked by its own module; returns the GatewayConfig fields and the GPIO pins they claim."""
+    from . import homeassistant, indicator
+
+    out: dict[str, Any] = {}
+    for name, parse in (("led", indicator.parse_led), ("button", indicator.parse_button)):
+        raw = gw.table(name)
+        if raw is not None:
+            try:
+                out[name] = parse(raw.data, file=root.file)
+            except ConfigError as e:
+                root.problems.add(e)
+    ha = root.table("home_assistant")
+    if ha is not None:
+        try:
+            out["home_assistant"] = homeassistant.parse_config(ha.data, file=root.file, base=base)
+        except ConfigError as e:
+            root.problems.add(e)
+    return out, indicator.claims(out.get("led"), out.get("button"))
 
 
 def _check_tariff(tariff: dict[str, Any], root: _Table) -> None:
@@ -453,7 +484,8 @@ def _parse_sources(at: _Table, aid: str, owners: dict[str, str]) -> dict[str, di
 _RESOURCE_WORDS = {"serial": "serial port", "gpio": "GPIO", "ble": "BLE device", "mcp3008": "MCP3008 input"}
 
 
-def _check_hardware(appliances: tuple[ApplianceConfig, ...], problems: Problems, file: str) -> None:
+def _check_hardware(appliances: tuple[ApplianceConfig, ...], problems: Problems, file: str,
+                    household: Sequence[tuple[str, Any]] = ()) -> None:
     """Build every source (pure: no port is opened) so each driver checks its own keys now, then refuse two
     sources (or a source and a relay) that would fight over one piece of hardware: two meters on one RS-485 bus
     with different line settings, one GPIO pin twice, one BLE device twice. Found at load, named by file and key,
@@ -465,6 +497,11 @@ def _check_hardware(appliances: tuple[ApplianceConfig, ...], problems: Problems,
 
     clock = ManualClock()
     held: dict[str, tuple[str, Claim]] = {}  # resource -> (dotted key of the first claimant, its claim)
+    for where, claim in household:  # the status LED and the button (gateway/indicator.py)
+        first = held.setdefault(claim.resource, (where, claim))
+        if first[0] != where:
+            problems.add(ConfigError(file, f"{where}.{claim.key}", f"GPIO {claim.resource[5:]} is already used by "
+                                     f"{first[0]}; each pin can be used once"))
     for app in appliances:
         claims: list[tuple[str, Claim]] = []
         for name, scfg in app.sources.items():

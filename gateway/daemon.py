@@ -141,6 +141,7 @@ class Gateway:
         # recent power per appliance, in RAM and on tmpfs, for `koto profile check/suggest`
         self.power_log = (PowerLog(runtime_dir, {aid: m.spec for aid, m in self.meters.items()})
                           if runtime_dir is not None else None)
+        self._household_init()
 
     def _build(self, cfg: GatewayConfig) -> None:
         self._profiles: dict[str, tuple[int, str]] = {}
@@ -295,13 +296,14 @@ class Gateway:
                     from .web import serve
 
                     workers.append(tg.create_task(sup.guard("web page", serve(self)), name="web"))
+                self._household_tasks(tg, sup, workers)
                 service = ServiceNotify(self, self.notifier)  # READY now: the ledger is open, the sources started
                 workers.append(tg.create_task(sup.guard("systemd notify", service.run()), name="notify"))
                 await stop.wait()
                 sup.stopping()  # arms the stop deadline, whoever asked for the stop
                 service.stopping(str(sup.failure or ""))
                 self._stopping = True
-                await stop_tasks([w for w in workers if w.get_name() != "sync"])
+                await stop_tasks([w for w in workers if w.get_name() not in ("sync", "home-assistant")])
                 await stop_tasks([meter_task])
                 await self._settle()  # an append already handed to its thread finishes before the last one
                 self._shutdown()
@@ -329,6 +331,39 @@ class Gateway:
                                                                self._queue.put), name=f"source:{name}")
         self._workers.append(task)
         return task
+
+    def _household_init(self) -> None:
+        """The status LED and button (gateway/indicator.py) and Home Assistant (gateway/homeassistant.py): each off
+        unless configured; its energy totals start here, before the gateway appends."""
+        from .homeassistant import for_gateway
+        from .indicator import Indicator
+
+        self.indicator = None
+        if self.cfg.led is not None or self.cfg.button is not None:
+            self.indicator = Indicator(self.cfg.led, self.cfg.button, pin_factory=self.backends.get("pin_factory"),
+                                       on_long_press=self._long_press)
+        self.home_assistant = for_gateway(self)
+
+    def _household_tasks(self, tg: asyncio.TaskGroup, sup: Supervisor, workers: list[asyncio.Task[Any]]) -> None:
+        from .indicator import gateway_state
+
+        if self.indicator is not None:
+            workers.append(tg.create_task(sup.guard("status LED", self.indicator.run(
+                partial(gateway_state, self), self._pairing_active)), name="indicator"))
+        if self.home_assistant is not None:
+            workers.append(tg.create_task(sup.guard("home assistant", self.home_assistant.run()),
+                                          name="home-assistant"))
+
+    def _pairing_active(self) -> bool:
+        return bool(getattr(getattr(self, "pairing", None), "active", False))
+
+    def _long_press(self) -> None:
+        """The button was held: pairing mode (gateway/pairing.py's PairingMode, where the gateway has one)."""
+        pairing = getattr(self, "pairing", None)
+        if pairing is None:
+            log.info("pairing mode requested by button")
+        else:
+            pairing.enter(time.monotonic())
 
     def _housekeeper(self) -> Housekeeper:
         """Retention: prunes at a quiet moment (no use running, nothing waiting in memory; see housekeeping.py)."""
