@@ -54,6 +54,9 @@ system-deps:
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q shellcheck )
 	@command -v mcopy >/dev/null 2>&1 && { command -v mkfs.fat >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.fat ]; } || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mtools dosfstools )
+	@# The status page's browser tests drive Debian's chromium through its matching chromedriver (tests/web/).
+	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || \
+		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver )
 
 demo: $(RUN_STAMP)
 	$(BIN)/koto demo
@@ -130,6 +133,7 @@ fuzz-atheris: $(DEV_STAMP)
 
 bench: $(DEV_STAMP) system-deps
 	$(BIN)/python bench/metering.py
+	$(BIN)/python bench/web_rss.py
 
 # The SD-card write budget: a compressed day of 9 appliances at 1 Hz (about 25 minutes at the default 60x).
 bench-sd: $(DEV_STAMP)

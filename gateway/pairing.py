@@ -106,10 +106,17 @@ def _validate(text: str, path: Path) -> GatewayConfig:
     except tomllib.TOMLDecodeError as e:
         raise PairingError(f"{path} would not be valid TOML with this appliance added ({e}); nothing was "
                            "changed. Add it by hand (see `koto discover`)") from e
+    from metering.errors import ProfileError
+
+    from .daemon import load_appliance_profile
+
     try:
-        return parse_config(data, file=str(path), base=path.resolve().parent)
-    except (ConfigError, ConfigErrors) as e:
+        cfg = parse_config(data, file=str(path), base=path.resolve().parent)
+        for app in cfg.appliances:  # the parser leaves profiles to the daemon's start; a bad one must not get in
+            load_appliance_profile(app, cfg.file)
+    except (ConfigError, ConfigErrors, ProfileError) as e:
         raise PairingError(f"the config would not be valid with this appliance ({e}); nothing was changed") from e
+    return cfg
 
 
 def _write(path: Path, text: str) -> None:
@@ -213,10 +220,7 @@ class HotAdd:
             gw.sources[name] = SourceState(name, app.id, str(scfg["driver"]))
         gw.cfg = cfg
         if gw.power_log is not None:
-            from .power_log import PowerRing
-
-            gw.power_log.specs[app.id] = spec
-            gw.power_log.rings[app.id] = PowerRing()
+            gw.power_log.track(app.id, spec)
 
     async def undo(self, aid: str) -> None:
         """Remove exactly what `add` added: the config text first (so a crash now cannot bring it back), then the
@@ -249,7 +253,7 @@ class HotAdd:
         gw.subjects.pop(aid, None)
         gw.cfg = cfg
         if gw.power_log is not None:
-            gw.power_log.rings.pop(aid, None)
+            gw.power_log.forget(aid)
         del self.added[aid]
         log.info("%s: removed again on the status page; what it metered stays in the ledger", aid,
                  extra={"appliance": aid})

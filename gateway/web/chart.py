@@ -11,7 +11,8 @@ from html import escape
 
 # Colours that keep >= 3:1 against the white card (WCAG's contrast for graphics) and stay apart for common
 # colour-vision deficiencies (the Okabe-Ito palette, darkened where needed).
-PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#8F6A00", "#56458C", "#A6403A", "#00708A")
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#8F6A00", "#56458C", "#A6403A", "#5A5A5A")
+MIN_MWH = 5000  # a series with less over the 30 days (a few Wh of standby) is not drawn: it would not show
 W, H = 640, 240
 LEFT, RIGHT, TOP, BOTTOM = 48, 8, 12, 28
 
@@ -32,7 +33,7 @@ def colours(series: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
 
 def chart_svg(days: list[str], daily: dict[tuple[str, str], list[int]]) -> str:
     """An SVG element (a string) with one stacked bar per day; `daily[(appliance, function)]` in mWh per day."""
-    series = sorted(k for k, v in daily.items() if any(v))
+    series = drawn(daily)
     colour = colours(series)
     n = max(1, len(days))
     totals = [sum(daily[k][i] for k in series) / 1e6 for i in range(len(days))]
@@ -75,8 +76,12 @@ def chart_svg(days: list[str], daily: dict[tuple[str, str], list[int]]) -> str:
     return "".join(out)
 
 
+def drawn(daily: dict[tuple[str, str], list[int]]) -> list[tuple[str, str]]:
+    return sorted(k for k, v in daily.items() if sum(v) >= MIN_MWH)
+
+
 def legend_html(daily: dict[tuple[str, str], list[int]]) -> str:
-    series = sorted(k for k, v in daily.items() if any(v))
+    series = drawn(daily)
     colour = colours(series)
     items = "".join(f'<li><svg class="swatch" viewBox="0 0 10 10" aria-hidden="true"><rect width="10" height="10" '
                     f'fill="{colour[k]}"/></svg>{escape(k[0])}: {escape(k[1])}</li>' for k in series)

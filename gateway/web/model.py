@@ -20,6 +20,7 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -64,7 +65,8 @@ class LedgerReader:
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            uri = f"{Path(self.path).resolve().as_uri()}?mode=ro"  # as_uri escapes '?' and '#' in the path
+            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
             self._conn.execute("PRAGMA query_only=ON")
         return self._conn
 

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from koto.errors import KotoError
 from koto.files import write_atomic
 
 PIN_FILE = "installer-pin"
@@ -22,7 +23,7 @@ N, R, P = 2**14, 8, 1  # 16 MiB, ~50 ms on a Pi 4: slow for a guesser, quick for
 MIN_DIGITS, MAX_DIGITS = 4, 12
 
 
-class PinError(ValueError):
+class PinError(KotoError, ValueError):
     """A PIN that cannot be used (not 4-12 digits), or a PIN file that cannot be read."""
 
 
@@ -32,7 +33,7 @@ def pin_path(state_dir: Path) -> Path:
 
 def check_pin_text(pin: str) -> str:
     if not (pin.isdigit() and pin.isascii() and MIN_DIGITS <= len(pin) <= MAX_DIGITS):
-        raise PinError(f"a PIN is {MIN_DIGITS} to {MAX_DIGITS} digits")
+        raise PinError("a PIN is four to twelve digits (0-9)")
     return pin
 
 

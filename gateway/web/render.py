@@ -15,7 +15,7 @@ from typing import Any
 from .chart import chart_svg, legend_html
 from .model import STALE_SOURCE_S, Figures
 
-NOSCRIPT_REFRESH_S = 30
+NOSCRIPT_REFRESH_S = 15
 
 
 def fmt_w(mw: int) -> str:
@@ -98,7 +98,7 @@ def appliance_cards(live: dict[str, Any], fig: Figures) -> str:
             t, m = fig.today.get((aid, f), zero), fig.month.get((aid, f), zero)
             if not (m["energy_mwh"] >= 5000 or m["uses"] or any(m["costs"].values())):
                 continue  # a few Wh of standby is not worth a line
-            rows.append(f"<tr><th scope=\"row\">{escape(f or '(per use)')}</th><td>{_usage_cell(t)}</td>"
+            rows.append(f"<tr><th scope=\"row\">{escape(f or 'per use')}</th><td>{_usage_cell(t)}</td>"
                         f"<td>{_usage_cell(m)}</td></tr>")
         table = ("<table class=\"usage\"><caption>Usage and cost per function</caption><thead><tr>"
                  "<th scope=\"col\">function</th><th scope=\"col\">today</th><th scope=\"col\">this month</th>"
@@ -169,7 +169,7 @@ def status_body(live: dict[str, Any], fig: Figures, tz: Any, *, installer: bool,
         parts.append("<section class=\"card pairing\" aria-labelledby=\"h-pair\"><h2 id=\"h-pair\">Pairing is on"
                      "</h2><p>The gateway is ready to add an appliance. <a href=\"/pair\">Add an appliance</a> "
                      "(installer PIN needed).</p></section>")
-    parts.append(f"<section class=\"card\" aria-labelledby=\"h-health\"><h2 id=\"h-health\">Health</h2>"
+    parts.append(f"<section class=\"card wide\" aria-labelledby=\"h-health\"><h2 id=\"h-health\">Health</h2>"
                  f"<ul class=\"health\" data-live=\"health\">{health}</ul></section>")
     parts.append(appliance_cards(live, fig))
     parts.append("<section class=\"card\" aria-labelledby=\"h-chart\"><h2 id=\"h-chart\">Last 30 days</h2>"

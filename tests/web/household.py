@@ -143,7 +143,8 @@ async def run(folder: Path, port: int, *, speed: float, web: bool, history: bool
         cfg = load_config(cfg_path)
         if history and fresh:
             seed_history(sd.root, cfg.id, clock.now().wall)
-        gw = Gateway(cfg, clock=clock, backends={"pin_factory": pins}, sync_enabled=False, web=web)
+        gw = Gateway(cfg, clock=clock, backends={"pin_factory": pins}, sync_enabled=False, web=web,
+                     runtime_dir=folder / "run")  # the status file and the power log, as under systemd
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)

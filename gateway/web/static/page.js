@@ -25,6 +25,14 @@
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (d) {
         if (!d) return;
+        // An appliance added or removed, or locked or unlocked, changes the page's layout: load it anew.
+        var shown = Array.prototype.map.call(document.querySelectorAll("section.appliance"), function (s) {
+          return s.id.slice(4) + (s.querySelector(".lock") ? "!" : "");
+        }).sort().join(",");
+        var now = Object.keys(d.appliances).map(function (aid) {
+          return aid + (d.appliances[aid].locked ? "!" : "");
+        }).sort().join(",");
+        if (shown !== now) { window.location.reload(); return; }
         Object.keys(d.appliances).forEach(function (aid) {
           var a = d.appliances[aid], q = '[data-appliance="' + CSS.escape(aid) + '"]';
           set('[data-live="function"]' + q, a["function"]);
