@@ -45,6 +45,7 @@ from gateway.simulate import SCRIPTS, Script
 from .anchored_clock import AnchoredClock
 
 PLAN_ENV = "KOTO_SIM_PLAN"
+TRACEMALLOC_ENV = "KOTO_SIM_TRACEMALLOC"  # seconds between tracemalloc reports (leak hunting; slows the child)
 SNAPSHOT_NAME = "ledger.db"
 
 
@@ -103,8 +104,12 @@ class Sim:
             yield self._signal(s)
         for s in self.plan.ble:
             yield self._plug(s)
+        if self.plan.s0 or self.plan.signals:
+            yield self._trim_pin_histories([s["pin"] for s in (*self.plan.s0, *self.plan.signals)])
         if self.plan.probe_every_s > 0:
             yield self._probe()
+        if os.environ.get(TRACEMALLOC_ENV):
+            yield self._tracemalloc(float(os.environ[TRACEMALLOC_ENV]))
 
     def _power(self, spec: dict[str, Any]) -> Callable[[float], float]:
         script, phase = repeating(spec["script"]), float(spec.get("phase_s", 0.0))
@@ -147,6 +152,30 @@ class Sim:
                                           energy_mwh=int(script.energy_wh(t) * 1000) + int(spec["start_mwh"]))
                 self.ble.replay.push(ReplayAdvert(spec["address"], data, rssi=-60))
             await self.clock.sleep(float(spec.get("every_s", 10.0)))
+
+    async def _tracemalloc(self, every_s: float) -> None:
+        """Where the memory grew since the first report: the top allocation sites, to `tracemalloc.txt`."""
+        import tracemalloc
+
+        tracemalloc.start(4)
+        await asyncio.sleep(every_s)
+        first = tracemalloc.take_snapshot()
+        while True:
+            await asyncio.sleep(every_s)
+            stats = tracemalloc.take_snapshot().compare_to(first, "traceback")[:12]
+            lines = [f"sim {self.t() / 3600:.2f} h, traced {tracemalloc.get_traced_memory()[0] / 1e6:.1f} MB"]
+            for st in stats:
+                lines.append(f"{st.size_diff / 1024:+.0f} KiB {st.count_diff:+d} blocks")
+                lines += [f"    {fr.filename}:{fr.lineno}" for fr in st.traceback]
+            (self.plan.control / "tracemalloc.txt").write_text("\n".join(lines) + "\n")
+
+    async def _trim_pin_histories(self, pins: list[int]) -> None:
+        """gpiozero's MockPin keeps every state it was driven to (`states`, for a test's assertions); a day of S0
+        pulses would make that the soak's one growing list. The simulated hardware's memory is not the daemon's."""
+        while True:
+            await asyncio.sleep(5.0)
+            for n in pins:
+                del self.pin_factory.pin(n).states[:-16]
 
     async def _probe(self) -> None:
         out = self.plan.control / "probe.json"
