@@ -65,6 +65,10 @@ class CheckpointPlan:
         """Meter `aid` produced records: its checkpoint must be in the same transaction as they are."""
         self._owed.add(aid)
 
+    def owes(self, aid: str) -> bool:
+        """Whether meter `aid`'s checkpoint still waits for a batch (pairing's undo waits for it to be written)."""
+        return aid in self._owed
+
     def owe_all(self) -> None:
         """Every meter's checkpoint is written with the next batch, at once (a clean stop; a failed commit)."""
         self._owed.update(self._meters)

@@ -28,8 +28,9 @@ set of limits. Sources are validated by their drivers when built (`drivers.base.
 checks only the gateway's own keys, the shape, and that each source names a known driver; a driver's error still
 names this file.
 
-`web_port` in `[gateway]` is reserved: accepted and range-checked, so a file written today keeps its meaning, but
-not used yet. `retain_days` is how long records stay in the ledger (gateway/housekeeping.py says what leaves when).
+`web_port` in `[gateway]` is where the household status page listens (gateway/web/, docs/household.md; 0 = off),
+`web_host` the address it binds (default every interface of the LAN). `retain_days` is how long records stay in
+the ledger (gateway/housekeeping.py says what leaves when).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ ENERGY_KINDS: tuple[Kind, ...] = ("register", "pulses", "power")
 CHECKPOINT_S = 300.0  # default `[gateway] checkpoint_s`
 RETAIN_DAYS = 90.0  # default `[gateway] retain_days`
 HOLD_S = 900.0  # default `[gateway] hold_s` (gateway/checkpointing.py)
+WEB_PORT = 8080  # default `[gateway] web_port`: the household status page
 
 
 class _Table:
@@ -75,6 +77,7 @@ class _Table:
         self.problems = Problems() if problems is None else problems
 
     def key(self, name: str) -> str:
+        name = name or '""'  # TOML allows an empty key (`"" = 1`); name it as written
         return f"{self.path}.{name}" if self.path else name
 
     def error(self, name: str, problem: str) -> ConfigError:
@@ -192,6 +195,8 @@ class GatewayConfig:
     stop_timeout_s: float = 10.0  # `koto run` exits this long after a stop request, whatever still runs
     retain_days: float = RETAIN_DAYS
     hold_s: float = HOLD_S
+    web_port: int = WEB_PORT  # the household status page (gateway/web/); 0 = off
+    web_host: str = "0.0.0.0"
 
     @property
     def tz(self) -> ZoneInfo:
@@ -243,7 +248,8 @@ def parse_config_all(data: dict[str, Any], *, file: str = "<config>",
     cfg = GatewayConfig(**household, file=file, id=gateway.id, state_dir=gateway.state_dir, timezone=gateway.timezone,
                         subject=gateway.subject, batch_ms=gateway.batch_ms, checkpoint_s=gateway.checkpoint_s,
                         cloud=cloud, tariff=tariff, appliances=appliances, stop_timeout_s=gateway.stop_timeout_s,
-                        retain_days=gateway.retain_days, hold_s=gateway.hold_s)
+                        retain_days=gateway.retain_days, hold_s=gateway.hold_s, web_port=gateway.web_port,
+                        web_host=gateway.web_host)
     return cfg, root.problems
 
 
@@ -294,6 +300,8 @@ class _Gateway(NamedTuple):
     stop_timeout_s: float
     retain_days: float
     hold_s: float
+    web_port: int
+    web_host: str
 
 
 def _parse_gateway(gw: _Table, base: Path) -> _Gateway:
@@ -314,12 +322,13 @@ def _parse_gateway(gw: _Table, base: Path) -> _Gateway:
     checkpoint_s = gw.number("checkpoint_s", CHECKPOINT_S, lo=0.1, hi=3600)
     retain_days = gw.number("retain_days", RETAIN_DAYS, lo=1, hi=3650)
     hold_s = gw.number("hold_s", HOLD_S, lo=0, hi=3600)  # how long records may wait to share a transaction
-    gw.number("web_port", 8080, lo=0, hi=65535)  # reserved, not used yet
+    web_port = int(gw.number("web_port", WEB_PORT, lo=0, hi=65535))  # the status page; 0 = off
+    web_host = gw.get("web_host", str, "0.0.0.0", what="an address to listen on, e.g. 0.0.0.0 or 127.0.0.1")
     # Below the unit's TimeoutStopSec=20 with room to spare: systemd's SIGKILL should never be what ends a stop.
     stop_timeout_s = gw.number("stop_timeout_s", 10, lo=0.5, hi=600)
     gw.reject_unknown()
     return _Gateway(gid or "gateway", state_dir, tzname, subject, batch_ms, checkpoint_s, stop_timeout_s,
-                    retain_days, hold_s)
+                    retain_days, hold_s, web_port, web_host)
 
 
 def _parse_cloud(ct: _Table, gateway_id: str, base: Path) -> SyncConfig:
@@ -418,7 +427,11 @@ def _parse_appliance(at: _Table, aid: str, gateway_id: str, base: Path,
         kind = default_kind
     imp = 0
     if kind == "pulses" and energy in sources:
-        imp = int(sources[energy].get("imp_per_kwh", 0)) or int(at.get("imp_per_kwh", int, 0))
+        try:
+            imp = int(sources[energy].get("imp_per_kwh", 0))
+        except (TypeError, ValueError, OverflowError):  # a list, "abc", inf (found by fuzzing): the driver names it
+            imp = 0
+        imp = imp or int(at.get("imp_per_kwh", int, 0))
         if imp <= 0:
             at.fail("imp_per_kwh", "pulse sources need imp_per_kwh > 0 (on the meter's label)")
     else:

@@ -42,6 +42,7 @@ from .config import ApplianceConfig, GatewayConfig
 from .errors import ConfigError
 from .held import report_unstored
 from .housekeeping import Housekeeper
+from .pairing import PairingMode
 from .power_log import PowerLog
 from .sdnotify import Notifier
 from .service import ServiceNotify
@@ -113,8 +114,12 @@ class Gateway:
     def __init__(self, cfg: GatewayConfig, *, clock: Clock, backends: Mapping[str, Any] | None = None,
                  on_event: Callable[[MeterEvent], None] | None = None, sync_enabled: bool = True,
                  runtime_dir: Path | None = None, deadline: StopDeadline | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, web: bool = False) -> None:
         self.cfg = cfg
+        self.web = web and cfg.web_port > 0  # the household page (gateway/web/): `koto run` turns it on
+        self.pairing = PairingMode()  # shared by the page and the button: "add an appliance" is offered
+        self._tg: asyncio.TaskGroup | None = None  # while running: where a paired source's task is started
+        self._workers: list[asyncio.Task[Any]] = []
         self.notifier = notifier or Notifier(environ={})  # systemd's, from `koto run`; silent otherwise
         self.deadline = deadline  # `koto run` arms one; in-process users (tests, the demo) have none
         self.supervisor = Supervisor(asyncio.Event(), deadline=deadline)
@@ -272,8 +277,9 @@ class Gateway:
             for relay in self.relays.values():
                 relays.enter_context(relay)  # safe state first: the appliance has power
             async with asyncio.TaskGroup() as tg:
-                workers = [tg.create_task(sup.run_source(st, partial(self._build_source, name), self._queue.put),
-                                          name=f"source:{name}") for name, st in self.sources.items()]
+                self._tg, workers = tg, self._workers
+                for name in self.sources:
+                    self.start_source(name)
                 workers.append(tg.create_task(sup.guard("ticker", self._ticker()), name="ticker"))
                 meter_task = tg.create_task(sup.guard("meter loop", self._meter_loop()), name="meter")
                 if self.sync is not None:
@@ -286,6 +292,10 @@ class Gateway:
                     workers.append(tg.create_task(sup.guard("power log", self.power_log.run()), name="power-log"))
                 workers.append(tg.create_task(sup.guard("housekeeping", self._housekeeper().run()),
                                               name="housekeeping"))
+                if self.web:
+                    from .web import serve
+
+                    workers.append(tg.create_task(sup.guard("web page", serve(self)), name="web"))
                 self._household_tasks(tg, sup, workers)
                 service = ServiceNotify(self, self.notifier)  # READY now: the ledger is open, the sources started
                 workers.append(tg.create_task(sup.guard("systemd notify", service.run()), name="notify"))
@@ -313,6 +323,14 @@ class Gateway:
             self.ledger.close()
         if sup.failure is not None:
             raise sup.failure  # `koto run` prints it as one line and exits 2
+
+    def start_source(self, name: str) -> asyncio.Task[None]:
+        """Start one source's supervised task in the running gateway (at the start, and when pairing adds one)."""
+        assert self._tg is not None, "the gateway is not running"
+        task = self._tg.create_task(self.supervisor.run_source(self.sources[name], partial(self._build_source, name),
+                                                               self._queue.put), name=f"source:{name}")
+        self._workers.append(task)
+        return task
 
     def _household_init(self) -> None:
         """The status LED and button, Home Assistant (gateway/household.py): each off unless configured."""
