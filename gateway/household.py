@@ -37,11 +37,9 @@ class Household:
                                           name="home-assistant"))
 
     def pairing_active(self) -> bool:
-        return bool(getattr(getattr(self.gw, "pairing", None), "active", False))
+        return self.gw.pairing.active
 
     def long_press(self) -> None:
-        """The button was held (the indicator logs it): pairing mode, where the gateway has one (gateway/pairing.py's
-        PairingMode, which the status page offers)."""
-        pairing = getattr(self.gw, "pairing", None)
-        if pairing is not None:
-            pairing.enter(time.monotonic())
+        """The button was held (the indicator logs it): pairing mode (gateway/pairing.py's PairingMode: the status
+        page offers "add an appliance" while it lasts)."""
+        self.gw.pairing.enter(time.monotonic())

@@ -169,7 +169,7 @@ def test_led_and_button_pins_are_checked_with_the_sources_pins(tmp_path: Path) -
     assert parse_config(_cfg(tmp_path), file="koto.toml").led is None  # off unless configured
 
 
-async def test_the_running_gateway_lights_the_led_and_asks_for_pairing_on_a_long_press(
+async def test_the_running_gateway_lights_the_led_and_a_long_press_enters_pairing_mode(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from drivers.gpio.sim import mock_factory
     from koto.clock import SystemClock
@@ -186,9 +186,11 @@ async def test_the_running_gateway_lights_the_led_and_asks_for_pairing_on_a_long
             assert factory.pin(22).state is True  # local only, the source starting: steady on
             factory.pin(23).drive_low()
             await asyncio.sleep(0.8)
+            assert gw.pairing.active  # the page offers "add an appliance" (gateway/pairing.py)
+            assert gw.household.indicator is not None and gw.household.indicator.pattern is PAIRING
         finally:
             stop.set()
             await run
     assert "pairing mode requested by button" in caplog.text
-    assert gw.household.indicator is not None and gw.household.indicator.long_presses == 1
+    assert gw.household.indicator.long_presses == 1
     assert factory.pin(22).state is False  # stopped: dark
