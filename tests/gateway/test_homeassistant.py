@@ -164,3 +164,16 @@ def test_the_energy_text_is_exact_and_keeps_the_order(a: int, b: int) -> None:
     assert int(kwh(a).replace(".", "")) == a
     if a <= b:
         assert float(kwh(a)) <= float(kwh(b))
+
+
+def test_koto_check_names_every_household_problem_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main as koto
+
+    cfg = tmp_path / "koto.toml"
+    cfg.write_text(f'[gateway]\nid = "gw-x"\nstate_dir = "{tmp_path / "state"}"\n\n[gateway.led]\npin = 17\n\n'
+                   '[home_assistant]\nhost = "h"\nport = 0\n\n[[appliance]]\nid = "kettle"\nprofile = "kettle"\n'
+                   '[appliance.sources.k]\ndriver = "s0"\npin = 17\nimp_per_kwh = 1000\n')
+    assert koto(["check", "--config", str(cfg)]) == 1
+    out = capsys.readouterr().out
+    assert f"{cfg}: home_assistant.port: expected a port number" in out
+    assert f"{cfg}: appliance.kettle.sources.k.pin: GPIO 17" in out and "(see gateway.led)" in out
