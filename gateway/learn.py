@@ -191,6 +191,7 @@ class Levels:
     readings: int
     band_mw: int  # the lowest level that is the function running, not one of its pauses
     breaks: int = 0  # lower stretches of MAX_PAUSE_S or more inside the run: another function or rest, not pauses
+    phases: int = 0  # shorter lower stretches that carry more than 5 % of the energy: other phases, not pauses
 
     @property
     def seconds(self) -> float:
@@ -221,7 +222,9 @@ class Learned:
             f"running ({lv.readings} readings, {lv.energy_mwh / 1e6:.3f} kWh)",
             f"  at rest {_w(lv.rest_mw)} W; running {_w(lv.p5_mw)} / {_w(lv.p50_mw)} / {_w(lv.p98_mw)} W "
             f"(p5 / median / p98), peak {_w(lv.peak_mw)} W; {lv.pauses} pause(s), longest {lv.longest_pause_s:.0f} s"
-            + (f"; {lv.breaks} break(s) of {MAX_PAUSE_S / 60:.0f} min or more (not pauses)" if lv.breaks else ""),
+            + (f"; {lv.breaks} break(s) of {MAX_PAUSE_S / 60:.0f} min or more (not pauses)" if lv.breaks else "")
+            + (f"; {lv.phases} lower stretch(es) with more than 5 % of the energy: other phases, not pauses"
+               if lv.phases else ""),
             f"  rule: starts at {_w(r.on_min_mw)} W ({top}) held {r.min_on_ns / 1e9:g} s; stays down to "
             f"{_w(r.off_min_mw)} W, ends after {r.min_off_ns / 1e9:g} s out of its band",
             f"  replayed: the rule finds {100 * self.detected:.0f} % of the recorded run's energy",
@@ -285,19 +288,25 @@ def measure(samples: Sequence[TracePoint], *, rest_mw: int) -> Levels:
     run = pts[active[0]:active[-1] + 1]
     low = max(thr, _epct([p.power_mw or 0 for p in run if (p.power_mw or 0) >= thr], 0.05) * 4 // 5)
     on = [p.power_mw or 0 for p in run if (p.power_mw or 0) >= low]
-    pauses: list[float] = []
+    pauses: list[tuple[float, float]] = []  # (seconds, mWh) of each lower stretch inside the run
     quiet: float | None = None
-    for p in run:
-        if (p.power_mw or 0) < low:
-            quiet = p.t if quiet is None else quiet
-        elif quiet is not None:
-            pauses.append(p.t - quiet)
-            quiet = None
-    short = [p for p in pauses if p < MAX_PAUSE_S]
+    below = 0.0
+    for a, b in itertools.pairwise(run):
+        if (a.power_mw or 0) < low:
+            quiet = a.t if quiet is None else quiet
+            below += (a.power_mw or 0) * min(60.0, b.t - a.t) / 3600
+        if quiet is not None and (b.power_mw or 0) >= low:
+            pauses.append((b.t - quiet, below))
+            quiet, below = None, 0.0
+    short = [p for p in pauses if p[0] < MAX_PAUSE_S]
+    energy = _energy_mwh(run)
+    phases = 0
+    if short and sum(e for _, e in short) * 20 > energy:  # they carry more than 5 % of the energy: phases of their
+        phases, short = len(short), []  # own (a washer's tumbling between heats), not pauses (profile suggest's rule)
     return Levels(rest_mw=rest_mw, threshold_mw=thr, start=run[0].t, end=run[-1].t, p5_mw=_pct(on, 0.05),
-                  p50_mw=_pct(on, 0.5), p98_mw=_pct(on, 0.98), peak_mw=max(on), longest_pause_s=max(short, default=0),
-                  pauses=len(short), energy_mwh=_energy_mwh(run), readings=len(run), band_mw=low,
-                  breaks=len(pauses) - len(short))
+                  p50_mw=_pct(on, 0.5), p98_mw=_pct(on, 0.98), peak_mw=max(on),
+                  longest_pause_s=max((s for s, _ in short), default=0), pauses=len(short), energy_mwh=energy,
+                  readings=len(run), band_mw=low, breaks=len(pauses) - len(short) - phases, phases=phases)
 
 
 def _rest_from_profile(profile: Profile, samples: Sequence[TracePoint]) -> int:
