@@ -21,20 +21,23 @@ not work or would break the appliance's other functions. What it derives, from t
 
 - the rest level (`rest_mw`: the readings before the start; else what the profile calls standby in the recording;
   else its 5th percentile) and from it the *active* threshold, twice the rest and at least 1.5 W above it;
-- the run: first to last active reading. Its on-levels (5th, 50th, 98th percentile, peak) give the band:
-  `on_above` 0.8 x p5, `off_below` 0.7 x p1 but clear of the rest, `on_below` 1.25 x p98 — left open when no other
-  function of the profile draws more, as a heater's band is; its pauses (stretches below the band inside the run:
-  a thermostat, a drum reversing) give `min_off_s` 1.2 x the longest pause + 2 s, so the function holds through
-  them; its first stretch in band gives the dwell `min_on_s` (a quarter of it, 2 to 10 s);
+- the run: first to last active reading. Its levels (weighted by energy, so a heater's level and not its
+  thermostat pauses': 5th, 50th, 98th percentile, peak) give the band: `on_above` 0.8 x p5, `off_below` 0.7 x p1
+  but clear of the rest, `on_below` 1.25 x p98 — left open when no other function of the profile draws more, as a
+  heater's band is; its pauses (stretches below the band inside the run, shorter than 5 minutes and together with
+  at most 5 % of its energy: a thermostat, a drum reversing) give `min_off_s` 1.2 x the longest pause + 2 s, so
+  the function holds through them; its first stretch in band gives the dwell `min_on_s` (a quarter of it, 1 to
+  10 s, at most the profile's `cycle.start_for_s`);
 - relearning a function the profile has keeps its place, description, signal and its `takes_over`/`only_after`
   rules (and, with `takes_over`, its dwell, which is what defines it); a new function goes before the first function
   whose band holds its median level (else before standby, else last).
 
 Other functions are not clobbered. Their levels are measured by replaying the history (the daemon's ring outside
 the recording, and the recording before and after the run) with the current profile. A neighbour whose band reaches
-into the learned one (the kettle's standby "everything below 999 W" and a learned 60 W keep-warm) is narrowed to a
-boundary between the two measured levels (their geometric mean); when the measured levels overlap, power alone
-cannot tell the two apart and learning is refused. Then two replays decide: the recorded run with the new profile
+into the learned one (the kettle's standby "everything below 999 W" and a learned 60 W keep-warm) gives up the
+learned band (or, when the two measured levels are close, everything past their geometric mean); when the measured
+levels overlap, power alone cannot tell the two apart and learning is refused (functions told apart by a signal,
+cool and heat by the mode, are no rivals). Then two replays decide: the recorded run with the new profile
 must give the learned function at least `MIN_DETECTED` of its energy, and the history with the new profile must
 leave every other function at least `MIN_KEPT` of the energy it had with the old one.
 
