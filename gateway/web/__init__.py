@@ -22,8 +22,13 @@ RETRY_S = 30.0  # a port that cannot be bound (taken, no permission) is tried ag
 async def serve(gw: Gateway) -> None:
     """Serve the page until cancelled. It is for people, metering never depends on it: a port that cannot be
     bound is said once and tried again every RETRY_S, and the daemon runs on."""
-    from .app import build_app
-
+    try:
+        from .app import build_app
+    except ImportError as e:  # a venv installed without the `web` extra: metering must not stop for the page
+        log.warning("status page off: the Python package %r is not installed; reinstall Koto with its `web` extra "
+                    "(deploy/install.sh does) or set [gateway] web_port = 0", e.name)
+        await asyncio.Event().wait()  # until the gateway stops: a page task that ends would read as a failure
+        return
     web = build_app(gw)
     host, port = gw.cfg.web_host, gw.cfg.web_port
     said = False
