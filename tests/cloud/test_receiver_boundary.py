@@ -132,3 +132,22 @@ def test_rejections_are_rate_limited_per_kind_and_gateway():
     for i in range(100):  # ever-new gateways: the memory stays bounded
         rl.allow(("malformed", f"gw-x{i}"))
     assert len(rl._last) <= 4
+
+
+async def test_a_signed_record_postgresql_could_not_store_is_refused_not_a_stuck_batch(broker, pg_dsn):
+    """A NUL in a record's subject (a "\\u0000" escape) cannot go into PostgreSQL's text column: the whole batch's
+    commit would fail, again and again, and stop the receiver. It is refused at the boundary instead."""
+    good = EventFactory("gw-1")
+    nul = EventFactory("gw-1", key=good.key, subject="urn:koto:appliance:\x00washer")
+    store = PostgresStore(pg_dsn, schema="koto_test_nul")
+    try:
+        store.register("gw-1", good.public_pem)
+        async with Receiver(store, ReceiverConfig(broker=broker.url)) as rx, GatewayPeer(broker, "gw-1") as gw:
+            await gw.publish(nul.chain(1))
+            await until(lambda: rx.stats["malformed"] == 1)
+            await gw.publish(good.chain(3))
+            await gw.wait_ack(3)
+        assert store.stored_seqs("gw-1", 1) == [1, 2, 3]
+    finally:
+        store.close()
+        PostgresStore(pg_dsn, schema="koto_test_nul").drop_schema()
