@@ -322,7 +322,10 @@ class Receiver:
                 raise
             except Exception as e:  # a deadlock or lock timeout between receivers: retry the whole batch
                 if attempt == 4:
-                    raise
+                    if isinstance(e, OSError | MemoryError) or self.store.is_outage(e) or len(batch) == 1:
+                        raise
+                    res = await self._commit_one_by_one(batch)
+                    break
                 log.warning("commit of %d records failed (%s); retrying", len(batch), e)
                 await asyncio.sleep(0.05 * (attempt + 1))
         self.stats["stored"] += len(res.inserted)
@@ -340,6 +343,26 @@ class Receiver:
                           gw, epoch, seq, seq - 1)
         self.committed.set()
         return res
+
+    async def _commit_one_by_one(self, batch: list[Event]) -> CommitResult:
+        """A batch that fails for a reason other than an outage holds a record the store cannot take: commit the
+        records one at a time, refuse (count, log once) the ones that fail, so one record cannot stop the rest."""
+        out = CommitResult()
+        for ev in batch:
+            try:
+                res = await self._in_store(self.store.commit, [ev])
+            except Exception as e:
+                if isinstance(e, OSError | MemoryError) or self.store.is_outage(e):
+                    raise
+                self._reject(ev.gateway, Rejected("internal_error", f"record {ev.id} could not be stored "
+                                                                    f"({type(e).__name__}: {str(e)[:200]})"), exc=e)
+                continue
+            out.inserted += res.inserted
+            out.duplicates += res.duplicates
+            out.conflicts += res.conflicts
+            out.acks += res.acks
+            out.breaks += res.breaks
+        return out
 
     async def _flush(self, conn: Connection) -> None:
         """Commit everything received so far (after any commit in progress), then ack what it made durable."""

@@ -151,3 +151,25 @@ async def test_a_signed_record_postgresql_could_not_store_is_refused_not_a_stuck
     finally:
         store.close()
         PostgresStore(pg_dsn, schema="koto_test_nul").drop_schema()
+
+
+class StoreThatCannotTakeOneRecord(SqliteStore):
+    """A store that fails on one record (as PostgreSQL did on a NUL): no peer fails on demand, so this one does."""
+
+    def commit(self, events):  # type: ignore[no-untyped-def]
+        if any(ev.id == "1-2" for ev in events):
+            raise ValueError("this store cannot take record 1-2")
+        return super().commit(events)
+
+
+async def test_a_record_the_store_cannot_take_is_refused_and_the_rest_of_its_batch_stored(broker, tmp_path):
+    f = EventFactory("gw-1")
+    store = StoreThatCannotTakeOneRecord(tmp_path / "cloud.db")
+    store.register("gw-1", f.public_pem)
+    config = ReceiverConfig(broker=broker.url, linger_s=0.2)  # the three records share one batch
+    async with Receiver(store, config) as rx, GatewayPeer(broker, "gw-1") as gw:
+        await gw.publish(f.chain(3))
+        await until(lambda: rx.stats["internal_error"] == 1 and rx.stats["stored"] == 2)
+        await gw.wait_ack(1)
+    assert store.stored_seqs("gw-1", 1) == [1, 3]
+    assert max(a["acked_through"] for a in gw.acks) == 1  # never past the record it could not store
