@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("koto.cloud.receiver")
 T = TypeVar("T")
+STATS_LOG_S = 600  # a summary line (stored, refused per kind) at most this often, when something changed
 REJECT_LOG_S = 3600  # a refused message is logged once per kind and gateway per hour; the others only counted
 REJECT_KINDS = ("malformed", "too_large", "too_deep", "out_of_range", "wrong_topic", "unknown_gateway",
                 "bad_signature", "bad_key", "internal_error")
@@ -126,24 +127,28 @@ class Receiver:
         if self.forwarder is not None and self._fwd_task is None:
             self._fwd_task = asyncio.create_task(self.forwarder.run(self.store, self._db, self.committed))
         backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_cap_s)
-        while True:
-            try:
-                async with self._connection() as conn:
-                    await self._subscribe(conn)
-                    backoff.reset()
-                    self.ready.set()
-                    log.info("receiving on %s (shared group %r)", self.config.broker, self.config.group)
-                    try:
-                        await self._consume(conn)
-                    finally:
-                        if self._batch:  # keep what was read; the acks go out after the next birth/resend
-                            await self._commit()
-            except BrokerError as e:
-                self.ready.clear()
-                self.stats["disconnects"] += 1
-                delay = backoff.next()
-                log.warning("%s; reconnecting in %.1f s", e, delay)
-                await asyncio.sleep(delay)
+        reporter = asyncio.create_task(self._report_every(STATS_LOG_S), name="koto-receiver-stats")
+        try:
+            while True:
+                try:
+                    async with self._connection() as conn:
+                        await self._subscribe(conn)
+                        backoff.reset()
+                        self.ready.set()
+                        log.info("receiving on %s (shared group %r)", self.config.broker, self.config.group)
+                        try:
+                            await self._consume(conn)
+                        finally:
+                            if self._batch:  # keep what was read; the acks go out after the next birth/resend
+                                await self._commit()
+                except BrokerError as e:
+                    self.ready.clear()
+                    self.stats["disconnects"] += 1
+                    delay = backoff.next()
+                    log.warning("%s; reconnecting in %.1f s", e, delay)
+                    await asyncio.sleep(delay)
+        finally:
+            reporter.cancel()
 
     def _connection(self) -> Connection:
         """A new connection (the TLS files are read again for each, so renewed certificates are picked up)."""
@@ -274,6 +279,23 @@ class Receiver:
             log.warning("rejected a message from %s: %s (%s; further ones within %d min are only counted)",
                         gateway or "?", e.reason, f"{more} more since the last report" if more else "first",
                         REJECT_LOG_S // 60, exc_info=exc)
+
+    def summary(self) -> str:
+        """One line for the journal: what was stored and what was refused, per kind, since the start."""
+        st = self.stats
+        refused = ", ".join(f"{k} {n}" for k, n in self.rejections().items())
+        return (f"stored {st['stored']} records ({st['duplicates']} duplicates) in {st['commits']} commits, "
+                f"{st['births']} births, {st['replies']} replies; refused {st['rejected']}"
+                + (f": {refused}" if refused else ""))
+
+    async def _report_every(self, period_s: float) -> None:
+        """Log `summary()` every `period_s` while anything changes, so the journal shows refusals by kind."""
+        last: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(period_s)
+            if dict(self.stats) != last:
+                last = dict(self.stats)
+                log.info("receiver: %s", self.summary())
 
     def rejections(self) -> dict[str, int]:
         """Refused messages so far, per kind (malformed, too_large, too_deep, out_of_range, wrong_topic,

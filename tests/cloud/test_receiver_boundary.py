@@ -35,6 +35,7 @@ async def test_a_30kb_record_of_nested_json_is_refused_and_the_receiver_goes_on(
         await gw.wait_ack(3)
     assert store.count() == 3 and store.birth("gw-1") is None and store.replies("gw-1") == []
     assert rx.rejections() == {"too_deep": 4}
+    assert rx.summary().endswith("; refused 4: too_deep 4")  # the line `koto-cloud serve` logs
     assert sum("more than 32 levels deep" in r.message for r in caplog.records) == 1  # once per kind and gateway
 
 
