@@ -276,8 +276,8 @@ class Receiver:
         self.stats["rejected"] += 1
         if self._reject_log.allow((e.kind, gateway)):
             more = self._reject_log.suppressed((e.kind, gateway))
-            log.warning("rejected a message from %s: %s (%s; further ones within %d min are only counted)",
-                        gateway or "?", e.reason, f"{more} more since the last report" if more else "first",
+            log.warning("rejected a message from %s: %s%s (more of this kind within %d min are only counted)",
+                        gateway or "?", e.reason, f"; {more} more were refused since the last report" if more else "",
                         REJECT_LOG_S // 60, exc_info=exc)
 
     def summary(self) -> str:
