@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -192,10 +193,8 @@ def demo_rss(minutes: float) -> tuple[float, float]:
                                 stderr=subprocess.DEVNULL)
         peak = 0
         while proc.poll() is None:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 peak = max(peak, _status_kib(proc.pid, "VmHWM"))
-            except (OSError, ValueError):
-                pass
             time.sleep(0.5)
     bare = subprocess.run([sys.executable, "-c", "print(next(line.split()[1] for line in open('/proc/self/status') "
                            "if line.startswith('VmHWM')))"], capture_output=True, text=True, check=True)
