@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # On a Pi the venv also sees Raspberry Pi OS's python3-lgpio (PyPI's lgpio has no wheels for Python 3.13: docs/install.md).
 VENV_FLAGS := $(if $(filter aarch64 armv7l,$(shell uname -m)),--system-site-packages,)
 
-.PHONY: demo test test-fast test-install test-install-debootstrap image-test test-arm64 lint typecheck pytest fuzz bench bench-sd clean system-deps
+.PHONY: demo test test-fast test-install test-install-debootstrap image-test test-arm64 lint typecheck pytest fuzz bench bench-quick bench-sd clean system-deps
 
 $(VENV_OK):
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -131,9 +131,14 @@ fuzz-atheris: $(DEV_STAMP)
 		rm -rf $$work $$work.log; \
 	done
 
+# Every benchmark in bench/, each figure beside its baseline, into bench/REPORT.md (bench/report.py; the full run
+# takes about 1.5 h on a 2-core machine, more the first time: it generates a 1,000,000-record ledger and installs
+# ThingsBoard's gateway into bench/.tb-venv). `make bench-quick` is a smoke run of every bench at small sizes.
 bench: $(DEV_STAMP) system-deps
-	$(BIN)/python bench/metering.py
-	$(BIN)/python bench/web_rss.py
+	$(BIN)/python -m bench.report
+
+bench-quick: $(DEV_STAMP) system-deps
+	$(BIN)/python -m bench.report --quick
 
 # The SD-card write budget: a compressed day of 9 appliances at 1 Hz (about 25 minutes at the default 60x).
 bench-sd: $(DEV_STAMP)

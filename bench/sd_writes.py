@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start-hour", type=float, default=5.0, help="local hour the run starts at (default 05:00)")
     ap.add_argument("--dir", default="/var/tmp", help="a disk-backed directory for the ledgers (default /var/tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the ledger (its path is printed)")
+    ap.add_argument("--json", action="store_true", help="also print the figures as one JSON line (bench/report.py)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="koto-sd-", dir=args.dir))
@@ -230,6 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ours / records {ours / records:.1f}x (target <= 10x); ours {ours / MB:.3f} MB (target <= 1 MB); "
           f"naive / ours {naive / ours:.0f}x; naive measured at {per_sample:.0f} bytes/sample x "
           f"{samples_per_day:,.0f} samples/appliance-day")
+    if args.json:
+        from bench.figures import Figure, emit
+
+        emit("sd_writes", [
+            Figure("SD bytes per appliance-day", ours / MB, "MB", baseline=records / MB,
+                   baseline_name="the records' own bytes", target="<= 1 MB and <= 10x the records"),
+            Figure("SD bytes per appliance-day vs a naive store", ours / MB, "MB", baseline=naive / MB,
+                   baseline_name="naive store of every sample (SQLite row per reading)"),
+        ], argv=["--json"])
     ok = ours <= 1 * MB and ours <= 10 * records
     return 0 if ok else 1
 
