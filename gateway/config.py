@@ -58,7 +58,8 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENERGY_KINDS: tuple[Kind, ...] = ("register", "pulses", "power")
 CHECKPOINT_S = 300.0  # default `[gateway] checkpoint_s`
 RETAIN_DAYS = 90.0  # default `[gateway] retain_days`
-HOLD_S = 900.0  # default `[gateway] hold_s` (gateway/checkpointing.py)
+HOLD_S = 60.0  # default `[gateway] hold_s` (gateway/checkpointing.py)
+IDLE_INTERIM_S = 21_600  # default `[[appliance]] idle_interim_s`: an idle appliance's standby slice (6 h)
 WEB_PORT = 8080  # default `[gateway] web_port`: the household status page
 
 
@@ -173,6 +174,7 @@ class ApplianceConfig:
     max_gap_s: float = 60.0
     interim_s: int = 900
     channel: str = ""
+    idle_interim_s: int = IDLE_INTERIM_S
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     relay: dict[str, Any] | None = None
 
@@ -446,6 +448,7 @@ def _parse_appliance(at: _Table, aid: str, gateway_id: str, base: Path,
         imp_per_kwh=imp,
         max_gap_s=at.number("max_gap_s", 60, lo=1, hi=86_400),
         interim_s=int(at.number("interim_s", 900, lo=1, hi=86_400)),
+        idle_interim_s=int(at.number("idle_interim_s", IDLE_INTERIM_S, lo=1, hi=7 * 86_400)),
         channel=at.get("channel", str, "", what='the energy source\'s channel: "" (total), "L1", "L2", "L3"'),
         sources=sources,
         relay=relay,

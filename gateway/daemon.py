@@ -153,7 +153,7 @@ class Gateway:
             spec = EnergySpec(kind=app.energy_kind, source=app.energy, imp_per_kwh=app.imp_per_kwh or 1000,
                               max_gap_s=app.max_gap_s, channel=app.channel)
             self.meters[app.id] = ApplianceMeter(app.id, profile, energy=spec, policy=self.pricing,
-                                                 interim_s=app.interim_s,
+                                                 interim_s=app.interim_s, idle_interim_s=app.idle_interim_s,
                                                  state=self.ledger.checkpoint(meter_checkpoint_name(app.id)))
             self.subjects[app.id] = app.subject
         self.owner = cfg.source_owner()

@@ -5,7 +5,8 @@ Pure: no clock reads, no I/O, no threads. One meter per appliance and energy sou
 Segments. The meter keeps one *open segment* (a function running since a moment), cut into records:
 - `function`: the segment (or its last slice) when the function changes, a use ends, the source stops or goes stale;
 - `interim`: a slice every `interim_s` of a long segment (and a cut before a zero-length `gap` at an implausible
-  register jump), so the ledger never waits hours for a long function;
+  register jump), so the ledger never waits hours for a long function; outside any use (the appliance idle, its
+  standby) every `idle_interim_s` instead (default: the same), so idle hours make few records;
 - `gap`: energy for a time nobody watched (a restart, a stale source, an interval longer than `max_gap_s`, an
   implausible register jump), billed to no function and never dropped.
 Per source these tile time in emission order (each record starts where the previous one ended; a reboot's gap has
@@ -80,9 +81,14 @@ class ApplianceMeter:
                  "detector", "policy", "profile", "spec", "state")
 
     def __init__(self, appliance: str, profile: Profile, *, energy: EnergySpec, policy: Policy | None = None,
-                 interim_s: int = 900, state: dict[str, Any] | None = None) -> None:
+                 interim_s: int = 900, idle_interim_s: int | None = None,
+                 state: dict[str, Any] | None = None) -> None:
         if interim_s <= 0:
             raise ValueError(f"interim_s must be > 0, not {interim_s!r}")
+        if idle_interim_s is not None and idle_interim_s <= 0:
+            raise ValueError(f"idle_interim_s must be > 0, not {idle_interim_s!r}")
+        if profile.cycle is None:  # no uses to tell idle time by: every segment is sliced at interim_s
+            idle_interim_s = None
         self.appliance = appliance
         self.profile = profile
         self.spec = energy
@@ -106,7 +112,8 @@ class ApplianceMeter:
         self._recorder = Recorder(appliance, energy, policy, self.state, self._items)
         self._segments = Segments(appliance, self.state, self.detector, self._recorder, self._ev, policy=policy,
                                   interim_ns=int(interim_s) * 1_000_000_000, power_kind=self._power_kind,
-                                  settles=self._settles)
+                                  settles=self._settles,
+                                  idle_interim_ns=None if idle_interim_s is None else int(idle_interim_s) * 10**9)
         # A restored meter calls the first silence before any new reading a restart, whatever its length.
         self._restored_at: int | None = None
         if cp is not None:

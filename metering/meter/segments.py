@@ -24,12 +24,12 @@ MAX_LAG_NS = 10_000_000_000  # a register showing energy later than this is not 
 class Segments:
     """The segment side of one meter: shares `state` and the `events` list with it, makes records by `recorder`."""
 
-    __slots__ = ("_interim_ns", "_power_kind", "_settles", "appliance", "detector", "events", "policy", "recorder",
-                 "state")
+    __slots__ = ("_idle_interim_ns", "_interim_ns", "_power_kind", "_settles", "appliance", "detector", "events",
+                 "policy", "recorder", "state")
 
     def __init__(self, appliance: str, state: MeterState, detector: Detector, recorder: Recorder,
                  events: list[MeterEvent], *, policy: Policy | None, interim_ns: int, power_kind: bool,
-                 settles: bool = False) -> None:
+                 settles: bool = False, idle_interim_ns: int | None = None) -> None:
         self.appliance = appliance
         self.state = state
         self.detector = detector
@@ -37,6 +37,7 @@ class Segments:
         self.events = events
         self.policy = policy
         self._interim_ns = interim_ns
+        self._idle_interim_ns = interim_ns if idle_interim_ns is None else idle_interim_ns  # (outside a use)
         self._power_kind = power_kind
         self._settles = settles  # a register: closed slices wait for late steps (see `settling`)
 
@@ -48,9 +49,14 @@ class Segments:
 
     def open(self, at: Now) -> Segment:
         st = self.state
-        seg = st.seg = Segment(self.detector.function, st.cycle_id, at, at.mono_ns + self._interim_ns)
+        seg = st.seg = Segment(self.detector.function, st.cycle_id, at, at.mono_ns + self._due_after())
         st.stopped = False
         return seg
+
+    def _due_after(self) -> int:
+        """How long an open segment runs before an interim slice is cut: `interim_s` in a use, `idle_interim_s`
+        outside one (the appliance idle: its standby energy waits longer for a record, and is never lost)."""
+        return self._interim_ns if self.state.cycle_id else self._idle_interim_ns
 
     def close(self, kind: RecordKind, end: Now) -> Slice:
         """Close the open segment at `end`: emit it (power kind, or nothing to wait for) or hold it for the next
@@ -96,7 +102,7 @@ class Segments:
             if mk is not None:
                 new.mark = Mark(at, 0, max(mk.peak_mw, peak))
         else:
-            seg.due_ns = at.mono_ns + self._interim_ns
+            seg.due_ns = at.mono_ns + self._due_after()
 
     def switch(self, at: Now, p: int) -> None:
         """The detector switched to its current function at `at` (or back at the open segment's mark)."""
@@ -142,7 +148,9 @@ class Segments:
             if st.seg is not None:
                 if rise_ns is not None:
                     self.split_at_mark(rise_ns)
-                self.current().cycle_id = cid
+                seg = self.current()
+                seg.cycle_id = cid
+                seg.due_ns = min(seg.due_ns, seg.start.mono_ns + self._interim_ns)  # (in a use now)
             st.uses[cid] = None
             self.events.append(MeterEvent("cycle_started", self.appliance, fn, p, at.wall,
                                           f"{self.appliance}: use started ({fn}, {watts(p)})"))
