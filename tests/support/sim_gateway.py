@@ -46,6 +46,7 @@ from .anchored_clock import AnchoredClock
 
 PLAN_ENV = "KOTO_SIM_PLAN"
 TRACEMALLOC_ENV = "KOTO_SIM_TRACEMALLOC"  # seconds between tracemalloc reports (leak hunting; slows the child)
+MALLOC_TRIM_ENV = "KOTO_SIM_MALLOC_TRIM"  # set: glibc malloc_trim(0) before each probe (free-but-kept vs live memory)
 SNAPSHOT_NAME = "ledger.db"
 
 
@@ -179,7 +180,14 @@ class Sim:
 
     async def _probe(self) -> None:
         out = self.plan.control / "probe.json"
+        trim = None
+        if os.environ.get(MALLOC_TRIM_ENV):
+            import ctypes
+
+            trim = ctypes.CDLL("libc.so.6").malloc_trim
         while True:
+            if trim is not None:
+                trim(0)
             tmp = out.with_suffix(".tmp")
             tmp.write_text(json.dumps({"pid": os.getpid(), "tasks": len(asyncio.all_tasks()), "sim_s": self.t()}))
             os.replace(tmp, out)
