@@ -118,7 +118,7 @@ fuzz: $(DEV_STAMP) system-deps
 ATHERIS_RUNS ?= 100000
 ATHERIS_TARGETS ?= lineproto modbus bthome downlink config profile
 fuzz-atheris: $(DEV_STAMP)
-	-@$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/pip install -q 'atheris>=2.3,<3'
+	-@$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/pip install -q 'atheris>=2.3,<4'
 	@for t in $(ATHERIS_TARGETS); do \
 		work=$$(mktemp -d /tmp/koto-atheris-$$t.XXXXXX); \
 		echo "atheris $$t: $(ATHERIS_RUNS) runs from tests/fuzz_corpus/$$t"; \

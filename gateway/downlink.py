@@ -106,8 +106,8 @@ class DownlinkHandler:
         self.max_bytes = max_bytes
         self.counts: dict[str, int] = {"applied": 0, "duplicate": 0, "rejected": 0}
         self._sections: dict[str, Callable[[], dict[str, Any]]] = {}
-        # One line per kind of outcome a minute: a flood of bad commands is counted (`counts`), and each still gets
-        # its reply with the reason, but the journal is not filled with it.
+        # At most one line a minute per outcome (rejected, duplicate): a flood of bad commands is counted (`counts`)
+        # and each still gets its reply with the reason, but the journal is not filled with it.
         self._rl = RateLimitedLog(log)
 
     # -- state --------------------------------------------------------------------------------------------------
@@ -147,7 +147,7 @@ class DownlinkHandler:
             self._rl.warning(status, "downlink command %s %s: %s", cmd_id or "(unparseable)", status, reason)
         except Exception as e:  # e.g. the ledger could not commit: nothing was applied, say so and carry on
             status, reason = "rejected", f"could not apply the command now ({type(e).__name__}: {e})"
-            self._rl.warning("error", "downlink command %s not applied: %s", cmd_id, reason)
+            log.error("downlink command %s not applied: %s", cmd_id, reason)
         self.counts[status] = self.counts.get(status, 0) + 1
         reply = {"ack_of": cmd_id, "status": status, "reason": reason, "dseq": dseq, "gateway": self.gateway_id,
                  "time": rfc3339(self.clock.now().wall)}

@@ -128,7 +128,7 @@ class Profile:
         return [f.name for f in self.functions] + [self.unmatched]
 
 
-MAX_SECONDS = 366 * 86_400  # a dwell or cycle time longer than a year is a typo; and keeps ns below 2**53
+MAX_SECONDS = 100 * 86_400  # a dwell or cycle time beyond 100 days is a typo; and keeps ns below 2**53 (104 days)
 MAX_WATTS = 10_000_000  # 10 MW: above any appliance; keeps mW far below 2**53 (a record's integer limit)
 
 
@@ -136,7 +136,7 @@ def _s_to_ns(file: str, key: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
         raise ProfileError(file, key, f"must be a number of seconds >= 0, got {v!r}")
     if v > MAX_SECONDS:  # 1e308 s would overflow to inf in nanoseconds (found by fuzzing)
-        raise ProfileError(file, key, f"must be at most {MAX_SECONDS} seconds (a year), got {v!r}")
+        raise ProfileError(file, key, f"must be at most {MAX_SECONDS} seconds (100 days), got {v!r}")
     return round(v * 1_000_000_000)
 
 

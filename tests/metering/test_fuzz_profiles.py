@@ -108,6 +108,7 @@ edit = st.tuples(st.integers(0, 2), st.integers(0, 10**6), st.sampled_from(KEYS)
 @fuzz_settings(1000)
 @given(name=st.sampled_from(NAMES), edits=st.lists(edit, min_size=1, max_size=3))
 @example(name="kettle", edits=[(2, 0, "", 1)])
+@example(name="fridge_freezer", edits=[(0, 2850, "name", 9007200)])  # min_on_s = 104.25 days: ns beyond 2**53
 def test_a_profile_with_wrong_values_anywhere_is_a_named_error_or_consistent(
         name: str, edits: list[tuple[int, int, str, Any]]) -> None:
     doc = mutate(DOCS[name], edits)
