@@ -211,10 +211,11 @@ async def test_a_pty_full_of_random_bytes_is_survived_counted_and_good_lines_sti
         async with src:
             async def feed() -> None:
                 await asyncio.sleep(0.1)
+                # Written from a thread: a full pty buffer blocks os.write until the source reads, and the source
+                # reads on this event loop (writing here deadlocked a loaded machine).
                 for i in range(0, len(junk), 997):
-                    os.write(fd, junk[i:i + 997])
-                    await asyncio.sleep(0)
-                os.write(fd, b"\nP:42.5\n")
+                    await asyncio.to_thread(os.write, fd, junk[i:i + 997])
+                await asyncio.to_thread(os.write, fd, b"\nP:42.5\n")
 
             feeder = asyncio.create_task(feed())
             async with asyncio.timeout(20):
