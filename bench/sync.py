@@ -42,7 +42,7 @@ from koto.clock import SystemClock
 from koto.net import parse_broker_url, tls_context
 from koto.signing import public_pem
 from metering.ledger import Ledger
-from tests.support.broker import Mosquitto
+from tests.support.broker import DEFAULT_ACL, Mosquitto
 from tests.support.gw_child import append_usage, device_key, open_ledger
 from tests.support.pki import TestPKI
 
@@ -114,6 +114,10 @@ def open_cloud_store(args: argparse.Namespace, tmp: Path) -> tuple[Store, str]:
     return PostgresStore(args.pg, schema=schema), db
 
 
+def receiver_cn(i: int) -> str:
+    return "koto-receiver" if i == 0 else f"koto-receiver-{i + 1}"
+
+
 def start_peers(args: argparse.Namespace, broker: Mosquitto, tmp: Path, db: str,
                 rx_kw: dict[str, Any]) -> list[subprocess.Popen[bytes]]:
     """The acking side in processes of its own: `koto-cloud serve` (one per `--receivers`) or the null acker.
@@ -128,8 +132,12 @@ def start_peers(args: argparse.Namespace, broker: Mosquitto, tmp: Path, db: str,
     for i in range(args.receivers):  # the receiver as deployed
         cmd = [sys.executable, "-m", "cloud.cli", "serve", "--broker", broker.url, "--db", db,
                "--client-id", f"rx-bench-{i}"]
-        for k, v in rx_kw.items():
-            cmd += [f"--{k}", str(v)]
+        kw = dict(rx_kw)
+        if broker.pki is not None and i > 0:  # the broker binds the client id to the CN: a certificate each
+            pair = broker.pki.client(receiver_cn(i))
+            kw.update(cert=pair.cert, key=pair.key)
+        for k, v in kw.items():
+            cmd += [f"--{ {'cert': 'tls-cert', 'key': 'tls-key'}.get(k, k) }", str(v)]
         procs.append(subprocess.Popen(cmd, env=env))
     return procs
 
@@ -182,7 +190,9 @@ async def measure_outage(sync: Sync, ledger: Ledger, broker: Mosquitto, away_s: 
 async def run(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="koto-bench-sync-"))
     pki = TestPKI(tmp / "pki") if args.tls else None
-    broker = Mosquitto(tmp / "broker", pki=pki)
+    extra = "".join(f"\nuser {receiver_cn(i)}\ntopic read koto/v1/+/up/#\ntopic write koto/v1/+/down/ack\n"
+                    for i in range(1, args.receivers))  # deploy/mosquitto/README: a user block per receiver
+    broker = Mosquitto(tmp / "broker", pki=pki, acl=DEFAULT_ACL + extra)
     if args.broker_nodelay:
         broker.conf.write_text(broker.conf.read_text() + "set_tcp_nodelay true\n")
     with broker:
