@@ -261,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
               f"writes {s['write_mb_per_meter_day']:.3f} MB per meter-day")
         figs += [("daemon CPU per appliance at 1 Hz", s["cpu_pct_per_meter"], "% of a core",
                   s["base_cpu_pct_per_meter"], "bare pymodbus poller, same meters", "<= 0.1 %", ""),
-                 ("daemon RSS, 8 Modbus meters", s["hwm_mib"], "MiB", s["base_rss_mib"], "bare pymodbus poller", "",
-                  ""),
+                 (f"daemon RSS, {a.meters} Modbus meters", s["hwm_mib"], "MiB", s["base_rss_mib"],
+                  "bare pymodbus poller", "", ""),
                  ("daemon SD writes per meter-day (steady, 1 Hz)", s["write_mb_per_meter_day"], "MB", None, "", "",
                   "write_bytes over the steady window")]
     if "demo" not in skip:

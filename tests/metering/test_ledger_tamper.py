@@ -6,6 +6,7 @@ row, rows deleted or swapped) and by flipping bytes of the database file itself.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,6 +111,22 @@ def test_every_column_of_the_row_changed_is_caught(
         raw.execute(f"UPDATE records SET {column}=? WHERE seq=?", (changed, seq))
         assert_names(reader, key, seq, f"seq {seq} column {column}")
         raw.execute(f"UPDATE records SET {column}=? WHERE seq=?", (value, seq))
+    assert reader.verify(key.public_key()).ok
+
+
+@pytest.mark.parametrize("value", ["2026-12-05T10:00:00.000Z", 2**62, -(2**62), None, 1.5])
+def test_a_time_column_of_another_type_or_beyond_any_clock_is_named_not_raised(
+    reader: Ledger, raw: sqlite3.Connection, key: PrivateKey, value: object
+) -> None:
+    """The time check formats the column to compare it with the record's `time`: a value that cannot be formatted
+    (text, NULL, a float, an integer no calendar reaches) is a mismatch like any other, never an exception."""
+    (seq,) = raw.execute("SELECT max(seq) FROM records").fetchone()
+    (old,) = raw.execute("SELECT t_end_ms FROM records WHERE seq=?", (seq,)).fetchone()
+    raw.execute("PRAGMA ignore_check_constraints=ON")
+    with contextlib.suppress(sqlite3.IntegrityError):  # NOT NULL refuses NULL: nothing to check then
+        raw.execute("UPDATE records SET t_end_ms=? WHERE seq=?", (value, seq))
+        assert_names(reader, key, seq, f"t_end_ms {value!r}")
+    raw.execute("UPDATE records SET t_end_ms=? WHERE seq=?", (old, seq))
     assert reader.verify(key.public_key()).ok
 
 
