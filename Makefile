@@ -52,6 +52,9 @@ system-deps:
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends netplan.io )
 	@command -v shellcheck >/dev/null 2>&1 || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q shellcheck )
+	@# The cluster chaos test (tests/cluster) starts its own RabbitMQ nodes from Debian's rabbitmq-server.
+	@[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || \
+		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q rabbitmq-server )
 	@command -v mcopy >/dev/null 2>&1 && { command -v mkfs.fat >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.fat ]; } || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mtools dosfstools )
 

@@ -306,6 +306,9 @@ def usage(gateway: str, db: str, as_json: bool) -> None:
                    f"{s['duration_ms'] / 60000:.1f} min")
 
 
+from . import cli_amqp  # noqa: E402, F401 - registers `serve-amqp` (the RabbitMQ transport) on the group
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 1 a failure said in plain words, 2 a usage error)."""
     try:
