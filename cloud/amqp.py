@@ -235,7 +235,7 @@ class AmqpLink:
             if to <= self._acked:
                 continue
             try:
-                await self._rx.channel.basic_ack(to, multiple=True)
+                await (await self._rx.get_underlay_channel()).basic_ack(to, multiple=True)
             except Exception as e:
                 self._lose(BrokerError(self.name, f"cannot ack deliveries: {e}"))
                 return
