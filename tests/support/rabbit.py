@@ -100,6 +100,13 @@ class RabbitNode:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def beam_pid(self) -> int | None:
+        """The Erlang VM's pid (the rabbitmq-server script's child), from the node's pid file; None if not running."""
+        try:
+            return int((self.root / "pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
     def ctl(self, *args: str, timeout: float = 60.0, check: bool = True) -> str:
         out = subprocess.run([str(BIN / "rabbitmqctl"), "-n", self.name, *args], env=self.env, capture_output=True,
                              text=True, timeout=scaled(timeout))
