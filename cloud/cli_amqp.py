@@ -14,10 +14,10 @@ import click
 
 from koto.loop import install_exception_handler
 
-from .cli import DB_HELP, _store, cli
+from .cli import DB_HELP, EPILOG, _store, cli
 
 
-@cli.command("serve-amqp")
+@cli.command("serve-amqp", epilog=EPILOG)
 @click.option("--amqp", "urls", required=True, multiple=True,
               help="amqp://user:password@host:5672/ of a cluster node; repeat it for every node (tried in turn)")
 @click.option("--db", required=True, help=DB_HELP)
