@@ -17,7 +17,7 @@ from koto.clock import SystemClock
 from koto.signing import public_pem
 from tests.support.cloudpeer import until
 from tests.support.gw_child import append_usage, device_key, open_ledger
-from tests.support.rabbit import RabbitCluster, rabbit_available
+from tests.support.rabbit import rabbit_available
 
 pytestmark = [
     pytest.mark.slow,
@@ -26,13 +26,14 @@ pytestmark = [
 GW = "gw-rabbit"
 
 
-async def test_a_real_gateway_on_mqtt_311_is_stored_and_acked_through_its_head(tmp_path, pg_dsn):
+async def test_a_real_gateway_on_mqtt_311_is_stored_and_acked_through_its_head(tmp_path, pg_dsn, rabbit):
     ledger = open_ledger(tmp_path / "gw", GW)
     append_usage(ledger, 120, batch=40)
-    with RabbitCluster(tmp_path / "rabbit", nodes=1) as rc, PostgresStore(pg_dsn, schema="rabbit") as store:
+    with PostgresStore(pg_dsn, schema="rabbit") as store:
         store.register(GW, public_pem(device_key(tmp_path / "gw")))
-        node = rc.nodes[0]
-        transport = AmqpTransport([node.amqp_url], Topology(shards=2), standby_after_s=0.1)
+        node = rabbit.nodes[0]
+        # The package's cluster is shared with the chaos test: the same shard count, so every shard has a consumer.
+        transport = AmqpTransport(rabbit.amqp_urls, Topology(shards=4), standby_after_s=0.1)
         rx = Receiver(store, ReceiverConfig(broker="mqtt://127.0.0.1:1"), transport=transport)
         cfg = SyncConfig(gateway_id=GW, broker=node.mqtt_url, protocol=311)
         async with rx, Sync(cfg, ledger, clock=SystemClock(), version="test") as sync:
