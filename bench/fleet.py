@@ -307,10 +307,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds a burst may take")
     ap.add_argument("--mosquitto", action="store_true", help="also run on one Mosquitto with $share receivers")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.gateways, args.burst_gateways, args.burst_records = 100, 20, 200
-        args.rate, args.steady_s, args.receivers = 50.0, 10.0, "1,2"
-        args.per_link = 25
+    if args.quick:  # smaller defaults; an option given on the command line still wins
+        quick = {"gateways": 100, "burst_gateways": 20, "burst_records": 200, "rate": 50.0, "steady_s": 10.0,
+                 "receivers": "1,2", "per_link": 25}
+        for name, value in quick.items():
+            if getattr(args, name) == ap.get_default(name):
+                setattr(args, name, value)
     args.receivers = [int(x) for x in str(args.receivers).split(",")]
     return args
 

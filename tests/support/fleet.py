@@ -104,10 +104,14 @@ class SimGateway:
 
 
 class FleetLink:
-    """One MQTT 3.1.1 connection carrying `gateways`; reconnects (to the next URL) after any loss, forever."""
+    """One MQTT 3.1.1 connection carrying `gateways`; reconnects (to the next URL) after any loss, forever.
+
+    `ack_timeout_s` defaults to the gateway's own (`[cloud] ack_timeout_s`, 15 s): shorter, a slow cloud gets every
+    unacked record again while it is still working through the first copy.
+    """
 
     def __init__(self, urls: Sequence[str], gateways: Sequence[SimGateway], *, client_id: str, window: int = 100,
-                 ack_timeout_s: float = 5.0, tick_s: float = 0.02) -> None:
+                 ack_timeout_s: float = 15.0, tick_s: float = 0.02) -> None:
         self.urls = list(urls)
         self.gateways = {g.gw: g for g in gateways}
         self.client_id = client_id
