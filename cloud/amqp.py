@@ -70,6 +70,12 @@ class AmqpTransport:
         return AmqpLink(self, order)
 
 
+def _really_cancelled() -> bool:
+    """Whether the current task is being cancelled (rather than a library cancelling a call it gave up on)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def _host(url: str) -> str:
     rest = url.split("://", 1)[-1]
     return rest.split("@", 1)[-1].rstrip("/")
@@ -131,6 +137,12 @@ class AmqpLink:
         except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as e:
             await self._close()
             raise BrokerError(self.name, f"cannot set up the queues: {type(e).__name__}: {e}") from e
+        except asyncio.CancelledError:
+            await self._close()
+            if _really_cancelled():
+                raise
+            # aiormq cancels the calls waiting on a connection that closes under them: that is a broker loss.
+            raise BrokerError(self.name, "the connection closed while setting up the queues") from None
         except BaseException:
             await self._close()
             raise
@@ -179,6 +191,11 @@ class AmqpLink:
         for i in shards:
             try:
                 await self._consume(self.t.topology.shard_queue(i))
+            except asyncio.CancelledError:
+                if _really_cancelled():
+                    raise
+                self._lose(BrokerError(self.name, f"the connection closed while consuming shard {i}"))
+                return
             except Exception as e:  # the connection went meanwhile: the receiver reconnects
                 self._lose(BrokerError(self.name, f"cannot consume shard {i}: {e}"))
                 return
