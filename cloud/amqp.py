@@ -245,6 +245,11 @@ class AmqpLink:
             self._ack_to = top
             self._ack_wake.set()
 
+    @property
+    def settled_through(self) -> int:
+        """The highest delivery tag that is settled along with every tag before it (what the broker gets acked)."""
+        return self._ack_to
+
     async def _acker(self) -> None:
         """One basic.ack(multiple) per wake-up, in increasing tag order (never a tag twice: that closes the channel)."""
         while True:
