@@ -159,6 +159,8 @@ class RabbitCluster:
             RABBITMQ_ENABLED_PLUGINS_FILE=str(self.folder / "enabled_plugins"),
             RABBITMQ_LOGS="-",  # the console: kept in the node's folder by Popen below
             ERL_EPMD_ADDRESS="127.0.0.1",
+            # Erlang distribution (clustering, rabbitmqctl) on loopback only, like every other listener here.
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
         )
         return env
 
