@@ -143,10 +143,13 @@ def serve(broker: str, ca: Path | None, tls_cert: Path | None, tls_key: Path | N
         install_exception_handler(asyncio.get_running_loop())
         rx = Receiver(store, config, forwarder=fwd)
         task = asyncio.create_task(rx.run())
-        await rx.ready.wait()
-        click.echo(f"koto-cloud: ready, receiving on {broker}", err=False)
-        sys.stdout.flush()
-        await task
+        try:
+            await rx.ready.wait()
+            click.echo(f"koto-cloud: ready, receiving on {broker}", err=False)
+            sys.stdout.flush()
+            await task
+        finally:
+            logging.getLogger("koto.cloud.receiver").info("stopping: %s", rx.summary())
 
     try:
         asyncio.run(main())

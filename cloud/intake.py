@@ -149,6 +149,8 @@ def _text(msg: dict[str, Any], name: str, what: str) -> str:
     value = msg.get(name)
     if not isinstance(value, str):
         raise Rejected("malformed", f"{what} field {name!r} is missing or not a string")
+    if "\x00" in value:  # a "\u0000" escape: stored in a column, and PostgreSQL's text cannot hold a NUL
+        raise Rejected("malformed", f"{what} field {name!r} contains a NUL character")
     if not value.isascii():
         try:
             value.encode("utf-8")

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("koto.cloud.receiver")
 T = TypeVar("T")
+STATS_LOG_S = 600  # a summary line (stored, refused per kind) at most this often, when something changed
 REJECT_LOG_S = 3600  # a refused message is logged once per kind and gateway per hour; the others only counted
 REJECT_KINDS = ("malformed", "too_large", "too_deep", "out_of_range", "wrong_topic", "unknown_gateway",
                 "bad_signature", "bad_key", "internal_error")
@@ -134,28 +135,32 @@ class Receiver:
         if self.forwarder is not None and self._fwd_task is None:
             self._fwd_task = asyncio.create_task(self.forwarder.run(self.store, self._db, self.committed))
         backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_cap_s)
-        while True:
-            try:
-                async with self._connection() as conn:
-                    if isinstance(conn, Connection):
-                        await self._subscribe(conn)
-                    backoff.reset()
-                    self.ready.set()
-                    if self.transport is not None:
-                        log.info("receiving on %s", self.transport.name)
-                    else:
-                        log.info("receiving on %s (shared group %r)", self.config.broker, self.config.group)
-                    try:
-                        await self._consume(conn)
-                    finally:
-                        if self._batch:  # keep what was read; the acks go out after the next birth/resend
-                            await self._commit()
-            except BrokerError as e:
-                self.ready.clear()
-                self.stats["disconnects"] += 1
-                delay = backoff.next()
-                log.warning("%s; reconnecting in %.1f s", e, delay)
-                await asyncio.sleep(delay)
+        reporter = asyncio.create_task(self._report_every(STATS_LOG_S), name="koto-receiver-stats")
+        try:
+            while True:
+                try:
+                    async with self._connection() as conn:
+                        if isinstance(conn, Connection):
+                            await self._subscribe(conn)
+                        backoff.reset()
+                        self.ready.set()
+                        if self.transport is not None:
+                            log.info("receiving on %s", self.transport.name)
+                        else:
+                            log.info("receiving on %s (shared group %r)", self.config.broker, self.config.group)
+                        try:
+                            await self._consume(conn)
+                        finally:
+                            if self._batch:  # keep what was read; the acks go out after the next birth/resend
+                                await self._commit()
+                except BrokerError as e:
+                    self.ready.clear()
+                    self.stats["disconnects"] += 1
+                    delay = backoff.next()
+                    log.warning("%s; reconnecting in %.1f s", e, delay)
+                    await asyncio.sleep(delay)
+        finally:
+            reporter.cancel()
 
     def _connection(self) -> AbstractAsyncContextManager[Link]:
         """A new connection (the TLS files are read again for each, so renewed certificates are picked up)."""
@@ -291,9 +296,26 @@ class Receiver:
         self.stats["rejected"] += 1
         if self._reject_log.allow((e.kind, gateway)):
             more = self._reject_log.suppressed((e.kind, gateway))
-            log.warning("rejected a message from %s: %s (%s; further ones within %d min are only counted)",
-                        gateway or "?", e.reason, f"{more} more since the last report" if more else "first",
+            log.warning("rejected a message from %s: %s%s (more of this kind within %d min are only counted)",
+                        gateway or "?", e.reason, f"; {more} more were refused since the last report" if more else "",
                         REJECT_LOG_S // 60, exc_info=exc)
+
+    def summary(self) -> str:
+        """One line for the journal: what was stored and what was refused, per kind, since the start."""
+        st = self.stats
+        refused = ", ".join(f"{k} {n}" for k, n in self.rejections().items())
+        return (f"stored {st['stored']} records ({st['duplicates']} duplicates) in {st['commits']} commits, "
+                f"{st['births']} births, {st['replies']} replies; refused {st['rejected']}"
+                + (f": {refused}" if refused else ""))
+
+    async def _report_every(self, period_s: float) -> None:
+        """Log `summary()` every `period_s` while anything changes, so the journal shows refusals by kind."""
+        last: dict[str, int] = {}
+        while True:
+            await asyncio.sleep(period_s)
+            if dict(self.stats) != last:
+                last = dict(self.stats)
+                log.info("receiver: %s", self.summary())
 
     def rejections(self) -> dict[str, int]:
         """Refused messages so far, per kind (malformed, too_large, too_deep, out_of_range, wrong_topic,
@@ -342,7 +364,10 @@ class Receiver:
                 raise
             except Exception as e:  # a deadlock or lock timeout between receivers: retry the whole batch
                 if attempt == 4:
-                    raise
+                    if isinstance(e, OSError | MemoryError) or self.store.is_outage(e) or len(batch) == 1:
+                        raise
+                    res = await self._commit_one_by_one(batch)
+                    break
                 log.warning("commit of %d records failed (%s); retrying", len(batch), e)
                 await asyncio.sleep(0.05 * (attempt + 1))
         self.stats["stored"] += len(res.inserted)
@@ -360,6 +385,26 @@ class Receiver:
                           gw, epoch, seq, seq - 1)
         self.committed.set()
         return res
+
+    async def _commit_one_by_one(self, batch: list[Event]) -> CommitResult:
+        """A batch that fails for a reason other than an outage holds a record the store cannot take: commit the
+        records one at a time, refuse (count, log once) the ones that fail, so one record cannot stop the rest."""
+        out = CommitResult()
+        for ev in batch:
+            try:
+                res = await self._in_store(self.store.commit, [ev])
+            except Exception as e:
+                if isinstance(e, OSError | MemoryError) or self.store.is_outage(e):
+                    raise
+                self._reject(ev.gateway, Rejected("internal_error", f"record {ev.id} could not be stored "
+                                                                    f"({type(e).__name__}: {str(e)[:200]})"), exc=e)
+                continue
+            out.inserted += res.inserted
+            out.duplicates += res.duplicates
+            out.conflicts += res.conflicts
+            out.acks += res.acks
+            out.breaks += res.breaks
+        return out
 
     async def _flush(self, conn: Link) -> None:
         """Commit everything received so far (after any commit in progress), then ack what it made durable."""

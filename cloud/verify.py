@@ -111,6 +111,8 @@ def parse_event(payload: bytes) -> Event:
         raise Rejected("malformed", f"fields {', '.join(repr(k[:40]) for k in extra[:5])} are not in the contract")
     if ev["datacontenttype"] != "application/json" or not ev["subject"]:
         raise Rejected("malformed", "datacontenttype is not 'application/json' or subject is empty")
+    if "\x00" in ev["subject"]:  # stored in a column of its own: PostgreSQL's text cannot hold a NUL
+        raise Rejected("malformed", "subject contains a NUL character")
     if not _TIME.fullmatch(ev["time"]):
         raise Rejected("malformed", f"time {ev['time'][:40]!r} is not an RFC 3339 time")
     if not _SIG.fullmatch(ev["sig"]):

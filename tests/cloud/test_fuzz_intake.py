@@ -199,6 +199,10 @@ def test_any_topic_is_refused_or_an_uplink_kind(topic: str, payload: bytes) -> N
     (TOPIC["reply"], json.dumps({**valid_reply(), "reason": "\ud800"}).encode(), "malformed"),
     (TOPIC["reply"], json.dumps({**valid_reply(), "dseq": "9" * 17}).encode(), "out_of_range"),
     (TOPIC["reply"], b'{"ack_of":NaN}', "malformed"),
+    # A "\u0000" in a field stored in a column of its own: PostgreSQL's text refuses NUL, and a batch that cannot be
+    # committed would stop the receiver.
+    (TOPIC["usage"], json.dumps({**valid_record(), "subject": "urn:koto:appliance:\u0000"}).encode(), "malformed"),
+    (TOPIC["reply"], json.dumps({**valid_reply(), "reason": "\u0000"}).encode(), "malformed"),
     # Found by the fuzzing: a lone surrogate in a key of a record's data (UnicodeEncodeError from the encoder).
     (TOPIC["usage"], json.dumps({**valid_record(), "data": {**valid_record()["data"], "\ud800": 1}}).encode(),
      "malformed"),

@@ -35,6 +35,7 @@ async def test_a_30kb_record_of_nested_json_is_refused_and_the_receiver_goes_on(
         await gw.wait_ack(3)
     assert store.count() == 3 and store.birth("gw-1") is None and store.replies("gw-1") == []
     assert rx.rejections() == {"too_deep": 4}
+    assert rx.summary().endswith("; refused 4: too_deep 4")  # the line `koto-cloud serve` logs
     assert sum("more than 32 levels deep" in r.message for r in caplog.records) == 1  # once per kind and gateway
 
 
@@ -132,3 +133,44 @@ def test_rejections_are_rate_limited_per_kind_and_gateway():
     for i in range(100):  # ever-new gateways: the memory stays bounded
         rl.allow(("malformed", f"gw-x{i}"))
     assert len(rl._last) <= 4
+
+
+async def test_a_signed_record_postgresql_could_not_store_is_refused_not_a_stuck_batch(broker, pg_dsn):
+    """A NUL in a record's subject (a "\\u0000" escape) cannot go into PostgreSQL's text column: the whole batch's
+    commit would fail, again and again, and stop the receiver. It is refused at the boundary instead."""
+    good = EventFactory("gw-1")
+    nul = EventFactory("gw-1", key=good.key, subject="urn:koto:appliance:\x00washer")
+    store = PostgresStore(pg_dsn, schema="koto_test_nul")
+    try:
+        store.register("gw-1", good.public_pem)
+        async with Receiver(store, ReceiverConfig(broker=broker.url)) as rx, GatewayPeer(broker, "gw-1") as gw:
+            await gw.publish(nul.chain(1))
+            await until(lambda: rx.stats["malformed"] == 1)
+            await gw.publish(good.chain(3))
+            await gw.wait_ack(3)
+        assert store.stored_seqs("gw-1", 1) == [1, 2, 3]
+    finally:
+        store.close()
+        PostgresStore(pg_dsn, schema="koto_test_nul").drop_schema()
+
+
+class StoreThatCannotTakeOneRecord(SqliteStore):
+    """A store that fails on one record (as PostgreSQL did on a NUL): no peer fails on demand, so this one does."""
+
+    def commit(self, events):  # type: ignore[no-untyped-def]
+        if any(ev.id == "1-2" for ev in events):
+            raise ValueError("this store cannot take record 1-2")
+        return super().commit(events)
+
+
+async def test_a_record_the_store_cannot_take_is_refused_and_the_rest_of_its_batch_stored(broker, tmp_path):
+    f = EventFactory("gw-1")
+    store = StoreThatCannotTakeOneRecord(tmp_path / "cloud.db")
+    store.register("gw-1", f.public_pem)
+    config = ReceiverConfig(broker=broker.url, linger_s=0.2)  # the three records share one batch
+    async with Receiver(store, config) as rx, GatewayPeer(broker, "gw-1") as gw:
+        await gw.publish(f.chain(3))
+        await until(lambda: rx.stats["internal_error"] == 1 and rx.stats["stored"] == 2)
+        await gw.wait_ack(1)
+    assert store.stored_seqs("gw-1", 1) == [1, 3]
+    assert max(a["acked_through"] for a in gw.acks) == 1  # never past the record it could not store
