@@ -103,6 +103,8 @@ class AmqpLink:
         self._ack_wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._consumed: set[str] = set()
+        self._acks: dict[str, bytes] = {}  # routing key -> the newest ack not yet handed to the broker
+        self._acks_wake = asyncio.Event()
 
     # -- connecting ----------------------------------------------------------------------------------------
     async def __aenter__(self) -> AmqpLink:
@@ -134,6 +136,7 @@ class AmqpLink:
                 await self._consume(self.t.topology.shard_queue(i))
             self._spawn(self._standby([i for i in range(self.t.topology.shards) if i not in preferred]))
             self._spawn(self._acker())
+            self._spawn(self._ack_publisher())
         except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as e:
             await self._close()
             raise BrokerError(self.name, f"cannot set up the queues: {type(e).__name__}: {e}") from e
@@ -218,10 +221,24 @@ class AmqpLink:
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, *, retain: bool = False,
                 content_type: str | None = None) -> None:
-        """Publish to amq.topic (the MQTT plugin delivers it on `topic`); the confirm is awaited in a task."""
+        """Queue a gateway's ack for amq.topic (the MQTT plugin delivers it on `topic`); a publisher task sends it.
+
+        Acks are cumulative, so a newer ack for a topic replaces one not yet sent: while the previous round of
+        publishes awaits its confirms, the acks of the commits made meanwhile collapse into one per gateway. The
+        receiver publishes nothing else through a link.
+        """
         if self._lost is not None:
             raise self._lost
-        self._spawn(self._publish(topic_to_key(topic), payload))
+        self._acks[topic_to_key(topic)] = payload
+        self._acks_wake.set()
+
+    async def _ack_publisher(self) -> None:
+        """Send the queued acks, one round at a time, each round's confirms awaited before the next."""
+        while True:
+            await self._acks_wake.wait()
+            self._acks_wake.clear()
+            pending, self._acks = self._acks, {}
+            await asyncio.gather(*(self._publish(key, payload) for key, payload in pending.items()))
 
     async def _publish(self, key: str, payload: bytes) -> None:
         import aio_pika
