@@ -12,7 +12,8 @@ which gives them to the next receiver of that shard; they are stored again as no
 
 The acks for gateways are published to `amq.topic` with routing key `koto.v1.{gw}.down.ack`, which the MQTT plugin
 delivers to the gateway's `koto/v1/{gw}/down/ack` subscription, on a channel with publisher confirms: a confirm that
-does not come is logged and the ack is re-sent by the next commit or birth, as on MQTT.
+does not come is logged and the ack is re-sent by the next commit or birth, as on MQTT. They go out in rounds:
+while one round awaits its confirms, the acks of later commits collapse into the newest per gateway.
 
 Each connection tries the given URLs in turn, starting after the one used last, so a receiver whose node died
 connects to a live one (the receiver's own loop reconnects with backoff on `BrokerError`). aio-pika is imported
