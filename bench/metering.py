@@ -128,6 +128,16 @@ def _build_rate(drafts: list[Draft], batch: int) -> float:
     return len(drafts) / (time.perf_counter() - t)
 
 
+FIGURES: list[object] = []  # bench.figures.Figure, when run under report.py (`--json`)
+
+
+def _figure(**kw: object) -> None:
+    if "--json" in sys.argv:
+        from bench.figures import Figure
+
+        FIGURES.append(Figure(**kw))  # type: ignore[arg-type]
+
+
 def bench_ledger(records: int = 5000, batches: tuple[int, ...] = (1, 10, 100), rounds: int = 3) -> None:
     """For each batch size: the ledger beside raw SQLite inserts of the same bytes; best of `rounds`, rounds
     alternating ledger and raw."""
@@ -151,6 +161,8 @@ def bench_ledger(records: int = 5000, batches: tuple[int, ...] = (1, 10, 100), r
                 f"batch {batch:>4}: ledger {best:>8,.0f} records/s; raw sqlite {best_raw:>8,.0f} records/s; "
                 f"ratio {best / best_raw:.2f}x ({n} records)"
             )
+            _figure(name=f"ledger append, batch {batch}", value=best, unit="records/s", baseline=best_raw,
+                    baseline_name="raw SQLite inserts of the same rows", note="every record ECDSA-signed, WAL, FULL")
             sign = 1e6 / _sign_rate(rows)
             build = 1e6 / max(_build_rate(drafts, batch) for _ in range(rounds))
             per_raw = 1e6 / best_raw
@@ -203,6 +215,8 @@ def bench_core(readings: int = 200_000, rounds: int = 3) -> tuple[float, float]:
         f"ratio {best_core / best_bare:.3f}x ({n:,} readings: washer, 1 s power + 10 s register, ticked; "
         f"{made:,} records, {sum(meter.rejected.values())} rejected; best of {rounds})"
     )
+    _figure(name="metering core", value=best_core, unit="readings/s", baseline=best_bare,
+            baseline_name="bare loop over the same readings")
     return best_core, best_bare
 
 
@@ -218,10 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--records", type=int, default=5000)
     p.add_argument("--batch", default="1,10,100", help="batch sizes for the ledger, comma-separated")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="also print the figures as one JSON line (bench/report.py)")
     args = p.parse_args(argv)
     for name, fn in SECTIONS.items():
         if args.section in (name, "all"):
             fn(args)
+    if args.json:
+        from bench.figures import emit
+
+        emit("metering", FIGURES, argv=["--json"])  # type: ignore[arg-type]
     return 0
 
 

@@ -122,7 +122,7 @@ def write_bytes() -> int:
     raise RuntimeError("/proc/self/io has no write_bytes")
 
 
-def config(state: Path, port: str) -> dict[str, Any]:
+def config(state: Path, port: str, overrides: dict[str, dict[str, float]]) -> dict[str, Any]:
     apps: list[dict[str, Any]] = []
     for i, aid in enumerate(REGISTER, start=1):
         apps.append({"id": aid, "profile": DAY[aid][0], "energy": f"{aid}-meter",
@@ -130,10 +130,14 @@ def config(state: Path, port: str) -> dict[str, Any]:
                                                   "baud": 9600, "poll_s": 1.0, "timeout_s": 0.3}}})
     apps.append({"id": "kettle-s0", "profile": "kettle", "energy": "kettle-pulses",
                  "sources": {"kettle-pulses": {"driver": "s0", "pin": S0_PIN, "imp_per_kwh": IMP_PER_KWH}}})
-    return {"gateway": {"id": "bench-gw", "state_dir": str(state), "timezone": "UTC"}, "appliance": apps}
+    for app in apps:
+        app.update(overrides.get("appliance", {}))
+    return {"gateway": {"id": "bench-gw", "state_dir": str(state), "timezone": "UTC", **overrides.get("gateway", {})},
+            "appliance": apps}
 
 
-async def run_day(state: Path, hours: float, speed: float, start_h: float) -> tuple[int, TappedGateway, float]:
+async def run_day(state: Path, hours: float, speed: float, start_h: float,
+                  overrides: dict[str, dict[str, float]]) -> tuple[int, TappedGateway, float]:
     """Run the gateway through `hours` of simulated use; returns (write_bytes over the run, the gateway, sim s)."""
     clock = ScaledClock(speed)
     t0 = clock.now().mono_ns
@@ -147,7 +151,7 @@ async def run_day(state: Path, hours: float, speed: float, start_h: float) -> tu
               for i, aid in enumerate(REGISTER, start=1)]
     factory = mock_factory()
     async with ModbusSimulator(meters) as bus:
-        cfg = parse_config(config(state, bus.port), file="<bench sd_writes>")
+        cfg = parse_config(config(state, bus.port, overrides), file="<bench sd_writes>")
         gw = TappedGateway(cfg, clock=clock, backends={"pin_factory": factory}, sync_enabled=False)
         gw.tap = []
         before = write_bytes()
@@ -196,13 +200,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start-hour", type=float, default=5.0, help="local hour the run starts at (default 05:00)")
     ap.add_argument("--dir", default="/var/tmp", help="a disk-backed directory for the ledgers (default /var/tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the ledger (its path is printed)")
+    ap.add_argument("--json", action="store_true", help="also print the figures as one JSON line (bench/report.py)")
+    ap.add_argument("--hold-s", type=float, help="[gateway] hold_s instead of the default")
+    ap.add_argument("--interim-s", type=float, help="[[appliance]] interim_s instead of the default")
+    ap.add_argument("--idle-interim-s", type=float, help="[[appliance]] idle_interim_s instead of the default")
     args = ap.parse_args(argv)
+    overrides: dict[str, dict[str, float]] = {"gateway": {}, "appliance": {}}
+    if args.hold_s is not None:
+        overrides["gateway"]["hold_s"] = args.hold_s
+    for key in ("interim_s", "idle_interim_s"):
+        if getattr(args, key) is not None:
+            overrides["appliance"][key] = getattr(args, key)
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="koto-sd-", dir=args.dir))
     try:
         state = work / "state"
         StateDir(state).provision()
-        written, gw, sim_s = asyncio.run(run_day(state, args.hours, args.speed, args.start_hour))
+        written, gw, sim_s = asyncio.run(run_day(state, args.hours, args.speed, args.start_hour, overrides))
         if written == 0:
             print(f"{args.dir}: nothing reached a block device (tmpfs?); use --dir on a disk", file=sys.stderr)
             return 2
@@ -230,6 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ours / records {ours / records:.1f}x (target <= 10x); ours {ours / MB:.3f} MB (target <= 1 MB); "
           f"naive / ours {naive / ours:.0f}x; naive measured at {per_sample:.0f} bytes/sample x "
           f"{samples_per_day:,.0f} samples/appliance-day")
+    if args.json:
+        from bench.figures import Figure, emit
+
+        emit("sd_writes", [
+            Figure("SD bytes per appliance-day", ours / MB, "MB", baseline=records / MB,
+                   baseline_name="the records' own bytes", target="<= 1 MB and <= 10x the records"),
+            Figure("SD bytes per appliance-day vs a naive store", ours / MB, "MB", baseline=naive / MB,
+                   baseline_name="naive store of every sample (SQLite row per reading)"),
+        ], argv=["--json"])
     ok = ours <= 1 * MB and ours <= 10 * records
     return 0 if ok else 1
 

@@ -249,6 +249,16 @@ def report(args: argparse.Namespace, cfg: SyncConfig, fig: Figures, *, in_proces
               f"{cfg.backoff_cap_s} s)")
     print(f"  receiver holds every seq exactly once: {fig.stored_once}; resends {fig.resends}, "
           f"ack mismatches {fig.ack_mismatches}")
+    if args.json:
+        from bench.figures import Figure, emit
+
+        figs = [Figure("sync drain until acked", drain_rate, "records/s", baseline=raw_rate,
+                       baseline_name="raw aiomqtt QoS 1 publish (PUBACKs only)", target="ratio >= 0.5"),
+                Figure("commit-to-ack p50", statistics.median(lat), "ms"),
+                Figure("commit-to-ack p99", pct(lat, 99), "ms", target="<= 250 ms")]
+        if fig.outage_s is not None:
+            figs.append(Figure("broker return to first cloud ack", fig.outage_s, "s", target="< 10 s"))
+        emit("sync", figs, argv=["--json"])
 
 
 async def null_acker(broker_url: str, ledger_path: str) -> None:
@@ -291,6 +301,7 @@ def main() -> None:
     p.add_argument("--broker-nodelay", action="store_true", help="add `set_tcp_nodelay true` to the broker")
     p.add_argument("--outage", type=float, default=0.0, help="seconds the broker is away (0 = skip)")
     p.add_argument("--pg", metavar="DSN", help="store at the receiver in this PostgreSQL database (default SQLite)")
+    p.add_argument("--json", action="store_true", help="also print the figures as one JSON line (bench/report.py)")
     asyncio.run(run(p.parse_args()))
 
 

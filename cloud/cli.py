@@ -27,12 +27,12 @@ from koto.net import parse_broker_url
 from koto.signing import KeyError_, generate_key, load_private_key, load_public_key, public_pem, save_private_key
 
 from . import commands as cmds
-from .errors import ReplyTimeout
+from .errors import CommandRejected, ReplyTimeout
 from .store import Store, open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
 DB_HELP = "SQLite file (default) or postgresql:// DSN"
-EXIT_APPLIED, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTED, EXIT_NO_REPLY = 0, 1, 2, 3, 4
+EXIT_APPLIED, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # 3 and 4: CommandRejected and ReplyTimeout (cloud/errors.py)
 EPILOG = """\b
 Exit codes:
   0  done; for a command sent with --wait: the gateway applied it (or had already: duplicate)
@@ -43,14 +43,6 @@ Exit codes:
 """
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 _warned: set[str] = set()
-
-
-class GatewayRejected(click.ClickException):
-    exit_code = EXIT_REJECTED
-
-
-class NoReply(click.ClickException):
-    exit_code = EXIT_NO_REPLY
 
 
 def _renamed(old: str, new: str, dest: str, **kw: Any) -> Callable[[F], F]:
@@ -248,7 +240,7 @@ def _send(gateway: str, type_: str, data: dict[str, Any], o: dict[str, Any]) -> 
         try:
             reply = asyncio.run(cmds.send_command(broker, gateway, command, wait_reply_s=wait_s))
         except ReplyTimeout as e:
-            raise NoReply(f"{e}; the command stays queued for the gateway") from None
+            raise ReplyTimeout(f"{e}; the command stays queued for the gateway") from None
         if reply is not None:
             store.add_reply(gateway, reply)
     if reply is None:
@@ -256,8 +248,8 @@ def _send(gateway: str, type_: str, data: dict[str, Any], o: dict[str, Any]) -> 
     status = reply.get("status")
     if status not in ("applied", "duplicate"):
         click.echo(json.dumps(reply, indent=2, sort_keys=True))
-        raise GatewayRejected(f"{gateway} {status or 'did not apply'} the command: "
-                              f"{reply.get('reason') or 'no reason given'}")
+        raise CommandRejected(f"{gateway} {status or 'did not apply'} the command: "
+                              f"{reply.get('reason') or 'no reason given'}", reply)
     click.echo(f"{gateway} {status} it", err=True)
     return reply
 
@@ -417,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KotoError as e:
         click.echo(f"koto-cloud: {e}", err=True)
-        return 1
+        return int(getattr(e, "exit_code", EXIT_FAILED))
     except SystemExit as e:
         return int(e.code or 0) if not isinstance(e.code, str) else 1
     return rv if isinstance(rv, int) else 0

@@ -30,4 +30,20 @@ class CommandError(KotoError):
 
 
 class ReplyTimeout(CommandError):
-    """The command was sent but the gateway did not reply within the wait (it stays queued for the gateway)."""
+    """The command was sent but the gateway did not reply within the wait (it stays queued for the gateway).
+
+    `exit_code` is what `koto-cloud` exits with (4)."""
+
+    exit_code = 4
+
+
+class CommandRejected(CommandError):
+    """The gateway answered the command with `rejected` (or an unknown status); `reply` is its reply.
+
+    `exit_code` is what `koto-cloud` exits with (3)."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, reply: dict[str, object]) -> None:
+        super().__init__(message)
+        self.reply = reply

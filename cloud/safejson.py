@@ -34,23 +34,17 @@ _OPEN = frozenset(b"[{")
 _CLOSE = frozenset(b"]}")
 
 
-class _Refused(ValueError):
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
-
-
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
         dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise _Refused("malformed", f"key {dup[:40]!r} appears twice in one object")
+        raise Rejected("malformed", f"key {dup[:40]!r} appears twice in one object")
     return obj
 
 
 def _constant(name: str) -> Any:
-    raise _Refused("malformed", f"{name} is not JSON")
+    raise Rejected("malformed", f"{name} is not JSON")
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_constant)
@@ -81,8 +75,8 @@ def load_object(payload: bytes, *, max_bytes: int, what: str = "payload", max_de
     try:
         text = payload.decode("utf-8")
         value = _DECODER.decode(text)
-    except _Refused as e:
-        raise Rejected(e.kind, f"{what}: {e}") from None
+    except Rejected as e:  # from the hooks: say what was refused
+        raise Rejected(e.kind, f"{what}: {e.reason}") from None
     except UnicodeDecodeError:
         raise Rejected("malformed", f"{what} is not UTF-8") from None
     except ValueError as e:  # json.JSONDecodeError and int()'s own limits

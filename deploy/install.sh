@@ -31,7 +31,7 @@ STATE=/var/lib/koto
 ETC=/etc/koto
 UNITS=/etc/systemd/system
 JOURNALD=/etc/systemd/journald.conf.d
-EXTRAS=gpio,serial,ble,sync
+EXTRAS=gpio,serial,ble,sync,web
 SRC=$(CDPATH='' cd -- "$(dirname -- "$0")/.." && pwd)
 WHEEL=
 WHEELS=

@@ -123,6 +123,7 @@ def _register() -> None:
     from .cli_discover import discover
     from .cli_doctor import doctor
     from .cli_firstboot import firstboot
+    from .cli_learn import learn
     from .cli_logs import logs
     from .cli_profile import profile
     from .cli_provision import provision
@@ -140,6 +141,7 @@ def _register() -> None:
     cli.add_command(support_bundle)
     cli.add_command(usage)
     cli.add_command(profile)
+    cli.add_command(learn)
 
 
 _register()

@@ -48,9 +48,12 @@ DEFAULT_STATE = "/var/lib/koto"
               help="Pin the operator's command-signing public key (PEM) beside the config.")
 @click.option("--replace-operator-key", is_flag=True, help="Let --operator-key replace a different pinned key.")
 @click.option("--no-input", is_flag=True, help="Never ask questions, even on a terminal.")
+@click.option("--set-pin", is_flag=True,
+              help="Set the installer PIN (4-12 digits) that unlocks changes on the status page; asked twice, "
+                   "read from stdin when it is not a terminal. Only a salted hash is stored.")
 def provision(config_path: str | None, state_dir: str | None, force: bool, new_epoch: bool, gateway_id: str | None,
               timezone: str | None, broker: str | None, ca: str | None, operator_key: str | None,
-              replace_operator_key: bool, no_input: bool) -> None:
+              replace_operator_key: bool, no_input: bool, set_pin: bool) -> None:
     """Make the device key and a certificate request (CN = gateway id), pin the operator's key, write koto.toml."""
     target = Path(config_path or DEFAULT_CONFIG)
     flags = {"--id": gateway_id, "--timezone": timezone, "--broker": broker, "--ca": ca}
@@ -75,6 +78,8 @@ def provision(config_path: str | None, state_dir: str | None, force: bool, new_e
                                    "config, or a new one with --id)")
         _pin_for_existing(cfg, target, Path(operator_key), replace_operator_key)
     pem = _provision_state(sd, gid, force=force, new_epoch=new_epoch)
+    if set_pin:
+        _set_pin(sd)
     # The service reads its key and its 0600 config as the state folder's owner; the CA and the pinned operator
     # key stay root's (0644, readable): the service's user must not be able to change whom it trusts.
     hand_over([*_root_owned(sd.root), *([target] if writing else [])], owner_of=sd.root)
@@ -83,6 +88,21 @@ def provision(config_path: str | None, state_dir: str | None, force: bool, new_e
                    f"`koto check --config {target}`", err=True)
     click.echo("register this public key at the billing cloud:", err=True)
     click.echo(pem, nl=False)
+
+
+def _set_pin(sd: StateDir) -> None:
+    from .web.pin import PinError, check_pin_text, save_pin
+
+    def checked(text: str) -> str:
+        try:
+            return check_pin_text(text.strip())
+        except PinError as e:
+            raise click.BadParameter(str(e)) from None
+
+    pin = click.prompt("Installer PIN for the status page (4-12 digits)", hide_input=True,
+                       confirmation_prompt=True, err=True, value_proc=checked)
+    path = save_pin(sd.root, pin)
+    click.echo(f"installer PIN set ({path}, a salted scrypt hash, mode 0600)", err=True)
 
 
 def _terminal() -> bool:

@@ -28,17 +28,19 @@ set of limits. Sources are validated by their drivers when built (`drivers.base.
 checks only the gateway's own keys, the shape, and that each source names a known driver; a driver's error still
 names this file.
 
-`web_port` in `[gateway]` is reserved: accepted and range-checked, so a file written today keeps its meaning, but
-not used yet. `retain_days` is how long records stay in the ledger (gateway/housekeeping.py says what leaves when).
+`web_port` in `[gateway]` is where the household status page listens (gateway/web/, docs/household.md; 0 = off),
+`web_host` the address it binds (default every interface of the LAN). `retain_days` is how long records stay in
+the ledger (gateway/housekeeping.py says what leaves when).
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from drivers.base import driver_class
@@ -48,11 +50,17 @@ from metering.energy import Kind
 
 from .errors import ConfigError, Problems
 
+if TYPE_CHECKING:
+    from .homeassistant import HomeAssistantConfig
+    from .indicator import ButtonConfig, LedConfig
+
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENERGY_KINDS: tuple[Kind, ...] = ("register", "pulses", "power")
 CHECKPOINT_S = 300.0  # default `[gateway] checkpoint_s`
 RETAIN_DAYS = 90.0  # default `[gateway] retain_days`
-HOLD_S = 900.0  # default `[gateway] hold_s` (gateway/checkpointing.py)
+HOLD_S = 60.0  # default `[gateway] hold_s` (gateway/checkpointing.py)
+IDLE_INTERIM_S = 21_600  # default `[[appliance]] idle_interim_s`: an idle appliance's standby slice (6 h)
+WEB_PORT = 8080  # default `[gateway] web_port`: the household status page
 
 
 class _Table:
@@ -70,6 +78,7 @@ class _Table:
         self.problems = Problems() if problems is None else problems
 
     def key(self, name: str) -> str:
+        name = name or '""'  # TOML allows an empty key (`"" = 1`); name it as written
         return f"{self.path}.{name}" if self.path else name
 
     def error(self, name: str, problem: str) -> ConfigError:
@@ -165,6 +174,7 @@ class ApplianceConfig:
     max_gap_s: float = 60.0
     interim_s: int = 900
     channel: str = ""
+    idle_interim_s: int = IDLE_INTERIM_S
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     relay: dict[str, Any] | None = None
 
@@ -181,9 +191,14 @@ class GatewayConfig:
     cloud: SyncConfig | None
     tariff: dict[str, Any] | None
     appliances: tuple[ApplianceConfig, ...]
+    led: LedConfig | None = None  # [gateway.led], [gateway.button]: gateway/indicator.py
+    button: ButtonConfig | None = None
+    home_assistant: HomeAssistantConfig | None = None  # [home_assistant]: gateway/homeassistant.py
     stop_timeout_s: float = 10.0  # `koto run` exits this long after a stop request, whatever still runs
     retain_days: float = RETAIN_DAYS
     hold_s: float = HOLD_S
+    web_port: int = WEB_PORT  # the household status page (gateway/web/); 0 = off
+    web_host: str = "0.0.0.0"
 
     @property
     def tz(self) -> ZoneInfo:
@@ -222,6 +237,7 @@ def parse_config_all(data: dict[str, Any], *, file: str = "<config>",
     if gw is None:
         root.fail("gateway", "missing; a [gateway] table with at least `id` is required")
         gw = root.sub({"id": "gateway"}, "gateway")
+    household, household_claims = _parse_household(root, gw, base)
     gateway = _parse_gateway(gw, base)
     ct = root.table("cloud")
     cloud = None if ct is None else _parse_cloud(ct, gateway.id, base)
@@ -230,12 +246,35 @@ def parse_config_all(data: dict[str, Any], *, file: str = "<config>",
         _check_tariff(tariff, root)
     appliances = _parse_appliances(root, gateway.id, base)
     root.reject_unknown()
-    _check_hardware(appliances, root.problems, file)
-    cfg = GatewayConfig(file=file, id=gateway.id, state_dir=gateway.state_dir, timezone=gateway.timezone,
+    _check_hardware(appliances, root.problems, file, household_claims)
+    cfg = GatewayConfig(**household, file=file, id=gateway.id, state_dir=gateway.state_dir, timezone=gateway.timezone,
                         subject=gateway.subject, batch_ms=gateway.batch_ms, checkpoint_s=gateway.checkpoint_s,
                         cloud=cloud, tariff=tariff, appliances=appliances, stop_timeout_s=gateway.stop_timeout_s,
-                        retain_days=gateway.retain_days, hold_s=gateway.hold_s)
+                        retain_days=gateway.retain_days, hold_s=gateway.hold_s, web_port=gateway.web_port,
+                        web_host=gateway.web_host)
     return cfg, root.problems
+
+
+def _parse_household(root: _Table, gw: _Table, base: Path) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """`[gateway.led]`, `[gateway.button]` (gateway/indicator.py) and `[home_assistant]` (gateway/homeassistant.py),
+    each checked by its own module; returns the GatewayConfig fields and the GPIO pins they claim."""
+    from . import homeassistant, indicator
+
+    out: dict[str, Any] = {}
+    for name, parse in (("led", indicator.parse_led), ("button", indicator.parse_button)):
+        raw = gw.table(name)
+        if raw is not None:
+            try:
+                out[name] = parse(raw.data, file=root.file)
+            except ConfigError as e:
+                root.problems.add(e)
+    ha = root.table("home_assistant")
+    if ha is not None:
+        try:
+            out["home_assistant"] = homeassistant.parse_config(ha.data, file=root.file, base=base)
+        except ConfigError as e:
+            root.problems.add(e)
+    return out, indicator.claims(out.get("led"), out.get("button"))
 
 
 def _check_tariff(tariff: dict[str, Any], root: _Table) -> None:
@@ -263,6 +302,8 @@ class _Gateway(NamedTuple):
     stop_timeout_s: float
     retain_days: float
     hold_s: float
+    web_port: int
+    web_host: str
 
 
 def _parse_gateway(gw: _Table, base: Path) -> _Gateway:
@@ -283,12 +324,13 @@ def _parse_gateway(gw: _Table, base: Path) -> _Gateway:
     checkpoint_s = gw.number("checkpoint_s", CHECKPOINT_S, lo=0.1, hi=3600)
     retain_days = gw.number("retain_days", RETAIN_DAYS, lo=1, hi=3650)
     hold_s = gw.number("hold_s", HOLD_S, lo=0, hi=3600)  # how long records may wait to share a transaction
-    gw.number("web_port", 8080, lo=0, hi=65535)  # reserved, not used yet
+    web_port = int(gw.number("web_port", WEB_PORT, lo=0, hi=65535))  # the status page; 0 = off
+    web_host = gw.get("web_host", str, "0.0.0.0", what="an address to listen on, e.g. 0.0.0.0 or 127.0.0.1")
     # Below the unit's TimeoutStopSec=20 with room to spare: systemd's SIGKILL should never be what ends a stop.
     stop_timeout_s = gw.number("stop_timeout_s", 10, lo=0.5, hi=600)
     gw.reject_unknown()
     return _Gateway(gid or "gateway", state_dir, tzname, subject, batch_ms, checkpoint_s, stop_timeout_s,
-                    retain_days, hold_s)
+                    retain_days, hold_s, web_port, web_host)
 
 
 def _parse_cloud(ct: _Table, gateway_id: str, base: Path) -> SyncConfig:
@@ -387,7 +429,11 @@ def _parse_appliance(at: _Table, aid: str, gateway_id: str, base: Path,
         kind = default_kind
     imp = 0
     if kind == "pulses" and energy in sources:
-        imp = int(sources[energy].get("imp_per_kwh", 0)) or int(at.get("imp_per_kwh", int, 0))
+        try:
+            imp = int(sources[energy].get("imp_per_kwh", 0))
+        except (TypeError, ValueError, OverflowError):  # a list, "abc", inf (found by fuzzing): the driver names it
+            imp = 0
+        imp = imp or int(at.get("imp_per_kwh", int, 0))
         if imp <= 0:
             at.fail("imp_per_kwh", "pulse sources need imp_per_kwh > 0 (on the meter's label)")
     else:
@@ -402,6 +448,7 @@ def _parse_appliance(at: _Table, aid: str, gateway_id: str, base: Path,
         imp_per_kwh=imp,
         max_gap_s=at.number("max_gap_s", 60, lo=1, hi=86_400),
         interim_s=int(at.number("interim_s", 900, lo=1, hi=86_400)),
+        idle_interim_s=int(at.number("idle_interim_s", IDLE_INTERIM_S, lo=1, hi=7 * 86_400)),
         channel=at.get("channel", str, "", what='the energy source\'s channel: "" (total), "L1", "L2", "L3"'),
         sources=sources,
         relay=relay,
@@ -445,7 +492,8 @@ def _parse_sources(at: _Table, aid: str, owners: dict[str, str]) -> dict[str, di
 _RESOURCE_WORDS = {"serial": "serial port", "gpio": "GPIO", "ble": "BLE device", "mcp3008": "MCP3008 input"}
 
 
-def _check_hardware(appliances: tuple[ApplianceConfig, ...], problems: Problems, file: str) -> None:
+def _check_hardware(appliances: tuple[ApplianceConfig, ...], problems: Problems, file: str,
+                    household: Sequence[tuple[str, Any]] = ()) -> None:
     """Build every source (pure: no port is opened) so each driver checks its own keys now, then refuse two
     sources (or a source and a relay) that would fight over one piece of hardware: two meters on one RS-485 bus
     with different line settings, one GPIO pin twice, one BLE device twice. Found at load, named by file and key,
@@ -457,6 +505,11 @@ def _check_hardware(appliances: tuple[ApplianceConfig, ...], problems: Problems,
 
     clock = ManualClock()
     held: dict[str, tuple[str, Claim]] = {}  # resource -> (dotted key of the first claimant, its claim)
+    for where, claim in household:  # the status LED and the button (gateway/indicator.py)
+        first = held.setdefault(claim.resource, (where, claim))
+        if first[0] != where:
+            problems.add(ConfigError(file, f"{where}.{claim.key}", f"GPIO {claim.resource[5:]} is already used by "
+                                     f"{first[0]}; each pin can be used once"))
     for app in appliances:
         claims: list[tuple[str, Claim]] = []
         for name, scfg in app.sources.items():

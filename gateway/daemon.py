@@ -42,6 +42,7 @@ from .config import ApplianceConfig, GatewayConfig
 from .errors import ConfigError
 from .held import report_unstored
 from .housekeeping import Housekeeper
+from .pairing import PairingMode
 from .power_log import PowerLog
 from .sdnotify import Notifier
 from .service import ServiceNotify
@@ -113,8 +114,12 @@ class Gateway:
     def __init__(self, cfg: GatewayConfig, *, clock: Clock, backends: Mapping[str, Any] | None = None,
                  on_event: Callable[[MeterEvent], None] | None = None, sync_enabled: bool = True,
                  runtime_dir: Path | None = None, deadline: StopDeadline | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, web: bool = False) -> None:
         self.cfg = cfg
+        self.web = web and cfg.web_port > 0  # the household page (gateway/web/): `koto run` turns it on
+        self.pairing = PairingMode()  # shared by the page and the button: "add an appliance" is offered
+        self._tg: asyncio.TaskGroup | None = None  # while running: where a paired source's task is started
+        self._workers: list[asyncio.Task[Any]] = []
         self.notifier = notifier or Notifier(environ={})  # systemd's, from `koto run`; silent otherwise
         self.deadline = deadline  # `koto run` arms one; in-process users (tests, the demo) have none
         self.supervisor = Supervisor(asyncio.Event(), deadline=deadline)
@@ -136,6 +141,7 @@ class Gateway:
         # recent power per appliance, in RAM and on tmpfs, for `koto profile check/suggest`
         self.power_log = (PowerLog(runtime_dir, {aid: m.spec for aid, m in self.meters.items()})
                           if runtime_dir is not None else None)
+        self._household_init()
 
     def _build(self, cfg: GatewayConfig) -> None:
         self._profiles: dict[str, tuple[int, str]] = {}
@@ -147,7 +153,7 @@ class Gateway:
             spec = EnergySpec(kind=app.energy_kind, source=app.energy, imp_per_kwh=app.imp_per_kwh or 1000,
                               max_gap_s=app.max_gap_s, channel=app.channel)
             self.meters[app.id] = ApplianceMeter(app.id, profile, energy=spec, policy=self.pricing,
-                                                 interim_s=app.interim_s,
+                                                 interim_s=app.interim_s, idle_interim_s=app.idle_interim_s,
                                                  state=self.ledger.checkpoint(meter_checkpoint_name(app.id)))
             self.subjects[app.id] = app.subject
         self.owner = cfg.source_owner()
@@ -271,8 +277,9 @@ class Gateway:
             for relay in self.relays.values():
                 relays.enter_context(relay)  # safe state first: the appliance has power
             async with asyncio.TaskGroup() as tg:
-                workers = [tg.create_task(sup.run_source(st, partial(self._build_source, name), self._queue.put),
-                                          name=f"source:{name}") for name, st in self.sources.items()]
+                self._tg, workers = tg, self._workers
+                for name in self.sources:
+                    self.start_source(name)
                 workers.append(tg.create_task(sup.guard("ticker", self._ticker()), name="ticker"))
                 meter_task = tg.create_task(sup.guard("meter loop", self._meter_loop()), name="meter")
                 if self.sync is not None:
@@ -285,13 +292,18 @@ class Gateway:
                     workers.append(tg.create_task(sup.guard("power log", self.power_log.run()), name="power-log"))
                 workers.append(tg.create_task(sup.guard("housekeeping", self._housekeeper().run()),
                                               name="housekeeping"))
+                if self.web:
+                    from .web import serve
+
+                    workers.append(tg.create_task(sup.guard("web page", serve(self)), name="web"))
+                self._household_tasks(tg, sup, workers)
                 service = ServiceNotify(self, self.notifier)  # READY now: the ledger is open, the sources started
                 workers.append(tg.create_task(sup.guard("systemd notify", service.run()), name="notify"))
                 await stop.wait()
                 sup.stopping()  # arms the stop deadline, whoever asked for the stop
                 service.stopping(str(sup.failure or ""))
                 self._stopping = True
-                await stop_tasks([w for w in workers if w.get_name() != "sync"])
+                await stop_tasks([w for w in workers if w.get_name() not in ("sync", "home-assistant")])
                 await stop_tasks([meter_task])
                 await self._settle()  # an append already handed to its thread finishes before the last one
                 self._shutdown()
@@ -311,6 +323,27 @@ class Gateway:
             self.ledger.close()
         if sup.failure is not None:
             raise sup.failure  # `koto run` prints it as one line and exits 2
+
+    def start_source(self, name: str) -> asyncio.Task[None]:
+        """Start one source's supervised task in the running gateway (at the start, and when pairing adds one)."""
+        assert self._tg is not None, "the gateway is not running"
+        task = self._tg.create_task(self.supervisor.run_source(self.sources[name], partial(self._build_source, name),
+                                                               self._queue.put), name=f"source:{name}")
+        self._workers.append(task)
+        return task
+
+    def _household_init(self) -> None:
+        """The status LED and button, Home Assistant (gateway/household.py): each off unless configured."""
+        from .household import Household
+
+        try:
+            self.household = Household(self)
+        except BaseException:  # a bad [home_assistant] ca: release the ledger (and its writer lock)
+            self.ledger.close()
+            raise
+
+    def _household_tasks(self, tg: asyncio.TaskGroup, sup: Supervisor, workers: list[asyncio.Task[Any]]) -> None:
+        self.household.start(tg, sup, workers)
 
     def _housekeeper(self) -> Housekeeper:
         """Retention: prunes at a quiet moment (no use running, nothing waiting in memory; see housekeeping.py)."""

@@ -179,12 +179,23 @@ class PowerLog:
                  every_s: float = WRITE_EVERY_S) -> None:
         self.folder = folder
         self.every_s = every_s
+        self.size = size
         self.specs = dict(specs)
         self.rings = {a: PowerRing(size) for a in specs}
         self._written = dict.fromkeys(self.rings, -1)
         self._failing = False
         self._seen_power: set[str] = set()
         self._last: dict[str, tuple[int, int]] = {}  # appliance -> (t_mono_ns, mWh) of the last count/register
+
+    def track(self, appliance: str, spec: EnergySpec) -> None:
+        """Keep the power of an appliance added while the daemon runs (pairing on the status page)."""
+        self.specs[appliance] = spec
+        self.rings[appliance] = PowerRing(self.size)
+        self._written[appliance] = -1
+
+    def forget(self, appliance: str) -> None:
+        for d in (self.specs, self.rings, self._written):
+            d.pop(appliance, None)
 
     def add(self, appliance: str, r: Reading) -> None:
         """Keep `r` if it is the appliance's power (its channel) or a signal. A source without power readings (S0

@@ -67,7 +67,7 @@ async def run_gateway(cfg: GatewayConfig) -> None:
     signals.install()  # before any thread is started (a backend's, the executor's): they all inherit the mask
     try:
         gw = Gateway(cfg, clock=SystemClock(), backends=production_backends(cfg), runtime_dir=runtime_dir(),
-                     deadline=deadline, notifier=Notifier())
+                     deadline=deadline, notifier=Notifier(), web=True)
     except BaseException:
         signals.close()
         raise

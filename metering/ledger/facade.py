@@ -442,9 +442,13 @@ class Ledger:
 
     def first_seq_since(self, since_wall: float, *, from_seq: int = 0) -> int | None:
         """The lowest seq (at or after `from_seq`) of a record ending at or after `since_wall`: where a report from
-        then on starts reading. Records are appended in time order, so the scan stops at the first one."""
+        then on starts reading: from the usage index (a seek per group), else a scan in seq order that stops at the
+        first match (records are appended in about time order)."""
         with self._mutex:
             self._check_open()
+            found = usage.first_seq_since_indexed(self._conn, round(since_wall * 1000), from_seq)
+            if found is not False:  # a seek per group of the usage index, where the ledger has it
+                return found if found is None else int(found)
             row = self._conn.execute("SELECT seq FROM records WHERE seq >= ? AND t_end_ms >= ? ORDER BY seq LIMIT 1",
                                      (from_seq, _ms(since_wall))).fetchone()
             return None if row is None else int(row[0])

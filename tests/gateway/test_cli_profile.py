@@ -188,7 +188,7 @@ def test_suggest_shortens_a_use_end_that_waits_far_longer_than_any_pause() -> No
 
     text = (resources.files("metering") / "profiles" / "dishwasher.toml").read_text()
     late = parse_profile(tomllib.loads(text.replace("end_for_s = 120", "end_for_s = 1800").replace(
-        "end_below_w = 2", "end_below_w = 5")))
+        "end_below_w = 2.5", "end_below_w = 5")))
     t = dishwasher("fan-dry-60cm", "eco50")  # drying with a fan: the use is on until the fan stops
     tl = replay([TracePoint(T0 + i, round(w * 1000)) for i, w in enumerate(t.watts)], late)
     assert tl.open_use and not tl.uses  # the trace ends 15 minutes after the programme: the use is still open

@@ -111,13 +111,14 @@ def test_two_appliances_cannot_share_a_source_name(tmp_path: Path) -> None:
     assert "already used by appliance 'washer'" in err.value.problem
 
 
-def test_retain_days_is_carried_and_web_port_is_reserved(tmp_path: Path) -> None:
-    """`retain_days` drives pruning (default 90); `web_port` is accepted but not used yet, and a bad value of either
-    is named (above), so what a file says today keeps its meaning."""
+def test_retain_days_and_web_port_are_carried(tmp_path: Path) -> None:
+    """`retain_days` drives pruning (default 90); `web_port` is where the household page listens (default 8080,
+    0 = off), and a bad value of either is named (above)."""
     cfg = load_config(write(tmp_path, GOOD.replace('timezone = "Europe/Berlin"',
                                                    'timezone = "Europe/Berlin"\nretain_days = 30\nweb_port = 80')))
-    assert cfg.retain_days == 30 and not hasattr(cfg, "web_port")
+    assert cfg.retain_days == 30 and cfg.web_port == 80
     assert load_config(write(tmp_path, GOOD)).retain_days == 90
+    assert load_config(write(tmp_path, GOOD)).web_port == 8080
     assert load_config(write(tmp_path, GOOD)).checkpoint_s == 300
 
 

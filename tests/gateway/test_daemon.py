@@ -105,8 +105,12 @@ async def test_a_full_disk_keeps_records_in_memory_and_stores_them_in_order_when
         with gw.ledger._mutex:
             (pages,) = db.execute("PRAGMA page_count").fetchone()
             db.execute(f"PRAGMA max_page_count = {pages}")
-        await asyncio.sleep(3.0)  # interim records every second: once the last free page is used, commits fail
+        for _ in range(100):  # interim records every second: once the last free page is used, commits fail
+            if gw.stats.append_failures:
+                break
+            await asyncio.sleep(0.1)
         assert gw.stats.append_failures > 0
+        await asyncio.sleep(2.5)  # and the records made since wait in memory
         head_when_full = gw.ledger.head()[0]
         # Held in memory: waiting for the next batch, or in the batch being (unsuccessfully) appended right now.
         kept = len(gw._pending) + (len(gw._inflight[1]) if gw._inflight else 0)

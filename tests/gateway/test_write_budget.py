@@ -25,13 +25,14 @@ CHECKPOINT_S = 300
 IMP_PER_KWH = 1000
 
 
-def config(tmp: Path, interim_s: int = 3600, hold_s: int = 900) -> dict[str, Any]:
+def config(tmp: Path, interim_s: int = 3600, hold_s: int = 900, idle_interim_s: int | None = None) -> dict[str, Any]:
+    idle = interim_s if idle_interim_s is None else idle_interim_s  # (standby slices at interim_s unless told)
     return {
         "gateway": {"id": "gw-b", "state_dir": str(tmp / "state"), "checkpoint_s": CHECKPOINT_S, "hold_s": hold_s},
         "appliance": [
-            {"id": "boiler", "profile": "kettle", "energy": "reg", "interim_s": interim_s,
+            {"id": "boiler", "profile": "kettle", "energy": "reg", "interim_s": interim_s, "idle_interim_s": idle,
              "sources": {"reg": {"driver": "modbus", "model": "sdm120", "port": "/dev/ttyKOTO-none", "address": 1}}},
-            {"id": "kettle", "profile": "kettle", "energy": "s0", "interim_s": interim_s,
+            {"id": "kettle", "profile": "kettle", "energy": "s0", "interim_s": interim_s, "idle_interim_s": idle,
              "sources": {"s0": {"driver": "s0", "pin": 17, "imp_per_kwh": IMP_PER_KWH}}},
         ],
     }
@@ -152,3 +153,13 @@ def test_records_wait_for_the_next_transaction_for_at_most_hold_s(tmp_path: Path
         for (end_ms,) in sim.reader.execute("SELECT t_end_ms FROM records WHERE seq > ?", (head0,)):
             written = min(t for t in commits if t >= end_ms / 1000)
             assert written - end_ms / 1000 <= 600 + 2  # none held longer than hold_s (+ the 1 s steps)
+
+
+def test_an_idle_gateway_at_the_default_cadences_commits_nothing_for_5_hours(tmp_path: Path) -> None:
+    """Idle standby is sliced every `idle_interim_s` (6 h by default), not every `interim_s` (15 minutes): an idle
+    register meter writes nothing, and an idle S0 meter nothing but its baseline, for hours."""
+    with gateway(tmp_path, interim_s=900, hold_s=60, idle_interim_s=21_600) as sim:
+        sim.run(CHECKPOINT_S + 60)
+        sim.commits.clear()
+        sim.run(5 * 3600)
+        assert sim.commits == []

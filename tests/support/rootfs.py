@@ -119,7 +119,7 @@ def wheelhouse(cache: Path) -> Path:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w", str(folder),
-                    f"{REPO}[gpio,serial,ble,sync]"], check=True, capture_output=True, timeout=900)
+                    f"{REPO}[gpio,serial,ble,sync,web]"], check=True, capture_output=True, timeout=900)
     for own in folder.glob("koto_gateway-*.whl"):
         own.unlink()
     (folder / ".complete").touch()

@@ -52,7 +52,7 @@ def arm64_wheelhouse(cache: Path, wheel: Path, key: str) -> Path:
                              "manylinux2014_aarch64", "linux_aarch64") for a in ("--platform", p)]
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "-d", str(folder),
                     "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
-                    "--abi", "abi3", "--abi", "none", *platforms, f"{wheel}[gpio,serial,ble,sync]"],
+                    "--abi", "abi3", "--abi", "none", *platforms, f"{wheel}[gpio,serial,ble,sync,web]"],
                    check=True, capture_output=True, timeout=900)
     for own in folder.glob("koto_gateway-*.whl"):
         own.unlink()

@@ -1,0 +1,293 @@
+"""What the running daemon costs: CPU per appliance at 1 Hz, peak RSS with all three driver kinds, SD bytes per
+meter-day, and the cold start to READY with a 1,000,000-record ledger; each beside a baseline from the same run.
+
+    .venv/bin/python -m bench.daemon_cost [--meters 8] [--seconds 120] [--demo-minutes 3] [--ledger STATE] [--json]
+
+1. **steady load**: `koto run` (a child process, the production daemon) with `--meters` Eastron SDM120 meters on
+   one simulated RS-485 bus (a pymodbus RTU server on a pty pair in *this* process, so its cost is not counted),
+   each polled at 1 Hz, every meter an appliance. After READY and a 15 s settle, for `--seconds`: the daemon's CPU
+   (utime + stime from /proc/PID/stat) as a share of one core per meter, its RSS (VmRSS, and VmHWM at the end)
+   and what it wrote (/proc/PID/io write_bytes) scaled to a meter-day. No [cloud]: sync is measured by bench/sync.
+   Baseline: a bare Python interpreter that polls the same meters with pymodbus (one request per meter per second,
+   nothing decoded or stored), the least any Python poller does.
+2. **three driver kinds**: `koto demo --speed 1` (a Modbus meter on a pty, an S0 pulse meter on a MockFactory pin,
+   a BTHome plug replayed through bleak's front end, real time) in a child: peak RSS (wait4's ru_maxrss). The
+   simulators run in the same process, so this is an upper bound. Baseline: the interpreter with nothing imported.
+3. **cold start**: `koto run` on a copy of the 1,000,000-record ledger made by bench/ledger_scale.py (`--ledger`,
+   default /tmp/koto-ledger-1000000, generated there when missing), from exec to the READY=1 it sends to
+   $NOTIFY_SOCKET (a real AF_UNIX datagram socket here), beside the same with an empty ledger.
+
+Targets (issue 15): CPU <= 0.1 % of a core per appliance; RSS <= 45 MB with all three driver kinds; cold start with
+a 1,000,000-record ledger <= 2 s. The machine's load is printed: a busy machine inflates every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TICK = os.sysconf("SC_CLK_TCK")
+MB = 1e6
+MIB = 1024 * 1024
+
+
+def _toml(state: Path, port: str, meters: int, gateway_id: str) -> str:
+    out = [f'[gateway]\nid = "{gateway_id}"\nstate_dir = "{state}"\n']
+    for i in range(1, meters + 1):
+        out.append(f'[[appliance]]\nid = "kettle{i}"\nprofile = "kettle"\n[appliance.sources.m{i}]\ndriver = "modbus"\n'
+                   f'model = "sdm120"\nport = "{port}"\naddress = {i}\nbaud = 9600\npoll_s = 1.0\n')
+    return "\n".join(out)
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def _status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _write_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Notify:
+    """A $NOTIFY_SOCKET to receive the daemon's READY=1 on (what systemd does)."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="koto-n"))  # short: an AF_UNIX path has at most 107 bytes
+        self.path = str(self.dir / "n.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.setblocking(False)
+
+    async def ready(self, proc: asyncio.subprocess.Process, limit_s: float) -> float:
+        """Monotonic time READY=1 arrived; raises when the process ends or `limit_s` passes first."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(limit_s):
+            while True:
+                recv = asyncio.ensure_future(loop.sock_recv(self.sock, 4096))
+                ended = asyncio.ensure_future(proc.wait())
+                done, _ = await asyncio.wait({recv, ended}, return_when=asyncio.FIRST_COMPLETED)
+                if recv in done:
+                    ended.cancel()
+                    if b"READY=1" in recv.result():
+                        return time.monotonic()
+                    continue
+                recv.cancel()
+                raise RuntimeError(f"koto run exited {proc.returncode} before READY")
+
+    def close(self) -> None:
+        self.sock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+async def _start_koto(cfg: Path, notify: Notify, log: Path) -> asyncio.subprocess.Process:
+    with log.open("wb") as err:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg), cwd=REPO, stdout=subprocess.DEVNULL,
+            stderr=err, env={**os.environ, "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": notify.path})
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def steady(meters: int, seconds: float) -> dict[str, float]:
+    """Section 1: `koto run` polling `meters` SDM120s at 1 Hz (module docstring)."""
+    from drivers.modbus_sim import ModbusSimulator, SimMeter
+    from gateway.state import StateDir
+
+    work = Path(tempfile.mkdtemp(prefix="koto-cost-", dir="/var/tmp"))
+    notify = Notify()
+    try:
+        state = work / "state"
+        StateDir(state).provision()
+        sims = [SimMeter("sdm120", i, base_power_w=1500.0) for i in range(1, meters + 1)]
+        async with ModbusSimulator(sims, baud=9600) as bus:
+            cfg = work / "koto.toml"
+            cfg.write_text(_toml(state, bus.port, meters, "gw-cost"))
+            proc = await _start_koto(cfg, notify, work / "koto.log")
+            try:
+                await notify.ready(proc, 60)
+                await asyncio.sleep(15)
+                cpu0, wb0, t0 = _cpu_s(proc.pid), _write_bytes(proc.pid), time.monotonic()
+                rss_samples = []
+                while time.monotonic() - t0 < seconds:
+                    await asyncio.sleep(5)
+                    rss_samples.append(_status_kib(proc.pid, "VmRSS"))
+                cpu1, wb1, t1 = _cpu_s(proc.pid), _write_bytes(proc.pid), time.monotonic()
+                hwm = _status_kib(proc.pid, "VmHWM")
+            finally:
+                await _stop(proc)
+            base = await _bare_poller(bus.port, meters, seconds)
+    finally:
+        notify.close()
+        shutil.rmtree(work, ignore_errors=True)
+    wall = t1 - t0
+    return {"cpu_pct_per_meter": (cpu1 - cpu0) / wall * 100 / meters, "rss_mib": max(rss_samples) / 1024,
+            "hwm_mib": hwm / 1024, "write_mb_per_meter_day": (wb1 - wb0) / wall * 86400 / meters / MB,
+            "base_cpu_pct_per_meter": base["cpu_pct"] / meters, "base_rss_mib": base["rss_mib"], "wall_s": wall}
+
+
+BARE_POLLER = """
+import asyncio, sys, time
+from pymodbus.client import AsyncModbusSerialClient
+async def main(port, meters, seconds):
+    client = AsyncModbusSerialClient(port, baudrate=9600, timeout=0.5)
+    await client.connect()
+    t0 = time.monotonic(); c0 = time.process_time(); n = 0
+    while time.monotonic() - t0 < seconds:
+        start = time.monotonic()
+        for i in range(1, meters + 1):
+            try:
+                await client.read_input_registers(0x000C, count=2, device_id=i)
+                n += 1
+            except Exception:
+                pass
+        await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - start)))
+    cpu = time.process_time() - c0
+    hwm = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    print(cpu / (time.monotonic() - t0) * 100, int(hwm) / 1024, n)
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))
+"""
+
+
+async def _bare_poller(port: str, meters: int, seconds: float) -> dict[str, float]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", BARE_POLLER, port, str(meters),
+                                                str(min(seconds, 60.0)), stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    cpu, rss, _n = out.decode().split()
+    return {"cpu_pct": float(cpu), "rss_mib": float(rss)}
+
+
+def demo_rss(minutes: float) -> tuple[float, float]:
+    """Section 2: peak RSS (MiB) of `koto demo --speed 1`, and of a bare interpreter: VmHWM read from /proc while
+    each runs (wait4's ru_maxrss would count the forked copy of this process before exec)."""
+    with tempfile.TemporaryDirectory(prefix="koto-demo-") as tmp:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "demo", "--state-dir", f"{tmp}/s", "--speed",
+                                 "1", "--minutes", str(minutes)], cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        peak = 0
+        while proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                peak = max(peak, _status_kib(proc.pid, "VmHWM"))
+            time.sleep(0.5)
+    bare = subprocess.run([sys.executable, "-c", "print(next(line.split()[1] for line in open('/proc/self/status') "
+                           "if line.startswith('VmHWM')))"], capture_output=True, text=True, check=True)
+    return peak / 1024, int(bare.stdout) / 1024
+
+
+async def cold_start(ledger_state: Path) -> tuple[float, float, int]:
+    """Section 3: seconds from exec to READY with a copy of the big ledger, and with an empty one; its records."""
+    from drivers.modbus_sim import ModbusSimulator, SimMeter
+    from gateway.state import StateDir
+    from metering.ledger import Ledger, read_gateway_id
+
+    gid = read_gateway_id(ledger_state / "ledger.db")
+    with Ledger.open(ledger_state / "ledger.db", gateway_id=gid, key=None) as ledger:
+        records = ledger.head()[0]
+    work = Path(tempfile.mkdtemp(prefix="koto-cold-", dir="/var/tmp"))
+    notify = Notify()
+    times: list[float] = []
+    try:
+        big = work / "big"
+        shutil.copytree(ledger_state, big, ignore=shutil.ignore_patterns("*.lock"))
+        empty = work / "empty"
+        shutil.copytree(ledger_state / "keys", empty / "keys")
+        StateDir(empty)
+        os.sync()
+        async with ModbusSimulator([SimMeter("sdm120", 1)], baud=9600) as bus:
+            for name, state in (("big", big), ("empty", empty)):
+                cfg = work / f"{name}.toml"
+                cfg.write_text(_toml(state, bus.port, 1, gid))
+                t0 = time.monotonic()
+                proc = await _start_koto(cfg, notify, work / f"{name}.log")
+                try:
+                    times.append(await notify.ready(proc, 120) - t0)
+                finally:
+                    await _stop(proc)
+    finally:
+        notify.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return times[0], times[1], records
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--meters", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=120.0, help="steady-state window for CPU and writes")
+    ap.add_argument("--demo-minutes", type=float, default=3.0)
+    ap.add_argument("--ledger", type=Path, default=Path("/tmp/koto-ledger-1000000"),
+                    help="state folder of bench/ledger_scale.py's 1M-record ledger (made there when missing)")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: steady,demo,cold")
+    ap.add_argument("--json", action="store_true", help="also print the figures as one JSON line (bench/report.py)")
+    a = ap.parse_args(argv)
+    skip = set(a.skip.split(","))
+    figs: list[tuple[str, float, str, float | None, str, str, str]] = []
+    print(f"daemon cost ({os.cpu_count()} cores, load average {_load()} at the start)")
+    if "steady" not in skip:
+        s = asyncio.run(steady(a.meters, a.seconds))
+        print(f"koto run, {a.meters} SDM120 at 1 Hz, {s['wall_s']:.0f} s steady: CPU {s['cpu_pct_per_meter']:.3f} % "
+              f"of a core per meter (target <= 0.1 %); bare pymodbus poller {s['base_cpu_pct_per_meter']:.3f} %; "
+              f"RSS {s['rss_mib']:.1f} MiB (peak {s['hwm_mib']:.1f}); bare poller {s['base_rss_mib']:.1f} MiB; "
+              f"writes {s['write_mb_per_meter_day']:.3f} MB per meter-day")
+        figs += [("daemon CPU per appliance at 1 Hz", s["cpu_pct_per_meter"], "% of a core",
+                  s["base_cpu_pct_per_meter"], "bare pymodbus poller, same meters", "<= 0.1 %", ""),
+                 ("daemon RSS, 8 Modbus meters", s["hwm_mib"], "MiB", s["base_rss_mib"], "bare pymodbus poller", "",
+                  ""),
+                 ("daemon SD writes per meter-day (steady, 1 Hz)", s["write_mb_per_meter_day"], "MB", None, "", "",
+                  "write_bytes over the steady window")]
+    if "demo" not in skip:
+        peak, bare = demo_rss(a.demo_minutes)
+        print(f"koto demo --speed 1 (Modbus + S0 + BTHome, simulators in-process): peak RSS {peak:.1f} MiB "
+              f"(target <= 45 MB); bare interpreter {bare:.1f} MiB")
+        figs.append(("peak RSS, all three driver kinds", peak, "MiB", bare, "bare Python interpreter", "<= 45 MB",
+                     "koto demo: the simulators run in the same process"))
+    if "cold" not in skip:
+        if not (a.ledger / "ledger.db").exists():
+            subprocess.run([sys.executable, "-m", "bench.ledger_scale", "--state", str(a.ledger)], cwd=REPO,
+                           check=True, stdout=subprocess.DEVNULL)
+        big, empty, n = asyncio.run(cold_start(a.ledger))
+        print(f"cold start to READY: {big:.2f} s with a {n:,}-record ledger (target <= 2 s); "
+              f"{empty:.2f} s with an empty one")
+        figs.append((f"cold start to READY, {n:,}-record ledger", big, "s", empty, "the same with an empty ledger",
+                     "<= 2 s", ""))
+    print(f"load average {_load()} at the end")
+    if a.json:
+        from bench.figures import Figure, emit
+
+        emit("daemon_cost", [Figure(n, v, u, baseline=b, baseline_name=bn, target=t, note=note)
+                             for n, v, u, b, bn, t, note in figs], argv=["--json"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""`make bench`: run every benchmark in bench/ and write bench/REPORT.md, each figure beside its baseline.
+
+    .venv/bin/python -m bench.report            # the full run (about 1.5 h here; see README "Benchmarks")
+    .venv/bin/python -m bench.report --quick    # a smoke run: every bench, small sizes (about 15 min)
+    .venv/bin/python -m bench.report --only ledger_scale,daemon_cost
+
+Each bench runs as `python -m bench.NAME ... --json` in a child process with its own time limit; its text output is
+streamed here as progress lines (stderr) and kept for the report, and the JSON line it prints (bench/figures.py)
+becomes rows of the figures table: value, baseline measured in the same run, their ratio, and the target. A bench
+that does not print figures still has its text in the report. A bench that is not in this checkout (the fleet,
+web and soak benches other work adds) is listed as "not present", never silently left out. The report starts with
+the machine (CPU model, cores, RAM, kernel, Python), the date and the load average before and after: figures from a
+busy machine are slower than the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+MARK = "bench-figures"
+
+
+@dataclass(frozen=True)
+class Bench:
+    name: str  # bench/NAME.py, run as `python -m bench.NAME`
+    what: str
+    full: tuple[str, ...] = ()
+    quick: tuple[str, ...] = ()
+    limit_s: float = 1800.0  # the full run's time limit; the quick run gets a quarter
+    json: bool = True  # takes --json
+
+
+BENCHES: tuple[Bench, ...] = (
+    Bench("metering", "metering core vs a bare loop; ledger append vs raw SQLite", (), ("--records", "500",
+          "--rounds", "1", "--batch", "10,100"), 900),
+    Bench("ledger_scale", "koto usage and koto verify on a 1,000,000-record ledger", (),
+          ("--records", "20000", "--state", "/tmp/koto-ledger-20000"), 3600),
+    Bench("daemon_cost", "daemon CPU per appliance at 1 Hz, RSS, all three driver kinds, cold start with 1M records",
+          (), ("--meters", "8", "--seconds", "20", "--demo-minutes", "0.5", "--ledger", "/tmp/koto-ledger-20000"),
+          1800),
+    Bench("sync", "sync drain vs raw aiomqtt publish; commit-to-ack p50/p99", ("--outage", "30"),
+          ("--records", "1000", "--latency-n", "50"), 900),
+    Bench("sd_writes", "SD bytes per appliance-day vs the records' own size and a naive store",
+          ("--speed", "60"), ("--hours", "0.5", "--speed", "60"), 3600),
+    Bench("thingsboard", "against ThingsBoard IoT Gateway 3.8.5: RSS, CPU, writes, kill -9, broker return",
+          (), ("--seconds", "30"), 3600),
+    Bench("fleet", "fleet: many gateways, clustered receivers", (), ("--quick",), 3600, json=True),
+    Bench("web_rss", "the household web page's memory", (), (), 900),
+    Bench("soak", "24 simulated hours with 16 appliances: RSS, fds, tasks", (), ("--hours", "1"), 7200),
+    Bench("chaos", "20 gateway SIGKILLs and 5 broker restarts across 10,000 records", (),
+          ("--records", "1000", "--kills", "3", "--broker-restarts", "1"), 1800, json=False),
+    Bench("stop_time", "SIGTERM to exit in the cases the stop deadline is for", (), ("--runs", "1"), 600,
+          json=False),
+    Bench("settle", "each use's energy vs what it used, with late register steps", (), ("--uses", "50"), 600,
+          json=False),
+    Bench("attribution", "energy given to the right function on labelled traces", (), ("--reduced",), 900,
+          json=False),
+    Bench("modbus_soak", "three Modbus meters on one bus, corrupted replies", (), ("--minutes", "2"), 1800,
+          json=False),
+    Bench("ble_memory", "what BLE costs in RSS", (), ("--runs", "1"), 600, json=False),
+    Bench("power_ring", "the power ring vs a deque", (), (), 600, json=False),
+)
+
+
+@dataclass
+class Run:
+    bench: Bench
+    present: bool
+    rc: int | None = None
+    seconds: float = 0.0
+    text: list[str] = field(default_factory=list)
+    figures: list[dict[str, Any]] = field(default_factory=list)
+    timed_out: bool = False
+
+
+def machine() -> dict[str, str]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "?")
+    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal:"))
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "ram": f"{mem_kib / 1024 / 1024:.1f} GiB",
+            "kernel": platform.release(), "python": platform.python_version(),
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def run_one(b: Bench, quick: bool) -> Run:
+    if not (BENCH / f"{b.name}.py").exists():
+        print(f"[{b.name}] not present in this checkout: skipped", file=sys.stderr, flush=True)
+        return Run(b, present=False)
+    args = [sys.executable, "-m", f"bench.{b.name}", *(b.quick if quick else b.full)]
+    if b.json:
+        args.append("--json")
+    limit = b.limit_s / 4 if quick else b.limit_s
+    print(f"[{b.name}] {' '.join(args[2:])} (limit {limit:.0f} s)", file=sys.stderr, flush=True)
+    run = Run(b, present=True)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    timer = threading.Timer(limit, lambda: (setattr(run, "timed_out", True), proc.kill()))
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            if line.startswith("{") and MARK in line:
+                try:
+                    run.figures.extend(json.loads(line)["figures"])
+                    continue
+                except (ValueError, KeyError):
+                    pass
+            run.text.append(line)
+            print(f"[{b.name} {time.monotonic() - t0:5.0f} s] {line}", file=sys.stderr, flush=True)
+        run.rc = proc.wait()
+    finally:
+        timer.cancel()
+    run.seconds = time.monotonic() - t0
+    state = "timed out" if run.timed_out else f"exit {run.rc}"
+    print(f"[{b.name}] done in {run.seconds:.0f} s ({state})", file=sys.stderr, flush=True)
+    return run
+
+
+def _num(v: float | None) -> str:
+    if v is None:
+        return ""
+    a = abs(v)
+    return f"{v:,.0f}" if a >= 1000 else f"{v:,.1f}" if a >= 10 else f"{v:.3g}"
+
+
+def render(runs: list[Run], info: dict[str, str], loads: tuple[str, str], quick: bool, total_s: float) -> str:
+    out = ["# Koto benchmark report", "",
+           f"Made by `make bench{'-quick' if quick else ''}` (bench/report.py) on {info['date']} in "
+           f"{total_s / 60:.0f} min{' — QUICK smoke run: small sizes, figures are indicative only' if quick else ''}.",
+           "", "| machine | |", "|---|---|",
+           f"| CPU | {info['cpu']} |", f"| cores | {info['cores']} |", f"| RAM | {info['ram']} |",
+           f"| kernel | {info['kernel']} |", f"| Python | {info['python']} |",
+           f"| load average before / after | {loads[0]} / {loads[1]} |", "",
+           "A load average above the number of cores means other work shared the machine: every time figure is then "
+           "slower than the code. Baselines are measured in the same run, so the ratios suffer less.", "",
+           "## Figures", "", "| bench | figure | value | baseline | ratio | target |", "|---|---|---|---|---|---|"]
+    for r in runs:
+        for f in r.figures:
+            base = f.get("baseline")
+            ratio = f"{f['value'] / base:.2f}x" if base else ""
+            unit = f.get("unit", "")
+            out.append(f"| {r.bench.name} | {f['name']} | {_num(f['value'])} {unit} | "
+                       f"{_num(base)} {unit if base is not None else ''} {f.get('baseline_name', '')} | {ratio} | "
+                       f"{f.get('target', '')} |")
+    out += ["", "## Runs", "", "| bench | what | time | result |", "|---|---|---|---|"]
+    for r in runs:
+        if not r.present:
+            out.append(f"| {r.bench.name} | {r.bench.what} | | not present in this checkout |")
+        else:
+            res = "timed out" if r.timed_out else ("ok" if r.rc == 0 else f"exit {r.rc}")
+            out.append(f"| {r.bench.name} | {r.bench.what} | {r.seconds:.0f} s | {res} |")
+    for r in runs:
+        if not r.present:
+            continue
+        args = " ".join((*(r.bench.quick if quick else r.bench.full), *(("--json",) if r.bench.json else ())))
+        out += ["", f"### {r.bench.name}", "", f"`python -m bench.{r.bench.name} {args}`".replace(" `", "`"), "",
+                "```", *r.text[-60:], "```"]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every bench")
+    ap.add_argument("--only", default="", help="comma-separated bench names")
+    ap.add_argument("--out", type=Path, default=BENCH / "REPORT.md")
+    a = ap.parse_args(argv)
+    only = {n for n in a.only.split(",") if n}
+    unknown = only - {b.name for b in BENCHES}
+    if unknown:
+        print(f"bench.report: unknown bench {', '.join(sorted(unknown))}; known: "
+              f"{', '.join(b.name for b in BENCHES)}", file=sys.stderr)
+        return 2
+    info, before, t0 = machine(), load(), time.monotonic()
+    runs = [run_one(b, a.quick) for b in BENCHES if not only or b.name in only]
+    text = render(runs, info, (before, load()), a.quick, time.monotonic() - t0)
+    a.out.write_text(text)
+    print(f"wrote {a.out}", file=sys.stderr)
+    return 0 if all(r.rc == 0 for r in runs if r.present) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

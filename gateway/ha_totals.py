@@ -1,0 +1,136 @@
+"""Each appliance's lifetime energy, for Home Assistant's `total_increasing` energy sensor: a number that only grows,
+across restarts, a replaced ledger and the pruning of old records.
+
+Home Assistant reads any drop of a `total_increasing` sensor as a meter reset and starts a new cycle, so a value
+that went down after a restart would show as a spike in its energy dashboard. The total is what Koto metered: the
+sum of the appliance's partition records (function, interim and gap: every watt-hour once). The ledger alone
+cannot give it for ever — records the cloud has acked leave after `retain_days` — so a small file in the state
+folder (`homeassistant-totals.json`) keeps a base: the totals through some seq of some epoch. At each start the
+records after that seq are added and the base is moved to the ledger's head (nothing appends during a start); while
+running, the records after the base are summed again on each refresh, and every 6 hours the base is moved forward
+(when no record was appended during the sum — the ledger head did not move — so it is exact), and at a clean stop:
+records stay in the ledger at least a day (`retain_days` >= 1), so pruning never takes one the base has not counted.
+A few small writes a day, on the SD card's budget. What is not covered: a crash, and then a new ledger — the records
+after the base in the old one are not in the new one, and the total steps back to the base (Home Assistant then
+counts a meter reset). A ledger with another epoch
+(a new one) starts adding from its first record on top of the old totals. A local-only gateway's own pruned totals
+count when there is no base yet.
+
+The value published never goes below one published before (`published`), whatever happens to the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from koto.files import write_atomic
+
+log = logging.getLogger("koto.homeassistant")
+
+TOTALS_FILE = "homeassistant-totals.json"
+REBASE_S = 6 * 3600.0  # records stay at least a day (retain_days >= 1): a base 6 h old is never overtaken
+
+
+class _Ledger(Protocol):
+    epoch: int
+
+    def head(self) -> tuple[int, str]: ...
+    def iter_usage(self, appliance: str | None = None, since_wall: float | None = None, by: Any = "function",
+                   tz: Any = None, from_seq: int | None = None) -> Iterable[Any]: ...
+    def pruned_totals(self) -> list[Any]: ...
+
+
+class EnergyTotals:
+    """Lifetime mWh per appliance. `start(ledger)` once before the gateway appends; `refresh(ledger)` from a worker
+    thread; `published` is what may be shown."""
+
+    def __init__(self, folder: Path, *, rebase_s: float = REBASE_S, clock: Any = time.monotonic) -> None:
+        self.path = folder / TOTALS_FILE
+        self.rebase_s = rebase_s
+        self._clock = clock
+        self.epoch = 0
+        self.through = 0  # the base counts the records up to this seq of `epoch`
+        self.base: dict[str, int] = {}
+        self.published: dict[str, int] = {}
+        self._rebased_at = 0.0
+        self._failing = False
+        self._lock = threading.Lock()  # a refresh in a worker thread and the last one at a stop may overlap
+
+    def _load(self) -> bool:
+        try:
+            doc = json.loads(self.path.read_text())
+            self.epoch, self.through = int(doc["epoch"]), int(doc["through_seq"])
+            self.base = {str(k): int(v) for k, v in doc["mwh"].items()}
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("%s cannot be read (%s); Home Assistant's energy totals start again from the ledger",
+                        self.path, e)
+            return False
+        return True
+
+    def _sum(self, ledger: _Ledger, from_seq: int) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for row in ledger.iter_usage(None, None, "function", None, from_seq):
+            out[row.appliance] = out.get(row.appliance, 0) + row.energy_mwh
+        return out
+
+    def start(self, ledger: _Ledger) -> dict[str, int]:
+        """Load the base, add what the ledger holds beyond it, save the new base. Call before the gateway appends."""
+        had = self._load()
+        if had and self.epoch != ledger.epoch:
+            log.info("Home Assistant energy totals: a new ledger (epoch %d, was %d); its records add to the totals",
+                     ledger.epoch, self.epoch)
+            self.epoch, self.through = ledger.epoch, 0
+        elif not had:
+            self.epoch, self.through, self.base = ledger.epoch, 0, {}
+            for t in ledger.pruned_totals():  # a local-only gateway folds what it prunes into these
+                self.base[t.appliance] = self.base.get(t.appliance, 0) + t.energy_mwh
+        head = ledger.head()[0]
+        self._add(self._sum(ledger, self.through + 1))
+        self.through = head
+        self._save()
+        self.published = dict(self.base)
+        return self.published
+
+    def _add(self, more: dict[str, int]) -> None:
+        for a, e in more.items():
+            self.base[a] = self.base.get(a, 0) + e
+
+    def refresh(self, ledger: _Ledger, *, save: bool = False) -> dict[str, int]:
+        """The totals now (blocking: reads the ledger). Never below what was published before. `save`: move the
+        base now (at a clean stop, when nothing appends any more)."""
+        with self._lock:
+            return self._refresh(ledger, save)
+
+    def _refresh(self, ledger: _Ledger, save: bool) -> dict[str, int]:
+        before = ledger.head()[0]
+        more = self._sum(ledger, self.through + 1) if before > self.through else {}
+        after = ledger.head()[0]
+        now = {a: self.base.get(a, 0) + more.get(a, 0) for a in {*self.base, *more}}
+        due = save or self._clock() - self._rebased_at >= self.rebase_s
+        if before == after and before > self.through and due:
+            self.base, self.through = now, after  # exact: nothing was appended during the sum
+            self._save()
+        for a, e in now.items():
+            self.published[a] = max(self.published.get(a, 0), e)
+        return dict(self.published)
+
+    def _save(self) -> None:
+        doc = {"epoch": self.epoch, "through_seq": self.through, "mwh": dict(sorted(self.base.items()))}
+        try:
+            write_atomic(self.path, json.dumps(doc, sort_keys=True).encode(), mode=0o600)
+        except OSError as e:
+            if not self._failing:
+                log.warning("cannot save %s (%s); Home Assistant's energy totals are still right while the "
+                            "gateway runs, and recounted from the ledger at the next start", self.path, e.strerror)
+            self._failing = True
+            return
+        self._failing = False
+        self._rebased_at = self._clock()

@@ -1,0 +1,222 @@
+"""What the status page shows, gathered without ever holding up the metering loop.
+
+Two kinds of facts, read two ways:
+
+- **live** (`live()`): each appliance's power and function, the sources' health, the cloud connection, the
+  entitlements and which appliance is locked. All of it is already in the daemon's memory, so it is read on the
+  event loop with attribute reads only — never the writer's ledger connection, whose lock an append holds through
+  its fsync.
+- **from the ledger** (`figures()`): usage and cost per function today and this month, the last 30 days per function
+  for the chart, and how far the cloud has acked. Read through a *separate, read-only* SQLite connection in a worker
+  thread (`asyncio.to_thread`), summed by SQLite with the same queries `koto usage` uses
+  (`metering.ledger.usage.usage_groups`), and cached for `FIGURES_EVERY_S`, so a page reloaded by several phones
+  costs one query pass. WAL lets this reader run beside the writer without blocking it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..daemon import Gateway
+
+FIGURES_EVERY_S = 5.0
+CHART_DAYS = 30
+STALE_SOURCE_S = 120.0
+
+
+@dataclass
+class Figures:
+    """Usage per (appliance, function): today, this month, and per day for the chart; the cloud's ack state."""
+
+    today: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    month: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    days: list[str] = field(default_factory=list)  # the chart's local dates, oldest first
+    daily: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # energy mWh per day, as `days`
+    head_seq: int = 0
+    acked_through: int = 0
+    last_ack_wall: float | None = None
+    error: str = ""
+
+
+def _sums(rows: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        if r.key.startswith("gap"):
+            continue  # energy nobody watched is billed to no function; `koto usage` lists it
+        out[(r.appliance, r.key)] = {"energy_mwh": r.energy_mwh, "uses": r.uses, "costs": dict(r.costs),
+                                     "duration_ms": r.duration_ms}
+    return out
+
+
+class LedgerReader:
+    """A read-only connection to the ledger (opened on first use, in the worker thread)."""
+
+    def __init__(self, path: str, tz: Any) -> None:
+        self.path = path
+        self.tz = tz
+        self._conn: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            uri = f"{Path(self.path).resolve().as_uri()}?mode=ro"  # as_uri escapes '?' and '#' in the path
+            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            self._conn.execute("PRAGMA query_only=ON")
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def read(self, now_wall: float) -> Figures:
+        from metering.ledger.usage import fold, usage_groups
+
+        conn = self._connect()
+        now = datetime.fromtimestamp(now_wall, self.tz)
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        month_start = midnight.replace(day=1)
+        first_day = (midnight - timedelta(days=CHART_DAYS - 1))
+        f = Figures()
+        month_seq = self._first_seq(conn, month_start.timestamp())
+        if month_seq is not None:
+            f.month = _sums(fold(usage_groups(conn, None, month_start.timestamp(), "function", self.tz, month_seq),
+                                 "function"))
+            f.today = _sums(fold(usage_groups(conn, None, midnight.timestamp(), "function", self.tz, month_seq),
+                                 "function"))
+        f.days, f.daily = self._daily(conn, first_day)
+        row = conn.execute("SELECT value FROM kv WHERE key='head_seq'").fetchone()
+        f.head_seq = int(row[0]) if row else 0
+        row = conn.execute("SELECT value FROM kv WHERE key='acked_through'").fetchone()
+        f.acked_through = int(row[0]) if row else 0
+        try:
+            row = conn.execute("SELECT at_ms FROM acks ORDER BY through DESC LIMIT 1").fetchone()
+            f.last_ack_wall = row[0] / 1000 if row else None
+        except sqlite3.OperationalError:  # an older ledger without the acks table
+            f.last_ack_wall = None
+        return f
+
+    @staticmethod
+    def _first_seq(conn: sqlite3.Connection, since_wall: float) -> int | None:
+        row = conn.execute("SELECT seq FROM records WHERE t_end_ms >= ? ORDER BY seq LIMIT 1",
+                           (round(since_wall * 1000),)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _daily(self, conn: sqlite3.Connection, first_day: datetime) -> tuple[list[str], dict[tuple[str, str],
+                                                                                           list[int]]]:
+        """Energy per appliance, function and local day for the chart: one SQL pass, the day found by comparing
+        `t_end_ms` with the local midnights (computed here, so a daylight-saving change is right)."""
+        from metering.ledger.store import PARTITION
+
+        starts = []
+        day = first_day
+        for _ in range(CHART_DAYS + 1):
+            starts.append(round(day.timestamp() * 1000))
+            day = (day + timedelta(days=1, hours=3)).replace(hour=0)  # the next local midnight, DST or not
+        days = [datetime.fromtimestamp(ms / 1000, self.tz).date().isoformat() for ms in starts[:-1]]
+        case = "CASE " + "".join(f"WHEN t_end_ms < {ms} THEN {i - 1} " for i, ms in enumerate(starts) if i) + "END"
+        seq = self._first_seq(conn, first_day.timestamp())
+        daily: dict[tuple[str, str], list[int]] = {}
+        if seq is None:
+            return days, daily
+        marks = ",".join("?" * len(PARTITION))
+        sql = (f"SELECT appliance, function, {case} AS d, sum(energy_mwh) FROM records WHERE type=? AND seq>=? "
+               f"AND t_end_ms>=? AND t_end_ms<? AND kind IN ({marks}) AND function!='' "
+               "GROUP BY appliance, function, d")
+        for app, fn, d, mwh in conn.execute(sql, ("io.koto.usage.v1", seq, starts[0], starts[-1], *PARTITION)):
+            daily.setdefault((app, fn), [0] * CHART_DAYS)[int(d)] += int(mwh or 0)
+        return days, daily
+
+
+_WORDS = {"revoked": "was withdrawn", "not yet valid": "has not started yet", "expired": "has ended",
+          "used up": "is used up"}
+
+
+def plain_reason(reasons: list[str]) -> str:
+    """The entitlement book's reasons ("gated by config and no entitlement given", "ent-7 expired") in words."""
+    out = []
+    for r in reasons:
+        if r.startswith("gated by config"):
+            out.append("it only starts when it is unlocked, and nothing is unlocked for it")
+            continue
+        for part in r.split("; "):
+            ent, _, why = part.partition(" ")
+            out.append(f"its unlock {ent} {_WORDS.get(why, why)}")
+    return "; ".join(dict.fromkeys(out)) or "nothing is unlocked for it"
+
+
+class PageData:
+    """The page's view of a running gateway."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.reader = LedgerReader(str(gw.ledger.path), gw.cfg.tz)
+        self._figures: Figures | None = None
+        self._figures_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def figures(self) -> Figures:
+        async with self._lock:
+            if self._figures is None or time.monotonic() - self._figures_at >= FIGURES_EVERY_S:
+                now = self.gw.clock.now().wall
+                try:
+                    self._figures = await asyncio.to_thread(self.reader.read, now)
+                except sqlite3.Error as e:
+                    self._figures = Figures(error=f"cannot read the ledger ({e})")
+                self._figures_at = time.monotonic()
+            return self._figures
+
+    def live(self) -> dict[str, Any]:
+        """Everything that changes second by second, from memory (cheap: the JSON endpoint serves it)."""
+        gw = self.gw
+        now = gw.clock.now()
+        appliances: dict[str, Any] = {}
+        for aid, m in list(gw.meters.items()):
+            appliances[aid] = {"function": m.function or "", "power_mw": m.power_mw, "profile": m.profile.name,
+                               "functions": list(m.profile.function_names()), "lock": self._lock_of(aid, now.wall)}
+        sources = {}
+        for name, st in list(gw.sources.items()):
+            h = st.source.health if st.source is not None else None
+            sources[name] = {"appliance": st.appliance, "state": h.state if h else "starting",
+                             "age_s": h.age_s() if h else None, "restarts": st.restarts, "last_error": st.last_error}
+        cloud = None
+        if gw.sync is not None:
+            sh = asdict(gw.sync.health)
+            cloud = {"connected": bool(sh["connected"]), "last_ack": sh["last_ack"], "last_error": sh["last_error"]}
+        return {"now": now.wall, "clock_synced": bool(now.synced), "appliances": appliances, "sources": sources,
+                "cloud": cloud, "configured_cloud": gw.cfg.cloud is not None,
+                "entitlements": self.entitlements(now.wall), "pairing": gw.pairing.active,
+                "writer_stalled_s": gw.writer_stalled_s()}
+
+    def _lock_of(self, aid: str, now_wall: float) -> dict[str, Any] | None:
+        """Why the appliance may not start, when its enforcement relay keeps it from starting; None otherwise."""
+        gw = self.gw
+        relay = gw.relays.get(aid)
+        if relay is None:
+            return None
+        meter = gw.meters[aid]
+        reasons = []
+        for fn in ("*", *meter.profile.function_names()):
+            d = gw.pricing.allows(aid, fn, now_wall)
+            if d.entitled:
+                return None
+            if d.reason and d.reason not in reasons:
+                reasons.append(d.reason)
+        return {"reason": plain_reason(reasons),
+                "running": bool(meter.cycle.running), "powered": bool(relay.powered)}
+
+    def entitlements(self, now_wall: float) -> list[dict[str, Any]]:
+        ents = self.gw.pricing.entitlements
+        out = []
+        for e in ents:
+            if e.revoked or (e.valid_until is not None and e.valid_until <= now_wall):
+                continue
+            out.append({"id": e.id, "appliance": e.appliance, "function": e.function, "kind": str(e.kind),
+                        "remaining": ents.remaining(e.id), "valid_until": e.valid_until})
+        return out

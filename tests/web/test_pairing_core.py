@@ -1,0 +1,133 @@
+"""Pairing's core without a browser: the config edited as text (comments kept, validated before it is written,
+refused in plain words), pairing mode's expiry, and the installer PIN (salted hash, rate-limited tries)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gateway.cli import cli
+from gateway.pairing import PairingError, PairingMode, append_block, appliance_block, remove_block
+from gateway.web.pin import Tries, hash_pin, load_pin_hash, save_pin, verify_pin
+
+CONFIG = """# the installer's notes: keep me
+[gateway]
+id = "gw-1"
+state_dir = "state"   # beside this file
+
+[[appliance]]
+id = "washer"
+profile = "washing_machine"
+
+[appliance.sources.washer-plug]
+driver = "bthome"
+address = "A4:C1:38:00:00:01"
+
+[tariff]  # a table after the appliances: a new [[appliance]] must still join the array
+id = "t"
+version = 1
+currency = "EUR"
+rates = [{ match = "*/*", per_kwh = "0.30" }]
+"""
+DRYER = {"driver": "bthome", "address": "A4:C1:38:00:00:02"}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "koto.toml"
+    p.write_text(text)
+    p.chmod(0o640)
+    return p
+
+
+def test_an_appliance_is_appended_as_text_validated_and_taken_back_out_exactly(tmp_path: Path) -> None:
+    path = write(tmp_path, CONFIG)
+    cfg, added = append_block(path, appliance_block("dryer", "tumble_dryer", "dryer-plug", DRYER, when=0))
+    text = path.read_text()
+    assert text == CONFIG + added and text.startswith("# the installer's notes: keep me")
+    assert [a.id for a in cfg.appliances] == ["washer", "dryer"]
+    assert cfg.appliances[1].sources["dryer-plug"] == DRYER and cfg.tariff is not None
+    assert "# Added on the status page on 1970-01-01 00:00 UTC" in added
+    assert path.stat().st_mode & 0o777 == 0o640  # the file keeps its permissions
+    cfg = remove_block(path, added)
+    assert path.read_text() == CONFIG and [a.id for a in cfg.appliances] == ["washer"]
+
+
+@pytest.mark.parametrize(("profile", "source", "said"), [
+    ("no_such_profile", "dryer-plug", "would not be valid with this appliance"),
+    ("tumble_dryer", "washer-plug", "already used by appliance 'washer'"),
+])
+def test_a_block_that_would_make_the_config_invalid_is_refused_and_nothing_is_written(
+        tmp_path: Path, profile: str, source: str, said: str) -> None:
+    path = write(tmp_path, CONFIG)
+    with pytest.raises(PairingError) as err:
+        append_block(path, appliance_block("dryer", profile, source, DRYER, when=0))
+    assert said in err.value.problem and "nothing was changed" in err.value.problem
+    assert path.read_text() == CONFIG
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["koto.toml"]  # no temp file left behind
+
+
+def test_a_config_that_cannot_take_an_appended_table_is_refused_in_plain_words(tmp_path: Path) -> None:
+    inline = 'appliance = []  # written as an inline array: TOML cannot add a [[appliance]] table to it\n' \
+             '[gateway]\nid = "gw-1"\n'
+    path = write(tmp_path, inline)
+    with pytest.raises(PairingError) as err:
+        append_block(path, appliance_block("dryer", "tumble_dryer", "dryer-plug", DRYER, when=0))
+    assert "would not be valid TOML with this appliance added" in err.value.problem
+    assert "Add it by hand" in err.value.problem
+    assert path.read_text() == inline
+
+
+def test_undo_refuses_when_the_block_was_edited_since(tmp_path: Path) -> None:
+    path = write(tmp_path, CONFIG)
+    _, added = append_block(path, appliance_block("dryer", "tumble_dryer", "dryer-plug", DRYER, when=0))
+    path.write_text(path.read_text().replace('"tumble_dryer"', '"washing_machine"'))
+    with pytest.raises(PairingError, match="was changed since the appliance was added"):
+        remove_block(path, added)
+
+
+def test_pairing_mode_is_on_until_left_or_expired() -> None:
+    mode = PairingMode(duration_s=600)
+    assert not mode.active_at(0)
+    mode.enter(100.0)
+    assert mode.active_at(100.0) and mode.active_at(699.0) and not mode.active_at(700.0)
+    mode.enter(100.0)
+    mode.leave()
+    assert not mode.active_at(101.0)
+
+
+def test_only_a_salted_hash_of_the_pin_is_stored_and_it_verifies(tmp_path: Path) -> None:
+    path = save_pin(tmp_path, "2468")
+    stored = load_pin_hash(tmp_path)
+    assert stored is not None and "2468" not in stored and stored.startswith("scrypt$")
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert verify_pin("2468", stored) and not verify_pin("2469", stored) and not verify_pin("", stored)
+    assert hash_pin("2468") != hash_pin("2468")  # salted
+    assert load_pin_hash(tmp_path / "elsewhere") is None
+
+
+def test_pin_tries_are_free_at_first_then_each_must_wait_longer() -> None:
+    tries = Tries(free=3, cap_s=60)
+    for _ in range(3):
+        assert tries.wait_s("10.0.0.7", now=0.0) == 0
+        tries.failed("10.0.0.7", now=0.0)
+    waits = []
+    for _ in range(8):
+        tries.failed("10.0.0.7", now=0.0)
+        waits.append(tries.wait_s("10.0.0.7", now=0.0))
+    assert waits == sorted(waits) and waits[0] > 0 and waits[-1] == 60  # doubling, capped
+    assert tries.wait_s("10.0.0.8", now=0.0) == 0  # another client is not held up
+    tries.succeeded("10.0.0.7")
+    assert tries.wait_s("10.0.0.7", now=0.0) == 0
+
+
+def test_koto_provision_sets_the_installer_pin_asked_twice(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    result = CliRunner().invoke(cli, ["provision", "--state-dir", str(state), "--set-pin"], input="13579\n13579\n")
+    assert result.exit_code == 0, result.output
+    stored = load_pin_hash(state)
+    assert stored is not None and verify_pin("13579", stored)
+    refused = CliRunner().invoke(cli, ["provision", "--state-dir", str(state), "--set-pin"], input="12\n")
+    assert refused.exit_code != 0 and "four to twelve digits" in refused.output
+    assert verify_pin("13579", load_pin_hash(state) or "")  # the PIN set before is kept
