@@ -291,6 +291,26 @@ def report(args: argparse.Namespace, cols: list[Column]) -> None:
         print("  burst scaling vs 1 receiver: " + ", ".join(f"{r / rates[0]:.2f}x" for r in rates))
 
 
+def emit_figures(cols: list[Column]) -> None:
+    """The figures for bench/report.py: per column, the burst rate beside one receiver's, latency and CPU."""
+    from bench.figures import Figure, emit
+
+    base = cols[0].burst_records / cols[0].burst_s
+    figs = []
+    for c in cols:
+        rate = c.burst_records / c.burst_s
+        figs += [
+            Figure(f"{c.label}: burst records/s until acked", round(rate), "records/s", baseline=round(base),
+                   baseline_name=cols[0].label),
+            Figure(f"{c.label}: steady commit-to-ack p50", round(c.steady_p50_ms), "ms"),
+            Figure(f"{c.label}: steady commit-to-ack p99", round(c.steady_p99_ms), "ms"),
+            Figure(f"{c.label}: receiver CPU per record", round(c.rx_cpu_s / max(1, c.stored) * 1e6), "us"),
+            Figure(f"{c.label}: broker CPU per record", round(c.broker_cpu_s / max(1, c.stored) * 1e6), "us"),
+            Figure(f"{c.label}: stored exactly once", 1.0 if c.exact else 0.0, "yes=1", target="1"),
+        ]
+    emit("fleet", figs, argv=["--json"])
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true", help="a short smoke run (100 gateways, 1 and 2 receivers)")
@@ -306,6 +326,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--window", type=int, default=100, help="each gateway's in-flight window")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds a burst may take")
     ap.add_argument("--mosquitto", action="store_true", help="also run on one Mosquitto with $share receivers")
+    ap.add_argument("--json", action="store_true", help="also print the figures as one JSON line (bench/report.py)")
     args = ap.parse_args(argv)
     if args.quick:  # smaller defaults; an option given on the command line still wins
         quick = {"gateways": 100, "burst_gateways": 20, "burst_records": 200, "rate": 50.0, "steady_s": 10.0,
@@ -326,6 +347,8 @@ async def main_async(args: argparse.Namespace) -> None:
         if args.mosquitto:
             cols += await run_mosquitto(args, tmp, pg, steady, burst)
     report(args, cols)
+    if args.json:
+        emit_figures(cols)
     print(f"  (whole run {time.monotonic() - t0:.0f} s; logs in {tmp})")
     if statistics.fmean(1.0 if c.exact else 0.0 for c in cols) < 1:
         raise SystemExit("some records were not stored exactly once")
