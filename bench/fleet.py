@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -355,6 +356,9 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # A SIGTERM (bench/report.py's time limit, `timeout`) unwinds like Ctrl-C, so the broker nodes and PostgreSQL
+    # this bench started are stopped, not left running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     asyncio.run(main_async(parse(argv)))
 
 
