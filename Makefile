@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # On a Pi the venv also sees Raspberry Pi OS's python3-lgpio (PyPI's lgpio has no wheels for Python 3.13: docs/install.md).
 VENV_FLAGS := $(if $(filter aarch64 armv7l,$(shell uname -m)),--system-site-packages,)
 
-.PHONY: demo test test-fast test-install test-install-debootstrap image-test test-arm64 lint typecheck pytest fuzz bench bench-quick bench-sd clean system-deps
+.PHONY: demo test test-fast test-install test-install-debootstrap image-test test-arm64 lint typecheck pytest fuzz bench bench-quick bench-sd bench-fleet clean system-deps
 
 $(VENV_OK):
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -52,6 +52,9 @@ system-deps:
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends netplan.io )
 	@command -v shellcheck >/dev/null 2>&1 || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q shellcheck )
+	@# The cluster chaos test (tests/cluster) starts its own RabbitMQ nodes from Debian's rabbitmq-server.
+	@[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || \
+		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q rabbitmq-server )
 	@command -v mcopy >/dev/null 2>&1 && { command -v mkfs.fat >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.fat ]; } || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mtools dosfstools )
 	@# The status page's browser tests drive Debian's chromium through its matching chromedriver (tests/web/).
@@ -143,6 +146,11 @@ bench-quick: $(DEV_STAMP) system-deps
 # The SD-card write budget: a compressed day of 9 appliances at 1 Hz (about 25 minutes at the default 60x).
 bench-sd: $(DEV_STAMP)
 	$(BIN)/python bench/sd_writes.py --speed 60
+
+# The cloud side at fleet scale: 1,000 simulated gateways and a 200 x 1,000-record burst through a three-node
+# RabbitMQ cluster to 1, 2 and 4 receivers and PostgreSQL (bench/fleet.py; `--quick` for a smoke run).
+bench-fleet: $(DEV_STAMP) system-deps
+	$(BIN)/python -m bench.fleet
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

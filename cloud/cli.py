@@ -391,6 +391,9 @@ def usage(gateway: str, db: str, as_json: bool) -> None:
                    f"{s['duration_ms'] / 60000:.1f} min")
 
 
+from . import cli_amqp  # noqa: E402, F401 - registers `serve-amqp` (the RabbitMQ transport) on the group
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (EPILOG: 0 ok, 1 a failure said in plain words, 2 a usage error,
     3 the gateway rejected the command, 4 it did not reply in time)."""

@@ -33,7 +33,7 @@ import socket
 import ssl
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -60,6 +60,7 @@ class BrokerError(KotoError, ConnectionError):
 class Message(NamedTuple):
     topic: str
     payload: bytes
+    tag: int = 0  # a transport's delivery id for settle() (cloud/transport.py); MQTT needs none
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +289,9 @@ class Connection:
         if content_type is not None:
             props.ContentType = content_type
         return props
+
+    def settle(self, tags: Sequence[int]) -> None:
+        """Nothing to do on MQTT: the QoS 1 PUBACK went out when the message was read (cloud/transport.py)."""
 
     async def receive(self) -> list[Message]:
         """Every message received since the last call, oldest first; waits for one if there is none yet.

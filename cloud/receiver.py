@@ -41,10 +41,13 @@ from . import intake
 from .errors import Rejected
 from .mqtt import BrokerError, Connection
 from .store import Ack, CommitResult, Store
+from .transport import Link, Transport
 from .verifier import RunVerifier
 from .verify import Event, bad_signature
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
     from .openmeter import Forwarder
 
 log = logging.getLogger("koto.cloud.receiver")
@@ -75,11 +78,13 @@ class ReceiverConfig:
 
 
 class Receiver:
-    def __init__(self, store: Store, config: ReceiverConfig, *, forwarder: Forwarder | None = None) -> None:
+    def __init__(self, store: Store, config: ReceiverConfig, *, forwarder: Forwarder | None = None,
+                 transport: Transport | None = None) -> None:
         self.url = parse_broker_url(config.broker, file="receiver config", key="broker")  # fail early on a bad URL
         self.store = store
         self.config = config
         self.forwarder = forwarder
+        self.transport = transport  # None: MQTT to config.broker; else e.g. cloud.amqp.AmqpTransport
         self.stats: Counter[str] = Counter()
         self.ready = asyncio.Event()
         self.committed = asyncio.Event()  # set after every commit (the forwarder waits on it)
@@ -93,6 +98,9 @@ class Receiver:
         self._flushing = asyncio.Lock()  # one commit-and-ack at a time, in order
         self._task: asyncio.Task[None] | None = None
         self._fwd_task: asyncio.Task[None] | None = None
+        self._batch_tags: list[int] = []  # the transport's delivery tags of the batch's messages, settled after commit
+        self._tag = 0  # of the message being handled
+        self._held = False  # whether that message went into the batch (settled after commit) or is done with
         self._failpoint = os.environ.get("KOTO_CLOUD_FAILPOINT", "")  # tests only; see _flush
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -132,10 +140,14 @@ class Receiver:
             while True:
                 try:
                     async with self._connection() as conn:
-                        await self._subscribe(conn)
+                        if isinstance(conn, Connection):
+                            await self._subscribe(conn)
                         backoff.reset()
                         self.ready.set()
-                        log.info("receiving on %s (shared group %r)", self.config.broker, self.config.group)
+                        if self.transport is not None:
+                            log.info("receiving on %s", self.transport.name)
+                        else:
+                            log.info("receiving on %s (shared group %r)", self.config.broker, self.config.group)
                         try:
                             await self._consume(conn)
                         finally:
@@ -150,8 +162,10 @@ class Receiver:
         finally:
             reporter.cancel()
 
-    def _connection(self) -> Connection:
+    def _connection(self) -> AbstractAsyncContextManager[Link]:
         """A new connection (the TLS files are read again for each, so renewed certificates are picked up)."""
+        if self.transport is not None:
+            return self.transport.connect()
         cfg = self.config
         ssl_context = tls_context(cfg.ca, cfg.cert, cfg.key) if self.url.tls else None
         return Connection(self.url, client_id=cfg.client_id, protocol=cfg.protocol, ssl_context=ssl_context,
@@ -165,12 +179,13 @@ class Receiver:
         await conn.subscribe(f"{p}/+/up/status", qos=1)
 
     # -- the loop --------------------------------------------------------------------------------------------
-    async def _consume(self, conn: Connection) -> None:
+    async def _consume(self, conn: Link) -> None:
         """Read and shape-check messages here while a second task authenticates, commits and acks batches.
 
         With PostgreSQL the commit waits on the network in a worker thread and reading goes on meanwhile; SQLite
         commits on the loop, which measured faster (cloud/store.py, SqliteStore).
         """
+        self._batch_tags = []  # delivery tags belong to a connection: a new one starts afresh
         committer = asyncio.create_task(self._committer(conn), name="koto-receiver-commit")
         try:
             await self._read(conn, committer)
@@ -179,7 +194,7 @@ class Receiver:
             with contextlib.suppress(asyncio.CancelledError):
                 await committer
 
-    async def _read(self, conn: Connection, committer: asyncio.Task[None]) -> None:
+    async def _read(self, conn: Link, committer: asyncio.Task[None]) -> None:
         # Everything that arrived since the last turn comes in one list (no task or future per message); the
         # connection raises BrokerError once it is lost and the list is empty.
         while True:
@@ -187,9 +202,12 @@ class Receiver:
                 if committer.done():
                     committer.result()  # raise what stopped it (a broker loss, a failed commit)
                     raise RuntimeError("the committer stopped")
+                self._tag, self._held = message.tag, False
                 await self._handle(conn, message.topic, message.payload)
+                if not self._held:
+                    conn.settle((message.tag,))
 
-    async def _committer(self, conn: Connection) -> None:
+    async def _committer(self, conn: Link) -> None:
         """Group commit: close the batch when it is `max_batch` long or its oldest record has waited `linger_s`.
 
         Only one commit runs at a time; while it runs, the next batch fills, so under load batches grow to what
@@ -211,7 +229,7 @@ class Receiver:
                 continue
             await self._flush(conn)
 
-    async def _handle(self, conn: Connection, topic: str, payload: bytes) -> None:
+    async def _handle(self, conn: Link, topic: str, payload: bytes) -> None:
         """The per-message boundary: one message is checked, then stored or refused; nothing it holds stops us.
 
         cloud/intake.py checks size, depth, shape and ranges before anything is stored (it raises only
@@ -240,7 +258,7 @@ class Receiver:
             self._reject(gateway, Rejected("internal_error", f"handling a message on {topic[:200]!r} failed "
                                                              f"({type(e).__name__}: {str(e)[:200]})"), exc=e)
 
-    async def _on_usage(self, conn: Connection, gateway: str, payload: bytes) -> None:
+    async def _on_usage(self, conn: Link, gateway: str, payload: bytes) -> None:
         ev = intake.usage(gateway, payload)
         key = self._keys.get(gateway)
         if key is None and await self._key(gateway) is None:
@@ -250,6 +268,8 @@ class Receiver:
             self._batch_t0 = asyncio.get_running_loop().time()
             self._kick.set()
         batch.add(ev)
+        self._batch_tags.append(self._tag)
+        self._held = True
         if len(batch) >= self.config.max_batch:
             # The committer is busy with the previous batch: wait for it and commit this one here, so
             # a backlog never grows the batch without bound (backpressure on the broker's queue).
@@ -386,19 +406,21 @@ class Receiver:
             out.breaks += res.breaks
         return out
 
-    async def _flush(self, conn: Connection) -> None:
+    async def _flush(self, conn: Link) -> None:
         """Commit everything received so far (after any commit in progress), then ack what it made durable."""
         async with self._flushing:
             if not self._batch:
                 return
+            tags, self._batch_tags = self._batch_tags, []  # taken with the batch (_commit takes it before awaiting)
             res = await self._commit()
             if self._failpoint == "kill_after_commit" and res.inserted:
                 # Fault injection for the crash tests: die exactly between a durable commit and its ack.
                 os.kill(os.getpid(), signal.SIGKILL)
             for a in res.acks:
                 self._send_ack(conn, a)
+            conn.settle(tags)
 
-    def _send_ack(self, conn: Connection, ack: Ack) -> None:
+    def _send_ack(self, conn: Link, ack: Ack) -> None:
         """Hand the ack to the MQTT connection (QoS 1) without waiting for the broker's PUBACK.
 
         Waiting for it stalled reading for a broker round trip per commit; the PUBACK tells us nothing the
@@ -409,7 +431,7 @@ class Receiver:
         conn.publish(f"{self.config.prefix}/{ack.gateway}/down/ack", ack.payload(), 1)
         self.stats["acks_sent"] += 1
 
-    async def _on_status(self, conn: Connection, gateway: str, payload: bytes) -> None:
+    async def _on_status(self, conn: Link, gateway: str, payload: bytes) -> None:
         msg = intake.status(gateway, payload)
         self.stats["status"] += 1
         if not isinstance(msg, intake.Birth):
