@@ -186,13 +186,11 @@ class Segments:
         seg.weight -= mk.weight
         seg.dur_ns -= mk.dur_ns
         seg.peak_mw = mk.peak_before
-        s = self.close(RecordKind.FUNCTION, mk.at)
-        s.cycle_id = seg.cycle_id
+        self.close(RecordKind.FUNCTION, mk.at)
         new = self.open(mk.at)
         new.mwh, new.weight, new.dur_ns, new.peak_mw = mk.mwh, mk.weight, mk.dur_ns, mk.peak_mw
         new.mark = mk
         mk.peak_before = 0
-        assert st.seg is new
 
     def drop_empty(self) -> None:
         """Forget an open segment that covers nothing yet (opened at the cursor by a decision that took effect
