@@ -150,16 +150,15 @@ def build_app(gw: Gateway) -> WebApp:
 
     @route(app, "GET", "/")
     async def index(req: Request) -> Response:
-        tok, s, fresh = session(req)
+        got = sessions.get(req)  # a reader needs no session: only the login page starts one
+        s: dict[str, Any] = got[1] if got is not None else {"csrf": "", "installer": False, "flash": ""}
         live = data.live()
         fig = await data.figures()
         flash, s["flash"] = s["flash"], ""
         undo = list(flow.hot.added) if s["installer"] else []
         body = render.status_body(live, fig, gw.cfg.tz, installer=s["installer"], csrf=s["csrf"], flash=flash,
                                   undo=undo)
-        resp = Response(render.page(title, body, refresh=True, gateway=f"gateway {gw.cfg.id}"), status_code=200,
-                        headers={"Content-Type": HTML})
-        return _cookie(resp, tok) if fresh else resp
+        return html(render.page(title, body, refresh=True, gateway=f"gateway {gw.cfg.id}"))
 
     @route(app, "GET", "/api/live")
     async def api_live(req: Request) -> Response:
