@@ -97,15 +97,39 @@ test-arm64:
 image-test: $(DEV_STAMP) system-deps
 	@command -v qemu-system-aarch64 >/dev/null 2>&1 || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends qemu-system-arm )
-	@[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || \
+	@[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || command -v qemu-aarch64-static >/dev/null 2>&1 || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q qemu-user-static binfmt-support )
+	@# A container may start without binfmt_misc mounted, and installing the package does not register it there.
+	@[ -e /proc/sys/fs/binfmt_misc/register ] || $(SUDO) mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+	@[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || $(SUDO) update-binfmts --enable qemu-aarch64
 	@command -v debootstrap >/dev/null 2>&1 || ( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q debootstrap )
-	$(BIN)/pytest -q -m image tests/image
+	KOTO_IMAGE_TEST=1 $(BIN)/pytest -q -m image tests/image
 
 # Every fuzz test (tests/**/test_fuzz_*.py) at full size: 100,000 cases each. `make test` runs the same tests with
 # a few thousand cases (tests/support/fuzzing.py).
 fuzz: $(DEV_STAMP) system-deps
 	KOTO_FUZZ_EXAMPLES=100000 $(BIN)/pytest -q -p no:cacheprovider $$(find tests -name 'test_fuzz_*.py' | sort)
+	$(MAKE) fuzz-atheris
+
+# Coverage-guided fuzzing (atheris/libFuzzer) of the gateway's byte parsers from the seeds in tests/fuzz_corpus/,
+# ATHERIS_RUNS executions each (tests/fuzz_atheris/run.py). atheris has x86-64 Linux wheels only: elsewhere the pip
+# step fails softly and run.py says it skips. A crash stops the target and leaves its input in the printed folder.
+.PHONY: fuzz-atheris
+ATHERIS_RUNS ?= 100000
+ATHERIS_TARGETS ?= lineproto modbus bthome downlink config profile
+fuzz-atheris: $(DEV_STAMP)
+	-@$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/pip install -q 'atheris>=2.3,<3'
+	@for t in $(ATHERIS_TARGETS); do \
+		work=$$(mktemp -d /tmp/koto-atheris-$$t.XXXXXX); \
+		echo "atheris $$t: $(ATHERIS_RUNS) runs from tests/fuzz_corpus/$$t"; \
+		if ! $(BIN)/python -m tests.fuzz_atheris.run $$t -runs=$(ATHERIS_RUNS) -print_final_stats=1 \
+			-artifact_prefix=$$work/ $$work tests/fuzz_corpus/$$t >$$work.log 2>&1; then \
+			grep -v "^INFO: Instrumenting" $$work.log | tail -40; \
+			echo "atheris $$t failed or found a crash: its input is in $$work, its log $$work.log"; exit 1; \
+		fi; \
+		grep -E "^(Done|stat::average_exec|INFO: seed)|skipping" $$work.log; \
+		rm -rf $$work $$work.log; \
+	done
 
 bench: $(DEV_STAMP) system-deps
 	$(BIN)/python bench/metering.py
@@ -117,3 +141,15 @@ bench-sd: $(DEV_STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# The chaos suite at full size: the real `koto run` on all three driver kinds, Mosquitto and the receiver; every
+# fault of tests/chaos/faults.py five times at seeded random moments (a fresh seed each run, printed; about 10 min).
+# `make test` runs it once per fault (tests/chaos/test_chaos.py). SEED=N reruns one schedule. docs/testing.md.
+.PHONY: chaos soak
+chaos: $(DEV_STAMP) system-deps
+	$(BIN)/python bench/chaos.py $(if $(SEED),--seed $(SEED),)
+
+# 24 simulated hours with 16 appliances (about 24 min at 60x): RSS, open fds, threads and asyncio tasks each
+# simulated hour, with slopes and a verdict. `bench/soak.py --quick` runs 2 simulated hours.
+soak: $(DEV_STAMP) system-deps
+	$(BIN)/python bench/soak.py

@@ -22,7 +22,8 @@ from koto.canonical import CanonicalError, canonical_bytes, rfc3339
 from koto.net import parse_broker_url, tls_context
 from koto.signing import PrivateKey, sign_event
 
-from .errors import CommandError
+from . import intake
+from .errors import CommandError, Rejected, ReplyTimeout
 from .mqtt import Connection
 
 TARIFF = "io.koto.cmd.tariff.v1"
@@ -140,11 +141,11 @@ async def send_command(broker: BrokerOptions, gateway: str, command: dict[str, A
             async with asyncio.timeout(wait_reply_s):
                 while True:
                     for message in await conn.receive():
-                        try:
-                            reply = json.loads(message.payload)
-                        except ValueError:
+                        try:  # the same checks as the receiver's: a gateway's reply is untrusted input
+                            reply = intake.reply(gateway, message.payload)
+                        except Rejected:
                             continue
-                        if isinstance(reply, dict) and reply.get("ack_of") == command["id"]:
-                            return reply
+                        if reply.ack_of == command["id"]:
+                            return reply.body
         except TimeoutError:
-            raise CommandError(f"no reply from {gateway} within {wait_reply_s:g} s (is it online?)") from None
+            raise ReplyTimeout(f"no reply from {gateway} within {wait_reply_s:g} s (is it online?)") from None

@@ -27,3 +27,7 @@ class Rejected(KotoError, ValueError):
 
 class CommandError(KotoError):
     """A downlink command that cannot be built or sent (bad payload, no reply in time)."""
+
+
+class ReplyTimeout(CommandError):
+    """The command was sent but the gateway did not reply within the wait (it stays queued for the gateway)."""

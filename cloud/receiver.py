@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -36,19 +37,21 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from koto.net import Backoff, parse_broker_url, tls_context
 from koto.signing import KeyError_, PublicKey, load_public_key
 
+from . import intake
 from .errors import Rejected
 from .mqtt import BrokerError, Connection
 from .store import Ack, CommitResult, Store
 from .verifier import RunVerifier
-from .verify import Event, bad_signature, check_shape
+from .verify import Event, bad_signature
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from .openmeter import Forwarder
 
 log = logging.getLogger("koto.cloud.receiver")
 T = TypeVar("T")
+REJECT_LOG_S = 3600  # a refused message is logged once per kind and gateway per hour; the others only counted
+REJECT_KINDS = ("malformed", "too_large", "too_deep", "out_of_range", "wrong_topic", "unknown_gateway",
+                "bad_signature", "bad_key", "internal_error")
 PERSISTENT_SESSION_S = 24 * 3600  # a receiver with a fixed client id: the broker queues for it this long (MQTT 5)
 
 
@@ -81,7 +84,8 @@ class Receiver:
         self.committed = asyncio.Event()  # set after every commit (the forwarder waits on it)
         self._db = asyncio.Lock()  # one store call at a time (the forwarder shares the connection)
         self._keys: dict[str, PublicKey] = {}
-        self._logged: set[tuple[str, str]] = set()
+        self._logged: set[tuple[str, str]] = set()  # chain breaks already alarmed
+        self._reject_log = RateLimit(REJECT_LOG_S)
         self._batch = RunVerifier(self._keys)  # parsed events of the next commit; authenticated when it is taken
         self._batch_t0 = 0.0
         self._kick = asyncio.Event()  # the batch became non-empty or full: wake the committer
@@ -202,42 +206,49 @@ class Receiver:
                 continue
             await self._flush(conn)
 
-    def _split(self, topic: str) -> tuple[str, str] | None:
-        prefix = self.config.prefix + "/"
-        if not topic.startswith(prefix):
-            return None
-        parts = topic[len(prefix):].split("/")
-        if len(parts) != 3 or parts[1] != "up" or not parts[0]:
-            return None
-        return parts[0], parts[2]
-
     async def _handle(self, conn: Connection, topic: str, payload: bytes) -> None:
-        where = self._split(topic)
-        if where is None:
-            self._reject("", Rejected("malformed", f"message on unexpected topic {topic!r}"))
-            return
-        gateway, kind = where
-        if kind == "usage":
-            self.stats["received"] += 1
-            key = self._keys.get(gateway)
-            try:
-                ev = check_shape(payload, gateway, key if key is not None else await self._key(gateway))
-            except Rejected as e:
-                self._reject(gateway, e)
-                return
-            batch = self._batch
-            if not batch:
-                self._batch_t0 = asyncio.get_running_loop().time()
-                self._kick.set()
-            batch.add(ev)
-            if len(batch) >= self.config.max_batch:
-                # The committer is busy with the previous batch: wait for it and commit this one here, so
-                # a backlog never grows the batch without bound (backpressure on the broker's queue).
-                await self._flush(conn)
-        elif kind == "status":
-            await self._on_status(conn, gateway, payload)
-        elif kind == "reply":
-            await self._on_reply(gateway, payload)
+        """The per-message boundary: one message is checked, then stored or refused; nothing it holds stops us.
+
+        cloud/intake.py checks size, depth, shape and ranges before anything is stored (it raises only
+        `Rejected`). An exception from handling one message is caught here, counted as `internal_error` and
+        logged once per gateway, and the receiver goes on with the next message. What is not about the message
+        goes up as before: a broker loss reconnects (run), and a database that is unusable (the store's
+        `is_outage`: disk I/O, a lost server) stops the receiver rather than being miscounted as bad input.
+        """
+        gateway = _gateway_in(topic, self.config.prefix)
+        try:
+            gateway, kind = intake.split_topic(self.config.prefix, topic)
+            if kind == "usage":
+                self.stats["received"] += 1
+                await self._on_usage(conn, gateway, payload)
+            elif kind == "status":
+                await self._on_status(conn, gateway, payload)
+            else:
+                await self._on_reply(gateway, payload)
+        except Rejected as e:
+            self._reject(gateway, e)
+        except (BrokerError, asyncio.CancelledError):
+            raise
+        except Exception as e:
+            if isinstance(e, OSError | MemoryError) or self.store.is_outage(e):
+                raise
+            self._reject(gateway, Rejected("internal_error", f"handling a message on {topic[:200]!r} failed "
+                                                             f"({type(e).__name__}: {str(e)[:200]})"), exc=e)
+
+    async def _on_usage(self, conn: Connection, gateway: str, payload: bytes) -> None:
+        ev = intake.usage(gateway, payload)
+        key = self._keys.get(gateway)
+        if key is None and await self._key(gateway) is None:
+            raise Rejected("unknown_gateway", f"gateway {gateway!r} is not registered (koto-cloud register)")
+        batch = self._batch
+        if not batch:
+            self._batch_t0 = asyncio.get_running_loop().time()
+            self._kick.set()
+        batch.add(ev)
+        if len(batch) >= self.config.max_batch:
+            # The committer is busy with the previous batch: wait for it and commit this one here, so
+            # a backlog never grows the batch without bound (backpressure on the broker's queue).
+            await self._flush(conn)
 
     async def _key(self, gateway: str) -> PublicKey | None:
         key = self._keys.get(gateway)
@@ -253,11 +264,21 @@ class Receiver:
             self._keys[gateway] = key
         return key
 
-    def _reject(self, gateway: str, e: Rejected) -> None:
+    def _reject(self, gateway: str, e: Rejected, *, exc: BaseException | None = None) -> None:
+        """Count a refused message by kind; log it once per kind and gateway per `REJECT_LOG_S` (a flood of bad
+        messages must not flood the journal), saying how many more were only counted since the last line."""
         self.stats[e.kind] += 1
-        if (e.kind, gateway) not in self._logged:  # once per kind and gateway: a flood must not flood the log
-            self._logged.add((e.kind, gateway))
-            log.warning("rejected a message from %s: %s (further ones are only counted)", gateway or "?", e.reason)
+        self.stats["rejected"] += 1
+        if self._reject_log.allow((e.kind, gateway)):
+            more = self._reject_log.suppressed((e.kind, gateway))
+            log.warning("rejected a message from %s: %s (%s; further ones within %d min are only counted)",
+                        gateway or "?", e.reason, f"{more} more since the last report" if more else "first",
+                        REJECT_LOG_S // 60, exc_info=exc)
+
+    def rejections(self) -> dict[str, int]:
+        """Refused messages so far, per kind (malformed, too_large, too_deep, out_of_range, wrong_topic,
+        unknown_gateway, bad_signature, bad_key, internal_error)."""
+        return {k: self.stats[k] for k in REJECT_KINDS if self.stats[k]}
 
     async def _in_store(self, fn: Callable[..., T], *args: Any) -> T:
         """One store call at a time (the forwarder shares the connection), in a worker thread if the store wants one.
@@ -344,36 +365,52 @@ class Receiver:
         self.stats["acks_sent"] += 1
 
     async def _on_status(self, conn: Connection, gateway: str, payload: bytes) -> None:
-        msg = _json_object(payload)
-        if msg is None:
-            self._reject(gateway, Rejected("malformed", "status payload is not a JSON object"))
-            return
+        msg = intake.status(gateway, payload)
         self.stats["status"] += 1
-        if msg.get("online") != 1:
-            return
-        epoch = msg.get("epoch")
-        if type(epoch) is not int or epoch < 0:
-            self._reject(gateway, Rejected("malformed", "birth without an integer epoch"))
+        if not isinstance(msg, intake.Birth):
             return
         await self._flush(conn)  # what was received before the birth is in the ack it gets
-        await self._in_store(self.store.set_birth, gateway, msg)
-        ack = await self._in_store(self.store.ack_state, gateway, epoch)
+        await self._in_store(self.store.set_birth, gateway, msg.body)
+        ack = await self._in_store(self.store.ack_state, gateway, msg.epoch)
         self.stats["births"] += 1
         self._send_ack(conn, ack)
 
     async def _on_reply(self, gateway: str, payload: bytes) -> None:
-        msg = _json_object(payload)
-        if msg is None or not isinstance(msg.get("ack_of"), str) or not isinstance(msg.get("status"), str):
-            self._reject(gateway, Rejected("malformed", "reply is not a JSON object with ack_of and status"))
-            return
+        msg = intake.reply(gateway, payload)
         self.stats["replies"] += 1
-        await self._in_store(self.store.add_reply, gateway, msg)
-        log.info("%s replied %s to command %s: %s", gateway, msg["status"], msg["ack_of"], msg.get("reason", ""))
+        await self._in_store(self.store.add_reply, gateway, msg.body)
+        log.info("%s replied %s to command %s: %s", gateway, msg.status, msg.ack_of, msg.reason[:200])
 
 
-def _json_object(payload: bytes) -> dict[str, Any] | None:
-    try:
-        msg = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return msg if isinstance(msg, dict) else None
+def _gateway_in(topic: str, prefix: str) -> str:
+    """The gateway a topic names, for counting and logging before the topic itself is checked ("" if none)."""
+    rest = topic[len(prefix) + 1:] if topic.startswith(prefix + "/") else ""
+    return rest.split("/", 1)[0][:128]
+
+
+class RateLimit:
+    """Allow one event per key per `window_s`; count the ones held back. Bounded: at most `max_keys` keys are
+    remembered (then the oldest half are forgotten), so a stream of ever-new keys cannot grow it without end."""
+
+    def __init__(self, window_s: float, *, max_keys: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s, self.max_keys, self._clock = window_s, max_keys, clock
+        self._last: dict[Any, float] = {}
+        self._held: Counter[Any] = Counter()
+
+    def allow(self, key: Any) -> bool:
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.window_s:
+            self._held[key] += 1
+            return False
+        if len(self._last) >= self.max_keys:
+            for k in sorted(self._last, key=self._last.__getitem__)[: self.max_keys // 2]:
+                del self._last[k]
+                self._held.pop(k, None)
+        self._last[key] = now
+        return True
+
+    def suppressed(self, key: Any) -> int:
+        """How many were held back since the last allowed one (and reset the count)."""
+        return self._held.pop(key, 0)

@@ -27,6 +27,7 @@ from typing import Any
 from koto.canonical import ZERO_HASH, rfc3339
 
 from .errors import StoreError
+from .intake import MAX_DSEQ_DIGITS
 from .verify import Event
 
 log = logging.getLogger("koto.cloud.store")
@@ -58,6 +59,7 @@ CREATE TABLE IF NOT EXISTS births (
 """
 
 _WALK_CHUNK = 500
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,11 @@ class Store:
         cur = self._conn.cursor()
         cur.execute(self._sql(sql), tuple(params))
         return cur
+
+    def is_outage(self, e: BaseException) -> bool:
+        """Whether `e` means the database itself is unusable (a lost server, a disk error), not that one message
+        was bad: the receiver stops on an outage instead of counting it as a refused message."""
+        return isinstance(e, StoreError | OSError)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -336,13 +343,14 @@ class Store:
         row = self._x("SELECT MAX(dseq) FROM commands WHERE gateway = ?", (gateway,)).fetchone()
         sent = int(row[0]) if row and row[0] is not None else 0
         birth = self.birth(gateway)
-        reported = 0
-        if birth is not None:
-            try:
-                reported = int(birth.get("last_dseq") or 0)
-            except (TypeError, ValueError):
-                reported = 0
-        return max(sent, reported) + 1
+        text = str(birth.get("last_dseq") or "0") if birth is not None else "0"
+        # The receiver refuses a birth whose last_dseq does not fit (cloud/intake.py); a database written before
+        # that check may still hold one, and it must not block every command to the gateway (issue 14).
+        if not (text.isascii() and text.isdigit() and len(text) <= MAX_DSEQ_DIGITS):
+            log.warning("%s: ignoring the last_dseq %r of its stored birth (not a dseq of at most %d digits)",
+                        gateway, text[:40], MAX_DSEQ_DIGITS)
+            text = "0"
+        return max(sent, int(text)) + 1
 
     def add_command(self, gateway: str, dseq: int, event: dict[str, Any]) -> None:
         self._begin()
@@ -426,6 +434,11 @@ class SqliteStore(Store):
     def _begin(self) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
 
+    def is_outage(self, e: BaseException) -> bool:
+        # OperationalError: locked, disk I/O, no such table; a bare DatabaseError: the file is not a database.
+        return (super().is_outage(e) or isinstance(e, sqlite3.OperationalError | sqlite3.InterfaceError)
+                or type(e) is sqlite3.DatabaseError)
+
     def _lock_chain(self, gateway: str, epoch: int) -> tuple[int, str]:
         self._x("INSERT INTO chain (gateway, epoch, contiguous_through, head_hash) VALUES (?, ?, 0, ?) "
                 "ON CONFLICT (gateway, epoch) DO NOTHING", (gateway, epoch, ZERO_HASH))
@@ -460,6 +473,11 @@ class PostgresStore(Store):
 
     def _begin(self) -> None:
         pass  # psycopg opens a transaction on the first statement
+
+    def is_outage(self, e: BaseException) -> bool:
+        import psycopg
+
+        return super().is_outage(e) or isinstance(e, psycopg.OperationalError | psycopg.InterfaceError)
 
     def _lock_chain(self, gateway: str, epoch: int) -> tuple[int, str]:
         self._x("INSERT INTO chain (gateway, epoch, contiguous_through, head_hash) VALUES (?, ?, 0, ?) "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -20,15 +21,18 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from koto.canonical import ZERO_HASH, CanonicalError, canonical_text
+from koto.canonical import MAX_SAFE_INT, ZERO_HASH, CanonicalError, canonical_text
 from koto.signing import PublicKey, verify_bytes
 
 from .errors import Rejected
+from .safejson import load_object
 
 EVENT_TYPES = frozenset({"io.koto.usage.v1", "io.koto.clock.v1", "io.koto.lifecycle.v1"})
 SOURCE_PREFIX = "urn:koto:gw:"
 MAX_EVENT_BYTES = 64 * 1024
 _HEX = frozenset("0123456789abcdef")
+_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})")
+_SIG = re.compile(r"[A-Za-z0-9+/]{1,200}={0,2}")  # a DER P-256 signature is at most 72 bytes: 96 base64 characters
 # ECDSA over a digest we already have (the record hash is the SHA-256 of the signed bytes): the same check as
 # koto.signing.verify_bytes without hashing the bytes a second time or building the algorithm object per record.
 _PREHASHED = ec.ECDSA(utils.Prehashed(hashes.SHA256()))
@@ -76,15 +80,9 @@ def gateway_of(source: str) -> str:
 
 
 def parse_event(payload: bytes) -> Event:
-    """Parse and shape-check one uplink usage payload. Raises `Rejected("malformed", reason)`."""
-    if len(payload) > MAX_EVENT_BYTES:
-        raise Rejected("malformed", f"payload of {len(payload)} bytes is above the {MAX_EVENT_BYTES}-byte limit")
-    try:
-        ev = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise Rejected("malformed", f"payload is not JSON ({e})") from None
-    if not isinstance(ev, dict):
-        raise Rejected("malformed", "payload is not a JSON object")
+    """Parse and shape-check one uplink usage payload. Raises `Rejected` (kind malformed, too_large, too_deep or
+    out_of_range) and nothing else, whatever the bytes."""
+    ev = load_object(payload, max_bytes=MAX_EVENT_BYTES, what="usage record")
     for name in _STR_FIELDS:
         if not isinstance(ev.get(name), str):
             raise Rejected("malformed", f"field {name!r} is missing or not a string")
@@ -94,18 +92,29 @@ def parse_event(payload: bytes) -> Event:
     epoch, seq = data.get("epoch"), data.get("seq")
     if type(epoch) is not int or type(seq) is not int or epoch < 0 or seq < 1:
         raise Rejected("malformed", "data.epoch and data.seq must be integers (epoch >= 0, seq >= 1)")
+    if epoch > MAX_SAFE_INT or seq > MAX_SAFE_INT:
+        raise Rejected("out_of_range", f"data.epoch {epoch} or data.seq {seq} is above 2**53-1")
     if ev["specversion"] != "1.0":
-        raise Rejected("malformed", f"specversion {ev['specversion']!r} is not '1.0'")
+        raise Rejected("malformed", f"specversion {ev['specversion'][:40]!r} is not '1.0'")
     if ev["type"] not in EVENT_TYPES:
-        raise Rejected("malformed", f"type {ev['type']!r} is not one of {sorted(EVENT_TYPES)}")
+        raise Rejected("malformed", f"type {ev['type'][:80]!r} is not one of {sorted(EVENT_TYPES)}")
     if ev["id"] != f"{epoch}-{seq}":
-        raise Rejected("malformed", f"id {ev['id']!r} does not match data epoch {epoch} and seq {seq}")
+        raise Rejected("malformed", f"id {ev['id'][:80]!r} does not match data epoch {epoch} and seq {seq}")
     if ev["sequence"] != f"{seq:020d}":
-        raise Rejected("malformed", f"sequence {ev['sequence']!r} is not seq {seq} padded to 20 digits")
+        raise Rejected("malformed", f"sequence {ev['sequence'][:40]!r} is not seq {seq} padded to 20 digits")
     if ev["timestatus"] not in ("S", "U"):
-        raise Rejected("malformed", f"timestatus {ev['timestatus']!r} is not 'S' or 'U'")
+        raise Rejected("malformed", f"timestatus {ev['timestatus'][:20]!r} is not 'S' or 'U'")
     if not _is_hex64(ev["prevhash"]):
         raise Rejected("malformed", "prevhash is not 64 lowercase hex digits")
+    if len(ev) != len(_STR_FIELDS) + 1:
+        extra = sorted(set(ev) - {*_STR_FIELDS, "data"})
+        raise Rejected("malformed", f"fields {', '.join(repr(k[:40]) for k in extra[:5])} are not in the contract")
+    if ev["datacontenttype"] != "application/json" or not ev["subject"]:
+        raise Rejected("malformed", "datacontenttype is not 'application/json' or subject is empty")
+    if not _TIME.fullmatch(ev["time"]):
+        raise Rejected("malformed", f"time {ev['time'][:40]!r} is not an RFC 3339 time")
+    if not _SIG.fullmatch(ev["sig"]):
+        raise Rejected("malformed", "sig is not base64")
     if seq == 1 and ev["prevhash"] != ZERO_HASH:
         raise Rejected("malformed", "the first record of an epoch must have a prevhash of 64 zeros")
     gateway = gateway_of(ev["source"])
@@ -114,6 +123,8 @@ def parse_event(payload: bytes) -> Event:
         signed = canonical_text(body).encode("utf-8")
     except CanonicalError as e:
         raise Rejected("malformed", f"event has no canonical form: {e}") from None
+    except UnicodeEncodeError:  # koto.canonical checks values, not keys, for lone surrogates (found by fuzzing)
+        raise Rejected("malformed", "event has no canonical form: a key is not valid Unicode") from None
     digest = hashlib.sha256(signed).digest()
     return Event(
         gateway=gateway, source=ev["source"], id=ev["id"], epoch=epoch, seq=seq, type=ev["type"],
@@ -136,7 +147,7 @@ def check_shape(payload: bytes, topic_gateway: str, key: PublicKey | None) -> Ev
     ev = parse_event(payload)
     if ev.gateway != topic_gateway:
         raise Rejected("wrong_topic",
-                       f"event source names gateway {ev.gateway!r} but came on {topic_gateway!r}'s topic")
+                       f"event source names gateway {ev.gateway[:80]!r} but came on {topic_gateway!r}'s topic")
     if key is None:
         raise Rejected("unknown_gateway", f"gateway {ev.gateway!r} is not registered (koto-cloud register)")
     return ev

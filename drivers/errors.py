@@ -15,7 +15,7 @@ class DriverConfigError(FieldError):
 
     def __init__(self, source: str, key: str, problem: str, file: str = "") -> None:
         self.source = source
-        super().__init__(file, key, problem)
+        super().__init__(file, key or '""', problem)  # TOML allows an empty key: name it as written, ""
 
     def __str__(self) -> str:
         where = f"{self.file}: " if self.file else ""

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Self
 
+from koto.canonical import MAX_SAFE_INT
 from koto.clock import Clock
 from koto.reading import UNITS as METER_UNITS
 from koto.reading import Quantity, Reading, to_milli
@@ -125,7 +126,7 @@ class LineParser:
         if self.fmt in ("json", "auto") and text.startswith("{"):
             try:
                 obj = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: "{"a":[[[[..." nested deeper than json allows
                 raise FrameError("garbage", f"not valid JSON: {text[:40]!r}") from None
             if not isinstance(obj, dict):
                 raise FrameError("garbage", f"JSON line is not an object: {text[:40]!r}")
@@ -163,7 +164,13 @@ class LineParser:
             raise FrameError("not_finite", f"{key}: {raw!r}")
         if spec.quantity in (Quantity.ENERGY_MWH, Quantity.PULSES) and d < 0:
             raise FrameError("negative_energy", f"{key}: {raw!r}")
-        return to_milli(d * spec.scale, UNITS[spec.quantity][spec.unit])
+        try:
+            milli = to_milli(d * spec.scale, UNITS[spec.quantity][spec.unit])
+        except ArithmeticError:  # beyond Decimal's precision or exponent range (e.g. "P:1e30", found by fuzzing)
+            raise FrameError("out_of_range", f"{key}: {str(raw)[:40]!r} is too large") from None
+        if abs(milli) > MAX_SAFE_INT:  # a record's integers stay below 2**53 (canonical JSON): never bill it
+            raise FrameError("out_of_range", f"{key}: {str(raw)[:40]!r} is too large")
+        return milli
 
     def parse(self, line: bytes) -> Parsed:
         if len(line) > MAX_LINE:
@@ -191,6 +198,41 @@ class LineParser:
         return Parsed(values, unknown, rejected)
 
 
+class LineSplitter:
+    """Pure: bytes as they arrive from the port, split anywhere, in; whole lines (without the newline) out.
+
+    What comes out does not depend on where the chunks were split (tests/drivers/test_fuzz_lineproto.py checks
+    it): the first line after an open is dropped (we may have joined in the middle of it); a line longer than
+    `MAX_LINE` bytes before its newline (a trailing CR counted) is given out once, whole or cut, for the parser to
+    reject as too long, and the rest of it is skipped, so the buffer never grows past `MAX_LINE` plus one chunk.
+    """
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._first = True
+        self._overflow = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        self._buf += chunk
+        while b"\n" in self._buf:
+            line, _, self._buf = self._buf.partition(b"\n")
+            if self._overflow:
+                self._overflow = False  # the tail of an over-long line, given out already
+            elif self._first:
+                self._first = False  # we may have joined in the middle of this one
+            else:
+                out.append(line if len(line) > MAX_LINE else line.rstrip(b"\r"))
+        if len(self._buf) > MAX_LINE:
+            if not self._overflow:
+                if self._first:
+                    self._first = False  # the first line, cut or not, is dropped
+                else:
+                    out.append(self._buf)  # reported as too long by the parser
+            self._buf, self._overflow = b"", True
+        return out
+
+
 _PLAIN = {
     "garbage": "unreadable line, ignored",
     "not_text": "line is not text (wrong baud rate?), ignored",
@@ -198,6 +240,7 @@ _PLAIN = {
     "bad_value": "value is not a number, ignored",
     "not_finite": "value is NaN or infinite, ignored",
     "negative_energy": "energy below zero, ignored",
+    "out_of_range": "value too large to be real, ignored",
     "unknown_key": "unknown key, ignored (map it under [appliance.sources.NAME.keys])",
     "port": "serial port went away (unplugged?); reopening",
 }
@@ -282,9 +325,7 @@ class LineSource(Source):
             backoff = 0.0
             self.health.state = "ok"
             assert self._reader is not None
-            buf = b""
-            first = True
-            overflow = False
+            splitter = LineSplitter()
             while True:
                 try:
                     chunk = await self._reader.read(4096)
@@ -294,19 +335,8 @@ class LineSource(Source):
                 if not chunk:
                     self._count_error("port", "%s went away (%s); reopening", self.port, why)
                     break
-                buf += chunk
-                while b"\n" in buf:
-                    line, _, buf = buf.partition(b"\n")
-                    if overflow:
-                        overflow = False  # the tail of an over-long line
-                        continue
-                    if first:
-                        first = False  # we may have joined in the middle of this one
-                        continue
-                    yield line.rstrip(b"\r")
-                if len(buf) > MAX_LINE:
-                    yield buf  # reported as too long by the parser
-                    buf, overflow = b"", True
+                for line in splitter.feed(chunk):
+                    yield line
             await self._close_port()
             self.health.state = "reconnecting"
             await asyncio.sleep(self.backoff_initial_s * self._rng.uniform(0.5, 1.0))

@@ -35,9 +35,11 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
+from functools import cache
 from pathlib import Path
 from typing import Any, Self
 
+from koto.canonical import MAX_SAFE_INT
 from koto.clock import Clock
 from koto.reading import UNITS, Quantity, Reading
 
@@ -230,13 +232,24 @@ def load_map(path: str | Path, *, source: str = "?") -> RegisterMap:
         raise DriverConfigError(source, "map", f"cannot read the register map {str(p)!r}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise DriverConfigError(source, "map", f"not valid TOML: {e}", str(p)) from None
+    except UnicodeDecodeError as e:
+        raise DriverConfigError(source, "map", f"not UTF-8 text (byte {e.start}); save it as UTF-8", str(p)) from None
+    except ValueError:  # a NUL in the path (TOML allows "\u0000"; found by fuzzing)
+        raise DriverConfigError(source, "map", f"{str(p)!r} is not a usable path (it contains a NUL)") from None
     return parse_map(data, file=str(p), source=source)
 
 
 def model_map(model: str, *, source: str = "?") -> RegisterMap:
     if model not in MODELS:
         raise DriverConfigError(source, "model", f"{model!r} is not known; allowed: {', '.join(MODELS)}")
-    return load_map(REGISTER_DIR / f"{model}.toml", source=source)
+    return _builtin_map(model)
+
+
+@cache
+def _builtin_map(model: str) -> RegisterMap:
+    """A shipped map is read once per process: every config load builds every source, and parsing the same TOML
+    for each was most of the time a config check took."""
+    return load_map(REGISTER_DIR / f"{model}.toml")
 
 
 # -- pure decoding ------------------------------------------------------------------------------------------------
@@ -280,7 +293,10 @@ def decode_value(spec: RegisterSpec, regs: list[int], word_order: str) -> int:
         raise FrameError("negative_energy", f"{spec.key} = {_show(v)} {spec.unit}")
     if (spec.min is not None and v < Fraction(spec.min)) or (spec.max is not None and v > Fraction(spec.max)):
         raise FrameError("out_of_range", f"{spec.key} = {_show(v)} {spec.unit}, plausible {spec.min}..{spec.max}")
-    return exact_milli(v, UNITS[spec.quantity][spec.unit])
+    milli = exact_milli(v, UNITS[spec.quantity][spec.unit])
+    if abs(milli) > MAX_SAFE_INT:  # a map without min/max and a huge scale: a record's integers stay below 2**53
+        raise FrameError("out_of_range", f"{spec.key} = {_show(v)} {spec.unit} is too large to be real")
+    return milli
 
 
 def decode_block(rmap: RegisterMap, block: Block, regs: list[int]) -> list[tuple[RegisterSpec, int | FrameError]]:
@@ -477,4 +493,10 @@ _PLAIN = {
     "garbage": "unreadable bytes on the line, discarded",
     "exception": "meter refused the request",
     "wrong_length": "reply had the wrong number of registers, discarded",
+    "wrong_function": "reply was to another kind of request, discarded",
+    "out_of_range": "value outside the plausible range, discarded",
+    "negative_energy": "energy below zero, discarded",
+    "not_finite": "value is NaN or infinite, discarded",
+    "energy_backwards": "energy register went backwards, ignored",
+    "line_noise": "unexpected bytes between requests, ignored",
 }

@@ -136,7 +136,12 @@ def _record(appliance: str, function: str, folder: Path, *, idle_s: float,
         why = "stopped by Ctrl-C"
     t1 = time.time()
     click.echo(("\n" if tty else "") + f"recording ended ({why}) after {_mmss(t1 - t0)}; reading the daemon's trace")
-    trace, _ = _daemon_trace(appliance, folder)
+    trace, where = _daemon_trace(appliance, folder)
+    written = Path(where).stat().st_mtime
+    if written < t1:
+        raise click.ClickException(f"{where} was written {t1 - written:.0f} s before the recording ended: the daemon "
+                                   "could not be asked for a fresh one (that needs write access to its runtime "
+                                   "folder); run koto learn with sudo")
     rec = cut_recording(trace, t0, t1)
     if not rec.samples:
         raise click.ClickException(f"the daemon's trace has no readings of {appliance} between the marks; is its "

@@ -77,6 +77,7 @@ class _Table:
         self.problems = Problems() if problems is None else problems
 
     def key(self, name: str) -> str:
+        name = name or '""'  # TOML allows an empty key (`"" = 1`); name it as written
         return f"{self.path}.{name}" if self.path else name
 
     def error(self, name: str, problem: str) -> ConfigError:
@@ -426,7 +427,11 @@ def _parse_appliance(at: _Table, aid: str, gateway_id: str, base: Path,
         kind = default_kind
     imp = 0
     if kind == "pulses" and energy in sources:
-        imp = int(sources[energy].get("imp_per_kwh", 0)) or int(at.get("imp_per_kwh", int, 0))
+        try:
+            imp = int(sources[energy].get("imp_per_kwh", 0))
+        except (TypeError, ValueError, OverflowError):  # a list, "abc", inf (found by fuzzing): the driver names it
+            imp = 0
+        imp = imp or int(at.get("imp_per_kwh", int, 0))
         if imp <= 0:
             at.fail("imp_per_kwh", "pulse sources need imp_per_kwh > 0 (on the meter's label)")
     else:

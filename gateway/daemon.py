@@ -333,37 +333,17 @@ class Gateway:
         return task
 
     def _household_init(self) -> None:
-        """The status LED and button (gateway/indicator.py) and Home Assistant (gateway/homeassistant.py): each off
-        unless configured; its energy totals start here, before the gateway appends."""
-        from .homeassistant import for_gateway
-        from .indicator import Indicator
+        """The status LED and button, Home Assistant (gateway/household.py): each off unless configured."""
+        from .household import Household
 
-        self.indicator = None
-        if self.cfg.led is not None or self.cfg.button is not None:
-            self.indicator = Indicator(self.cfg.led, self.cfg.button, pin_factory=self.backends.get("pin_factory"),
-                                       on_long_press=self._long_press)
-        self.home_assistant = for_gateway(self)
+        try:
+            self.household = Household(self)
+        except BaseException:  # a bad [home_assistant] ca: release the ledger (and its writer lock)
+            self.ledger.close()
+            raise
 
     def _household_tasks(self, tg: asyncio.TaskGroup, sup: Supervisor, workers: list[asyncio.Task[Any]]) -> None:
-        from .indicator import gateway_state
-
-        if self.indicator is not None:
-            workers.append(tg.create_task(sup.guard("status LED", self.indicator.run(
-                partial(gateway_state, self), self._pairing_active)), name="indicator"))
-        if self.home_assistant is not None:
-            workers.append(tg.create_task(sup.guard("home assistant", self.home_assistant.run()),
-                                          name="home-assistant"))
-
-    def _pairing_active(self) -> bool:
-        return bool(getattr(getattr(self, "pairing", None), "active", False))
-
-    def _long_press(self) -> None:
-        """The button was held: pairing mode (gateway/pairing.py's PairingMode, where the gateway has one)."""
-        pairing = getattr(self, "pairing", None)
-        if pairing is None:
-            log.info("pairing mode requested by button")
-        else:
-            pairing.enter(time.monotonic())
+        self.household.start(tg, sup, workers)
 
     def _housekeeper(self) -> Housekeeper:
         """Retention: prunes at a quiet moment (no use running, nothing waiting in memory; see housekeeping.py)."""

@@ -41,6 +41,35 @@ def _open(ctx: Context) -> tuple[Any, str]:
         return None, f"{path}: cannot open it read-only ({e})"
 
 
+def _left_behind(ctx: Context) -> Check | None:
+    """What the daemon leaves when the ledger file was deleted or replaced under it (metering/ledger/fileguard.py):
+    a saved copy `ledger.db.rescued`, or `ledger.db.lost` when none could be made. Either stops every start until
+    someone decides, so the doctor names the file and both ways on."""
+    from metering.ledger.fileguard import lost_marker, rescued_copies
+
+    from .state import StateDir
+
+    if ctx.state_dir is None:
+        return None
+    path = StateDir(ctx.state_dir).ledger
+    try:
+        copies = rescued_copies(path)
+        lost = lost_marker(path).exists()
+    except OSError:
+        return None  # an unreadable folder: the state folder check says so
+    if copies:
+        return Check("ledger", "fail", f"{copies[0]}: the ledger as it was when its file was deleted or replaced while "
+                     "Koto ran; the gateway will not start until it is dealt with",
+                     f"put it back: sudo mv {copies[0]} {path} && sudo systemctl restart koto; or, for a new epoch, "
+                     f"move it out of {path.parent} and keep it (it may hold records the cloud has not acknowledged)")
+    if lost:
+        return Check("ledger", "fail", f"{lost_marker(path)}: the ledger was deleted or replaced while Koto ran and no "
+                     "copy could be saved; the gateway will not start until it is dealt with",
+                     f"restore {path} from a backup, or accept the loss and start a new epoch: "
+                     f"sudo rm {lost_marker(path)} && sudo systemctl restart koto")
+    return None
+
+
 def ledger_stats(ledger: Any, now_wall: float) -> dict[str, Any]:
     """Size, head, acked, backlog, last ack, records of the last 24 h (also the support bundle's figures)."""
     path = ledger.path
@@ -59,6 +88,9 @@ def ledger_stats(ledger: Any, now_wall: float) -> dict[str, Any]:
 
 
 def check_ledger(ctx: Context) -> Check:
+    left = _left_behind(ctx)
+    if left is not None:
+        return left
     ledger, why = _open(ctx)
     if ledger is None:
         return Check("ledger", "warn" if "no ledger yet" in why or why == "no config" else "fail", why,

@@ -25,6 +25,7 @@ import tomllib
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from drivers.base import RateLimitedLog
 from koto.canonical import parse_rfc3339, rfc3339
 from koto.clock import Clock
 from koto.errors import KotoError
@@ -105,6 +106,9 @@ class DownlinkHandler:
         self.max_bytes = max_bytes
         self.counts: dict[str, int] = {"applied": 0, "duplicate": 0, "rejected": 0}
         self._sections: dict[str, Callable[[], dict[str, Any]]] = {}
+        # One line per kind of outcome a minute: a flood of bad commands is counted (`counts`), and each still gets
+        # its reply with the reason, but the journal is not filled with it.
+        self._rl = RateLimitedLog(log)
 
     # -- state --------------------------------------------------------------------------------------------------
 
@@ -140,10 +144,10 @@ class DownlinkHandler:
             status, reason, extra = self._check_and_apply(event)
         except Rejected as r:
             status, reason = r.status, r.reason
-            log.warning("downlink command %s %s: %s", cmd_id or "(unparseable)", status, reason)
+            self._rl.warning(status, "downlink command %s %s: %s", cmd_id or "(unparseable)", status, reason)
         except Exception as e:  # e.g. the ledger could not commit: nothing was applied, say so and carry on
             status, reason = "rejected", f"could not apply the command now ({type(e).__name__}: {e})"
-            log.error("downlink command %s not applied: %s", cmd_id, reason)
+            self._rl.warning("error", "downlink command %s not applied: %s", cmd_id, reason)
         self.counts[status] = self.counts.get(status, 0) + 1
         reply = {"ack_of": cmd_id, "status": status, "reason": reason, "dseq": dseq, "gateway": self.gateway_id,
                  "time": rfc3339(self.clock.now().wall)}
@@ -159,6 +163,8 @@ class DownlinkHandler:
             event = json.loads(payload.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as e:
             raise Rejected(f"malformed JSON ({e})") from None
+        except RecursionError:  # '{"data":[[[[...' nested deeper than json allows (found by fuzzing)
+            raise Rejected("malformed JSON (nested too deeply)") from None
         if not isinstance(event, dict):
             raise Rejected("malformed command: not a JSON object")
         for key in _STR_FIELDS:

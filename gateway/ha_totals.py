@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -59,6 +60,7 @@ class EnergyTotals:
         self.published: dict[str, int] = {}
         self._rebased_at = 0.0
         self._failing = False
+        self._lock = threading.Lock()  # a refresh in a worker thread and the last one at a stop may overlap
 
     def _load(self) -> bool:
         try:
@@ -104,6 +106,10 @@ class EnergyTotals:
     def refresh(self, ledger: _Ledger, *, save: bool = False) -> dict[str, int]:
         """The totals now (blocking: reads the ledger). Never below what was published before. `save`: move the
         base now (at a clean stop, when nothing appends any more)."""
+        with self._lock:
+            return self._refresh(ledger, save)
+
+    def _refresh(self, ledger: _Ledger, save: bool) -> dict[str, int]:
         before = ledger.head()[0]
         more = self._sum(ledger, self.through + 1) if before > self.through else {}
         after = ledger.head()[0]

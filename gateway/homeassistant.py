@@ -21,7 +21,9 @@ homeassistant/components/mqtt/sensor.py), per appliance, one device (`koto_GW_AP
   metered it (gateway/ha_totals.py), so it never goes down, across restarts too.
 
 Discovery configs go to `{discovery_prefix}/sensor/{gw}/{appliance}_{power|function|energy}/config`, retained, QoS 1,
-and again whenever Home Assistant says it came online (`{discovery_prefix}/status` = `online`). The states are one
+and again whenever Home Assistant says it came online (`{discovery_prefix}/status` = `online`). An appliance that
+was announced before (it has an energy total) and is no longer configured gets empty retained configs, which
+remove it from Home Assistant. The states are one
 retained JSON message per appliance on `{topic_prefix}/{appliance}/state`; availability is
 `{topic_prefix}/availability`: `online` retained at connect, `offline` at a clean stop and as the MQTT Will when the
 gateway dies. Nothing of this can hold up metering: it is one task, reading what the meters hold and (in a thread)
@@ -36,7 +38,8 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Mapping
+import ssl
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -202,15 +205,18 @@ class HomeAssistant:
                  appliances: Callable[[], Mapping[str, tuple[int, str]]],
                  totals: Callable[[], Mapping[str, int]], backoff: Backoff | None = None,
                  energy_every_s: float = ENERGY_EVERY_S,
-                 on_stop: Callable[[], Mapping[str, int]] | None = None) -> None:
+                 on_stop: Callable[[], Mapping[str, int]] | None = None, tls: ssl.SSLContext | None = None,
+                 gone: Iterable[str] = ()) -> None:
         self.cfg = cfg
         self.topics = topics_for(cfg, gateway)
         self.profiles = dict(profiles)
+        self.gone = sorted(set(gone) - set(profiles))  # appliances announced before, no longer configured
         self.appliances = appliances
         self.totals = totals
         self.backoff = backoff or Backoff(1.0, 60.0)
         self.energy_every_s = energy_every_s  # the totals are a ledger read (in a thread): once a minute
         self.on_stop = on_stop  # at a clean stop (the ledger quiet): the totals, their base saved
+        self.tls = tls if tls is not None or not cfg.tls else tls_for(cfg, "<config>")
         self.connected = False
         self.published = 0
         self._energy: dict[str, int] = {}
@@ -220,14 +226,9 @@ class HomeAssistant:
     def _client(self) -> Any:
         import aiomqtt
 
-        tls = None
-        if self.cfg.tls:
-            from koto.net import tls_context
-
-            tls = tls_context(self.cfg.ca)
         will = aiomqtt.Will(self.topics.availability, b"offline", qos=1, retain=True)
         return aiomqtt.Client(self.cfg.host, self.cfg.port, username=self.cfg.username, password=self.cfg.password,
-                              identifier=f"koto-{topic_word(self.topics.gateway)}-ha", will=will, tls_context=tls,
+                              identifier=f"koto-{topic_word(self.topics.gateway)}-ha", will=will, tls_context=self.tls,
                               keepalive=30, timeout=10)
 
     async def run(self) -> None:
@@ -272,6 +273,10 @@ class HomeAssistant:
                 await listener
 
     async def _announce(self, client: Any) -> None:
+        for app in self.gone:  # an empty retained config removes the entity (and then the device) from HA
+            for topic in discovery_configs(self.topics, app, ""):
+                await client.publish(topic, b"", qos=1, retain=True)
+            await client.publish(self.topics.state(app), b"", qos=1, retain=True)
         for app, profile in self.profiles.items():
             for topic, payload in discovery_configs(self.topics, app, profile).items():
                 await client.publish(topic, json.dumps(payload, sort_keys=True).encode(), qos=1, retain=True)
@@ -307,15 +312,28 @@ class HomeAssistant:
                 self._energy = dict(self.on_stop())
 
 
+def tls_for(cfg: HomeAssistantConfig, file: str) -> ssl.SSLContext:
+    """The TLS context for the household's broker, built at the start: a missing or bad `ca` stops the start with
+    one line naming the key, rather than a retry in the journal for ever."""
+    from koto.net import tls_context
+
+    try:
+        return tls_context(cfg.ca)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(file, "home_assistant.ca", f"cannot load {cfg.ca or 'the system CAs'}: "
+                          f"{getattr(e, 'strerror', None) or e}") from e
+
+
 def for_gateway(gw: Gateway) -> HomeAssistant | None:
     """The link for a gateway whose config has `[home_assistant]` (enabled), its totals started now — before the
     gateway appends — from the ledger and the state folder."""
     cfg = gw.cfg.home_assistant
     if cfg is None or not cfg.enabled:
         return None
+    tls = tls_for(cfg, gw.cfg.file) if cfg.tls else None
     totals = EnergyTotals(gw.cfg.state_dir)
     totals.start(gw.ledger)
     return HomeAssistant(cfg, gw.cfg.id, {aid: m.profile.name for aid, m in gw.meters.items()},
                          appliances=lambda: {aid: (m.power_mw, m.function) for aid, m in gw.meters.items()},
                          totals=lambda: totals.refresh(gw.ledger),
-                         on_stop=lambda: totals.refresh(gw.ledger, save=True))
+                         on_stop=lambda: totals.refresh(gw.ledger, save=True), tls=tls, gone=totals.base)

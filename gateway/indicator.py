@@ -6,7 +6,7 @@ What the LED shows (highest first; the first that applies):
 | pattern | meaning | looks like |
 |---|---|---|
 | `pairing` | pairing mode is on: open the status page to add an appliance | fast blink, 0.2 s on / 0.2 s off |
-| `error` | something needs a person: a source not delivering, the ledger not writable | double blink every 2 s |
+| `error` | needs a person: a source not delivering (failing, restarted), the ledger not writable | double blink, 2 s |
 | `offline` | metering and keeping the records, not connected to the cloud (sent later) | slow blink, 1 s / 1 s |
 | `online` | metering, and connected to the cloud (or metering locally, with no `[cloud]`) | steady on |
 
@@ -96,8 +96,7 @@ def pattern_for(state: Mapping[str, Any], *, pairing: bool = False) -> Pattern:
         return OFF
     if pairing:
         return PAIRING
-    if state.get("ledger", {}).get("failing") or any(
-            s.get("state") in BAD_SOURCE_STATES for s in state.get("sources", {}).values()):
+    if state.get("ledger", {}).get("failing") or any(_failing(s) for s in state.get("sources", {}).values()):
         return ERROR
     cloud = state.get("cloud")
     if cloud is not None and not cloud.get("connected"):
@@ -105,12 +104,19 @@ def pattern_for(state: Mapping[str, Any], *, pairing: bool = False) -> Pattern:
     return ONLINE
 
 
+def _failing(source: Mapping[str, Any]) -> bool:
+    """Not delivering: degraded, reconnecting or stopped, or restarted and not (yet again) delivering."""
+    state = source.get("state")
+    return state in BAD_SOURCE_STATES or (state == "starting" and int(source.get("restarts", 0)) > 0)
+
+
 def gateway_state(gw: Gateway) -> dict[str, Any]:
     """The few facts the LED needs, read from the running gateway without touching the ledger (it runs every tick)."""
     cloud = None
     if gw.sync is not None:
         cloud = {"connected": bool(gw.sync.health.connected)}
-    sources = {n: {"state": st.source.health.state if st.source else "starting"} for n, st in gw.sources.items()}
+    sources = {n: {"state": st.source.health.state if st.source else "starting", "restarts": st.restarts}
+               for n, st in gw.sources.items()}
     return {"state": "running", "cloud": cloud, "sources": sources,
             "ledger": {"failing": bool(gw.held_drafts()) or gw.writer_stalled_s() > 30}}
 

@@ -21,20 +21,23 @@ not work or would break the appliance's other functions. What it derives, from t
 
 - the rest level (`rest_mw`: the readings before the start; else what the profile calls standby in the recording;
   else its 5th percentile) and from it the *active* threshold, twice the rest and at least 1.5 W above it;
-- the run: first to last active reading. Its on-levels (5th, 50th, 98th percentile, peak) give the band:
-  `on_above` 0.8 x p5, `off_below` 0.7 x p1 but clear of the rest, `on_below` 1.25 x p98 — left open when no other
-  function of the profile draws more, as a heater's band is; its pauses (stretches below the band inside the run:
-  a thermostat, a drum reversing) give `min_off_s` 1.2 x the longest pause + 2 s, so the function holds through
-  them; its first stretch in band gives the dwell `min_on_s` (a quarter of it, 2 to 10 s);
+- the run: first to last active reading. Its levels (weighted by energy, so a heater's level and not its
+  thermostat pauses': 5th, 50th, 98th percentile, peak) give the band: `on_above` 0.8 x p5, `off_below` 0.7 x p1
+  but clear of the rest, `on_below` 1.25 x p98 — left open when no other function of the profile draws more, as a
+  heater's band is; its pauses (stretches below the band inside the run, shorter than 5 minutes and together with
+  at most 5 % of its energy: a thermostat, a drum reversing) give `min_off_s` 1.2 x the longest pause + 2 s, so
+  the function holds through them; its first stretch in band gives the dwell `min_on_s` (a quarter of it, 1 to
+  10 s, at most the profile's `cycle.start_for_s`);
 - relearning a function the profile has keeps its place, description, signal and its `takes_over`/`only_after`
   rules (and, with `takes_over`, its dwell, which is what defines it); a new function goes before the first function
   whose band holds its median level (else before standby, else last).
 
 Other functions are not clobbered. Their levels are measured by replaying the history (the daemon's ring outside
 the recording, and the recording before and after the run) with the current profile. A neighbour whose band reaches
-into the learned one (the kettle's standby "everything below 999 W" and a learned 60 W keep-warm) is narrowed to a
-boundary between the two measured levels (their geometric mean); when the measured levels overlap, power alone
-cannot tell the two apart and learning is refused. Then two replays decide: the recorded run with the new profile
+into the learned one (the kettle's standby "everything below 999 W" and a learned 60 W keep-warm) gives up the
+learned band (or, when the two measured levels are close, everything past their geometric mean); when the measured
+levels overlap, power alone cannot tell the two apart and learning is refused (functions told apart by a signal,
+cool and heat by the mode, are no rivals). Then two replays decide: the recorded run with the new profile
 must give the learned function at least `MIN_DETECTED` of its energy, and the history with the new profile must
 leave every other function at least `MIN_KEPT` of the energy it had with the old one.
 
@@ -191,6 +194,7 @@ class Levels:
     readings: int
     band_mw: int  # the lowest level that is the function running, not one of its pauses
     breaks: int = 0  # lower stretches of MAX_PAUSE_S or more inside the run: another function or rest, not pauses
+    phases: int = 0  # shorter lower stretches that carry more than 5 % of the energy: other phases, not pauses
 
     @property
     def seconds(self) -> float:
@@ -221,7 +225,9 @@ class Learned:
             f"running ({lv.readings} readings, {lv.energy_mwh / 1e6:.3f} kWh)",
             f"  at rest {_w(lv.rest_mw)} W; running {_w(lv.p5_mw)} / {_w(lv.p50_mw)} / {_w(lv.p98_mw)} W "
             f"(p5 / median / p98), peak {_w(lv.peak_mw)} W; {lv.pauses} pause(s), longest {lv.longest_pause_s:.0f} s"
-            + (f"; {lv.breaks} break(s) of {MAX_PAUSE_S / 60:.0f} min or more (not pauses)" if lv.breaks else ""),
+            + (f"; {lv.breaks} break(s) of {MAX_PAUSE_S / 60:.0f} min or more (not pauses)" if lv.breaks else "")
+            + (f"; {lv.phases} lower stretch(es) with more than 5 % of the energy: other phases, not pauses"
+               if lv.phases else ""),
             f"  rule: starts at {_w(r.on_min_mw)} W ({top}) held {r.min_on_ns / 1e9:g} s; stays down to "
             f"{_w(r.off_min_mw)} W, ends after {r.min_off_ns / 1e9:g} s out of its band",
             f"  replayed: the rule finds {100 * self.detected:.0f} % of the recorded run's energy",
@@ -285,19 +291,25 @@ def measure(samples: Sequence[TracePoint], *, rest_mw: int) -> Levels:
     run = pts[active[0]:active[-1] + 1]
     low = max(thr, _epct([p.power_mw or 0 for p in run if (p.power_mw or 0) >= thr], 0.05) * 4 // 5)
     on = [p.power_mw or 0 for p in run if (p.power_mw or 0) >= low]
-    pauses: list[float] = []
+    pauses: list[tuple[float, float]] = []  # (seconds, mWh) of each lower stretch inside the run
     quiet: float | None = None
-    for p in run:
-        if (p.power_mw or 0) < low:
-            quiet = p.t if quiet is None else quiet
-        elif quiet is not None:
-            pauses.append(p.t - quiet)
-            quiet = None
-    short = [p for p in pauses if p < MAX_PAUSE_S]
+    below = 0.0
+    for a, b in itertools.pairwise(run):
+        if (a.power_mw or 0) < low:
+            quiet = a.t if quiet is None else quiet
+            below += (a.power_mw or 0) * min(60.0, b.t - a.t) / 3600
+        if quiet is not None and (b.power_mw or 0) >= low:
+            pauses.append((b.t - quiet, below))
+            quiet, below = None, 0.0
+    short = [p for p in pauses if p[0] < MAX_PAUSE_S]
+    energy = _energy_mwh(run)
+    phases = 0
+    if short and sum(e for _, e in short) * 20 > energy:  # they carry more than 5 % of the energy: phases of their
+        phases, short = len(short), []  # own (a washer's tumbling between heats), not pauses (profile suggest's rule)
     return Levels(rest_mw=rest_mw, threshold_mw=thr, start=run[0].t, end=run[-1].t, p5_mw=_pct(on, 0.05),
-                  p50_mw=_pct(on, 0.5), p98_mw=_pct(on, 0.98), peak_mw=max(on), longest_pause_s=max(short, default=0),
-                  pauses=len(short), energy_mwh=_energy_mwh(run), readings=len(run), band_mw=low,
-                  breaks=len(pauses) - len(short))
+                  p50_mw=_pct(on, 0.5), p98_mw=_pct(on, 0.98), peak_mw=max(on),
+                  longest_pause_s=max((s for s, _ in short), default=0), pauses=len(short), energy_mwh=energy,
+                  readings=len(run), band_mw=low, breaks=len(pauses) - len(short) - phases, phases=phases)
 
 
 def _rest_from_profile(profile: Profile, samples: Sequence[TracePoint]) -> int:

@@ -46,7 +46,10 @@ def write_keeping_owner(path: Path, text: str, *, like: Path, mode: int | None =
         st = like.stat()
     except OSError:
         st = None
-    write_atomic(path, text.encode(), mode=mode if mode is not None else (st.st_mode & 0o777 if st else 0o644))
+    try:
+        write_atomic(path, text.encode(), mode=mode if mode is not None else (st.st_mode & 0o777 if st else 0o644))
+    except OSError as e:  # named by the file meant, not the temporary one beside it
+        raise OSError(e.errno, e.strerror, str(path)) from e
     if st is not None and os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
         os.chown(path, st.st_uid, st.st_gid)  # root (sudo koto learn) writing for the koto service
 

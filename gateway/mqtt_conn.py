@@ -131,3 +131,23 @@ def cloudevents_properties() -> Any:
 
 def json_properties() -> Any:
     return content_type_properties(JSON_CONTENT_TYPE)
+
+
+SESSION_TAKEN_OVER = 142  # MQTT 5 DISCONNECT reason code: another client connected with our client id
+
+
+def disconnect_reason(error: BaseException | None) -> int | None:
+    """The MQTT 5 reason code the broker closed the connection with, if `error` (or what caused it) carries one.
+
+    aiomqtt raises `MqttError("Disconnected during message iteration")` from the reader, caused by the
+    `MqttCodeError` whose `rc` holds the broker's DISCONNECT reason; a publish in flight raises the MqttCodeError
+    itself. None for MQTT 3.1.1, which has no reason codes (a takeover is then only a lost connection)."""
+    for _ in range(5):
+        if error is None:
+            return None
+        rc = getattr(error, "rc", None)
+        value = getattr(rc, "value", rc)
+        if isinstance(value, int) and value >= 128:
+            return value
+        error = error.__cause__ or error.__context__
+    return None

@@ -31,7 +31,14 @@ from koto.net import Backoff, tls_context
 from metering.ledger import AckOutcome, Stored
 
 from .config import SyncConfig
-from .mqtt_conn import Outbox, cloudevents_properties, json_properties, make_client
+from .mqtt_conn import (
+    SESSION_TAKEN_OVER,
+    Outbox,
+    cloudevents_properties,
+    disconnect_reason,
+    json_properties,
+    make_client,
+)
 
 if TYPE_CHECKING:
     import aiomqtt
@@ -43,6 +50,8 @@ CLOSE_S = 5.0  # how long `close` waits for the connection loop to end
 log = logging.getLogger("koto.sync")
 
 STABLE_SESSION_S = 10.0  # a session that lasted this long resets the reconnect backoff
+TAKEOVER_LOG_S = 600.0  # a session taken over by a client with our id is logged at most once per this
+TAKEOVER_WINDOW_S, TAKEOVER_SHORT = 60.0, 3  # this many sessions closed soon after they began, within this window
 
 
 class SyncLedger(Protocol):
@@ -151,6 +160,8 @@ class Sync:
         self._resend_at: float | None = None  # set by a stale ack: resend then unless an ack advances first
         self._say_ack = True  # log the next advancing ack (first of a session, first after a timeout)
         self._acked_event = asyncio.Event()
+        self._takeover_logged_at = -1e18
+        self._short_sessions: list[float] = []  # when recent sessions that lasted < STABLE_SESSION_S ended
         if downlink is not None:
             downlink.add_report_section("sync", self.health_report)
 
@@ -252,7 +263,11 @@ class Sync:
                     failures = 0
                 if connected_at is not None:
                     self.health.disconnects += 1
-                if isinstance(e, aiomqtt.MqttError | _SessionLost | OSError):
+                if disconnect_reason(e) == SESSION_TAKEN_OVER:
+                    self._session_taken_over(None)
+                elif isinstance(e, aiomqtt.MqttError | _SessionLost | OSError):
+                    if connected_at is not None and self._dropped_soon(loop.time() - connected_at, loop.time()):
+                        self._session_taken_over(len(self._short_sessions))
                     if failures == 0:
                         log.warning("cloud connection to %s lost or refused: %s; retrying with backoff (<= %.1f s)",
                                     self.config.broker, e, self.config.backoff_cap_s)
@@ -264,6 +279,34 @@ class Sync:
                               type(e).__name__, e)
                 failures += 1
             await asyncio.sleep(backoff.next())
+
+    def _dropped_soon(self, lasted_s: float, now: float) -> bool:
+        """Whether sessions keep being closed right after the broker accepted them: TAKEOVER_SHORT of them within
+        TAKEOVER_WINDOW_S, each shorter than STABLE_SESSION_S. Mosquitto 2.0.11 (Debian 12) closes a session taken
+        over without the MQTT 5 reason code, so this pattern is the only sign a gateway gets from it."""
+        if lasted_s >= STABLE_SESSION_S:
+            return False
+        self._short_sessions = [t for t in self._short_sessions if now - t < TAKEOVER_WINDOW_S] + [now]
+        return len(self._short_sessions) >= TAKEOVER_SHORT
+
+    def _session_taken_over(self, short_sessions: int | None) -> None:
+        """Say in plain words that another client is using our id, at most once per TAKEOVER_LOG_S.
+
+        `short_sessions` None: the broker said so (MQTT 5 reason 142); a number: it is inferred from that many
+        sessions closed right after they began."""
+        n = self.health.extra["session_takeovers"] = self.health.extra.get("session_takeovers", 0) + 1
+        now = asyncio.get_running_loop().time()
+        if now - self._takeover_logged_at < TAKEOVER_LOG_S:
+            return
+        self._takeover_logged_at = now
+        gw = self.config.gateway_id
+        if short_sessions is None:
+            log.warning("cloud: the broker closed our session because another client connected with our id (%s); "
+                        "check for a cloned SD card or a leaked certificate (%d time(s) since start)", gw, n)
+        else:
+            log.warning("cloud: the broker closed our session %d times within %d s right after accepting it; another "
+                        "client is probably connecting with our id (%s); check for a cloned SD card or a leaked "
+                        "certificate", short_sessions, int(TAKEOVER_WINDOW_S), gw)
 
     async def _session(self, client: aiomqtt.Client) -> None:
         self._sent_through = self.ledger.acked_through()

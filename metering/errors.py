@@ -35,7 +35,8 @@ class LedgerGone(LedgerError):
         self.path = path
         self.found = found
         self.rescued = rescued
-        saved = f"; what it held is saved as {rescued}" if rescued else ""
+        saved = (f"; what it held is saved as {rescued}" if rescued else
+                 f"; NO copy could be saved (see {path}.lost; free space before the restart)")
         super().__init__(
             f"the ledger {path} was deleted or replaced while Koto ran ({found}){saved}; nothing more was written to "
             "it; restore it (move the saved copy back to that path) or start a new epoch (move the saved copy "

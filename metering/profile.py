@@ -128,9 +128,15 @@ class Profile:
         return [f.name for f in self.functions] + [self.unmatched]
 
 
+MAX_SECONDS = 366 * 86_400  # a dwell or cycle time longer than a year is a typo; and keeps ns below 2**53
+MAX_WATTS = 10_000_000  # 10 MW: above any appliance; keeps mW far below 2**53 (a record's integer limit)
+
+
 def _s_to_ns(file: str, key: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
         raise ProfileError(file, key, f"must be a number of seconds >= 0, got {v!r}")
+    if v > MAX_SECONDS:  # 1e308 s would overflow to inf in nanoseconds (found by fuzzing)
+        raise ProfileError(file, key, f"must be at most {MAX_SECONDS} seconds (a year), got {v!r}")
     return round(v * 1_000_000_000)
 
 
@@ -143,11 +149,15 @@ def _power(file: str, prefix: str, table: dict[str, Any], stem: str) -> int | No
         v = table[kw]
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
             raise ProfileError(file, f"{prefix}{kw}", f"must be a number of watts >= 0, got {v!r}")
+        if v > MAX_WATTS:  # 1e306 W would overflow to inf in milliwatts (found by fuzzing)
+            raise ProfileError(file, f"{prefix}{kw}", f"must be at most {MAX_WATTS} W, got {v!r}")
         return round(v * 1000)
     if kmw in table:
         v = table[kmw]
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ProfileError(file, f"{prefix}{kmw}", f"must be an integer number of milliwatts >= 0, got {v!r}")
+        if v > MAX_WATTS * 1000:
+            raise ProfileError(file, f"{prefix}{kmw}", f"must be at most {MAX_WATTS * 1000} mW, got {v!r}")
         return int(v)
     return None
 
@@ -161,7 +171,8 @@ def _str(file: str, key: str, v: Any, *, required: bool = False) -> str:
 def _unknown(file: str, prefix: str, table: dict[str, Any], allowed: set[str]) -> None:
     for k in table:
         if k not in allowed:
-            raise ProfileError(file, f"{prefix}{k}", f"unknown key; allowed: {', '.join(sorted(allowed))}")
+            shown = k or '""'  # TOML allows an empty key; name it as written
+            raise ProfileError(file, f"{prefix}{shown}", f"unknown key; allowed: {', '.join(sorted(allowed))}")
 
 
 def _parse_function(file: str, i: int, raw: Any) -> FunctionRule:
@@ -286,6 +297,8 @@ def load_profile(path: str | Path) -> Profile:
         raise ProfileError(str(p), "(file)", f"cannot be read: {e.strerror or e}") from e
     except UnicodeDecodeError as e:
         raise ProfileError(str(p), "(file)", f"not UTF-8 text (byte {e.start}); save it as UTF-8") from e
+    except ValueError as e:  # a NUL in the path (TOML allows "\u0000"; found by fuzzing)
+        raise ProfileError(str(p), "(file)", "is not a usable path (it contains a NUL)") from e
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

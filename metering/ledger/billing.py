@@ -17,6 +17,7 @@ from typing import Any
 from ..records import USAGE_TYPE
 from .envelope import CYCLE
 from .store import PARTITION, acked_through, has_table
+from .usage import index_appliances
 
 _BODY = "CAST(body AS TEXT)"
 _ENTITLED = f"json_extract({_BODY}, '$.data.entitled')"
@@ -140,6 +141,9 @@ def iter_records(conn: sqlite3.Connection, path: Path, appliance: str | None,
 
 def appliances(conn: sqlite3.Connection) -> list[str]:
     """Every appliance the ledger holds usage of (for "no appliance named X (known: ...)")."""
+    found = index_appliances(conn)  # a seek per appliance, where the ledger has the usage index
+    if found is not None:
+        return found
     return [r[0] for r in conn.execute("SELECT DISTINCT appliance FROM records WHERE type=? ORDER BY appliance",
                                        (USAGE_TYPE,))]
 

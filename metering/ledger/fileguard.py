@@ -15,6 +15,11 @@ SQLite's online backup from the open connection, next to the path (`ledger.db.re
 exists), where an operator can put it back. While such a copy lies there, no writer opens the path
 (`refuse_if_rescued`): a restart by systemd must not start a second chain at seq 1 beside it, nor continue an older
 copy someone restored over it; the operator decides (put the copy back, or move it away for a new epoch).
+
+When the copy cannot be made (the disk that is full is the one the copy would go to, a folder made read-only), a
+marker `ledger.db.lost` is left instead (an empty file needs no free data block, only a directory entry): it refuses
+a writer the same way, so a restart never makes a new ledger at seq 1 as if nothing had happened. Only when even that
+fails is the daemon's error line all that is left; it says so.
 """
 
 from __future__ import annotations
@@ -63,6 +68,11 @@ def rescued_copies(path: Path) -> list[Path]:
     return sorted(path.parent.glob(f"{path.name}.rescued*"))
 
 
+def lost_marker(path: Path) -> Path:
+    """The marker left when the ledger at `path` was deleted or replaced under Koto and no copy could be saved."""
+    return path.with_name(path.name + ".lost")
+
+
 def refuse_if_rescued(path: Path) -> None:
     """Refuse to write `path` while a rescued copy of the ledger that was there lies next to it."""
     copies = rescued_copies(path)
@@ -71,6 +81,12 @@ def refuse_if_rescued(path: Path) -> None:
             f"{path}: {copies[0]} holds this ledger as it was when the file was deleted or replaced under Koto; put it "
             f"back (mv {copies[0]} {path}) or, to start a new epoch, move it out of {path.parent} (keep it: it may "
             "hold records the cloud has not acknowledged)"
+        )
+    marker = lost_marker(path)
+    if marker.exists():
+        raise LedgerError(
+            f"{path}: the ledger that was here was deleted or replaced under Koto and could not be saved ({marker}); "
+            f"restore it from a backup to {path}, or to start a new epoch accept the loss: rm {marker}"
         )
 
 
@@ -81,7 +97,7 @@ def rescue(conn: sqlite3.Connection, path: Path) -> str:
         if not target.exists():
             break
     else:
-        return ""
+        return _mark_lost(path)
     try:
         dst = sqlite3.connect(str(target))
         try:
@@ -90,5 +106,21 @@ def rescue(conn: sqlite3.Connection, path: Path) -> str:
             dst.close()
     except (sqlite3.Error, OSError):
         target.unlink(missing_ok=True)
-        return ""
+        return _mark_lost(path)
     return str(target)
+
+
+def _mark_lost(path: Path) -> str:
+    """Leave `lost_marker(path)` (see the module docstring); "" either way: no copy was saved."""
+    marker = lost_marker(path)
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o644)
+    except OSError:
+        return ""
+    try:
+        os.write(fd, b"the ledger was deleted or replaced under Koto and no copy could be saved\n")
+    except OSError:
+        pass  # the name alone is the marker
+    finally:
+        os.close(fd)
+    return ""

@@ -63,6 +63,10 @@ CREATE TABLE IF NOT EXISTS records (
     body        BLOB    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_cycle ON records(cycle_id) WHERE cycle_id != '';
+-- `koto usage` reads only this index, never the table with its bodies (usage.py): on a ledger of a million records
+-- the table is 1.4 GB, the index about a tenth. Made on the first writer open of a ledger made before it.
+CREATE INDEX IF NOT EXISTS records_usage ON records(
+    type, appliance, kind, function, currency, t_end_ms, energy_mwh, duration_ms, uses, cost_minor);
 CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS docs (
     kind TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (kind, id)

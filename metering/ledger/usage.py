@@ -8,6 +8,8 @@ are never added.
 
 from __future__ import annotations
 
+import bisect
+import math
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -83,6 +85,8 @@ def usage_groups(conn: sqlite3.Connection, appliance: str | None, since_wall: fl
     if since_wall is not None:
         where += " AND t_end_ms>=?"
         params.append(round(since_wall * 1000))
+    if from_seq is None and by != "cycle" and _has_usage_index(conn):
+        return _from_index(conn, appliance, since_wall, by, tz or UTC)
     key_params: list[Any] = []
     if by == "day":
         lo, hi = conn.execute(f"SELECT min(t_end_ms), max(t_end_ms) FROM records WHERE {where}", params).fetchone()
@@ -95,6 +99,118 @@ def usage_groups(conn: sqlite3.Connection, appliance: str | None, since_wall: fl
     sql = (f"SELECT appliance, {key} AS k, {_SUMS} FROM records WHERE {where} GROUP BY appliance, k, currency "
            "ORDER BY appliance, k, currency")
     return conn.execute(sql, [*key_params, *PARTITION, *PARTITION, CYCLE, *params])
+
+
+# The index-only path (`records_usage`: type, appliance, kind, function, currency, t_end_ms, then the summed
+# columns). The groups (appliance, kind, function, currency) are found by skipping through the index, a seek per
+# distinct value (`_group_keys`); each group's sums are then one range of the index (from `since` on, as t_end_ms comes
+# next), or per local day one range a day, whose bounds come from the zone in Python. No sort, no table read: only
+# gap records' bodies are read, to name their reason.
+_GROUP_COLS = ("appliance", "kind", "function", "currency")
+_SUMS_FROM = ("SELECT sum(energy_mwh), sum(duration_ms), sum(uses), sum(cost_minor), count(*) FROM records "
+              "WHERE type=? AND appliance=? AND kind=? AND function=? AND currency=? AND t_end_ms>=? AND t_end_ms<?")
+_SPAN = ("SELECT min(t_end_ms), max(t_end_ms) FROM records "
+         "WHERE type=? AND appliance=? AND kind=? AND function=? AND currency=? AND t_end_ms>=?")
+_GAPS = ("SELECT coalesce(json_extract(CAST(body AS TEXT), '$.data.reason'), 'unknown') AS r, currency, "
+         "sum(energy_mwh), sum(duration_ms), sum(uses), sum(cost_minor), count(*) FROM records "
+         "WHERE type=? AND appliance=? AND kind='gap' AND t_end_ms>=? GROUP BY r, currency")
+_NEVER = 1 << 62  # beyond any t_end_ms
+
+
+def _has_usage_index(conn: sqlite3.Connection) -> bool:
+    """Whether the ledger has `records_usage` (one made before it and only read since has not)."""
+    sql = "SELECT 1 FROM sqlite_master WHERE type='index' AND name='records_usage'"
+    return conn.execute(sql).fetchone() is not None
+
+
+def _group_keys(conn: sqlite3.Connection, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every distinct (appliance, kind, function, currency) of the usage records starting with `prefix`, in index
+    order: each next value of a column is one seek (`min(col) ... AND col > last`), however many records share it."""
+    col = _GROUP_COLS[len(prefix)]
+    where = " AND ".join(["type=?", *(f"{c}=?" for c in _GROUP_COLS[:len(prefix)])])
+    (value,) = conn.execute(f"SELECT min({col}) FROM records WHERE {where}", (USAGE_TYPE, *prefix)).fetchone()
+    while value is not None:
+        key = (*prefix, value)
+        yield from ((key,) if len(key) == len(_GROUP_COLS) else _group_keys(conn, key))
+        (value,) = conn.execute(f"SELECT min({col}) FROM records WHERE {where} AND {col}>?",
+                                (USAGE_TYPE, *prefix, value)).fetchone()
+
+
+def index_appliances(conn: sqlite3.Connection) -> list[str] | None:
+    """The appliances with usage records, by skipping through `records_usage`; None without that index."""
+    if not _has_usage_index(conn):
+        return None
+    out: list[str] = []
+    (value,) = conn.execute("SELECT min(appliance) FROM records WHERE type=?", (USAGE_TYPE,)).fetchone()
+    while value is not None:
+        out.append(value)
+        (value,) = conn.execute("SELECT min(appliance) FROM records WHERE type=? AND appliance>?",
+                                (USAGE_TYPE, value)).fetchone()
+    return out
+
+
+def _from_index(conn: sqlite3.Connection, appliance: str | None, since_wall: float | None, by: UsageBy,
+                zone: tzinfo) -> list[tuple[Any, ...]]:
+    """`usage_groups`' rows from the index alone (see `_GROUP_COLS`), sorted the same way. Holds one row per group
+    (an appliance and function, or an appliance and day: a few thousand a year), never one per record."""
+    since_ms = round(since_wall * 1000) if since_wall is not None else -_NEVER
+    keys = list(_group_keys(conn, (appliance,) if appliance is not None else ()))
+    sums: dict[tuple[str, Any, str], list[int]] = {}
+
+    def add(key: tuple[str, Any, str], kind: str, found: tuple[int, ...]) -> None:
+        e, dur, uses, cost, n = found
+        if not n:
+            return
+        acc = sums.setdefault(key, [0, 0, 0, 0, 0])
+        if kind in PARTITION:
+            acc[0] += e
+            acc[1] += dur
+        if kind == CYCLE:
+            acc[2] += uses
+        acc[3] += cost
+        acc[4] += n
+
+    if by == "function":
+        for app, kind, fn, cur in keys:
+            if kind != "gap":
+                add((app, fn, cur), kind, conn.execute(_SUMS_FROM, (USAGE_TYPE, app, kind, fn, cur, since_ms,
+                                                                    _NEVER)).fetchone())
+        for app in sorted({k[0] for k in keys if k[1] == "gap"}):
+            for reason, cur, *found in conn.execute(_GAPS, (USAGE_TYPE, app, since_ms)):
+                add((app, f"gap: {reason}", cur), "gap", tuple(found))
+        return [(app, key, *acc[:3], cur, acc[3], acc[4]) for (app, key, cur), acc in sorted(sums.items())]
+    spans: list[tuple[tuple[str, ...], tuple[int, int]]] = []
+    for k in keys:
+        lo, hi = conn.execute(_SPAN, (USAGE_TYPE, *k, since_ms)).fetchone()
+        if lo is not None:
+            spans.append((k, (lo, hi)))
+    if not spans:
+        return []
+    days = _local_days(zone, min(lo for _, (lo, _) in spans), max(hi for _, (_, hi) in spans))
+    for (app, kind, fn, cur), (lo, hi) in spans:
+        i = bisect.bisect_right(days, (lo, _NEVER)) - 1
+        while i < len(days) and days[i][0] <= hi:
+            start, day = days[i]
+            end = days[i + 1][0] if i + 1 < len(days) else _NEVER
+            add((app, day, cur), kind, conn.execute(_SUMS_FROM, (USAGE_TYPE, app, kind, fn, cur, max(start, since_ms),
+                                                                 end)).fetchone())
+            i += 1
+    return [(app, key, *acc[:3], cur, acc[3], acc[4]) for (app, key, cur), acc in sorted(sums.items())]
+
+
+def _local_days(zone: tzinfo, lo_ms: int, hi_ms: int) -> list[tuple[int, int]]:
+    """(start in UTC ms, day number) of every local day in `zone` from the one holding `lo_ms` to the one holding
+    `hi_ms`; a day's number is its date's days since 1970-01-01."""
+    epoch = date(1970, 1, 1)
+    first = datetime.fromtimestamp(lo_ms / 1000, tz=UTC).astimezone(zone).date()
+    last = datetime.fromtimestamp(hi_ms / 1000, tz=UTC).astimezone(zone).date()
+    out: list[tuple[int, int]] = []
+    d = first
+    while d <= last:
+        start = datetime(d.year, d.month, d.day, tzinfo=zone)
+        out.append((math.floor(start.timestamp() * 1000), (d - epoch).days))
+        d += timedelta(days=1)
+    return out
 
 
 def _offset_case(zone: tzinfo, lo_ms: int, hi_ms: int) -> tuple[str, list[int]]:

@@ -37,12 +37,13 @@ cursor, the open segment and its mark in place and builds no object unless somet
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 from koto.clock import Now
 from koto.reading import Quantity, Reading
 
-from ..detect import NO_CHANGE, CycleTracker, Detector
+from ..detect import NO_CHANGE, RUNNING, CycleTracker, Detector
 from ..energy import FIRST, JUMP, MW_NS_PER_MWH, OK, Authority, EnergySpec
 from ..policy import Policy
 from ..profile import Profile
@@ -156,6 +157,9 @@ class ApplianceMeter:
                 c = st.cursor
                 seg = st.seg
                 t = r.t_mono_ns
+                if t < c.mono_ns and r.boot_id == c.boot and t >= c.last_ns:
+                    r = self._at_cursor(r)
+                    t = r.t_mono_ns
                 if r.boot_id != c.boot or t - c.last_ns > self._gap_ns or seg is None:
                     if r.boot_id == c.boot and t < c.last_ns:
                         self._reject(r, _BACKWARDS)
@@ -165,7 +169,7 @@ class ApplianceMeter:
                     self._reject(r, _BACKWARDS)
                 else:
                     if st.deferred:
-                        self._settle_deferred(t)
+                        self._settle_deferred(_moment(r))
                         seg = self._segments.current()
                     c.last_ns = t
                     self._advance(seg, t, r.t_wall, r.wall_synced)
@@ -181,7 +185,7 @@ class ApplianceMeter:
                         mk.peak_mw = v
                     cs = self.cycle.update(t, v)
                     if cs:
-                        self._segments.use_changed(cs, _moment(r), v)
+                        self._segments.use_changed(cs, _moment(r), v, self.cycle.since)
                         seg = self._segments.current()
                     if t >= seg.due_ns:
                         self._segments.cut(_INTERIM, _moment(r))
@@ -213,16 +217,14 @@ class ApplianceMeter:
                 self._stop_covering(GapReason.STALE)
         elif seg is not None:
             p = c.power_mw
-            if not (self._power_kind or c.seen_power):
-                # A bare counter (no power samples): time without a count is itself what it reads (no energy), so
-                # the tick covers it at once, as it always has. Its heartbeat (S0: every 30 s) keeps it fresh.
-                if t > c.mono_ns:
-                    self._advance(seg, t, now.wall, now.synced)
-                if self._pulses and t > st.authority.last.mono_ns:
-                    # one more pulse could not have come later at more than this power
-                    bound = (1_000_000 * MW_NS_PER_MWH // self.spec.imp_per_kwh) // (t - st.authority.last.mono_ns)
-                    if bound < p:
-                        p = c.power_mw = bound
+            # A bare counter (no power samples): time without a count reads as no energy, but only once the next
+            # reading (a count, or the S0 heartbeat's restated count) shows the counter was alive, so the tick
+            # covers no time, like any other source's (docs/metering.md, "Gaps where the silence was").
+            if not (self._power_kind or c.seen_power) and self._pulses and t > st.authority.last.mono_ns:
+                # one more pulse could not have come later at more than this power
+                bound = (1_000_000 * MW_NS_PER_MWH // self.spec.imp_per_kwh) // (t - st.authority.last.mono_ns)
+                if bound < p:
+                    p = c.power_mw = bound
             self._detect(t, p, now)
             seg = st.seg
             if seg is not None and t >= seg.due_ns and not any(d.action == INTERIM for d in st.deferred):
@@ -236,7 +238,7 @@ class ApplianceMeter:
         c = st.cursor
         fresh = now.boot_id == c.boot and 0 <= now.mono_ns - c.last_ns <= self._gap_ns
         if st.deferred:
-            self._settle_deferred(now.mono_ns if fresh else None)
+            self._settle_deferred(now if fresh else None)
             if not fresh:
                 self._segments.drop_empty()
         if st.seg is not None:
@@ -283,10 +285,13 @@ class ApplianceMeter:
         if r.boot_id == c.boot and t < c.last_ns:
             self._reject(r, _BACKWARDS)
             return
+        if t < c.mono_ns and r.boot_id == c.boot and st.gap is None:  # (with a gap pending the cursor is its start,
+            r = self._at_cursor(r)                                     # maybe in another boot: see `end_gap`)
+            t = r.t_mono_ns
         if c.boot and (r.boot_id != c.boot or t - c.last_ns > self._gap_ns or st.stopped):
             self._stop_covering(self._gap_reason(r))
         elif st.deferred:
-            self._settle_deferred(t)
+            self._settle_deferred(_moment(r))
         first = not c.boot
         if r.boot_id != c.boot and c.boot:
             self.detector.rebase(t)
@@ -308,6 +313,13 @@ class ApplianceMeter:
         if seg is not None and v > seg.peak_mw:
             seg.peak_mw = v
 
+    def _at_cursor(self, r: Reading) -> Reading:
+        """A reading taken after the last one but stamped before the cursor (which a tick, a stop or a deferred
+        decision moved on meanwhile: the reading was queued behind them — a slow bus, a busy loop, a compressed
+        clock) counts from the cursor, on both clocks: records never overlap, and no interval runs backwards."""
+        c = self.state.cursor
+        return replace(r, t_mono_ns=c.mono_ns, t_wall=c.wall, wall_synced=c.synced)
+
     def _feed_signal(self, r: Reading) -> None:
         v = r.value
         if not isinstance(v, str):
@@ -327,10 +339,10 @@ class ApplianceMeter:
         if changed and st.seg is not None and r.boot_id == c.boot and r.t_mono_ns - c.last_ns <= self._gap_ns:
             # A signal is not a reading of the energy source: like a tick's, its switch waits for the next
             # reading (or, at its moment, the one it came with) and takes its boundary at the signal.
-            t = max(r.t_mono_ns, c.mono_ns)
-            sw = self.detector.update(t, c.power_mw)
+            at = _moment(r) if r.t_mono_ns >= c.mono_ns else c.at()
+            sw = self.detector.update(at.mono_ns, c.power_mw)
             if sw != NO_CHANGE:
-                self._decided(DETECT, sw, Now(t, r.t_wall, r.wall_synced, r.boot_id), c.power_mw)
+                self._decided(DETECT, sw, at, c.power_mw)
 
     def _gap_reason(self, r: Reading) -> GapReason:
         st = self.state
@@ -352,7 +364,7 @@ class ApplianceMeter:
             if r.boot_id != c.boot:
                 self.detector.rebase(t)
                 self.cycle.rebase(t)
-            self._segments.end_gap(at, 0)
+            at = self._segments.end_gap(at, 0)
         c.last_ns = t
         c.boot = r.boot_id
         c.move(at)
@@ -367,7 +379,7 @@ class ApplianceMeter:
             seg.peak_mw = v
         cs = self.cycle.update(t, v)
         if cs:
-            self._segments.use_changed(cs, at, v)
+            self._segments.use_changed(cs, at, v, self.cycle.since)
 
     def _detect(self, t: int, p: int, src: Reading | Now) -> None:
         """Feed the detector and the cycle tracker the power `p` at `t`, the moment of `src`, and act on what they
@@ -392,14 +404,19 @@ class ApplianceMeter:
         if action == DETECT:
             self._segments.detected(code, at, p)
         elif action == USE:
-            self._segments.use_changed(code, at, p)
-        else:
+            # (decided by a tick: the tracker still knows when the power rose while the use runs)
+            self._segments.use_changed(code, at, p, self.cycle.since if self.cycle.state == RUNNING else None)
+        elif self.state.seg is not None and at.mono_ns >= self.state.seg.due_ns:
+            # (a slice due when the tick decided, unless a decision deferred before it opened a new segment since)
             self._segments.cut(_INTERIM, at)
 
-    def _settle_deferred(self, upto: int | None) -> None:
+    def _settle_deferred(self, upto: Now | None) -> None:
         """Apply the deferred decisions in order: each at its own moment, integrating up to it, when a reading at
         `upto` (or a stop within `max_gap_s`) covers it; at the cursor (the last reading) when `upto` is None — the
-        source went silent, the energy after its last reading is a gap, not the function's."""
+        source went silent, the energy after its last reading is a gap, not the function's. A decision taken after
+        the reading that now arrives (a reading stamped before the tick that decided) takes effect at the reading's
+        moment, on both clocks (mixing the reading's monotonic stamp with the tick's wall time made records whose
+        wall intervals overlapped under a compressed clock); one before the cursor, at the cursor."""
         st = self.state
         c = st.cursor
         todo, st.deferred = st.deferred, []
@@ -407,11 +424,24 @@ class ApplianceMeter:
             at = d.at
             if upto is None or at.boot_id != c.boot:
                 at = c.at()
-            elif at.mono_ns > upto:  # (a reading stamped before the tick that decided)
-                at = Now(upto, at.wall, at.synced, at.boot_id)
+            elif at.mono_ns > upto.mono_ns:
+                at = upto if upto.mono_ns >= c.mono_ns else c.at()
+            elif at.mono_ns < c.mono_ns:
+                at = c.at()
             if st.seg is not None and at.mono_ns > c.mono_ns:
                 self._advance(st.seg, at.mono_ns, at.wall, at.synced)
+            self._act_as_decided(d, at)
+
+    def _act_as_decided(self, d: Deferred, at: Now) -> None:
+        """Act on `d` at `at`; a bare counter's power meanwhile is what the tick that decided bounded it to (a cut's
+        new segment starts with it as its peak), then the latest again."""
+        c = self.state.cursor
+        if self._power_kind or c.seen_power:
             self._act(d.action, d.code, at, d.power_mw)
+            return
+        latest, c.power_mw = c.power_mw, d.power_mw
+        self._act(d.action, d.code, at, d.power_mw)
+        c.power_mw = latest
 
     def _stop_covering(self, reason: GapReason) -> None:
         """Coverage stops at the cursor (the last reading): deferred decisions take effect there, then a gap begins."""
@@ -489,9 +519,9 @@ class ApplianceMeter:
         if st.gap is not None:
             if st.held:
                 segs.allocate(0)
-            segs.end_gap(at, d)
-            c.move(at)
-            segs.open(at)
+            resume = segs.end_gap(at, d)
+            c.move(resume)
+            segs.open(resume)
         elif status == JUMP:
             segs.allocate(0)
             segs.cut(_INTERIM, at)

@@ -116,7 +116,10 @@ class Segments:
             else:
                 boundary = at
                 moved = (0, 0, 0, 0)
-            self.close(RecordKind.FUNCTION, boundary)
+            if boundary.mono_ns == seg.start.mono_ns and seg.mwh == seg.weight == seg.dur_ns == 0 and mk is not None:
+                self.state.seg = None  # the candidate began where the segment did (a use opened there): nothing left
+            else:
+                self.close(RecordKind.FUNCTION, boundary)
             self.events.append(MeterEvent("function_ended", self.appliance, old, p, at.wall,
                                           f"{self.appliance}: {old} ended"))
             new = self.open(boundary)
@@ -127,8 +130,9 @@ class Segments:
             msg += f" — not entitled{': ' + decision.reason if decision.reason else ''}; recorded and flagged"
         self.events.append(MeterEvent("function_started", self.appliance, new_fn, p, at.wall, msg, decision))
 
-    def use_changed(self, cs: int, at: Now, p: int) -> None:
-        """The cycle tracker says a use started or ended at `at`."""
+    def use_changed(self, cs: int, at: Now, p: int, rise_ns: int | None = None) -> None:
+        """The cycle tracker says a use started or ended at `at` (a start: its power rose at `rise_ns`, in the
+        cursor's boot, when known)."""
         st = self.state
         fn = self.detector.function
         if cs == CYCLE_STARTED:
@@ -136,7 +140,9 @@ class Segments:
             cid = f"{self.appliance}-{st.cursor.boot[:8]}-{at.mono_ns}"
             st.cycle_id = cid
             if st.seg is not None:
-                st.seg.cycle_id = cid
+                if rise_ns is not None:
+                    self.split_at_mark(rise_ns)
+                self.current().cycle_id = cid
             st.uses[cid] = None
             self.events.append(MeterEvent("cycle_started", self.appliance, fn, p, at.wall,
                                           f"{self.appliance}: use started ({fn}, {watts(p)})"))
@@ -153,6 +159,32 @@ class Segments:
                     self.recorder.use(cid)
             self.events.append(MeterEvent("cycle_ended", self.appliance, fn, p, at.wall,
                                           f"{self.appliance}: use ended ({cid})"))
+
+    def split_at_mark(self, rise_ns: int) -> None:
+        """A use starts (its power rose at `rise_ns`) while the open segment began before that rise and a candidate
+        function is still in its dwell: the use begins where the candidate began, not with the segment (the standby
+        before a washer's fill). So the open segment is cut at the candidate's mark: what came before the mark is
+        closed outside the use; what came since continues the same function from the mark, the mark at its start
+        (when the dwell confirms the candidate, the whole segment becomes the candidate's; if the candidate is
+        dropped, the segment stays in the use). A segment that began at or after the rise is the use's already
+        (a dishwasher's wash, with a take-over candidate marked inside it), and stays whole."""
+        st = self.state
+        seg = self.current()
+        mk = seg.mark
+        if (mk is None or seg.start.mono_ns >= rise_ns or mk.at.mono_ns <= seg.start.mono_ns
+                or mk.at.boot_id != seg.start.boot_id or seg.start.boot_id != st.cursor.boot):
+            return
+        seg.mwh -= mk.mwh
+        seg.weight -= mk.weight
+        seg.dur_ns -= mk.dur_ns
+        seg.peak_mw = mk.peak_before
+        s = self.close(RecordKind.FUNCTION, mk.at)
+        s.cycle_id = seg.cycle_id
+        new = self.open(mk.at)
+        new.mwh, new.weight, new.dur_ns, new.peak_mw = mk.mwh, mk.weight, mk.dur_ns, mk.peak_mw
+        new.mark = mk
+        mk.peak_before = 0
+        assert st.seg is new
 
     def drop_empty(self) -> None:
         """Forget an open segment that covers nothing yet (opened at the cursor by a decision that took effect
@@ -233,16 +265,21 @@ class Segments:
         if st.gap is None:
             st.gap = PendingGap(reason, st.cursor.at())
 
-    def end_gap(self, at: Now, mwh: int) -> None:
-        """The pending gap (if any) ends at `at` with `mwh` that nobody watched being used."""
+    def end_gap(self, at: Now, mwh: int) -> Now:
+        """The pending gap (if any) ends at `at` with `mwh` that nobody watched being used; returns where coverage
+        resumes: `at`, or the gap's start for a reading stamped before it (queued behind the tick that stopped
+        coverage), so the gap is empty rather than backwards."""
         gap = self.state.gap
         if gap is None:
-            return
+            return at
+        if at.boot_id == gap.start.boot_id and at.mono_ns < gap.start.mono_ns:
+            at = gap.start
         self.recorder.gap(gap.start, at, mwh, gap.reason)
         self.events.append(MeterEvent("gap", self.appliance, self.detector.function, 0, at.wall,
                                       f"{self.appliance}: {gap.reason} gap of {max(0, at.wall - gap.start.wall):.0f} "
                                       f"s recorded ({mwh} mWh billed to no function)"))
         self.state.gap = None
+        return at
 
     def allocate(self, d: int) -> None:
         """Split `d` mWh, and the delta that waited for the held slices to settle, over the held slices and the open

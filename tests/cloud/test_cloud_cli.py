@@ -7,6 +7,7 @@ import json
 import sqlite3
 
 import aiomqtt
+import click
 
 from cloud.cli import main
 from cloud.store import SqliteStore
@@ -91,7 +92,7 @@ async def test_commands_are_signed_addressed_sequenced_and_valid(broker, tmp_pat
     tariff.write_text('id = "home"\nversion = 3\ncurrency = "EUR"\n[[rates]]\nmatch = "*"\nper_kwh = "0.31"\n')
     bad_tariff = tmp_path / "bad.json"
     bad_tariff.write_text('{"id": "home", "version": 4, "currency": "euro"}')
-    common = ["--key", str(key), "--db", str(db), "--broker", broker.url]
+    common = ["--operator-key", str(key), "--db", str(db), "--broker", broker.url]
     sink = CommandSink(broker, "gw-1")
     ready = asyncio.Event()
     task = asyncio.create_task(sink.run(ready))
@@ -100,9 +101,9 @@ async def test_commands_are_signed_addressed_sequenced_and_valid(broker, tmp_pat
     assert await run("tariff", "gw-1", "--file", str(tariff)) == 0
     assert await run("grant", "gw-1", "--appliance", "washer-1", "--function", "wash_40", "--uses", "10",
                      "--id", "e1", "--valid-until", "2027-01-01") == 0
-    assert await run("revoke", "gw-1", "--id", "e1", "--version", "2") == 0
+    assert await run("revoke", "gw-1", "--id", "e1", "--entitlement-version", "2") == 0
     assert await run("profile", "gw-1", "--file", str(REPO / "metering/profiles/kettle.toml"),
-                     "--name", "kettle", "--version", "2") == 0
+                     "--name", "kettle", "--profile-version", "2") == 0
     assert await run("tariff", "gw-1", "--file", str(bad_tariff)) == 1  # refused before anything is sent
     assert "currency" in capsys.readouterr().err
     assert await run("diagnose", "gw-1", "--wait", "10") == 0
@@ -130,18 +131,78 @@ def test_a_bad_broker_url_is_a_plain_error(tmp_path, capsys):
     assert "mqtt://" in capsys.readouterr().err
 
 
-async def test_diagnose_exits_1_when_the_gateway_rejects_or_never_answers(broker, tmp_path, capsys):
+async def test_exit_codes_say_whether_the_gateway_applied_rejected_or_never_answered(broker, tmp_path, capsys):
     key, db = tmp_path / "operator.pem", tmp_path / "cloud.db"
     assert main(["keygen", "--out", str(key)]) == 0
-    common = ["--key", str(key), "--db", str(db), "--broker", broker.url]
-    assert await asyncio.to_thread(main, ["diagnose", "gw-1", "--wait", "1", *common]) == 1
+    common = ["--operator-key", str(key), "--db", str(db), "--broker", broker.url]
+    grant = ["grant", "gw-1", "--appliance", "washer-1", "--uses", "3", *common]
+    assert await asyncio.to_thread(main, ["diagnose", "gw-1", "--wait", "1", *common]) == 4
     assert "no reply from gw-1 within 1 s" in capsys.readouterr().err
-    sink = CommandSink(broker, "gw-1", verdict="rejected", reason="bad signature: not an operator key")
-    ready = asyncio.Event()
-    task = asyncio.create_task(sink.run(ready))
-    await ready.wait()
-    try:
-        assert await asyncio.to_thread(main, ["diagnose", "gw-1", "--wait", "10", *common]) == 1
-    finally:
-        task.cancel()
-    assert "gw-1 rejected the request: bad signature" in capsys.readouterr().err
+    assert await asyncio.to_thread(main, [*grant, "--wait", "1"]) == 4
+    assert await asyncio.to_thread(main, grant) == 0  # without --wait: queued at the broker, nothing to wait for
+    for verdict, code in (("rejected", 3), ("applied", 0)):
+        sink = CommandSink(broker, "gw-1", verdict=verdict, reason="bad signature: not an operator key")
+        ready = asyncio.Event()
+        task = asyncio.create_task(sink.run(ready))
+        await ready.wait()
+        try:
+            assert await asyncio.to_thread(main, ["diagnose", "gw-1", "--wait", "10", *common]) == code
+        finally:
+            task.cancel()
+        if code == 3:
+            assert "gw-1 rejected the command: bad signature" in capsys.readouterr().err
+    assert main(["grant", "gw-1", "--appliance", "w", *common]) == 2  # usage: one of --uses/--kwh/--until
+    assert "exactly one of" in capsys.readouterr().err
+
+
+def test_help_and_version_everywhere(capsys):
+    from importlib.metadata import version
+
+    for argv in (["-h"], ["--help"], *([c, "-h"] for c in main_commands())):
+        assert main(argv) == 0, argv
+        out = capsys.readouterr().out
+        assert out.startswith("Usage: koto-cloud") and "Exit codes:" in out, argv
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"koto-cloud {version('koto-gateway')}\n"
+
+
+def main_commands() -> list[str]:
+    from cloud.cli import cli
+
+    return sorted(cli.commands)
+
+
+def test_no_option_name_means_two_things():
+    """An option name lands in the same parameter in every subcommand (as `--key` did not: the TLS key in `serve`,
+    the signing key elsewhere), and no visible option shadows the program's own `--version`."""
+    from cloud.cli import cli
+
+    dest: dict[str, set[str]] = {}
+    for cmd in cli.commands.values():
+        for p in cmd.params:
+            if isinstance(p, click.Option) and not p.hidden:
+                for opt in p.opts:
+                    dest.setdefault(opt, set()).add(str(p.name))
+    assert {opt: names for opt, names in dest.items() if len(names) > 1} == {}
+    assert {"--tls-key", "--tls-cert", "--ca", "--operator-key", "--wait"} <= set(dest)
+    assert not {"--key", "--cert", "--cert-key", "--version"} & set(dest)
+
+
+async def test_old_option_spellings_still_work_and_warn_once(broker, tmp_path, capsys):
+    import cloud.cli
+
+    cloud.cli._warned.clear()
+    key, db = tmp_path / "operator.pem", tmp_path / "cloud.db"
+    assert main(["keygen", "--out", str(key)]) == 0
+    old = ["--key", str(key), "--db", str(db), "--broker", broker.url]
+    capsys.readouterr()
+    for _ in range(2):
+        assert await asyncio.to_thread(main, ["revoke", "gw-1", "--id", "e1", "--version", "2", *old]) == 0
+    err = capsys.readouterr().err
+    assert err.count("--key is deprecated here; use --operator-key") == 1
+    assert err.count("--version is deprecated here; use --entitlement-version") == 1
+    with SqliteStore(db) as s:
+        assert s.next_dseq("gw-1") == 3
+    both = ["revoke", "gw-1", "--id", "e1", "--version", "2", "--operator-key", str(key), *old]
+    assert main(both) == 2
+    assert "not both" in capsys.readouterr().err

@@ -112,8 +112,8 @@ def test_two_appliances_cannot_share_a_source_name(tmp_path: Path) -> None:
 
 
 def test_retain_days_and_web_port_are_carried(tmp_path: Path) -> None:
-    """`retain_days` drives pruning (default 90); `web_port` is where the status page listens (default 8080, 0 =
-    off), and a bad value of either is named (above)."""
+    """`retain_days` drives pruning (default 90); `web_port` is where the household page listens (default 8080,
+    0 = off), and a bad value of either is named (above)."""
     cfg = load_config(write(tmp_path, GOOD.replace('timezone = "Europe/Berlin"',
                                                    'timezone = "Europe/Berlin"\nretain_days = 30\nweb_port = 80')))
     assert cfg.retain_days == 30 and cfg.web_port == 80

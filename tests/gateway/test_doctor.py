@@ -279,6 +279,26 @@ def test_ledger_size_rate_and_a_backlog_never_acked(tmp_path: Path) -> None:
     assert check_backlog(ctx).status == "ok"
 
 
+def test_a_rescued_copy_or_a_lost_marker_is_reported_with_both_ways_on(tmp_path: Path) -> None:
+    """What the daemon leaves when its ledger file was deleted under it stops every start: the doctor names the file
+    and says how to put the copy back or start a new epoch (metering/ledger/fileguard.py)."""
+    cfg = write_config(tmp_path)
+    sd = StateDir(tmp_path / "state")
+    sd.provision()
+    ctx = make_context(cfg, user=USER, runtime_dir=tmp_path / "run")
+    rescued = sd.ledger.with_name("ledger.db.rescued")
+    rescued.write_bytes(b"")
+    c = check_ledger(ctx)
+    assert c.status == "fail" and c.summary.startswith(f"{rescued}: the ledger as it was")
+    assert c.fix.startswith(f"put it back: sudo mv {rescued} {sd.ledger}")
+    rescued.unlink()
+    lost = sd.ledger.with_name("ledger.db.lost")
+    lost.write_bytes(b"")
+    c = check_ledger(ctx)
+    assert c.status == "fail" and "no copy could be saved" in c.summary
+    assert c.fix.endswith(f"sudo rm {lost} && sudo systemctl restart koto")
+
+
 def test_while_the_daemon_runs_the_backlog_comes_from_its_status_file(tmp_path: Path) -> None:
     from gateway.status import StatusFile
 

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from gateway.config import parse_config
@@ -92,6 +95,19 @@ def test_the_home_assistant_table_is_off_by_default_and_every_error_names_its_ke
             parse_config(_cfg(tmp_path, table), file="koto.toml")
 
 
+def test_a_ca_that_cannot_be_loaded_stops_the_start_naming_the_key(tmp_path: Path) -> None:
+    from gateway.daemon import Gateway
+    from gateway.state import StateDir
+    from koto.clock import SystemClock
+
+    StateDir(tmp_path / "state").provision()
+    cfg = parse_config(_cfg(tmp_path, {"host": "h", "ca": "missing.pem"}), file="koto.toml", base=tmp_path)
+    with pytest.raises(ConfigError, match=r"koto.toml: home_assistant.ca: cannot load .*missing.pem"):
+        Gateway(cfg, clock=SystemClock(), sync_enabled=False)
+    Gateway(dataclasses.replace(cfg, home_assistant=None), clock=SystemClock(),
+            sync_enabled=False).ledger.close()  # the ledger was released: it opens again
+
+
 def _sum(ledger: Any) -> int:
     return sum(r.energy_mwh for r in ledger.iter_usage())
 
@@ -132,3 +148,32 @@ def test_the_lifetime_total_survives_pruning_a_restart_and_a_new_ledger(tmp_path
     assert third.start(ledger)["washer"] == grown + _sum(ledger)
     ledger.close()
     assert json.loads((state / TOTALS_FILE).read_text())["epoch"] == 8
+
+
+def test_the_household_brokers_password_stays_out_of_a_support_bundle() -> None:
+    from gateway.redact import redact_toml_text
+
+    text = '[home_assistant]\nhost = "ha.local"\nusername = "koto"\npassword = "s3cret-pw"   # the broker user\n'
+    out = redact_toml_text(text)
+    assert "s3cret-pw" not in out and 'host = "ha.local"' in out and "# the broker user" in out
+
+
+@given(st.integers(0, 10**15), st.integers(0, 10**15))
+def test_the_energy_text_is_exact_and_keeps_the_order(a: int, b: int) -> None:
+    """Home Assistant parses the text as a float: no float drift may make a larger total read smaller."""
+    assert int(kwh(a).replace(".", "")) == a
+    if a <= b:
+        assert float(kwh(a)) <= float(kwh(b))
+
+
+def test_koto_check_names_every_household_problem_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main as koto
+
+    cfg = tmp_path / "koto.toml"
+    cfg.write_text(f'[gateway]\nid = "gw-x"\nstate_dir = "{tmp_path / "state"}"\n\n[gateway.led]\npin = 17\n\n'
+                   '[home_assistant]\nhost = "h"\nport = 0\n\n[[appliance]]\nid = "kettle"\nprofile = "kettle"\n'
+                   '[appliance.sources.k]\ndriver = "s0"\npin = 17\nimp_per_kwh = 1000\n')
+    assert koto(["check", "--config", str(cfg)]) == 1
+    out = capsys.readouterr().out
+    assert f"{cfg}: home_assistant.port: expected a port number" in out
+    assert f"{cfg}: appliance.kettle.sources.k.pin: GPIO 17" in out and "(see gateway.led)" in out

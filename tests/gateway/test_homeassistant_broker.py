@@ -80,8 +80,8 @@ async def _run_gateway(tmp: Path, port: int, boil_s: float, after_s: float) -> G
     clock, factory = SystemClock(), mock_factory()
     gw = Gateway(parse_config(_cfg(tmp, port), file="koto.toml"), clock=clock, backends={"pin_factory": factory},
                  sync_enabled=False)
-    assert gw.home_assistant is not None
-    gw.home_assistant.energy_every_s = 0.3
+    assert gw.household.home_assistant is not None
+    gw.household.home_assistant.energy_every_s = 0.3
     watts = {"now": 2_200_000}
     stop = asyncio.Event()
     run = asyncio.create_task(gw.run(stop))
@@ -137,11 +137,15 @@ async def test_home_assistant_sees_each_appliance_and_an_energy_total_that_never
     assert json.loads(retained["koto/gw-ha/kettle/state"])["energy_kwh"] == f"{energies[-1]:.6f}"
 
 
-async def test_home_assistant_comes_online_and_gets_the_devices_again(tmp_path: Path) -> None:
+async def test_home_assistant_comes_online_and_gets_the_devices_again_and_loses_a_removed_one(
+        tmp_path: Path) -> None:
     from drivers.gpio.sim import mock_factory
+    from gateway.ha_totals import TOTALS_FILE
     from koto.clock import SystemClock
 
     StateDir(tmp_path / "state").provision()
+    (tmp_path / "state" / TOTALS_FILE).write_text(  # an earlier config had a washer, announced then
+        json.dumps({"epoch": 0, "through_seq": 0, "mwh": {"washer": 5_000_000}}))
     with Mosquitto(tmp_path / "mqtt") as broker:
         gw = Gateway(parse_config(_cfg(tmp_path, broker.port), file="koto.toml"), clock=SystemClock(),
                      backends={"pin_factory": mock_factory()},
@@ -154,7 +158,11 @@ async def test_home_assistant_comes_online_and_gets_the_devices_again(tmp_path: 
                 before = len(ha.payloads("/config"))
                 await ha.birth()
                 await asyncio.sleep(0.5)
-                assert len(ha.payloads("/config")) == before + 3
+                assert len(ha.payloads("/config")) == before + 6  # the kettle's three, the washer's three removals
+                removed = {t for t, p, _ in ha.got if "washer" in t and p == b""}
+                assert removed == {f"homeassistant/sensor/gw-ha/washer_{w}/config"
+                                   for w in ("power", "function", "energy")} | {"koto/gw-ha/washer/state"}
+                assert not any(p for t, p, _ in ha.got if "washer" in t)  # nothing but removals
         finally:
             stop.set()
             await run
@@ -170,8 +178,8 @@ async def test_a_dead_household_broker_is_said_once_and_metering_goes_on(
     clock, factory = SystemClock(), mock_factory()
     gw = Gateway(parse_config(_cfg(tmp_path, port), file="koto.toml"), clock=clock,
                  backends={"pin_factory": factory}, sync_enabled=False)
-    assert gw.home_assistant is not None
-    gw.home_assistant.backoff = Backoff(0.05, 0.2)
+    assert gw.household.home_assistant is not None
+    gw.household.home_assistant.backoff = Backoff(0.05, 0.2)
     stop = asyncio.Event()
     with caplog.at_level(logging.INFO, logger="koto"):
         run = asyncio.create_task(gw.run(stop))
@@ -183,9 +191,9 @@ async def test_a_dead_household_broker_is_said_once_and_metering_goes_on(
             with Mosquitto(tmp_path / "mqtt", port=port):  # the broker comes back
                 for _ in range(40):
                     await asyncio.sleep(0.1)
-                    if gw.home_assistant.connected:
+                    if gw.household.home_assistant.connected:
                         break
-                assert gw.home_assistant.connected
+                assert gw.household.home_assistant.connected
                 stop.set()
                 await run
         finally:
@@ -195,3 +203,54 @@ async def test_a_dead_household_broker_is_said_once_and_metering_goes_on(
     failures = [r for r in caplog.records if "Home Assistant broker" in r.getMessage()]
     assert len(failures) == 1 and "retrying" in failures[0].getMessage()
     assert any("Home Assistant: connected" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_gateway_killed_outright_is_marked_offline_by_its_will(tmp_path: Path) -> None:
+    """kill -9: no clean stop says anything; the broker publishes the Will, and Home Assistant shows the devices
+    unavailable."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.support.paths import REPO
+
+    StateDir(tmp_path / "state").provision()
+    with Mosquitto(tmp_path / "mqtt") as broker:
+        cfg = tmp_path / "koto.toml"
+        cfg.write_text(f"""[gateway]
+id = "gw-ha"
+state_dir = "{tmp_path / 'state'}"
+
+[home_assistant]
+host = "127.0.0.1"
+port = {broker.port}
+
+[[appliance]]
+id = "kettle"
+profile = "kettle"
+[appliance.sources.k]
+driver = "s0"
+pin = 17
+imp_per_kwh = 1000
+""")
+        async with HomeAssistantPeer(broker.url, "ha") as ha:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg), cwd=REPO,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": str(REPO), "GPIOZERO_PIN_FACTORY": "mock",
+                     "RUNTIME_DIRECTORY": str(tmp_path / "run")})
+            try:
+                for _ in range(150):
+                    await asyncio.sleep(0.1)
+                    if ha.payloads("/availability") == [b"online"]:
+                        break
+                assert ha.payloads("/availability") == [b"online"]
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                await proc.wait()
+            for _ in range(50):
+                await asyncio.sleep(0.1)
+                if len(ha.payloads("/availability")) > 1:
+                    break
+            assert ha.payloads("/availability") == [b"online", b"offline"]

@@ -35,6 +35,8 @@ def test_each_state_has_its_pattern_pairing_first() -> None:
     assert pattern_for({**OK, "cloud": None}) is ONLINE  # metering locally is all a local-only gateway does
     assert pattern_for({**OK, "cloud": {"connected": False}}) is OFFLINE
     assert pattern_for({**OK, "sources": {"m": {"state": "reconnecting"}}}) is ERROR
+    assert pattern_for({**OK, "sources": {"m": {"state": "starting", "restarts": 0}}}) is ONLINE  # just started
+    assert pattern_for({**OK, "sources": {"m": {"state": "starting", "restarts": 3}}}) is ERROR  # failing to open
     assert pattern_for({**OK, "ledger": {"failing": True}, "cloud": {"connected": False}}) is ERROR
     assert pattern_for({**OK, "sources": {"m": {"state": "reconnecting"}}}, pairing=True) is PAIRING
     assert pattern_for({**OK, "state": "stopped"}, pairing=True).name == "off"
@@ -167,7 +169,7 @@ def test_led_and_button_pins_are_checked_with_the_sources_pins(tmp_path: Path) -
     assert parse_config(_cfg(tmp_path), file="koto.toml").led is None  # off unless configured
 
 
-async def test_the_running_gateway_lights_the_led_and_asks_for_pairing_on_a_long_press(
+async def test_the_running_gateway_lights_the_led_and_a_long_press_enters_pairing_mode(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from drivers.gpio.sim import mock_factory
     from koto.clock import SystemClock
@@ -184,9 +186,11 @@ async def test_the_running_gateway_lights_the_led_and_asks_for_pairing_on_a_long
             assert factory.pin(22).state is True  # local only, the source starting: steady on
             factory.pin(23).drive_low()
             await asyncio.sleep(0.8)
+            assert gw.pairing.active  # the page offers "add an appliance" (gateway/pairing.py)
+            assert gw.household.indicator is not None and gw.household.indicator.pattern is PAIRING
         finally:
             stop.set()
             await run
     assert "pairing mode requested by button" in caplog.text
-    assert gw.indicator is not None and gw.indicator.long_presses == 1
+    assert gw.household.indicator.long_presses == 1
     assert factory.pin(22).state is False  # stopped: dark

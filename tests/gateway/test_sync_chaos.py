@@ -1,7 +1,8 @@
 """The gateway killed with SIGKILL and the broker restarted during drains: the cloud still gets every record once.
 
 The gateway is a child process (tests/support/gw_child.py) that appends records at a steady rate and runs Sync; the
-receiver from cloud/ is the peer. These are compressed versions of bench/chaos.py (20 kills, 5 broker restarts).
+receiver from cloud/ is the peer. These are compressed versions of `bench/chaos.py --synthetic` (20 kills, 5 broker
+restarts).
 """
 
 from __future__ import annotations

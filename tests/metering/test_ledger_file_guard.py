@@ -78,3 +78,37 @@ def test_a_reader_is_not_stopped_by_the_check(tmp_path: Path) -> None:
     ledger.close()
     with Ledger.open(tmp_path / "ledger.db", gateway_id="gw-g", key=None) as reader:
         assert reader.head()[0] == 3
+
+
+def test_when_no_copy_can_be_saved_a_marker_still_refuses_a_new_ledger(tmp_path: Path) -> None:
+    """The copy fails (here: a file size limit smaller than the ledger, a real EFBIG from the kernel, standing in for
+    a full disk): the error says no copy was saved, and a restart does not make a fresh ledger at seq 1 beside
+    nothing, because `ledger.db.lost` refuses it in one line until the operator decides."""
+    import resource
+    import signal
+
+    ledger = open_ledger(tmp_path, "gw-g")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        append_usage(ledger, 30, batch=10)
+        os.unlink(tmp_path / "ledger.db")
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+        with pytest.raises(LedgerGone) as e:
+            append_usage(ledger, 1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+        ledger.close()
+    assert e.value.rescued == ""
+    assert "NO copy could be saved" in str(e.value)
+    assert not list(tmp_path.glob("ledger.db.rescued*"))
+    marker = tmp_path / "ledger.db.lost"
+    assert marker.exists()
+    with pytest.raises(LedgerError, match=r"could not be saved .* rm .*ledger.db.lost") as refused:
+        open_ledger(tmp_path, "gw-g")
+    assert "\n" not in str(refused.value)
+    assert not (tmp_path / "ledger.db").exists()
+    marker.unlink()  # the operator accepts the loss: a new ledger may start
+    open_ledger(tmp_path, "gw-g").close()
+    assert (tmp_path / "ledger.db").exists()

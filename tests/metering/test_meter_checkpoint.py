@@ -3,7 +3,8 @@
 `data/meter_v1_checkpoints.json` holds version 1 checkpoints captured from the code at 60b5c2a (mid-use with a held
 slice, a mark, a pending gap, after a clean stop, pulses without power samples...) together with every result that
 code produced after restoring each one and carrying on. The meter of today must produce the same results, step by
-step, from the same checkpoints.
+step, from the same checkpoints — except where a scenario's `amended` says which deliberate change of behaviour
+edited its expected results, and why.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ last reading, the function before it ends there, and the log names the true leng
 
 The property drives a meter as the daemon does — readings every poll, a tick every second in between, signals from
 another source now and then — through any sequence of power phases and silences (short ones within `max_gap_s` and
-long ones beyond), with a power source or a register with power samples. For every silence longer than `max_gap_s`:
+long ones beyond), with a power source, a register with power samples, or a counter without (a register alone, S0
+pulses alone, whose every poll restates its count as the S0 heartbeat does). For every silence longer than `max_gap_s`:
 a gap record's interval contains it, no function or interim record reaches into it by more than one poll interval
 (in fact not at all), and the gap's event says how long it really was. Energy is conserved as everywhere else.
 """
@@ -28,6 +29,8 @@ GAP_S = 30
 T0 = 1_000 * S
 WALL0 = 1_764_460_800.0
 BOOT = "boot-a"
+IMP_PER_KWH = 100_000  # (a fine counter, so that the short phases below count something)
+PULSE_MWH = 1_000_000 // IMP_PER_KWH
 
 phase = st.one_of(
     st.tuples(st.just("run"), st.integers(1, 40), st.sampled_from([0, 2, 150, 900, 2_000, 2_900])),  # n seconds, W
@@ -68,14 +71,17 @@ class Run:
     def poll(self) -> None:
         if self.last_read is not None and self.t - self.last_read > GAP_S * S:
             self.silences.append((self.last_read, self.t))
-        if self.kind == "register":
-            reg = self.truth // MW_NS_PER_MWH
+        if self.kind != "power":
+            # a register (with or without power samples) in mWh; an S0 count (its heartbeat restates it)
+            reg = self.truth // MW_NS_PER_MWH // (PULSE_MWH if self.kind == "pulses" else 1)
             self.first_reg = reg if self.first_reg is None else self.first_reg
             self.last_reg = reg
             self.regs[self.t] = reg
-            self.take(self.meter.feed(self.reading(Quantity.ENERGY_MWH, reg)))
-        self.take(self.meter.feed(self.reading(Quantity.POWER_MW, self.p_mw)))
-        self.powers.append((self.t, self.p_mw))
+            q = Quantity.PULSES if self.kind == "pulses" else Quantity.ENERGY_MWH
+            self.take(self.meter.feed(self.reading(q, reg)))
+        if self.kind in ("power", "register"):
+            self.take(self.meter.feed(self.reading(Quantity.POWER_MW, self.p_mw)))
+            self.powers.append((self.t, self.p_mw))
         self.last_read = self.t
 
     def second(self, *, polling: bool) -> None:
@@ -100,15 +106,21 @@ def records(run: Run) -> list[UsageRecord]:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(["power", "register"]), st.sampled_from(["kettle", "air_conditioner", "washing_machine"]),
+@given(st.sampled_from(["power", "register", "bare_register", "pulses"]),
+       st.sampled_from(["kettle", "air_conditioner", "washing_machine"]),
        st.integers(1, 5), st.lists(phase, min_size=1, max_size=14))
 # the issue's kettle: boiling, the meter falls silent for 91 s, readings return
 @example("register", "kettle", 2, [("run", 20, 0), ("run", 30, 2_000), ("silent", 91, 2_000), ("run", 20, 0)])
 @example("power", "air_conditioner", 3, [("run", 10, 900), ("mode", 0, 0), ("silent", 40, 900), ("run", 10, 0)])
+# a counter without power samples (S0 pulses alone): its ticks once covered time at once, so the silence's first
+# max_gap_s went to the function and the gap began at the tick that found the source stale
+@example("pulses", "kettle", 1, [("run", 20, 2_000), ("silent", 91, 2_000), ("run", 20, 0)])
+@example("bare_register", "kettle", 2, [("run", 20, 2_000), ("silent", 91, 2_000), ("run", 20, 0)])
 def test_a_silence_is_a_gap_from_the_last_reading_and_no_function_reaches_into_it(
         kind: str, profile: str, poll_s: int, phases: list[tuple[str, int, int]]) -> None:
-    meter = ApplianceMeter("app", builtin_profile(profile), energy=EnergySpec(kind, "m", max_gap_s=GAP_S),  # type: ignore[arg-type]
-                           interim_s=60)
+    spec = EnergySpec("register" if kind == "bare_register" else kind, "m", max_gap_s=GAP_S,  # type: ignore[arg-type]
+                      imp_per_kwh=IMP_PER_KWH)
+    meter = ApplianceMeter("app", builtin_profile(profile), energy=spec, interim_s=60)
     run = Run(kind, poll_s, meter)
     for ph in [("run", 3, 0), *phases, ("run", 2, 0)]:
         run.do(*ph)
@@ -119,7 +131,7 @@ def test_a_silence_is_a_gap_from_the_last_reading_and_no_function_reaches_into_i
     part = [r for r in recs if r.kind in PARTITION_KINDS]
     for a, b in itertools.pairwise(part):  # the partition tiles time (and the register chain)
         assert b.t_start_mono_ns == a.t_end_mono_ns, (a, b)
-        if kind == "register":
+        if kind != "power":
             assert b.register_start_mwh == a.register_end_mwh
     gaps = [r for r in part if r.kind == RecordKind.GAP]
     funcs = [r for r in part if r.kind != RecordKind.GAP]
@@ -134,15 +146,15 @@ def test_a_silence_is_a_gap_from_the_last_reading_and_no_function_reaches_into_i
             assert reach <= 0, (r, t_a, t_b)  # (the issue allows one poll interval; nothing reaches in at all)
         silent_s = (t_b - t_a) // S
         assert any(f"gap of {silent_s} s recorded" in w for w in gap_words), (silent_s, gap_words)
-        if kind == "register":  # what the register showed across the silence went to the gap, none to a function
-            assert holding[0].energy_mwh == run.regs[t_b] - run.regs[t_a]
+        if kind != "power":  # what the register showed across the silence went to the gap, none to a function
+            assert holding[0].energy_mwh == (run.regs[t_b] - run.regs[t_a]) * (PULSE_MWH if kind == "pulses" else 1)
         assert any(f"for {s} s: energy from" in w for w in stale_words for s in range(GAP_S, silent_s + 1))
     assert len(gaps) == len(run.silences)  # and a silence within max_gap_s is no gap
 
     total = sum(r.energy_mwh for r in part)
-    if kind == "register":
+    if kind != "power":
         assert run.first_reg is not None and run.last_reg is not None
-        assert total == run.last_reg - run.first_reg
+        assert total == (run.last_reg - run.first_reg) * (PULSE_MWH if kind == "pulses" else 1)
     else:
         assert all(g.energy_mwh == 0 for g in gaps)
         assert total == _integral_between_readings(run) // MW_NS_PER_MWH

@@ -4,8 +4,9 @@ Conservation: the partition records' energy equals the register's last minus fir
 notes say was counted across a wrap, reset or swap, each checked against its own raw numbers), the pulse count's
 energy, or an independent integer integration of the power samples between readings (and up to a clean stop; never
 into a silence: ticks and signals integrate nothing) — across snapshot/restore and crash/restore.
-Tiling: per source, each partition record starts where the previous one ended; no negative duration or energy;
-register_start equals the previous register_end.
+Tiling: per source, each partition record starts where the previous one ended; no negative duration or energy,
+on the monotonic or the wall clock (so no two records overlap in time, also when readings arrive after a tick that
+was taken later than they were); register_start equals the previous register_end.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ step = st.one_of(
               st.sampled_from([0, 1_000, 20_000, 180_000, 450_000, 2_100_000])),
     st.tuples(st.just("reg"), st.integers(0, 20_000), st.integers(0, 2_000)),  # plausible increment
     st.tuples(st.just("tick"), st.integers(0, 20_000), st.just(0)),
+    # a tick, then a power reading stamped before it (read, then queued behind the tick: a slow bus, a busy loop,
+    # a clock compressed 20,000 times): its moment lies between the last reading and the tick
+    st.tuples(st.just("late"), st.integers(2, 40_000), st.sampled_from([0, 1_000, 20_000, 180_000, 2_100_000])),
     st.tuples(st.just("long"), st.integers(61_000, 4_000_000), st.just(0)),  # beyond max_gap
     st.tuples(st.just("reboot"), st.integers(0, 5_000), st.just(0)),
     st.tuples(st.just("snap"), st.just(0), st.just(0)),  # snapshot, JSON round trip, restore
@@ -147,6 +151,14 @@ class World:
         elif kind == "tick":
             self.advance(dt)  # (a tick integrates nothing: power counts between readings, and up to a clean stop)
             self._commit(self.step())
+        elif kind == "late":
+            self.advance(dt)
+            self._commit(self.step())  # the tick decides at its moment...
+            self.advance(-(dt // 2))  # ...and the reading it then gets was taken before it
+            self.p = v
+            if self.kind == "power":
+                self.model_power(self.t, v)
+            self.feed(self.reading(Quantity.POWER_MW, v))
         elif kind == "long":
             self.advance(dt)
         elif kind == "reboot":
@@ -229,6 +241,8 @@ def check_invariants(world: World) -> list[UsageRecord]:
     for r in recs:
         assert r.duration_ms >= 0 and r.energy_mwh >= 0, r
         assert r.t_end_mono_ns >= r.t_start_mono_ns, r
+    for r in part:  # with the tiling below: no two partition records of the appliance overlap, in either clock
+        assert r.t_end_wall >= r.t_start_wall, r
     for a, b in itertools.pairwise(part):
         if b.boot_id == a.boot_id:
             assert b.t_start_mono_ns == a.t_end_mono_ns, (a, b)

@@ -27,6 +27,7 @@ from .pki import TestPKI
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "mosquitto"
 DEFAULT_ACL = (DEPLOY / "acl").read_text()  # what operators deploy is what the tests run
+DEPLOY_FLOW = {"max_inflight_messages", "max_queued_messages", "max_queued_bytes"}
 
 
 def deploy_tls_lines(*, ca: Path, cert: Path, key: Path, acl_file: Path) -> list[str]:
@@ -100,6 +101,8 @@ class Mosquitto:
         if self.pki:
             acl_file = self.folder / "acl"
             acl_file.write_text(self.acl)
+            # The deployed flow and queue limits replace the plain broker's (unlimited in-flight, for the benches).
+            lines = [line for line in lines if line.split()[0] not in DEPLOY_FLOW]
             base = {line.split()[0] for line in lines}
             lines += [line for line in deploy_tls_lines(ca=self.pki.ca, cert=self.pki.server.cert,
                                                         key=self.pki.server.key, acl_file=acl_file)

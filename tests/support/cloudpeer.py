@@ -38,6 +38,13 @@ def tls_for(broker: Mosquitto, cn: str) -> Any:
     return tls_context(Path(broker.pki.ca), pair.cert, pair.key)
 
 
+def birth_payload(gw: str, *, epoch: int = 1, last_seq: int = 0, **fields: Any) -> dict[str, Any]:
+    """A birth as gateway/sync.py sends it (every field birth.json requires); `fields` override or add."""
+    return {"online": True, "gateway": gw, "version": "0.1.0", "boot_id": "b00t", "epoch": epoch,
+            "last_seq": last_seq, "unacked": 0, "tariff_version": 0, "last_dseq": "", "clock_synced": True,
+            "time": "2026-11-30T01:02:03.045Z", **fields}
+
+
 class GatewayPeer:
     def __init__(self, broker: Mosquitto, gw: str, *, cn: str | None = None) -> None:
         self.gw = gw
@@ -66,9 +73,10 @@ class GatewayPeer:
         for b in bodies:
             await self.client.publish(f"{P}/{self.gw}/up/usage", b, qos=1)
 
-    async def birth(self, epoch: int = 1, last_seq: int = 0) -> None:
+    async def birth(self, epoch: int = 1, last_seq: int = 0, **fields: Any) -> None:
+        """A complete birth (cloud/schemas/birth.json), as a gateway sends it; `fields` override or add to it."""
         await self.client.publish(f"{P}/{self.gw}/up/status", json.dumps(
-            {"online": True, "gateway": self.gw, "epoch": epoch, "last_seq": last_seq}).encode(), qos=1)
+            birth_payload(self.gw, epoch=epoch, last_seq=last_seq, **fields)).encode(), qos=1)
 
     def acked(self) -> int:
         return max((a["acked_through"] for a in self.acks), default=0)
