@@ -49,4 +49,5 @@ async def serve(gw: Gateway) -> None:
                 await server.serve_forever()
     finally:
         await web.flow.close()
+        await web.learn.close()
         web.data.reader.close()

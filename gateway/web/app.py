@@ -27,6 +27,7 @@ from microdot import Microdot, Request, Response  # type: ignore[import-untyped,
 
 from ..pairing import PairingError
 from . import render
+from .learnflow import LearnFlow, learn_body
 from .model import PageData
 from .pairflow import PairFlow, pair_body
 from .pin import PinError, Tries, load_pin_hash, verify_pin
@@ -96,12 +97,14 @@ class WebApp:
     app: Microdot
     data: PageData
     flow: PairFlow
+    learn: LearnFlow
 
 
 def build_app(gw: Gateway) -> WebApp:
     app = Microdot()
     data = PageData(gw)
     flow = PairFlow(gw)
+    learning = LearnFlow(gw)
     sessions = Sessions()
     tries = Tries()
     title = "Home appliances"
@@ -147,16 +150,15 @@ def build_app(gw: Gateway) -> WebApp:
 
     @route(app, "GET", "/")
     async def index(req: Request) -> Response:
-        tok, s, fresh = session(req)
+        got = sessions.get(req)  # a reader needs no session: only the login page starts one
+        s: dict[str, Any] = got[1] if got is not None else {"csrf": "", "installer": False, "flash": ""}
         live = data.live()
         fig = await data.figures()
         flash, s["flash"] = s["flash"], ""
         undo = list(flow.hot.added) if s["installer"] else []
         body = render.status_body(live, fig, gw.cfg.tz, installer=s["installer"], csrf=s["csrf"], flash=flash,
                                   undo=undo)
-        resp = Response(render.page(title, body, refresh=True, gateway=f"gateway {gw.cfg.id}"), status_code=200,
-                        headers={"Content-Type": HTML})
-        return _cookie(resp, tok) if fresh else resp
+        return html(render.page(title, body, refresh=True, gateway=f"gateway {gw.cfg.id}"))
 
     @route(app, "GET", "/api/live")
     async def api_live(req: Request) -> Response:
@@ -321,7 +323,43 @@ def build_app(gw: Gateway) -> WebApp:
         s["flash"] = f"{aid} was removed again; what it metered stays in the records."
         return redirect("/")
 
-    return WebApp(app, data, flow)
+    def learn_page(s: dict[str, Any], problem: str = "", status: int = 200) -> Response:
+        fns = {aid: list(m.profile.function_names()) for aid, m in gw.meters.items()}
+        body = learn_body(learning, s["csrf"], fns, gw.cfg.tz, problem=problem)
+        resp = html(render.page("Learn a function", body, script=False, gateway=f"gateway {gw.cfg.id}"),
+                    status=status)
+        if learning.active is not None or learning.deriving:
+            resp.headers["Refresh"] = "2"
+        return resp
+
+    @route(app, "GET", "/learn")
+    async def learn(req: Request) -> Response:
+        if (s := installer(req)) is None:
+            return redirect("/login")
+        return learn_page(s)
+
+    @route(app, "POST", "/learn/<step>")
+    async def learn_step(req: Request, step: str) -> Response:
+        if (s := installer(req)) is None:
+            return redirect("/login")
+        form = req.form or {}
+        try:
+            if step == "start":
+                learning.start(str(form.get("appliance", "")), str(form.get("function", "")).strip())
+            elif step == "stop":
+                await learning.stop()
+            elif step == "save":
+                s["flash"] = learning.save()
+                return redirect("/")
+            elif step == "discard":
+                learning.discard()
+            else:
+                return Response("not found", status_code=404)
+        except PairingError as e:
+            return learn_page(s, e.problem, 400)
+        return redirect("/learn")
+
+    return WebApp(app, data, flow, learning)
 
 
 def _check_name(gw: Gateway, name: str) -> str:

@@ -150,20 +150,24 @@ class PairFlow:
         from drivers.errors import DriverConfigError
         from koto.reading import Quantity
 
+        last = "it sent no power reading"
         try:
-            src = build_source("pairing-check", self.source_cfg(found), clock=self.gw.clock)
-        except DriverConfigError as e:
-            raise PairingError(f"this meter cannot be read: {e}") from e
-        try:
-            async with asyncio.timeout(READ_LIMIT_S), src:
-                async for r in src:
-                    if r.quantity is Quantity.POWER_MW and isinstance(r.value, int) and not r.signal:
-                        return f"{r.value / 1000:.1f} W"
+            async with asyncio.timeout(READ_LIMIT_S):
+                while True:  # a reply lost on the line is tried again, as the daemon would, until the limit
+                    try:
+                        src = build_source("pairing-check", self.source_cfg(found), clock=self.gw.clock)
+                    except DriverConfigError as e:
+                        raise PairingError(f"this meter cannot be read: {e}") from e
+                    try:
+                        async with src:
+                            async for r in src:
+                                if r.quantity is Quantity.POWER_MW and isinstance(r.value, int) and not r.signal:
+                                    return f"{r.value / 1000:.1f} W"
+                    except Exception as e:
+                        last = str(e) or type(e).__name__
+                    await asyncio.sleep(0.5)
         except TimeoutError:
-            raise PairingError(f"the meter did not send a power reading within {READ_LIMIT_S:g} s") from None
-        except Exception as e:
-            raise PairingError(f"the meter could not be read: {e}") from e
-        raise PairingError("the meter sent no power reading")
+            raise PairingError(f"the meter could not be read within {READ_LIMIT_S:g} s ({last})") from None
 
     async def close(self) -> None:
         if self.search is not None and self.search.task is not None:

@@ -15,7 +15,7 @@ from typing import Any
 from .chart import chart_svg, legend_html
 from .model import STALE_SOURCE_S, Figures
 
-NOSCRIPT_REFRESH_S = 15
+NOSCRIPT_REFRESH_S = 10
 
 
 def fmt_w(mw: int) -> str:
@@ -183,7 +183,7 @@ def status_body(live: dict[str, Any], fig: Figures, tz: Any, *, installer: bool,
 def installer_html(installer: bool, csrf: str) -> str:
     if installer:
         return ("<section class=\"card\" aria-labelledby=\"h-inst\"><h2 id=\"h-inst\">Installer</h2>"
-                "<p><a href=\"/pair\">Add an appliance</a></p>"
+                "<p><a href=\"/pair\">Add an appliance</a></p><p><a href=\"/learn\">Learn a function</a></p>"
                 "<form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" "
                 f"value=\"{escape(csrf)}\"><button type=\"submit\">Log out</button></form></section>")
     return ("<section class=\"card\" aria-labelledby=\"h-inst\"><h2 id=\"h-inst\">Installer</h2>"

@@ -4,8 +4,9 @@ bench/web_rss.py:
     python -m tests.web.household --folder DIR --port PORT [--speed 30] [--web/--no-web] [--history]
 
 - a **washer** on an Eastron SDM120 (pymodbus RTU server on a pty, the real Modbus driver), running its programme;
-- a **kettle** on an S0 pulse meter (MockFactory pin) behind an **enforcement relay** and without any entitlement:
-  the page must say it is locked, why and how to unlock it;
+- a **kettle** on a second SDM120 on the same line (address 3), boiling 100 s of every 190 s, behind an
+  **enforcement relay** (a MockFactory pin) and without any entitlement: the page must say it is locked, why and how
+  to unlock it; learn mode on the page records its boil;
 - a spare **SDM120 at address 2 on a second pty**, configured nowhere: what pairing finds, reads and adds.
 
 The config is written to DIR/koto.toml (pairing appends to it), the installer PIN `PIN` is set, `--history` seeds
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 PIN = "2468"
-KETTLE_PIN, RELAY_PIN = 17, 22
+RELAY_PIN = 22
 
 
 def config_text(folder: Path, washer_port: str, web_port: int) -> str:
@@ -35,6 +36,7 @@ state_dir = "{folder / 'state'}"
 timezone = "Europe/Berlin"
 batch_ms = 200
 checkpoint_s = 2
+hold_s = 0  # every batch written at once: today's usage shows on the page within seconds
 web_port = {web_port}
 web_host = "127.0.0.1"
 
@@ -62,15 +64,16 @@ timeout_s = 0.3
 [[appliance]]
 id = "kettle"
 profile = "kettle"
-energy = "kettle-s0"
+energy = "kettle-sdm120"
 relay = {{ pin = {RELAY_PIN} }}  # enforcement: without an unlock it may not start
 
-[appliance.sources.kettle-s0]
-driver = "s0"
-pin = {KETTLE_PIN}
-imp_per_kwh = 1000
-report_s = 0.5
-poll_s = 0.05
+[appliance.sources.kettle-sdm120]  # a second meter on the washer's RS-485 line
+driver = "modbus"
+model = "sdm120"
+port = "{washer_port}"
+address = 3
+poll_s = 0.2
+timeout_s = 0.3
 """
 
 
@@ -108,11 +111,11 @@ def prepare(sd: Any, save_pin: Any) -> None:
 
 
 async def run(folder: Path, port: int, *, speed: float, web: bool, history: bool, ready: Any = print) -> None:
-    from drivers.gpio.sim import mock_factory, run_pulse_train
+    from drivers.gpio.sim import mock_factory
     from drivers.modbus_sim import ModbusSimulator, SimMeter
     from gateway.config import load_config
     from gateway.daemon import Gateway
-    from gateway.simulate import kettle, washer
+    from gateway.simulate import Phase, Script, washer
     from gateway.state import StateDir
     from gateway.web.pin import save_pin
     from koto.clock import ScaledClock
@@ -126,12 +129,14 @@ async def run(folder: Path, port: int, *, speed: float, web: bool, history: bool
     def t() -> float:
         return (clock.now().mono_ns - t0) / 1e9
 
-    wash, boil = washer(), kettle()
+    wash = washer()
     wash.repeat = True
+    boil = Script("kettle", [Phase("off", 90, 0), Phase("boil", 100, 2200, ripple=0.01)], repeat=True)
     pins = mock_factory()
     main = SimMeter("sdm120", 1, energy_kwh=1234.5, time_fn=t, power_fn=wash.power_w)
+    kettle_meter = SimMeter("sdm120", 3, energy_kwh=310.0, time_fn=t, power_fn=boil.power_w)
     spare = SimMeter("sdm120", 2, energy_kwh=87.25, time_fn=t, power_fn=lambda s: 640.0 + 30 * ((s // 7) % 2))
-    async with ModbusSimulator([main]) as bus, ModbusSimulator([spare], ) as spare_bus:
+    async with ModbusSimulator([main, kettle_meter]) as bus, ModbusSimulator([spare], ) as spare_bus:
         cfg_path = folder / "koto.toml"
         if not cfg_path.exists():
             cfg_path.write_text(config_text(folder, bus.port, port))
@@ -139,7 +144,8 @@ async def run(folder: Path, port: int, *, speed: float, web: bool, history: bool
             text = cfg_path.read_text()
             import re
 
-            cfg_path.write_text(re.sub(r'port = "[^"]*ttyKOTO0"', f'port = "{bus.port}"', text, count=1))
+            old = re.search(r'port = "([^"]*ttyKOTO0)"', text)
+            cfg_path.write_text(text.replace(old.group(1), bus.port) if old else text)
         cfg = load_config(cfg_path)
         if history and fresh:
             seed_history(sd.root, cfg.id, clock.now().wall)
@@ -149,8 +155,6 @@ async def run(folder: Path, port: int, *, speed: float, web: bool, history: bool
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        pulses = asyncio.create_task(run_pulse_train(pins.pin(KETTLE_PIN), clock,
-                                                     lambda: int(boil.power_w(t()) * 1000), 1000, step_s=0.5))
         runner = asyncio.create_task(gw.run(stop))
         if web:
             await _wait_listening(port)
@@ -160,8 +164,6 @@ async def run(folder: Path, port: int, *, speed: float, web: bool, history: bool
         await asyncio.wait([runner, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
         stop.set()
         await runner
-        pulses.cancel()
-        await asyncio.gather(pulses, return_exceptions=True)
 
 
 async def _wait_listening(port: int) -> None:

@@ -31,7 +31,7 @@ def test_the_read_only_view_works_with_javascript_off(browser_nojs: Any, househo
     assert 'http-equiv="refresh"' in refresh
 
 
-@pytest.mark.slow  # the page reloads every 15 s
+@pytest.mark.slow  # the page reloads every 10 s
 def test_without_javascript_the_page_reloads_itself_with_new_values(browser_nojs: Any, household: Household) -> None:
     b = browser_nojs
     b.get(household.url)
@@ -46,6 +46,6 @@ def test_without_javascript_the_page_reloads_itself_with_new_values(browser_nojs
             return True
         return False
 
-    wait_for(reloaded, "the page to reload itself", timeout_s=30, every_s=0.5)
+    wait_for(reloaded, "the page to reload itself", timeout_s=25, every_s=0.5)
     # the bundled script never ran (it marks the page when it has polled): the reload is the <noscript> one
     assert b.execute_script("return document.documentElement.getAttribute('data-updated')") is None

@@ -63,7 +63,9 @@ def test_pairing_adds_a_found_meter_that_then_shows_readings_and_undo_removes_it
     browser.find_element(By.ID, "name").send_keys("dryer")
     Select(browser.find_element(By.ID, "profile")).select_by_value("tumble_dryer")
     click_and_wait(browser, By.CSS_SELECTOR, "form[action='/pair/read'] button")
-    confirm = browser.find_element(By.CSS_SELECTOR, ".confirm [role=status]").text
+    shown = browser.find_elements(By.CSS_SELECTOR, ".confirm [role=status]")
+    assert shown, browser.find_element(By.TAG_NAME, "main").text  # else: what the page said instead
+    confirm = shown[0].text
     assert "Eastron SDM120 at address 2 reads" in confirm and " W now" in confirm
     click_and_wait(browser, By.XPATH, "//button[text()='Save dryer and start metering']")
 
@@ -85,3 +87,16 @@ def test_pairing_adds_a_found_meter_that_then_shows_readings_and_undo_removes_it
     assert not browser.find_elements(By.ID, "app-dryer")
     assert household.config.read_text() == original  # exactly what was added is gone
     assert browser.find_elements(By.ID, "app-washer")
+
+
+def test_pairing_mode_shows_on_the_status_page_until_it_is_turned_off(browser: Any, household: Household) -> None:
+    log_in(browser, household, PIN)
+    browser.get(household.url + "/pair")
+    click_and_wait(browser, By.XPATH, "//button[text()='Turn pairing mode on (10 minutes)']")
+    browser.get(household.url)
+    card = browser.find_element(By.CSS_SELECTOR, "section.pairing")
+    assert "Pairing is on" in card.text and card.find_element(By.LINK_TEXT, "Add an appliance")
+    browser.get(household.url + "/pair")
+    click_and_wait(browser, By.XPATH, "//button[text()='Turn pairing mode off']")
+    browser.get(household.url)
+    assert not browser.find_elements(By.CSS_SELECTOR, "section.pairing")
