@@ -1,4 +1,5 @@
-"""Pairing's core without a browser: the config edited as text (comments kept, validated before it is written,
+"""Pairing's core without a browser: STATE_DIR/household.toml edited as text (the installer's config only read;
+validated before it is written,
 refused in plain words), pairing mode's expiry, and the installer PIN (salted hash, rate-limited tries)."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from gateway.cli import cli
+from gateway.config import load_config
 from gateway.pairing import PairingError, PairingMode, append_block, appliance_block, remove_block
 from gateway.web.pin import Tries, hash_pin, load_pin_hash, save_pin, verify_pin
 
@@ -41,48 +43,75 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-def test_an_appliance_is_appended_as_text_validated_and_taken_back_out_exactly(tmp_path: Path) -> None:
+def household(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "household.toml"
+
+
+def test_an_appliance_goes_to_household_toml_validated_and_comes_back_out_exactly(tmp_path: Path) -> None:
     path = write(tmp_path, CONFIG)
+    (tmp_path / "state").mkdir()
     cfg, added = append_block(path, appliance_block("dryer", "tumble_dryer", "dryer-plug", DRYER, when=0))
-    text = path.read_text()
-    assert text == CONFIG + added and text.startswith("# the installer's notes: keep me")
+    assert path.read_text() == CONFIG  # the installer's file is never written
+    assert household(tmp_path).read_text() == added and added.startswith("# Added on the status page on 1970-01-01")
     assert [a.id for a in cfg.appliances] == ["washer", "dryer"]
     assert cfg.appliances[1].sources["dryer-plug"] == DRYER and cfg.tariff is not None
-    assert "# Added on the status page on 1970-01-01 00:00 UTC" in added
-    assert path.stat().st_mode & 0o777 == 0o640  # the file keeps its permissions
+    assert [a.id for a in load_config(path).appliances] == ["washer", "dryer"]  # what the next start reads
     cfg = remove_block(path, added)
-    assert path.read_text() == CONFIG and [a.id for a in cfg.appliances] == ["washer"]
+    assert household(tmp_path).read_text() == "" and [a.id for a in cfg.appliances] == ["washer"]
+
+
+def test_a_gateway_whose_config_folder_is_read_only_still_pairs_and_writes_only_its_state_folder(
+        tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    path = write(etc, CONFIG.replace('state_dir = "state"', f'state_dir = "{tmp_path / "state"}"'))
+    (tmp_path / "state").mkdir()
+    before = path.read_bytes()
+    etc.chmod(0o555)  # as /etc/koto is for the service (root ignores it: the listing below still guards)
+    try:
+        _, first = append_block(path, appliance_block("dryer", "tumble_dryer", "dryer-plug", DRYER, when=0))
+        append_block(path, appliance_block("fridge", "fridge_freezer", "fridge-plug",
+                                           {**DRYER, "address": "A4:C1:38:00:00:03"}, when=60))
+        remove_block(path, first)
+    finally:
+        etc.chmod(0o755)
+    assert path.read_bytes() == before and sorted(p.name for p in etc.iterdir()) == ["koto.toml"]
+    assert [a.id for a in load_config(path).appliances] == ["washer", "fridge"]
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["household.toml"]
 
 
 @pytest.mark.parametrize(("profile", "source", "said"), [
     ("no_such_profile", "dryer-plug", "would not be valid with this appliance"),
-    ("tumble_dryer", "washer-plug", "already used by appliance 'washer'"),
+    ("tumble_dryer", "washer-plug", "is a source of 'washer'"),
 ])
 def test_a_block_that_would_make_the_config_invalid_is_refused_and_nothing_is_written(
         tmp_path: Path, profile: str, source: str, said: str) -> None:
     path = write(tmp_path, CONFIG)
+    (tmp_path / "state").mkdir()
     with pytest.raises(PairingError) as err:
         append_block(path, appliance_block("dryer", profile, source, DRYER, when=0))
     assert said in err.value.problem and "nothing was changed" in err.value.problem
     assert path.read_text() == CONFIG
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["koto.toml"]  # no temp file left behind
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == []  # no temp file left behind
 
 
-def test_a_config_that_cannot_take_an_appended_table_is_refused_in_plain_words(tmp_path: Path) -> None:
-    inline = 'appliance = []  # written as an inline array: TOML cannot add a [[appliance]] table to it\n' \
-             '[gateway]\nid = "gw-1"\n'
-    path = write(tmp_path, inline)
+def test_a_household_toml_that_cannot_take_an_appended_table_is_refused_in_plain_words(tmp_path: Path) -> None:
+    path = write(tmp_path, CONFIG)
+    (tmp_path / "state").mkdir()
+    inline = 'appliance = []  # written as an inline array: TOML cannot add a [[appliance]] table to it\n'
+    household(tmp_path).write_text(inline)
     with pytest.raises(PairingError) as err:
         append_block(path, appliance_block("dryer", "tumble_dryer", "dryer-plug", DRYER, when=0))
     assert "would not be valid TOML with this appliance added" in err.value.problem
-    assert "Add it by hand" in err.value.problem
-    assert path.read_text() == inline
+    assert household(tmp_path).read_text() == inline
 
 
 def test_undo_refuses_when_the_block_was_edited_since(tmp_path: Path) -> None:
     path = write(tmp_path, CONFIG)
+    (tmp_path / "state").mkdir()
     _, added = append_block(path, appliance_block("dryer", "tumble_dryer", "dryer-plug", DRYER, when=0))
-    path.write_text(path.read_text().replace('"tumble_dryer"', '"washing_machine"'))
+    hh = household(tmp_path)
+    hh.write_text(hh.read_text().replace('"tumble_dryer"', '"washing_machine"'))
     with pytest.raises(PairingError, match="was changed since the appliance was added"):
         remove_block(path, added)
 
