@@ -36,9 +36,6 @@ if TYPE_CHECKING:
     from .learn import Learned
 
 _HEADER = re.compile(r"^\s*\[")
-_APPLIANCE = re.compile(r"^\s*\[\[\s*appliance\s*\]\]\s*(#.*)?$")
-_SUBTABLE = re.compile(r"^\s*\[\s*appliance\.")
-_ID = re.compile(r"""^\s*id\s*=\s*(?P<v>"(?:[^"\\]|\\.)*"|'[^']*')""")
 _PROFILE = re.compile(r"""^(?P<key>\s*profile\s*=\s*)(?P<v>"(?:[^"\\]|\\.)*"|'[^']*')(?P<rest>.*)$""")
 
 
