@@ -1,9 +1,14 @@
-"""Pairing's core without a browser: STATE_DIR/household.toml edited as text (the installer's config only read;
-validated before it is written,
-refused in plain words), pairing mode's expiry, and the installer PIN (salted hash, rate-limited tries)."""
+"""Pairing's core without a browser: STATE_DIR/household.toml edited as text (the installer's config only read),
+validated before it is written, refused in plain words; pairing as the service user with a config folder it cannot
+write; pairing mode's expiry, and the installer PIN (salted hash, rate-limited tries)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +18,8 @@ from gateway.cli import cli
 from gateway.config import load_config
 from gateway.pairing import PairingError, PairingMode, append_block, appliance_block, remove_block
 from gateway.web.pin import Tries, hash_pin, load_pin_hash, save_pin, verify_pin
+from tests.support.as_user import AS_ROOT
+from tests.support.paths import REPO
 
 CONFIG = """# the installer's notes: keep me
 [gateway]
@@ -160,3 +167,53 @@ def test_koto_provision_sets_the_installer_pin_asked_twice(tmp_path: Path) -> No
     refused = CliRunner().invoke(cli, ["provision", "--state-dir", str(state), "--set-pin"], input="12\n")
     assert refused.exit_code != 0 and "four to twelve digits" in refused.output
     assert verify_pin("13579", load_pin_hash(state) or "")  # the PIN set before is kept
+
+
+PAIR_AS_OTHER_USER = """
+import os, sys
+from pathlib import Path
+import importlib.readers, importlib.resources.readers
+import gateway.pairing, gateway.daemon, gateway.config_household, metering.profile, drivers.bthome
+from gateway.pairing import append_block, appliance_block
+if os.geteuid() == 0:
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)
+cfg, _ = append_block(Path(sys.argv[1]), appliance_block("dryer", "tumble_dryer", "dryer-plug",
+                                                         {"driver": "bthome", "address": "A4:C1:38:00:00:02"}, when=0))
+print(",".join(a.id for a in cfg.appliances))
+"""
+
+
+def test_the_service_user_pairs_with_a_config_folder_it_cannot_write() -> None:
+    """As on an install: koto.toml in a folder of root's (0755; 0555 when not run as root), the state folder the
+    service user's own. Pairing as that user works and writes only the state folder."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="koto-pair-"))  # not under pytest's 0700 folder: `nobody` must reach it
+    try:
+        _pair_as_service_user(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _pair_as_service_user(tmp_path: Path) -> None:
+    os.chmod(tmp_path, 0o755)
+    etc, state = tmp_path / "etc", tmp_path / "state"
+    etc.mkdir(mode=0o755)
+    state.mkdir(mode=0o700)
+    path = write(etc, CONFIG.replace('state_dir = "state"', f'state_dir = "{state}"'))
+    path.chmod(0o644)
+    if AS_ROOT:
+        os.chown(state, 65534, 65534)
+    else:
+        etc.chmod(0o555)
+    try:
+        out = subprocess.run([sys.executable, "-c", PAIR_AS_OTHER_USER, str(path)], capture_output=True, text=True,
+                             cwd=REPO, timeout=60)
+    finally:
+        etc.chmod(0o755)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "washer,dryer" and path.read_text() == CONFIG.replace(
+        'state_dir = "state"', f'state_dir = "{state}"')
+    assert sorted(p.name for p in etc.iterdir()) == ["koto.toml"]
+    hh = state / "household.toml"
+    assert "[appliance.sources.dryer-plug]" in hh.read_text()
+    if AS_ROOT:
+        assert hh.stat().st_uid == 65534  # the service's own file, which it can replace again (undo)
