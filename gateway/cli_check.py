@@ -21,6 +21,8 @@ def check(config_path: str, no_state: bool) -> None:
         click.echo(str(e))
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
+    for line in report.additions:  # what pairing and learn mode added in the state folder (docs/household.md)
+        click.echo(f"household: {line}")
     if report.problems:
         n = len(report.problems)
         click.echo(f"{config_path}: {n} problem{'s' if n != 1 else ''}; nothing was started", err=True)

@@ -81,7 +81,8 @@ def learn(config_path: str | None, appliance: str, function: str, trace_file: st
             return
     saved = save_learned(learned, config_path=Path(cfg.file), appliance=appliance)
     click.echo(f"saved: {saved.profile_path} (profile {saved.profile_name})"
-               + (f"; {cfg.file} now points {appliance} at it" if saved.config_edited else ""))
+               + (f"; {cfg.state_dir / 'household.toml'} now points {appliance} at it" if saved.config_edited
+                  else ""))
     click.echo("The gateway uses it from its next start: sudo systemctl restart koto")
 
 

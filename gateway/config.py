@@ -554,4 +554,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 def load_config(path: str | Path) -> GatewayConfig:
     p = Path(path)
-    return parse_config(read_toml(p), file=str(p), base=p.resolve().parent)
+    cfg = parse_config(read_toml(p), file=str(p), base=p.resolve().parent)
+    from .config_household import with_household  # pairing's and learn mode's additions (STATE_DIR/household.toml)
+
+    return with_household(cfg)

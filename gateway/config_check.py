@@ -17,6 +17,7 @@ from pathlib import Path
 from koto.errors import FieldError, explain_os_error
 
 from .config import GatewayConfig, parse_config_all, read_toml
+from .config_household import Household, profile_key
 from .errors import ConfigError
 
 
@@ -28,6 +29,7 @@ class CheckReport:
     problems: list[FieldError] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     config: GatewayConfig | None = None
+    additions: list[str] = field(default_factory=list)  # what household.toml adds, one line each
 
     @property
     def ok(self) -> bool:
@@ -45,9 +47,15 @@ def check_config(path: str | Path, *, with_state: bool = True) -> CheckReport:
         report.problems.append(e)
         return report
     cfg, problems = parse_config_all(data, file=str(p), base=p.resolve().parent)
+    from .config_household import merge_all
+
+    hh = merge_all(cfg, problems)  # STATE_DIR/household.toml: its problems name that file
+    cfg = hh.config
     report.config = cfg
+    report.additions = [a.line for a in hh.additions]
+    report.notes.extend(hh.notes)
     report.problems.extend(problems.items)
-    report.problems.extend(_profile_problems(cfg))
+    report.problems.extend(_profile_problems(cfg, hh))
     report.problems.extend(_cloud_file_problems(cfg))
     if with_state and cfg.tariff is not None and not any(e.key.startswith("tariff") for e in report.problems):
         from .config_tariff import check_against_ledger
@@ -60,21 +68,21 @@ def check_config(path: str | Path, *, with_state: bool = True) -> CheckReport:
     return report
 
 
-def _profile_problems(cfg: GatewayConfig) -> list[FieldError]:
+def _profile_problems(cfg: GatewayConfig, hh: Household | None = None) -> list[FieldError]:
     from metering.profile import builtin_profile, load_profile
 
     out: list[FieldError] = []
     for app in cfg.appliances:
-        key = f"appliance.{app.id}.profile"
+        file, key = profile_key(hh, app.id) or (cfg.file, f"appliance.{app.id}.profile")
         try:
             if app.profile.endswith(".toml") or "/" in app.profile:
                 load_profile(app.profile)
             else:
                 builtin_profile(app.profile)
         except FieldError as e:  # the profile's own problem, said at the key that names it
-            out.append(ConfigError(cfg.file, key, str(e)))
+            out.append(ConfigError(file, key, str(e)))
         except Exception as e:  # an unreadable file or package: still one line, and the other checks go on
-            out.append(ConfigError(cfg.file, key, f"cannot load it: {type(e).__name__}: {e}"))
+            out.append(ConfigError(file, key, f"cannot load it: {type(e).__name__}: {e}"))
     return out
 
 

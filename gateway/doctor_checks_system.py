@@ -103,7 +103,8 @@ def check_config_file(ctx: Context) -> Check:
     assert cfg is not None
     sources = sum(len(a.sources) for a in cfg.appliances)
     return Check("config", "ok", f"{report.file}: gateway {cfg.id}, {len(cfg.appliances)} appliance(s), "
-                                 f"{sources} source(s)", details=tuple(f"note: {n}" for n in report.notes))
+                                 f"{sources} source(s)", details=tuple(f"note: {n}" for n in report.notes)
+                 + tuple(f"household: {line}" for line in report.additions))  # added by pairing / learn mode
 
 
 # ------------------------------------------------------------------------------------------------ state folder

@@ -41,11 +41,10 @@ cool and heat by the mode, are no rivals). Then two replays decide: the recorded
 must give the learned function at least `MIN_DETECTED` of its energy, and the history with the new profile must
 leave every other function at least `MIN_KEPT` of the energy it had with the old one.
 
-`save_learned` writes the profile atomically where the appliance's config points (`profile = "path"`); when the
-appliance uses a built-in profile it writes a copy beside the config (`APPLIANCE.profile.toml`, named
+`save_learned` writes the profile atomically to `STATE_DIR/profiles/APPLIANCE.toml` (for a built-in, a copy named
 `BUILTIN-APPLIANCE`: a local customisation, which a cloud-sent update of the built-in no longer replaces) and points
-the config at it, editing only that one line of the file so its comments and layout stay. The meter uses it from
-the gateway's next start.
+the appliance at it from `STATE_DIR/household.toml`; the installer's config is never written (gateway/learn_files.py,
+gateway/config_household.py). The meter uses it from the gateway's next start.
 """
 
 from __future__ import annotations

@@ -1,15 +1,17 @@
-"""The two files learn mode writes: the appliance's profile, and one line of the gateway config.
+"""The two files learn mode writes, both in the state folder: the appliance's profile, and its override.
 
-`save_learned` writes the profile atomically where the appliance's config points (`profile = "path"`); when the
-appliance uses a built-in profile it writes a copy beside the config (`APPLIANCE.profile.toml`, named
-`BUILTIN-APPLIANCE`: a local customisation, which a cloud-sent update of the built-in no longer replaces) and points
-the config at it. A custom file keeps its leading comments; a line is added saying what was learned and when.
+`save_learned` writes the learned profile to `STATE_DIR/profiles/APPLIANCE.toml` and points the appliance at it with
+`[override."APPLIANCE"] profile = "profiles/APPLIANCE.toml"` in `STATE_DIR/household.toml`
+(gateway/config_household.py). The installer's config (/etc/koto/koto.toml) is never written: the service may not
+write /etc/koto (it also holds the pinned operator key and CA), and one place for everyone is simpler than a second
+behaviour for a developer's writable folder. When the appliance used a built-in profile, the new file is named
+`BUILTIN-APPLIANCE` (a local customisation, which a cloud-sent update of the built-in no longer replaces); when it
+used a profile file, that file's leading comments are kept. A line is added saying what was learned and when.
 
-The config is edited as text, not re-serialised, so the installer's comments, order and layout stay exactly as they
-were: only the value of `profile = ...` in the `[[appliance]]` table whose `id` matches changes (a comment after it
-stays). The result is read by the one config parser before anything is written, and written atomically
-(`koto.files.write_atomic`: temp file, fsync, rename, fsync of the folder), keeping the file's mode and owner — `koto
-learn` runs with sudo, and a config the `koto` service can no longer read would stop the gateway at its next start.
+Both files are checked before anything is written (the profile read back, the whole config with the new override
+parsed) and written atomically (`koto.files.write_atomic`: temp file, fsync, rename, fsync of the folder). `koto
+learn` may run as root (sudo): what it writes in the state folder is then given to the folder's owner (koto), so the
+service can still read and replace it.
 """
 
 from __future__ import annotations
@@ -34,9 +36,6 @@ if TYPE_CHECKING:
     from .learn import Learned
 
 _HEADER = re.compile(r"^\s*\[")
-_APPLIANCE = re.compile(r"^\s*\[\[\s*appliance\s*\]\]\s*(#.*)?$")
-_SUBTABLE = re.compile(r"^\s*\[\s*appliance\.")
-_ID = re.compile(r"""^\s*id\s*=\s*(?P<v>"(?:[^"\\]|\\.)*"|'[^']*')""")
 _PROFILE = re.compile(r"""^(?P<key>\s*profile\s*=\s*)(?P<v>"(?:[^"\\]|\\.)*"|'[^']*')(?P<rest>.*)$""")
 
 
@@ -54,67 +53,45 @@ def write_keeping_owner(path: Path, text: str, *, like: Path, mode: int | None =
         os.chown(path, st.st_uid, st.st_gid)  # root (sudo koto learn) writing for the koto service
 
 
-def _value(raw: str) -> str:
-    v = tomllib.loads(f"v = {raw}")["v"]
-    return v if isinstance(v, str) else ""
+def _make_folder(folder: Path, *, like: Path) -> None:
+    """Create `folder` (profiles/) owned like the state folder `like` when root creates it."""
+    if folder.is_dir():
+        return
+    try:
+        folder.mkdir(mode=0o755)
+    except FileExistsError:
+        return
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(folder)) from e
+    st = like.stat()
+    if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
+        os.chown(folder, st.st_uid, st.st_gid)
 
 
-def replace_profile_line(text: str, appliance: str, profile: str, *, file: str = "<config>") -> str:
-    """`text` with the `profile = ...` value of appliance `appliance` set to `profile`; raises ConfigError naming the
-    key when the table cannot be found as plain `[[appliance]]` text (an inline table: edit it by hand)."""
+def set_override(text: str, appliance: str, rel: str) -> str:
+    """household.toml's `text` with `[override."APPLIANCE"] profile = rel`: an existing table's profile line replaced
+    (the rest kept as it is), else the table appended."""
+    header = f"[override.{json.dumps(appliance)}]"
+    line = f"profile = {json.dumps(rel)}"
     lines = text.splitlines(keepends=True)
-    in_app = False
-    top = False  # inside the appliance table itself, before its sub-tables
-    found: int | None = None
-    matched = False
-    for i, line in enumerate(lines):
-        if _APPLIANCE.match(line):
-            if matched:
-                break
-            in_app, top, found = True, True, None
-            continue
-        if _HEADER.match(line):
-            top = False
-            if not _SUBTABLE.match(line):
-                if matched:
+    for i, ln in enumerate(lines):
+        if ln.split("#", 1)[0].strip() == header:  # ids have no "#" (ID_RE)
+            for j in range(i + 1, len(lines)):
+                if _HEADER.match(lines[j]):
                     break
-                in_app = False
-            continue
-        if not (in_app and top):
-            continue
-        m = _ID.match(line)
-        if m and _value(m["v"]) == appliance:
-            matched = True
-        if _PROFILE.match(line):
-            found = i
-    if not matched or found is None:
-        raise ConfigError(file, f"appliance.{appliance}.profile", "not found as a `profile = \"...\"` line in an "
-                          f"[[appliance]] table; set it by hand to {profile}")
-    m = _PROFILE.match(lines[found])
-    assert m is not None
-    end = "\n" if lines[found].endswith("\n") else ""
-    lines[found] = f"{m['key']}{json.dumps(profile)}{m['rest'].rstrip(chr(10))}{end}"
-    return "".join(lines)
-
-
-def edit_profile_line(config_path: Path, appliance: str, profile: str) -> None:
-    """Point `appliance` at `profile` in the config file, checked by the config parser, atomically."""
-    from .config import parse_config
-
-    old = config_path.read_text(encoding="utf-8")
-    new = replace_profile_line(old, appliance, profile, file=str(config_path))
-    cfg = parse_config(tomllib.loads(new), file=str(config_path), base=config_path.resolve().parent)
-    got = next(a.profile for a in cfg.appliances if a.id == appliance)
-    if Path(got).resolve() != Path(profile).resolve():
-        raise ConfigError(str(config_path), f"appliance.{appliance}.profile",
-                          f"the edit did not take (reads {got!r}); set it by hand to {profile}")
-    write_keeping_owner(config_path, new, like=config_path)
+                if _PROFILE.match(lines[j]):
+                    lines[j] = line + "\n"
+                    return "".join(lines)
+            lines.insert(i + 1, line + "\n")
+            return "".join(lines)
+    sep = "" if not text else ("\n" if text.endswith("\n") else "\n\n")
+    return f"{text}{sep}{header}  # learned by `koto learn` or the status page\n{line}\n"
 
 
 @dataclass(frozen=True)
 class Saved:
     profile_path: Path
-    config_edited: bool  # the config now points at the profile (it used a built-in before)
+    config_edited: bool  # household.toml changed: the appliance now points at the profile (it did not before)
     profile_name: str
 
 
@@ -146,22 +123,24 @@ def _header(path: Path) -> list[str]:
 
 
 def save_learned(learned: Learned, *, config_path: Path, appliance: str, when: float | None = None) -> Saved:
-    """Write the learned profile where `appliance`'s config points; for a built-in, a copy beside the config, and the
-    config's `profile = ...` line changed to it. Both files are written atomically (all or nothing) keeping their
-    owner and mode; the config is checked by the one config parser before it is replaced."""
-    from .config import load_config
+    """Write the learned profile to STATE_DIR/profiles/APPLIANCE.toml and point `appliance` at it in
+    STATE_DIR/household.toml. Both are written atomically (all or nothing); the whole config with the new override is
+    checked by the one config parser before household.toml is replaced. The installer's config is only read."""
+    from .config import load_config, parse_config, read_toml
+    from .config_household import PROFILES_DIR, household_path, profiles_dir, with_household
 
     cfg = load_config(config_path)
     app = next((a for a in cfg.appliances if a.id == appliance), None)
     if app is None:
         raise UnknownName("appliance", appliance, sorted(a.id for a in cfg.appliances))
+    state = cfg.state_dir
+    rel = f"{PROFILES_DIR}/{appliance}.toml"
+    target = profiles_dir(state) / f"{appliance}.toml"
     custom = app.profile.endswith(".toml") or "/" in app.profile
     if custom:
-        target = Path(app.profile)
         name = learned.base.name
-        text = learned_toml(learned, name=name, header=_header(target), when=when)
+        text = learned_toml(learned, name=name, header=_header(Path(app.profile)), when=when)
     else:
-        target = config_path.resolve().parent / f"{appliance}.profile.toml"
         name = f"{app.profile}-{appliance}"
         text = learned_toml(learned, name=name, when=when, header=[
             f"# {appliance}'s own profile: the built-in {app.profile!r} with what `koto learn` learned.",
@@ -170,9 +149,21 @@ def save_learned(learned: Learned, *, config_path: Path, appliance: str, when: f
     load_check = parse_profile(tomllib.loads(text), file=str(target))  # what the daemon will read
     if load_check.function_names() != learned.profile.function_names():
         raise ConfigError(str(target), "function", "the learned profile would not read back the same; not saved")
-    write_keeping_owner(target, text, like=target if target.exists() else config_path, mode=0o644)
-    if custom:
-        load_profile(target)
-        return Saved(target, False, name)
-    edit_profile_line(config_path, appliance, str(target))
-    return Saved(target, True, name)
+    hh_path = household_path(state)
+    try:
+        old = hh_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        old = ""
+    new = set_override(old, appliance, rel)
+    main = parse_config(read_toml(config_path), file=str(config_path), base=config_path.resolve().parent)
+    got = next(a.profile for a in with_household(main, text=new).appliances if a.id == appliance)
+    if Path(got).resolve() != target.resolve():
+        raise ConfigError(str(hh_path), f"override.{appliance}.profile",
+                          f"the edit did not take (reads {got!r}); set it by hand to {rel}")
+    _make_folder(target.parent, like=state)
+    write_keeping_owner(target, text, like=state, mode=0o644)
+    load_profile(target)
+    changed = new != old
+    if changed:
+        write_keeping_owner(hh_path, new, like=state, mode=0o644)
+    return Saved(target, changed, name)

@@ -5,12 +5,14 @@ Three pieces, each small:
 - `PairingMode`: a flag with an expiry that the daemon owns and hands to both the status page and the GPIO button
   (a long press enters it). While it is active the page opens on "add an appliance". It is only a hint to the page:
   every change still needs the installer's PIN.
-- `append_block` / `remove_block`: the config file edited as *text*, so the installer's comments and layout stay as
-  they were. A new `[[appliance]]` with its `[appliance.sources.NAME]` table is appended at the end (TOML lets an
-  array of tables continue after other tables), the whole result is validated by the one config parser
-  (`gateway.config.parse_config`) *before* anything is written, and the file is replaced atomically (a temp file in
-  the same folder, fsync, rename, fsync of the folder: `koto.files.write_atomic`), keeping its mode. Undo removes
-  exactly the text that was appended, validated and written the same way.
+- `append_block` / `remove_block`: `STATE_DIR/household.toml` edited as *text* (gateway/config_household.py): the
+  service owns its state folder, while the installer's config in /etc/koto is never written by the daemon (the
+  folder is root's, mounted read-only for the service, and holds the pinned operator key and CA). A new
+  `[[appliance]]` with its `[appliance.sources.NAME]` table is appended at the end (TOML lets an array of tables
+  continue after other tables), the whole config (the installer's file and household.toml) is validated by the one
+  parser *before* anything is written, and household.toml is replaced atomically (a temp file in the same folder,
+  fsync, rename, fsync of the folder: `koto.files.write_atomic`), keeping the rest of it. Undo removes exactly the
+  text that was appended, validated and written the same way.
 - `HotAdd`: the new appliance's meter and source started inside the running gateway through its supervisor
   (`Gateway.start_source`): the other sources run on untouched. Undo closes the meter's open segment (what it
   metered stays in the ledger: records are never deleted), stops exactly that source and forgets it.
@@ -32,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 from koto.errors import KotoError
 from koto.files import write_atomic
 
-from .config import ApplianceConfig, GatewayConfig, parse_config
+from .config import ApplianceConfig, GatewayConfig, parse_config, read_toml
+from .config_household import household_path, with_household
 from .errors import ConfigError, ConfigErrors
 
 if TYPE_CHECKING:
@@ -100,20 +103,30 @@ def appliance_block(aid: str, profile: str, source: str, source_cfg: dict[str, A
     return "\n".join(lines) + "\n"
 
 
-def _validate(text: str, path: Path) -> GatewayConfig:
+def _main_config(config_path: Path) -> GatewayConfig:
+    """The installer's config alone (never written here): where the state folder is, what is there already."""
     try:
-        data = tomllib.loads(text)
+        return parse_config(read_toml(config_path), file=str(config_path), base=config_path.resolve().parent)
+    except (ConfigError, ConfigErrors) as e:
+        raise PairingError(f"the config {config_path} is not valid ({e}); fix it first (koto check)") from e
+
+
+def _validate(text: str, main: GatewayConfig) -> GatewayConfig:
+    """The whole config with household.toml as `text`, its profiles loaded: what the gateway would run on."""
+    path = household_path(main.state_dir)
+    try:
+        tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise PairingError(f"{path} would not be valid TOML with this appliance added ({e}); nothing was "
-                           "changed. Add it by hand (see `koto discover`)") from e
+                           "changed") from e
     from metering.errors import ProfileError
 
     from .daemon import load_appliance_profile
 
     try:
-        cfg = parse_config(data, file=str(path), base=path.resolve().parent)
+        cfg = with_household(main, text=text)
         for app in cfg.appliances:  # the parser leaves profiles to the daemon's start; a bad one must not get in
-            load_appliance_profile(app, cfg.file)
+            load_appliance_profile(app, str(path))
     except (ConfigError, ConfigErrors, ProfileError) as e:
         raise PairingError(f"the config would not be valid with this appliance ({e}); nothing was changed") from e
     return cfg
@@ -121,39 +134,46 @@ def _validate(text: str, path: Path) -> GatewayConfig:
 
 def _write(path: Path, text: str) -> None:
     try:
-        mode = path.stat().st_mode & 0o777
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644  # no secrets: the support bundle carries it
         write_atomic(path, text.encode(), mode=mode)
     except OSError as e:
-        raise PairingError(f"cannot write {path} ({e.strerror or e}); nothing was changed. The service needs "
-                           f"write access to {path.parent} (docs/household.md)") from e
+        raise PairingError(f"cannot write {path} ({e.strerror or e}); nothing was changed. The service must own its "
+                           f"state folder {path.parent} (sudo chown -R koto:koto {path.parent})") from e
 
 
 def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ""
     except OSError as e:
         raise PairingError(f"cannot read {path} ({e.strerror or e})") from e
 
 
-def append_block(path: Path, block: str) -> tuple[GatewayConfig, str]:
-    """Append `block` to the config at `path`; validate the whole file first; write atomically.
+def append_block(config_path: Path, block: str) -> tuple[GatewayConfig, str]:
+    """Append `block` to STATE_DIR/household.toml of the gateway configured at `config_path` (the installer's file
+    is only read); validate the whole config first; write atomically.
 
     Returns the new config and the exact text added (what `remove_block` takes back out)."""
+    main = _main_config(config_path)
+    path = household_path(main.state_dir)
     old = _read(path)
-    added = ("" if old.endswith("\n") or not old else "\n") + "\n" + block
-    cfg = _validate(old + added, path)
+    added = ("" if old.endswith("\n") or not old else "\n") + ("\n" if old else "") + block
+    cfg = _validate(old + added, main)
     _write(path, old + added)
     return cfg, added
 
 
-def remove_block(path: Path, added: str) -> GatewayConfig:
-    """Take `added` (as `append_block` returned it) back out of the config; validate; write atomically."""
+def remove_block(config_path: Path, added: str) -> GatewayConfig:
+    """Take `added` (as `append_block` returned it) back out of household.toml; validate; write atomically."""
+    main = _main_config(config_path)
+    path = household_path(main.state_dir)
     text = _read(path)
     at = text.rfind(added)
     if at < 0:
         raise PairingError(f"{path} was changed since the appliance was added; remove its block by hand")
     new = text[:at] + text[at + len(added):]
-    cfg = _validate(new, path)
+    cfg = _validate(new, main)
     _write(path, new)
     return cfg
 
@@ -180,6 +200,7 @@ class HotAdd:
 
     @property
     def path(self) -> Path:
+        """The installer's config (read, never written: pairing writes household.toml in the state folder)."""
         return Path(self.gw.cfg.file)
 
     def add(self, aid: str, profile: str, source: str, source_cfg: dict[str, Any]) -> Added:
@@ -188,7 +209,7 @@ class HotAdd:
             raise PairingError(f"there is already an appliance called {aid!r}; choose another name")
         if source in gw.sources:
             raise PairingError(f"there is already a source called {source!r}")
-        if not self.path.is_file():
+        if not Path(gw.cfg.file).is_file():
             raise PairingError(f"this gateway runs without a config file ({gw.cfg.file}); nothing to add to")
         block = appliance_block(aid, profile, source, source_cfg, when=gw.clock.now().wall)
         cfg, text = append_block(self.path, block)

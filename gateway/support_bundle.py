@@ -10,6 +10,7 @@ line or a doctor message is replaced too.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import platform
@@ -81,6 +82,12 @@ def make_bundle(config_path: Path, out: Path | None, *, state_dir: Path | None =
     key_files = [p for p in ((cfg.cloud.key,) if cfg and cfg.cloud and cfg.cloud.key else ())]
     bundle = Bundle(Secrets.from_config(data, key_files))
     bundle.add("config/koto.toml", redact_toml_text(text))
+    from .config_household import read_household_text  # what pairing and learn mode added
+
+    with contextlib.suppress(ConfigError):
+        hh_text = read_household_text(ctx.state_dir) if ctx.state_dir is not None else None
+        bundle.add("config/household.toml", redact_toml_text(hh_text) if hh_text is not None else
+                   "# no household.toml (or not readable by this user): nothing added by pairing or learn mode\n")
     gid = cfg.id if cfg else "unknown"
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = out or Path.cwd() / f"koto-support-{gid}-{stamp}.tar.gz"

@@ -2,7 +2,7 @@
 
     search (what `koto discover` does, as a bounded task with progress) → pick a meter, a name and a profile →
     read it now (one live reading from that very meter, so the installer sees it is the right one) → save
-    (gateway.pairing: the config appended and validated, only that source started) → undo (one click).
+    (gateway.pairing: STATE_DIR/household.toml appended and validated, only that source started) → undo (one click).
 
 One search runs at a time for the whole gateway. Ports that a configured source already uses are never probed:
 a second opener would disturb its polling.

@@ -1,6 +1,6 @@
 """Learn mode's core: a recorded run of a function gives a band and dwell rule that detects the function when another
 run is replayed, without taking readings from the appliance's other functions; what it cannot learn it refuses,
-saying why; what it learns is saved where the appliance's config points."""
+saying why; what it learns is saved in the state folder (profiles/ and household.toml), never in the config."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from gateway.config import load_config
 from gateway.learn import LearnRefused, LearnSession, cut_recording, derive_rule, save_learned
-from gateway.learn_files import replace_profile_line
+from gateway.learn_files import set_override
 from gateway.power_log import TracePoint
 from gateway.profile_replay import replay
 from metering.profile import Profile, builtin_profile, load_profile
@@ -175,38 +175,39 @@ imp_per_kwh = 1000
 """
 
 
-def test_saving_copies_a_builtin_beside_the_config_and_changes_only_its_profile_line(tmp_path: Path) -> None:
+def test_saving_writes_the_profile_and_its_override_in_the_state_folder_never_the_config(tmp_path: Path) -> None:
     cfg_path = tmp_path / "koto.toml"
-    cfg_path.write_text(CONFIG.format(state=tmp_path / "state"))
-    cfg_path.chmod(0o600)
+    state = tmp_path / "state"
+    state.mkdir()
+    cfg_path.write_text(CONFIG.format(state=state))
+    before = cfg_path.read_bytes()
     learned = derive_rule(builtin_profile("kettle"), "keep_warm", _keep_warm(1), appliance="kettle")
     saved = save_learned(learned, config_path=cfg_path, appliance="kettle", when=T0)
-    assert saved.config_edited and saved.profile_path == tmp_path / "kettle.profile.toml"
-    new_text = cfg_path.read_text()
-    expect = CONFIG.format(state=tmp_path / "state").replace(
-        'profile = "kettle"   # built-in', f'profile = "{saved.profile_path}"   # built-in')
-    assert new_text == expect  # comments, order, the washer: untouched
-    assert cfg_path.stat().st_mode & 0o777 == 0o600
+    assert saved.config_edited and saved.profile_path == state / "profiles" / "kettle.toml"
+    assert cfg_path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["koto.toml", "state"]
+    household = (state / "household.toml").read_text()
+    assert tomllib.loads(household) == {"override": {"kettle": {"profile": "profiles/kettle.toml"}}}
     assert load_config(cfg_path).appliances[1].profile == str(saved.profile_path)
+    assert load_config(cfg_path).appliances[0].profile == "washing_machine"  # the washer: untouched
     prof = load_profile(saved.profile_path)
     assert prof.name == "kettle-kettle" and [f.name for f in prof.functions] == ["boil", "keep_warm", "standby"]
     assert "`koto learn` added 'keep_warm' for kettle" in saved.profile_path.read_text()
 
-    # learned again (relearned, now from the custom file): written in place, its header comments kept
+    # learned again (relearned, now from the learned file): written in place, its header comments kept
     again = derive_rule(prof, "keep_warm", _keep_warm(4), appliance="kettle")
     saved2 = save_learned(again, config_path=cfg_path, appliance="kettle", when=T0 + 60)
     assert not saved2.config_edited and saved2.profile_path == saved.profile_path
     text = saved.profile_path.read_text()
     assert text.count("`koto learn` added") == 1 and text.count("`koto learn` relearned") == 1
     assert text.startswith("# kettle's own profile")
-    assert cfg_path.read_text() == new_text
+    assert (state / "household.toml").read_text() == household
 
 
-def test_a_config_whose_appliance_is_not_plain_text_is_refused_naming_the_key() -> None:
-    inline = 'appliance = [{id = "kettle", profile = "kettle", sources = {k = {driver = "s0", pin = 27}}}]\n'
-    with pytest.raises(Exception, match=r"appliance\.kettle\.profile: not found"):
-        replace_profile_line(inline, "kettle", "/etc/koto/kettle.profile.toml", file="koto.toml")
-    text = '[[appliance]]\nid = "a"\nprofile = "kettle"\n[[appliance]]\nid = "b"\nprofile = \'oven\' # x\n'
-    out = replace_profile_line(text, "b", "/p/b.toml")
-    assert tomllib.loads(out)["appliance"][1]["profile"] == "/p/b.toml" and out.endswith("# x\n")
-    assert tomllib.loads(out)["appliance"][0]["profile"] == "kettle"
+def test_an_override_is_set_in_place_keeping_the_rest_of_household_toml() -> None:
+    paired = '# Added on the status page\n[[appliance]]\nid = "dryer"\nprofile = "tumble_dryer"\n'
+    once = set_override(paired, "kettle", "profiles/kettle.toml")
+    assert once.startswith(paired) and tomllib.loads(once)["override"]["kettle"] == {"profile": "profiles/kettle.toml"}
+    twice = set_override(once, "kettle", "profiles/kettle2.toml")
+    assert twice.count("[override.") == 1 and tomllib.loads(twice)["override"]["kettle"]["profile"].endswith("2.toml")
+    dotted = set_override("", "washer.1", "profiles/washer.1.toml")
+    assert tomllib.loads(dotted) == {"override": {"washer.1": {"profile": "profiles/washer.1.toml"}}}

@@ -163,3 +163,20 @@ def test_a_ledger_that_cannot_be_read_is_a_note_and_the_bundle_is_still_made(tmp
         manifest = tar.extractfile(f"{out.name.removesuffix('.tar.gz')}/MANIFEST.txt").read().decode()  # type: ignore[union-attr]
     assert {"config/koto.toml", "doctor.json", "ledger.json", "MANIFEST.txt"} <= names
     assert "note: no ledger statistics:" in manifest or "note: ledger.json:" in manifest
+
+
+def test_the_bundle_carries_what_the_household_added_in_the_state_folder(tmp_path: Path) -> None:
+    """Pairing and learn mode write STATE_DIR/household.toml, not the config: support staff see it in the bundle."""
+    from gateway.support_bundle import make_bundle
+
+    config, _ = secret_config(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "household.toml").write_text('# Added on the status page\n[override."washer"]\n'
+                                          'profile = "profiles/washer.toml"\n')
+    out = make_bundle(config, tmp_path / "b.tar.gz", state_dir=state, user="root", runtime_dir=tmp_path / "run",
+                      timeout_s=0.2)
+    with tarfile.open(out) as tar:
+        member = tar.extractfile(f"{out.name.removesuffix('.tar.gz')}/config/household.toml")
+        assert member is not None
+        assert member.read().decode() == (state / "household.toml").read_text()

@@ -9,9 +9,9 @@ bench/web_rss.py:
   to unlock it; learn mode on the page records its boil;
 - a spare **SDM120 at address 2 on a second pty**, configured nowhere: what pairing finds, reads and adds.
 
-The config is written to DIR/koto.toml (pairing appends to it), the installer PIN `PIN` is set, `--history` seeds
-29 days of usage so the chart has something to show. When the page listens, one JSON line goes to stdout:
-{"url": ..., "spare_port": ..., "config": ..., "pid": ...}. SIGTERM stops it cleanly.
+The config is written to DIR/koto.toml (pairing adds to DIR/state/household.toml), the installer PIN `PIN` is set,
+`--history` seeds 29 days of usage so the chart has something to show. When the page listens, one JSON line goes to
+stdout: {"url": ..., "spare_port": ..., "config": ..., "pid": ...}. SIGTERM stops it cleanly.
 """
 
 from __future__ import annotations

@@ -47,6 +47,8 @@ def test_a_post_without_the_forms_token_is_refused(browser: Any, household: Hous
 def test_pairing_adds_a_found_meter_that_then_shows_readings_and_undo_removes_it(
         browser: Any, household: Household) -> None:
     original = household.config.read_text()
+    hh = household.config.parent / "state" / "household.toml"  # where pairing writes: the state folder
+    hh_before = hh.read_text() if hh.exists() else ""
     log_in(browser, household, PIN)
     browser.get(household.url + "/pair")
     ports = browser.find_element(By.ID, "ports")
@@ -70,8 +72,9 @@ def test_pairing_adds_a_found_meter_that_then_shows_readings_and_undo_removes_it
     click_and_wait(browser, By.XPATH, "//button[text()='Save dryer and start metering']")
 
     assert "dryer was added and is being metered now" in browser.find_element(By.CSS_SELECTOR, ".flash").text
-    added = household.config.read_text()
-    assert added.startswith(original)  # the installer's file, comments and all, untouched above the new block
+    assert household.config.read_text() == original  # the installer's file is never written
+    added = hh.read_text()
+    assert added.startswith(hh_before) and "# Added on the status page on" in added
     assert '[appliance.sources.dryer-meter]\ndriver = "modbus"' in added and f'port = "{household.spare_port}"' in added
 
     def dryer_power() -> str:
@@ -85,7 +88,7 @@ def test_pairing_adds_a_found_meter_that_then_shows_readings_and_undo_removes_it
     click_and_wait(browser, By.XPATH, "//button[text()='Undo: remove dryer']")
     assert "dryer was removed again" in browser.find_element(By.CSS_SELECTOR, ".flash").text
     assert not browser.find_elements(By.ID, "app-dryer")
-    assert household.config.read_text() == original  # exactly what was added is gone
+    assert hh.read_text() == hh_before and household.config.read_text() == original  # exactly what was added is gone
     assert browser.find_elements(By.ID, "app-washer")
 
 
