@@ -58,11 +58,13 @@ def test_a_function_is_recorded_shown_with_its_rule_and_saved_to_the_profile(
     checked, bad = browser.execute_script(CONTRAST)
     assert checked > 5 and bad == []
 
+    before = household.config.read_bytes()
     click_and_wait(browser, By.XPATH, "//button[text()=\"Save boil into kettle's profile\"]")
     flash = browser.find_element(By.CSS_SELECTOR, ".flash").text
     assert "Saved 'boil' into kettle's profile" in flash and "from its next start" in flash
-    config = tomllib.loads(household.config.read_text())
-    kettle = next(a for a in config["appliance"] if a["id"] == "kettle")
-    profile = load_profile(Path(kettle["profile"]))  # the config points at the kettle's own profile now
+    state = household.config.parent / "state"  # the service writes there, never the installer's koto.toml
+    override = tomllib.loads((state / "household.toml").read_text())["override"]["kettle"]
+    assert override["profile"] == "profiles/kettle.toml"
+    profile = load_profile(state / override["profile"])  # the kettle's own profile, used from its next start
     assert profile.name == "kettle-kettle" and "boil" in profile.function_names()
-    assert "# A household's gateway" in household.config.read_text()  # the rest of the file as it was
+    assert household.config.read_bytes() == before
