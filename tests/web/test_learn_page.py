@@ -7,7 +7,6 @@ import json
 import time
 import tomllib
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
