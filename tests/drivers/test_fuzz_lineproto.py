@@ -206,16 +206,25 @@ async def test_a_pty_full_of_random_bytes_is_survived_counted_and_good_lines_sti
     junk = b"".join(rng.choice([rng.randbytes(rng.randrange(1, 3000)), b"P:1e30\n", b'{"a":' + b"[" * 1000 + b"\n",
                                 b"P:nan\n", b"\xff\xfe\n", b"E:-1\n", b"T:5\n"]) for _ in range(80))
     src = LineSource("junk", clock=ManualClock(), port=wire.port)
-    fd = os.open(wire.server_path, os.O_RDWR | os.O_NOCTTY)
+    # Non-blocking: a blocking write into a full pty would stop the event loop that the relay and the source
+    # (which drain it) run on, and hang the test past its own timeout.
+    fd = os.open(wire.server_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+
+    async def write_all(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view[:997]):]
+            except BlockingIOError:
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0)
+
     try:
         async with src:
             async def feed() -> None:
                 await asyncio.sleep(0.1)
-                # Written from a thread: a full pty buffer blocks os.write until the source reads, and the source
-                # reads on this event loop (writing here deadlocked a loaded machine).
-                for i in range(0, len(junk), 997):
-                    await asyncio.to_thread(os.write, fd, junk[i:i + 997])
-                await asyncio.to_thread(os.write, fd, b"\nP:42.5\n")
+                await write_all(junk)
+                await write_all(b"\nP:42.5\n")
 
             feeder = asyncio.create_task(feed())
             async with asyncio.timeout(20):
