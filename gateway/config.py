@@ -237,7 +237,9 @@ def parse_config_all(data: dict[str, Any], *, file: str = "<config>",
     if gw is None:
         root.fail("gateway", "missing; a [gateway] table with at least `id` is required")
         gw = root.sub({"id": "gateway"}, "gateway")
-    household, household_claims = _parse_household(root, gw, base)
+    from .household import parse_household  # the LED, button and Home Assistant tables
+
+    household, household_claims = parse_household(root, gw, base)
     gateway = _parse_gateway(gw, base)
     ct = root.table("cloud")
     cloud = None if ct is None else _parse_cloud(ct, gateway.id, base)
@@ -253,28 +255,6 @@ def parse_config_all(data: dict[str, Any], *, file: str = "<config>",
                         retain_days=gateway.retain_days, hold_s=gateway.hold_s, web_port=gateway.web_port,
                         web_host=gateway.web_host)
     return cfg, root.problems
-
-
-def _parse_household(root: _Table, gw: _Table, base: Path) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
-    """`[gateway.led]`, `[gateway.button]` (gateway/indicator.py) and `[home_assistant]` (gateway/homeassistant.py),
-    each checked by its own module; returns the GatewayConfig fields and the GPIO pins they claim."""
-    from . import homeassistant, indicator
-
-    out: dict[str, Any] = {}
-    for name, parse in (("led", indicator.parse_led), ("button", indicator.parse_button)):
-        raw = gw.table(name)
-        if raw is not None:
-            try:
-                out[name] = parse(raw.data, file=root.file)
-            except ConfigError as e:
-                root.problems.add(e)
-    ha = root.table("home_assistant")
-    if ha is not None:
-        try:
-            out["home_assistant"] = homeassistant.parse_config(ha.data, file=root.file, base=base)
-        except ConfigError as e:
-            root.problems.add(e)
-    return out, indicator.claims(out.get("led"), out.get("button"))
 
 
 def _check_tariff(tariff: dict[str, Any], root: _Table) -> None:

@@ -10,10 +10,15 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from . import homeassistant, indicator
+from .errors import ConfigError
 from .homeassistant import HomeAssistant, for_gateway
 from .indicator import Indicator, gateway_state
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .config import _Table
     from .daemon import Gateway
     from .supervisor import Supervisor
 
@@ -43,3 +48,23 @@ class Household:
         """The button was held (the indicator logs it): pairing mode (gateway/pairing.py's PairingMode: the status
         page offers "add an appliance" while it lasts)."""
         self.gw.pairing.enter(time.monotonic())
+
+
+def parse_household(root: _Table, gw: _Table, base: Path) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """`[gateway.led]`, `[gateway.button]` (gateway/indicator.py) and `[home_assistant]` (gateway/homeassistant.py),
+    each checked by its own module; returns the GatewayConfig fields and the GPIO pins they claim."""
+    out: dict[str, Any] = {}
+    for name, parse in (("led", indicator.parse_led), ("button", indicator.parse_button)):
+        raw = gw.table(name)
+        if raw is not None:
+            try:
+                out[name] = parse(raw.data, file=root.file)
+            except ConfigError as e:
+                root.problems.add(e)
+    ha = root.table("home_assistant")
+    if ha is not None:
+        try:
+            out["home_assistant"] = homeassistant.parse_config(ha.data, file=root.file, base=base)
+        except ConfigError as e:
+            root.problems.add(e)
+    return out, indicator.claims(out.get("led"), out.get("button"))
