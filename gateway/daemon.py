@@ -296,7 +296,7 @@ class Gateway:
                     from .web import serve
 
                     workers.append(tg.create_task(sup.guard("web page", serve(self)), name="web"))
-                self._household_tasks(tg, sup, workers)
+                self.household.start(tg, sup, workers)  # the LED, the button, Home Assistant
                 service = ServiceNotify(self, self.notifier)  # READY now: the ledger is open, the sources started
                 workers.append(tg.create_task(sup.guard("systemd notify", service.run()), name="notify"))
                 await stop.wait()
@@ -341,9 +341,6 @@ class Gateway:
         except BaseException:  # a bad [home_assistant] ca: release the ledger (and its writer lock)
             self.ledger.close()
             raise
-
-    def _household_tasks(self, tg: asyncio.TaskGroup, sup: Supervisor, workers: list[asyncio.Task[Any]]) -> None:
-        self.household.start(tg, sup, workers)
 
     def _housekeeper(self) -> Housekeeper:
         """Retention: prunes at a quiet moment (no use running, nothing waiting in memory; see housekeeping.py)."""
