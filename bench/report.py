@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.report            # the full run (about 1.5 h here; see README "Benchmarks")
     .venv/bin/python -m bench.report --quick    # a smoke run: every bench, small sizes (about 15 min)
-    .venv/bin/python -m bench.report --only ledger_scale,daemon_cost
+    .venv/bin/python -m bench.report --only ledger_scale,daemon_cost   # rerun two; the others come from bench/results
 
 Each bench runs as `python -m bench.NAME ... --json` in a child process with its own time limit; its text output is
 streamed here as progress lines (stderr) and kept for the report, and the JSON line it prints (bench/figures.py)
@@ -11,6 +11,11 @@ that does not print figures still has its text in the report. A bench that is no
 web and soak benches other work adds) is listed as "not present", never silently left out. The report starts with
 the machine (CPU model, cores, RAM, kernel, Python), the date and the load average before and after: figures from a
 busy machine are slower than the code.
+
+Every bench's run is also kept in bench/results/NAME.json (its text, figures, time, exit, when it ran and the load
+average around it), and the report is rendered from all of them: `--only` reruns some benches and the rest of the
+report keeps their last runs, each row saying when it was measured and under what load. A full `make bench` rewrites
+them all. Runs of the quick smoke mode are kept apart (bench/results/quick/) and never mixed into the full report.
 """
 
 from __future__ import annotations
@@ -84,6 +89,18 @@ class Run:
     text: list[str] = field(default_factory=list)
     figures: list[dict[str, Any]] = field(default_factory=list)
     timed_out: bool = False
+    when: str = ""  # UTC, when the bench started
+    loads: tuple[str, str] = ("", "")  # load average before / after this bench
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bench": self.bench.name, "rc": self.rc, "seconds": self.seconds, "text": self.text,
+                "figures": self.figures, "timed_out": self.timed_out, "when": self.when, "loads": list(self.loads)}
+
+    @classmethod
+    def from_json(cls, b: Bench, d: dict[str, Any]) -> Run:
+        return cls(b, True, d.get("rc"), float(d.get("seconds", 0.0)), list(d.get("text", [])),
+                   list(d.get("figures", [])), bool(d.get("timed_out")), str(d.get("when", "")),
+                   tuple(d.get("loads", ("", "")))[:2])
 
 
 def machine() -> dict[str, str]:
@@ -109,7 +126,8 @@ def run_one(b: Bench, quick: bool) -> Run:
         args.append("--json")
     limit = b.limit_s / 4 if quick else b.limit_s
     print(f"[{b.name}] {' '.join(args[2:])} (limit {limit:.0f} s)", file=sys.stderr, flush=True)
-    run = Run(b, present=True)
+    run = Run(b, present=True, when=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))
+    before = load()
     t0 = time.monotonic()
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -131,6 +149,7 @@ def run_one(b: Bench, quick: bool) -> Run:
     finally:
         timer.cancel()
     run.seconds = time.monotonic() - t0
+    run.loads = (before, load())
     state = "timed out" if run.timed_out else f"exit {run.rc}"
     print(f"[{b.name}] done in {run.seconds:.0f} s ({state})", file=sys.stderr, flush=True)
     return run
@@ -143,9 +162,30 @@ def _num(v: float | None) -> str:
     return f"{v:,.0f}" if a >= 1000 else f"{v:,.1f}" if a >= 10 else f"{v:.3g}"
 
 
+def results_dir(quick: bool) -> Path:
+    return BENCH / "results" / "quick" if quick else BENCH / "results"
+
+
+def save(run: Run, quick: bool) -> None:
+    d = results_dir(quick)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{run.bench.name}.json").write_text(json.dumps(run.to_json(), indent=1) + "\n")
+
+
+def stored(b: Bench, quick: bool) -> Run | None:
+    """The bench's last kept run, or None when it has none (or an unreadable one, which a rerun replaces)."""
+    try:
+        return Run.from_json(b, json.loads((results_dir(quick) / f"{b.name}.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def render(runs: list[Run], info: dict[str, str], loads: tuple[str, str], quick: bool, total_s: float) -> str:
+    dates = sorted({r.when[:10] for r in runs if r.present and r.when})
+    span = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}" if dates else info["date"][:10]
     out = ["# Koto benchmark report", "",
-           f"Made by `make bench{'-quick' if quick else ''}` (bench/report.py) on {info['date']} in "
+           f"Made by `make bench{'-quick' if quick else ''}` (bench/report.py), rendered on {info['date']}; the "
+           f"benches ran on {span} (each run's time and load are in \"Runs\"); the last invocation took "
            f"{total_s / 60:.0f} min{' — QUICK smoke run: small sizes, figures are indicative only' if quick else ''}.",
            "", "| machine | |", "|---|---|",
            f"| CPU | {info['cpu']} |", f"| cores | {info['cores']} |", f"| RAM | {info['ram']} |",
@@ -163,13 +203,15 @@ def render(runs: list[Run], info: dict[str, str], loads: tuple[str, str], quick:
             out.append(f"| {r.bench.name} | {f['name']} | {_num(f['value'])} {unit} | "
                        f"{_num(base)} {unit if base is not None else ''} {f.get('baseline_name', '')} | {ratio} | "
                        f"{f.get('target', '')} |")
-    out += ["", "## Runs", "", "| bench | what | time | result |", "|---|---|---|---|"]
+    out += ["", "## Runs", "", "| bench | what | ran at | load before / after | time | result |",
+            "|---|---|---|---|---|---|"]
     for r in runs:
         if not r.present:
-            out.append(f"| {r.bench.name} | {r.bench.what} | | not present in this checkout |")
+            out.append(f"| {r.bench.name} | {r.bench.what} | | | | not run, or not present in this checkout |")
         else:
             res = "timed out" if r.timed_out else ("ok" if r.rc == 0 else f"exit {r.rc}")
-            out.append(f"| {r.bench.name} | {r.bench.what} | {r.seconds:.0f} s | {res} |")
+            out.append(f"| {r.bench.name} | {r.bench.what} | {r.when} | {r.loads[0]} / {r.loads[1]} | "
+                       f"{r.seconds:.0f} s | {res} |")
     for r in runs:
         if not r.present:
             continue
@@ -192,7 +234,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(b.name for b in BENCHES)}", file=sys.stderr)
         return 2
     info, before, t0 = machine(), load(), time.monotonic()
-    runs = [run_one(b, a.quick) for b in BENCHES if not only or b.name in only]
+    runs = []
+    for b in BENCHES:
+        if only and b.name not in only:
+            runs.append(stored(b, a.quick) or Run(b, present=False))
+            continue
+        run = run_one(b, a.quick)
+        if run.present:
+            save(run, a.quick)
+        runs.append(run)
     text = render(runs, info, (before, load()), a.quick, time.monotonic() - t0)
     a.out.write_text(text)
     print(f"wrote {a.out}", file=sys.stderr)
