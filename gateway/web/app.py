@@ -13,6 +13,7 @@ Sec-Fetch-Site must not say cross-site. PIN tries are rate-limited per client ad
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -148,6 +149,19 @@ def build_app(gw: Gateway) -> WebApp:
         got = sessions.get(req)
         return got[1] if got is not None and got[1]["installer"] else None
 
+    def installer_route(method: str, path: str) -> Callable[[Handler], Handler]:
+        """A route for the installer only: without an installer session it goes to the login page; the handler
+        gets the session as its second argument. (The POST's origin and CSRF token are checked before any route,
+        in `check_post`.)"""
+        def add(f: Handler) -> Handler:
+            @functools.wraps(f)
+            async def guarded(req: Request, *args: Any, **kw: Any) -> Response:
+                if (s := installer(req)) is None:
+                    return redirect("/login")
+                return await f(req, s, *args, **kw)
+            return route(app, method, path)(guarded)
+        return add
+
     @route(app, "GET", "/")
     async def index(req: Request) -> Response:
         got = sessions.get(req)  # a reader needs no session: only the login page starts one
@@ -223,9 +237,6 @@ def build_app(gw: Gateway) -> WebApp:
             sessions.drop(got[0])
         return redirect("/")
 
-    def need_installer(req: Request) -> Response | None:
-        return None if installer(req) is not None else redirect("/login")
-
     def pair_page(req: Request, s: dict[str, Any], problem: str = "", status: int = 200) -> Response:
         from metering.profile import builtin_profiles
 
@@ -238,30 +249,20 @@ def build_app(gw: Gateway) -> WebApp:
             resp.headers["Refresh"] = "2"
         return resp
 
-    @route(app, "GET", "/pair")
-    async def pair(req: Request) -> Response:
-        if (r := need_installer(req)) is not None:
-            return r
-        s = installer(req)
-        assert s is not None
+    @installer_route("GET", "/pair")
+    async def pair(req: Request, s: dict[str, Any]) -> Response:
         return pair_page(req, s)
 
-    @route(app, "POST", "/pairing")
-    async def pairing_mode(req: Request) -> Response:
-        if (r := need_installer(req)) is not None:
-            return r
+    @installer_route("POST", "/pairing")
+    async def pairing_mode(req: Request, s: dict[str, Any]) -> Response:
         if str((req.form or {}).get("on")) == "1":
             gw.pairing.enter(time.monotonic())
         else:
             gw.pairing.leave()
         return redirect("/pair")
 
-    @route(app, "POST", "/pair/search")
-    async def pair_search(req: Request) -> Response:
-        if (r := need_installer(req)) is not None:
-            return r
-        s = installer(req)
-        assert s is not None
+    @installer_route("POST", "/pair/search")
+    async def pair_search(req: Request, s: dict[str, Any]) -> Response:
         form = req.form or {}
         try:
             flow.start_search(str(form.get("ports", "")), str(form.get("addresses", "")))
@@ -270,12 +271,8 @@ def build_app(gw: Gateway) -> WebApp:
         s["confirm"] = None
         return redirect("/pair")
 
-    @route(app, "POST", "/pair/read")
-    async def pair_read(req: Request) -> Response:
-        if (r := need_installer(req)) is not None:
-            return r
-        s = installer(req)
-        assert s is not None
+    @installer_route("POST", "/pair/read")
+    async def pair_read(req: Request, s: dict[str, Any]) -> Response:
         form = req.form or {}
         try:
             found = flow.found(int(str(form.get("meter", "-1"))))
@@ -290,12 +287,8 @@ def build_app(gw: Gateway) -> WebApp:
                         "what": f"{MODEL_NAMES.get(found.model, found.model)} at address {found.address}"}
         return pair_page(req, s)
 
-    @route(app, "POST", "/pair/save")
-    async def pair_save(req: Request) -> Response:
-        if (r := need_installer(req)) is not None:
-            return r
-        s = installer(req)
-        assert s is not None
+    @installer_route("POST", "/pair/save")
+    async def pair_save(req: Request, s: dict[str, Any]) -> Response:
         form = req.form or {}
         try:
             found = flow.found(int(str(form.get("meter", "-1"))))
@@ -309,12 +302,8 @@ def build_app(gw: Gateway) -> WebApp:
         s["flash"] = f"{name} was added and is being metered now. Wrong meter? Undo removes it again."
         return redirect("/")
 
-    @route(app, "POST", "/pair/undo")
-    async def pair_undo(req: Request) -> Response:
-        if (r := need_installer(req)) is not None:
-            return r
-        s = installer(req)
-        assert s is not None
+    @installer_route("POST", "/pair/undo")
+    async def pair_undo(req: Request, s: dict[str, Any]) -> Response:
         aid = str((req.form or {}).get("appliance", ""))
         try:
             await flow.hot.undo(aid)
@@ -332,16 +321,12 @@ def build_app(gw: Gateway) -> WebApp:
             resp.headers["Refresh"] = "2"
         return resp
 
-    @route(app, "GET", "/learn")
-    async def learn(req: Request) -> Response:
-        if (s := installer(req)) is None:
-            return redirect("/login")
+    @installer_route("GET", "/learn")
+    async def learn(req: Request, s: dict[str, Any]) -> Response:
         return learn_page(s)
 
-    @route(app, "POST", "/learn/<step>")
-    async def learn_step(req: Request, step: str) -> Response:
-        if (s := installer(req)) is None:
-            return redirect("/login")
+    @installer_route("POST", "/learn/<step>")
+    async def learn_step(req: Request, s: dict[str, Any], step: str) -> Response:
         form = req.form or {}
         try:
             if step == "start":
