@@ -25,7 +25,7 @@ from gateway.config import load_config, parse_config
 from gateway.config_check import check_config
 from gateway.errors import ConfigErrors
 from koto.errors import FieldError
-from tests.support.fuzzing import fuzz_settings
+from tests.support.fuzzing import deep_copy, fuzz_settings, get_at, paths
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "koto.example.toml"
 EXAMPLE_TEXT = EXAMPLE.read_text(encoding="utf-8")
@@ -60,29 +60,6 @@ toml_scalar = st.one_of(
 )
 toml_value = st.recursive(toml_scalar, lambda inner: st.lists(inner, max_size=3)
                           | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=4)
-
-
-def paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out: list[tuple[Any, ...]] = []
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else []
-    for k, v in items:
-        out.append((*prefix, k))
-        out += paths(v, (*prefix, k))
-    return out
-
-
-def deep_copy(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: deep_copy(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [deep_copy(v) for v in obj]
-    return obj
-
-
-def get_at(obj: Any, path: tuple[Any, ...]) -> Any:
-    for k in path:
-        obj = obj[k]
-    return obj
 
 
 ALL_PATHS = paths(EXAMPLE_DOC)

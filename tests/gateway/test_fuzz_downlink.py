@@ -38,7 +38,7 @@ from koto.clock import ManualClock
 from koto.signing import generate_key, verify_event
 from metering.ledger import Ledger
 from metering.pricing import Pricing
-from tests.support.fuzzing import fuzz_settings
+from tests.support.fuzzing import fuzz_settings, get_at, paths
 from tests.support.gw_child import open_ledger
 
 GW = "gw-fuzz-1"
@@ -123,16 +123,6 @@ def valid_data(typ: str, version: int) -> dict[str, Any]:
     return {}
 
 
-def paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every path into a JSON value (dict keys and list indexes), the root excluded."""
-    out: list[tuple[Any, ...]] = []
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else []
-    for k, v in items:
-        out.append((*prefix, k))
-        out += paths(v, (*prefix, k))
-    return out
-
-
 @st.composite
 def mutations(draw: st.DrawFn) -> tuple[str, Any]:
     how = draw(st.sampled_from(["none", "replace", "delete", "add", "bytes", "sig", "forged", "replay"]))
@@ -187,12 +177,6 @@ def mutate(cmd: dict[str, Any], how: str, arg: Any, last: bytes | None) -> bytes
         dicts = [p for p in [(), *where] if isinstance(get_at(event, p), dict)]
         get_at(event, dicts[arg[0] % len(dicts)])[arg[1]] = arg[2]
     return json.dumps(event).encode()
-
-
-def get_at(obj: Any, path: tuple[Any, ...]) -> Any:
-    for k in path:
-        obj = obj[k]
-    return obj
 
 
 def set_at(obj: Any, path: tuple[Any, ...], value: Any) -> None:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from koto.canonical import MAX_SAFE_INT
 from metering.errors import ProfileError
 from metering.profile import BUILTIN_NAMES, NO_MAX, NO_MIN, Profile, load_profile, parse_profile
-from tests.support.fuzzing import fuzz_settings
+from tests.support.fuzzing import deep_copy, fuzz_settings, get_at, paths
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "metering" / "profiles"
 TEXTS = {n: (PROFILE_DIR / f"{n}.toml").read_text(encoding="utf-8") for n in BUILTIN_NAMES}
@@ -59,29 +59,6 @@ value = st.recursive(
 KEYS = ["name", "max_power_w", "max_power_mw", "version", "unmatched", "description", "function", "cycle",
         "on_above_w", "off_below_w", "on_below_w", "off_above_w", "on_above_mw", "min_on_s", "min_off_s", "signal",
         "value", "only_after", "takes_over", "start_above_w", "start_for_s", "end_below_w", "end_for_s"]
-
-
-def paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out: list[tuple[Any, ...]] = []
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else []
-    for k, v in items:
-        out.append((*prefix, k))
-        out += paths(v, (*prefix, k))
-    return out
-
-
-def deep_copy(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: deep_copy(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [deep_copy(v) for v in obj]
-    return obj
-
-
-def get_at(obj: Any, path: tuple[Any, ...]) -> Any:
-    for k in path:
-        obj = obj[k]
-    return obj
 
 
 def mutate(doc: dict[str, Any], edits: list[tuple[int, int, str, Any]]) -> dict[str, Any]:

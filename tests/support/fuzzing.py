@@ -9,6 +9,7 @@ run finds becomes a plain regression test beside it (an ``@example`` or a byte l
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from hypothesis import HealthCheck, settings
 
@@ -29,3 +30,32 @@ def fuzz_settings(default: int = DEFAULT_EXAMPLES) -> settings:
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
         database=None,
     )
+
+
+# -- walking a parsed document (TOML table or JSON value) to mutate it ------------------------------------------
+
+
+def paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path into a document (dict keys and list indexes), the root excluded: the places a mutation can hit."""
+    out: list[tuple[Any, ...]] = []
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else []
+    for k, v in items:
+        out.append((*prefix, k))
+        out += paths(v, (*prefix, k))
+    return out
+
+
+def deep_copy(obj: Any) -> Any:
+    """A copy of a document's dicts and lists (the leaves are immutable), cheaper than copy.deepcopy per case."""
+    if isinstance(obj, dict):
+        return {k: deep_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [deep_copy(v) for v in obj]
+    return obj
+
+
+def get_at(obj: Any, path: tuple[Any, ...]) -> Any:
+    """The value at `path` (as `paths` gives it)."""
+    for k in path:
+        obj = obj[k]
+    return obj
