@@ -53,7 +53,7 @@ class SnapshotBuilder:
                        "last_ack_wall": last_ack[1] if last_ack else None},
             "clock": {"synced": bool(now.synced)},
             "cloud": None,
-            "entitlements": self._entitlements(now.wall),
+            "entitlements": self.gw.pricing.entitlements.in_force(now.wall),
         }
         if gw.sync is not None:
             h = gw.sync.health_report()
@@ -79,12 +79,3 @@ class SnapshotBuilder:
                 t["cost_minor"][cur] = t["cost_minor"].get(cur, 0) + minor
         return out
 
-    def _entitlements(self, now_wall: float) -> list[dict[str, Any]]:
-        ents = self.gw.pricing.entitlements
-        out = []
-        for e in ents:
-            if e.revoked or (e.valid_until is not None and e.valid_until <= now_wall):
-                continue
-            out.append({"id": e.id, "appliance": e.appliance, "function": e.function, "kind": str(e.kind),
-                        "remaining": ents.remaining(e.id), "valid_until": e.valid_until})
-        return out

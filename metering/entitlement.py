@@ -215,6 +215,14 @@ class Entitlements:
         used = self._used.get(ent_id, Consumption())
         return max(ent.limit - (used.uses if ent.kind == EntitlementKind.USES else used.mwh), 0)
 
+    def in_force(self, t_wall: float) -> list[dict[str, Any]]:
+        """The entitlements neither revoked nor expired at `t_wall`, each with what is left of it: what the status
+        file and the household page show."""
+        return [{"id": e.id, "appliance": e.appliance, "function": e.function, "kind": str(e.kind),
+                 "remaining": self.remaining(e.id), "valid_until": e.valid_until}
+                for e in self._book.values()
+                if not e.revoked and (e.valid_until is None or e.valid_until > t_wall)]
+
     def is_gated(self, appliance: str, function: str) -> bool:
         if f"{appliance}/{function}" in self.gated or f"{appliance}/*" in self.gated:
             return True

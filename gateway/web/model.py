@@ -191,7 +191,7 @@ class PageData:
             cloud = {"connected": bool(sh["connected"]), "last_ack": sh["last_ack"], "last_error": sh["last_error"]}
         return {"now": now.wall, "clock_synced": bool(now.synced), "appliances": appliances, "sources": sources,
                 "cloud": cloud, "configured_cloud": gw.cfg.cloud is not None,
-                "entitlements": self.entitlements(now.wall), "pairing": gw.pairing.active,
+                "entitlements": gw.pricing.entitlements.in_force(now.wall), "pairing": gw.pairing.active,
                 "writer_stalled_s": gw.writer_stalled_s()}
 
     def _lock_of(self, aid: str, now_wall: float) -> dict[str, Any] | None:
@@ -211,12 +211,3 @@ class PageData:
         return {"reason": plain_reason(reasons),
                 "running": bool(meter.cycle.running), "powered": bool(relay.powered)}
 
-    def entitlements(self, now_wall: float) -> list[dict[str, Any]]:
-        ents = self.gw.pricing.entitlements
-        out = []
-        for e in ents:
-            if e.revoked or (e.valid_until is not None and e.valid_until <= now_wall):
-                continue
-            out.append({"id": e.id, "appliance": e.appliance, "function": e.function, "kind": str(e.kind),
-                        "remaining": ents.remaining(e.id), "valid_until": e.valid_until})
-        return out

@@ -244,3 +244,14 @@ def test_snapshot_restores_grants_and_consumption_exactly() -> None:
     assert again.snapshot() == state
     use(again, T0 + 3600)
     assert again.remaining("e1") == 0
+
+
+def test_in_force_lists_what_is_neither_revoked_nor_expired_with_what_is_left() -> None:
+    book = Entitlements()
+    book.apply(ent(id="left", limit=2))
+    book.apply(ent(id="gone", valid_until=rfc3339(T0 + 10 * MIN)))
+    book.apply(ent(id="revoked"))
+    book.revoke("revoked", 2)
+    use(book, T0)  # charged to the grant that expires first
+    assert [(e["id"], e["remaining"]) for e in book.in_force(T0 + 5 * MIN)] == [("left", 2), ("gone", 1)]
+    assert [e["id"] for e in book.in_force(T0 + 10 * MIN)] == ["left"]
