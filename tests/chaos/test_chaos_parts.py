@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from metering.ledger import Ledger, facade, store
+from metering.ledger import Ledger, facade, retention, store
 from tests.support.anchored_clock import AnchoredClock
 from tests.support.gw_child import append_usage, device_key, open_ledger
 from tests.support.sim_gateway import SNAPSHOT_NAME, install_power_cut_snapshots
@@ -39,6 +39,7 @@ def test_the_wall_clock_jumps_by_the_offset_in_the_file_and_monotonic_time_does_
 def test_the_power_cut_image_holds_exactly_what_was_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store, "transaction", store.transaction)  # undone after the test
     monkeypatch.setattr(facade.Ledger, "_write", facade.Ledger._write)
+    monkeypatch.setattr(retention, "transaction", retention.transaction)  # type: ignore[attr-defined]
     images = tmp_path / "images"
     install_power_cut_snapshots(images)
     ledger = open_ledger(tmp_path / "gw", "gw-1")
