@@ -58,3 +58,28 @@ def test_the_power_cut_image_holds_exactly_what_was_committed(tmp_path: Path, mo
         assert image.head() == (head, head_hash)
         assert head == 30
         assert image.verify(device_key(tmp_path / "gw").public_key()).ok
+
+
+def test_a_committed_prune_is_in_the_power_cut_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention's prune commits through its own reference to `transaction`: the image must follow it, or a power
+    cut in the chaos suite would put back records a committed prune deleted (the anchor would move back)."""
+    monkeypatch.setattr(store, "transaction", store.transaction)
+    monkeypatch.setattr(facade.Ledger, "_write", facade.Ledger._write)
+    monkeypatch.setattr(retention, "transaction", retention.transaction)  # type: ignore[attr-defined]
+    images = tmp_path / "images"
+    install_power_cut_snapshots(images)
+    ledger = open_ledger(tmp_path / "gw", "gw-1")
+    try:
+        append_usage(ledger, 30, batch=10)
+        rec = ledger.get(20)
+        assert rec is not None
+        ledger.mark_acked(ledger.epoch, 20, rec.hash)
+        pruned = ledger.prune(1, time.time() + 10 * 86400)  # ten days on: every acked record is past retention
+        anchor = ledger.anchor()
+    finally:
+        ledger.close()
+    assert pruned == 20 and anchor[0] == 21
+    with Ledger.open(images / SNAPSHOT_NAME, gateway_id="gw-1", key=None) as image:
+        assert image.anchor() == anchor
+        assert [r.seq for r in image.iter_records()] == list(range(21, 31))
+        assert image.verify(device_key(tmp_path / "gw").public_key()).ok
