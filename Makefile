@@ -156,11 +156,13 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 # The chaos suite at full size: the real `koto run` on all three driver kinds, Mosquitto and the receiver; every
-# fault of tests/chaos/faults.py five times at seeded random moments (a fresh seed each run, printed; about 10 min).
-# `make test` runs it once per fault (tests/chaos/test_chaos.py). SEED=N reruns one schedule. docs/testing.md.
+# fault of tests/chaos/faults.py five times at seeded random moments (a fresh seed each run, printed; about 10 min),
+# then two rounds with the receiver on PostgreSQL. `make test` runs it once per fault (tests/chaos/test_chaos.py).
+# SEED=N reruns one schedule. docs/testing.md.
 .PHONY: chaos soak
 chaos: $(DEV_STAMP) system-deps
 	$(BIN)/python bench/chaos.py $(if $(SEED),--seed $(SEED),)
+	$(BIN)/python bench/chaos.py --store postgres --rounds 2 $(if $(SEED),--seed $(SEED),)
 
 # 24 simulated hours with 16 appliances (about 24 min at 60x): RSS, open fds, threads and asyncio tasks each
 # simulated hour, with slopes and a verdict. `bench/soak.py --quick` runs 2 simulated hours.

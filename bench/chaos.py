@@ -3,17 +3,21 @@
     .venv/bin/python bench/chaos.py                        # 5 rounds of the 8 faults, a fresh seed (printed)
     .venv/bin/python bench/chaos.py --seed 1234 --rounds 2 # rerun one schedule
     .venv/bin/python bench/chaos.py --json                 # also one JSON object of figures on the last line
+    .venv/bin/python bench/chaos.py --store postgres       # the receiver on PostgreSQL (a private server)
     .venv/bin/python bench/chaos.py --synthetic [--tls]    # the older sync-only run (tests/support/gw_child.py)
 
 The whole system on this machine (tests/chaos/rig.py): the real `koto run` in a child process metering simulated
 appliances on all three driver kinds (Modbus RTU on a pty, S0 and a GPIO contact on gpiozero's MockFactory, BTHome
-plugs through the BLE driver), a real Mosquitto and the reference receiver (`koto-cloud serve`, SQLite); the
+plugs through the BLE driver), a real Mosquitto and the reference receiver (`koto-cloud serve`, on SQLite, or with
+`--store postgres` on a PostgreSQL server started for the run: tests/support/postgres.py); the
 state folder on a size-limited tmpfs (root only; otherwise the full-disk fault is left out and says so). Faults:
 gateway SIGKILL, broker restart, receiver restart, full disk, serial adapter pulled, BLE plug silent, wall-clock
 jump, power cut (SIGKILL and the ledger put back to its last committed image: docs/testing.md says how and what it
 does not model). At the end every seq is at the receiver exactly once and byte-identical, both chains verify,
-energy is conserved per register source and nothing unacked was pruned; then the recovery time of each fault
-(from its clearing to the next record acked at the cloud) is printed. Exit 0 when all of it holds.
+energy is conserved per register source, and retention, which prunes every 20 simulated seconds all through the
+run, pruned nothing unacked (the pruned prefix is at the receiver, `koto verify` proves the rest from the moved
+anchor, the pruned plus the kept records conserve energy); then the recovery time of each fault (from its clearing
+to the next record acked at the cloud) is printed. Exit 0 when all of it holds.
 """
 
 from __future__ import annotations
@@ -58,8 +62,9 @@ def full(args: argparse.Namespace) -> int:
     root = os.geteuid() == 0
     if not root:
         print("not root: no size-limited tmpfs for the state folder, so the full-disk fault is left out")
-    print(f"chaos: seed {seed}, {args.rounds} rounds, {args.appliances} appliances, in {folder}")
-    cfg = chaos_config(appliances=args.appliances, tmpfs_size="32m" if root else "")
+    print(f"chaos: seed {seed}, {args.rounds} rounds, {args.appliances} appliances, receiver on {args.store}, "
+          f"in {folder}")
+    cfg = chaos_config(appliances=args.appliances, tmpfs_size="32m" if root else "", store=args.store)
     run = asyncio.run(run_chaos(folder, seed=seed, rounds=args.rounds, cfg=cfg, gap_s=(args.gap_min, args.gap_max),
                                 duration_s=(args.down_min, args.down_max)))
     print()
@@ -72,6 +77,11 @@ def full(args: argparse.Namespace) -> int:
     verified = not run.ledger_verify and not run.cloud_problems and not run.alarms
     print(f"chains verify (ledger and receiver), no alarms: {verified}")
     print(f"energy conserved on {len(run.energy)} register sources: {not run.energy_problem}")
+    busy = sum(1 for p in run.prunes if p.unacked > 0)
+    print(f"retention: {len(run.pruned_logged)} prunes removed {sum(run.pruned_logged)} records "
+          f"({run.pruned_energy_mwh} mWh of register energy), {busy} of {len(run.prunes)} seen with records "
+          f"unacked; the ledger now starts at seq {run.anchor}; nothing unacked pruned: {not run.retention_problems}")
+    print(f"koto verify: {run.koto_verify}")
     print(f"acked through {run.acked_through} of {run.head}; gateway starts {run.starts}, "
           f"exits nobody asked for {run.unexpected_exits}; {run.seconds:.0f} s")
     for p in run.problems:
@@ -93,6 +103,7 @@ def main() -> int:
     p.add_argument("--down-max", type=float, default=8.0)
     p.add_argument("--dir", default=None, help="keep the run's files here (default: a new temporary folder)")
     p.add_argument("--json", action="store_true", help="print one JSON object of figures as the last line")
+    p.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite", help="the receiver's database")
     p.add_argument("--synthetic", action="store_true", help="the older sync-only chaos run (gw_child.py)")
     p.add_argument("--records", type=int, default=10_000, help="--synthetic: records")
     p.add_argument("--kills", type=int, default=20, help="--synthetic: gateway SIGKILLs")

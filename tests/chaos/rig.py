@@ -8,7 +8,8 @@
 - S0 pulse meters and GPIO contacts on a gpiozero MockFactory, BTHome plugs through the BLE driver's replay
   backend, all driven inside the child from the same appliance scripts;
 - a real Mosquitto (tests/support/broker.py) and the reference receiver, `koto-cloud serve` in a child process
-  with SQLite.
+  with SQLite, or with PostgreSQL (`store="postgres"`: a private server started for the run,
+  tests/support/postgres.py, as the receiver's own tests do).
 
 `Rig` acts as systemd would: when the gateway exits on its own it is started again (`Restart=always`); those
 restarts are counted, and the suite reports them.
@@ -29,15 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloud.store import SqliteStore
 from drivers.modbus_sim import ModbusSimulator, PtyWire, SimMeter
 from gateway.simulate import SCRIPTS
 from gateway.state import StateDir
 from tests.support.anchored_clock import sim_seconds
 from tests.support.broker import Mosquitto
 from tests.support.paths import REPO
+from tests.support.postgres import PostgresServer
 from tests.support.sim_gateway import PLAN_ENV, SNAPSHOT_NAME, Plan, repeating
 from tests.support.slow import scaled
+
+from .cloud_db import CloudView
 
 GATEWAY = "gw-chaos"
 KOTO_CLOUD = [sys.executable, "-c", "import sys; from cloud.cli import main; sys.exit(main())"]
@@ -81,6 +84,8 @@ class RigConfig:
     ack_timeout_s: float = 2.0
     stale_after_s: float = 60.0
     gateway: dict[str, float] = field(default_factory=dict)  # extra [gateway] keys (hold_s, checkpoint_s...)
+    housekeeping: dict[str, float] = field(default_factory=dict)  # retention on the test's scale (sim_gateway.py)
+    store: str = "sqlite"  # the receiver's database: "sqlite" or "postgres"
 
 
 @dataclass
@@ -96,7 +101,8 @@ class Rig:
         self.state = self.folder / "state"
         self.control = self.folder / "control"
         self.snapshots = self.folder / "power-cut"
-        self.db = self.folder / "cloud.db"
+        self.db = str(self.folder / "cloud.db")  # or the DSN of the run's PostgreSQL server (`_start_all`)
+        self.cloud = CloudView(self.db)
         self.broker = Mosquitto(self.folder / "broker")
         self.gw: subprocess.Popen[bytes] | None = None
         self.rx: subprocess.Popen[bytes] | None = None
@@ -136,7 +142,10 @@ class Rig:
                 check=True, capture_output=True)
             self.mounted = True
         pem = StateDir(self.state).provision().public_pem
-        with SqliteStore(self.db) as store:
+        if self.cfg.store == "postgres":
+            self.db = self._exits.enter_context(PostgresServer()).dsn
+            self.cloud = CloudView(self.db)
+        with self.cloud.store() as store:
             store.register(GATEWAY, pem)
         self.broker.start()
         self.start_receiver()
@@ -171,7 +180,8 @@ class Rig:
                                     "phase_s": a.phase_s})
         plan = Plan(speed=self.cfg.speed, real0_ns=self.real0_ns, wall0=WALL0, control=self.control, ble=ble, s0=s0,
                     signals=signals, probe_every_s=self.cfg.probe_every_s,
-                    power_cut_snapshots=str(self.snapshots) if self.cfg.power_cut_snapshots else "")
+                    power_cut_snapshots=str(self.snapshots) if self.cfg.power_cut_snapshots else "",
+                    housekeeping=dict(self.cfg.housekeeping))
         plan.dump(self.folder / "plan.json")
 
     @staticmethod
@@ -209,7 +219,7 @@ class Rig:
 
     # -- the receiver ----------------------------------------------------------------------------------------------
     def start_receiver(self) -> None:
-        self.rx = subprocess.Popen([*KOTO_CLOUD, "serve", "--broker", self.broker.url, "--db", str(self.db)],
+        self.rx = subprocess.Popen([*KOTO_CLOUD, "serve", "--broker", self.broker.url, "--db", self.db],
                                    stdout=subprocess.PIPE, stderr=(self.folder / "receiver.log").open("ab"),
                                    cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
         assert self.rx.stdout is not None
@@ -283,26 +293,23 @@ class Rig:
             conn.close()
         return int(kv.get("epoch", 0)), int(kv.get("head_seq", 0))
 
+    def ledger_marks(self) -> tuple[int, int, int]:
+        """(anchor seq, acked_through, head seq) of the gateway's ledger, in one read transaction: the first seq it
+        still holds (retention moves it), how far the cloud acked, its last seq."""
+        conn = sqlite3.connect(f"file:{StateDir(self.state).ledger}?mode=ro", uri=True, timeout=5)
+        try:
+            kv = dict(conn.execute("SELECT key, value FROM kv WHERE key IN "
+                                   "('anchor_seq', 'acked_through', 'head_seq')").fetchall())
+        finally:
+            conn.close()
+        return int(kv.get("anchor_seq", 1)), int(kv.get("acked_through", 0)), int(kv.get("head_seq", 0))
+
     def cloud_records_after(self, seq: int, source: str | None = None) -> int:
         """How many records above `seq` the receiver holds (of `source` only, when given)."""
-        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
-        try:
-            rows = conn.execute("SELECT body FROM records WHERE gateway = ? AND seq > ?", (GATEWAY, seq)).fetchall()
-        finally:
-            conn.close()
-        if source is None:
-            return len(rows)
-        import json
-
-        return sum(1 for (body,) in rows if json.loads(body)["data"].get("source") == source)
+        return self.cloud.records_after(GATEWAY, seq, source)
 
     def cloud_max_seq(self) -> int:
-        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
-        try:
-            row = conn.execute("SELECT max(seq) FROM records WHERE gateway = ?", (GATEWAY,)).fetchone()
-        finally:
-            conn.close()
-        return int(row[0] or 0)
+        return self.cloud.max_seq(GATEWAY)
 
     # -- tear-down ---------------------------------------------------------------------------------------------
     async def __aexit__(self, *exc: Any) -> None:
@@ -313,6 +320,7 @@ class Rig:
             self.gw.kill()
             self.gw.wait()
         self.kill_receiver()
+        self.cloud.close()
         self.broker.stop()
         if self._exits is not None:
             await self._exits.__aexit__(None, None, None)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from metering.ledger import Ledger, facade, store
+from metering.ledger import Ledger, facade, retention, store
 from tests.support.anchored_clock import AnchoredClock
 from tests.support.gw_child import append_usage, device_key, open_ledger
 from tests.support.sim_gateway import SNAPSHOT_NAME, install_power_cut_snapshots
@@ -39,6 +39,7 @@ def test_the_wall_clock_jumps_by_the_offset_in_the_file_and_monotonic_time_does_
 def test_the_power_cut_image_holds_exactly_what_was_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store, "transaction", store.transaction)  # undone after the test
     monkeypatch.setattr(facade.Ledger, "_write", facade.Ledger._write)
+    monkeypatch.setattr(retention, "transaction", retention.transaction)  # type: ignore[attr-defined]
     images = tmp_path / "images"
     install_power_cut_snapshots(images)
     ledger = open_ledger(tmp_path / "gw", "gw-1")
@@ -56,4 +57,29 @@ def test_the_power_cut_image_holds_exactly_what_was_committed(tmp_path: Path, mo
     with Ledger.open(images / SNAPSHOT_NAME, gateway_id="gw-1", key=None) as image:
         assert image.head() == (head, head_hash)
         assert head == 30
+        assert image.verify(device_key(tmp_path / "gw").public_key()).ok
+
+
+def test_a_committed_prune_is_in_the_power_cut_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention's prune commits through its own reference to `transaction`: the image must follow it, or a power
+    cut in the chaos suite would put back records a committed prune deleted (the anchor would move back)."""
+    monkeypatch.setattr(store, "transaction", store.transaction)
+    monkeypatch.setattr(facade.Ledger, "_write", facade.Ledger._write)
+    monkeypatch.setattr(retention, "transaction", retention.transaction)  # type: ignore[attr-defined]
+    images = tmp_path / "images"
+    install_power_cut_snapshots(images)
+    ledger = open_ledger(tmp_path / "gw", "gw-1")
+    try:
+        append_usage(ledger, 30, batch=10)
+        rec = ledger.get(20)
+        assert rec is not None
+        ledger.mark_acked(ledger.epoch, 20, rec.hash)
+        pruned = ledger.prune(1, time.time() + 10 * 86400)  # ten days on: every acked record is past retention
+        anchor = ledger.anchor()
+    finally:
+        ledger.close()
+    assert pruned == 20 and anchor[0] == 21
+    with Ledger.open(images / SNAPSHOT_NAME, gateway_id="gw-1", key=None) as image:
+        assert image.anchor() == anchor
+        assert [r.seq for r in image.iter_records()] == list(range(21, 31))
         assert image.verify(device_key(tmp_path / "gw").public_key()).ok

@@ -21,7 +21,14 @@ The plan (JSON, written by the parent) also asks for two test hooks, both off by
 - `power_cut_snapshots`: after every committed ledger transaction, and before the commit returns to its caller
   (so before anything is published), an online backup of the ledger as committed goes to that folder. A commit
   with `synchronous=FULL` returns only after its fsync, so the latest complete backup is the ledger as a power
-  cut at that moment would leave it. The chaos suite's power cut is SIGKILL plus restoring that image.
+  cut at that moment would leave it. The chaos suite's power cut is SIGKILL plus restoring that image;
+- `housekeeping`: retention on a test's time scale, so that a run of minutes prunes several times. `retain_s`
+  (simulated seconds) replaces `retain_days`, which the config keeps at a day or more, as production must;
+  `every_s` and `retry_s` replace the housekeeper's cadence (`gateway.housekeeping.EVERY_S`, `RETRY_S`); with
+  `any_use` set, a use running on an appliance does not hold the prune back. Eight staggered appliances are
+  almost never all idle at once, so the daemon's "quiet moment" would let no prune run in a chaos run; the other
+  half of the rule (no backlog being drained), and everything the ledger's `prune` refuses (an unacked record,
+  the chain head), stay as in production: they are what the chaos suite checks.
 
 A control folder (`control` in the plan) carries the runtime knobs: `wall_offset` (seconds added to the wall
 clock) and `silent-<address>` (that BLE device stops advertising while the file exists).
@@ -36,7 +43,7 @@ import os
 import sqlite3
 import sys
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +78,7 @@ class Plan:
     signals: list[dict[str, Any]]
     probe_every_s: float = 0.0
     power_cut_snapshots: str = ""
+    housekeeping: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> Plan:
@@ -208,8 +216,10 @@ def snapshot(conn: sqlite3.Connection, folder: Path) -> None:
 
 
 def install_power_cut_snapshots(folder: Path) -> None:
-    """After each committed transaction (and each autocommit write) of the ledger, before it returns: `snapshot`."""
-    from metering.ledger import facade, store
+    """After each committed transaction (and each autocommit write) of the ledger, before it returns: `snapshot`.
+    Retention's prune is one of those transactions (`retention` imports `transaction` by name, so it is swapped
+    there too): without it a power cut would put back records a committed prune had deleted."""
+    from metering.ledger import facade, retention, store
 
     folder.mkdir(parents=True, exist_ok=True)
     transaction = store.transaction
@@ -221,6 +231,7 @@ def install_power_cut_snapshots(folder: Path) -> None:
         snapshot(conn, folder)
 
     store.transaction = snapshotting
+    retention.transaction = snapshotting  # type: ignore[attr-defined]
     write = facade.Ledger._write
 
     def snapshotting_write(self: facade.Ledger, sql: str, params: tuple[Any, ...]) -> None:
@@ -249,6 +260,26 @@ def install(plan: Plan) -> None:
     runner.production_backends = backends
     if plan.power_cut_snapshots:
         install_power_cut_snapshots(Path(plan.power_cut_snapshots))
+    if plan.housekeeping:
+        install_housekeeping(plan.housekeeping)
+
+
+def install_housekeeping(knobs: dict[str, float]) -> None:
+    """Retention on the test's time scale (see the module docstring): the housekeeper's cadence, `retain_s` for
+    `retain_days`, and with `any_use` a quiet moment that ignores uses in progress."""
+    from gateway import daemon, housekeeping
+
+    housekeeping.EVERY_S = float(knobs.get("every_s", housekeeping.EVERY_S))
+    housekeeping.RETRY_S = float(knobs.get("retry_s", housekeeping.RETRY_S))
+
+    def _housekeeper(self: Any) -> housekeeping.Housekeeper:
+        retain = float(knobs["retain_s"]) / 86400 if "retain_s" in knobs else self.cfg.retain_days
+        quiet = ((lambda: not self._pending) if knobs.get("any_use")
+                 else (lambda: not self._pending and not any(m.cycle.running for m in self.meters.values())))
+        return housekeeping.Housekeeper(self.ledger, self.clock, retain_days=retain,
+                                        local_only=self.cfg.cloud is None, quiet=quiet)
+
+    daemon.Gateway._housekeeper = _housekeeper  # type: ignore[method-assign]
 
 
 def main() -> int:
