@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import multiprocessing
 import os
 import sqlite3
@@ -28,7 +27,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from koto.canonical import CanonicalError, canonical_text, parse_rfc3339, rfc3339_ms
+from koto.canonical import CanonicalError, NotCanonical, parse_canonical, parse_rfc3339, rfc3339_ms
 from koto.signing import PublicKey, load_public_key
 
 from .envelope import PREHASHED_ECDSA, columns
@@ -246,17 +245,13 @@ def _parse_body(body: object) -> tuple[dict[str, Any] | None, str]:
     if not isinstance(body, bytes):
         return None, "body is not stored as bytes"
     try:
-        event = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as ex:
-        return None, f"body does not parse ({ex})"
-    if not isinstance(event, dict):
-        return None, "body is not a JSON object"
-    try:
-        if canonical_text(event).encode("utf-8") != body:
-            return None, "body is not in canonical form"
+        return parse_canonical(body), ""
+    except NotCanonical as ex:
+        return None, f"body is {ex}"
     except CanonicalError as ex:
         return None, f"body has no canonical form ({ex})"
-    return event, ""
+    except ValueError as ex:  # UnicodeDecodeError, json.JSONDecodeError
+        return None, f"body does not parse ({ex})"
 
 
 def _check_envelope(event: dict[str, Any], data: dict[str, Any], seq: int, rid: str, epoch: int, source: str) -> str:
