@@ -127,7 +127,10 @@ def _plain_parsed(obj: dict[str, Any]) -> bool:
         return True
     if not kinds <= {str, int, dict}:
         return False
-    return all(_plain_parsed(v) for v in obj.values() if type(v) is dict)
+    for v in obj.values():
+        if type(v) is dict and not _plain_parsed(v):
+            return False
+    return True
 
 
 def parse_canonical(body: bytes) -> dict[str, Any]:

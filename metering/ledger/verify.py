@@ -162,12 +162,13 @@ def _check_chunk(conn: sqlite3.Connection, lo: int, hi: int, job: _Job, key: Pub
         row = conn.execute("SELECT hash FROM records WHERE seq=?", (lo - 1,)).fetchone()
         prev = str(row[0]) if row is not None else ""
     expected = lo
+    epoch, source, check = job.epoch, job.source, _check_record
     rows = conn.execute(f"SELECT {RECORD_COLS} FROM records WHERE seq>=? AND seq<=? ORDER BY seq", (lo, hi))
     for row in rows:
         seq = row[0]
         if seq != expected:
             return _Chunk(lo, hi, expected - lo, prev, expected, f"seq {expected} is missing (next stored is {seq})")
-        reason, prev = _check_record(row, job.epoch, job.source, prev, key)
+        reason, prev = check(row, epoch, source, prev, key)
         if reason:
             return _Chunk(lo, hi, seq - lo, "", seq, reason)
         expected += 1
