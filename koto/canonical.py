@@ -127,10 +127,7 @@ def _plain_parsed(obj: dict[str, Any]) -> bool:
         return True
     if not kinds <= {str, int, dict}:
         return False
-    for v in obj.values():
-        if type(v) is dict and not _plain_parsed(v):
-            return False
-    return True
+    return all(map(_plain_parsed, [v for v in obj.values() if type(v) is dict]))
 
 
 def parse_canonical(body: bytes) -> dict[str, Any]:
