@@ -475,7 +475,7 @@ class Ledger:
         with self._mutex:
             self._check_open()
             rows = self._conn.execute(
-                "SELECT appliance, sum(energy_mwh) FROM records NOT INDEXED "  # NOT INDEXED: the seq range, not the index
+                "SELECT appliance, sum(energy_mwh) FROM records NOT INDEXED "  # the seq range, never the index
                 f"WHERE seq>=? AND type=? AND kind IN ({marks}) GROUP BY appliance",
                 (from_seq, USAGE_TYPE, *store.PARTITION)).fetchall()
         return {str(a): int(e) for a, e in rows}
