@@ -34,6 +34,7 @@ from koto.files import write_atomic
 log = logging.getLogger("koto.homeassistant")
 
 TOTALS_FILE = "homeassistant-totals.json"
+RECENT_ROWS = 50_000  # up to this many records past the base are read from the table, not the whole usage index
 REBASE_S = 6 * 3600.0  # records stay at least a day (retain_days >= 1): a base 6 h old is never overtaken
 
 
@@ -44,6 +45,7 @@ class _Ledger(Protocol):
     def iter_usage(self, appliance: str | None = None, since_wall: float | None = None, by: Any = "function",
                    tz: Any = None, from_seq: int | None = None) -> Iterable[Any]: ...
     def pruned_totals(self) -> list[Any]: ...
+    def energy_from(self, from_seq: int) -> dict[str, int]: ...
 
 
 class EnergyTotals:
@@ -76,6 +78,11 @@ class EnergyTotals:
         return True
 
     def _sum(self, ledger: _Ledger, from_seq: int) -> dict[str, int]:
+        """The energy per appliance in the records from `from_seq` on: through the primary key when they are the
+        recent end of the ledger (each start after the first, each refresh: the base is at most REBASE_S old), so a
+        start reads what came since the base, not the whole usage index; through the index otherwise."""
+        if ledger.head()[0] - from_seq < RECENT_ROWS:
+            return ledger.energy_from(from_seq)
         out: dict[str, int] = {}
         for row in ledger.iter_usage(None, None, "function", None, from_seq):
             out[row.appliance] = out.get(row.appliance, 0) + row.energy_mwh

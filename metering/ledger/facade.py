@@ -24,7 +24,7 @@ from koto.canonical import MAX_SAFE_INT
 from koto.signing import PrivateKey, PublicKey
 
 from ..errors import LedgerError, LedgerGone
-from ..records import Draft
+from ..records import USAGE_TYPE, Draft
 from . import billing, retention, store, usage
 from .billing import CycleRow, RecordRow
 from .envelope import Envelope, Stored, cycles_named
@@ -465,6 +465,20 @@ class Ledger:
             self._check_writable()
             return retention.prune(self._conn, self.path, retain_days, now_wall, max_rows=max_rows,
                                    local_only=local_only)
+
+    def energy_from(self, from_seq: int) -> dict[str, int]:
+        """Each appliance's metered energy (its partition records' `energy_mwh`, as `iter_usage` sums it) in the
+        records from `from_seq` on, read through the primary key: O(records from there), where `iter_usage` walks
+        the whole usage index (74 MB on a million records, a second or more from a cold SD card). For the recent end
+        of the ledger (Home Assistant's totals at each start and refresh); for most of it the index is cheaper."""
+        marks = ",".join("?" * len(store.PARTITION))
+        with self._mutex:
+            self._check_open()
+            rows = self._conn.execute(
+                "SELECT appliance, sum(energy_mwh) FROM records NOT INDEXED "  # the seq range, never the index
+                f"WHERE seq>=? AND type=? AND kind IN ({marks}) GROUP BY appliance",
+                (from_seq, USAGE_TYPE, *store.PARTITION)).fetchall()
+        return {str(a): int(e) for a, e in rows}
 
     def pruned_totals(self) -> list[retention.PrunedTotal]:
         """What a local-only gateway's pruned records added up to, per appliance, function and currency."""

@@ -177,3 +177,26 @@ def test_koto_check_names_every_household_problem_at_once(tmp_path: Path, capsys
     out = capsys.readouterr().out
     assert f"{cfg}: home_assistant.port: expected a port number" in out
     assert f"{cfg}: appliance.kettle.sources.k.pin: GPIO 17" in out and "(see gateway.led)" in out
+
+
+def test_the_recent_records_sum_through_the_primary_key_as_through_the_usage_index(tmp_path: Path) -> None:
+    """`Ledger.energy_from` (a start's and a refresh's sum, O(records since the base)) adds up what `iter_usage`
+    (the usage index) adds up, from every seq: partition kinds only (cycles carry theirs as cycle_energy_mwh), every
+    appliance, lifecycle records left out."""
+    from metering.records import RecordKind
+    from tests.support.drafts import lifecycle, usage
+
+    ledger = open_ledger(tmp_path / "state", "gw-ha")
+    kinds = (RecordKind.FUNCTION, RecordKind.INTERIM, RecordKind.GAP, RecordKind.CYCLE)
+    ledger.append([usage(i, kind=kinds[i % 4], appliance=("washer", "dryer", "oven")[i % 3], energy_mwh=1000 + 7 * i,
+                         extra={"reason": "restart"} if kinds[i % 4] == RecordKind.GAP else None) for i in range(30)])
+    ledger.append([lifecycle("start")])
+    ledger.append([usage(i, appliance="washer", energy_mwh=10 + i) for i in range(30, 36)])
+    head = ledger.head()[0]
+    for from_seq in range(1, head + 2):
+        by_index: dict[str, int] = {}
+        for r in ledger.iter_usage(from_seq=from_seq):
+            by_index[r.appliance] = by_index.get(r.appliance, 0) + r.energy_mwh
+        found = {a: e for a, e in ledger.energy_from(from_seq).items() if e}
+        assert found == {a: e for a, e in by_index.items() if e}, from_seq
+    ledger.close()

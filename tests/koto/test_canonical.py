@@ -8,6 +8,7 @@ refuse the same values with the same message.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from enum import IntEnum, StrEnum
@@ -20,9 +21,11 @@ from hypothesis import strategies as st
 from koto.canonical import (
     MAX_SAFE_INT,
     CanonicalError,
+    NotCanonical,
     canonical_bytes,
     canonical_text,
     json_string,
+    parse_canonical,
     rfc3339,
     rfc3339_ms,
 )
@@ -93,6 +96,85 @@ def test_the_fast_path_accepts_and_refuses_exactly_what_canonical_bytes_does(obj
     same_answer(obj)
 
 
+def definition(body: bytes) -> dict[str, Any] | str:
+    """What the contract says of stored bytes: the object, or why not (the oracle for `parse_canonical`)."""
+    try:
+        obj = json.loads(body.decode("utf-8"))
+    except ValueError:
+        return "does not parse"
+    if not isinstance(obj, dict):
+        return "not an object"
+    try:
+        want = canonical_bytes(obj)
+    except CanonicalError:
+        return "no canonical form"
+    return obj if want == body else "not canonical"
+
+
+def parsed(body: bytes) -> dict[str, Any] | str:
+    try:
+        return parse_canonical(body)
+    except NotCanonical as e:
+        return "not an object" if "object" in str(e) else "not canonical"
+    except CanonicalError:
+        return "no canonical form"
+    except ValueError:
+        return "does not parse"
+
+
+def spellings(obj: Any) -> list[bytes]:
+    """`obj` written the canonical way and several others (key order, spaces, ASCII escapes)."""
+    out = []
+    for sort in (True, False):
+        for seps in ((",", ":"), (", ", ": ")):
+            for ascii_only in (False, True):
+                with contextlib.suppress(TypeError, ValueError):  # a key json cannot sort, a value it cannot write
+                    out.append(json.dumps(obj, sort_keys=sort, separators=seps, ensure_ascii=ascii_only)
+                               .encode("utf-8", "surrogatepass"))
+    return out
+
+
+@given(ANY, st.data())
+@settings(max_examples=400, deadline=None)
+def test_parse_canonical_accepts_and_refuses_exactly_what_the_definition_does(obj: dict[Any, Any],
+                                                                              data: st.DataObject) -> None:
+    """Over canonical bodies, other spellings of them, bodies with values the contract refuses, and bodies with a
+    byte flipped, dropped or added anywhere: the fast path answers as the definition does, with an equal object."""
+    bodies = spellings(obj)
+    for body in list(bodies):
+        if body:
+            i = data.draw(st.integers(0, len(body) - 1))
+            b = data.draw(st.integers(0, 255))
+            bodies += [body[:i] + bytes([b]) + body[i + 1:], body[:i] + body[i + 1:], body[:i] + bytes([b]) + body[i:]]
+    for body in bodies:
+        assert parsed(body) == definition(body), body
+
+
+@given(GOOD)
+@settings(max_examples=300, deadline=None)
+def test_parse_canonical_gives_back_every_canonical_value(obj: dict[str, Any]) -> None:
+    assert parse_canonical(canonical_bytes(obj)) == json.loads(canonical_bytes(obj))
+
+
+@pytest.mark.parametrize("body", [b'{"a":1,"a":1}', b'{"a":1.0}', b'{"a":true}', b'{"a":null}', b'{"a":[1,"x"]}',
+                                  b'{"a":9007199254740992}', b'{"a":-9007199254740992}', b'{"a":9007199254740991}',
+                                  b'{"a":18446744073709551616}', b'{"a":"\\ud800"}', b'{"a":"\\u00e9"}',
+                                  b'{"a":"\xc3\xa9"}', b'{"a":"\xff"}', b'[1]', b'"x"', b' {"a":1}', b'{"a":1} ',
+                                  b'{"b":1,"a":2}', b'{"a":{"c":1,"b":2}}', b'{"a":NaN}', b'{"a":01}', b'{}'])
+def test_parse_canonical_on_the_edge_cases(body: bytes) -> None:
+    assert parsed(body) == definition(body)
+
+
+def test_orjson_writes_every_code_point_as_json_does() -> None:
+    """The fast path's proof rests on this: for every character, orjson's string is json.dumps(ensure_ascii=False)'s."""
+    import orjson
+
+    points = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    for i in range(0, len(points), 4096):
+        text = "".join(points[i:i + 4096])
+        assert orjson.dumps({"k": text}) == canonical_bytes({"k": text})
+
+
 @pytest.mark.parametrize(
     "obj",
     [
@@ -106,9 +188,10 @@ def test_the_fast_path_accepts_and_refuses_exactly_what_canonical_bytes_does(obj
         {1: "int key"},
         {"data": {2: "int key, nested"}},
         {"s": {"a", "set"}},
+        {"data": {"k\udc00": 1}},
     ],
     ids=["float", "bool", "null", "huge", "huge-negative", "nested-float", "array-bool", "int-key", "nested-int-key",
-         "set"],
+         "set", "lone-surrogate-key"],
 )
 def test_a_value_without_a_canonical_form_is_refused_by_both_with_the_same_message(obj: dict[Any, Any]) -> None:
     with pytest.raises(CanonicalError):
