@@ -31,7 +31,7 @@ class _LazyGroup(click.Group):
         "check": "cli_check", "discover": "cli_discover", "doctor": "cli_doctor", "firstboot": "cli_firstboot",
         "logs": "cli_logs", "provision": "cli_provision", "status": "cli_status",
         "support-bundle": "cli_support:support_bundle", "usage": "cli_usage", "profile": "cli_profile",
-            "learn": "cli_learn"}
+        "learn": "cli_learn"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.LAZY})
