@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 
@@ -23,7 +23,30 @@ from .cli_common import DEFAULT_CONFIG, config_option, open_ledger_ro, resolve, 
 from .logs import setup_logging
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """Commands that live in their own modules, imported when named: `koto usage` loads the ledger and its report,
+    not the daemon, the learner and the provisioning code (a third of its start-up, ~6 MB of its memory)."""
+
+    LAZY: ClassVar[dict[str, str]] = {
+        "check": "cli_check", "discover": "cli_discover", "doctor": "cli_doctor", "firstboot": "cli_firstboot",
+        "logs": "cli_logs", "provision": "cli_provision", "status": "cli_status",
+        "support-bundle": "cli_support:support_bundle", "usage": "cli_usage", "profile": "cli_profile",
+        "learn": "cli_learn"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.LAZY:
+            import importlib
+
+            module, _, attr = self.LAZY[cmd_name].partition(":")
+            command = getattr(importlib.import_module(f"{__package__}.{module}"), attr or cmd_name)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="koto")
 @click.option("-v", "--verbose", count=True, help="More log detail (-v info, -vv debug).")
 def cli(verbose: int) -> None:
@@ -115,36 +138,6 @@ def demo(state_dir: str, speed: float, minutes: float | None) -> None:
     rc = asyncio.run(run_demo(Path(state_dir), speed=speed, duration_s=None if minutes is None else minutes * 60))
     if rc:
         raise SystemExit(rc)
-
-
-def _register() -> None:
-    """Commands that live in their own modules."""
-    from .cli_check import check
-    from .cli_discover import discover
-    from .cli_doctor import doctor
-    from .cli_firstboot import firstboot
-    from .cli_learn import learn
-    from .cli_logs import logs
-    from .cli_profile import profile
-    from .cli_provision import provision
-    from .cli_status import status
-    from .cli_support import support_bundle
-    from .cli_usage import usage
-
-    cli.add_command(check)
-    cli.add_command(discover)
-    cli.add_command(doctor)
-    cli.add_command(firstboot)
-    cli.add_command(logs)
-    cli.add_command(provision)
-    cli.add_command(status)
-    cli.add_command(support_bundle)
-    cli.add_command(usage)
-    cli.add_command(profile)
-    cli.add_command(learn)
-
-
-_register()
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -68,12 +68,13 @@ def _report(ledger: Any, by: str, appliance: str | None, since_wall: float | Non
     from .usage_detail import write_cycles, write_records
     from .usage_report import write_usage_table
 
-    if by == "cycle":
-        return write_cycles(ledger.iter_cycles(appliance, since_wall), tz, click.echo, exact=exact,
-                            as_json=as_json, app_width=width)
-    if by == "record":
-        return write_records(ledger.iter_record_rows(appliance, since_wall), tz, click.echo, exact=exact,
-                             as_json=as_json, app_width=width)
+    if by in ("cycle", "record"):
+        with _Lines() as out:
+            if by == "cycle":
+                return write_cycles(ledger.iter_cycles(appliance, since_wall), tz, out, exact=exact,
+                                    as_json=as_json, app_width=width)
+            return write_records(ledger.iter_record_rows(appliance, since_wall), tz, out, exact=exact,
+                                 as_json=as_json, app_width=width)
     if as_json:
         n = 0
         for r in ledger.iter_usage(appliance, since_wall, by, tz):
@@ -85,6 +86,32 @@ def _report(ledger: Any, by: str, appliance: str | None, since_wall: float | Non
     if rows is not None:
         return write_usage_table(lambda: rows, by, click.echo, exact=exact)
     return write_usage_table(lambda: ledger.iter_usage(appliance, since_wall, by, tz), by, click.echo, exact=exact)
+
+
+class _Lines:
+    """An `out` for listings of a hundred thousand lines: written a few thousand at a time, where `click.echo` per
+    line would write (and flush) each one on its own."""
+
+    EVERY = 2000
+
+    def __init__(self) -> None:
+        self._held: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        self._held.append(line)
+        if len(self._held) >= self.EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._held:
+            click.echo("\n".join(self._held))
+            self._held.clear()
+
+    def __enter__(self) -> _Lines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
 
 
 def _pruned_report(ledger: Any, appliance: str | None, *, exact: bool) -> int:

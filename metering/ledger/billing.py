@@ -17,7 +17,7 @@ from typing import Any
 from ..records import USAGE_TYPE
 from .envelope import CYCLE
 from .store import PARTITION, acked_through, has_table
-from .usage import index_appliances
+from .usage import first_seq_since_indexed, index_appliances
 
 _BODY = "CAST(body AS TEXT)"
 _ENTITLED = f"json_extract({_BODY}, '$.data.entitled')"
@@ -107,15 +107,28 @@ def iter_cycles(conn: sqlite3.Connection, path: Path, appliance: str | None,
                 since_ms: int | None) -> Iterator[CycleRow]:
     """Each cycle (use) with records ending at or after `since_ms`, in the order they started."""
     where, params = _where(appliance, since_ms)
+    # A cycle's entitlement is only in its records' bodies, so this reads the table; in seq order (NOT INDEXED: a
+    # walk of `records_usage` would fetch each row by seq, at random, 12 s instead of 9 s on a million records),
+    # from the first seq `since` reaches (found in the usage index) on.
+    if since_ms is not None:
+        first = first_seq_since_indexed(conn, since_ms, 0)
+        if first is None:
+            return
+        if first is not False:
+            where += " AND seq>=?"
+            params.append(first)
     acks = _AckTimes(conn, acked_through(conn, path))
     sql = (
         "SELECT appliance, cycle_id, min(t_end_ms - duration_ms) AS start, max(t_end_ms), "
         "sum(CASE WHEN kind IN (?,?,?) THEN energy_mwh ELSE 0 END), "
         "sum(CASE WHEN kind IN (?,?,?) THEN duration_ms ELSE 0 END), "
         "sum(CASE WHEN kind=? THEN uses ELSE 0 END), "
-        "group_concat(currency || ':' || cost_minor), min(seq), max(seq), "
+        # one currency (the usual case): its sum, not a list of every record's cost for Python to parse
+        "CASE WHEN min(currency)=max(currency) THEN min(currency) || ':' || sum(cost_minor) "
+        "ELSE group_concat(currency || ':' || cost_minor) END, min(seq), max(seq), "
         f"group_concat(DISTINCT {_ENTITLED}) "
-        f"FROM records WHERE {where} AND cycle_id != '' GROUP BY appliance, cycle_id ORDER BY start, appliance"
+        f"FROM records NOT INDEXED WHERE {where} AND cycle_id != '' GROUP BY appliance, cycle_id "
+        "ORDER BY start, appliance"
     )
     for row in conn.execute(sql, [*PARTITION, *PARTITION, CYCLE, *params]):
         app, cid, start, end, energy, dur, uses, costs, lo, hi, entitled = row

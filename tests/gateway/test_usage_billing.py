@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -131,3 +132,21 @@ def test_a_ledger_from_before_ack_times_says_synced_without_a_time(
     assert koto(["usage", "--config", str(gateway), "--by", "cycle", "--json"]) == 0
     tue = json.loads(lines(capsys)[0])
     assert (tue["synced"], tue["synced_at"]) == ("yes", None)
+
+
+def test_since_lists_only_the_uses_from_then_on_and_two_currencies_stay_apart(
+        gateway: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--since` starts the listing at the first record from then on (found in the usage index); a use whose records
+    were priced in two currencies shows both sums, never one added across them."""
+    sd = StateDir(gateway.parent / "state")
+    usd = replace(rec(RecordKind.FUNCTION, "dry", at(4, 9, 0), at(4, 9, 30), 100_000, cycle="c-fri", cost=7,
+                      app="dryer"), currency="USD")
+    eur = rec(RecordKind.FUNCTION, "cool", at(4, 9, 30), at(4, 9, 40), 20_000, cycle="c-fri", cost=3, app="dryer")
+    with Ledger.open(sd.ledger, gateway_id="gw-support", key=sd.private_key()) as ledger:
+        ledger.append([usage_draft(r, "household/dryer") for r in (usd, eur)])
+    assert koto(["usage", "--config", str(gateway), "--by", "cycle", "--json", "--since", "2026-12-03"]) == 0
+    thu, fri = (json.loads(line) for line in lines(capsys))
+    assert (thu["cycle_id"], fri["cycle_id"]) == ("c-thu", "c-fri")
+    assert fri["cost_minor"] == {"EUR": 3, "USD": 7} and thu["cost_minor"] == {"EUR": 55}
+    assert koto(["usage", "--config", str(gateway), "--by", "cycle", "--since", "2026-12-05"]) == 0
+    assert lines(capsys) == ["no usage recorded since 2026-12-05"]

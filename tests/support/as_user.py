@@ -19,7 +19,10 @@ AS_ROOT = os.geteuid() == 0
 PRELOAD = ["gateway.cli", "gateway.daemon", "gateway.runner", "gateway.config", "gateway.state",
            "gateway.usage_report", "metering.ledger", "metering.profile", "koto.signing", "koto.files", "zoneinfo",
            "sqlite3", "multiprocessing", "json", "asyncio", "tomllib", "pwd", "drivers.base", "drivers.gpio",
-           "drivers.modbus", "logging.handlers"]
+           "drivers.modbus", "logging.handlers",
+           # `koto`'s commands are imported when named (gateway/cli.py), after the drop, where nobody may read them
+           *(f"gateway.cli_{m}" for m in ("check", "discover", "doctor", "firstboot", "logs", "provision", "status",
+                                         "support", "usage", "profile", "learn")), "gateway.usage_detail"]
 CHILD = """
 import importlib, os, sys
 for m in {preload!r}:
