@@ -136,8 +136,8 @@ def config(state: Path, port: str, overrides: dict[str, dict[str, float]]) -> di
             "appliance": apps}
 
 
-async def run_day(state: Path, hours: float, speed: float, start_h: float,
-                  overrides: dict[str, dict[str, float]], frames: Path | None = None) -> tuple[int, TappedGateway, float]:
+async def run_day(state: Path, hours: float, speed: float, start_h: float, overrides: dict[str, dict[str, float]],
+                  frames: Path | None = None) -> tuple[int, TappedGateway, float]:
     """Run the gateway through `hours` of simulated use; returns (write_bytes over the run, the gateway, sim s)."""
     clock = ScaledClock(speed)
     t0 = clock.now().mono_ns
