@@ -52,7 +52,7 @@ def copy_ledger(db: Path, dest: Path) -> Path:
 
 def analyse(db_copy: Path) -> FrameReport:
     wal = db_copy.with_name(db_copy.name + "-wal").read_bytes()
-    names = _page_names(db_copy, wal)
+    names = _page_names(db_copy)
     magic, _version, page_size, _seq, salt1, salt2 = struct.unpack(">IIIIII", wal[:24])
     if magic not in (0x377F0682, 0x377F0683):
         raise ValueError(f"{db_copy}: not a WAL")
@@ -78,9 +78,8 @@ def analyse(db_copy: Path) -> FrameReport:
     return report
 
 
-def _page_names(db_copy: Path, wal: bytes) -> dict[int, str]:
-    """Page number -> b-tree name, from dbstat over the copy (its WAL applied)."""
-    del wal
+def _page_names(db_copy: Path) -> dict[int, str]:
+    """Page number -> b-tree name, from dbstat over the copy (its WAL applied): the final owner of each page."""
     conn = sqlite3.connect(str(db_copy))
     try:
         rows = conn.execute("SELECT pageno, name, pagetype FROM dbstat").fetchall()
