@@ -46,11 +46,12 @@ MB = 1e6
 MIB = 1024 * 1024
 
 
-def _toml(state: Path, port: str, meters: int, gateway_id: str) -> str:
+def _toml(state: Path, port: str, meters: int, gateway_id: str, interim_s: float | None = None) -> str:
     out = [f'[gateway]\nid = "{gateway_id}"\nstate_dir = "{state}"\n']
+    interim = f"interim_s = {interim_s}\n" if interim_s is not None else ""
     for i in range(1, meters + 1):
-        out.append(f'[[appliance]]\nid = "kettle{i}"\nprofile = "kettle"\n[appliance.sources.m{i}]\ndriver = "modbus"\n'
-                   f'model = "sdm120"\nport = "{port}"\naddress = {i}\nbaud = 9600\npoll_s = 1.0\n')
+        out.append(f'[[appliance]]\nid = "kettle{i}"\nprofile = "kettle"\n{interim}[appliance.sources.m{i}]\n'
+                   f'driver = "modbus"\nmodel = "sdm120"\nport = "{port}"\naddress = {i}\nbaud = 9600\npoll_s = 1.0\n')
     return "\n".join(out)
 
 
@@ -121,8 +122,10 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
             await proc.wait()
 
 
-async def steady(meters: int, seconds: float) -> dict[str, float]:
-    """Section 1: `koto run` polling `meters` SDM120s at 1 Hz (module docstring)."""
+async def steady(meters: int, seconds: float, *, settle_s: float = 15.0,
+                 interim_s: float | None = None) -> dict[str, float]:
+    """Section 1: `koto run` polling `meters` SDM120s at 1 Hz (module docstring), measured for `seconds` from
+    `settle_s` after READY; `interim_s` overrides each appliance's (bench/thingsboard.py: see its KOTO_* notes)."""
     from drivers.modbus_sim import ModbusSimulator, SimMeter
     from gateway.state import StateDir
 
@@ -134,11 +137,11 @@ async def steady(meters: int, seconds: float) -> dict[str, float]:
         sims = [SimMeter("sdm120", i, base_power_w=1500.0) for i in range(1, meters + 1)]
         async with ModbusSimulator(sims, baud=9600) as bus:
             cfg = work / "koto.toml"
-            cfg.write_text(_toml(state, bus.port, meters, "gw-cost"))
+            cfg.write_text(_toml(state, bus.port, meters, "gw-cost", interim_s))
             proc = await _start_koto(cfg, notify, work / "koto.log")
             try:
                 await notify.ready(proc, 60)
-                await asyncio.sleep(15)
+                await asyncio.sleep(settle_s)
                 cpu0, wb0, t0 = _cpu_s(proc.pid), _write_bytes(proc.pid), time.monotonic()
                 rss_samples = []
                 while time.monotonic() - t0 < seconds:

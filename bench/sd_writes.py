@@ -136,8 +136,8 @@ def config(state: Path, port: str, overrides: dict[str, dict[str, float]]) -> di
             "appliance": apps}
 
 
-async def run_day(state: Path, hours: float, speed: float, start_h: float,
-                  overrides: dict[str, dict[str, float]]) -> tuple[int, TappedGateway, float]:
+async def run_day(state: Path, hours: float, speed: float, start_h: float, overrides: dict[str, dict[str, float]],
+                  frames: Path | None = None) -> tuple[int, TappedGateway, float]:
     """Run the gateway through `hours` of simulated use; returns (write_bytes over the run, the gateway, sim s)."""
     clock = ScaledClock(speed)
     t0 = clock.now().mono_ns
@@ -154,6 +154,7 @@ async def run_day(state: Path, hours: float, speed: float, start_h: float,
         cfg = parse_config(config(state, bus.port, overrides), file="<bench sd_writes>")
         gw = TappedGateway(cfg, clock=clock, backends={"pin_factory": factory}, sync_enabled=False)
         gw.tap = []
+        pin = _pin_wal(state / "ledger.db") if frames is not None else None
         before = write_bytes()
         stop = asyncio.Event()
         pulses = asyncio.create_task(run_pulse_train(factory.pin(S0_PIN), clock,
@@ -167,8 +168,21 @@ async def run_day(state: Path, hours: float, speed: float, start_h: float,
         pulses.cancel()
         await asyncio.gather(pulses, return_exceptions=True)
         written = write_bytes() - before
+        if pin is not None and frames is not None:
+            from bench.wal_frames import copy_ledger
+
+            copy_ledger(state / "ledger.db", frames)
+            pin.close()
         print(f"  ran {sim_t() / 3600:.2f} simulated hours in {time.monotonic() - real0:.0f} s", file=sys.stderr)
     return written, gw, sim_t()
+
+
+def _pin_wal(db: Path) -> sqlite3.Connection:
+    """A reader holding a snapshot for the whole run: no checkpoint resets the WAL, so it keeps every frame."""
+    conn = sqlite3.connect(str(db), isolation_level=None)
+    conn.execute("BEGIN")
+    conn.execute("SELECT count(*) FROM kv").fetchone()
+    return conn
 
 
 def records_bytes(db: Path) -> tuple[int, int]:
@@ -204,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hold-s", type=float, help="[gateway] hold_s instead of the default")
     ap.add_argument("--interim-s", type=float, help="[[appliance]] interim_s instead of the default")
     ap.add_argument("--idle-interim-s", type=float, help="[[appliance]] idle_interim_s instead of the default")
+    ap.add_argument("--page-size", type=int, help="the new ledger's SQLite page size instead of store.PAGE_SIZE")
+    ap.add_argument("--frames", action="store_true",
+                    help="instead of the budget: keep every WAL frame and say which b-trees each commit wrote")
     args = ap.parse_args(argv)
     overrides: dict[str, dict[str, float]] = {"gateway": {}, "appliance": {}}
     if args.hold_s is not None:
@@ -211,12 +228,21 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("interim_s", "idle_interim_s"):
         if getattr(args, key) is not None:
             overrides["appliance"][key] = getattr(args, key)
+    if args.page_size:
+        from metering.ledger import store
+
+        store.PAGE_SIZE = args.page_size  # read when the ledger is created (store.connect)
     logging.basicConfig(level=logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="koto-sd-", dir=args.dir))
     try:
         state = work / "state"
         StateDir(state).provision()
-        written, gw, sim_s = asyncio.run(run_day(state, args.hours, args.speed, args.start_hour, overrides))
+        frames = work / "frames" if args.frames else None
+        written, gw, sim_s = asyncio.run(run_day(state, args.hours, args.speed, args.start_hour, overrides, frames))
+        if frames is not None:
+            from bench.wal_frames import analyse
+
+            print("\n".join(analyse(frames / "ledger.db").lines()))
         if written == 0:
             print(f"{args.dir}: nothing reached a block device (tmpfs?); use --dir on a disk", file=sys.stderr)
             return 2

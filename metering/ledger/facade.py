@@ -93,6 +93,10 @@ class Ledger:
         # A writer checks before every commit that its path still names this file (see `fileguard`).
         self._guard = FileGuard.of(path) if key is not None else None
         self._gone: LedgerGone | None = None
+        # The checkpoints as stored (canonical JSON text), so an unchanged one is not written again: a page less in
+        # the WAL for every such checkpoint (the pricing state rides along with every batch). Writer only.
+        self._ckpt_stored: dict[str, str] = (
+            dict(conn.execute("SELECT name, state FROM checkpoints").fetchall()) if key is not None else {})
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
@@ -157,16 +161,23 @@ class Ledger:
 
         Either everything is committed (and fsynced) or nothing is. For a `cycle` draft with a cycle id the ledger
         fills `first_seq`/`last_seq` from the partition records of that cycle already stored or earlier in the
-        batch. Returns the stored records in seq order.
+        batch. A checkpoint equal to the one stored is not rewritten, and a call left with nothing to write writes
+        nothing (no transaction). Returns the stored records in seq order.
         """
         if self._key is None:
             raise LedgerError(f"{self.path}: opened without the device key; cannot append records")
         if kv:
             self._check_kv_keys(kv)
-        ckpt_rows = [(name, json.dumps(state, sort_keys=True)) for name, state in (checkpoints or {}).items()]
+        # Compact JSON: a meter's state is ~900 bytes so, with the ledger's 1 KiB pages, it fits its leaf page instead
+        # of spilling onto an overflow page that every rewrite writes again (older rows, with spaces, read the same).
+        ckpt_rows = [(name, json.dumps(state, sort_keys=True, separators=(",", ":")))
+                     for name, state in (checkpoints or {}).items()]
         doc_rows = [_doc_row(d) for d in docs or ()]
         with self._mutex:
             self._check_writable()
+            ckpt_rows = [(name, state) for name, state in ckpt_rows if self._ckpt_stored.get(name) != state]
+            if not (drafts or ckpt_rows or doc_rows or kv):
+                return []
             conn = self._conn
             with store.transaction(conn, self.path, "append failed, nothing was stored"):
                 stored = self._append_records(drafts, self._key) if drafts else []
@@ -176,6 +187,7 @@ class Ledger:
                     conn.executemany("INSERT OR REPLACE INTO docs (kind, id, version, body) VALUES (?,?,?,?)", doc_rows)
                 if kv:
                     conn.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?,?)", list(kv.items()))
+            self._ckpt_stored.update(ckpt_rows)  # committed: only now is it what the file holds
         return stored
 
     def _append_records(self, drafts: Sequence[Draft], key: PrivateKey) -> list[Stored]:

@@ -43,11 +43,14 @@ RESERVED_KV = frozenset(
 PARTITION = tuple(str(k) for k in PARTITION_KINDS)
 
 # The schema. `records` columns beside `body` and `hash` are copies of fields inside `body`, kept for queries and
-# checked by `verify`. Times as integer milliseconds so the copy is exact.
+# checked by `verify`. Times as integer milliseconds so the copy is exact. `id` is `{epoch}-{seq}` with one epoch per
+# ledger, so the seq key makes it unique and `verify` checks it is exactly that: a new ledger has no UNIQUE index on
+# it (one leaf page less per commit on the SD card, ~30 MB less at a million records); a ledger made before
+# 2026-12-05 keeps its `sqlite_autoindex_records_1`, which changes nothing else.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     seq         INTEGER PRIMARY KEY,
-    id          TEXT    NOT NULL UNIQUE,
+    id          TEXT    NOT NULL,
     type        TEXT    NOT NULL,
     kind        TEXT    NOT NULL,
     appliance   TEXT    NOT NULL,
@@ -81,27 +84,35 @@ RECORD_COLS = (
 )
 INSERT_SQL = f"INSERT INTO records ({RECORD_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 # The WAL's limits, set deliberately: on an SD card every page SQLite writes is a flash page program inside an erase
-# block the card may have to copy, so the ledger writes as few pages as it can and always in the same places.
-# - page_size 4096: the ext4 block and kernel page size, so a page write is one block write, never a partial one
-#   (it applies to a new ledger; an existing one keeps the size it was made with).
+# block the card may have to copy, so the ledger writes as few bytes as it can and always in the same places.
+# - page_size 1024 for a NEW ledger: a commit dirties about eight pages (the records' last leaf, three index leaves,
+#   the chain head in kv, the checkpoints, page 1 when the file grows) whatever their size, and each goes to the WAL
+#   whole: at 4096 bytes a commit of one or two ~900-byte records wrote ~30 KB of frames, at 1024 a quarter of that
+#   (bench/sd_writes.py, docs/ledger.md "Write budget"). A record's body then lies on an overflow page of its own,
+#   which verify and the sync read anyway; `koto usage` reads only the records_usage index. An existing ledger keeps
+#   the page size it was made with: in WAL mode SQLite ignores a page_size change (only VACUUM outside WAL could).
 # - synchronous=FULL: a commit is on the card before the sync sends its records. NORMAL would let a power cut take
 #   back a commit the cloud may already hold, and the next record would then fork the chain under the same seq.
-# - wal_autocheckpoint=1000 pages (4 MiB): the ledger's hot pages (the chain head in kv, the checkpoints, the
-#   records' last leaf) are rewritten in the WAL by every commit but copied into the database only once per 1000
-#   WAL pages, not once per commit; with the daemon's budget (a few hundred KB a day) that is every few days.
-# - journal_size_limit 4 MiB + 1 page: after a checkpoint the WAL file is reused in place from its start (no
+# - wal_autocheckpoint = 4 MiB of pages (4096 at 1 KiB, 1000 at 4 KiB): the hot pages (the chain head, the
+#   checkpoints, the records' last leaves) are rewritten in the WAL by every commit but copied into the database
+#   only once per autocheckpoint, not once per commit; at the daemon's budget that is every few days.
+# - journal_size_limit = that + 1 page: after a checkpoint the WAL file is reused in place from its start (no
 #   truncate and regrow, no filesystem metadata writes per cycle); only a WAL that grew past that (a long prune, a
 #   reader holding a snapshot) is cut back, so the file never stays large. `retention` truncates it after pruning.
-WAL_AUTOCHECKPOINT_PAGES = 1000
-PAGE_SIZE = 4096
+PAGE_SIZE = 1024  # for new ledgers; read the page size of an open one with `PRAGMA page_size`
+WAL_BYTES = 4 * 1024 * 1024
+WAL_AUTOCHECKPOINT_PAGES = WAL_BYTES // PAGE_SIZE  # at the new ledgers' page size
 _PRAGMAS = (
-    f"PRAGMA page_size={PAGE_SIZE}",
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",
     "PRAGMA busy_timeout=10000",
-    f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}",
-    f"PRAGMA journal_size_limit={(WAL_AUTOCHECKPOINT_PAGES + 1) * PAGE_SIZE}",
 )
+
+
+def wal_limits(page_size: int) -> tuple[int, int]:
+    """(wal_autocheckpoint in pages, journal_size_limit in bytes) for a ledger of `page_size`: the same 4 MiB WAL."""
+    pages = WAL_BYTES // page_size
+    return pages, (pages + 1) * page_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +127,12 @@ class Identity:
 def connect(path: Path | str) -> sqlite3.Connection:
     """A connection with the ledger's pragmas (also used by the benchmark's raw-SQLite baseline)."""
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before WAL is on: a new file takes it, an existing one ignores it
     for pragma in _PRAGMAS:
         conn.execute(pragma)
+    pages, limit = wal_limits(int(conn.execute("PRAGMA page_size").fetchone()[0]))
+    conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
+    conn.execute(f"PRAGMA journal_size_limit={limit}")
     return conn
 
 
