@@ -22,8 +22,33 @@ from koto.errors import KotoError, explain_os_error
 from .cli_common import DEFAULT_CONFIG, config_option, open_ledger_ro, resolve, state_option
 from .logs import setup_logging
 
+# Commands that live in their own modules, imported only when named: `koto run` (the daemon, resident for months)
+# then never loads learn, provision, doctor, support-bundle and the rest, about 2 MiB of RSS (bench/daemon_cost.py).
+LAZY_COMMANDS = {
+    "check": ("cli_check", "check"), "discover": ("cli_discover", "discover"), "doctor": ("cli_doctor", "doctor"),
+    "firstboot": ("cli_firstboot", "firstboot"), "learn": ("cli_learn", "learn"), "logs": ("cli_logs", "logs"),
+    "profile": ("cli_profile", "profile"), "provision": ("cli_provision", "provision"),
+    "status": ("cli_status", "status"), "support-bundle": ("cli_support", "support_bundle"),
+    "usage": ("cli_usage", "usage"),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _LazyGroup(click.Group):
+    """A click group whose LAZY_COMMANDS are imported on first use (click's documented lazy-loading pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
+            import importlib
+
+            module, attr = LAZY_COMMANDS[cmd_name]
+            self.add_command(getattr(importlib.import_module(f".{module}", __package__), attr), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="koto")
 @click.option("-v", "--verbose", count=True, help="More log detail (-v info, -vv debug).")
 def cli(verbose: int) -> None:
@@ -115,36 +140,6 @@ def demo(state_dir: str, speed: float, minutes: float | None) -> None:
     rc = asyncio.run(run_demo(Path(state_dir), speed=speed, duration_s=None if minutes is None else minutes * 60))
     if rc:
         raise SystemExit(rc)
-
-
-def _register() -> None:
-    """Commands that live in their own modules."""
-    from .cli_check import check
-    from .cli_discover import discover
-    from .cli_doctor import doctor
-    from .cli_firstboot import firstboot
-    from .cli_learn import learn
-    from .cli_logs import logs
-    from .cli_profile import profile
-    from .cli_provision import provision
-    from .cli_status import status
-    from .cli_support import support_bundle
-    from .cli_usage import usage
-
-    cli.add_command(check)
-    cli.add_command(discover)
-    cli.add_command(doctor)
-    cli.add_command(firstboot)
-    cli.add_command(logs)
-    cli.add_command(provision)
-    cli.add_command(status)
-    cli.add_command(support_bundle)
-    cli.add_command(usage)
-    cli.add_command(profile)
-    cli.add_command(learn)
-
-
-_register()
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
