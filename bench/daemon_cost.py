@@ -7,7 +7,9 @@ meter-day, and the cold start to READY with a 1,000,000-record ledger; each besi
    one simulated RS-485 bus (a pymodbus RTU server on a pty pair in *this* process, so its cost is not counted),
    each polled at 1 Hz, every meter an appliance. After READY and a 15 s settle, for `--seconds`: the daemon's CPU
    (utime + stime from /proc/PID/stat) as a share of one core per meter, its RSS (VmRSS, and VmHWM at the end)
-   and what it wrote (/proc/PID/io write_bytes) scaled to a meter-day. No [cloud]: sync is measured by bench/sync.
+   and what it wrote (/proc/PID/io write_bytes) scaled to a meter-day. The child gets the environment the systemd
+   unit sets that bears on memory (UNIT_ENV: MALLOC_ARENA_MAX=2); PSS is printed beside RSS (shared pages split).
+   No [cloud]: sync is measured by bench/sync.
    Baseline: a bare Python interpreter that polls the same meters with pymodbus (one request per meter per second,
    nothing decoded or stored), the least any Python poller does.
 2. **three driver kinds**: `koto demo --speed 1` (a Modbus meter on a pty, an S0 pulse meter on a MockFactory pin,
@@ -53,6 +55,18 @@ def _toml(state: Path, port: str, meters: int, gateway_id: str, interim_s: float
         out.append(f'[[appliance]]\nid = "kettle{i}"\nprofile = "kettle"\n{interim}[appliance.sources.m{i}]\n'
                    f'driver = "modbus"\nmodel = "sdm120"\nport = "{port}"\naddress = {i}\nbaud = 9600\npoll_s = 1.0\n')
     return "\n".join(out)
+
+
+# What systemd/koto.service sets that changes the footprint: the daemon is measured as it runs on the Pi.
+UNIT_ENV = {"MALLOC_ARENA_MAX": "2"}
+
+
+def _pss_kib(pid: int) -> int:
+    """Proportional set size: RSS with each shared page (libpython, libcrypto...) divided among its users."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
 
 
 def _cpu_s(pid: int) -> float:
@@ -109,7 +123,7 @@ async def _start_koto(cfg: Path, notify: Notify, log: Path) -> asyncio.subproces
     with log.open("wb") as err:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg), cwd=REPO, stdout=subprocess.DEVNULL,
-            stderr=err, env={**os.environ, "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": notify.path})
+            stderr=err, env={**os.environ, **UNIT_ENV, "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": notify.path})
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
@@ -149,6 +163,7 @@ async def steady(meters: int, seconds: float, *, settle_s: float = 15.0,
                     rss_samples.append(_status_kib(proc.pid, "VmRSS"))
                 cpu1, wb1, t1 = _cpu_s(proc.pid), _write_bytes(proc.pid), time.monotonic()
                 hwm = _status_kib(proc.pid, "VmHWM")
+                pss = _pss_kib(proc.pid)
             finally:
                 await _stop(proc)
             base = await _bare_poller(bus.port, meters, seconds)
@@ -157,7 +172,8 @@ async def steady(meters: int, seconds: float, *, settle_s: float = 15.0,
         shutil.rmtree(work, ignore_errors=True)
     wall = t1 - t0
     return {"cpu_pct_per_meter": (cpu1 - cpu0) / wall * 100 / meters, "rss_mib": max(rss_samples) / 1024,
-            "hwm_mib": hwm / 1024, "write_mb_per_meter_day": (wb1 - wb0) / wall * 86400 / meters / MB,
+            "hwm_mib": hwm / 1024, "pss_mib": pss / 1024,
+            "write_mb_per_meter_day": (wb1 - wb0) / wall * 86400 / meters / MB,
             "base_cpu_pct_per_meter": base["cpu_pct"] / meters, "base_rss_mib": base["rss_mib"], "wall_s": wall}
 
 
@@ -198,7 +214,7 @@ def demo_rss(minutes: float) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="koto-demo-") as tmp:
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "demo", "--state-dir", f"{tmp}/s", "--speed",
                                  "1", "--minutes", str(minutes)], cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+                                stderr=subprocess.DEVNULL, env={**os.environ, **UNIT_ENV})
         peak = 0
         while proc.poll() is None:
             with contextlib.suppress(OSError, ValueError):
@@ -279,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         s = asyncio.run(steady(a.meters, a.seconds))
         print(f"koto run, {a.meters} SDM120 at 1 Hz, {s['wall_s']:.0f} s steady: CPU {s['cpu_pct_per_meter']:.3f} % "
               f"of a core per meter (target <= 0.1 %); bare pymodbus poller {s['base_cpu_pct_per_meter']:.3f} %; "
-              f"RSS {s['rss_mib']:.1f} MiB (peak {s['hwm_mib']:.1f}); bare poller {s['base_rss_mib']:.1f} MiB; "
+              f"RSS {s['rss_mib']:.1f} MiB (peak {s['hwm_mib']:.1f}, PSS {s['pss_mib']:.1f}); "
+              f"bare poller {s['base_rss_mib']:.1f} MiB; "
               f"writes {s['write_mb_per_meter_day']:.3f} MB per meter-day")
         figs += [("daemon CPU per appliance at 1 Hz", s["cpu_pct_per_meter"], "% of a core",
                   s["base_cpu_pct_per_meter"], "bare pymodbus poller, same meters", "<= 0.1 %", ""),

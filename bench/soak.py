@@ -68,6 +68,8 @@ class Sample:
     tasks: int
     records: int
     ring_fill: float  # the least full power ring of the Modbus and S0 appliances, 0..1
+    sqlite_kib: int = 0  # SQLite's own heap (page caches, statements): sqlite3_memory_used() in the child
+    malloc_used_kib: int = 0  # glibc malloc bytes in use, main arena + mmapped chunks (mallinfo2)
 
 
 @dataclass
@@ -114,10 +116,11 @@ async def soak(folder: Path, *, hours: float, speed: float, sample_h: float, app
                 continue
             rss, fds, threads = proc_sample(pid)
             s = Sample(rig.sim_t() / 3600, rss, fds, threads, int(probe["tasks"]), rig.cloud_max_seq(),
-                       ring_fill(rig))
+                       ring_fill(rig), int(probe.get("sqlite_kib", 0)), int(probe.get("malloc_used_kib", 0)))
             out.samples.append(s)
             print(f"  {s.sim_h:6.2f} h  RSS {s.rss_kib / 1024:6.1f} MiB  fds {s.fds:3d}  threads {s.threads:3d}  "
-                  f"tasks {s.tasks:3d}  power rings {s.ring_fill:4.0%}  records at the cloud {s.records}", flush=True)
+                  f"tasks {s.tasks:3d}  power rings {s.ring_fill:4.0%}  records at the cloud {s.records}  "
+                  f"sqlite {s.sqlite_kib} KiB  malloc {s.malloc_used_kib} KiB", flush=True)
             next_h += sample_h
         out.restarts = list(rig.gateway_exits)
     out.real_s = time.monotonic() - t0
@@ -172,6 +175,10 @@ def verdict(r: Soak, *, warmup_h: float, rss_kib_per_h: float) -> tuple[bool, di
             flat = rise <= 2
         figures[f"{name}_flat"] = flat
         ok = ok and flat
+    for name in ("sqlite_kib", "malloc_used_kib"):  # attribution of the RSS slope, not judged
+        base = late if judge_rss else after
+        ys = [float(getattr(s, name)) for s in base]
+        figures[f"{name}_slope_per_h"] = round(slope([s.sim_h for s in base], ys), 3)
     figures["rss_judged"] = judge_rss
     figures["flat"] = ok
     return ok, figures
@@ -207,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         rss = f"not judged: a run under {RSS_MIN_HOURS:g} simulated hours is all warm-up for memory"
     print(f"  RSS      {fig['rss_kib_first']} -> {fig['rss_kib_last']} KiB, {fig['rss_kib_slope_per_h']:+} KiB/h "
           f"(flat below {args.rss_kib_per_h:g}): {rss}")
+    print(f"  of which SQLite's heap {fig['sqlite_kib_slope_per_h']:+} KiB/h, malloc in use "
+          f"{fig['malloc_used_kib_slope_per_h']:+} KiB/h (main arena; Python objects live in pymalloc's own arenas)")
     for name in ("fds", "threads", "tasks"):
         print(f"  {name:<8} {fig[f'{name}_first']} -> {fig[f'{name}_last']} (max {fig[f'{name}_max']}), "
               f"{fig[f'{name}_slope_per_h']:+}/h: "

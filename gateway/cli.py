@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import click
 
@@ -22,27 +22,29 @@ from koto.errors import KotoError, explain_os_error
 from .cli_common import DEFAULT_CONFIG, config_option, open_ledger_ro, resolve, state_option
 from .logs import setup_logging
 
+# Commands that live in their own modules, imported only when named: `koto run` (the daemon, resident for months)
+# then never loads learn, provision, doctor, support-bundle and the rest, about 2 MiB of RSS (bench/daemon_cost.py).
+LAZY_COMMANDS = {
+    "check": ("cli_check", "check"), "discover": ("cli_discover", "discover"), "doctor": ("cli_doctor", "doctor"),
+    "firstboot": ("cli_firstboot", "firstboot"), "learn": ("cli_learn", "learn"), "logs": ("cli_logs", "logs"),
+    "profile": ("cli_profile", "profile"), "provision": ("cli_provision", "provision"),
+    "status": ("cli_status", "status"), "support-bundle": ("cli_support", "support_bundle"),
+    "usage": ("cli_usage", "usage"),
+}
+
 
 class _LazyGroup(click.Group):
-    """Commands that live in their own modules, imported when named: `koto usage` loads the ledger and its report,
-    not the daemon, the learner and the provisioning code (a third of its start-up, ~6 MB of its memory)."""
-
-    LAZY: ClassVar[dict[str, str]] = {
-        "check": "cli_check", "discover": "cli_discover", "doctor": "cli_doctor", "firstboot": "cli_firstboot",
-        "logs": "cli_logs", "provision": "cli_provision", "status": "cli_status",
-        "support-bundle": "cli_support:support_bundle", "usage": "cli_usage", "profile": "cli_profile",
-        "learn": "cli_learn"}
+    """A click group whose LAZY_COMMANDS are imported on first use (click's documented lazy-loading pattern)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *self.LAZY})
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self.commands and cmd_name in self.LAZY:
+        if cmd_name in LAZY_COMMANDS and cmd_name not in self.commands:
             import importlib
 
-            module, _, attr = self.LAZY[cmd_name].partition(":")
-            command = getattr(importlib.import_module(f"{__package__}.{module}"), attr or cmd_name)
-            self.add_command(command, cmd_name)
+            module, attr = LAZY_COMMANDS[cmd_name]
+            self.add_command(getattr(importlib.import_module(f".{module}", __package__), attr), cmd_name)
         return super().get_command(ctx, cmd_name)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -112,13 +113,40 @@ class PowerRing:
         return pts
 
 
+    def trace_lines(self) -> Iterator[str]:
+        """The data lines of `format_trace(self.points())`, made one at a time: the writer's memory stays a few KB
+        whatever the ring's fill, where a full ring's 21,600 TracePoints and their lines took about 5 MB per
+        appliance each write, a high-water mark the allocator kept (bench/soak.py). A ring whose times go back (the
+        wall clock stepped) takes the sorting path, `points()`."""
+        start = (self._next - self._n) % self.size
+        ds, mw, base = self._ds, self._mw, self._base
+        prev = None
+        for k in range(self._n):
+            d = ds[(start + k) % self.size]
+            if prev is not None and d < prev:
+                yield from (_line(p) for p in self.points())
+                return
+            prev = d
+        first = round(base + ds[start] / 10, 1) if self._n else float("-inf")
+        sigs = sorted((s for s in self.signals if s.t >= first), key=lambda s: s.t)
+        j = 0
+        for k in range(self._n):
+            i = (start + k) % self.size
+            t = round(base + ds[i] / 10, 1)
+            while j < len(sigs) and sigs[j].t <= t:  # at the same time a signal sorts before a power reading
+                yield _line(sigs[j])
+                j += 1
+            yield f"{t:.3f},{mw[i] / 1000:.3f},,"
+        yield from (_line(s) for s in sigs[j:])
+
+
+def _line(p: TracePoint) -> str:
+    return f"{p.t:.3f},{p.power_mw / 1000:.3f},," if p.power_mw is not None else f"{p.t:.3f},,{p.signal},{p.value}"
+
+
 def format_trace(points: Iterable[TracePoint], comment: str = "") -> str:
     lines = [f"# {c}" for c in comment.splitlines()] + [HEADER]
-    for p in points:
-        if p.power_mw is not None:
-            lines.append(f"{p.t:.3f},{p.power_mw / 1000:.3f},,")
-        else:
-            lines.append(f"{p.t:.3f},,{p.signal},{p.value}")
+    lines += map(_line, points)
     return "\n".join(lines) + "\n"
 
 
@@ -228,19 +256,20 @@ class PowerLog:
         daemon runs it in a thread."""
         done = 0
         for a, ring in rings.items():
-            body = format_trace(ring.points(), f"koto power trace of {a}, written {time.time():.0f}")
+            head = f"# koto power trace of {a}, written {time.time():.0f}\n{HEADER}\n"
+            body = itertools.chain([head], (line + "\n" for line in ring.trace_lines()))
             if self._put(self.folder / trace_name(a), body):
                 self._written[a] = ring.changes
                 done += 1
         return done
 
-    def _put(self, path: Path, body: str) -> bool:
+    def _put(self, path: Path, body: Iterable[str]) -> bool:
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         try:
             path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
             with os.fdopen(fd, "w") as f:
-                f.write(body)
+                f.writelines(body)
             os.replace(tmp, path)
         except OSError as e:
             if not self._failing:

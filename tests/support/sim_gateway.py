@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import json
 import os
 import sqlite3
@@ -197,9 +199,37 @@ class Sim:
             if trim is not None:
                 trim(0)
             tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"pid": os.getpid(), "tasks": len(asyncio.all_tasks()), "sim_s": self.t()}))
+            tmp.write_text(json.dumps({"pid": os.getpid(), "tasks": len(asyncio.all_tasks()), "sim_s": self.t(),
+                                       **memory_split()}))
             os.replace(tmp, out)
             await asyncio.sleep(self.plan.probe_every_s)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                                                "uordblks", "fordblks", "keepcost")]
+
+
+@functools.cache
+def _libs() -> tuple[Any, Any]:
+    sqlite = ctypes.CDLL("libsqlite3.so.0")  # the copy _sqlite3 linked: its counters are the ledger's
+    sqlite.sqlite3_memory_used.restype = ctypes.c_int64
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    return sqlite, libc
+
+
+def memory_split() -> dict[str, int]:
+    """Where the process's heap is (the soak's attribution of RSS growth): SQLite's own allocations (page caches,
+    statements), and glibc malloc's bytes in use and free-but-kept (main arena plus mmapped chunks). Empty when the
+    libraries are not the shared ones this expects."""
+    try:
+        sqlite, libc = _libs()
+        mi = libc.mallinfo2()
+    except (OSError, AttributeError):
+        return {}
+    return {"sqlite_kib": int(sqlite.sqlite3_memory_used()) // 1024,
+            "malloc_used_kib": (mi.uordblks + mi.hblkhd) // 1024, "malloc_free_kib": mi.fordblks // 1024}
 
 
 def snapshot(conn: sqlite3.Connection, folder: Path) -> None:
