@@ -36,12 +36,17 @@ def test_the_wall_clock_jumps_by_the_offset_in_the_file_and_monotonic_time_does_
     assert 0 < after.mono_ns - before.mono_ns < 2_000_000_000
 
 
-def test_the_power_cut_image_holds_exactly_what_was_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store, "transaction", store.transaction)  # undone after the test
+@pytest.fixture
+def images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The power-cut snapshot hooks installed for one test (the patched functions are put back after it)."""
+    monkeypatch.setattr(store, "transaction", store.transaction)
     monkeypatch.setattr(facade.Ledger, "_write", facade.Ledger._write)
     monkeypatch.setattr(retention, "transaction", retention.transaction)  # type: ignore[attr-defined]
-    images = tmp_path / "images"
-    install_power_cut_snapshots(images)
+    install_power_cut_snapshots(tmp_path / "images")
+    return tmp_path / "images"
+
+
+def test_the_power_cut_image_holds_exactly_what_was_committed(tmp_path: Path, images: Path) -> None:
     ledger = open_ledger(tmp_path / "gw", "gw-1")
     try:
         append_usage(ledger, 30, batch=10)
@@ -60,14 +65,9 @@ def test_the_power_cut_image_holds_exactly_what_was_committed(tmp_path: Path, mo
         assert image.verify(device_key(tmp_path / "gw").public_key()).ok
 
 
-def test_a_committed_prune_is_in_the_power_cut_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_committed_prune_is_in_the_power_cut_image(tmp_path: Path, images: Path) -> None:
     """Retention's prune commits through its own reference to `transaction`: the image must follow it, or a power
     cut in the chaos suite would put back records a committed prune deleted (the anchor would move back)."""
-    monkeypatch.setattr(store, "transaction", store.transaction)
-    monkeypatch.setattr(facade.Ledger, "_write", facade.Ledger._write)
-    monkeypatch.setattr(retention, "transaction", retention.transaction)  # type: ignore[attr-defined]
-    images = tmp_path / "images"
-    install_power_cut_snapshots(images)
     ledger = open_ledger(tmp_path / "gw", "gw-1")
     try:
         append_usage(ledger, 30, batch=10)
