@@ -17,6 +17,7 @@ from gateway.config import parse_config
 from gateway.daemon import Gateway
 from gateway.state import StateDir
 from koto.clock import SystemClock
+from tests.support.cloudpeer import until
 from tests.support.ledger_checks import assert_contiguous, conservation, ledger_events
 
 
@@ -28,12 +29,17 @@ def config(tmp: Path, port: str) -> dict[str, object]:
                                              "baud": 9600, "poll_s": 0.05, "timeout_s": 0.3}}}]}
 
 
-async def run_for(cfg: dict[str, object], seconds: float, *, fill_after_s: float | None = None) -> Gateway:
+async def run_for(cfg: dict[str, object], seconds: float, *, fill: bool = False, until_seq_above: int = 0) -> Gateway:
+    """Run a gateway until its ledger is past `until_seq_above`, then for `seconds`; with `fill`, the disk fills as
+    soon as the first usage record is stored (seq 1 is the start's lifecycle record)."""
     gw = Gateway(parse_config(cfg, file="koto.toml"), clock=SystemClock(), sync_enabled=False)
     stop = asyncio.Event()
     task = asyncio.create_task(gw.run(stop))
-    if fill_after_s is not None:
-        await asyncio.sleep(fill_after_s)
+    # A loaded machine can take longer than any fixed sleep to poll, open a function and commit; this test is about
+    # what is stored, so it waits for the records (or for the gateway to end), not for the clock.
+    seq = max(until_seq_above, 1 if fill else 0)
+    await until(lambda: task.done() or gw.ledger.head()[0] > seq, within=60.0)
+    if fill:
         db = gw.ledger._conn  # the test reaches into SQLite only to make it run out of room
         with gw.ledger._mutex:
             (pages,) = db.execute("PRAGMA page_count").fetchone()
@@ -51,7 +57,7 @@ async def test_a_stop_on_a_full_disk_says_what_it_could_not_store_and_the_regist
     async with ModbusSimulator([meter], baud=9600) as bus:
         cfg = config(tmp_path, bus.port)
         with caplog.at_level(logging.ERROR, logger="koto.gateway"):
-            first = await run_for(cfg, 3.0, fill_after_s=1.5)
+            first = await run_for(cfg, 2.0, fill=True)
         assert first.stats.append_failures > 0
         lines = [r.getMessage() for r in caplog.records if "could not store" in r.getMessage()]
         stopped = [ln for ln in lines if ln.startswith("ledger: stopping with")]
@@ -60,10 +66,11 @@ async def test_a_stop_on_a_full_disk_says_what_it_could_not_store_and_the_regist
                       r"start\)", stopped[0])
         assert m is not None, stopped[0]
         held_records, held_mwh = int(m[1]), int(m[2])
-        assert held_records >= 2 and held_mwh > 0  # interim records every second for ~1.5 s at 2 kW
+        assert held_records >= 2 and held_mwh > 0  # interim records every second for ~2 s at 2 kW
         head_after_first = ledger_events(tmp_path / "state" / "ledger.db", "gw-full")[-1]["data"]["seq"]
 
-        await run_for(cfg, 2.0)  # space again (a new connection has no page limit): the next start
+        # Space again (a new connection has no page limit): the next start, until its lifecycle record and one usage.
+        await run_for(cfg, 0.5, until_seq_above=head_after_first + 1)
 
     events = ledger_events(tmp_path / "state" / "ledger.db", "gw-full")
     assert_contiguous(events)
