@@ -45,16 +45,17 @@ from koto.clock import Now
 from koto.reading import Quantity, Reading
 
 from ..detect import NO_CHANGE, RUNNING, CycleTracker, Detector
-from ..energy import FIRST, JUMP, MW_NS_PER_MWH, OK, Authority, EnergySpec
+from ..energy import MW_NS_PER_MWH, Authority, EnergySpec
 from ..policy import Policy
 from ..profile import Profile
 from ..records import GapReason, RecordKind
 from .checkpoint import VERSION, Checkpoint, dump, load
 from .emit import Recorder
+from .energy_feed import EnergyFeed, moment
 from .results import EMPTY, FeedResult, Item, MeterEvent, clock_time
 from .screen import Refusal, refuse_power, screen
 from .segments import Segments
-from .state import DETECT, INTERIM, USE, Deferred, MeterState, Segment
+from .state import DETECT, INTERIM, USE, Deferred, MeterState
 
 REJECT_FACTOR_NUM, REJECT_FACTOR_DEN = 3, 2  # power above 1.5 x the profile's max_power is rejected
 IDENTITY_SIGNALS = frozenset({"serial", "meter_id"})  # a SIGNAL from the energy source naming the meter itself
@@ -65,11 +66,7 @@ _INTERIM = RecordKind.INTERIM
 _BACKWARDS = Refusal("time_backwards", "time went backwards")
 
 
-def _moment(r: Reading) -> Now:
-    return Now(r.t_mono_ns, r.t_wall, r.wall_synced, r.boot_id)
-
-
-class ApplianceMeter:
+class ApplianceMeter(EnergyFeed):
     """Meter one appliance. See the module docstring for the record rules.
 
     `feed(reading)`, `tick(now)` and `close(now)` return a `FeedResult` (the shared empty one when nothing
@@ -176,14 +173,14 @@ class ApplianceMeter:
                     self._reject(r, _BACKWARDS)
                 else:
                     if st.deferred:
-                        self._settle_deferred(_moment(r))
+                        self._settle_deferred(moment(r))
                         seg = self._segments.current()
                     c.last_ns = t
                     self._advance(seg, t, r.t_wall, r.wall_synced)
                     c.power_mw = v
                     sw = self.detector.update(t, v)
                     if sw != NO_CHANGE:
-                        self._segments.detected(sw, _moment(r), v)
+                        self._segments.detected(sw, moment(r), v)
                         seg = self._segments.current()
                     if v > seg.peak_mw:
                         seg.peak_mw = v
@@ -192,10 +189,10 @@ class ApplianceMeter:
                         mk.peak_mw = v
                     cs = self.cycle.update(t, v)
                     if cs:
-                        self._segments.use_changed(cs, _moment(r), v, self.cycle.since)
+                        self._segments.use_changed(cs, moment(r), v, self.cycle.since)
                         seg = self._segments.current()
                     if t >= seg.due_ns:
-                        self._segments.cut(_INTERIM, _moment(r))
+                        self._segments.cut(_INTERIM, moment(r))
         else:
             self._feed_other(r)
         if self._ev or self._items:
@@ -298,7 +295,7 @@ class ApplianceMeter:
         if c.boot and (r.boot_id != c.boot or t - c.last_ns > self._gap_ns or st.stopped):
             self._stop_covering(self._gap_reason(r))
         elif st.deferred:
-            self._settle_deferred(_moment(r))
+            self._settle_deferred(moment(r))
         first = not c.boot
         if r.boot_id != c.boot and c.boot:
             self.detector.rebase(t)
@@ -314,7 +311,7 @@ class ApplianceMeter:
         c.power_mw = v
         if first:
             self.detector.start(v)
-            self._segments.switch(_moment(r), v)
+            self._segments.switch(moment(r), v)
         self._detect(t, v, r)
         seg = st.seg
         if seg is not None and v > seg.peak_mw:
@@ -346,7 +343,7 @@ class ApplianceMeter:
         if changed and st.seg is not None and r.boot_id == c.boot and r.t_mono_ns - c.last_ns <= self._gap_ns:
             # A signal is not a reading of the energy source: like a tick's, its switch waits for the next
             # reading (or, at its moment, the one it came with) and takes its boundary at the signal.
-            at = _moment(r) if r.t_mono_ns >= c.mono_ns else c.at()
+            at = moment(r) if r.t_mono_ns >= c.mono_ns else c.at()
             sw = self.detector.update(at.mono_ns, c.power_mw)
             if sw != NO_CHANGE:
                 self._decided(DETECT, sw, at, c.power_mw)
@@ -364,7 +361,7 @@ class ApplianceMeter:
         st = self.state
         c = st.cursor
         t = r.t_mono_ns
-        at = _moment(r)
+        at = moment(r)
         if c.boot:
             if st.seg is not None or st.gap is None:
                 self._stop_covering(self._gap_reason(r))
@@ -393,10 +390,10 @@ class ApplianceMeter:
         say (at once for a reading; for a tick's moment, once a reading covers it: see `_decided`)."""
         sw = self.detector.update(t, p)
         if sw != NO_CHANGE:
-            self._decided(DETECT, sw, src if isinstance(src, Now) else _moment(src), p)
+            self._decided(DETECT, sw, src if isinstance(src, Now) else moment(src), p)
         cs = self.cycle.update(t, p)
         if cs:
-            self._decided(USE, cs, src if isinstance(src, Now) else _moment(src), p)
+            self._decided(USE, cs, src if isinstance(src, Now) else moment(src), p)
 
     def _decided(self, action: str, code: int, at: Now, p: int) -> None:
         """Act on a decision taken at `at` now if the cursor has reached it; else defer it to the next reading of the
@@ -456,95 +453,6 @@ class ApplianceMeter:
             self._settle_deferred(None)
             self._segments.drop_empty()
         self._segments.begin_gap(reason)
-
-    # ------------------------------------------------------------------ energy
-
-    def _advance(self, seg: Segment, t: int, wall: float, synced: bool) -> None:
-        """Move the cursor to `t`, integrating (power kind) or weighting (register/pulses) the power in force over
-        the open segment `seg` and its mark. The moment comes as three values, not a `Now`: this runs for every
-        reading, and a moment object per reading would be the hot path's only allocation."""
-        c = self.state.cursor
-        dt = t - c.mono_ns
-        if dt <= 0:
-            return
-        if self._power_kind:
-            acc = c.acc + c.power_mw * dt
-            if acc >= MW_NS_PER_MWH:
-                e = acc // MW_NS_PER_MWH
-                seg.mwh += e
-                mk = seg.mark
-                if mk is not None:
-                    mk.mwh += e
-                acc -= e * MW_NS_PER_MWH
-            c.acc = acc
-        else:
-            mk = seg.mark
-            if c.seen_power:
-                seg.weight += c.power_mw * dt
-                if mk is not None:
-                    mk.weight += c.power_mw * dt
-            seg.dur_ns += dt
-            if mk is not None:
-                mk.dur_ns += dt
-        c.mono_ns = t
-        c.wall = wall
-        c.synced = synced
-
-    def _authority(self, r: Reading, raw: int) -> None:
-        """A register or pulse reading: its delta since the previous one goes to the held slices and the open
-        segment, or to the pending gap, or (an implausible jump) to a gap of its own."""
-        st = self.state
-        c = st.cursor
-        a = st.authority
-        segs = self._segments
-        t = r.t_mono_ns
-        if r.boot_id == a.last.boot_id:
-            dt = t - a.last.mono_ns
-        else:  # monotonic time is not comparable across boots: judge plausibility by the wall clock
-            dt = max(0, round((r.t_wall - a.last.wall) * 1e9))
-        if st.seg is not None:
-            self._advance(st.seg, t, r.t_wall, r.wall_synced)
-        swapped = a.swap_pending
-        a.swap_pending = False
-        before_raw = self._auth.last_raw
-        status, d = self._auth.observe(raw, dt, self._max_mw, swapped=swapped)
-        at = a.last = _moment(r)
-        if status == FIRST:
-            a.chain_mwh = self._auth.mwh(self._auth.cont)
-            st.gap = None  # nothing was covered before the first authority reading: nothing to fill
-            if st.seg is None:
-                if self.detector.cur < 0:
-                    self.detector.start(c.power_mw)
-                    segs.switch(at, c.power_mw)
-                c.move(at)
-                segs.open(at)
-            return
-        if status != OK:
-            event, words = self._recorder.anomaly(status, at, before_raw, raw, d, self._auth.offset, self._max_mw)
-            self._ev.append(MeterEvent(event, self.appliance, self.function, c.power_mw, r.t_wall,
-                                       f"{self.appliance}: {words}"))
-        if st.gap is not None:
-            if st.held:
-                segs.allocate(0)
-            resume = segs.end_gap(at, d)
-            c.move(resume)
-            segs.open(resume)
-        elif status == JUMP:
-            segs.allocate(0)
-            segs.cut(_INTERIM, at)
-            self._recorder.gap(at, at, d, GapReason.IMPLAUSIBLE)
-        elif self._settles and c.seen_power:
-            segs.settle(d, t, r.boot_id, self._settle_ns)
-        else:
-            segs.allocate(d)
-        if not c.seen_power and dt > 0 and status != JUMP:
-            # no power samples on this source: detect on the power the authority implies over the interval
-            p = d * MW_NS_PER_MWH // dt
-            c.power_mw = p
-            self._detect(t, p, r)
-            seg = st.seg
-            if seg is not None and p > seg.peak_mw:
-                seg.peak_mw = p
 
     def _result(self) -> FeedResult:
         res = FeedResult(tuple(self._ev), tuple(self._items), self.appliance)
