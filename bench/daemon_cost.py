@@ -89,7 +89,10 @@ def _write_bytes(pid: int) -> int:
 
 
 class Notify:
-    """A $NOTIFY_SOCKET to receive the daemon's READY=1 on (what systemd does)."""
+    """A $NOTIFY_SOCKET to receive the daemon's READY=1 on, and then to go on reading it as systemd does: a listener
+    that stops after READY fills its queue with STATUS lines (net.unix.max_dgram_qlen is often 10), and a daemon
+    that sent blocking would hang there (gateway/sdnotify.py sends non-blocking since a run measured 0 bytes and
+    0 % CPU that way)."""
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="koto-n"))  # short: an AF_UNIX path has at most 107 bytes
@@ -97,6 +100,8 @@ class Notify:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
         self.sock.setblocking(False)
+        self._drain: asyncio.Future[None] | None = None
+        self.statuses = 0  # STATUS lines read after READY
 
     async def ready(self, proc: asyncio.subprocess.Process, limit_s: float) -> float:
         """Monotonic time READY=1 arrived; raises when the process ends or `limit_s` passes first."""
@@ -109,12 +114,22 @@ class Notify:
                 if recv in done:
                     ended.cancel()
                     if b"READY=1" in recv.result():
-                        return time.monotonic()
+                        at = time.monotonic()
+                        if self._drain is None:
+                            self._drain = asyncio.ensure_future(self._read_on())
+                        return at
                     continue
                 recv.cancel()
                 raise RuntimeError(f"koto run exited {proc.returncode} before READY")
 
+    async def _read_on(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self.statuses += 1 if b"STATUS=" in await loop.sock_recv(self.sock, 4096) else 0
+
     def close(self) -> None:
+        if self._drain is not None:
+            self._drain.cancel()
         self.sock.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -124,6 +139,15 @@ async def _start_koto(cfg: Path, notify: Notify, log: Path) -> asyncio.subproces
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg), cwd=REPO, stdout=subprocess.DEVNULL,
             stderr=err, env={**os.environ, **UNIT_ENV, "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": notify.path})
+
+
+def _alive(proc: asyncio.subprocess.Process, log: Path) -> None:
+    """Raise unless the daemon ran through the window: a process that ended (a zombie keeps its last CPU and I/O
+    counters) would pass for one that cost nothing."""
+    state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    if proc.returncode is not None or state in ("Z", "X"):
+        tail = log.read_text(errors="replace").splitlines()[-5:]
+        raise RuntimeError(f"koto run ended during the measurement (state {state}); its log ends: {tail}")
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
@@ -157,11 +181,15 @@ async def steady(meters: int, seconds: float, *, settle_s: float = 15.0,
                 await notify.ready(proc, 60)
                 await asyncio.sleep(settle_s)
                 cpu0, wb0, t0 = _cpu_s(proc.pid), _write_bytes(proc.pid), time.monotonic()
+                statuses0 = notify.statuses
                 rss_samples = []
                 while time.monotonic() - t0 < seconds:
                     await asyncio.sleep(5)
                     rss_samples.append(_status_kib(proc.pid, "VmRSS"))
                 cpu1, wb1, t1 = _cpu_s(proc.pid), _write_bytes(proc.pid), time.monotonic()
+                _alive(proc, work / "koto.log")
+                if t1 - t0 > 15 and notify.statuses == statuses0:  # STATUS= comes every 5 s from a live loop
+                    raise RuntimeError("koto run sent no STATUS during the measurement: its event loop is stuck")
                 hwm = _status_kib(proc.pid, "VmHWM")
                 pss = _pss_kib(proc.pid)
             finally:

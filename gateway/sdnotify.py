@@ -9,8 +9,9 @@ The watchdog: with `WatchdogSec=` in the unit, systemd sets `$WATCHDOG_USEC` (an
 restarts the service when no `WATCHDOG=1` arrives within that time. `watchdog_interval_s()` returns half of it, the
 interval sd_watchdog_enabled(3) recommends, or None when the watchdog is off or meant for another process.
 
-Sending never raises: a notification that cannot be delivered (the socket went away during a shutdown) must not take
-the daemon down; it is logged once at debug level.
+Sending never raises and never blocks: a notification that cannot be delivered (the socket went away during a
+shutdown, or a listener that stopped reading left no room in its queue) must not take the daemon down or stall its
+event loop; it is dropped and logged once at debug level.
 """
 
 from __future__ import annotations
@@ -51,7 +52,11 @@ class Notifier:
             lines.append(f"{key}={text}")
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # Non-blocking: a listener that does not read (a stuck manager, a test harness that got its READY
+                # and stopped listening) fills its queue (net.unix.max_dgram_qlen, often 10 datagrams), and a
+                # blocking sendto would then stop the event loop for good. A datagram that finds no room is dropped.
+                kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+                self._sock = socket.socket(socket.AF_UNIX, kind)
             self._sock.sendto("\n".join(lines).encode(), self._addr)
         except OSError as e:
             if not self._failed:

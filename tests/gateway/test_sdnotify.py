@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +69,22 @@ def test_a_vanished_socket_is_survived_not_raised(tmp_path: Path):
     assert n.enabled
     assert not n.ready()  # ENOENT: logged once at debug, never raised
     assert not n.watchdog()
+
+
+def test_a_listener_that_stops_reading_never_blocks_the_sender(listener):
+    """A full datagram queue (net.unix.max_dgram_qlen) drops the notification; a blocking send would hang the
+    daemon's event loop for ever, which is how a bench that stopped reading after READY saw a gateway do nothing."""
+    path, sock = listener
+    n = Notifier(environ={"NOTIFY_SOCKET": path})
+    results: list[bool] = []
+    sender = threading.Thread(target=lambda: results.extend(n.status(f"status {i}") for i in range(200)), daemon=True)
+    sender.start()
+    sender.join(scaled(10))
+    assert not sender.is_alive(), "sd_notify blocked on a full queue"
+    assert results[0] and not results[-1]  # the queue took the first ones; the rest found no room and were dropped
+    assert received(sock) == {"STATUS": "status 0"}
+    assert n.status("after a read")  # room again: delivered
+    n.close()
 
 
 @pytest.mark.parametrize(("env", "interval"), [
