@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import os
 import shutil
@@ -59,6 +60,17 @@ def _toml(state: Path, port: str, meters: int, gateway_id: str, interim_s: float
 
 # What systemd/koto.service sets that changes the footprint: the daemon is measured as it runs on the Pi.
 UNIT_ENV = {"MALLOC_ARENA_MAX": "2"}
+
+
+def runtime_env() -> dict[str, str]:
+    """$RUNTIME_DIRECTORY on a tmpfs, as systemd's `RuntimeDirectory=koto` gives the daemon on a Pi (/run is a
+    tmpfs there): the status file it rewrites every few seconds and the power traces live there and never reach the
+    SD card. Without it the daemon falls back to /run/koto, which on a build machine or a container may be on disk,
+    and /proc/PID/io would count those rewrites as card writes. The folder is removed when the bench exits."""
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    folder = Path(tempfile.mkdtemp(prefix="koto-run-", dir=base))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return {"RUNTIME_DIRECTORY": str(folder)}
 
 
 def _pss_kib(pid: int) -> int:
@@ -138,7 +150,8 @@ async def _start_koto(cfg: Path, notify: Notify, log: Path) -> asyncio.subproces
     with log.open("wb") as err:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg), cwd=REPO, stdout=subprocess.DEVNULL,
-            stderr=err, env={**os.environ, **UNIT_ENV, "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": notify.path})
+            stderr=err, env={**os.environ, **UNIT_ENV, **runtime_env(), "PYTHONPATH": str(REPO),
+                 "NOTIFY_SOCKET": notify.path})
 
 
 def _alive(proc: asyncio.subprocess.Process, log: Path) -> None:
@@ -242,7 +255,7 @@ def demo_rss(minutes: float) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="koto-demo-") as tmp:
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "demo", "--state-dir", f"{tmp}/s", "--speed",
                                  "1", "--minutes", str(minutes)], cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env={**os.environ, **UNIT_ENV})
+                                stderr=subprocess.DEVNULL, env={**os.environ, **UNIT_ENV, **runtime_env()})
         peak = 0
         while proc.poll() is None:
             with contextlib.suppress(OSError, ValueError):

@@ -89,10 +89,23 @@ class _Timex(ctypes.Structure):
     ]
 
 
+_libc: ctypes.CDLL | None = None
+
+
+def _load_libc() -> ctypes.CDLL:
+    """The C library, loaded once: `ctypes.util.find_library` runs `ldconfig -p` in a child process, which a check
+    every 10 s turned into a fork, an exec and a parse of the whole library cache, a good part of the daemon's idle
+    CPU. The handle is cached on success only, so a failure is retried."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return _libc
+
+
 def kernel_clock_synced() -> bool:
     """Ask the kernel (adjtimex, read-only) whether an NTP daemon has synchronised the clock."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = _load_libc()
         tx = _Timex()
         state = libc.adjtimex(ctypes.byref(tx))
     except (OSError, AttributeError):

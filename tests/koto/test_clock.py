@@ -28,3 +28,18 @@ async def test_sleeping_on_a_manual_clock_moves_it_and_on_a_scaled_clock_takes_a
     await scaled.sleep(20.0)  # 20 ms of real time
     assert scaled.now().mono_ns - before >= 20 * S
     assert time.monotonic() - real0 < 5.0  # not 20 real seconds
+
+
+def test_the_clock_sync_check_looks_for_the_c_library_once_not_every_time(monkeypatch) -> None:
+    """find_library runs `ldconfig -p` in a child process: the daemon checks the sync flag every 10 s for years."""
+    import ctypes.util
+
+    import koto.clock as clock
+
+    looked: list[str] = []
+    real = ctypes.util.find_library
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: looked.append(name) or real(name))
+    monkeypatch.setattr(clock, "_libc", None)
+    answers = {clock.kernel_clock_synced() for _ in range(5)}
+    assert looked == ["c"]
+    assert len(answers) == 1  # the same kernel answer each time (whatever this machine's NTP state is)
