@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--limit-mb", type=float, default=10.0)
+    p.add_argument("--json", action="store_true", help="also print the figures as one JSON line (bench/report.py)")
     args = p.parse_args(argv)
     off = run(False, args.seconds, 0)
     on = run(True, args.seconds, args.requests)
@@ -95,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
           "requests")
     print(f"difference: {diff_mb:+.1f} MB (peak {(on['VmHWM'] - off['VmHWM']) / 1024:+.1f} MB); budget "
           f"{args.limit_mb:g} MB: {'ok' if diff_mb <= args.limit_mb else 'OVER'}")
+    if args.json:
+        from bench.figures import Figure, emit
+
+        emit("web_rss", [Figure("daemon RSS with the status page on", on["VmRSS"] / 1024, "MB",
+                                baseline=off["VmRSS"] / 1024, baseline_name="the same daemon, page off",
+                                target=f"<= +{args.limit_mb:g} MB")], argv=["--json"])
     return 0 if diff_mb <= args.limit_mb else 1
 
 
