@@ -3,7 +3,8 @@ meter-day, and the cold start to READY with a 1,000,000-record ledger; each besi
 
     .venv/bin/python -m bench.daemon_cost [--meters 8] [--seconds 120] [--demo-minutes 3] [--ledger STATE] [--json]
 
-1. **steady load**: `koto run` (a child process, the production daemon) with `--meters` Eastron SDM120 meters on
+1. **steady load**: `koto run` (a child process, the production daemon started as the unit starts it: the console
+   script's module, gateway.entry) with `--meters` Eastron SDM120 meters on
    one simulated RS-485 bus (a pymodbus RTU server on a pty pair in *this* process, so its cost is not counted),
    each polled at 1 Hz, every meter an appliance. After READY and a 15 s settle, for `--seconds`: the daemon's CPU
    (utime + stime from /proc/PID/stat) as a share of one core per meter, its RSS (VmRSS, and VmHWM at the end)
@@ -12,10 +13,17 @@ meter-day, and the cold start to READY with a 1,000,000-record ledger; each besi
    No [cloud]: sync is measured by bench/sync.
    Baseline: a bare Python interpreter that polls the same meters with pymodbus (one request per meter per second,
    nothing decoded or stored), the least any Python poller does.
-2. **three driver kinds**: `koto demo --speed 1` (a Modbus meter on a pty, an S0 pulse meter on a MockFactory pin,
-   a BTHome plug replayed through bleak's front end, real time) in a child: peak RSS (wait4's ru_maxrss). The
-   simulators run in the same process, so this is an upper bound. Baseline: the interpreter with nothing imported.
-3. **cold start**: `koto run` on a copy of the 1,000,000-record ledger made by bench/ledger_scale.py (`--ledger`,
+2. **three driver kinds** (the issue's RSS target): `koto run` in a child with an SDM120 on a pty (its server in
+   *this* process), a kettle on an S0 pulse meter and an air conditioner on a BTHome plug with its reversing-valve
+   contact on a GPIO, real time, the household page on as in production, no [cloud] (as in section 1). The child
+   is tests/support/sim_gateway.py: the console script's `koto run` with gpiozero's MockFactory and the BLE replay
+   backend in place of lgpio and BlueZ; the pulse trains and adverts come from a few small tasks on the daemon's
+   loop (a MockFactory pin lives in its process), the Modbus server does not. Peak RSS (VmHWM), RSS and PSS after
+   a settle, and its CPU. On a Pi, bleak's BlueZ backend (dbus-fast) is also imported; here BLE is replayed, so
+   that part is not in the figure.
+3. **koto demo** (`--speed 1`, the same three kinds with their simulators and the washer's pymodbus server in one
+   process): peak RSS, an upper bound for section 2. Baseline: the interpreter with nothing imported.
+4. **cold start**: `koto run` on a copy of the 1,000,000-record ledger made by bench/ledger_scale.py (`--ledger`,
    default /tmp/koto-ledger-1000000, generated there when missing), from exec to the READY=1 it sends to
    $NOTIFY_SOCKET (a real AF_UNIX datagram socket here), beside the same with an empty ledger. `[home_assistant]`
    is on (its broker absent: the totals are read at the start all the same), and the copy's pages are dropped from
@@ -210,11 +218,7 @@ bounce_ms = 5
 
 
 async def three_kinds(seconds: float, *, settle_s: float = 15.0) -> dict[str, float]:
-    """Section 2: `koto run` with all three driver kinds, real time: an SDM120 on a pty (served by this process), a
-    kettle on an S0 pulse meter (a gpiozero MockFactory pin) and an air conditioner on a BTHome plug with its
-    reversing-valve contact on a GPIO. The child is tests/support/sim_gateway.py: the console script's `koto run`
-    with the pin factory and BLE backend swapped for simulated ones, whose pulse trains and adverts come from small
-    tasks on the daemon's own loop (a MockFactory pin lives in its process); the Modbus meter's server does not."""
+    """Section 2 (module docstring): `koto run` with all three driver kinds, measured for `seconds` after a settle."""
     from drivers.modbus_sim import ModbusSimulator, SimMeter
     from gateway.state import StateDir
     from tests.support.sim_gateway import PLAN_ENV, Plan
@@ -287,7 +291,7 @@ async def _bare_poller(port: str, meters: int, seconds: float) -> dict[str, floa
 
 
 def demo_rss(minutes: float) -> tuple[float, float]:
-    """Section 2: peak RSS (MiB) of `koto demo --speed 1`, and of a bare interpreter: VmHWM read from /proc while
+    """Section 3: peak RSS (MiB) of `koto demo --speed 1`, and of a bare interpreter: VmHWM read from /proc while
     each runs (wait4's ru_maxrss would count the forked copy of this process before exec)."""
     with tempfile.TemporaryDirectory(prefix="koto-demo-") as tmp:
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "demo", "--state-dir", f"{tmp}/s", "--speed",
@@ -316,7 +320,7 @@ def _drop_cache(state: Path) -> None:
 
 
 async def cold_start(ledger_state: Path) -> tuple[float, float, float, int]:
-    """Section 3: seconds from exec to READY with a copy of the big ledger (first start, restart), and with an empty
+    """Section 4: seconds from exec to READY with a copy of the big ledger (first start, restart), and with an empty
     one; its records."""
     from drivers.modbus_sim import ModbusSimulator, SimMeter
     from gateway.state import StateDir
