@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     if "demo" not in skip:
         peak, bare = demo_rss(a.demo_minutes)
         print(f"koto demo --speed 1 (Modbus + S0 + BTHome, simulators in-process): peak RSS {peak:.1f} MiB "
-              f"(target <= 45 MB); bare interpreter {bare:.1f} MiB")
+              f"(an upper bound for the line above); bare interpreter {bare:.1f} MiB")
         figs.append(("peak RSS, koto demo (three driver kinds and their simulators)", peak, "MiB", bare,
                      "bare Python interpreter", "", "koto demo: the simulators run in the same process"))
     if "cold" not in skip:

@@ -1,8 +1,8 @@
 """The `koto` console script. `koto run`, the daemon that stays resident for months, starts here without click;
 every other command (and `koto run --help`, or any argument this parser does not know) goes to `gateway.cli`.
 
-click with its group and the commands' option declarations costs the daemon about 2 MiB of RSS for arguments it
-parses once (bench/daemon_cost.py, docs/performance.md). The daemon's command line is small and fixed, as the
+click with its group and the commands' option declarations costs the daemon about 1.3 MiB of RSS for arguments it
+parses once (docs/performance.md). The daemon's command line is small and fixed, as the
 systemd unit writes it: `koto [-v|-vv|--verbose ...] run [--config FILE | --config=FILE]`, the config defaulting
 to $KOTO_CONFIG and then /etc/koto/koto.toml. Anything else, and the case where no config is found (whose message
 click words), takes the full CLI: what a person typing sees is the same either way.
@@ -33,7 +33,7 @@ def daemon_args(args: Sequence[str], environ: dict[str, str] | None = None) -> t
     while i < len(args) and args[i] in VERBOSE:
         verbose += VERBOSE[args[i]]
         i += 1
-    if args[i:i + 1] != ["run"]:
+    if list(args[i:i + 1]) != ["run"]:
         return None
     rest = list(args[i + 1:])
     config: str | None = None
