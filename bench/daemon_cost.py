@@ -19,8 +19,9 @@ meter-day, and the cold start to READY with a 1,000,000-record ledger; each besi
    is tests/support/sim_gateway.py: the console script's `koto run` with gpiozero's MockFactory and the BLE replay
    backend in place of lgpio and BlueZ; the pulse trains and adverts come from a few small tasks on the daemon's
    loop (a MockFactory pin lives in its process), the Modbus server does not. Peak RSS (VmHWM), RSS and PSS after
-   a settle, and its CPU. On a Pi, bleak's BlueZ backend (dbus-fast) is also imported; here BLE is replayed, so
-   that part is not in the figure.
+   a settle, and its CPU. On a Pi, bleak's BlueZ backend is imported too, but what it brings (dbus-fast) bthome-ble
+   already imports here through habluetooth: BlueZ scanner then bthome-ble cost +2.6 and +5.4 MiB, the 8 MiB that
+   bthome-ble alone costs here (docs/performance.md), so the figure stands for a Pi's daemon.
 3. **koto demo** (`--speed 1`, the same three kinds with their simulators and the washer's pymodbus server in one
    process): peak RSS, an upper bound for section 2. Baseline: the interpreter with nothing imported.
 4. **cold start**: `koto run` on a copy of the 1,000,000-record ledger made by bench/ledger_scale.py (`--ledger`,
