@@ -127,6 +127,10 @@ class Source:
     takes_start_count: ClassVar[bool] = False
     """The driver counts in software from `start_count=` (an S0 input has no register of its own): for the source
     that meters an appliance's energy, the gateway passes the meter's last count, so a restart loses nothing."""
+    takes_channel: ClassVar[bool] = False
+    """The driver reads some values more often than others and takes `channel=` (a `Reading.signal`: "" for a
+    meter's totals, "L1".."L3" for a phase): for the source that meters an appliance's energy, the gateway passes
+    the appliance's channel, whose power and energy the driver then reads on every poll (drivers/modbus.py)."""
 
     def __init__(self, name: str, *, clock: Clock) -> None:
         self.name = name

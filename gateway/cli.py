@@ -17,9 +17,9 @@ from typing import Any
 import click
 
 from koto import __version__
-from koto.errors import KotoError, explain_os_error
 
 from .cli_common import DEFAULT_CONFIG, config_option, open_ledger_ro, resolve, state_option
+from .entry import guarded
 from .logs import setup_logging
 
 # Commands that live in their own modules, imported only when named: `koto run` (the daemon, resident for months)
@@ -111,16 +111,11 @@ class _VerifyProgress:
               help=f"Gateway config (TOML). Default: $KOTO_CONFIG or {DEFAULT_CONFIG}.")
 def run(config_path: str | None) -> None:
     """Run the gateway: sources, meters, ledger and sync, until SIGTERM or Ctrl-C."""
-    import asyncio
-
-    from .runner import run_gateway
+    from .entry import start_daemon
 
     cfg, _sd, _gid = resolve(config_path, None, need_config=True)
     assert cfg is not None  # need_config
-    koto_log = logging.getLogger("koto")
-    if koto_log.getEffectiveLevel() > logging.INFO:
-        koto_log.setLevel(logging.INFO)  # the journal gets one line per event a person cares about, by default
-    asyncio.run(run_gateway(cfg))
+    start_daemon(cfg)
 
 
 @cli.command()
@@ -142,18 +137,12 @@ def demo(state_dir: str, speed: float, minutes: float | None) -> None:
         raise SystemExit(rc)
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for e in group.exceptions:
-        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one `koto` command; return its exit code (0 ok, 1 check failed, 2 usage or config error)."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        cli.main(args=args, prog_name="koto", standalone_mode=False)
+        return guarded(lambda: cli.main(args=args, prog_name="koto", standalone_mode=False),
+                       say=lambda line: click.echo(line, err=True))
     except click.exceptions.Exit as e:
         return int(e.exit_code)
     except click.exceptions.Abort:
@@ -162,24 +151,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.ClickException as e:
         e.show()
         return 2 if e.exit_code in (1, 2) else int(e.exit_code)
-    except KotoError as e:
-        for line in str(e).splitlines():  # a config with several problems: one line each
-            click.echo(f"koto: {line}", err=True)
-        return 2
-    except OSError as e:  # a folder owned by root, a full disk, a read-only card: one line that says what to do
-        click.echo(f"koto: {explain_os_error(e)}", err=True)
-        return 2
-    except BaseExceptionGroup as group:  # the daemon's TaskGroup: plain errors stay plain lines
-        plain, rest = group.split((KotoError, OSError))
-        if rest is not None or plain is None:
-            raise
-        for leaf in _leaves(plain):
-            text = explain_os_error(leaf) if isinstance(leaf, OSError) and not isinstance(leaf, KotoError) else leaf
-            click.echo(f"koto: {text}", err=True)
-        return 2
-    except SystemExit as e:  # commands that exit with a code (verify)
-        return int(e.code or 0) if not isinstance(e.code, str) else 1
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,9 +11,8 @@ import click
 from koto.files import access_problem
 
 from .config import GatewayConfig, load_config
+from .entry import DEFAULT_CONFIG as DEFAULT_CONFIG  # re-exported: every command names it
 from .state import StateDir
-
-DEFAULT_CONFIG = "/etc/koto/koto.toml"
 
 
 def config_option(f: click.decorators.FC) -> click.decorators.FC:

@@ -230,6 +230,8 @@ class Gateway:
         if driver_class(self.sources[name].driver).takes_start_count and app.energy == name:
             # The pulse count continues from the meter's checkpoint: a restart loses nothing already counted.
             kw["start_count"] = self.meters[app.id].last_raw or 0
+        if driver_class(self.sources[name].driver).takes_channel and app.energy == name:
+            kw["channel"] = app.channel  # what the meter takes is read on every poll, diagnostics less often
         return kw
 
     def _sync(self) -> Sync:

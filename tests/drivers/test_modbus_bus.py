@@ -19,7 +19,7 @@ FAST_BUS = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05, "turnaround_s": 0.
 
 def meter(sim: ModbusSimulator, address: int, model: str, **extra: Any) -> ModbusMeterSource:
     cfg = {"driver": "modbus", "port": sim.port, "address": address, "model": model, "poll_s": 0.02,
-           "timeout_s": 0.15, "retries": 0, "baud": 9600, **extra}
+           "timeout_s": 0.15, "retries": 0, "baud": 9600, "diag_every": 1, **extra}  # every register, every poll
     src = build_source(f"{model}-{address}", cfg, clock=ManualClock(), bus_options=FAST_BUS)
     assert isinstance(src, ModbusMeterSource)
     return src
@@ -197,3 +197,42 @@ async def test_a_late_reply_is_never_taken_for_the_retrys_answer() -> None:
             assert got["power"] == round(pzem.truth["power"] * 1000)  # the retry's own reply, not the late one
             assert got["energy"] == round(pzem.truth["energy"] * 1000)
         assert src.health.errors["timeout"] == 3 and src.health.errors["line_noise"] >= 1
+
+
+async def test_between_full_polls_only_the_channels_power_and_energy_are_read(sim: ModbusSimulator) -> None:
+    """diag_every = 3 on an SDM120: the first poll reads all six values (three requests), the next two only power
+    and total energy (two requests: 0x000C and 0x0156 are too far apart for one), the fourth all six again."""
+    async with meter(sim, 1, "sdm120", diag_every=3) as src:
+        keys, requests = [], []
+        for _ in range(4):
+            before = sim.replies
+            keys.append(sorted(by_key(src, await src.poll_once())))
+            requests.append(sim.replies - before)
+        assert src.health.errors == {} and src.health.state == "ok"
+    everything = ["current", "energy", "frequency", "import_energy", "power", "voltage"]
+    assert keys == [everything, ["energy", "power"], ["energy", "power"], everything]
+    assert requests == [3, 2, 2, 3]
+
+
+async def test_a_phase_channel_is_read_every_poll_and_the_totals_between(sim: ModbusSimulator) -> None:
+    """The gateway names the appliance's channel (`channel=`, as for an SDM630 phase): that phase's power and energy
+    every poll, the totals and the other phases only on the full polls."""
+    cfg = {"driver": "modbus", "port": sim.port, "address": 2, "model": "sdm630", "poll_s": 0.02,
+           "timeout_s": 0.15, "retries": 0, "baud": 9600, "diag_every": 2}
+    src = build_source("sdm630-2", cfg, clock=ManualClock(), bus_options=FAST_BUS, channel="L1")
+    assert isinstance(src, ModbusMeterSource)
+    async with src:
+        first, second = await src.poll_once(), await src.poll_once()
+    fast = {(r.quantity, r.signal) for r in second}
+    assert fast == {(q, "L1") for q in (Quantity.POWER_MW, Quantity.ENERGY_MWH)
+                    if any(s.quantity is q and s.signal == "L1" for s in src.map.registers)}
+    assert (Quantity.POWER_MW, "L1") in fast and {(r.quantity, r.signal) for r in first} > fast
+
+
+def test_diag_every_is_checked() -> None:
+    from drivers.errors import DriverConfigError
+
+    for bad in (0, 3601, 2.5, True):
+        cfg = {"driver": "modbus", "port": "/dev/null", "model": "sdm120", "diag_every": bad}
+        with pytest.raises(DriverConfigError, match="diag_every"):
+            build_source("m", cfg, clock=ManualClock())

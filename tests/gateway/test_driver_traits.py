@@ -3,6 +3,7 @@ carry, the backends it needs, whether it continues a count) is declared on its c
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import get_args
 
 import pytest
@@ -14,15 +15,15 @@ from metering.energy import Kind
 
 
 def test_every_registered_driver_declares_its_traits_on_its_class() -> None:
-    traits = {name: (c.driver, c.energy_kind, set(c.needs), c.takes_start_count)
+    traits = {name: (c.driver, c.energy_kind, set(c.needs), c.takes_start_count, c.takes_channel)
               for name, c in ((n, driver_class(n)) for n in REGISTRY)}
     assert traits == {
-        "s0": ("s0", "pulses", {"pin_factory"}, True),
-        "gpio_signal": ("gpio_signal", "register", {"pin_factory"}, False),
-        "mcp3008": ("mcp3008", "power", {"pin_factory"}, False),
-        "modbus": ("modbus", "register", set(), False),
-        "line": ("line", "register", set(), False),
-        "bthome": ("bthome", "register", {"ble"}, False),
+        "s0": ("s0", "pulses", {"pin_factory"}, True, False),
+        "gpio_signal": ("gpio_signal", "register", {"pin_factory"}, False, False),
+        "mcp3008": ("mcp3008", "power", {"pin_factory"}, False, False),
+        "modbus": ("modbus", "register", set(), False, True),
+        "line": ("line", "register", set(), False, False),
+        "bthome": ("bthome", "register", {"ble"}, False, False),
     }
     assert get_args(EnergyKind) == get_args(Kind)  # the drivers' energy kinds are the meter's
 
@@ -55,3 +56,24 @@ def test_an_appliance_meters_by_its_energy_drivers_kind_unless_the_config_says(d
     assert parse_config(raw).appliances[0].energy_kind == kind
     raw["appliance"][0]["energy_kind"] = "power"  # type: ignore[index]
     assert parse_config(raw).appliances[0].energy_kind == "power"
+
+
+def test_the_gateway_names_the_appliances_channel_to_its_energy_source(tmp_path: Path) -> None:
+    """An appliance on one phase of an SDM630: its Modbus source reads that phase's power and energy every poll."""
+    from drivers.modbus import ModbusMeterSource
+    from gateway.daemon import Gateway
+    from gateway.state import StateDir
+    from koto.clock import ManualClock
+
+    StateDir(tmp_path).provision()
+    modbus = {"driver": "modbus", "model": "sdm630", "port": "/dev/ttyUSB0"}
+    cfg = parse_config({"gateway": {"id": "gw-1", "state_dir": str(tmp_path)}, "appliance": [
+        {"id": "a", "profile": "kettle", "energy": "m", "channel": "L2", "sources": {"m": modbus}},
+        {"id": "b", "profile": "kettle", "energy": "n", "sources": {"n": {**modbus, "address": 2}}}]})
+    gw = Gateway(cfg, clock=ManualClock())
+    try:
+        a, b = gw._build_source("m"), gw._build_source("n")
+    finally:
+        gw.ledger.close()
+    assert isinstance(a, ModbusMeterSource) and isinstance(b, ModbusMeterSource)
+    assert (a.channel, b.channel) == ("L2", "")

@@ -40,3 +40,30 @@ def test_version_is_the_installed_one():
     import koto
 
     assert koto.__version__ == version("koto-gateway")
+
+
+def test_koto_run_takes_the_light_path_and_imports_no_click(tmp_path: Path) -> None:
+    """The console script (gateway.entry) runs `koto run` without click: a real start, its imports as Python
+    reports them (-X importtime), until the config fails to load after the daemon's modules are in."""
+    bad = tmp_path / "koto.toml"
+    bad.write_text('[gateway]\nid = "fp"\nstate_dir = "' + str(tmp_path / "s") + '"\nbogus = 1\n')
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "gateway.entry", "-v", "run", "--config",
+                          str(bad)], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 2
+    imported = {line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "gateway.config" in imported and "gateway.logs" in imported
+    assert "click" not in imported and "gateway.cli" not in imported
+    said = [line for line in out.stderr.splitlines() if not line.startswith("import time:")]
+    assert len(said) == 1 and said[0].startswith(f"koto: {bad}: gateway.bogus: "), said  # as gateway.cli says it
+
+
+def test_the_light_path_takes_only_what_it_knows():
+    from gateway.entry import daemon_args
+
+    env = {"KOTO_CONFIG": "/x/env.toml"}
+    assert daemon_args(["run", "--config", "/x/k.toml"], env) == (0, "/x/k.toml")
+    assert daemon_args(["-v", "-v", "run", "--config=/x/k.toml"], env) == (2, "/x/k.toml")
+    assert daemon_args(["-vv", "run"], env) == (2, "/x/env.toml")
+    for other in (["run", "--help"], ["run", "--config"], ["usage"], ["run", "--config", "a", "b"], ["--version"],
+                  ["run", "-h"], []):
+        assert daemon_args(other, env) is None, other

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from drivers.modbus_sim import ModbusSimulator, SimMeter
 from gateway.cli import main as koto
 from tests.support.ledger_checks import assert_contiguous, ledger_events
@@ -97,8 +99,9 @@ def lifecycle(events: list[dict[str, object]]) -> list[str]:
     return [e["data"]["event"] for e in events if e["type"] == "io.koto.lifecycle.v1"]  # type: ignore[index]
 
 
+@pytest.mark.parametrize("module", ["gateway.entry", "gateway.cli"])  # the console script's light path, and click's
 async def test_the_issues_two_meters_on_one_port_with_different_line_settings_exit_at_load_with_one_line(
-        tmp_path: Path) -> None:
+        tmp_path: Path, module: str) -> None:
     """An SDM120 (2400 baud by default) and an SDM630 at 9600 on one RS-485 pty: `koto run` used to log "running"
     and hang for ever. Now it never starts: exit 2, one line naming the file and the key."""
     async with ModbusSimulator([SimMeter("sdm120", 1), SimMeter("sdm630", 2)]) as bus:
@@ -128,7 +131,7 @@ port = "{bus.port}"
 address = 1
 """)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg), cwd=REPO,
+            sys.executable, "-m", module, "run", "--config", str(cfg), cwd=REPO,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
         _, err = await asyncio.wait_for(proc.communicate(), scaled(WAIT_S))
     assert proc.returncode == 2

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from koto.signing import generate_key
 from metering.ledger import Ledger
-from metering.ledger.store import PAGE_SIZE, WAL_AUTOCHECKPOINT_PAGES, wal_limits
+from metering.ledger.store import CACHE_KIB, PAGE_SIZE, WAL_AUTOCHECKPOINT_PAGES, wal_limits
 from metering.records import LIFECYCLE_TYPE, Draft, TimeStatus
 
 
@@ -21,6 +21,7 @@ def test_a_ledger_runs_with_its_wal_limits_and_durable_commits(tmp_path: Path) -
         assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 1024
         assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == WAL_AUTOCHECKPOINT_PAGES == 4096
         assert conn.execute("PRAGMA journal_size_limit").fetchone()[0] == (WAL_AUTOCHECKPOINT_PAGES + 1) * PAGE_SIZE
+        assert conn.execute("PRAGMA cache_size").fetchone()[0] == -CACHE_KIB == -512  # KiB, not SQLite's 2,000
 
 
 def test_an_existing_ledger_keeps_its_page_size_and_gets_limits_to_match(tmp_path: Path) -> None:

@@ -16,10 +16,10 @@ from .paths import REPO
 from .slow import scaled
 
 AS_ROOT = os.geteuid() == 0
-PRELOAD = ["gateway.cli", "gateway.daemon", "gateway.runner", "gateway.config", "gateway.state",
-           "gateway.usage_report", "metering.ledger", "metering.profile", "koto.signing", "koto.files", "zoneinfo",
-           "sqlite3", "multiprocessing", "json", "asyncio", "tomllib", "pwd", "drivers.base", "drivers.gpio",
-           "drivers.modbus", "logging.handlers",
+PRELOAD = ["gateway.entry", "gateway.cli", "gateway.logs", "gateway.daemon", "gateway.runner", "gateway.config",
+           "gateway.state", "gateway.usage_report", "metering.ledger", "metering.profile", "koto.signing", "koto.files",
+           "zoneinfo", "sqlite3", "multiprocessing", "json", "asyncio", "tomllib", "pwd", "drivers.base",
+           "drivers.gpio", "drivers.modbus", "logging.handlers",
            # `koto`'s commands are imported when named (gateway/cli.py), after the drop, where nobody may read them
            *(f"gateway.cli_{m}" for m in ("check", "discover", "doctor", "firstboot", "logs", "provision", "status",
                                          "support", "usage", "profile", "learn")), "gateway.usage_detail"]
@@ -29,7 +29,7 @@ for m in {preload!r}:
     importlib.import_module(m)
 if os.geteuid() == 0:
     os.setgroups([]); os.setgid(65534); os.setuid(65534)
-from gateway.cli import main
+from gateway.entry import main  # the console script (`koto run` without click)
 sys.exit(main(sys.argv[1:]))
 """
 

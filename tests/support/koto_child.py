@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from drivers.base import REGISTRY
-from gateway.cli import main
+from gateway.entry import main  # the console script: `koto run` without click, the rest through gateway.cli
 
 REGISTRY.setdefault("flaky", "tests.support.bad_drivers:FlakySource")
 

@@ -313,7 +313,7 @@ def install_housekeeping(knobs: dict[str, float]) -> None:
 
 
 def main() -> int:
-    from gateway.cli import main as koto
+    from gateway.entry import main as koto
 
     install(Plan.load(Path(os.environ[PLAN_ENV])))
     return koto(sys.argv[1:])
