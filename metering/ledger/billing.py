@@ -9,7 +9,7 @@ gap's `reason` live only in the record's body: SQLite's json_extract reads them,
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,9 @@ class RecordRow:
     synced: Synced
 
 
+_PARTLY, _NO = Synced("partly", None), Synced("no", None)  # immutable: one of each serves every row
+
+
 class _AckTimes:
     """When each seq was acked, from the `acks` table, looked up as rows come (rows come in rising seq mostly)."""
 
@@ -88,7 +91,7 @@ class _AckTimes:
                                          (last_seq,)).fetchone()
                 at = None if row is None else row[0] / 1000
             return Synced("yes", at)
-        return Synced("partly" if first_seq <= self._acked else "no", None)
+        return _PARTLY if first_seq <= self._acked else _NO
 
 
 def _where(appliance: str | None, since_ms: int | None) -> tuple[str, list[Any]]:
@@ -103,16 +106,15 @@ def _where(appliance: str | None, since_ms: int | None) -> tuple[str, list[Any]]
     return where, params
 
 
-# The sums of one use, in SQL: energy and time of its partition records, uses of its cycle record, cost (one
-# currency: its sum, not a list of every record's cost for Python to parse), its seqs and entitlement.
+# The sums of one use, in SQL: when it ran, energy and time of its partition records, uses of its cycle record, its
+# seqs, then its cost and entitlement (each path says how).
 _CYCLE_SUMS = (
     "SELECT appliance, cycle_id, min(t_end_ms - duration_ms) AS start, max(t_end_ms), "
     "sum(CASE WHEN kind IN (?,?,?) THEN energy_mwh ELSE 0 END), "
     "sum(CASE WHEN kind IN (?,?,?) THEN duration_ms ELSE 0 END), "
-    "sum(CASE WHEN kind=? THEN uses ELSE 0 END), "
-    "CASE WHEN min(currency)=max(currency) THEN min(currency) || ':' || sum(cost_minor) "
-    "ELSE group_concat(currency || ':' || cost_minor) END, min(seq), max(seq), "
+    "sum(CASE WHEN kind=? THEN uses ELSE 0 END), min(seq), max(seq), "
 )
+_ENTITLEMENT = ("", "yes", "no")  # max(CASE entitled ...) of a use's records: none gated, all covered, any flagged
 
 
 def _has_cycle_index(conn: sqlite3.Connection) -> bool:
@@ -126,38 +128,48 @@ def iter_cycles(conn: sqlite3.Connection, path: Path, appliance: str | None,
                 since_ms: int | None) -> Iterator[CycleRow]:
     """Each cycle (use) with records ending at or after `since_ms`, in the order they started."""
     rows = (_cycles_from_index if _has_cycle_index(conn) else _cycles_from_table)(conn, appliance, since_ms)
-    if rows is None:
-        return
     acks = _AckTimes(conn, acked_through(conn, path))
-    for row in rows:
-        app, cid, start, end, energy, dur, uses, costs, lo, hi, entitled = row
-        yield CycleRow(app, cid, start, end, energy, dur, uses, _costs(costs), _entitled(entitled), lo, hi,
-                       acks.synced(lo, hi))
+    synced = acks.synced
+    for app, cid, start, end, energy, dur, uses, lo, hi, costs, entitled in rows:
+        yield CycleRow(app, cid, start, end, energy, dur, uses, costs, entitled, lo, hi, synced(lo, hi))
 
 
 def _cycles_from_index(conn: sqlite3.Connection, appliance: str | None,
-                       since_ms: int | None) -> Iterable[tuple[Any, ...]] | None:
+                       since_ms: int | None) -> Iterator[tuple[Any, ...]]:
     """The uses from `records_cycles` alone (schema 2): one run of the index per use, in index order, so SQLite
     groups without a sort and reads no body; only the uses themselves are sorted by start (a few hundred thousand
-    rows for a year of 8 appliances, not the million records). A `since` filters the index entries by t_end_ms."""
-    where = CYCLE_ROWS
-    params: list[Any] = []
+    rows for a year of 8 appliances, not the million records). A `since` filters the index entries by t_end_ms.
+
+    Each aggregate costs every record (~0.05 s a million), so the cost is one sum with the currency's min and max:
+    a use priced in one currency (the usual case) is done; one priced in several is summed per currency by a second
+    look at its own run of the index."""
+    where = f"{CYCLE_ROWS} AND type=?"
+    params: list[Any] = [USAGE_TYPE]
     if appliance is not None:
         where += " AND appliance=?"
         params.append(appliance)
     if since_ms is not None:
         where += " AND t_end_ms>=?"
         params.append(since_ms)
-    # `entitled` is "" where the body has none: NULL for group_concat, as json_extract gives on the table path.
-    sql = (f"{_CYCLE_SUMS}group_concat(DISTINCT nullif(entitled, '')) FROM records INDEXED BY records_cycles "
-           f"WHERE {where} GROUP BY cycle_id, appliance ORDER BY start, appliance, cycle_id")
-    return conn.execute(sql, [*PARTITION, *PARTITION, CYCLE, *params])
+    sql = (f"{_CYCLE_SUMS}min(currency), max(currency), sum(cost_minor), "
+           "max(CASE entitled WHEN 'no' THEN 2 WHEN 'yes' THEN 1 ELSE 0 END) "
+           f"FROM records INDEXED BY records_cycles WHERE {where} GROUP BY cycle_id, appliance "
+           "ORDER BY start, appliance, cycle_id")
+    per_currency = (f"SELECT currency, sum(cost_minor) FROM records INDEXED BY records_cycles WHERE {where} "
+                    "AND cycle_id=? AND appliance=? AND currency!='' GROUP BY currency ORDER BY currency")
+    entitlement = _ENTITLEMENT
+    for *row, low, high, cost, ent in conn.execute(sql, [*PARTITION, *PARTITION, CYCLE, *params]):
+        if low == high:
+            costs: tuple[tuple[str, int], ...] = ((low, cost),) if low else ()
+        else:
+            costs = tuple(conn.execute(per_currency, [*params, row[1], row[0]]).fetchall())
+        yield (*row, costs, entitlement[ent])
 
 
 def _cycles_from_table(conn: sqlite3.Connection, appliance: str | None,
-                       since_ms: int | None) -> Iterable[tuple[Any, ...]] | None:
+                       since_ms: int | None) -> Iterator[tuple[Any, ...]]:
     """The uses from the table (a version 1 ledger only read since it was made): the entitlement is then only in the
-    records' bodies. None when `since_ms` is after every record."""
+    records' bodies."""
     where, params = _where(appliance, since_ms)
     # A cycle's entitlement is only in its records' bodies, so this reads the table; in seq order (NOT INDEXED: a
     # walk of `records_usage` would fetch each row by seq, at random, 12 s instead of 9 s on a million records),
@@ -165,14 +177,20 @@ def _cycles_from_table(conn: sqlite3.Connection, appliance: str | None,
     if since_ms is not None:
         first = first_seq_since_indexed(conn, since_ms, 0)
         if first is None:
-            return None
+            return
         if first is not False:
             where += " AND seq>=?"
             params.append(first)
-    sql = (f"{_CYCLE_SUMS}group_concat(DISTINCT {_ENTITLED}) "
-           f"FROM records NOT INDEXED WHERE {where} AND cycle_id != '' GROUP BY appliance, cycle_id "
-           "ORDER BY start, appliance, cycle_id")
-    return conn.execute(sql, [*PARTITION, *PARTITION, CYCLE, *params])
+    sql = (
+        f"{_CYCLE_SUMS}"
+        # one currency (the usual case): its sum, not a list of every record's cost for Python to parse
+        "CASE WHEN min(currency)=max(currency) THEN min(currency) || ':' || sum(cost_minor) "
+        f"ELSE group_concat(currency || ':' || cost_minor) END, group_concat(DISTINCT {_ENTITLED}) "
+        f"FROM records NOT INDEXED WHERE {where} AND cycle_id != '' GROUP BY appliance, cycle_id "
+        "ORDER BY start, appliance, cycle_id"
+    )
+    for *row, costs, entitled in conn.execute(sql, [*PARTITION, *PARTITION, CYCLE, *params]):
+        yield (*row, _costs(costs), _entitled(entitled))
 
 
 def iter_records(conn: sqlite3.Connection, path: Path, appliance: str | None,
@@ -201,6 +219,11 @@ def appliances(conn: sqlite3.Connection) -> list[str]:
 
 
 def _costs(text: str | None) -> tuple[tuple[str, int], ...]:
+    if not text:
+        return ()
+    if "," not in text:  # one currency, summed by SQLite (the usual case)
+        cur, _, minor = text.rpartition(":")
+        return ((cur, int(minor)),) if cur else ()
     out: dict[str, int] = {}
     for part in (text or "").split(","):
         cur, _, minor = part.rpartition(":")
@@ -210,5 +233,7 @@ def _costs(text: str | None) -> tuple[tuple[str, int], ...]:
 
 
 def _entitled(values: str | None) -> str:
+    if not values:
+        return ""
     found = set((values or "").split(","))
     return "no" if "no" in found else "yes" if "yes" in found else ""

@@ -42,8 +42,8 @@ RESERVED_KV = frozenset(
 )
 
 PARTITION = tuple(str(k) for k in PARTITION_KINDS)
-# The rows of the `records_cycles` index, as a query must say it for SQLite to use that partial index (literally).
-CYCLE_ROWS = "cycle_id != '' AND type = 'io.koto.usage.v1'"
+# The rows of the `records_cycles` index, as a query must say it for SQLite to use that partial index.
+CYCLE_ROWS = "cycle_id != ''"
 
 # The schema. `records` columns beside `body` and `hash` are copies of fields inside `body`, kept for queries and
 # checked by `verify`. Times as integer milliseconds so the copy is exact. `id` is `{epoch}-{seq}` with one epoch per
@@ -73,11 +73,13 @@ CREATE TABLE IF NOT EXISTS records (
     hash        TEXT    NOT NULL,
     body        BLOB    NOT NULL
 );
--- Every column `koto usage --by cycle` reads, for usage records that name a cycle (billing.py), in (cycle, appliance)
+-- Every column `koto usage --by cycle` reads, for the records that name a cycle (billing.py), in (cycle, appliance)
 -- order, so that each use is one run of the index. `cycle_spans` finds a cycle's stored partition records in it too.
+-- `type` is a column, not a term of the partial index's WHERE: SQLite 3.40 (Debian 12, Raspberry Pi OS) would read
+-- the table row of every entry to check a WHERE-only column, 1.2 s instead of 0.1 s on a million records.
 CREATE INDEX IF NOT EXISTS records_cycles ON records(
-    cycle_id, appliance, kind, t_end_ms, duration_ms, energy_mwh, uses, currency, cost_minor, entitled)
-    WHERE cycle_id != '' AND type = 'io.koto.usage.v1';
+    cycle_id, appliance, kind, t_end_ms, duration_ms, energy_mwh, uses, currency, cost_minor, entitled, type)
+    WHERE cycle_id != '';
 -- `koto usage` reads only this index, never the table with its bodies (usage.py): on a ledger of a million records
 -- the table is 1.4 GB, the index about a tenth. Made on the first writer open of a ledger made before it.
 CREATE INDEX IF NOT EXISTS records_usage ON records(
