@@ -17,7 +17,7 @@ from typing import Any
 from ..records import USAGE_TYPE
 from .envelope import CYCLE
 from .store import CYCLE_ROWS, PARTITION, acked_through, has_table
-from .usage import first_seq_since_indexed, index_appliances
+from .usage import first_seq_since_indexed, index_appliances, ledger_currencies
 
 _BODY = "CAST(body AS TEXT)"
 _ENTITLED = f"json_extract({_BODY}, '$.data.entitled')"
@@ -127,22 +127,34 @@ def _has_cycle_index(conn: sqlite3.Connection) -> bool:
 def iter_cycles(conn: sqlite3.Connection, path: Path, appliance: str | None,
                 since_ms: int | None) -> Iterator[CycleRow]:
     """Each cycle (use) with records ending at or after `since_ms`, in the order they started."""
-    rows = (_cycles_from_index if _has_cycle_index(conn) else _cycles_from_table)(conn, appliance, since_ms)
-    acks = _AckTimes(conn, acked_through(conn, path))
-    synced = acks.synced
-    for app, cid, start, end, energy, dur, uses, lo, hi, costs, entitled in rows:
-        yield CycleRow(app, cid, start, end, energy, dur, uses, costs, entitled, lo, hi, synced(lo, hi))
+    synced = _AckTimes(conn, acked_through(conn, path)).synced
+    if not _has_cycle_index(conn):
+        for app, cid, start, end, energy, dur, uses, lo, hi, listed, entitled in _cycles_from_table(
+                conn, appliance, since_ms):
+            yield CycleRow(app, cid, start, end, energy, dur, uses, listed, entitled, lo, hi, synced(lo, hi))
+        return
+    # Inline, one generator deep: a hundred thousand uses on a big ledger, where each level of Python per row shows.
+    rows, per_currency, params = _cycles_from_index(conn, appliance, since_ms)
+    entitlement = _ENTITLEMENT
+    for app, cid, start, end, energy, dur, uses, lo, hi, low, high, cost, ent in rows:
+        if low == high:
+            costs: tuple[tuple[str, int], ...] = ((low, cost),) if low else ()
+        else:
+            costs = tuple(conn.execute(per_currency, [*params, cid, app]).fetchall())
+        yield CycleRow(app, cid, start, end, energy, dur, uses, costs, entitlement[ent], lo, hi, synced(lo, hi))
 
 
 def _cycles_from_index(conn: sqlite3.Connection, appliance: str | None,
-                       since_ms: int | None) -> Iterator[tuple[Any, ...]]:
+                       since_ms: int | None) -> tuple[sqlite3.Cursor, str, list[Any]]:
     """The uses from `records_cycles` alone (schema 2): one run of the index per use, in index order, so SQLite
     groups without a sort and reads no body; only the uses themselves are sorted by start (a few hundred thousand
     rows for a year of 8 appliances, not the million records). A `since` filters the index entries by t_end_ms.
 
-    Each aggregate costs every record (~0.05 s a million), so the cost is one sum with the currency's min and max:
-    a use priced in one currency (the usual case) is done; one priced in several is summed per currency by a second
-    look at its own run of the index."""
+    Each aggregate costs every record (~0.05-0.1 s a million), so the cost is one sum, and where the ledger's usage
+    records name one currency and no record lacks one (found by a few seeks in `records_usage`), that is all; else
+    with the currency's min and max per use: a use priced in one currency is done, one priced in several is summed
+    per currency by a second look at its own run of the index (`per_currency`, with `params` and the use's cycle
+    id and appliance)."""
     where = f"{CYCLE_ROWS} AND type=?"
     params: list[Any] = [USAGE_TYPE]
     if appliance is not None:
@@ -151,19 +163,17 @@ def _cycles_from_index(conn: sqlite3.Connection, appliance: str | None,
     if since_ms is not None:
         where += " AND t_end_ms>=?"
         params.append(since_ms)
-    sql = (f"{_CYCLE_SUMS}min(currency), max(currency), sum(cost_minor), "
-           "max(CASE entitled WHEN 'no' THEN 2 WHEN 'yes' THEN 1 ELSE 0 END) "
+    currencies = ledger_currencies(conn)
+    if currencies is not None and len(currencies) == 1 and "" not in currencies:
+        cost_sql, cost_params = "?, ?, sum(cost_minor), ", [*currencies, *currencies]
+    else:
+        cost_sql, cost_params = "min(currency), max(currency), sum(cost_minor), ", []
+    sql = (f"{_CYCLE_SUMS}{cost_sql}max(CASE entitled WHEN 'no' THEN 2 WHEN 'yes' THEN 1 ELSE 0 END) "
            f"FROM records INDEXED BY records_cycles WHERE {where} GROUP BY cycle_id, appliance "
            "ORDER BY start, appliance, cycle_id")
     per_currency = (f"SELECT currency, sum(cost_minor) FROM records INDEXED BY records_cycles WHERE {where} "
                     "AND cycle_id=? AND appliance=? AND currency!='' GROUP BY currency ORDER BY currency")
-    entitlement = _ENTITLEMENT
-    for *row, low, high, cost, ent in conn.execute(sql, [*PARTITION, *PARTITION, CYCLE, *params]):
-        if low == high:
-            costs: tuple[tuple[str, int], ...] = ((low, cost),) if low else ()
-        else:
-            costs = tuple(conn.execute(per_currency, [*params, row[1], row[0]]).fetchall())
-        yield (*row, costs, entitlement[ent])
+    return conn.execute(sql, [*PARTITION, *PARTITION, CYCLE, *cost_params, *params]), per_currency, params
 
 
 def _cycles_from_table(conn: sqlite3.Connection, appliance: str | None,
