@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..records import USAGE_TYPE
 from .envelope import CYCLE
@@ -33,9 +33,11 @@ class Synced:
     at_wall: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class CycleRow:
-    """One use of an appliance: its records' energy and time (partition kinds), uses, cost, and when it ran."""
+class CycleRow(NamedTuple):
+    """One use of an appliance: its records' energy and time (partition kinds), uses, cost, and when it ran.
+
+    Immutable, as a frozen dataclass would be, but a named tuple: made a hundred thousand times for `--by cycle`
+    on a big ledger, where a frozen dataclass's `__init__` (an `object.__setattr__` per field) cost 0.3 s."""
 
     appliance: str
     cycle_id: str
