@@ -83,17 +83,17 @@ class LocalClock:
 
     def local(self, ms: int) -> str:
         day, rem = divmod(self._local(ms), self._DAY)
-        return f"{self._day(day)} {rem // self._HOUR:02d}:{rem // 60_000 % 60:02d}"
+        return f"{self._day(day)} {_HH_MM[rem // 60_000]}"
 
     def span(self, start_ms: int, end_ms: int) -> str:
         a_day, a = divmod(self._local(start_ms), self._DAY)
         b_day, b = divmod(self._local(end_ms), self._DAY)
-        to = f"{b // self._HOUR:02d}:{b // 60_000 % 60:02d}"
-        return (f"{self._day(a_day)} {a // self._HOUR:02d}:{a // 60_000 % 60:02d}–"
-                f"{to if a_day == b_day else self._day(b_day) + ' ' + to}")
+        to = _HH_MM[b // 60_000]
+        return f"{self._day(a_day)} {_HH_MM[a // 60_000]}–{to if a_day == b_day else self._day(b_day) + ' ' + to}"
 
 
 _MS = timedelta(milliseconds=1)
+_HH_MM = tuple(f"{m // 60:02d}:{m % 60:02d}" for m in range(1440))  # minute of the day -> "HH:MM"
 
 
 def synced_text(s: Synced, tz: tzinfo, clock: LocalClock | None = None) -> str:
