@@ -74,25 +74,35 @@ class RecordRow:
     synced: Synced
 
 
-_PARTLY, _NO = Synced("partly", None), Synced("no", None)  # immutable: one of each serves every row
+# Immutable: one of each serves every row.
+_PARTLY, _NO, _YES_UNTIMED = Synced("partly", None), Synced("no", None), Synced("yes", None)
 
 
 class _AckTimes:
-    """When each seq was acked, from the `acks` table, looked up as rows come (rows come in rising seq mostly)."""
+    """When each seq was acked, from the `acks` table, looked up as rows come (rows come in rising seq mostly).
+
+    The ack of seq s is the first `through` >= s; found for s as T, it is T for every seq in s..T too (no `through`
+    lies between), so the last answer is kept with that range: a listing in time order asks the database once per
+    ack that its rows cross, not once per row."""
 
     def __init__(self, conn: sqlite3.Connection, acked: int) -> None:
         self._conn = conn
         self._acked = acked
         self._has = has_table(conn, "acks")
+        self._lo, self._hi, self._last = 1, 0, Synced("yes", None)  # seqs lo..hi were acked as `_last` says
 
     def synced(self, first_seq: int, last_seq: int) -> Synced:
         if last_seq <= self._acked:
-            at = None
-            if self._has:
-                row = self._conn.execute("SELECT at_ms FROM acks WHERE through >= ? ORDER BY through LIMIT 1",
-                                         (last_seq,)).fetchone()
-                at = None if row is None else row[0] / 1000
-            return Synced("yes", at)
+            if not self._has:
+                return _YES_UNTIMED
+            if self._lo <= last_seq <= self._hi:
+                return self._last
+            row = self._conn.execute("SELECT through, at_ms FROM acks WHERE through >= ? ORDER BY through LIMIT 1",
+                                     (last_seq,)).fetchone()
+            if row is None:
+                return _YES_UNTIMED
+            self._lo, self._hi, self._last = last_seq, row[0], Synced("yes", row[1] / 1000)
+            return self._last
         return _PARTLY if first_seq <= self._acked else _NO
 
 

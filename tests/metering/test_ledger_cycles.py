@@ -136,3 +136,38 @@ def test_a_version_1_ledger_verifies_read_only_and_after_its_migration_the_colum
     with Ledger.open(db, gateway_id="gw-c", key=None) as ledger:
         report = ledger.verify(KEY.public_key(), workers=1)
     assert (report.ok, report.first_bad_seq, report.reason) == (False, 11, "query columns do not match the record")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cycles=st.lists(st.integers(0, 6), min_size=1, max_size=40),
+       acks=st.lists(st.integers(1, 41), max_size=8))
+def test_each_use_says_when_the_ack_that_covered_its_last_record_came(tmp_path: Path, cycles: list[int],
+                                                                      acks: list[int]) -> None:
+    """The ack time of a use is that of the first ack whose `through` reaches its last record (kept between rows
+    while the next use falls in the same ack's range): the same as asking the `acks` table for each use."""
+    db = tmp_path / f"a-{abs(hash((tuple(cycles), tuple(acks))))}.db"
+    drafts = [usage(i, cycle_id=f"c{c}") for i, c in enumerate(cycles)]
+    with Ledger.open(db, gateway_id="gw-c", key=KEY) as ledger:
+        ledger.append(drafts)
+        head = ledger.head()[0]
+        for n, through in enumerate(sorted({min(a, head) for a in acks})):
+            stored = ledger.get(through)
+            assert stored is not None
+            ledger.mark_acked(ledger.epoch, through, stored.hash, at_wall=T0 + 1000 * (n + 1))
+        acked = ledger.acked_through()
+        with sqlite3.connect(db) as conn:
+            times = conn.execute("SELECT through, at_ms FROM acks ORDER BY through").fetchall()
+        got = [(r.cycle_id, r.synced.state, r.synced.at_wall) for r in ledger.iter_cycles()]
+        rows = [(r.seq, r.synced.state, r.synced.at_wall) for r in ledger.iter_record_rows()]
+
+    def at(seq: int) -> float | None:
+        return next((ms / 1000 for through, ms in times if through >= seq), None)
+
+    def state(lo: int, hi: int) -> tuple[str, float | None]:
+        return ("yes", at(hi)) if hi <= acked else ("partly" if lo <= acked else "no", None)
+
+    seqs: dict[str, list[int]] = {}
+    for i, c in enumerate(cycles):
+        seqs.setdefault(f"c{c}", []).append(i + 1)
+    assert sorted(got) == sorted((cid, *state(min(s), max(s))) for cid, s in seqs.items())
+    assert rows == [(seq, *state(seq, seq)) for seq in range(1, len(cycles) + 1)]
