@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from gateway.state import StateDir  # noqa: E402
-from metering.ledger import Ledger  # noqa: E402
+from metering.ledger import SCHEMA_VERSION, Ledger  # noqa: E402
 from metering.records import Draft, RecordKind, TimeStatus, UsageRecord, usage_draft  # noqa: E402
 
 GATEWAY = "gw-bench-1m"
@@ -69,9 +70,11 @@ def ensure_ledger(state: Path, total: int) -> StateDir:
     sd = StateDir(state)
     if sd.ledger.exists():
         with Ledger.open(sd.ledger, gateway_id=GATEWAY, key=None) as ledger:
-            if ledger.head()[0] == total:
-                return sd
-        raise SystemExit(f"{sd.ledger} holds another size; remove {state} or pass another --state")
+            size_ok = ledger.head()[0] == total
+        if not size_ok:
+            raise SystemExit(f"{sd.ledger} holds another size; remove {state} or pass another --state")
+        migrate(sd)
+        return sd
     sd.provision()
     t0 = time.monotonic()
     with Ledger.open(sd.ledger, gateway_id=GATEWAY, key=sd.private_key(), epoch=EPOCH) as ledger:
@@ -82,6 +85,28 @@ def ensure_ledger(state: Path, total: int) -> StateDir:
                 print(f"  generating: {done:,} of {total:,} records ({time.monotonic() - t0:.0f} s)", file=sys.stderr)
         ledger.wal_checkpoint()
     return sd
+
+
+def migrate(sd: StateDir) -> None:
+    """A ledger cached by an older Koto (schema 1) is migrated in place by a writer open, as the daemon's first start
+    after an upgrade does; its cost (time, bytes written, WAL included) is printed once."""
+    with sqlite3.connect(f"file:{sd.ledger}?mode=ro", uri=True) as conn:
+        (version,) = conn.execute("SELECT value FROM kv WHERE key='schema_version'").fetchone()
+    if version == str(SCHEMA_VERSION):
+        return
+    before = _written()
+    t0 = time.monotonic()
+    with Ledger.open(sd.ledger, gateway_id=GATEWAY, key=sd.private_key()) as ledger:
+        ledger.wal_checkpoint()
+    print(f"migrated the cached ledger from schema {version} to {SCHEMA_VERSION}: {time.monotonic() - t0:.1f} s, "
+          f"{(_written() - before) / 1e6:,.0f} MB written (WAL and checkpoint included)")
+
+
+def _written() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
 
 
 def child(args: list[str]) -> tuple[float, float, str, int]:

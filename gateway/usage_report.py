@@ -29,6 +29,9 @@ def fmt_duration(ms: int) -> str:
 def fmt_cost(costs: tuple[tuple[str, int], ...], exponent: int = 2) -> str:
     if not costs:
         return "-"
+    if len(costs) == 1:
+        cur, minor = costs[0]
+        return f"{minor / 10**exponent:.{exponent}f} {cur}"
     return " + ".join(f"{minor / 10**exponent:.{exponent}f} {cur}" for cur, minor in costs)
 
 

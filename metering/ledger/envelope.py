@@ -63,12 +63,12 @@ class Stored:
         return ev
 
 
-def columns(data: Mapping[str, Any]) -> tuple[str, str, str, str, int, int, int, int, str]:
+def columns(data: Mapping[str, Any]) -> tuple[str, str, str, str, int, int, int, int, str, str]:
     """The query columns a record's `data` implies: kind, appliance, function, cycle_id, energy, duration, uses,
-    cost, currency. Used both when writing and when verifying, so they cannot disagree."""
+    cost, currency, entitled. Used both when writing and when verifying, so they cannot disagree."""
     g = data.get
     kind, app, fn, cyc, cur = g("kind", ""), g("appliance", ""), g("function", ""), g("cycle_id", ""), g("currency", "")
-    e, d, u, c = g("energy_mwh", 0), g("duration_ms", 0), g("uses", 0), g("cost_minor", 0)
+    e, d, u, c, ent = g("energy_mwh", 0), g("duration_ms", 0), g("uses", 0), g("cost_minor", 0), g("entitled", "")
     return (
         kind if type(kind) is str else "",
         app if type(app) is str else "",
@@ -79,6 +79,7 @@ def columns(data: Mapping[str, Any]) -> tuple[str, str, str, str, int, int, int,
         u if type(u) is int else 0,
         c if type(c) is int else 0,
         cur if type(cur) is str else "",
+        ent if type(ent) is str else "",
     )
 
 
@@ -136,7 +137,7 @@ class Envelope:
             data = dict(d.data)
             if d.cycle_id and "cycle_id" not in data:
                 data["cycle_id"] = d.cycle_id
-            kind, app, fn, cid, energy, dur, uses, cost, cur = columns(data)
+            kind, app, fn, cid, energy, dur, uses, cost, cur, ent = columns(data)
             if cid:
                 _note_cycle(data, kind, cid, seq, in_batch, stored_spans)
             data["epoch"] = epoch
@@ -160,7 +161,7 @@ class Envelope:
             head_b, tail_b = head.encode(), tail.encode()
             digest = sha256(head_b + tail_b).digest()
             prev = digest.hex()
-            row = (seq, rid, d.type, kind, app, fn, cid, t_ms, energy, dur, uses, cost, cur, prev)
+            row = (seq, rid, d.type, kind, app, fn, cid, t_ms, energy, dur, uses, cost, cur, ent, prev)
             out.append((row, head_b, digest, tail_b))
         return out
 
@@ -175,7 +176,7 @@ class Envelope:
         for cols, head, digest, tail in prepared:
             body = b"".join((head, b',"sig":"', b64(sign(digest, PREHASHED_ECDSA), newline=False), b'"', tail))
             rows.append((*cols, body))
-            stored.append(Stored(cols[0], cols[1], epoch, cols[2], cols[3], cols[13], body, False))
+            stored.append(Stored(cols[0], cols[1], epoch, cols[2], cols[3], cols[14], body, False))
         return rows, stored
 
 

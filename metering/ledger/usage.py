@@ -152,6 +152,14 @@ def index_appliances(conn: sqlite3.Connection) -> list[str] | None:
     return out
 
 
+def ledger_currencies(conn: sqlite3.Connection) -> set[str] | None:
+    """Every currency the usage records name ("" for those that name none), by skipping through `records_usage`
+    (a seek per appliance, kind, function and currency); None without that index."""
+    if not _has_usage_index(conn):
+        return None
+    return {cur for _, _, _, cur in _group_keys(conn)}
+
+
 def first_seq_since_indexed(conn: sqlite3.Connection, since_ms: int, from_seq: int) -> int | bool | None:
     """The lowest seq >= `from_seq` of a record with t_end_ms >= `since_ms`, from `records_usage` (False without it).
 

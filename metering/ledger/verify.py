@@ -33,7 +33,7 @@ from koto.canonical import CanonicalError, NotCanonical, parse_canonical, parse_
 from koto.signing import PublicKey, load_public_key
 
 from .envelope import PREHASHED_ECDSA, columns
-from .store import K_ACKED, K_ANCHOR_PREV, K_ANCHOR_SEQ, K_HEAD_HASH, K_HEAD_SEQ, RECORD_COLS
+from .store import K_ACKED, K_ANCHOR_PREV, K_ANCHOR_SEQ, K_HEAD_HASH, K_HEAD_SEQ, RECORD_COLS, RECORD_COLS_V1
 
 CHUNK = 5000
 PARALLEL_FROM = 20_000  # below this many records, starting worker processes costs more than it saves
@@ -97,7 +97,9 @@ def _walk(conn: sqlite3.Connection, epoch: int, source: str, public_key: PublicK
         anchor_seq, anchor_prev = from_seq, str(row[0])
     total = last_stored - anchor_seq + 1
     ranges = [(lo, min(lo + chunk - 1, last_stored)) for lo in range(anchor_seq, last_stored + 1, chunk)]
-    job = _Job(str(path) if path is not None else "", epoch, source, anchor_seq, anchor_prev)
+    has_entitled = any(r[1] == "entitled" for r in conn.execute("PRAGMA table_info(records)"))
+    job = _Job(str(path) if path is not None else "", epoch, source, anchor_seq, anchor_prev,
+               RECORD_COLS if has_entitled else RECORD_COLS_V1)
     checked = 0
     last_hash = anchor_prev
     for found in _chunks(conn, ranges, job, public_key, workers, total):
@@ -129,6 +131,7 @@ class _Job:
     source: str
     anchor_seq: int
     anchor_prev: str
+    cols: str  # RECORD_COLS, or RECORD_COLS_V1 for a version 1 ledger read as it is (no `entitled` column)
 
 
 def _chunks(conn: sqlite3.Connection, ranges: list[tuple[int, int]], job: _Job, key: PublicKey,
@@ -165,7 +168,7 @@ def _check_chunk(conn: sqlite3.Connection, lo: int, hi: int, job: _Job, key: Pub
         prev = str(row[0]) if row is not None else ""
     expected = lo
     epoch, source, check = job.epoch, job.source, _check_record
-    rows = conn.execute(f"SELECT {RECORD_COLS} FROM records WHERE seq>=? AND seq<=? ORDER BY seq", (lo, hi))
+    rows = conn.execute(f"SELECT {job.cols} FROM records WHERE seq>=? AND seq<=? ORDER BY seq", (lo, hi))
     for row in rows:
         seq = row[0]
         if seq != expected:
@@ -184,7 +187,7 @@ def _check_record(row: tuple[Any, ...], epoch: int, source: str, prev: str, key:
     """Every check on one stored row; returns (reason, hash), reason empty when the record is sound. The hot path of
     `koto verify` (a million times on a big ledger): each value is looked at once, and messages are built only for
     a record that fails."""
-    seq, rid, typ, kind, app, fn, cyc, t_ms, e, dur, uses, cost, cur, h, body = row
+    seq, rid, typ, kind, app, fn, cyc, t_ms, e, dur, uses, cost, cur, ent, h, body = row
     event, reason = _parse_body(body)
     if event is None:
         return reason, ""
@@ -208,7 +211,8 @@ def _check_record(row: tuple[Any, ...], epoch: int, source: str, prev: str, key:
         return "stored hash does not match the record", ""
     if not _time_matches(g("time"), t_ms):
         return "time column does not match the record", ""
-    if typ != g("type") or (kind, app, fn, cyc, e, dur, uses, cost, cur) != columns(data):
+    want = columns(data)  # a version 1 ledger read as it is has no `entitled` column (None): nothing to compare
+    if typ != g("type") or (kind, app, fn, cyc, e, dur, uses, cost, cur) != want[:9] or ent not in (want[9], None):
         return "query columns do not match the record", ""
     try:
         key.verify(raw_sig, digest, PREHASHED_ECDSA)
