@@ -35,18 +35,28 @@ So between billable events an idle gateway writes nothing at all, and a busy S0 
 from __future__ import annotations
 
 from metering.meter import ApplianceMeter
-from metering.records import Draft
+from metering.records import PARTITION_KINDS, USAGE_TYPE, Draft
+
+
+def prompt(draft: Draft) -> bool:
+    """Whether a record is written within `hold_use_s` rather than `hold_s`: a closed use (the `cycle` summary, what
+    a bill counts), a lifecycle event (start, stop, config, an applied command: the audit trail) or a clock record.
+    A function segment, an interim slice or a gap (the partition records) may wait the longer `hold_s`."""
+    return draft.type != USAGE_TYPE or draft.data.get("kind") not in PARTITION_KINDS
 
 
 class CheckpointPlan:
     """Tracks, per meter, whether its checkpoint must go with the next batch (`owe`) or may wait for the cadence
     (`fed`), and answers `take(now_ns)`: the meters whose checkpoints the batch being made must carry."""
 
-    def __init__(self, meters: dict[str, ApplianceMeter], checkpoint_s: float, *, hold_s: float = 0.0) -> None:
+    def __init__(self, meters: dict[str, ApplianceMeter], checkpoint_s: float, *, hold_s: float = 0.0,
+                 hold_use_s: float | None = None) -> None:
         self._meters = meters
         self._period_ns = int(checkpoint_s * 1e9)
         self._hold_ns = int(hold_s * 1e9)
+        self._hold_use_ns = int(min(hold_s, hold_s if hold_use_s is None else hold_use_s) * 1e9)
         self._held_since: int | None = None  # when the oldest held record was made
+        self._prompt_since: int | None = None  # when the oldest held record that is written promptly was made
         self._owed: set[str] = set()  # checkpoints that go with the next batch, whenever it is written
         self._force = False  # a batch is written at the next chance even without records
         self._moved: set[str] = set()
@@ -83,12 +93,19 @@ class CheckpointPlan:
         return bool(self._moved) and (self._last_ns is None or now_ns - self._last_ns >= self._period_ns)
 
     def records_due(self, pending: list[Draft], now_ns: int) -> bool:
-        """Whether `pending` must be written now: its oldest record has waited `hold_s`."""
+        """Whether `pending` must be written now: its oldest record has waited `hold_s`, or its oldest record that
+        is written promptly (a closed use, a lifecycle or clock record: `prompt`) has waited `hold_use_s`.
+
+        Called at every batch (`batch_ms`), so a record's wait is measured from the first batch that saw it."""
         if not pending:
-            self._held_since = None
+            self._held_since = self._prompt_since = None
             return False
         if self._held_since is None:
             self._held_since = now_ns
+        if self._prompt_since is None and any(prompt(d) for d in pending):
+            self._prompt_since = now_ns
+        if self._prompt_since is not None and now_ns - self._prompt_since >= self._hold_use_ns:
+            return True
         return now_ns - self._held_since >= self._hold_ns
 
     def take(self, now_ns: int, *, records: bool) -> list[str] | None:
@@ -100,7 +117,7 @@ class CheckpointPlan:
         if not (records or self._force or self.due(now_ns)):
             return None
         self._last_ns = now_ns
-        self._held_since = None
+        self._held_since = self._prompt_since = None
         self._force = False
         names = sorted(self._owed | self._moved)
         self._owed.clear()
