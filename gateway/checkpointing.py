@@ -15,18 +15,22 @@ block), so the gateway writes only what a restart cannot recover otherwise:
   most every `checkpoint_s` of the daemon's clock, and only when it moved (a new pulse count; energy integrated
   from non-zero power). A crash loses at most that window (README, "What a power cut costs").
 - **Pricing** state is written with every transaction that writes anything (it moves with the records it priced).
-- **Records wait** in memory for at most `[gateway] hold_s` (60 s by default; 0 = every batch) so that the records
-  of one moment share one transaction: each transaction costs about the same eight pages (the records' last leaves
-  and index pages, the chain head, the checkpoints: 30-60 KB with the WAL's index) however many records it carries,
-  and a use makes its records in bursts (a function change closes one record and, at a use's end, its summary).
-  Holding loses nothing a crash would not: a meter's checkpoint goes in the same transaction as its records, so
-  after a crash the register reconciles the interval again, and a pulse or power meter's held records go with its
-  cadence checkpoint (at most `checkpoint_s` later). The cost is latency: a record reaches the ledger, `koto usage`
-  and the cloud up to `hold_s` after it was made. A clean stop, and the retry after a failed commit, write at once.
+- **Records wait** in memory so that several share one transaction: each costs about ten 1 KiB pages (the records'
+  last leaves and index pages, the chain head, the checkpoints) and a 4 KiB page of the WAL's index, however many
+  records it carries. A segment record (function, interim, gap) waits at most `[gateway] hold_s` (900 s by default;
+  0 = every batch); a closed use (its `cycle` record, what a bill counts), a lifecycle or a clock record at most
+  `hold_use_s` (60 s), and takes everything held before it along. So a use's segments go into the ledger together
+  with its summary, one transaction per use instead of one per function change (bench/sd_writes.py: 136 -> 67
+  transactions a day). Holding loses nothing a crash would not: a meter's checkpoint goes in the same transaction
+  as its records, so after a crash the register reconciles the interval again (its attribution to functions is
+  lost, up to `hold_s`), and a pulse or power meter's held records go with its cadence checkpoint (at most
+  `checkpoint_s` later). The cost is latency: a segment reaches the ledger, `koto usage` and the cloud up to
+  `hold_s` after it was made, a finished use within `hold_use_s`. A clean stop, and the retry after a failed
+  commit, write at once.
 - **Idle standby makes few records.** Most records of a day used to be 15-minute interim slices of standby (806 of
   974 in the bench), each a transaction of its own unless held for long. The meter slices a segment outside any
-  use every `[[appliance]] idle_interim_s` (6 h by default) instead of every `interim_s` (metering/meter), so
-  `hold_s` can be short: the standby energy is the same, in the next record.
+  use every `[[appliance]] idle_interim_s` (6 h by default) instead of every `interim_s` (metering/meter): the
+  standby energy is the same, in the next record.
 
 So between billable events an idle gateway writes nothing at all, and a busy S0 meter one small transaction per
 `checkpoint_s`. The cadence runs on the daemon's injected clock, so tests and the write-budget bench compress time.
