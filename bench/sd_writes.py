@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import shutil
 import sqlite3
 import sys
@@ -105,14 +106,32 @@ class Day:
 
 
 class TappedGateway(Gateway):
-    """The production gateway, keeping a copy of the first readings it receives (the naive store's rows)."""
+    """The production gateway, keeping a copy of the first readings it receives (the naive store's rows).
+
+    With `shm_writeback`, each commit is followed by an fsync of the WAL's index (`ledger.db-shm`). SQLite maps that
+    file into memory and every commit dirties one or two of its 4 KiB pages; `write_bytes` counts a page each time
+    it is dirtied again after a writeback (the kernel writes dirty pages back within ~30 s). In real time commits
+    are minutes apart, so each one pays for its -shm pages; in a compressed run they are seconds apart and one dirty
+    page serves several. The fsync makes every commit pay, as in real time (pessimistic: real commits closer than
+    ~30 s share a page)."""
 
     tap: list[Reading]
+    shm_writeback = False
 
     def _feed(self, reading: Reading) -> None:
         if len(self.tap) < NAIVE_SAMPLES:
             self.tap.append(reading)
         super()._feed(reading)
+
+    def _append(self, drafts: list[Any], checkpoints: dict[str, dict[str, Any]]) -> int:
+        n = super()._append(drafts, checkpoints)
+        if self.shm_writeback:
+            fd = os.open(self.cfg.state_dir / "ledger.db-shm", os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return n
 
 
 def write_bytes() -> int:
@@ -137,7 +156,7 @@ def config(state: Path, port: str, overrides: dict[str, dict[str, float]]) -> di
 
 
 async def run_day(state: Path, hours: float, speed: float, start_h: float, overrides: dict[str, dict[str, float]],
-                  frames: Path | None = None) -> tuple[int, TappedGateway, float]:
+                  frames: Path | None = None, *, shm_writeback: bool = True) -> tuple[int, TappedGateway, float]:
     """Run the gateway through `hours` of simulated use; returns (write_bytes over the run, the gateway, sim s)."""
     clock = ScaledClock(speed)
     t0 = clock.now().mono_ns
@@ -154,6 +173,7 @@ async def run_day(state: Path, hours: float, speed: float, start_h: float, overr
         cfg = parse_config(config(state, bus.port, overrides), file="<bench sd_writes>")
         gw = TappedGateway(cfg, clock=clock, backends={"pin_factory": factory}, sync_enabled=False)
         gw.tap = []
+        gw.shm_writeback = shm_writeback
         pin = _pin_wal(state / "ledger.db") if frames is not None else None
         before = write_bytes()
         stop = asyncio.Event()
@@ -216,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the ledger (its path is printed)")
     ap.add_argument("--json", action="store_true", help="also print the figures as one JSON line (bench/report.py)")
     ap.add_argument("--hold-s", type=float, help="[gateway] hold_s instead of the default")
+    ap.add_argument("--hold-use-s", type=float, help="[gateway] hold_use_s instead of the default")
+    ap.add_argument("--no-shm-writeback", action="store_true",
+                    help="leave the WAL index (-shm) to the kernel's writeback, as before 2026-12-06: a compressed "
+                         "run then undercounts its pages (see TappedGateway)")
     ap.add_argument("--interim-s", type=float, help="[[appliance]] interim_s instead of the default")
     ap.add_argument("--idle-interim-s", type=float, help="[[appliance]] idle_interim_s instead of the default")
     ap.add_argument("--page-size", type=int, help="the new ledger's SQLite page size instead of store.PAGE_SIZE")
@@ -223,8 +247,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="instead of the budget: keep every WAL frame and say which b-trees each commit wrote")
     args = ap.parse_args(argv)
     overrides: dict[str, dict[str, float]] = {"gateway": {}, "appliance": {}}
-    if args.hold_s is not None:
-        overrides["gateway"]["hold_s"] = args.hold_s
+    for key in ("hold_s", "hold_use_s"):
+        if getattr(args, key) is not None:
+            overrides["gateway"][key] = getattr(args, key)
     for key in ("interim_s", "idle_interim_s"):
         if getattr(args, key) is not None:
             overrides["appliance"][key] = getattr(args, key)
@@ -238,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         state = work / "state"
         StateDir(state).provision()
         frames = work / "frames" if args.frames else None
-        written, gw, sim_s = asyncio.run(run_day(state, args.hours, args.speed, args.start_hour, overrides, frames))
+        written, gw, sim_s = asyncio.run(run_day(state, args.hours, args.speed, args.start_hour, overrides, frames,
+                                                    shm_writeback=not args.no_shm_writeback))
         if frames is not None:
             from bench.wal_frames import analyse
 

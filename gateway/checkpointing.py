@@ -15,18 +15,22 @@ block), so the gateway writes only what a restart cannot recover otherwise:
   most every `checkpoint_s` of the daemon's clock, and only when it moved (a new pulse count; energy integrated
   from non-zero power). A crash loses at most that window (README, "What a power cut costs").
 - **Pricing** state is written with every transaction that writes anything (it moves with the records it priced).
-- **Records wait** in memory for at most `[gateway] hold_s` (60 s by default; 0 = every batch) so that the records
-  of one moment share one transaction: each transaction costs about the same eight pages (the records' last leaves
-  and index pages, the chain head, the checkpoints: 30-60 KB with the WAL's index) however many records it carries,
-  and a use makes its records in bursts (a function change closes one record and, at a use's end, its summary).
-  Holding loses nothing a crash would not: a meter's checkpoint goes in the same transaction as its records, so
-  after a crash the register reconciles the interval again, and a pulse or power meter's held records go with its
-  cadence checkpoint (at most `checkpoint_s` later). The cost is latency: a record reaches the ledger, `koto usage`
-  and the cloud up to `hold_s` after it was made. A clean stop, and the retry after a failed commit, write at once.
+- **Records wait** in memory so that several share one transaction: each costs about ten 1 KiB pages (the records'
+  last leaves and index pages, the chain head, the checkpoints) and a 4 KiB page of the WAL's index, however many
+  records it carries. A segment record (function, interim, gap) waits at most `[gateway] hold_s` (900 s by default;
+  0 = every batch); a closed use (its `cycle` record, what a bill counts), a lifecycle or a clock record at most
+  `hold_use_s` (60 s), and takes everything held before it along. So a use's segments go into the ledger together
+  with its summary, one transaction per use instead of one per function change (bench/sd_writes.py: 136 -> 67
+  transactions a day). Holding loses nothing a crash would not: a meter's checkpoint goes in the same transaction
+  as its records, so after a crash the register reconciles the interval again (its attribution to functions is
+  lost, up to `hold_s`), and a pulse or power meter's held records go with its cadence checkpoint (at most
+  `checkpoint_s` later). The cost is latency: a segment reaches the ledger, `koto usage` and the cloud up to
+  `hold_s` after it was made, a finished use within `hold_use_s`. A clean stop, and the retry after a failed
+  commit, write at once.
 - **Idle standby makes few records.** Most records of a day used to be 15-minute interim slices of standby (806 of
   974 in the bench), each a transaction of its own unless held for long. The meter slices a segment outside any
-  use every `[[appliance]] idle_interim_s` (6 h by default) instead of every `interim_s` (metering/meter), so
-  `hold_s` can be short: the standby energy is the same, in the next record.
+  use every `[[appliance]] idle_interim_s` (6 h by default) instead of every `interim_s` (metering/meter): the
+  standby energy is the same, in the next record.
 
 So between billable events an idle gateway writes nothing at all, and a busy S0 meter one small transaction per
 `checkpoint_s`. The cadence runs on the daemon's injected clock, so tests and the write-budget bench compress time.
@@ -35,18 +39,28 @@ So between billable events an idle gateway writes nothing at all, and a busy S0 
 from __future__ import annotations
 
 from metering.meter import ApplianceMeter
-from metering.records import Draft
+from metering.records import PARTITION_KINDS, USAGE_TYPE, Draft
+
+
+def prompt(draft: Draft) -> bool:
+    """Whether a record is written within `hold_use_s` rather than `hold_s`: a closed use (the `cycle` summary, what
+    a bill counts), a lifecycle event (start, stop, config, an applied command: the audit trail) or a clock record.
+    A function segment, an interim slice or a gap (the partition records) may wait the longer `hold_s`."""
+    return draft.type != USAGE_TYPE or draft.data.get("kind") not in PARTITION_KINDS
 
 
 class CheckpointPlan:
     """Tracks, per meter, whether its checkpoint must go with the next batch (`owe`) or may wait for the cadence
     (`fed`), and answers `take(now_ns)`: the meters whose checkpoints the batch being made must carry."""
 
-    def __init__(self, meters: dict[str, ApplianceMeter], checkpoint_s: float, *, hold_s: float = 0.0) -> None:
+    def __init__(self, meters: dict[str, ApplianceMeter], checkpoint_s: float, *, hold_s: float = 0.0,
+                 hold_use_s: float | None = None) -> None:
         self._meters = meters
         self._period_ns = int(checkpoint_s * 1e9)
         self._hold_ns = int(hold_s * 1e9)
+        self._hold_use_ns = int(min(hold_s, hold_s if hold_use_s is None else hold_use_s) * 1e9)
         self._held_since: int | None = None  # when the oldest held record was made
+        self._prompt_since: int | None = None  # when the oldest held record that is written promptly was made
         self._owed: set[str] = set()  # checkpoints that go with the next batch, whenever it is written
         self._force = False  # a batch is written at the next chance even without records
         self._moved: set[str] = set()
@@ -83,12 +97,19 @@ class CheckpointPlan:
         return bool(self._moved) and (self._last_ns is None or now_ns - self._last_ns >= self._period_ns)
 
     def records_due(self, pending: list[Draft], now_ns: int) -> bool:
-        """Whether `pending` must be written now: its oldest record has waited `hold_s`."""
+        """Whether `pending` must be written now: its oldest record has waited `hold_s`, or its oldest record that
+        is written promptly (a closed use, a lifecycle or clock record: `prompt`) has waited `hold_use_s`.
+
+        Called at every batch (`batch_ms`), so a record's wait is measured from the first batch that saw it."""
         if not pending:
-            self._held_since = None
+            self._held_since = self._prompt_since = None
             return False
         if self._held_since is None:
             self._held_since = now_ns
+        if self._prompt_since is None and any(prompt(d) for d in pending):
+            self._prompt_since = now_ns
+        if self._prompt_since is not None and now_ns - self._prompt_since >= self._hold_use_ns:
+            return True
         return now_ns - self._held_since >= self._hold_ns
 
     def take(self, now_ns: int, *, records: bool) -> list[str] | None:
@@ -100,7 +121,7 @@ class CheckpointPlan:
         if not (records or self._force or self.due(now_ns)):
             return None
         self._last_ns = now_ns
-        self._held_since = None
+        self._held_since = self._prompt_since = None
         self._force = False
         names = sorted(self._owed | self._moved)
         self._owed.clear()

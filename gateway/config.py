@@ -58,7 +58,8 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENERGY_KINDS: tuple[Kind, ...] = ("register", "pulses", "power")
 CHECKPOINT_S = 300.0  # default `[gateway] checkpoint_s`
 RETAIN_DAYS = 90.0  # default `[gateway] retain_days`
-HOLD_S = 60.0  # default `[gateway] hold_s` (gateway/checkpointing.py)
+HOLD_S = 900.0  # default `[gateway] hold_s`: how long a segment's or slice's record may wait (gateway/checkpointing.py)
+HOLD_USE_S = 60.0  # default `[gateway] hold_use_s`: how long a closed use's, lifecycle or clock record may wait
 IDLE_INTERIM_S = 21_600  # default `[[appliance]] idle_interim_s`: an idle appliance's standby slice (6 h)
 WEB_PORT = 8080  # default `[gateway] web_port`: the household status page
 
@@ -197,6 +198,7 @@ class GatewayConfig:
     stop_timeout_s: float = 10.0  # `koto run` exits this long after a stop request, whatever still runs
     retain_days: float = RETAIN_DAYS
     hold_s: float = HOLD_S
+    hold_use_s: float = HOLD_USE_S
     web_port: int = WEB_PORT  # the household status page (gateway/web/); 0 = off
     web_host: str = "0.0.0.0"
 
@@ -252,8 +254,8 @@ def parse_config_all(data: dict[str, Any], *, file: str = "<config>",
     cfg = GatewayConfig(**household, file=file, id=gateway.id, state_dir=gateway.state_dir, timezone=gateway.timezone,
                         subject=gateway.subject, batch_ms=gateway.batch_ms, checkpoint_s=gateway.checkpoint_s,
                         cloud=cloud, tariff=tariff, appliances=appliances, stop_timeout_s=gateway.stop_timeout_s,
-                        retain_days=gateway.retain_days, hold_s=gateway.hold_s, web_port=gateway.web_port,
-                        web_host=gateway.web_host)
+                        retain_days=gateway.retain_days, hold_s=gateway.hold_s, hold_use_s=gateway.hold_use_s,
+                        web_port=gateway.web_port, web_host=gateway.web_host)
     return cfg, root.problems
 
 
@@ -282,6 +284,7 @@ class _Gateway(NamedTuple):
     stop_timeout_s: float
     retain_days: float
     hold_s: float
+    hold_use_s: float
     web_port: int
     web_host: str
 
@@ -303,14 +306,18 @@ def _parse_gateway(gw: _Table, base: Path) -> _Gateway:
     # (a register meter needs none; see gateway/checkpointing.py). 300 s keeps an idle-time write budget tiny.
     checkpoint_s = gw.number("checkpoint_s", CHECKPOINT_S, lo=0.1, hi=3600)
     retain_days = gw.number("retain_days", RETAIN_DAYS, lo=1, hi=3650)
-    hold_s = gw.number("hold_s", HOLD_S, lo=0, hi=3600)  # how long records may wait to share a transaction
+    # How long records may wait in memory to share one transaction (gateway/checkpointing.py): a function segment's,
+    # an interim slice's or a gap's record at most `hold_s`; a closed use's (cycle), lifecycle or clock record at
+    # most `hold_use_s` (never longer than `hold_s`). `hold_s = 0` commits every batch.
+    hold_s = gw.number("hold_s", HOLD_S, lo=0, hi=3600)
+    hold_use_s = gw.number("hold_use_s", HOLD_USE_S, lo=0, hi=3600)
     web_port = int(gw.number("web_port", WEB_PORT, lo=0, hi=65535))  # the status page; 0 = off
     web_host = gw.get("web_host", str, "0.0.0.0", what="an address to listen on, e.g. 0.0.0.0 or 127.0.0.1")
     # Below the unit's TimeoutStopSec=20 with room to spare: systemd's SIGKILL should never be what ends a stop.
     stop_timeout_s = gw.number("stop_timeout_s", 10, lo=0.5, hi=600)
     gw.reject_unknown()
     return _Gateway(gid or "gateway", state_dir, tzname, subject, batch_ms, checkpoint_s, stop_timeout_s,
-                    retain_days, hold_s, web_port, web_host)
+                    retain_days, hold_s, hold_use_s, web_port, web_host)
 
 
 def _parse_cloud(ct: _Table, gateway_id: str, base: Path) -> SyncConfig:

@@ -162,7 +162,7 @@ class Gateway:
         self._queue: asyncio.Queue[Reading] = asyncio.Queue(QUEUE_MAX)
         self._pending: list[Draft] = []
         # What each batch writes, and when: the SD-card write budget (gateway/checkpointing.py)
-        self._ckpt = CheckpointPlan(self.meters, cfg.checkpoint_s, hold_s=cfg.hold_s)
+        self._ckpt = CheckpointPlan(self.meters, cfg.checkpoint_s, hold_s=cfg.hold_s, hold_use_s=cfg.hold_use_s)
         self._clock_synced: bool | None = None
         self._stopping = False
         self._inflight: tuple[asyncio.Future[int], list[Draft]] | None = None

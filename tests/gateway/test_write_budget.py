@@ -25,10 +25,12 @@ CHECKPOINT_S = 300
 IMP_PER_KWH = 1000
 
 
-def config(tmp: Path, interim_s: int = 3600, hold_s: int = 900, idle_interim_s: int | None = None) -> dict[str, Any]:
+def config(tmp: Path, interim_s: int = 3600, hold_s: int = 900, idle_interim_s: int | None = None,
+           hold_use_s: int = 60) -> dict[str, Any]:
     idle = interim_s if idle_interim_s is None else idle_interim_s  # (standby slices at interim_s unless told)
     return {
-        "gateway": {"id": "gw-b", "state_dir": str(tmp / "state"), "checkpoint_s": CHECKPOINT_S, "hold_s": hold_s},
+        "gateway": {"id": "gw-b", "state_dir": str(tmp / "state"), "checkpoint_s": CHECKPOINT_S, "hold_s": hold_s,
+                    "hold_use_s": hold_use_s},
         "appliance": [
             {"id": "boiler", "profile": "kettle", "energy": "reg", "interim_s": interim_s, "idle_interim_s": idle,
              "sources": {"reg": {"driver": "modbus", "model": "sdm120", "port": "/dev/ttyKOTO-none", "address": 1}}},
@@ -139,8 +141,9 @@ def test_a_counting_s0_meter_is_checkpointed_only_at_its_cadence(tmp_path: Path)
 
 def test_records_wait_for_the_next_transaction_for_at_most_hold_s(tmp_path: Path) -> None:
     """Two appliances' interims fall at different moments (the kettle's standby segment began at the start, the
-    boiler's boil 2 minutes later); held, they share one transaction per `hold_s` instead of one each."""
-    with gateway(tmp_path, interim_s=600, hold_s=600) as sim:
+    boiler's boil 2 minutes later); held, they share one transaction per `hold_s` instead of one each. Interim
+    slices are segment records: `hold_use_s` (60 s here) does not hurry them."""
+    with gateway(tmp_path, interim_s=600, hold_s=600, hold_use_s=60) as sim:
         sim.run(120)
         sim.run(1, boiler_w=2000)
         sim.commits.clear()
@@ -163,3 +166,37 @@ def test_an_idle_gateway_at_the_default_cadences_commits_nothing_for_5_hours(tmp
         sim.commits.clear()
         sim.run(5 * 3600)
         assert sim.commits == []
+
+
+def test_a_closed_use_is_written_within_hold_use_s_with_the_segments_held_before_it(tmp_path: Path) -> None:
+    """Segment records wait up to `hold_s` (900 s) to share a transaction; a closed use (its `cycle` record) is
+    written within `hold_use_s` (60 s) of being made, and takes every record held before it into that transaction."""
+    with gateway(tmp_path, interim_s=900, hold_s=900, hold_use_s=60, idle_interim_s=21_600) as sim:
+        sim.run(CHECKPOINT_S + 60)
+        sim.commits.clear()
+        for _ in range(3):  # three boils, ten minutes apart: each a use (boil segment, standby segment, cycle)
+            sim.run(150, boiler_w=2000)
+            made = None
+            for _ in range(450):
+                sim.run(1)
+                if made is None and any(d.data.get("kind") == "cycle" for d in sim.gw._pending):
+                    made = sim.clock.now().wall  # the meter closed the use (after its end dwell and settling)
+            assert made is not None
+            written = [t for t, records, _ in sim.commits if records and t >= made]
+            assert written and written[0] - made <= 60 + 1  # hold_use_s (+ the 1 s step)
+            assert not sim.gw._pending  # the segments held before it went with it
+        rows = sim.reader.execute("SELECT kind FROM records WHERE appliance='boiler'").fetchall()
+        assert rows.count(("cycle",)) == 3 and rows.count(("function",)) >= 6
+        assert len([c for c in sim.commits if c[1]]) == 3  # one transaction per use: its segments and its summary
+
+
+def test_hold_s_0_writes_every_batch_whatever_hold_use_s_says(tmp_path: Path) -> None:
+    with gateway(tmp_path, interim_s=600, hold_s=0, hold_use_s=60) as sim:
+        sim.run(120)
+        sim.run(1, boiler_w=2000)
+        sim.commits.clear()
+        head0 = sim.gw.ledger.head()[0]
+        sim.run(3600, boiler_w=2000)
+        commits = [t for t, records, _ in sim.commits if records]
+        for (end_ms,) in sim.reader.execute("SELECT t_end_ms FROM records WHERE seq > ?", (head0,)):
+            assert min(t for t in commits if t >= end_ms / 1000) - end_ms / 1000 <= 2  # the next 1 s step
