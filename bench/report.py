@@ -59,7 +59,7 @@ BENCHES: tuple[Bench, ...] = (
     Bench("sync", "sync drain vs raw aiomqtt publish; commit-to-ack p50/p99", ("--outage", "30"),
           ("--records", "1000", "--latency-n", "50"), 900),
     Bench("sd_writes", "SD bytes per appliance-day vs the records' own size and a naive store",
-          ("--speed", "60"), ("--hours", "0.5", "--speed", "60"), 3600),
+          ("--speed", "120"), ("--hours", "0.5", "--speed", "60"), 3600),
     Bench("thingsboard", "against ThingsBoard IoT Gateway 3.8.5: RSS, CPU, writes, kill -9, broker return",
           (), ("--seconds", "30"), 3600),
     Bench("fleet", "fleet: many gateways, clustered receivers", (), ("--quick",), 3600, json=True),
