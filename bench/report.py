@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.report            # the full run (about 1.5 h here; see README "Benchmarks")
     .venv/bin/python -m bench.report --quick    # a smoke run: every bench, small sizes (about 15 min)
     .venv/bin/python -m bench.report --only ledger_scale,daemon_cost   # rerun two; the others come from bench/results
+    .venv/bin/python -m bench.report --render   # run nothing: the report from the runs kept in bench/results
 
 Each bench runs as `python -m bench.NAME ... --json` in a child process with its own time limit; its text output is
 streamed here as progress lines (stderr) and kept for the report, and the JSON line it prints (bench/figures.py)
@@ -226,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every bench")
     ap.add_argument("--only", default="", help="comma-separated bench names")
     ap.add_argument("--out", type=Path, default=BENCH / "REPORT.md")
+    ap.add_argument("--render", action="store_true", help="run nothing: render the report from bench/results")
     a = ap.parse_args(argv)
     only = {n for n in a.only.split(",") if n}
     unknown = only - {b.name for b in BENCHES}
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     info, before, t0 = machine(), load(), time.monotonic()
     runs = []
     for b in BENCHES:
-        if only and b.name not in only:
+        if a.render or (only and b.name not in only):
             runs.append(stored(b, a.quick) or Run(b, present=False))
             continue
         run = run_one(b, a.quick)
