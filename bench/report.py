@@ -62,7 +62,7 @@ BENCHES: tuple[Bench, ...] = (
     Bench("sd_writes", "SD bytes per appliance-day vs the records' own size and a naive store",
           ("--speed", "120"), ("--hours", "0.5", "--speed", "60"), 3600),
     Bench("thingsboard", "against ThingsBoard IoT Gateway 3.8.5: RSS, CPU, writes, kill -9, broker return",
-          (), ("--seconds", "30"), 3600),
+          (), ("--seconds", "30", "--day-from", "bench/results/quick/sd_writes.json"), 3600),
     Bench("fleet", "fleet: many gateways, clustered receivers", (), ("--quick",), 3600, json=True),
     Bench("web_rss", "the household web page's memory", (), (), 900),
     Bench("soak", "24 simulated hours with 16 appliances: RSS, fds, tasks", (), ("--hours", "1"), 7200),
