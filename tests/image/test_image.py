@@ -94,11 +94,13 @@ REPORT = """#!/bin/sh
 for i in $(seq 900); do  # until READY, or a crash loop (Restart=always keeps it "activating")
     s=$(systemctl show -p ActiveState --value koto.service)
     [ "$s" = active ] || [ "$s" = failed ] || [ "$(systemctl show -p NRestarts --value koto.service)" -ge 2 ] && break
+    # a refused card: koto.service's start was skipped (no /etc/koto/koto.toml), and stays so
+    [ "$(systemctl show -p ConditionResult --value koto.service)" = no ] && break
     sleep 1
 done
 sleep 10
 echo KOTO-IMAGE-REPORT-BEGIN
-systemctl show -p Type -p ActiveState -p SubState -p StatusText -p NRestarts koto.service
+systemctl show -p Type -p ActiveState -p SubState -p StatusText -p NRestarts -p ConditionResult koto.service
 systemctl show -p ActiveState -p Result --property=ExecMainStatus koto-firstboot.service | sed 's/^/firstboot./'
 ls /boot/firmware | sed 's/^/card: /'
 stat -c 'file: %n %U %a' /etc/koto/koto.toml /var/lib/koto/keys/device.pem
@@ -150,6 +152,12 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     sh("/usr/sbin/mkfs.fat", "-F", "32", "-s", "1", "-n", "BOOTFS", "-C", str(boot_img), "66000")
     (tmp / "koto.toml").write_text(CONFIG)
     sh("mcopy", "-i", str(boot_img), str(tmp / "koto.toml"), "::/koto.toml")
+    # The same image before any boot, with a card whose config `koto check` refuses (no Modbus address 300).
+    sh("cp", "--sparse=always", str(root_img), str(tmp / "root-refused.img"))
+    sh("/usr/sbin/mkfs.fat", "-F", "32", "-s", "1", "-n", "BOOTFS", "-C", str(tmp / "boot-refused.img"), "66000")
+    (tmp / "refused").mkdir()
+    (tmp / "refused" / "koto.toml").write_text(CONFIG.replace("address = 1", "address = 300"))
+    sh("mcopy", "-i", str(tmp / "boot-refused.img"), str(tmp / "refused" / "koto.toml"), "::/koto.toml")
     kernel = max((lower / "boot").glob("vmlinuz-*"))
     initrd = max((lower / "boot").glob("initrd.img-*"))
     return {"root": root_img, "boot": boot_img, "kernel": kernel, "initrd": initrd, "tmp": tmp}
@@ -176,3 +184,21 @@ def test_the_installed_image_boots_imports_the_card_and_koto_reaches_ready(image
     for name in ("config", "service user", "state folder", "serial meter", "ledger", "disk"):
         assert status[name] == "ok", (name, doctor)
     assert MARK.encode() not in images["boot"].read_bytes()  # scrubbed on the mounted vfat, free space too
+
+
+def test_a_refused_card_is_kept_with_its_reasons_and_koto_does_not_start(images: dict[str, Path]) -> None:
+    tmp = images["tmp"]
+    console = boot(tmp / "root-refused.img", tmp / "boot-refused.img", images["kernel"], images["initrd"])
+    (tmp / "console-refused.log").write_text(console)
+    report = section(console, "KOTO-IMAGE-REPORT-BEGIN", "KOTO-IMAGE-REPORT-END")
+    head = report.split("KOTO-DOCTOR-BEGIN")[0]
+    facts = dict(ln.split("=", 1) for ln in head.splitlines() if "=" in ln)
+    # not started half-configured: its start was skipped by the condition, no crash loop
+    assert facts["ActiveState"] == "inactive" and facts["ConditionResult"] == "no", report
+    assert facts["NRestarts"] == "0", report
+    assert facts["firstboot.Result"] != "success", report  # koto firstboot exits 1 on a refused card
+    assert "card: koto.toml" in report and "card: koto.toml.rejected.txt" in report, report
+    assert "was NOT imported" in report, report  # the journal says so in words
+    reasons = subprocess.run(["mtype", "-i", str(tmp / "boot-refused.img"), "::/koto.toml.rejected.txt"],
+                             capture_output=True, text=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}).stdout
+    assert "address" in reasons, reasons  # the reason, for support, beside the config it refused
