@@ -1,8 +1,10 @@
 """The pi-gen stage runs deploy/install.sh inside the image's root, with the source copied in and removed after.
 
-pi-gen itself is not run (an hour under emulation); its interface to a stage is stood in: the exported
-`ROOTFS_DIR` and `STAGE_DIR`, and `on_chroot`, a function that runs its stdin in the root, here recording it and
-what the root held at that moment."""
+pi-gen itself is not run (an hour under emulation, and its stage0 needs archive.raspberrypi.com); its interface to
+a stage is stood in: the exported `ROOTFS_DIR` and `STAGE_DIR`, and `on_chroot`, the function that runs its stdin in
+the root. The stand-in mounts what pi-gen's own `on_chroot` mounts before it chroots (scripts/common on the arm64
+and bookworm branches: a fresh tmpfs on the root's /tmp and /run, so nothing put there beforehand is seen inside),
+in a mount namespace of its own, then records the script and what the root holds at that moment."""
 
 from __future__ import annotations
 
@@ -20,16 +22,24 @@ STAGE = REPO / "deploy" / "pi-gen" / "stage-koto"
 
 def run_stage(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
     root, seen = tmp_path / "rootfs", tmp_path / "seen"
-    root.mkdir()
-    (root / "tmp").mkdir()
+    for d in ("tmp", "run", "var/tmp"):
+        (root / d).mkdir(parents=True)
     script = f"""
-on_chroot() {{ cat > {seen}/script; ls -R "$ROOTFS_DIR/tmp/koto-src" > {seen}/files; }}
+on_chroot() {{
+    # pi-gen (scripts/common): "mount -t tmpfs tmpfs ${{ROOTFS_DIR}}/run" and ".../tmp" unless already mounted
+    mountpoint -q "$ROOTFS_DIR/run" || mount -t tmpfs tmpfs "$ROOTFS_DIR/run"
+    mountpoint -q "$ROOTFS_DIR/tmp" || mount -t tmpfs tmpfs "$ROOTFS_DIR/tmp"
+    script=$(cat); echo "$script" > {seen}/script
+    src=$(echo "$script" | grep -o '^sh /[^ ]*/deploy/install.sh' | cut -d' ' -f2)
+    ls -R "$ROOTFS_DIR${{src%/deploy/install.sh}}" > {seen}/files
+}}
 export -f on_chroot
 mkdir -p {seen}
 cd {STAGE / "00-koto"} && ./00-run.sh
 """
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
-                         env={**os.environ, "ROOTFS_DIR": str(root), "STAGE_DIR": str(STAGE), **env})
+    # A mount namespace of its own (as root, or as a user through a user namespace): the tmpfs mounts end with it.
+    out = subprocess.run(["unshare", "--mount", "--map-root-user", "bash", "-c", script], capture_output=True,
+                         text=True, env={**os.environ, "ROOTFS_DIR": str(root), "STAGE_DIR": str(STAGE), **env})
     return out, root, seen
 
 
@@ -50,10 +60,10 @@ def test_the_stage_runs_the_install_script_in_the_root_and_leaves_no_copy(tmp_pa
     out, root, seen = run_stage(tmp_path, KOTO_SRC=str(checkout))
     assert out.returncode == 0, out.stderr
     script = (seen / "script").read_text()
-    assert "sh /tmp/koto-src/deploy/install.sh \n" in script and "/opt/koto/.venv/bin/koto --version" in script
+    assert "sh /var/tmp/koto-src/deploy/install.sh \n" in script and "/opt/koto/.venv/bin/koto --version" in script
     files = (seen / "files").read_text()
     assert "install.sh" in files and "pyproject.toml" in files and "big" not in files
-    assert not (root / "tmp" / "koto-src").exists()
+    assert not (root / "var" / "tmp" / "koto-src").exists() and not list((root / "tmp").iterdir())
 
 
 def test_a_given_wheel_is_installed_instead_of_building_one(tmp_path: Path, checkout: Path) -> None:
@@ -61,7 +71,7 @@ def test_a_given_wheel_is_installed_instead_of_building_one(tmp_path: Path, chec
     wheel.write_bytes(b"PK")
     out, _root, seen = run_stage(tmp_path, KOTO_SRC=str(checkout), KOTO_WHEEL=str(wheel))
     assert out.returncode == 0, out.stderr
-    assert f"install.sh --wheel /tmp/koto-src/{wheel.name}" in (seen / "script").read_text()
+    assert f"install.sh --wheel /var/tmp/koto-src/{wheel.name}" in (seen / "script").read_text()
     assert wheel.name in (seen / "files").read_text()
 
 

@@ -12,7 +12,9 @@ KOTO_SRC="${KOTO_SRC:-$(cd "${STAGE_DIR}/../../.." && pwd)}"
 	exit 1
 }
 
-DEST="${ROOTFS_DIR}/tmp/koto-src"
+# Not /tmp: pi-gen's on_chroot mounts a fresh tmpfs on the root's /tmp (and /run) before it chroots, which would
+# hide a copy put there beforehand.
+DEST="${ROOTFS_DIR}/var/tmp/koto-src"
 rm -rf "${DEST}"
 mkdir -p "${DEST}"
 # The source as git knows it (no .venv, no build output); a plain copy when it is not a git checkout.
@@ -26,12 +28,12 @@ fi
 ARGS=""
 if [ -n "${KOTO_WHEEL:-}" ]; then
 	cp "${KOTO_WHEEL}" "${DEST}/"
-	ARGS="--wheel /tmp/koto-src/$(basename "${KOTO_WHEEL}")"
+	ARGS="--wheel /var/tmp/koto-src/$(basename "${KOTO_WHEEL}")"
 fi
 
 on_chroot << CHROOT
 set -e
-sh /tmp/koto-src/deploy/install.sh ${ARGS}
+sh /var/tmp/koto-src/deploy/install.sh ${ARGS}
 /opt/koto/.venv/bin/koto --version
 CHROOT
 
