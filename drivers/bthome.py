@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from functools import cache
 from typing import Any
@@ -48,6 +49,12 @@ class Decoded:
     sensors: Mapping[str, Any]
     binary: Mapping[str, bool]
     title: str | None = None
+
+
+def _plain(value: Any) -> Any:
+    """A value as a number, string, bool or None: bthome-ble gives BTHome's timestamp object (0x50) as a datetime,
+    which `koto discover --json` and the logs would otherwise have to special-case. Found by `make fuzz`."""
+    return value.isoformat() if isinstance(value, datetime) else value
 
 
 @dataclass
@@ -213,7 +220,7 @@ class BTHomeDecoder:
         self._last_raw = raw
         if cap.duplicate:
             return None
-        sensors = {k: v for k, v in cap.sensors.items() if k not in ("signal_strength", "packet_id")}
+        sensors = {k: _plain(v) for k, v in cap.sensors.items() if k not in ("signal_strength", "packet_id")}
         return Decoded(cap.packet_id, encrypted, sensors, dict(cap.binary), p.title)
 
 
