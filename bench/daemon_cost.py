@@ -2,6 +2,7 @@
 meter-day, and the cold start to READY with a 1,000,000-record ledger; each beside a baseline from the same run.
 
     .venv/bin/python -m bench.daemon_cost [--meters 8] [--seconds 120] [--demo-minutes 3] [--ledger STATE] [--json]
+                                          [--python /opt/koto/.venv/bin/python]   # the installed layout's interpreter
 
 1. **steady load**: `koto run` (a child process, the production daemon started as the unit starts it: the console
    script's module, gateway.entry) with `--meters` Eastron SDM120 meters on
@@ -9,7 +10,7 @@ meter-day, and the cold start to READY with a 1,000,000-record ledger; each besi
    each polled at 1 Hz, every meter an appliance. After READY and a 15 s settle, for `--seconds`: the daemon's CPU
    (utime + stime from /proc/PID/stat) as a share of one core per meter, its RSS (VmRSS, and VmHWM at the end)
    and what it wrote (/proc/PID/io write_bytes) scaled to a meter-day. The child gets the environment the systemd
-   unit sets that bears on memory (UNIT_ENV: MALLOC_ARENA_MAX=2); PSS is printed beside RSS (shared pages split).
+   unit sets that bears on memory (UNIT_ENV: MALLOC_ARENA_MAX=1); PSS is printed beside RSS (shared pages split).
    No [cloud]: sync is measured by bench/sync.
    Baseline: a bare Python interpreter that polls the same meters with pymodbus (one request per meter per second,
    nothing decoded or stored), the least any Python poller does.
@@ -68,7 +69,10 @@ def _toml(state: Path, port: str, meters: int, gateway_id: str, interim_s: float
 
 
 # What systemd/koto.service sets that changes the footprint: the daemon is measured as it runs on the Pi.
-UNIT_ENV = {"MALLOC_ARENA_MAX": "2"}
+UNIT_ENV = {"MALLOC_ARENA_MAX": "1"}
+# The interpreter `koto run` runs on (--python): this one, or e.g. the installed layout's /opt/koto/.venv/bin/python
+# (the distribution's Python, a venv that sees its packages); Koto itself always comes from this checkout.
+DAEMON_PYTHON = sys.executable
 
 
 def runtime_env() -> dict[str, str]:
@@ -160,7 +164,7 @@ async def _start_koto(cfg: Path, notify: Notify, log: Path, *, module: str = "ga
     """`koto run` as the unit starts it: the console script's module (gateway.entry), the unit's environment."""
     with log.open("wb") as err:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", module, "run", "--config", str(cfg), cwd=REPO, stdout=subprocess.DEVNULL,
+            DAEMON_PYTHON, "-m", module, "run", "--config", str(cfg), cwd=REPO, stdout=subprocess.DEVNULL,
             stderr=err, env={**os.environ, **UNIT_ENV, **runtime_env(), "PYTHONPATH": str(REPO),
                              "NOTIFY_SOCKET": notify.path, **(env or {})})
 
@@ -397,6 +401,15 @@ async def cold_start(ledger_state: Path) -> tuple[float, float, float, int]:
     return times[0], times[1], times[2], records
 
 
+def _crypto(python: str) -> str:
+    """Which cryptography that interpreter loads, and with which OpenSSL: the PyPI wheel carries its own, a
+    distribution's package (Debian's python3-cryptography) shares the system's with `ssl`."""
+    code = ("import cryptography; from cryptography.hazmat.backends.openssl.backend import backend as b; "
+            "print(cryptography.__version__, b.openssl_version_text())")
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd="/")
+    return f"cryptography {out.stdout.strip()}" if out.returncode == 0 else "cryptography: not importable"
+
+
 def _load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -410,10 +423,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="state folder of bench/ledger_scale.py's 1M-record ledger (made there when missing)")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: steady,kinds,demo,cold")
     ap.add_argument("--json", action="store_true", help="also print the figures as one JSON line (bench/report.py)")
+    ap.add_argument("--python", default=sys.executable,
+                    help="interpreter for `koto run` (sections steady, kinds, cold), e.g. /opt/koto/.venv/bin/python "
+                         "for the installed layout; it needs Koto's dependencies, Koto comes from this checkout")
     a = ap.parse_args(argv)
     skip = set(a.skip.split(","))
+    global DAEMON_PYTHON
+    DAEMON_PYTHON = a.python
     figs: list[tuple[str, float, str, float | None, str, str, str]] = []
-    print(f"daemon cost ({os.cpu_count()} cores, load average {_load()} at the start)")
+    print(f"daemon cost ({os.cpu_count()} cores, load average {_load()} at the start; koto run on {DAEMON_PYTHON}, "
+          f"{_crypto(DAEMON_PYTHON)})")
     if "steady" not in skip:
         s = asyncio.run(steady(a.meters, a.seconds))
         print(f"koto run, {a.meters} SDM120 at 1 Hz, {s['wall_s']:.0f} s steady: CPU {s['cpu_pct_per_meter']:.3f} % "

@@ -7,7 +7,7 @@ description that says the totals in words for a screen reader; each bar has a <t
 
 from __future__ import annotations
 
-from html import escape
+from .markup import escape
 
 # Colours that keep >= 3:1 against the white card (WCAG's contrast for graphics) and stay apart for common
 # colour-vision deficiencies (the Okabe-Ito palette, darkened where needed).

@@ -16,11 +16,11 @@ import contextlib
 import logging
 import re
 from dataclasses import dataclass, field
-from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..pairing import PairingError
+from .markup import escape
 
 if TYPE_CHECKING:
     from ..daemon import Gateway

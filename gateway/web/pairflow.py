@@ -17,10 +17,10 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from html import escape
 from typing import TYPE_CHECKING, Any
 
 from ..pairing import PairingError
+from .markup import escape
 
 if TYPE_CHECKING:
     from ..daemon import Gateway

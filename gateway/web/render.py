@@ -9,10 +9,10 @@ control has a visible label. Live values carry `data-live` attributes that stati
 from __future__ import annotations
 
 from datetime import datetime
-from html import escape
 from typing import Any
 
 from .chart import chart_svg, legend_html
+from .markup import escape
 from .model import STALE_SOURCE_S, Figures
 
 NOSCRIPT_REFRESH_S = 10

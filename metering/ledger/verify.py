@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import multiprocessing
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -143,6 +142,10 @@ def _chunks(conn: sqlite3.Connection, ranges: list[tuple[int, int]], job: _Job, 
             yield _check_chunk(conn, lo, hi, job, key)
         return
     pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    # Imported here, not at the top: the daemon imports this module through the Ledger facade but never verifies
+    # in parallel, and multiprocessing (with pickle) would cost it about 0.5 MiB (docs/performance.md).
+    import multiprocessing
+
     # spawn, not fork: the parent holds SQLite connections and locks that a forked child must not inherit.
     with multiprocessing.get_context("spawn").Pool(n) as pool:
         yield from pool.imap(_worker, [(job, lo, hi, pem) for lo, hi in ranges])

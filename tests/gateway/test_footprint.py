@@ -1,5 +1,6 @@
 """The resident daemon's import footprint: `koto run` loads what the daemon needs and not the other commands'
-modules (about 4.5 MiB of RSS together: bench/daemon_cost.py, docs/performance.md)."""
+modules (about 4.5 MiB of RSS together: bench/daemon_cost.py, docs/performance.md), nor multiprocessing (only
+`koto verify`'s parallel check uses it) or html (its entity tables; the page escapes with gateway.web.markup)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from click.testing import CliRunner
 REPO = Path(__file__).resolve().parents[2]
 
 NOT_FOR_THE_DAEMON = ("gateway.cli_learn", "gateway.cli_provision", "gateway.cli_doctor", "gateway.cli_support",
-                      "gateway.learn", "gateway.provision_keys", "importlib.metadata", "email", "cryptography.x509")
+                      "gateway.learn", "gateway.provision_keys", "importlib.metadata", "email", "cryptography.x509",
+                      "multiprocessing", "html")
 
 
 def test_the_daemon_imports_no_other_command():
