@@ -157,6 +157,34 @@ def write_now(transport: Any) -> None:
     transport.write = write
 
 
+def read_now(transport: Any) -> None:
+    """Let pymodbus' serial transport read what arrived with one `os.read`, not through pyserial's `read`, which
+    asks `select` first and builds a timeout object for a non-blocking port: a syscall and some Python per reply.
+    The outcomes are pyserial's: the bytes go to the protocol; nothing to read (EAGAIN) is nothing; a port that says
+    it is readable but gives no bytes (an unplugged adapter), or any other error, closes the transport with the
+    same `SerialException` pyserial raises, so the bus sees the port go away as before."""
+    from serial import SerialException
+
+    loop = transport.async_loop
+    fd = transport.sync_serial.fileno()
+
+    def read_ready() -> None:
+        try:
+            data = os.read(fd, 1024)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            transport.close(exc=SerialException(f"read failed: {e}"))
+            return
+        if not data:
+            transport.close(exc=SerialException("device reports readiness to read but returned no data (device "
+                                                "disconnected or multiple access on port?)"))
+            return
+        transport.intern_protocol.data_received(data)
+
+    loop.add_reader(fd, read_ready)  # replaces the transport's own reader of this fd
+
+
 class ModbusBus:
     """The single owner of one serial port. Use `acquire_bus` to share it between sources."""
 
@@ -249,6 +277,8 @@ class ModbusBus:
         transport = getattr(self._client.ctx, "transport", None)
         if transport is not None and hasattr(transport, "intern_write_buffer"):  # pymodbus' SerialTransport
             write_now(transport)
+            if not getattr(transport, "poll_task", None):  # its reader is registered with the loop (not Windows)
+                read_now(transport)
         self._backoff_s = 0.0
         self.last_open_error = ""
         if self.opened_once:

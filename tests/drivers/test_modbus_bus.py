@@ -285,3 +285,24 @@ async def test_a_request_the_port_does_not_take_at_once_goes_the_transports_way(
         finally:
             os.write = real_write
     assert refused and got["power"] == 1_150_500
+
+
+async def test_replies_are_read_with_one_read_not_through_pyserial(sim: ModbusSimulator) -> None:
+    """drivers/serialbus.py `read_now`: the transport's reader is one os.read, not pyserial's `read` (a select and a
+    timeout object per reply); the replies and their checks are the same, and an unplugged port is still seen
+    (test_unplugged_adapter_is_counted_and_the_driver_reconnects)."""
+    async with meter(sim, 1, "sdm120") as src:
+        assert len(await src.poll_once()) == 6  # opens the port
+        assert src.bus is not None
+        port = src.bus._client.ctx.transport.sync_serial
+        calls: list[int] = []
+        pyserial_read = port.read
+
+        def counting_read(size: int = 1) -> bytes:
+            calls.append(size)
+            return pyserial_read(size)  # type: ignore[no-any-return]
+
+        port.read = counting_read
+        got = by_key(src, await src.poll_once())
+    assert got["power"] == 1_150_500 and got["voltage"] == 230_100
+    assert calls == []
