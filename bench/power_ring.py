@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         t_write = _best(lambda: log.write(log.changed(force=True)))
         size = (Path(d) / "power-washer.csv").stat().st_size
     print(f"write: copy in the event loop {t_copy * 1e3:.1f} ms, format and write in a thread {t_write * 1e3:.0f} ms "
-          f"({size / 1024:,.0f} KiB on tmpfs), every 2 min: {t_write / 120 * 100:.2f} % of one core")
+          f"({size / 1024:,.0f} KiB on tmpfs), every 2 min: {t_write / 120 * 100:.3f} % of one core")
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from collections import Counter
@@ -128,6 +129,62 @@ def guard_framer(framer: Any) -> None:
     framer.handleFrame = guarded
 
 
+def write_now(transport: Any) -> None:
+    """Let pymodbus' serial transport write a request at once, when nothing is queued before it.
+
+    pymodbus' `SerialTransport.write` queues the bytes and registers the port with the event loop for writing; the
+    next loop iteration writes them (through pyserial) and unregisters the port: two epoll changes, a loop wakeup
+    and a callback per request, and the requests are most of the daemon's CPU per meter (docs/performance.md). A
+    request is 8 bytes and the port is non-blocking, so the write almost always completes at once. Whatever does
+    not (a full output buffer: the rest; an error such as an unplugged adapter: all of it) goes the transport's own
+    way, which retries, or closes the transport and reports the error as before. The transport's data are the same
+    bytes in the same order: the direct write is taken only when its queue is empty.
+    """
+    queued = transport.write
+    fd = transport.sync_serial.fileno()
+
+    def write(data: bytes) -> None:
+        if transport.intern_write_buffer or getattr(transport, "poll_task", None) or transport.sync_serial is None:
+            queued(data)
+            return
+        try:
+            n = os.write(fd, data)
+        except OSError:
+            n = 0
+        if n < len(data):
+            queued(data[n:])
+
+    transport.write = write
+
+
+def read_now(transport: Any) -> None:
+    """Let pymodbus' serial transport read what arrived with one `os.read`, not through pyserial's `read`, which
+    asks `select` first and builds a timeout object for a non-blocking port: a syscall and some Python per reply.
+    The outcomes are pyserial's: the bytes go to the protocol; nothing to read (EAGAIN) is nothing; a port that says
+    it is readable but gives no bytes (an unplugged adapter), or any other error, closes the transport with the
+    same `SerialException` pyserial raises, so the bus sees the port go away as before."""
+    from serial import SerialException
+
+    loop = transport.async_loop
+    fd = transport.sync_serial.fileno()
+
+    def read_ready() -> None:
+        try:
+            data = os.read(fd, 1024)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            transport.close(exc=SerialException(f"read failed: {e}"))
+            return
+        if not data:
+            transport.close(exc=SerialException("device reports readiness to read but returned no data (device "
+                                                "disconnected or multiple access on port?)"))
+            return
+        transport.intern_protocol.data_received(data)
+
+    loop.add_reader(fd, read_ready)  # replaces the transport's own reader of this fd
+
+
 class ModbusBus:
     """The single owner of one serial port. Use `acquire_bus` to share it between sources."""
 
@@ -217,6 +274,11 @@ class ModbusBus:
             self._next_open_at = time.monotonic() + delay
             self.last_open_error = "cannot open the port (unplugged or missing?)"
             raise PortUnavailable(f"{self.settings.port}: {self.last_open_error}")
+        transport = getattr(self._client.ctx, "transport", None)
+        if transport is not None and hasattr(transport, "intern_write_buffer"):  # pymodbus' SerialTransport
+            write_now(transport)
+            if not getattr(transport, "poll_task", None):  # its reader is registered with the loop (not Windows)
+                read_now(transport)
         self._backoff_s = 0.0
         self.last_open_error = ""
         if self.opened_once:

@@ -18,9 +18,11 @@ Only `t` and `power_w` are required; `signal,value` may be left out.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import itertools
 import logging
+import operator
 import os
 import time
 from array import array
@@ -42,6 +44,8 @@ SIGNALS_KEPT = 512
 WRITE_EVERY_S = 120.0
 REQUEST_FILE = "power-request"
 HEADER = "t,power_w,signal,value"
+POWER_LINE = "{:.3f},{:.3f},,\n"  # a power reading's line, as `_line` writes it
+TRACE_CHUNK = 1024  # power lines formatted at a time by the writer
 
 
 def trace_name(appliance: str) -> str:
@@ -114,30 +118,58 @@ class PowerRing:
 
 
     def trace_lines(self) -> Iterator[str]:
-        """The data lines of `format_trace(self.points())`, made one at a time: the writer's memory stays a few KB
-        whatever the ring's fill, where a full ring's 21,600 TracePoints and their lines took about 5 MB per
-        appliance each write, a high-water mark the allocator kept (bench/soak.py). A ring whose times go back (the
-        wall clock stepped) takes the sorting path, `points()`."""
-        start = (self._next - self._n) % self.size
-        ds, mw, base = self._ds, self._mw, self._base
-        prev = None
-        for k in range(self._n):
-            d = ds[(start + k) % self.size]
-            if prev is not None and d < prev:
-                yield from (_line(p) for p in self.points())
-                return
-            prev = d
-        first = round(base + ds[start] / 10, 1) if self._n else float("-inf")
+        """The data lines of `format_trace(self.points())`, one at a time (from `trace_chunks`)."""
+        for chunk in self.trace_chunks():
+            yield from chunk.splitlines()
+
+    def trace_chunks(self) -> Iterator[str]:
+        """The data lines of `format_trace(self.points())`, each ending in a newline, joined in chunks of at most
+        `TRACE_CHUNK` power lines: the writer's memory stays a few tens of KB whatever the ring's fill, where a full
+        ring's 21,600 TracePoints and their lines took about 5 MB per appliance each write, a high-water mark the
+        allocator kept (bench/soak.py). A chunk's times and powers are formatted by one `str.format` map in C, at
+        about half the CPU of a line at a time (bench/power_ring.py): a full ring's write every 2 minutes was a
+        fifth of the daemon's CPU per appliance (docs/performance.md). A ring whose times go back (the wall clock
+        stepped) takes the sorting path, `points()`."""
+        n, size = self._n, self.size
+        start = (self._next - n) % size
+
+        def span(arr: array[int], a: int, b: int) -> array[int]:
+            """Readings a..b-1, oldest first (a copy of at most one chunk)."""
+            lo, hi = start + a, start + b
+            if lo >= size:
+                return arr[lo - size:hi - size]
+            return arr[lo:hi] if hi <= size else arr[lo:] + arr[:hi - size]
+
+        def in_order() -> Iterator[int]:
+            return itertools.chain(itertools.islice(self._ds, start, min(start + n, size)),
+                                   itertools.islice(self._ds, 0, max(0, start + n - size)))
+
+        if any(map(operator.gt, in_order(), itertools.islice(in_order(), 1, None))):
+            points = self.points()
+            for a in range(0, len(points), TRACE_CHUNK):
+                yield "".join(_line(p) + "\n" for p in points[a:a + TRACE_CHUNK])
+            return
+        base = self._base
+        first = round(base + self._ds[start] / 10, 1) if n else float("-inf")
         sigs = sorted((s for s in self.signals if s.t >= first), key=lambda s: s.t)
         j = 0
-        for k in range(self._n):
-            i = (start + k) % self.size
-            t = round(base + ds[i] / 10, 1)
-            while j < len(sigs) and sigs[j].t <= t:  # at the same time a signal sorts before a power reading
-                yield _line(sigs[j])
+        for a in range(0, n, TRACE_CHUNK):
+            b = min(n, a + TRACE_CHUNK)
+            ts = [round(base + d / 10, 1) for d in span(self._ds, a, b)]
+            ps = [m / 1000 for m in span(self._mw, a, b)]
+            parts: list[str] = []
+            at = 0
+            # at the same time a signal sorts before a power reading: it goes before the first line at or after it
+            while j < len(sigs) and sigs[j].t <= ts[-1]:
+                k = bisect.bisect_left(ts, sigs[j].t, at)
+                parts.append("".join(map(POWER_LINE.format, ts[at:k], ps[at:k])))
+                parts.append(_line(sigs[j]) + "\n")
+                at = k
                 j += 1
-            yield f"{t:.3f},{mw[i] / 1000:.3f},,"
-        yield from (_line(s) for s in sigs[j:])
+            parts.append("".join(map(POWER_LINE.format, ts[at:], ps[at:])))
+            yield "".join(parts)
+        if j < len(sigs):
+            yield "".join(_line(s) + "\n" for s in sigs[j:])
 
 
 def _line(p: TracePoint) -> str:
@@ -257,7 +289,7 @@ class PowerLog:
         done = 0
         for a, ring in rings.items():
             head = f"# koto power trace of {a}, written {time.time():.0f}\n{HEADER}\n"
-            body = itertools.chain([head], (line + "\n" for line in ring.trace_lines()))
+            body = itertools.chain([head], ring.trace_chunks())
             if self._put(self.folder / trace_name(a), body):
                 self._written[a] = ring.changes
                 done += 1

@@ -236,3 +236,73 @@ def test_diag_every_is_checked() -> None:
         cfg = {"driver": "modbus", "port": "/dev/null", "model": "sdm120", "diag_every": bad}
         with pytest.raises(DriverConfigError, match="diag_every"):
             build_source("m", cfg, clock=ManualClock())
+
+
+async def test_requests_are_written_at_once_without_registering_the_port_for_writing(sim: ModbusSimulator) -> None:
+    """drivers/serialbus.py `write_now`: a request goes out in the call that sends it, not one loop iteration later
+    through add_writer/remove_writer (two epoll changes and a wakeup per request); the replies are the same."""
+    loop = asyncio.get_running_loop()
+    registered: list[int] = []
+    add_writer = loop.add_writer
+
+    def counting_add_writer(fd: Any, callback: Any, *args: Any) -> None:
+        registered.append(fd)
+        add_writer(fd, callback, *args)
+
+    async with meter(sim, 1, "sdm120") as src:
+        assert len(await src.poll_once()) == 6  # opens the port
+        loop.add_writer = counting_add_writer  # type: ignore[method-assign]
+        try:
+            for _ in range(5):
+                got = by_key(src, await src.poll_once())
+        finally:
+            del loop.add_writer
+        assert src.bus is not None and src.bus.requests == 3 * 6  # three blocks a poll (diag_every = 1)
+        ours = src.bus._client.ctx.transport.sync_serial.fileno()
+    assert got["power"] == 1_150_500 and got["energy"] == 1_234_567_017
+    assert ours not in registered  # (the simulator's server on the same loop still replies its own way)
+
+
+async def test_a_request_the_port_does_not_take_at_once_goes_the_transports_way(sim: ModbusSimulator) -> None:
+    """When the direct write fails (here: the port's fd refuses it), the bytes are queued in pymodbus' transport,
+    which writes them when the port is writable: the request is still answered."""
+    import os
+
+    async with meter(sim, 1, "sdm120") as src:
+        assert len(await src.poll_once()) == 6
+        real_write = os.write
+        refused: list[int] = []
+
+        def refusing_write(fd: int, data: Any) -> int:
+            if not refused:
+                refused.append(fd)
+                raise BlockingIOError
+            return real_write(fd, data)
+
+        os.write = refusing_write  # type: ignore[assignment]
+        try:
+            got = by_key(src, await src.poll_once())
+        finally:
+            os.write = real_write
+    assert refused and got["power"] == 1_150_500
+
+
+async def test_replies_are_read_with_one_read_not_through_pyserial(sim: ModbusSimulator) -> None:
+    """drivers/serialbus.py `read_now`: the transport's reader is one os.read, not pyserial's `read` (a select and a
+    timeout object per reply); the replies and their checks are the same, and an unplugged port is still seen
+    (test_unplugged_adapter_is_counted_and_the_driver_reconnects)."""
+    async with meter(sim, 1, "sdm120") as src:
+        assert len(await src.poll_once()) == 6  # opens the port
+        assert src.bus is not None
+        port = src.bus._client.ctx.transport.sync_serial
+        calls: list[int] = []
+        pyserial_read = port.read
+
+        def counting_read(size: int = 1) -> bytes:
+            calls.append(size)
+            return pyserial_read(size)  # type: ignore[no-any-return]
+
+        port.read = counting_read
+        got = by_key(src, await src.poll_once())
+    assert got["power"] == 1_150_500 and got["voltage"] == 230_100
+    assert calls == []

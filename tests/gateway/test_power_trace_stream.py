@@ -71,3 +71,30 @@ def test_writing_a_full_ring_allocates_little(tmp_path: Path):
     finally:
         tracemalloc.stop()
     assert peak < 512 * 1024, f"{peak} bytes at the peak of one write"
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_chunked_lines_match_the_points_across_chunks_and_wraps(seed: int):
+    """The writer formats `TRACE_CHUNK` power lines at a time; the lines must still be `format_trace(points())`'s
+    across chunk borders, ring wraps, readings that round to the same tenth and signals at a reading's own time."""
+    import random
+
+    from gateway.power_log import TRACE_CHUNK
+
+    rng = random.Random(seed)
+    size = rng.choice([TRACE_CHUNK - 1, TRACE_CHUNK, 2 * TRACE_CHUNK + 5, 3000])
+    n = rng.choice([1, TRACE_CHUNK, size - 1, size, size + 1, size + rng.randrange(1, 2 * size)])
+    ring = PowerRing(size)
+    t = T0
+    times = []
+    for _ in range(n):
+        t += rng.choice([0.0, 0.04, 0.05, 0.06, 1.0, 2.5])
+        times.append(t)
+        ring.add(t, rng.randrange(0, 3_000_000))
+    kept = times[-min(n, size):]
+    sigs = [rng.choice(kept) for _ in range(5)] + [rng.uniform(kept[0] - 10, kept[-1] + 10) for _ in range(20)]
+    for s in sorted(sigs):
+        ring.add_signal(round(s, 1) if rng.random() < 0.5 else s, "mode", rng.choice(["heat", "cool"]))
+    lines = list(ring.trace_lines())
+    assert lines == _data_lines(ring)
+    assert "".join(ring.trace_chunks()) == "".join(f"{line}\n" for line in lines)
