@@ -78,7 +78,15 @@ BENCHES: tuple[Bench, ...] = (
           json=False),
     Bench("ble_memory", "what BLE costs in RSS", (), ("--runs", "1"), 600, json=False),
     Bench("power_ring", "the power ring vs a deque", (), (), 600, json=False),
+    Bench("modbus_request_cost", "CPU per Modbus request on the daemon's side of the bus", (),
+          ("--requests", "1000", "--rounds", "1"), 600, json=False),
+    Bench("ledger_cache", "the ledger's SQLite page cache: heap and RSS vs SQLite's default", (),
+          ("--records", "2000", "--runs", "1"), 900, json=False),
+    Bench("indicator_cpu", "the status LED and button loop's CPU", (), ("--seconds", "2"), 300, json=False),
+    Bench("learn_time", "learn mode: derive_rule time, and learned rules on other runs", (), ("--seeds", "1"),
+          900, json=False),
 )
+# bench/wal_frames.py is not a bench of its own: bench/sd_writes.py --frames uses it.
 
 
 @dataclass
