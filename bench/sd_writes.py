@@ -20,6 +20,9 @@ Printed, in one run:
    measured in the same run on the same disk with the readings this run received: its bytes per sample times the
    samples an appliance yields in a day at 1 Hz.
 Targets (issue 10): ours <= 1 MB per appliance-day and <= 10x the records' own bytes. Exits 1 when one is missed.
+`--breakdown` also says where the bytes went (docs/ledger.md, "Write budget"): the WAL frames of each commit, the
+rest of the 4 KiB page-cache pages they dirty, the WAL index (-shm) pages, the checkpoint into the database at
+close, anything else; and the commits by the records they carried.
 Run it on a disk-backed directory (`--dir`, default /var/tmp): on tmpfs nothing reaches a block device.
 """
 
@@ -306,16 +309,12 @@ def _pin_wal(db: Path) -> sqlite3.Connection:
 
 
 def records_bytes(db: Path) -> tuple[int, int]:
-    """(records, the bytes of their signed bodies as published): what the ledger stores is read back through its
-    codec, so a body stored deflated (schema 3) counts its canonical bytes, as before."""
-    from metering.ledger.bodies import unpack
-
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        bodies = [unpack(b) for (b,) in conn.execute("SELECT body FROM records")]
+        n, size = conn.execute("SELECT count(*), coalesce(sum(length(body)), 0) FROM records").fetchone()
     finally:
         conn.close()
-    return len(bodies), sum(len(b) for b in bodies)
+    return int(n), int(size)
 
 
 def naive_store(path: Path, samples: list[Reading]) -> float:
@@ -349,8 +348,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--page-size", type=int, help="the new ledger's SQLite page size instead of store.PAGE_SIZE")
     ap.add_argument("--breakdown", action="store_true",
                     help="also say where the bytes went: WAL frames, their page-cache pages, -shm, checkpoint at close")
-    ap.add_argument("--raw-bodies", action="store_true",
-                    help="store bodies as their canonical bytes, as before schema 3 (to measure that lever alone)")
     ap.add_argument("--frames", action="store_true",
                     help="instead of the budget: keep every WAL frame and say which b-trees each commit wrote")
     args = ap.parse_args(argv)
@@ -361,10 +358,6 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("interim_s", "idle_interim_s"):
         if getattr(args, key) is not None:
             overrides["appliance"][key] = getattr(args, key)
-    if args.raw_bodies:
-        from metering.ledger import envelope
-
-        envelope.pack = bytes  # type: ignore[assignment]  # rows as a schema 2 ledger stored them (still readable)
     if args.page_size:
         from metering.ledger import store
 

@@ -26,8 +26,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from metering.ledger.bodies import unpack
-
 from .redact import Secrets, redact_toml_text
 
 LAST_RECORDS = 20
@@ -153,7 +151,7 @@ def _ledger(bundle: Bundle, ctx: Any) -> None:
                 "FROM records WHERE appliance=? ORDER BY seq DESC LIMIT ?", (appliance, LAST_RECORDS)).fetchall()
             records = [{"seq": r[0], "kind": r[1], "function": r[2], "t_end": _iso(r[3]), "energy_mwh": r[4],
                         "duration_ms": r[5], "uses": r[6], "cost_minor": r[7], "currency": r[8],
-                        "acked": r[0] <= stats["acked_through"], "event": json.loads(unpack(r[9]))} for r in rows]
+                        "acked": r[0] <= stats["acked_through"], "event": json.loads(r[9])} for r in rows]
             name = appliance if appliance else "_gateway"
             bundle.add_json(f"records/{name}.json", records[::-1])
     finally:

@@ -19,7 +19,7 @@ from .envelope import CYCLE
 from .store import CYCLE_ROWS, PARTITION, acked_through, has_table
 from .usage import first_seq_since_indexed, index_appliances, ledger_currencies
 
-_BODY = "koto_body(body)"  # the stored body as JSON text (bodies.py: deflated from schema 3)
+_BODY = "CAST(body AS TEXT)"
 _ENTITLED = f"json_extract({_BODY}, '$.data.entitled')"
 _REASON = f"json_extract({_BODY}, '$.data.reason')"
 

@@ -28,7 +28,6 @@ from koto.signing import PrivateKey
 
 from ..errors import LedgerError
 from ..records import Draft, RecordKind, TimeStatus
-from .bodies import pack
 from .store import PARTITION
 
 CYCLE = str(RecordKind.CYCLE)
@@ -176,7 +175,7 @@ class Envelope:
         stored: list[Stored] = []
         for cols, head, digest, tail in prepared:
             body = b"".join((head, b',"sig":"', b64(sign(digest, PREHASHED_ECDSA), newline=False), b'"', tail))
-            rows.append((*cols, pack(body)))  # stored deflated (bodies.py); published as `body`
+            rows.append((*cols, body))
             stored.append(Stored(cols[0], cols[1], epoch, cols[2], cols[3], cols[14], body, False))
         return rows, stored
 

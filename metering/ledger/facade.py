@@ -27,7 +27,6 @@ from ..errors import LedgerError, LedgerGone
 from ..records import USAGE_TYPE, Draft
 from . import billing, retention, store, usage
 from .billing import CycleRow, RecordRow
-from .bodies import unpack
 from .envelope import Envelope, Stored, cycles_named
 from .fileguard import FileGuard, refuse_if_rescued
 from .store import INSERT_SQL, K_ACKED, RESERVED_KV
@@ -262,7 +261,7 @@ class Ledger:
 
     def _stored(self, row: tuple[Any, ...], acked_through: int) -> Stored:
         seq, rid, typ, kind, h, body = row
-        return Stored(seq, rid, self.epoch, typ, kind, h, unpack(body), seq <= acked_through)
+        return Stored(seq, rid, self.epoch, typ, kind, h, bytes(body), seq <= acked_through)
 
     # ---------------------------------------------------------------------------------------------- acks
 

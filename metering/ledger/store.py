@@ -23,9 +23,8 @@ from koto.canonical import MAX_SAFE_INT, ZERO_HASH
 
 from ..errors import LedgerError
 from ..records import PARTITION_KINDS
-from .bodies import sql_body
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 2
 
 # Keys of the kv table that the ledger owns; `kv_set` refuses them so nothing outside can move the chain or cursor.
 K_GATEWAY = "gateway_id"
@@ -150,7 +149,6 @@ class Identity:
 def connect(path: Path | str) -> sqlite3.Connection:
     """A connection with the ledger's pragmas (also used by the benchmark's raw-SQLite baseline)."""
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-    conn.create_function("koto_body", 1, sql_body, deterministic=True)  # a stored body as its JSON text (bodies.py)
     conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before WAL is on: a new file takes it, an existing one ignores it
     for pragma in _PRAGMAS:
         conn.execute(pragma)
@@ -230,8 +228,6 @@ def init_db(
                 _check_identity(conn, p, kv, gateway_id, subject, epoch, create=create)
                 if create and int(kv[K_SCHEMA]) == 1:
                     _migrate_v1(conn)
-                if create and int(kv[K_SCHEMA]) < SCHEMA_VERSION:
-                    _set_version(conn)  # 2 -> 3: new bodies are stored deflated; old rows stay as they are
                 if create:
                     create_schema(conn)  # tables and indexes added since the ledger was made (acks), empty until used
             conn.execute("COMMIT")
@@ -294,7 +290,7 @@ def _check_identity(
         kv[K_SUBJECT] = subject
 
 
-READABLE_SCHEMAS = frozenset({"1", "2", str(SCHEMA_VERSION)})  # older: read as they are, or migrated by a writer
+READABLE_SCHEMAS = frozenset({"1", str(SCHEMA_VERSION)})  # 1: read as it is, or migrated by a writer
 _ENTITLED_MARK = b'"entitled":'
 
 
@@ -313,11 +309,6 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
         conn.executemany("UPDATE records SET entitled=? WHERE seq=?",
                          [(value, seq) for seq, body in found if (value := _entitled_of(body))])
     conn.execute("DROP INDEX IF EXISTS records_cycle")
-    _set_version(conn)
-
-
-def _set_version(conn: sqlite3.Connection) -> None:
-    """Mark the ledger as at `SCHEMA_VERSION` (the last step of a migration, in the caller's transaction)."""
     conn.execute("UPDATE kv SET value=? WHERE key=?", (str(SCHEMA_VERSION), K_SCHEMA))
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 

@@ -59,7 +59,7 @@ _SUMS = (
 _KEYS = ("function", "day", "cycle")
 # By function, a gap is its own row named by its reason ("gap: stale"; the reason lives only in the gap's body); cycle
 # records (which carry the uses and per-use cost) keep their function, "" when they name none.
-_FUNCTION_KEY = ("CASE kind WHEN 'gap' THEN 'gap: ' || coalesce(json_extract(koto_body(body), '$.data.reason'), "
+_FUNCTION_KEY = ("CASE kind WHEN 'gap' THEN 'gap: ' || coalesce(json_extract(CAST(body AS TEXT), '$.data.reason'), "
                  "'unknown') ELSE function END")
 
 
@@ -112,7 +112,7 @@ _SUMS_FROM = ("SELECT sum(energy_mwh), sum(duration_ms), sum(uses), sum(cost_min
               "AND seq>=?")
 _SPAN = ("SELECT min(t_end_ms), max(t_end_ms) FROM records "
          "WHERE type=? AND appliance=? AND kind=? AND function=? AND currency=? AND t_end_ms>=? AND seq>=?")
-_GAPS = ("SELECT coalesce(json_extract(koto_body(body), '$.data.reason'), 'unknown') AS r, currency, "
+_GAPS = ("SELECT coalesce(json_extract(CAST(body AS TEXT), '$.data.reason'), 'unknown') AS r, currency, "
          "sum(energy_mwh), sum(duration_ms), sum(uses), sum(cost_minor), count(*) FROM records "
          "WHERE type=? AND appliance=? AND kind='gap' AND t_end_ms>=? AND seq>=? GROUP BY r, currency")
 _NEVER = 1 << 62  # beyond any t_end_ms

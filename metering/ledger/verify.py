@@ -32,7 +32,6 @@ from cryptography.hazmat.primitives import serialization
 from koto.canonical import CanonicalError, NotCanonical, parse_canonical, parse_rfc3339, rfc3339_ms
 from koto.signing import PublicKey, load_public_key
 
-from .bodies import BodyError, unpack
 from .envelope import PREHASHED_ECDSA, columns
 from .store import K_ACKED, K_ANCHOR_PREV, K_ANCHOR_SEQ, K_HEAD_HASH, K_HEAD_SEQ, RECORD_COLS, RECORD_COLS_V1
 
@@ -188,14 +187,7 @@ def _check_record(row: tuple[Any, ...], epoch: int, source: str, prev: str, key:
     """Every check on one stored row; returns (reason, hash), reason empty when the record is sound. The hot path of
     `koto verify` (a million times on a big ledger): each value is looked at once, and messages are built only for
     a record that fails."""
-    seq, rid, typ, kind, app, fn, cyc, t_ms, e, dur, uses, cost, cur, ent, h, stored = row
-    if isinstance(stored, bytes) and stored[:1] != b"{":
-        try:
-            body = unpack(stored)  # deflated (schema 3): the canonical bytes are what is checked
-        except BodyError as ex:
-            return str(ex), ""
-    else:
-        body = stored
+    seq, rid, typ, kind, app, fn, cyc, t_ms, e, dur, uses, cost, cur, ent, h, body = row
     event, reason = _parse_body(body)
     if event is None:
         return reason, ""

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from koto.signing import PrivateKey, generate_key
 from metering.ledger import SCHEMA_VERSION, Ledger
-from metering.ledger.bodies import unpack
 from metering.records import PARTITION_KINDS, RecordKind
 from tests.support.drafts import T0, lifecycle, usage
 
@@ -75,11 +74,8 @@ def listed(db: Path, appliance: str | None, since_ms: int | None) -> list[tuple[
 
 
 def make_v1(db: Path) -> None:
-    """Turn a ledger back into what a Koto before schema 2 made: no `entitled` column, the narrow cycle index, and
-    every body stored as its canonical bytes (schema 3 deflates them)."""
+    """Turn a ledger back into what a Koto before schema 2 made: no `entitled` column, the narrow cycle index."""
     with sqlite3.connect(db) as conn:
-        for seq, body in conn.execute("SELECT seq, body FROM records").fetchall():
-            conn.execute("UPDATE records SET body=? WHERE seq=?", (unpack(body), seq))
         conn.execute("DROP INDEX records_cycles")
         conn.execute("ALTER TABLE records DROP COLUMN entitled")
         conn.execute("CREATE INDEX records_cycle ON records(cycle_id) WHERE cycle_id != ''")
