@@ -20,6 +20,9 @@ Printed, in one run:
    measured in the same run on the same disk with the readings this run received: its bytes per sample times the
    samples an appliance yields in a day at 1 Hz.
 Targets (issue 10): ours <= 1 MB per appliance-day and <= 10x the records' own bytes. Exits 1 when one is missed.
+`--breakdown` also says where the bytes went (docs/ledger.md, "Write budget"): the WAL frames of each commit, the
+rest of the 4 KiB page-cache pages they dirty, the WAL index (-shm) pages, the checkpoint into the database at
+close, anything else; and the commits by the records they carried.
 Run it on a disk-backed directory (`--dir`, default /var/tmp): on tmpfs nothing reaches a block device.
 """
 
@@ -35,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +121,8 @@ class TappedGateway(Gateway):
 
     tap: list[Reading]
     shm_writeback = False
+    commits: list[Commit]
+    closing: dict[str, int]
 
     def _feed(self, reading: Reading) -> None:
         if len(self.tap) < NAIVE_SAMPLES:
@@ -124,14 +130,47 @@ class TappedGateway(Gateway):
         super()._feed(reading)
 
     def _append(self, drafts: list[Any], checkpoints: dict[str, dict[str, Any]]) -> int:
+        wal = self.cfg.state_dir / "ledger.db-wal"
+        size0, bytes0 = _size(wal), write_bytes()
         n = super()._append(drafts, checkpoints)
+        size1, bytes1 = _size(wal), write_bytes()
         if self.shm_writeback:
             fd = os.open(self.cfg.state_dir / "ledger.db-shm", os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        kinds = tuple(sorted({str(d.data.get("kind") or d.data.get("event") or d.type) for d in drafts}))
+        self.commits.append(Commit(n, kinds, len(checkpoints), size0, size1, bytes1 - bytes0, write_bytes() - bytes1))
         return n
+
+
+@dataclass(frozen=True)
+class Commit:
+    """What one `_append` wrote: its records, the WAL's growth and the process's `write_bytes` during the commit
+    (the WAL's page-cache pages and the -shm pages dirtied through its map) and during the -shm fsync after it."""
+
+    records: int
+    kinds: tuple[str, ...]
+    checkpoints: int
+    wal_before: int
+    wal_after: int
+    during: int
+    shm_fsync: int
+
+    @property
+    def wal_pages_4k(self) -> int:
+        """The WAL's 4 KiB page-cache pages this commit dirtied (each clean after the last commit's fsync)."""
+        if self.wal_after <= self.wal_before:
+            return 0
+        return -(-self.wal_after // 4096) - self.wal_before // 4096
+
+
+def _size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def write_bytes() -> int:
@@ -173,7 +212,10 @@ async def run_day(state: Path, hours: float, speed: float, start_h: float, overr
         cfg = parse_config(config(state, bus.port, overrides), file="<bench sd_writes>")
         gw = TappedGateway(cfg, clock=clock, backends={"pin_factory": factory}, sync_enabled=False)
         gw.tap = []
+        gw.commits = []
         gw.shm_writeback = shm_writeback
+        gw.closing = {}
+        _measure_close(gw, state / "ledger.db")
         pin = _pin_wal(state / "ledger.db") if frames is not None else None
         before = write_bytes()
         stop = asyncio.Event()
@@ -195,6 +237,67 @@ async def run_day(state: Path, hours: float, speed: float, start_h: float, overr
             pin.close()
         print(f"  ran {sim_t() / 3600:.2f} simulated hours in {time.monotonic() - real0:.0f} s", file=sys.stderr)
     return written, gw, sim_t()
+
+
+def _measure_close(gw: TappedGateway, db: Path) -> None:
+    """Count what closing the ledger writes (SQLite's checkpoint of the WAL into the database at the last close)."""
+    from bench.wal_frames import wal_pages
+
+    real_close = gw.ledger.close
+
+    def close() -> None:
+        wal = db.with_name(db.name + "-wal")
+        if wal.exists() and "bytes" not in gw.closing:
+            gw.closing["frames"], gw.closing["distinct_pages"], gw.closing["page_size"] = wal_pages(wal)
+        b0 = write_bytes()
+        real_close()
+        gw.closing["bytes"] = gw.closing.get("bytes", 0) + write_bytes() - b0
+
+    gw.ledger.close = close  # type: ignore[method-assign]
+
+
+def breakdown(gw: TappedGateway, written: int, app_days: float) -> list[str]:
+    """Where the run's `write_bytes` went: the WAL's frames and the page-cache pages they dirtied, the -shm pages,
+    the checkpoint at close, and whatever else; then the commits grouped by how many records they carried."""
+    done = [c for c in gw.commits if c.wal_after > c.wal_before]
+    frames = sum(c.wal_after - c.wal_before for c in done)
+    wal_pc = sum(c.wal_pages_4k for c in done) * 4096
+    during = sum(c.during for c in gw.commits)
+    shm = during - wal_pc + sum(c.shm_fsync for c in gw.commits)
+    close = gw.closing.get("bytes", 0)
+    other = written - during - sum(c.shm_fsync for c in gw.commits) - close
+    n = max(len(done), 1)
+
+    def row(name: str, b: float, note: str = "") -> str:
+        return f"  {name:<46}{b / app_days / MB:>8.3f} MB{b / n / 1024:>9.1f} KiB{100 * b / written:>6.1f} %  {note}"
+
+    out = [f"breakdown: {len(done)} commits ({len(gw.commits) - len(done)} append calls wrote nothing), "
+           f"{sum(c.records for c in done)} records",
+           f"  {'':<46}{'/app-day':>11}{'/commit':>13}{'share':>8}",
+           row("WAL frames (page + 24-byte header each)", frames, f"{frames / n / 1048:.1f} frames/commit"),
+           row("WAL: rest of the 4 KiB pages they re-dirty", wal_pc - frames),
+           row("WAL index (-shm), dirtied through its map", shm, f"{shm / n / 4096:.1f} pages of 4 KiB/commit"),
+           row("checkpoint into ledger.db at close", close,
+               f"{gw.closing.get('distinct_pages', 0)} distinct pages of "
+               f"{gw.closing.get('frames', 0)} frames"),
+           row("anything else", other),
+           row("total (write_bytes)", written)]
+    shapes: dict[str, list[Commit]] = {}
+    for c in done:
+        key = (f"{min(c.records, 4)}{'+' if c.records >= 4 else ''} record(s)" if c.records
+               else "no record (checkpoints only)")
+        shapes.setdefault(key, []).append(c)
+    out.append("  commits by records carried: count, WAL frames/commit, bytes/commit (WAL page cache + -shm)")
+    for key, cs in sorted(shapes.items()):
+        per = sum(c.wal_pages_4k * 4096 + (c.during - c.wal_pages_4k * 4096) + c.shm_fsync for c in cs) / len(cs)
+        fr = sum(c.wal_after - c.wal_before for c in cs) / len(cs) / 1048
+        out.append(f"    {key:<30}{len(cs):>4} x {fr:5.1f} frames {per / 1024:7.1f} KiB")
+    kinds: dict[tuple[str, ...], int] = {}
+    for c in done:
+        kinds[c.kinds] = kinds.get(c.kinds, 0) + 1
+    out.append("  commits by the kinds of record they carried: " + "; ".join(
+        f"{n} x {'+'.join(k) or '-'}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])[:10]))
+    return out
 
 
 def _pin_wal(db: Path) -> sqlite3.Connection:
@@ -243,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interim-s", type=float, help="[[appliance]] interim_s instead of the default")
     ap.add_argument("--idle-interim-s", type=float, help="[[appliance]] idle_interim_s instead of the default")
     ap.add_argument("--page-size", type=int, help="the new ledger's SQLite page size instead of store.PAGE_SIZE")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also say where the bytes went: WAL frames, their page-cache pages, -shm, checkpoint at close")
     ap.add_argument("--frames", action="store_true",
                     help="instead of the budget: keep every WAL frame and say which b-trees each commit wrote")
     args = ap.parse_args(argv)
@@ -296,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ours / records {ours / records:.1f}x (target <= 10x); ours {ours / MB:.3f} MB (target <= 1 MB); "
           f"naive / ours {naive / ours:.0f}x; naive measured at {per_sample:.0f} bytes/sample x "
           f"{samples_per_day:,.0f} samples/appliance-day")
+    if args.breakdown:
+        print("\n".join(breakdown(gw, written, app_days)))
     if args.json:
         from bench.figures import Figure, emit
 

@@ -1,11 +1,11 @@
 """Where a ledger's SD-card bytes go: every WAL frame of a run, grouped per commit and named by the b-tree it holds.
 
-Used by `bench/sd_writes.py --frames`: the bench holds a read transaction open on the ledger for the whole run, so
-no checkpoint can reset the WAL and every page any commit wrote stays in it; afterwards the WAL is read frame by
-frame (a 24-byte header each: page number, and for a commit's last frame the database size) and each page number is
-named from SQLite's `dbstat` table (records, records_usage, kv, checkpoints, ...). A page written by many commits
-counts once per commit: that is what a commit costs in the WAL. The run's `write_bytes` in this mode is not the
-budget's (the WAL is never checkpointed), only the frame counts are.
+Used by `bench/sd_writes.py --frames` (and `wal_pages` by `--breakdown`): the bench holds a read transaction open on
+the ledger for the whole run, so no checkpoint can reset the WAL and every page any commit wrote stays in it;
+afterwards the WAL is read frame by frame (a 24-byte header each: page number, and for a commit's last frame the
+database size) and each page number is named from SQLite's `dbstat` table (records, records_usage, kv, checkpoints,
+...). A page written by many commits counts once per commit: that is what a commit costs in the WAL. The run's
+`write_bytes` in this mode is not the budget's (the WAL is never checkpointed), only the frame counts are.
 """
 
 from __future__ import annotations
@@ -76,6 +76,33 @@ def analyse(db_copy: Path) -> FrameReport:
             report.frames_by_shape[shape] += len(pages)
             pages = []
     return report
+
+
+def wal_pages(wal_path: Path) -> tuple[int, int, int]:
+    """(committed frames, distinct pages among them, page size) of a live WAL: what a checkpoint would copy."""
+    wal = wal_path.read_bytes()
+    if len(wal) < 32:
+        return 0, 0, 0
+    magic, _version, page_size, _seq, salt1, salt2 = struct.unpack(">IIIIII", wal[:24])
+    if magic not in (0x377F0682, 0x377F0683):
+        return 0, 0, 0
+    frame = 24 + page_size
+    committed: set[int] = set()
+    pending: list[int] = []
+    frames = n = 0
+    off = 32
+    while off + frame <= len(wal):
+        pgno, commit, s1, s2 = struct.unpack(">IIII", wal[off:off + 16])
+        if (s1, s2) != (salt1, salt2):
+            break
+        pending.append(pgno)
+        n += 1
+        off += frame
+        if commit:
+            committed.update(pending)
+            frames = n
+            pending = []
+    return frames, len(committed), page_size
 
 
 def _page_names(db_copy: Path) -> dict[int, str]:

@@ -11,19 +11,21 @@ block), so the gateway writes only what a restart cannot recover otherwise:
   (into the open segment when the gateway is back within `max_gap_s`, else as a `restart` gap), so a crash loses
   no energy, only the attribution of that interval to a function.
 - **A pulse (S0) meter** is different: its count lives only in the gateway (the driver resumes from the
-  checkpoint's count), and **a power meter** integrates energy that no register holds. Their state is written at
-  most every `checkpoint_s` of the daemon's clock, and only when it moved (a new pulse count; energy integrated
-  from non-zero power). A crash loses at most that window (README, "What a power cut costs").
+  checkpoint's count), and **a power meter** integrates energy that no register holds. Their state is written
+  only when it moved (a new pulse count; energy integrated from non-zero power), at the latest `checkpoint_s` of
+  the daemon's clock after it first moved, sooner when another batch is written anyway. A crash loses at most that
+  window (README, "What a power cut costs").
 - **Pricing** state is written with every transaction that writes anything (it moves with the records it priced).
 - **Records wait** in memory so that several share one transaction: each costs about ten 1 KiB pages (the records'
   last leaves and index pages, the chain head, the checkpoints) and a 4 KiB page of the WAL's index, however many
-  records it carries. A segment record (function, interim, gap) waits at most `[gateway] hold_s` (900 s by default;
+  records it carries. A segment record (function, interim, gap) waits at most `[gateway] hold_s` (3600 s by default;
   0 = every batch); a closed use (its `cycle` record, what a bill counts), a lifecycle or a clock record at most
   `hold_use_s` (60 s), and takes everything held before it along. So a use's segments go into the ledger together
   with its summary, one transaction per use instead of one per function change (bench/sd_writes.py: 136 -> 67
-  transactions a day). Holding loses nothing a crash would not: a meter's checkpoint goes in the same transaction
-  as its records, so after a crash the register reconciles the interval again (its attribution to functions is
-  lost, up to `hold_s`), and a pulse or power meter's held records go with its cadence checkpoint (at most
+  transactions a day with `hold_s` 900, 45 with 3600: a use's segments wait for its end unless it runs an hour).
+  Holding loses nothing a crash would not: a meter's checkpoint goes in the same transaction as its records, so
+  after a crash the register reconciles the interval again (its attribution to functions is lost, up to
+  `hold_s`), and a pulse or power meter's held records go with its cadence checkpoint (at most
   `checkpoint_s` later). The cost is latency: a segment reaches the ledger, `koto usage` and the cloud up to
   `hold_s` after it was made, a finished use within `hold_use_s`. A clean stop, and the retry after a failed
   commit, write at once.
@@ -65,7 +67,7 @@ class CheckpointPlan:
         self._force = False  # a batch is written at the next chance even without records
         self._moved: set[str] = set()
         self._written_raw: dict[str, int | None] = {aid: m.last_raw for aid, m in meters.items()}
-        self._last_ns: int | None = None
+        self._moved_since: int | None = None  # the first batch that saw moved state not yet written
 
     def fed(self, aid: str) -> None:
         """A reading reached meter `aid`: note whether its unrecoverable state moved."""
@@ -93,8 +95,17 @@ class CheckpointPlan:
         self._force = True
 
     def due(self, now_ns: int) -> bool:
-        """Whether moved pulse/power state waits for a write and `checkpoint_s` has passed since the last one."""
-        return bool(self._moved) and (self._last_ns is None or now_ns - self._last_ns >= self._period_ns)
+        """Whether moved pulse/power state has waited `checkpoint_s` for a write.
+
+        Measured from the first batch that saw it move, not from the last write: a meter that starts counting after
+        a quiet hour is not written at its first pulse (a commit of its own, with the use's records following a
+        few minutes later) but with the next batch within `checkpoint_s`. A crash loses at most `checkpoint_s` of
+        its pulses either way."""
+        if not self._moved:
+            return False
+        if self._moved_since is None:
+            self._moved_since = now_ns
+        return now_ns - self._moved_since >= self._period_ns
 
     def records_due(self, pending: list[Draft], now_ns: int) -> bool:
         """Whether `pending` must be written now: its oldest record has waited `hold_s`, or its oldest record that
@@ -120,7 +131,7 @@ class CheckpointPlan:
         the cadence. (Records held back stay pending and go with this batch when one is written.)"""
         if not (records or self._force or self.due(now_ns)):
             return None
-        self._last_ns = now_ns
+        self._moved_since = None
         self._held_since = self._prompt_since = None
         self._force = False
         names = sorted(self._owed | self._moved)

@@ -129,14 +129,34 @@ def test_a_counting_s0_meter_is_checkpointed_only_at_its_cadence(tmp_path: Path)
         sim.commits.clear()  # the boil's start (records)
         sim.run(60 * 60, kettle_w=2000, boiler_w=2000)  # an hour of pulses (2 kW: a pulse every 1.8 s)
         cadence = sim.between_records()
-        assert 60 * 60 // CHECKPOINT_S - 1 <= len(cadence) <= 60 * 60 // CHECKPOINT_S  # (records restart it)
+        # one commit per checkpoint_s (the first also carries the boil's held records)
+        assert 60 * 60 // CHECKPOINT_S - 1 <= len(sim.commits) <= 60 * 60 // CHECKPOINT_S
+        assert len(cadence) >= len(sim.commits) - 1
         assert all(changed == {"meter:kettle"} for _, changed in cadence)  # the count only (boiler: register)
-        times = [t for t, _ in cadence]
+        times = [t for t, _, _ in sim.commits]
         assert all(b - a >= CHECKPOINT_S for a, b in pairwise(times))
         state = sim.gw.ledger.checkpoint("meter:kettle")
         assert state is not None
         behind = int(sim.pulses) - int(state["authority"]["last_raw"])
         assert 0 <= behind <= CHECKPOINT_S * 2000 / 3_600_000 * IMP_PER_KWH + 1  # the power-cut window
+
+
+def test_an_s0_meter_that_starts_counting_is_written_within_checkpoint_s_of_its_first_pulse_not_at_it(
+        tmp_path: Path) -> None:
+    """After a quiet spell the count's first pulse does not cost a commit of its own: the state waits for the next
+    batch, at most `checkpoint_s` (100 W below the kettle's threshold: pulses, no record)."""
+    with gateway(tmp_path) as sim:
+        sim.run(120)
+        sim.run(3 * CHECKPOINT_S)  # nothing moves
+        sim.commits.clear()
+        sim.run(CHECKPOINT_S, kettle_w=100)  # a pulse every 36 s from the first
+        first = sim.clock.now().wall - CHECKPOINT_S + 36
+        assert sim.commits == []
+        sim.run(60, kettle_w=100)
+        assert [changed for _, changed in sim.between_records()] == [{"meter:kettle"}]
+        assert next(t for t, _ in sim.between_records()) - first <= CHECKPOINT_S + 1
+        state = sim.gw.ledger.checkpoint("meter:kettle")
+        assert state is not None and int(state["authority"]["last_raw"]) >= CHECKPOINT_S * 100 // 36_000
 
 
 def test_records_wait_for_the_next_transaction_for_at_most_hold_s(tmp_path: Path) -> None:
