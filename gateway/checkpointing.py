@@ -18,14 +18,13 @@ block), so the gateway writes only what a restart cannot recover otherwise:
 - **Pricing** state is written with every transaction that writes anything (it moves with the records it priced).
 - **Records wait** in memory so that several share one transaction: each costs about ten 1 KiB pages (the records'
   last leaves and index pages, the chain head, the checkpoints) and a 4 KiB page of the WAL's index, however many
-  records it carries. A segment record (function, interim, gap) waits at most `[gateway] hold_s` (3600 s by default;
+  records it carries. A segment record (function, interim, gap) waits at most `[gateway] hold_s` (900 s by default;
   0 = every batch); a closed use (its `cycle` record, what a bill counts), a lifecycle or a clock record at most
   `hold_use_s` (60 s), and takes everything held before it along. So a use's segments go into the ledger together
   with its summary, one transaction per use instead of one per function change (bench/sd_writes.py: 136 -> 67
-  transactions a day with `hold_s` 900, 45 with 3600: a use's segments wait for its end unless it runs an hour).
-  Holding loses nothing a crash would not: a meter's checkpoint goes in the same transaction as its records, so
-  after a crash the register reconciles the interval again (its attribution to functions is lost, up to
-  `hold_s`), and a pulse or power meter's held records go with its cadence checkpoint (at most
+  transactions a day). Holding loses nothing a crash would not: a meter's checkpoint goes in the same transaction
+  as its records, so after a crash the register reconciles the interval again (its attribution to functions is
+  lost, up to `hold_s`), and a pulse or power meter's held records go with its cadence checkpoint (at most
   `checkpoint_s` later). The cost is latency: a segment reaches the ledger, `koto usage` and the cloud up to
   `hold_s` after it was made, a finished use within `hold_use_s`. A clean stop, and the retry after a failed
   commit, write at once.
