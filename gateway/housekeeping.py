@@ -31,7 +31,10 @@ from metering.ledger import Ledger, UsageRow
 log = logging.getLogger("koto.gateway.housekeeping")
 
 STEP_ROWS = 500  # records per prune transaction: a few ms of work on a Pi, one WAL frame set of a few pages
-EVERY_S = 3600.0  # how often retention is applied: a day's records leave within the hour after they are due
+# How often retention is applied: a day's records leave within a day after they are due. Daily, not hourly: each
+# prune and the WAL truncation after it rewrite hundreds of KB (docs/ledger.md, "pruning in steady state"), which
+# hourly was several times a day's commits.
+EVERY_S = 86400.0
 RETRY_S = 60.0  # when the moment was not quiet, look again this much later
 
 
