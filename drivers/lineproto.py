@@ -276,6 +276,8 @@ class LineSource(Source):
         port = cfg.get("port")
         if not isinstance(port, str) or not port:
             raise DriverConfigError(name, "port", "missing; the serial device, e.g. /dev/ttyACM0")
+        if "\x00" in port:  # the OS refuses such a path with a ValueError, not an OSError (found by make fuzz)
+            raise DriverConfigError(name, "port", "contains a NUL character; the serial device's path")
         baud = cfg.get("baud", 115200)
         if isinstance(baud, bool) or not isinstance(baud, int) or not 300 <= baud <= 4_000_000:
             raise DriverConfigError(name, "baud", f"{baud!r} is not allowed; allowed: an integer 300..4000000")

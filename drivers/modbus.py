@@ -364,6 +364,8 @@ class ModbusMeterSource(Source):
         port = cfg.get("port")
         if not isinstance(port, str) or not port:
             raise DriverConfigError(name, "port", "missing; the serial device, e.g. /dev/serial/by-id/usb-...")
+        if "\x00" in port:  # the OS refuses such a path with a ValueError, not an OSError (found by make fuzz)
+            raise DriverConfigError(name, "port", "contains a NUL character; the serial device's path")
         has_model, has_map = "model" in cfg, "map" in cfg
         if has_model == has_map:
             raise DriverConfigError(name, "model", "give exactly one of model = \"sdm120\" | \"sdm630\" | "

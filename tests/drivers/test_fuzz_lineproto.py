@@ -103,8 +103,12 @@ def test_the_parser_raises_only_frame_errors_and_accepts_only_valid_values(line:
 @fuzz_settings(600)
 @given(key=st.sampled_from([k for k in KEYS if DEFAULT_KEYS[k].quantity is not Quantity.SIGNAL]), text=number_text,
        kv=st.booleans())
+@example(key="E", text="0,", kv=True)
 def test_an_accepted_number_is_exactly_what_was_sent(key: str, text: str, kv: bool) -> None:
     """The value is `to_milli` of the decimal text, in the key's unit: never rounded twice, never a float."""
+    # In a key:value line a comma ends the pair ("E:0,P:5" is two readings, "E:0," one): the text sent as this key's
+    # number is then only what comes before it (make fuzz, 2026-12-06: "E:0," read as 0 while the check took "0,")
+    sent = text.split(",", 1)[0] if kv else text
     line = f"{key}:{text}" if kv else json.dumps({key: text})
     try:
         got = LineParser().parse(line.encode("utf-8", "surrogatepass"))
@@ -114,7 +118,7 @@ def test_an_accepted_number_is_exactly_what_was_sent(key: str, text: str, kv: bo
     if got.values:
         [(s, value)] = got.values
         assert s == spec
-        assert value == to_milli(Decimal(text.strip()), UNITS[spec.quantity][spec.unit])
+        assert value == to_milli(Decimal(sent.strip()), UNITS[spec.quantity][spec.unit])
         check_value(spec.quantity, value)
 
 

@@ -176,5 +176,8 @@ def test_regressions_found_by_fuzzing() -> None:
     del meter["model"]
     meter["map"] = "maps/a\x00b.toml"  # a NUL in the path: ValueError escaped the register map loader
     assert any(p.key == "map" and "NUL" in p.problem for p in problems_of(named_problem(doc)))
+    doc = deep_copy(EXAMPLE_DOC)
+    doc["appliance"][0]["sources"]["washer-meter"]["port"] = "\x00"  # os.path.realpath's ValueError escaped
+    assert any(p.key == "port" and "NUL" in p.problem for p in problems_of(named_problem(doc)))
     doc = {**deep_copy(EXAMPLE_DOC), "": 1}  # an empty key was named as nothing: "koto.toml: : unknown key"
     assert any(p.key == '""' for p in problems_of(named_problem(doc)))
