@@ -207,7 +207,9 @@ def render(runs: list[Run], info: dict[str, str], loads: tuple[str, str], quick:
     for r in runs:
         for f in r.figures:
             base = f.get("baseline")
-            ratio = f"{f['value'] / base:.2f}x" if base else ""
+            q = f["value"] / base if base else None
+            # below 0.01 two decimals say 0.00x: say 1/N instead (e.g. Koto's writes beside a naive store's)
+            ratio = "" if q is None else f"1/{1 / q:,.0f}x" if 0 < q < 0.01 else f"{q:.2f}x"
             unit = f.get("unit", "")
             out.append(f"| {r.bench.name} | {f['name']} | {_num(f['value'])} {unit} | "
                        f"{_num(base)} {unit if base is not None else ''} {f.get('baseline_name', '')} | {ratio} | "
