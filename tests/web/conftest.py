@@ -120,9 +120,23 @@ def wait_for(check: Any, what: str, timeout_s: float = 20.0, every_s: float = 0.
 
 def click_and_wait(browser: Any, by: str, what: str, timeout_s: float = 30.0) -> None:
     """Click a control that loads a new page, and wait until the new page has replaced the old one."""
-    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = browser.find_element("tag name", "html")
     browser.find_element(by, what).click()
-    WebDriverWait(browser, scaled(timeout_s)).until(ec.staleness_of(old))
+
+    def replaced(_: Any) -> bool:
+        # ec.staleness_of, except that chromedriver sometimes reports the old page's node as "unknown error: ...
+        # Node with given id does not belong to the document" instead of a stale reference: the same fact
+        try:
+            old.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as e:
+            if "does not belong to the document" in str(e):
+                return True
+            raise
+        return False
+
+    WebDriverWait(browser, scaled(timeout_s)).until(replaced)
