@@ -112,15 +112,21 @@ class Day:
 class TappedGateway(Gateway):
     """The production gateway, keeping a copy of the first readings it receives (the naive store's rows).
 
-    With `shm_writeback`, each commit is followed by an fsync of the WAL's index (`ledger.db-shm`). SQLite maps that
-    file into memory and every commit dirties one or two of its 4 KiB pages; `write_bytes` counts a page each time
-    it is dirtied again after a writeback (the kernel writes dirty pages back within ~30 s). In real time commits
-    are minutes apart, so each one pays for its -shm pages; in a compressed run they are seconds apart and one dirty
-    page serves several. The fsync makes every commit pay, as in real time (pessimistic: real commits closer than
-    ~30 s share a page)."""
+    SQLite maps the WAL's index (`ledger.db-shm`) into memory; every commit dirties a few of its 4 KiB pages (and the
+    first read after a writeback dirties its header page again, for a read mark). `write_bytes` counts a page each
+    time it goes from clean to dirty, and only the kernel's writeback makes it clean again, so what the -shm costs
+    depends on when writeback runs, in real time. `shm_writeback` says how the bench stands in for it:
+    - "kernel" (the default): as Linux's flusher would in real time, on the daemon's (compressed) clock: it wakes
+      every `dirty_writeback_centisecs` (5 s) and writes back a file that has been dirty for `dirty_expire_centisecs`
+      (30 s), both read from /proc/sys/vm (the same defaults on Raspberry Pi OS). Here by an fsync of the -shm at
+      that moment: a commit or a read within 30 s of the last one finds its pages still dirty, as it would on a Pi.
+    - "commit": an fsync after every commit, so every commit pays for all its -shm pages and every read after it
+      for the header page (pessimistic: what this bench did until 2026-12-06).
+    - "none": left to the real kernel, which runs on real time: a compressed run undercounts the -shm."""
 
     tap: list[Reading]
-    shm_writeback = False
+    shm_writeback = "none"
+    shm_dirty_since: float | None = None  # the daemon's clock (s) when the -shm was first dirtied after a writeback
     commits: list[Commit]
     closing: dict[str, int]
 
@@ -134,12 +140,10 @@ class TappedGateway(Gateway):
         size0, bytes0 = _size(wal), write_bytes()
         n = super()._append(drafts, checkpoints)
         size1, bytes1 = _size(wal), write_bytes()
-        if self.shm_writeback:
-            fd = os.open(self.cfg.state_dir / "ledger.db-shm", os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        if self.shm_writeback == "commit":
+            fsync_shm(self.cfg.state_dir)
+        elif self.shm_writeback == "kernel" and self.shm_dirty_since is None:
+            self.shm_dirty_since = self.clock.now().mono_ns / 1e9
         kinds = tuple(sorted({str(d.data.get("kind") or d.data.get("event") or d.type) for d in drafts}))
         self.commits.append(Commit(n, kinds, len(checkpoints), size0, size1, bytes1 - bytes0, write_bytes() - bytes1))
         return n
@@ -164,6 +168,48 @@ class Commit:
         if self.wal_after <= self.wal_before:
             return 0
         return -(-self.wal_after // 4096) - self.wal_before // 4096
+
+
+def fsync_shm(state: Path) -> None:
+    """Write the WAL index's dirty pages back (the next write to each is counted again)."""
+    try:
+        fd = os.open(state / "ledger.db-shm", os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def vm_centisecs(name: str, default: int) -> float:
+    """A writeback setting from /proc/sys/vm, in seconds (the kernel's default when it cannot be read)."""
+    try:
+        return int(Path(f"/proc/sys/vm/{name}").read_text()) / 100
+    except (OSError, ValueError):
+        return default / 100
+
+
+async def kernel_writeback(gw: TappedGateway, clock: ScaledClock) -> int:
+    """Stand in for the kernel's flusher on the -shm, on the daemon's clock (see TappedGateway); returns how many
+    writebacks it made. A dirtying outside a commit (a read mark) is seen as `write_bytes` moving since the last
+    writeback and dated at the previous wake-up: the earliest it can have been, so the earliest it is made clean."""
+    interval, expire = vm_centisecs("dirty_writeback_centisecs", 500), vm_centisecs("dirty_expire_centisecs", 3000)
+    state = gw.cfg.state_dir
+    clean_at = write_bytes()
+    last_wake = clock.now().mono_ns / 1e9
+    n = 0
+    while True:
+        await clock.sleep(interval)
+        now = clock.now().mono_ns / 1e9
+        if gw.shm_dirty_since is None and write_bytes() != clean_at:
+            gw.shm_dirty_since = last_wake
+        last_wake = now
+        if gw.shm_dirty_since is not None and now - gw.shm_dirty_since >= expire:
+            gw.shm_dirty_since = None
+            fsync_shm(state)
+            clean_at = write_bytes()
+            n += 1
 
 
 def _size(p: Path) -> int:
@@ -195,7 +241,7 @@ def config(state: Path, port: str, overrides: dict[str, dict[str, float]]) -> di
 
 
 async def run_day(state: Path, hours: float, speed: float, start_h: float, overrides: dict[str, dict[str, float]],
-                  frames: Path | None = None, *, shm_writeback: bool = True) -> tuple[int, TappedGateway, float]:
+                  frames: Path | None = None, *, shm_writeback: str = "kernel") -> tuple[int, TappedGateway, float]:
     """Run the gateway through `hours` of simulated use; returns (write_bytes over the run, the gateway, sim s)."""
     clock = ScaledClock(speed)
     t0 = clock.now().mono_ns
@@ -222,13 +268,16 @@ async def run_day(state: Path, hours: float, speed: float, start_h: float, overr
         pulses = asyncio.create_task(run_pulse_train(factory.pin(S0_PIN), clock,
                                                      lambda: int(day.power_w("kettle-s0", sim_t()) * 1000),
                                                      IMP_PER_KWH, step_s=1.0))
+        flusher = asyncio.create_task(kernel_writeback(gw, clock)) if shm_writeback == "kernel" else None
         runner = asyncio.create_task(gw.run(stop))
         real0 = time.monotonic()
         await asyncio.wait([runner], timeout=hours * 3600 / speed)
         stop.set()
         await runner  # a clean stop: the last batch, then the ledger closes (its final WAL checkpoint)
         pulses.cancel()
-        await asyncio.gather(pulses, return_exceptions=True)
+        if flusher is not None:
+            flusher.cancel()
+        await asyncio.gather(pulses, *([flusher] if flusher else []), return_exceptions=True)
         written = write_bytes() - before
         if pin is not None and frames is not None:
             from bench.wal_frames import copy_ledger
@@ -340,9 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="also print the figures as one JSON line (bench/report.py)")
     ap.add_argument("--hold-s", type=float, help="[gateway] hold_s instead of the default")
     ap.add_argument("--hold-use-s", type=float, help="[gateway] hold_use_s instead of the default")
-    ap.add_argument("--no-shm-writeback", action="store_true",
-                    help="leave the WAL index (-shm) to the kernel's writeback, as before 2026-12-06: a compressed "
-                         "run then undercounts its pages (see TappedGateway)")
+    ap.add_argument("--shm-writeback", choices=("kernel", "commit", "none"), default="kernel",
+                    help="how the WAL index's (-shm) writeback is stood in for (see TappedGateway): as the kernel's "
+                         "flusher in real time (default), after every commit (pessimistic), or not (undercounted)")
+    ap.add_argument("--no-shm-writeback", dest="shm_writeback", action="store_const", const="none",
+                    help="the same as --shm-writeback none")
     ap.add_argument("--interim-s", type=float, help="[[appliance]] interim_s instead of the default")
     ap.add_argument("--idle-interim-s", type=float, help="[[appliance]] idle_interim_s instead of the default")
     ap.add_argument("--page-size", type=int, help="the new ledger's SQLite page size instead of store.PAGE_SIZE")
@@ -369,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         StateDir(state).provision()
         frames = work / "frames" if args.frames else None
         written, gw, sim_s = asyncio.run(run_day(state, args.hours, args.speed, args.start_hour, overrides, frames,
-                                                    shm_writeback=not args.no_shm_writeback))
+                                                    shm_writeback=args.shm_writeback))
         if frames is not None:
             from bench.wal_frames import analyse
 
@@ -395,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     naive = per_sample * samples_per_day
     print(f"write budget, {apps} appliances (8 SDM120 on one RS-485 bus + 1 S0), {sim_s / 3600:.1f} simulated h "
           f"at {args.speed:g}x, polled at 1 Hz ({polls_per_s:.2f} polls/s achieved, "
-          f"{readings_per_app_s:.1f} readings/appliance/s), {n_records} records, {gw.stats.batches} transactions")
+          f"{readings_per_app_s:.1f} readings/appliance/s), {n_records} records, {gw.stats.batches} transactions, "
+          f"-shm writeback: {args.shm_writeback}")
     print(f"{'per appliance-day':<22}{'ours':>12}{'records':>12}{'naive':>12}")
     print(f"{'bytes':<22}{ours / MB:>10.3f}MB{records / MB:>10.3f}MB{naive / MB:>10.1f}MB")
     print(f"ours / records {ours / records:.1f}x (target <= 10x); ours {ours / MB:.3f} MB (target <= 1 MB); "
