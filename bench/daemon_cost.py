@@ -28,14 +28,16 @@ meter-day, and the cold start to READY with a 1,000,000-record ledger; each besi
 4. **cold start**: `koto run` on a copy of the 1,000,000-record ledger made by bench/ledger_scale.py (`--ledger`,
    default /tmp/koto-ledger-1000000, generated there when missing), from exec to the READY=1 it sends to
    $NOTIFY_SOCKET (a real AF_UNIX datagram socket here), beside the same with an empty ledger. `[home_assistant]`
-   is on (its broker absent: the totals are read at the start all the same), and the copy's pages are dropped from
-   the page cache before each start (posix_fadvise DONTNEED), as after a reboot: what the start reads from the
-   ledger is read from the disk. The big copy starts twice: the first start (Home Assistant's totals are summed
-   over the whole ledger once, when no totals file exists yet) and a restart (the figure: what every later start
-   costs).
+   is on (its broker absent: its energy totals are read from the ledger all the same), and the copy's pages are
+   dropped from the page cache before each start (posix_fadvise DONTNEED), as after a reboot: what the start reads
+   from the ledger is read from the disk. The big copy starts twice, each a figure against the target: the first
+   start (no Home Assistant totals file yet: the daemon is READY first and sums the whole ledger's energy once in a
+   worker thread; the bench waits for that count's log line, reports when it was done and only then stops the
+   daemon) and a restart (what every later start costs).
 
 Targets (issue 15): CPU <= 0.1 % of a core per appliance; RSS <= 45 MB with all three driver kinds; cold start with
-a 1,000,000-record ledger <= 2 s. The machine's load is printed: a busy machine inflates every figure.
+a 1,000,000-record ledger <= 2 s, the first start and a restart. The machine's load is printed: a busy machine
+inflates every figure.
 """
 
 from __future__ import annotations
@@ -364,9 +366,24 @@ def _drop_cache(state: Path) -> None:
                 os.close(fd)
 
 
-async def cold_start(ledger_state: Path) -> tuple[float, float, float, int]:
+async def _counted_s(log: Path, proc: asyncio.subprocess.Process, t0: float, limit_s: float) -> float:
+    """Seconds from `t0` until the daemon says Home Assistant's totals are counted (its log line), the daemon
+    running meanwhile; a start that has no count to make says nothing, and -1.0 comes back at `limit_s`."""
+    end = time.monotonic() + limit_s
+    while time.monotonic() < end and proc.returncode is None:
+        if COUNTED in await asyncio.to_thread(log.read_text, errors="replace"):
+            return time.monotonic() - t0
+        await asyncio.sleep(0.05)
+    return -1.0
+
+
+COUNTED = "records counted in"  # gateway/ha_totals.py's line when the first count is done
+
+
+async def cold_start(ledger_state: Path) -> tuple[float, float, float, int, float]:
     """Section 4: seconds from exec to READY with a copy of the big ledger (first start, restart), and with an empty
-    one; its records."""
+    one; its records; and seconds from exec until the first start's background count of Home Assistant's totals was
+    done (the first start waits for it before its stop, so the restart has the totals file as every later start)."""
     from drivers.modbus_sim import ModbusSimulator, SimMeter
     from gateway.state import StateDir
     from metering.ledger import Ledger, read_gateway_id
@@ -377,6 +394,7 @@ async def cold_start(ledger_state: Path) -> tuple[float, float, float, int]:
     work = Path(tempfile.mkdtemp(prefix="koto-cold-", dir="/var/tmp"))
     notify = Notify()
     times: list[float] = []
+    counted = -1.0
     try:
         big = work / "big"
         shutil.copytree(ledger_state, big, ignore=shutil.ignore_patterns("*.lock"))
@@ -385,20 +403,23 @@ async def cold_start(ledger_state: Path) -> tuple[float, float, float, int]:
         StateDir(empty)
         os.sync()
         async with ModbusSimulator([SimMeter("sdm120", 1)], baud=9600) as bus:
-            for name, state in (("big", big), ("big", big), ("empty", empty)):
+            for i, (name, state) in enumerate((("big", big), ("big", big), ("empty", empty))):
                 cfg = work / f"{name}.toml"
                 cfg.write_text(_toml(state, bus.port, 1, gid) + '\n[home_assistant]\nhost = "127.0.0.1"\nport = 9\n')
                 _drop_cache(state)
+                log = work / f"{name}{i}.log"
                 t0 = time.monotonic()
-                proc = await _start_koto(cfg, notify, work / f"{name}.log")
+                proc = await _start_koto(cfg, notify, log)
                 try:
                     times.append(await notify.ready(proc, 120) - t0)
+                    if i == 0:
+                        counted = await _counted_s(log, proc, t0, 300)
                 finally:
                     await _stop(proc)
     finally:
         notify.close()
         shutil.rmtree(work, ignore_errors=True)
-    return times[0], times[1], times[2], records
+    return times[0], times[1], times[2], records, counted
 
 
 def _crypto(python: str) -> str:
@@ -463,11 +484,15 @@ def main(argv: list[str] | None = None) -> int:
         if not (a.ledger / "ledger.db").exists():
             subprocess.run([sys.executable, "-m", "bench.ledger_scale", "--state", str(a.ledger)], cwd=REPO,
                            check=True, stdout=subprocess.DEVNULL)
-        first, big, empty, n = asyncio.run(cold_start(a.ledger))
-        print(f"cold start to READY (page cache dropped, [home_assistant] on): {big:.2f} s with a {n:,}-record "
-              f"ledger (target <= 2 s; its very first start {first:.2f} s); {empty:.2f} s with an empty one")
-        figs.append((f"cold start to READY, {n:,}-record ledger", big, "s", empty, "the same with an empty ledger",
-                     "<= 2 s", ""))
+        first, big, empty, n, counted = asyncio.run(cold_start(a.ledger))
+        count = f"{counted:.2f} s after exec" if counted >= 0 else "not seen"
+        print(f"cold start to READY (page cache dropped, [home_assistant] on), {n:,}-record ledger (target <= 2 s): "
+              f"first start {first:.2f} s (Home Assistant's totals counted in the background, done {count}); "
+              f"restart {big:.2f} s; {empty:.2f} s with an empty ledger")
+        figs += [(f"cold start to READY, {n:,}-record ledger", big, "s", empty, "the same with an empty ledger",
+                  "<= 2 s", "a restart (Home Assistant's totals file exists)"),
+                 (f"first start to READY, {n:,}-record ledger", first, "s", empty, "the same with an empty ledger",
+                  "<= 2 s", f"no Home Assistant totals file yet: counted after READY, done {count}")]
     print(f"load average {_load()} at the end")
     if a.json:
         from bench.figures import Figure, emit

@@ -27,7 +27,10 @@ remove it from Home Assistant. The states are one
 retained JSON message per appliance on `{topic_prefix}/{appliance}/state`; availability is
 `{topic_prefix}/availability`: `online` retained at connect, `offline` at a clean stop and as the MQTT Will when the
 gateway dies. Nothing of this can hold up metering: it is one task, reading what the meters hold and (in a thread)
-the ledger's totals; a broker that is down is said once in the journal and retried with capped backoff.
+the ledger's totals; a broker that is down is said once in the journal and retried with capped backoff. On the first
+start with Home Assistant on, the totals are first counted over the whole ledger (`first_totals`, in a thread, seconds
+on a big ledger): the gateway is ready and meters meanwhile; the discovery and availability go out at once, the states
+once the totals are known (never an energy of 0 that Home Assistant would take for a meter reset).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import logging
 import math
 import re
 import ssl
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +52,7 @@ from koto import __version__
 from koto.net import Backoff
 
 from .errors import ConfigError
-from .ha_totals import EnergyTotals
+from .ha_totals import CountStopped, EnergyTotals
 
 if TYPE_CHECKING:
     from .daemon import Gateway
@@ -199,14 +203,17 @@ def state_payload(power_mw: int, function: str, energy_mwh: int) -> dict[str, An
 
 class HomeAssistant:
     """Publishes discovery, availability and the appliances' states to the household's broker while the gateway
-    runs. `appliances()` returns {appliance: (power_mw, function)}; `totals(refresh)` the lifetime mWh (blocking)."""
+    runs. `appliances()` returns {appliance: (power_mw, function)}; `totals()` the lifetime mWh (blocking);
+    `first_totals(stop)`, when given, the first count of them (blocking, run once in a thread before any state is
+    published; it raises CountStopped when `stop` is set)."""
 
     def __init__(self, cfg: HomeAssistantConfig, gateway: str, profiles: Mapping[str, str], *,
                  appliances: Callable[[], Mapping[str, tuple[int, str]]],
                  totals: Callable[[], Mapping[str, int]], backoff: Backoff | None = None,
                  energy_every_s: float = ENERGY_EVERY_S,
                  on_stop: Callable[[], Mapping[str, int]] | None = None, tls: ssl.SSLContext | None = None,
-                 gone: Iterable[str] = ()) -> None:
+                 gone: Iterable[str] = (),
+                 first_totals: Callable[[threading.Event], Mapping[str, int]] | None = None) -> None:
         self.cfg = cfg
         self.topics = topics_for(cfg, gateway)
         self.profiles = dict(profiles)
@@ -216,6 +223,10 @@ class HomeAssistant:
         self.backoff = backoff or Backoff(1.0, 60.0)
         self.energy_every_s = energy_every_s  # the totals are a ledger read (in a thread): once a minute
         self.on_stop = on_stop  # at a clean stop (the ledger quiet): the totals, their base saved
+        self.first_totals = first_totals
+        self._known = asyncio.Event()  # the totals are known: states may be published
+        if first_totals is None:
+            self._known.set()
         self.tls = tls if tls is not None or not cfg.tls else tls_for(cfg, "<config>")
         self.connected = False
         self.published = 0
@@ -232,7 +243,40 @@ class HomeAssistant:
                               keepalive=30, timeout=10)
 
     async def run(self) -> None:
-        """Connect, announce, publish; on any failure wait (capped backoff) and again, until cancelled."""
+        """Count the totals first if needed (in the background); connect, announce, publish; on any failure wait
+        (capped backoff) and again, until cancelled."""
+        counting = asyncio.create_task(self._count()) if not self._known.is_set() else None
+        try:
+            await self._connect_loop()
+        finally:
+            if counting is not None:
+                counting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await counting
+
+    async def _count(self) -> None:
+        """`first_totals` in a worker thread, the event loop free meanwhile; a failure is said and tried again a
+        minute later. Cancelled (the stop): the count is told to stop, and it does within milliseconds."""
+        assert self.first_totals is not None
+        stop = threading.Event()
+        while True:
+            try:
+                self._energy = dict(await asyncio.to_thread(self.first_totals, stop))
+                break
+            except asyncio.CancelledError:
+                stop.set()
+                log.info("Home Assistant energy totals: the count was stopped with the gateway; it runs again at "
+                         "the next start")
+                raise
+            except CountStopped:
+                return
+            except Exception as e:  # sqlite3.Error, OSError: metering goes on, the states wait
+                log.warning("Home Assistant energy totals cannot be counted (%s); trying again in %.0f s", e,
+                            self.energy_every_s)
+            await asyncio.sleep(self.energy_every_s)
+        self._known.set()
+
+    async def _connect_loop(self) -> None:
         where = f"{self.cfg.host}:{self.cfg.port}"
         while True:
             try:
@@ -289,6 +333,7 @@ class HomeAssistant:
 
     async def _publish_loop(self, client: Any) -> None:
         loop = asyncio.get_running_loop()
+        await self._known.wait()  # the first start's count (the retained states of the last run stay meanwhile)
         last_energy = -math.inf
         while True:
             if loop.time() - last_energy >= self.energy_every_s:
@@ -298,6 +343,8 @@ class HomeAssistant:
             await asyncio.sleep(self.cfg.interval_s)
 
     async def _publish_states(self, client: Any) -> None:
+        if not self._known.is_set():  # an energy of 0 would be a meter reset to Home Assistant
+            return
         for app, (power_mw, function) in self.appliances().items():
             body = state_payload(power_mw, function, self._energy.get(app, 0))
             await client.publish(self.topics.state(app), json.dumps(body, sort_keys=True).encode(), qos=0,
@@ -332,8 +379,9 @@ def for_gateway(gw: Gateway) -> HomeAssistant | None:
         return None
     tls = tls_for(cfg, gw.cfg.file) if cfg.tls else None
     totals = EnergyTotals(gw.cfg.state_dir)
-    totals.start(gw.ledger)
+    totals.start(gw.ledger)  # a restart adds the few records since its base; a first start leaves them to catch_up
     return HomeAssistant(cfg, gw.cfg.id, {aid: m.profile.name for aid, m in gw.meters.items()},
                          appliances=lambda: {aid: (m.power_mw, m.function) for aid, m in gw.meters.items()},
                          totals=lambda: totals.refresh(gw.ledger),
-                         on_stop=lambda: totals.refresh(gw.ledger, save=True), tls=tls, gone=totals.base)
+                         on_stop=lambda: totals.refresh(gw.ledger, save=True), tls=tls, gone=totals.base,
+                         first_totals=totals.catch_up if totals.pending else None)
