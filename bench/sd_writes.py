@@ -394,6 +394,10 @@ def main(argv: list[str] | None = None) -> int:
                          "flusher in real time (default), after every commit (pessimistic), or not (undercounted)")
     ap.add_argument("--no-shm-writeback", dest="shm_writeback", action="store_const", const="none",
                     help="the same as --shm-writeback none")
+    ap.add_argument("--exclusive-lock", action="store_true",
+                    help="an experiment: the ledger opened with locking_mode=EXCLUSIVE (SQLite then keeps the WAL "
+                         "index in the heap, no -shm; no other connection or process can read the ledger while the "
+                         "daemon runs, so `koto usage`, `koto verify` and the status page could not: not a setting)")
     ap.add_argument("--interim-s", type=float, help="[[appliance]] interim_s instead of the default")
     ap.add_argument("--idle-interim-s", type=float, help="[[appliance]] idle_interim_s instead of the default")
     ap.add_argument("--page-size", type=int, help="the new ledger's SQLite page size instead of store.PAGE_SIZE")
@@ -409,6 +413,11 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("interim_s", "idle_interim_s"):
         if getattr(args, key) is not None:
             overrides["appliance"][key] = getattr(args, key)
+    if args.exclusive_lock:
+        from metering.ledger import store
+
+        store._PRAGMAS = ("PRAGMA locking_mode=EXCLUSIVE", *store._PRAGMAS)  # before WAL is entered: no -shm
+        overrides["gateway"]["web_port"] = 0  # the status page reads the ledger on a connection of its own
     if args.page_size:
         from metering.ledger import store
 
