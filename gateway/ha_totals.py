@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from koto.errors import KotoError
 from koto.files import write_atomic
 from metering.records import PARTITION_KINDS, USAGE_TYPE
 
@@ -54,7 +55,7 @@ _RANGE_SUM = (f"SELECT appliance, sum(energy_mwh) FROM records WHERE type=? AND 
               "AND seq BETWEEN ? AND ? GROUP BY appliance")
 
 
-class CountStopped(Exception):
+class CountStopped(KotoError):
     """The background count was stopped (the gateway is stopping): nothing was added, nothing saved."""
 
 
