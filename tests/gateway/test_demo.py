@@ -20,6 +20,7 @@ async def test_the_demo_shows_every_function_and_reads_usage_back_from_a_verifie
     assert await run_demo(tmp_path / "demo", speed=150.0, out=lines.append) == 0
     text = "\n".join(lines)
     for event in ("washer: fill started", "washer: heat started", "washer: wash started", "washer: spin started",
+                  "washer: rinse started",
                   "kettle: boil started", "aircon: cool started", "aircon: heat started", "washer: use ended"):
         assert event in text
     assert "verify ok" in text
