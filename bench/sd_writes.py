@@ -323,7 +323,8 @@ def commits_line(gw: TappedGateway, app_days: float) -> str:
             f"{len(by.get('other', []))} other")
     if acks:
         line += (f"; the ack-only ones wrote {ack_bytes / len(acks) / 1024:.1f} KiB each, "
-                 f"{ack_bytes / app_days / MB:.3f} MB per appliance-day")
+                 f"{ack_bytes / app_days / MB:.3f} MB per appliance-day (in --breakdown's 'anything else', or its "
+                 "close when written there)")
     return line
 
 
