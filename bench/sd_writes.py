@@ -269,7 +269,8 @@ def _measure_close(gw: TappedGateway, db: Path) -> None:
 @dataclass(frozen=True)
 class Tx:
     """One ledger commit, by what it carried: "records" (with whatever rode along: checkpoints, an ack), "ack only"
-    (the cloud's acked point and its `acks` row), or "other" (checkpoints alone, a prune, a document); and the
+    (the cloud's acked point and its `acks` row), or "other" (checkpoints without records, an ack riding along or
+    not; a prune; a document); and the
     process's `write_bytes` from its BEGIN to after its -shm fsync (none for a records commit: `_append` does it)."""
 
     what: str
@@ -279,28 +280,31 @@ class Tx:
 def _tap_transactions(gw: TappedGateway, *, shm_writeback: bool) -> None:
     """Count every commit of the ledger by what it carried (`gw.txs`), whichever code path made it.
 
-    The facade opens each write transaction through `store.transaction`; the wrapper reads the chain head and the
-    acked point on the same connection inside the transaction (no read transaction of its own, so no extra WAL-index
-    read mark), before and after the caller's statements. A commit without records gets the -shm fsync that
-    `TappedGateway._append` gives a records commit, so that it too pays its WAL-index pages as in real time."""
+    The facade opens each write transaction through `store.transaction`; the wrapper reads the chain head, the
+    acked point and the checkpoints on the same connection inside the transaction (no read transaction of its own,
+    so no extra WAL-index read mark), before and after the caller's statements. A commit without records gets the
+    -shm fsync that `TappedGateway._append` gives a records commit, so that it too pays its WAL-index pages as in
+    real time."""
     from metering.ledger import store
 
     real = store.transaction
     shm = gw.cfg.state_dir / "ledger.db-shm"
     gw.txs = []
 
-    def marks(conn: sqlite3.Connection) -> tuple[str, str]:
+    def marks(conn: sqlite3.Connection) -> tuple[str, str, str]:
         kv = dict(conn.execute("SELECT key, value FROM kv WHERE key IN ('head_seq', 'acked_through')").fetchall())
-        return kv.get("head_seq", ""), kv.get("acked_through", "")
+        ckpts = conn.execute("SELECT group_concat(name || state) FROM checkpoints").fetchone()[0] or ""
+        return kv.get("head_seq", ""), kv.get("acked_through", ""), ckpts
 
     @contextlib.contextmanager
     def tapped(conn: sqlite3.Connection, path: Path, failure: str) -> Iterator[None]:
         b0 = write_bytes()
         with real(conn, path, failure):
-            head0, acked0 = marks(conn)
+            head0, acked0, ckpts0 = marks(conn)
             yield
-            head1, acked1 = marks(conn)
-        what = "records" if head1 != head0 else "ack only" if acked1 != acked0 else "other"
+            head1, acked1, ckpts1 = marks(conn)
+        what = ("records" if head1 != head0 else "other" if ckpts1 != ckpts0
+                else "ack only" if acked1 != acked0 else "other")
         if what != "records" and shm_writeback and shm.exists():
             fd = os.open(shm, os.O_RDONLY)
             try:
