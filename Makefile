@@ -143,8 +143,9 @@ bench: $(DEV_STAMP) system-deps
 bench-quick: $(DEV_STAMP) system-deps
 	$(BIN)/python -m bench.report --quick
 
-# The SD-card write budget: a compressed day of 9 appliances at 1 Hz (about 25 minutes at the default 60x).
-bench-sd: $(DEV_STAMP)
+# The SD-card write budget: a compressed day of 9 appliances at 1 Hz (about 25 minutes at the default 60x), syncing
+# to a local Mosquitto and the reference receiver (system-deps installs mosquitto).
+bench-sd: $(DEV_STAMP) system-deps
 	$(BIN)/python bench/sd_writes.py --speed 60
 
 # The cloud side at fleet scale: 1,000 simulated gateways and a 200 x 1,000-record burst through a three-node

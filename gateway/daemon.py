@@ -37,6 +37,7 @@ from metering.pricing import Pricing
 from metering.profile import Profile, builtin_profile, load_profile, parse_profile
 from metering.records import CLOCK_TYPE, LIFECYCLE_TYPE, Draft, TimeStatus
 
+from .ack_hold import AckHold
 from .checkpointing import CheckpointPlan
 from .config import ApplianceConfig, GatewayConfig
 from .errors import ConfigError
@@ -130,6 +131,7 @@ class Gateway:
         self.state = StateDir(cfg.state_dir)
         self.stats = GatewayStats()
         self.sync: Sync | None = None
+        self.acks: AckHold | None = None  # with a cloud: its acks, written with the next records (ack_hold.py)
         self._sync_enabled = sync_enabled and cfg.cloud is not None
         self.ledger = Ledger.open(self.state.ledger, gateway_id=cfg.id, key=self.state.private_key(),
                                   gateway_subject=cfg.subject)
@@ -254,8 +256,9 @@ class Gateway:
             downlink = DownlinkHandler(self.ledger, self.pricing, keys, self.cfg.id, self.clock,
                                        on_profile=self._on_profile)
             downlink.add_report_section("gateway", self.report)
+        self.acks = AckHold(self.ledger, self.clock)
         try:
-            return Sync(cloud, self.ledger, clock=self.clock, downlink=downlink, version=__version__)
+            return Sync(cloud, self.ledger, clock=self.clock, downlink=downlink, version=__version__, acks=self.acks)
         except (OSError, ssl.SSLError) as e:  # the CA, certificate or key file is missing or unreadable
             raise ConfigError(self.cfg.file, "cloud", f"cannot load the TLS files (ca, cert, key): {e}") from e
 
@@ -385,6 +388,8 @@ class Gateway:
             for aid, meter in self.meters.items():
                 self._take(aid, meter.tick(now))
             self._enforce(now)
+            if self.acks is not None:
+                self.acks.tick()  # an ack with no records commit to ride with for ACK_HOLD_S is written alone
             if self.sync is not None:  # the optional live view; Sync keeps the newest and rate-limits it
                 self.sync.offer_live({aid: {"power_mw": m.power_mw, "function": m.function}
                                       for aid, m in self.meters.items()})

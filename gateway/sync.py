@@ -5,8 +5,9 @@ starts again from the ledger's `acked_through`, publishes unacked records in seq
 and keeps at most `window` records beyond the last cloud ack in flight. The cloud ack (`down/ack`) — not the QoS 1
 PUBACK, which only says the broker has the message — is what marks records acked, and only when its `head_hash`
 equals the ledger's own hash of that record (`Ledger.mark_acked`); a mismatch is counted as an alarm and prunes
-nothing. If acks stop coming while records are outstanding, the pump goes back to the acked point and resends
-(the receiver stores by id, so a resend is a no-op there).
+nothing. The daemon passes `acks` (gateway/ack_hold.py): an ack then counts at once but is written to the file
+with the next records commit, not in a commit of its own. If acks stop coming while records are outstanding, the
+pump goes back to the acked point and resends (the receiver stores by id, so a resend is a no-op there).
 
 Reconnects use a capped, jittered backoff (0.5 s doubling to 5 s), so the drain starts within a few seconds of the
 broker coming back however long it was away. The meter calls `notify()` after each append; the live view calls
@@ -52,6 +53,12 @@ log = logging.getLogger("koto.sync")
 STABLE_SESSION_S = 10.0  # a session that lasted this long resets the reconnect backoff
 TAKEOVER_LOG_S = 600.0  # a session taken over by a client with our id is logged at most once per this
 TAKEOVER_WINDOW_S, TAKEOVER_SHORT = 60.0, 3  # this many sessions closed soon after they began, within this window
+
+
+class AckSink(Protocol):
+    """Where Sync hands a cloud ack: the ledger itself (one commit per ack) or gateway.ack_hold.AckHold."""
+
+    def mark_acked(self, epoch: int, through: int, head_hash: str, *, at_wall: float | None = None) -> AckOutcome: ...
 
 
 class SyncLedger(Protocol):
@@ -138,9 +145,10 @@ class Sync:
 
     def __init__(self, config: SyncConfig, ledger: SyncLedger, *, clock: Clock,
                  downlink: DownlinkHandler | None = None, version: str = "",
-                 status: Callable[[], dict[str, Any]] | None = None) -> None:
+                 status: Callable[[], dict[str, Any]] | None = None, acks: AckSink | None = None) -> None:
         self.config = config
         self.ledger = ledger
+        self.acks: AckSink = acks if acks is not None else ledger
         self.clock = clock
         self.downlink = downlink
         self.version = version
@@ -449,7 +457,7 @@ class Sync:
             log.warning("ignoring a malformed cloud ack (%s): %r", e, payload[:120])
             return
         now_wall = self.clock.now().wall
-        outcome = (self.ledger.mark_acked(epoch, through, head_hash, at_wall=now_wall) if through > 0
+        outcome = (self.acks.mark_acked(epoch, through, head_hash, at_wall=now_wall) if through > 0
                    else AckOutcome.ALREADY)
         match outcome:
             case AckOutcome.ADVANCED:

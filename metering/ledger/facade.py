@@ -4,10 +4,17 @@ It owns the connection, the writer lock and one mutex, and gives each part the c
 parts know SQL or bytes, the facade knows which of them run together in one transaction (an append is the records,
 the chain head, the checkpoints, the documents and the settings, all or nothing). Acks, reading records back, and
 the checkpoints/docs/kv beside the records are small enough to live here.
+
+An ack may be held (`mark_acked(hold=True)`): verified at once and counted at once by everything that asks this
+object (`acked_through`, `unacked`, `last_ack`...), but written to the file only inside the next `append` that
+commits anything, by `write_ack`, or at `close`. A commit costs the SD card ~35 KiB whatever it carries, so an ack
+of its own cost about as much as the records it acked. Pruning reads the file, so it only ever uses a written ack;
+another process (`koto usage`) sees the ack once it is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import sqlite3
@@ -97,6 +104,10 @@ class Ledger:
         # the WAL for every such checkpoint (the pricing state rides along with every batch). Writer only.
         self._ckpt_stored: dict[str, str] = (
             dict(conn.execute("SELECT name, state FROM checkpoints").fetchall()) if key is not None else {})
+        # A verified ack not yet in the file (0: none), and the `acks` rows (through, at_ms) of the acks held since the
+        # last write: `mark_acked(hold=True)`, written with the next append, by `write_ack` or at `close`.
+        self._held_ack = 0
+        self._held_rows: list[tuple[int, int]] = []
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
@@ -127,9 +138,14 @@ class Ledger:
         return cls(conn, p, identity, key=key, lock_fd=lock_fd)
 
     def close(self) -> None:
+        """Write a held ack (if the file can no longer take it, it is dropped: the cloud gets those records again at
+        the next start, stores nothing twice and acks them again), then close the file and release the lock."""
         with self._mutex:
             if self._closed:
                 return
+            if self._held_ack:
+                with contextlib.suppress(LedgerError):
+                    self.write_ack()
             self._closed = True
             self._conn.close()
             store.release_lock(self._lock_fd)
@@ -177,7 +193,7 @@ class Ledger:
             self._check_writable()
             ckpt_rows = [(name, state) for name, state in ckpt_rows if self._ckpt_stored.get(name) != state]
             if not (drafts or ckpt_rows or doc_rows or kv):
-                return []
+                return []  # a held ack alone waits for the next commit (or `write_ack`)
             conn = self._conn
             with store.transaction(conn, self.path, "append failed, nothing was stored"):
                 stored = self._append_records(drafts, self._key) if drafts else []
@@ -187,7 +203,10 @@ class Ledger:
                     conn.executemany("INSERT OR REPLACE INTO docs (kind, id, version, body) VALUES (?,?,?,?)", doc_rows)
                 if kv:
                     conn.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?,?)", list(kv.items()))
+                if self._held_ack:
+                    self._write_ack_rows(self._held_ack, self._held_rows)
             self._ckpt_stored.update(ckpt_rows)  # committed: only now is it what the file holds
+            self._held_ack, self._held_rows = 0, []
         return stored
 
     def _append_records(self, drafts: Sequence[Draft], key: PrivateKey) -> list[Stored]:
@@ -211,10 +230,21 @@ class Ledger:
             self._check_open()
             return store.head(self._conn)
 
-    def acked_through(self) -> int:
+    def acked_through(self, *, written: bool = False) -> int:
+        """The cloud's cumulative ack: a held one included, or (`written`) only what the file holds, which is what
+        pruning and any other process go by."""
         with self._mutex:
             self._check_open()
-            return store.acked_through(self._conn, self.path)
+            return store.acked_through(self._conn, self.path) if written else self._acked()
+
+    def held_ack(self) -> int:
+        """The seq a held ack reaches, not yet written to the file; 0 when none is held."""
+        with self._mutex:
+            return self._held_ack
+
+    def _acked(self) -> int:
+        """The acked point, a held ack included (under the mutex)."""
+        return max(store.acked_through(self._conn, self.path), self._held_ack)
 
     def get(self, seq: int) -> Stored | None:
         with self._mutex:
@@ -222,7 +252,7 @@ class Ledger:
             row = self._conn.execute(
                 "SELECT seq, id, type, kind, hash, body FROM records WHERE seq=?", (seq,)
             ).fetchone()
-            acked = store.acked_through(self._conn, self.path)
+            acked = self._acked()
         return None if row is None else self._stored(row, acked)
 
     def iter_records(self, from_seq: int = 1, to_seq: int | None = None, *, chunk: int = 500) -> Iterator[Stored]:
@@ -236,7 +266,7 @@ class Ledger:
                     "SELECT seq, id, type, kind, hash, body FROM records WHERE seq>=? AND seq<=? ORDER BY seq LIMIT ?",
                     (nxt, hi, chunk),
                 ).fetchall()
-                acked = store.acked_through(self._conn, self.path)
+                acked = self._acked()
             if not rows:
                 return
             for row in rows:
@@ -247,7 +277,7 @@ class Ledger:
         """The next unacked records after `after_seq`, in seq order: what the sync (re)sends, byte-identical."""
         with self._mutex:
             self._check_open()
-            acked = store.acked_through(self._conn, self.path)
+            acked = self._acked()
             rows = self._conn.execute(
                 "SELECT seq, id, type, kind, hash, body FROM records WHERE seq>? ORDER BY seq LIMIT ?",
                 (max(after_seq, acked), limit),
@@ -257,7 +287,7 @@ class Ledger:
     def unacked_count(self) -> int:
         with self._mutex:
             self._check_open()
-            return store.head(self._conn)[0] - store.acked_through(self._conn, self.path)
+            return store.head(self._conn)[0] - self._acked()
 
     def _stored(self, row: tuple[Any, ...], acked_through: int) -> Stored:
         seq, rid, typ, kind, h, body = row
@@ -265,25 +295,56 @@ class Ledger:
 
     # ---------------------------------------------------------------------------------------------- acks
 
-    def mark_acked(self, epoch: int, through: int, head_hash: str, *, at_wall: float | None = None) -> AckOutcome:
+    def mark_acked(self, epoch: int, through: int, head_hash: str, *, at_wall: float | None = None,
+                   hold: bool = False) -> AckOutcome:
         """Honour a cumulative ack from the cloud, only when it names a record we hold with the hash we hold.
 
         `at_wall` (the caller's clock: the ledger reads none) is when the ack arrived; an advancing ack stores it, so
-        `synced_at` can say when a record reached the cloud ("synced on Wednesday 08:03")."""
+        `synced_at` can say when a record reached the cloud ("synced on Wednesday 08:03"). With `hold`, an advancing
+        ack is checked the same way but kept in memory, to be written with the next `append` (or by `write_ack`, or
+        at `close`): no commit of its own. Without, it is written now, with any ack held before it."""
         with self._mutex:
             self._check_open()
             if epoch != self.epoch:
                 return AckOutcome.WRONG_EPOCH
             self._check_writable()
-            with store.transaction(self._conn, self.path, "cannot record the ack"):
-                outcome = self._ack_in_tx(through, head_hash)
-                if outcome is AckOutcome.ADVANCED and at_wall is not None:
-                    self._conn.execute("INSERT OR REPLACE INTO acks (through, at_ms) VALUES (?,?)",
-                                       (through, round(at_wall * 1000)))
-                    # An ack row is needed while a kept record is at or below its `through`; pruning moves the anchor.
-                    anchor_seq, _ = retention.anchor(self._conn, self.path)
-                    self._conn.execute("DELETE FROM acks WHERE through < ?", (anchor_seq,))
+            row = [] if at_wall is None else [(through, round(at_wall * 1000))]
+            if hold:
+                outcome = self._check_ack(through, head_hash)
+                if outcome is AckOutcome.ADVANCED:
+                    self._held_ack = through
+                    self._held_rows += row
                 return outcome
+            with store.transaction(self._conn, self.path, "cannot record the ack"):
+                outcome = self._check_ack(through, head_hash)
+                if outcome is AckOutcome.ADVANCED:
+                    self._write_ack_rows(through, self._held_rows + row)
+            if outcome is AckOutcome.ADVANCED:
+                self._held_ack, self._held_rows = 0, []
+            return outcome
+
+    def write_ack(self) -> bool:
+        """Write a held ack in a transaction of its own (its hold has lasted long enough, or the gateway stops).
+        Returns False when no ack was held."""
+        with self._mutex:
+            self._check_writable()
+            if not self._held_ack:
+                return False
+            with store.transaction(self._conn, self.path, "cannot record the ack"):
+                self._write_ack_rows(self._held_ack, self._held_rows)
+            self._held_ack, self._held_rows = 0, []
+            return True
+
+    def _write_ack_rows(self, through: int, rows: list[tuple[int, int]]) -> None:
+        """The acked point and the acks' arrival times, inside the caller's transaction."""
+        conn = self._conn
+        if through > store.acked_through(conn, self.path):
+            conn.execute("UPDATE kv SET value=? WHERE key=?", (str(through), K_ACKED))
+        if rows:
+            conn.executemany("INSERT OR REPLACE INTO acks (through, at_ms) VALUES (?,?)", rows)
+            # An ack row is needed while a kept record is at or below its `through`; pruning moves the anchor.
+            anchor_seq, _ = retention.anchor(conn, self.path)
+            conn.execute("DELETE FROM acks WHERE through < ?", (anchor_seq,))
 
     def synced_at(self, seq: int) -> float | None:
         """When the cloud acked record `seq` (wall seconds), or None: not acked yet, or acked before the ledger kept
@@ -294,7 +355,9 @@ class Ledger:
                 return None
             row = self._conn.execute("SELECT at_ms FROM acks WHERE through >= ? ORDER BY through LIMIT 1",
                                      (seq,)).fetchone()
-            return None if row is None or seq > store.acked_through(self._conn, self.path) else row[0] / 1000
+            if row is None:  # acked by a held ack, not written yet
+                row = next(((at,) for through, at in self._held_rows if through >= seq), None)
+            return None if row is None or seq > self._acked() else row[0] / 1000
 
     def last_ack(self) -> tuple[int, float] | None:
         """(acked through seq, when) of the latest advancing ack with a known time, or None."""
@@ -302,13 +365,15 @@ class Ledger:
             self._check_open()
             if not store.has_table(self._conn, "acks"):
                 return None
-            row = self._conn.execute("SELECT through, at_ms FROM acks ORDER BY through DESC LIMIT 1").fetchone()
+            row = self._held_rows[-1] if self._held_rows else self._conn.execute(
+                "SELECT through, at_ms FROM acks ORDER BY through DESC LIMIT 1").fetchone()
             return None if row is None else (int(row[0]), row[1] / 1000)
 
-    def _ack_in_tx(self, through: int, head_hash: str) -> AckOutcome:
+    def _check_ack(self, through: int, head_hash: str) -> AckOutcome:
+        """What an ack through `through` with `head_hash` means against the file and a held ack (writes nothing)."""
         conn = self._conn
         head_seq, _ = store.head(conn)
-        acked = store.acked_through(conn, self.path)
+        acked = self._acked()
         if through > head_seq:
             return AckOutcome.BEYOND_HEAD
         row = conn.execute("SELECT hash FROM records WHERE seq=?", (through,)).fetchone()
@@ -318,7 +383,6 @@ class Ledger:
             return AckOutcome.ALREADY
         if row is None:  # cannot happen for seq in (acked, head] unless the database was altered
             return AckOutcome.MISMATCH
-        conn.execute("UPDATE kv SET value=? WHERE key=?", (str(through), K_ACKED))
         return AckOutcome.ADVANCED
 
     # ------------------------------------------------------------------------------------ checkpoints, docs, kv
