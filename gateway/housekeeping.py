@@ -14,6 +14,7 @@ Rules (docs/ledger.md, "Retention"):
   wait for the ledger's lock for one step at most.
 - **A bounded WAL**: after a prune that deleted anything, `wal_checkpoint(TRUNCATE)` folds the WAL into the database
   and truncates it; freed pages are reused by new records, so the file stops growing once retention is reached.
+  It never waits for a reader (a `koto usage` holding a snapshot): it folds what it can and the next one does the rest.
 
 Waits run on the daemon's clock (`clock.factor`), so a compressed run prunes on its own compressed schedule.
 """
@@ -91,7 +92,9 @@ class Housekeeper:
                 break
             await asyncio.sleep(0)  # between steps the meter loop's appends go first
         if deleted:
-            await asyncio.to_thread(self.ledger.wal_checkpoint)
+            if not await asyncio.to_thread(self.ledger.wal_checkpoint):
+                log.info("retention: a reader (koto usage, verify, the status page) was busy, so the WAL is left "
+                         "to the next checkpoint")
             self.pruned += deleted
             first, _ = self.ledger.anchor()
             rule = "folded into the running totals" if self.local_only else "acked by the cloud"

@@ -568,11 +568,12 @@ class Ledger:
             self._check_open()
             return retention.anchor(self._conn, self.path)
 
-    def wal_checkpoint(self) -> None:
-        """Fold the WAL into the database and truncate it (call when idle so the WAL does not grow)."""
+    def wal_checkpoint(self) -> bool:
+        """Fold the WAL into the database and truncate it (call when idle so the WAL does not grow); False when a
+        reader in another connection kept part of it (it never waits for one: `retention.wal_checkpoint`)."""
         with self._mutex:
             self._check_writable()
-            retention.wal_checkpoint(self._conn, self.path)
+            return retention.wal_checkpoint(self._conn, self.path)
 
     def _check_open(self) -> None:
         if self._closed:

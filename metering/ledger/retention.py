@@ -96,9 +96,20 @@ def anchor(conn: sqlite3.Connection, path: Path) -> tuple[int, str]:
     return int(kv_required(conn, path, K_ANCHOR_SEQ)), kv_required(conn, path, K_ANCHOR_PREV)
 
 
-def wal_checkpoint(conn: sqlite3.Connection, path: Path) -> None:
-    """Fold the WAL into the database and truncate it (call when idle so the WAL does not grow)."""
+def wal_checkpoint(conn: sqlite3.Connection, path: Path) -> bool:
+    """Fold the WAL into the database and truncate it (call when idle so the WAL does not grow); False when a
+    reader's snapshot kept part of it (then as much as can be is folded, and the next checkpoint does the rest).
+
+    It does not wait for readers: a TRUNCATE checkpoint waits for them through the busy handler (the ledger's 10 s
+    `busy_timeout`), and the caller holds the ledger's lock meanwhile, so a `koto usage` or Home Assistant's first
+    count reading a big ledger would stall the daemon's appends for up to 10 s."""
+    (timeout,) = conn.execute("PRAGMA busy_timeout").fetchone()
     try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            (blocked, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={int(timeout)}")
     except sqlite3.Error as e:
         raise LedgerError(f"{path}: WAL checkpoint failed ({e})") from e
+    return not blocked

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,31 @@ def test_a_local_only_prune_ignores_acks_and_folds_the_records_into_totals(tmp_p
         assert led.verify(key.public_key(), workers=1).ok
         with pytest.raises(LedgerError, match="belongs to the ledger"):
             led.kv_set("pruned_totals", "{}")  # nobody else may write the totals
+
+
+def test_the_wal_checkpoint_does_not_wait_for_a_reader_and_truncates_once_it_is_gone(tmp_path: Path) -> None:
+    """A reader's snapshot (`koto usage` on a big ledger, Home Assistant's first count) must not hold the writer:
+    the checkpoint folds what it can and says so, instead of waiting out the busy timeout under the ledger's lock."""
+    key = generate_key()
+    path = tmp_path / "l.db"
+    wal = path.with_name("l.db-wal")
+    with Ledger.open(path, gateway_id="gw", key=key) as led:
+        led._conn.execute("PRAGMA busy_timeout=3600000")  # were it to wait, this test would hang (faulthandler)
+        led.append([usage(i, t_end=T0 + i) for i in range(5)])
+        reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            reader.execute("BEGIN")
+            assert reader.execute("SELECT count(*) FROM records").fetchone() == (5,)  # a snapshot held open
+            led.append([usage(5, t_end=T0 + 5)])  # frames the reader's snapshot does not cover
+            done = threading.Event()
+            outcome: list[bool] = []
+            worker = threading.Thread(target=lambda: (outcome.append(led.wal_checkpoint()), done.set()), daemon=True)
+            worker.start()
+            assert done.wait(60), "the checkpoint waited for the reader"
+            assert outcome == [False] and wal.stat().st_size > 0  # blocked: the WAL stays for the next one
+            assert led._conn.execute("PRAGMA busy_timeout").fetchone() == (3600000,)  # the writer's wait restored
+        finally:
+            reader.close()
+        assert led.wal_checkpoint() is True
+        assert wal.stat().st_size == 0
+        assert led.verify(key.public_key(), workers=1).ok
