@@ -501,6 +501,17 @@ class Ledger:
             self._check_open()
             return billing.appliances(self._conn)
 
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` on this ledger's own connection inside its mutex, and return what it returns.
+
+        How a reader in the writing process reads (the status page's figures, Home Assistant's first count): the
+        daemon's ledger is its own (`store.connect(exclusive=True)`), so a second connection, even in the same
+        process, would find the file locked. `fn` must only read, and be short: an append waits for it (split a
+        long pass into ranges, one call each)."""
+        with self._mutex:
+            self._check_open()
+            return fn(self._conn)
+
     def _locked_iter(self, make: Callable[[], Iterator[T]]) -> Iterator[T]:
         with self._mutex:
             self._check_open()
