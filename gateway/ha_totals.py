@@ -9,10 +9,12 @@ folder (`homeassistant-totals.json`) keeps a base: the totals through some seq o
 records after that seq are added and the base is moved to the ledger's head (nothing appends during a start) — when
 they are few (RECENT_ROWS); when there is no base yet (the first start with Home Assistant on, a new ledger) or it is
 far behind, the sum would read the whole usage index (74 MB on a million records, seconds from a cold disk), so
-`start` only fixes the seq range to count and `catch_up` counts it later, in a worker thread over its own read-only
-connection, while the gateway runs (READY does not wait for it); records appended meanwhile are past that range and
-are added by the refreshes as usual, so none is counted twice or missed. Nothing is published before the count is
-done, and a stop during it interrupts the count and saves nothing (the next start counts again); while
+`start` only fixes the seq range to count and `catch_up` counts it later, in a worker thread, while the gateway runs
+(READY does not wait for it): on the daemon's own ledger connection (`Ledger.read`; the daemon owns its ledger, no
+second connection can open it), in chunks of CHUNK_ROWS records in seq order, so an append waits for one chunk at
+most. Records appended meanwhile are past that range and are added by the refreshes as usual, so none is counted
+twice or missed; a prune between two chunks is seen and handled (`catch_up`). Nothing is published before the count
+is done, and a stop during it ends the count at the next chunk and saves nothing (the next start counts again); while
 running, the records after the base are summed again on each refresh, and every 6 hours the base is moved forward
 (when no record was appended during the sum — the ledger head did not move — so it is exact), and at a clean stop:
 records stay in the ledger at least a day (`retain_days` >= 1), so pruning never takes one the base has not counted.
@@ -32,52 +34,54 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from koto.errors import KotoError
 from koto.files import write_atomic
+from metering.ledger import retention
 from metering.records import PARTITION_KINDS, USAGE_TYPE
 
 log = logging.getLogger("koto.homeassistant")
 
+T = TypeVar("T")
+
 TOTALS_FILE = "homeassistant-totals.json"
 RECENT_ROWS = 50_000  # up to this many records past the base are read from the table, not the whole usage index
 REBASE_S = 6 * 3600.0  # records stay at least a day (retain_days >= 1): a base 6 h old is never overtaken
-CHECK_STOP_OPS = 20_000  # the background count looks at its stop flag every this many SQLite steps (well under 1 ms)
+# The first count reads this many records per `Ledger.read` call (the daemon's appends wait for one call at most):
+# 52 ms at most, 0.9 s for the whole million-record ledger from a cold page cache here (docs/performance.md).
+CHUNK_ROWS = 50_000
 _PARTITION = tuple(sorted(str(k) for k in PARTITION_KINDS))
-# One aggregate over the covering index `records_usage` (type, appliance, kind, ...; the seq is in every entry, so the
-# range is checked without a table read; SQLite 3.40 plans it so whatever the range). As cheap as `iter_usage`'s
-# per-group sums (the same 281 MB read from a cold disk on a million records, 1.2 s of CPU), but bounded above.
+# One aggregate over a seq range, read through the primary key (`NOT INDEXED`: the usage index has the seq last, so
+# SQLite would walk all of its 74 MB for each range). Only each row's first columns are read, not its body.
 _KINDS = ",".join("?" * len(_PARTITION))
-_RANGE_SUM = (f"SELECT appliance, sum(energy_mwh) FROM records WHERE type=? AND kind IN ({_KINDS}) "
-              "AND seq BETWEEN ? AND ? GROUP BY appliance")
+_RANGE_SUM = ("SELECT appliance, sum(energy_mwh) FROM records NOT INDEXED WHERE seq>=? AND seq<=? AND type=? "
+              f"AND kind IN ({_KINDS}) GROUP BY appliance")
 
 
 class CountStopped(KotoError):
     """The background count was stopped (the gateway is stopping): nothing was added, nothing saved."""
 
 
-def energy_between(db: Path, first: int, last: int, stop: threading.Event) -> dict[str, int]:
-    """Each appliance's metered energy (partition records' `energy_mwh`) in the records `first`..`last`, over a
-    read-only connection of its own (a worker thread's: the gateway's connection and its lock stay free for the
-    appends). Raises CountStopped as soon as `stop` is set, even mid-query (SQLite's progress handler)."""
-    if stop.is_set():
-        raise CountStopped
-    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
-                           check_same_thread=False)
-    try:
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.set_progress_handler(stop.is_set, CHECK_STOP_OPS)  # a true return aborts the statement
-        rows = conn.execute(_RANGE_SUM, (USAGE_TYPE, *_PARTITION, first, last)).fetchall()
-    except sqlite3.OperationalError as e:
-        if stop.is_set():
-            raise CountStopped from e
-        raise
-    finally:
-        conn.close()
-    return {str(a): int(e) for a, e in rows}
+def _pruned(conn: sqlite3.Connection) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in retention.pruned_totals(conn):
+        out[t.appliance] = out.get(t.appliance, 0) + t.energy_mwh
+    return out
+
+
+def count_range(path: Path, first: int, last: int) -> Callable[[sqlite3.Connection], tuple[int, dict[str, int] | None]]:
+    """For `Ledger.read`: (the ledger's first seq, each appliance's energy in the records `first`..`last`), or
+    (first seq, None) when that is past `first`: records not counted yet were pruned (then nothing is summed)."""
+    def read(conn: sqlite3.Connection) -> tuple[int, dict[str, int] | None]:
+        anchor = retention.anchor(conn, path)[0]
+        if anchor > first:
+            return anchor, None
+        rows = conn.execute(_RANGE_SUM, (first, last, USAGE_TYPE, *_PARTITION)).fetchall()
+        return anchor, {str(a): int(e) for a, e in rows}
+    return read
 
 
 class _Ledger(Protocol):
@@ -89,6 +93,8 @@ class _Ledger(Protocol):
                    tz: Any = None, from_seq: int | None = None) -> Iterable[Any]: ...
     def pruned_totals(self) -> list[Any]: ...
     def energy_from(self, from_seq: int) -> dict[str, int]: ...
+    def anchor(self) -> tuple[int, str]: ...
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
 
 class EnergyTotals:
@@ -106,8 +112,10 @@ class EnergyTotals:
         self.published: dict[str, int] = {}
         self._rebased_at = 0.0
         self._failing = False
-        self._db: Path | None = None
+        self._ledger: _Ledger | None = None  # the daemon's ledger, which catch_up reads (on its own connection)
         self._range: tuple[int, int] | None = None  # the seqs catch_up counts, fixed at the start
+        self._anchor = 1  # the ledger's first seq at the start
+        self._pruned: dict[str, int] | None = None  # the pruned totals the base began from (None: a saved base)
         self._lock = threading.Lock()  # a refresh in a worker thread and the last one at a stop may overlap
 
     def _load(self) -> bool:
@@ -145,11 +153,13 @@ class EnergyTotals:
             had = False
         elif not had:
             self.epoch, self.through, self.base = ledger.epoch, 0, {}
+            self._pruned = {}
             for t in ledger.pruned_totals():  # a local-only gateway folds what it prunes into these
                 self.base[t.appliance] = self.base.get(t.appliance, 0) + t.energy_mwh
+                self._pruned[t.appliance] = self._pruned.get(t.appliance, 0) + t.energy_mwh
         head = ledger.head()[0]
         if not had or head - self.through >= RECENT_ROWS:
-            self._db, self._range = ledger.path, (self.through + 1, head)
+            self._ledger, self._range, self._anchor = ledger, (self.through + 1, head), ledger.anchor()[0]
             log.info("Home Assistant energy totals: counting the ledger's records %d to %d in the background; the "
                      "energy sensors are updated when that is done", self.through + 1, head)
             return {}
@@ -165,22 +175,61 @@ class EnergyTotals:
         return self._range is not None
 
     def catch_up(self, stop: threading.Event) -> dict[str, int]:
-        """Blocking (a worker thread): count the records the start left (`energy_between`, its own connection), add
-        them to the base, which then counts through the ledger's head at the start, and save it. Raises CountStopped
-        when `stop` is set first (nothing changed)."""
-        if self._range is None or self._db is None:
+        """Blocking (a worker thread): count the records the start left, CHUNK_ROWS at a time in seq order, each
+        chunk one `Ledger.read` call on the daemon's own connection (an append waits for one chunk at most); add
+        them to the base, which then counts through the ledger's head at the start, and save it. Raises
+        CountStopped when `stop` is set first, looked at between chunks (nothing changed).
+
+        Each chunk also reads the ledger's first seq (the prune anchor), in the same call. A prune deletes only a
+        prefix, so one that deleted counted records only changes nothing; one that reached records not counted yet
+        is seen (the anchor is past the next seq to count) before they are missed, and the count starts again from
+        the anchor: with a base that began from the ledger's pruned totals (no base file), from the pruned totals
+        as they are now, which a local-only gateway's prune folds the deleted records into — so the totals are
+        exact again (for a gateway with a cloud, they are then the ledger's energy as it is now, as a first start
+        now would count it). A saved base cannot be split that way: the records pruned before they were counted
+        are said in the journal and left out."""
+        ledger = self._ledger
+        if self._range is None or ledger is None:
             return dict(self.published)
         first, last = self._range
         t0 = time.monotonic()
-        more = energy_between(self._db, first, last, stop) if last >= first else {}
+        base, pruned = dict(self.base), self._pruned
+        counted: dict[str, int] = {}
+        seq = max(first, self._anchor)
+        if seq > first and pruned is None:
+            log.warning("Home Assistant energy totals: records %d to %d were pruned before they were counted; the "
+                        "totals leave them out", first, seq - 1)
+        chunks = 0
+        while seq <= last:
+            if stop.is_set():
+                raise CountStopped
+            end = min(last, seq + CHUNK_ROWS - 1)
+            anchor, sums = ledger.read(count_range(ledger.path, seq, end))
+            chunks += 1
+            if sums is not None:
+                for a, e in sums.items():
+                    counted[a] = counted.get(a, 0) + e
+                seq = end + 1
+                continue
+            if pruned is not None:  # start again from the anchor, on the pruned totals of now
+                now = ledger.read(_pruned)
+                base = {a: base.get(a, 0) - pruned.get(a, 0) + now.get(a, 0) for a in {*base, *now}}
+                pruned, counted = now, {}
+                log.info("Home Assistant energy totals: a prune reached records not counted yet; counting again "
+                         "from seq %d", anchor)
+            else:
+                log.warning("Home Assistant energy totals: records %d to %d were pruned before they were counted; "
+                            "the totals leave them out", seq, anchor - 1)
+            seq = anchor
         with self._lock:
-            self._add(more)
-            self.through, self._range = last, None
+            self.base = base
+            self._add(counted)
+            self.through, self._range, self._ledger = last, None, None
             self._save()
             for a, e in self.base.items():
                 self.published[a] = max(self.published.get(a, 0), e)
-        log.info("Home Assistant energy totals: %d records counted in %.1f s", max(0, last - first + 1),
-                 time.monotonic() - t0)
+        log.info("Home Assistant energy totals: %d records counted in %.1f s (%d reads of the ledger)",
+                 max(0, last - first + 1), time.monotonic() - t0, chunks)
         return dict(self.published)
 
     def _add(self, more: dict[str, int]) -> None:

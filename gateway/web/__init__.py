@@ -50,4 +50,3 @@ async def serve(gw: Gateway) -> None:
     finally:
         await web.flow.close()
         await web.learn.close()
-        web.data.reader.close()

@@ -7,23 +7,31 @@ Two kinds of facts, read two ways:
   event loop with attribute reads only — never the writer's ledger connection, whose lock an append holds through
   its fsync.
 - **from the ledger** (`figures()`): usage and cost per function today and this month, the last 30 days per function
-  for the chart, and how far the cloud has acked. Read through a *separate, read-only* SQLite connection in a worker
-  thread (`asyncio.to_thread`), summed by SQLite with the same queries `koto usage` uses
-  (`metering.ledger.usage.usage_groups`), and cached for `FIGURES_EVERY_S`, so a page reloaded by several phones
-  costs one query pass. WAL lets this reader run beside the writer without blocking it.
+  for the chart, and how far the cloud has acked. The daemon owns its ledger (SQLite's exclusive locking mode: no
+  `-shm` file to write, and no second connection can open it, not even in this process), so these are read on the
+  ledger's own connection (`Ledger.read`), in a worker thread (`asyncio.to_thread`): they take turns with the
+  appends under the ledger's lock, and the event loop never waits for either. Summed by SQLite with the same
+  queries `koto usage` uses (`metering.ledger.usage.usage_groups`), each bounded by seq to the month or the chart's
+  30 days, in four short calls (this month, today, the chart, the ack state), so an append waits for one of them
+  at most: on a million-record ledger (a year of 8 appliances, about 83,000 records a month) the longest call held
+  the lock MONTH_HOLD (see docs/performance.md). An append between two calls may show in one figure and not yet in
+  the next, for one refresh. Cached for `FIGURES_EVERY_S`, so a page reloaded by several phones costs one pass.
 """
-
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from metering.errors import LedgerError
+
 if TYPE_CHECKING:
+    from metering.ledger import Ledger
+
     from ..daemon import Gateway
 
 FIGURES_EVERY_S = 5.0
@@ -56,51 +64,50 @@ def _sums(rows: Any) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 class LedgerReader:
-    """A read-only connection to the ledger (opened on first use, in the worker thread)."""
+    """The page's figures, read on the daemon's own ledger connection (`Ledger.read`), one short call each."""
 
-    def __init__(self, path: str, tz: Any) -> None:
-        self.path = path
+    def __init__(self, ledger: Ledger, tz: Any) -> None:
+        self.ledger = ledger
         self.tz = tz
-        self._conn: sqlite3.Connection | None = None
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is None:
-            uri = f"{Path(self.path).resolve().as_uri()}?mode=ro"  # as_uri escapes '?' and '#' in the path
-            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
-            self._conn.execute("PRAGMA query_only=ON")
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
     def read(self, now_wall: float) -> Figures:
+        """Blocking (a worker thread): the figures at `now_wall`. Raises sqlite3.Error or LedgerError (a closed
+        ledger) when the ledger cannot be read."""
         from metering.ledger.usage import fold, usage_groups
 
-        conn = self._connect()
         now = datetime.fromtimestamp(now_wall, self.tz)
         midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
         month_start = midnight.replace(day=1)
         first_day = (midnight - timedelta(days=CHART_DAYS - 1))
         f = Figures()
-        month_seq = self._first_seq(conn, month_start.timestamp())
-        if month_seq is not None:
-            f.month = _sums(fold(usage_groups(conn, None, month_start.timestamp(), "function", self.tz, month_seq),
-                                 "function"))
-            f.today = _sums(fold(usage_groups(conn, None, midnight.timestamp(), "function", self.tz, month_seq),
-                                 "function"))
-        f.days, f.daily = self._daily(conn, first_day)
+
+        def sums(since: datetime) -> Callable[[sqlite3.Connection], dict[tuple[str, str], dict[str, Any]]]:
+            def read(conn: sqlite3.Connection) -> dict[tuple[str, str], dict[str, Any]]:
+                seq = self._first_seq(conn, since.timestamp())
+                if seq is None:
+                    return {}
+                # `usage_groups` is a cursor: consumed here, inside the call, under the ledger's lock.
+                return _sums(fold(usage_groups(conn, None, since.timestamp(), "function", self.tz, seq), "function"))
+            return read
+
+        f.month = self.ledger.read(sums(month_start))
+        f.today = self.ledger.read(sums(midnight))
+        f.days, f.daily = self.ledger.read(lambda conn: self._daily(conn, first_day))
+        f.head_seq, f.acked_through, f.last_ack_wall = self.ledger.read(self._acks)
+        return f
+
+    @staticmethod
+    def _acks(conn: sqlite3.Connection) -> tuple[int, int, float | None]:
         row = conn.execute("SELECT value FROM kv WHERE key='head_seq'").fetchone()
-        f.head_seq = int(row[0]) if row else 0
+        head_seq = int(row[0]) if row else 0
         row = conn.execute("SELECT value FROM kv WHERE key='acked_through'").fetchone()
-        f.acked_through = int(row[0]) if row else 0
+        acked_through = int(row[0]) if row else 0
         try:
             row = conn.execute("SELECT at_ms FROM acks ORDER BY through DESC LIMIT 1").fetchone()
-            f.last_ack_wall = row[0] / 1000 if row else None
+            last_ack_wall = row[0] / 1000 if row else None
         except sqlite3.OperationalError:  # an older ledger without the acks table
-            f.last_ack_wall = None
-        return f
+            last_ack_wall = None
+        return head_seq, acked_through, last_ack_wall
 
     @staticmethod
     def _first_seq(conn: sqlite3.Connection, since_wall: float) -> int | None:
@@ -156,7 +163,7 @@ class PageData:
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self.reader = LedgerReader(str(gw.ledger.path), gw.cfg.tz)
+        self.reader = LedgerReader(gw.ledger, gw.cfg.tz)
         self._figures: Figures | None = None
         self._figures_at = 0.0
         self._lock = asyncio.Lock()
@@ -167,7 +174,7 @@ class PageData:
                 now = self.gw.clock.now().wall
                 try:
                     self._figures = await asyncio.to_thread(self.reader.read, now)
-                except sqlite3.Error as e:
+                except (sqlite3.Error, LedgerError) as e:
                     self._figures = Figures(error=f"cannot read the ledger ({e})")
                 self._figures_at = time.monotonic()
             return self._figures

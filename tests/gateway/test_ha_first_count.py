@@ -22,7 +22,7 @@ import pytest
 from gateway import ha_totals
 from gateway.config import parse_config
 from gateway.daemon import Gateway
-from gateway.ha_totals import TOTALS_FILE, CountStopped, EnergyTotals, energy_between
+from gateway.ha_totals import TOTALS_FILE, CountStopped, EnergyTotals
 from gateway.sdnotify import Notifier
 from gateway.state import StateDir
 from metering.ledger import Ledger
@@ -192,8 +192,7 @@ async def test_a_stop_during_the_first_count_ends_it_saves_nothing_and_the_next_
 
 
 class StopOnSecondLook(threading.Event):
-    """A stop flag that is set the second time it is looked at: the first look is before the query, every later one
-    is SQLite's progress handler, inside it."""
+    """A stop flag that is set the second time it is looked at: before the first chunk, then between chunks."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -206,29 +205,95 @@ class StopOnSecondLook(threading.Event):
         return super().is_set()
 
 
-def test_the_count_is_one_aggregate_over_a_fixed_seq_range_and_stops_inside_the_query(
+def _exclusive_writer(db: Path, key: Any) -> Ledger:
+    """The daemon's ledger as it opens it: SQLite's exclusive locking mode, taken by a first write and kept, so
+    any second connection, even in this process, finds the file locked."""
+    ledger = Ledger.open(db, gateway_id=GW, key=key)
+    ledger.read(lambda conn: conn.execute("PRAGMA locking_mode=EXCLUSIVE").fetchall())
+    ledger.kv_set("exclusive", "1")  # a write takes the lock; exclusive mode keeps it
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True).execute("SELECT count(*) FROM records").fetchone()
+    return ledger
+
+
+def test_the_count_reads_in_chunks_on_the_daemons_own_connection_and_stops_between_chunks(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     state = _state_with_records(tmp_path, 1200)
     db = state / "ledger.db"
-    with Ledger.open(db, gateway_id=GW, key=None) as ledger:
+    monkeypatch.setattr(ha_totals, "CHUNK_ROWS", 100)
+    ledger = _exclusive_writer(db, StateDir(state).private_key())
+    try:
         head = ledger.head()[0]
         total = sum(r.energy_mwh for r in ledger.iter_usage())
         tail = ledger.energy_from(701)["washer"]
-    assert energy_between(db, 1, head, threading.Event()) == {"washer": total}
-    assert energy_between(db, 1, 700, threading.Event())["washer"] + tail == total  # the range is the range
+        assert ledger.read(ha_totals.count_range(db, 1, 700))[1] == {"washer": total - tail}  # the range is the range
 
-    monkeypatch.setattr(ha_totals, "CHECK_STOP_OPS", 100)  # looks often enough for a small ledger
-    flag = StopOnSecondLook()
-    with pytest.raises(CountStopped) as stopped:
-        energy_between(db, 1, head, flag)
-    assert isinstance(stopped.value.__cause__, sqlite3.OperationalError)  # SQLite interrupted the query itself
-
-    totals = EnergyTotals(state)
-    with Ledger.open(db, gateway_id=GW, key=None) as ledger:
+        totals = EnergyTotals(state)
         totals.start(ledger)
-    assert totals.pending
-    with pytest.raises(CountStopped):
-        totals.catch_up(StopOnSecondLook())
-    assert totals.pending and totals.published == {} and not (state / TOTALS_FILE).exists()
-    assert totals.catch_up(threading.Event()) == {"washer": total} and not totals.pending
-    assert json.loads((state / TOTALS_FILE).read_text())["through_seq"] == head
+        assert totals.pending
+        with pytest.raises(CountStopped):
+            totals.catch_up(StopOnSecondLook())  # one chunk read, then the stop
+        assert totals.pending and totals.published == {} and not (state / TOTALS_FILE).exists()
+        reads = []
+        real_read = ledger.read
+        monkeypatch.setattr(ledger, "read", lambda fn: reads.append(1) or real_read(fn))
+        assert totals.catch_up(threading.Event()) == {"washer": total} and not totals.pending
+        assert len(reads) == -(-head // 100)  # one read per chunk of 100, on the exclusive writer's connection
+        assert json.loads((state / TOTALS_FILE).read_text())["through_seq"] == head
+    finally:
+        ledger.close()
+
+
+class PruneOnLook(threading.Event):
+    """A stop flag that is never set but prunes the ledger when looked at for the `at`-th time (between chunks)."""
+
+    def __init__(self, ledger: Ledger, at: int, *, local_only: bool) -> None:
+        super().__init__()
+        self.ledger, self.at, self.local_only, self.looks, self.deleted = ledger, at, local_only, 0, 0
+
+    def is_set(self) -> bool:
+        self.looks += 1
+        if self.looks == self.at:
+            self.deleted = self.ledger.prune(0, 4e9, max_rows=self.n, local_only=self.local_only)
+        return super().is_set()
+
+    n = 0
+
+
+@pytest.mark.parametrize("local_only", [True, False])
+@pytest.mark.parametrize(("at", "rows", "restarts"), [(3, 150, False), (3, 450, True), (2, 1199, True)])
+def test_a_prune_between_chunks_is_neither_missed_nor_counted_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, local_only: bool, at: int,
+        rows: int, restarts: bool) -> None:
+    """Chunks of 100; before the `at`-th chunk a prune deletes the first `rows` records: behind the count (only
+    counted ones) or ahead of it (some not counted yet: the count starts again from the anchor). A local-only
+    gateway's pruned records are in its pruned totals, so its Home Assistant total is the ledger's whole energy; a
+    gateway with a cloud loses its pruned records, so its total is then what the ledger holds (what a first start
+    now would count)."""
+    state = _state_with_records(tmp_path, 1200)
+    db = state / "ledger.db"
+    monkeypatch.setattr(ha_totals, "CHUNK_ROWS", 100)
+    ledger = _exclusive_writer(db, StateDir(state).private_key())
+    try:
+        head = ledger.head()[0]
+        before = sum(r.energy_mwh for r in ledger.iter_usage())
+        if not local_only:
+            ledger.mark_acked(ledger.epoch, head, ledger.head()[1])
+        totals = EnergyTotals(state)
+        totals.start(ledger)
+        stop = PruneOnLook(ledger, at, local_only=local_only)
+        stop.n = rows
+        caplog.set_level("INFO", "koto.homeassistant")
+        got = totals.catch_up(stop)["washer"]
+        assert stop.deleted == rows and ledger.anchor()[0] == rows + 1
+        after = sum(r.energy_mwh for r in ledger.iter_usage())
+        if local_only:
+            assert got == before  # every record once: counted, or in the pruned totals
+        elif restarts:
+            assert got == after < before  # the ledger's energy as it is now
+        else:
+            assert got == before  # the prune took counted records only: nothing lost
+        assert (f"counting again from seq {rows + 1}" in caplog.text) == restarts
+        assert json.loads((state / TOTALS_FILE).read_text())["mwh"]["washer"] == got
+    finally:
+        ledger.close()
