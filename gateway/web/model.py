@@ -111,15 +111,26 @@ class LedgerReader:
 
     @staticmethod
     def _first_seq(conn: sqlite3.Connection, since_wall: float) -> int | None:
-        row = conn.execute("SELECT seq FROM records WHERE t_end_ms >= ? ORDER BY seq LIMIT 1",
-                           (round(since_wall * 1000),)).fetchone()
+        """The first seq of a record ending at or after `since_wall`: a seek per group in the usage index (a scan
+        in seq order would read the table's year of rows before this morning's, 130 ms of the lock on a million)."""
+        from metering.ledger.usage import first_seq_since_indexed
+
+        since_ms = round(since_wall * 1000)
+        found = first_seq_since_indexed(conn, since_ms, 0)
+        if found is not False:  # False: a ledger without the index
+            return None if found is None else int(found)
+        row = conn.execute("SELECT seq FROM records WHERE t_end_ms >= ? ORDER BY seq LIMIT 1", (since_ms,)).fetchone()
         return None if row is None else int(row[0])
 
     def _daily(self, conn: sqlite3.Connection, first_day: datetime) -> tuple[list[str], dict[tuple[str, str],
                                                                                            list[int]]]:
-        """Energy per appliance, function and local day for the chart: one SQL pass, the day found by comparing
-        `t_end_ms` with the local midnights (computed here, so a daylight-saving change is right)."""
+        """Energy per appliance, function and local day for the chart: the day found by comparing `t_end_ms` with
+        the local midnights (computed here, so a daylight-saving change is right). One range of the usage index
+        per (appliance, kind, function, currency), found by skipping through it (`_group_keys`): the 30 days'
+        entries only. (One GROUP BY over all the records read the whole index, 74 MB on a million records: 0.17 s
+        of the ledger's lock from the page cache, 1.7 s from the disk.)"""
         from metering.ledger.store import PARTITION
+        from metering.ledger.usage import _group_keys
 
         starts = []
         day = first_day
@@ -128,16 +139,14 @@ class LedgerReader:
             day = (day + timedelta(days=1, hours=3)).replace(hour=0)  # the next local midnight, DST or not
         days = [datetime.fromtimestamp(ms / 1000, self.tz).date().isoformat() for ms in starts[:-1]]
         case = "CASE " + "".join(f"WHEN t_end_ms < {ms} THEN {i - 1} " for i, ms in enumerate(starts) if i) + "END"
-        seq = self._first_seq(conn, first_day.timestamp())
+        sql = (f"SELECT {case} AS d, sum(energy_mwh) FROM records WHERE type=? AND appliance=? AND kind=? "
+               "AND function=? AND currency=? AND t_end_ms>=? AND t_end_ms<? GROUP BY d")
         daily: dict[tuple[str, str], list[int]] = {}
-        if seq is None:
-            return days, daily
-        marks = ",".join("?" * len(PARTITION))
-        sql = (f"SELECT appliance, function, {case} AS d, sum(energy_mwh) FROM records WHERE type=? AND seq>=? "
-               f"AND t_end_ms>=? AND t_end_ms<? AND kind IN ({marks}) AND function!='' "
-               "GROUP BY appliance, function, d")
-        for app, fn, d, mwh in conn.execute(sql, ("io.koto.usage.v1", seq, starts[0], starts[-1], *PARTITION)):
-            daily.setdefault((app, fn), [0] * CHART_DAYS)[int(d)] += int(mwh or 0)
+        for app, kind, fn, cur in list(_group_keys(conn)):
+            if kind not in PARTITION or fn == "":
+                continue
+            for d, mwh in conn.execute(sql, ("io.koto.usage.v1", app, kind, fn, cur, starts[0], starts[-1])):
+                daily.setdefault((app, fn), [0] * CHART_DAYS)[int(d)] += int(mwh or 0)
         return days, daily
 
 
