@@ -51,7 +51,8 @@ TOTALS_FILE = "homeassistant-totals.json"
 RECENT_ROWS = 50_000  # up to this many records past the base are read from the table, not the whole usage index
 REBASE_S = 6 * 3600.0  # records stay at least a day (retain_days >= 1): a base 6 h old is never overtaken
 # The first count reads this many records per `Ledger.read` call (the daemon's appends wait for one call at most):
-# 52 ms at most, 0.9 s for the whole million-record ledger from a cold page cache here (docs/performance.md).
+# 96 ms at most, 0.90 s for the whole million-record ledger out of the page cache, 24 ms and 0.46 s in it
+# (bench/ledger_reads.py, docs/performance.md); several times that on a Pi's SD card, still one chunk at a time.
 CHUNK_ROWS = 50_000
 _PARTITION = tuple(sorted(str(k) for k in PARTITION_KINDS))
 # One aggregate over a seq range, read through the primary key (`NOT INDEXED`: the usage index has the seq last, so

@@ -10,13 +10,15 @@ Two kinds of facts, read two ways:
   for the chart, and how far the cloud has acked. The daemon owns its ledger (SQLite's exclusive locking mode: no
   `-shm` file to write, and no second connection can open it, not even in this process), so these are read on the
   ledger's own connection (`Ledger.read`), in a worker thread (`asyncio.to_thread`): they take turns with the
-  appends under the ledger's lock, and the event loop never waits for either. Summed by SQLite with the same
-  queries `koto usage` uses (`metering.ledger.usage.usage_groups`), each bounded by seq to the month or the chart's
-  30 days, in four short calls (this month, today, the chart, the ack state), so an append waits for one of them
-  at most: on a million-record ledger (a year of 8 appliances, about 83,000 records a month) the longest call held
-  the lock MONTH_HOLD (see docs/performance.md). An append between two calls may show in one figure and not yet in
+  appends under the ledger's lock, and the event loop never waits for either. Summed by SQLite: the month and today
+  with the queries `koto usage` uses (`metering.ledger.usage.usage_groups`, from the period's first seq), the chart
+  as one range of the usage index per group (its 30 days' entries only), in four short calls (this month, today, the chart, the ack state), so an append waits for one of them
+  at most: on a million-record ledger (a year of 8 appliances, about 83,000 records a month) the longest call, the
+  chart's, held the lock 148 ms with the file out of the page cache, 35 ms in it; the month 6 ms
+  (bench/ledger_reads.py, docs/performance.md). An append between two calls may show in one figure and not yet in
   the next, for one refresh. Cached for `FIGURES_EVERY_S`, so a page reloaded by several phones costs one pass.
 """
+
 from __future__ import annotations
 
 import asyncio
