@@ -12,11 +12,12 @@ Two kinds of facts, read two ways:
   ledger's own connection (`Ledger.read`), in a worker thread (`asyncio.to_thread`): they take turns with the
   appends under the ledger's lock, and the event loop never waits for either. Summed by SQLite: the month and today
   with the queries `koto usage` uses (`metering.ledger.usage.usage_groups`, from the period's first seq), the chart
-  as one range of the usage index per group (its 30 days' entries only), in four short calls (this month, today, the chart, the ack state), so an append waits for one of them
-  at most: on a million-record ledger (a year of 8 appliances, about 83,000 records a month) the longest call, the
-  chart's, held the lock 148 ms with the file out of the page cache, 35 ms in it; the month 6 ms
-  (bench/ledger_reads.py, docs/performance.md). An append between two calls may show in one figure and not yet in
-  the next, for one refresh. Cached for `FIGURES_EVERY_S`, so a page reloaded by several phones costs one pass.
+  as one range of the usage index per group (its 30 days' entries only), in four short calls (this month, today,
+  the chart, the ack state), so an append waits for one of them at most: on a million-record ledger (a year of 8
+  appliances, about 83,000 records a month) the longest call, the chart's, held the lock 148 ms with the file out
+  of the page cache, 35 ms in it; the month 6 ms (bench/ledger_reads.py, docs/performance.md). An append between
+  two calls may show in one figure and not yet in the next, for one refresh. Cached for `FIGURES_EVERY_S`, so a
+  page reloaded by several phones costs one pass.
 """
 
 from __future__ import annotations
