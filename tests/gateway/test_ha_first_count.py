@@ -1,7 +1,9 @@
 """The first start with Home Assistant on counts the ledger's energy in the background (gateway/ha_totals.py,
 `catch_up`): READY does not wait for that count, the totals Home Assistant then gets are the ledger's energy exactly
 (records appended while the count runs are neither missed nor counted twice), and a stop during the count ends it
-(SQLite interrupted mid-query) and saves nothing. A real ledger, a real Mosquitto, systemd's notify socket."""
+(between two chunks) and saves nothing. The count reads on the daemon's own ledger connection, which an exclusively
+locked ledger proves, chunk by chunk, and a prune between chunks is neither missed nor counted twice. A real ledger,
+a real Mosquitto, systemd's notify socket."""
 
 from __future__ import annotations
 
@@ -295,5 +297,32 @@ def test_a_prune_between_chunks_is_neither_missed_nor_counted_twice(
             assert got == before  # the prune took counted records only: nothing lost
         assert (f"counting again from seq {rows + 1}" in caplog.text) == restarts
         assert json.loads((state / TOTALS_FILE).read_text())["mwh"]["washer"] == got
+    finally:
+        ledger.close()
+
+
+def test_a_prune_ahead_of_a_count_from_a_saved_base_is_said_and_the_rest_counted_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A saved base far behind the head (RECENT_ROWS made 10): its pruned records cannot be told apart in the pruned
+    totals, so records pruned before they were counted are said and left out; every other one counts once."""
+    state = _state_with_records(tmp_path, 1200)
+    db = state / "ledger.db"
+    monkeypatch.setattr(ha_totals, "CHUNK_ROWS", 100)
+    monkeypatch.setattr(ha_totals, "RECENT_ROWS", 10)
+    (state / TOTALS_FILE).write_text(json.dumps({"epoch": 7, "through_seq": 0, "mwh": {"washer": 5}}))
+    ledger = _exclusive_writer(db, StateDir(state).private_key())
+    try:
+        head = ledger.head()[0]
+        ledger.mark_acked(ledger.epoch, head, ledger.head()[1])
+        kept = [ledger.read(ha_totals.count_range(db, a, b))[1] for a, b in ((1, 200), (451, head))]
+        totals = EnergyTotals(state)
+        totals.start(ledger)
+        assert totals.pending
+        stop = PruneOnLook(ledger, 3, local_only=False)
+        stop.n = 450
+        got = totals.catch_up(stop)["washer"]
+        assert stop.deleted == 450
+        assert got == 5 + sum(k["washer"] for k in kept if k)  # 1..200 counted, 201..450 gone, 451.. counted
+        assert "records 201 to 450 were pruned before they were counted" in caplog.text
     finally:
         ledger.close()
