@@ -341,3 +341,23 @@ def test_a_reader_on_a_read_only_directory_reads_without_a_lease(tmp_path: Path,
     finally:
         subprocess.run(undo, check=True)
     assert not lease_path(db).exists()
+
+
+def test_no_lend_while_a_usage_cursor_of_the_daemon_is_open(tmp_path: Path, key: PrivateKey) -> None:
+    """`iter_usage` reads its cursor across releases of the ledger's mutex (the status page's day figures); closing
+    the connection under it would break it, so the lend waits for it to be read to the end or dropped."""
+    db = tmp_path / "ledger.db"
+    with open_writer(db, key) as ledger:
+        add(ledger, 3)
+        rows = ledger.iter_usage()
+        first = next(rows)
+        with reader_lease(db):
+            assert ledger.serve_readers() is None and not ledger.lent
+            assert [first, *rows][0].energy_mwh == 3000
+            assert ledger.serve_readers() == "lent"
+        assert ledger.serve_readers() == "reclaimed"
+        dropped = ledger.iter_usage()
+        next(dropped)
+        del dropped  # a caller that stops early
+        with reader_lease(db):
+            assert ledger.serve_readers() == "lent"
