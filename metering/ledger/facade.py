@@ -285,15 +285,15 @@ class Ledger:
         exclusive attempt falls back to the normal mode; should even that fail, the ledger is `_broken` (every call
         says so) until `serve_readers` reconnects."""
         self._conn.close()  # the last connection to close folds the WAL into the database and deletes it
-        if exclusive:
-            try:
-                self._conn = self._connect(exclusive=True)
-                return True
-            except sqlite3.Error:
-                pass  # a reader without a lease has the file open; stay lent
         try:
+            if exclusive:
+                try:
+                    self._conn = self._connect(exclusive=True)
+                    return True
+                except sqlite3.Error:
+                    pass  # a reader without a lease has the file open; stay lent
             self._conn = self._connect(exclusive=False)
-        except LedgerError as e:
+        except LedgerError as e:  # cannot open it, or another file is at the path now (`LedgerGone`)
             self._broken = e
             raise
         return not exclusive

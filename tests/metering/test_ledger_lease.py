@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from koto.signing import PrivateKey, save_private_key
+from metering.errors import LedgerGone
 from metering.ledger import AckOutcome, Ledger
 from metering.ledger.lease import lease_path, reader_lease
 from tests.support.drafts import usage
@@ -361,3 +362,20 @@ def test_no_lend_while_a_usage_cursor_of_the_daemon_is_open(tmp_path: Path, key:
         del dropped  # a caller that stops early
         with reader_lease(db):
             assert ledger.serve_readers() == "lent"
+
+
+def test_a_ledger_deleted_under_the_daemon_is_not_reopened_by_a_lend(tmp_path: Path, key: PrivateKey) -> None:
+    """A lend opens the file by its path again: a path that no longer names the file we opened is refused first,
+    and what the daemon held is saved beside it, as a commit would (fileguard.py)."""
+    db = tmp_path / "ledger.db"
+    with open_writer(db, key) as ledger:
+        add(ledger, 5)
+        os.unlink(db)
+        with reader_lease(db), pytest.raises(LedgerGone) as gone:
+            ledger.serve_readers()
+        assert gone.value.rescued == str(tmp_path / "ledger.db.rescued")
+        assert not db.exists()  # no new, empty ledger at the path
+        with pytest.raises(LedgerGone):
+            add(ledger, 1)
+    with Ledger.open(tmp_path / "ledger.db.rescued", gateway_id=GW, key=None) as copy:
+        assert copy.head()[0] == 5 and copy.verify(key.public_key()).ok
