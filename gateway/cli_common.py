@@ -51,11 +51,15 @@ def resolve(config_path: str | None, state_dir: str | None, *,
 def open_ledger_ro(sd: StateDir, gid: str | None) -> Any:
     from metering.errors import LedgerError
     from metering.ledger import Ledger, read_gateway_id
+    from metering.ledger.lease import reader_lease
 
     if not sd.ledger.exists():
         raise click.ClickException(f"{sd.ledger}: no ledger yet (start the gateway, or `koto demo`)")
     try:
-        return Ledger.open(sd.ledger, gateway_id=gid or read_gateway_id(sd.ledger), key=None)
+        # A lease over both reads, so that the daemon lends its ledger once, not twice (it could take it back
+        # between `read_gateway_id`'s lease and the Ledger's own, which it holds until it is closed).
+        with reader_lease(sd.ledger):
+            return Ledger.open(sd.ledger, gateway_id=gid or read_gateway_id(sd.ledger), key=None)
     except LedgerError:
         problem = access_problem(sd.ledger, write=False)  # the usual cause: a state folder of another user
         if problem:

@@ -135,7 +135,7 @@ def check_state_folder(ctx: Context) -> Check:
                      f"sudo chmod 0750 {sd}")
     bad: list[str] = []
     try:
-        inside = [sd / "ledger.db", sd / "ledger.db-wal", sd / "ledger.db-shm", sd / "keys",
+        inside = [sd / "ledger.db", sd / "ledger.db-wal", sd / "ledger.db-shm", sd / "ledger.db.readers", sd / "keys",
                   *sorted((sd / "keys").glob("*"))]
         for p in inside:
             try:

@@ -122,6 +122,8 @@ class StateDir:
             except OSError:
                 raise StateError(str(self.ledger), "the gateway is running and writing this ledger; stop it first "
                                  "(sudo systemctl stop koto)") from None
+            # No reader lease needed (metering/ledger/lease.py): we hold the writer lock, so no daemon holds the
+            # file exclusively; `read_gateway_id` and the reader `Ledger` above took theirs.
             conn = sqlite3.connect(self.ledger)
             try:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

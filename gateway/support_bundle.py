@@ -24,9 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .redact import Secrets, redact_toml_text
+
+if TYPE_CHECKING:
+    from metering.ledger.lease import ReaderLease
 
 LAST_RECORDS = 20
 LOG_HOURS = 48
@@ -131,6 +134,8 @@ def _status(bundle: Bundle, ctx: Any) -> None:
 
 
 def _ledger(bundle: Bundle, ctx: Any) -> None:
+    from metering.ledger.lease import reader_lease
+
     from .doctor_checks_ledger import _open, ledger_stats
 
     ledger, why = _open(ctx)
@@ -140,9 +145,28 @@ def _ledger(bundle: Bundle, ctx: Any) -> None:
         return
     with ledger:
         stats = ledger_stats(ledger, time.time())
-        path = ledger.path
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        # A connection of our own, read while `ledger` is open: the daemon holds its ledger exclusively and lends it
+        # while a reader holds a lease (`ledger` has one; this one is ours, let go once our connection is closed),
+        # so it is one lend, not two.
+        with reader_lease(ledger.path) as lease:
+            _records(bundle, ledger.path, stats, lease)
+    bundle.add_json("ledger.json", stats)
+
+
+def _records(bundle: Bundle, path: Path, stats: dict[str, Any], lease: ReaderLease) -> None:
+    """The last records of each appliance, as stored, read under the caller's lease."""
+    from metering.errors import LedgerError
+    from metering.ledger.lease import locked_message
+    from metering.ledger.store import BUSY_MS, is_busy
+
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_MS / 1000)
     try:
+        try:
+            conn.execute("SELECT 1 FROM kv LIMIT 1")  # the first read: where a daemon that does not lend shows
+        except sqlite3.Error as e:
+            if is_busy(e):
+                raise LedgerError(locked_message(path, lease, BUSY_MS / 1000)) from e
+            raise
         per = dict(conn.execute("SELECT appliance, COUNT(*) FROM records GROUP BY appliance").fetchall())
         stats["records_per_appliance"] = per
         for appliance in sorted(per):
@@ -156,7 +180,6 @@ def _ledger(bundle: Bundle, ctx: Any) -> None:
             bundle.add_json(f"records/{name}.json", records[::-1])
     finally:
         conn.close()
-    bundle.add_json("ledger.json", stats)
 
 
 def _iso(ms: int) -> str:

@@ -10,6 +10,11 @@ object (`acked_through`, `unacked`, `last_ack`...), but written to the file only
 commits anything, by `write_ack`, or at `close`. A commit costs the SD card ~35 KiB whatever it carries, so an ack
 of its own cost about as much as the records it acked. Pruning reads the file, so it only ever uses a written ack;
 another process (`koto usage`) sees the ack once it is written.
+
+The daemon opens its ledger `exclusive`: SQLite then keeps the WAL index in the heap and writes no `ledger.db-shm`
+(~43 % of a commit's bytes on the SD card), but no other process can read the file. A reader (`key=None`) asks for
+it with a lease (`lease`) before it connects and the daemon lends it (`serve_readers`, about once a second): it
+reopens its connection in the normal locking mode while any reader holds a lease, and exclusive again after.
 """
 
 from __future__ import annotations
@@ -36,11 +41,16 @@ from . import billing, retention, store, usage
 from .billing import CycleRow, RecordRow
 from .envelope import Envelope, Stored, cycles_named
 from .fileguard import FileGuard, refuse_if_rescued
+from .lease import LeaseWatch, ReaderLease, locked_message, reader_lease
 from .store import INSERT_SQL, K_ACKED, RESERVED_KV
 from .usage import UsageBy, UsageRow
 from .verify import VerifyReport, verify_chain
 
 T = TypeVar("T")
+
+# How long the daemon's reclaim waits for a lock someone else holds (a reader that took no lease, e.g. a `sqlite3`
+# shell): it holds the ledger's mutex meanwhile, so appends wait too. Not got: it stays lent and tries again.
+RECLAIM_BUSY_MS = 50
 
 # An upsert, not INSERT OR REPLACE: the row is updated in place (same rowid, same index entry), so a checkpoint
 # rewrites the one page that holds it instead of deleting and re-inserting it (table and index pages: SD writes).
@@ -72,8 +82,9 @@ class Ledger:
     """The gateway's ledger database. Open with `Ledger.open(...)`; use as a context manager or call `close()`.
 
     One process writes (it holds an advisory lock on `<db>.lock`); any number may read (`key=None`), e.g.
-    `koto usage` and `koto verify` while the daemon runs. Methods are thread-safe (one internal lock), so the
-    daemon may call `append` from a worker thread to keep the fsync off its event loop.
+    `koto usage` and `koto verify` while the daemon runs (a daemon that holds the ledger `exclusive` lends it to
+    them: `serve_readers`). Methods are thread-safe (one internal lock), so the daemon may call `append` from a
+    worker thread to keep the fsync off its event loop.
     """
 
     def __init__(
@@ -84,6 +95,9 @@ class Ledger:
         *,
         key: PrivateKey | None,
         lock_fd: int | None,
+        lease: ReaderLease | None = None,
+        watch: LeaseWatch | None = None,
+        lent: bool = False,
     ) -> None:
         self._conn = conn
         self.path = path
@@ -108,6 +122,15 @@ class Ledger:
         # last write: `mark_acked(hold=True)`, written with the next append, by `write_ack` or at `close`.
         self._held_ack = 0
         self._held_rows: list[tuple[int, int]] = []
+        # A reader's lease (released after its connection closes); a writer's watch on the readers' leases, and
+        # whether its connection is lent (normal locking mode) rather than exclusive. `_cursors`: cursors read
+        # across mutex releases (`iter_usage`), which a reopen would break, so none is done while one is open.
+        # `_broken`: the reopen failed and the ledger has no connection until the next `serve_readers` makes one.
+        self._lease = lease
+        self._watch = watch
+        self._lent = lent
+        self._cursors = 0
+        self._broken: LedgerError | None = None
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
@@ -120,10 +143,15 @@ class Ledger:
         key: PrivateKey | None,
         gateway_subject: str | None = None,
         epoch: int | None = None,
+        exclusive: bool = False,
     ) -> Ledger:
         """Open (with a key: create if missing) the ledger at `path` for `gateway_id`.
 
-        `key=None` opens an existing ledger for reading (queries, `verify`, acks and settings, but no `append`).
+        `key=None` opens an existing ledger for reading (queries, `verify`, acks and settings, but no `append`); it
+        first asks the daemon, if one holds the ledger exclusively, to lend it (a reader lease, held until `close`),
+        and waits up to `store.BUSY_MS` for it. `exclusive` (a writer only: the daemon) holds the file for this
+        process alone and lends it when readers ask (`serve_readers`); should a reader already be in (with a lease,
+        or a `sqlite3` shell without one), it opens lent and takes the file back later.
         `epoch` is used only when the database is created (default: the wall clock's seconds, the only time the
         ledger reads a clock, and never for a record); given for an existing database it must match.
         """
@@ -132,10 +160,62 @@ class Ledger:
             raise LedgerError(f"{p}: a gateway id is required")
         if key is None and not p.exists():
             raise LedgerError(f"{p}: no ledger at this path (run `koto provision` or start the gateway first)")
-        if key is not None:
-            refuse_if_rescued(p)
-        conn, lock_fd, identity = store.open_db(p, gateway_id, gateway_subject, epoch, writer=key is not None)
-        return cls(conn, p, identity, key=key, lock_fd=lock_fd)
+        if key is None:
+            return cls._open_reader(p, gateway_id, gateway_subject, epoch)
+        refuse_if_rescued(p)
+        if not exclusive:
+            conn, lock_fd, identity = store.open_db(p, gateway_id, gateway_subject, epoch, writer=True)
+            return cls._made(conn, p, identity, key=key, lock_fd=lock_fd)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            watch = LeaseWatch(p)
+        except OSError as e:
+            raise LedgerError(f"{p}: cannot open the reader lease file {p.name}.readers beside it ({e.strerror}); "
+                              "it must be the gateway user's (chown it, or remove it: the gateway makes it again)"
+                              ) from e
+        try:
+            lent = watch.readers_waiting()
+            try:
+                conn, lock_fd, identity = store.open_db(p, gateway_id, gateway_subject, epoch, writer=True,
+                                                        exclusive=not lent, open_busy_ms=RECLAIM_BUSY_MS)
+            except LedgerError as e:
+                if lent or not store.is_busy(e.__cause__):
+                    raise
+                lent = True  # someone reads without a lease: start lent, reclaim when they are gone
+                conn, lock_fd, identity = store.open_db(p, gateway_id, gateway_subject, epoch, writer=True)
+        except BaseException:
+            watch.close()
+            raise
+        return cls._made(conn, p, identity, key=key, lock_fd=lock_fd, watch=watch, lent=lent)
+
+    @classmethod
+    def _open_reader(cls, p: Path, gateway_id: str, subject: str | None, epoch: int | None) -> Ledger:
+        """A reader: the lease first, then the connection; the lease is let go on every way out but success."""
+        lease = reader_lease(p)
+        try:
+            try:
+                conn, lock_fd, identity = store.open_db(p, gateway_id, subject, epoch, writer=False)
+            except LedgerError as e:
+                if store.is_busy(e.__cause__):  # the daemon holds it and did not lend it
+                    raise LedgerError(locked_message(p, lease, store.BUSY_MS / 1000)) from e
+                raise
+            return cls._made(conn, p, identity, key=None, lock_fd=lock_fd, lease=lease)
+        except BaseException:
+            lease.release()
+            raise
+
+    @classmethod
+    def _made(cls, conn: sqlite3.Connection, p: Path, identity: store.Identity, *, key: PrivateKey | None,
+              lock_fd: int | None, lease: ReaderLease | None = None, watch: LeaseWatch | None = None,
+              lent: bool = False) -> Ledger:
+        """The object around an open connection; should making it fail, the connection and the lock are let go
+        (the caller lets go of the lease or watch)."""
+        try:
+            return cls(conn, p, identity, key=key, lock_fd=lock_fd, lease=lease, watch=watch, lent=lent)
+        except BaseException:
+            conn.close()
+            store.release_lock(lock_fd)
+            raise
 
     def close(self) -> None:
         """Write a held ack (if the file can no longer take it, it is dropped: the cloud gets those records again at
@@ -150,6 +230,97 @@ class Ledger:
             self._conn.close()
             store.release_lock(self._lock_fd)
             self._lock_fd = None
+            if self._lease is not None:
+                self._lease.release()  # after the connection: the daemon may take the file back from here on
+            if self._watch is not None:
+                self._watch.close()
+
+    # ---------------------------------------------------------------------------------------------- lending
+
+    @property
+    def lent(self) -> bool:
+        """True while an exclusive writer has lent its ledger (its connection is in the normal locking mode)."""
+        with self._mutex:
+            return self._lent
+
+    def serve_readers(self) -> str | None:
+        """Lend the ledger to readers who ask, and take it back when they are gone; for a writer opened
+        `exclusive`, called about once a second (from a worker thread: a lend or reclaim closes the connection,
+        which folds the WAL into the database, and opens it again).
+
+        Returns "lent" (readers hold a lease: the connection is now in the normal locking mode, with WAL and -shm
+        as before the daemon owned its file), "reclaimed" (no lease is held any more: exclusive again, no -shm is
+        written), or None (nothing to do: one flock test; or a reclaim that could not be done because a reader
+        without a lease still has the file open; it stays lent and the next call tries again). Everything this
+        object holds stays: the writer lock, held acks, the checkpoints as stored, the envelope. A path that no
+        longer names our file raises `LedgerGone` (as a commit would) before anything is reopened."""
+        watch = self._watch
+        if watch is None:
+            return None
+        with self._mutex:
+            if self._closed:
+                raise LedgerError(f"{self.path}: the ledger is closed")
+            if self._broken is not None:  # the last reopen failed: a connection first, lent
+                self._conn = self._connect(exclusive=False)
+                self._broken, self._lent = None, True
+                return "lent"
+            if not self._lent:
+                if self._cursors or not watch.readers_waiting():
+                    return None
+                self._check_writable()  # before the connection that could rescue the file is closed
+                self._reopen(exclusive=False)
+                self._lent = True
+                return "lent"
+            with watch.excluding_readers() as alone:  # a reader that comes now waits for the reclaim to end
+                if not alone or self._cursors:
+                    return None
+                self._check_writable()
+                if not self._reopen(exclusive=True):
+                    return None
+                self._lent = False
+                return "reclaimed"
+
+    def _reopen(self, *, exclusive: bool) -> bool:
+        """Close the connection and open the file again, exclusive or not; True when it is now as asked. A failed
+        exclusive attempt falls back to the normal mode; should even that fail, the ledger is `_broken` (every call
+        says so) until `serve_readers` reconnects."""
+        self._conn.close()  # the last connection to close folds the WAL into the database and deletes it
+        try:
+            if exclusive:
+                try:
+                    self._conn = self._connect(exclusive=True)
+                    return True
+                except sqlite3.Error:
+                    pass  # a reader without a lease has the file open; stay lent
+            self._conn = self._connect(exclusive=False)
+        except LedgerError as e:  # cannot open it, or another file is at the path now (`LedgerGone`)
+            self._broken = e
+            raise
+        return not exclusive
+
+    def _connect(self, *, exclusive: bool) -> sqlite3.Connection:
+        """A new connection to our file (the path checked again once it is open: a file put there between the check
+        and the open is not ours, and is never written)."""
+        if exclusive:
+            conn = store.connect(self.path, exclusive=True, open_busy_ms=RECLAIM_BUSY_MS)  # sqlite3.Error: busy
+        else:
+            try:
+                conn = store.connect(self.path)
+            except sqlite3.Error as e:
+                raise LedgerError(f"{self.path}: cannot reopen the ledger database ({e})") from e
+        try:
+            self._check_path()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _check_path(self) -> None:
+        """`LedgerGone` (recorded) when the path no longer names the file we opened; nothing to rescue it from."""
+        if self._guard is not None and self._gone is None and (found := self._guard.problem()):
+            self._gone = LedgerGone(str(self.path), found, "")
+        if self._gone is not None:
+            raise self._gone
 
     def __enter__(self) -> Self:
         return self
@@ -475,6 +646,7 @@ class Ledger:
         with self._mutex:
             self._check_open()
             cursor = iter(usage.usage_groups(self._conn, appliance, since_wall, by, tz, from_seq))
+            self._cursors += 1  # no lend or reclaim (which closes the connection) until it is read or dropped
 
         def groups() -> Iterator[tuple[Any, ...]]:
             while True:
@@ -485,7 +657,11 @@ class Ledger:
                     return
                 yield from chunk
 
-        yield from usage.fold(groups(), by)
+        try:
+            yield from usage.fold(groups(), by)
+        finally:
+            with self._mutex:
+                self._cursors -= 1
 
     def iter_cycles(self, appliance: str | None = None, since_wall: float | None = None) -> Iterator[CycleRow]:
         """Each use (cycle) with its local times, energy, cost, entitlement and sync state (`billing.iter_cycles`)."""
@@ -524,6 +700,10 @@ class Ledger:
         `from_seq` checks only the records from there to the head (linked to the stored hash before it)."""
         with self._mutex:
             self._check_open()
+            if self._watch is not None and not self._lent:
+                workers = 1  # our file is locked to every other connection, the pool's too: check it here
+            # A reader's pool opens `mode=ro` connections of its own: this object's lease keeps the daemon lent
+            # (normal locking mode) until it is closed, so they get in as the reader itself did.
             return verify_chain(self._conn, self.epoch, self._envelope.source, public_key, path=self.path,
                                 workers=workers, progress=progress, from_seq=from_seq)
 
@@ -589,6 +769,8 @@ class Ledger:
     def _check_open(self) -> None:
         if self._closed:
             raise LedgerError(f"{self.path}: the ledger is closed")
+        if self._broken is not None:
+            raise self._broken
 
     def _check_writable(self) -> None:
         """Open, and (for a writer) its path still names the file it opened: else `LedgerGone`, nothing written."""

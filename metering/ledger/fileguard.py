@@ -25,6 +25,7 @@ fails is the daemon's error line all that is left; it says so.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,10 @@ class FileGuard:
 
 
 def rescued_copies(path: Path) -> list[Path]:
-    return sorted(path.parent.glob(f"{path.name}.rescued*"))
+    """`<path>.rescued` and `<path>.rescued-N`; not the files a reader of one leaves beside it (its `.readers`
+    lease file, a `-wal`), which must not keep refusing the writer once the copy is put back."""
+    named = re.compile(re.escape(path.name) + r"\.rescued(-[0-9]+)?")
+    return sorted(p for p in path.parent.glob(f"{path.name}.rescued*") if named.fullmatch(p.name))
 
 
 def lost_marker(path: Path) -> Path:

@@ -23,6 +23,7 @@ from koto.canonical import MAX_SAFE_INT, ZERO_HASH
 
 from ..errors import LedgerError
 from ..records import PARTITION_KINDS
+from .lease import locked_message, reader_lease
 
 SCHEMA_VERSION = 2
 
@@ -124,10 +125,13 @@ PAGE_SIZE = 1024  # for new ledgers; read the page size of an open one with `PRA
 CACHE_KIB = 512
 WAL_BYTES = 4 * 1024 * 1024
 WAL_AUTOCHECKPOINT_PAGES = WAL_BYTES // PAGE_SIZE  # at the new ledgers' page size
+# How long a connection waits for a lock another one holds: a reader for the daemon to lend it its ledger (see
+# `lease`), the daemon for a reader's snapshot at a checkpoint. Set at connect, so it covers the pragmas that first
+# read the file (journal_mode), not only the statements after them.
+BUSY_MS = 10_000
 _PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",
-    "PRAGMA busy_timeout=10000",
 )
 
 
@@ -146,12 +150,28 @@ class Identity:
     epoch: int
 
 
-def connect(path: Path | str) -> sqlite3.Connection:
-    """A connection with the ledger's pragmas (also used by the benchmark's raw-SQLite baseline)."""
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before WAL is on: a new file takes it, an existing one ignores it
-    for pragma in _PRAGMAS:
-        conn.execute(pragma)
+def connect(path: Path | str, *, exclusive: bool = False, open_busy_ms: int | None = None) -> sqlite3.Connection:
+    """A connection with the ledger's pragmas (also used by the benchmark's raw-SQLite baseline).
+
+    `exclusive` (the daemon's own connection, never a reader's): `locking_mode=EXCLUSIVE` before anything reads the
+    file, so SQLite keeps the WAL index in this process's heap and never creates or writes `ledger.db-shm` (a shared
+    mapping whose dirty pages the kernel writes back to the SD card: ~43 % of the bytes of a commit). The file is then
+    locked from the first read until the connection closes: no other connection, in any process, reads it; readers
+    borrow it through the lease (`lease`, `Ledger.serve_readers`). `open_busy_ms` is how long opening waits for
+    someone else's lock (the daemon's reclaim tries briefly); the connection then waits `BUSY_MS` like any other.
+    A SQLite error (the file locked: `is_busy`) is raised as it is, and nothing stays open."""
+    busy_ms = BUSY_MS if open_busy_ms is None else open_busy_ms
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=busy_ms / 1000)
+    try:
+        if exclusive:
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")  # first: the pragmas below read the file
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before WAL is on: a new file takes it, an existing one not
+        for pragma in _PRAGMAS:  # journal_mode=WAL reads the file: with `exclusive`, the lock is taken here
+            conn.execute(pragma)
+        conn.execute(f"PRAGMA busy_timeout={BUSY_MS}")  # BUSY_MS read now, not at import: a test may shorten it
+    except BaseException:
+        conn.close()
+        raise
     conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")  # negative: KiB, whatever the page size
     pages, limit = wal_limits(int(conn.execute("PRAGMA page_size").fetchone()[0]))
     conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
@@ -167,16 +187,19 @@ def create_schema(conn: sqlite3.Connection) -> None:
 
 
 def open_db(
-    p: Path, gateway_id: str, subject: str | None, epoch: int | None, *, writer: bool
+    p: Path, gateway_id: str, subject: str | None, epoch: int | None, *, writer: bool, exclusive: bool = False,
+    open_busy_ms: int | None = None,
 ) -> tuple[sqlite3.Connection, int | None, Identity]:
     """Connect to the ledger at `p` and check (a writer: create) it; returns the connection, the writer lock's file
-    descriptor (None for a reader) and the stored identity. On any failure nothing stays open or locked."""
+    descriptor (None for a reader) and the stored identity. On any failure nothing stays open or locked; a file
+    locked by another connection raises a LedgerError whose `__cause__` is the SQLite error (`is_busy`).
+    `exclusive` and `open_busy_ms` as in `connect` (a writer only)."""
     lock_fd: int | None = None
     if writer:
         p.parent.mkdir(parents=True, exist_ok=True)
         lock_fd = take_writer_lock(p)
     try:
-        conn = connect(p)
+        conn = connect(p, exclusive=exclusive and writer, open_busy_ms=open_busy_ms)
     except sqlite3.Error as e:
         release_lock(lock_fd)
         raise LedgerError(f"{p}: cannot open the ledger database ({e})") from e
@@ -187,6 +210,11 @@ def open_db(
         release_lock(lock_fd)
         raise
     return conn, lock_fd, identity
+
+
+def is_busy(e: BaseException | None) -> bool:
+    """Whether `e` is SQLite's "database is locked": another connection holds the file (the daemon, exclusively)."""
+    return isinstance(e, sqlite3.Error) and (getattr(e, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
 
 
 def take_writer_lock(p: Path) -> int:
@@ -392,14 +420,17 @@ def read_gateway_id(path: Path | str) -> str:
     p = Path(path)
     if not p.exists():
         raise LedgerError(f"{p}: no ledger at this path")
-    try:
-        conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+    with reader_lease(p) as lease:  # the daemon holds its ledger exclusively: ask it to lend it (`lease`)
         try:
-            row = conn.execute("SELECT value FROM kv WHERE key=?", (K_GATEWAY,)).fetchone()
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as e:
-        raise LedgerError(f"{p}: not a Koto ledger ({e})") from e
+            conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=BUSY_MS / 1000)
+            try:
+                row = conn.execute("SELECT value FROM kv WHERE key=?", (K_GATEWAY,)).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as e:
+            if is_busy(e):
+                raise LedgerError(locked_message(p, lease, BUSY_MS / 1000)) from e
+            raise LedgerError(f"{p}: not a Koto ledger ({e})") from e
     if row is None:
         raise LedgerError(f"{p}: not a Koto ledger (no gateway id)")
     return str(row[0])

@@ -180,3 +180,45 @@ def test_the_bundle_carries_what_the_household_added_in_the_state_folder(tmp_pat
         member = tar.extractfile(f"{out.name.removesuffix('.tar.gz')}/config/household.toml")
         assert member is not None
         assert member.read().decode() == (state / "household.toml").read_text()
+
+
+def test_the_bundle_reads_a_ledger_the_daemon_holds_exclusively_by_borrowing_it(tmp_path: Path) -> None:
+    """The daemon owns its ledger (no other connection can read it) and lends it to a reader that asks with a lease
+    (metering/ledger/lease.py): the bundle, in another process, asks for both of its reads and gets every record."""
+    import subprocess
+    import sys
+    import threading
+
+    from tests.support.paths import REPO
+
+    config, _ = secret_config(tmp_path)
+    sd = StateDir(tmp_path / "state")
+    sd.provision()
+    out = tmp_path / "b.tar.gz"
+    with Ledger.open(sd.ledger, gateway_id="gw-sb", key=sd.private_key(), exclusive=True) as ledger:
+        ledger.append([usage(i) for i in range(3)] + [usage(3, appliance="kettle", function="boil")])
+        said: list[str | None] = []
+        stop = threading.Event()
+
+        def serve() -> None:  # the daemon's loop
+            while not stop.wait(0.1):
+                said.append(ledger.serve_readers())
+
+        serving = threading.Thread(target=serve)
+        serving.start()
+        try:
+            done = subprocess.run([sys.executable, "-m", "gateway.cli", "support-bundle", "--config", str(config),
+                                   "--out", str(out), "--user", "root", "--timeout", "0.2",
+                                   "--runtime-dir", str(tmp_path / "run")], capture_output=True, text=True, cwd=REPO,
+                                  timeout=120)
+        finally:
+            stop.set()
+            serving.join()
+    assert done.returncode == 0, done.stderr
+    assert "lent" in said
+    with tarfile.open(out) as tar:
+        files = {m.name.split("/", 1)[1]: tar.extractfile(m).read().decode()  # type: ignore[union-attr]
+                 for m in tar.getmembers() if m.isfile()}
+    stats = json.loads(files["ledger.json"])
+    assert stats["head_seq"] == 4 and stats["records_per_appliance"] == {"washer": 3, "kettle": 1}
+    assert [r["seq"] for r in json.loads(files["records/washer.json"])] == [1, 2, 3]
