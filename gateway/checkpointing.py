@@ -17,8 +17,8 @@ block), so the gateway writes only what a restart cannot recover otherwise:
   window (README, "What a power cut costs").
 - **Pricing** state is written with every transaction that writes anything (it moves with the records it priced).
 - **Records wait** in memory so that several share one transaction: each costs about ten 1 KiB pages (the records'
-  last leaves and index pages, the chain head, the checkpoints) and a 4 KiB page of the WAL's index, however many
-  records it carries. A segment record (function, interim, gap) waits at most `[gateway] hold_s` (900 s by default;
+  last leaves and index pages, the chain head, the checkpoints), however many
+  records it carries. A segment record (function, interim, gap) waits at most `[gateway] hold_s` (3600 s by default;
   0 = every batch); a closed use (its `cycle` record, what a bill counts), a lifecycle or a clock record at most
   `hold_use_s` (60 s), and takes everything held before it along. So a use's segments go into the ledger together
   with its summary, one transaction per use instead of one per function change (bench/sd_writes.py: 136 -> 67

@@ -43,6 +43,7 @@ from .config import ApplianceConfig, GatewayConfig
 from .errors import ConfigError
 from .held import report_unstored
 from .housekeeping import Housekeeper
+from .ledger_lending import lend_to_readers
 from .pairing import PairingMode
 from .power_log import PowerLog
 from .sdnotify import Notifier
@@ -133,8 +134,9 @@ class Gateway:
         self.sync: Sync | None = None
         self.acks: AckHold | None = None  # with a cloud: its acks, written with the next records (ack_hold.py)
         self._sync_enabled = sync_enabled and cfg.cloud is not None
+        # exclusive: no -shm on the SD card; readers in other processes borrow it (ledger_lending.py)
         self.ledger = Ledger.open(self.state.ledger, gateway_id=cfg.id, key=self.state.private_key(),
-                                  gateway_subject=cfg.subject)
+                                  gateway_subject=cfg.subject, exclusive=True)
         try:
             self._build(cfg)
         except BaseException:  # a bad profile or source config: release the ledger (and its writer lock)
@@ -297,6 +299,8 @@ class Gateway:
                     workers.append(tg.create_task(sup.guard("power log", self.power_log.run()), name="power-log"))
                 workers.append(tg.create_task(sup.guard("housekeeping", self._housekeeper().run()),
                                               name="housekeeping"))
+                workers.append(tg.create_task(sup.guard("ledger lending", lend_to_readers(self.ledger)),
+                                              name="ledger-lending"))
                 if self.web:
                     from .web import serve
 
