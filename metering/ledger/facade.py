@@ -11,10 +11,9 @@ commits anything, by `write_ack`, or at `close`. A commit costs the SD card ~35 
 of its own cost about as much as the records it acked. Pruning reads the file, so it only ever uses a written ack;
 another process (`koto usage`) sees the ack once it is written.
 
-The daemon opens its ledger `exclusive`: SQLite then keeps the WAL index in the heap and writes no `ledger.db-shm`
-(~43 % of a commit's bytes on the SD card), but no other process can read the file. A reader (`key=None`) asks for
-it with a lease (`lease`) before it connects and the daemon lends it (`serve_readers`, about once a second): it
-reopens its connection in the normal locking mode while any reader holds a lease, and exclusive again after.
+The daemon opens its ledger `exclusive` (no `ledger.db-shm` on the SD card) and lends it to readers in other
+processes (`serve_readers`, about once a second; `lending`). A reader (`key=None`) asks for it with a lease
+(`lease`) before it connects.
 """
 
 from __future__ import annotations
@@ -41,16 +40,13 @@ from . import billing, retention, store, usage
 from .billing import CycleRow, RecordRow
 from .envelope import Envelope, Stored, cycles_named
 from .fileguard import FileGuard, refuse_if_rescued
-from .lease import LeaseWatch, ReaderLease, locked_message, reader_lease
+from .lease import ReaderLease, locked_message, reader_lease
+from .lending import Lender, open_exclusive
 from .store import INSERT_SQL, K_ACKED, RESERVED_KV
 from .usage import UsageBy, UsageRow
 from .verify import VerifyReport, verify_chain
 
 T = TypeVar("T")
-
-# How long the daemon's reclaim waits for a lock someone else holds (a reader that took no lease, e.g. a `sqlite3`
-# shell): it holds the ledger's mutex meanwhile, so appends wait too. Not got: it stays lent and tries again.
-RECLAIM_BUSY_MS = 50
 
 # An upsert, not INSERT OR REPLACE: the row is updated in place (same rowid, same index entry), so a checkpoint
 # rewrites the one page that holds it instead of deleting and re-inserting it (table and index pages: SD writes).
@@ -96,8 +92,7 @@ class Ledger:
         key: PrivateKey | None,
         lock_fd: int | None,
         lease: ReaderLease | None = None,
-        watch: LeaseWatch | None = None,
-        lent: bool = False,
+        lender: Lender | None = None,
     ) -> None:
         self._conn = conn
         self.path = path
@@ -122,15 +117,11 @@ class Ledger:
         # last write: `mark_acked(hold=True)`, written with the next append, by `write_ack` or at `close`.
         self._held_ack = 0
         self._held_rows: list[tuple[int, int]] = []
-        # A reader's lease (released after its connection closes); a writer's watch on the readers' leases, and
-        # whether its connection is lent (normal locking mode) rather than exclusive. `_cursors`: cursors read
-        # across mutex releases (`iter_usage`), which a reopen would break, so none is done while one is open.
-        # `_broken`: the reopen failed and the ledger has no connection until the next `serve_readers` makes one.
+        # A reader's lease (released after its connection closes); an exclusive writer's lender (`lending`).
+        # `_cursors`: cursors read across mutex releases (`iter_usage`), which a reopen would break.
         self._lease = lease
-        self._watch = watch
-        self._lent = lent
+        self._lender = lender
         self._cursors = 0
-        self._broken: LedgerError | None = None
 
     # ---------------------------------------------------------------------------------------------- lifecycle
 
@@ -166,27 +157,12 @@ class Ledger:
         if not exclusive:
             conn, lock_fd, identity = store.open_db(p, gateway_id, gateway_subject, epoch, writer=True)
             return cls._made(conn, p, identity, key=key, lock_fd=lock_fd)
-        p.parent.mkdir(parents=True, exist_ok=True)
+        conn, lock_fd, identity, lender = open_exclusive(p, gateway_id, gateway_subject, epoch)
         try:
-            watch = LeaseWatch(p)
-        except OSError as e:
-            raise LedgerError(f"{p}: cannot open the reader lease file {p.name}.readers beside it ({e.strerror}); "
-                              "it must be the gateway user's (chown it, or remove it: the gateway makes it again)"
-                              ) from e
-        try:
-            lent = watch.readers_waiting()
-            try:
-                conn, lock_fd, identity = store.open_db(p, gateway_id, gateway_subject, epoch, writer=True,
-                                                        exclusive=not lent, open_busy_ms=RECLAIM_BUSY_MS)
-            except LedgerError as e:
-                if lent or not store.is_busy(e.__cause__):
-                    raise
-                lent = True  # someone reads without a lease: start lent, reclaim when they are gone
-                conn, lock_fd, identity = store.open_db(p, gateway_id, gateway_subject, epoch, writer=True)
+            return cls._made(conn, p, identity, key=key, lock_fd=lock_fd, lender=lender)
         except BaseException:
-            watch.close()
+            lender.close()
             raise
-        return cls._made(conn, p, identity, key=key, lock_fd=lock_fd, watch=watch, lent=lent)
 
     @classmethod
     def _open_reader(cls, p: Path, gateway_id: str, subject: str | None, epoch: int | None) -> Ledger:
@@ -206,12 +182,11 @@ class Ledger:
 
     @classmethod
     def _made(cls, conn: sqlite3.Connection, p: Path, identity: store.Identity, *, key: PrivateKey | None,
-              lock_fd: int | None, lease: ReaderLease | None = None, watch: LeaseWatch | None = None,
-              lent: bool = False) -> Ledger:
+              lock_fd: int | None, lease: ReaderLease | None = None, lender: Lender | None = None) -> Ledger:
         """The object around an open connection; should making it fail, the connection and the lock are let go
-        (the caller lets go of the lease or watch)."""
+        (the caller lets go of the lease or lender)."""
         try:
-            return cls(conn, p, identity, key=key, lock_fd=lock_fd, lease=lease, watch=watch, lent=lent)
+            return cls(conn, p, identity, key=key, lock_fd=lock_fd, lease=lease, lender=lender)
         except BaseException:
             conn.close()
             store.release_lock(lock_fd)
@@ -232,8 +207,8 @@ class Ledger:
             self._lock_fd = None
             if self._lease is not None:
                 self._lease.release()  # after the connection: the daemon may take the file back from here on
-            if self._watch is not None:
-                self._watch.close()
+            if self._lender is not None:
+                self._lender.close()
 
     # ---------------------------------------------------------------------------------------------- lending
 
@@ -241,7 +216,7 @@ class Ledger:
     def lent(self) -> bool:
         """True while an exclusive writer has lent its ledger (its connection is in the normal locking mode)."""
         with self._mutex:
-            return self._lent
+            return self._lender is not None and self._lender.lent
 
     def serve_readers(self) -> str | None:
         """Lend the ledger to readers who ask, and take it back when they are gone; for a writer opened
@@ -254,66 +229,14 @@ class Ledger:
         without a lease still has the file open; it stays lent and the next call tries again). Everything this
         object holds stays: the writer lock, held acks, the checkpoints as stored, the envelope. A path that no
         longer names our file raises `LedgerGone` (as a commit would) before anything is reopened."""
-        watch = self._watch
-        if watch is None:
+        if self._lender is None:
             return None
         with self._mutex:
             if self._closed:
                 raise LedgerError(f"{self.path}: the ledger is closed")
-            if self._broken is not None:  # the last reopen failed: a connection first, lent
-                self._conn = self._connect(exclusive=False)
-                self._broken, self._lent = None, True
-                return "lent"
-            if not self._lent:
-                if self._cursors or not watch.readers_waiting():
-                    return None
-                self._check_writable()  # before the connection that could rescue the file is closed
-                self._reopen(exclusive=False)
-                self._lent = True
-                return "lent"
-            with watch.excluding_readers() as alone:  # a reader that comes now waits for the reclaim to end
-                if not alone or self._cursors:
-                    return None
-                self._check_writable()
-                if not self._reopen(exclusive=True):
-                    return None
-                self._lent = False
-                return "reclaimed"
-
-    def _reopen(self, *, exclusive: bool) -> bool:
-        """Close the connection and open the file again, exclusive or not; True when it is now as asked. A failed
-        exclusive attempt falls back to the normal mode; should even that fail, the ledger is `_broken` (every call
-        says so) until `serve_readers` reconnects."""
-        self._conn.close()  # the last connection to close folds the WAL into the database and deletes it
-        try:
-            if exclusive:
-                try:
-                    self._conn = self._connect(exclusive=True)
-                    return True
-                except sqlite3.Error:
-                    pass  # a reader without a lease has the file open; stay lent
-            self._conn = self._connect(exclusive=False)
-        except LedgerError as e:  # cannot open it, or another file is at the path now (`LedgerGone`)
-            self._broken = e
-            raise
-        return not exclusive
-
-    def _connect(self, *, exclusive: bool) -> sqlite3.Connection:
-        """A new connection to our file (the path checked again once it is open: a file put there between the check
-        and the open is not ours, and is never written)."""
-        if exclusive:
-            conn = store.connect(self.path, exclusive=True, open_busy_ms=RECLAIM_BUSY_MS)  # sqlite3.Error: busy
-        else:
-            try:
-                conn = store.connect(self.path)
-            except sqlite3.Error as e:
-                raise LedgerError(f"{self.path}: cannot reopen the ledger database ({e})") from e
-        try:
-            self._check_path()
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+            self._conn, said = self._lender.serve(self._conn, busy=self._cursors > 0,
+                                                  check_writable=self._check_writable, check_path=self._check_path)
+            return said
 
     def _check_path(self) -> None:
         """`LedgerGone` (recorded) when the path no longer names the file we opened; nothing to rescue it from."""
@@ -700,7 +623,7 @@ class Ledger:
         `from_seq` checks only the records from there to the head (linked to the stored hash before it)."""
         with self._mutex:
             self._check_open()
-            if self._watch is not None and not self._lent:
+            if self._lender is not None and not self._lender.lent:
                 workers = 1  # our file is locked to every other connection, the pool's too: check it here
             # A reader's pool opens `mode=ro` connections of its own: this object's lease keeps the daemon lent
             # (normal locking mode) until it is closed, so they get in as the reader itself did.
@@ -769,8 +692,8 @@ class Ledger:
     def _check_open(self) -> None:
         if self._closed:
             raise LedgerError(f"{self.path}: the ledger is closed")
-        if self._broken is not None:
-            raise self._broken
+        if self._lender is not None and self._lender.broken is not None:
+            raise self._lender.broken
 
     def _check_writable(self) -> None:
         """Open, and (for a writer) its path still names the file it opened: else `LedgerGone`, nothing written."""

@@ -1,0 +1,126 @@
+"""An exclusive writer's side of the reader lease: open the file for this process alone, lend it while readers hold a
+lease, take it back when they are gone.
+
+The daemon opens its ledger with SQLite's exclusive locking mode: the WAL index lives in its heap and no `-shm`
+file is written (~43 % of a commit's bytes on the SD card, docs/ledger.md), but no other process can read the file.
+A reader takes a shared lease on `<db>.readers` (`lease.reader_lease`) before it connects; `Lender.serve`, called
+about once a second, sees it and reopens the writer's connection in the normal locking mode ("lent"), then
+exclusive again once no lease is held ("reclaimed"). A reopen closes the connection, which folds the WAL into the
+database: two WAL checkpoints per reader's visit.
+
+The facade (`Ledger`) owns the connection and the mutex; this object holds what lending needs besides (the watch on
+the lease file, whether the connection is lent, and a reopen that failed) and hands the facade its new connection.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import LedgerError
+from . import store
+from .lease import LeaseWatch
+
+# How long the daemon's reclaim waits for a lock someone else holds (a reader that took no lease, e.g. a `sqlite3`
+# shell): it holds the ledger's mutex meanwhile, so appends wait too. Not got: it stays lent and tries again.
+RECLAIM_BUSY_MS = 50
+
+
+def open_exclusive(p: Path, gateway_id: str, subject: str | None,
+                   epoch: int | None) -> tuple[sqlite3.Connection, int | None, store.Identity, Lender]:
+    """The writer's connection, exclusive; lent at once should a reader already be in (with a lease, or a `sqlite3`
+    shell without one), and taken back later."""
+    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        watch = LeaseWatch(p)
+    except OSError as e:
+        raise LedgerError(f"{p}: cannot open the reader lease file {p.name}.readers beside it ({e.strerror}); "
+                          "it must be the gateway user's (chown it, or remove it: the gateway makes it again)") from e
+    try:
+        lent = watch.readers_waiting()
+        try:
+            conn, lock_fd, identity = store.open_db(p, gateway_id, subject, epoch, writer=True, exclusive=not lent,
+                                                    open_busy_ms=RECLAIM_BUSY_MS)
+        except LedgerError as e:
+            if lent or not store.is_busy(e.__cause__):
+                raise
+            lent = True  # someone reads without a lease: start lent, reclaim when they are gone
+            conn, lock_fd, identity = store.open_db(p, gateway_id, subject, epoch, writer=True)
+    except BaseException:
+        watch.close()
+        raise
+    return conn, lock_fd, identity, Lender(p, watch, lent=lent)
+
+
+class Lender:
+    """Whether the writer's connection is lent, and the switch between the two modes. `broken`: a reopen failed and
+    the ledger has no connection until the next `serve` makes one (every call on the ledger raises it meanwhile)."""
+
+    def __init__(self, path: Path, watch: LeaseWatch, *, lent: bool) -> None:
+        self.path = path
+        self.watch = watch
+        self.lent = lent
+        self.broken: LedgerError | None = None
+
+    def serve(self, conn: sqlite3.Connection, *, busy: bool, check_writable: Callable[[], None],
+              check_path: Callable[[], None]) -> tuple[sqlite3.Connection, str | None]:
+        """One look (under the facade's mutex): the connection to use from now on, and "lent", "reclaimed" or None
+        (nothing to do, or a reclaim a reader without a lease prevents: it stays lent and the next look tries again).
+        `busy`: the facade has a cursor open across its mutex (`iter_usage`), which a reopen would break: no switch.
+        `check_writable` runs before the connection that could rescue a replaced file is closed; `check_path` after
+        a new one is open (a file put at the path in between is not ours, and is never written)."""
+        if self.broken is not None:  # the last reopen failed: a connection first, lent
+            conn = self._connect(exclusive=False, check_path=check_path)
+            self.broken, self.lent = None, True
+            return conn, "lent"
+        if not self.lent:
+            if busy or not self.watch.readers_waiting():
+                return conn, None
+            check_writable()
+            conn, _ = self._reopen(conn, exclusive=False, check_path=check_path)
+            self.lent = True
+            return conn, "lent"
+        with self.watch.excluding_readers() as alone:  # a reader that comes now waits for the reclaim to end
+            if not alone or busy:
+                return conn, None
+            check_writable()
+            conn, done = self._reopen(conn, exclusive=True, check_path=check_path)
+            if not done:
+                return conn, None
+            self.lent = False
+            return conn, "reclaimed"
+
+    def close(self) -> None:
+        self.watch.close()
+
+    def _reopen(self, conn: sqlite3.Connection, *, exclusive: bool,
+                check_path: Callable[[], None]) -> tuple[sqlite3.Connection, bool]:
+        """Close the connection and open the file again, exclusive or not; True when it is now as asked. A failed
+        exclusive attempt falls back to the normal mode; should even that fail, the lender is `broken`."""
+        conn.close()  # the last connection to close folds the WAL into the database and deletes it
+        try:
+            if exclusive:
+                try:
+                    return self._connect(exclusive=True, check_path=check_path), True
+                except sqlite3.Error:
+                    pass  # a reader without a lease has the file open; stay lent
+            return self._connect(exclusive=False, check_path=check_path), not exclusive
+        except LedgerError as e:  # cannot open it, or another file is at the path now (`LedgerGone`)
+            self.broken = e
+            raise
+
+    def _connect(self, *, exclusive: bool, check_path: Callable[[], None]) -> sqlite3.Connection:
+        if exclusive:
+            conn = store.connect(self.path, exclusive=True, open_busy_ms=RECLAIM_BUSY_MS)  # sqlite3.Error: busy
+        else:
+            try:
+                conn = store.connect(self.path)
+            except sqlite3.Error as e:
+                raise LedgerError(f"{self.path}: cannot reopen the ledger database ({e})") from e
+        try:
+            check_path()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
