@@ -131,7 +131,9 @@ class TappedGateway(Gateway):
       that moment: a commit or a read within 30 s of the last one finds its pages still dirty, as it would on a Pi.
     - "commit": an fsync after every commit, so every commit pays for all its -shm pages and every read after it
       for the header page (pessimistic: what this bench did until 2026-12-06).
-    - "none": left to the real kernel, which runs on real time: a compressed run undercounts the -shm."""
+    - "none": left to the real kernel, which runs on real time: a compressed run undercounts the -shm.
+    Since 2026-12-07 the daemon holds its ledger exclusive (SQLite keeps the WAL index in its heap): there is no
+    -shm unless a reader in another process borrows the ledger, and all three do nothing (kept for such a run)."""
 
     tap: list[Reading]
     shm_writeback = "none"
@@ -512,10 +514,6 @@ def main(argv: list[str] | None = None) -> int:
                          "flusher in real time (default), after every commit (pessimistic), or not (undercounted)")
     ap.add_argument("--no-shm-writeback", dest="shm_writeback", action="store_const", const="none",
                     help="the same as --shm-writeback none")
-    ap.add_argument("--exclusive-lock", action="store_true",
-                    help="an experiment: the ledger opened with locking_mode=EXCLUSIVE (SQLite then keeps the WAL "
-                         "index in the heap, no -shm; no other connection or process can read the ledger while the "
-                         "daemon runs, so `koto usage`, `koto verify` and the status page could not: not a setting)")
     ap.add_argument("--interim-s", type=float, help="[[appliance]] interim_s instead of the default")
     ap.add_argument("--idle-interim-s", type=float, help="[[appliance]] idle_interim_s instead of the default")
     ap.add_argument("--page-size", type=int, help="the new ledger's SQLite page size instead of store.PAGE_SIZE")
@@ -534,11 +532,6 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("interim_s", "idle_interim_s"):
         if getattr(args, key) is not None:
             overrides["appliance"][key] = getattr(args, key)
-    if args.exclusive_lock:
-        from metering.ledger import store
-
-        store._PRAGMAS = ("PRAGMA locking_mode=EXCLUSIVE", *store._PRAGMAS)  # type: ignore[assignment]  # before WAL is entered: no -shm
-        overrides["gateway"]["web_port"] = 0  # the status page reads the ledger on a connection of its own
     if args.page_size:
         from metering.ledger import store
 
