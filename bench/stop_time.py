@@ -35,6 +35,7 @@ CASES = {
 
 def one(case: str, folder: Path) -> tuple[float, int]:
     from gateway.cli import main as koto
+    from metering.ledger.lease import reader_lease
 
     cfg = folder / "koto.toml"
     cfg.write_text(f"""
@@ -57,9 +58,10 @@ driver = "flaky"
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
     time.sleep(2.0)
-    db = None
+    db, lease = None, None
     if case == "writer locked":
-        db = sqlite3.connect(folder / "state" / "ledger.db", isolation_level=None)
+        lease = reader_lease(folder / "state" / "ledger.db")  # the daemon lends its ledger within a second
+        db = sqlite3.connect(folder / "state" / "ledger.db", isolation_level=None, timeout=10)
         db.execute("BEGIN EXCLUSIVE")
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -68,6 +70,8 @@ driver = "flaky"
     if db is not None:
         db.execute("ROLLBACK")
         db.close()
+    if lease is not None:
+        lease.release()
     return took, code
 
 

@@ -83,7 +83,7 @@ class Faults:
         self.rig.note(f"fault: {fault} ({duration_s:.1f} s)")
         source, detail = await act(duration_s)
         cleared = time.monotonic()
-        head = self._head()
+        head = await self._head()
         recovered = await self._next_acked(head, source)
         out = Outcome(fault, t0 - self.rig.real0_ns / 1e9, cleared - t0, recovered, detail)
         when = f"NOT within {self.recover_within_s:g} s" if recovered is None else f"after {recovered:.1f} s"
@@ -91,11 +91,12 @@ class Faults:
         self.rig.note(f"  cleared after {out.lasted_s:.1f} s; next record acked {when}{tail}")
         return out
 
-    def _head(self) -> int:
+    async def _head(self) -> int:
         for _ in range(50):
             with contextlib.suppress(Exception):  # the ledger may be mid-restore or not yet created
-                return self.rig.gateway_head()[1]
-            time.sleep(0.05)
+                # in a thread: the daemon lends its ledger within a second, and this loop runs the meters' bus
+                return (await asyncio.to_thread(self.rig.gateway_head))[1]
+            await asyncio.sleep(0.05)
         return 0
 
     async def _next_acked(self, head: int, source: str | None) -> float | None:

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from gateway.simulate import SCRIPTS
 from gateway.state import StateDir
 from tests.support.anchored_clock import sim_seconds
 from tests.support.broker import Mosquitto
+from tests.support.ledger_checks import borrowed
 from tests.support.paths import REPO
 from tests.support.postgres import PostgresServer
 from tests.support.sim_gateway import PLAN_ENV, SNAPSHOT_NAME, Plan, repeating
@@ -286,22 +286,16 @@ class Rig:
     # -- what the gateway and the cloud hold -------------------------------------------------------------------
     def gateway_head(self) -> tuple[int, int]:
         """(epoch, last seq) of the gateway's ledger, read as `koto status` would (a reader beside the writer)."""
-        conn = sqlite3.connect(f"file:{StateDir(self.state).ledger}?mode=ro", uri=True, timeout=5)
-        try:
+        with borrowed(StateDir(self.state).ledger, read_only=True) as conn:
             kv = dict(conn.execute("SELECT key, value FROM kv").fetchall())
-        finally:
-            conn.close()
         return int(kv.get("epoch", 0)), int(kv.get("head_seq", 0))
 
     def ledger_marks(self) -> tuple[int, int, int]:
         """(anchor seq, acked_through, head seq) of the gateway's ledger, in one read transaction: the first seq it
         still holds (retention moves it), how far the cloud acked, its last seq."""
-        conn = sqlite3.connect(f"file:{StateDir(self.state).ledger}?mode=ro", uri=True, timeout=5)
-        try:
+        with borrowed(StateDir(self.state).ledger, read_only=True) as conn:
             kv = dict(conn.execute("SELECT key, value FROM kv WHERE key IN "
                                    "('anchor_seq', 'acked_through', 'head_seq')").fetchall())
-        finally:
-            conn.close()
         return int(kv.get("anchor_seq", 1)), int(kv.get("acked_through", 0)), int(kv.get("head_seq", 0))
 
     def cloud_records_after(self, seq: int, source: str | None = None) -> int:

@@ -33,6 +33,7 @@ from gateway.sync import Sync
 from koto.clock import ManualClock
 from koto.signing import generate_key, public_pem
 from metering.ledger import Ledger
+from metering.ledger.lease import reader_lease
 from tests.support.broker import Mosquitto
 from tests.support.drafts import batch
 from tests.support.paths import REPO
@@ -50,10 +51,12 @@ async def until(cond: Callable[[], bool], what: str, limit_s: float = 20.0) -> N
 
 
 class FileView:
-    """The ledger file as another process sees it."""
+    """The ledger file as another process sees it: with a reader lease, as `koto usage` reads it (the daemon lends
+    its ledger within a second and keeps it lent while the lease is held, that is for the rest of the test)."""
 
     def __init__(self, db: Path) -> None:
-        self.conn = sqlite3.connect(db, timeout=5)
+        self.lease = reader_lease(db)
+        self.conn = sqlite3.connect(db, timeout=10)
 
     def version(self) -> int:
         return int(self.conn.execute("PRAGMA data_version").fetchone()[0])

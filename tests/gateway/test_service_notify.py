@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from metering.ledger.lease import reader_lease
 from tests.gateway.test_supervise import Child, appliance, lifecycle, write_config
 from tests.support.ledger_checks import ledger_events
 from tests.support.slow import scaled
@@ -69,7 +70,8 @@ def test_ready_watchdog_status_stopping_and_no_pings_while_the_writer_is_stuck(
         status = next_with(sock, "STATUS")
         assert status["STATUS"].startswith("1 appliance metering")
 
-        db = sqlite3.connect(tmp_path / "state" / "ledger.db", isolation_level=None)
+        lease = reader_lease(tmp_path / "state" / "ledger.db")  # the daemon lends its ledger within a second
+        db = sqlite3.connect(tmp_path / "state" / "ledger.db", isolation_level=None, timeout=10)
         db.execute("BEGIN EXCLUSIVE")  # the daemon's next commit now waits in its thread
         try:
             last_ping = time.monotonic()
@@ -87,6 +89,7 @@ def test_ready_watchdog_status_stopping_and_no_pings_while_the_writer_is_stuck(
         finally:
             db.execute("ROLLBACK")
             db.close()
+            lease.release()
         next_with(sock, "WATCHDOG")  # the commit went through: pings again
         assert child.proc.poll() is None
 

@@ -22,6 +22,7 @@ import pytest
 
 from drivers.modbus_sim import ModbusSimulator, SimMeter
 from gateway.cli import main as koto
+from metering.ledger.lease import reader_lease
 from tests.support.ledger_checks import assert_contiguous, ledger_events
 from tests.support.paths import REPO
 from tests.support.slow import scaled
@@ -193,13 +194,15 @@ def test_a_stop_that_cannot_commit_ends_at_the_deadline_with_what_is_committed(t
     cfg = write_config(tmp_path, appliance("kettle", "k", watts=2000), stop_timeout_s=2)
     child = Child(cfg)
     child.wait_for("kettle: ")
-    db = sqlite3.connect(tmp_path / "state" / "ledger.db", isolation_level=None)
+    lease = reader_lease(tmp_path / "state" / "ledger.db")  # the daemon lends its ledger within a second
+    db = sqlite3.connect(tmp_path / "state" / "ledger.db", isolation_level=None, timeout=10)
     db.execute("BEGIN EXCLUSIVE")
     try:
         code = child.stop()
     finally:
         db.execute("ROLLBACK")
         db.close()
+        lease.release()
     assert code == 1
     assert "the stop did not finish within 2 s" in child.text()
     assert lifecycle(child.events()) == ["start"]  # the stop record could not be committed; nothing half-written
@@ -236,7 +239,8 @@ def test_a_second_stop_signal_exits_at_once(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, appliance("kettle", "k", watts=2000), stop_timeout_s=60)
     child = Child(cfg)
     child.wait_for("kettle: ")
-    db = sqlite3.connect(tmp_path / "state" / "ledger.db", isolation_level=None)
+    lease = reader_lease(tmp_path / "state" / "ledger.db")  # the daemon lends its ledger within a second
+    db = sqlite3.connect(tmp_path / "state" / "ledger.db", isolation_level=None, timeout=10)
     db.execute("BEGIN EXCLUSIVE")
     try:
         child.proc.send_signal(signal.SIGTERM)
@@ -246,6 +250,7 @@ def test_a_second_stop_signal_exits_at_once(tmp_path: Path) -> None:
     finally:
         db.execute("ROLLBACK")
         db.close()
+        lease.release()
     assert code == 1
     assert "SIGINT again: exiting now" in child.text()
     assert koto(["verify", "--state-dir", str(tmp_path / "state")]) == 0

@@ -3,7 +3,8 @@ S0 meter's checkpoint at `checkpoint_s` of the daemon's clock; a register meter 
 
 The real `Gateway` and a real ledger file; time is a `ManualClock` moved one second per step, and each step does
 what the daemon's meter loop and ticker do in that second (feed the readings, tick the meters, write a batch).
-Commits are observed from a second connection (`PRAGMA data_version` changes when another connection commits).
+Commits are observed from a second connection (`PRAGMA data_version` changes when another connection commits),
+which takes a reader lease and has the ledger lent to it, as the daemon's lending task would do within a second.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from gateway.daemon import Gateway
 from gateway.state import StateDir
 from koto.clock import ManualClock
 from koto.reading import Quantity, Reading
+from metering.ledger.lease import reader_lease
 
 CHECKPOINT_S = 300
 IMP_PER_KWH = 1000
@@ -47,6 +49,8 @@ class Sim:
         self.gw, self.clock = gw, clock
         self.reg_mwh = 5_000_000_000.0
         self.pulses = 0.0
+        self.lease = reader_lease(db)
+        assert gw.ledger.serve_readers() == "lent"  # the daemon's lending task, done here by hand
         self.reader = sqlite3.connect(db)
         self.version = self._version()
         self.commits: list[tuple[float, bool, set[str]]] = []  # (wall s, records added, checkpoints changed)
@@ -95,12 +99,17 @@ def gateway(tmp_path: Path, **kw: int) -> Iterator[Sim]:
     clock = ManualClock()
     gw = Gateway(parse_config(config(tmp_path, **kw), file="koto.toml"), clock=clock,
                  backends={"pin_factory": mock_factory()}, sync_enabled=False)
+    sim: Sim | None = None
     try:
         gw._lifecycle("start")
         gw._flush_now()
-        yield Sim(gw, clock, tmp_path / "state" / "ledger.db")
+        sim = Sim(gw, clock, tmp_path / "state" / "ledger.db")
+        yield sim
     finally:
         gw.ledger.close()
+        if sim is not None:
+            sim.reader.close()
+            sim.lease.release()
 
 
 def test_an_idle_gateway_commits_nothing_for_50_minutes(tmp_path: Path) -> None:

@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections import defaultdict
+from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 from metering.ledger import Ledger
+from metering.ledger.lease import reader_lease
 from metering.records import PARTITION_KINDS, USAGE_TYPE
 
 
 def ledger_events(path: Path, gateway_id: str) -> list[dict[str, Any]]:
     with Ledger.open(path, gateway_id=gateway_id, key=None) as ledger:
         return [r.event() for r in ledger.iter_records()]
+
+
+@contextlib.contextmanager
+def borrowed(db: Path | str, *, read_only: bool = False, timeout: float = 10.0,
+             isolation_level: str | None = "") -> Iterator[sqlite3.Connection]:
+    """A plain SQLite connection to a ledger that a running daemon holds for itself (SQLite's exclusive locking mode):
+    it takes a reader lease first, as `koto usage` does, so the daemon lends the file within a second, and waits for
+    it (`timeout`). The lease is let go after the connection is closed."""
+    with reader_lease(db):
+        target, uri = (f"file:{db}?mode=ro", True) if read_only else (str(db), False)
+        conn = sqlite3.connect(target, uri=uri, timeout=timeout, isolation_level=isolation_level)
+        try:
+            yield conn
+        finally:
+            conn.close()
 
 
 def assert_contiguous(events: list[dict[str, Any]]) -> None:

@@ -52,10 +52,9 @@ def meters_without_its_page(tmp_path: Path, port: int | None, warning: str, *,
             wait_for(lambda: warning in log.read_text(), "the warning")
 
             def metered() -> bool:  # the second gateway's ledger grows: it meters without its page
-                import sqlite3
+                from tests.support.ledger_checks import borrowed
 
-                db = tmp_path / "gw" / "state" / "ledger.db"
-                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                with borrowed(tmp_path / "gw" / "state" / "ledger.db", read_only=True) as conn:
                     return bool(conn.execute("SELECT count(*) FROM records WHERE type='io.koto.usage.v1'")
                                 .fetchone()[0])
 
