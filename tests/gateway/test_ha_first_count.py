@@ -207,23 +207,21 @@ class StopOnSecondLook(threading.Event):
         return super().is_set()
 
 
-def _exclusive_writer(db: Path, key: Any) -> Ledger:
-    """The daemon's ledger as it opens it: SQLite's exclusive locking mode, taken by a first write and kept, so
-    any second connection, even in this process, finds the file locked."""
-    ledger = Ledger.open(db, gateway_id=GW, key=key)
-    ledger.read(lambda conn: conn.execute("PRAGMA locking_mode=EXCLUSIVE").fetchall())
-    ledger.kv_set("exclusive", "1")  # a write takes the lock; exclusive mode keeps it
+def _chunked_exclusive_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, Ledger]:
+    """1,200 records counted in chunks of 100, and the daemon's ledger as it opens it (`exclusive`): any second
+    connection, even in this process, finds the file locked. (state folder, ledger path, the writer)"""
+    state = _state_with_records(tmp_path, 1200)
+    db = state / "ledger.db"
+    monkeypatch.setattr(ha_totals, "CHUNK_ROWS", 100)
+    ledger = Ledger.open(db, gateway_id=GW, key=StateDir(state).private_key(), exclusive=True)
     with pytest.raises(sqlite3.OperationalError, match="locked"):
         sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True).execute("SELECT count(*) FROM records").fetchone()
-    return ledger
+    return state, db, ledger
 
 
 def test_the_count_reads_in_chunks_on_the_daemons_own_connection_and_stops_between_chunks(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    state = _state_with_records(tmp_path, 1200)
-    db = state / "ledger.db"
-    monkeypatch.setattr(ha_totals, "CHUNK_ROWS", 100)
-    ledger = _exclusive_writer(db, StateDir(state).private_key())
+    state, db, ledger = _chunked_exclusive_writer(tmp_path, monkeypatch)
     try:
         head = ledger.head()[0]
         total = sum(r.energy_mwh for r in ledger.iter_usage())
@@ -272,10 +270,7 @@ def test_a_prune_between_chunks_is_neither_missed_nor_counted_twice(
     gateway's pruned records are in its pruned totals, so its Home Assistant total is the ledger's whole energy; a
     gateway with a cloud loses its pruned records, so its total is then what the ledger holds (what a first start
     now would count)."""
-    state = _state_with_records(tmp_path, 1200)
-    db = state / "ledger.db"
-    monkeypatch.setattr(ha_totals, "CHUNK_ROWS", 100)
-    ledger = _exclusive_writer(db, StateDir(state).private_key())
+    state, _db, ledger = _chunked_exclusive_writer(tmp_path, monkeypatch)
     try:
         head = ledger.head()[0]
         before = sum(r.energy_mwh for r in ledger.iter_usage())
@@ -305,12 +300,9 @@ def test_a_prune_ahead_of_a_count_from_a_saved_base_is_said_and_the_rest_counted
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """A saved base far behind the head (RECENT_ROWS made 10): its pruned records cannot be told apart in the pruned
     totals, so records pruned before they were counted are said and left out; every other one counts once."""
-    state = _state_with_records(tmp_path, 1200)
-    db = state / "ledger.db"
-    monkeypatch.setattr(ha_totals, "CHUNK_ROWS", 100)
     monkeypatch.setattr(ha_totals, "RECENT_ROWS", 10)
+    state, db, ledger = _chunked_exclusive_writer(tmp_path, monkeypatch)
     (state / TOTALS_FILE).write_text(json.dumps({"epoch": 7, "through_seq": 0, "mwh": {"washer": 5}}))
-    ledger = _exclusive_writer(db, StateDir(state).private_key())
     try:
         head = ledger.head()[0]
         ledger.mark_acked(ledger.epoch, head, ledger.head()[1])
