@@ -56,7 +56,7 @@ class FileView:
 
     def __init__(self, db: Path) -> None:
         self.lease = reader_lease(db)
-        self.conn = sqlite3.connect(db, timeout=10)
+        self.conn = sqlite3.connect(db, timeout=10, check_same_thread=False)  # its first read may be in a thread
 
     def version(self) -> int:
         return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
@@ -136,6 +136,9 @@ async def test_the_daemon_writes_a_held_ack_within_ack_hold_s_and_at_a_clean_sto
         stop = asyncio.Event()
         run = asyncio.create_task(gw.run(stop))
         try:
+            # The first read waits (off this loop) for the daemon's lending task to lend the ledger; the view's
+            # lease keeps it lent, so every later read is an ordinary WAL read.
+            await asyncio.to_thread(view.head)
             await until(lambda: gw.ledger.head()[0] >= 1 and gw.ledger.acked_through() == gw.ledger.head()[0],
                         "the start record acked by the cloud")
             head = gw.ledger.head()[0]
