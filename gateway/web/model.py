@@ -129,11 +129,11 @@ class LedgerReader:
                                                                                            list[int]]]:
         """Energy per appliance, function and local day for the chart: the day found by comparing `t_end_ms` with
         the local midnights (computed here, so a daylight-saving change is right). One range of the usage index
-        per (appliance, kind, function, currency), found by skipping through it (`_group_keys`): the 30 days'
+        per (appliance, kind, function, currency), found by skipping through it (`group_keys`): the 30 days'
         entries only. (One GROUP BY over all the records read the whole index, 74 MB on a million records: 0.17 s
         of the ledger's lock from the page cache, 1.7 s from the disk.)"""
         from metering.ledger.store import PARTITION
-        from metering.ledger.usage import _group_keys
+        from metering.ledger.usage import group_keys
 
         starts = []
         day = first_day
@@ -145,7 +145,7 @@ class LedgerReader:
         sql = (f"SELECT {case} AS d, sum(energy_mwh) FROM records WHERE type=? AND appliance=? AND kind=? "
                "AND function=? AND currency=? AND t_end_ms>=? AND t_end_ms<? GROUP BY d")
         daily: dict[tuple[str, str], list[int]] = {}
-        for app, kind, fn, cur in list(_group_keys(conn)):
+        for app, kind, fn, cur in list(group_keys(conn)):
             if kind not in PARTITION or fn == "":
                 continue
             for d, mwh in conn.execute(sql, ("io.koto.usage.v1", app, kind, fn, cur, starts[0], starts[-1])):

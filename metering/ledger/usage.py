@@ -103,7 +103,7 @@ def usage_groups(conn: sqlite3.Connection, appliance: str | None, since_wall: fl
 
 # The index-only path (`records_usage`: type, appliance, kind, function, currency, t_end_ms, then the summed
 # columns). The groups (appliance, kind, function, currency) are found by skipping through the index, a seek per
-# distinct value (`_group_keys`); each group's sums are then one range of the index (from `since` on, as t_end_ms comes
+# distinct value (`group_keys`); each group's sums are then one range of the index (from `since` on, as t_end_ms comes
 # next), or per local day one range a day, whose bounds come from the zone in Python. No sort, no table read: only
 # gap records' bodies are read, to name their reason.
 _GROUP_COLS = ("appliance", "kind", "function", "currency")
@@ -124,8 +124,8 @@ def _has_usage_index(conn: sqlite3.Connection) -> bool:
     return conn.execute(sql).fetchone() is not None
 
 
-def _group_keys(conn: sqlite3.Connection, prefix: tuple[str, ...] = (),
-                typ: str = USAGE_TYPE) -> Iterator[tuple[str, ...]]:
+def group_keys(conn: sqlite3.Connection, prefix: tuple[str, ...] = (),
+               typ: str = USAGE_TYPE) -> Iterator[tuple[str, ...]]:
     """Every distinct (appliance, kind, function, currency) of the records of type `typ` starting with `prefix`, in
     index order: each next value of a column is one seek (`min(col) ... AND col > last`), however many records
     share it."""
@@ -134,7 +134,7 @@ def _group_keys(conn: sqlite3.Connection, prefix: tuple[str, ...] = (),
     (value,) = conn.execute(f"SELECT min({col}) FROM records WHERE {where}", (typ, *prefix)).fetchone()
     while value is not None:
         key = (*prefix, value)
-        yield from ((key,) if len(key) == len(_GROUP_COLS) else _group_keys(conn, key, typ))
+        yield from ((key,) if len(key) == len(_GROUP_COLS) else group_keys(conn, key, typ))
         (value,) = conn.execute(f"SELECT min({col}) FROM records WHERE {where} AND {col}>?",
                                 (typ, *prefix, value)).fetchone()
 
@@ -157,7 +157,7 @@ def ledger_currencies(conn: sqlite3.Connection) -> set[str] | None:
     (a seek per appliance, kind, function and currency); None without that index."""
     if not _has_usage_index(conn):
         return None
-    return {cur for _, _, _, cur in _group_keys(conn)}
+    return {cur for _, _, _, cur in group_keys(conn)}
 
 
 def first_seq_since_indexed(conn: sqlite3.Connection, since_ms: int, from_seq: int) -> int | bool | None:
@@ -172,7 +172,7 @@ def first_seq_since_indexed(conn: sqlite3.Connection, since_ms: int, from_seq: i
     best: int | None = None
     (typ,) = conn.execute("SELECT min(type) FROM records").fetchone()
     while typ is not None:
-        for key in _group_keys(conn, (), typ):
+        for key in group_keys(conn, (), typ):
             (seq,) = conn.execute("SELECT min(seq) FROM records WHERE type=? AND appliance=? AND kind=? AND "
                                   "function=? AND currency=? AND t_end_ms>=? AND seq>=?",
                                   (typ, *key, since_ms, from_seq)).fetchone()
@@ -187,7 +187,7 @@ def _from_index(conn: sqlite3.Connection, appliance: str | None, since_wall: flo
     """`usage_groups`' rows from the index alone (see `_GROUP_COLS`), sorted the same way. Holds one row per group
     (an appliance and function, or an appliance and day: a few thousand a year), never one per record."""
     since_ms = round(since_wall * 1000) if since_wall is not None else -_NEVER
-    keys = list(_group_keys(conn, (appliance,) if appliance is not None else ()))
+    keys = list(group_keys(conn, (appliance,) if appliance is not None else ()))
     sums: dict[tuple[str, Any, str], list[int]] = {}
 
     def add(key: tuple[str, Any, str], kind: str, found: tuple[int, ...]) -> None:
