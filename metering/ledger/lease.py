@@ -2,7 +2,7 @@
 
 Why: the daemon opens its ledger with `locking_mode=EXCLUSIVE` (`store.connect(exclusive=True)`), so SQLite keeps
 the WAL index in the daemon's heap and never creates `ledger.db-shm`, a shared mapping whose dirty pages the kernel
-writes back to the SD card: ~43 % of the bytes of every commit (bench/sd_writes.py --exclusive-lock, issue 10). The
+writes back to the SD card: ~43 % of the bytes of every commit (bench/sd_writes.py --breakdown, issue 10). The
 price is that no other connection, in any process, can read the file: `koto usage`, `koto verify`, `koto doctor`,
 the support bundle. So the daemon lends it when asked.
 
