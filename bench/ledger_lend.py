@@ -9,7 +9,7 @@ defaults, bench/sd_writes.py), and calls `serve_readers()` once a second from a 
 A reader in a process of its own (`Ledger.open(key=None)` and one query, as `koto usage` starts) visits `--visits`
 times. Printed: this process's `write_bytes` for each lend and each reclaim (their WAL checkpoints), how long each
 held the ledger's lock (what an append waits), and the reader's time from start to its answer, beside the same
-reader against a writer that does not hold its file exclusive (the baseline: the daemon before 2026-12-07). And
+reader against a writer that does not hold its file exclusive (the baseline: the daemon until 2026-12-06). And
 what a visit costs the SD card beyond the checkpoint its pages would have had anyway: two runs of the same commits,
 with a visit in the middle and without, each to its close (which checkpoints), the difference of their bytes.
 Run it on a disk-backed directory: on tmpfs nothing reaches a block device.
