@@ -85,6 +85,10 @@ BENCHES: tuple[Bench, ...] = (
     Bench("indicator_cpu", "the status LED and button loop's CPU", (), ("--seconds", "2"), 300, json=False),
     Bench("learn_time", "learn mode: derive_rule time, and learned rules on other runs", (), ("--seeds", "1"),
           900, json=False),
+    Bench("ledger_reads", "the daemon's own readers (status page, Home Assistant's count): the ledger's lock held",
+          (), ("--records", "20000", "--state", "/tmp/koto-ledger-20000"), 1800, json=False),
+    Bench("ledger_lend", "a reader's visit to the daemon's ledger: bytes, the lock held, the reader's wait", (),
+          ("--visits", "1", "--commits", "10"), 600, json=False),
 )
 # bench/wal_frames.py is not a bench of its own: bench/sd_writes.py --frames uses it.
 
