@@ -132,7 +132,7 @@ class TappedGateway(Gateway):
     - "commit": an fsync after every commit, so every commit pays for all its -shm pages and every read after it
       for the header page (pessimistic: what this bench did until 2026-12-06).
     - "none": left to the real kernel, which runs on real time: a compressed run undercounts the -shm.
-    Since 2026-12-06 (evening) the daemon holds its ledger exclusive (SQLite keeps the WAL index in its heap): there is no
+    Since 2026-12-06 (evening) the daemon holds its ledger exclusive (the WAL index in its heap): there is no
     -shm unless a reader in another process borrows the ledger, and all three do nothing (kept for such a run)."""
 
     tap: list[Reading]

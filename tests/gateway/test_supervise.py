@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,21 @@ driver = "flaky"
 """
 
 
+_started: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_outlives_its_test() -> Iterator[None]:
+    """A test that fails before it stops its `koto run` would leave it running for ever (and holding a CPU share
+    of every later test and bench): kill what is left."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 class Child:
     """`koto -v run` (with the test drivers registered) as a child process; its stderr goes to a file."""
 
@@ -68,6 +84,7 @@ class Child:
                 [sys.executable, "-m", "tests.support.koto_child", "-v", "run", "--config", str(cfg)],
                 stdout=subprocess.DEVNULL, stderr=err, cwd=REPO,
                 env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+        _started.append(self.proc)
 
     def text(self) -> str:
         return self.log.read_text()
