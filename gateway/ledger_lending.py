@@ -40,7 +40,7 @@ async def lend_to_readers(ledger: Ledger, every_s: float = EVERY_S) -> None:
                 failing = True
             continue
         if failing:
-            log.warning("ledger: open again")
+            log.warning("ledger: reopened; readers can borrow it again")
             failing = False
         if said == "lent":
             log.info("ledger: lent to a reader in another process (koto usage, verify, doctor or a support "
