@@ -25,9 +25,10 @@ and `facade`, the `Ledger` that composes them. Import the public names from here
 
 from __future__ import annotations
 
+from .acks import AckOutcome
 from .billing import CycleRow, RecordRow, Synced
 from .envelope import Stored
-from .facade import AckOutcome, Doc, Ledger
+from .facade import Doc, Ledger
 from .store import SCHEMA_VERSION, read_gateway_id
 from .usage import UsageRow
 from .verify import VerifyReport

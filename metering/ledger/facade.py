@@ -26,7 +26,6 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
-from enum import Enum
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -36,13 +35,14 @@ from koto.signing import PrivateKey, PublicKey
 
 from ..errors import LedgerError, LedgerGone
 from ..records import USAGE_TYPE, Draft
-from . import billing, retention, store, usage
+from . import acks, billing, retention, store, usage
+from .acks import AckOutcome
 from .billing import CycleRow, RecordRow
 from .envelope import Envelope, Stored, cycles_named
 from .fileguard import FileGuard, refuse_if_rescued
 from .lease import ReaderLease, locked_message, reader_lease
 from .lending import Lender, open_exclusive
-from .store import INSERT_SQL, K_ACKED, RESERVED_KV
+from .store import INSERT_SQL, RESERVED_KV
 from .usage import UsageBy, UsageRow
 from .verify import VerifyReport, verify_chain
 
@@ -52,16 +52,6 @@ T = TypeVar("T")
 # rewrites the one page that holds it instead of deleting and re-inserting it (table and index pages: SD writes).
 CHECKPOINT_UPSERT = ("INSERT INTO checkpoints (name, state) VALUES (?,?) "
                      "ON CONFLICT(name) DO UPDATE SET state=excluded.state")
-
-
-class AckOutcome(Enum):
-    """The ledger's answer to a cumulative ack from the cloud (`Ledger.mark_acked`)."""
-
-    ADVANCED = "advanced"  # the cursor moved to `through`
-    ALREADY = "already"  # `through` is at or below the cursor: a duplicate or late ack, nothing to do
-    MISMATCH = "mismatch"  # the cloud's head_hash is not our hash of that record: an alarm, nothing is marked
-    WRONG_EPOCH = "wrong_epoch"  # an ack for another epoch (an older database of this gateway)
-    BEYOND_HEAD = "beyond_head"  # the cloud claims records we never wrote
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +288,7 @@ class Ledger:
                 if kv:
                     conn.executemany("INSERT OR REPLACE INTO kv (key, value) VALUES (?,?)", list(kv.items()))
                 if self._held_ack:
-                    self._write_ack_rows(self._held_ack, self._held_rows)
+                    acks.write(self._conn, self.path, self._held_ack, self._held_rows)
             self._ckpt_stored.update(ckpt_rows)  # committed: only now is it what the file holds
             self._held_ack, self._held_rows = 0, []
         return stored
@@ -404,15 +394,15 @@ class Ledger:
             self._check_writable()
             row = [] if at_wall is None else [(through, round(at_wall * 1000))]
             if hold:
-                outcome = self._check_ack(through, head_hash)
+                outcome = acks.check(self._conn, through, head_hash, self._acked())
                 if outcome is AckOutcome.ADVANCED:
                     self._held_ack = through
                     self._held_rows += row
                 return outcome
             with store.transaction(self._conn, self.path, "cannot record the ack"):
-                outcome = self._check_ack(through, head_hash)
+                outcome = acks.check(self._conn, through, head_hash, self._acked())
                 if outcome is AckOutcome.ADVANCED:
-                    self._write_ack_rows(through, self._held_rows + row)
+                    acks.write(self._conn, self.path, through, self._held_rows + row)
             if outcome is AckOutcome.ADVANCED:
                 self._held_ack, self._held_rows = 0, []
             return outcome
@@ -425,20 +415,9 @@ class Ledger:
             if not self._held_ack:
                 return False
             with store.transaction(self._conn, self.path, "cannot record the ack"):
-                self._write_ack_rows(self._held_ack, self._held_rows)
+                acks.write(self._conn, self.path, self._held_ack, self._held_rows)
             self._held_ack, self._held_rows = 0, []
             return True
-
-    def _write_ack_rows(self, through: int, rows: list[tuple[int, int]]) -> None:
-        """The acked point and the acks' arrival times, inside the caller's transaction."""
-        conn = self._conn
-        if through > store.acked_through(conn, self.path):
-            conn.execute("UPDATE kv SET value=? WHERE key=?", (str(through), K_ACKED))
-        if rows:
-            conn.executemany("INSERT OR REPLACE INTO acks (through, at_ms) VALUES (?,?)", rows)
-            # An ack row is needed while a kept record is at or below its `through`; pruning moves the anchor.
-            anchor_seq, _ = retention.anchor(conn, self.path)
-            conn.execute("DELETE FROM acks WHERE through < ?", (anchor_seq,))
 
     def synced_at(self, seq: int) -> float | None:
         """When the cloud acked record `seq` (wall seconds), or None: not acked yet, or acked before the ledger kept
@@ -447,11 +426,10 @@ class Ledger:
             self._check_open()
             if not store.has_table(self._conn, "acks"):
                 return None
-            row = self._conn.execute("SELECT at_ms FROM acks WHERE through >= ? ORDER BY through LIMIT 1",
-                                     (seq,)).fetchone()
-            if row is None:  # acked by a held ack, not written yet
-                row = next(((at,) for through, at in self._held_rows if through >= seq), None)
-            return None if row is None or seq > self._acked() else row[0] / 1000
+            at = acks.first_at_ms(self._conn, seq)
+            if at is None:  # acked by a held ack, not written yet
+                at = next((at for through, at in self._held_rows if through >= seq), None)
+            return None if at is None or seq > self._acked() else at / 1000
 
     def last_ack(self) -> tuple[int, float] | None:
         """(acked through seq, when) of the latest advancing ack with a known time, or None."""
@@ -459,25 +437,8 @@ class Ledger:
             self._check_open()
             if not store.has_table(self._conn, "acks"):
                 return None
-            row = self._held_rows[-1] if self._held_rows else self._conn.execute(
-                "SELECT through, at_ms FROM acks ORDER BY through DESC LIMIT 1").fetchone()
-            return None if row is None else (int(row[0]), row[1] / 1000)
-
-    def _check_ack(self, through: int, head_hash: str) -> AckOutcome:
-        """What an ack through `through` with `head_hash` means against the file and a held ack (writes nothing)."""
-        conn = self._conn
-        head_seq, _ = store.head(conn)
-        acked = self._acked()
-        if through > head_seq:
-            return AckOutcome.BEYOND_HEAD
-        row = conn.execute("SELECT hash FROM records WHERE seq=?", (through,)).fetchone()
-        if row is not None and row[0] != head_hash:
-            return AckOutcome.MISMATCH
-        if through <= acked:
-            return AckOutcome.ALREADY
-        if row is None:  # cannot happen for seq in (acked, head] unless the database was altered
-            return AckOutcome.MISMATCH
-        return AckOutcome.ADVANCED
+            row = self._held_rows[-1] if self._held_rows else acks.last(self._conn)
+            return None if row is None else (row[0], row[1] / 1000)
 
     # ------------------------------------------------------------------------------------ checkpoints, docs, kv
 
