@@ -20,8 +20,9 @@ running, the records after the base are summed again on each refresh, and every 
 records stay in the ledger at least a day (`retain_days` >= 1), so pruning never takes one the base has not counted.
 A few small writes a day, on the SD card's budget. What is not covered: a crash, and then a new ledger — the records
 after the base in the old one are not in the new one, and the total steps back to the base (Home Assistant then
-counts a meter reset). A ledger with another epoch
-(a new one) starts adding from its first record on top of the old totals. A local-only gateway's own pruned totals
+counts a meter reset); nor records pruned while Home Assistant was off for longer than `retain_days` (the base
+was not moved meanwhile): the start then goes to `catch_up`, which says which records it leaves out. A ledger with
+another epoch (a new one) starts adding from its first record on top of the old totals. A local-only gateway's own pruned totals
 count when there is no base yet.
 
 The value published never goes below one published before (`published`), whatever happens to the file.
@@ -158,9 +159,11 @@ class EnergyTotals:
             for t in ledger.pruned_totals():  # a local-only gateway folds what it prunes into these
                 self.base[t.appliance] = self.base.get(t.appliance, 0) + t.energy_mwh
                 self._pruned[t.appliance] = self._pruned.get(t.appliance, 0) + t.energy_mwh
-        head = ledger.head()[0]
-        if not had or head - self.through >= RECENT_ROWS:
-            self._ledger, self._range, self._anchor = ledger, (self.through + 1, head), ledger.anchor()[0]
+        head, anchor = ledger.head()[0], ledger.anchor()[0]
+        # A saved base whose next records were pruned meanwhile (Home Assistant was off for longer than
+        # `retain_days`) goes the long way too: `catch_up` says which records the totals leave out.
+        if not had or head - self.through >= RECENT_ROWS or anchor > self.through + 1:
+            self._ledger, self._range, self._anchor = ledger, (self.through + 1, head), anchor
             log.info("Home Assistant energy totals: counting the ledger's records %d to %d in the background; the "
                      "energy sensors are updated when that is done", self.through + 1, head)
             return {}

@@ -318,3 +318,23 @@ def test_a_prune_ahead_of_a_count_from_a_saved_base_is_said_and_the_rest_counted
         assert "records 201 to 450 were pruned before they were counted" in caplog.text
     finally:
         ledger.close()
+
+
+def test_a_saved_base_whose_next_records_were_pruned_while_home_assistant_was_off_says_so_at_the_start(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A base close behind the head (the quick path's range) whose next records left the ledger before this start
+    (Home Assistant was off for longer than `retain_days`): the start does not add the rest silently, as if they
+    had been counted; the count says which records the totals leave out and counts every other one once."""
+    state = _state_with_records(tmp_path, 300)
+    db = state / "ledger.db"
+    (state / TOTALS_FILE).write_text(json.dumps({"epoch": 7, "through_seq": 100, "mwh": {"washer": 5}}))
+    with Ledger.open(db, gateway_id=GW, key=StateDir(state).private_key(), exclusive=True) as ledger:
+        head = ledger.head()[0]
+        ledger.mark_acked(ledger.epoch, head, ledger.head()[1])
+        assert ledger.prune(0, 4e9, max_rows=150, local_only=False) == 150
+        kept = ledger.energy_from(151)["washer"]
+        totals = EnergyTotals(state)
+        caplog.set_level("INFO", "koto.homeassistant")
+        assert totals.start(ledger) == {} and totals.pending
+        assert totals.catch_up(threading.Event()) == {"washer": 5 + kept}
+    assert "records 101 to 150 were pruned before they were counted" in caplog.text
