@@ -22,8 +22,8 @@ A few small writes a day, on the SD card's budget. What is not covered: a crash,
 after the base in the old one are not in the new one, and the total steps back to the base (Home Assistant then
 counts a meter reset); nor records pruned while Home Assistant was off for longer than `retain_days` (the base
 was not moved meanwhile): the start then goes to `catch_up`, which says which records it leaves out. A ledger with
-another epoch (a new one) starts adding from its first record on top of the old totals. A local-only gateway's own pruned totals
-count when there is no base yet.
+another epoch (a new one) starts adding from its first record on top of the old totals. A local-only gateway's own
+pruned totals count when there is no base yet.
 
 The value published never goes below one published before (`published`), whatever happens to the file.
 """

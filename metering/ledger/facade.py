@@ -216,9 +216,9 @@ class Ledger:
         Returns "lent" (readers hold a lease: the connection is now in the normal locking mode, with WAL and -shm
         as before the daemon owned its file), "reclaimed" (no lease is held any more: exclusive again, no -shm is
         written), or None (nothing to do: one flock test; or a reclaim that could not be done because a reader
-        without a lease still has the file open; it stays lent and the next call tries again). Everything this
-        object holds stays: the writer lock, held acks, the checkpoints as stored, the envelope. A path that no
-        longer names our file raises `LedgerGone` (as a commit would) before anything is reopened."""
+        without a lease still has the file open; it stays lent and tries again after a backoff, `lending.py`).
+        Everything this object holds stays: the writer lock, held acks, the checkpoints as stored, the envelope. A
+        path that no longer names our file raises `LedgerGone` (as a commit would) before anything is reopened."""
         if self._lender is None:
             return None
         with self._mutex:

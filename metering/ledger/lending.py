@@ -25,6 +25,9 @@ from .lease import LeaseWatch
 # How long the daemon's reclaim waits for a lock someone else holds (a reader that took no lease, e.g. a `sqlite3`
 # shell): it holds the ledger's mutex meanwhile, so appends wait too. Not got: it stays lent and tries again.
 RECLAIM_BUSY_MS = 50
+# After a reclaim such a reader foiled, the next looks skip the attempt: 1, 2, 4 ... up to this many (about half a
+# minute at one look a second), so a shell left open all day costs the daemon's appends 50 ms a minute, not a second.
+RECLAIM_BACKOFF_MAX = 32
 
 
 def open_exclusive(p: Path, gateway_id: str, subject: str | None,
@@ -62,11 +65,14 @@ class Lender:
         self.watch = watch
         self.lent = lent
         self.broken: LedgerError | None = None
+        self.foiled = 0  # reclaims a reader without a lease prevented since the last lend
+        self._skip = 0  # looks to let pass before the next reclaim attempt
 
     def serve(self, conn: sqlite3.Connection, *, busy: bool, check_writable: Callable[[], None],
               check_path: Callable[[], None]) -> tuple[sqlite3.Connection, str | None]:
         """One look (under the facade's mutex): the connection to use from now on, and "lent", "reclaimed" or None
-        (nothing to do, or a reclaim a reader without a lease prevents: it stays lent and the next look tries again).
+        (nothing to do, or a reclaim a reader without a lease prevents: it stays lent, and the next attempt comes
+        after 1, 2, 4 ... up to RECLAIM_BACKOFF_MAX looks).
         `busy`: the facade has a cursor open across its mutex (`iter_usage`), which a reopen would break: no switch.
         `check_writable` runs before the connection that could rescue a replaced file is closed; `check_path` after
         a new one is open (a file put at the path in between is not ours, and is never written)."""
@@ -79,16 +85,21 @@ class Lender:
                 return conn, None
             check_writable()
             conn, _ = self._reopen(conn, exclusive=False, check_path=check_path)
-            self.lent = True
+            self.lent, self.foiled, self._skip = True, 0, 0
             return conn, "lent"
+        if self._skip > 0:  # backing off from a reader without a lease
+            self._skip -= 1
+            return conn, None
         with self.watch.excluding_readers() as alone:  # a reader that comes now waits for the reclaim to end
             if not alone or busy:
                 return conn, None
             check_writable()
             conn, done = self._reopen(conn, exclusive=True, check_path=check_path)
             if not done:
+                self.foiled += 1
+                self._skip = min(1 << min(self.foiled - 1, 16), RECLAIM_BACKOFF_MAX)
                 return conn, None
-            self.lent = False
+            self.lent, self.foiled = False, 0
             return conn, "reclaimed"
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from koto.signing import PrivateKey, save_private_key
 from metering.errors import LedgerGone
 from metering.ledger import AckOutcome, Ledger
 from metering.ledger.lease import lease_path, reader_lease
+from metering.ledger.lending import RECLAIM_BACKOFF_MAX
 from tests.support.drafts import usage
 from tests.support.paths import REPO
 
@@ -237,7 +238,7 @@ def test_a_reader_without_a_lease_does_not_hang_the_daemon_which_takes_its_file_
             assert shell.stdout.readline().strip() == "4"  # reading, in a transaction, with no lease
             for _ in range(3):
                 t0 = time.monotonic()
-                assert ledger.serve_readers() is None  # tried, could not: stays lent
+                assert ledger.serve_readers() is None  # tried (or backing off), could not: stays lent
                 assert time.monotonic() - t0 < 1.0
                 assert ledger.lent
             add(ledger, 2)  # and writes on meanwhile
@@ -246,7 +247,10 @@ def test_a_reader_without_a_lease_does_not_hang_the_daemon_which_takes_its_file_
             if shell.stdin is not None:
                 shell.stdin.close()
             shell.wait(30)
-        assert ledger.serve_readers() == "reclaimed"
+        looks = 1
+        while ledger.serve_readers() != "reclaimed":  # at the next attempt after the backoff
+            looks += 1
+            assert looks <= 3
         assert peek(db) == "locked"
         add(ledger, 1)
         assert ledger.verify(key.public_key()).ok
@@ -379,3 +383,36 @@ def test_a_ledger_deleted_under_the_daemon_is_not_reopened_by_a_lend(tmp_path: P
             add(ledger, 1)
     with Ledger.open(tmp_path / "ledger.db.rescued", gateway_id=GW, key=None) as copy:
         assert copy.head()[0] == 5 and copy.verify(key.public_key()).ok
+
+
+def test_a_reader_without_a_lease_left_open_is_tried_less_and_less_often(tmp_path: Path, key: PrivateKey) -> None:
+    """Each reclaim such a reader foils holds the ledger's lock up to RECLAIM_BUSY_MS, appends waiting: the daemon
+    (one look a second) tries after 1, 2, 4 ... looks, at most every RECLAIM_BACKOFF_MAX, and takes its file back
+    within that many looks once the reader is gone."""
+    db = tmp_path / "ledger.db"
+    with open_writer(db, key) as ledger:
+        add(ledger, 4)
+        with reader_lease(db):
+            assert ledger.serve_readers() == "lent"
+            shell = subprocess.Popen([sys.executable, "-c", LEASELESS, str(db)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        try:
+            assert shell.stdout is not None and shell.stdin is not None
+            assert shell.stdout.readline().strip() == "4"
+            tries = []
+            for _ in range(100):
+                assert ledger.serve_readers() is None and ledger.lent
+                tries.append(ledger._lender.foiled if ledger._lender else -1)
+            # tried at the first look, then after 1, 2, 4, 8, 16 and 32 looks skipped, then after every 32
+            assert [i + 1 for i in range(100) if i == 0 or tries[i] != tries[i - 1]] == [1, 3, 6, 11, 20, 37, 70]
+        finally:
+            if shell.stdin is not None:
+                shell.stdin.close()
+            shell.wait(30)
+        looks = 1
+        while ledger.serve_readers() != "reclaimed":
+            looks += 1
+            assert looks <= RECLAIM_BACKOFF_MAX + 1
+        add(ledger, 1)
+        assert ledger.verify(key.public_key()).ok
+
