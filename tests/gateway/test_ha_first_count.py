@@ -215,7 +215,8 @@ def _chunked_exclusive_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(ha_totals, "CHUNK_ROWS", 100)
     ledger = Ledger.open(db, gateway_id=GW, key=StateDir(state).private_key(), exclusive=True)
     with pytest.raises(sqlite3.OperationalError, match="locked"):
-        sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True).execute("SELECT count(*) FROM records").fetchone()
+        second = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=0)  # no busy wait: locked
+        second.execute("SELECT count(*) FROM records").fetchone()
     return state, db, ledger
 
 

@@ -44,7 +44,7 @@ def test_today_this_month_and_each_local_day_are_summed_right_across_daylight_sa
         ledger.read(lambda conn: conn.execute("PRAGMA locking_mode=EXCLUSIVE").fetchall())  # as the daemon's
         ledger.append([usage_draft(r, "urn:koto:gw:gw:washer") for r in recs])
         with pytest.raises(sqlite3.OperationalError, match="locked"):  # a second connection cannot read it
-            sqlite3.connect(tmp_path / "ledger.db").execute("SELECT count(*) FROM records").fetchone()
+            sqlite3.connect(tmp_path / "ledger.db", timeout=0).execute("SELECT count(*) FROM records").fetchone()
         fig = LedgerReader(ledger, BERLIN).read(local("2026-11-10T12:00:00"))
     assert fig.today[("washer", "heat")]["energy_mwh"] == 30_000 and fig.today[("washer", "spin")]["costs"] == {
         "EUR": 2}
