@@ -1,4 +1,5 @@
-"""`Ledger`: the one object the rest of Koto holds, composing the store, the envelope, verify, usage and retention.
+"""`Ledger`: the one object the rest of Koto holds, composing the store, the envelope, verify, usage and retention
+(its read-only questions are in `queries`, a base class).
 
 It owns the connection, the writer lock and one mutex, and gives each part the connection inside that mutex: the
 parts know SQL or bytes, the facade knows which of them run together in one transaction (an append is the records,
@@ -19,13 +20,11 @@ processes (`serve_readers`, about once a second; `lending`). A reader (`key=None
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import tzinfo
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -34,16 +33,15 @@ from koto.canonical import MAX_SAFE_INT
 from koto.signing import PrivateKey, PublicKey
 
 from ..errors import LedgerError, LedgerGone
-from ..records import USAGE_TYPE, Draft
-from . import acks, billing, retention, store, usage
+from ..records import Draft
+from . import acks, retention, store
 from .acks import AckOutcome
-from .billing import CycleRow, RecordRow
 from .envelope import Envelope, Stored, cycles_named
 from .fileguard import FileGuard, refuse_if_rescued
 from .lease import ReaderLease, locked_message, reader_lease
 from .lending import Lender, open_exclusive
+from .queries import Queries
 from .store import INSERT_SQL, RESERVED_KV
-from .usage import UsageBy, UsageRow
 from .verify import VerifyReport, verify_chain
 
 T = TypeVar("T")
@@ -64,7 +62,7 @@ class Doc:
     body: dict[str, Any]
 
 
-class Ledger:
+class Ledger(Queries):
     """The gateway's ledger database. Open with `Ledger.open(...)`; use as a context manager or call `close()`.
 
     One process writes (it holds an advisory lock on `<db>.lock`); any number may read (`key=None`), e.g.
@@ -504,78 +502,7 @@ class Ledger:
             except sqlite3.Error as e:
                 raise LedgerError(f"{self.path}: write failed ({e})") from e
 
-    # ---------------------------------------------------------------------------------- usage, verify, retention
-
-    def usage_summary(
-        self,
-        appliance: str | None = None,
-        since_wall: float | None = None,
-        by: UsageBy = "function",
-        tz: tzinfo | None = None,
-    ) -> list[UsageRow]:
-        """Usage grouped per appliance and function, local day (`tz`, default UTC) or cycle (see `usage`)."""
-        return list(self.iter_usage(appliance, since_wall, by, tz))
-
-    def iter_usage(
-        self,
-        appliance: str | None = None,
-        since_wall: float | None = None,
-        by: UsageBy = "function",
-        tz: tzinfo | None = None,
-        from_seq: int | None = None,
-    ) -> Iterator[UsageRow]:
-        """`usage_summary` row by row, sorted by appliance and key, summed by SQLite as they are read: memory stays
-        flat on any ledger (`koto usage --by cycle` on a million records). `from_seq` reads only records from there."""
-        usage.check_by(by)
-        with self._mutex:
-            self._check_open()
-            cursor = iter(usage.usage_groups(self._conn, appliance, since_wall, by, tz, from_seq))
-            self._cursors += 1  # no lend or reclaim (which closes the connection) until it is read or dropped
-
-        def groups() -> Iterator[tuple[Any, ...]]:
-            while True:
-                with self._mutex:  # the cursor is read a chunk at a time, each under the lock
-                    self._check_open()
-                    chunk = list(itertools.islice(cursor, 500))
-                if not chunk:
-                    return
-                yield from chunk
-
-        try:
-            yield from usage.fold(groups(), by)
-        finally:
-            with self._mutex:
-                self._cursors -= 1
-
-    def iter_cycles(self, appliance: str | None = None, since_wall: float | None = None) -> Iterator[CycleRow]:
-        """Each use (cycle) with its local times, energy, cost, entitlement and sync state (`billing.iter_cycles`)."""
-        return self._locked_iter(lambda: billing.iter_cycles(self._conn, self.path, appliance, _ms(since_wall)))
-
-    def iter_record_rows(self, appliance: str | None = None, since_wall: float | None = None) -> Iterator[RecordRow]:
-        """Every usage record with its sync state (`billing.iter_records`)."""
-        return self._locked_iter(lambda: billing.iter_records(self._conn, self.path, appliance, _ms(since_wall)))
-
-    def appliances(self) -> list[str]:
-        """The appliances this ledger holds usage of."""
-        with self._mutex:
-            self._check_open()
-            return billing.appliances(self._conn)
-
-    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(conn)` on this ledger's own connection inside its mutex, and return what it returns.
-
-        How a reader in the writing process reads (the status page's figures, Home Assistant's first count): the
-        daemon's ledger is its own (`store.connect(exclusive=True)`), so a second connection, even in the same
-        process, would find the file locked. `fn` must only read, and be short: an append waits for it (split a
-        long pass into ranges, one call each)."""
-        with self._mutex:
-            self._check_open()
-            return fn(self._conn)
-
-    def _locked_iter(self, make: Callable[[], Iterator[T]]) -> Iterator[T]:
-        with self._mutex:
-            self._check_open()
-            yield from make()
+    # ---------------------------------------------------------------------------------------- verify, retention
 
     def verify(self, public_key: PublicKey, *, workers: int | None = None,
                progress: Callable[[int, int], None] | None = None, from_seq: int | None = None) -> VerifyReport:
@@ -591,19 +518,6 @@ class Ledger:
             return verify_chain(self._conn, self.epoch, self._envelope.source, public_key, path=self.path,
                                 workers=workers, progress=progress, from_seq=from_seq)
 
-    def first_seq_since(self, since_wall: float, *, from_seq: int = 0) -> int | None:
-        """The lowest seq (at or after `from_seq`) of a record ending at or after `since_wall`: where a report from
-        then on starts reading: from the usage index (a seek per group), else a scan in seq order that stops at the
-        first match (records are appended in about time order)."""
-        with self._mutex:
-            self._check_open()
-            found = usage.first_seq_since_indexed(self._conn, round(since_wall * 1000), from_seq)
-            if found is not False:  # a seek per group of the usage index, where the ledger has it
-                return found if found is None else int(found)
-            row = self._conn.execute("SELECT seq FROM records WHERE seq >= ? AND t_end_ms >= ? ORDER BY seq LIMIT 1",
-                                     (from_seq, _ms(since_wall))).fetchone()
-            return None if row is None else int(row[0])
-
     def prune(self, retain_days: float, now_wall: float, *, max_rows: int | None = None,
               local_only: bool = False) -> int:
         """Delete acked records that ended more than `retain_days` before `now_wall`, oldest first, as a prefix, at
@@ -616,32 +530,6 @@ class Ledger:
             self._check_writable()
             return retention.prune(self._conn, self.path, retain_days, now_wall, max_rows=max_rows,
                                    local_only=local_only)
-
-    def energy_from(self, from_seq: int) -> dict[str, int]:
-        """Each appliance's metered energy (its partition records' `energy_mwh`, as `iter_usage` sums it) in the
-        records from `from_seq` on, read through the primary key: O(records from there), where `iter_usage` walks
-        the whole usage index (74 MB on a million records, a second or more from a cold SD card). For the recent end
-        of the ledger (Home Assistant's totals at each start and refresh); for most of it the index is cheaper."""
-        marks = ",".join("?" * len(store.PARTITION))
-        with self._mutex:
-            self._check_open()
-            rows = self._conn.execute(
-                "SELECT appliance, sum(energy_mwh) FROM records NOT INDEXED "  # the seq range, never the index
-                f"WHERE seq>=? AND type=? AND kind IN ({marks}) GROUP BY appliance",
-                (from_seq, USAGE_TYPE, *store.PARTITION)).fetchall()
-        return {str(a): int(e) for a, e in rows}
-
-    def pruned_totals(self) -> list[retention.PrunedTotal]:
-        """What a local-only gateway's pruned records added up to, per appliance, function and currency."""
-        with self._mutex:
-            self._check_open()
-            return retention.pruned_totals(self._conn)
-
-    def anchor(self) -> tuple[int, str]:
-        """(first kept seq, its prevhash): where the local chain starts after pruning; (1, zeros) before."""
-        with self._mutex:
-            self._check_open()
-            return retention.anchor(self._conn, self.path)
 
     def wal_checkpoint(self) -> bool:
         """Fold the WAL into the database and truncate it (call when idle so the WAL does not grow); False when a
@@ -667,10 +555,6 @@ class Ledger:
             except LedgerGone as e:
                 self._gone = e
                 raise
-
-
-def _ms(wall: float | None) -> int | None:
-    return None if wall is None else round(wall * 1000)
 
 
 def _doc_row(d: Doc) -> tuple[str, str, int, str]:
