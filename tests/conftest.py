@@ -4,6 +4,7 @@ Helpers that are not fixtures (event factories, traces, ledger checks, the PKI) 
 Markers: `slow` for tests that take more than ~10 s (`make test-fast` leaves them out; `make test` runs everything),
 `hardware` for tests that need a real Raspberry Pi and wiring (never run here).
 `KOTO_TEST_SLOWDOWN=N` stretches every hang timeout N times for a slow machine (tests/support/slow.py).
+`make test` runs two pytest-xdist workers, each taking whole files (`pytest_collection_modifyitems` below).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from tests.support.broker import Mosquitto
 from tests.support.postgres import PostgresServer
 from tests.support.slow import SLOWDOWN
 
-if SLOWDOWN > 1:
+if SLOWDOWN > 1 or os.environ.get("PYTEST_XDIST_WORKER"):
     # Hypothesis fails an example that takes over 200 ms and warns of slow data generation; on a machine
-    # KOTO_TEST_SLOWDOWN times slower both say only that the machine is slow.
+    # KOTO_TEST_SLOWDOWN times slower, or with the other worker of `make test` on the other core, both say only
+    # that the machine is busy (no test asserts a duration: bench/ measures them).
     from hypothesis import HealthCheck, settings
 
     settings.register_profile("slow-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -57,3 +59,19 @@ def pg_dsn() -> Iterator[str]:
         return
     with PostgresServer() as server:
         yield server.dsn
+
+
+# Packages whose files share one package-scoped peer: their tests go to one worker, so it starts once.
+ONE_WORKER = {"cluster": "a three-node RabbitMQ cluster (tests/cluster/conftest.py)"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `pytest -n N --dist loadgroup` (make test) each test file goes whole to one worker, as a file's tests
+    share module-scoped peers (a browser, a broker), which would otherwise start once per worker; a package in
+    ONE_WORKER goes whole. Without xdist the marks change nothing."""
+    tests = Path(__file__).parent
+    for item in items:
+        rel = item.path.relative_to(tests) if item.path.is_relative_to(tests) else item.path
+        group = rel.parts[0] if rel.parts and rel.parts[0] in ONE_WORKER else str(rel)
+        item.add_marker(pytest.mark.xdist_group(group))
+
