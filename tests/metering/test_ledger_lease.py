@@ -60,6 +60,24 @@ sys.stdin.read()
 """
 
 
+@contextmanager
+def leaseless_reader_of(ledger: Ledger, db: Path) -> Iterator[None]:
+    """The exclusive writer lent (a reader with a lease came and went) and, until the block ends, a process that
+    took no lease (someone's `sqlite3` shell) reading its records in an open transaction."""
+    with reader_lease(db):
+        assert ledger.serve_readers() == "lent"
+        shell = subprocess.Popen([sys.executable, "-c", LEASELESS, str(db)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+    try:
+        assert shell.stdout is not None and shell.stdin is not None
+        assert shell.stdout.readline().strip() == str(ledger.head()[0])
+        yield
+    finally:
+        if shell.stdin is not None:
+            shell.stdin.close()
+        shell.wait(30)
+
+
 def open_writer(db: Path, key: PrivateKey, *, exclusive: bool = True) -> Ledger:
     return Ledger.open(db, gateway_id=GW, key=key, epoch=EPOCH, exclusive=exclusive)
 
@@ -229,13 +247,7 @@ def test_a_reader_without_a_lease_does_not_hang_the_daemon_which_takes_its_file_
     db = tmp_path / "ledger.db"
     with open_writer(db, key) as ledger:
         add(ledger, 4)
-        with reader_lease(db):
-            assert ledger.serve_readers() == "lent"
-            shell = subprocess.Popen([sys.executable, "-c", LEASELESS, str(db)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
-        try:
-            assert shell.stdout is not None and shell.stdin is not None
-            assert shell.stdout.readline().strip() == "4"  # reading, in a transaction, with no lease
+        with leaseless_reader_of(ledger, db):  # reading 4 records, in a transaction, with no lease
             for _ in range(3):
                 t0 = time.monotonic()
                 assert ledger.serve_readers() is None  # tried (or backing off), could not: stays lent
@@ -243,10 +255,6 @@ def test_a_reader_without_a_lease_does_not_hang_the_daemon_which_takes_its_file_
                 assert ledger.lent
             add(ledger, 2)  # and writes on meanwhile
             assert ledger.head()[0] == 6
-        finally:
-            if shell.stdin is not None:
-                shell.stdin.close()
-            shell.wait(30)
         looks = 1
         while ledger.serve_readers() != "reclaimed":  # at the next attempt after the backoff
             looks += 1
@@ -392,23 +400,13 @@ def test_a_reader_without_a_lease_left_open_is_tried_less_and_less_often(tmp_pat
     db = tmp_path / "ledger.db"
     with open_writer(db, key) as ledger:
         add(ledger, 4)
-        with reader_lease(db):
-            assert ledger.serve_readers() == "lent"
-            shell = subprocess.Popen([sys.executable, "-c", LEASELESS, str(db)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
-        try:
-            assert shell.stdout is not None and shell.stdin is not None
-            assert shell.stdout.readline().strip() == "4"
+        with leaseless_reader_of(ledger, db):
             tries = []
             for _ in range(100):
                 assert ledger.serve_readers() is None and ledger.lent
                 tries.append(ledger._lender.foiled if ledger._lender else -1)
             # tried at the first look, then after 1, 2, 4, 8, 16 and 32 looks skipped, then after every 32
             assert [i + 1 for i in range(100) if i == 0 or tries[i] != tries[i - 1]] == [1, 3, 6, 11, 20, 37, 70]
-        finally:
-            if shell.stdin is not None:
-                shell.stdin.close()
-            shell.wait(30)
         looks = 1
         while ledger.serve_readers() != "reclaimed":
             looks += 1
