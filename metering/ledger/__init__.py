@@ -28,7 +28,8 @@ from __future__ import annotations
 from .acks import AckOutcome
 from .billing import CycleRow, RecordRow, Synced
 from .envelope import Stored
-from .facade import Doc, Ledger
+from .facade import Ledger
+from .queries import Doc
 from .store import SCHEMA_VERSION, read_gateway_id
 from .usage import UsageRow
 from .verify import VerifyReport

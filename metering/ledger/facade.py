@@ -4,7 +4,7 @@
 It owns the connection, the writer lock and one mutex, and gives each part the connection inside that mutex: the
 parts know SQL or bytes, the facade knows which of them run together in one transaction (an append is the records,
 the chain head, the checkpoints, the documents and the settings, all or nothing). Acks, reading records back, and
-the checkpoints/docs/kv beside the records are small enough to live here.
+writing the checkpoints/docs/kv beside the records are small enough to live here (reading them is in `queries`).
 
 An ack may be held (`mark_acked(hold=True)`): verified at once and counted at once by everything that asks this
 object (`acked_through`, `unacked`, `last_ack`...), but written to the file only inside the next `append` that
@@ -24,7 +24,6 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -40,7 +39,7 @@ from .envelope import Envelope, Stored, cycles_named
 from .fileguard import FileGuard, refuse_if_rescued
 from .lease import ReaderLease, locked_message, reader_lease
 from .lending import Lender, open_exclusive
-from .queries import Queries
+from .queries import Doc, Queries
 from .store import INSERT_SQL, RESERVED_KV
 from .verify import VerifyReport, verify_chain
 
@@ -50,16 +49,6 @@ T = TypeVar("T")
 # rewrites the one page that holds it instead of deleting and re-inserting it (table and index pages: SD writes).
 CHECKPOINT_UPSERT = ("INSERT INTO checkpoints (name, state) VALUES (?,?) "
                      "ON CONFLICT(name) DO UPDATE SET state=excluded.state")
-
-
-@dataclass(frozen=True, slots=True)
-class Doc:
-    """A versioned document from the cloud (tariff, entitlement, profile), stored beside the records."""
-
-    kind: str
-    id: str
-    version: int
-    body: dict[str, Any]
 
 
 class Ledger(Queries):
@@ -440,47 +429,10 @@ class Ledger(Queries):
 
     # ------------------------------------------------------------------------------------ checkpoints, docs, kv
 
-    def checkpoint(self, name: str) -> dict[str, Any] | None:
-        with self._mutex:
-            self._check_open()
-            row = self._conn.execute("SELECT state FROM checkpoints WHERE name=?", (name,)).fetchone()
-        if row is None:
-            return None
-        state: dict[str, Any] = json.loads(row[0])
-        return state
-
-    def checkpoints(self) -> dict[str, dict[str, Any]]:
-        with self._mutex:
-            self._check_open()
-            rows = self._conn.execute("SELECT name, state FROM checkpoints ORDER BY name").fetchall()
-        return {name: json.loads(state) for name, state in rows}
-
     def put_doc(self, kind: str, id: str, version: int, body: Mapping[str, Any]) -> None:
         """Store (replace) a document. Version rules (reject stale) belong to the caller that knows the command."""
         row = _doc_row(Doc(kind, id, version, dict(body)))
         self._write("INSERT OR REPLACE INTO docs (kind, id, version, body) VALUES (?,?,?,?)", row)
-
-    def doc(self, kind: str, id: str) -> Doc | None:
-        with self._mutex:
-            self._check_open()
-            row = self._conn.execute(
-                "SELECT kind, id, version, body FROM docs WHERE kind=? AND id=?", (kind, id)
-            ).fetchone()
-        return None if row is None else Doc(row[0], row[1], row[2], json.loads(row[3]))
-
-    def docs(self, kind: str) -> list[Doc]:
-        with self._mutex:
-            self._check_open()
-            rows = self._conn.execute(
-                "SELECT kind, id, version, body FROM docs WHERE kind=? ORDER BY id", (kind,)
-            ).fetchall()
-        return [Doc(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
-
-    def kv_get(self, key: str, default: str | None = None) -> str | None:
-        with self._mutex:
-            self._check_open()
-            row = self._conn.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
-        return default if row is None else str(row[0])
 
     def kv_set(self, key: str, value: str) -> None:
         """Set a setting (e.g. `last_dseq`). Keys the ledger owns (epoch, head, acked_through, ...) are refused."""

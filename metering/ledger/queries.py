@@ -1,4 +1,5 @@
-"""The ledger's read-only questions (usage, uses, record rows, energy sums, the prune anchor), mixed into `Ledger`.
+"""The ledger's read-only questions (usage, uses, record rows, energy sums, the prune anchor, the checkpoints,
+documents and settings stored beside the records), mixed into `Ledger`.
 
 Each one takes the facade's mutex and hands its connection to the part that knows the SQL (`usage`, `billing`,
 `retention`); nothing here writes. Split from the facade, which keeps what changes the file (append, acks,
@@ -8,9 +9,11 @@ lending, prune) and the state those share.
 from __future__ import annotations
 
 import itertools
+import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import tzinfo
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +26,16 @@ from .usage import UsageBy, UsageRow
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, slots=True)
+class Doc:
+    """A versioned document from the cloud (tariff, entitlement, profile), stored beside the records."""
+
+    kind: str
+    id: str
+    version: int
+    body: dict[str, Any]
+
+
 class Queries:
     """Read-only queries on the facade's connection (`Ledger` supplies the attributes below)."""
 
@@ -33,6 +46,43 @@ class Queries:
 
     def _check_open(self) -> None:
         raise NotImplementedError  # the facade's
+
+    def checkpoint(self, name: str) -> dict[str, Any] | None:
+        with self._mutex:
+            self._check_open()
+            row = self._conn.execute("SELECT state FROM checkpoints WHERE name=?", (name,)).fetchone()
+        if row is None:
+            return None
+        state: dict[str, Any] = json.loads(row[0])
+        return state
+
+    def checkpoints(self) -> dict[str, dict[str, Any]]:
+        with self._mutex:
+            self._check_open()
+            rows = self._conn.execute("SELECT name, state FROM checkpoints ORDER BY name").fetchall()
+        return {name: json.loads(state) for name, state in rows}
+
+    def doc(self, kind: str, id: str) -> Doc | None:
+        with self._mutex:
+            self._check_open()
+            row = self._conn.execute(
+                "SELECT kind, id, version, body FROM docs WHERE kind=? AND id=?", (kind, id)
+            ).fetchone()
+        return None if row is None else Doc(row[0], row[1], row[2], json.loads(row[3]))
+
+    def docs(self, kind: str) -> list[Doc]:
+        with self._mutex:
+            self._check_open()
+            rows = self._conn.execute(
+                "SELECT kind, id, version, body FROM docs WHERE kind=? ORDER BY id", (kind,)
+            ).fetchall()
+        return [Doc(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    def kv_get(self, key: str, default: str | None = None) -> str | None:
+        with self._mutex:
+            self._check_open()
+            row = self._conn.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+        return default if row is None else str(row[0])
 
     def usage_summary(
         self,
