@@ -81,7 +81,7 @@ pytest: $(DEV_STAMP) system-deps
 
 # The inner loop: lint, types and every test but the slow ones (> ~10 s each). `make test` is what CI runs.
 test-fast: $(DEV_STAMP) system-deps lint typecheck
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup -m 'not slow and not hardware'
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup -m 'not slow and not hardware and not debootstrap and not image'
 
 # deploy/install.sh twice in a throw-away overlay root, then first boot and `koto doctor` as koto (part of
 # `make test` too; needs root). The debootstrap variant installs into a fresh Debian 12 root instead: slower
