@@ -26,7 +26,7 @@ from .lease import LeaseWatch
 # shell): it holds the ledger's mutex meanwhile, so appends wait too. Not got: it stays lent and tries again.
 RECLAIM_BUSY_MS = 50
 # After a reclaim such a reader foiled, the next looks skip the attempt: 1, 2, 4 ... up to this many (about half a
-# minute at one look a second), so a shell left open all day costs the daemon's appends 50 ms a minute, not a second.
+# minute at one look a second), so a shell left open all day costs the appends 50 ms every half minute, not each second.
 RECLAIM_BACKOFF_MAX = 32
 
 
