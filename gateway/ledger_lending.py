@@ -7,7 +7,9 @@ bytes the gateway wrote to its SD card (issue 10). A reader in another process (
 second and lends the file (normal locking mode) until the last reader is gone, then takes it back.
 
 A lend or a reclaim closes and reopens the connection, which folds the WAL into the database: it runs in a worker
-thread, off the event loop. The ledger's path no longer naming our file (`LedgerGone`) ends the gateway as a failed
+thread, off the event loop. The look each second that finds nothing to do (no lease, not lent) is one flock test on
+the loop: waking a worker thread for it every second cost ~6 % of an 8-meter daemon's CPU (bench/daemon_cost.py,
+docs/ledger.md). The ledger's path no longer naming our file (`LedgerGone`) ends the gateway as a failed
 commit would; any other error (the reopen failed) is said once and tried again each second, while the meter loop
 keeps the records in memory as on a full disk.
 """
@@ -31,6 +33,8 @@ async def lend_to_readers(ledger: Ledger, every_s: float = EVERY_S) -> None:
     while True:
         await asyncio.sleep(every_s)
         try:
+            if not ledger.serve_due():  # nearly always: one flock test here, no worker thread woken
+                continue
             said = await asyncio.to_thread(ledger.serve_readers)
         except LedgerGone:
             raise  # the supervisor stops the gateway with one line

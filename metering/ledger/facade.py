@@ -195,6 +195,15 @@ class Ledger(Queries):
         with self._mutex:
             return self._lender is not None and self._lender.lent
 
+    def serve_due(self) -> bool:
+        """Whether `serve_readers` may have something to do now (`Lender.due`): a cheap look, without the mutex,
+        from the one task that calls `serve_readers` (between its calls nothing else changes the lender)."""
+        lender = self._lender
+        try:
+            return lender is not None and not self._closed and lender.due()
+        except ValueError:  # closed by another thread just now: `serve_readers` says so
+            return True
+
     def serve_readers(self) -> str | None:
         """Lend the ledger to readers who ask, and take it back when they are gone; for a writer opened
         `exclusive`, called about once a second (from a worker thread: a lend or reclaim closes the connection,

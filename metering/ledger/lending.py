@@ -68,6 +68,12 @@ class Lender:
         self.foiled = 0  # reclaims a reader without a lease prevented since the last lend
         self._skip = 0  # looks to let pass before the next reclaim attempt
 
+    def due(self) -> bool:
+        """Whether `serve` may have something to do: lent (to take back when the readers are gone), broken (to
+        reopen), or a reader holds a lease. Not lent, the answer is one flock test (no thread, no mutex): the daemon
+        looks this way on its event loop each second and hops to a worker thread only when it is True."""
+        return self.lent or self.broken is not None or self.watch.readers_waiting()
+
     def serve(self, conn: sqlite3.Connection, *, busy: bool, check_writable: Callable[[], None],
               check_path: Callable[[], None]) -> tuple[sqlite3.Connection, str | None]:
         """One look (under the facade's mutex): the connection to use from now on, and "lent", "reclaimed" or None

@@ -414,3 +414,24 @@ def test_a_reader_without_a_lease_left_open_is_tried_less_and_less_often(tmp_pat
         add(ledger, 1)
         assert ledger.verify(key.public_key()).ok
 
+
+
+def test_the_daemons_look_each_second_is_due_only_when_a_reader_asks_or_the_ledger_is_lent(
+        tmp_path: Path, key: PrivateKey) -> None:
+    """`serve_due` is the look the daemon makes on its event loop (one flock test), hopping to a worker thread for
+    `serve_readers` only when it says True: with no lease and the file its own, nothing is due."""
+    db = tmp_path / "ledger.db"
+    with open_writer(db, key) as ledger:
+        add(ledger, 2)
+        assert not ledger.serve_due() and ledger.serve_readers() is None
+        with reader_lease(db):
+            assert ledger.serve_due()
+            assert ledger.serve_readers() == "lent"
+            assert ledger.serve_due()  # lent: due until it is taken back
+            assert ledger.serve_readers() is None
+        assert ledger.serve_due()
+        assert ledger.serve_readers() == "reclaimed"
+        assert not ledger.serve_due()
+    with open_writer(db, key, exclusive=False) as shared:
+        assert not shared.serve_due()  # a writer that lends nothing: never due
+    assert not ledger.serve_due()  # closed
