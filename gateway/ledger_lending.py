@@ -8,10 +8,10 @@ second and lends the file (normal locking mode) until the last reader is gone, t
 
 A lend or a reclaim closes and reopens the connection, which folds the WAL into the database: it runs in a worker
 thread, off the event loop. The look each second that finds nothing to do (no lease, not lent) is one flock test on
-the loop: waking a worker thread for it every second cost ~6 % of an 8-meter daemon's CPU (bench/daemon_cost.py,
-docs/ledger.md). The ledger's path no longer naming our file (`LedgerGone`) ends the gateway as a failed
-commit would; any other error (the reopen failed) is said once and tried again each second, while the meter loop
-keeps the records in memory as on a full disk.
+the loop, not a worker thread woken every second (a few per cent of an 8-meter daemon's CPU: docs/ledger.md). The
+ledger's path no longer naming our file (`LedgerGone`) ends the gateway as a failed commit would; any other error
+(the reopen failed) is said once and tried again each second, while the meter loop keeps the records in memory as
+on a full disk.
 """
 
 from __future__ import annotations
