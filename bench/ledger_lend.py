@@ -5,7 +5,8 @@
 The daemon holds its ledger exclusive (no -shm on the SD card) and lends it when a reader in another process takes
 a lease (docs/ledger.md, "The daemon owns its ledger; readers borrow it"). A writer here plays the daemon: it opens
 the ledger `exclusive=True`, commits `--commits` transactions of five records (about a day's commits with the
-defaults, bench/sd_writes.py), and calls `serve_readers()` once a second from a thread, as the lending task does.
+defaults, bench/sd_writes.py), and looks once a second (`serve_due()`, then `serve_readers()` when it is due), as
+the lending task does.
 A reader in a process of its own (`Ledger.open(key=None)` and one query, as `koto usage` starts) visits `--visits`
 times. Printed: this process's `write_bytes` for each lend and each reclaim (their WAL checkpoints), how long each
 held the ledger's lock (what an append waits), and the reader's time from start to its answer, beside the same
@@ -75,7 +76,7 @@ def run(folder: Path, commits: int, visits: int, exclusive: bool) -> tuple[list[
             while not stop.wait(1.0):
                 with lock:
                     before, t = write_bytes(), time.monotonic()
-                    said = ledger.serve_readers()
+                    said = ledger.serve_readers() if ledger.serve_due() else None  # as the lending task looks
                     if said is not None:
                         serves.append((said, write_bytes() - before, time.monotonic() - t))
 
