@@ -52,7 +52,7 @@ from .state import StateDir
 from .status import StatusFile
 from .status_build import SnapshotBuilder
 from .summary import HourlySummary
-from .supervisor import SourceState, StopDeadline, Supervisor
+from .supervisor import SourceState, StopDeadline, Supervisor, stop_tasks
 from .sync import Sync
 
 log = logging.getLogger("koto.gateway")
@@ -60,22 +60,6 @@ log = logging.getLogger("koto.gateway")
 PRICING_CHECKPOINT = "pricing"
 QUEUE_MAX = 10_000
 STOP_DRAIN_S = 3.0
-
-
-async def stop_tasks(tasks: list[asyncio.Task[Any]], *, every_s: float = 1.0) -> None:
-    """Cancel `tasks` and wait until they have ended, cancelling again any that is still running after `every_s`.
-
-    One cancel is not always enough: Python 3.11's `asyncio.wait_for` (used inside libraries such as pymodbus) can
-    swallow a cancellation that arrives as its inner call completes, and the task then runs on — a stop would hang.
-    `asyncio.wait` never raises the tasks' own exceptions, and our own cancellation still reaches us.
-    """
-    pending = {t for t in tasks if not t.done()}
-    while pending:
-        for t in pending:
-            t.cancel()
-        _, pending = await asyncio.wait(pending, timeout=every_s)
-        for t in pending:
-            log.warning("task %s did not stop when asked; asking again", t.get_name())
 
 
 def meter_checkpoint_name(appliance: str) -> str:

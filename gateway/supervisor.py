@@ -20,7 +20,8 @@ the stop event any more (issue 10). So here:
   exits at once. What the ledger has committed is on disk (every commit is fsynced, as a kill -9 test shows); what
   was not committed is what a power cut would lose, and a register meter's next reading reconciles it;
 - `StopSignals` hears SIGTERM and SIGINT on a thread of its own, so a blocked event loop cannot keep a stop from
-  arming the deadline.
+  arming the deadline;
+- `stop_tasks` cancels the daemon's tasks at a stop and asks again any that swallowed the cancellation.
 """
 
 from __future__ import annotations
@@ -268,3 +269,19 @@ class Supervisor:
             closing.cancel()
         elif not closing.cancelled() and (err := closing.exception()) is not None:
             log.warning("%s: closing the source failed (%s)", st.name, err)
+
+
+async def stop_tasks(tasks: list[asyncio.Task[Any]], *, every_s: float = 1.0) -> None:
+    """Cancel `tasks` and wait until they have ended, cancelling again any that is still running after `every_s`.
+
+    One cancel is not always enough: Python 3.11's `asyncio.wait_for` (used inside libraries such as pymodbus) can
+    swallow a cancellation that arrives as its inner call completes, and the task then runs on — a stop would hang.
+    `asyncio.wait` never raises the tasks' own exceptions, and our own cancellation still reaches us.
+    """
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every_s)
+        for t in pending:
+            log.warning("task %s did not stop when asked; asking again", t.get_name())
