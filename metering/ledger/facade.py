@@ -466,10 +466,12 @@ class Ledger(Queries):
     # ---------------------------------------------------------------------------------------- verify, retention
 
     def verify(self, public_key: PublicKey, *, workers: int | None = None,
-               progress: Callable[[int, int], None] | None = None, from_seq: int | None = None) -> VerifyReport:
+               progress: Callable[[int, int], None] | None = None, from_seq: int | None = None,
+               every_signature: bool = True) -> VerifyReport:
         """Walk every stored record offline and check it (see `verify`): the first bad record is named. A big
         ledger is checked by `workers` processes (default one per core); `progress(checked, total)` as it goes.
-        `from_seq` checks only the records from there to the head (linked to the stored hash before it)."""
+        `from_seq` checks only the records from there to the head (linked to the stored hash before it);
+        `every_signature=False` the last record's signature only (`verify_chain`: a quick check)."""
         with self._mutex:
             self._check_open()
             if self._lender is not None and not self._lender.lent:
@@ -477,7 +479,8 @@ class Ledger(Queries):
             # A reader's pool opens `mode=ro` connections of its own: this object's lease keeps the daemon lent
             # (normal locking mode) until it is closed, so they get in as the reader itself did.
             return verify_chain(self._conn, self.epoch, self._envelope.source, public_key, path=self.path,
-                                workers=workers, progress=progress, from_seq=from_seq)
+                                workers=workers, progress=progress, from_seq=from_seq,
+                                every_signature=every_signature)
 
     def prune(self, retain_days: float, now_wall: float, *, max_rows: int | None = None,
               local_only: bool = False) -> int:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from koto.canonical import canonical_bytes, parse_canonical, sha256_hex
 from koto.signing import PrivateKey, generate_key
 from metering.ledger import Ledger
+from metering.ledger.store import K_HEAD_HASH
 from metering.records import RecordKind
 from tests.support.drafts import lifecycle, usage
 
@@ -219,3 +222,67 @@ def test_a_signature_respelled_in_non_canonical_base64_is_caught(tmp_path: Path,
         conn.execute("UPDATE records SET body=? WHERE seq=?", (s.body.replace(sig.encode(), respelled.encode()), s.seq))
         conn.close()
         assert_names(led, key, s.seq, "sig with non-zero padding bits")
+
+
+# The quick check (`every_signature=False`, what `koto usage` runs before its figures): every record's content,
+# hash and link, and the last record's signature, which the chain ties every earlier record to.
+
+
+def relink_after(raw: sqlite3.Connection, seq_changed: int, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Change record `seq_changed` with `edit` and rebuild the chain after it as someone without the key would: every
+    later record's prevhash and stored hash, and the chain head, made consistent again. Only the signatures, which
+    need the key, are left as they were."""
+    prev = ""
+    for seq, body, h in rows(raw):
+        if seq < seq_changed:
+            prev = h
+            continue
+        event = parse_canonical(body)
+        sig = event.pop("sig")
+        if seq == seq_changed:
+            edit(event)
+        else:
+            event["prevhash"] = prev
+        prev = sha256_hex(canonical_bytes(event))
+        signed_as_before = canonical_bytes({**event, "sig": sig})
+        raw.execute("UPDATE records SET body=?, hash=? WHERE seq=?", (signed_as_before, prev, seq))
+    raw.execute("UPDATE kv SET value=? WHERE key=?", (prev, K_HEAD_HASH))
+
+
+def test_the_quick_check_catches_every_byte_of_a_records_content_flipped(
+    reader: Ledger, raw: sqlite3.Connection, key: PrivateKey
+) -> None:
+    for seq, body, _ in rows(raw):
+        sig_at = body.rindex(b',"sig":"')
+        sig_end = body.index(b'"', sig_at + len(b',"sig":"')) + 1
+        for i in [*range(sig_at), *range(sig_end, len(body))]:
+            bad = bytearray(body)
+            bad[i] ^= 0x01
+            raw.execute("UPDATE records SET body=? WHERE seq=?", (bytes(bad), seq))
+            report = reader.verify(key.public_key(), every_signature=False)
+            assert (report.ok, report.first_bad_seq) == (False, seq), f"seq {seq} body byte {i}: {report}"
+        raw.execute("UPDATE records SET body=? WHERE seq=?", (body, seq))
+    assert reader.verify(key.public_key(), every_signature=False).ok
+
+
+def test_the_quick_check_catches_a_changed_record_whose_chain_was_rebuilt_at_the_last_signature(
+    reader: Ledger, raw: sqlite3.Connection, key: PrivateKey
+) -> None:
+    relink_after(raw, 2, lambda event: event.update(subject="someone else"))  # billed to another subject
+    quick = reader.verify(key.public_key(), every_signature=False)
+    assert (quick.ok, quick.first_bad_seq, quick.reason) == (False, 5, "signature does not verify")
+    full = reader.verify(key.public_key())
+    assert (full.ok, full.first_bad_seq, full.reason) == (False, 2, "signature does not verify")
+
+
+def test_a_damaged_signature_of_a_record_before_the_last_is_left_to_the_full_walk(
+    reader: Ledger, raw: sqlite3.Connection, key: PrivateKey
+) -> None:
+    """What the quick check gives up: a record whose content is intact but whose own signature is not (here another
+    record's, valid base64 and DER); its figures are still the ones the last signature vouches for."""
+    (_, body2, _), (_, body3, _) = rows(raw)[1:3]
+    sig2, sig3 = parse_canonical(body2)["sig"], parse_canonical(body3)["sig"]
+    raw.execute("UPDATE records SET body=? WHERE seq=2", (body2.replace(sig2.encode(), sig3.encode()),))
+    assert reader.verify(key.public_key(), every_signature=False).ok
+    full = reader.verify(key.public_key())
+    assert (full.ok, full.first_bad_seq, full.reason) == (False, 2, "signature does not verify")
