@@ -83,7 +83,7 @@ def verify_chain(conn: sqlite3.Connection, epoch: int, source: str, public_key: 
 
 def _walk(conn: sqlite3.Connection, epoch: int, source: str, public_key: PublicKey, path: Path | None,
           workers: int | None, progress: Progress | None, chunk: int, from_seq: int | None,
-          every_signature: bool = True) -> VerifyReport:
+          every_signature: bool) -> VerifyReport:
     kv = dict(conn.execute("SELECT key, value FROM kv").fetchall())
     try:
         anchor_seq, anchor_prev = int(kv[K_ANCHOR_SEQ]), str(kv[K_ANCHOR_PREV])
@@ -138,7 +138,7 @@ class _Job:
     anchor_seq: int
     anchor_prev: str
     cols: str  # RECORD_COLS, or RECORD_COLS_V1 for a version 1 ledger read as it is (no `entitled` column)
-    every_signature: bool = True  # False: the chunk's last record's signature only (`verify_chain`)
+    every_signature: bool  # False: the chunk's last record's signature only (`verify_chain`)
 
 
 def _chunks(conn: sqlite3.Connection, ranges: list[tuple[int, int]], job: _Job, key: PublicKey,
