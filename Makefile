@@ -113,8 +113,8 @@ image-test: $(DEV_STAMP) system-deps
 	KOTO_IMAGE_TEST=1 $(BIN)/pytest -q -m image tests/image
 
 # Every fuzz test (tests/**/test_fuzz_*.py) at full size: 100,000 cases each, on TEST_WORKERS processes like
-# `make test` (each test's time is printed at the end). `make test` runs the same tests with a few thousand cases
-# (tests/support/fuzzing.py).
+# `make test` (each test's time is printed at the end). `make test` runs the same tests with 100 to 2,000 cases
+# each (tests/support/fuzzing.py).
 fuzz: $(DEV_STAMP) system-deps
 	KOTO_FUZZ_EXAMPLES=100000 $(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist load --durations=0 \
 		$$(find tests -name 'test_fuzz_*.py' | sort)

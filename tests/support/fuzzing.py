@@ -1,9 +1,10 @@
 """One knob for every fuzz test: how many cases each one runs.
 
-`make test` runs each fuzz test with a few thousand cases (the default below); `make fuzz` sets
-``KOTO_FUZZ_EXAMPLES=100000`` and runs only the fuzz tests (files named ``test_fuzz_*.py``). A fuzz test takes its
-settings from :func:`fuzz_settings` so the two runs differ in size only, never in what they check. Any crash a fuzz
-run finds becomes a plain regression test beside it (an ``@example`` or a byte literal).
+`make test` runs each fuzz test with 100 to 2,000 cases (the default below, or the test's own smaller
+figure); `make fuzz` sets ``KOTO_FUZZ_EXAMPLES=100000`` and runs only the fuzz tests (files named
+``test_fuzz_*.py``). A fuzz test takes its settings from :func:`fuzz_settings` so the two runs differ in size only,
+never in what they check. Any crash a fuzz run finds becomes a plain regression test beside it (an ``@example`` or
+a byte literal).
 """
 
 from __future__ import annotations
