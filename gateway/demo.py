@@ -161,10 +161,10 @@ async def run_demo(state_dir: Path, *, speed: float = 60.0, out: Callable[[str],
     sim = _Sim(clock, pin_factory, ble)
     meter = SimMeter("sdm120", 1, energy_kwh=1234.5, time_fn=sim.t, power_fn=sim.washer.power_w)
     length = duration_s if duration_s is not None else sim.length_s
-    out(f"Koto demo: washer (Modbus SDM120 on {{pty}}), kettle (S0 on GPIO{KETTLE_PIN}), air conditioner "
-        f"(BTHome plug + reversing-valve contact on GPIO{AC_MODE_PIN}); {length / 60:.0f} simulated minutes "
-        f"at {speed:g}x, ledger in {state_dir}/")
     async with ModbusSimulator([meter]) as bus:
+        out(f"Koto demo: washer (Modbus SDM120 on the pty {bus.port}), kettle (S0 on GPIO{KETTLE_PIN}), "
+            f"air conditioner (BTHome plug + reversing-valve contact on GPIO{AC_MODE_PIN}); {length / 60:.0f} "
+            f"simulated minutes at {speed:g}x, ledger in {state_dir}/")
         cfg = parse_config(demo_config(state_dir, bus.port), file="<koto demo>")
         gw = Gateway(cfg, clock=clock, backends={"pin_factory": pin_factory, "ble": ble},
                      on_event=_printer(out, clock, sim.t0), sync_enabled=False)

@@ -6,6 +6,7 @@ to within that; totals are exact by construction and checked by the ledger tests
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ async def test_the_demo_shows_every_function_and_reads_usage_back_from_a_verifie
     lines: list[str] = []
     assert await run_demo(tmp_path / "demo", speed=150.0, out=lines.append) == 0
     text = "\n".join(lines)
+    assert re.match(r"Koto demo: washer \(Modbus SDM120 on the pty /\S+/ttyKOTO0\)", lines[0]), lines[0]
     for event in ("washer: fill started", "washer: heat started", "washer: wash started", "washer: spin started",
                   "washer: rinse started",
                   "kettle: boil started", "aircon: cool started", "aircon: heat started", "washer: use ended"):
