@@ -41,7 +41,7 @@ UNITS: dict[Quantity, dict[str, int]] = {
 
 class Quality(StrEnum):
     GOOD = "good"
-    ESTIMATED = "estimated"  # e.g. S0 power decaying between pulses
+    ESTIMATED = "estimated"  # an upper bound, not a measurement: S0 power decaying between pulses
     STALE = "stale"
 
 

@@ -42,7 +42,7 @@ from dataclasses import replace
 from typing import Any
 
 from koto.clock import Now
-from koto.reading import Quantity, Reading
+from koto.reading import Quality, Quantity, Reading
 
 from ..detect import NO_CHANGE, RUNNING, CycleTracker, Detector
 from ..energy import MW_NS_PER_MWH, Authority, EnergySpec
@@ -62,6 +62,7 @@ IDENTITY_SIGNALS = frozenset({"serial", "meter_id"})  # a SIGNAL from the energy
 
 _POWER = Quantity.POWER_MW
 _SIGNAL = Quantity.SIGNAL
+_ESTIMATED = Quality.ESTIMATED  # a power that is only an upper bound (S0 between pulses), except 0: `Cursor.bounded`
 _INTERIM = RecordKind.INTERIM
 _BACKWARDS = Refusal("time_backwards", "time went backwards")
 
@@ -178,6 +179,7 @@ class ApplianceMeter(EnergyFeed):
                     c.last_ns = t
                     self._advance(seg, t, r.t_wall, r.wall_synced)
                     c.power_mw = v
+                    c.bounded = r.quality is _ESTIMATED and v > 0
                     sw = self.detector.update(t, v)
                     if sw != NO_CHANGE:
                         self._segments.detected(sw, moment(r), v)
@@ -229,6 +231,7 @@ class ApplianceMeter(EnergyFeed):
                 bound = (1_000_000 * MW_NS_PER_MWH // self.spec.imp_per_kwh) // (t - st.authority.last.mono_ns)
                 if bound < p:
                     p = c.power_mw = bound
+                    c.bounded = True
             self._detect(t, p, now)
             seg = st.seg
             if seg is not None and t >= seg.due_ns and not any(d.action == INTERIM for d in st.deferred):
@@ -309,6 +312,7 @@ class ApplianceMeter(EnergyFeed):
         if st.seg is not None:
             self._advance(st.seg, t, r.t_wall, r.wall_synced)
         c.power_mw = v
+        c.bounded = r.quality is _ESTIMATED and v > 0
         if first:
             self.detector.start(v)
             self._segments.switch(moment(r), v)
@@ -373,6 +377,7 @@ class ApplianceMeter(EnergyFeed):
         c.boot = r.boot_id
         c.move(at)
         c.power_mw = v
+        c.bounded = r.quality is _ESTIMATED and v > 0
         if self.detector.cur < 0:
             self.detector.start(v)
             self._segments.switch(at, v)
@@ -400,7 +405,8 @@ class ApplianceMeter(EnergyFeed):
         energy source (a tick or a signal between readings), so no record ends where no reading has been."""
         st = self.state
         if st.deferred or at.mono_ns > st.cursor.mono_ns:
-            st.deferred.append(Deferred(action, code, at, p))
+            c = st.cursor
+            st.deferred.append(Deferred(action, code, at, p, c.bounded and p == c.power_mw))
         else:
             self._act(action, code, at, p)
 
@@ -441,11 +447,14 @@ class ApplianceMeter(EnergyFeed):
         new segment starts with it as its peak), then the latest again."""
         c = self.state.cursor
         if self._power_kind or c.seen_power:
+            latest_bound, c.bounded = c.bounded, d.bound  # (for its message: see `Segments.power_text`)
             self._act(d.action, d.code, at, d.power_mw)
+            c.bounded = latest_bound
             return
-        latest, c.power_mw = c.power_mw, d.power_mw
+        latest = c.power_mw, c.bounded
+        c.power_mw, c.bounded = d.power_mw, d.bound
         self._act(d.action, d.code, at, d.power_mw)
-        c.power_mw = latest
+        c.power_mw, c.bounded = latest
 
     def _stop_covering(self, reason: GapReason) -> None:
         """Coverage stops at the cursor (the last reading): deferred decisions take effect there, then a gap begins."""
@@ -459,3 +468,4 @@ class ApplianceMeter(EnergyFeed):
         self._ev.clear()
         self._items.clear()
         return res
+

@@ -1,9 +1,11 @@
 """The meter's checkpoint: its state values through the generic codec, and the reading of older checkpoints.
 
-Version 3 is `encode(Checkpoint(...))`: the meter's `MeterState` beside the detector's, the cycle tracker's and the
-register's own states. Version 2 lacked the decisions deferred to the next reading and the register delta waiting
-for late steps (issue 9); it is read with none of either. Version 1 (the hand-written format before the state became
-values) is rewritten into version 2 data, then 3, so there is one decoder. A checkpoint of another version, or of
+Version 4 is `encode(Checkpoint(...))`: the meter's `MeterState` beside the detector's, the cycle tracker's and the
+register's own states. Version 3 lacked whether a bare counter's power is only a bound (`Cursor.bounded`,
+`Deferred.bound`); it is read as a measured power, as version 3 treated it. Version 2 lacked the decisions deferred
+to the next reading and the register delta waiting for late steps (issue 9); it is read with none of either.
+Version 1 (the hand-written format before the state became values) is rewritten into version 2 data, then 3 and 4,
+so there is one decoder. A checkpoint of another version, or of
 another energy kind, is ignored and the meter starts fresh, as before (the first authority reading becomes the
 baseline); a checkpoint of a known version that does not decode is an error (`koto.errors.FieldError`),
 never a half-restored meter.
@@ -19,7 +21,7 @@ from ..energy import AuthorityState
 from .codec import decode, encode
 from .state import MeterState
 
-VERSION = 3
+VERSION = 4
 
 
 @dataclass(slots=True)
@@ -42,12 +44,14 @@ def dump(cp: Checkpoint) -> dict[str, Any]:
 def load(data: dict[str, Any], *, kind: str, origin: str) -> Checkpoint | None:
     """The checkpoint in `data`, or None when it is of another version or energy kind (start fresh)."""
     v = data.get("v")
-    if data.get("kind") != kind or v not in (1, 2, VERSION):
+    if data.get("kind") != kind or v not in (1, 2, 3, VERSION):
         return None
     if v == 1:
         data = upgrade_v1(data)
     if data.get("v") == 2:
         data = upgrade_v2(data)
+    if data.get("v") == 3:
+        data = upgrade_v3(data)
     det = data.get("detector")
     if isinstance(det, dict) and "seen" not in det:  # written before profiles had `only_after`
         data = {**data, "detector": {**det, "seen": ""}}
@@ -72,17 +76,30 @@ def _use_v1(d: dict[str, Any]) -> dict[str, Any] | str:
             "mwh": d["e"], "duration_ms": d["dur"], "peak_mw": d["peak"]}
 
 
+def upgrade_v3(s: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 data as version 4: every power is a measured one (version 3 did not mark a bare counter's bound)."""
+    meter = s.get("meter")
+    if not isinstance(meter, dict):
+        return {**s, "v": 4}  # (the decoder names what is wrong)
+    cursor, deferred = meter.get("cursor"), meter.get("deferred")
+    if isinstance(cursor, dict):
+        meter = {**meter, "cursor": {**cursor, "bounded": 0}}
+    if isinstance(deferred, list):
+        meter = {**meter, "deferred": [{**d, "bound": 0} if isinstance(d, dict) else d for d in deferred]}
+    return {**s, "v": 4, "meter": meter}
+
+
 def upgrade_v2(s: dict[str, Any]) -> dict[str, Any]:
     """Version 2 data as version 3: nothing deferred to the next reading, nothing waiting to settle (version 2 did
     neither)."""
     meter = s.get("meter")
     if not isinstance(meter, dict):
-        return {**s, "v": VERSION}  # (the decoder names what is wrong)
+        return {**s, "v": 3}  # (the decoder names what is wrong)
     auth = meter.get("authority")
     if isinstance(auth, dict):
         meter = {**meter, "authority": {**auth, "unsettled_mwh": 0, "step_mwh": 0, "last_delta_mwh": 0,
                                             "behind_mws": 0, "lagging": 0}}
-    return {**s, "v": VERSION, "meter": {**meter, "deferred": []}}
+    return {**s, "v": 3, "meter": {**meter, "deferred": []}}
 
 
 def upgrade_v1(s: dict[str, Any]) -> dict[str, Any]:

@@ -125,6 +125,7 @@ class EnergyFeed:
             # no power samples on this source: detect on the power the authority implies over the interval
             p = d * MW_NS_PER_MWH // dt
             c.power_mw = p
+            c.bounded = False
             self._detect(t, p, r)
             seg = st.seg
             if seg is not None and p > seg.peak_mw:

@@ -70,6 +70,12 @@ class Segments:
             st.held.append(s)
         return s
 
+    def power_text(self, p: int) -> str:
+        """The power `p` for a message: "under 480 W" when it is only a bound (`Cursor.bounded`: no pulse since),
+        where "480 W" would read as a measurement, and a kettle in standby at 480 W as a wrong detection. The
+        meter sets `bounded` for the power it passes (a deferred decision's own, while it acts on it)."""
+        return f"under {watts(p)}" if self.state.cursor.bounded else watts(p)
+
     def detected(self, sw: int, at: Now, p: int) -> None:
         """React to the detector: switch (back to the mark), mark a candidate's start, or drop the mark."""
         seg = self.state.seg
@@ -131,7 +137,7 @@ class Segments:
             new = self.open(boundary)
             new.mwh, new.weight, new.dur_ns, new.peak_mw = moved
         decision = self.policy.allows(self.appliance, new_fn, at.wall) if self.policy is not None else None
-        msg = f"{self.appliance}: {new_fn} started ({watts(p)})"
+        msg = f"{self.appliance}: {new_fn} started ({self.power_text(p)})"
         if decision is not None and not decision.entitled:
             msg += f" — not entitled{': ' + decision.reason if decision.reason else ''}; recorded and flagged"
         self.events.append(MeterEvent("function_started", self.appliance, new_fn, p, at.wall, msg, decision))
@@ -153,7 +159,7 @@ class Segments:
                 seg.due_ns = min(seg.due_ns, seg.start.mono_ns + self._interim_ns)  # (in a use now)
             st.uses[cid] = None
             self.events.append(MeterEvent("cycle_started", self.appliance, fn, p, at.wall,
-                                          f"{self.appliance}: use started ({fn}, {watts(p)})"))
+                                          f"{self.appliance}: use started ({fn}, {self.power_text(p)})"))
         elif cs == CYCLE_ENDED and st.cycle_id:
             cid = st.cycle_id
             if st.seg is not None:

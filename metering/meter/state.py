@@ -33,6 +33,9 @@ class Cursor:
     staleness and time order. `mono_ns`/`wall`/`synced` (in `boot`): the moment up to which the open segment covers
     time; `power_mw` is the power in force since then, `acc` the power kind's integral remainder below one mWh
     (mW·ns). `seen_power`: the source gives power samples (else a register's or counter's deltas stand in).
+    `bounded`: `power_mw` is only an upper bound, not a measurement — an S0 source's power between pulses (an
+    `ESTIMATED` reading), or a bare counter's that a tick lowered because no pulse has come since (the next count
+    replaces it); messages then say "under" that power.
     """
 
     last_ns: int = 0
@@ -43,6 +46,7 @@ class Cursor:
     power_mw: int = 0
     acc: int = 0
     seen_power: bool = False
+    bounded: bool = False
 
     def at(self) -> Now:
         return Now(self.mono_ns, self.wall, self.synced, self.boot)
@@ -123,12 +127,14 @@ class Deferred:
     """A decision taken between readings of the energy source — by a tick (a dwell confirmed, a use ended, an interim
     slice due) or by a signal — at `at`: `action` DETECT (the detector's verdict `code`), USE (the cycle tracker's
     `code`) or INTERIM. It takes effect when the next reading covers `at` (the boundary falls at `at`), or at the
-    last reading if the source falls silent or stops first. `power_mw`: the power the decision saw."""
+    last reading if the source falls silent or stops first. `power_mw`: the power the decision saw; `bound`: it
+    was only an upper bound (see `Cursor.bounded`)."""
 
     action: str
     code: int
     at: Now
     power_mw: int
+    bound: bool = False
 
 
 @dataclass(slots=True)

@@ -26,6 +26,10 @@ async def test_the_demo_shows_every_function_and_reads_usage_back_from_a_verifie
                   "kettle: boil started", "aircon: cool started", "aircon: heat started", "washer: use ended"):
         assert event in text
     assert "verify ok" in text
+    # between pulses the S0 driver knows only an upper bound (ESTIMATED): the kettle's standby is "under" it
+    standby = re.findall(r"kettle: standby started \((.*?)\)", text)
+    measured = [p for p in standby if not p.startswith("under ")]
+    assert len(measured) < len(standby) and all(float(p.split()[0]) < 100 for p in measured), standby
     with Ledger.open(tmp_path / "demo" / "ledger.db", gateway_id="demo-gw", key=None) as ledger:
         rows = {(r.appliance, r.key): r for r in ledger.usage_summary(by="function")}
     assert rows[("washer", "")].uses == 1 and rows[("kettle", "")].uses == 2 and rows[("aircon", "")].uses == 1

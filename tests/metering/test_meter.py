@@ -68,6 +68,18 @@ def test_kettle_from_pulses_alone() -> None:
     assert boil > 0.95 * (2200 * 150 + 2900 * 100) * 1000 / 3600
 
 
+
+def test_a_pulse_counter_names_an_idle_power_as_a_bound_not_a_measurement() -> None:
+    """Between pulses a bare S0 counter knows only that the power is under what one more pulse now would mean: the
+    kettle's return to standby says "under 508 W", where "508 W" read as a kettle in standby at 508 W."""
+    m = ApplianceMeter("kettle", builtin_profile("kettle"),
+                       energy=EnergySpec("pulses", "s0", imp_per_kwh=1000, max_gap_s=3600))
+    res = T.run(m, T.build(T.kettle_script(), source="s0", power=False, pulses=1000))
+    started = [e.message for r in res for e in r.events if e.kind == "function_started"]
+    standby_after_boil = [msg for msg in started[1:] if "standby" in msg]
+    assert standby_after_boil and all(" (under " in msg for msg in standby_after_boil), started
+    assert all(" (under " not in msg for msg in started if "boil" in msg), started  # a count's power is measured
+
 def test_air_conditioner_cool_and_heat_by_signal_from_another_source() -> None:
     script = T.ac_script()
     m = ApplianceMeter("ac", builtin_profile("air_conditioner"), energy=EnergySpec("register", "modbus"))

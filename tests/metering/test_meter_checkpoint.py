@@ -80,7 +80,7 @@ def test_a_v1_checkpoint_is_rewritten_as_the_current_version() -> None:
     s = SCENARIOS["register_held_mark_cycle"]
     m = meter_for(s, json.loads(json.dumps(s["snapshot"])))
     snap = m.snapshot()
-    assert snap["v"] == VERSION == 3
+    assert snap["v"] == VERSION == 4
     assert meter_for(s, json.loads(json.dumps(snap))).snapshot() == snap
 
 
@@ -98,7 +98,7 @@ class _Ambiguous:
 def test_a_checkpoint_of_another_version_or_energy_kind_starts_fresh() -> None:
     s = SCENARIOS["register_held_mark_cycle"]
     snap = meter_for(s, json.loads(json.dumps(s["snapshot"]))).snapshot()
-    for state in ({**snap, "v": 4}, {**snap, "v": 0}, {**snap, "kind": "pulses"}, {}):
+    for state in ({**snap, "v": 5}, {**snap, "v": 0}, {**snap, "kind": "pulses"}, {}):
         m = meter_for(s, state)
         assert m.readings == 0 and m.state == MeterState() and m.last_raw is None
 
@@ -128,3 +128,34 @@ def test_a_damaged_checkpoint_is_an_error_naming_the_key_never_a_half_restored_m
             meter_for(s, damaged(path, value))
         assert e.value.file == "checkpoint of washer" and e.value.key == path and problem in e.value.problem, e.value
         assert isinstance(e.value, KotoError) and isinstance(e.value, ValueError)
+
+
+def test_a_v3_checkpoint_restores_with_every_power_read_as_measured() -> None:
+    """Version 3 did not mark a bare counter's power as a bound (`Cursor.bounded`, `Deferred.bound`): it restores
+    with both unset, which is how version 3 treated them, and carries on as the meter that wrote it would."""
+    s = SCENARIOS["pulses_alone_mid_use"]
+    m = meter_for(s, json.loads(json.dumps(s["snapshot"])))
+    for row in s["steps"]:  # to the first decision a tick took on a bound, deferred to the next count
+        op, it = decode_step(row, s["boot"])
+        assert op in ("feed", "tick")
+        if isinstance(it, Reading):
+            m.feed(it)
+        else:
+            m.tick(it)
+        if any(d.bound for d in m.state.deferred):
+            break
+    snap = m.snapshot()
+    assert snap["meter"]["deferred"] and snap["meter"]["cursor"]["bounded"] == 1
+    v3 = json.loads(json.dumps(snap))
+    v3["v"] = 3
+    del v3["meter"]["cursor"]["bounded"]
+    for d in v3["meter"]["deferred"]:
+        del d["bound"]
+    restored = meter_for(s, v3).snapshot()
+    assert restored["v"] == VERSION
+    assert restored["meter"]["cursor"]["bounded"] == 0
+    assert all(d["bound"] == 0 for d in restored["meter"]["deferred"])
+    restored["meter"]["cursor"]["bounded"] = 1
+    for d, before in zip(restored["meter"]["deferred"], snap["meter"]["deferred"], strict=True):
+        d["bound"] = before["bound"]
+    assert restored == snap  # nothing else changed on the way
