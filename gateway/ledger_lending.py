@@ -29,7 +29,7 @@ EVERY_S = 1.0  # real seconds, whatever the daemon's clock: the readers are peop
 
 async def lend_to_readers(ledger: Ledger, every_s: float = EVERY_S) -> None:
     """Lend the ledger while readers hold a lease, take it back when they are gone; until cancelled."""
-    failing = False
+    failing = refusing = False
     while True:
         await asyncio.sleep(every_s)
         try:
@@ -46,6 +46,13 @@ async def lend_to_readers(ledger: Ledger, every_s: float = EVERY_S) -> None:
         if failing:
             log.warning("ledger: reopened; readers can borrow it again")
             failing = False
+        if said == "refused":
+            if not refusing:
+                log.error("ledger: could not lend it to a reader (%s; a full disk refuses the shared file SQLite "
+                          "needs); the gateway keeps it and tries again, the reader waits", ledger.lend_refused)
+                refusing = True
+            continue
+        refusing = False
         if said == "lent":
             log.info("ledger: lent to a reader in another process (koto usage, verify, doctor or a support "
                      "bundle); records are still written")

@@ -211,8 +211,10 @@ class Ledger(Queries):
 
         Returns "lent" (readers hold a lease: the connection is now in the normal locking mode, with WAL and -shm
         as before the daemon owned its file), "reclaimed" (no lease is held any more: exclusive again, no -shm is
-        written), or None (nothing to do: one flock test; or a reclaim that could not be done because a reader
-        without a lease still has the file open; it stays lent and tries again after a backoff, `lending.py`).
+        written), "refused" (the file system would not open it for sharing, a full disk: it stays exclusive, the
+        readers wait, `lend_refused` says why, and the next attempt comes after a backoff), or None (nothing to do:
+        one flock test; or a reclaim that could not be done because a reader without a lease still has the file
+        open; it stays lent and tries again after a backoff, `lending.py`).
         Everything this object holds stays: the writer lock, held acks, the checkpoints as stored, the envelope. A
         path that no longer names our file raises `LedgerGone` (as a commit would) before anything is reopened."""
         if self._lender is None:
@@ -223,6 +225,12 @@ class Ledger(Queries):
             self._conn, said = self._lender.serve(self._conn, busy=self._cursors > 0,
                                                   check_writable=self._check_writable, check_path=self._check_path)
             return said
+
+    @property
+    def lend_refused(self) -> str:
+        """Why the last lend to readers could not be made ("" when none was refused since the last lend)."""
+        refused = self._lender.refused if self._lender is not None else None
+        return "" if refused is None else str(refused)
 
     def _check_path(self) -> None:
         """`LedgerGone` (recorded) when the path no longer names the file we opened; nothing to rescue it from."""

@@ -18,7 +18,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import LedgerError
+from ..errors import LedgerError, LedgerGone
 from . import store
 from .lease import LeaseWatch
 
@@ -65,6 +65,7 @@ class Lender:
         self.watch = watch
         self.lent = lent
         self.broken: LedgerError | None = None
+        self.refused: LedgerError | None = None  # why the last lend could not be made (it kept the file: see `_reopen`)
         self.foiled = 0  # reclaims a reader without a lease prevented since the last lend
         self._skip = 0  # looks to let pass before the next reclaim attempt
 
@@ -89,9 +90,16 @@ class Lender:
         if not self.lent:
             if busy or not self.watch.readers_waiting():
                 return conn, None
+            if self._skip > 0:  # backing off from a lend the file system refused
+                self._skip -= 1
+                return conn, None
             check_writable()
-            conn, _ = self._reopen(conn, exclusive=False, check_path=check_path)
-            self.lent, self.foiled, self._skip = True, 0, 0
+            conn, lent = self._reopen(conn, exclusive=False, check_path=check_path)
+            if not lent:
+                self.foiled += 1
+                self._skip = min(1 << min(self.foiled - 1, 16), RECLAIM_BACKOFF_MAX)
+                return conn, "refused"
+            self.lent, self.foiled, self._skip, self.refused = True, 0, 0, None
             return conn, "lent"
         if self._skip > 0:  # backing off from a reader without a lease
             self._skip -= 1
@@ -114,7 +122,10 @@ class Lender:
     def _reopen(self, conn: sqlite3.Connection, *, exclusive: bool,
                 check_path: Callable[[], None]) -> tuple[sqlite3.Connection, bool]:
         """Close the connection and open the file again, exclusive or not; True when it is now as asked. A failed
-        exclusive attempt falls back to the normal mode; should even that fail, the lender is `broken`."""
+        exclusive attempt falls back to the normal mode, and a failed normal one (a lend) to the exclusive mode: the
+        normal mode needs the `-shm` file, which a full disk refuses ("disk I/O error"), while the exclusive mode
+        keeps the WAL index in memory and opens (`refused` says why; the reader waits). Should both fail, the
+        lender is `broken` (every call on the ledger raises it until a later `serve` opens the file)."""
         conn.close()  # the last connection to close folds the WAL into the database and deletes it
         try:
             if exclusive:
@@ -122,7 +133,19 @@ class Lender:
                     return self._connect(exclusive=True, check_path=check_path), True
                 except sqlite3.Error:
                     pass  # a reader without a lease has the file open; stay lent
-            return self._connect(exclusive=False, check_path=check_path), not exclusive
+            try:
+                return self._connect(exclusive=False, check_path=check_path), not exclusive
+            except LedgerGone:
+                raise
+            except LedgerError as e:
+                if exclusive:
+                    raise
+                try:
+                    kept = self._connect(exclusive=True, check_path=check_path)
+                except sqlite3.Error:
+                    raise e from None
+                self.refused = e
+                return kept, False
         except LedgerError as e:  # cannot open it, or another file is at the path now (`LedgerGone`)
             self.broken = e
             raise

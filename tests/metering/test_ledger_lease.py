@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -435,3 +436,58 @@ def test_the_daemons_look_each_second_is_due_only_when_a_reader_asks_or_the_ledg
     with open_writer(db, key, exclusive=False) as shared:
         assert not shared.serve_due()  # a writer that lends nothing: never due
     assert not ledger.serve_due()  # closed
+
+
+# The daemon's ledger on a 512 KiB tmpfs of its own (`unshare -rm`), filled; then a reader asks for a lease.
+FULL_DISK = """
+import json, os, sys
+from koto.signing import generate_key
+from metering.errors import LedgerError
+from metering.ledger import Ledger
+from metering.ledger.lease import reader_lease
+from tests.support.drafts import usage
+folder, out = sys.argv[1], {}
+db = os.path.join(folder, "ledger.db")
+with Ledger.open(db, gateway_id="gw-lease", key=generate_key(), epoch=1_790_000_000, exclusive=True) as ledger:
+    ledger.append([usage(i) for i in range(1, 6)])
+    fill = open(os.path.join(folder, "fill"), "wb", buffering=0)
+    try:
+        while True:
+            fill.write(bytes(4096))
+    except OSError:
+        pass
+    try:
+        ledger.append([usage(i) for i in range(6, 400)])
+        out["append"] = "stored"
+    except LedgerError as e:
+        out["append"] = str(e)
+    with reader_lease(db):
+        out["serve"] = ledger.serve_readers()
+        out["refused"], out["lent"], out["head"] = ledger.lend_refused, ledger.lent, ledger.head()[0]
+        out["again"] = ledger.serve_readers()  # backing off: no second close and reopen at once
+    fill.close()
+    os.unlink(os.path.join(folder, "fill"))
+    ledger.append([usage(6)])
+    out["head_after"] = ledger.head()[0]
+print(json.dumps(out))
+"""
+
+
+def test_a_lend_the_full_disk_refuses_keeps_the_ledger_to_the_daemon_which_writes_on(tmp_path: Path) -> None:
+    """Lent, the file is in SQLite's normal locking mode, which needs the `-shm` file: a full disk refuses it ("disk
+    I/O error"). The daemon must then keep its file exclusive and go on — not lose its connection, which made every
+    call on the ledger fail and stopped the gateway in the chaos suite's full-disk fault, with an S0 meter's held
+    records lost. The reader waits; the daemon tries again after a backoff and writes once there is space."""
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is needed for a real full disk")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size=512k tmpfs "{mnt}" && '
+                           f'exec "{sys.executable}" -c "$0" "{mnt}"', FULL_DISK], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert "full" in out["append"]  # the disk is really full: the batch was refused
+    assert out["serve"] == "refused" and "disk I/O error" in out["refused"] and out["lent"] is False
+    assert out["head"] == 5 and out["again"] is None
+    assert out["head_after"] == 6  # space again: the same connection stores
