@@ -105,6 +105,8 @@ class ChaosRun:
         out += [f"retention: {p}" for p in self.retention_problems]
         if self.acked_through != self.head:
             out.append(f"acked through {self.acked_through}, head {self.head}")
+        if self.unexpected_exits:  # every fault here is one the daemon must ride out; a stop can lose held records
+            out.append(f"the gateway exited by itself (exit codes {self.unexpected_exits}): a fault stopped it")
         out += [f"{o.fault} at {o.at_s:.0f} s: no record acked within the limit" for o in self.outcomes
                 if o.recovered_s is None]
         return out
