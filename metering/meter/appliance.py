@@ -443,16 +443,14 @@ class ApplianceMeter(EnergyFeed):
             self._act_as_decided(d, at)
 
     def _act_as_decided(self, d: Deferred, at: Now) -> None:
-        """Act on `d` at `at`; a bare counter's power meanwhile is what the tick that decided bounded it to (a cut's
-        new segment starts with it as its peak), then the latest again."""
+        """Act on `d` at `at`, with the cursor saying whether its power was a bound (for the messages:
+        `Segments.power_text`); a bare counter's power meanwhile is what the tick that decided bounded it to (a cut's
+        new segment starts with it as its peak). Then the latest again."""
         c = self.state.cursor
-        if self._power_kind or c.seen_power:
-            latest_bound, c.bounded = c.bounded, d.bound  # (for its message: see `Segments.power_text`)
-            self._act(d.action, d.code, at, d.power_mw)
-            c.bounded = latest_bound
-            return
         latest = c.power_mw, c.bounded
-        c.power_mw, c.bounded = d.power_mw, d.bound
+        if not (self._power_kind or c.seen_power):
+            c.power_mw = d.power_mw
+        c.bounded = d.bound
         self._act(d.action, d.code, at, d.power_mw)
         c.power_mw, c.bounded = latest
 
@@ -468,4 +466,3 @@ class ApplianceMeter(EnergyFeed):
         self._ev.clear()
         self._items.clear()
         return res
-

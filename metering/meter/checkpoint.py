@@ -1,14 +1,13 @@
 """The meter's checkpoint: its state values through the generic codec, and the reading of older checkpoints.
 
 Version 4 is `encode(Checkpoint(...))`: the meter's `MeterState` beside the detector's, the cycle tracker's and the
-register's own states. Version 3 lacked whether a bare counter's power is only a bound (`Cursor.bounded`,
-`Deferred.bound`); it is read as a measured power, as version 3 treated it. Version 2 lacked the decisions deferred
-to the next reading and the register delta waiting for late steps (issue 9); it is read with none of either.
-Version 1 (the hand-written format before the state became values) is rewritten into version 2 data, then 3 and 4,
-so there is one decoder. A checkpoint of another version, or of
-another energy kind, is ignored and the meter starts fresh, as before (the first authority reading becomes the
-baseline); a checkpoint of a known version that does not decode is an error (`koto.errors.FieldError`),
-never a half-restored meter.
+register's own states. Version 3 lacked whether a power is only a bound (`Cursor.bounded`, `Deferred.bound`: an
+S0 source's power between pulses, a bare counter's tick); it is read as measured, as version 3 treated it. Version 2
+lacked the decisions deferred to the next reading and the register delta waiting for late steps (issue 9); it is
+read with none of either. Version 1 (the hand-written format before the state became values) is rewritten into
+version 2 data, then 3 and 4, so there is one decoder. A checkpoint of another version, or of another energy kind,
+is ignored and the meter starts fresh, as before (the first authority reading becomes the baseline); a checkpoint of
+a known version that does not decode is an error (`koto.errors.FieldError`), never a half-restored meter.
 """
 
 from __future__ import annotations
@@ -77,7 +76,7 @@ def _use_v1(d: dict[str, Any]) -> dict[str, Any] | str:
 
 
 def upgrade_v3(s: dict[str, Any]) -> dict[str, Any]:
-    """Version 3 data as version 4: every power is a measured one (version 3 did not mark a bare counter's bound)."""
+    """Version 3 data as version 4: every power is a measured one (version 3 did not mark a bound)."""
     meter = s.get("meter")
     if not isinstance(meter, dict):
         return {**s, "v": 4}  # (the decoder names what is wrong)
