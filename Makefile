@@ -74,10 +74,11 @@ typecheck: $(DEV_STAMP)
 
 # Two workers (pytest-xdist), each taking whole test files (tests/conftest.py): most tests wait on brokers, serial
 # lines, children and clocks, not on a core, so two halve the wall time on this 2-core machine (697 s -> 392 s,
-# docs/testing.md). TEST_WORKERS=0 runs them in this one process.
+# docs/testing.md). TEST_WORKERS=0 runs them in this one process. A test that hangs fails after 300 s with its stacks
+# (pytest-timeout, tests/conftest.py) instead of holding the run; the 15 slowest are listed at the end.
 TEST_WORKERS ?= 2
 pytest: $(DEV_STAMP) system-deps
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 # The inner loop: lint, types and every test but the slow ones (> ~10 s each). `make test` is what CI runs.
 test-fast: $(DEV_STAMP) system-deps lint typecheck

@@ -5,6 +5,7 @@ Markers: `slow` for tests that take more than ~10 s (`make test-fast` leaves the
 `hardware` for tests that need a real Raspberry Pi and wiring (never run here).
 `KOTO_TEST_SLOWDOWN=N` stretches every hang timeout N times for a slow machine (tests/support/slow.py).
 `make test` runs two pytest-xdist workers, each taking whole files (`pytest_collection_modifyitems` below).
+A test that hangs fails after HANG_S (pytest-timeout, with every thread's stack printed) instead of holding the run.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import pytest
 from koto.clock import ManualClock
 from koto.signing import PrivateKey, generate_key
 from tests.support.broker import Mosquitto
+from tests.support.fuzzing import DEFAULT_EXAMPLES, fuzz_examples
 from tests.support.postgres import PostgresServer
-from tests.support.slow import SLOWDOWN
+from tests.support.slow import SLOWDOWN, scaled
 
 if SLOWDOWN > 1 or os.environ.get("PYTEST_XDIST_WORKER"):
     # Hypothesis fails an example that takes over 200 ms and warns of slow data generation; on a machine
@@ -52,7 +54,7 @@ def clock() -> ManualClock:
 
 @pytest.fixture(scope="session")
 def pg_dsn() -> Iterator[str]:
-    """A PostgreSQL server: KOTO_TEST_PG_DSN's when set (CI points it at the machine's server), else our own."""
+    """A PostgreSQL server: KOTO_TEST_PG_DSN's when set (a server of your choosing), else one of our own."""
     dsn = os.environ.get("KOTO_TEST_PG_DSN")
     if dsn:
         yield dsn
@@ -61,6 +63,13 @@ def pg_dsn() -> Iterator[str]:
         yield server.dsn
 
 
+# A test that takes longer than this has hung: it fails, its threads' stacks are printed, and the run goes on (the
+# longest test takes ~45 s here, `pytest --durations`). Scaled by KOTO_TEST_SLOWDOWN and, under `make fuzz`, by the
+# cases per fuzz test; `pytest --timeout N` on the command line overrides it. Not for the image and debootstrap
+# tests, which build and boot whole systems (their own steps carry their own timeouts).
+HANG_S = 300.0
+NO_HANG_LIMIT = ("image", "debootstrap", "hardware")
+
 # Packages whose files share one package-scoped peer: their tests go to one worker, so it starts once.
 ONE_WORKER = {"cluster": "a three-node RabbitMQ cluster (tests/cluster/conftest.py)"}
 
@@ -68,10 +77,21 @@ ONE_WORKER = {"cluster": "a three-node RabbitMQ cluster (tests/cluster/conftest.
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under `pytest -n N --dist loadgroup` (make test) each test file goes whole to one worker, as a file's tests
     share module-scoped peers (a browser, a broker), which would otherwise start once per worker; a package in
-    ONE_WORKER goes whole. Without xdist the marks change nothing."""
+    ONE_WORKER goes whole. Without xdist the marks change nothing. Each test gets its hang limit (HANG_S)."""
     tests = Path(__file__).parent
+    limit = hang_limit(config)
     for item in items:
         rel = item.path.relative_to(tests) if item.path.is_relative_to(tests) else item.path
         group = rel.parts[0] if rel.parts and rel.parts[0] in ONE_WORKER else str(rel)
         item.add_marker(pytest.mark.xdist_group(group))
+        if limit and item.get_closest_marker("timeout") is None \
+                and not any(item.get_closest_marker(m) for m in NO_HANG_LIMIT):
+            item.add_marker(pytest.mark.timeout(limit))
+
+
+def hang_limit(config: pytest.Config) -> float | None:
+    """Seconds after which a test counts as hung; None when pytest-timeout is absent or `--timeout` was given."""
+    if not config.pluginmanager.hasplugin("timeout") or config.getoption("timeout", None) is not None:
+        return None
+    return scaled(HANG_S) * max(1.0, fuzz_examples() / DEFAULT_EXAMPLES)
 

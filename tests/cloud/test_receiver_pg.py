@@ -1,4 +1,4 @@
-"""The PostgreSQL store against a real server: KOTO_TEST_PG_DSN's (set by .ci/run), or one the tests start.
+"""The PostgreSQL store against a real server: KOTO_TEST_PG_DSN's when set, or one the tests start.
 
 Never skipped: without the variable the `pg_dsn` fixture starts a private cluster (tests/support/postgres.py); a
 server that cannot be reached or started FAILS the tests. Each test works in its own schema, dropped afterwards.
