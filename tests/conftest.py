@@ -10,7 +10,9 @@ A test that hangs fails after HANG_S (pytest-timeout, with every thread's stack 
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,3 +97,19 @@ def hang_limit(config: pytest.Config) -> float | None:
         return None
     return scaled(HANG_S) * max(1.0, fuzz_examples() / DEFAULT_EXAMPLES)
 
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """The last resort behind the hang limit: the limit fails a hung test by raising in it, and should its clean-up
+    hang too (a `proc.wait()` on a child that ignores SIGTERM), this process exits a minute later with every thread's
+    stack on stderr; xdist then reports the test as the one its worker crashed in and goes on with a new worker."""
+    marker = item.get_closest_marker("timeout")
+    seconds = float(marker.args[0]) if marker is not None and marker.args else 0.0
+    if seconds > 0:
+        faulthandler.dump_traceback_later(seconds + 60.0, exit=True, file=sys.__stderr__)
+    try:
+        yield
+    finally:
+        if seconds > 0:
+            faulthandler.cancel_dump_traceback_later()
