@@ -10,9 +10,12 @@ A test that hangs fails after HANG_S (pytest-timeout, with every thread's stack 
 
 from __future__ import annotations
 
+import atexit
 import faulthandler
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +36,14 @@ if SLOWDOWN > 1 or os.environ.get("PYTEST_XDIST_WORKER"):
 
     settings.register_profile("slow-machine", deadline=None, suppress_health_check=[HealthCheck.too_slow])
     settings.load_profile("slow-machine")
+
+# A gateway keeps its runtime files (status.json, the power log) in $RUNTIME_DIRECTORY, else /run/koto: a test's
+# gateway given no folder of its own would write the machine's /run/koto, shared by both workers (and by a gateway
+# installed here). Each process of the run (the controller and each worker) gets a folder of its own instead.
+RUN_PREFIX = "koto-tests-run-"
+if not os.environ.get("RUNTIME_DIRECTORY") or Path(os.environ["RUNTIME_DIRECTORY"]).name.startswith(RUN_PREFIX):
+    os.environ["RUNTIME_DIRECTORY"] = tempfile.mkdtemp(prefix=RUN_PREFIX)
+    atexit.register(shutil.rmtree, os.environ["RUNTIME_DIRECTORY"], True)
 
 
 @pytest.fixture
