@@ -40,6 +40,7 @@ from koto.reading import Quantity, Reading, to_milli
 
 from .base import Claim, Source
 from .errors import DriverConfigError, FrameError
+from .port_watch import backoff_or_back, missing
 
 MAX_LINE = 1024
 UNITS: dict[Quantity, dict[str, int]] = {**METER_UNITS, Quantity.PULSES: {"": 1}}  # a sketch may count pulses
@@ -318,7 +319,9 @@ class LineSource(Source):
                 self.health.state = "reconnecting"
                 self._count_error("port", "cannot open %s (%s); retrying", self.port, e)
                 backoff = min(self.backoff_max_s, max(self.backoff_initial_s, backoff * 2))
-                await asyncio.sleep(backoff * self._rng.uniform(0.5, 1.0))
+                if await backoff_or_back(self.port, backoff * self._rng.uniform(0.5, 1.0),
+                                         was_missing=missing(self.port)):
+                    backoff = 0.0  # plugged back in: open now, and from the start should it still fail
                 continue
             if self._opened_once:
                 self.health.reconnects += 1
@@ -341,7 +344,8 @@ class LineSource(Source):
                     yield line
             await self._close_port()
             self.health.state = "reconnecting"
-            await asyncio.sleep(self.backoff_initial_s * self._rng.uniform(0.5, 1.0))
+            await backoff_or_back(self.port, self.backoff_initial_s * self._rng.uniform(0.5, 1.0),
+                                  was_missing=missing(self.port))
 
     def claims(self) -> tuple[Claim, ...]:
         # A line protocol owns its port: another reader would steal half of every line.

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import BackendUnavailable, BusSettingsConflict, FrameError
+from .port_watch import missing
 
 log = logging.getLogger("koto.drivers.serialbus")
 
@@ -206,6 +207,7 @@ class ModbusBus:
         self.generation = 0  # successful reopens after the first open
         self.opened_once = False
         self.requests = 0
+        self.open_attempts = 0  # tries to open the port, the first included
         self.failures: Counter[str] = Counter()
         self._rng = rng or random.Random()
         self._lock = asyncio.Lock()
@@ -215,6 +217,7 @@ class ModbusBus:
         self._noise = 0
         self._backoff_s = 0.0
         self._next_open_at = 0.0
+        self._was_missing = False  # the port's path was not there at the last failed open
         self.last_open_error = ""
 
     # -- port life ------------------------------------------------------------------------------------------------
@@ -263,15 +266,19 @@ class ModbusBus:
             return
         now = time.monotonic()
         if now < self._next_open_at:
-            raise PortUnavailable(f"{self.settings.port}: not open ({self.last_open_error}); retrying shortly")
+            if not (self._was_missing and not missing(self.settings.port)):
+                raise PortUnavailable(f"{self.settings.port}: not open ({self.last_open_error}); retrying shortly")
+            self._backoff_s = 0.0  # plugged back in (drivers/port_watch.py): open now, and from the start if it fails
         if self._client is not None:
             self._client.close()  # a fresh client per open: no state left over from the lost transport
         self._client = self._make_client()
+        self.open_attempts += 1
         ok = await self._client.connect()
         if not ok or not self._client.connected:
             self._backoff_s = min(self.backoff_max_s, max(self.backoff_initial_s, self._backoff_s * 2))
             delay = self._backoff_s * self._rng.uniform(0.5, 1.0)
             self._next_open_at = time.monotonic() + delay
+            self._was_missing = missing(self.settings.port)
             self.last_open_error = "cannot open the port (unplugged or missing?)"
             raise PortUnavailable(f"{self.settings.port}: {self.last_open_error}")
         transport = getattr(self._client.ctx, "transport", None)

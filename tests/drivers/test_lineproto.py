@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 
@@ -14,6 +15,7 @@ from drivers.lineproto import LineParser, LineSource, parse_keys
 from drivers.modbus_sim import PtyWire
 from koto.clock import ManualClock
 from koto.reading import Quantity, Reading
+from tests.support.cloudpeer import until
 
 
 def parse(line: bytes, parser: LineParser | None = None) -> dict[tuple[Quantity, str], int | str]:
@@ -151,3 +153,40 @@ async def test_port_unplugged_and_back_is_survived_and_counted(wire: PtyWire) ->
     finally:
         feeder.cancel()
     assert src.health.reconnects == 1 and src.health.errors["port"] >= 1
+
+
+async def test_a_port_plugged_back_is_read_again_without_waiting_out_the_backoff(wire: PtyWire) -> None:
+    """An installer pulls the adapter and plugs it back: its path is there again, and the source reopens it within
+    a look (drivers/port_watch.py), not after a backoff that here would be a minute (the default caps it at 30 s)."""
+    src = LineSource("coffee", clock=ManualClock(), port=wire.port, backoff_initial_s=60.0, backoff_max_s=60.0)
+    got: list[Reading] = []
+
+    async def feed_forever() -> None:
+        while True:
+            if wire.plugged:
+                fd = os.open(wire.server_path, os.O_RDWR | os.O_NOCTTY)
+                os.write(fd, b"P:1\n")
+                os.close(fd)
+            await asyncio.sleep(0.01)
+
+    async def read_forever() -> None:  # as the daemon does: the source is read all along, unplugged or not
+        async for r in src:
+            got.append(r)
+
+    feeder = asyncio.create_task(feed_forever())
+    try:
+        async with src:
+            reader = asyncio.create_task(read_forever())
+            await until(lambda: len(got) >= 2)
+            wire.unplug()
+            await until(lambda: src.health.state == "reconnecting")
+            await asyncio.sleep(0.3)
+            wire.plug()
+            before = len(got)
+            await until(lambda: len(got) >= before + 2, 20)  # a minute's backoff would fail this
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+    finally:
+        feeder.cancel()
+    assert src.health.reconnects == 1

@@ -109,6 +109,43 @@ async def test_unplugged_adapter_is_counted_and_the_driver_reconnects(sim: Modbu
         assert src.health.reconnects == 1 and src.health.state == "ok"
 
 
+async def test_an_adapter_plugged_back_is_read_at_the_next_poll_not_after_the_backoff(sim: ModbusSimulator) -> None:
+    """Pulled out, the port backs off (here a minute; the default caps it at 30 s). Plugged back, its path is there
+    again and the next poll opens it (drivers/port_watch.py): the installer waits one poll, not the backoff."""
+    cfg = {"driver": "modbus", "port": sim.port, "address": 1, "model": "sdm120", "poll_s": 0.02, "timeout_s": 0.15,
+           "retries": 0, "baud": 9600}
+    src = build_source("sdm120-1", cfg, clock=ManualClock(),
+                       bus_options={"backoff_initial_s": 60.0, "backoff_max_s": 60.0, "turnaround_s": 0.005})
+    assert isinstance(src, ModbusMeterSource)
+    async with src:
+        assert await src.poll_once()
+        sim.wire.unplug()
+        for _ in range(3):  # the first open fails: the path is gone, and the backoff starts
+            assert await src.poll_once() == []
+        sim.wire.plug()
+        readings = await src.poll_once()
+        assert readings and src.health.reconnects == 1 and src.health.state == "ok"
+
+
+async def test_an_adapter_that_stays_out_is_not_opened_at_every_poll(sim: ModbusSimulator) -> None:
+    """Missing for good, the port is tried again only when the backoff allows: a poll in between fails at once."""
+    cfg = {"driver": "modbus", "port": sim.port, "address": 1, "model": "sdm120", "poll_s": 0.02, "timeout_s": 0.15,
+           "retries": 0, "baud": 9600}
+    src = build_source("sdm120-1", cfg, clock=ManualClock(),
+                       bus_options={"backoff_initial_s": 60.0, "backoff_max_s": 60.0, "turnaround_s": 0.005})
+    assert isinstance(src, ModbusMeterSource)
+    async with src:
+        assert await src.poll_once()
+        sim.wire.unplug()
+        assert await src.poll_once() == []
+        assert src.bus is not None
+        tried = src.bus.open_attempts
+        for _ in range(20):
+            assert await src.poll_once() == []
+        assert src.bus.open_attempts == tried
+        assert src.health.state == "reconnecting"
+
+
 async def test_meter_that_goes_silent_times_out_then_recovers(sim: ModbusSimulator) -> None:
     async with meter(sim, 3, "pzem004t") as src:
         await sim.stop_server()
