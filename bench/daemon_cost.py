@@ -465,8 +465,11 @@ def main(argv: list[str] | None = None) -> int:
                   s["base_cpu_pct_per_meter"], "bare pymodbus poller, same meters", "<= 0.1 %", ""),
                  (f"daemon RSS, {a.meters} Modbus meters", s["hwm_mib"], "MiB", s["base_rss_mib"],
                   "bare pymodbus poller", "", ""),
-                 ("daemon SD writes per meter-day (steady, 1 Hz)", s["write_mb_per_meter_day"], "MB", None, "", "",
-                  "write_bytes over the steady window")]
+                 (f"daemon SD writes per meter-day (1 Hz, one {s['wall_s']:.0f} s window; a day: sd_writes)",
+                  s["write_mb_per_meter_day"], "MB", None, "", "",
+                  "write_bytes over the steady window, scaled to a day: whether a commit (a use ending, the meters' "
+                  "checkpoint every 300 s) falls in the window decides it, 0 or about 0.7 MB; sd_writes measures a "
+                  "whole simulated day")]
     if "kinds" not in skip:
         k = asyncio.run(three_kinds(a.seconds))
         print(f"koto run, all three driver kinds (SDM120 on a pty, S0 kettle on GPIO, BTHome plug + GPIO contact): "
