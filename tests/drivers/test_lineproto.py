@@ -131,18 +131,20 @@ async def test_lines_over_a_pty_with_garbage_in_between(wire: PtyWire) -> None:
     assert src.health.errors == {"not_text": 1, "not_finite": 1, "garbage": 1, "unknown_key": 1}
 
 
+async def feed_forever(wire: PtyWire) -> None:
+    """The device's side: a line every 10 ms while the adapter is plugged in."""
+    while True:
+        if wire.plugged:
+            fd = os.open(wire.server_path, os.O_RDWR | os.O_NOCTTY)
+            os.write(fd, b"P:1\n")
+            os.close(fd)
+        await asyncio.sleep(0.01)
+
+
 async def test_port_unplugged_and_back_is_survived_and_counted(wire: PtyWire) -> None:
     src = LineSource("coffee", clock=ManualClock(), port=wire.port, backoff_initial_s=0.01, backoff_max_s=0.05)
 
-    async def feed_forever() -> None:
-        while True:
-            if wire.plugged:
-                fd = os.open(wire.server_path, os.O_RDWR | os.O_NOCTTY)
-                os.write(fd, b"P:1\n")
-                os.close(fd)
-            await asyncio.sleep(0.01)
-
-    feeder = asyncio.create_task(feed_forever())
+    feeder = asyncio.create_task(feed_forever(wire))
     try:
         async with src:
             await take(src, 2)
@@ -161,19 +163,11 @@ async def test_a_port_plugged_back_is_read_again_without_waiting_out_the_backoff
     src = LineSource("coffee", clock=ManualClock(), port=wire.port, backoff_initial_s=60.0, backoff_max_s=60.0)
     got: list[Reading] = []
 
-    async def feed_forever() -> None:
-        while True:
-            if wire.plugged:
-                fd = os.open(wire.server_path, os.O_RDWR | os.O_NOCTTY)
-                os.write(fd, b"P:1\n")
-                os.close(fd)
-            await asyncio.sleep(0.01)
-
     async def read_forever() -> None:  # as the daemon does: the source is read all along, unplugged or not
         async for r in src:
             got.append(r)
 
-    feeder = asyncio.create_task(feed_forever())
+    feeder = asyncio.create_task(feed_forever(wire))
     try:
         async with src:
             reader = asyncio.create_task(read_forever())

@@ -15,12 +15,14 @@ from koto.clock import ManualClock
 from koto.reading import Quantity, Reading
 
 FAST_BUS = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05, "turnaround_s": 0.005}
+SLOW_BACKOFF_BUS = {**FAST_BUS, "backoff_initial_s": 60.0, "backoff_max_s": 60.0}  # what only a re-plug can beat
 
 
-def meter(sim: ModbusSimulator, address: int, model: str, **extra: Any) -> ModbusMeterSource:
+def meter(sim: ModbusSimulator, address: int, model: str, *, bus: dict[str, float] = FAST_BUS,
+          **extra: Any) -> ModbusMeterSource:
     cfg = {"driver": "modbus", "port": sim.port, "address": address, "model": model, "poll_s": 0.02,
            "timeout_s": 0.15, "retries": 0, "baud": 9600, "diag_every": 1, **extra}  # every register, every poll
-    src = build_source(f"{model}-{address}", cfg, clock=ManualClock(), bus_options=FAST_BUS)
+    src = build_source(f"{model}-{address}", cfg, clock=ManualClock(), bus_options=bus)
     assert isinstance(src, ModbusMeterSource)
     return src
 
@@ -112,12 +114,7 @@ async def test_unplugged_adapter_is_counted_and_the_driver_reconnects(sim: Modbu
 async def test_an_adapter_plugged_back_is_read_at_the_next_poll_not_after_the_backoff(sim: ModbusSimulator) -> None:
     """Pulled out, the port backs off (here a minute; the default caps it at 30 s). Plugged back, its path is there
     again and the next poll opens it (drivers/port_watch.py): the installer waits one poll, not the backoff."""
-    cfg = {"driver": "modbus", "port": sim.port, "address": 1, "model": "sdm120", "poll_s": 0.02, "timeout_s": 0.15,
-           "retries": 0, "baud": 9600}
-    src = build_source("sdm120-1", cfg, clock=ManualClock(),
-                       bus_options={"backoff_initial_s": 60.0, "backoff_max_s": 60.0, "turnaround_s": 0.005})
-    assert isinstance(src, ModbusMeterSource)
-    async with src:
+    async with meter(sim, 1, "sdm120", bus=SLOW_BACKOFF_BUS) as src:
         assert await src.poll_once()
         sim.wire.unplug()
         for _ in range(3):  # the first open fails: the path is gone, and the backoff starts
@@ -129,12 +126,7 @@ async def test_an_adapter_plugged_back_is_read_at_the_next_poll_not_after_the_ba
 
 async def test_an_adapter_that_stays_out_is_not_opened_at_every_poll(sim: ModbusSimulator) -> None:
     """Missing for good, the port is tried again only when the backoff allows: a poll in between fails at once."""
-    cfg = {"driver": "modbus", "port": sim.port, "address": 1, "model": "sdm120", "poll_s": 0.02, "timeout_s": 0.15,
-           "retries": 0, "baud": 9600}
-    src = build_source("sdm120-1", cfg, clock=ManualClock(),
-                       bus_options={"backoff_initial_s": 60.0, "backoff_max_s": 60.0, "turnaround_s": 0.005})
-    assert isinstance(src, ModbusMeterSource)
-    async with src:
+    async with meter(sim, 1, "sdm120", bus=SLOW_BACKOFF_BUS) as src:
         assert await src.poll_once()
         sim.wire.unplug()
         assert await src.poll_once() == []
