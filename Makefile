@@ -166,7 +166,7 @@ clean:
 # The chaos suite at full size: the real `koto run` on all three driver kinds, Mosquitto and the receiver; every
 # fault of tests/chaos/faults.py five times at seeded random moments (a fresh seed each run, printed; about 10 min),
 # then two rounds with the receiver on PostgreSQL. `make test` runs it once per fault (tests/chaos/test_chaos.py).
-# SEED=N reruns one schedule. docs/testing.md.
+# SEED=N reruns one schedule. A failing run keeps its files and says where (a passing one leaves nothing). docs/testing.md.
 .PHONY: chaos soak
 chaos: $(DEV_STAMP) system-deps
 	$(BIN)/python bench/chaos.py $(if $(SEED),--seed $(SEED),)
