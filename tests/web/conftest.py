@@ -8,12 +8,15 @@ screenshot in its own pytest output folder (tmp_path/page.png).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +31,10 @@ from tests.support.slow import scaled
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
+# Chromium leaves a folder with its singleton socket in $TMPDIR each time chromedriver ends it (46 in /tmp after a
+# day of runs): each pytest process gives its browsers a TMPDIR of their own, removed when the process ends.
+BROWSER_TMP = tempfile.mkdtemp(prefix="koto-chromium-")
+atexit.register(shutil.rmtree, BROWSER_TMP, True)
 
 
 @dataclass
@@ -79,7 +86,7 @@ def make_browser(*, javascript: bool = True, width: int = 412, height: int = 915
         opts.add_argument(arg)
     if not javascript:
         opts.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
-    return webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
+    return webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER, env={**os.environ, "TMPDIR": BROWSER_TMP}))
 
 
 @pytest.fixture(scope="module")
