@@ -10,12 +10,9 @@ A test that hangs fails after HANG_S (pytest-timeout, with every thread's stack 
 
 from __future__ import annotations
 
-import atexit
 import faulthandler
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +22,7 @@ from koto.clock import ManualClock
 from koto.signing import PrivateKey, generate_key
 from tests.support.broker import Mosquitto
 from tests.support.fuzzing import DEFAULT_EXAMPLES, fuzz_examples
+from tests.support.paths import process_folder
 from tests.support.postgres import PostgresServer
 from tests.support.slow import SLOWDOWN, scaled
 
@@ -42,8 +40,7 @@ if SLOWDOWN > 1 or os.environ.get("PYTEST_XDIST_WORKER"):
 # installed here). Each process of the run (the controller and each worker) gets a folder of its own instead.
 RUN_PREFIX = "koto-tests-run-"
 if not os.environ.get("RUNTIME_DIRECTORY") or Path(os.environ["RUNTIME_DIRECTORY"]).name.startswith(RUN_PREFIX):
-    os.environ["RUNTIME_DIRECTORY"] = tempfile.mkdtemp(prefix=RUN_PREFIX)
-    atexit.register(shutil.rmtree, os.environ["RUNTIME_DIRECTORY"], True)
+    os.environ["RUNTIME_DIRECTORY"] = process_folder(RUN_PREFIX)
 
 
 @pytest.fixture
@@ -110,7 +107,6 @@ def hang_limit(config: pytest.Config) -> float | None:
     if not config.pluginmanager.hasplugin("timeout") or config.getoption("timeout", None) is not None:
         return None
     return scaled(HANG_S) * max(1.0, fuzz_examples() / DEFAULT_EXAMPLES)
-
 
 
 @pytest.hookimpl(hookwrapper=True)

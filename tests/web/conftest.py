@@ -8,15 +8,12 @@ screenshot in its own pytest output folder (tmp_path/page.png).
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,15 +23,14 @@ from typing import Any
 import pytest
 
 from tests.support.broker import free_port
-from tests.support.paths import REPO
+from tests.support.paths import REPO, process_folder
 from tests.support.slow import scaled
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 # Chromium leaves a folder with its singleton socket in $TMPDIR each time chromedriver ends it (46 in /tmp after a
 # day of runs): each pytest process gives its browsers a TMPDIR of their own, removed when the process ends.
-BROWSER_TMP = tempfile.mkdtemp(prefix="koto-chromium-")
-atexit.register(shutil.rmtree, BROWSER_TMP, True)
+BROWSER_TMP = process_folder("koto-chromium-")
 
 
 @dataclass
