@@ -1,5 +1,5 @@
-"""What the running daemon costs: CPU per appliance at 1 Hz, peak RSS with all three driver kinds, SD bytes per
-meter-day, and the cold start to READY with a 1,000,000-record ledger; each beside a baseline from the same run.
+"""What the running daemon costs: CPU per appliance at 1 Hz, peak RSS with all three driver kinds, and the
+cold start to READY with a 1,000,000-record ledger; each beside a baseline from the same run.
 
     .venv/bin/python -m bench.daemon_cost [--meters 8] [--seconds 120] [--demo-minutes 3] [--ledger STATE] [--json]
                                           [--python /opt/koto/.venv/bin/python]   # the installed layout's interpreter
@@ -9,8 +9,10 @@ meter-day, and the cold start to READY with a 1,000,000-record ledger; each besi
    one simulated RS-485 bus (a pymodbus RTU server on a pty pair in *this* process, so its cost is not counted),
    each polled at 1 Hz, every meter an appliance. After READY and a 15 s settle, for `--seconds`: the daemon's CPU
    (utime + stime from /proc/PID/stat) as a share of one core per meter, its RSS (VmRSS, and VmHWM at the end)
-   and what it wrote (/proc/PID/io write_bytes) scaled to a meter-day. The child gets the environment the systemd
-   unit sets that bears on memory (UNIT_ENV: MALLOC_ARENA_MAX=1); PSS is printed beside RSS (shared pages split).
+   and what it wrote (/proc/PID/io write_bytes) scaled to a meter-day, printed but not a figure of the report: the
+   window holds a commit or none, so it reads 0 or about 0.7 MB; bench/sd_writes measures a whole day. The child
+   gets the environment the systemd unit sets that bears on memory (UNIT_ENV: MALLOC_ARENA_MAX=1); PSS is printed
+   beside RSS (shared pages split).
    No [cloud]: sync is measured by bench/sync.
    Baseline: a bare Python interpreter that polls the same meters with pymodbus (one request per meter per second,
    nothing decoded or stored), the least any Python poller does.
@@ -460,16 +462,13 @@ def main(argv: list[str] | None = None) -> int:
               f"of a core per meter (target <= 0.1 %); bare pymodbus poller {s['base_cpu_pct_per_meter']:.3f} %; "
               f"RSS {s['rss_mib']:.1f} MiB (peak {s['hwm_mib']:.1f}, PSS {s['pss_mib']:.1f}); "
               f"bare poller {s['base_rss_mib']:.1f} MiB; "
-              f"writes {s['write_mb_per_meter_day']:.3f} MB per meter-day")
+              f"writes {s['write_mb_per_meter_day']:.3f} MB per meter-day (this window only; a day: bench/sd_writes)")
+        # No SD-writes row: the window holds a commit (a use ending, the meters' checkpoint every 300 s) or none,
+        # about 0.7 MB or 0 scaled to a day; bench/sd_writes measures a whole day.
         figs += [("daemon CPU per appliance at 1 Hz", s["cpu_pct_per_meter"], "% of a core",
                   s["base_cpu_pct_per_meter"], "bare pymodbus poller, same meters", "<= 0.1 %", ""),
                  (f"daemon RSS, {a.meters} Modbus meters", s["hwm_mib"], "MiB", s["base_rss_mib"],
-                  "bare pymodbus poller", "", ""),
-                 (f"daemon SD writes per meter-day (1 Hz, one {s['wall_s']:.0f} s window; a day: sd_writes)",
-                  s["write_mb_per_meter_day"], "MB", None, "", "",
-                  "write_bytes over the steady window, scaled to a day: whether a commit (a use ending, the meters' "
-                  "checkpoint every 300 s) falls in the window decides it, 0 or about 0.7 MB; sd_writes measures a "
-                  "whole simulated day")]
+                  "bare pymodbus poller", "", "")]
     if "kinds" not in skip:
         k = asyncio.run(three_kinds(a.seconds))
         print(f"koto run, all three driver kinds (SDM120 on a pty, S0 kettle on GPIO, BTHome plug + GPIO contact): "
