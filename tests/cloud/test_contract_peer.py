@@ -1,0 +1,496 @@
+"""The real gateway against an independent cloud written from docs/contract.md alone (tests/support/contract_peer.py).
+
+The peer is the only cloud here: no `cloud/` code runs. Each test states a rule of the contract and runs the real
+gateway (tests/support/gw_child.py for the uplink, `koto run` for commands) against a real Mosquitto.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.support.broker import Mosquitto
+from tests.support.contract_peer import (
+    DIAGNOSTICS,
+    TARIFF,
+    ZERO_HASH,
+    ContractPeer,
+    canonical,
+    parse_object,
+    public_pem,
+    record_hash,
+    signature_ok,
+)
+from tests.support.paths import REPO
+from tests.support.slow import scaled
+
+GW = "gw-peer"
+EPOCH = 7  # gw_child's ledger epoch
+
+
+# -- the gateway as a child process --------------------------------------------------------------------------------
+
+
+def child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+class Child:
+    """tests/support/gw_child.py: a ledger fed `total` records at `rate`/s and the real Sync; exits 0 once every
+    record is acked by the cloud. Its device key is made here, as `koto provision` would make it, so the peer can
+    register the public half before the first record."""
+
+    def __init__(self, folder: Path, broker: Mosquitto, *, total: int, rate: float = 400.0, ack_timeout: float = 2.0):
+        self.state = folder / "gw"
+        self.state.mkdir(parents=True, exist_ok=True)
+        key_file = self.state / "device.pem"
+        if not key_file.exists():
+            key = ec.generate_private_key(ec.SECP256R1())
+            key_file.write_bytes(
+                key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
+            key_file.chmod(0o600)
+        loaded = serialization.load_pem_private_key(key_file.read_bytes(), None)
+        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+        self.public_pem = public_pem(loaded)
+        self.total = total
+        self.cmd = [
+            sys.executable,
+            "-m",
+            "tests.support.gw_child",
+            "--state",
+            str(self.state),
+            "--gateway",
+            GW,
+            "--broker",
+            broker.url,
+            "--total",
+            str(total),
+            "--rate",
+            str(rate),
+            "--ack-timeout",
+            str(ack_timeout),
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = folder / "gw_child.log"
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=child_env(), stdout=log, stderr=subprocess.STDOUT)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    async def exit_code(self, within: float) -> int:
+        assert self.proc is not None
+        deadline = time.monotonic() + scaled(within)
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the gateway did not exit within {within} s; log:\n{self.tail()}")
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@contextlib.contextmanager
+def child(folder: Path, broker: Mosquitto, **kw: Any) -> Iterator[Child]:
+    c = Child(folder, broker, **kw)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@contextlib.asynccontextmanager
+async def peer_for(broker: Mosquitto, **kw: Any) -> AsyncIterator[ContractPeer]:
+    async with ContractPeer(broker.host, broker.port, **kw) as peer:
+        yield peer
+
+
+def assert_clean(peer: ContractPeer) -> None:
+    """Nothing refused, no alarm, nothing the contract says that the messages did not do."""
+    assert not peer.rejected, f"refused: {peer.rejected[:5]}"
+    assert not peer.alarms, f"alarms: {peer.alarms[:5]}"
+    assert not peer.findings, f"findings: {peer.findings}"
+
+
+def assert_holds_exactly(peer: ContractPeer, total: int) -> None:
+    """Every seq 1..total once, each verified alone (signature, link to its predecessor), acked at the head."""
+    assert peer.held(GW, EPOCH) == list(range(1, total + 1))
+    records = peer.by_seq[(GW, EPOCH)]
+    key = peer.gateways[GW]
+    prev = ZERO_HASH
+    for seq in range(1, total + 1):
+        event = parse_object(records[seq].body, 1 << 16, "stored record")
+        assert signature_ok(key, event), seq
+        assert event["prevhash"] == prev, f"seq {seq} does not link to seq {seq - 1}"
+        assert canonical(event) == records[seq].body
+        prev = record_hash(event)
+    chain = peer.chains[(GW, EPOCH)]
+    assert (chain.acked_through, chain.head_hash) == (total, prev)
+    assert len([k for k in peer.records if k[0] == f"urn:koto:gw:{GW}"]) == total
+
+
+def acks_never_ran_ahead(peer: ContractPeer) -> None:
+    """Every ack the peer sent names a record it held, with that record's hash (a self-check of the peer)."""
+    for gw, ack, _ in peer.acks:
+        rec = peer.by_seq[(gw, ack["epoch"])][ack["acked_through"]]
+        assert rec.hash == ack["head_hash"]
+
+
+# -- uplink: records, chain, acks -----------------------------------------------------------------------------------
+
+
+async def test_every_record_arrives_signed_chained_and_the_gateway_sees_its_cumulative_ack(tmp_path, broker):
+    """contract.md: one ledger record per up/usage message, a signed hash-chained CloudEvent; the cloud acks the
+    contiguous linked prefix with its head hash, and the gateway marks records acked (gw_child exits 0)."""
+    async with peer_for(broker) as peer:
+        with child(tmp_path, broker, total=400) as gw:
+            peer.register(GW, gw.public_pem)
+            gw.start()
+            assert await gw.exit_code(25) == 0, gw.tail()
+        assert_holds_exactly(peer, 400)
+        assert_clean(peer)
+        acks_never_ran_ahead(peer)
+        assert peer.acks[-1][1]["acked_through"] == 400
+        assert all(a["acked_through"] >= 1 for _, a, _ in peer.acks), "acked_through 0 is never sent"
+
+
+async def test_the_birth_states_what_the_gateway_holds_and_is_answered_with_the_current_ack(tmp_path, broker):
+    """contract.md "Status": at every connect a retained birth with epoch, last seq and unacked count (birth.json);
+    "When a birth arrives, the receiver recomputes and re-sends the ack for the birth's epoch". Here the cloud
+    stored every record but its acks were lost; the restarted gateway's birth says all are unacked, and the ack
+    that answers it ends the drain."""
+    async with peer_for(broker, withhold_acks=True) as peer:
+        with child(tmp_path, broker, total=60, ack_timeout=30.0) as gw:
+            peer.register(GW, gw.public_pem)
+            gw.start()
+            await peer.wait_for(lambda: peer.stats.stored == 60, 15, "every record stored")
+            first = peer.births[GW].body
+            assert (first["gateway"], first["online"], first["epoch"], first["last_dseq"]) == (GW, True, EPOCH, "")
+            gw.kill9()
+            peer.withhold_acks = False
+            births = len(peer.birth_log)
+            gw.start()
+            await peer.wait_for(lambda: len(peer.birth_log) > births, 15, "a birth at the second connect")
+            birth = peer.birth_log[-1].body
+            assert (birth["epoch"], birth["last_seq"], birth["unacked"]) == (EPOCH, 60, 60), birth
+            assert birth["boot_id"] and birth["gateway"] == GW
+            assert await gw.exit_code(20) == 0, gw.tail()
+        head = peer.chains[(GW, EPOCH)].head_hash
+        assert {"epoch": EPOCH, "acked_through": 60, "head_hash": head} in [a for _, a, _ in peer.acks]
+        assert_holds_exactly(peer, 60)
+        assert_clean(peer)
+
+
+async def test_the_retained_birth_reaches_a_cloud_that_subscribes_later(tmp_path, broker):
+    """contract.md topics table: up/status is retained, so a receiver that starts after the gateway connected still
+    gets its birth; and what the gateway sent while no cloud listened is resent after the ack timeout."""
+    with child(tmp_path, broker, total=30, ack_timeout=2.0) as gw:
+        gw.start()
+        await asyncio.sleep(scaled(1.0))  # connected, sending its records to nobody
+        async with peer_for(broker) as peer:
+            peer.register(GW, gw.public_pem)
+            await peer.wait_for(lambda: GW in peer.births, 5, "retained birth")
+            birth = peer.births[GW]
+            assert birth.retained, "up/status birth was not retained"
+            assert birth.body["unacked"] == birth.body["last_seq"], "nothing was ever acked"
+            assert await gw.exit_code(25) == 0, gw.tail()
+            assert_holds_exactly(peer, 30)
+            assert_clean(peer)
+
+
+async def test_an_ack_never_crosses_a_gap_and_the_gateway_resends_what_was_lost(tmp_path, broker):
+    """contract.md: "an ack never runs ahead of what is durable, never crosses a gap"; QoS 1 is not trusted to keep
+    messages, so the gateway resends unacked records in seq order after an ack timeout. Record 50 is lost once in
+    flight (the peer drops it before looking): no ack may pass 49 until it is back, and it must come back."""
+    async with peer_for(broker, lose_once={(GW, 50)}) as peer:
+        with child(tmp_path, broker, total=200, ack_timeout=2.0) as gw:
+            peer.register(GW, gw.public_pem)
+            gw.start()
+            assert await gw.exit_code(25) == 0, gw.tail()
+        assert peer.stats.dropped_in_flight == 1
+        assert_holds_exactly(peer, 200)
+        stored_50_at = peer.by_seq[(GW, EPOCH)][50]
+        first_past = next(i for i, (_, a, _) in enumerate(peer.acks) if a["acked_through"] >= 50)
+        assert all(a["acked_through"] <= 49 for _, a, _ in peer.acks[:first_past])
+        assert stored_50_at is not None
+        assert peer.stats.duplicates > 0, "the gateway resent from the acked point: records 51.. arrive twice"
+        acks_never_ran_ahead(peer)
+        assert_clean(peer)
+
+
+@pytest.mark.slow
+async def test_a_broker_restart_mid_drain_loses_nothing(tmp_path, broker):
+    """contract.md "Why it looks like this": a broker restart can lose messages in flight; the ledger is the queue,
+    so every record still arrives, and the cloud stores each exactly once by (source, id)."""
+    total = 1500
+    async with peer_for(broker) as peer:
+        with child(tmp_path, broker, total=total, rate=300.0, ack_timeout=2.0) as gw:
+            peer.register(GW, gw.public_pem)
+            gw.start()
+            await peer.wait_for(lambda: peer.stats.stored >= total // 3, 15, "a third of the records")
+            broker.stop()
+            await asyncio.sleep(0.5)
+            broker.start()
+            assert await gw.exit_code(30) == 0, gw.tail()
+        assert peer.stats.connects >= 2, "the peer did not see the broker go"
+        assert_holds_exactly(peer, total)
+        acks_never_ran_ahead(peer)
+        assert_clean(peer)
+
+
+@pytest.mark.slow
+async def test_a_gateway_killed_mid_drain_loses_nothing_and_its_resends_are_dropped_by_id(tmp_path, broker):
+    """contract.md: the gateway "resends unacked records in seq order with identical bytes on reconnect"; a resend
+    (same id, same hash) is a no-op at the cloud, counted as a duplicate; a different hash under a known id would be
+    an alarm. kill -9 twice in the middle of the drain; the restarted gateway must still reach the end."""
+    total = 1200
+    async with peer_for(broker) as peer:
+        with child(tmp_path, broker, total=total, rate=300.0, ack_timeout=2.0) as gw:
+            peer.register(GW, gw.public_pem)
+            gw.start()
+            for fraction in (3, 2):
+                await peer.wait_for(lambda f=fraction: peer.stats.stored >= total // f, 15, "records")
+                gw.kill9()
+                gw.start()
+            assert await gw.exit_code(30) == 0, gw.tail()
+        assert_holds_exactly(peer, total)
+        assert peer.stats.received == peer.stats.stored + peer.stats.duplicates
+        assert len({id_ for _, id_ in peer.records}) == total
+        acks_never_ran_ahead(peer)
+        assert_clean(peer)
+
+
+async def test_an_ack_whose_head_hash_is_not_the_gateways_prunes_nothing(tmp_path, broker):
+    """contract.md: "the gateway marks records acked only when [head_hash] equals its own" (a mismatch is an alarm,
+    never a prune). A cloud that acks with a wrong hash leaves the gateway with everything unacked: it resends and
+    does not finish; once the cloud acks with the true hash, it finishes."""
+    async with peer_for(broker, lie_about_head_hash=True) as peer:
+        with child(tmp_path, broker, total=40, ack_timeout=1.0) as gw:
+            peer.register(GW, gw.public_pem)
+            gw.start()
+            await peer.wait_for(lambda: peer.stats.duplicates >= 40, 15, "a resend of every record")
+            assert gw.proc is not None and gw.proc.poll() is None, "the gateway took a wrong-hash ack as an ack"
+            peer.lie_about_head_hash = False
+            assert await gw.exit_code(15) == 0, gw.tail()
+        assert_holds_exactly(peer, 40)
+        assert_clean(peer)
+
+
+# -- downlink: signed commands to `koto run` ---------------------------------------------------------------------
+
+
+class Daemon:
+    """The production gateway, `koto run`, provisioned as README says: `koto provision --operator-key` pins the
+    operator's public key in `[cloud] operator_keys` and prints the device key for the cloud to register."""
+
+    def __init__(self, folder: Path, broker: Mosquitto, operator_pub: bytes):
+        self.folder = folder
+        self.config = folder / "koto.toml"
+        folder.mkdir(parents=True, exist_ok=True)
+        op = folder / "operator-peer.pub.pem"
+        op.write_bytes(operator_pub)
+        out = subprocess.run(
+            [
+                *self.koto(),
+                "provision",
+                "--config",
+                str(self.config),
+                "--state-dir",
+                str(folder / "state"),
+                "--id",
+                GW,
+                "--timezone",
+                "UTC",
+                "--broker",
+                broker.url,
+                "--operator-key",
+                str(op),
+                "--no-input",
+            ],
+            cwd=REPO,
+            env=child_env(),
+            capture_output=True,
+            timeout=scaled(30),
+            check=True,
+        )
+        self.public_pem = out.stdout
+        text = self.config.read_text()
+        # No status page, and lifecycle records go out with the next batch instead of waiting up to a minute.
+        text = text.replace("[gateway]\n", "[gateway]\nweb_port = 0\nhold_use_s = 0\n", 1)
+        self.config.write_text(text)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = folder / "koto.log"
+
+    @staticmethod
+    def koto() -> list[str]:
+        return [
+            sys.executable,
+            "-c",
+            "import sys; sys.argv[0] = 'koto'; from gateway.entry import main; sys.exit(main())",
+        ]
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*self.koto(), "run", "--config", str(self.config)],
+                cwd=REPO,
+                env=child_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=scaled(20))
+        finally:
+            self.proc = None
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+
+@contextlib.asynccontextmanager
+async def daemon_and_peer(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[tuple[Daemon, ContractPeer]]:
+    async with peer_for(broker) as peer:
+        d = Daemon(tmp_path / "koto", broker, public_pem(peer.operator_key))
+        peer.register(GW, d.public_pem)
+        d.start()
+        try:
+            await peer.wait_for(lambda: GW in peer.births, 20, f"birth from koto run; log:\n{d.tail()}")
+            yield d, peer
+        finally:
+            if d.proc is not None:
+                d.stop(signal.SIGKILL)
+
+
+def tariff(version: int) -> dict[str, Any]:
+    """contract.md commands table: Tariff.to_dict() fields, as cmd-tariff.json describes them."""
+    return {
+        "id": "peer-tariff",
+        "version": version,
+        "currency": "EUR",
+        "exponent": 2,
+        "rates": [{"match": "*/*", "per_kwh": "0.30"}],
+        "windows": [],
+    }
+
+
+async def test_a_signed_command_is_applied_once_a_replay_is_a_duplicate_and_a_forgery_is_rejected(tmp_path, broker):
+    """contract.md "Commands": the gateway applies a command signed by its pinned operator key whose dseq is above
+    its last applied one; a replay of an applied id is answered `duplicate`; bad signatures are rejected with a
+    reply. "Replies": every reply carries ack_of, status, reason, dseq, gateway, time (reply.json)."""
+    async with daemon_and_peer(tmp_path, broker) as (_, peer):
+        cmd, payload = peer.command(GW, DIAGNOSTICS, {})
+        seen = len(peer.replies)
+        await peer.publish_command(GW, payload)
+        applied = (await peer.next_reply(GW, after=seen)).body
+        assert (applied["status"], applied["ack_of"], applied["dseq"]) == ("applied", cmd["id"], cmd["dseq"]), applied
+        assert isinstance(applied.get("report"), dict), "diagnostics replies carry a report"
+
+        seen = len(peer.replies)
+        await peer.publish_command(GW, payload)  # the very same bytes again
+        replay = (await peer.next_reply(GW, after=seen)).body
+        assert (replay["status"], replay["ack_of"]) == ("duplicate", cmd["id"]), replay
+
+        forger = ec.generate_private_key(ec.SECP256R1())
+        _, forged = peer.command(GW, DIAGNOSTICS, {}, key=forger)
+        seen = len(peer.replies)
+        await peer.publish_command(GW, forged)
+        rejected = (await peer.next_reply(GW, after=seen)).body
+        assert rejected["status"] == "rejected", rejected
+
+        # After a forgery the next honest dseq still applies: a rejected command does not use up anything.
+        cmd2, reply2 = await peer.send(GW, DIAGNOSTICS, {})
+        assert (reply2.body["status"], reply2.body["ack_of"]) == ("applied", cmd2["id"]), reply2.body
+        assert not peer.rejected, peer.rejected
+
+
+async def test_an_applied_command_is_in_the_usage_stream_as_a_signed_lifecycle_record(tmp_path, broker):
+    """contract.md "Replies": applied commands are also recorded in the ledger as io.koto.lifecycle.v1 records
+    {"event":"command_applied","command_type":T,"command_id":id,"dseq":...,"version":...}, and reach the cloud on
+    up/usage like any record (signed, chained, acked)."""
+    async with daemon_and_peer(tmp_path, broker) as (_, peer):
+        cmd, reply = await peer.send(GW, TARIFF, tariff(1))
+        assert reply.body["status"] == "applied", reply.body
+
+        def lifecycle() -> list[dict[str, Any]]:
+            return [
+                r.event["data"]
+                for r in peer.records.values()
+                if r.event["type"] == "io.koto.lifecycle.v1" and r.event["data"].get("event") == "command_applied"
+            ]
+
+        await peer.wait_for(lambda: bool(lifecycle()), 15, "a command_applied record")
+        data = lifecycle()[0]
+        assert data["command_type"] == TARIFF and data["command_id"] == cmd["id"]
+        assert str(data["dseq"]) == cmd["dseq"] and data["version"] == 1
+        epoch = peer.births[GW].body["epoch"]
+        top = max(peer.held(GW, epoch))
+        assert peer.held(GW, epoch) == list(range(1, top + 1))
+        await peer.wait_for(lambda: peer.chains[(GW, epoch)].acked_through == top, 10, "an ack of every record")
+        # A version not above the current one is rejected as stale, though its dseq is new.
+        _, stale = await peer.send(GW, TARIFF, tariff(1))
+        assert stale.body["status"] == "rejected", stale.body
+        assert_clean(peer)
+
+
+async def test_a_command_for_another_gateway_an_expired_one_and_an_old_dseq_are_rejected(tmp_path, broker):
+    """contract.md "Commands": `subject` binds a command to one gateway; `expirytime` bounds how long it stays valid;
+    the gateway applies only a dseq above its last applied one ("anything else old `rejected`")."""
+    async with daemon_and_peer(tmp_path, broker) as (_, peer):
+        _, other = await peer.send(GW, DIAGNOSTICS, {}, subject_gateway="gw-someone-else")
+        assert other.body["status"] == "rejected", other.body
+        _, expired = await peer.send(GW, DIAGNOSTICS, {}, at=time.time() - 7200, expires_in=3600)
+        assert expired.body["status"] == "rejected", expired.body
+        _, applied = await peer.send(GW, DIAGNOSTICS, {}, dseq=10)
+        assert applied.body["status"] == "applied", applied.body
+        _, old = await peer.send(GW, DIAGNOSTICS, {}, dseq=5)
+        assert (old.body["status"], old.body["dseq"]) == ("rejected", "5"), old.body
+        assert not peer.rejected, peer.rejected
+
+
+async def test_the_birth_carries_the_last_applied_dseq_and_a_vanished_gateway_leaves_its_will(tmp_path, broker):
+    """contract.md "Status": the birth carries `last_dseq` so a new command's dseq is always above what the gateway
+    applied; the MQTT Will (retained, QoS 1) is {"online":false,"gateway":GW} (will.json)."""
+    async with daemon_and_peer(tmp_path, broker) as (d, peer):
+        _, reply = await peer.send(GW, DIAGNOSTICS, {}, dseq=41)
+        assert reply.body["status"] == "applied", reply.body
+        wills = len(peer.wills)
+        d.stop(signal.SIGKILL)
+        await peer.wait_for(lambda: len(peer.wills) > wills, 10, "the Will after kill -9")
+        _, will, _ = peer.wills[-1]
+        assert will == {"online": False, "gateway": GW}
+        peer.forget_dseqs()  # as if the operator's database were restored from a backup: only the birth can tell
+        births = len(peer.birth_log)
+        d.start()
+        await peer.wait_for(lambda: len(peer.birth_log) > births, 20, "a birth after the restart")
+        assert peer.birth_log[-1].body["last_dseq"] == "41"
+        assert peer.next_dseq(GW) == 42
+        assert_clean(peer)
