@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -34,6 +36,7 @@ from tests.support.contract_peer import (
     signature_ok,
 )
 from tests.support.paths import REPO
+from tests.support.pki import TestPKI
 from tests.support.slow import scaled
 
 GW = "gw-peer"
@@ -179,6 +182,26 @@ async def test_every_record_arrives_signed_chained_and_the_gateway_sees_its_cumu
         assert all(a["acked_through"] >= 1 for _, a, _ in peer.acks), "acked_through 0 is never sent"
 
 
+async def test_over_tls_with_certificate_identities_as_deployed(tmp_path):
+    """contract.md: TLS with a client certificate whose CN is the gateway id; the broker (deploy/mosquitto's
+    config and ACL) maps the CN to the username, and a receiver, CN koto-receiver, reads usage and status and
+    writes acks. The same drain as above, end to end through what operators deploy."""
+    pki = TestPKI(tmp_path / "pki")
+    with Mosquitto(tmp_path / "broker", pki=pki) as broker:
+        rx = pki.client("koto-receiver")
+        tls = aiomqtt.TLSParameters(ca_certs=str(pki.ca), certfile=str(rx.cert), keyfile=str(rx.key))
+        async with peer_for(broker, tls=tls, client_id="koto-receiver") as peer:
+            with child(tmp_path, broker, total=200) as gw:
+                pair = pki.client(GW)
+                gw.cmd += ["--ca", str(pki.ca), "--cert", str(pair.cert), "--key", str(pair.key)]
+                peer.register(GW, gw.public_pem)
+                gw.start()
+                assert await gw.exit_code(25) == 0, gw.tail()
+            assert_holds_exactly(peer, 200)
+            assert_clean(peer)
+            assert peer.births[GW].body["gateway"] == GW
+
+
 async def test_the_birth_states_what_the_gateway_holds_and_is_answered_with_the_current_ack(tmp_path, broker):
     """contract.md "Status": at every connect a retained birth with epoch, last seq and unacked count (birth.json);
     "When a birth arrives, the receiver recomputes and re-sends the ack for the birth's epoch". Here the cloud
@@ -285,17 +308,31 @@ async def test_a_gateway_killed_mid_drain_loses_nothing_and_its_resends_are_drop
         assert_clean(peer)
 
 
-async def test_an_ack_whose_head_hash_is_not_the_gateways_prunes_nothing(tmp_path, broker):
-    """contract.md: "the gateway marks records acked only when [head_hash] equals its own" (a mismatch is an alarm,
-    never a prune). A cloud that acks with a wrong hash leaves the gateway with everything unacked: it resends and
-    does not finish; once the cloud acks with the true hash, it finishes."""
-    async with peer_for(broker, lie_about_head_hash=True) as peer:
+def wrong_hash(ack: dict[str, Any]) -> dict[str, Any]:
+    return {**ack, "head_hash": hashlib.sha256(ack["head_hash"].encode()).hexdigest()}
+
+
+def other_epoch(ack: dict[str, Any]) -> dict[str, Any]:
+    return {**ack, "epoch": ack["epoch"] + 1}
+
+
+def beyond_head(ack: dict[str, Any]) -> dict[str, Any]:
+    return {**ack, "acked_through": ack["acked_through"] + 1000}
+
+
+@pytest.mark.parametrize("mutate", [wrong_hash, other_epoch, beyond_head], ids=lambda f: f.__name__)
+async def test_an_ack_that_is_not_for_the_gateways_own_records_prunes_nothing(tmp_path, broker, mutate):
+    """contract.md "Acks are cumulative and carry a hash": the gateway marks records acked only when head_hash
+    equals its own hash of record acked_through of its epoch (a mismatch is an alarm, never a prune). A cloud whose
+    acks name another hash, another epoch or records the gateway never made leaves everything unacked: the gateway
+    resends and does not finish; once the cloud acks what it holds, it finishes."""
+    async with peer_for(broker, ack_mutator=mutate) as peer:
         with child(tmp_path, broker, total=40, ack_timeout=1.0) as gw:
             peer.register(GW, gw.public_pem)
             gw.start()
             await peer.wait_for(lambda: peer.stats.duplicates >= 40, 15, "a resend of every record")
-            assert gw.proc is not None and gw.proc.poll() is None, "the gateway took a wrong-hash ack as an ack"
-            peer.lie_about_head_hash = False
+            assert gw.proc is not None and gw.proc.poll() is None, "the gateway took a false ack as an ack"
+            peer.ack_mutator = None
             assert await gw.exit_code(15) == 0, gw.tail()
         assert_holds_exactly(peer, 40)
         assert_clean(peer)
@@ -455,9 +492,12 @@ async def test_an_applied_command_is_in_the_usage_stream_as_a_signed_lifecycle_r
         top = max(peer.held(GW, epoch))
         assert peer.held(GW, epoch) == list(range(1, top + 1))
         await peer.wait_for(lambda: peer.chains[(GW, epoch)].acked_through == top, 10, "an ack of every record")
-        # A version not above the current one is rejected as stale, though its dseq is new.
-        _, stale = await peer.send(GW, TARIFF, tariff(1))
+        # A version not above the current one is rejected as stale, though its dseq is new; being rejected, its
+        # dseq was not applied, so the next command may carry the same dseq ("only a dseq above its last applied").
+        stale_cmd, stale = await peer.send(GW, TARIFF, tariff(1))
         assert stale.body["status"] == "rejected", stale.body
+        again, reply = await peer.send(GW, TARIFF, tariff(2), dseq=int(stale_cmd["dseq"]))
+        assert (reply.body["status"], reply.body["ack_of"]) == ("applied", again["id"]), reply.body
         assert_clean(peer)
 
 
@@ -494,3 +534,80 @@ async def test_the_birth_carries_the_last_applied_dseq_and_a_vanished_gateway_le
         assert peer.birth_log[-1].body["last_dseq"] == "41"
         assert peer.next_dseq(GW) == 42
         assert_clean(peer)
+
+
+async def test_what_cannot_be_believed_is_rejected_with_a_reply(tmp_path, broker):
+    """contract.md "Commands": "payloads above 64 KiB, unknown types, wrong types and bad signatures are rejected
+    with a reply"; "Replies": `ack_of` is "" when the command could not be parsed."""
+    async with daemon_and_peer(tmp_path, broker) as (_, peer):
+        for payload in (b"not json", b"[1, 2]", b'{"specversion": "1.0"}'):
+            seen = len(peer.replies)
+            await peer.publish_command(GW, payload)
+            body = (await peer.next_reply(GW, after=seen)).body
+            assert (body["status"], body["ack_of"], body["dseq"]) == ("rejected", "", ""), (payload, body)
+
+        _, unknown = peer.command(GW, "io.koto.cmd.reboot.v1", {}, check_schema=False)
+        seen = len(peer.replies)
+        await peer.publish_command(GW, unknown)
+        assert (await peer.next_reply(GW, after=seen)).body["status"] == "rejected"
+
+        _, huge = peer.command(GW, TARIFF, {**tariff(1), "timezone": "x" * (65 * 1024)}, check_schema=False)
+        assert len(huge) > 64 * 1024
+        seen = len(peer.replies)
+        await peer.publish_command(GW, huge)
+        assert (await peer.next_reply(GW, after=seen)).body["status"] == "rejected"
+
+        # None of them used up a dseq: the next honest command applies.
+        cmd, reply = await peer.send(GW, TARIFF, tariff(1))
+        assert (reply.body["status"], reply.body["ack_of"]) == ("applied", cmd["id"]), reply.body
+        assert not peer.rejected, peer.rejected
+
+
+async def test_a_replay_of_an_earlier_applied_command_is_still_a_duplicate(tmp_path, broker):
+    """contract.md "Commands": "a replay of an applied id is answered `duplicate`, anything else old `rejected`",
+    also once a later command has been applied since."""
+    async with daemon_and_peer(tmp_path, broker) as (_, peer):
+        first, payload = peer.command(GW, TARIFF, tariff(1))
+        seen = len(peer.replies)
+        await peer.publish_command(GW, payload)
+        assert (await peer.next_reply(GW, after=seen)).body["status"] == "applied"
+        _, second = await peer.send(GW, TARIFF, tariff(2))
+        assert second.body["status"] == "applied", second.body
+        seen = len(peer.replies)
+        await peer.publish_command(GW, payload)
+        replay = (await peer.next_reply(GW, after=seen)).body
+        assert (replay["status"], replay["ack_of"], replay["dseq"]) == ("duplicate", first["id"], first["dseq"])
+
+
+async def test_a_command_sent_while_the_gateway_is_away_is_applied_when_it_returns(tmp_path, broker):
+    """contract.md "Topics": gateways connect with clean start off and a 7-day session expiry, "so the broker
+    queues acks and commands while a gateway is away"; its next birth carries the tariff version and last dseq."""
+    async with daemon_and_peer(tmp_path, broker) as (d, peer):
+        d.stop(signal.SIGKILL)
+        cmd, payload = peer.command(GW, TARIFF, tariff(3), dseq=7)
+        seen = len(peer.replies)
+        await peer.publish_command(GW, payload)
+        births = len(peer.birth_log)
+        d.start()
+        reply = (await peer.next_reply(GW, after=seen, within=20)).body
+        assert (reply["status"], reply["ack_of"]) == ("applied", cmd["id"]), reply
+        await peer.wait_for(lambda: len(peer.birth_log) > births, 10, "a birth")
+        d.stop(signal.SIGTERM)
+        births = len(peer.birth_log)
+        d.start()
+        await peer.wait_for(lambda: len(peer.birth_log) > births, 20, "a birth after the restart")
+        birth = peer.birth_log[-1].body
+        assert (birth["tariff_version"], birth["last_dseq"]) == (3, "7"), birth
+        assert_clean(peer)
+
+
+async def test_a_clean_stop_leaves_the_offline_status_of_will_json(tmp_path, broker):
+    """contract.md "Status": the Will is {"online":false,"gateway":GW} (will.json: "online" const false), and a
+    clean stop, which does not fire the Will, leaves the same offline status retained (docs/sync.md)."""
+    async with daemon_and_peer(tmp_path, broker) as (d, _):
+        assert d.stop(signal.SIGTERM) == 0, d.tail()
+    async with peer_for(broker, client_id="late-peer") as late:
+        await late.wait_for(lambda: bool(late.wills) or bool(late.rejected), 5, "the retained status")
+        assert not late.rejected, late.rejected
+        _, status, retained = late.wills[-1]
+        assert retained and status == {"online": False, "gateway": GW}

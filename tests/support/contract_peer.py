@@ -338,10 +338,10 @@ class ContractPeer:
     operator: str = "peer"
     operator_key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
     max_batch: int = 256
-    # Test hooks: messages the network "loses" before the peer sees them (by (gateway, seq), once each), and an ack
-    # whose head_hash is not the record's (a cloud that stored something else).
+    # Test hooks: messages the network "loses" before the peer sees them (by (gateway, seq), once each), and a
+    # function that changes every ack before it goes out (a cloud that stored something else, or a confused one).
     lose_once: set[tuple[str, int]] = field(default_factory=set)
-    lie_about_head_hash: bool = False
+    ack_mutator: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     withhold_acks: bool = False  # stores and commits, but every ack is "lost" (a crash between commit and ack)
 
     def __post_init__(self) -> None:
@@ -366,6 +366,8 @@ class ContractPeer:
         self._changed = asyncio.Condition()
         self._queue: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._next_ack: dict[tuple[str, int], bytes] = {}
+        self._ack_senders: dict[tuple[str, int], asyncio.Task[None]] = {}
 
     # -- life cycle --
 
@@ -378,9 +380,10 @@ class ContractPeer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for t in self._tasks:
+        tasks = [*self._tasks, *self._ack_senders.values()]
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await t
 
@@ -427,6 +430,9 @@ class ContractPeer:
         if parts is None:
             return
         gateway, kind = parts
+        want_qos = {"usage": 1, "status": 1, "reply": 1}.get(kind)  # contract.md topics table (subscribed at 1)
+        if want_qos is not None and msg.qos != want_qos:
+            self._finding(f"up/{kind} arrived at QoS {msg.qos}; contract.md's topics table says QoS {want_qos}")
         raw = bytes(msg.payload) if isinstance(msg.payload, (bytes, bytearray)) else str(msg.payload).encode()
         if kind == "usage":
             await self._queue.put(msg)
@@ -589,23 +595,35 @@ class ContractPeer:
         return chain
 
     async def _send_ack(self, gateway: str, epoch: int, chain: Chain) -> None:
-        head = chain.head_hash
-        if self.lie_about_head_hash:
-            head = hashlib.sha256(b"not what the gateway signed" + head.encode()).hexdigest()
-        ack = {"epoch": epoch, "acked_through": chain.acked_through, "head_hash": head}
+        ack = {"epoch": epoch, "acked_through": chain.acked_through, "head_hash": chain.head_hash}
+        if self.ack_mutator is not None:
+            ack = self.ack_mutator(ack)
         if self.withhold_acks:
             return
         errs = self.schemas.errors("ack.json", ack)
         assert not errs, f"the peer built an ack that ack.json refuses: {errs}"
-        client = self._client
-        if client is None:
+        if self._client is None:
             return  # the birth at the gateway's next connect asks again
-        try:
-            await client.publish(f"{self.prefix}/{gateway}/down/ack", canonical(ack), qos=1)
-        except aiomqtt.MqttError:
-            return
         self.acks.append((gateway, ack, time.monotonic()))
         self.stats.acks_sent += 1
+        # Not awaited here: a PUBACK that never comes (the broker went away under this very publish) must not hold
+        # the next batch, nor the next connection's messages, for aiomqtt's publish timeout. One publish in flight
+        # per chain; acks are cumulative, so one made meanwhile replaces the one waiting.
+        self._next_ack[(gateway, epoch)] = canonical(ack)
+        if (gateway, epoch) not in self._ack_senders:
+            task = asyncio.create_task(self._ack_sender(gateway, epoch))
+            self._ack_senders[(gateway, epoch)] = task
+
+    async def _ack_sender(self, gateway: str, epoch: int) -> None:
+        try:
+            while (payload := self._next_ack.pop((gateway, epoch), None)) is not None:
+                client = self._client
+                if client is None:
+                    return
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await client.publish(f"{self.prefix}/{gateway}/down/ack", payload, qos=1, timeout=5)
+        finally:
+            self._ack_senders.pop((gateway, epoch), None)
 
     # -- up/status: birth and Will --
 
@@ -686,6 +704,7 @@ class ContractPeer:
         key: ec.EllipticCurvePrivateKey | None = None,
         subject_gateway: str | None = None,
         at: float | None = None,
+        check_schema: bool = True,
     ) -> tuple[dict[str, Any], bytes]:
         """A command CloudEvent, signed by the operator key (or `key`): the dict and the bytes to publish."""
         if dseq is None:
@@ -705,7 +724,7 @@ class ContractPeer:
             "data": data,
         }
         cmd["sig"] = sign(key or self.operator_key, cmd)
-        errs = self.schemas.errors("command.json", cmd)
+        errs = self.schemas.errors("command.json", cmd) if check_schema else []
         assert not errs, f"the peer built a command that command.json refuses: {errs}"
         return cmd, canonical(cmd)
 
