@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,13 +28,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.support.broker import Mosquitto
 from tests.support.contract_peer import (
     DIAGNOSTICS,
+    ENTITLEMENT,
     TARIFF,
     ZERO_HASH,
     ContractPeer,
     canonical,
+    now_rfc3339,
     parse_object,
     public_pem,
     record_hash,
+    sign,
     signature_ok,
 )
 from tests.support.paths import REPO
@@ -278,9 +283,11 @@ async def test_a_broker_restart_mid_drain_loses_nothing(tmp_path, broker):
             await peer.wait_for(lambda: peer.stats.stored >= total // 3, 15, "a third of the records")
             broker.stop()
             await asyncio.sleep(0.5)
+            restarted = now_rfc3339()
             broker.start()
             assert await gw.exit_code(30) == 0, gw.tail()
         assert peer.stats.connects >= 2, "the peer did not see the broker go"
+        assert any(b.body["time"] >= restarted for b in peer.birth_log), "no birth at the gateway's reconnect"
         assert_holds_exactly(peer, total)
         acks_never_ran_ahead(peer)
         assert_clean(peer)
@@ -336,6 +343,56 @@ async def test_an_ack_that_is_not_for_the_gateways_own_records_prunes_nothing(tm
             assert await gw.exit_code(15) == 0, gw.tail()
         assert_holds_exactly(peer, 40)
         assert_clean(peer)
+
+
+async def test_the_peer_itself_refuses_what_the_contract_refuses(tmp_path, broker):
+    """A check on this file's cloud, so that a green run above means something: given the gateway's real records,
+    altered as the contract's receiver rules describe, the peer refuses each by its kind, raises the two alarms and
+    never acks past a broken link."""
+    async with peer_for(broker) as peer:
+        with child(tmp_path, broker, total=5) as gw:
+            peer.register(GW, gw.public_pem)
+            gw.start()
+            assert await gw.exit_code(20) == 0, gw.tail()
+        key = serialization.load_pem_private_key((gw.state / "device.pem").read_bytes(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        held = peer.by_seq[(GW, EPOCH)]
+        five = parse_object(held[5].body, 1 << 16, "record")
+
+        def signed(event: dict[str, Any]) -> bytes:
+            event = {k: v for k, v in event.items() if k != "sig"}
+            event["sig"] = sign(key, event)
+            return canonical(event)
+
+        forged = {**five, "data": {**five["data"], "energy_mwh": five["data"]["energy_mwh"] + 1}}
+        six = {**five, "id": f"{EPOCH}-6", "sequence": f"{6:020d}", "data": {**five["data"], "seq": 6}}
+        stranger = {**five, "source": "urn:koto:gw:gw-stranger"}
+        sends = [
+            (GW, canonical(forged), "bad_signature"),  # the sig no longer covers the bytes
+            ("gw-other", held[3].body, "wrong_topic"),  # gw-peer's record on gw-other's topic
+            ("gw-stranger", canonical(stranger), "unknown_gateway"),
+            (GW, b'{"a":' * 40 + b"1" + b"}" * 40, "too_deep"),
+            (GW, held[2].body[:-1] + b',"id":"x"}', "malformed"),  # a key twice
+            (GW, held[2].body.replace(b'"uses":0', b'"uses":NaN'), "malformed"),
+            (GW, held[2].body.replace(b'"uses":0', b'"uses":0.0'), "malformed"),  # not canonical: a float
+            (GW, b"x" * (65 * 1024), "too_large"),
+            (GW, held[2].body, None),  # a resend: a duplicate, no alarm
+            (GW, signed(forged), None),  # same id, another hash, really signed: an alarm, the first one stays
+            (GW, signed(six), None),  # seq 6 whose prevhash is not the hash of 5: stored, chain_break, no ack past 5
+        ]
+        async with aiomqtt.Client(broker.host, broker.port, identifier="fake") as fake:
+            for gateway, payload, _ in sends:
+                await fake.publish(f"koto/v1/{gateway}/up/usage", payload, qos=1)
+        want = Counter(kind for _, _, kind in sends if kind)
+        await peer.wait_for(lambda: peer.stats.received >= 5 + len(sends), 10, "every message")
+        assert peer.rejections == want, peer.rejected
+        assert peer.stats.duplicates == 1
+        assert len(peer.alarms) == 2, peer.alarms
+        assert peer.records[(f"urn:koto:gw:{GW}", f"{EPOCH}-5")].body == held[5].body
+        assert any(a.startswith("chain_break") for a in peer.alarms)
+        assert peer.chains[(GW, EPOCH)].acked_through == 5
+        assert max(a["acked_through"] for _, a, _ in peer.acks) == 5
+        assert any(f.startswith("up/usage content type None") for f in peer.findings), "fake sent no content type"
 
 
 # -- downlink: signed commands to `koto run` ---------------------------------------------------------------------
@@ -401,13 +458,20 @@ class Daemon:
                 stderr=subprocess.STDOUT,
             )
 
-    def stop(self, sig: int = signal.SIGTERM) -> int:
+    async def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Signal it and wait for its exit without blocking the event loop (the peer must go on acking meanwhile:
+        on SIGTERM the gateway sends its stop record and waits a moment for the cloud's ack)."""
         assert self.proc is not None
         self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=scaled(20))
-        finally:
-            self.proc = None
+        deadline = time.monotonic() + scaled(20)
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise AssertionError(f"koto run did not stop within 20 s of signal {sig}; log:\n{self.tail()}")
+            await asyncio.sleep(0.02)
+        code = self.proc.returncode
+        self.proc = None
+        return code
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
@@ -424,7 +488,7 @@ async def daemon_and_peer(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[tu
             yield d, peer
         finally:
             if d.proc is not None:
-                d.stop(signal.SIGKILL)
+                await d.stop(signal.SIGKILL)
 
 
 def tariff(version: int) -> dict[str, Any]:
@@ -523,7 +587,7 @@ async def test_the_birth_carries_the_last_applied_dseq_and_a_vanished_gateway_le
         _, reply = await peer.send(GW, DIAGNOSTICS, {}, dseq=41)
         assert reply.body["status"] == "applied", reply.body
         wills = len(peer.wills)
-        d.stop(signal.SIGKILL)
+        await d.stop(signal.SIGKILL)
         await peer.wait_for(lambda: len(peer.wills) > wills, 10, "the Will after kill -9")
         _, will, _ = peer.wills[-1]
         assert will == {"online": False, "gateway": GW}
@@ -583,7 +647,7 @@ async def test_a_command_sent_while_the_gateway_is_away_is_applied_when_it_retur
     """contract.md "Topics": gateways connect with clean start off and a 7-day session expiry, "so the broker
     queues acks and commands while a gateway is away"; its next birth carries the tariff version and last dseq."""
     async with daemon_and_peer(tmp_path, broker) as (d, peer):
-        d.stop(signal.SIGKILL)
+        await d.stop(signal.SIGKILL)
         cmd, payload = peer.command(GW, TARIFF, tariff(3), dseq=7)
         seen = len(peer.replies)
         await peer.publish_command(GW, payload)
@@ -592,7 +656,7 @@ async def test_a_command_sent_while_the_gateway_is_away_is_applied_when_it_retur
         reply = (await peer.next_reply(GW, after=seen, within=20)).body
         assert (reply["status"], reply["ack_of"]) == ("applied", cmd["id"]), reply
         await peer.wait_for(lambda: len(peer.birth_log) > births, 10, "a birth")
-        d.stop(signal.SIGTERM)
+        await d.stop(signal.SIGTERM)
         births = len(peer.birth_log)
         d.start()
         await peer.wait_for(lambda: len(peer.birth_log) > births, 20, "a birth after the restart")
@@ -601,13 +665,114 @@ async def test_a_command_sent_while_the_gateway_is_away_is_applied_when_it_retur
         assert_clean(peer)
 
 
-async def test_a_clean_stop_leaves_the_offline_status_of_will_json(tmp_path, broker):
+async def test_a_clean_stop_leaves_the_offline_status_of_will_json_and_the_cloud_in_step(tmp_path, broker):
     """contract.md "Status": the Will is {"online":false,"gateway":GW} (will.json: "online" const false), and a
-    clean stop, which does not fire the Will, leaves the same offline status retained (docs/sync.md)."""
-    async with daemon_and_peer(tmp_path, broker) as (d, _):
-        assert d.stop(signal.SIGTERM) == 0, d.tail()
-    async with peer_for(broker, client_id="late-peer") as late:
-        await late.wait_for(lambda: bool(late.wills) or bool(late.rejected), 5, "the retained status")
-        assert not late.rejected, late.rejected
-        _, status, retained = late.wills[-1]
-        assert retained and status == {"online": False, "gateway": GW}
+    clean stop, which does not fire the Will, leaves the same offline status retained (docs/sync.md). After a clean
+    stop the gateway knows exactly what the cloud acked: its next birth's unacked is its last seq minus the cloud's
+    acked_through ("State, not queues, resynchronises")."""
+    async with daemon_and_peer(tmp_path, broker) as (d, peer):
+        _, reply = await peer.send(GW, DIAGNOSTICS, {})
+        assert reply.body["status"] == "applied"
+        assert await d.stop(signal.SIGTERM) == 0, d.tail()
+        epoch = peer.births[GW].body["epoch"]
+        acked = peer.chains[(GW, epoch)].acked_through
+        assert acked == max(peer.held(GW, epoch)), "the cloud holds and acked everything the gateway sent"
+        births = len(peer.birth_log)
+        async with peer_for(broker, client_id="late-peer") as late:
+            await late.wait_for(lambda: bool(late.wills) or bool(late.rejected), 5, "the retained status")
+            assert not late.rejected, late.rejected
+            assert not late.findings, late.findings
+            _, status, retained = late.wills[-1]
+            assert retained and status == {"online": False, "gateway": GW}
+        d.start()
+        await peer.wait_for(lambda: len(peer.birth_log) > births, 20, "a birth after the restart")
+        birth = peer.birth_log[-1].body
+        assert birth["unacked"] == birth["last_seq"] - acked, (birth, acked)
+        assert_clean(peer)
+
+
+def resigned(peer: ContractPeer, cmd: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """`cmd` with some fields changed (None: removed), signed again by the peer's operator key."""
+    out = {k: v for k, v in {**cmd, **changes}.items() if k != "sig" and v is not None}
+    out["sig"] = sign(peer.operator_key, out)
+    return out
+
+
+async def test_commands_as_another_implementation_may_write_them_are_applied(tmp_path, broker):
+    """The signature is over the canonical bytes of the command *value* (contract.md "Canonical bytes"), so the
+    bytes on the wire may be any JSON of it; text outside ASCII is signed as UTF-8 without escapes; common.json's
+    commandEnvelope does not require `time` or `datacontenttype`; RFC 3339 allows offsets and whole seconds; a
+    command id may be any string up to 128 characters, a dseq up to 16 digits; entitlement and tariff data as small
+    as cmd-entitlement.json and cmd-tariff.json allow."""
+    async with daemon_and_peer(tmp_path, broker) as (_, peer):
+
+        async def applied(what: str, payload: bytes) -> None:
+            seen = len(peer.replies)
+            await peer.publish_command(GW, payload)
+            body = (await peer.next_reply(GW, after=seen)).body
+            assert body["status"] == "applied", (what, body)
+
+        cmd, _ = peer.command(GW, DIAGNOSTICS, {})
+        await applied("indented, keys reversed", json.dumps(dict(reversed(cmd.items())), indent=2).encode())
+        cmd, _ = peer.command(GW, DIAGNOSTICS, {})
+        await applied("non-ASCII escaped as \\u", json.dumps(cmd, ensure_ascii=True).encode())
+        text = 'Nacht\u2028\u0001 "q" \\ é 🙂 /'
+        t = {**tariff(1), "id": "tarif-été-🙂"}
+        t["windows"] = [
+            {
+                "name": text,
+                "days": ["mon"],
+                "start": "22:00",
+                "end": "06:00",
+                "rates": [{"match": "*/*", "per_kwh": "0.1"}],
+            }
+        ]
+        await applied("non-ASCII and control characters", peer.command(GW, TARIFF, t)[1])
+        cmd, _ = peer.command(GW, DIAGNOSTICS, {})
+        await applied("no time, no datacontenttype", canonical(resigned(peer, cmd, time=None, datacontenttype=None)))
+        later = time.gmtime(time.time() + 3 * 3600)  # in +02:00: one hour from now
+        cmd, _ = peer.command(GW, DIAGNOSTICS, {})
+        offset = resigned(
+            peer,
+            cmd,
+            expirytime=time.strftime("%Y-%m-%dT%H:%M:%S+02:00", later),
+            time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        await applied("offset expirytime, whole seconds", canonical(offset))
+        cmd, _ = peer.command(GW, DIAGNOSTICS, {})
+        await applied("128-character id", canonical(resigned(peer, cmd, id="i" * 128)))
+        grant = {"id": "e1", "version": 1, "action": "grant", "appliance": "washer", "kind": "uses", "limit": 10}
+        await applied("grant without function", peer.command(GW, ENTITLEMENT, grant)[1])
+        await applied(
+            "revoke, minimal", peer.command(GW, ENTITLEMENT, {"id": "e1", "version": 2, "action": "revoke"})[1]
+        )
+        await applied("tariff, minimal", peer.command(GW, TARIFF, {"id": "min", "version": 1, "currency": "EUR"})[1])
+        await applied("16-digit dseq", peer.command(GW, DIAGNOSTICS, {}, dseq=9_999_999_999_999_999)[1])
+        assert_clean(peer)
+
+
+async def test_a_lower_ack_after_a_higher_one_is_ignored(tmp_path, broker):
+    """contract.md "Several receivers": "Acks from two receivers may arrive out of order (an ack for 90 after one
+    for 100); gateways treat acks as cumulative and ignore lower ones." After the cloud acked record 2, an ack for
+    record 1 (with its true hash) must not make record 2 unacked again: the next birth counts only what came
+    after."""
+    async with daemon_and_peer(tmp_path, broker) as (d, peer):
+        _, reply = await peer.send(GW, DIAGNOSTICS, {})  # the ledger: 1 start, 2 command_applied
+        assert reply.body["status"] == "applied"
+        epoch = peer.births[GW].body["epoch"]
+        await peer.wait_for(lambda: peer.chains[(GW, epoch)].acked_through >= 2, 10, "an ack of record 2")
+        await asyncio.sleep(0.5)  # the gateway has the ack for 2
+        one = peer.by_seq[(GW, epoch)][1]
+        ack = canonical({"epoch": epoch, "acked_through": 1, "head_hash": one.hash})
+        assert peer._client is not None
+        await peer._client.publish(f"koto/v1/{GW}/down/ack", ack, qos=1)
+        await asyncio.sleep(0.5)
+        peer.withhold_acks = True  # no later ack may hide a step back: the stop record stays unacked
+        assert await d.stop(signal.SIGTERM) == 0, d.tail()
+        births = len(peer.birth_log)
+        d.start()
+        await peer.wait_for(lambda: len(peer.birth_log) > births, 20, "a birth after the restart")
+        birth = peer.birth_log[-1].body
+        # Acked through 2 still: unacked are the stop record (3) and the new start record (4), not 2 as well.
+        assert (birth["last_seq"], birth["unacked"]) == (4, 2), birth
+        assert_clean(peer)
