@@ -352,6 +352,7 @@ class ContractPeer:
         self.alarms: list[str] = []
         self.rejections: Counter[str] = Counter()
         self.rejected: list[tuple[str, str, str]] = []  # (topic, kind, why), every one
+        self.refused_payloads: list[bytes] = []  # the bytes of each, in the same order
         self.findings: list[str] = []
         self.acks: list[tuple[str, dict[str, Any], float]] = []  # what was published on down/ack, in order
         self.births: dict[str, Birth] = {}
@@ -448,9 +449,10 @@ class ContractPeer:
         async with self._changed:
             self._changed.notify_all()
 
-    def _refuse(self, topic: str, err: Refused) -> None:
+    def _refuse(self, topic: str, err: Refused, raw: bytes = b"") -> None:
         self.rejections[err.kind] += 1
         self.rejected.append((topic, err.kind, err.why))
+        self.refused_payloads.append(raw)
 
     def _finding(self, text: str) -> None:
         if text not in self.findings:
@@ -472,7 +474,7 @@ class ContractPeer:
                 try:
                     key = self.accept_record(gateway, raw, topic, content_type=_content_type(msg))
                 except Refused as e:
-                    self._refuse(topic, e)
+                    self._refuse(topic, e, raw)
                     continue
                 if key is not None:
                     touched.add(key)
@@ -640,7 +642,7 @@ class ContractPeer:
                     if not 0 <= body[name] <= MAX_SAFE:
                         raise Refused("out_of_range", f"birth {name} {body[name]}")
         except Refused as e:
-            self._refuse(topic, e)
+            self._refuse(topic, e, raw)
             return
         if body["online"] is False:
             self.wills.append((gateway, body, retained))
@@ -668,7 +670,7 @@ class ContractPeer:
             if body["gateway"] != gateway:
                 raise Refused("wrong_topic", f"reply names {body['gateway']!r} on {gateway}'s topic")
         except Refused as e:
-            self._refuse(topic, e)
+            self._refuse(topic, e, raw)
             return
         self.replies.append(Reply(gateway, body, raw, time.monotonic()))
 
@@ -679,7 +681,7 @@ class ContractPeer:
             if errs:
                 raise Refused("malformed", f"live does not follow live.json: {'; '.join(errs[:3])}")
         except Refused as e:
-            self._refuse(topic, e)
+            self._refuse(topic, e, raw)
             return
         self.live.append(body)
 
@@ -744,6 +746,17 @@ class ContractPeer:
         await self.publish_command(gateway, payload)
         return cmd, await self.next_reply(gateway, after=seen, within=within)
 
+    async def reply_or_refusal(self, gateway: str, *, after: int, refused: int, within: float = 10.0) -> Reply:
+        """Like next_reply, but fails at once with the refusal if what came back on up/reply broke reply.json."""
+        await self.wait_for(
+            lambda: any(r.gateway == gateway for r in self.replies[after:]) or len(self.rejected) > refused,
+            within,
+            f"a reply from {gateway}",
+        )
+        bad = [(why, raw) for (_, _, why), raw in zip(self.rejected, self.refused_payloads, strict=True)][refused:]
+        assert not bad, f"the gateway's answer was refused: {bad}"
+        return next(r for r in self.replies[after:] if r.gateway == gateway)
+
     async def next_reply(self, gateway: str, *, after: int, within: float = 10.0) -> Reply:
         """The first reply of `gateway` after the first `after` replies the peer had seen."""
         await self.wait_for(
@@ -761,7 +774,7 @@ class ContractPeer:
         try:
             await asyncio.wait_for(until(), within)
         except TimeoutError:
-            raise AssertionError(f"peer: no {what} within {within} s; {self.summary()}") from None
+            raise AssertionError(f"peer: waited {within} s in vain for {what}; {self.summary()}") from None
 
     def held(self, gateway: str, epoch: int) -> list[int]:
         return sorted(self.by_seq.get((gateway, epoch), {}))
