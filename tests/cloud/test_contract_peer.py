@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -187,6 +188,10 @@ async def test_every_record_arrives_signed_chained_and_the_gateway_sees_its_cumu
         assert_holds_exactly(peer, 400)
         assert_clean(peer)
         acks_never_ran_ahead(peer)
+        for rec in peer.by_seq[(GW, EPOCH)].values():  # gw_child's records span one second of both clocks
+            data = rec.event["data"]
+            assert data["end_mono_us"] - data["start_mono_us"] == 1_000_000, "monotonic stamps are microseconds"
+            assert rec.event["time"] == data["end"], "time is the end of the interval"
         assert peer.acks[-1][1]["acked_through"] == 400
         assert all(a["acked_through"] >= 1 for _, a, _ in peer.acks), "acked_through 0 is never sent"
 
@@ -215,7 +220,7 @@ async def test_the_birth_states_what_the_gateway_holds_and_is_answered_with_the_
     """contract.md "Status": at every connect a retained birth with epoch, last seq and unacked count (birth.json);
     "When a birth arrives, the receiver recomputes and re-sends the ack for the birth's epoch". Here the cloud
     stored every record but its acks were lost; the restarted gateway's birth says all are unacked, and the ack
-    that answers it ends the drain."""
+    that answers it (the only one: the resent records are lost too) ends the drain."""
     async with peer_for(broker, withhold_acks=True) as peer:
         with child(tmp_path, broker, total=60, ack_timeout=30.0) as gw:
             peer.register(GW, gw.public_pem)
@@ -224,7 +229,8 @@ async def test_the_birth_states_what_the_gateway_holds_and_is_answered_with_the_
             first = peer.births[GW].body
             assert (first["gateway"], first["online"], first["epoch"], first["last_dseq"]) == (GW, True, EPOCH, "")
             gw.kill9()
-            peer.withhold_acks = False
+            # From now on the cloud acks again but hears no record: only its answer to the birth can end the drain.
+            peer.withhold_acks, peer.deaf_to_usage = False, True
             births = len(peer.birth_log)
             gw.start()
             await peer.wait_for(lambda: len(peer.birth_log) > births, 15, "a birth at the second connect")
@@ -314,6 +320,10 @@ async def test_a_gateway_killed_mid_drain_loses_nothing_and_its_resends_are_drop
             assert await gw.exit_code(30) == 0, gw.tail()
         assert_holds_exactly(peer, total)
         assert peer.stats.received == peer.stats.stored + peer.stats.duplicates
+        # gw_child's registers chain from record to record: the billed energy is the register's rise, nothing twice.
+        data = [peer.by_seq[(GW, EPOCH)][seq].event["data"] for seq in range(1, total + 1)]
+        assert all(a["register_end_mwh"] == b["register_start_mwh"] for a, b in itertools.pairwise(data))
+        assert sum(d["energy_mwh"] for d in data) == data[-1]["register_end_mwh"] - data[0]["register_start_mwh"]
         assert len({id_ for _, id_ in peer.records}) == total
         acks_never_ran_ahead(peer)
         assert_clean(peer)

@@ -343,6 +343,7 @@ class ContractPeer:
     lose_once: set[tuple[str, int]] = field(default_factory=set)
     ack_mutator: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     withhold_acks: bool = False  # stores and commits, but every ack is "lost" (a crash between commit and ack)
+    deaf_to_usage: bool = False  # every up/usage message is "lost" before the peer sees it
 
     def __post_init__(self) -> None:
         self.schemas = Schemas()
@@ -490,6 +491,9 @@ class ContractPeer:
     ) -> tuple[str, int] | None:
         """Check one up/usage message and store it; (gateway, epoch) when it touched that chain, None when it was
         "lost in flight" by a test hook. Raises Refused (never stored, never acked)."""
+        if self.deaf_to_usage:
+            self.stats.dropped_in_flight += 1
+            return None
         event = parse_object(raw, MAX_RECORD_BYTES, "usage record")
         epoch, seq = self.check_envelope(event)
         if (gateway, seq) in self.lose_once:
