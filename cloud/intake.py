@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from koto.canonical import MAX_SAFE_INT
+from koto.canonical import MAX_SAFE_INT, RFC3339
 
 from .errors import Rejected
 from .safejson import load_object
@@ -43,7 +43,6 @@ KINDS = ("usage", "status", "reply")
 
 _GATEWAY_ID = re.compile(r"[^/#+\s]{1,128}")
 _DSEQ = re.compile(rf"[0-9]{{0,{MAX_DSEQ_DIGITS}}}")
-_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})", re.ASCII)
 _REPLY_STATUS = frozenset({"applied", "duplicate", "rejected"})
 _BIRTH_INTS = ("epoch", "last_seq", "unacked", "tariff_version")
 
@@ -184,5 +183,5 @@ def _dseq(msg: dict[str, Any], name: str, what: str) -> int:
 
 
 def _time(msg: dict[str, Any], what: str) -> None:
-    if not _TIME.fullmatch(_text(msg, "time", what)):
+    if not RFC3339.fullmatch(_text(msg, "time", what)):
         raise Rejected("malformed", f"{what} field 'time' is not an RFC 3339 time")

@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from koto.canonical import MAX_SAFE_INT, ZERO_HASH, CanonicalError, canonical_text
+from koto.canonical import MAX_SAFE_INT, RFC3339, ZERO_HASH, CanonicalError, canonical_text
 from koto.signing import PublicKey, verify_bytes
 
 from .errors import Rejected
@@ -31,7 +31,6 @@ EVENT_TYPES = frozenset({"io.koto.usage.v1", "io.koto.clock.v1", "io.koto.lifecy
 SOURCE_PREFIX = "urn:koto:gw:"
 MAX_EVENT_BYTES = 64 * 1024
 _HEX = frozenset("0123456789abcdef")
-_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})")
 _SIG = re.compile(r"[A-Za-z0-9+/]{1,200}={0,2}")  # a DER P-256 signature is at most 72 bytes: 96 base64 characters
 # ECDSA over a digest we already have (the record hash is the SHA-256 of the signed bytes): the same check as
 # koto.signing.verify_bytes without hashing the bytes a second time or building the algorithm object per record.
@@ -113,7 +112,7 @@ def parse_event(payload: bytes) -> Event:
         raise Rejected("malformed", "datacontenttype is not 'application/json' or subject is empty")
     if "\x00" in ev["subject"]:  # stored in a column of its own: PostgreSQL's text cannot hold a NUL
         raise Rejected("malformed", "subject contains a NUL character")
-    if not _TIME.fullmatch(ev["time"]):
+    if not RFC3339.fullmatch(ev["time"]):
         raise Rejected("malformed", f"time {ev['time'][:40]!r} is not an RFC 3339 time")
     if not _SIG.fullmatch(ev["sig"]):
         raise Rejected("malformed", "sig is not base64")

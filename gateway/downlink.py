@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from drivers.base import RateLimitedLog
-from koto.canonical import parse_rfc3339, rfc3339
+from koto.canonical import RFC3339, parse_rfc3339, rfc3339
 from koto.clock import Clock
 from koto.errors import KotoError
 from koto.signing import PublicKey, verify_event
@@ -49,9 +49,15 @@ KV_LAST_DSEQ = "downlink.last_dseq"
 KV_APPLIED_IDS = "downlink.applied_ids"
 RECENT_IDS = 256
 
-_DSEQ = re.compile(r"^(0|[1-9][0-9]{0,17})$")  # decimal, no sign or leading zeros, fits 2**63
+# The envelope as common.json's `commandEnvelope` has it: a command outside it is refused before its signature is
+# looked at, so that nothing the gateway echoes (ack_of, dseq) or keeps (last_dseq, in every birth) can fall outside
+# reply.json and birth.json.
+_DSEQ = re.compile(r"[1-9][0-9]{0,15}")  # decimal, 1 .. 10**16-1: below 2**63, the cloud's BIGINT
+_SOURCE = re.compile(r"urn:koto:operator:.+", re.DOTALL)
+MAX_ID_CHARS = 128
 _STR_FIELDS = ("specversion", "id", "source", "type", "subject", "dseq", "expirytime", "sig")
 _OPTIONAL_STR_FIELDS = ("time", "datacontenttype")  # optional CloudEvents attributes: strings when present
+_ENVELOPE = frozenset((*_STR_FIELDS, *_OPTIONAL_STR_FIELDS, "data"))
 
 
 class DownlinkLedger(Protocol):
@@ -175,16 +181,24 @@ class DownlinkHandler:
                 raise Rejected(f"malformed command: {key} must be a string")
         if not isinstance(event.get("data"), dict):
             raise Rejected("malformed command: data must be an object")
+        extra = sorted(k for k in event if k not in _ENVELOPE)
+        if extra:
+            raise Rejected(f"malformed command: unknown attribute {_shown(extra[0])}; the contract's are "
+                           f"{', '.join(sorted(_ENVELOPE))}")
         if event["specversion"] != "1.0":
-            raise Rejected(f"specversion {event['specversion']!r} is not supported (1.0)")
-        if not event["id"]:
-            raise Rejected("malformed command: id is empty")
-        if not _DSEQ.match(event["dseq"]):
-            raise Rejected(f"malformed command: dseq {event['dseq']!r} is not a decimal string")
-        try:
-            parse_rfc3339(event["expirytime"])
-        except ValueError:
-            raise Rejected(f"malformed command: expirytime {event['expirytime']!r} is not an RFC 3339 time") from None
+            raise Rejected(f"specversion {_shown(event['specversion'])} is not supported (1.0)")
+        if not 1 <= len(event["id"]) <= MAX_ID_CHARS:
+            raise Rejected(f"malformed command: id has {len(event['id'])} characters; 1 to {MAX_ID_CHARS} allowed")
+        if not _SOURCE.fullmatch(event["source"]):
+            raise Rejected(f"malformed command: source {_shown(event['source'])} is not urn:koto:operator:...")
+        if not _DSEQ.fullmatch(event["dseq"]):
+            raise Rejected(f"malformed command: dseq {_shown(event['dseq'])} is not a decimal from 1 to 16 digits")
+        if event.get("datacontenttype", "application/json") != "application/json":
+            raise Rejected(f"malformed command: datacontenttype {_shown(event['datacontenttype'])} is not "
+                           "application/json")
+        for key in ("expirytime", "time"):
+            if key in event and not _is_time(event[key]):
+                raise Rejected(f"malformed command: {key} {_shown(event[key])} is not an RFC 3339 time")
         return event
 
     def _check_and_apply(self, event: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
@@ -209,6 +223,8 @@ class DownlinkHandler:
         if typ == CMD_PROFILE:
             return self._profile(event, data)
         if typ == CMD_DIAGNOSTICS:
+            if data:
+                raise Rejected(f"a diagnostics command carries no data; this one has {_shown(sorted(data)[0])}")
             self._commit(event, version=0, docs=[])
             return "applied", "diagnostics report attached", {"report": self.report()}
         raise Rejected(f"unknown command type {typ!r}; known: {', '.join(COMMAND_TYPES)}")
@@ -352,3 +368,20 @@ def restore_from_ledger(ledger: DownlinkLedger, pricing: Any,
             on_profile(str(doc.body["name"]), int(doc.body["version"]), str(doc.body["toml"]))
             counts["profile"] += 1
     return counts
+
+
+def _shown(value: Any) -> str:
+    """`value` for a reply or a log line: its repr, cut at 40 characters (a command may be 64 KiB of one string)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_time(text: str) -> bool:
+    """An RFC 3339 time as common.json writes it, and a real one (no month 13)."""
+    if not RFC3339.fullmatch(text):
+        return False
+    try:
+        parse_rfc3339(text)
+    except ValueError:
+        return False
+    return True

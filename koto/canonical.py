@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -204,6 +205,11 @@ def rfc3339_ms(ms: int) -> str:
     return f"{prefix}{hh:02d}:{mm:02d}:{ss:02d}.{frac:03d}Z"
 
 
+RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})")
+"""An RFC 3339 time as the contract's schemas write it (common.json `time`), for `fullmatch`."""
+
+
 def parse_rfc3339(text: str) -> float:
-    """Inverse of `rfc3339` (accepts any RFC 3339 offset)."""
+    """Inverse of `rfc3339` (accepts any RFC 3339 offset, and the other ISO 8601 forms `datetime` reads: check
+    outside text against `RFC3339` first)."""
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
