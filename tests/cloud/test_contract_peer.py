@@ -3,9 +3,8 @@
 The peer is the only cloud here: no `cloud/` code runs. Each test states a rule of the contract and runs the real
 gateway (tests/support/gw_child.py for the uplink, `koto run` for commands) against a real Mosquitto.
 
-The last section holds the tests the gateway fails today: each is written to the documents and marked
-xfail(strict=True) with what the gateway did instead, so that fixing either side turns it into a failure that asks
-for the mark to go.
+The last section walks the edges of the published schemas: a command they refuse, though signed, is rejected (the
+gateway echoes nothing outside reply.json, keeps nothing outside birth.json), and one they accept is applied.
 """
 
 from __future__ import annotations
@@ -792,18 +791,11 @@ async def test_a_lower_ack_after_a_higher_one_is_ignored(tmp_path, broker):
         assert_clean(peer)
 
 
-# -- where the gateway and the published schemas disagree (each xfail says what it saw) ----------------------------
+# -- the edges of the published schemas: what they refuse the gateway rejects, what they accept it applies -------
 
 SEVENTEEN_DIGITS = str(10**16)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway applies dseq '10000000000000000' (17 digits; common.json commandEnvelope allows "
-    "^[1-9][0-9]{0,15}$, contract.md: dseq at most 16 digits), then replies with dseq of 17 digits "
-    "(reply.json ^[0-9]{0,16}$) and births with last_dseq '10000000000000000' (birth.json ^[0-9]{0,16}$), "
-    "which a contract receiver must refuse; every later 16-digit dseq is rejected as stale",
-)
 async def test_a_dseq_beyond_16_digits_is_rejected_and_replies_and_births_stay_within_their_schemas(tmp_path, broker):
     """common.json: a command's dseq is ^[1-9][0-9]{0,15}$; contract.md "What the receiver checks": a dseq of at
     most 16 digits, a birth's last_dseq empty or at most 16 digits (out_of_range otherwise), a reply checked against
@@ -822,12 +814,6 @@ async def test_a_dseq_beyond_16_digits_is_rejected_and_replies_and_births_stay_w
         assert not peer.rejected, peer.rejected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway applies a command whose id has 129 characters (common.json commandEnvelope id maxLength 128) "
-    "and echoes it as ack_of (reply.json ack_of maxLength 128; contract.md: ack_of ≤ 128 characters), "
-    "so the one reply is one a contract receiver must refuse",
-)
 async def test_a_command_id_beyond_128_characters_is_rejected_with_a_reply_within_reply_json(tmp_path, broker):
     """common.json: a command id has 1..128 characters; reply.json and contract.md "Status": a reply's ack_of is at
     most 128 characters, and a reply outside reply.json is refused by the receiver. So the one reply such a command
@@ -841,36 +827,19 @@ async def test_a_command_id_beyond_128_characters_is_rejected_with_a_reply_withi
         assert not peer.rejected, peer.rejected
 
 
-def lenient(change: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"gateway applies a command whose {change}; command.json refuses it")
-
-
 @pytest.mark.parametrize(
     "changes",
     [
         pytest.param({"dseq": "007"}, id="dseq-leading-zeros"),
         pytest.param({"specversion": "0.3"}, id="specversion-0.3"),
         pytest.param({"id": ""}, id="empty-id"),
-        pytest.param({"dseq": "0"}, id="dseq-0", marks=lenient("dseq is '0' (pattern ^[1-9][0-9]{0,15}$)")),
-        pytest.param(
-            {"source": "urn:evil"}, id="source", marks=lenient("source is 'urn:evil' (pattern ^urn:koto:operator:.+$)")
-        ),
-        pytest.param(
-            {"extra": "x"},
-            id="extra-attribute",
-            marks=lenient("envelope has an attribute 'extra' (additionalProperties false)"),
-        ),
-        pytest.param({"time": "yesterday"}, id="time", marks=lenient("time is 'yesterday' (common.json#/$defs/time)")),
-        pytest.param(
-            {"datacontenttype": "text/plain"},
-            id="datacontenttype",
-            marks=lenient("datacontenttype is 'text/plain' (const application/json)"),
-        ),
-        pytest.param(
-            {"data": {"x": 1}},
-            id="diagnostics-data",
-            marks=lenient("diagnostics data is {'x': 1} (cmd-diagnostics.json: maxProperties 0; contract.md: {})"),
-        ),
+        pytest.param({"dseq": "0"}, id="dseq-0"),
+        pytest.param({"source": "urn:evil"}, id="source"),
+        pytest.param({"extra": "x"}, id="extra-attribute"),
+        pytest.param({"time": "yesterday"}, id="time"),
+        pytest.param({"expirytime": "2099-01-01"}, id="expirytime-a-date"),
+        pytest.param({"datacontenttype": "text/plain"}, id="datacontenttype"),
+        pytest.param({"data": {"x": 1}}, id="diagnostics-data"),
     ],
 )
 async def test_a_signed_command_outside_command_json_is_rejected(tmp_path, broker, changes):
@@ -908,25 +877,8 @@ def window(**changes: Any) -> dict[str, Any]:
             {**tariff(1), "rates": [{"match": "*/*", "per_minute": "0.000000001", "per_use": "123456789012.5"}]},
             id="rate-digits",
         ),
-        pytest.param(
-            {**tariff(1), "windows": [window(rates=None)]},
-            id="window-without-rates",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="cmd-tariff.json requires only name, days, start, end in a window; the gateway rejects a window "
-                "without rates: 'bad tariff: tariff command: windows[0].rates: is required'",
-            ),
-        ),
-        pytest.param(
-            {**tariff(1), "windows": [window(days=[])]},
-            id="window-days-empty",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="cmd-tariff.json requires days (an array, may be empty); the gateway rejects days [] with "
-                "'windows[0].days: is empty; leave it out for every day' and applies a window without days, "
-                "which the schema refuses",
-            ),
-        ),
+        pytest.param({**tariff(1), "windows": [window(days=None)]}, id="window-every-day"),
+        pytest.param({**tariff(1), "windows": [window(start="00:00", end="24:00")]}, id="window-whole-day"),
     ],
 )
 async def test_a_tariff_that_cmd_tariff_json_accepts_is_applied(tmp_path, broker, data):
@@ -936,3 +888,72 @@ async def test_a_tariff_that_cmd_tariff_json_accepts_is_applied(tmp_path, broker
         cmd, reply = await peer.send(GW, TARIFF, data)
         assert not peer.schemas.errors("command.json", cmd)
         assert reply.body["status"] == "applied", reply.body
+
+
+# Signed, above the last dseq, not expired, but data the type's schema refuses: (what, type, data).
+REFUSED_DATA = [
+    ("window without rates", TARIFF, {**tariff(2), "windows": [window(rates=None)]}),
+    ("window on no day", TARIFF, {**tariff(2), "windows": [window(days=[])]}),
+    ("window starting at 25:00", TARIFF, {**tariff(2), "windows": [window(start="25:00")]}),
+    ("window ending at 06:60", TARIFF, {**tariff(2), "windows": [window(end="06:60")]}),
+    ("rate with no price", TARIFF, {**tariff(2), "rates": [{"match": "*/*"}]}),
+    (
+        "uses grant with a string limit",
+        ENTITLEMENT,
+        {"id": "e1", "version": 1, "action": "grant", "appliance": "washer", "kind": "uses", "limit": "10"},
+    ),
+    (
+        "uses grant without a limit",
+        ENTITLEMENT,
+        {"id": "e1", "version": 1, "action": "grant", "appliance": "washer", "kind": "uses"},
+    ),
+    (
+        "until grant without valid_until",
+        ENTITLEMENT,
+        {"id": "e1", "version": 1, "action": "grant", "appliance": "washer", "kind": "until"},
+    ),
+    (
+        "until grant with a limit",
+        ENTITLEMENT,
+        {
+            "id": "e1",
+            "version": 1,
+            "action": "grant",
+            "appliance": "washer",
+            "kind": "until",
+            "limit": 3,
+            "valid_until": "2099-01-01T00:00:00Z",
+        },
+    ),
+    (
+        "grant of an empty function",
+        ENTITLEMENT,
+        {
+            "id": "e1",
+            "version": 1,
+            "action": "grant",
+            "appliance": "washer",
+            "function": "",
+            "kind": "uses",
+            "limit": 1,
+        },
+    ),
+]
+
+
+async def test_command_data_that_its_schema_refuses_is_rejected(tmp_path, broker):
+    """cmd-tariff.json and cmd-entitlement.json are the data's machine-readable form: a signed command whose data
+    one refuses (a window without rates or days, a clock past 23:59, a rate with no price; a uses grant without an
+    integer limit, an until grant without valid_until or with a limit) is answered `rejected`, and nothing moves:
+    the next command the schemas accept is applied."""
+    async with daemon_and_peer(tmp_path, broker) as (_, peer):
+        for what, type_, data in REFUSED_DATA:
+            cmd, payload = peer.command(GW, type_, data, check_schema=False)
+            assert peer.schemas.errors("command.json", cmd), f"{what}: the schema should refuse it"
+            seen = len(peer.replies)
+            await peer.publish_command(GW, payload)
+            reply = (await peer.next_reply(GW, after=seen)).body
+            assert reply["status"] == "rejected", (what, reply)
+        _, reply = await peer.send(GW, TARIFF, tariff(2))
+        assert reply.body["status"] == "applied", reply.body
+        assert_clean(peer)
