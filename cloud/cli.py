@@ -75,8 +75,11 @@ def _file(**kw: Any) -> click.Path:
     return click.Path(path_type=Path, exists=True, dir_okay=False, **kw)
 
 
-def _store(db: str) -> Store:
-    return open_store(db)
+def _store(db: str, *, create: bool = True) -> Store:
+    """The receiver's database. Only `register` and the receivers (`serve`, `serve-amqp`) create a SQLite file; the
+    other commands pass `create=False`, so a mistyped `--db` is a usage error (NoDatabase, exit 2), not an empty
+    database left behind that then reads as "not registered" or as no usage."""
+    return open_store(db, create=create)
 
 
 def _broker(url: str) -> str:
@@ -360,7 +363,7 @@ def verify(gateway: str, db: str) -> None:
     """Re-verify every stored record of GATEWAY offline (signatures, chain links, gaps). Exit 1 on a problem."""
     from .verify import verify_chain
 
-    with _store(db) as store:
+    with _store(db, create=False) as store:
         pem = store.pubkey(gateway)
         if pem is None:
             raise click.ClickException(f"{gateway} is not registered in {db}")
@@ -381,7 +384,7 @@ def verify(gateway: str, db: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def usage(gateway: str, db: str, as_json: bool) -> None:
     """Summarise stored usage per subject and function."""
-    with _store(db) as store:
+    with _store(db, create=False) as store:
         summary = store.usage_summary(gateway)
     if as_json:
         click.echo(json.dumps(summary, sort_keys=True))

@@ -13,6 +13,17 @@ class StoreError(KotoError):
     """The database cannot be opened or used (bad DSN, unreachable server, unwritable file)."""
 
 
+class NoDatabase(StoreError, FileNotFoundError):
+    """A SQLite path with no database at it, given to a command that must not create one (it only reads, or needs a
+    registered gateway): a mistyped `--db`. `path` is the path; `exit_code` is `koto-cloud`'s usage error (2)."""
+
+    exit_code = 2
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"no receiver database at {path}; check --db")
+
+
 class Rejected(KotoError, ValueError):
     """An uplink message that is not stored: malformed, unknown gateway, bad signature, wrong topic.
 

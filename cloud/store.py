@@ -26,7 +26,7 @@ from typing import Any
 
 from koto.canonical import ZERO_HASH, rfc3339
 
-from .errors import StoreError
+from .errors import NoDatabase, StoreError
 from .intake import MAX_DSEQ_DIGITS
 from .verify import Event
 
@@ -411,8 +411,11 @@ class SqliteStore(Store):
 
     threaded = False
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+        """`create=False` refuses a path with no database (NoDatabase) instead of making an empty one there."""
         super().__init__()
+        if not create and str(path) != ":memory:" and not Path(path).exists():
+            raise NoDatabase(str(path))
         try:
             self._conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -494,8 +497,12 @@ class PostgresStore(Store):
             self._done()
 
 
-def open_store(db: str, *, schema: str | None = None) -> Store:
-    """`postgresql://...` (or `postgres://`) opens PostgreSQL; anything else is a SQLite file path."""
+def open_store(db: str, *, schema: str | None = None, create: bool = True) -> Store:
+    """`postgresql://...` (or `postgres://`) opens PostgreSQL; anything else is a SQLite file path.
+
+    `create=False` is for commands that only read or need a registered gateway: a SQLite path with no database at it
+    (a mistyped `--db`) raises NoDatabase instead of leaving a new empty database there. A DSN names a server's
+    database, which is never created here, so `create` does not apply to it."""
     if db.startswith(("postgresql://", "postgres://")):
         return PostgresStore(db, schema=schema)
-    return SqliteStore(db)
+    return SqliteStore(db, create=create)

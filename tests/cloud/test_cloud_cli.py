@@ -206,3 +206,18 @@ async def test_old_option_spellings_still_work_and_warn_once(broker, tmp_path, c
     both = ["revoke", "gw-1", "--id", "e1", "--version", "2", "--operator-key", str(key), *old]
     assert main(both) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_commands_that_only_read_refuse_a_database_that_does_not_exist(tmp_path, capsys):
+    """A mistyped --db is said in one line (exit 2) and leaves no new empty database behind; the commands that make
+    a database (register, serve) still make it."""
+    missing = tmp_path / "nope.db"
+    for argv in (["verify", "gw-test"], ["usage", "gw-test"], ["usage", "gw-test", "--json"]):
+        assert main([*argv, "--db", str(missing)]) == 2, argv
+        assert capsys.readouterr().err == f"koto-cloud: no receiver database at {missing}; check --db\n", argv
+        assert not missing.exists(), argv
+    pub = tmp_path / "gw.pub.pem"
+    pub.write_text(EventFactory("gw-test").public_pem)
+    assert main(["register", "gw-test", "--pubkey", str(pub), "--db", str(missing)]) == 0
+    assert main(["usage", "gw-test", "--db", str(missing)]) == 0
+    assert main(["verify", "gw-test", "--db", str(missing)]) == 0
