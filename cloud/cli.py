@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 
@@ -27,7 +29,7 @@ from koto.net import parse_broker_url
 from koto.signing import KeyError_, generate_key, load_private_key, load_public_key, public_pem, save_private_key
 
 from . import commands as cmds
-from .errors import CommandRejected, ReplyTimeout
+from .errors import CommandRejected, ReplyTimeout, UnknownGateway
 from .store import Store, open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -80,6 +82,19 @@ def _store(db: str, *, create: bool = True) -> Store:
     other commands pass `create=False`, so a mistyped `--db` is a usage error (NoDatabase, exit 2), not an empty
     database left behind that then reads as "not registered" or as no usage."""
     return open_store(db, create=create)
+
+
+def _db_name(db: str) -> str:
+    """`--db` as it may be printed: a PostgreSQL DSN's password (in the user part or as `password=`) replaced."""
+    if not db.startswith(("postgresql://", "postgres://")):
+        return db
+    parts = urlsplit(db)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _broker(url: str) -> str:
@@ -233,7 +248,9 @@ def _send(gateway: str, type_: str, data: dict[str, Any], o: dict[str, Any]) -> 
         raise click.UsageError("missing option --operator-key (the operator's signing key, made by keygen)")
     key = load_private_key(o["operator_key"])  # a bad key file is a KotoError: one plain line from main()
     wait_s = o["wait"]
-    with _store(o["db"]) as store:
+    with _store(o["db"], create=False) as store:
+        if store.pubkey(gateway) is None:  # a mistyped id, or a gateway never registered: nothing to send it
+            raise UnknownGateway(gateway, _db_name(o["db"]))
         dseq = store.next_dseq(gateway)
         command = cmds.build_command(key, gateway, type_, data, dseq, operator=o["operator"], now=time.time(),
                                      expires_in_s=_duration_s(o["expires_in"]))
@@ -366,7 +383,7 @@ def verify(gateway: str, db: str) -> None:
     with _store(db, create=False) as store:
         pem = store.pubkey(gateway)
         if pem is None:
-            raise click.ClickException(f"{gateway} is not registered in {db}")
+            raise click.ClickException(f"{gateway} is not registered in {_db_name(db)}")
         n, problems = verify_chain(store.bodies(gateway), load_public_key(pem))
         alarms = store.alarms(gateway)
     for p in problems:

@@ -24,6 +24,20 @@ class NoDatabase(StoreError, FileNotFoundError):
         super().__init__(f"no receiver database at {path}; check --db")
 
 
+class UnknownGateway(KotoError, LookupError):
+    """A command for a gateway the receiver's database does not know: nothing is sent (the gateway could not be
+    audited, and a mistyped id would be a command queued at the broker for nobody). `gateway` and `db` (without a
+    password) say which; `exit_code` is `koto-cloud`'s usage error (2)."""
+
+    exit_code = 2
+
+    def __init__(self, gateway: str, db: str) -> None:
+        self.gateway = gateway
+        self.db = db
+        super().__init__(f"{gateway} is not registered in {db}; nothing was sent (register it first: koto-cloud "
+                         f"register {gateway} --pubkey <the PEM koto provision printed> --db {db})")
+
+
 class Rejected(KotoError, ValueError):
     """An uplink message that is not stored: malformed, unknown gateway, bad signature, wrong topic.
 

@@ -62,6 +62,14 @@ def test_register_refuses_a_file_that_is_not_a_p256_public_key(tmp_path, capsys)
     assert "cannot load the public key" in capsys.readouterr().err
 
 
+def registered(tmp_path, gw: str = "gw-1"):
+    """A receiver database with `gw` registered: commands go only to registered gateways."""
+    pub, db = tmp_path / f"{gw}.pub.pem", tmp_path / "cloud.db"
+    pub.write_text(EventFactory(gw).public_pem)
+    assert main(["register", gw, "--pubkey", str(pub), "--db", str(db)]) == 0
+    return db
+
+
 class CommandSink:
     """A gateway-side peer: collects commands on its down/cmd and answers diagnostics like a gateway would."""
 
@@ -85,7 +93,7 @@ class CommandSink:
 
 
 async def test_commands_are_signed_addressed_sequenced_and_valid(broker, tmp_path, capsys):
-    key, db = tmp_path / "operator.pem", tmp_path / "cloud.db"
+    key, db = tmp_path / "operator.pem", registered(tmp_path)
     assert main(["keygen", "--out", str(key)]) == 0
     operator = load_public_key(capsys.readouterr().out)
     tariff = tmp_path / "tariff.toml"
@@ -132,7 +140,7 @@ def test_a_bad_broker_url_is_a_plain_error(tmp_path, capsys):
 
 
 async def test_exit_codes_say_whether_the_gateway_applied_rejected_or_never_answered(broker, tmp_path, capsys):
-    key, db = tmp_path / "operator.pem", tmp_path / "cloud.db"
+    key, db = tmp_path / "operator.pem", registered(tmp_path)
     assert main(["keygen", "--out", str(key)]) == 0
     common = ["--operator-key", str(key), "--db", str(db), "--broker", broker.url]
     grant = ["grant", "gw-1", "--appliance", "washer-1", "--uses", "3", *common]
@@ -192,7 +200,7 @@ async def test_old_option_spellings_still_work_and_warn_once(broker, tmp_path, c
     import cloud.cli
 
     cloud.cli._warned.clear()
-    key, db = tmp_path / "operator.pem", tmp_path / "cloud.db"
+    key, db = tmp_path / "operator.pem", registered(tmp_path)
     assert main(["keygen", "--out", str(key)]) == 0
     old = ["--key", str(key), "--db", str(db), "--broker", broker.url]
     capsys.readouterr()
@@ -221,3 +229,51 @@ def test_commands_that_only_read_refuse_a_database_that_does_not_exist(tmp_path,
     assert main(["register", "gw-test", "--pubkey", str(pub), "--db", str(missing)]) == 0
     assert main(["usage", "gw-test", "--db", str(missing)]) == 0
     assert main(["verify", "gw-test", "--db", str(missing)]) == 0
+
+
+async def test_commands_to_a_gateway_that_is_not_registered_are_refused_before_anything_is_sent(
+        broker, tmp_path, capsys):
+    """Every command sender refuses a gateway the database does not know (exit 2, one line naming both, the
+    `register` command to run) and sends and records nothing; a --db with no database is refused the same way."""
+    key, db = tmp_path / "operator.pem", registered(tmp_path, "gw-1")
+    assert main(["keygen", "--out", str(key)]) == 0
+    tariff = tmp_path / "tariff.toml"
+    tariff.write_text('id = "home"\nversion = 3\ncurrency = "EUR"\n[[rates]]\nmatch = "*"\nper_kwh = "0.31"\n')
+    sends = (["tariff", "--file", str(tariff)], ["grant", "--appliance", "washer-1", "--uses", "3"],
+             ["revoke", "--id", "e1", "--entitlement-version", "2"],
+             ["profile", "--file", str(REPO / "metering/profiles/kettle.toml"), "--name", "kettle",
+              "--profile-version", "2"],
+             ["diagnose", "--wait", "1"])
+    sink = CommandSink(broker, "gw-2")
+    ready = asyncio.Event()
+    task = asyncio.create_task(sink.run(ready))
+    await ready.wait()
+    capsys.readouterr()
+    try:
+        for cmd, *args in sends:
+            argv = [cmd, "gw-2", *args, "--operator-key", str(key), "--db", str(db), "--broker", broker.url]
+            assert await asyncio.to_thread(main, argv) == 2, cmd
+            assert capsys.readouterr().err == (
+                f"koto-cloud: gw-2 is not registered in {db}; nothing was sent (register it first: "
+                f"koto-cloud register gw-2 --pubkey <the PEM koto provision printed> --db {db})\n"), cmd
+            missing = tmp_path / "nope.db"
+            argv = [cmd, "gw-1", *args, "--operator-key", str(key), "--db", str(missing), "--broker", broker.url]
+            assert await asyncio.to_thread(main, argv) == 2, cmd
+            assert capsys.readouterr().err == f"koto-cloud: no receiver database at {missing}; check --db\n", cmd
+            assert not missing.exists(), cmd
+        await asyncio.sleep(0.5)  # a command that had been published would have reached the sink by now
+    finally:
+        task.cancel()
+    assert sink.commands == []
+    with SqliteStore(db) as s:
+        assert s.next_dseq("gw-2") == 1  # nothing recorded as sent either
+
+
+def test_a_postgresql_password_is_not_printed_with_the_database():
+    from cloud.cli import _db_name
+
+    assert _db_name("postgresql://koto:s3cret@db:5432/koto") == "postgresql://koto:***@db:5432/koto"
+    assert _db_name("postgres://db/koto?password=s3cret&sslmode=require") == \
+        "postgres://db/koto?password=***&sslmode=require"
+    assert _db_name("postgresql://db/koto") == "postgresql://db/koto"
+    assert _db_name("cloud.db") == "cloud.db"
