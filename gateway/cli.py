@@ -120,7 +120,8 @@ def run(config_path: str | None) -> None:
 
 @cli.command()
 @click.option("--state-dir", type=click.Path(file_okay=False), default="demo-state", show_default=True,
-              help="Where the demo keeps its ledger and key (wiped at the start of each run).")
+              help="Where the demo keeps its ledger and key: a new or empty folder, or one an earlier demo made "
+                   "(only such a folder is wiped at the start of each run; any other is refused).")
 @click.option("--speed", type=click.FloatRange(1, 10_000), default=60.0, show_default=True,
               help="How much faster than real time the appliances run.")
 @click.option("--minutes", type=click.FloatRange(0.1, 1000), default=None,

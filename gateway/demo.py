@@ -24,13 +24,26 @@ from pathlib import Path
 from typing import Any
 
 from koto.clock import ScaledClock
+from koto.files import write_atomic
 from metering.meter import MeterEvent
 
 from .config import parse_config
 from .daemon import Gateway
+from .errors import StateError
 from .simulate import Script, air_conditioner, kettle, washer
 from .state import StateDir
 
+DEMO_GATEWAY_ID = "demo-gw"
+# Written into the state folder the demo makes: only a folder holding it (or a pre-marker demo's, see
+# `is_demo_folder`) is wiped at the next run.
+DEMO_MARK = ".koto-demo"
+MARK_TEXT = ("This folder was made by `koto demo`, which deletes everything in it at the start of each run.\n"
+             "Do not keep anything else here.\n")
+# Everything a demo run wrote before the marker existed: the ledger with SQLite's WAL files, its lock and reader
+# lease files, and keys/ with the device key pair.
+OLD_DEMO_FILES = frozenset({"ledger.db", "ledger.db-wal", "ledger.db-shm", "ledger.db-journal", "ledger.db.lock",
+                            "ledger.db.readers", "keys"})
+OLD_DEMO_KEYS = frozenset({"device.pem", "device.pub.pem"})
 AC_ADDRESS = "A4:C1:38:00:00:AC"
 KETTLE_PIN = 17
 AC_MODE_PIN = 27
@@ -53,7 +66,7 @@ DEMO_TARIFF: dict[str, Any] = {
 def demo_config(state_dir: Path, modbus_port: str, *, interim_s: int = 900) -> dict[str, Any]:
     """The config an installer would write for these three appliances (as a TOML document's dict)."""
     return {
-        "gateway": {"id": "demo-gw", "state_dir": str(state_dir), "timezone": "Europe/Berlin", "batch_ms": 200,
+        "gateway": {"id": DEMO_GATEWAY_ID, "state_dir": str(state_dir), "timezone": "Europe/Berlin", "batch_ms": 200,
                     "checkpoint_s": 2},
         "tariff": DEMO_TARIFF,
         "appliance": [
@@ -128,10 +141,54 @@ class _Sim:
 
 
 def _fresh_state(sd: StateDir) -> None:
-    """The demo starts from an empty ledger each run, with its own device key."""
-    if sd.root.exists():
-        shutil.rmtree(sd.root)
+    """The demo starts from an empty ledger each run, with its own device key, in a folder only it uses.
+
+    It wipes the folder only when that is missing, empty, or a demo's (`is_demo_folder`); anything else (a live
+    gateway's state, someone's files) is refused with a `StateError` before a file is touched."""
+    root = sd.root
+    if root.exists() and any(root.iterdir()):
+        if not is_demo_folder(root):
+            raise StateError(str(root), "not a folder `koto demo` made, and the demo wipes its folder at each run; "
+                             "nothing was deleted: give --state-dir a new or empty folder")
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    write_atomic(root / DEMO_MARK, MARK_TEXT.encode())
     sd.provision()
+
+
+def is_demo_folder(root: Path) -> bool:
+    """Whether `koto demo` made this folder: it holds the demo's marker, or (a demo before the marker) nothing but
+    what a demo writes, with a ledger of the demo's gateway id. A live gateway's folder can hold the same names
+    (a ledger and keys/), so the gateway id is what tells them apart."""
+    if (root / DEMO_MARK).is_file():
+        return True
+    if root.is_symlink() or not root.is_dir():
+        return False
+    if not set(os.listdir(root)) <= OLD_DEMO_FILES or "ledger.db" not in os.listdir(root):
+        return False
+    keys = root / "keys"
+    if keys.exists() and (keys.is_symlink() or not keys.is_dir() or not set(os.listdir(keys)) <= OLD_DEMO_KEYS):
+        return False
+    return _ledger_gateway_id(root / "ledger.db") == DEMO_GATEWAY_ID
+
+
+def _ledger_gateway_id(path: Path) -> str | None:
+    """The gateway id in a ledger file; None when it is not a readable Koto ledger. Opened immutable: SQLite then
+    makes no -wal/-shm files beside a folder's ledger that may not be the demo's (the id is written when a ledger is
+    made, and a demo's closed ledger has its WAL folded in)."""
+    import sqlite3
+
+    from metering.ledger.store import K_GATEWAY
+
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro&immutable=1", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM kv WHERE key=?", (K_GATEWAY,)).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None
 
 
 def _printer(out: Callable[[str], None], clock: ScaledClock, t0: int) -> Callable[[MeterEvent], None]:
