@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Literal, Self
 
 from koto.clock import Clock
-from koto.reading import Reading
+from koto.reading import Quantity, Reading
 
 from .errors import DriverConfigError, UnknownDriver
 
@@ -142,6 +142,13 @@ class Source:
     def from_config(cls, name: str, cfg: Mapping[str, Any], *, clock: Clock, **backends: Any) -> Self:
         """Build from a TOML table. Subclasses validate their keys and raise DriverConfigError naming the key."""
         raise NotImplementedError
+
+    def channels(self) -> Mapping[str, frozenset[Quantity]] | None:
+        """The channels (`Reading.signal`: "" for a meter's totals, "L1".."L3" for a phase) this source reports with
+        power or energy, and which of the two each carries, where that is known before any reading (a register
+        map); None where only the readings will tell (BTHome, a line protocol). `koto check` refuses an appliance
+        whose channel is not there, which would otherwise never be metered."""
+        return None
 
     async def __aenter__(self) -> Self:
         await self._open()

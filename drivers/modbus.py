@@ -407,6 +407,14 @@ class ModbusMeterSource(Source):
                    retries=retries, timeout_s=float(timeout_s), bus_options=backends.get("bus_options"),
                    diag_every=diag_every, channel=str(backends.get("channel", "")))
 
+    def channels(self) -> Mapping[str, frozenset[Quantity]]:
+        metered = (Quantity.POWER_MW, Quantity.ENERGY_MWH)
+        out: dict[str, set[Quantity]] = {}
+        for r in self.map.registers:
+            if r.quantity in metered:
+                out.setdefault(r.signal, set()).add(r.quantity)
+        return {signal: frozenset(q) for signal, q in out.items()}
+
     def claims(self) -> tuple[Claim, ...]:
         """Meters share an RS-485 bus (one owner serialises them) only when all use the same line settings."""
         s = self.settings

@@ -191,6 +191,7 @@ class SimMeter:
                 vals[f"voltage_l{i}"] = v + i * 0.3
                 vals[f"power_l{i}"] = p * share
                 vals[f"current_l{i}"] = p * share / (v + i * 0.3)
+                vals[f"energy_l{i}"] = shown_kwh * share  # each phase has drawn its share all along
         vals.update(self.fixed)
         return vals
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -48,6 +47,7 @@ from koto.errors import FieldError, explain_os_error
 from koto.net import BrokerURL, parse_broker_url
 from metering.energy import Kind
 
+from .config_hardware import check_hardware
 from .errors import ConfigError, Problems
 
 if TYPE_CHECKING:
@@ -250,7 +250,7 @@ def parse_config_all(data: dict[str, Any], *, file: str = "<config>",
         _check_tariff(tariff, root)
     appliances = _parse_appliances(root, gateway.id, base)
     root.reject_unknown()
-    _check_hardware(appliances, root.problems, file, household_claims)
+    check_hardware(appliances, root.problems, file, household_claims)
     cfg = GatewayConfig(**household, file=file, id=gateway.id, state_dir=gateway.state_dir, timezone=gateway.timezone,
                         subject=gateway.subject, batch_ms=gateway.batch_ms, checkpoint_s=gateway.checkpoint_s,
                         cloud=cloud, tariff=tariff, appliances=appliances, stop_timeout_s=gateway.stop_timeout_s,
@@ -474,54 +474,6 @@ def _parse_sources(at: _Table, aid: str, owners: dict[str, str]) -> dict[str, di
             owners[sname] = aid
             sources[sname] = dict(scfg)
     return sources
-
-
-_RESOURCE_WORDS = {"serial": "serial port", "gpio": "GPIO", "ble": "BLE device", "mcp3008": "MCP3008 input"}
-
-
-def _check_hardware(appliances: tuple[ApplianceConfig, ...], problems: Problems, file: str,
-                    household: Sequence[tuple[str, Any]] = ()) -> None:
-    """Build every source (pure: no port is opened) so each driver checks its own keys now, then refuse two
-    sources (or a source and a relay) that would fight over one piece of hardware: two meters on one RS-485 bus
-    with different line settings, one GPIO pin twice, one BLE device twice. Found at load, named by file and key,
-    instead of when the second source opens at run time."""
-    from drivers.base import Claim, build_source, claim_conflict
-    from drivers.errors import DriverConfigError
-    from drivers.gpio.relay import Relay
-    from koto.clock import ManualClock
-
-    clock = ManualClock()
-    held: dict[str, tuple[str, Claim]] = {}  # resource -> (dotted key of the first claimant, its claim)
-    for where, claim in household:  # the status LED and the button (gateway/indicator.py)
-        first = held.setdefault(claim.resource, (where, claim))
-        if first[0] != where:
-            problems.add(ConfigError(file, f"{where}.{claim.key}", f"GPIO {claim.resource[5:]} is already used by "
-                                     f"{first[0]}; each pin can be used once"))
-    for app in appliances:
-        claims: list[tuple[str, Claim]] = []
-        for name, scfg in app.sources.items():
-            try:
-                src = build_source(name, scfg, clock=clock, file=file)
-            except DriverConfigError as e:
-                problems.add(e)
-                continue
-            claims += [(f"appliance.{app.id}.sources.{name}", c) for c in src.claims()]
-        if app.relay is not None:
-            try:
-                relay = Relay.from_config(f"{app.id}-relay", app.relay)
-            except DriverConfigError as e:
-                problems.add(ConfigError(file, f"appliance.{app.id}.relay.{e.key}", e.problem))
-            else:
-                claims.append((f"appliance.{app.id}.relay", Claim(f"gpio:{relay.pin}", "pin")))
-        for where, claim in claims:
-            first = held.setdefault(claim.resource, (where, claim))
-            if first[0] == where:
-                continue
-            problem = claim_conflict(first[1], claim)
-            if problem:
-                kind, _, ident = claim.resource.partition(":")
-                problems.add(ConfigError(file, f"{where}.{claim.key}",
-                                         f"{_RESOURCE_WORDS.get(kind, kind)} {ident} {problem} (see {first[0]})"))
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import GatewayConfig, _check_hardware, _parse_appliances, _Table
+from .config import GatewayConfig, _parse_appliances, _Table
+from .config_hardware import check_hardware
 from .errors import ConfigError, Problems
 
 HOUSEHOLD_FILE = "household.toml"
@@ -163,7 +164,7 @@ def _appliances(cfg: GatewayConfig, root: _Table, data: dict[str, Any], hh: Hous
         from .indicator import claims
 
         found = Problems()
-        _check_hardware((*cfg.appliances, *added), found, root.file, claims(cfg.led, cfg.button))
+        check_hardware((*cfg.appliances, *added), found, root.file, claims(cfg.led, cfg.button))
         ours = tuple(f"appliance.{a.id}." for a in added)
         for e in found.items:
             if e.key.startswith(ours):
