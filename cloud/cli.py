@@ -26,7 +26,15 @@ import click
 from koto.errors import FieldError, KotoError
 from koto.loop import install_exception_handler
 from koto.net import parse_broker_url
-from koto.signing import KeyError_, generate_key, load_private_key, load_public_key, public_pem, save_private_key
+from koto.signing import (
+    KeyError_,
+    PrivateKey,
+    generate_key,
+    load_private_key,
+    load_public_key,
+    public_pem,
+    save_private_key,
+)
 
 from . import commands as cmds
 from .errors import CommandRejected, ReplyTimeout, UnknownGateway
@@ -232,6 +240,25 @@ def _send_options(*, wait: float | None = None) -> Callable[[F], F]:
     return decorate
 
 
+OPERATOR_KEY_NEEDED = "--operator-key needs the operator's private key, the PEM `koto-cloud keygen --out` wrote"
+
+
+def _operator_key(path: Path) -> PrivateKey:
+    """The operator's signing key. koto.signing words a bad key file for the gateway's device key (restore it, start
+    a new epoch); an operator is told what the file is and which one to give instead."""
+    try:
+        return load_private_key(path)
+    except KeyError_ as e:
+        problem = {
+            "public_key": f"{path} is a public key",
+            "empty": f"{path} is empty",
+            "unreadable": f"cannot read {path}: {e.detail}",
+            "not_pem": f"{path} is not a PEM private key ({e.detail})",
+            "not_p256": f"{path} is not an ECDSA P-256 private key",
+        }.get(e.kind, f"{path}: {e}")
+        raise KeyError_(f"{problem}; {OPERATOR_KEY_NEEDED}", kind=e.kind, path=path, detail=e.detail) from e
+
+
 def _duration_s(text: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
@@ -246,7 +273,7 @@ def _send(gateway: str, type_: str, data: dict[str, Any], o: dict[str, Any]) -> 
     """Sign, record and publish the command; with --wait, wait for the reply and turn it into the exit code."""
     if o["operator_key"] is None:
         raise click.UsageError("missing option --operator-key (the operator's signing key, made by keygen)")
-    key = load_private_key(o["operator_key"])  # a bad key file is a KotoError: one plain line from main()
+    key = _operator_key(o["operator_key"])  # a bad key file is a KotoError: one plain line from main()
     wait_s = o["wait"]
     with _store(o["db"], create=False) as store:
         if store.pubkey(gateway) is None:  # a mistyped id, or a gateway never registered: nothing to send it

@@ -23,7 +23,17 @@ PublicKey = ec.EllipticCurvePublicKey
 
 
 class KeyError_(KotoError, ValueError):
-    """A key file that is missing, unreadable, or not an ECDSA P-256 key."""
+    """A key file that is missing, unreadable, or not an ECDSA P-256 key.
+
+    The message is worded for the gateway's device key. `kind` says what is wrong, so that a caller loading another
+    key (koto-cloud's operator key) words its own advice: "unreadable", "empty", "public_key" (a public key where the
+    private one belongs), "not_pem", "not_p256", or "" when not said; `path` is the file, `detail` the cause."""
+
+    def __init__(self, message: str, *, kind: str = "", path: Path | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.path = path
+        self.detail = detail
 
 
 def generate_key() -> PrivateKey:
@@ -45,22 +55,29 @@ def public_pem(key: PrivateKey | PublicKey) -> str:
 
 
 def load_private_key(path: Path) -> PrivateKey:
+    """The PKCS#8 PEM at `path`. A bad file raises KeyError_ worded for the gateway's device key, with `kind` for
+    callers that load another key and give their own advice."""
     try:
         data = path.read_bytes()
     except OSError as e:
         from .errors import explain_os_error
 
-        raise KeyError_(f"cannot read the device key: {explain_os_error(e)}") from e
+        why = explain_os_error(e)
+        raise KeyError_(f"cannot read the device key: {why}", kind="unreadable", path=path, detail=why) from e
     if not data.strip():
         raise KeyError_(f"{path}: the key file is empty (a provisioning that ran out of disk?); restore it from a "
-                        "backup, or start a new epoch with `koto provision --force --new-epoch`")
+                        "backup, or start a new epoch with `koto provision --force --new-epoch`", kind="empty",
+                        path=path)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:
-        raise KeyError_(f"{path}: not a PEM private key ({str(e).splitlines()[0]}); restore it from a backup, or "
-                        "start a new epoch with `koto provision --force --new-epoch`") from e
+        why = str(e).splitlines()[0]
+        kind = "public_key" if b"-----BEGIN PUBLIC KEY-----" in data else "not_pem"
+        raise KeyError_(f"{path}: not a PEM private key ({why}); restore it from a backup, or "
+                        "start a new epoch with `koto provision --force --new-epoch`", kind=kind, path=path,
+                        detail=why) from e
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise KeyError_(f"{path}: not an ECDSA P-256 private key")
+        raise KeyError_(f"{path}: not an ECDSA P-256 private key", kind="not_p256", path=path)
     return key
 
 

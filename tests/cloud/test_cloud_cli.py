@@ -8,6 +8,7 @@ import sqlite3
 
 import aiomqtt
 import click
+import pytest
 
 from cloud.cli import main
 from cloud.store import SqliteStore
@@ -277,3 +278,25 @@ def test_a_postgresql_password_is_not_printed_with_the_database():
         "postgres://db/koto?password=***&sslmode=require"
     assert _db_name("postgresql://db/koto") == "postgresql://db/koto"
     assert _db_name("cloud.db") == "cloud.db"
+
+
+@pytest.mark.parametrize("content", ["public", b"", b"garbage, not a key\n"])
+def test_a_wrong_operator_key_file_gets_operator_advice(tmp_path, capsys, content):
+    """The public key given by mistake (or an empty or garbage file) is said in one line with what the operator
+    should give instead, not the gateway's advice (restore a device key, start a new epoch)."""
+    key = tmp_path / "operator.pem"
+    assert main(["keygen", "--out", str(key)]) == 0
+    given = tmp_path / "operator.pub.pem" if content == "public" else tmp_path / "bad.pem"
+    if content != "public":
+        given.write_bytes(content)
+    db = registered(tmp_path)
+    capsys.readouterr()
+    argv = ["grant", "gw-1", "--appliance", "washer-1", "--uses", "3", "--operator-key", str(given), "--db", str(db),
+            "--broker", "mqtt://127.0.0.1:1"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"koto-cloud: {given}") and err.count("\n") == 1, err
+    assert "the operator's private key, the PEM `koto-cloud keygen --out` wrote" in err
+    assert not [w for w in ("gateway", "epoch", "provision", "backup") if w in err.replace(str(given), "")], err
+    if content == "public":
+        assert f"koto-cloud: {given} is a public key;" in err
