@@ -240,7 +240,7 @@ class Gateway:
         downlink = None
         if keys:
             downlink = DownlinkHandler(self.ledger, self.pricing, keys, self.cfg.id, self.clock,
-                                       on_profile=self._on_profile)
+                                       on_profile=self._on_profile, appliances=self.meters.keys)
             downlink.add_report_section("gateway", self.report)
         self.acks = AckHold(self.ledger, self.clock)
         try:

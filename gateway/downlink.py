@@ -22,7 +22,7 @@ import json
 import logging
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 from drivers.base import RateLimitedLog
@@ -99,7 +99,7 @@ class DownlinkHandler:
 
     def __init__(self, ledger: DownlinkLedger, pricing: Any, operator_keys: list[PublicKey], gateway_id: str,
                  clock: Clock, on_profile: Callable[[str, int, str], None] | None = None, *,
-                 max_bytes: int = MAX_COMMAND_BYTES) -> None:
+                 max_bytes: int = MAX_COMMAND_BYTES, appliances: Callable[[], Collection[str]] | None = None) -> None:
         if not operator_keys or len(operator_keys) > 2:
             raise ValueError("pin one or two operator public keys (current, and next during a rotation)")
         self.ledger = ledger
@@ -110,6 +110,7 @@ class DownlinkHandler:
         self.clock = clock
         self.on_profile = on_profile
         self.max_bytes = max_bytes
+        self.appliances = appliances  # the gateway's appliance ids now: a grant for another one is applied, and said
         self.counts: dict[str, int] = {"applied": 0, "duplicate": 0, "rejected": 0}
         self._sections: dict[str, Callable[[], dict[str, Any]]] = {}
         # At most one line a minute per outcome (rejected, duplicate): a flood of bad commands is counted (`counts`)
@@ -155,6 +156,8 @@ class DownlinkHandler:
             status, reason = "rejected", f"could not apply the command now ({type(e).__name__}: {e})"
             log.error("downlink command %s not applied: %s", cmd_id, reason)
         self.counts[status] = self.counts.get(status, 0) + 1
+        if status == "applied":  # a price or a grant changed: the journal says so, as the ledger's lifecycle does
+            log.info("cloud command %s (dseq %s) applied: %s", cmd_id, dseq, reason)
         reply = {"ack_of": cmd_id, "status": status, "reason": reason, "dseq": dseq, "gateway": self.gateway_id,
                  "time": rfc3339(self.clock.now().wall)}
         reply.update(extra)
@@ -261,7 +264,14 @@ class DownlinkHandler:
         result = self.pricing.apply_entitlement(ent)
         self._after_apply(result, f"entitlement {ent.id}")
         verb = "revoked" if ent.revoked else "granted"
-        return "applied", f"entitlement {ent.id} version {ent.version} {verb}", {}
+        reason = f"entitlement {ent.id} version {ent.version} {verb}"
+        known = sorted(self.appliances()) if self.appliances is not None else None
+        if known is not None and not ent.revoked and ent.appliance not in known:
+            reason += (f"; this gateway has no appliance {ent.appliance!r} (it has {', '.join(known) or 'none'}): "
+                       "the grant is kept for one of that name")
+            log.warning("entitlement %s grants %s, which this gateway does not have (it has %s)", ent.id,
+                        ent.appliance, ", ".join(known) or "none")
+        return "applied", reason, {}
 
     def _profile(self, event: dict[str, Any], data: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
         from metering.errors import ProfileError

@@ -144,6 +144,27 @@ def test_a_valid_entitlement_grant_and_revoke_change_what_the_next_records_show(
     assert doc is not None and doc.version == 2 and doc.body["action"] == "revoke" and doc.body["appliance"] == "washer"
 
 
+def test_an_applied_command_is_one_info_line_in_the_journal(w: World, caplog: pytest.LogCaptureFixture) -> None:
+    cmd = w.cmd(CMD_TARIFF, tariff_data(3))
+    with caplog.at_level(logging.INFO, logger="koto.downlink"):
+        w.send(cmd)
+    said = [r for r in caplog.records if r.name == "koto.downlink"]
+    assert [r.levelno for r in said] == [logging.INFO]
+    assert cmd["id"] in said[0].getMessage() and "tariff home version 3 applied" in said[0].getMessage()
+
+
+def test_a_grant_for_an_appliance_the_gateway_lacks_is_kept_and_the_reply_says_so(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    w = World(tmp_path)
+    w.handler.appliances = lambda: ["washer", "dryer"]
+    with caplog.at_level(logging.WARNING, logger="koto.downlink"):
+        reply = w.send(w.cmd(CMD_ENTITLEMENT, ent_data(1, appliance="dishwasher")))
+    assert reply["status"] == "applied"
+    assert "no appliance 'dishwasher' (it has dryer, washer)" in reply["reason"]
+    assert any("dishwasher" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "no appliance" not in w.send(w.cmd(CMD_ENTITLEMENT, ent_data(2)))["reason"]  # washer: it has one
+
+
 def test_a_valid_profile_is_stored_and_handed_to_the_meter(w: World) -> None:
     reply = w.send(w.cmd(CMD_PROFILE, {"name": "kettle2", "version": 1, "toml": PROFILE_TOML}))
     assert reply["status"] == "applied"
