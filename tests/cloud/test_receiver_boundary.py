@@ -63,6 +63,7 @@ async def test_a_24_digit_last_dseq_is_refused_and_grant_still_works(broker, tmp
     assert store.next_dseq("gw-1") == 42
     # A database written before the check may hold such a birth: it must not block commands either.
     store.set_birth("gw-1", birth_payload("gw-1", last_dseq="1" * 24))
+    store.register("gw-1", EventFactory("gw-1").public_pem)  # commands go only to registered gateways
     store.close()
     argv = ["grant", "gw-1", "--appliance", "washer-1", "--uses", "3", "--operator-key", str(key), "--db", str(db),
             "--broker", broker.url]
