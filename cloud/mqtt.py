@@ -57,6 +57,23 @@ class BrokerError(KotoError, ConnectionError):
         super().__init__(f"broker {broker}: {problem}")
 
 
+TLS_HINT = ("the port may not speak TLS (check the URL: mqtts:// is TLS, usually port 8883; mqtt:// is plain, "
+            "usually 1883)")
+# How a TLS handshake with a port that does not speak TLS ends: a plain MQTT broker reads the ClientHello as a
+# malformed packet and hangs up (a reset, an EOF), anything else answers bytes that are not TLS (an SSL error).
+_HUNG_UP = (ssl.SSLError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError, EOFError)
+
+
+def connect_problem(error: BaseException | None, *, tls: bool) -> str:
+    """What a connection attempt that failed before the broker's CONNACK says (BrokerError's `problem`): `error`, or
+    None when the connection closed without one; for a TLS URL whose handshake failed or whose peer hung up first,
+    with TLS_HINT. Not for a certificate the client refused: that port does speak TLS."""
+    problem = "the connection closed before the broker's CONNACK" if error is None else f"cannot connect: {error}"
+    if tls and not isinstance(error, ssl.SSLCertVerificationError) and (error is None or isinstance(error, _HUNG_UP)):
+        problem += f"; {TLS_HINT}"
+    return problem
+
+
 class Message(NamedTuple):
     topic: str
     payload: bytes
@@ -144,7 +161,7 @@ class Connection:
         try:
             await self._loop.run_in_executor(None, self._connect)
         except (OSError, ValueError) as e:  # refused, unreachable, TLS handshake failed (ssl.SSLError is an OSError)
-            raise BrokerError(self.name, f"cannot connect: {e}") from e
+            raise BrokerError(self.name, connect_problem(e, tls=self.url.tls)) from e
         try:
             async with asyncio.timeout(self._timeout):
                 await self._connected
@@ -198,6 +215,12 @@ class Connection:
         if not self._connected.done():
             self._connected.set_exception(BrokerError(self.name, "the connection is closed"))
             self._connected.exception()  # retrieved: nobody else waits for it now
+
+    def _fail_connect(self, error: BaseException | None) -> None:
+        """Lost before the CONNACK: the connect fails now, saying why, instead of waiting out its timeout."""
+        if not self._connected.done():
+            self._connected.set_exception(BrokerError(self.name, connect_problem(error, tls=self.url.tls)))
+            self._connected.exception()  # retrieved: __aenter__ may already have given up on it
 
     def _lose(self, error: BrokerError) -> None:
         if self._lost.done():
@@ -316,6 +339,7 @@ class Connection:
             self._misc = self._loop.create_task(self._keepalive_loop(), name="koto-mqtt-keepalive")
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._fail_connect(None)
         self._lose(BrokerError(self.name, f"disconnected ({reason})"))
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, codes: list[Any], properties: Any) -> None:
@@ -372,12 +396,14 @@ class Connection:
                 self._paho.loop_read()
                 sock = self._paho.socket()
         except Exception as e:  # the connection broke under paho (a reset, a TLS error): this connection is over
+            self._fail_connect(e)
             self._lose(BrokerError(self.name, f"connection lost ({type(e).__name__}: {e})"))
 
     def _writable(self) -> None:
         try:
             self._paho.loop_write()
         except Exception as e:
+            self._fail_connect(e)
             self._lose(BrokerError(self.name, f"connection lost ({type(e).__name__}: {e})"))
 
     async def _keepalive_loop(self) -> None:
@@ -388,4 +414,4 @@ class Connection:
             await asyncio.sleep(1.0)
 
 
-__all__ = ["BrokerError", "Connection", "Message", "Will"]
+__all__ = ["TLS_HINT", "BrokerError", "Connection", "Message", "Will", "connect_problem"]

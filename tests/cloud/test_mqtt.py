@@ -124,3 +124,30 @@ async def test_over_tls_the_client_certificate_is_presented_and_an_unknown_ca_is
         with pytest.raises(BrokerError, match=r"cannot connect.*certificate verify failed"):
             async with Connection(url, ssl_context=tls_context(other.ca, pair.cert, pair.key)):
                 pass
+
+
+async def test_mqtts_to_a_plain_port_says_the_port_may_not_speak_tls(broker: Mosquitto) -> None:
+    """A plain Mosquitto hangs up on a TLS ClientHello ("Connection reset by peer"): the error says why it may be."""
+    url = BrokerURL(broker.host, broker.port, True)
+    with pytest.raises(BrokerError, match=f"broker 127.0.0.1:{broker.port}: cannot connect: .*; the port may not "
+                                          r"speak TLS \(check the URL: mqtts:// is TLS, usually port 8883; mqtt:// "
+                                          r"is plain, usually 1883\)$"):
+        async with asyncio.timeout(scaled(5)), Connection(url, ssl_context=tls_context()):
+            pass
+
+
+def test_the_tls_hint_is_added_only_where_tls_may_be_what_is_wrong() -> None:
+    import ssl
+
+    from cloud.mqtt import connect_problem
+
+    hint = "; the port may not speak TLS"
+    reset = ConnectionResetError(104, "Connection reset by peer")
+    assert connect_problem(reset, tls=True).startswith("cannot connect: [Errno 104] Connection reset by peer" + hint)
+    for e in (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), ssl.SSLEOFError(8, "EOF"),
+              ConnectionAbortedError(), BrokenPipeError(), None):
+        assert hint in connect_problem(e, tls=True), e
+    for e, tls in ((reset, False), (ssl.SSLError(1, "x"), False), (ConnectionRefusedError(111, "refused"), True),
+                   (ssl.SSLCertVerificationError(1, "certificate verify failed"), True)):
+        assert hint not in connect_problem(e, tls=tls), (e, tls)
+    assert connect_problem(None, tls=False) == "the connection closed before the broker's CONNACK"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import random
 
 import pytest
@@ -168,3 +170,20 @@ async def test_a_forged_record_linked_into_a_genuine_stream_is_rejected_and_the_
     assert store.stored_seqs("gw-1", 1) == list(range(1, 16))
     assert verify_chain(store.bodies("gw-1"), load_public_key(f.public_pem)) == (15, [])
     assert store.alarms("gw-1") == []
+
+
+async def test_an_mqtts_url_on_a_plain_port_is_logged_with_a_tls_hint_and_retried(broker, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="koto.cloud.receiver")
+    store = open_store(str(tmp_path / "cloud.db"))
+    rx = Receiver(store, ReceiverConfig(broker=f"mqtts://{broker.host}:{broker.port}", backoff_initial_s=0.05,
+                                        backoff_cap_s=0.1))
+    task = asyncio.create_task(rx.run())
+    try:
+        await until(lambda: rx.stats["disconnects"] >= 2)  # it keeps retrying
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        store.close()
+    lines = [r.getMessage() for r in caplog.records if "reconnecting" in r.getMessage()]
+    assert len(lines) >= 2 and all("the port may not speak TLS (check the URL" in line for line in lines), lines
