@@ -13,10 +13,13 @@ from .config_check import check_config
               default=DEFAULT_CONFIG, show_default=True, help="Gateway config (TOML) to check.")
 @click.option("--no-state", is_flag=True,
               help="Do not look at the ledger (whether an edited [tariff] will apply at the next start).")
-def check(config_path: str, no_state: bool) -> None:
+@click.option("--bootfs", is_flag=True,
+              help="The config is on a card's boot partition (or in the folder you will copy to it): files it names "
+                   "under /etc/koto are read from beside it, as the first boot imports them.")
+def check(config_path: str, no_state: bool, bootfs: bool) -> None:
     """Check a config: keys, profiles, tariff, hardware conflicts, the certificate and key files it names and the
     broker URL. Every problem is printed (file: key: problem); exit 1 if there is any."""
-    report = check_config(config_path, with_state=not no_state)
+    report = check_config(config_path, with_state=not (no_state or bootfs), bootfs=bootfs)
     for e in report.problems:
         click.echo(str(e))
     for note in report.notes:

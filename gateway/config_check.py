@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from koto.errors import FieldError, explain_os_error
 
@@ -36,9 +37,15 @@ class CheckReport:
         return not self.problems
 
 
-def check_config(path: str | Path, *, with_state: bool = True) -> CheckReport:
+ETC = Path("/etc/koto")
+
+
+def check_config(path: str | Path, *, with_state: bool = True, bootfs: bool = False) -> CheckReport:
     """Check the file at `path` and everything it names. `with_state`: also say what happens to its `[tariff]`
-    at the next start (read-only look at the ledger, when there is one and it can be read)."""
+    at the next start (read-only look at the ledger, when there is one and it can be read). `bootfs`: the config
+    sits on a card's boot partition (or in a laptop folder to be copied there), so every file it names under
+    /etc/koto is read from beside it, as the first boot will import it (gateway/firstboot.py); one not there is
+    checked where it is named, and is missing on the card too."""
     p = Path(path)
     report = CheckReport(str(p))
     try:
@@ -46,6 +53,8 @@ def check_config(path: str | Path, *, with_state: bool = True) -> CheckReport:
     except ConfigError as e:
         report.problems.append(e)
         return report
+    if bootfs:
+        data = _beside(data, p.resolve().parent)
     cfg, problems = parse_config_all(data, file=str(p), base=p.resolve().parent)
     from .config_household import merge_all
 
@@ -91,6 +100,19 @@ def _read(cfg: GatewayConfig, key: str, path: Path) -> bytes | FieldError:
         return path.read_bytes()
     except OSError as e:
         return ConfigError(cfg.file, key, explain_os_error(e))
+
+
+def _beside(data: Any, folder: Path) -> Any:
+    """`data` with each string naming a file directly under /etc/koto replaced by that name in `folder`, where the
+    file is there (what the first boot's import will put under /etc/koto)."""
+    if isinstance(data, dict):
+        return {k: _beside(v, folder) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_beside(v, folder) for v in data]
+    if isinstance(data, str) and data.startswith(f"{ETC}/") and "/" not in data[len(str(ETC)) + 1:]:
+        there = folder / data[len(str(ETC)) + 1:]
+        return str(there) if there.is_file() else data
+    return data
 
 
 def _cloud_file_problems(cfg: GatewayConfig) -> list[FieldError]:

@@ -87,6 +87,28 @@ def test_a_good_config_checks_ok_and_exits_0(tmp_path: Path, capsys: pytest.Capt
     assert "[tariff] 'home' applies at the first start" in out.err
 
 
+def test_with_bootfs_the_files_named_under_etc_koto_are_read_from_beside_the_config(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/install.md: the installer checks koto.toml on the laptop before copying it to the card, where the
+    config names its files under /etc/koto (first boot puts them there from the card). `--bootfs` reads them from
+    beside the config; one left out is named where the Pi would look for it."""
+    TestPKI(tmp_path / "pki").client("gw-0001")
+    card = tmp_path / "card"
+    card.mkdir()
+    names = {"ca.pem": "koto-test-ca.pem", "gw-0001.crt": "koto-test-gw.crt", "gw-0001.key": "koto-test-gw.key"}
+    text = GOOD
+    for made, name in names.items():
+        text = text.replace(f'"pki/{made}"', f'"/etc/koto/{name}"', 1)
+        (card / name).write_bytes((tmp_path / "pki" / made).read_bytes())
+    (card / "koto.toml").write_text(text)
+    assert main(["check", "--config", str(card / "koto.toml"), "--bootfs"]) == 0
+    assert capsys.readouterr().out.startswith(f"ok: {card / 'koto.toml'}: gateway gw-0001")
+    (card / names["gw-0001.key"]).unlink()
+    assert main(["check", "--config", str(card / "koto.toml"), "--bootfs"]) == 1
+    out = capsys.readouterr().out
+    assert "cloud.key" in out and f"/etc/koto/{names['gw-0001.key']}" in out and "cloud.ca" not in out
+
+
 def test_every_problem_is_printed_at_once_naming_file_and_key(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, broken())
