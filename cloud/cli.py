@@ -47,7 +47,7 @@ EPILOG = """\b
 Exit codes:
   0  done; for a command sent with --wait: the gateway applied it (or had already: duplicate)
   1  failed, said in one line (a file, the broker, the database)
-  2  usage error (an unknown option, a bad value)
+  2  usage error (an unknown option, a bad value, a --db with no database, a gateway not registered)
   3  the gateway rejected the command (its reason is printed)
   4  no reply from the gateway within --wait seconds (it may apply the command later: it is queued)
 """
