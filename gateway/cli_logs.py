@@ -7,10 +7,13 @@ KOTO_SOURCE. `--directory`/`--file` read a journal copied off a gateway's card (
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -78,6 +81,68 @@ def entries(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
             yield entry
 
 
+class Stopped(BaseException):  # like KeyboardInterrupt: a request to stop, not an error
+    """Ctrl-C, SIGTERM or SIGHUP while `koto logs` runs (raised once, in the main thread, by `_stopped_by_signals`)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Stop:
+    signum: int | None = None  # the first stop signal
+    armed = True  # whether it raises `Stopped` (not while the handlers are being put back)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _stopped_by_signals() -> Iterator[_Stop]:
+    """While `koto logs` runs journalctl, SIGINT, SIGTERM and SIGHUP raise `Stopped` (the first one; later ones only
+    wait for the clean-up), so it can end its child first. Python's default for SIGTERM and SIGHUP ends the process
+    at once and leaves journalctl running (with --follow, for good); Ctrl-C would say journalctl failed."""
+    stop = _Stop()
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield stop
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop.signum is None:
+            stop.signum = signum
+            if stop.armed:
+                raise Stopped(signum)
+
+    old = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield stop
+    finally:
+        stop.armed = False  # a signal now is only noted: the caller sees `signum` and ends as it asks
+        for sig, was in old.items():
+            signal.signal(sig, was)
+
+
+def _end(p: subprocess.Popen[str]) -> None:
+    """journalctl ends with us: asked to (SIGTERM), killed if it has not within two seconds, and reaped."""
+    try:
+        _terminate(p)
+    except Stopped:  # the first signal came while waiting for it: later ones are ignored, so this one finishes
+        _terminate(p)
+    for pipe in (p.stdout, p.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
+def _terminate(p: subprocess.Popen[str]) -> None:
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 @click.command()
 @click.option("--appliance", default=None, help="Only what concerns this appliance (and its sources).")
 @click.option("--since", default=None, help="From: YYYY-MM-DD, an ISO time, 'today' or Nd (e.g. 2d).")
@@ -102,9 +167,12 @@ def logs(appliance: str | None, since: str | None, level: str | None, follow: bo
                            directory=directory, file=file, lines=lines)
     args[0] = exe
     shown = 0
-    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace") as p:
-        assert p.stdout is not None and p.stderr is not None
+    err = ""
+    p: subprocess.Popen[str] | None = None
+    with _stopped_by_signals() as stop:
         try:
+            p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
+            assert p.stdout is not None and p.stderr is not None
             for entry in entries(p.stdout):
                 if not matches(entry, appliance):
                     continue
@@ -112,9 +180,18 @@ def logs(appliance: str | None, since: str | None, level: str | None, follow: bo
                 click.echo(json.dumps(entry, sort_keys=True) if as_json else line(entry))
                 if follow:
                     sys.stdout.flush()
-        except KeyboardInterrupt:
-            p.terminate()
-        err = p.stderr.read().strip()
+            err = p.stderr.read().strip()
+        except Stopped:
+            pass
+        finally:
+            if p is not None:
+                _end(p)
+    if p is None:  # stopped while journalctl was being started
+        raise SystemExit(128 + (stop.signum or signal.SIGINT))
+    if stop.signum is None and p.returncode == -signal.SIGINT:
+        stop.signum = signal.SIGINT  # a Ctrl-C that reached journalctl (the same foreground job) before us
+    if stop.signum is not None:
+        raise SystemExit(128 + stop.signum)  # stopped as asked: no "failed", the shell's code for the signal
     if p.returncode not in (0, None, -15):
         raise click.ClickException(f"journalctl failed: {err or f'exit {p.returncode}'}")
     if "insufficient permissions" in err or "No journal files were opened" in err:

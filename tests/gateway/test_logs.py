@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -246,3 +247,74 @@ port = "{tmp_path / 'ttyNONE'}"
         proc.terminate()
         rest = proc.communicate(timeout=scaled(20))[1]
     assert first.startswith("INFO koto") and "running" in first, first + rest
+
+
+FAKE_JOURNALCTL = """#!/bin/sh
+# journalctl --follow as `koto logs -f` sees it: one entry, then waiting for more (sleep is what gets the signals)
+echo $$ > "$KOTO_TEST_JOURNALCTL_PID"
+printf '%s\\n' '{"__REALTIME_TIMESTAMP": "1700000000000000", "MESSAGE": "fill started", "KOTO_APPLIANCE": "washer"}'
+exec sleep 600
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether a process still runs (a zombie waiting to be reaped has stopped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.fixture
+def following(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """`koto logs -f` in its own process group (as a terminal's foreground job), reading a fake journalctl found on
+    PATH; yields once the first entry is printed, with where the fake journalctl's pid is written."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "journalctl"
+    fake.write_text(FAKE_JOURNALCTL)
+    fake.chmod(0o755)
+    pid_file = tmp_path / "journalctl.pid"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+           "KOTO_TEST_JOURNALCTL_PID": str(pid_file)}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "logs", "-f"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).parents[2],
+                            start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert "fill started" in first and pid_file.exists(), first
+        yield proc, pid_file
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=scaled(20))
+        if pid_file.exists() and _running(child := int(pid_file.read_text())):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_ctrl_c_ends_koto_logs_follow_quietly(following: tuple[subprocess.Popen[str], Path]) -> None:
+    """Ctrl-C at a terminal signals the whole foreground job: koto and its journalctl both get SIGINT."""
+    proc, pid_file = following
+    os.killpg(proc.pid, signal.SIGINT)
+    _out, err = proc.communicate(timeout=scaled(20))
+    assert proc.returncode in (0, 130), (proc.returncode, err)
+    assert "failed" not in err and "Traceback" not in err and "aborted" not in err, err
+    assert not _running(int(pid_file.read_text()))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_stopping_koto_logs_follow_stops_its_journalctl_too(
+        following: tuple[subprocess.Popen[str], Path], sig: signal.Signals) -> None:
+    """A service manager, `kill` or a closed ssh session signals koto alone: its journalctl must not stay behind."""
+    proc, pid_file = following
+    os.kill(proc.pid, sig)
+    _out, err = proc.communicate(timeout=scaled(20))
+    assert proc.returncode in (128 + sig, -sig), (proc.returncode, err)  # ended by it, now or after cleaning up
+    assert "Traceback" not in err and "failed" not in err, err
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + scaled(5)
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(child), "journalctl was left running"
