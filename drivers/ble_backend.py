@@ -85,6 +85,7 @@ class BleakBackend:
         self.retry_max_s = retry_max_s
         self.restarts = 0
         self.start_failures = 0
+        self.last_failure = ""  # why the scanner last failed to start, in words (discover says it)
         self.adverts = 0
         self.running = False
         self._scanner_cls = scanner_cls
@@ -114,6 +115,11 @@ class BleakBackend:
             self._subs.remove(sub)
         if not self._subs:
             await self.aclose()
+
+    @property
+    def started(self) -> bool:
+        """Whether the scanner has started at least once."""
+        return self._started.is_set()
 
     async def wait_started(self) -> None:
         """Wait until the scanner has started once (tests and `discover` use it)."""
@@ -201,6 +207,9 @@ class BleakBackend:
                 self.start_failures += 1
                 if isinstance(e, TimeoutError):
                     reason = f"no answer within {self.start_timeout_s:g} s"
+                elif isinstance(e, FileNotFoundError):  # bleak's BlueZ backend found no socket to the system bus
+                    reason = "no D-Bus system bus to reach BlueZ (is dbus running? not in this container?)"
+                self.last_failure = reason
                 log.warning("could not start BLE scanning on %s (%s); retrying in %.1f s", self.where, reason, delay)
                 self._count_restart()
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))

@@ -19,7 +19,7 @@ from typing import Any
 
 from .ble_backend import BleakBackend, Scanning
 from .bthome import BTHOME_UUID, BTHomeDecoder
-from .errors import FrameError
+from .errors import BackendUnavailable, FrameError
 
 
 @dataclass
@@ -62,6 +62,9 @@ async def discover_ble(seconds: float, *, backend: BleakBackend | None = None) -
     sub = backend.subscribe(on_advert)
     try:
         await asyncio.sleep(seconds)
+        if not getattr(backend, "started", True):  # it never listened: hearing nothing says nothing of the devices
+            why = getattr(backend, "last_failure", "") or "the scanner did not start"
+            raise BackendUnavailable(f"could not scan on {backend.where}: {why}")
     finally:
         await sub.close()
     return sorted(found.values(), key=lambda d: -(d.rssi if d.rssi is not None else -999))

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from drivers.errors import BackendUnavailable
 from metering.profile import builtin_profiles
 
 PROFILE_HINT = {"sdm120": "washing_machine", "sdm630": "oven", "pzem004t": "washing_machine"}
@@ -96,7 +97,7 @@ def _tried_lines(survey: Any, timeout_s: float) -> list[str]:
     return out
 
 
-def _next_step(found: int, survey: Any, config: str, ble_seconds: float) -> str:
+def _next_step(found: int, survey: Any, config: str, ble_seconds: float, ble_failed: bool = False) -> str:
     if found:
         return f"Next: paste the blocks above into {config} (sudoedit {config}), then run: koto check --config {config}"
     if survey is not None and survey.tried:
@@ -106,6 +107,9 @@ def _next_step(found: int, survey: Any, config: str, ble_seconds: float) -> str:
     if survey is not None:
         return ("Next: plug in the USB RS-485 adapter (ls /dev/serial/by-id should list it), then run koto "
                 "discover again")
+    if ble_failed:
+        return ("Next: BLE needs a Bluetooth adapter and bluetoothd (systemctl status bluetooth; bluetoothctl list "
+                "should show the adapter), then run: koto discover --no-serial")
     return ("Next: move the device closer or wake it, then listen longer: koto discover --no-serial --ble-seconds "
             f"{max(30, int(ble_seconds * 3))}")
 
@@ -119,6 +123,7 @@ async def discover_report(*, ports: list[str] | None, addresses: list[int], baud
     found: list[Any] = []
     devices: list[Any] = []
     survey = None
+    ble_failed = False
     if ports != []:
         from drivers.discover_serial import list_ports
         from drivers.discover_serial import survey as run_survey
@@ -146,8 +151,12 @@ async def discover_report(*, ports: list[str] | None, addresses: list[int], baud
             for d in devices:
                 vals = ", ".join(f"{k}={v}" for k, v in sorted(d.values.items()))
                 lines.append(f"  {d.address} {d.name or '-'} {d.rssi} dBm {vals}")
-        except Exception as e:  # no adapter, no D-Bus, BlueZ down: say so, keep the rest of the report
-            lines.append(f"BLE scan not possible here: {type(e).__name__}: {e} (is bluetoothd running?)")
+        except BackendUnavailable as e:  # no adapter, no D-Bus, BlueZ down: say so, keep the rest of the report
+            ble_failed = True
+            lines.append(f"BLE scan not possible here: {e}")
+        except Exception as e:
+            ble_failed = True
+            lines.append(f"BLE scan not possible here: {type(e).__name__}: {e}")
     if gpio_pins:
         from drivers.pins import read_input_states, select_pin_factory
 
@@ -163,7 +172,7 @@ async def discover_report(*, ports: list[str] | None, addresses: list[int], baud
     probed = ports != [] or ble_seconds > 0
     n = len(found) + len(devices)
     return Report("\n".join(lines).rstrip() + "\n", n, probed,
-                  _next_step(n, survey, config, ble_seconds) if probed else "")
+                  _next_step(n, survey, config, ble_seconds, ble_failed) if probed else "")
 
 
 async def run_discover(**kwargs: Any) -> str:

@@ -11,9 +11,11 @@ from drivers.ble import BTHomeSource
 from drivers.ble_backend import ReplayAdvert, ReplayBackend
 from drivers.bthome import build_service_data
 from drivers.discover_ble import config_block, discover_ble, format_report
-from drivers.errors import DriverConfigError
+from drivers.errors import BackendUnavailable, DriverConfigError
+from gateway.discover import discover_report
 from koto.clock import ManualClock
 from tests.data import bthome_vectors as V
+from tests.drivers.test_ble_source import Radio, fake_backend
 
 PLUG = "A4:C1:38:8D:18:B2"
 
@@ -56,3 +58,22 @@ async def test_discover_says_what_to_check_when_nothing_is_heard() -> None:
     found = await discover_ble(0.05, backend=ReplayBackend(clock=ManualClock()))
     assert found == []
     assert "No BTHome device heard" in format_report(found, 0.05)
+
+
+NO_DBUS = FileNotFoundError(2, "No such file or directory")  # what bleak raises where the system bus socket is absent
+
+
+async def test_a_scanner_that_never_starts_is_an_error_not_an_empty_room() -> None:
+    """No adapter or no D-Bus: hearing nothing says nothing about the devices, so discover says it could not listen
+    (support reads `koto discover --no-serial` as "is the plug still advertising?")."""
+    backend = fake_backend(Radio(fail_with=NO_DBUS), retry_initial_s=0.01)
+    with pytest.raises(BackendUnavailable, match="could not scan on the default adapter: no D-Bus system bus"):
+        await discover_ble(0.1, backend=backend)
+
+
+async def test_koto_discover_says_bluetooth_is_missing_and_does_not_advise_moving_the_device() -> None:
+    report = await discover_report(ports=[], addresses=[], bauds=[], timeout_s=0.1, ble_seconds=0.1, gpio_pins=[],
+                                   pin_factory=None, ble_backend=fake_backend(Radio(fail_with=NO_DBUS),
+                                                                              retry_initial_s=0.01))
+    assert "BLE scan not possible here: could not scan on the default adapter: no D-Bus system bus" in report.text
+    assert "Bluetooth adapter and bluetoothd" in report.next_step and "closer" not in report.next_step

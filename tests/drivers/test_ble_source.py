@@ -29,9 +29,11 @@ PLUG = "A4:C1:38:8D:18:B2"
 class Radio:
     """What the fake BlueZ adapter does: how starts behave, and adverts to hand to the running scanner."""
 
-    def __init__(self, *, refuse_passive: bool = False, hang_starts: int = 0) -> None:
+    def __init__(self, *, refuse_passive: bool = False, hang_starts: int = 0,
+                 fail_with: Exception | None = None) -> None:
         self.refuse_passive = refuse_passive
         self.hang_starts = hang_starts
+        self.fail_with = fail_with  # every start raises it (no adapter, no D-Bus)
         self.starts: list[str] = []
         self.stops = 0
         self.or_patterns: list[Any] = []
@@ -58,6 +60,8 @@ class FakeBlueZScanner(BaseBleakScanner):
         r = self.radio
         r.starts.append(self.mode)
         r.or_patterns = list(self.bluez.get("or_patterns") or [])
+        if r.fail_with is not None:
+            raise r.fail_with
         if self.mode == "passive" and r.refuse_passive:
             raise BleakError("passive scanning on Linux requires BlueZ >= 5.56 with --experimental enabled")
         if r.hang_starts > 0:
