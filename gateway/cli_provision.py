@@ -49,12 +49,15 @@ DEFAULT_STATE = "/var/lib/koto"
 @click.option("--replace-operator-key", is_flag=True, help="Let --operator-key replace a different pinned key.")
 @click.option("--no-input", is_flag=True, help="Never ask questions, even on a terminal.")
 @click.option("--set-pin", is_flag=True,
-              help="Set the installer PIN (4-12 digits) that unlocks changes on the status page; asked twice, "
-                   "read from stdin when it is not a terminal. Only a salted hash is stored.")
+              help="Set the installer PIN (4-12 digits) that unlocks changes on the status page; asked twice at a "
+                   "terminal, else read from stdin: the PIN on two lines (a bad or differing one is an error, exit "
+                   "2). Only a salted hash is stored.")
 def provision(config_path: str | None, state_dir: str | None, force: bool, new_epoch: bool, gateway_id: str | None,
               timezone: str | None, broker: str | None, ca: str | None, operator_key: str | None,
               replace_operator_key: bool, no_input: bool, set_pin: bool) -> None:
     """Make the device key and a certificate request (CN = gateway id), pin the operator's key, write koto.toml."""
+    # A script's PIN (stdin not a terminal) is read and checked first, so a bad one changes nothing.
+    piped_pin = _pin_from_stdin() if set_pin and not sys.stdin.isatty() else None
     target = Path(config_path or DEFAULT_CONFIG)
     flags = {"--id": gateway_id, "--timezone": timezone, "--broker": broker, "--ca": ca}
     writing = any(v is not None for v in flags.values())
@@ -79,7 +82,7 @@ def provision(config_path: str | None, state_dir: str | None, force: bool, new_e
         _pin_for_existing(cfg, target, Path(operator_key), replace_operator_key)
     pem = _provision_state(sd, gid, force=force, new_epoch=new_epoch)
     if set_pin:
-        _set_pin(sd)
+        _set_pin(sd, piped_pin)
     # The service reads its key and its 0600 config as the state folder's owner; the CA and the pinned operator
     # key stay root's (0644, readable): the service's user must not be able to change whom it trusts.
     hand_over([*_root_owned(sd.root), *([target] if writing else [])], owner_of=sd.root)
@@ -90,7 +93,8 @@ def provision(config_path: str | None, state_dir: str | None, force: bool, new_e
     click.echo(pem, nl=False)
 
 
-def _set_pin(sd: StateDir) -> None:
+def _set_pin(sd: StateDir, pin: str | None) -> None:
+    """Store the installer PIN: `pin` as read from a script's stdin, or else asked twice at the terminal."""
     from .web.pin import PinError, check_pin_text, save_pin
 
     def checked(text: str) -> str:
@@ -99,10 +103,19 @@ def _set_pin(sd: StateDir) -> None:
         except PinError as e:
             raise click.BadParameter(str(e)) from None
 
-    pin = click.prompt("Installer PIN for the status page (4-12 digits)", hide_input=True,
-                       confirmation_prompt=True, err=True, value_proc=checked)
+    if pin is None:
+        pin = click.prompt("Installer PIN for the status page (4-12 digits)", hide_input=True,
+                           confirmation_prompt=True, err=True, value_proc=checked)
     path = save_pin(sd.root, pin)
     click.echo(f"installer PIN set ({path}, a salted scrypt hash, mode 0600)", err=True)
+
+
+def _pin_from_stdin() -> str:
+    """The PIN from stdin that is not a terminal, read as plain lines: getpass would warn that it cannot hide it
+    (there is nothing to hide) and click's prompt would ask again after a bad one until stdin ends."""
+    from .web.pin import pin_from_lines
+
+    return pin_from_lines(sys.stdin)
 
 
 def _terminal() -> bool:

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,27 @@ def pin_path(state_dir: Path) -> Path:
 def check_pin_text(pin: str) -> str:
     if not (pin.isdigit() and pin.isascii() and MIN_DIGITS <= len(pin) <= MAX_DIGITS):
         raise PinError("a PIN is four to twelve digits (0-9)")
+    return pin
+
+
+def pin_from_lines(lines: Iterable[str]) -> str:
+    """The PIN as a script gives it (stdin that is not a terminal): twice, one line each, and the same both times.
+
+    No second chance: a bad PIN, a different repeat or too few lines is a `PinError` saying what to give."""
+    it = iter(lines)
+    first = next(it, None)
+    if first is None:
+        raise PinError("no installer PIN on stdin: give it twice, one line each "
+                       "(printf '%s\\n%s\\n' \"$PIN\" \"$PIN\" | koto provision --set-pin)")
+    try:
+        pin = check_pin_text(first.strip())
+    except PinError as e:
+        raise PinError(f"installer PIN on stdin: {e}") from None
+    second = next(it, None)
+    if second is None:
+        raise PinError("the installer PIN is given twice on stdin, one line each; stdin ended after the first")
+    if second.strip() != pin:
+        raise PinError("the two installer PINs on stdin differ: give the same PIN twice, one line each")
     return pin
 
 

@@ -89,3 +89,34 @@ def test_an_empty_or_garbage_key_file_is_one_plain_line(tmp_path: Path, capsys, 
     assert koto(["provision", "--state-dir", str(sd.root)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "device.pem" in err and "--new-epoch" in err
+
+
+def _set_pin_from(tmp_path: Path, stdin: str) -> subprocess.CompletedProcess[str]:
+    """`koto provision --set-pin` as a script runs it: stdin a pipe, and (a new session) no terminal to fall back on."""
+    return subprocess.run([sys.executable, "-m", "gateway.cli", "provision", "--state-dir", str(tmp_path / "state"),
+                           "--set-pin"], input=stdin, capture_output=True, text=True, cwd=REPO,
+                          start_new_session=True, timeout=60)
+
+
+def test_a_pin_on_stdin_is_read_without_getpass_s_warning(tmp_path: Path) -> None:
+    from gateway.web.pin import load_pin_hash, verify_pin
+
+    done = _set_pin_from(tmp_path, "13579\n13579\n")
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr and "getpass" not in done.stderr and "echoed" not in done.stderr, done.stderr
+    assert "installer PIN set" in done.stderr
+    assert verify_pin("13579", load_pin_hash(tmp_path / "state") or "")
+
+
+@pytest.mark.parametrize(("stdin", "said"), [
+    ("12\n12\n", "four to twelve digits"),
+    ("13579\n24680\n", "differ"),
+    ("13579\n", "twice"),
+    ("", "no installer PIN"),
+])
+def test_a_bad_pin_on_stdin_is_one_plain_line_and_nothing_is_written(tmp_path: Path, stdin: str, said: str) -> None:
+    done = _set_pin_from(tmp_path, stdin)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("koto: ") and said in done.stderr, done.stderr
+    assert "aborted" not in done.stderr.lower() and "Warning" not in done.stderr
+    assert not (tmp_path / "state").exists()  # refused before the key or anything else is made
