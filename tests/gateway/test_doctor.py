@@ -107,6 +107,13 @@ def test_a_missing_group_is_named_with_the_source_that_needs_it(tmp_path: Path, 
     assert c.fix == "sudo usermod -aG dialout nobody && sudo systemctl restart koto"
 
 
+def test_root_needs_no_group_as_its_serial_check_says(tmp_path: Path, pty_port: str) -> None:
+    """`koto doctor --user root`: root opens the port whatever its group, as the serial lines say; the group check
+    used to fail "root is not in group dialout" beside them."""
+    c = check_user_groups(make_context(write_config(tmp_path, port=pty_port), user="root"))
+    assert isinstance(c, Check) and c.status == "ok" and c.summary == "root (uid 0) needs no group for its drivers: dialout"
+
+
 def test_the_units_supplementary_groups_count(tmp_path: Path, pty_port: str) -> None:
     ctx = make_context(write_config(tmp_path, port=pty_port), user=USER)
     unit = tmp_path / "koto.service"
