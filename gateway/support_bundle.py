@@ -150,6 +150,9 @@ def _ledger(bundle: Bundle, ctx: Any) -> None:
         # so it is one lend, not two.
         with reader_lease(ledger.path) as lease:
             _records(bundle, ledger.path, stats, lease)
+    if ctx.cfg is not None and ctx.cfg.cloud is None:  # local only: nothing is ever sent, so nothing is behind
+        stats["backlog"] = None
+        stats["sync"] = "none: no [cloud] in the config, the ledger is kept locally"
     bundle.add_json("ledger.json", stats)
 
 

@@ -222,3 +222,24 @@ def test_the_bundle_reads_a_ledger_the_daemon_holds_exclusively_by_borrowing_it(
     stats = json.loads(files["ledger.json"])
     assert stats["head_seq"] == 4 and stats["records_per_appliance"] == {"washer": 3, "kettle": 1}
     assert [r["seq"] for r in json.loads(files["records/washer.json"])] == [1, 2, 3]
+
+
+def test_a_local_only_gateway_has_no_backlog_in_its_bundle(tmp_path: Path, fake_journal: None,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Without [cloud] nothing is ever sent, so nothing is behind: `backlog` 4 there read as four records stuck,
+    beside a doctor that says there is nothing to sync."""
+    config = tmp_path / "koto.toml"
+    config.write_text('[gateway]\nid = "gw-local"\nstate_dir = "state"\n\n[[appliance]]\nid = "washer"\n'
+                      'profile = "washing_machine"\n\n[appliance.sources.plug]\ndriver = "bthome"\n'
+                      'address = "A4:C1:38:8D:18:B2"\n')
+    sd = StateDir(tmp_path / "state")
+    sd.provision()
+    with Ledger.open(sd.ledger, gateway_id="gw-local", key=sd.private_key()) as ledger:
+        ledger.append([usage(i) for i in range(4)])
+    out = tmp_path / "bundle.tar.gz"
+    assert main(["support-bundle", "--config", str(config), "--out", str(out), "--user", "root",
+                 "--runtime-dir", str(tmp_path / "run"), "--timeout", "0.5"]) == 0
+    with tarfile.open(out) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("/ledger.json"))
+        stats = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
+    assert (stats["head_seq"], stats["backlog"]) == (4, None) and stats["sync"].startswith("none: no [cloud]")
