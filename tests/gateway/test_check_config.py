@@ -165,3 +165,11 @@ def test_a_bad_source_is_named_once_not_again_as_a_bad_energy_source(tmp_path: P
     assert main(["check", "--config", str(path), "--no-state"]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and "source 'washer-meter': driver: unknown driver 'modbos'" in lines[0]
+
+
+def test_an_s0_sources_bad_imp_per_kwh_is_named_once_by_its_driver(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, GOOD.replace("imp_per_kwh = 1000", "imp_per_kwh = 0"))
+    assert main(["check", "--config", str(path), "--no-state"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "source 'kettle-s0': imp_per_kwh: 0 is out of range" in lines[0]
