@@ -429,10 +429,14 @@ def verify(gateway: str, db: str) -> None:
 def usage(gateway: str, db: str, as_json: bool) -> None:
     """Summarise stored usage per subject and function."""
     with _store(db, create=False) as store:
+        if store.pubkey(gateway) is None:  # a mistyped id printed nothing and exited 0, as if it had no usage
+            raise click.ClickException(f"{gateway} is not registered in {_db_name(db)}")
         summary = store.usage_summary(gateway)
     if as_json:
         click.echo(json.dumps(summary, sort_keys=True))
         return
+    if not summary:
+        click.echo(f"no usage stored for {gateway} yet")
     for key, s in sorted(summary.items()):
         click.echo(f"{key}: {s['records']} records, {s['uses']} uses, {s['energy_mwh'] / 1e6:.6f} kWh, "
                    f"{s['duration_ms'] / 60000:.1f} min")

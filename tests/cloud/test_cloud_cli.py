@@ -229,7 +229,14 @@ def test_commands_that_only_read_refuse_a_database_that_does_not_exist(tmp_path,
     pub.write_text(EventFactory("gw-test").public_pem)
     assert main(["register", "gw-test", "--pubkey", str(pub), "--db", str(missing)]) == 0
     assert main(["usage", "gw-test", "--db", str(missing)]) == 0
+    assert capsys.readouterr().out.endswith("no usage stored for gw-test yet\n")
     assert main(["verify", "gw-test", "--db", str(missing)]) == 0
+
+
+def test_usage_of_a_gateway_that_is_not_registered_says_so(tmp_path, capsys):
+    db = registered(tmp_path, "gw-1")
+    assert main(["usage", "gw-l", "--db", str(db)]) == 1  # a mistyped id: said, not an empty answer
+    assert capsys.readouterr().err == f"Error: gw-l is not registered in {db}\n"
 
 
 async def test_commands_to_a_gateway_that_is_not_registered_are_refused_before_anything_is_sent(
