@@ -382,6 +382,9 @@ class ModbusMeterSource(Source):
         if isinstance(address, bool) or not isinstance(address, int) or not 1 <= address <= 248:
             raise DriverConfigError(name, "address", "must be an integer 1..247 (or 248 = 0xF8, PZEM's general "
                                     "address, only with a single PZEM on the line)")
+        if address == 248 and has_model and cfg["model"] != "pzem004t":  # Eastron meters answer 1..247 only
+            raise DriverConfigError(name, "address", f"248 (0xF8) is the PZEM-004T's general address; an "
+                                    f"{regmap.name} answers at its own address, 1..247 (on its display)")
         ser = regmap.serial
 
         def pick(key: str, default: Any, ok: Callable[[Any], bool], allowed: str) -> Any:
