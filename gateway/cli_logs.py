@@ -199,5 +199,6 @@ def logs(appliance: str | None, since: str | None, level: str | None, follow: bo
                                    "(sudo usermod -aG systemd-journal $USER, then log in again), or use sudo")
     if shown == 0 and not follow:
         what = f" for {appliance}" if appliance else ""
-        click.echo(f"no log entries{what} (Raspberry Pi OS keeps the journal in RAM unless "
-                   "systemd/journald.conf.d/60-koto.conf is installed: see the README)", err=True)
+        click.echo(f"no log entries{what} (has koto run here? journald may keep its journal in RAM only, lost at "
+                   "each boot, as Raspberry Pi OS does unless deploy/install.sh installed "
+                   "systemd/journald.conf.d/60-koto.conf: see the README)", err=True)
