@@ -66,7 +66,8 @@ def select_pin_factory(configured: str | None = None, *, env: Mapping[str, str] 
         from gpiozero.pins.lgpio import LGPIOFactory
     except ImportError as e:
         raise BackendUnavailable(f"the lgpio library is not installed ({e}); on Raspberry Pi OS: "
-                                 "sudo apt install python3-lgpio, or pip install lgpio") from e
+                                 "sudo apt install python3-lgpio (a venv must see the system's packages: "
+                                 "deploy/install.sh makes it so; PyPI's lgpio has no wheel past Python 3.12)") from e
     except Exception as e:  # lgpio raises its own error type at import when it cannot start
         raise BackendUnavailable(f"lgpio could not start: {e}") from e
     try:

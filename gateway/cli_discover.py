@@ -1,10 +1,11 @@
 """`koto discover`: probe for meters with the installer watching, refuse what cannot exist, say what comes next.
 
 Exit codes: 0 something was found, 1 the probes found nothing (the report says what was tried and why that usually
-happens), 2 an impossible request (a port that is not there, an address outside 1..248, a baud rate no meter
-uses), refused before any probing. Progress goes to stderr: on a terminal one line that follows the addresses,
-elsewhere (a script, `ssh host koto discover | tee`) a line per port and baud rate and one every few seconds.
-The next command to run is said last, on stderr too, so stdout stays a report whose blocks paste as TOML.
+happens) or GPIO levels asked for could not be read, 2 an impossible request (a port that is not there, an address
+outside 1..248, a baud rate no meter uses), refused before any probing. Progress goes to stderr: on a terminal one
+line that follows the addresses, elsewhere (a script, `ssh host koto discover | tee`) a line per port and baud rate
+and one every few seconds. The next command to run is said last, on stderr too, so stdout stays a report whose
+blocks paste as TOML.
 """
 
 from __future__ import annotations
@@ -107,5 +108,5 @@ def discover(ports: tuple[str, ...], no_serial: bool, address: str, baud: str, t
     click.echo(report.text, nl=False)
     if report.next_step:
         click.echo(report.next_step, err=True)
-    if report.probed and not report.found:
+    if (report.probed and not report.found) or report.gpio_failed:
         raise SystemExit(1)

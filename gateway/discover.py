@@ -82,6 +82,7 @@ class Report:
     found: int  # meters and devices found, for the exit code
     probed: bool  # something was looked for (serial or BLE), not only GPIO levels shown
     next_step: str = ""  # the command to run next; said apart, so what `koto discover > blocks.toml` saves is TOML
+    gpio_failed: bool = False  # GPIO levels were asked for and could not be read
 
 
 def _tried_lines(survey: Any, timeout_s: float) -> list[str]:
@@ -123,7 +124,7 @@ async def discover_report(*, ports: list[str] | None, addresses: list[int], baud
     found: list[Any] = []
     devices: list[Any] = []
     survey = None
-    ble_failed = False
+    ble_failed = gpio_failed = False
     if ports != []:
         from drivers.discover_serial import list_ports
         from drivers.discover_serial import survey as run_survey
@@ -165,6 +166,7 @@ async def discover_report(*, ports: list[str] | None, addresses: list[int], baud
             lines.append("GPIO inputs:")
             lines += gpio_lines(read_input_states(gpio_pins, factory))
         except Exception as e:
+            gpio_failed = True
             lines.append(f"GPIO not readable here: {e}")
     block = serial_block(found) + ble_block(devices, start=len(found) + 1)
     if block:
@@ -172,7 +174,7 @@ async def discover_report(*, ports: list[str] | None, addresses: list[int], baud
     probed = ports != [] or ble_seconds > 0
     n = len(found) + len(devices)
     return Report("\n".join(lines).rstrip() + "\n", n, probed,
-                  _next_step(n, survey, config, ble_seconds, ble_failed) if probed else "")
+                  _next_step(n, survey, config, ble_seconds, ble_failed) if probed else "", gpio_failed)
 
 
 async def run_discover(**kwargs: Any) -> str:

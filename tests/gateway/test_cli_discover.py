@@ -82,3 +82,13 @@ def test_ranges_are_written_as_an_installer_types_them() -> None:
     assert ranges([5, 1, 2, 3, 7, 8, 3]) == "1-3,5,7-8"
     assert ranges([]) == ""
     assert 9600 in METER_BAUDS and 9601 not in METER_BAUDS
+
+
+async def test_gpio_levels_that_cannot_be_read_exit_1_and_say_why() -> None:
+    """`koto discover --no-serial --gpio 17` on a machine whose pins cannot be read (here: a factory that does not
+    exist) said why and exited 0, as if the levels had been shown."""
+    rc, out, _err = await koto_discover("--no-serial", "--gpio", "17", "--pin-factory", "nosuch")
+    assert rc == 1
+    assert "GPIO not readable here: " in out and "'nosuch' is not supported" in out
+    rc, out, _err = await koto_discover("--no-serial", "--gpio", "17", "--pin-factory", "mock")
+    assert rc == 0 and "GPIO inputs:" in out
