@@ -415,7 +415,7 @@ class Daemon:
     """The production gateway, `koto run`, provisioned as README says: `koto provision --operator-key` pins the
     operator's public key in `[cloud] operator_keys` and prints the device key for the cloud to register."""
 
-    def __init__(self, folder: Path, broker: Mosquitto, operator_pub: bytes):
+    def __init__(self, folder: Path, broker: Mosquitto, operator_pub: bytes, *, protocol: int = 5):
         self.folder = folder
         self.config = folder / "koto.toml"
         folder.mkdir(parents=True, exist_ok=True)
@@ -449,6 +449,9 @@ class Daemon:
         text = self.config.read_text()
         # No status page, and lifecycle records go out with the next batch instead of waiting up to a minute.
         text = text.replace("[gateway]\n", "[gateway]\nweb_port = 0\nhold_use_s = 0\n", 1)
+        if protocol != 5:
+            text = text.replace("[cloud]\n", f"[cloud]\nprotocol = {protocol}\n", 1)
+            assert f"protocol = {protocol}" in text, text
         self.config.write_text(text)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = folder / "koto.log"
@@ -491,9 +494,11 @@ class Daemon:
 
 
 @contextlib.asynccontextmanager
-async def daemon_and_peer(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[tuple[Daemon, ContractPeer]]:
+async def daemon_and_peer(
+    tmp_path: Path, broker: Mosquitto, *, protocol: int = 5
+) -> AsyncIterator[tuple[Daemon, ContractPeer]]:
     async with peer_for(broker) as peer:
-        d = Daemon(tmp_path / "koto", broker, public_pem(peer.operator_key))
+        d = Daemon(tmp_path / "koto", broker, public_pem(peer.operator_key), protocol=protocol)
         peer.register(GW, d.public_pem)
         d.start()
         try:
@@ -702,6 +707,26 @@ async def test_a_clean_stop_leaves_the_offline_status_of_will_json_and_the_cloud
         birth = peer.birth_log[-1].body
         assert birth["unacked"] == birth["last_seq"] - acked, (birth, acked)
         assert_clean(peer)
+
+
+async def test_a_gateway_on_mqtt_3_1_1_is_the_same_to_the_cloud_but_for_mqtt_5_properties(tmp_path, broker):
+    """contract.md: "MQTT 5 (3.1.1 must also work, structured mode)". With `[cloud] protocol = 311` the gateway's
+    birth, records, acks, commands and replies are the ones an MQTT 5 gateway sends, byte for byte the same rules;
+    only the MQTT 5 content type property is absent (the CloudEvent carries `datacontenttype` itself)."""
+    async with daemon_and_peer(tmp_path, broker, protocol=311) as (d, peer):
+        cmd, reply = await peer.send(GW, DIAGNOSTICS, {})
+        assert (reply.body["status"], reply.body["ack_of"]) == ("applied", cmd["id"]), reply.body
+        _, reply = await peer.send(GW, TARIFF, tariff(1))
+        assert reply.body["status"] == "applied", reply.body
+        assert await d.stop(signal.SIGTERM) == 0, d.tail()
+        epoch = peer.births[GW].body["epoch"]
+        held = peer.held(GW, epoch)
+        assert held == list(range(1, len(held) + 1)) and len(held) >= 3  # start, two commands applied, stop
+        assert peer.chains[(GW, epoch)].acked_through == held[-1]
+        assert all(r.event["datacontenttype"] == "application/json" for r in peer.by_seq[(GW, epoch)].values())
+    assert not peer.rejected and not peer.alarms, (peer.rejected, peer.alarms)
+    # The one difference: no MQTT 5 content type property (which also shows the session really was 3.1.1).
+    assert [f for f in peer.findings if "content type None" not in f] == [] and peer.findings, peer.findings
 
 
 def resigned(peer: ContractPeer, cmd: dict[str, Any], **changes: Any) -> dict[str, Any]:
