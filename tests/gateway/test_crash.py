@@ -8,10 +8,8 @@ import asyncio
 import os
 import random
 import signal
-import struct
 import subprocess
 import sys
-from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -19,20 +17,13 @@ import pytest
 from drivers.modbus_sim import ModbusSimulator, SimMeter
 from gateway.cli import main as koto
 from gateway.simulate import washer
-from tests.support.ledger_checks import assert_contiguous, conservation, ledger_events
+from tests.support.ledger_checks import assert_contiguous, conservation, ledger_events, served_mwh
 from tests.support.paths import REPO
 from tests.support.slow import scaled
 
 ROOT = REPO
 KILLS = 30
 FIRST_KWH = 1234.5  # exactly representable as float32: the first register value the gateway reads
-
-
-def served_mwh(kwh: float) -> int:
-    """What a register served as float32 means in mWh, by the documented rule (docs/serial.md): the float32's exact
-    binary value, converted once, half to even."""
-    x = struct.unpack(">f", struct.pack(">f", kwh))[0]
-    return round(Fraction(x) * 1_000_000)
 
 
 def config(tmp: Path, port: str) -> Path:

@@ -76,13 +76,19 @@ def test_the_demo_refuses_a_folder_with_someone_else_s_file_and_deletes_nothing(
     assert _tree(folder) == {"holiday.jpg": b"\xff\xd8 not the demo's"}
 
 
-def test_the_demo_refuses_a_live_gateway_s_state_folder_and_keeps_its_ledger_key_and_household(
-        tmp_path: Path, demo_cli: Callable[..., tuple[int, str]]) -> None:
+def live_gateway_state(tmp_path: Path) -> Path:
+    """A provisioned gateway's state folder with its ledger (gateway gw-0042): what `koto run` leaves."""
     state = tmp_path / "koto"
     sd = StateDir(state)
     sd.provision()
     with Ledger.open(sd.ledger, gateway_id="gw-0042", key=sd.private_key()):
         pass
+    return state
+
+
+def test_the_demo_refuses_a_live_gateway_s_state_folder_and_keeps_its_ledger_key_and_household(
+        tmp_path: Path, demo_cli: Callable[..., tuple[int, str]]) -> None:
+    state = live_gateway_state(tmp_path)
     (state / "household.toml").write_text("[[appliance]]\nid = \"washer\"\n")
     before = _tree(state)
     rc, err = demo_cli(state)
@@ -93,11 +99,7 @@ def test_the_demo_refuses_a_live_gateway_s_state_folder_and_keeps_its_ledger_key
 def test_a_gateway_s_ledger_and_key_alone_are_not_taken_for_an_old_demo_s(
         tmp_path: Path, demo_cli: Callable[..., tuple[int, str]]) -> None:
     """A live gateway's state folder holds exactly the files a demo leaves: only the demo's gateway id tells."""
-    state = tmp_path / "koto"
-    sd = StateDir(state)
-    sd.provision()
-    with Ledger.open(sd.ledger, gateway_id="gw-0042", key=sd.private_key()):
-        pass
+    state = live_gateway_state(tmp_path)
     before = _tree(state)
     rc, err = demo_cli(state)
     assert rc == 2 and str(state) in err, err

@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import struct
 import sys
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from drivers.modbus_sim import ModbusSimulator, SimMeter
 from gateway.cli import main as koto
 from gateway.config import parse_config
 from gateway.errors import ConfigError
-from tests.support.ledger_checks import assert_contiguous, conservation, ledger_events
+from tests.support.ledger_checks import assert_contiguous, conservation, ledger_events, served_mwh
 from tests.support.paths import REPO
 from tests.support.slow import scaled
 
@@ -67,11 +65,6 @@ def test_a_phase_with_power_but_no_energy_register_says_to_meter_its_power() -> 
     assert "no energy register on channel 'L1'" in e.problem and 'energy_kind = "power"' in e.problem
     ok = parse_config(with_oven("", "L1", src={"map": PHASE_POWER_ONLY}, energy_kind="power"))
     assert ok.appliances[0].energy_kind == "power"
-
-
-def served_mwh(kwh: float) -> int:
-    """A float32 register's value in mWh by the documented rule (docs/serial.md): exact, converted once."""
-    return round(Fraction(struct.unpack(">f", struct.pack(">f", kwh))[0]) * 1_000_000)
 
 
 async def test_an_appliance_on_phase_l2_is_metered_on_that_phase_register(tmp_path: Path) -> None:

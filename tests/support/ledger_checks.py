@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import struct
 from collections import defaultdict
 from collections.abc import Iterator
+from fractions import Fraction
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,13 @@ from typing import Any
 from metering.ledger import Ledger
 from metering.ledger.lease import reader_lease
 from metering.records import PARTITION_KINDS, USAGE_TYPE
+
+
+def served_mwh(kwh: float) -> int:
+    """What a float32 energy register served as `kwh` means in mWh, by the documented rule (docs/serial.md): the
+    float32's exact binary value, converted once, half to even."""
+    x = struct.unpack(">f", struct.pack(">f", kwh))[0]
+    return round(Fraction(x) * 1_000_000)
 
 
 def ledger_events(path: Path, gateway_id: str) -> list[dict[str, Any]]:
