@@ -52,7 +52,7 @@ RECENT_IDS = 256
 # The envelope as common.json's `commandEnvelope` has it: a command outside it is refused before its signature is
 # looked at, so that nothing the gateway echoes (ack_of, dseq) or keeps (last_dseq, in every birth) can fall outside
 # reply.json and birth.json.
-_DSEQ = re.compile(r"[1-9][0-9]{0,15}")  # decimal, 1 .. 10**16-1: below 2**63, the cloud's BIGINT
+_DSEQ = re.compile(r"0|[1-9][0-9]{0,15}")  # decimal, 0 .. 10**16-1: below 2**63, the cloud's BIGINT
 _SOURCE = re.compile(r"urn:koto:operator:.+", re.DOTALL)
 MAX_ID_CHARS = 128
 _STR_FIELDS = ("specversion", "id", "source", "type", "subject", "dseq", "expirytime", "sig")
@@ -195,7 +195,7 @@ class DownlinkHandler:
         if not _SOURCE.fullmatch(event["source"]):
             raise Rejected(f"malformed command: source {_shown(event['source'])} is not urn:koto:operator:...")
         if not _DSEQ.fullmatch(event["dseq"]):
-            raise Rejected(f"malformed command: dseq {_shown(event['dseq'])} is not a decimal from 1 to 16 digits")
+            raise Rejected(f"malformed command: dseq {_shown(event['dseq'])} is not a decimal of 1 to 16 digits")
         if event.get("datacontenttype", "application/json") != "application/json":
             raise Rejected(f"malformed command: datacontenttype {_shown(event['datacontenttype'])} is not "
                            "application/json")

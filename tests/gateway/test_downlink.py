@@ -397,3 +397,13 @@ def test_after_a_restart_pricing_is_rebuilt_from_what_the_ledger_holds(tmp_path:
     assert w2.profiles == [("kettle2", 1, PROFILE_TOML)]
     assert restore_from_ledger(w2.ledger, w2.pricing) == {"tariff": 0, "entitlement": 0, "profile": 0}
     w2.ledger.close()
+
+
+def test_a_cloud_that_counts_from_zero_gets_its_first_command_applied(w: World) -> None:
+    """common.json: dseq 0 .. 10^16-1. A new gateway has applied none, so a cloud whose counter starts at 0 is
+    heard; the next must be above it, as always."""
+    built = w.cmd(CMD_DIAGNOSTICS, {}, dseq=1)  # koto-cloud itself counts from 1: this one is signed by hand
+    first = json.dumps(sign_event(w.operator, {**{k: v for k, v in built.items() if k != "sig"}, "dseq": "0"}))
+    assert w.send(first.encode())["status"] == "applied" and w.handler.last_dseq_text() == "0"
+    assert w.send(first.encode())["status"] == "duplicate"
+    assert w.send(w.cmd(CMD_DIAGNOSTICS, {}, dseq=1))["status"] == "applied"
