@@ -24,7 +24,7 @@ def check_hardware(appliances: tuple[ApplianceConfig, ...], problems: Problems, 
     sources (or a source and a relay) that would fight over one piece of hardware: two meters on one RS-485 bus
     with different line settings, one GPIO pin twice, one BLE device twice. Found at load, named by file and key,
     instead of when the second source opens at run time."""
-    from drivers.base import Claim, build_source, claim_conflict
+    from drivers.base import Claim, claim_conflict
     from drivers.errors import DriverConfigError
     from drivers.gpio.relay import Relay
     from koto.clock import ManualClock
@@ -39,10 +39,8 @@ def check_hardware(appliances: tuple[ApplianceConfig, ...], problems: Problems, 
     for app in appliances:
         claims: list[tuple[str, Claim]] = []
         for name, scfg in app.sources.items():
-            try:
-                src = build_source(name, scfg, clock=clock, file=file)
-            except DriverConfigError as e:
-                problems.add(e)
+            src = _build_saying_every_unknown_key(name, scfg, clock, file, problems)
+            if src is None:
                 continue
             claims += [(f"appliance.{app.id}.sources.{name}", c) for c in src.claims()]
             if name == app.energy:
@@ -87,3 +85,22 @@ def _channel_problem(app: ApplianceConfig, channels: Mapping[str, frozenset[Quan
             return (f"source {app.energy!r} has no {what} register on channel {said(app.channel)}: set "
                     f"energy_kind = \"{other}\", or use a register map that has one")
     return ""
+
+
+def _build_saying_every_unknown_key(name: str, cfg: Mapping[str, Any], clock: Any, file: str,
+                                    problems: Problems) -> Any:
+    """The source built from `cfg`, or None with its problems added. A driver stops at its first problem; when that
+    is an unknown key (a typo, the commonest mistake), the source is built again without it, so the problems of
+    the keys after it are said in the same `koto check` instead of one run each."""
+    from drivers.base import build_source
+    from drivers.errors import DriverConfigError
+
+    left = dict(cfg)
+    while True:
+        try:
+            return build_source(name, left, clock=clock, file=file)
+        except DriverConfigError as e:
+            problems.add(e)
+            if not (e.problem.startswith("unknown key") and e.key in left):
+                return None
+            del left[e.key]

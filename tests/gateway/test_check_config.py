@@ -173,3 +173,14 @@ def test_an_s0_sources_bad_imp_per_kwh_is_named_once_by_its_driver(tmp_path: Pat
     assert main(["check", "--config", str(path), "--no-state"]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and "source 'kettle-s0': imp_per_kwh: 0 is out of range" in lines[0]
+
+
+def test_a_typo_in_a_source_does_not_hide_the_problems_after_it(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A driver stops at its first problem; an unknown key (the commonest: a typo) no longer hides the rest of
+    that source's problems from the same `koto check`."""
+    path = write(tmp_path, GOOD.replace("address = 1", "adress = 1\nbaud_rate = 9600\naddress = 999"))
+    assert main(["check", "--config", str(path), "--no-state"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split(": ")[2] for ln in lines] == ["adress", "baud_rate", "address"], lines
+    assert "unknown key" in lines[0] and "unknown key" in lines[1] and "1..247" in lines[2]
