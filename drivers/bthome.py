@@ -174,6 +174,7 @@ class BTHomeDecoder:
         self.bindkey = bindkey
         self._parser = _parser_class()(bindkey)
         self._last_raw: bytes | None = None
+        self._last_counter: int | None = None  # of the last encrypted advert decoded
 
     def decode(self, service_data: Mapping[str, bytes], *, name: str | None = None, rssi: int = 0,
                t_s: float = 0.0) -> Decoded | None:
@@ -217,6 +218,12 @@ class BTHomeDecoder:
             if encrypted:
                 raise FrameError("replayed_counter", "the encryption counter went backwards (replayed advert?)")
             raise FrameError("not_parsed", "bthome-ble did not accept the advert")
+        if encrypted:  # the counter (the nonce's last part) must increase: bthome-ble refuses only a lower one
+            counter = int.from_bytes(raw[-8:-4], "little")
+            if counter == self._last_counter and self._last_raw is not None:
+                raise FrameError("replayed_counter", "the encryption counter did not increase (a replayed or forged "
+                                                     "advert with new content?)")
+            self._last_counter = counter
         self._last_raw = raw
         if cap.duplicate:
             return None
