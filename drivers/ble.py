@@ -183,6 +183,10 @@ class BTHomeSource(Source):
         if decoded is None:
             self.duplicates += 1
             return
+        if decoded.unknown_object is not None:  # a newer object id at the end: read up to it, as the spec says
+            self._rl.warning("unknown_tail", "%s: %s sends object id 0x%02x, which this Koto does not know: the "
+                             "values before it are read, the rest of the advert is skipped (a newer Koto reads it)",
+                             self.name, self.address, decoded.unknown_object)
         for reading in self._to_readings(decoded, adv.rssi, now):
             if self._queue.full():
                 self._count_error("overflow", "readings are not being consumed; dropping the oldest")

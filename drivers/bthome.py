@@ -49,6 +49,7 @@ class Decoded:
     sensors: Mapping[str, Any]
     binary: Mapping[str, bool]
     title: str | None = None
+    unknown_object: int | None = None  # the newer object id the advert was read up to (the rest skipped)
 
 
 def _plain(value: Any) -> Any:
@@ -63,14 +64,19 @@ class _Capture:
     error: FrameError | None = None
     duplicate: bool = False
     packet_id: int | None = None
+    unknown_object: int | None = None
     sensors: dict[str, Any] = field(default_factory=dict)
     binary: dict[str, bool] = field(default_factory=dict)
 
 
-def check_frame(payload: bytes) -> int | None:
-    """Walk a decrypted BTHome v2 payload with bthome-ble's object table; return the packet id if there is one.
+def check_frame(payload: bytes) -> tuple[int | None, int | None]:
+    """Walk a decrypted BTHome v2 payload with bthome-ble's object table; return (the packet id if there is one,
+    the object id the walk stopped at if it is one bthome-ble does not know).
 
-    Raises FrameError("unknown_object" | "wrong_length") when the payload does not frame completely.
+    Objects come in ascending id order so that a receiver that does not know a newer id reads the objects before
+    it and stops there (bthome.io/format), as bthome-ble does: those objects are whole, so they are read. Raises
+    FrameError("unknown_object") when the first object is unknown (nothing to read), and "wrong_length" when an
+    object is cut off.
     """
     from bthome_ble.const import MEAS_TYPES
 
@@ -82,7 +88,10 @@ def check_frame(payload: bytes) -> int | None:
         oid = payload[i]
         meas = MEAS_TYPES.get(oid)
         if meas is None:
-            raise FrameError("unknown_object", f"object id 0x{oid:02x} (byte {i}) is not a known BTHome v2 object")
+            if i == 0 or (packet_id is not None and i == 2):  # nothing (or only a packet id) before it
+                raise FrameError("unknown_object", f"object id 0x{oid:02x} (byte {i}) is not a known BTHome v2 "
+                                 "object, and nothing before it can be read")
+            return packet_id, oid
         if meas.data_format in _VARIABLE_LENGTH:
             if i + 1 >= n:
                 raise FrameError("wrong_length", f"object 0x{oid:02x} is cut off before its length byte")
@@ -98,7 +107,7 @@ def check_frame(payload: bytes) -> int | None:
         if oid == 0x00:
             packet_id = payload[start]
         i = start + size
-    return packet_id
+    return packet_id, None
 
 
 @cache
@@ -121,7 +130,7 @@ def _parser_class() -> type[Any]:
             cap = self.koto
             cap.payload_seen = True
             try:
-                packet_id = check_frame(payload)
+                packet_id, cap.unknown_object = check_frame(payload)
             except FrameError as e:
                 cap.error = e
                 return False
@@ -228,7 +237,7 @@ class BTHomeDecoder:
         if cap.duplicate:
             return None
         sensors = {k: _plain(v) for k, v in cap.sensors.items() if k not in ("signal_strength", "packet_id")}
-        return Decoded(cap.packet_id, encrypted, sensors, dict(cap.binary), p.title)
+        return Decoded(cap.packet_id, encrypted, sensors, dict(cap.binary), p.title, cap.unknown_object)
 
 
 # ---------------------------------------------------------------------------------------------------------------

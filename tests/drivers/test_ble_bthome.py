@@ -69,7 +69,7 @@ def test_a_corrupted_ciphertext_is_a_bad_mic() -> None:
         (b"\x40", "wrong_length"),  # no objects at all
         (b"", "wrong_length"),
         (b"\x40\xfe\x01", "unknown_object"),
-        (b"\x40\x0b\x02\x1b\x00\xfe\x01", "unknown_object"),  # a good power object, then an unknown id
+        (b"\x40\x00\x07\xfe\x01", "unknown_object"),  # a packet id, then an unknown id: nothing to read
         (b"\xe1\x02\x00\x0c\x04\x04\x13\x8a\x01", "bad_version"),  # bthome-ble's test_has_incorrect_version
         (V.ENCRYPTED.service_data, "no_bindkey"),
     ],
@@ -164,3 +164,10 @@ def test_the_builder_rounds_power_to_bthome_resolution_and_floors_energy_like_a_
     )
     assert d is not None
     assert d.sensors == {"power": 12.34, "energy": 0.009}
+
+
+def test_an_unknown_newer_object_at_the_end_is_skipped_and_what_came_before_is_read() -> None:
+    """bthome.io/format: objects come in ascending id order so that a receiver that does not know a newer id reads
+    the ones before it and stops there. A good power object, then an id bthome-ble does not know."""
+    d = decode(b"\x40\x0b\x02\x1b\x00\xfe\x01")
+    assert d is not None and d.sensors == {"power": 69.14} and d.unknown_object == 0xFE

@@ -299,3 +299,22 @@ def test_config_builds_through_the_registry_and_names_bad_keys(clock: ManualCloc
         with pytest.raises(DriverConfigError) as e:
             build_source("plug", {"driver": "bthome", **cfg}, clock=clock, file="/etc/koto/koto.toml")
         assert e.value.key == key and "koto.toml" in str(e.value)
+
+
+async def test_a_newer_object_id_at_the_end_is_read_up_to_and_said_once(
+    clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plug on a newer BTHome minor version appends an id this Koto does not know: its power is still read (the
+    spec's rule), nothing is counted as an error, and the journal says once what is skipped."""
+    caplog.set_level(logging.WARNING)
+    radio = Radio()
+    backend = fake_backend(radio)
+    async with BTHomeSource("plug", clock=clock, address=PLUG, backend=backend) as src:
+        await backend.wait_started()
+        for packet in (1, 2):
+            radio.emit(PLUG, bytes([0x40, 0x00, packet, 0x0B, 0x02, 0x1B, 0x00, 0xFE, 0x01]))
+        got = await take(aiter(src), 4)  # power and rssi of each advert
+    assert [r.value for r in got if r.quantity.value == "power_mw"] == [69_140, 69_140]
+    assert src.health.errors == {} and src.health.state == "stopped"
+    said = [r.getMessage() for r in caplog.records if "0xfe" in r.getMessage()]
+    assert len(said) == 1 and "values before it are read" in said[0]

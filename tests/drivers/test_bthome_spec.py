@@ -508,13 +508,6 @@ async def test_an_object_id_the_spec_does_not_define_is_refused_and_counted(unkn
     assert fed.errors == {"unknown_object": 1}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bthome.io/format: ids are sent in numerical order 'so that ... while your BTHome receiver isn't updated yet to "
-    "the same version, it will still be able to receive the older supported measurement types. A BTHome receiver "
-    "will stop parsing object ids as soon as it finds an object id that isn't supported.' Koto rejects the whole "
-    "advert as unknown_object instead (docs/ble.md: 'The whole advert is rejected when any part of it does not "
-    "frame'), so a plug on a newer minor spec version that appends an object Koto's bthome-ble does not know "
-    "stops giving power and energy"))
 async def test_objects_before_an_unsupported_newer_id_are_still_read() -> None:
     sd = S.service_data([S.packet_id(1), S.obj(0x0A, "8.000"), S.obj(0x0B, "80.00")]) + bytes([0x66, 0x01])
     fed = await feed([sd])
