@@ -631,14 +631,19 @@ class ContractPeer:
         finally:
             self._ack_senders.pop((gateway, epoch), None)
 
+    def _checked(self, raw: bytes, limit: int, what: str) -> dict[str, Any]:
+        """A JSON object of at most `limit` bytes that follows cloud/schemas/`what`.json; else Refused."""
+        body = parse_object(raw, limit, what)
+        errs = self.schemas.errors(f"{what}.json", body)
+        if errs:
+            raise Refused("malformed", f"{what} does not follow {what}.json: {'; '.join(errs[:3])}")
+        return body
+
     # -- up/status: birth and Will --
 
     async def _on_status(self, gateway: str, raw: bytes, retained: bool, topic: str) -> None:
         try:
-            body = parse_object(raw, MAX_STATUS_BYTES, "status")
-            errs = self.schemas.errors("status.json", body)
-            if errs:
-                raise Refused("malformed", f"status does not follow status.json: {'; '.join(errs[:3])}")
+            body = self._checked(raw, MAX_STATUS_BYTES, "status")
             if body.get("gateway") != gateway:
                 raise Refused("wrong_topic", f"status names {body.get('gateway')!r} on {gateway}'s topic")
             if body.get("online") is True:
@@ -667,10 +672,7 @@ class ContractPeer:
 
     def _on_reply(self, gateway: str, raw: bytes, topic: str) -> None:
         try:
-            body = parse_object(raw, MAX_RECORD_BYTES, "reply")
-            errs = self.schemas.errors("reply.json", body)
-            if errs:
-                raise Refused("malformed", f"reply does not follow reply.json: {'; '.join(errs[:3])}")
+            body = self._checked(raw, MAX_RECORD_BYTES, "reply")
             if body["gateway"] != gateway:
                 raise Refused("wrong_topic", f"reply names {body['gateway']!r} on {gateway}'s topic")
         except Refused as e:
@@ -680,10 +682,7 @@ class ContractPeer:
 
     def _on_live(self, gateway: str, raw: bytes, topic: str) -> None:
         try:
-            body = parse_object(raw, MAX_RECORD_BYTES, "live")
-            errs = self.schemas.errors("live.json", body)
-            if errs:
-                raise Refused("malformed", f"live does not follow live.json: {'; '.join(errs[:3])}")
+            body = self._checked(raw, MAX_RECORD_BYTES, "live")
         except Refused as e:
             self._refuse(topic, e, raw)
             return
