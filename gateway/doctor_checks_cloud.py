@@ -1,8 +1,13 @@
 """Doctor checks of the way to the cloud: broker DNS, TCP, TLS and MQTT authentication, in that order (the first
 step that fails is the one to fix), and the expiry of the certificates the config names.
 
-The MQTT step is a real CONNECT with aiomqtt and a short timeout, under the client id `<gateway>-doctor` and a
-clean session: the daemon's own persistent session (client id = gateway id) must not be taken over by a doctor run.
+The MQTT step must not harm the gateway's persistent session. The deployed broker names each client by its
+certificate's CN (`use_username_as_clientid`, deploy/mosquitto), so any CONNECT with the gateway's certificate *is*
+the gateway's session, whatever client id it sends: a clean start there threw away the commands queued for the
+gateway, and a CONNECT while the daemon runs kicks the daemon off the broker. So, while the daemon runs, the step
+reads the daemon's own connection from its status file and connects nothing; otherwise it sends one CONNECT by hand
+as the gateway would (its id, no clean start, the same session expiry), reads the CONNACK and disconnects without
+reading further: a command the broker sends after the CONNACK is never acknowledged, so it stays queued.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import ssl
 from pathlib import Path
 
 from .doctor import Check, Context
+from .mqtt_conn import SESSION_EXPIRY_S  # a CONNECT sets the session's expiry: the gateway's own
 
 WARN_DAYS = 30
 
@@ -108,30 +114,88 @@ async def _tls_handshake(host: str, port: int, ctx_ssl: ssl.SSLContext, t: float
     return None
 
 
+def _daemon_connection(ctx: Context) -> Check | None:
+    """The running daemon's own broker connection, from its status file; None when no daemon runs."""
+    from .status import pid_alive, read_status
+
+    data = read_status(ctx.runtime_dir, now_wall=ctx.now_wall).data
+    pid = int(data.get("pid", 0)) if data is not None else 0
+    if data is None or data.get("state") == "stopped" or not pid_alive(pid):
+        return None
+    cloud = data.get("cloud") or {}
+    who = f"the running gateway (pid {pid})"
+    if cloud.get("connected"):
+        return Check("broker MQTT", "ok", f"{who} is connected to the broker (its status; doctor does not connect "
+                                          "as well: the broker would end the gateway's session for it)")
+    error = cloud.get("last_error") or ""
+    return Check("broker MQTT", "fail" if error else "warn",
+                 f"{who} is NOT connected to the broker: {error or 'no attempt has ended yet'} (its status)",
+                 "journalctl -u koto says each attempt; the steps above show how far the network gets")
+
+
+# CONNACK reason codes (MQTT 3.1.1 return codes 1-5, MQTT 5 reason codes 0x80 and up) that mean "not you".
+_REFUSED = {1: "unacceptable protocol version", 2: "client id rejected", 3: "server unavailable",
+            4: "bad user name or password", 5: "not authorised", 0x80: "unspecified error",
+            0x84: "unsupported protocol version", 0x85: "client id not valid", 0x86: "bad user name or password",
+            0x87: "not authorised", 0x88: "server unavailable", 0x89: "server busy", 0x8A: "banned"}
+_NOT_AUTHORISED = {4, 5, 0x86, 0x87}
+
+
+def _connect_packet(client_id: str, protocol: int) -> bytes:
+    """CONNECT without clean start, no will, no credentials, keepalive 10 s; MQTT 5 with the gateway's expiry."""
+    ident = client_id.encode()
+    if protocol == 5:
+        body = (b"\x00\x04MQTT\x05\x00\x00\x0a" + b"\x05\x11" + SESSION_EXPIRY_S.to_bytes(4, "big")
+                + len(ident).to_bytes(2, "big") + ident)
+    else:
+        body = b"\x00\x04MQTT\x04\x00\x00\x0a" + len(ident).to_bytes(2, "big") + ident
+    size, length = len(body), b""
+    while True:
+        byte, size = size % 128, size // 128
+        length += bytes([byte | (0x80 if size else 0)])
+        if not size:
+            return b"\x10" + length + body
+
+
+async def _connack(host: str, port: int, ctx_ssl: ssl.SSLContext | None, client_id: str, protocol: int) -> int:
+    """The CONNACK's return or reason code; nothing after it is read, DISCONNECT is sent, the socket closed."""
+    reader, writer = await asyncio.open_connection(host, port, ssl=ctx_ssl, server_hostname=host if ctx_ssl else None)
+    try:
+        writer.write(_connect_packet(client_id, protocol))
+        await writer.drain()
+        head = await reader.readexactly(2)
+        if head[0] != 0x20 or head[1] < 2:
+            raise ConnectionError(f"the broker answered with something other than a CONNACK (0x{head[0]:02x})")
+        body = await reader.readexactly(head[1] if head[1] < 128 else 2)
+        if body[1] == 0:
+            writer.write(b"\xe0\x00")  # DISCONNECT, normal: the session stays, with what is queued in it
+            await writer.drain()
+        return body[1]
+    finally:
+        writer.close()
+
+
 async def _mqtt_connect(ctx: Context, host: str, port: int, ctx_ssl: ssl.SSLContext | None) -> Check:
-    import aiomqtt
-
-    from .mqtt_conn import make_client
-
     cfg = ctx.cfg
     assert cfg is not None and cfg.cloud is not None
-    client = make_client(url=cfg.cloud.url, client_id=f"{cfg.id}-doctor", protocol=cfg.cloud.protocol,
-                         keepalive=10, ssl_context=ctx_ssl, persistent=False, timeout=ctx.timeout_s)
+    running = _daemon_connection(ctx)
+    if running is not None:
+        return running
+    version = "5" if cfg.cloud.protocol == 5 else "3.1.1"
     try:
-        async with client:
-            pass
-    except aiomqtt.MqttCodeError as e:
-        rc = getattr(e.rc, "value", e.rc)
-        if rc in (4, 5, 134, 135):
-            return Check("broker MQTT", "fail", f"the broker refused the connection: not authorised ({e})",
-                         "the broker must know this gateway: register its certificate's CN (the gateway id) "
-                         "with the operator, or check the broker's auth settings")
-        return Check("broker MQTT", "fail", f"the broker refused the connection: {e}",
+        rc = await asyncio.wait_for(_connack(host, port, ctx_ssl, cfg.id, cfg.cloud.protocol), ctx.timeout_s)
+    except (OSError, TimeoutError, EOFError, ssl.SSLError) as e:
+        why = "the broker closed the connection" if isinstance(e, EOFError) else _why(e)
+        return Check("broker MQTT", "fail", f"MQTT connect failed: {why}", "see the broker's log")
+    if rc in _NOT_AUTHORISED:
+        return Check("broker MQTT", "fail", f"the broker refused the connection: not authorised ({_REFUSED[rc]})",
+                     "the broker must know this gateway: register its certificate's CN (the gateway id) "
+                     "with the operator, or check the broker's auth settings")
+    if rc:
+        return Check("broker MQTT", "fail", f"the broker refused the connection: {_REFUSED.get(rc, f'code {rc}')}",
                      "see the broker's log; check cloud.protocol (5 or 311)")
-    except (aiomqtt.MqttError, OSError, TimeoutError) as e:
-        return Check("broker MQTT", "fail", f"MQTT connect failed: {_why(e)}", "see the broker's log")
-    return Check("broker MQTT", "ok", f"MQTT {cfg.cloud.protocol if cfg.cloud.protocol == 5 else '3.1.1'} connect "
-                                      f"accepted (as {cfg.id}-doctor, clean session)")
+    return Check("broker MQTT", "ok", f"MQTT {version} connect accepted (as {cfg.id}, its session kept as it was: "
+                                      "nothing queued in it was taken)")
 
 
 def check_certificates(ctx: Context) -> list[Check]:

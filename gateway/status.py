@@ -121,7 +121,7 @@ def read_status(folder: Path, *, now_wall: float | None = None) -> Read:
     written = float(data.get("written_wall", 0))
     if data.get("state") == "stopped":
         return Read(data, f"the gateway daemon is not running (it stopped cleanly at {_when(written, None)})")
-    if not _alive(int(data.get("pid", 0))):
+    if not pid_alive(int(data.get("pid", 0))):
         return Read(data, f"the gateway daemon is not running (pid {data.get('pid')} is gone; last status at "
                           f"{_when(written, None)}). See: journalctl -u koto")
     # Staleness by the file's own age (the host's clock), not by the wall time the daemon wrote into it: a wall
@@ -136,7 +136,7 @@ def read_status(folder: Path, *, now_wall: float | None = None) -> Read:
     return Read(data)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
     try:

@@ -3,6 +3,7 @@ real certificates, folders owned by another user); only the kernel's adjtimex an
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -12,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -327,3 +329,84 @@ def test_a_certificate_issued_to_another_gateway_is_named(tmp_path: Path) -> Non
     assert (c.status, c.summary) == ("fail", f"{other.cert} is issued to CN gw-other, not to this gateway's id "
                                              "'gw-doc': the broker takes the CN as the gateway's name and refuses its "
                                              "messages (ACL)")
+
+
+# The deployed broker names every client by its certificate's CN (use_username_as_clientid, deploy/mosquitto): a
+# doctor CONNECT with the gateway's certificate is the gateway's own session, whatever client id it sends.
+
+def _mqtt(url: str, pki_dir: Path, cn: str) -> Any:
+    from gateway.mqtt_conn import make_client
+    from koto.net import parse_broker_url, tls_context
+
+    return make_client(url=parse_broker_url(url), client_id=cn, timeout=5,
+                       ssl_context=tls_context(pki_dir / "ca.pem", pki_dir / f"{cn}.crt", pki_dir / f"{cn}.key"))
+
+
+async def _gateway_session_with_a_queued_command(url: str, pki_dir: Path) -> None:
+    async with _mqtt(url, pki_dir, "gw-doc") as gw:  # the gateway's persistent session, then the gateway is away
+        await gw.subscribe("koto/v1/gw-doc/down/cmd", qos=1)
+    async with _mqtt(url, pki_dir, "koto-operator") as op:  # the cloud sends a command meanwhile: queued for it
+        await op.publish("koto/v1/gw-doc/down/cmd", b'{"cmd": 1}', qos=1)
+
+
+async def _what_the_gateway_gets_when_it_comes_back(url: str, pki_dir: Path) -> list[bytes]:
+    got: list[bytes] = []
+    async with _mqtt(url, pki_dir, "gw-doc") as gw:
+        try:
+            async with asyncio.timeout(3):
+                async for message in gw.messages:
+                    got.append(bytes(message.payload))  # type: ignore[arg-type]
+        except TimeoutError:
+            pass
+    return got
+
+
+def test_the_mqtt_step_keeps_the_stopped_gateways_session_and_the_command_queued_in_it(tmp_path: Path) -> None:
+    """A clean-session CONNECT under the gateway's certificate threw away its session: the command the cloud had
+    queued for it while it was away (a crash-looping gateway is when support runs doctor) was never delivered."""
+    pki = TestPKI(tmp_path / "pki")
+    pki.client("gw-doc")
+    pki.client("koto-operator")
+    with Mosquitto(tmp_path / "mq", pki=pki) as broker:
+        url = broker.url.replace("127.0.0.1", "localhost")
+        asyncio.run(_gateway_session_with_a_queued_command(url, tmp_path / "pki"))
+        checks = check_broker(broker_ctx(tmp_path, cloud_table(url, tmp_path / "pki")))
+        got = asyncio.run(_what_the_gateway_gets_when_it_comes_back(url, tmp_path / "pki"))
+    assert [(c.name, c.status) for c in checks][-1] == ("broker MQTT", "ok"), checks
+    assert "session" in checks[-1].summary
+    assert got == [b'{"cmd": 1}']
+
+
+def test_while_the_daemon_runs_the_mqtt_step_reads_its_connection_instead_of_taking_it_over(tmp_path: Path) -> None:
+    """A doctor CONNECT while the daemon runs kicked the daemon off the broker (the same client id); the daemon's
+    status file says whether it is connected, so doctor reads that and connects nothing."""
+    from gateway.status import StatusFile
+
+    pki = TestPKI(tmp_path / "pki")
+    pki.client("gw-doc")
+
+    def status(connected: bool, error: str = "") -> None:
+        StatusFile(tmp_path / "run").write({"pid": os.getpid(), "written_wall": time.time(), "cloud": {
+            "connected": connected, "broker": "localhost", "last_error": error}})
+
+    async def doctor_beside_a_connected_gateway(url: str) -> list[Check]:
+        ctx = make_context(write_config(tmp_path, cloud=cloud_table(url, tmp_path / "pki")), user=USER,
+                           runtime_dir=tmp_path / "run", timeout_s=3)
+        async with _mqtt(url, tmp_path / "pki", "gw-doc") as gw:
+            checks = await asyncio.to_thread(check_broker, ctx)
+            await gw.publish("koto/v1/gw-doc/up/status", b"{}", qos=1)  # still connected: not taken over
+        return checks
+
+    with Mosquitto(tmp_path / "mq", pki=pki) as broker:
+        url = broker.url.replace("127.0.0.1", "localhost")
+        status(True)
+        checks = asyncio.run(doctor_beside_a_connected_gateway(url))
+        assert "already connected" not in broker.log.read_text()
+        status(False, "connection refused")
+        c = one(check_broker(make_context(write_config(tmp_path, cloud=cloud_table(url, tmp_path / "pki")),
+                                          user=USER, runtime_dir=tmp_path / "run", timeout_s=3)), "broker MQTT")
+    mqtt = checks[-1]
+    assert (mqtt.name, mqtt.status) == ("broker MQTT", "ok")
+    assert mqtt.summary.startswith(f"the running gateway (pid {os.getpid()}) is connected to the broker")
+    assert c.summary == (f"the running gateway (pid {os.getpid()}) is NOT connected to the broker: connection "
+                         "refused (its status)")
