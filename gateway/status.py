@@ -200,7 +200,8 @@ def render(data: dict[str, Any], *, now_wall: float | None = None) -> list[str]:
         out.append("")
         out.append("entitlements:")
         for e in ents:
-            left = f", {e['remaining']} left" if e.get("remaining") is not None else ""
+            left = "" if e.get("remaining") is None else (
+                f", {e['remaining']} uses left" if e["kind"] == "uses" else f", {e['remaining'] / 1e6:.3f} kWh left")
             until = f", until {_when(e['valid_until'], tz)}" if e.get("valid_until") else ", open-ended"
             out.append(f"  {e['appliance']}/{e['function']}: {e['kind']}{left}{until} ({e['id']})")
     return out

@@ -56,7 +56,7 @@ async def test_status_shows_the_boiling_kettle_its_energy_today_and_the_source_w
         assert float(kettle.split()[4]) > 0  # kWh today: the interim records
         assert "k " in screen and " ok " in screen  # the S0 source, healthy
         assert "local only (no [cloud])" in screen and "clock:" in screen
-        assert "kettle/boil: uses, 3 left" in screen
+        assert "kettle/boil: uses, 3 uses left" in screen
         assert koto(["status", "--runtime-dir", str(run_dir), "--json"]) == 0
         snap = json.loads(capsys.readouterr().out)
         assert snap["running"] is True
@@ -100,3 +100,16 @@ def test_a_runtime_folder_that_cannot_be_written_is_said_once_and_the_daemon_run
     assert status.write({"a": 2}) is False
     lines = [r for r in caplog.records if "cannot write the status file" in r.getMessage()]
     assert len(lines) == 1 and "RuntimeDirectory=koto" in lines[0].getMessage()
+
+
+def test_entitlements_say_what_is_left_in_uses_and_kwh_not_in_milliwatt_hours() -> None:
+    """`koto-cloud grant --kwh 12.5` was shown as `kwh, 12500000 left` (the ledger's mWh): support read it as
+    12.5 million kWh. The screen says it as the household's page does."""
+    from gateway.status import render
+
+    ents = [{"id": "e1", "appliance": "washer", "function": "*", "kind": "uses", "remaining": 10, "valid_until": 0},
+            {"id": "e2", "appliance": "washer", "function": "*", "kind": "kwh", "remaining": 12_500_000,
+             "valid_until": 0}]
+    screen = render({"gateway": "gw", "entitlements": ents}, now_wall=0)
+    assert "  washer/*: uses, 10 uses left, open-ended (e1)" in screen
+    assert "  washer/*: kwh, 12.500 kWh left, open-ended (e2)" in screen
