@@ -24,6 +24,7 @@ from .appliance_traces import LabelledTrace
 from .attribution import T0_MONO, replay
 
 TRACES = Path(__file__).resolve().parents[1] / "data" / "traces"
+HELDOUT = Path(__file__).resolve().parents[1] / "data" / "heldout_traces"  # never tuned on
 HEATER_W = 1000
 HEATERS = {"washing_machine": "heat", "dishwasher": "heat", "tumble_dryer": "heat", "kettle": "boil"}
 # (power above which it runs, seconds below it that end a run, shortest run) for kinds whose uses are runs
@@ -43,8 +44,8 @@ class RealTrace:
         return LabelledTrace(self.name, self.profile, self.name.split("-")[1], self.watts, labels, true_uses(self))
 
 
-def load(name: str) -> RealTrace:
-    path = TRACES / f"{name}.csv"
+def load(name: str, folder: Path = TRACES) -> RealTrace:
+    path = folder / f"{name}.csv"
     lines = path.read_text().splitlines()
     origin = lines[0].lstrip("# ")
     profile = lines[1].removeprefix("# profile ").strip()
@@ -55,8 +56,8 @@ def load(name: str) -> RealTrace:
     return RealTrace(name, profile, origin, tuple(watts))
 
 
-def names() -> list[str]:
-    return sorted(p.stem for p in TRACES.glob("*.csv"))
+def names(folder: Path = TRACES) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.csv"))
 
 
 def true_uses(tr: RealTrace) -> tuple[tuple[int, int], ...]:
@@ -123,6 +124,6 @@ def _second(t_ns: int) -> int:
     return max(0, -(-(t_ns - T0_MONO) // 1_000_000_000))
 
 
-def run(name: str, mode: str = "power") -> tuple[RealTrace, RealScore]:
-    tr = load(name)
+def run(name: str, mode: str = "power", folder: Path = TRACES) -> tuple[RealTrace, RealScore]:
+    tr = load(name, folder)
     return tr, score(tr, replay(tr.labelled(), builtin_profile(tr.profile), mode))
