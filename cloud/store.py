@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -462,6 +463,9 @@ class PostgresStore(Store):
         self.schema = schema
         try:
             self._conn = psycopg.connect(dsn, connect_timeout=10)
+        except psycopg.Error as e:
+            raise StoreError(_connect_problem(dsn, e)) from e
+        try:
             if schema:
                 if not schema.replace("_", "").isalnum():
                     raise StoreError(f"schema {schema!r}: use letters, digits and underscores only")
@@ -495,6 +499,24 @@ class PostgresStore(Store):
             self._undo()
             self._conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
             self._done()
+
+
+def _connect_problem(dsn: str, e: Exception) -> str:
+    """psycopg's connect error (several lines, libpq's words) as one line saying what to do."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    info = conninfo_to_dict(dsn)
+    host, port, user = info.get("host") or "localhost", info.get("port") or 5432, info.get("user") or "postgres"
+    text = " ".join(str(e).split())
+    reason = text.rsplit(" failed: ", 1)[-1].removeprefix("FATAL: ").split(" Is the server running")[0]
+    missing = re.search(r'database "([^"]+)" does not exist', text)
+    if missing:
+        return (f'the PostgreSQL server at {host}:{port} has no database "{missing[1]}": create it first (createdb '
+                f"-h {host} -p {port} -U {user} {missing[1]}; register and serve then make the tables), or check --db")
+    if any(w in text for w in ("refused", "timeout", "resolve host", "translate host name", "No route")):
+        return (f"cannot reach the PostgreSQL server at {host}:{port} ({reason}); is it running, and are --db's "
+                "host and port right?")
+    return f"the PostgreSQL server at {host}:{port} refused us ({reason}); check --db's user, password and database"
 
 
 def open_store(db: str, *, schema: str | None = None, create: bool = True) -> Store:

@@ -14,7 +14,7 @@ from cloud.cli import main
 from cloud.store import SqliteStore
 from cloud.verify import parse_event
 from koto.signing import load_public_key, verify_event
-from tests.support.broker import Mosquitto
+from tests.support.broker import Mosquitto, free_port
 from tests.support.events import EventFactory
 from tests.support.paths import REPO
 from tests.support.schemas import errors
@@ -307,3 +307,26 @@ def test_a_wrong_operator_key_file_gets_operator_advice(tmp_path, capsys, conten
     assert not [w for w in ("gateway", "epoch", "provision", "backup") if w in err.replace(str(given), "")], err
     if content == "public":
         assert f"koto-cloud: {given} is a public key;" in err
+
+
+def test_a_postgresql_database_that_is_missing_or_a_server_that_is_down_is_one_line_saying_what_to_do(
+        pg_dsn, tmp_path, capsys):
+    """An operator's first `register --db postgresql://.../koto` before `createdb koto` printed psycopg's message
+    (two lines for a server that is down) and nothing to do; register and serve make the tables, not the database."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(pg_dsn)
+    missing = parts._replace(path="/koto_no_such_db").geturl()
+    host, port, user = parts.hostname, parts.port or 5432, parts.username or "postgres"
+    pub = tmp_path / "gw.pub.pem"
+    pub.write_text(EventFactory("gw-1").public_pem)
+    assert main(["register", "gw-1", "--pubkey", str(pub), "--db", missing]) == 1
+    assert capsys.readouterr().err == (
+        f'koto-cloud: the PostgreSQL server at {host}:{port} has no database "koto_no_such_db": create it first '
+        f"(createdb -h {host} -p {port} -U {user} koto_no_such_db; register and serve then make the tables), or "
+        "check --db\n")
+    down = parts._replace(netloc=f"{user}@127.0.0.1:{free_port()}").geturl()
+    assert main(["usage", "gw-1", "--db", down]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("koto-cloud: cannot reach the PostgreSQL server at 127.0.0.1:") and err.count("\n") == 1
+    assert err.endswith("is it running, and are --db's host and port right?\n")
