@@ -67,7 +67,7 @@ def provision(config_path: str | None, state_dir: str | None, force: bool, new_e
     if writing:
         given = ", ".join(k for k, v in flags.items() if v is not None)
         if target.exists():
-            raise StateError(str(target), f"exists; {given} are for writing a new config: edit this one (then "
+            raise StateError(str(target), f"exists; {given} only apply to a new config: edit this one (then "
                              "`koto check`), or move it away first")
         if gateway_id is None:
             raise click.UsageError(f"{given} write a new config, which needs --id (the gateway id, also the CN of "
@@ -80,6 +80,8 @@ def provision(config_path: str | None, state_dir: str | None, force: bool, new_e
             raise click.UsageError("--operator-key pins the key beside the config: pass --config FILE (an existing "
                                    "config, or a new one with --id)")
         _pin_for_existing(cfg, target, Path(operator_key), replace_operator_key)
+    elif cfg is not None and not writing:
+        _say_pinned_again(cfg, target)
     pem = _provision_state(sd, gid, force=force, new_epoch=new_epoch)
     if set_pin:
         _set_pin(sd, piped_pin)
@@ -177,6 +179,16 @@ def _pin_for_existing(cfg: object, target: Path, source: Path, replace: bool) ->
     _say_pinned(source, dest, replace)
     if not keys:
         click.echo(f"{target}: add operator_keys = [\"{dest}\"] under [cloud] so the gateway trusts it", err=True)
+
+
+def _say_pinned_again(cfg: object, target: Path) -> None:
+    """A re-run prints the operator key's fingerprint again, beside the device key's: the installer reads both."""
+    cloud = getattr(cfg, "cloud", None)
+    keys = cloud.operator_keys if cloud is not None else ()
+    beside = target.absolute().parent / "operator.pub.pem"  # a config without [cloud] names it in a comment
+    for path in keys or ((beside,) if beside.is_file() else ()):
+        click.echo(f"operator key pinned at {path}, fingerprint {fingerprint(read_public_key(path))}; compare it "
+                   "with the operator's", err=True)
 
 
 def _provision_state(sd: StateDir, gid: str | None, *, force: bool, new_epoch: bool) -> str:

@@ -112,6 +112,23 @@ def test_a_rerun_keeps_the_csr_and_a_new_epoch_makes_a_new_one(tmp_path: Path) -
     assert public_pem(new.public_key()) == StateDir(state).public_key_path.read_text()  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("broker", [[], ["--broker", "mqtt://127.0.0.1:1883"]])
+def test_a_rerun_prints_both_fingerprints_again(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 broker: list[str]) -> None:
+    """docs/provisioning.md: a re-run without flags keeps the key and prints both fingerprints again, so the
+    installer can read them to the operator later; the pinned operator key's was missing."""
+    cfg, state = tmp_path / "etc" / "koto.toml", tmp_path / "state"
+    op = operator_key(tmp_path / "op.pub.pem")
+    assert koto(["provision", "--config", str(cfg), "--state-dir", str(state), "--id", "gw-1", *broker,
+                 "--operator-key", str(op)]) == 0
+    capsys.readouterr()
+    assert koto(["provision", "--config", str(cfg)]) == 0
+    out, err = capsys.readouterr()
+    assert f"fingerprint sha256:{der_sha256(out.encode())}" in err
+    assert (f"operator key pinned at {cfg.parent / 'operator.pub.pem'}, fingerprint "
+            f"sha256:{der_sha256(op.read_bytes())}; compare it with the operator's") in err
+
+
 def test_an_existing_config_is_never_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "koto.toml"
     assert koto(["provision", "--config", str(cfg), "--state-dir", str(tmp_path / "s"), "--id", "gw-1"]) == 0
