@@ -222,6 +222,7 @@ def build_source(name: str, cfg: Mapping[str, Any], *, clock: Clock, file: str =
     try:
         return cls.from_config(name, cfg, clock=clock, **backends)
     except DriverConfigError as e:
-        if file and not e.file:
-            raise DriverConfigError(e.source, e.key, e.problem, file) from e
+        named = e.in_file(file)  # each problem names the config file, or a register map's own
+        if named is not e:
+            raise named from e
         raise

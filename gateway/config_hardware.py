@@ -39,7 +39,7 @@ def check_hardware(appliances: tuple[ApplianceConfig, ...], problems: Problems, 
     for app in appliances:
         claims: list[tuple[str, Claim]] = []
         for name, scfg in app.sources.items():
-            src = _build_saying_every_unknown_key(name, scfg, clock, file, problems)
+            src = _build_saying_every_problem(name, scfg, clock, file, problems)
             if src is None:
                 continue
             claims += [(f"appliance.{app.id}.sources.{name}", c) for c in src.claims()]
@@ -51,7 +51,8 @@ def check_hardware(appliances: tuple[ApplianceConfig, ...], problems: Problems, 
             try:
                 relay = Relay.from_config(f"{app.id}-relay", app.relay)
             except DriverConfigError as e:
-                problems.add(ConfigError(file, f"appliance.{app.id}.relay.{e.key}", e.problem))
+                for one in e.each():
+                    problems.add(ConfigError(file, f"appliance.{app.id}.relay.{one.key}", one.problem))
             else:
                 claims.append((f"appliance.{app.id}.relay", Claim(f"gpio:{relay.pin}", "pin")))
         for where, claim in claims:
@@ -87,11 +88,12 @@ def _channel_problem(app: ApplianceConfig, channels: Mapping[str, frozenset[Quan
     return ""
 
 
-def _build_saying_every_unknown_key(name: str, cfg: Mapping[str, Any], clock: Any, file: str,
-                                    problems: Problems) -> Any:
-    """The source built from `cfg`, or None with its problems added. A driver stops at its first problem; when that
-    is an unknown key (a typo, the commonest mistake), the source is built again without it, so the problems of
-    the keys after it are said in the same `koto check` instead of one run each."""
+def _build_saying_every_problem(name: str, cfg: Mapping[str, Any], clock: Any, file: str,
+                                problems: Problems) -> Any:
+    """The source built from `cfg`, or None with every problem of it added, one each: Koto's drivers check every
+    key and raise them all at once (a `DriverConfigErrors`). A driver that stops at its first problem is built
+    again without the key when that is an unknown one (a typo, the commonest mistake), so the problems of the keys
+    after it are said in the same `koto check` instead of one run each."""
     from drivers.base import build_source
     from drivers.errors import DriverConfigError
 
@@ -100,7 +102,8 @@ def _build_saying_every_unknown_key(name: str, cfg: Mapping[str, Any], clock: An
         try:
             return build_source(name, left, clock=clock, file=file)
         except DriverConfigError as e:
-            problems.add(e)
-            if not (e.problem.startswith("unknown key") and e.key in left):
+            for one in e.each():
+                problems.add(one)
+            if len(e.each()) > 1 or not (e.problem.startswith("unknown key") and e.key in left):
                 return None
             del left[e.key]
