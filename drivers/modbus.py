@@ -27,16 +27,11 @@ source: one rule everywhere, and no upward bias in the sums of many readings tha
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 import os
-import tomllib
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field, replace
-from decimal import Decimal
+from dataclasses import replace
 from fractions import Fraction
-from functools import cache
-from pathlib import Path
 from typing import Any, Self
 
 from koto.canonical import MAX_SAFE_INT
@@ -44,212 +39,16 @@ from koto.clock import Clock
 from koto.reading import UNITS, Quantity, Reading
 
 from .base import Claim, Source
-from .errors import BusSettingsConflict, DriverConfigError, FrameError
-from .serialbus import (
-    FC_READ_HOLDING,
-    FC_READ_INPUT,
-    ModbusBus,
-    PortUnavailable,
-    SerialSettings,
-    acquire_bus,
-    release_bus,
-)
+from .errors import BusSettingsConflict, DriverConfigError, FrameError, SourceProblems
+from .modbus_map import MODELS, TYPES, Block, RegisterMap, RegisterSpec, load_map, model_map, parse_map
+from .serialbus import ModbusBus, PortUnavailable, SerialSettings, acquire_bus, release_bus
 
-REGISTER_DIR = Path(__file__).with_name("registers")
-MODELS = ("sdm120", "sdm630", "pzem004t")
+__all__ = [  # the register maps (drivers/modbus_map.py) are named here too, where they were first
+    "DIAG_EVERY", "MODELS", "SOURCE_KEYS", "TYPES", "Block", "ModbusMeterSource", "RegisterMap", "RegisterSpec",
+    "decode_block", "decode_value", "exact_milli", "float32_exact", "load_map", "model_map", "parse_map", "raw_value",
+]
 
-TYPES: dict[str, int] = {"uint16": 1, "int16": 1, "uint32": 2, "int32": 2, "float32": 2}
-FUNCTIONS = {"input": FC_READ_INPUT, "holding": FC_READ_HOLDING}
 BACKWARDS_CONFIRM = 3  # an energy register that reads lower this many polls in a row was reset: accept it
-
-
-@dataclass(frozen=True, slots=True)
-class RegisterSpec:
-    key: str
-    address: int
-    type: str
-    quantity: Quantity
-    unit: str
-    scale: Decimal = Decimal(1)
-    signal: str = ""
-    min: Decimal | None = None
-    max: Decimal | None = None
-
-    @property
-    def count(self) -> int:
-        return TYPES[self.type]
-
-
-@dataclass(frozen=True, slots=True)
-class RegisterMap:
-    name: str
-    function: int
-    word_order: str  # "big": high word first (Eastron); "little": low word first (PZEM-004T)
-    registers: tuple[RegisterSpec, ...]
-    max_gap: int = 0
-    max_count: int = 60
-    serial: Mapping[str, Any] = field(default_factory=dict)
-
-    def blocks(self) -> list[Block]:
-        """Group registers into as few requests as the device allows (gaps up to `max_gap`, `max_count` long)."""
-        out: list[Block] = []
-        for spec in sorted(self.registers, key=lambda r: r.address):
-            if out:
-                b = out[-1]
-                end = b.address + b.count
-                new_count = spec.address + spec.count - b.address
-                if spec.address - end <= self.max_gap and new_count <= self.max_count and spec.address >= end:
-                    out[-1] = Block(b.address, new_count, (*b.specs, spec))
-                    continue
-            out.append(Block(spec.address, spec.count, (spec,)))
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class Block:
-    address: int
-    count: int
-    specs: tuple[RegisterSpec, ...]
-
-
-# -- map loading and validation (errors name the file and the key) ----------------------------------------------
-REGISTER_KEYS = ("address", "key", "max", "min", "quantity", "scale", "signal", "type", "unit")
-
-
-def parse_map(data: Mapping[str, Any], *, file: str = "", source: str = "?") -> RegisterMap:
-    """Validate a register map given as a TOML document (or inline table)."""
-    rd = _MapReader(source, file)
-    meter = data.get("meter", {})
-    if not isinstance(meter, Mapping):
-        raise rd.error("meter", "must be a table")
-    function, word_order, max_gap, max_count = rd.meter(meter)
-    regs_raw = data.get("register")
-    if not isinstance(regs_raw, list) or not regs_raw:
-        raise rd.error("register", "needs at least one [[register]] table")
-    keys: set[str] = set()
-    regs = tuple(rd.register(r, i, keys) for i, r in enumerate(regs_raw))
-    for a, b in itertools.pairwise(sorted(regs, key=lambda s: s.address)):
-        if a.address + a.count > b.address:
-            raise rd.error(f"register ({b.key}).address", f"overlaps register {a.key!r}")
-    serial = data.get("serial", {})
-    if not isinstance(serial, Mapping):
-        raise rd.error("serial", "must be a table")
-    name = str(meter.get("name", Path(file).stem if file else "custom"))
-    return RegisterMap(name, function, word_order, regs, max_gap, max_count, dict(serial))
-
-
-class _MapReader:
-    """Checks the parts of one register map; every error names the source, the map's file and the key."""
-
-    def __init__(self, source: str, file: str) -> None:
-        self.source = source
-        self.file = file
-
-    def error(self, key: str, problem: str) -> DriverConfigError:
-        return DriverConfigError(self.source, key, problem, self.file)
-
-    def meter(self, meter: Mapping[str, Any]) -> tuple[int, str, int, int]:
-        """The `[meter]` table: (function code, word order, max_gap, max_count)."""
-        fn = meter.get("function", "input")
-        if fn not in FUNCTIONS:
-            raise self.error("meter.function", f"{fn!r} is not allowed; allowed: input, holding")
-        wo = meter.get("word_order", "big")
-        if wo not in ("big", "little"):
-            raise self.error("meter.word_order", f"{wo!r} is not allowed; allowed: big, little")
-        max_gap = meter.get("max_gap", 0)
-        max_count = meter.get("max_count", 60)
-        if not isinstance(max_gap, int) or not 0 <= max_gap <= 100:
-            raise self.error("meter.max_gap", "must be an integer 0..100")
-        if not isinstance(max_count, int) or not 1 <= max_count <= 125:
-            raise self.error("meter.max_count", "must be an integer 1..125 (the Modbus limit)")
-        return FUNCTIONS[fn], wo, max_gap, max_count
-
-    def register(self, r: Any, i: int, keys: set[str]) -> RegisterSpec:
-        """One `[[register]]` table; `keys` are the keys of the registers before it (a key is used once)."""
-        where = f"register[{i}]"
-        if not isinstance(r, Mapping):
-            raise self.error(where, "must be a table")
-        extra = set(r) - set(REGISTER_KEYS)
-        if extra:
-            raise self.error(f"{where}.{sorted(extra)[0]}", f"unknown key; allowed: {', '.join(REGISTER_KEYS)}")
-        key = r.get("key")
-        if not isinstance(key, str) or not key:
-            raise self.error(f"{where}.key", "must be a non-empty string")
-        where = f"register[{i}] ({key})"
-        if key in keys:
-            raise self.error(f"{where}.key", "duplicate key")
-        keys.add(key)
-        addr = r.get("address")
-        if isinstance(addr, bool) or not isinstance(addr, int) or not 0 <= addr <= 0xFFFF:
-            raise self.error(f"{where}.address", "must be an integer 0..0xFFFF (protocol address, 0-based)")
-        typ = r.get("type")
-        if typ not in TYPES:
-            raise self.error(f"{where}.type", f"{typ!r} is not allowed; allowed: {', '.join(TYPES)}")
-        q, unit = self.quantity_and_unit(r, where)
-        scale = self.decimal(r.get("scale", 1), f"{where}.scale")
-        if scale <= 0:
-            raise self.error(f"{where}.scale", "must be positive")
-        signal = r.get("signal", "")
-        if not isinstance(signal, str):
-            raise self.error(f"{where}.signal", "must be a string (\"L1\", \"L2\", \"L3\" or \"\")")
-        lo = None if "min" not in r else self.decimal(r["min"], f"{where}.min")
-        hi = None if "max" not in r else self.decimal(r["max"], f"{where}.max")
-        if lo is not None and hi is not None and lo > hi:
-            raise self.error(f"{where}.min", "is above max")
-        return RegisterSpec(key, addr, typ, q, unit, scale, signal, lo, hi)
-
-    def quantity_and_unit(self, r: Mapping[str, Any], where: str) -> tuple[Quantity, str]:
-        allowed = ", ".join(q.value for q in UNITS)
-        try:
-            q = Quantity(str(r.get("quantity")))
-        except ValueError:
-            raise self.error(f"{where}.quantity", f"{r.get('quantity')!r} is not allowed; allowed: {allowed}") from None
-        if q not in UNITS:
-            raise self.error(f"{where}.quantity", f"allowed: {allowed}")
-        unit = r.get("unit")
-        if unit not in UNITS[q]:
-            raise self.error(f"{where}.unit", f"{unit!r} is not allowed for {q.value}; allowed: {', '.join(UNITS[q])}")
-        return q, str(unit)
-
-    def decimal(self, v: Any, key: str) -> Decimal:
-        if isinstance(v, bool) or not isinstance(v, int | float | str):
-            raise self.error(key, f"must be a number (or a decimal string like \"0.1\"), not {v!r}")
-        try:
-            d = Decimal(str(v))
-        except ArithmeticError:
-            raise self.error(key, f"must be a number, not {v!r}") from None
-        if not d.is_finite():
-            raise self.error(key, "must be finite")
-        return d
-
-
-def load_map(path: str | Path, *, source: str = "?") -> RegisterMap:
-    p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text())
-    except OSError as e:
-        # the key `map` is in the config file (filled in by build_source); the problem names the map's path
-        raise DriverConfigError(source, "map", f"cannot read the register map {str(p)!r}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise DriverConfigError(source, "map", f"not valid TOML: {e}", str(p)) from None
-    except UnicodeDecodeError as e:
-        raise DriverConfigError(source, "map", f"not UTF-8 text (byte {e.start}); save it as UTF-8", str(p)) from None
-    except ValueError:  # a NUL in the path (TOML allows "\u0000"; found by fuzzing)
-        raise DriverConfigError(source, "map", f"{str(p)!r} is not a usable path (it contains a NUL)") from None
-    return parse_map(data, file=str(p), source=source)
-
-
-def model_map(model: str, *, source: str = "?") -> RegisterMap:
-    if model not in MODELS:
-        raise DriverConfigError(source, "model", f"{model!r} is not known; allowed: {', '.join(MODELS)}")
-    return _builtin_map(model)
-
-
-@cache
-def _builtin_map(model: str) -> RegisterMap:
-    """A shipped map is read once per process: every config load builds every source, and parsing the same TOML
-    for each was most of the time a config check took."""
-    return load_map(REGISTER_DIR / f"{model}.toml")
 
 
 # -- pure decoding ------------------------------------------------------------------------------------------------
@@ -357,55 +156,55 @@ class ModbusMeterSource(Source):
 
     @classmethod
     def from_config(cls, name: str, cfg: Mapping[str, Any], *, clock: Clock, **backends: Any) -> Self:
-        extra = set(cfg) - SOURCE_KEYS
-        if extra:
-            k = sorted(extra)[0]
-            raise DriverConfigError(name, k, f"unknown key; allowed: {', '.join(sorted(SOURCE_KEYS))}")
-        port = cfg.get("port")
+        problems = SourceProblems(name)  # every problem is said, then raised at once before anything is built
+        for k in sorted(set(cfg) - SOURCE_KEYS):
+            problems.add(k, f"unknown key; allowed: {', '.join(sorted(SOURCE_KEYS))}")
+        port = cfg.get("port", "")
         if not isinstance(port, str) or not port:
-            raise DriverConfigError(name, "port", "missing; the serial device, e.g. /dev/serial/by-id/usb-...")
-        if "\x00" in port:  # the OS refuses such a path with a ValueError, not an OSError (found by make fuzz)
-            raise DriverConfigError(name, "port", "contains a NUL character; the serial device's path")
+            problems.add("port", "missing; the serial device, e.g. /dev/serial/by-id/usb-...")
+        elif "\x00" in port:  # the OS refuses such a path with a ValueError, not an OSError (found by make fuzz)
+            problems.add("port", "contains a NUL character; the serial device's path")
         has_model, has_map = "model" in cfg, "map" in cfg
+        regmap: RegisterMap | None = None
         if has_model == has_map:
-            raise DriverConfigError(name, "model", "give exactly one of model = \"sdm120\" | \"sdm630\" | "
-                                    "\"pzem004t\" or map = \"/path/to/map.toml\" (or an inline map table)")
-        if has_model:
-            regmap = model_map(str(cfg["model"]), source=name)
+            problems.add("model", "give exactly one of model = \"sdm120\" | \"sdm630\" | \"pzem004t\" or "
+                                  "map = \"/path/to/map.toml\" (or an inline map table)")
+        elif has_model:
+            regmap = problems.check(lambda: model_map(str(cfg["model"]), source=name))
         elif isinstance(cfg["map"], str):
-            regmap = load_map(cfg["map"], source=name)
+            regmap = problems.check(lambda: load_map(cfg["map"], source=name))
         elif isinstance(cfg["map"], Mapping):
-            regmap = parse_map(cfg["map"], source=name)
+            regmap = problems.check(lambda: parse_map(cfg["map"], source=name))
         else:
-            raise DriverConfigError(name, "map", "must be a path to a TOML register map or an inline table")
+            problems.add("map", "must be a path to a TOML register map or an inline table")
         address = cfg.get("address", 1)
         if isinstance(address, bool) or not isinstance(address, int) or not 1 <= address <= 248:
-            raise DriverConfigError(name, "address", "must be an integer 1..247 (or 248 = 0xF8, PZEM's general "
-                                    "address, only with a single PZEM on the line)")
-        if address == 248 and has_model and cfg["model"] != "pzem004t":  # Eastron meters answer 1..247 only
-            raise DriverConfigError(name, "address", f"248 (0xF8) is the PZEM-004T's general address; an "
-                                    f"{regmap.name} answers at its own address, 1..247 (on its display)")
-        ser = regmap.serial
+            problems.add("address", "must be an integer 1..247 (or 248 = 0xF8, PZEM's general address, only with "
+                                    "a single PZEM on the line)")
+        elif address == 248 and has_model and regmap is not None and cfg["model"] != "pzem004t":
+            problems.add("address", f"248 (0xF8) is the PZEM-004T's general address; an {regmap.name} answers at "
+                                    "its own address, 1..247 (on its display)")  # Eastron meters answer 1..247 only
+        ser = regmap.serial if regmap is not None else {}  # a bad map's line settings are not judged again
 
         def pick(key: str, default: Any, ok: Callable[[Any], bool], allowed: str) -> Any:
             v = cfg.get(key, ser.get(key, default))
             if isinstance(v, bool) or not ok(v):
-                raise DriverConfigError(name, key, f"{v!r} is not allowed; allowed: {allowed}")
+                problems.add(key, f"{v!r} is not allowed; allowed: {allowed}")
             return v
 
-        settings = SerialSettings(
-            port=port,
-            baud=pick("baud", 9600, lambda v: isinstance(v, int) and v in (1200, 2400, 4800, 9600, 19200, 38400,
-                                                                            57600, 115200),
-                      "1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200"),
-            parity=pick("parity", "N", lambda v: v in ("N", "E", "O"), "\"N\", \"E\", \"O\""),
-            bytesize=pick("bytesize", 8, lambda v: v in (7, 8), "7, 8"),
-            stopbits=pick("stopbits", 1, lambda v: v in (1, 2), "1, 2"),
-        )
+        baud = pick("baud", 9600, lambda v: isinstance(v, int) and v in (1200, 2400, 4800, 9600, 19200, 38400, 57600,
+                                                                          115200),
+                    "1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200")
+        parity = pick("parity", "N", lambda v: v in ("N", "E", "O"), "\"N\", \"E\", \"O\"")
+        bytesize = pick("bytesize", 8, lambda v: v in (7, 8), "7, 8")
+        stopbits = pick("stopbits", 1, lambda v: v in (1, 2), "1, 2")
         poll_s = pick("poll_s", 2.0, lambda v: isinstance(v, int | float) and 0.01 <= v <= 3600, "0.01..3600 s")
         timeout_s = pick("timeout_s", 0.5, lambda v: isinstance(v, int | float) and 0.01 <= v <= 10, "0.01..10 s")
         retries = pick("retries", 2, lambda v: isinstance(v, int) and 0 <= v <= 10, "0..10")
         diag_every = pick("diag_every", DIAG_EVERY, lambda v: isinstance(v, int) and 1 <= v <= 3600, "1..3600 polls")
+        problems.raise_if_any()
+        assert regmap is not None  # one of model and map was given, and it was read without a problem
+        settings = SerialSettings(port=port, baud=baud, parity=parity, bytesize=bytesize, stopbits=stopbits)
         return cls(name, clock=clock, settings=settings, address=address, regmap=regmap, poll_s=float(poll_s),
                    retries=retries, timeout_s=float(timeout_s), bus_options=backends.get("bus_options"),
                    diag_every=diag_every, channel=str(backends.get("channel", "")))
