@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from drivers.errors import DriverConfigError
+from drivers.errors import DriverConfigError, SourceProblems
 
 COMMON_KEYS = frozenset({"driver"})
 GPIO_PINS = range(0, 28)  # BCM numbers on the 40-pin header of every Pi since the B+
@@ -18,65 +18,99 @@ LEVELS = ("low", "high")
 
 
 class Keys:
-    """Reads one source table. Call `reject_unknown()` after reading every key the driver knows."""
+    """Reads one source table, each method checking one key (its value, or a `DriverConfigError` naming it).
 
-    def __init__(self, source: str, cfg: Mapping[str, Any], allowed: Sequence[str]) -> None:
+    With `collect` (a driver's `from_config`), a bad value does not stop the reading: it is recorded and a stand-in
+    of the right type is returned, never used, as the driver raises every problem (`done()`) before it builds
+    anything; every unknown key is recorded too. Without, the first problem is raised (gateway/indicator.py).
+    """
+
+    def __init__(self, source: str, cfg: Mapping[str, Any], allowed: Sequence[str], *, collect: bool = False) -> None:
         self.source = source
         self.cfg = cfg
         self.allowed = tuple(allowed)
-        unknown = sorted(set(cfg) - set(allowed) - COMMON_KEYS)
-        if unknown:
-            raise self.error(unknown[0], f"unknown key; allowed: {', '.join(sorted(self.allowed))}")
+        self.problems = SourceProblems(source) if collect else None
+        for key in sorted(set(cfg) - set(allowed) - COMMON_KEYS):
+            self.fail(key, f"unknown key; allowed: {', '.join(sorted(self.allowed))}")
 
     def error(self, key: str, problem: str) -> DriverConfigError:
         return DriverConfigError(self.source, key, problem)
 
+    def fail(self, key: str, problem: str) -> None:
+        """Record the problem (when collecting), else raise it."""
+        if self.problems is None:
+            raise self.error(key, problem)
+        self.problems.add(key, problem)
+
+    def bad(self, *keys: str) -> bool:
+        """Whether a problem was recorded at any of `keys` (a check that depends on one is then skipped)."""
+        return self.problems is not None and self.problems.bad(*keys)
+
+    def done(self) -> None:
+        """Raise every recorded problem, one `DriverConfigError` or a `DriverConfigErrors`."""
+        if self.problems is not None:
+            self.problems.raise_if_any()
+
     def _get(self, key: str, default: Any) -> Any:
         if key not in self.cfg:
             if default is ...:
-                raise self.error(key, "missing; this key is required")
+                self.fail(key, "missing; this key is required")
             return default
         return self.cfg[key]
 
     def integer(self, key: str, default: Any = ..., *, lo: int, hi: int) -> int:
         v = self._get(key, default)
+        if v is ...:
+            return lo
         if isinstance(v, bool) or not isinstance(v, int):
-            raise self.error(key, f"expected a whole number from {lo} to {hi}, got {v!r}")
-        if not lo <= v <= hi:
-            raise self.error(key, f"{v} is out of range; allowed {lo} to {hi}")
-        return v
+            self.fail(key, f"expected a whole number from {lo} to {hi}, got {v!r}")
+        elif not lo <= v <= hi:
+            self.fail(key, f"{v} is out of range; allowed {lo} to {hi}")
+        else:
+            return v
+        return lo
 
     def number(self, key: str, default: Any = ..., *, lo: float, hi: float, lo_open: bool = False) -> float:
         v = self._get(key, default)
+        if v is ...:
+            return float(lo)
         if isinstance(v, bool) or not isinstance(v, int | float):
-            raise self.error(key, f"expected a number from {lo:g} to {hi:g}, got {v!r}")
-        if not (lo < v if lo_open else lo <= v) or not v <= hi:
+            self.fail(key, f"expected a number from {lo:g} to {hi:g}, got {v!r}")
+        elif not (lo < v if lo_open else lo <= v) or not v <= hi:
             bound = f"above {lo:g}" if lo_open else f"from {lo:g}"
-            raise self.error(key, f"{v!r} is out of range; allowed {bound} to {hi:g}")
-        return float(v)
+            self.fail(key, f"{v!r} is out of range; allowed {bound} to {hi:g}")
+        else:
+            return float(v)
+        return float(lo)
 
     def choice(self, key: str, default: Any, options: Sequence[str]) -> str:
         v = self._get(key, default)
-        if v not in options:
-            raise self.error(key, f"{v!r} is not allowed; use one of: {', '.join(options)}")
-        return str(v)
+        if v is not ... and v not in options:
+            self.fail(key, f"{v!r} is not allowed; use one of: {', '.join(options)}")
+        return str(v) if v in options else options[0]
 
     def text(self, key: str, default: Any = ...) -> str:
         v = self._get(key, default)
+        if v is ...:
+            return ""
         if not isinstance(v, str) or not v.strip():
-            raise self.error(key, f"expected a non-empty string, got {v!r}")
+            self.fail(key, f"expected a non-empty string, got {v!r}")
+            return ""
         return v
 
     def boolean(self, key: str, default: Any = ...) -> bool:
         v = self._get(key, default)
-        if not isinstance(v, bool):
-            raise self.error(key, f"expected true or false, got {v!r}")
-        return v
+        if v is not ... and not isinstance(v, bool):
+            self.fail(key, f"expected true or false, got {v!r}")
+        return v if isinstance(v, bool) else False
 
     def pin(self, key: str = "pin") -> int:
         v = self._get(key, ...)
+        if v is ...:
+            return 0
         if isinstance(v, bool) or not isinstance(v, int) or v not in GPIO_PINS:
-            raise self.error(key, f"expected a BCM GPIO number from 0 to 27 (GPIO17 is 17), got {v!r}")
+            self.fail(key, f"expected a BCM GPIO number from 0 to 27 (GPIO17 is 17), got {v!r}")
+            return 0
         return v
 
     def polarity(self) -> tuple[str, bool]:
@@ -87,6 +121,6 @@ class Keys:
         """
         pull = self.choice("pull", "up", PULLS)
         if pull == "none" and "active" not in self.cfg:
-            raise self.error("active", 'missing; with pull = "none" say whether the input is active "low" or "high"')
+            self.fail("active", 'missing; with pull = "none" say whether the input is active "low" or "high"')
         active = self.choice("active", "low" if pull == "up" else "high", LEVELS)
         return pull, active == "high"

@@ -57,6 +57,24 @@ class Calibration:
         return round((self.offset + self.gain * raw) * 1000)
 
 
+def _points(k: Keys, pts: Any) -> tuple[float, float, float, float] | None:
+    """`points = [[raw1, value1], [raw2, value2]]` as (raw1, value1, raw2, value2), or None with its problem."""
+    ok = (isinstance(pts, list) and len(pts) == 2
+          and all(isinstance(p, list) and len(p) == 2 for p in pts)
+          and all(isinstance(x, int | float) and not isinstance(x, bool) for p in pts for x in p))
+    if not ok:
+        k.fail("points", f"expected two [raw, value] pairs, e.g. [[3, 0], [700, 2000]]; got {pts!r}")
+        return None
+    (r1, v1), (r2, v2) = pts
+    if r1 == r2:
+        k.fail("points", "the two points need different raw values")
+    elif not (0 <= r1 <= RAW_MAX and 0 <= r2 <= RAW_MAX):
+        k.fail("points", f"raw values are 0 to {RAW_MAX}")
+    else:
+        return r1, v1, r2, v2
+    return None
+
+
 class Mcp3008Source(Source):
     driver: ClassVar[str] = "mcp3008"
     energy_kind = "power"
@@ -88,38 +106,32 @@ class Mcp3008Source(Source):
     @classmethod
     def from_config(cls, name: str, cfg: Mapping[str, Any], *, clock: Clock, pin_factory: Any = None,
                     **_: Any) -> Self:
-        k = Keys(name, cfg, cls.KEYS)
+        k = Keys(name, cfg, cls.KEYS, collect=True)
         channel = k.integer("channel", lo=0, hi=7)
         kind = k.choice("quantity", "power", ("power", "analog"))
+        points = None
         if "points" in cfg:
             if "gain" in cfg or "offset" in cfg:
-                raise k.error("points", "give either points or gain/offset, not both")
-            pts = cfg["points"]
-            ok = (isinstance(pts, list) and len(pts) == 2
-                  and all(isinstance(p, list) and len(p) == 2 for p in pts)
-                  and all(isinstance(x, int | float) and not isinstance(x, bool) for p in pts for x in p))
-            if not ok:
-                raise k.error("points", f"expected two [raw, value] pairs, e.g. [[3, 0], [700, 2000]]; got {pts!r}")
-            (r1, v1), (r2, v2) = pts
-            if r1 == r2:
-                raise k.error("points", "the two points need different raw values")
-            if not (0 <= r1 <= RAW_MAX and 0 <= r2 <= RAW_MAX):
-                raise k.error("points", f"raw values are 0 to {RAW_MAX}")
-            cal = Calibration.two_points(r1, v1, r2, v2)
+                k.fail("points", "give either points or gain/offset, not both")
+            else:
+                points = _points(k, cfg["points"])
+        elif "gain" not in cfg:
+            k.fail("gain", "missing; give gain (and offset) or points = [[raw1, value1], [raw2, value2]]")
         else:
-            if "gain" not in cfg:
-                raise k.error("gain", "missing; give gain (and offset) or points = [[raw1, value1], [raw2, value2]]")
             k.number("gain", lo=-1e9, hi=1e9)  # validates; the exact value is taken from its decimal spelling
             k.number("offset", 0, lo=-1e12, hi=1e12)
-            cal = Calibration.linear(cfg["gain"], cfg.get("offset", 0))
+        differential = k.boolean("differential", False)
+        interval_s = k.number("interval_s", 1.0, lo=0.001, hi=3600)
+        samples = k.integer("samples", 4, lo=1, hi=1000)
+        spi_port = k.integer("spi_port", 0, lo=0, hi=0)
+        spi_device = k.integer("spi_device", 0, lo=0, hi=1)
+        signal = k.text("signal") if "signal" in cfg else ""
+        k.done()
+        cal = (Calibration.two_points(*points) if points is not None
+               else Calibration.linear(cfg["gain"], cfg.get("offset", 0)))
         return cls(name, clock=clock, channel=channel, calibration=cal, pin_factory=pin_factory,
-                   quantity=Quantity.POWER_MW if kind == "power" else Quantity.ANALOG,
-                   differential=k.boolean("differential", False),
-                   interval_s=k.number("interval_s", 1.0, lo=0.001, hi=3600),
-                   samples=k.integer("samples", 4, lo=1, hi=1000),
-                   spi_port=k.integer("spi_port", 0, lo=0, hi=0),
-                   spi_device=k.integer("spi_device", 0, lo=0, hi=1),
-                   signal=k.text("signal") if "signal" in cfg else "")
+                   quantity=Quantity.POWER_MW if kind == "power" else Quantity.ANALOG, differential=differential,
+                   interval_s=interval_s, samples=samples, spi_port=spi_port, spi_device=spi_device, signal=signal)
 
     def claims(self) -> tuple[Claim, ...]:
         """The SPI bus's pins (shared by every channel of every chip on it), the chip select, and the channel."""

@@ -55,9 +55,10 @@ class Relay:
     @classmethod
     def from_config(cls, name: str, cfg: Mapping[str, Any], *, clock: Clock | None = None, pin_factory: Any = None,
                     **_: Any) -> Self:
-        k = Keys(name, cfg, cls.KEYS)
-        return cls(name, pin=k.pin(), pin_factory=pin_factory, active_high=k.boolean("active_high", True),
-                   wiring=k.choice("wiring", "nc", ("nc", "no")))
+        k = Keys(name, cfg, cls.KEYS, collect=True)
+        pin, active_high, wiring = k.pin(), k.boolean("active_high", True), k.choice("wiring", "nc", ("nc", "no"))
+        k.done()
+        return cls(name, pin=pin, pin_factory=pin_factory, active_high=active_high, wiring=wiring)
 
     # -- state -------------------------------------------------------------------------------------------------
 

@@ -77,18 +77,19 @@ class S0PulseSource(Source):
     @classmethod
     def from_config(cls, name: str, cfg: Mapping[str, Any], *, clock: Clock, pin_factory: Any = None,
                     start_count: int = 0, **_: Any) -> Self:
-        k = Keys(name, cfg, cls.KEYS)
+        k = Keys(name, cfg, cls.KEYS, collect=True)
         pin = k.pin()
         k.number("imp_per_kwh", lo=0, hi=1_000_000, lo_open=True)  # the exact value comes from its spelling
         pull, active_high = k.polarity()
         bounce = k.number("bounce_ms", 5.0, lo=0, hi=S0_PULSE_WIDTH_MS, lo_open=False)
-        if bounce >= S0_PULSE_WIDTH_MS:
-            raise k.error("bounce_ms", f"{bounce:g} must be below the {S0_PULSE_WIDTH_MS} ms S0 pulse width, "
-                                       "or every pulse is rejected; 5 is a good value")
+        if bounce >= S0_PULSE_WIDTH_MS and not k.bad("bounce_ms"):
+            k.fail("bounce_ms", f"{bounce:g} must be below the {S0_PULSE_WIDTH_MS} ms S0 pulse width, "
+                                "or every pulse is rejected; 5 is a good value")
         zero_after = k.number("zero_after_s", 600.0, lo=1, hi=86_400)
         report = k.number("report_s", 5.0, lo=0.1, hi=3600)
         poll = k.number("poll_s", 1.0, lo=0.01, hi=60)
         heartbeat = k.number("heartbeat_s", 30.0, lo=1, hi=3600)
+        k.done()
         return cls(name, clock=clock, pin=pin, imp_per_kwh=cfg["imp_per_kwh"], pin_factory=pin_factory,
                    start_count=start_count, pull=pull, active_high=active_high, bounce_ms=bounce,
                    zero_after_s=zero_after, report_s=report, poll_s=poll, heartbeat_s=heartbeat)

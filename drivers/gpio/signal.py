@@ -45,16 +45,18 @@ class SignalSource(Source):
     @classmethod
     def from_config(cls, name: str, cfg: Mapping[str, Any], *, clock: Clock, pin_factory: Any = None,
                     **_: Any) -> Self:
-        k = Keys(name, cfg, cls.KEYS)
+        k = Keys(name, cfg, cls.KEYS, collect=True)
         pin = k.pin()
         pull, active_high = k.polarity()
         on = k.text("active_value", "on")
         off = k.text("inactive_value", "off")
-        if on == off:
-            raise k.error("inactive_value", f"{off!r} is the same as active_value; the two states need two names")
-        return cls(name, clock=clock, pin=pin, pin_factory=pin_factory, signal=k.text("signal", name),
-                   pull=pull, active_high=active_high, bounce_ms=k.number("bounce_ms", 50.0, lo=0, hi=10_000),
-                   active_value=on, inactive_value=off)
+        if on == off and not k.bad("active_value", "inactive_value"):
+            k.fail("inactive_value", f"{off!r} is the same as active_value; the two states need two names")
+        signal = k.text("signal", name)
+        bounce = k.number("bounce_ms", 50.0, lo=0, hi=10_000)
+        k.done()
+        return cls(name, clock=clock, pin=pin, pin_factory=pin_factory, signal=signal, pull=pull,
+                   active_high=active_high, bounce_ms=bounce, active_value=on, inactive_value=off)
 
     @property
     def value(self) -> str:
