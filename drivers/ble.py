@@ -31,7 +31,7 @@ from koto.reading import Quantity, Reading, to_milli
 from .base import Claim, Source
 from .ble_backend import BleakBackend, Subscription
 from .bthome import BTHomeDecoder, Decoded
-from .errors import DriverConfigError, FrameError
+from .errors import FrameError, SourceProblems
 
 log = logging.getLogger("koto.drivers.bthome")
 
@@ -83,12 +83,13 @@ class BTHomeSource(Source):
     @classmethod
     def from_config(cls, name: str, cfg: Mapping[str, Any], *, clock: Clock, ble: BleakBackend | None = None,
                     **backends: Any) -> Self:
+        problems = SourceProblems(name)  # every problem is said, then raised at once before anything is built
         for key in cfg:
             if key not in _KEYS:
-                raise DriverConfigError(name, key, f"unknown key; allowed: {', '.join(_KEYS)}")
-        address = cfg.get("address")
+                problems.add(key, f"unknown key; allowed: {', '.join(_KEYS)}")
+        address = cfg.get("address", "")
         if not isinstance(address, str) or not _MAC.match(address.upper()):
-            raise DriverConfigError(name, "address", "the device's Bluetooth address, like \"A4:C1:38:8D:18:B2\"")
+            problems.add("address", "the device's Bluetooth address, like \"A4:C1:38:8D:18:B2\"")
         bindkey: bytes | None = None
         if "bindkey" in cfg:
             raw = cfg["bindkey"]
@@ -97,24 +98,26 @@ class BTHomeSource(Source):
             except ValueError:
                 bindkey = b""
             if len(bindkey) != 16:
-                raise DriverConfigError(name, "bindkey", "32 hex digits (the device's 16-byte BTHome key)")
+                problems.add("bindkey", "32 hex digits (the device's 16-byte BTHome key)")
         stale = cfg.get("stale_after_s", 300.0)
         if isinstance(stale, bool) or not isinstance(stale, int | float) or stale <= 0:
-            raise DriverConfigError(name, "stale_after_s", "a number of seconds above 0")
+            problems.add("stale_after_s", "a number of seconds above 0")
         if ble is None:
             scanning = cfg.get("scanning", "auto")
             if scanning not in ("auto", "passive", "active"):
-                raise DriverConfigError(name, "scanning", "one of \"auto\", \"passive\", \"active\"")
+                problems.add("scanning", "one of \"auto\", \"passive\", \"active\"")
             restart = cfg.get("restart_after_s", 120.0)
             if isinstance(restart, bool) or not isinstance(restart, int | float) or restart <= 0:
-                raise DriverConfigError(name, "restart_after_s", "a number of seconds above 0")
+                problems.add("restart_after_s", "a number of seconds above 0")
             adapter = cfg.get("adapter")
             if adapter is not None and not isinstance(adapter, str):
-                raise DriverConfigError(name, "adapter", "an adapter name like \"hci0\"")
+                problems.add("adapter", "an adapter name like \"hci0\"")
+            problems.raise_if_any()
             ble = BleakBackend(adapter=adapter, scanning=scanning, restart_after_s=float(restart))
             src = cls(name, clock=clock, address=address, backend=ble, bindkey=bindkey, stale_after_s=float(stale))
             src._owns_backend = True
             return src
+        problems.raise_if_any()
         return cls(name, clock=clock, address=address, backend=ble, bindkey=bindkey, stale_after_s=float(stale))
 
     # --- lifecycle --------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from koto.reading import UNITS as METER_UNITS
 from koto.reading import Quantity, Reading, to_milli
 
 from .base import Claim, Source
-from .errors import DriverConfigError, FrameError
+from .errors import FrameError, SourceProblems
 from .port_watch import backoff_or_back, missing
 
 MAX_LINE = 1024
@@ -68,44 +68,44 @@ DEFAULT_KEYS: dict[str, KeySpec] = {
 
 
 def parse_keys(table: Mapping[str, Any], *, source: str = "?") -> dict[str, KeySpec]:
-    """Validate a `[appliance.sources.x.keys]` table."""
+    """Validate a `[appliance.sources.x.keys]` table; every problem of it is raised at once."""
+    problems = SourceProblems(source)
     out: dict[str, KeySpec] = {}
     for key, spec in table.items():
         where = f"keys.{key}"
         if not isinstance(spec, Mapping):
-            raise DriverConfigError(source, where, "must be a table like { quantity = \"power_mw\", unit = \"W\" }")
-        extra = set(spec) - {"quantity", "unit", "scale", "signal"}
-        if extra:
-            raise DriverConfigError(source, f"{where}.{sorted(extra)[0]}", "unknown key; allowed: quantity, unit, "
-                                    "scale, signal")
+            problems.add(where, "must be a table like { quantity = \"power_mw\", unit = \"W\" }")
+            continue
+        for extra in sorted(set(spec) - {"quantity", "unit", "scale", "signal"}):
+            problems.add(f"{where}.{extra}", "unknown key; allowed: quantity, unit, scale, signal")
         try:
             q = Quantity(str(spec.get("quantity")))
         except ValueError:
             q = Quantity.ANALOG
         if q is not Quantity.SIGNAL and q not in UNITS:
             allowed = ", ".join([Quantity.SIGNAL.value, *(x.value for x in UNITS)])
-            raise DriverConfigError(source, f"{where}.quantity", f"{spec.get('quantity')!r} is not allowed; "
-                                    f"allowed: {allowed}")
+            problems.add(f"{where}.quantity", f"{spec.get('quantity')!r} is not allowed; allowed: {allowed}")
+            continue  # its unit depends on it: not said again
         if q is Quantity.SIGNAL:
             sig = spec.get("signal", key)
             if not isinstance(sig, str) or not sig:
-                raise DriverConfigError(source, f"{where}.signal", "must be a non-empty string")
+                problems.add(f"{where}.signal", "must be a non-empty string")
             out[key] = KeySpec(q, signal=sig)
             continue
         unit = spec.get("unit", next(iter(UNITS[q])))
-        if unit not in UNITS[q]:
-            raise DriverConfigError(source, f"{where}.unit", f"{unit!r} is not allowed for {q.value}; allowed: "
-                                    f"{', '.join(UNITS[q])}")
+        if not isinstance(unit, str) or unit not in UNITS[q]:
+            problems.add(f"{where}.unit", f"{unit!r} is not allowed for {q.value}; allowed: {', '.join(UNITS[q])}")
         try:
             scale = Decimal(str(spec.get("scale", 1)))
         except InvalidOperation:
             scale = Decimal(0)
         if not scale.is_finite() or scale <= 0 or isinstance(spec.get("scale"), bool):
-            raise DriverConfigError(source, f"{where}.scale", "must be a positive number")
+            problems.add(f"{where}.scale", "must be a positive number")
         sig = spec.get("signal", "")
         if not isinstance(sig, str):
-            raise DriverConfigError(source, f"{where}.signal", "must be a string (a phase or channel name, or \"\")")
+            problems.add(f"{where}.signal", "must be a string (a phase or channel name, or \"\")")
         out[key] = KeySpec(q, unit, scale, sig)
+    problems.raise_if_any()
     return out
 
 
@@ -271,24 +271,27 @@ class LineSource(Source):
     @classmethod
     def from_config(cls, name: str, cfg: Mapping[str, Any], *, clock: Clock, **backends: Any) -> Self:
         allowed = {"driver", "port", "baud", "format", "keys"}
-        extra = set(cfg) - allowed
-        if extra:
-            raise DriverConfigError(name, sorted(extra)[0], f"unknown key; allowed: {', '.join(sorted(allowed))}")
-        port = cfg.get("port")
+        problems = SourceProblems(name)  # every problem is said, then raised at once before anything is built
+        for extra in sorted(set(cfg) - allowed):
+            problems.add(extra, f"unknown key; allowed: {', '.join(sorted(allowed))}")
+        port = cfg.get("port", "")
         if not isinstance(port, str) or not port:
-            raise DriverConfigError(name, "port", "missing; the serial device, e.g. /dev/ttyACM0")
-        if "\x00" in port:  # the OS refuses such a path with a ValueError, not an OSError (found by make fuzz)
-            raise DriverConfigError(name, "port", "contains a NUL character; the serial device's path")
+            problems.add("port", "missing; the serial device, e.g. /dev/ttyACM0")
+        elif "\x00" in port:  # the OS refuses such a path with a ValueError, not an OSError (found by make fuzz)
+            problems.add("port", "contains a NUL character; the serial device's path")
         baud = cfg.get("baud", 115200)
         if isinstance(baud, bool) or not isinstance(baud, int) or not 300 <= baud <= 4_000_000:
-            raise DriverConfigError(name, "baud", f"{baud!r} is not allowed; allowed: an integer 300..4000000")
+            problems.add("baud", f"{baud!r} is not allowed; allowed: an integer 300..4000000")
         fmt = cfg.get("format", "auto")
         if fmt not in ("auto", "json", "kv"):
-            raise DriverConfigError(name, "format", f"{fmt!r} is not allowed; allowed: auto, json, kv")
+            problems.add("format", f"{fmt!r} is not allowed; allowed: auto, json, kv")
         keys_cfg = cfg.get("keys")
+        keys = None
         if keys_cfg is not None and not isinstance(keys_cfg, Mapping):
-            raise DriverConfigError(name, "keys", "must be a table of key = { quantity = ..., unit = ... }")
-        keys = None if keys_cfg is None else {**DEFAULT_KEYS, **parse_keys(keys_cfg, source=name)}
+            problems.add("keys", "must be a table of key = { quantity = ..., unit = ... }")
+        elif keys_cfg is not None:
+            keys = problems.check(lambda: {**DEFAULT_KEYS, **parse_keys(keys_cfg, source=name)})
+        problems.raise_if_any()
         return cls(name, clock=clock, port=port, baud=baud, parser=LineParser(keys, fmt),
                    **{k: v for k, v in backends.items() if k in ("backoff_initial_s", "backoff_max_s")})
 
