@@ -139,8 +139,10 @@ async def test_tuesday_s_wash_is_found_metered_and_synced_on_wednesday_with_koto
     assert koto(["usage", "--config", str(cfg), "--by", "record", "--appliance", "washer"]) == 0
     table += capsys.readouterr().out  # every record, for whoever reads a failure
     assert "Tue 2026-12-01 10:02–11:14" in row, table
-    # ~0.81 kWh: the simulator integrates power between polls, so its register (the truth) varies by a few Wh
-    assert abs(float(row.split("kWh")[0].split()[-1]) - 0.81) <= 0.01, table
+    # ~0.81 kWh. The simulator's register (the truth the gateway bills) integrates the power seen at each poll, and
+    # the polls follow the compressed clock, so on a loaded machine (fewer polls per simulated minute) the register
+    # itself drifts by a few % from the programme's 0.81: the band is loose, the register check below is exact.
+    assert abs(float(row.split("kWh")[0].split()[-1]) - 0.81) <= 0.05, table
     assert "Wed 2026-12-02 08:03" in row, table
 
     assert koto(["usage", "--config", str(cfg), "--by", "cycle", "--appliance", "washer",
@@ -148,6 +150,12 @@ async def test_tuesday_s_wash_is_found_metered_and_synced_on_wednesday_with_koto
     cycles = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(cycles) == 1
     (cycle,) = cycles
-    assert abs(cycle["energy_mwh"] - 810_000) <= 10_000
+    assert abs(cycle["energy_mwh"] - 810_000) <= 50_000
+    # Nothing lost, nothing invented: the washer's records add up to what its register advanced, to the float32
+    # step of an SDM120's kWh register near 10 kWh (~1 Wh) at each end.
+    assert koto(["usage", "--config", str(cfg), "--by", "record", "--appliance", "washer", "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    billed_mwh = sum(r.get("energy_mwh", 0) for r in records)
+    assert abs(billed_mwh - round((meter.energy_kwh - 10.0) * 1e6)) <= 2_000, (billed_mwh, meter.energy_kwh)
     assert cycle["synced"] == "yes" and cycle["synced_at"].startswith("2026-12-02T08:03")
     assert koto(["verify", "--config", str(cfg)]) == 0
