@@ -201,9 +201,14 @@ def _logs(bundle: Bundle) -> None:
     except (OSError, subprocess.TimeoutExpired) as e:
         bundle.add("logs.txt", f"no logs found: journalctl failed ({e})\n")
         return
-    if done.returncode != 0 or not done.stdout.strip():
+    if done.returncode != 0:
         bundle.add("logs.txt", f"no logs found for koto in the last {LOG_HOURS} h "
                                f"(journalctl exit {done.returncode}: {done.stderr.strip()[:300]})\n")
+        return
+    if not done.stdout.strip():
+        bundle.add("logs.txt", f"no log entries of koto in the last {LOG_HOURS} h (has koto run here? journald may "
+                               "keep its journal in RAM only, lost at each boot, as Raspberry Pi OS does unless "
+                               "deploy/install.sh installed systemd/journald.conf.d/60-koto.conf)\n")
         return
     bundle.add("logs.jsonl", done.stdout)
 

@@ -243,3 +243,24 @@ def test_a_local_only_gateway_has_no_backlog_in_its_bundle(tmp_path: Path, fake_
         member = next(m for m in tar.getmembers() if m.name.endswith("/ledger.json"))
         stats = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
     assert (stats["head_seq"], stats["backlog"]) == (4, None) and stats["sync"].startswith("none: no [cloud]")
+
+
+def test_a_journal_without_koto_entries_says_why_there_may_be_none(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """journalctl finding nothing exits 0 with nothing on stderr: logs.txt read `(journalctl exit 0: )`. It now says,
+    as `koto logs` does, that the journal may be in RAM only (Raspberry Pi OS without Koto's drop-in)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "journalctl").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "journalctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    config, _ = secret_config(tmp_path)
+    out = tmp_path / "bundle.tar.gz"
+    assert main(["support-bundle", "--config", str(config), "--out", str(out), "--user", "root",
+                 "--runtime-dir", str(tmp_path / "run"), "--timeout", "0.2"]) == 0
+    with tarfile.open(out) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("/logs.txt"))
+        text = tar.extractfile(member).read().decode()  # type: ignore[union-attr]
+    assert text == ("no log entries of koto in the last 48 h (has koto run here? journald may keep its journal in "
+                    "RAM only, lost at each boot, as Raspberry Pi OS does unless deploy/install.sh installed "
+                    "systemd/journald.conf.d/60-koto.conf)\n")
