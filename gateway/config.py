@@ -482,13 +482,13 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     try:
         return tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
-        raise ConfigError(str(p), "-", "file not found") from e
+        raise ConfigError(str(p), "", "file not found") from e
     except OSError as e:
-        raise ConfigError(str(p), "-", f"cannot read: {explain_os_error(e).removeprefix(f'{p}: ')}") from e
+        raise ConfigError(str(p), "", f"cannot read: {explain_os_error(e).removeprefix(f'{p}: ')}") from e
     except UnicodeDecodeError as e:
-        raise ConfigError(str(p), "-", f"not UTF-8 text (byte {e.start}); save it as UTF-8") from e
+        raise ConfigError(str(p), "", f"not UTF-8 text (byte {e.start}); save it as UTF-8") from e
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(str(p), "-", f"not valid TOML: {e}") from e
+        raise ConfigError(str(p), "", f"not valid TOML: {e}") from e
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -82,9 +82,9 @@ def read_household_text(state_dir: Path) -> str | None:
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         return None
     except OSError as e:
-        raise ConfigError(str(household_path(state_dir)), "-", f"cannot read: {e.strerror or e}") from e
+        raise ConfigError(str(household_path(state_dir)), "", f"cannot read: {e.strerror or e}") from e
     except UnicodeDecodeError as e:
-        raise ConfigError(str(household_path(state_dir)), "-", f"not UTF-8 text (byte {e.start})") from e
+        raise ConfigError(str(household_path(state_dir)), "", f"not UTF-8 text (byte {e.start})") from e
 
 
 def with_household(cfg: GatewayConfig, *, text: str | None = None) -> GatewayConfig:
@@ -110,7 +110,7 @@ def merge_all(cfg: GatewayConfig, problems: Problems, *, text: str | None = None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        problems.add(ConfigError(file, "-", f"not valid TOML: {e}"))
+        problems.add(ConfigError(file, "", f"not valid TOML: {e}"))
         return Household(cfg, path)
     root = _Table(data, file, "", problems)
     for name in sorted(set(data) - set(ALLOWED)):

@@ -25,7 +25,8 @@ class FieldError(KotoError, ValueError):
         self.file = file
         self.key = key
         self.problem = problem
-        super().__init__(f"{file}: {key}: {problem}")
+        # A problem of the whole file (not found, not TOML) has no key: "FILE: problem", not "FILE: : problem".
+        super().__init__(f"{file}: {key}: {problem}" if key else f"{file}: {problem}")
 
 
 _ADVICE = {

@@ -83,12 +83,12 @@ def test_paired_appliances_are_added_and_a_learned_profile_overrides_the_configs
     ('[override."washer"]\nprofile = "profiles/washer.toml"\nenergy = "x"\n', "override.washer.energy",
      "may change only an appliance's profile"),
     (DRYER.replace('"tumble_dryer"', '"/tmp/dryer.toml"'), "appliance.dryer.profile", "a household profile must be"),
-    ("[[appliance]\n", "-", "not valid TOML"),
+    ("[[appliance]\n", "", "not valid TOML"),
 ])
 def test_anything_but_additions_and_profile_overrides_is_an_error_naming_household_toml_and_the_key(
         tmp_path: Path, household: str, key: str, said: str) -> None:
     found = problems(gateway(tmp_path, household))
-    where = f"{tmp_path / 'state' / 'household.toml'}: {key}: "
+    where = f"{tmp_path / 'state' / 'household.toml'}: {key + ': ' if key else ''}"
     assert any(p.startswith(where) and said in p for p in found), found
 
 
