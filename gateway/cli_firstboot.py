@@ -34,7 +34,7 @@ def _provisioner(owner: Owner | None, user: str) -> Callable[[Path], str]:
 
 
 @click.command()
-@click.option("--boot", "boot_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--boot", "boot_dir", type=click.Path(file_okay=False, exists=True), default=None,
               help="The mounted boot partition. Default: /boot/firmware, else /boot.")
 @click.option("--image", type=click.Path(dir_okay=False, exists=True), default=None,
               help="A FAT file system in an image file or an unmounted block device instead (mtools).")

@@ -213,3 +213,14 @@ def test_a_refused_import_puts_back_the_files_it_had_replaced(card: Path, tmp_pa
     assert (etc / "ca.pem").read_bytes() == b"the CA in use\n"
     assert (etc / "ca.pem").stat().st_mode & 0o777 == 0o640
     assert sorted(p.name for p in etc.iterdir()) == ["ca.pem"]
+
+
+def test_a_boot_folder_that_does_not_exist_is_a_usage_error_not_nothing_to_import(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A mistyped --boot said "nothing to import" and exit 0, as if the card had no koto.toml; the unit never passes
+    --boot (it looks in /boot/firmware, then /boot), so a folder given by hand must exist."""
+    assert main(["firstboot", "--boot", str(tmp_path / "bootfs-typo"), "--etc", str(tmp_path / "etc"),
+                 "--user", ME]) == 2
+    err = capsys.readouterr().err
+    assert "bootfs-typo" in err and "does not exist" in err
+    assert not (tmp_path / "etc").exists()
