@@ -38,10 +38,12 @@ def problems_of(e: FieldError) -> tuple[FieldError, ...]:
 
 
 def check_named(e: FieldError, file: str, maps: tuple[str, ...] = ()) -> None:
-    """Each problem names a key and a file: the config's, or a register map's own (`maps`: the paths given)."""
+    """Each problem names a key and a file: the config's, or a register map's own (`maps`: the paths given). A
+    problem of the whole file (not UTF-8, not TOML) names the file alone, and says it is about the file."""
     for p in problems_of(e):
         assert isinstance(p, FieldError)
-        assert p.key and p.problem, p
+        assert p.problem, p
+        assert p.key or p.problem.startswith(("not UTF-8", "not valid TOML", "cannot read", "file not found")), p
         assert p.file == file or p.file.endswith(".toml") or p.key == "map" or p.file in maps, p
 
 
