@@ -78,13 +78,14 @@ def _report(ledger: Any, by: str, appliance: str | None, since_wall: float | Non
     from .usage_detail import write_cycles, write_records
     from .usage_report import write_usage_table
 
+    known = currency_exponents(ledger)
     if by in ("cycle", "record"):
         with _Lines() as out:
             if by == "cycle":
                 return write_cycles(ledger.iter_cycles(appliance, since_wall) if rows is None else rows, tz, out,
-                                    exact=exact, as_json=as_json, app_width=width)
+                                    exact=exact, as_json=as_json, app_width=width, known=known)
             return write_records(ledger.iter_record_rows(appliance, since_wall), tz, out, exact=exact,
-                                 as_json=as_json, app_width=width)
+                                 as_json=as_json, app_width=width, known=known)
     if as_json:
         n = 0
         for r in ledger.iter_usage(appliance, since_wall, by, tz):
@@ -95,8 +96,23 @@ def _report(ledger: Any, by: str, appliance: str | None, since_wall: float | Non
         return n
     if rows is not None:
         held = list(rows)
-        return write_usage_table(lambda: held, by, click.echo, exact=exact)
-    return write_usage_table(lambda: ledger.iter_usage(appliance, since_wall, by, tz), by, click.echo, exact=exact)
+        return write_usage_table(lambda: held, by, click.echo, exact=exact, known=known)
+    return write_usage_table(lambda: ledger.iter_usage(appliance, since_wall, by, tz), by, click.echo, exact=exact,
+                             known=known)
+
+
+def currency_exponents(ledger: Any) -> dict[str, int]:
+    """The minor-unit exponent of each currency a tariff the gateway holds prices in, from the daemon's pricing
+    checkpoint (koto.money falls back to ISO 4217 for the others). A checkpoint it cannot read gives none."""
+    from .config_tariff import PRICING_CHECKPOINT
+
+    state = ledger.checkpoint(PRICING_CHECKPOINT) or {}
+    tariffs = state.get("tariffs") if isinstance(state, dict) else None
+    out: dict[str, int] = {}
+    for t in tariffs if isinstance(tariffs, list) else []:
+        if isinstance(t, dict) and isinstance(t.get("currency"), str) and isinstance(t.get("exponent"), int):
+            out[t["currency"]] = t["exponent"]
+    return out
 
 
 class _Lines:

@@ -27,6 +27,8 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
+from koto.money import fmt_costs
+
 log = logging.getLogger("koto.status")
 
 STATUS_FILE = "status.json"
@@ -171,7 +173,7 @@ def render(data: dict[str, Any], *, now_wall: float | None = None) -> list[str]:
     out.append(f"{'appliance':<14}{'now':<12}{'power':>10}{'today kWh':>11}{'uses':>6}  cost")
     for aid, a in sorted(data.get("appliances", {}).items()):
         today = a.get("today", {})
-        cost = " + ".join(f"{v / 100:.2f} {c}" for c, v in sorted(today.get("cost_minor", {}).items())) or "-"
+        cost = fmt_costs(sorted(today.get("cost_minor", {}).items()), data.get("currency_exponents"))
         out.append(f"{aid:<14}{a.get('function') or 'idle':<12}{a.get('power_mw', 0) / 1000:>8.1f} W"
                    f"{today.get('energy_mwh', 0) / 1e6:>11.3f}{today.get('uses', 0):>6}  {cost}")
     out.append("")

@@ -54,6 +54,7 @@ class SnapshotBuilder:
             "clock": {"synced": bool(now.synced)},
             "cloud": None,
             "entitlements": self.gw.pricing.entitlements.in_force(now.wall),
+            "currency_exponents": {t.currency: t.exponent for t in self.gw.pricing.tariffs},
         }
         if gw.sync is not None:
             h = gw.sync.health_report()

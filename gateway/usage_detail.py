@@ -8,7 +8,7 @@ however long the listing), or as JSON lines with exact integers (`--json`) to re
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
@@ -120,7 +120,7 @@ def _layout(widths: tuple[int, ...], right: frozenset[int]) -> str:
 
 
 def write_cycles(rows: Iterable[CycleRow], tz: tzinfo, out: Out, *, exact: bool = False,
-                 as_json: bool = False, app_width: int = 9) -> int:
+                 as_json: bool = False, app_width: int = 9, known: Mapping[str, int] | None = None) -> int:
     """One line per use: when it ran, its energy, time, cost, entitlement and sync state. Returns the count."""
     head = ("appliance", "ran (local time)", "energy", "time", "uses", "cost", "entitled", "synced")
     widths = (max(app_width, 9), 28, 14 if exact else 11, 8, 4, 12, 8, 20)
@@ -139,14 +139,14 @@ def write_cycles(rows: Iterable[CycleRow], tz: tzinfo, out: Out, *, exact: bool 
             _columns(out, widths, head, right)
         synced = r.synced
         out(line(r.appliance, span_of(r.start_ms, r.end_ms), _energy(r.energy_mwh, exact), duration(r.duration_ms),
-                 str(r.uses), fmt_cost(r.costs), r.entitled or "-",
+                 str(r.uses), fmt_cost(r.costs, known), r.entitled or "-",
                  synced.state if synced.state != "yes" else synced_text(synced, tz, clock)).rstrip())
         n += 1
     return n
 
 
 def write_records(rows: Iterable[RecordRow], tz: tzinfo, out: Out, *, exact: bool = False,
-                  as_json: bool = False, app_width: int = 9) -> int:
+                  as_json: bool = False, app_width: int = 9, known: Mapping[str, int] | None = None) -> int:
     """One line per record (seq order): kind, function or gap reason, times, energy, cost, entitlement, sync."""
     head = ("seq", "appliance", "kind", "function", "from–to (local time)", "energy", "cost", "entitled", "synced")
     widths = (7, max(app_width, 9), 8, 16, 28, 14 if exact else 11, 12, 8, 20)
@@ -159,7 +159,7 @@ def write_records(rows: Iterable[RecordRow], tz: tzinfo, out: Out, *, exact: boo
             if not n:
                 _columns(out, widths, head, right)
             what = f"gap: {r.reason}" if r.kind == "gap" else (r.function or "-")
-            cost = fmt_cost(((r.currency, r.cost_minor),)) if r.currency else "-"
+            cost = fmt_cost(((r.currency, r.cost_minor),), known) if r.currency else "-"
             _columns(out, widths, (str(r.seq), r.appliance, r.kind, what, span(r.start_ms, r.end_ms, tz),
                                    _energy(r.energy_mwh, exact), cost, r.entitled or "-",
                                    synced_text(r.synced, tz)), right)

@@ -8,8 +8,9 @@ which costs a second SQL pass instead of hundreds of megabytes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from koto.money import fmt_costs
 from metering.ledger import UsageRow
 
 HEAD_KEY = {"function": "function", "day": "day", "cycle": "cycle"}
@@ -26,23 +27,20 @@ def fmt_duration(ms: int) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def fmt_cost(costs: tuple[tuple[str, int], ...], exponent: int = 2) -> str:
-    if not costs:
-        return "-"
-    if len(costs) == 1:
-        cur, minor = costs[0]
-        return f"{minor / 10**exponent:.{exponent}f} {cur}"
-    return " + ".join(f"{minor / 10**exponent:.{exponent}f} {cur}" for cur, minor in costs)
+def fmt_cost(costs: Iterable[tuple[str, int]], known: Mapping[str, int] | None = None) -> str:
+    """Costs in minor units as a person reads them, each currency at its exponent (koto.money: the tariffs' in
+    `known`, else ISO 4217's)."""
+    return fmt_costs(costs, known)
 
 
 def fmt_energy(mwh: int, exact: bool) -> str:
     return str(mwh) if exact else fmt_kwh(mwh)
 
 
-def _cells(r: UsageRow, by: str, exact: bool = False) -> tuple[str, ...]:
+def _cells(r: UsageRow, by: str, exact: bool = False, known: Mapping[str, int] | None = None) -> tuple[str, ...]:
     empty = "(per use)" if by == "function" else "-"  # cycle records carry uses and per-use cost, no function
     return (r.appliance, r.key or empty, fmt_energy(r.energy_mwh, exact), fmt_duration(r.duration_ms), str(r.uses),
-            fmt_cost(r.costs), str(r.records))
+            fmt_cost(r.costs, known), str(r.records))
 
 
 class _Total:
@@ -58,15 +56,15 @@ class _Total:
         for cur, minor in r.costs:
             self.costs[cur] = self.costs.get(cur, 0) + minor
 
-    def cells(self, exact: bool = False) -> tuple[str, ...]:
+    def cells(self, exact: bool = False, known: Mapping[str, int] | None = None) -> tuple[str, ...]:
         return ("total", "", fmt_energy(self.energy, exact), fmt_duration(self.duration), str(self.uses),
-                fmt_cost(tuple(sorted(self.costs.items()))), str(self.records))
+                fmt_cost(sorted(self.costs.items()), known), str(self.records))
 
 
 def write_usage_table(rows: Callable[[], Iterable[UsageRow]], by: str, out: Callable[[str], None], *,
-                      exact: bool = False) -> int:
+                      exact: bool = False, known: Mapping[str, int] | None = None) -> int:
     """Write the table of `rows()` (called twice) through `out`, a line at a time; returns the number of rows.
-    `exact`: energy in integer mWh instead of kWh."""
+    `exact`: energy in integer mWh instead of kWh; `known`: the tariffs' currency exponents (koto.money)."""
     head = ("appliance", HEAD_KEY[by], "mWh" if exact else "kWh", "time", "uses", "cost", "records")
     widths = [len(h) for h in head]
     total = _Total()
@@ -75,7 +73,7 @@ def write_usage_table(rows: Callable[[], Iterable[UsageRow]], by: str, out: Call
     for r in rows():
         n += 1
         total.add(r)
-        cells = _cells(r, by, exact)
+        cells = _cells(r, by, exact, known)
         widths = [max(w, len(c)) for w, c in zip(widths, cells, strict=True)]
         if held is not None:
             held.append(cells)
@@ -83,7 +81,7 @@ def write_usage_table(rows: Callable[[], Iterable[UsageRow]], by: str, out: Call
                 held = None  # too many to hold: print from a second pass
     if not n:
         return 0
-    widths = [max(w, len(c)) for w, c in zip(widths, total.cells(exact), strict=True)]
+    widths = [max(w, len(c)) for w, c in zip(widths, total.cells(exact, known), strict=True)]
 
     def line(cells: Sequence[str]) -> str:
         cols = enumerate(zip(cells, widths, strict=True))
@@ -92,10 +90,10 @@ def write_usage_table(rows: Callable[[], Iterable[UsageRow]], by: str, out: Call
     rule = "  ".join("-" * w for w in widths)
     out(line(head))
     out(rule)
-    for cells in held if held is not None else (_cells(r, by, exact) for r in rows()):
+    for cells in held if held is not None else (_cells(r, by, exact, known) for r in rows()):
         out(line(cells))
     out(rule)
-    out(line(total.cells(exact)))
+    out(line(total.cells(exact, known)))
     return n
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from koto.money import fmt_costs
+
 from .chart import chart_svg, legend_html
 from .markup import escape
 from .model import STALE_SOURCE_S, Figures
@@ -27,8 +29,8 @@ def fmt_kwh(mwh: int) -> str:
     return f"{mwh / 1e6:.2f} kWh"
 
 
-def fmt_cost(costs: dict[str, int]) -> str:
-    return " + ".join(f"{v / 100:.2f} {c}" for c, v in sorted(costs.items())) or "–"
+def fmt_cost(costs: dict[str, int], known: dict[str, int] | None = None) -> str:
+    return fmt_costs(sorted(costs.items()), known, empty="–")
 
 
 def fmt_when(wall: float | None, tz: Any) -> str:
@@ -82,9 +84,9 @@ def health_lines(live: dict[str, Any], fig: Figures) -> list[tuple[str, str]]:
     return out
 
 
-def _usage_cell(u: dict[str, Any]) -> str:
+def _usage_cell(u: dict[str, Any], known: dict[str, int] | None) -> str:
     uses = f"{u['uses']} use{'s' if u['uses'] != 1 else ''} · " if u["uses"] else ""
-    return f"{fmt_kwh(u['energy_mwh'])}<br><span class=\"muted\">{uses}{escape(fmt_cost(u['costs']))}</span>"
+    return f"{fmt_kwh(u['energy_mwh'])}<br><span class=\"muted\">{uses}{escape(fmt_cost(u['costs'], known))}</span>"
 
 
 def appliance_cards(live: dict[str, Any], fig: Figures) -> str:
@@ -94,12 +96,13 @@ def appliance_cards(live: dict[str, Any], fig: Figures) -> str:
         rows = []
         fns = sorted({f for (app, f) in (*fig.today, *fig.month) if app == aid})
         zero = {"energy_mwh": 0, "uses": 0, "costs": {}}
+        known = live.get("currency_exponents")
         for f in fns:
             t, m = fig.today.get((aid, f), zero), fig.month.get((aid, f), zero)
             if not (m["energy_mwh"] >= 5000 or m["uses"] or any(m["costs"].values())):
                 continue  # a few Wh of standby is not worth a line
-            rows.append(f"<tr><th scope=\"row\">{escape(f or 'per use')}</th><td>{_usage_cell(t)}</td>"
-                        f"<td>{_usage_cell(m)}</td></tr>")
+            rows.append(f"<tr><th scope=\"row\">{escape(f or 'per use')}</th><td>{_usage_cell(t, known)}</td>"
+                        f"<td>{_usage_cell(m, known)}</td></tr>")
         table = ("<table class=\"usage\"><caption>Usage and cost per function</caption><thead><tr>"
                  "<th scope=\"col\">function</th><th scope=\"col\">today</th><th scope=\"col\">this month</th>"
                  f"</tr></thead><tbody>{''.join(rows)}</tbody></table>" if rows else
