@@ -89,13 +89,16 @@ class Claim:
 
     Claims of one `resource` (e.g. "serial:/dev/ttyUSB0", "gpio:17") must all be shared and agree on `terms` (e.g.
     the line settings of an RS-485 bus every meter on it must use); an exclusive claim tolerates no other. `key` is
-    the source's config key that names the resource, so the error can name it.
+    the source's config key that names the resource, so the error can name it; `label` is the resource as the config
+    wrote it, when that differs from `resource` (a serial port's /dev/serial/by-id/ name, which `resource` resolves
+    so that two names of one adapter are one bus), so the error names what the installer wrote.
     """
 
     resource: str
     key: str
     terms: str = ""
     exclusive: bool = True
+    label: str = ""
 
 
 def claim_conflict(a: Claim, b: Claim) -> str:

@@ -352,7 +352,7 @@ class LineSource(Source):
 
     def claims(self) -> tuple[Claim, ...]:
         # A line protocol owns its port: another reader would steal half of every line.
-        return (Claim(f"serial:{os.path.realpath(self.port)}", "port"),)
+        return (Claim(f"serial:{os.path.realpath(self.port)}", "port", label=self.port),)
 
     def _readings(self) -> AsyncIterator[Reading]:
         """One stream per source: a second `async for` continues where the first stopped, on the same port."""

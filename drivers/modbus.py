@@ -221,7 +221,7 @@ class ModbusMeterSource(Source):
         """Meters share an RS-485 bus (one owner serialises them) only when all use the same line settings."""
         s = self.settings
         terms = f"{s.baud} baud, parity {s.parity}, {s.bytesize} data bits, {s.stopbits} stop bit(s)"
-        return (Claim(f"serial:{os.path.realpath(s.port)}", "baud", terms=terms, exclusive=False),)
+        return (Claim(f"serial:{os.path.realpath(s.port)}", "baud", terms=terms, exclusive=False, label=s.port),)
 
     async def _open(self) -> None:
         try:

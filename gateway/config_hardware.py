@@ -62,8 +62,11 @@ def check_hardware(appliances: tuple[ApplianceConfig, ...], problems: Problems, 
             problem = claim_conflict(first[1], claim)
             if problem:
                 kind, _, ident = claim.resource.partition(":")
+                named = claim.label or ident
+                if first[1].label and first[1].label != named:  # two names of one adapter: say both
+                    named += f" (the same device as {first[1].label})"
                 problems.add(ConfigError(file, f"{where}.{claim.key}",
-                                         f"{_RESOURCE_WORDS.get(kind, kind)} {ident} {problem} (see {first[0]})"))
+                                         f"{_RESOURCE_WORDS.get(kind, kind)} {named} {problem} (see {first[0]})"))
 
 
 def _channel_problem(app: ApplianceConfig, channels: Mapping[str, frozenset[Quantity]] | None) -> str:

@@ -65,6 +65,9 @@ def test_one_port_named_through_a_symlink_is_the_same_bus(tmp_path: Path) -> Non
         appliance("dryer", dryer={"driver": "modbus", "model": "sdm120", "port": str(link)}),
     ))
     assert e.key == "appliance.dryer.sources.dryer.baud"
+    # Named as the installer wrote it (a /dev/serial/by-id/ link), with the other name of the same adapter; the
+    # resolved /dev/ttyUSB0 alone left them looking for a port they never wrote.
+    assert e.problem.startswith(f"serial port {link} (the same device as {tmp_path / 'ttyUSB0'}) is already used")
 
 
 def test_a_line_protocol_owns_its_port() -> None:
@@ -73,7 +76,7 @@ def test_a_line_protocol_owns_its_port() -> None:
         appliance("oven", "oven", oven={"driver": "line", "port": PORT}),
     ))
     assert e.key == "appliance.oven.sources.oven.port"
-    assert "serial port" in e.problem
+    assert e.problem.startswith(f"serial port {PORT} is already used")
 
 
 def test_one_gpio_pin_for_two_sources_is_refused() -> None:
