@@ -92,6 +92,14 @@ def _store(db: str, *, create: bool = True) -> Store:
     return open_store(db, create=create)
 
 
+def _not_registered(gateway: str, db: str) -> click.ClickException:
+    """A gateway id the database does not know (a typo, most often): exit 2, as docs/sync.md's table says for every
+    command, the senders' `UnknownGateway` included."""
+    e = click.ClickException(f"{gateway} is not registered in {_db_name(db)}")
+    e.exit_code = 2
+    return e
+
+
 def _db_name(db: str) -> str:
     """`--db` as it may be printed: a PostgreSQL DSN's password (in the user part or as `password=`) replaced."""
     if not db.startswith(("postgresql://", "postgres://")):
@@ -410,7 +418,7 @@ def verify(gateway: str, db: str) -> None:
     with _store(db, create=False) as store:
         pem = store.pubkey(gateway)
         if pem is None:
-            raise click.ClickException(f"{gateway} is not registered in {_db_name(db)}")
+            raise _not_registered(gateway, db)
         n, problems = verify_chain(store.bodies(gateway), load_public_key(pem))
         alarms = store.alarms(gateway)
     for p in problems:
@@ -430,7 +438,7 @@ def usage(gateway: str, db: str, as_json: bool) -> None:
     """Summarise stored usage per subject and function."""
     with _store(db, create=False) as store:
         if store.pubkey(gateway) is None:  # a mistyped id printed nothing and exited 0, as if it had no usage
-            raise click.ClickException(f"{gateway} is not registered in {_db_name(db)}")
+            raise _not_registered(gateway, db)
         summary = store.usage_summary(gateway)
     if as_json:
         click.echo(json.dumps(summary, sort_keys=True))

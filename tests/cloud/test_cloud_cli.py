@@ -235,7 +235,9 @@ def test_commands_that_only_read_refuse_a_database_that_does_not_exist(tmp_path,
 
 def test_usage_of_a_gateway_that_is_not_registered_says_so(tmp_path, capsys):
     db = registered(tmp_path, "gw-1")
-    assert main(["usage", "gw-l", "--db", str(db)]) == 1  # a mistyped id: said, not an empty answer
+    assert main(["usage", "gw-l", "--db", str(db)]) == 2  # a mistyped id: said, not an empty answer
+    assert capsys.readouterr().err == f"Error: gw-l is not registered in {db}\n"
+    assert main(["verify", "gw-l", "--db", str(db)]) == 2  # docs/sync.md: a gateway not registered is exit 2
     assert capsys.readouterr().err == f"Error: gw-l is not registered in {db}\n"
 
 
