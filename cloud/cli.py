@@ -92,12 +92,15 @@ def _store(db: str, *, create: bool = True) -> Store:
     return open_store(db, create=create)
 
 
-def _not_registered(gateway: str, db: str) -> click.ClickException:
+class _NotRegistered(click.ClickException):
     """A gateway id the database does not know (a typo, most often): exit 2, as docs/sync.md's table says for every
     command, the senders' `UnknownGateway` included."""
-    e = click.ClickException(f"{gateway} is not registered in {_db_name(db)}")
-    e.exit_code = 2
-    return e
+
+    exit_code = 2
+
+
+def _not_registered(gateway: str, db: str) -> click.ClickException:
+    return _NotRegistered(f"{gateway} is not registered in {_db_name(db)}")
 
 
 def _db_name(db: str) -> str:

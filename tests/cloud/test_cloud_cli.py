@@ -53,7 +53,7 @@ def test_register_verify_and_usage(tmp_path, capsys):
     assert main(["verify", "gw-1", "--db", str(db)]) == 1
     out = capsys.readouterr().out
     assert "seq 7: signature does not verify" in out and "seq 8: prevhash" in out
-    assert main(["verify", "gw-9", "--db", str(db)]) == 1
+    assert main(["verify", "gw-9", "--db", str(db)]) == 2  # not registered: a usage error (docs/sync.md)
 
 
 def test_register_refuses_a_file_that_is_not_a_p256_public_key(tmp_path, capsys):
