@@ -86,6 +86,7 @@ class BleakBackend:
         self.restarts = 0
         self.start_failures = 0
         self.last_failure = ""  # why the scanner last failed to start, in words (discover says it)
+        self.failure_lasts = False  # that reason will not go away by waiting (no D-Bus at all): discover stops
         self.adverts = 0
         self.running = False
         self._scanner_cls = scanner_cls
@@ -210,6 +211,7 @@ class BleakBackend:
                 elif isinstance(e, FileNotFoundError):  # bleak's BlueZ backend found no socket to the system bus
                     reason = "no D-Bus system bus to reach BlueZ (is dbus running? not in this container?)"
                 self.last_failure = reason
+                self.failure_lasts = isinstance(e, FileNotFoundError)
                 log.warning("could not start BLE scanning on %s (%s); retrying in %.1f s", self.where, reason, delay)
                 self._count_restart()
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))

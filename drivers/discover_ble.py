@@ -61,7 +61,12 @@ async def discover_ble(seconds: float, *, backend: BleakBackend | None = None) -
 
     sub = backend.subscribe(on_advert)
     try:
-        await asyncio.sleep(seconds)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while (left := end - loop.time()) > 0:  # listen, unless the scanner cannot start for a reason that lasts
+            await asyncio.sleep(min(left, 0.1))
+            if getattr(backend, "failure_lasts", False) and not getattr(backend, "started", True):
+                break  # no D-Bus system bus: waiting out --ble-seconds would only delay the same answer
         if not getattr(backend, "started", True):  # it never listened: hearing nothing says nothing of the devices
             why = getattr(backend, "last_failure", "") or "the scanner did not start"
             raise BackendUnavailable(f"could not scan on {backend.where}: {why}")

@@ -10,6 +10,7 @@ blocks paste as TOML.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -98,6 +99,10 @@ def discover(ports: tuple[str, ...], no_serial: bool, address: str, baud: str, t
     if port_list != []:
         check_request(port_list, addresses, bauds)  # exit 2 with every impossible argument named, before probing
     progress = Progress()
+    ble_log = logging.getLogger("koto.drivers.ble")
+    level = ble_log.level
+    if not ble_log.isEnabledFor(logging.INFO):  # without -v: the scanner's "retrying" warnings are the daemon's;
+        ble_log.setLevel(logging.ERROR)  # here the report says once why BLE could not be scanned
     try:
         report = asyncio.run(discover_report(
             ports=port_list, addresses=addresses, bauds=bauds, timeout_s=timeout, ble_seconds=ble_seconds,
@@ -105,6 +110,7 @@ def discover(ports: tuple[str, ...], no_serial: bool, address: str, baud: str, t
             config=DEFAULT_CONFIG))
     finally:
         progress.close()
+        ble_log.setLevel(level)
     click.echo(report.text, nl=False)
     if report.next_step:
         click.echo(report.next_step, err=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
 
 import pytest
@@ -32,7 +33,9 @@ async def test_discover_lists_replayed_devices_and_prints_a_config_block_that_bu
                      uuid="0000feaa-0000-1000-8000-00805f9b34fb"),  # an Eddystone beacon: not listed
     ]
     backend = ReplayBackend(adverts, clock=clock)
-    found = await discover_ble(0.2, backend=backend)
+    # 2 s of wall time for what the ManualClock replays at once: the first advert imports bthome-ble's parser on the
+    # loop, which took longer than the 0.2 s this waited before on a loaded machine (the encrypted one was missed).
+    found = await discover_ble(2.0, backend=backend)
 
     assert [d.address for d in found] == [PLUG, V.ENCRYPTED.address]
     plug, sensor = found
@@ -69,6 +72,16 @@ async def test_a_scanner_that_never_starts_is_an_error_not_an_empty_room() -> No
     backend = fake_backend(Radio(fail_with=NO_DBUS), retry_initial_s=0.01)
     with pytest.raises(BackendUnavailable, match="could not scan on the default adapter: no D-Bus system bus"):
         await discover_ble(0.1, backend=backend)
+
+
+async def test_without_a_d_bus_system_bus_discover_stops_listening_at_once() -> None:
+    """No system bus will not appear by waiting: the installer gets the answer after the first failed start, not
+    after --ble-seconds (10 s by default, up to 600)."""
+    backend = fake_backend(Radio(fail_with=NO_DBUS), retry_initial_s=0.01)
+    t0 = asyncio.get_running_loop().time()
+    with pytest.raises(BackendUnavailable, match="no D-Bus system bus"):
+        await discover_ble(30.0, backend=backend)
+    assert asyncio.get_running_loop().time() - t0 < 5.0
 
 
 async def test_koto_discover_says_bluetooth_is_missing_and_does_not_advise_moving_the_device() -> None:
