@@ -21,6 +21,7 @@ import click
 
 from koto.errors import FieldError
 from koto.net import parse_broker_url
+from koto.signing import KeyError_
 
 from .cli_common import DEFAULT_CONFIG, config_option, resolve, state_option
 from .config import ID_RE
@@ -187,8 +188,14 @@ def _say_pinned_again(cfg: object, target: Path) -> None:
     keys = cloud.operator_keys if cloud is not None else ()
     beside = target.absolute().parent / "operator.pub.pem"  # a config without [cloud] names it in a comment
     for path in keys or ((beside,) if beside.is_file() else ()):
-        click.echo(f"operator key pinned at {path}, fingerprint {fingerprint(read_public_key(path))}; compare it "
-                   "with the operator's", err=True)
+        try:
+            key = read_public_key(path)
+        except KeyError_ as e:  # not provision's to refuse: the device key is made; koto check and run say it too
+            click.echo(f"{e} (the gateway will not start until it is there: koto provision --operator-key FILE)",
+                       err=True)
+            continue
+        click.echo(f"operator key pinned at {path}, fingerprint {fingerprint(key)}; compare it with the operator's",
+                   err=True)
 
 
 def _provision_state(sd: StateDir, gid: str | None, *, force: bool, new_epoch: bool) -> str:
