@@ -121,6 +121,14 @@ class Child:
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
 
+    async def wait_log(self, text: str, within: float) -> None:
+        """Until the gateway's log says `text` (a fixed sleep raced the child's start on a loaded machine)."""
+        deadline = time.monotonic() + scaled(within)
+        while text not in (self.log.read_text(errors="replace") if self.log.exists() else ""):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the gateway never logged {text!r} within {within} s; log:\n{self.tail()}")
+            await asyncio.sleep(0.05)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
@@ -248,7 +256,9 @@ async def test_the_retained_birth_reaches_a_cloud_that_subscribes_later(tmp_path
     gets its birth; and what the gateway sent while no cloud listened is resent after the ack timeout."""
     with child(tmp_path, broker, total=30, ack_timeout=2.0) as gw:
         gw.start()
-        await asyncio.sleep(scaled(1.0))  # connected, sending its records to nobody
+        # Connected (its birth published first), sending its records to nobody: it says so when its first unacked
+        # batch times out. Only then does the cloud subscribe, so the birth can only reach it as a retained message.
+        await gw.wait_log("no cloud ack for", 30)
         async with peer_for(broker) as peer:
             peer.register(GW, gw.public_pem)
             await peer.wait_for(lambda: GW in peer.births, 5, "retained birth")
