@@ -1,7 +1,7 @@
 """Attribution benchmark: how much energy the built-in profiles give to the right function, on labelled traces.
 
     .venv/bin/python bench/attribution.py [--mode power|register|pulses] [--reduced] [--profile NAME] [--traces]
-                                          [--seed N] [--imp-per-kwh N] [--dir PROFILE_DIR] [--real]
+                                          [--seed N] [--imp-per-kwh N] [--dir PROFILE_DIR] [--real | --heldout]
 
 Each trace of the modelled, labelled suite (tests/support/appliance_traces.py: several machines and programmes
 per kind) is replayed through the real `ApplianceMeter` at full speed, fed as the daemon feeds it (a reading and a
@@ -10,7 +10,8 @@ profile it prints the share of energy and of time given to the right function, a
 uses, beside a naive baseline measured in the same run: one on/off threshold (10 W), "on" billed to the kind's
 principal function, each rising edge one use. `--traces` adds a line per trace with the largest misattributions.
 `--real` replays the real appliance traces of tests/data/traces (tracebase excerpts, no labels: it scores the
-heater energy, the uses and their boundaries, see tests/support/real_traces.py) instead.
+heater energy, the uses and their boundaries, see tests/support/real_traces.py) instead; `--heldout` the same for
+tests/data/heldout_traces (tracebase and REFIT machines the profiles were not tuned on).
 `--poll-s N` polls every N seconds instead of every second. `--seed N` draws other durations and noise for the
 same machines (traces the profiles were not tuned on). `--dir` scores the profiles in a folder (NAME.toml) instead
 of the built-in ones. Target: >= 90 % energy right and uses exact on every trace; the lines that miss it are
@@ -65,22 +66,25 @@ def run(traces: list[LabelledTrace], profiles: dict[str, Profile], mode: str, pe
     return rows, time.perf_counter() - t0
 
 
-def real(mode: str) -> int:
-    """The real traces (tests/data/traces, tracebase excerpts): per trace, heater energy right, uses, boundaries."""
-    from tests.support.real_traces import names
+def real(mode: str, heldout: bool = False) -> int:
+    """The real traces (tests/data/traces, tracebase excerpts; or the held-out ones): per trace, heater energy right,
+    uses, boundaries."""
+    from tests.support.real_traces import HELDOUT, TRACES, names
     from tests.support.real_traces import run as run_real
 
-    print(f"attribution on real traces (tracebase excerpts, tests/data/traces), mode {mode}")
+    folder = HELDOUT if heldout else TRACES
+    what = "held-out tracebase and REFIT excerpts" if heldout else "tracebase excerpts"
+    print(f"attribution on real traces ({what}, tests/data/{folder.name}), mode {mode}")
     misses = 0
-    for name in names():
-        _, s = run_real(name, mode)
+    for name in names(folder):
+        _, s = run_real(name, mode, folder)
         ok = s.uses == s.true_uses and (s.heater_right is None or s.heater_right >= 0.9)
         misses += not ok
         heater = "   -   " if s.heater_right is None else _pct(s.heater_right)
         shares = ", ".join(f"{k} {_pct(v).strip()}" for k, v in s.shares.items() if v >= 0.001)
         print(f"  {name:32} heater energy right {heater}  uses {s.uses}/{s.true_uses}  start {s.start_lag_s:4} s  "
               f"end lag {s.end_lag_s:5} s  {'ok  ' if ok else 'MISS'}  [{shares}]")
-    n = len(names())
+    n = len(names(folder))
     print(f"\n{n - misses}/{n} real traces: uses exact and >= 90 % of heater energy to the heater")
     return 0
 
@@ -88,6 +92,7 @@ def real(mode: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--real", action="store_true", help="the real traces of tests/data/traces instead")
+    ap.add_argument("--heldout", action="store_true", help="the held-out real traces of tests/data/heldout_traces")
     ap.add_argument("--mode", choices=MODES, default="power")
     ap.add_argument("--reduced", action="store_true", help="the reduced suite the tests run")
     ap.add_argument("--profile", help="only the traces of this profile")
@@ -97,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="> 0: other durations and noise (held-out traces)")
     ap.add_argument("--dir", type=Path, help="score NAME.toml profiles from this folder instead of the built-ins")
     a = ap.parse_args(argv)
-    if a.real:
-        return real(a.mode)
+    if a.real or a.heldout:
+        return real(a.mode, a.heldout)
     traces = [resample(t, a.poll_s) for t in suite(reduced=a.reduced, seed=a.seed)
               if not a.profile or t.profile == a.profile]
     names = sorted({t.profile for t in traces})

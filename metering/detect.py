@@ -207,25 +207,32 @@ CYCLE_STARTED, CYCLE_ENDED = 1, 2
 class CycleState:
     state: int
     since: int
+    low_since: int = NO_TIME  # running: power below the left-on level since then (else NO_TIME)
 
 
 class CycleTracker:
-    """One use: power above `start_mw` for `start_ns` starts it; below `end_mw` for `end_ns` ends it.
+    """One use: power above `start_mw` for `start_ns` starts it; below `end_mw` for `end_ns` ends it, and so does
+    power below `left_on_mw` for `left_on_ns` (a machine left on after its programme, drawing only its electronics:
+    a longer dwell than a pause inside a programme at that level).
 
-    Anything shorter than `end_ns` below `end_mw` is a pause inside the use. Power dipping to or below `start_mw`
-    while starting cancels the start (the start must be sustained).
+    Anything shorter than `end_ns` below `end_mw` (or `left_on_ns` below `left_on_mw`) is a pause inside the use.
+    Power dipping to or below `start_mw` while starting cancels the start (the start must be sustained).
     """
 
-    __slots__ = ("_end_mw", "_end_ns", "_start_mw", "_start_ns", "since", "state")
+    __slots__ = ("_end_mw", "_end_ns", "_left_mw", "_left_ns", "_start_mw", "_start_ns", "low_since", "since",
+                 "state")
 
     def __init__(self, rule: CycleRule | None) -> None:
         if rule is None:  # no cycle rule: never starts
             self._start_mw, self._start_ns, self._end_mw, self._end_ns = 2**62, 0, 0, 0
+            self._left_mw, self._left_ns = 0, 0
         else:
             self._start_mw, self._start_ns = rule.start_mw, rule.start_ns
             self._end_mw, self._end_ns = rule.end_mw, rule.end_ns
+            self._left_mw, self._left_ns = rule.left_on_mw, rule.left_on_ns  # 0: no left-on rule (p < 0 never)
         self.state = IDLE
         self.since = NO_TIME
+        self.low_since = NO_TIME
 
     @property
     def running(self) -> bool:
@@ -240,13 +247,6 @@ class CycleTracker:
                     self.state = RUNNING
                     return CYCLE_STARTED
             return 0
-        if st == RUNNING:
-            if p < self._end_mw:
-                self.state, self.since = ENDING, t
-                if self._end_ns == 0:
-                    self.state = IDLE
-                    return CYCLE_ENDED
-            return 0
         if st == STARTING:
             if p <= self._start_mw:
                 self.state = IDLE
@@ -254,21 +254,39 @@ class CycleTracker:
                 self.state = RUNNING
                 return CYCLE_STARTED
             return 0
+        if p < self._left_mw:  # running, at most the electronics of a machine left on
+            if self.low_since == NO_TIME:
+                self.low_since = t
+            elif t - self.low_since >= self._left_ns:
+                self.state, self.low_since = IDLE, NO_TIME
+                return CYCLE_ENDED
+        else:
+            self.low_since = NO_TIME
+        if st == RUNNING:
+            if p < self._end_mw:
+                self.state, self.since = ENDING, t
+                if self._end_ns == 0:
+                    self.state, self.low_since = IDLE, NO_TIME
+                    return CYCLE_ENDED
+            return 0
         # ENDING
         if p >= self._end_mw:
             self.state = RUNNING
         elif t - self.since >= self._end_ns:
-            self.state = IDLE
+            self.state, self.low_since = IDLE, NO_TIME
             return CYCLE_ENDED
         return 0
 
     def rebase(self, t: int) -> None:
         if self.since != NO_TIME:
             self.since = t
+        if self.low_since != NO_TIME:
+            self.low_since = t
 
     def snapshot(self) -> CycleState:
-        return CycleState(self.state, self.since)
+        return CycleState(self.state, self.since, self.low_since)
 
     def restore(self, s: CycleState) -> None:
         self.state = s.state
         self.since = s.since
+        self.low_since = s.low_since

@@ -25,6 +25,11 @@ wrong type or an impossible band raises `ProfileError(file, key, problem)` namin
     end_below_w = 100
     end_for_s = 10
 
+A `[cycle]` may also end a use left on: `left_on_below_w = 8` with `left_on_for_s = 1800` ends it once the power
+has stayed below 8 W (a machine left on after its programme, drawing only its electronics) for 30 minutes, a dwell
+longer than any pause inside a programme. It must lie between `end_below_w` and `start_above_w` (a machine left
+on at that level must not start a use again), and `left_on_for_s` must be at least `end_for_s`.
+
 Two rules for phases that power alone cannot tell apart:
 
     only_after = ["spin"]       # (rinse) may start only once "spin" has run in the current use (since the
@@ -68,6 +73,7 @@ _FUNC_KEYS = {
 }
 _CYCLE_KEYS = {
     "start_above_w", "start_above_mw", "start_for_s", "end_below_w", "end_below_mw", "end_for_s",
+    "left_on_below_w", "left_on_below_mw", "left_on_for_s",
 }
 
 
@@ -105,12 +111,15 @@ class FunctionRule:
 
 @dataclass(frozen=True, slots=True)
 class CycleRule:
-    """What counts as one use: power above `start_mw` for `start_ns`, then below `end_mw` for `end_ns`."""
+    """What counts as one use: power above `start_mw` for `start_ns`, then below `end_mw` for `end_ns`, or below
+    `left_on_mw` (a machine left on after its programme) for `left_on_ns` (no such rule: `left_on_mw` 0)."""
 
     start_mw: int
     start_ns: int
     end_mw: int
     end_ns: int
+    left_on_mw: int = 0
+    left_on_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,9 +253,22 @@ def _parse_cycle(file: str, raw: Any) -> CycleRule:
         raise ProfileError(file, "cycle.end_below_w", "missing; a use ends when power stays below it")
     if end > start:
         raise ProfileError(file, "cycle.end_below_w", "must be at or below cycle.start_above_w")
+    end_ns = _s_to_ns(file, "cycle.end_for_s", raw.get("end_for_s", 0))
+    left_on = _power(file, "cycle.", raw, "left_on_below")
+    if (left_on is None) != ("left_on_for_s" not in raw):
+        raise ProfileError(file, "cycle.left_on_below_w" if left_on is None else "cycle.left_on_for_s",
+                           "missing; left_on_below_w and left_on_for_s go together")
+    left_on_ns = 0
+    if left_on is not None:
+        if not end <= left_on <= start:  # a machine left on must not start a use again
+            raise ProfileError(file, "cycle.left_on_below_w", "must be at or above cycle.end_below_w and at or "
+                               "below cycle.start_above_w (a machine left on at that level must not start a use)")
+        left_on_ns = _s_to_ns(file, "cycle.left_on_for_s", raw["left_on_for_s"])
+        if left_on_ns < end_ns:
+            raise ProfileError(file, "cycle.left_on_for_s", "must be at least cycle.end_for_s")
     return CycleRule(
         start_mw=start, start_ns=_s_to_ns(file, "cycle.start_for_s", raw.get("start_for_s", 0)),
-        end_mw=end, end_ns=_s_to_ns(file, "cycle.end_for_s", raw.get("end_for_s", 0)),
+        end_mw=end, end_ns=end_ns, left_on_mw=left_on or 0, left_on_ns=left_on_ns,
     )
 
 

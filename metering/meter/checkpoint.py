@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..detect import CycleState, DetectorState
+from ..detect import NO_TIME, CycleState, DetectorState
 from ..energy import AuthorityState
 from .codec import decode, encode
 from .state import MeterState
@@ -54,6 +54,9 @@ def load(data: dict[str, Any], *, kind: str, origin: str) -> Checkpoint | None:
     det = data.get("detector")
     if isinstance(det, dict) and "seen" not in det:  # written before profiles had `only_after`
         data = {**data, "detector": {**det, "seen": ""}}
+    cyc = data.get("cycle")
+    if isinstance(cyc, dict) and "low_since" not in cyc:  # written before profiles had `left_on_below_w`
+        data = {**data, "cycle": {**cyc, "low_since": NO_TIME}}
     return decode(Checkpoint, data, origin=origin)
 
 

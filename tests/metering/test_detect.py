@@ -114,6 +114,27 @@ def test_cycle_start_must_be_sustained_and_pauses_stay_inside() -> None:
     assert c.update(320 * S, 1_000) == CYCLE_ENDED and not c.running
 
 
+def test_a_use_left_on_after_its_programme_ends_after_the_left_on_dwell() -> None:
+    """A machine left on at its electronics' level (between end_below and left_on_below) ends its use after
+    left_on_for; a pause there shorter than that, or flickering across end_below, stays inside the use."""
+    rule = CycleRule(start_mw=8_000, start_ns=10 * S, end_mw=3_500, end_ns=90 * S, left_on_mw=8_000,
+                     left_on_ns=1200 * S)
+    c = CycleTracker(rule)
+    c.update(0, 200_000)
+    assert c.update(10 * S, 200_000) == CYCLE_STARTED
+    assert all(c.update(t * S, 5_000) == 0 for t in range(11, 811))  # a 13-minute pause at 5 W: still the use
+    assert c.update(811 * S, 150_000) == 0 and c.running
+    for t in range(812, 812 + 1200):  # left on, flickering 2/4 W: never 90 s below 3.5 W
+        assert c.update(t * S, 2_000 if t % 60 < 40 else 4_000) == 0, t
+    d = CycleTracker(rule)
+    d.restore(c.snapshot())  # the left-on dwell is checkpointed
+    assert d.update(2012 * S, 4_000) == CYCLE_ENDED and not d.running
+    assert all(d.update(t * S, 6_000) == 0 for t in range(2013, 2100)) and not d.running  # no use starts at 6 W
+    plain = CycleTracker(CycleRule(start_mw=8_000, start_ns=0, end_mw=3_500, end_ns=90 * S))
+    plain.update(0, 200_000)
+    assert all(plain.update(t * S, 5_000) == 0 for t in range(1, 5000)) and plain.running  # no left-on rule
+
+
 def test_no_cycle_rule_never_starts() -> None:
     c = CycleTracker(None)
     assert c.update(0, 10**9) == 0 and c.update(10**12, 10**9) == 0

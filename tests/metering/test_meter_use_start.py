@@ -112,10 +112,10 @@ def test_a_function_that_began_with_the_use_stays_whole_when_a_take_over_candida
 
     m = ApplianceMeter("dw", builtin_profile("dishwasher"), energy=EnergySpec("power", "plug"))
     results: list[FeedResult] = []
-    for s in range(700):
+    for s in range(2100):  # (the use ends 1800 s after the wash: the dishwasher's end_for_s)
         w = 7 if 60 <= s < 200 else 1
         results.append(m.feed(Reading("plug", (s + 1) * S, WALL0 + s, "boot", Quantity.POWER_MW, w * 1000)))
-    results.append(m.close(Now(701 * S, WALL0 + 700, True, "boot")))
+    results.append(m.close(Now(2101 * S, WALL0 + 2100, True, "boot")))
     recs = [i for r in results for i in r.items if isinstance(i, UsageRecord)]
     (use,) = [r for r in recs if r.kind == RecordKind.CYCLE]
     wash = [r for r in recs if r.function == "wash"]

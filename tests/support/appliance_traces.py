@@ -166,7 +166,8 @@ DW_PROGRAMMES = {  # wash degC, main wash minutes, final rinse degC, dry minutes
 }
 
 
-def dishwasher(machine: str, programme: str, seed: int = 2) -> LabelledTrace:
+def dishwasher(machine: str, programme: str, seed: int = 2, rest_s: int = 900) -> LabelledTrace:
+    """One programme, then `rest_s` at rest (the suite rests 40 minutes: the use ends 30 minutes after)."""
     m = DISHWASHERS[machine]
     wash_c, wash_min, rinse_c, dry_min, soaks = DW_PROGRAMMES[programme]
     b = _Builder(seed)
@@ -198,7 +199,7 @@ def dishwasher(machine: str, programme: str, seed: int = 2) -> LabelledTrace:
     b.hold(35, m["drain"] + elec, "wash")
     b.hold(dry_min * 60, (m["fan"] or 0) + elec, "dry")
     b.end()
-    b.hold(900, m["off"], "standby")
+    b.hold(rest_s, m["off"], "standby")
     return b.done(f"dishwasher/{machine}/{programme}", "dishwasher", machine)
 
 
@@ -382,7 +383,7 @@ def suite(*, reduced: bool = False, seed: int = 0) -> list[LabelledTrace]:
     dw_progs = tuple(DW_PROGRAMMES)
     for i, mach in enumerate(DISHWASHERS):
         for j, prog in enumerate(dw_progs if not reduced else dw_progs[i:i + 1]):
-            out.append(dishwasher(mach, prog, seed=s + 20 * i + j))
+            out.append(dishwasher(mach, prog, seed=s + 20 * i + j, rest_s=2400))
     out += [dryer_resistive(m, seed=s + 3) for m in ("vented-2.5kW", "condenser-2.1kW", "vented-2.7kW")]
     out += [dryer_heatpump(m, seed=s + 4) for m in ("heatpump-8kg", "heatpump-eco")]
     hours = 3 if reduced else 8
