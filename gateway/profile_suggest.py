@@ -230,6 +230,25 @@ def _split_uses(tl: Timeline) -> list[Change]:
                    "outlast such a pause (leave this out if they really were separate uses)")]
 
 
+def _keep_left_on(prof: Profile, kept: list[Change], cands: list[Change]) -> list[Change]:
+    """A [cycle] left-on rule must stay at or above `end_below_w` (and at or below `start_above_w`) and last at least
+    `end_for_s` (metering/profile.py refuses it otherwise): when the candidates move those past it, it moves along,
+    so a suggestion that raises the end level is not dropped as an impossible profile."""
+    cyc = prof.cycle
+    if cyc is None or not cyc.left_on_mw:
+        return cands
+    new = {c.key: c.new for c in (*kept, *cands) if c.target == "cycle"}
+    end_w, start_w = new.get("end_below_w", _w(cyc.end_mw)), new.get("start_above_w", _w(cyc.start_mw))
+    end_s = new.get("end_for_s", cyc.end_ns / 1e9)
+    left_w, left_s = new.get("left_on_below_w", _w(cyc.left_on_mw)), new.get("left_on_for_s", cyc.left_on_ns / 1e9)
+    out = list(cands)
+    if left_w < end_w:
+        out.append(Change("cycle", "left_on_below_w", left_w, min(end_w, start_w), "kept at or above end_below_w"))
+    if left_s < end_s:
+        out.append(Change("cycle", "left_on_for_s", left_s, end_s, "kept at least as long as end_for_s"))
+    return out
+
+
 def _badness(tl: Timeline) -> tuple[float, int]:
     """Time in the unmatched function, and how often the function changes (flapping)."""
     return tl.seconds_by_function().get(tl.profile.unmatched, 0.0), len(tl.spans)
@@ -257,6 +276,7 @@ def suggest(tl: Timeline) -> list[Change]:
         cands = [c for c in group(current) if all((c.target, c.key) != (k.target, k.key) for k in kept)]
         if not cands:
             continue
+        cands = _keep_left_on(tl.profile, kept, cands)
         try:
             trial = replay(tl.points, apply(tl.profile, kept + cands), appliance="suggest", signals=tl.signals)
         except ProfileError:
@@ -315,8 +335,11 @@ def _function_table(f: FunctionRule) -> dict[str, float | str | list[str]]:
 
 
 def _cycle_table(c: CycleRule) -> dict[str, float | str | list[str]]:
-    return {"start_above_w": _w(c.start_mw), "start_for_s": c.start_ns / 1e9, "end_below_w": _w(c.end_mw),
-            "end_for_s": c.end_ns / 1e9}
+    t: dict[str, float | str | list[str]] = {"start_above_w": _w(c.start_mw), "start_for_s": c.start_ns / 1e9,
+                                             "end_below_w": _w(c.end_mw), "end_for_s": c.end_ns / 1e9}
+    if c.left_on_mw:  # a use left on ends too (metering/profile.py): a written-out profile keeps that rule
+        t["left_on_below_w"], t["left_on_for_s"] = _w(c.left_on_mw), c.left_on_ns / 1e9
+    return t
 
 
 def _value(v: float | str | list[str]) -> str:

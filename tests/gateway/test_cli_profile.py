@@ -216,3 +216,32 @@ def test_check_reads_the_daemon_trace_of_a_configured_appliance_since_a_time(
     assert f"{len(t.watts)} readings from {run_dir / 'power-washer.csv'}" in out and "uses: 1" in out
     assert koto(["profile", "check", "dryer", "--config", str(cfg), "--runtime-dir", str(run_dir)]) == 2
     assert "no appliance named 'dryer' (known: washer)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["washing_machine", "dishwasher"])
+def test_a_written_out_profile_keeps_the_rule_that_ends_a_use_left_on(name: str) -> None:
+    """`koto profile suggest` and `koto learn` write the whole profile out as TOML: the [cycle] left-on rule
+    (left_on_below_w / left_on_for_s) must survive it, or a machine left on after its programme never ends its use
+    again under the saved profile."""
+    from gateway.profile_suggest import profile_toml
+
+    prof = builtin_profile(name)
+    assert prof.cycle is not None and prof.cycle.left_on_mw
+    again = parse_profile(tomllib.loads(profile_toml(prof, [])), file="(written)")
+    assert again.cycle == prof.cycle
+
+
+def test_a_suggestion_that_raises_the_end_level_moves_the_left_on_rule_along_instead_of_being_dropped() -> None:
+    """metering/profile.py refuses a left-on level below end_below_w or a left-on dwell shorter than end_for_s; a
+    suggested change past either used to make an impossible profile, and the suggestion was silently dropped."""
+    from gateway.profile_suggest import Change, _keep_left_on
+
+    prof = builtin_profile("washing_machine")
+    assert prof.cycle is not None
+    raise_end = [Change("cycle", "end_below_w", 3.5, 9.0, "rests at 6 W"),
+                 Change("cycle", "start_above_w", 8.0, 13.5, "a use must start above where it ends"),
+                 Change("cycle", "end_for_s", 90.0, 2400.0, "a long pause")]
+    kept = _keep_left_on(prof, [], raise_end)
+    cyc = apply(prof, kept).cycle  # parsed like any profile file: an impossible one raises
+    assert cyc is not None and (cyc.end_mw, cyc.left_on_mw) == (9000, 9000)
+    assert cyc.left_on_ns == cyc.end_ns == 2400 * 10**9
