@@ -160,6 +160,11 @@ bench-sd: $(DEV_STAMP) system-deps
 bench-fleet: $(DEV_STAMP) system-deps
 	$(BIN)/python -m bench.fleet
 
+# The three-kinds daemon's RSS on 32-bit Raspberry Pi OS (armhf, Debian 12), emulated by qemu-user: the guest's own
+# pages (bench/foreign_rss.py). Needs root; makes the armhf root in /var/cache/koto-armhf the first time (15-25 min).
+bench-armhf: $(DEV_STAMP) system-deps
+	$(BIN)/python -m bench.foreign_rss --make-root
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
@@ -167,7 +172,7 @@ clean:
 # fault of tests/chaos/faults.py five times at seeded random moments (a fresh seed each run, printed; about 10 min),
 # then two rounds with the receiver on PostgreSQL. `make test` runs it once per fault (tests/chaos/test_chaos.py).
 # SEED=N reruns one schedule. A failing run keeps its files and says where (a passing one leaves nothing). docs/testing.md.
-.PHONY: chaos soak
+.PHONY: chaos soak bench-armhf
 chaos: $(DEV_STAMP) system-deps
 	$(BIN)/python bench/chaos.py $(if $(SEED),--seed $(SEED),)
 	$(BIN)/python bench/chaos.py --store postgres --rounds 2 $(if $(SEED),--seed $(SEED),)

@@ -55,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -266,8 +267,10 @@ bounce_ms = 5
 """
 
 
-async def three_kinds(seconds: float, *, settle_s: float = 15.0) -> dict[str, float]:
-    """Section 2 (module docstring): `koto run` with all three driver kinds, measured for `seconds` after a settle."""
+async def three_kinds(seconds: float, *, settle_s: float = 15.0, ready_s: float = 60.0,
+                      rss_kib: Callable[[int], int] | None = None) -> dict[str, float]:
+    """Section 2 (module docstring): `koto run` with all three driver kinds, measured for `seconds` after a settle.
+    `rss_kib(pid)` reads the RSS samples (default VmRSS; bench/foreign_rss.py reads an emulated guest's own pages)."""
     from drivers.modbus_sim import ModbusSimulator, SimMeter
     from gateway.state import StateDir
     from tests.support.sim_gateway import PLAN_ENV, Plan
@@ -290,13 +293,14 @@ async def three_kinds(seconds: float, *, settle_s: float = 15.0) -> dict[str, fl
             proc = await _start_koto(cfg, notify, work / "koto.log", module="tests.support.sim_gateway",
                                      env={PLAN_ENV: str(work / "plan.json"), "RUNTIME_DIRECTORY": str(work / "run")})
             try:
-                await notify.ready(proc, 60)
+                await notify.ready(proc, ready_s)
                 await asyncio.sleep(settle_s)
                 cpu0, t0 = _cpu_s(proc.pid), time.monotonic()
                 rss_samples = []
                 while time.monotonic() - t0 < seconds:
                     await asyncio.sleep(5)
-                    rss_samples.append(_status_kib(proc.pid, "VmRSS"))
+                    _alive(proc, work / "koto.log")
+                    rss_samples.append(rss_kib(proc.pid) if rss_kib else _status_kib(proc.pid, "VmRSS"))
                 cpu1, t1 = _cpu_s(proc.pid), time.monotonic()
                 hwm, pss = _status_kib(proc.pid, "VmHWM"), _pss_kib(proc.pid)
             finally:

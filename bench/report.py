@@ -65,6 +65,8 @@ BENCHES: tuple[Bench, ...] = (
           (), ("--seconds", "30", "--day-from", "bench/results/quick/sd_writes.json"), 3600),
     Bench("fleet", "fleet: many gateways, clustered receivers", (), ("--quick",), 3600, json=True),
     Bench("web_rss", "the household web page's memory", (), (), 900),
+    Bench("foreign_rss", "peak RSS with all three driver kinds on 32-bit Pi OS (armhf under qemu-user)",
+          ("--make-root",), ("--make-root", "--seconds", "20", "--settle", "20"), 3600),
     Bench("soak", "24 simulated hours with 16 appliances: RSS, fds, tasks", (), ("--hours", "1"), 7200),
     Bench("chaos", "20 gateway SIGKILLs and 5 broker restarts across 10,000 records", (),
           ("--records", "1000", "--kills", "3", "--broker-restarts", "1"), 1800, json=False),
