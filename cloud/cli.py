@@ -37,7 +37,7 @@ from koto.signing import (
 )
 
 from . import commands as cmds
-from .errors import CommandRejected, ReplyTimeout, UnknownGateway
+from .errors import CommandRejected, NotRegistered, ReplyTimeout, UnknownGateway
 from .store import Store, open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -92,15 +92,8 @@ def _store(db: str, *, create: bool = True) -> Store:
     return open_store(db, create=create)
 
 
-class _NotRegistered(click.ClickException):
-    """A gateway id the database does not know (a typo, most often): exit 2, as docs/sync.md's table says for every
-    command, the senders' `UnknownGateway` included."""
-
-    exit_code = 2
-
-
-def _not_registered(gateway: str, db: str) -> click.ClickException:
-    return _NotRegistered(f"{gateway} is not registered in {_db_name(db)}")
+def _not_registered(gateway: str, db: str) -> NotRegistered:
+    return NotRegistered(gateway, _db_name(db))
 
 
 def _db_name(db: str) -> str:

@@ -38,6 +38,18 @@ class UnknownGateway(KotoError, LookupError):
                          f"register {gateway} --pubkey <the PEM koto provision printed> --db {db})")
 
 
+class NotRegistered(KotoError, LookupError):
+    """`verify` or `usage` of a gateway the receiver's database does not know (a mistyped id, most often): said, not
+    an empty answer; `exit_code` is `koto-cloud`'s usage error (2), as for a command to one (`UnknownGateway`)."""
+
+    exit_code = 2
+
+    def __init__(self, gateway: str, db: str) -> None:
+        self.gateway = gateway
+        self.db = db
+        super().__init__(f"{gateway} is not registered in {db}")
+
+
 class Rejected(KotoError, ValueError):
     """An uplink message that is not stored: malformed, unknown gateway, bad signature, wrong topic.
 

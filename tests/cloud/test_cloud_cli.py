@@ -236,9 +236,9 @@ def test_commands_that_only_read_refuse_a_database_that_does_not_exist(tmp_path,
 def test_usage_of_a_gateway_that_is_not_registered_says_so(tmp_path, capsys):
     db = registered(tmp_path, "gw-1")
     assert main(["usage", "gw-l", "--db", str(db)]) == 2  # a mistyped id: said, not an empty answer
-    assert capsys.readouterr().err == f"Error: gw-l is not registered in {db}\n"
+    assert capsys.readouterr().err == f"koto-cloud: gw-l is not registered in {db}\n"
     assert main(["verify", "gw-l", "--db", str(db)]) == 2  # docs/sync.md: a gateway not registered is exit 2
-    assert capsys.readouterr().err == f"Error: gw-l is not registered in {db}\n"
+    assert capsys.readouterr().err == f"koto-cloud: gw-l is not registered in {db}\n"
 
 
 async def test_commands_to_a_gateway_that_is_not_registered_are_refused_before_anything_is_sent(
