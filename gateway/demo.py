@@ -193,7 +193,7 @@ def _ledger_gateway_id(path: Path) -> str | None:
 
 def _printer(out: Callable[[str], None], clock: ScaledClock, t0: int) -> Callable[[MeterEvent], None]:
     interesting = {"function_started", "cycle_started", "cycle_ended", "rejected", "gap", "register_reset",
-                   "register_wrap", "meter_swap", "implausible_jump"}
+                   "register_wrap", "meter_swap", "implausible_jump", "register_dip"}
 
     def on_event(ev: MeterEvent) -> None:
         if ev.kind in interesting:

@@ -30,6 +30,13 @@ Register anomalies (`Authority.observe`), all reported as lifecycle notes, never
   is that sum;
 - **reset**: the value drops to something that is itself plausible as energy since the drop: counted from zero;
 - **swap**: the value drops to an implausible value, or the meter's identity changed: re-based, delta 0;
+- **dip** (registers): a drop that is not a wrap is first *held*, not believed (`DIP`, delta 0, no state change):
+  one lower reading may be a replayed BTHome advert or a glitched reply that passed its CRC, and believing it at once
+  made the return to the true series an implausible jump that counted the dip's depth twice. The next reading
+  decides: back on the old series (at or above the last value, within the plausible bound) and the dip is
+  forgotten; at or a plausible step above the held value and it was a reset or a swap from the held value, noted
+  then (`rebase_raw` is where the register went); lower still and that becomes the held value. The held value is
+  checkpointed with the register's state, so a restart between the two readings decides the same.
 - **implausible jump**: a rise beyond `max_power * elapsed * 2 + step` (step: `step_mwh`, or for a register one
   float32 step at its value if that is more): the delta goes to a `gap` record.
 The meter keeps its register fields in one *continuous* scale (`cont`): the raw value plus an offset that moves
@@ -115,7 +122,7 @@ def split_largest_remainder(total: int, weights: list[int]) -> list[int]:
     return parts
 
 
-OK, FIRST, WRAP, RESET, SWAP, JUMP = "ok", "first", "wrap", "reset", "swap", "implausible"
+OK, FIRST, WRAP, RESET, SWAP, JUMP, DIP = "ok", "first", "wrap", "reset", "swap", "implausible", "dip"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,12 +131,13 @@ class AuthorityState:
 
     last_raw: int | None
     offset: int
+    held: int | None = None  # a register's lower reading not yet believed (DIP); None in older checkpoints
 
 
 class Authority:
     """The register or pulse counter of one source, kept on a continuous scale (see the module docstring)."""
 
-    __slots__ = ("imp", "kind", "last_raw", "offset", "step", "wrap")
+    __slots__ = ("held", "imp", "kind", "last_raw", "offset", "rebase_raw", "step", "wrap")
 
     def __init__(self, spec: EnergySpec) -> None:
         self.kind = spec.kind
@@ -138,6 +146,8 @@ class Authority:
         self.step = spec.step_mwh if spec.kind == "register" else pulses_to_mwh(1, spec.imp_per_kwh) + 1
         self.last_raw: int | None = None
         self.offset = 0
+        self.held: int | None = None  # a register's lower reading, not yet believed (DIP, module docstring)
+        self.rebase_raw = 0  # after a SWAP: the raw value the continuous scale was re-based at
 
     @property
     def cont(self) -> int:
@@ -156,22 +166,27 @@ class Authority:
         before = self.mwh(last + self.offset)
         step = self.step if self.kind != "register" else max(self.step, float32_step_mwh(max(raw, last)))
         bound = max_power_mw * max(dt_ns, 0) * PLAUSIBLE_FACTOR // MW_NS_PER_MWH + step
+        held, self.held = self.held, None
         if swapped:
             self.offset = last + self.offset - raw
-            self.last_raw = raw
+            self.last_raw = self.rebase_raw = raw
             return SWAP, 0
         status = OK
         if raw < last:
             if self.wrap and self.mwh(raw + self.wrap) - self.mwh(last) <= bound:
                 self.offset += self.wrap
                 status = WRAP
-            elif self.mwh(raw) <= bound:
+            elif self.kind == "register" and (held is None or raw < held or self.mwh(raw - held) > bound):
+                self.held = raw  # one lower reading is not believed yet: the next one decides
+                return DIP, 0
+            elif self.mwh(held if held is not None else raw) <= bound:
                 self.offset = last + self.offset  # counted from zero
                 status = RESET
             else:
-                self.offset = last + self.offset - raw
-                self.last_raw = raw
-                return SWAP, 0
+                base = held if held is not None else raw
+                self.offset = last + self.offset - base
+                self.last_raw = self.rebase_raw = base
+                status = SWAP  # counted from the held value on: the energy since the swap
         self.last_raw = raw
         delta = self.mwh(raw + self.offset) - before
         if status == OK and delta > bound:
@@ -179,8 +194,9 @@ class Authority:
         return status, delta
 
     def snapshot(self) -> AuthorityState:
-        return AuthorityState(self.last_raw, self.offset)
+        return AuthorityState(self.last_raw, self.offset, self.held)
 
     def restore(self, s: AuthorityState) -> None:
         self.last_raw = s.last_raw
         self.offset = s.offset
+        self.held = s.held

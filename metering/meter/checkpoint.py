@@ -57,6 +57,9 @@ def load(data: dict[str, Any], *, kind: str, origin: str) -> Checkpoint | None:
     cyc = data.get("cycle")
     if isinstance(cyc, dict) and "low_since" not in cyc:  # written before profiles had `left_on_below_w`
         data = {**data, "cycle": {**cyc, "low_since": NO_TIME}}
+    auth = data.get("authority")
+    if isinstance(auth, dict) and "held" not in auth:  # written before a register's dip was held (metering.energy)
+        data = {**data, "authority": {**auth, "held": ""}}  # the codec stores None as ""
     return decode(Checkpoint, data, origin=origin)
 
 

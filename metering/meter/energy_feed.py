@@ -9,7 +9,7 @@ from koto.clock import Now
 from koto.reading import Reading
 
 from ..detect import Detector
-from ..energy import FIRST, JUMP, MW_NS_PER_MWH, OK, Authority
+from ..energy import DIP, FIRST, JUMP, MW_NS_PER_MWH, OK, SWAP, Authority
 from ..records import GapReason, RecordKind
 from .emit import Recorder
 from .results import MeterEvent
@@ -92,6 +92,11 @@ class EnergyFeed:
         a.swap_pending = False
         before_raw = self._auth.last_raw
         status, d = self._auth.observe(raw, dt, self._max_mw, swapped=swapped)
+        if status == DIP:  # held, not believed: nothing moves until the next reading says what it was
+            self._ev.append(MeterEvent("register_dip", self.appliance, self.detector.function, c.power_mw, r.t_wall,
+                                       f"{self.appliance}: register read {raw}, below its last {before_raw}; held "
+                                       "until the next reading shows a reset, a meter change or a bad reading"))
+            return
         at = a.last = moment(r)
         if status == FIRST:
             a.chain_mwh = self._auth.mwh(self._auth.cont)
@@ -103,8 +108,10 @@ class EnergyFeed:
                 c.move(at)
                 segs.open(at)
             return
-        if status != OK:
-            event, words = self._recorder.anomaly(status, at, before_raw, raw, d, self._auth.offset, self._max_mw)
+        if status != OK:  # a swap re-based at the value it went to (`rebase_raw`); what came since is counted
+            after, noted = (self._auth.rebase_raw, 0) if status == SWAP else (raw, d)
+            event, words = self._recorder.anomaly(status, at, before_raw, after, noted, self._auth.offset,
+                                                  self._max_mw)
             self._ev.append(MeterEvent(event, self.appliance, self.detector.function, c.power_mw, r.t_wall,
                                        f"{self.appliance}: {words}"))
         if st.gap is not None:

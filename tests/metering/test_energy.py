@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from metering.energy import (
+    DIP,
     FIRST,
     JUMP,
     MW_NS_PER_MWH,
@@ -62,35 +62,49 @@ def test_register_wrap_is_counted_across() -> None:
     assert a.cont == 2**32 + 50
 
 
-def test_register_reset_counts_from_zero_and_swap_rebases() -> None:
+def test_register_reset_counts_from_zero_and_swap_rebases_once_a_second_reading_confirms_it() -> None:
     a = reg()
     a.observe(10**9, 0, 3_000_000)
-    assert a.observe(40, 60 * S, 3_000_000) == (RESET, 40)
-    assert a.cont == 10**9 + 40
+    assert a.observe(40, 60 * S, 3_000_000) == (DIP, 0)  # held: one lower reading is not believed yet
+    assert a.cont == 10**9
+    assert a.observe(45, 61 * S, 3_000_000) == (RESET, 45)  # confirmed: counted from zero, to this reading
+    assert a.cont == 10**9 + 45
     b = reg()
     b.observe(10**9, 0, 3_000_000)
-    assert b.observe(5 * 10**8, 60 * S, 3_000_000) == (SWAP, 0)
-    assert b.cont == 10**9
-    assert b.observe(5 * 10**8 + 7, 61 * S, 3_000_000) == (OK, 7)
+    assert b.observe(5 * 10**8, 60 * S, 3_000_000) == (DIP, 0)
+    assert b.observe(5 * 10**8 + 7, 61 * S, 3_000_000) == (SWAP, 7)  # re-based at the held value, 7 since
+    assert (b.rebase_raw, b.cont) == (5 * 10**8, 10**9 + 7)
+    assert b.observe(5 * 10**8 + 9, 62 * S, 3_000_000) == (OK, 2)
     c = reg()
     c.observe(100, 0, 3_000_000)
-    assert c.observe(200, S, 3_000_000, swapped=True) == (SWAP, 0)
+    assert c.observe(200, S, 3_000_000, swapped=True) == (SWAP, 0)  # the meter said it changed: believed at once
+    p = Authority(EnergySpec(kind="pulses", source="s0", imp_per_kwh=1000))
+    p.observe(500, 0, 3_000_000)
+    assert p.observe(2, S, 3_000_000) == (RESET, 2000)  # a pulse count is the gateway's own: no dip to hold
 
 
-@pytest.mark.xfail(strict=True, reason="open (2026-12-07 note): a one-reading dip is taken as a meter swap at once, "
-                   "so the return to the true value is a jump whose delta (what the dip took away) is recorded again "
-                   "as gap energy; needs the swap confirmed by a second reading (Authority state, checkpoint format, "
-                   "tests/metering/test_meter_properties.py's model)")
+def test_a_held_dip_followed_by_a_lower_reading_holds_that_one_instead() -> None:
+    a = reg()
+    a.observe(10**9, 0, 3_000_000)
+    assert a.observe(8 * 10**8, S, 3_000_000) == (DIP, 0)
+    assert a.observe(6 * 10**8, 2 * S, 3_000_000) == (DIP, 0)  # lower than the held one: it is held instead
+    assert a.observe(6 * 10**8 + 1, 3 * S, 3_000_000) == (SWAP, 1)
+    assert a.cont == 10**9 + 1
+
+
 def test_a_single_lower_reading_then_the_true_one_invents_no_energy() -> None:
     """A replayed BTHome advert (an old energy value; after a gateway restart the decoder's counter check starts
     afresh) or a glitched reply that passes its CRC shows the register lower once; the next reading is the true
-    series again. Nothing flowed but the true delta: the continuous scale must advance by that alone."""
+    series again. Nothing flowed but the true delta: the continuous scale advances by that alone. (Believed at once,
+    the dip was a swap and the return an implausible jump: 1,100,001,500, 100 kWh counted twice.)"""
     a = reg()
     a.observe(10**9, 0, 3_000_000)
     a.observe(10**9 + 500, S, 3_000_000)
-    a.observe(9 * 10**8, 2 * S, 3_000_000)  # the dip: 100 kWh lower, once
-    a.observe(10**9 + 1_000, 3 * S, 3_000_000)
-    assert a.cont == 10**9 + 1_000  # today: 1,100,001,500 (100 kWh counted twice, as an implausible jump)
+    assert a.observe(9 * 10**8, 2 * S, 3_000_000) == (DIP, 0)  # the dip: 100 kWh lower, once
+    assert a.observe(10**9 + 1_000, 3 * S, 3_000_000) == (OK, 500)
+    assert a.cont == 10**9 + 1_000
+    assert a.observe(0, 4 * S, 3_000_000) == (DIP, 0)  # a reply of zeros (a brownout) is no reset either
+    assert a.observe(10**9 + 1_200, 5 * S, 3_000_000) == (OK, 200)
 
 
 def test_register_jump_beyond_plausible_is_flagged_with_its_delta() -> None:

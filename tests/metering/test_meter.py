@@ -150,15 +150,15 @@ def test_register_wrap_reset_and_swap_are_explained_never_negative() -> None:
     rs = [reading(Quantity.POWER_MW, 1_000_000, 0, source="m"),
           reading(Quantity.ENERGY_MWH, 2**32 - 100, 0, source="m"),
           reading(Quantity.ENERGY_MWH, 200, 60, source="m"),  # wrap: 300 mWh
-          reading(Quantity.ENERGY_MWH, 10, 120, source="m"),  # reset: counted from zero
+          reading(Quantity.ENERGY_MWH, 10, 120, source="m"),  # reset: held until the next reading confirms it
           reading(Quantity.SIGNAL, "SN-2", 150, source="m", signal="serial"),
-          reading(Quantity.ENERGY_MWH, 15, 180, source="m"),  # first reading with a serial: nothing to compare
+          reading(Quantity.ENERGY_MWH, 15, 180, source="m"),  # confirms the reset: counted from zero to 15
           reading(Quantity.SIGNAL, "SN-3", 200, source="m", signal="serial"),
           reading(Quantity.ENERGY_MWH, 777_777, 240, source="m"),  # swap: re-based
           reading(Quantity.ENERGY_MWH, 777_787, 300, source="m")]
     res = [*feed_all(m, rs), m.close(Now(T.T0_MONO + 300 * S, T.T0_WALL + 300, True, T.BOOT))]
     assert [n.event for n in notes(res)] == ["register_wrap", "register_reset", "meter_swap"]
-    assert [n.details["counted_mwh"] for n in notes(res)] == [300, 10, 0]
+    assert [n.details["counted_mwh"] for n in notes(res)] == [300, 15, 0]
     assert all(r.energy_mwh >= 0 for r in records(res))
     assert total(res) == 300 + 10 + 5 + 0 + 10
     assert {e.kind for r in res for e in r.events} >= {"register_wrap", "register_reset", "meter_swap"}
