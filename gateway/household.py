@@ -60,7 +60,8 @@ def parse_household(root: _Table, gw: _Table, base: Path) -> tuple[dict[str, Any
             try:
                 out[name] = parse(raw.data, file=root.file)
             except ConfigError as e:
-                root.problems.add(e)
+                for one in getattr(e, "errors", (e,)):  # every bad value of the table, one line each
+                    root.problems.add(one)
     ha = root.table("home_assistant")
     if ha is not None:
         try:

@@ -42,18 +42,19 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from drivers.base import Claim
 from drivers.errors import DriverConfigError
 from drivers.gpio.config import Keys
 
-from .errors import ConfigError
+from .errors import ConfigError, ConfigErrors
 
 if TYPE_CHECKING:
     from .daemon import Gateway
 
 log = logging.getLogger("koto.indicator")
+T = TypeVar("T")
 
 TICK_S = 0.05
 HOLD_S = 3.0
@@ -139,31 +140,31 @@ class ButtonConfig:
     hold_s: float = HOLD_S
 
 
-def _keys(file: str, where: str, raw: Mapping[str, Any], allowed: tuple[str, ...]) -> Keys:
+def _read(file: str, where: str, raw: Mapping[str, Any], allowed: tuple[str, ...], build: Callable[[Keys], T]) -> T:
+    """`build(keys)` over the table, every bad value and unknown key said (a `ConfigErrors` for several), each as a
+    ConfigError naming `where.KEY`, as `koto check` says a source's."""
+    k = Keys(where, raw, allowed, collect=True)
+    value = build(k)  # (stand-ins for bad values, never returned: `done` raises first)
     try:
-        return Keys(where, raw, allowed)
+        k.done()
     except DriverConfigError as e:
-        raise ConfigError(file, f"{where}.{e.key}", e.problem) from e
+        errors = [ConfigError(file, f"{where}.{one.key}", one.problem) for one in e.each()]
+        raise (errors[0] if len(errors) == 1 else ConfigErrors(list(errors))) from e
+    return value
 
 
 def parse_led(raw: Mapping[str, Any], *, file: str) -> LedConfig:
-    """`[gateway.led]`; a bad value is a ConfigError naming `gateway.led.KEY`."""
-    k = _keys(file, "gateway.led", raw, ("pin", "active_high", "pwm", "brightness"))
-    try:
-        return LedConfig(pin=k.pin(), active_high=k.boolean("active_high", True), pwm=k.boolean("pwm", False),
-                         brightness=k.number("brightness", 1.0, lo=0.05, hi=1.0))
-    except DriverConfigError as e:
-        raise ConfigError(file, f"gateway.led.{e.key}", e.problem) from e
+    """`[gateway.led]`; a bad value is a ConfigError naming `gateway.led.KEY` (several: a `ConfigErrors`)."""
+    return _read(file, "gateway.led", raw, ("pin", "active_high", "pwm", "brightness"), lambda k: LedConfig(
+        pin=k.pin(), active_high=k.boolean("active_high", True), pwm=k.boolean("pwm", False),
+        brightness=k.number("brightness", 1.0, lo=0.05, hi=1.0)))
 
 
 def parse_button(raw: Mapping[str, Any], *, file: str) -> ButtonConfig:
-    """`[gateway.button]`; a bad value is a ConfigError naming `gateway.button.KEY`."""
-    k = _keys(file, "gateway.button", raw, ("pin", "pull", "hold_s"))
-    try:
-        return ButtonConfig(pin=k.pin(), pull_up=k.choice("pull", "up", ("up", "down")) == "up",
-                            hold_s=k.number("hold_s", HOLD_S, lo=0.5, hi=30))
-    except DriverConfigError as e:
-        raise ConfigError(file, f"gateway.button.{e.key}", e.problem) from e
+    """`[gateway.button]`; a bad value is a ConfigError naming `gateway.button.KEY` (several: a `ConfigErrors`)."""
+    return _read(file, "gateway.button", raw, ("pin", "pull", "hold_s"), lambda k: ButtonConfig(
+        pin=k.pin(), pull_up=k.choice("pull", "up", ("up", "down")) == "up",
+        hold_s=k.number("hold_s", HOLD_S, lo=0.5, hi=30)))
 
 
 def claims(led: LedConfig | None, button: ButtonConfig | None) -> list[tuple[str, Claim]]:

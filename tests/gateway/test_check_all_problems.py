@@ -176,3 +176,22 @@ def test_the_dependent_checks_still_refuse_when_both_values_are_good(tmp_path: P
     eastron = 'driver = "modbus"\nmodel = "sdm120"\nport = "/dev/ttyUSB0"\naddress = 248'
     _, lines, _ = check(write(tmp_path, eastron), capsys)
     assert len(lines) == 1 and "address: 248 (0xF8) is the PZEM-004T's general address" in lines[0]
+
+
+@pytest.mark.parametrize(("table", "body", "expected"), [
+    ("led", 'pin = 99\npwm = "yes"\nbrightness = 7\ncolour = "red"',
+     ["colour: unknown key", "pin:", "pwm:", "brightness:"]),
+    ("button", 'pin = -1\npull = "sideways"\nhold_s = 0.1', ["pin:", "pull:", "hold_s:"]),
+])
+def test_the_status_led_and_button_say_every_bad_value_too(
+        table: str, body: str, expected: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """[gateway.led] and [gateway.button] (gateway/indicator.py) stopped at their first bad value."""
+    path = tmp_path / "koto.toml"
+    path.write_text(HEAD.replace('state_dir = "state"\n', f'state_dir = "state"\n[gateway.{table}]\n{body}\n')
+                    + GOOD_METER)
+    code, lines, err = check(path, capsys)
+    assert code == 1
+    assert len(lines) == len(expected), lines
+    for line, said in zip(lines, expected, strict=True):
+        assert line.startswith(f"{path}: gateway.{table}.{said}"), (said, line)
+    assert f"{path}: {len(expected)} problems; nothing was started" in err
