@@ -122,7 +122,11 @@ def make_root(root: Path) -> None:
         subprocess.run(cmd, check=True)
 
     if not Path("/proc/sys/fs/binfmt_misc/qemu-arm").exists():
+        os.environ.setdefault("DEBIAN_FRONTEND", "noninteractive")
+        run("apt-get", "update", "-q")
         run("apt-get", "install", "-y", "-q", "qemu-user-static", "binfmt-support", "debootstrap")
+        if not Path("/proc/sys/fs/binfmt_misc/register").exists():  # a container may not have it mounted
+            run("mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc")
         run("update-binfmts", "--enable", "qemu-arm")
     if not (root / "usr/bin/python3").exists():
         run("debootstrap", "--arch=armhf", "--variant=minbase", "--include=python3,python3-venv,python3-pip,"
