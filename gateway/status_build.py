@@ -54,7 +54,7 @@ class SnapshotBuilder:
             "clock": {"synced": bool(now.synced)},
             "cloud": None,
             "entitlements": self.gw.pricing.entitlements.in_force(now.wall),
-            "currency_exponents": {t.currency: t.exponent for t in self.gw.pricing.tariffs},
+            "currency_exponents": self.gw.pricing.currency_exponents(),
         }
         if gw.sync is not None:
             h = gw.sync.health_report()

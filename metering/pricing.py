@@ -81,6 +81,10 @@ class Pricing:
     def tariffs(self) -> tuple[Tariff, ...]:
         return tuple(self._tariffs.values())
 
+    def currency_exponents(self) -> dict[str, int]:
+        """Each priced currency's minor-unit exponent, as its tariffs say (koto.money shows costs with it)."""
+        return {t.currency: t.exponent for t in self._tariffs.values()}
+
     def tariff_for(self, appliance: str) -> Tariff | None:
         ordered = list(self._tariffs.values())[::-1]
         for tariff in ordered:

@@ -211,7 +211,7 @@ class PageData:
         return {"now": now.wall, "clock_synced": bool(now.synced), "appliances": appliances, "sources": sources,
                 "cloud": cloud, "configured_cloud": gw.cfg.cloud is not None,
                 "entitlements": gw.pricing.entitlements.in_force(now.wall), "pairing": gw.pairing.active,
-                "currency_exponents": {t.currency: t.exponent for t in gw.pricing.tariffs},
+                "currency_exponents": gw.pricing.currency_exponents(),
                 "writer_stalled_s": gw.writer_stalled_s()}
 
     def _lock_of(self, aid: str, now_wall: float) -> dict[str, Any] | None:
