@@ -33,7 +33,27 @@ from .verify import Event
 
 log = logging.getLogger("koto.cloud.store")
 
-SCHEMA = """
+# A command's row: `recorded_at` is when it was signed and its dseq taken, `sent_at` when the broker acknowledged the
+# publish (NULL while it has not), `state` one of COMMAND_STATES, `problem` why it was not (or not surely) sent.
+# Databases made before `state` existed are migrated when opened (`_migrate_commands`).
+COMMANDS_COLUMNS = """
+    gateway TEXT NOT NULL, dseq BIGINT NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL, body TEXT NOT NULL,
+    recorded_at TEXT, sent_at TEXT, state TEXT NOT NULL DEFAULT 'unknown', problem TEXT,
+    PRIMARY KEY (gateway, dseq)"""
+
+# What the receiver's database knows of a command it signed. A dseq is used once whatever happened to its command (the
+# gateway applies only a dseq above the last it applied, and a publish that failed may still have reached the
+# broker), so a command that was not sent stays recorded as such and a re-run takes the next dseq.
+SENDING = "sending"          # recorded, the publish not answered yet (left so: the tool stopped before an answer)
+SENT = "sent"                # the broker acknowledged the publish (its PUBACK): it has the command
+NOT_SENT = "not_sent"        # the broker never had it: no connection (refused, TLS, unreachable), or it refused it
+UNCONFIRMED = "unconfirmed"  # the publish went out but no acknowledgement came back: it may have reached the broker
+UNKNOWN = "unknown"          # recorded before koto-cloud tracked sending (a migrated row, or an older koto-cloud's)
+COMMAND_STATES = (SENDING, SENT, NOT_SENT, UNCONFIRMED, UNKNOWN)
+MIGRATED = ("commands recorded before now are listed as `unknown`: whether they reached the broker was not "
+            "recorded")
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS gateways (
     id TEXT PRIMARY KEY, pubkey_pem TEXT NOT NULL, registered_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS records (
@@ -49,9 +69,7 @@ CREATE TABLE IF NOT EXISTS chain (
 CREATE TABLE IF NOT EXISTS alarms (
     gateway TEXT NOT NULL, epoch BIGINT NOT NULL, seq BIGINT NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL,
     body TEXT NOT NULL, at TEXT NOT NULL, UNIQUE (gateway, epoch, seq, kind));
-CREATE TABLE IF NOT EXISTS commands (
-    gateway TEXT NOT NULL, dseq BIGINT NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL, body TEXT NOT NULL,
-    sent_at TEXT NOT NULL, PRIMARY KEY (gateway, dseq));
+CREATE TABLE IF NOT EXISTS commands ({COMMANDS_COLUMNS});
 CREATE TABLE IF NOT EXISTS replies (
     gateway TEXT NOT NULL, ack_of TEXT NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL, dseq TEXT NOT NULL,
     body TEXT NOT NULL, received_at TEXT NOT NULL, UNIQUE (gateway, ack_of, status, dseq));
@@ -84,6 +102,26 @@ class CommitResult:
     conflicts: list[Event] = field(default_factory=list)  # same id, different hash: alarmed, not stored
     acks: list[Ack] = field(default_factory=list)  # current prefix of every (gateway, epoch) in the batch
     breaks: list[tuple[str, int, int]] = field(default_factory=list)  # (gateway, epoch, seq) whose link is wrong
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    """A command as the receiver's database recorded it, with the gateway's last reply to it (None: none stored)."""
+
+    gateway: str
+    dseq: int
+    id: str
+    type: str
+    state: str
+    recorded_at: str | None
+    sent_at: str | None
+    problem: str | None
+    reply: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gateway": self.gateway, "dseq": self.dseq, "id": self.id, "type": self.type, "state": self.state,
+                "recorded_at": self.recorded_at, "sent_at": self.sent_at, "problem": self.problem,
+                "reply": self.reply}
 
 
 def _now() -> str:
@@ -354,14 +392,42 @@ class Store:
         return max(sent, int(text)) + 1
 
     def add_command(self, gateway: str, dseq: int, event: dict[str, Any]) -> None:
+        """Record a signed command before it is published (state `sending`): from now on its dseq is used."""
         self._begin()
         try:
-            self._x("INSERT INTO commands (gateway, dseq, id, type, body, sent_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (gateway, dseq, event["id"], event["type"], json.dumps(event, sort_keys=True), _now()))
+            self._x("INSERT INTO commands (gateway, dseq, id, type, body, recorded_at, state) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (gateway, dseq, event["id"], event["type"], json.dumps(event, sort_keys=True), _now(), SENDING))
             self._done()
         except BaseException:
             self._undo()
             raise
+
+    def command_state(self, gateway: str, dseq: int, state: str, problem: str | None = None) -> None:
+        """What became of the publish of a recorded command: SENT (sets `sent_at`), NOT_SENT or UNCONFIRMED (with
+        the `problem` in plain words)."""
+        if state not in (SENT, NOT_SENT, UNCONFIRMED):
+            raise ValueError(f"a command's publish ends {SENT}, {NOT_SENT} or {UNCONFIRMED}, not {state!r}")
+        self._begin()
+        try:
+            self._x("UPDATE commands SET state = ?, sent_at = ?, problem = ? WHERE gateway = ? AND dseq = ?",
+                    (state, _now() if state == SENT else None, problem, gateway, dseq))
+            self._done()
+        except BaseException:
+            self._undo()
+            raise
+
+    def commands(self, gateway: str) -> list[CommandRecord]:
+        """Every command recorded for `gateway`, by dseq, each with the last reply stored for it."""
+        rows = self._x("SELECT dseq, id, type, state, recorded_at, sent_at, problem FROM commands WHERE gateway = ? "
+                       "ORDER BY dseq", (gateway,)).fetchall()
+        replies = self._x("SELECT ack_of, body FROM replies WHERE gateway = ? ORDER BY received_at",
+                          (gateway,)).fetchall()
+        self._done()
+        last = {str(ack_of): dict(json.loads(body)) for ack_of, body in replies}
+        return [CommandRecord(gateway, int(dseq), str(id_), str(type_), str(state), recorded_at, sent_at, problem,
+                              last.get(str(id_)))
+                for dseq, id_, type_, state, recorded_at, sent_at, problem in rows]
 
     def add_reply(self, gateway: str, reply: dict[str, Any]) -> None:
         self._begin()
@@ -423,8 +489,34 @@ class SqliteStore(Store):
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA busy_timeout=30000")
             self._conn.executescript(SCHEMA)
+            self._migrate_commands()
         except sqlite3.Error as e:
             raise StoreError(f"{path}: cannot open the SQLite database ({e})") from e
+
+    def _command_columns(self) -> set[str]:
+        return {str(r[1]) for r in self._conn.execute("PRAGMA table_info(commands)").fetchall()}
+
+    def _migrate_commands(self) -> None:
+        """A `commands` table from before `state` (its `sent_at` NOT NULL and set before the publish was tried)
+        becomes today's: SQLite cannot drop a NOT NULL, so the table is rebuilt in one transaction, the old
+        `sent_at` kept as `recorded_at` and the state `unknown` (whether those commands reached the broker was
+        never recorded). Checked again under the write lock: another process may have just done it."""
+        if "state" in self._command_columns():
+            return
+        self._begin()
+        try:
+            if "state" not in self._command_columns():
+                self._conn.execute(f"CREATE TABLE commands_migrating ({COMMANDS_COLUMNS})")
+                self._conn.execute(
+                    "INSERT INTO commands_migrating (gateway, dseq, id, type, body, recorded_at, state) "
+                    f"SELECT gateway, dseq, id, type, body, sent_at, '{UNKNOWN}' FROM commands")
+                self._conn.execute("DROP TABLE commands")
+                self._conn.execute("ALTER TABLE commands_migrating RENAME TO commands")
+                log.info("migrated the commands table: %s", MIGRATED)
+            self._done()
+        except BaseException:
+            self._undo()
+            raise
 
     # With isolation_level=None we manage transactions ourselves; commit/rollback only act inside one.
     def _done(self) -> None:
@@ -474,9 +566,29 @@ class PostgresStore(Store):
             for stmt in SCHEMA.split(";"):
                 if stmt.strip():
                     self._conn.execute(stmt)
+            self._migrate_commands()
             self._done()
         except psycopg.Error as e:
             raise StoreError(f"cannot use the PostgreSQL database ({e})") from e
+
+    def _command_columns(self) -> set[str]:
+        rows = self._x("SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                       "AND table_name = 'commands'").fetchall()
+        return {str(r[0]) for r in rows}
+
+    def _migrate_commands(self) -> None:
+        """A `commands` table from before `state` becomes today's, inside the opening transaction: the new columns
+        added, `sent_at` made nullable, the old `sent_at` kept as `recorded_at`, the state `unknown`. The table is
+        locked and checked again first: another receiver or operator may be doing the same."""
+        if "state" in self._command_columns():
+            return
+        self._x("LOCK TABLE commands IN ACCESS EXCLUSIVE MODE")
+        if "state" in self._command_columns():
+            return
+        self._x(f"ALTER TABLE commands ADD COLUMN recorded_at TEXT, ADD COLUMN state TEXT NOT NULL DEFAULT "
+                f"'{UNKNOWN}', ADD COLUMN problem TEXT, ALTER COLUMN sent_at DROP NOT NULL")
+        self._x("UPDATE commands SET recorded_at = sent_at, sent_at = NULL")
+        log.info("migrated the commands table: %s", MIGRATED)
 
     def _begin(self) -> None:
         pass  # psycopg opens a transaction on the first statement
