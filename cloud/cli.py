@@ -37,8 +37,8 @@ from koto.signing import (
 )
 
 from . import commands as cmds
-from .errors import CommandRejected, NotRegistered, ReplyTimeout, UnknownGateway
-from .store import Store, open_store
+from .errors import CommandRejected, NotRegistered, NotSent, ReplyTimeout, UnknownGateway
+from .store import NOT_SENT, SENDING, SENT, UNCONFIRMED, UNKNOWN, CommandRecord, Store, open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
 DB_HELP = "SQLite file (default) or postgresql:// DSN"
@@ -46,7 +46,8 @@ EXIT_APPLIED, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # 3 and 4: CommandRejected and 
 EPILOG = """\b
 Exit codes:
   0  done; for a command sent with --wait: the gateway applied it (or had already: duplicate)
-  1  failed, said in one line (a file, the broker, the database)
+  1  failed, said in one line (a file, the broker, the database); a command the broker did not
+     take is recorded as not sent (koto-cloud commands): re-run it, it takes the next dseq
   2  usage error (an unknown option, a bad value, a --db with no database, a gateway not registered)
   3  the gateway rejected the command (its reason is printed)
   4  no reply from the gateway within --wait seconds (it may apply the command later: it is queued)
@@ -279,17 +280,26 @@ def _send(gateway: str, type_: str, data: dict[str, Any], o: dict[str, Any]) -> 
         raise click.UsageError("missing option --operator-key (the operator's signing key, made by keygen)")
     key = _operator_key(o["operator_key"])  # a bad key file is a KotoError: one plain line from main()
     wait_s = o["wait"]
+    # Everything that can be refused here is, before a dseq is taken: the broker URL, its TLS files.
+    broker = cmds.BrokerOptions(_broker(o["broker"]), o["ca"], o["tls_cert"], o["tls_key"], o["prefix"])
+    ssl_context = cmds.broker_tls(broker)
     with _store(o["db"], create=False) as store:
         if store.pubkey(gateway) is None:  # a mistyped id, or a gateway never registered: nothing to send it
             raise UnknownGateway(gateway, _db_name(o["db"]))
         dseq = store.next_dseq(gateway)
         command = cmds.build_command(key, gateway, type_, data, dseq, operator=o["operator"], now=time.time(),
                                      expires_in_s=_duration_s(o["expires_in"]))
+        # Recorded before the publish (state `sending`), so the dseq is never used twice whatever happens next; the
+        # record then says what did: `sent` at the broker's PUBACK, else `not_sent` or `unconfirmed` (NotSent).
         store.add_command(gateway, dseq, command)
-        broker = cmds.BrokerOptions(_broker(o["broker"]), o["ca"], o["tls_cert"], o["tls_key"], o["prefix"])
         click.echo(f"sending {type_} to {gateway}: id {command['id']} dseq {dseq}", err=True)
         try:
-            reply = asyncio.run(cmds.send_command(broker, gateway, command, wait_reply_s=wait_s))
+            reply = asyncio.run(cmds.send_command(broker, gateway, command, wait_reply_s=wait_s,
+                                                  ssl_context=ssl_context,
+                                                  on_sent=lambda: store.command_state(gateway, dseq, SENT)))
+        except NotSent as e:
+            store.command_state(gateway, dseq, UNCONFIRMED if e.unconfirmed else NOT_SENT, e.problem)
+            raise
         except ReplyTimeout as e:
             raise ReplyTimeout(f"{e}; the command stays queued for the gateway") from None
         if reply is not None:
@@ -401,6 +411,42 @@ def diagnose(gateway: str, **o: Any) -> None:
     rejects the request, 4 when it does not answer within --wait seconds)."""
     reply = _send(gateway, cmds.DIAGNOSTICS, {}, o)
     click.echo(json.dumps(reply, indent=2, sort_keys=True))
+
+
+@cli.command("commands", epilog=EPILOG)
+@click.argument("gateway")
+@click.option("--db", required=True, help=DB_HELP)
+@click.option("--json", "as_json", is_flag=True)
+def commands_(gateway: str, db: str, as_json: bool) -> None:
+    """List the commands recorded for GATEWAY, by dseq: whether the broker took each (sent, not sent, not
+    confirmed) and the gateway's reply when the receiver has stored one."""
+    with _store(db, create=False) as store:
+        if store.pubkey(gateway) is None:
+            raise _not_registered(gateway, db)
+        records = store.commands(gateway)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in records], sort_keys=True))
+        return
+    if not records:
+        click.echo(f"no commands recorded for {gateway} yet")
+    for r in records:
+        click.echo(f"dseq {r.dseq}  {cmds.short_type(r.type)}  {r.recorded_at or '-'}  {_command_state(r)}  "
+                   f"(id {r.id})")
+
+
+def _command_state(r: CommandRecord) -> str:
+    """A recorded command's state in words, with the gateway's reply when there is one."""
+    text = {
+        SENT: f"sent: the broker took it at {r.sent_at}",
+        NOT_SENT: f"not sent: {r.problem}",
+        UNCONFIRMED: f"not confirmed: {r.problem}; it may have reached the broker",
+        SENDING: "not confirmed: no answer from the broker was recorded (the sender stopped, or is still sending)",
+        UNKNOWN: "unknown: recorded before koto-cloud tracked whether the broker took a command",
+    }.get(r.state, r.state)
+    if r.reply is not None:
+        reason = r.reply.get("reason")
+        text += f"; the gateway replied {r.reply.get('status')}" + (f" ({reason})" if reason else "")
+    return text
 
 
 # -- audit -----------------------------------------------------------------------------------------------------

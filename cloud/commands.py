@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import tomllib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,8 @@ from koto.net import parse_broker_url, tls_context
 from koto.signing import PrivateKey, sign_event
 
 from . import intake
-from .errors import CommandError, Rejected, ReplyTimeout
-from .mqtt import Connection
+from .errors import CommandError, ConfigError, NotSent, Rejected, ReplyTimeout
+from .mqtt import BrokerError, Connection, PublishRefused
 
 TARIFF = "io.koto.cmd.tariff.v1"
 ENTITLEMENT = "io.koto.cmd.entitlement.v1"
@@ -121,31 +123,71 @@ class BrokerOptions:
     prefix: str = "koto/v1"
 
 
+def broker_tls(broker: BrokerOptions) -> ssl.SSLContext | None:
+    """The TLS context of an `mqtts://` broker (None for `mqtt://`), from --ca/--tls-cert/--tls-key: a file that
+    cannot be used is a ConfigError, said before a dseq is taken or anything recorded."""
+    url = parse_broker_url(broker.url, file="command line", key="--broker")
+    if not url.tls:
+        return None
+    try:
+        return tls_context(broker.ca, broker.cert, broker.key)
+    except (OSError, ssl.SSLError) as e:
+        files = ", ".join(f"{opt} {path}" for opt, path in (("--ca", broker.ca), ("--tls-cert", broker.cert),
+                                                             ("--tls-key", broker.key)) if path is not None)
+        raise ConfigError(f"cannot use the broker's TLS files ({files or 'the system CAs'}): {e}") from e
+
+
+def short_type(type_: str) -> str:
+    """`io.koto.cmd.tariff.v1` -> `tariff`, as operators name commands."""
+    parts = type_.split(".")
+    return parts[3] if len(parts) == 5 else type_
+
+
 async def send_command(broker: BrokerOptions, gateway: str, command: dict[str, Any], *,
-                       wait_reply_s: float | None = None) -> dict[str, Any] | None:
+                       wait_reply_s: float | None = None, ssl_context: ssl.SSLContext | None = None,
+                       on_sent: Callable[[], None] | None = None) -> dict[str, Any] | None:
     """Publish the command (QoS 1) on the gateway's down/cmd; optionally wait for its reply on up/reply.
 
     The gateway's persistent session means the broker queues the command while the gateway is offline; waiting
-    for a reply only makes sense when it is online (`koto-cloud diagnose`).
+    for a reply only makes sense when it is online (`koto-cloud diagnose`). `on_sent` is called as soon as the
+    broker has acknowledged the publish (its PUBACK), before any wait for the reply.
+
+    Raises NotSent when the broker did not take the command: it could not be reached or refused the publish, or the
+    publish went out and no PUBACK came (`unconfirmed`). A connection lost while waiting for the reply, after the
+    PUBACK, is a BrokerError: the command was sent.
     """
     url = parse_broker_url(broker.url, file="command line", key="--broker")
-    ssl_context = tls_context(broker.ca, broker.cert, broker.key) if url.tls else None
+    if url.tls and ssl_context is None:
+        ssl_context = broker_tls(broker)
     payload = canonical_bytes(command)
-    async with Connection(url, client_id=f"koto-cloud-{uuid.uuid4().hex[:12]}", ssl_context=ssl_context) as conn:
-        if wait_reply_s is None:
+    stage = "connect"  # -> "publish" once the PUBLISH may have left -> "sent" once the broker acknowledged it
+    try:
+        async with Connection(url, client_id=f"koto-cloud-{uuid.uuid4().hex[:12]}", ssl_context=ssl_context) as conn:
+            if wait_reply_s is not None:
+                await conn.subscribe(f"{broker.prefix}/{gateway}/up/reply", qos=1)
+            conn.check()
+            stage = "publish"
             await conn.deliver(f"{broker.prefix}/{gateway}/down/cmd", payload, qos=1)
-            return None
-        await conn.subscribe(f"{broker.prefix}/{gateway}/up/reply", qos=1)
-        await conn.deliver(f"{broker.prefix}/{gateway}/down/cmd", payload, qos=1)
-        try:
-            async with asyncio.timeout(wait_reply_s):
-                while True:
-                    for message in await conn.receive():
-                        try:  # the same checks as the receiver's: a gateway's reply is untrusted input
-                            reply = intake.reply(gateway, message.payload)
-                        except Rejected:
-                            continue
-                        if reply.ack_of == command["id"]:
-                            return reply.body
-        except TimeoutError:
-            raise ReplyTimeout(f"no reply from {gateway} within {wait_reply_s:g} s (is it online?)") from None
+            stage = "sent"
+            if on_sent is not None:
+                on_sent()
+            if wait_reply_s is None:
+                return None
+            try:
+                async with asyncio.timeout(wait_reply_s):
+                    while True:
+                        for message in await conn.receive():
+                            try:  # the same checks as the receiver's: a gateway's reply is untrusted input
+                                reply = intake.reply(gateway, message.payload)
+                            except Rejected:
+                                continue
+                            if reply.ack_of == command["id"]:
+                                return reply.body
+            except TimeoutError:
+                raise ReplyTimeout(f"no reply from {gateway} within {wait_reply_s:g} s (is it online?)") from None
+    except BrokerError as e:
+        if stage == "sent":
+            raise
+        refused = isinstance(e, PublishRefused)
+        raise NotSent(gateway, int(command["dseq"]), short_type(str(command["type"])), str(e), refused=refused,
+                      unconfirmed=stage == "publish" and not refused) from e

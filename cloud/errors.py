@@ -66,6 +66,41 @@ class CommandError(KotoError):
     """A downlink command that cannot be built or sent (bad payload, no reply in time)."""
 
 
+class NotSent(CommandError, ConnectionError):
+    """A signed command, recorded with its dseq, that the broker did not take: it could not be reached (refused,
+    unreachable, a TLS failure), it refused the publish (`refused`, e.g. its ACL), or the publish went out and no
+    acknowledgement came back (`unconfirmed`: it may have reached the broker, and so the gateway). `gateway`, `dseq`,
+    `command` (its short type, e.g. "tariff") and `problem` (the broker's error in plain words) say which and why.
+
+    Its dseq stays used (the gateway applies only a dseq above the last it applied, and the publish may have reached
+    the broker), so the message says to re-run the command, which takes the next dseq. `exit_code` is `koto-cloud`'s
+    "failed, said in one line" (1)."""
+
+    exit_code = 1
+
+    def __init__(self, gateway: str, dseq: int, command: str, problem: str, *, refused: bool = False,
+                 unconfirmed: bool = False) -> None:
+        self.gateway = gateway
+        self.dseq = dseq
+        self.command = command
+        self.problem = problem
+        self.refused = refused
+        self.unconfirmed = unconfirmed
+        which = f"the {command} command for {gateway} (dseq {dseq})"
+        if unconfirmed:
+            text = (f"not confirmed: the broker did not acknowledge {which} ({problem}); it may still reach the "
+                    f"gateway: see `koto-cloud commands {gateway}` (its reply, once the receiver has one) before "
+                    "re-running it (a re-run takes the next dseq)")
+        elif refused:
+            text = (f"not sent: the broker refused {which} ({problem}); check that the broker lets this client "
+                    "publish commands (--tls-cert: the operator's certificate, deploy/mosquitto/acl), then re-run "
+                    "it (it will take the next dseq)")
+        else:
+            text = (f"not sent: {which} did not reach the broker ({problem}); re-run it when the broker is "
+                    "reachable (it will take the next dseq)")
+        super().__init__(text)
+
+
 class ReplyTimeout(CommandError):
     """The command was sent but the gateway did not reply within the wait (it stays queued for the gateway).
 

@@ -57,6 +57,16 @@ class BrokerError(KotoError, ConnectionError):
         super().__init__(f"broker {broker}: {problem}")
 
 
+class PublishRefused(BrokerError):
+    """The broker answered a publish with a failure reason (MQTT 5 PUBACK, e.g. 135 Not authorized by its ACL): it
+    did not take the message. `reason` is the broker's reason in words."""
+
+    def __init__(self, broker: str, topic: str, reason: str) -> None:
+        self.topic = topic
+        self.reason = reason
+        super().__init__(broker, f"the broker refused the message to {topic} ({reason})")
+
+
 TLS_HINT = ("the port may not speak TLS (check the URL: mqtts:// is TLS, usually port 8883; mqtt:// is plain, "
             "usually 1883)")
 # How a TLS handshake with a port that does not speak TLS ends: a plain MQTT broker reads the ClientHello as a
@@ -147,7 +157,7 @@ class Connection:
         self._connected: asyncio.Future[None] = self._loop.create_future()
         self._lost: asyncio.Future[None] = self._loop.create_future()
         self._subacks: dict[int, asyncio.Future[list[Any]]] = {}
-        self._pubacks: dict[int, asyncio.Future[None]] = {}  # only for deliver()
+        self._pubacks: dict[int, asyncio.Future[Any]] = {}  # only for deliver(): the PUBACK's reason code
         self._publish_props: dict[str, Any] = {}  # content type -> paho PUBLISH properties, built once
         self._inbox: list[Message] = []
         self._wake = asyncio.Event()
@@ -272,17 +282,21 @@ class Connection:
 
     async def deliver(self, topic: str, payload: bytes, qos: int = 1, *, retain: bool = False,
                       content_type: str | None = None) -> None:
-        """Publish and wait until the broker has it (the PUBACK; for QoS 0, until it is written)."""
+        """Publish and wait until the broker has it (the PUBACK; for QoS 0, until it is written). A PUBACK with a
+        failure reason (MQTT 5: the broker did not take the message, e.g. its ACL denied it) raises PublishRefused;
+        a reason that is not a failure (16, no matching subscribers) is the broker having it."""
         mid = self._publish(topic, payload, qos, retain, content_type)
-        fut: asyncio.Future[None] = self._loop.create_future()
+        fut: asyncio.Future[Any] = self._loop.create_future()
         self._pubacks[mid] = fut
         try:
             async with asyncio.timeout(self._timeout):
-                await fut
+                reason = await fut
         except TimeoutError:
             raise BrokerError(self.name, f"no PUBACK for {topic!r} within {self._timeout:g} s") from None
         finally:
             self._pubacks.pop(mid, None)
+        if getattr(reason, "is_failure", False):
+            raise PublishRefused(self.name, topic, str(reason))
 
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool, content_type: str | None) -> int:
         import paho.mqtt.client as paho
@@ -353,7 +367,7 @@ class Connection:
         if self._pubacks:
             fut = self._pubacks.get(mid)
             if fut is not None and not fut.done():
-                fut.set_result(None)
+                fut.set_result(reason)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         payload = message.payload
@@ -414,4 +428,4 @@ class Connection:
             await asyncio.sleep(1.0)
 
 
-__all__ = ["TLS_HINT", "BrokerError", "Connection", "Message", "Will", "connect_problem"]
+__all__ = ["TLS_HINT", "BrokerError", "Connection", "Message", "PublishRefused", "Will", "connect_problem"]

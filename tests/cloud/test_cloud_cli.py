@@ -74,10 +74,12 @@ def registered(tmp_path, gw: str = "gw-1"):
 class CommandSink:
     """A gateway-side peer: collects commands on its down/cmd and answers diagnostics like a gateway would."""
 
-    def __init__(self, broker: Mosquitto, gw: str, *, verdict: str = "applied", reason: str = "") -> None:
+    def __init__(self, broker: Mosquitto, gw: str, *, verdict: str = "applied", reason: str = "",
+                 tls_context=None) -> None:
         self.gw = gw
         self.verdict, self.reason = verdict, reason
-        self.client = aiomqtt.Client(broker.host, broker.port, identifier=gw, protocol=aiomqtt.ProtocolVersion.V5)
+        self.client = aiomqtt.Client(broker.host, broker.port, identifier=gw, protocol=aiomqtt.ProtocolVersion.V5,
+                                     tls_context=tls_context)
         self.commands: list[dict] = []
 
     async def run(self, ready: asyncio.Event) -> None:
@@ -162,6 +164,8 @@ async def test_exit_codes_say_whether_the_gateway_applied_rejected_or_never_answ
             assert "gw-1 rejected the command: bad signature" in capsys.readouterr().err
     assert main(["grant", "gw-1", "--appliance", "w", *common]) == 2  # usage: one of --uses/--kwh/--until
     assert "exactly one of" in capsys.readouterr().err
+    # Exit 4 (no reply) and 3 (rejected) are about the gateway: the broker took every one of these commands.
+    assert {state for _, state, _ in command_rows(str(db))} == {"sent"}
 
 
 def test_help_and_version_everywhere(capsys):
@@ -332,3 +336,164 @@ def test_a_postgresql_database_that_is_missing_or_a_server_that_is_down_is_one_l
     err = capsys.readouterr().err
     assert err.startswith("koto-cloud: cannot reach the PostgreSQL server at 127.0.0.1:") and err.count("\n") == 1
     assert err.endswith("is it running, and are --db's host and port right?\n")
+
+
+# -- a command the broker did not take: recorded as such, its dseq used, the next run takes a new one ----------
+@pytest.fixture(params=["sqlite", "postgresql"])
+def cloud_db(request, tmp_path) -> str:
+    """A receiver database (SQLite file, or PostgreSQL in a schema of its own) with gw-1 registered, as `--db`."""
+    if request.param == "sqlite":
+        return str(registered(tmp_path))
+    import uuid
+
+    from cloud.store import PostgresStore
+
+    pg_dsn = request.getfixturevalue("pg_dsn")
+    schema = f"koto_test_{uuid.uuid4().hex[:10]}"
+    PostgresStore(pg_dsn, schema=schema).close()
+    request.addfinalizer(lambda: PostgresStore(pg_dsn, schema=schema).drop_schema())
+    db = f"{pg_dsn}{'&' if '?' in pg_dsn else '?'}options=-csearch_path%3D{schema}"
+    pub = tmp_path / "gw-1.pub.pem"
+    pub.write_text(EventFactory("gw-1").public_pem)
+    assert main(["register", "gw-1", "--pubkey", str(pub), "--db", db]) == 0
+    return db
+
+
+def command_rows(db: str, gw: str = "gw-1") -> list[tuple]:
+    from cloud.store import open_store
+
+    with open_store(db, create=False) as s:
+        return [(c.dseq, c.state, c.sent_at is not None) for c in s.commands(gw)]
+
+
+async def test_a_command_that_never_reached_the_broker_is_recorded_as_not_sent(cloud_db, tmp_path, capsys):
+    """Broker refused (nothing listens) or TLS to a plain port: exit 1, one line saying it was not sent and to re-run
+    when the broker is reachable; the record says "not sent" with why, and its dseq stays used, so the re-run takes
+    the next one and the gateway, which only applies a dseq above the last, gets it."""
+    key = tmp_path / "operator.pem"
+    assert main(["keygen", "--out", str(key)]) == 0
+    grant = ["grant", "gw-1", "--appliance", "washer-1", "--uses", "3", "--id", "e1", "--operator-key", str(key),
+             "--db", cloud_db]
+    refused = f"mqtt://127.0.0.1:{free_port()}"
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, [*grant, "--broker", refused]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("koto-cloud: not sent: the entitlement command for gw-1 (dseq 1) did not reach the broker")
+    assert "Connection refused" in err
+    assert err.endswith("re-run it when the broker is reachable (it will take the next dseq)")
+    assert command_rows(cloud_db) == [(1, "not_sent", False)]
+    with Mosquitto(tmp_path / "broker") as broker:
+        plain_as_tls = f"mqtts://{broker.host}:{broker.port}"
+        assert await asyncio.to_thread(main, [*grant, "--broker", plain_as_tls]) == 1
+        err = capsys.readouterr().err.splitlines()[-1]
+        assert err.startswith("koto-cloud: not sent: the entitlement command for gw-1 (dseq 2)")
+        assert "the port may not speak TLS" in err
+        sink = CommandSink(broker, "gw-1")
+        ready = asyncio.Event()
+        task = asyncio.create_task(sink.run(ready))
+        await ready.wait()
+        try:
+            assert await asyncio.to_thread(main, [*grant, "--broker", broker.url]) == 0
+            await until_true(lambda: len(sink.commands) == 1)
+        finally:
+            task.cancel()
+    assert [c["dseq"] for c in sink.commands] == ["3"]  # 1 and 2 never left: the broker saw only this one
+    assert command_rows(cloud_db) == [(1, "not_sent", False), (2, "not_sent", False), (3, "sent", True)]
+    capsys.readouterr()
+    assert main(["commands", "gw-1", "--db", cloud_db]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert "not sent: broker 127.0.0.1:" in lines[0] and "Connection refused" in lines[0]
+    assert "not sent: broker" in lines[1] and "sent: the broker took it at " in lines[2]
+    assert main(["commands", "gw-1", "--db", cloud_db, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(c["dseq"], c["state"]) for c in listed] == [(1, "not_sent"), (2, "not_sent"), (3, "sent")]
+    assert listed[0]["sent_at"] is None and listed[2]["sent_at"] is not None
+
+
+async def until_true(cond, within: float = 10.0) -> None:
+    from tests.support.cloudpeer import until
+
+    await until(cond, within)
+
+
+async def test_a_command_the_broker_refuses_is_recorded_as_not_sent(tmp_path, capsys):
+    """deploy/mosquitto's ACL lets only the operators' certificate write down/cmd; under MQTT 5 the broker answers
+    another's publish with PUBACK 135 (Not authorized) and drops it. That PUBACK was taken for "sent" (exit 0)."""
+    from tests.support.cloudpeer import tls_for
+    from tests.support.pki import TestPKI
+
+    key, db = tmp_path / "operator.pem", registered(tmp_path)
+    assert main(["keygen", "--out", str(key)]) == 0
+    pki = TestPKI(tmp_path / "pki")
+    revoke = ["revoke", "gw-1", "--id", "e1", "--entitlement-version", "2", "--operator-key", str(key), "--db",
+              str(db), "--ca", str(pki.ca)]
+    with Mosquitto(tmp_path / "broker", pki=pki) as broker:
+        sink = CommandSink(broker, "gw-1", tls_context=tls_for(broker, "gw-1"))
+        ready = asyncio.Event()
+        task = asyncio.create_task(sink.run(ready))
+        await ready.wait()
+        capsys.readouterr()
+        try:
+            for cn, code in (("koto-receiver", 1), ("koto-operator", 0)):
+                pair = pki.client(cn)
+                argv = [*revoke, "--broker", broker.url, "--tls-cert", str(pair.cert), "--tls-key", str(pair.key)]
+                assert await asyncio.to_thread(main, argv) == code, cn
+            await until_true(lambda: len(sink.commands) == 1)
+            await asyncio.sleep(0.3)  # a refused command that had been delivered after all would be here by now
+        finally:
+            task.cancel()
+    err = capsys.readouterr().err
+    assert ("koto-cloud: not sent: the broker refused the entitlement command for gw-1 (dseq 1) (broker "
+            f"127.0.0.1:{broker.port}: the broker refused the message to koto/v1/gw-1/down/cmd (Not authorized)); "
+            "check that the broker lets this client publish commands") in err
+    assert [c["dseq"] for c in sink.commands] == ["2"]
+    assert command_rows(str(db)) == [(1, "not_sent", False), (2, "sent", True)]
+
+
+async def test_a_publish_the_broker_never_acknowledged_is_recorded_as_not_confirmed(tmp_path, capsys):
+    """The PUBLISH left but the connection died before the broker's PUBACK (a broker crash, a lost link): the command
+    may have reached the broker, so it is neither "sent" nor "not sent". A scripted broker stands in for the real one
+    here, because Mosquitto cannot be made to lose one PUBACK on demand: it answers CONNECT, reads the PUBLISH and
+    hangs up."""
+    got: list[int] = []
+
+    async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+        kind = (await reader.readexactly(1))[0] >> 4
+        length, shift = 0, 0
+        while True:
+            b = (await reader.readexactly(1))[0]
+            length |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return kind, await reader.readexactly(length)
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        kind, _ = await read_packet(reader)
+        assert kind == 1  # CONNECT
+        writer.write(b"\x20\x03\x00\x00\x00")  # MQTT 5 CONNACK: no session, success, no properties
+        await writer.drain()
+        kind, _ = await read_packet(reader)
+        got.append(kind)
+        writer.close()
+
+    server = await asyncio.start_server(broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    key, db = tmp_path / "operator.pem", registered(tmp_path)
+    assert main(["keygen", "--out", str(key)]) == 0
+    capsys.readouterr()
+    try:
+        argv = ["grant", "gw-1", "--appliance", "washer-1", "--uses", "3", "--operator-key", str(key), "--db",
+                str(db), "--broker", f"mqtt://127.0.0.1:{port}"]
+        assert await asyncio.to_thread(main, argv) == 1
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert got == [3]  # the PUBLISH did leave
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("koto-cloud: not confirmed: the broker did not acknowledge the entitlement command "
+                              "for gw-1 (dseq 1) (broker 127.0.0.1:")
+    assert err[-1].endswith("before re-running it (a re-run takes the next dseq)")
+    assert command_rows(str(db)) == [(1, "unconfirmed", False)]
+    assert main(["commands", "gw-1", "--db", str(db)]) == 0
+    assert "not confirmed: broker 127.0.0.1:" in capsys.readouterr().out
