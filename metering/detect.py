@@ -201,6 +201,7 @@ class Detector:
 
 IDLE, STARTING, RUNNING, ENDING = 0, 1, 2, 3
 CYCLE_STARTED, CYCLE_ENDED = 1, 2
+CYCLE_LOW, CYCLE_BACK = 3, 4  # a running use's power fell to an ending level, and rose again: see `fall`
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +209,7 @@ class CycleState:
     state: int
     since: int
     low_since: int = NO_TIME  # running: power below the left-on level since then (else NO_TIME)
+    fall: int = NO_TIME  # running: power below an ending level since then (else NO_TIME)
 
 
 class CycleTracker:
@@ -217,10 +219,14 @@ class CycleTracker:
 
     Anything shorter than `end_ns` below `end_mw` (or `left_on_ns` below `left_on_mw`) is a pause inside the use.
     Power dipping to or below `start_mw` while starting cancels the start (the start must be sustained).
+
+    Either dwell only confirms an end that happened when the power fell: `update` reports that moment
+    (`CYCLE_LOW`, kept as `fall`) and `CYCLE_BACK` when the power rises again (it was a pause), so the meter can
+    end the use where its power fell, not half an hour later where a long dwell confirmed it.
     """
 
-    __slots__ = ("_end_mw", "_end_ns", "_left_mw", "_left_ns", "_start_mw", "_start_ns", "low_since", "since",
-                 "state")
+    __slots__ = ("_end_mw", "_end_ns", "_hi_mw", "_left_mw", "_left_ns", "_start_mw", "_start_ns", "fall",
+                 "low_since", "since", "state")
 
     def __init__(self, rule: CycleRule | None) -> None:
         if rule is None:  # no cycle rule: never starts
@@ -230,9 +236,11 @@ class CycleTracker:
             self._start_mw, self._start_ns = rule.start_mw, rule.start_ns
             self._end_mw, self._end_ns = rule.end_mw, rule.end_ns
             self._left_mw, self._left_ns = rule.left_on_mw, rule.left_on_ns  # 0: no left-on rule (p < 0 never)
+        self._hi_mw = max(self._end_mw, self._left_mw)  # at or above it, a running use is not falling
         self.state = IDLE
         self.since = NO_TIME
         self.low_since = NO_TIME
+        self.fall = NO_TIME
 
     @property
     def running(self) -> bool:
@@ -254,39 +262,50 @@ class CycleTracker:
                 self.state = RUNNING
                 return CYCLE_STARTED
             return 0
+        if st == RUNNING and p >= self._hi_mw and self.fall == NO_TIME:
+            return 0  # (the common case: a use running well above its ending levels)
         if p < self._left_mw:  # running, at most the electronics of a machine left on
             if self.low_since == NO_TIME:
                 self.low_since = t
             elif t - self.low_since >= self._left_ns:
-                self.state, self.low_since = IDLE, NO_TIME
-                return CYCLE_ENDED
+                return self._ended()
         else:
             self.low_since = NO_TIME
         if st == RUNNING:
             if p < self._end_mw:
                 self.state, self.since = ENDING, t
                 if self._end_ns == 0:
-                    self.state, self.low_since = IDLE, NO_TIME
-                    return CYCLE_ENDED
-            return 0
-        # ENDING
-        if p >= self._end_mw:
+                    return self._ended()
+        elif p >= self._end_mw:  # ENDING, and the power is back up: a pause
             self.state = RUNNING
         elif t - self.since >= self._end_ns:
-            self.state, self.low_since = IDLE, NO_TIME
-            return CYCLE_ENDED
+            return self._ended()
+        low = self.state == ENDING or self.low_since != NO_TIME
+        if low and self.fall == NO_TIME:
+            self.fall = t
+            return CYCLE_LOW
+        if not low and self.fall != NO_TIME:
+            self.fall = NO_TIME
+            return CYCLE_BACK
         return 0
+
+    def _ended(self) -> int:
+        self.state, self.low_since, self.fall = IDLE, NO_TIME, NO_TIME
+        return CYCLE_ENDED
 
     def rebase(self, t: int) -> None:
         if self.since != NO_TIME:
             self.since = t
         if self.low_since != NO_TIME:
             self.low_since = t
+        if self.fall != NO_TIME:
+            self.fall = t
 
     def snapshot(self) -> CycleState:
-        return CycleState(self.state, self.since, self.low_since)
+        return CycleState(self.state, self.since, self.low_since, self.fall)
 
     def restore(self, s: CycleState) -> None:
         self.state = s.state
         self.since = s.since
         self.low_since = s.low_since
+        self.fall = s.fall

@@ -189,6 +189,9 @@ class ApplianceMeter(EnergyFeed):
                     mk = seg.mark
                     if mk is not None and v > mk.peak_mw:
                         mk.peak_mw = v
+                    fl = seg.fall
+                    if fl is not None and v > fl.peak_mw:
+                        fl.peak_mw = v
                     cs = self.cycle.update(t, v)
                     if cs:
                         self._segments.use_changed(cs, moment(r), v, self.cycle.since)
@@ -251,9 +254,12 @@ class ApplianceMeter(EnergyFeed):
         if st.seg is not None:
             if fresh:
                 self._advance(st.seg, now.mono_ns, now.wall, now.synced)
+            st.seg.fall = None  # (a stop inside a use's low spell: it closes whole, as the use's)
             self._segments.close(RecordKind.FUNCTION, c.at())
         if st.held:
             self._segments.allocate(0)
+        if st.fall is not None:
+            self._recorder.flush_tail(out_of_use=False)
         st.stopped = True
         return self._result() if self._ev or self._items else EMPTY
 
@@ -320,6 +326,9 @@ class ApplianceMeter(EnergyFeed):
         seg = st.seg
         if seg is not None and v > seg.peak_mw:
             seg.peak_mw = v
+        fl = None if seg is None else seg.fall
+        if fl is not None and v > fl.peak_mw:
+            fl.peak_mw = v
 
     def _at_cursor(self, r: Reading) -> Reading:
         """A reading taken after the last one but stamped before the cursor (which a tick, a stop or a deferred

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..detect import NO_TIME, CycleState, DetectorState
+from ..detect import ENDING, NO_TIME, CycleState, DetectorState
 from ..energy import AuthorityState
 from .codec import decode, encode
 from .state import MeterState
@@ -56,11 +56,29 @@ def load(data: dict[str, Any], *, kind: str, origin: str) -> Checkpoint | None:
         data = {**data, "detector": {**det, "seen": ""}}
     cyc = data.get("cycle")
     if isinstance(cyc, dict) and "low_since" not in cyc:  # written before profiles had `left_on_below_w`
-        data = {**data, "cycle": {**cyc, "low_since": NO_TIME}}
+        cyc = {**cyc, "low_since": NO_TIME}
+        data = {**data, "cycle": cyc}
+    if isinstance(cyc, dict) and "fall" not in cyc:  # written before a use ended where its power fell: the fall is
+        data = {**data, "cycle": {**cyc, "fall": _fall(cyc)}}  # where the low spell began; the meter has no tail
+    meter = data.get("meter")
+    if isinstance(meter, dict) and "tail" not in meter:
+        seg = meter.get("seg")
+        meter = {**meter, "fall": "", "tail": []}
+        if isinstance(seg, dict):
+            meter["seg"] = {**seg, "fall": ""}
+        data = {**data, "meter": meter}
     auth = data.get("authority")
     if isinstance(auth, dict) and "held" not in auth:  # written before a register's dip was held (metering.energy)
         data = {**data, "authority": {**auth, "held": ""}}  # the codec stores None as ""
     return decode(Checkpoint, data, origin=origin)
+
+
+def _fall(cyc: dict[str, Any]) -> Any:
+    """Where the running use's power fell, from a tracker state of before `fall` was kept (its low spell's start;
+    the meter then holds no tail, so that use ends where its dwell confirms the end, as it did)."""
+    if cyc.get("low_since", NO_TIME) != NO_TIME:
+        return cyc["low_since"]
+    return cyc.get("since", NO_TIME) if cyc.get("state") == ENDING else NO_TIME
 
 
 def _now(t: Any, wall: Any, synced: Any, boot: Any) -> dict[str, Any]:

@@ -39,7 +39,16 @@ class Recorder:
         self._unit = "pulses" if spec.kind == "pulses" else "mwh"
 
     def slice(self, s: Slice) -> None:
-        """A closed slice's record; it counts towards its use, and the use's summary follows if it ends the use."""
+        """A closed slice's record; it counts towards its use, and the use's summary follows if it ends the use.
+
+        A slice of the use under way that begins where (or after) its power fell waits in the tail instead, until
+        the use ends there or the power rises again (`flush_tail`)."""
+        st = self.state
+        fall = st.fall
+        if (fall is not None and s.cycle_id and s.cycle_id == st.cycle_id and s.start.boot_id == fall.boot_id
+                and s.start.mono_ns >= fall.mono_ns):
+            st.tail.append(s)
+            return
         rec = UsageRecord(
             kind=s.kind, appliance=self.appliance, source=self.source, function=s.function,
             t_start_mono_ns=s.start.mono_ns, t_end_mono_ns=s.end.mono_ns, t_start_wall=s.start.wall,
@@ -67,6 +76,16 @@ class Recorder:
         if s.ends_cycle:
             self.use(s.cycle_id)
 
+    def flush_tail(self, *, out_of_use: bool) -> None:
+        """Hand out the tail's records, in order: as the use's (the fall was a pause, or coverage stopped inside it)
+        or, once the use has ended where its power fell, as records of no use. The fall is forgotten."""
+        st = self.state
+        tail, st.tail, st.fall = st.tail, [], None
+        for s in tail:
+            if out_of_use:
+                s.cycle_id = ""
+            self.slice(s)
+
     def use(self, cid: str) -> None:
         """The `cycle` summary of a finished use (none if it never had a record)."""
         u = self.state.uses.pop(cid, None)
@@ -84,7 +103,10 @@ class Recorder:
 
     def gap(self, start: Now, end: Now, mwh: int, reason: GapReason) -> None:
         """A gap record from `start` to `end`. Across a reboot it has zero monotonic length (the two boots' clocks
-        do not compare) and names the boot it began in."""
+        do not compare) and names the boot it began in. (The tail goes out first, as the use's: records of a
+        source go out in time order.)"""
+        if self.state.tail:
+            self.flush_tail(out_of_use=False)
         t0 = start.mono_ns if start.boot_id == end.boot_id else end.mono_ns
         rec = UsageRecord(
             kind=RecordKind.GAP, appliance=self.appliance, source=self.source, function="", t_start_mono_ns=t0,

@@ -59,17 +59,25 @@ class EnergyFeed:
                 mk = seg.mark
                 if mk is not None:
                     mk.mwh += e
+                fl = seg.fall
+                if fl is not None:
+                    fl.mwh += e
                 acc -= e * MW_NS_PER_MWH
             c.acc = acc
         else:
             mk = seg.mark
+            fl = seg.fall
             if c.seen_power:
                 seg.weight += c.power_mw * dt
                 if mk is not None:
                     mk.weight += c.power_mw * dt
+                if fl is not None:
+                    fl.weight += c.power_mw * dt
             seg.dur_ns += dt
             if mk is not None:
                 mk.dur_ns += dt
+            if fl is not None:
+                fl.dur_ns += dt
         c.mono_ns = t
         c.wall = wall
         c.synced = synced

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 from koto.clock import Now
 
-from ..detect import CANDIDATE, CYCLE_ENDED, CYCLE_STARTED, DROPPED, Detector
+from ..detect import CANDIDATE, CYCLE_BACK, CYCLE_ENDED, CYCLE_LOW, CYCLE_STARTED, DROPPED, Detector
 from ..energy import MW_NS_PER_MWH, float32_step_mwh, split_largest_remainder
 from ..policy import Policy
 from ..records import GapReason, RecordKind
 from .emit import Recorder
-from .results import MeterEvent, watts
+from .results import MeterEvent, clock_time, watts
 from .state import Mark, MeterState, PendingGap, Segment, Slice
 
 MAX_LAG_NS = 10_000_000_000  # a register showing energy later than this is not lagging (see Segments.settle)
+
+
+def _since(s: Slice | Segment, fall: Now) -> bool:
+    """`s` began at or after `fall`, in its boot."""
+    return s.start.boot_id == fall.boot_id and s.start.mono_ns >= fall.mono_ns
 
 
 class Segments:
@@ -94,6 +99,9 @@ class Segments:
         seg = st.seg
         if seg is None:
             return
+        if seg.fall is not None:
+            self.cut_at_fall()
+            seg = self.current()
         if at.mono_ns > seg.start.mono_ns or ends_cycle:
             peak = st.cursor.power_mw
             mk = seg.mark
@@ -114,6 +122,15 @@ class Segments:
         """The detector switched to its current function at `at` (or back at the open segment's mark)."""
         seg = self.state.seg
         new_fn = self.detector.function
+        fall = None
+        if seg is not None and seg.fall is not None:
+            mk = seg.mark
+            b = mk.at.mono_ns if mk is not None and mk.at.mono_ns >= seg.start.mono_ns else at.mono_ns
+            if seg.fall.at.mono_ns < b:  # the fall is in the part that closes: a boundary of its own first
+                self.cut_at_fall()
+                seg = self.current()
+            else:  # in the part that moves to the new segment: its mark moves with it
+                fall, seg.fall = seg.fall, None
         if seg is not None:
             old = seg.function
             mk = seg.mark
@@ -136,6 +153,7 @@ class Segments:
                                           f"{self.appliance}: {old} ended"))
             new = self.open(boundary)
             new.mwh, new.weight, new.dur_ns, new.peak_mw = moved
+            new.fall = fall
         decision = self.policy.allows(self.appliance, new_fn, at.wall) if self.policy is not None else None
         msg = f"{self.appliance}: {new_fn} started ({self.power_text(p)})"
         if decision is not None and not decision.entitled:
@@ -144,9 +162,35 @@ class Segments:
 
     def use_changed(self, cs: int, at: Now, p: int, rise_ns: int | None = None) -> None:
         """The cycle tracker says a use started or ended at `at` (a start: its power rose at `rise_ns`, in the
-        cursor's boot, when known)."""
+        cursor's boot, when known), or that its power fell to an ending level at `at`, or rose again.
+
+        A use ends where its power fell, not where the end dwell (up to an hour for a machine left on) confirmed
+        it. The fall is marked in the open segment (`Segment.fall`, no record: a washer's tumbling pauses fall
+        every few seconds); anything that would cut the segment during the low spell, and the confirmed end, cut
+        it at the fall first (`cut_at_fall`), and the use's records from there wait in the tail (`Recorder`). At
+        the end they go out as records of no use, with the open segment, and the use's summary ends at the fall;
+        if the power rises again first, it was a pause: they go out as the use's, and the mark is dropped."""
         st = self.state
         fn = self.detector.function
+        seg = st.seg
+        if cs == CYCLE_LOW:
+            if st.cycle_id and seg is not None and st.gap is None:
+                seg.fall = Mark(at, seg.peak_mw, p)
+                st.fall = at
+            return
+        if cs == CYCLE_BACK:
+            if st.fall is not None:
+                if seg is not None:
+                    seg.fall = None
+                self.recorder.flush_tail(out_of_use=False)
+            return
+        if cs == CYCLE_ENDED and st.fall is not None:
+            fall = st.fall
+            self.cut_at_fall()
+            if st.cycle_id and (st.seg is None or _since(st.seg, fall)):
+                self._end_at_fall(fall, at, p)
+                return
+            self.recorder.flush_tail(out_of_use=False)  # (no mark at the fall: the use ends here, as confirmed)
         if cs == CYCLE_STARTED:
             self.detector.new_use()
             cid = f"{self.appliance}-{st.cursor.boot[:8]}-{at.mono_ns}"
@@ -173,6 +217,57 @@ class Segments:
                     self.recorder.use(cid)
             self.events.append(MeterEvent("cycle_ended", self.appliance, fn, p, at.wall,
                                           f"{self.appliance}: use ended ({cid})"))
+
+    def cut_at_fall(self) -> None:
+        """Make the open segment's fall mark a boundary: what came before it closes as the use's (an interim
+        slice), what came since goes on as the same function from the fall (the tail's first: see `Recorder`),
+        with a pending candidate's mark (moved to the fall if it began before)."""
+        st = self.state
+        seg = st.seg
+        f = None if seg is None else seg.fall
+        if seg is None or f is None:
+            return
+        seg.fall = None
+        if f.at.boot_id != seg.start.boot_id or f.at.mono_ns <= seg.start.mono_ns:
+            return  # (the segment begins at the fall already)
+        mk = seg.mark
+        if mk is not None and mk.at.mono_ns < f.at.mono_ns:  # began before the fall: from it, on the new segment
+            mk = Mark(f.at, 0, max(mk.peak_mw, f.peak_mw), f.mwh, f.weight, f.dur_ns)
+        seg.mark = None
+        seg.mwh -= f.mwh
+        seg.weight -= f.weight
+        seg.dur_ns -= f.dur_ns
+        seg.peak_mw = f.peak_before
+        self.close(RecordKind.INTERIM, f.at)
+        new = self.open(f.at)
+        new.mwh, new.weight, new.dur_ns, new.peak_mw, new.mark = f.mwh, f.weight, f.dur_ns, f.peak_mw, mk
+
+    def _end_at_fall(self, fall: Now, at: Now, p: int) -> None:
+        """The use under way ended at `fall` (confirmed at `at`): what began since leaves it — the tail's records,
+        the held slices and the open segment — and its summary follows its last record before the fall."""
+        st = self.state
+        cid = st.cycle_id
+        st.cycle_id = ""
+        tail, st.tail, st.fall = st.tail, [], None
+        for s in tail:
+            s.cycle_id = ""
+        for s in st.held:
+            if s.cycle_id == cid and _since(s, fall):
+                s.cycle_id = ""
+        seg = st.seg
+        if seg is not None:
+            seg.cycle_id = ""
+            seg.due_ns = seg.start.mono_ns + self._idle_interim_ns
+        mine = [s for s in st.held if s.cycle_id == cid]
+        if mine:
+            mine[-1].ends_cycle = True
+        else:
+            self.recorder.use(cid)
+        for s in tail:
+            self.recorder.slice(s)
+        self.events.append(MeterEvent("cycle_ended", self.appliance, self.detector.function, p, at.wall,
+                                      f"{self.appliance}: use ended at {clock_time(fall.wall)}, when its power "
+                                      f"fell ({cid})"))
 
     def split_at_mark(self, rise_ns: int) -> None:
         """A use starts (its power rose at `rise_ns`) while the open segment began before that rise and a candidate
@@ -247,6 +342,8 @@ class Segments:
             unshown = 0  # so the backlog is forgotten, and the register no longer counts as lagging
         mk = None if seg is None else seg.mark
         mark_weight = 0 if mk is None else mk.weight
+        fl = None if seg is None else seg.fall
+        fall_weight = 0 if fl is None else fl.weight
         if a.unsettled_mwh and not owed:  # the register caught up with what waited: oldest claims first
             a.unsettled_mwh = 0
             for s in held:
@@ -264,6 +361,8 @@ class Segments:
             seg.weight = behind  # (allocate left it 0)
             if mk is not None:
                 mk.weight = min(behind, mark_weight)
+            if fl is not None:
+                fl.weight = min(behind, fall_weight)
             a.behind_mws = 0  # (it is in the weights now)
         else:
             a.behind_mws = behind
@@ -273,7 +372,10 @@ class Segments:
         (register/pulses) becomes a gap record."""
         st = self.state
         if st.seg is not None:
+            st.seg.fall = None  # (it closes whole, as the use's)
             self.close(RecordKind.FUNCTION, st.cursor.at())
+        if st.fall is not None:  # the records of a fall go out as the use's (its end is no longer where it fell)
+            self.recorder.flush_tail(out_of_use=False)
         if st.gap is None:
             st.gap = PendingGap(reason, st.cursor.at())
 
@@ -307,30 +409,30 @@ class Segments:
                 at = st.cursor.at()
                 self.recorder.gap(at, at, d, GapReason.UNATTRIBUTED)
             return
-        mk = None if seg is None else seg.mark
+        # The open segment is split at its marks (a candidate's, the fall's): each accumulates since its moment,
+        # so the pieces are the differences between them, oldest first; the newest piece takes all if nothing weighs.
+        marks = [] if seg is None else sorted((m for m in (seg.mark, seg.fall) if m is not None),
+                                              key=lambda m: m.at.mono_ns)
         weights = [s.weight for s in held]
         durations = [s.dur_ns for s in held]
-        if seg is None:
-            weights += [0, 0]
-            durations += [0, 0]
-        elif mk is None:
-            weights += [seg.weight, 0]
-            durations += [seg.dur_ns, 0]
-        else:
-            weights += [seg.weight - mk.weight, mk.weight]
-            durations += [seg.dur_ns - mk.dur_ns, mk.dur_ns]
+        if seg is not None:
+            ws = [seg.weight] + [m.weight for m in marks] + [0]
+            ds = [seg.dur_ns] + [m.dur_ns for m in marks] + [0]
+            weights += [ws[i] - ws[i + 1] for i in range(len(marks) + 1)]
+            durations += [ds[i] - ds[i + 1] for i in range(len(marks) + 1)]
         pieces = weights if sum(weights) else durations
         if sum(pieces) == 0:
-            pieces[-1 if mk is not None else (-2 if seg is not None else -3)] = 1
+            pieces[-1] = 1
         parts = split_largest_remainder(d, pieces)
         for s, e in zip(held, parts, strict=False):
             s.mwh += e
         if seg is not None:
-            seg.mwh += parts[-2] + parts[-1]
+            mine = parts[len(held):]
+            seg.mwh += sum(mine)
             seg.weight = seg.dur_ns = 0
-            if mk is not None:
-                mk.mwh += parts[-1]
-                mk.weight = mk.dur_ns = 0
+            for i, m in enumerate(marks):
+                m.mwh += sum(mine[i + 1:])
+                m.weight = m.dur_ns = 0
         st.held = []
         for s in held:
             self.recorder.slice(s)

@@ -87,6 +87,7 @@ class Segment:
     weight: int = 0
     dur_ns: int = 0
     mark: Mark | None = None
+    fall: Mark | None = None  # where the use's power fell, inside this segment (see `Segments.use_changed`)
 
     def close(self, kind: RecordKind, end: Now) -> Slice:
         return Slice(kind, self.function, self.cycle_id, self.start, end, self.peak_mw, self.mwh, self.weight,
@@ -186,7 +187,11 @@ class Counters:
 class MeterState:
     """Everything `ApplianceMeter` carries from one reading to the next (besides its detector, cycle tracker and
     register, which keep their own). `cycle_id` is the use under way ("" = none); `uses` holds the totals of each
-    use whose summary is still to come (None until its first record); `stopped`: closed cleanly since."""
+    use whose summary is still to come (None until its first record); `stopped`: closed cleanly since.
+
+    `fall`: where the use's power fell to an ending level (None when it has not, or it rose again); `tail`: the
+    use's records since then, complete but not yet handed out, because the use may have ended at `fall` (then they
+    go out without its cycle id) or the fall was a pause (then with it). See `Segments.use_changed`."""
 
     cursor: Cursor = field(default_factory=Cursor)
     seg: Segment | None = None
@@ -199,3 +204,5 @@ class MeterState:
     signals: dict[str, str] = field(default_factory=dict)
     counters: Counters = field(default_factory=Counters)
     deferred: list[Deferred] = field(default_factory=list)
+    fall: Now | None = None
+    tail: list[Slice] = field(default_factory=list)

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from metering.detect import CANDIDATE, CYCLE_ENDED, CYCLE_STARTED, DROPPED, NO_CHANGE, CycleTracker, Detector
+from metering.detect import (
+    CANDIDATE,
+    CYCLE_BACK,
+    CYCLE_ENDED,
+    CYCLE_LOW,
+    CYCLE_STARTED,
+    DROPPED,
+    NO_CHANGE,
+    NO_TIME,
+    CycleTracker,
+    Detector,
+)
 from metering.profile import CycleRule, builtin_profile, load_profile, parse_profile
 
 S = 1_000_000_000
@@ -106,11 +117,11 @@ def test_cycle_start_must_be_sustained_and_pauses_stay_inside() -> None:
     assert c.update(5 * S, 3_000) == 0 and not c.running  # dipped: start cancelled
     c.update(6 * S, 20_000)
     assert c.update(16 * S, 20_000) == CYCLE_STARTED and c.running
-    assert c.update(20 * S, 1_000) == 0
+    assert c.update(20 * S, 1_000) == CYCLE_LOW and c.fall == 20 * S  # the use may end here
     assert c.update(100 * S, 1_000) == 0  # an 80 s pause
-    assert c.update(101 * S, 180_000) == 0 and c.running
-    c.update(200 * S, 1_000)
-    assert c.update(319 * S, 1_000) == 0
+    assert c.update(101 * S, 180_000) == CYCLE_BACK and c.running and c.fall == NO_TIME  # it was a pause
+    assert c.update(200 * S, 1_000) == CYCLE_LOW
+    assert c.update(319 * S, 1_000) == 0 and c.fall == 200 * S
     assert c.update(320 * S, 1_000) == CYCLE_ENDED and not c.running
 
 
@@ -122,10 +133,13 @@ def test_a_use_left_on_after_its_programme_ends_after_the_left_on_dwell() -> Non
     c = CycleTracker(rule)
     c.update(0, 200_000)
     assert c.update(10 * S, 200_000) == CYCLE_STARTED
-    assert all(c.update(t * S, 5_000) == 0 for t in range(11, 811))  # a 13-minute pause at 5 W: still the use
-    assert c.update(811 * S, 150_000) == 0 and c.running
-    for t in range(812, 812 + 1200):  # left on, flickering 2/4 W: never 90 s below 3.5 W
+    assert c.update(11 * S, 5_000) == CYCLE_LOW
+    assert all(c.update(t * S, 5_000) == 0 for t in range(12, 811))  # a 13-minute pause at 5 W: still the use
+    assert c.update(811 * S, 150_000) == CYCLE_BACK and c.running
+    assert c.update(812 * S, 2_000) == CYCLE_LOW and c.fall == 812 * S  # where the programme ended
+    for t in range(813, 812 + 1200):  # left on, flickering 2/4 W: never 90 s below 3.5 W
         assert c.update(t * S, 2_000 if t % 60 < 40 else 4_000) == 0, t
+    assert c.fall == 812 * S
     d = CycleTracker(rule)
     d.restore(c.snapshot())  # the left-on dwell is checkpointed
     assert d.update(2012 * S, 4_000) == CYCLE_ENDED and not d.running
