@@ -15,22 +15,28 @@ such as RSSI changes) -> counted as a duplicate, no reading; bad input (wrong le
 no BTHome data...) -> counted by kind in `health.errors`, logged at most once a minute per kind, no reading;
 otherwise one reading per quantity, converted once with `to_milli`. A device silent for `stale_after_s` turns the
 source's health to "degraded" with one log line; nothing is invented while it is silent.
+
+An encrypted device's last encryption counter is kept in a `CounterStore` the gateway passes in (`counters=`): the
+source resumes from it when it opens, so an advert recorded earlier and played back after a restart is refused as
+it would have been before. The source only reads and updates the store in memory; when it is written to disk is
+the gateway's business (gateway/bthome_counters.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from koto.clock import Clock, Now
 from koto.reading import Quantity, Reading, to_milli
 
 from .base import Claim, Source
 from .ble_backend import BleakBackend, Subscription
-from .bthome import BTHomeDecoder, Decoded
+from .bthome import BTHomeDecoder, CounterBelow, Decoded
 from .errors import FrameError, SourceProblems
 
 log = logging.getLogger("koto.drivers.bthome")
@@ -49,6 +55,27 @@ _MAC = re.compile(r"^[0-9A-F]{2}(:[0-9A-F]{2}){5}$")
 _KEYS = ("driver", "address", "bindkey", "stale_after_s", "adapter", "scanning", "restart_after_s")
 
 
+class CounterStore(Protocol):
+    """Where BTHome sources keep the last encryption counter they read from each encrypted device, by address and
+    key id (`key_id`), so that a restart of the source or of the gateway does not forget it."""
+
+    def last(self, address: str, key_id: str) -> int | None:
+        """The last counter read from `address` under the key `key_id`; None when none is kept (or under another
+        key: a device given a new bindkey starts afresh)."""
+        ...
+
+    def accepted(self, address: str, key_id: str, counter: int) -> None:
+        """`address` sent an advert under `key_id` with this counter, and it was read (lower than the last one when
+        the device restarted its count)."""
+        ...
+
+
+def key_id(bindkey: bytes) -> str:
+    """A short name for a bindkey, to tell whether a kept counter was read under the key configured now; the key
+    cannot be recovered from it (64 bits of a SHA-256)."""
+    return hashlib.sha256(b"koto bthome key id\0" + bindkey).hexdigest()[:16]
+
+
 def _split_key(key: str) -> tuple[str, str]:
     """bthome-ble names the second of two same-kind objects "power_2"; that suffix becomes our channel."""
     base, sep, suffix = key.rpartition("_")
@@ -63,10 +90,12 @@ class BTHomeSource(Source):
 
     def __init__(self, name: str, *, clock: Clock, address: str, backend: BleakBackend | None = None,
                  bindkey: bytes | None = None, stale_after_s: float = 300.0, check_interval_s: float = 1.0,
-                 queue_size: int = 256) -> None:
+                 queue_size: int = 256, counters: CounterStore | None = None) -> None:
         super().__init__(name, clock=clock)
         self.address = address.upper()
         self.bindkey = bindkey
+        self.counters = counters if bindkey is not None else None  # a plain device has no counter to keep
+        self._key_id = key_id(bindkey) if bindkey is not None else ""
         self.stale_after_s = stale_after_s
         self.check_interval_s = check_interval_s
         self._owns_backend = backend is None
@@ -82,7 +111,7 @@ class BTHomeSource(Source):
 
     @classmethod
     def from_config(cls, name: str, cfg: Mapping[str, Any], *, clock: Clock, ble: BleakBackend | None = None,
-                    **backends: Any) -> Self:
+                    counters: CounterStore | None = None, **backends: Any) -> Self:
         problems = SourceProblems(name)  # every problem is said, then raised at once before anything is built
         for key in cfg:
             if key not in _KEYS:
@@ -114,11 +143,13 @@ class BTHomeSource(Source):
                 problems.add("adapter", "an adapter name like \"hci0\"")
             problems.raise_if_any()
             ble = BleakBackend(adapter=adapter, scanning=scanning, restart_after_s=float(restart))
-            src = cls(name, clock=clock, address=address, backend=ble, bindkey=bindkey, stale_after_s=float(stale))
+            src = cls(name, clock=clock, address=address, backend=ble, bindkey=bindkey, stale_after_s=float(stale),
+                      counters=counters)
             src._owns_backend = True
             return src
         problems.raise_if_any()
-        return cls(name, clock=clock, address=address, backend=ble, bindkey=bindkey, stale_after_s=float(stale))
+        return cls(name, clock=clock, address=address, backend=ble, bindkey=bindkey, stale_after_s=float(stale),
+                   counters=counters)
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -126,7 +157,8 @@ class BTHomeSource(Source):
         return (Claim(f"ble:{self.address}", "address"),)
 
     async def _open(self) -> None:
-        self._decoder = BTHomeDecoder(self.address, self.bindkey)
+        last = self.counters.last(self.address, self._key_id) if self.counters is not None else None
+        self._decoder = BTHomeDecoder(self.address, self.bindkey, last_counter=last)
         self._since_ns = self.clock.now().mono_ns
         self._sub = self.backend.subscribe(self._on_advert)
 
@@ -177,12 +209,21 @@ class BTHomeSource(Source):
             self.health.state = "ok"
             log.info("%s: %s is heard again", self.name, self.address)
         self._sync_health()
+        before = self._decoder.last_counter
         try:
             decoded = self._decoder.decode(adv.service_data, name=adv.local_name, rssi=adv.rssi,
                                            t_s=now.mono_ns / 1e9)
+        except CounterBelow as e:
+            self._count_error(e.kind, "advert from %s ignored: %s (kept across restarts): a recorded advert played "
+                              "again, or the device was reset (new battery, re-flashed) while Koto did not hear it. "
+                              "A reset device is read again once its counter passes %d; to read it at once, run "
+                              "`sudo systemctl stop koto; sudo -u koto koto bthome forget-counter %s; sudo systemctl "
+                              "start koto`", self.address, e.detail, e.last, self.name)
+            return
         except FrameError as e:
             self._count_error(e.kind, "advert from %s ignored: %s", self.address, e.detail)
             return
+        self._counted(before)
         if decoded is None:
             self.duplicates += 1
             return
@@ -195,6 +236,17 @@ class BTHomeSource(Source):
                 self._count_error("overflow", "readings are not being consumed; dropping the oldest")
                 self._queue.get_nowait()
             self._queue.put_nowait(reading)
+
+    def _counted(self, before: int | None) -> None:
+        """Keep the counter of an advert just read; say so when it went down (a device restarting its count)."""
+        counter = self._decoder.last_counter if self._decoder is not None else None
+        if counter is None or counter == before:
+            return
+        if before is not None and counter < before:
+            log.warning("%s: %s counts its encryption counter again from %d (it was at %d): read as the device "
+                        "restarting (a new battery, a power cut)", self.name, self.address, counter, before)
+        if self.counters is not None:
+            self.counters.accepted(self.address, self._key_id, counter)
 
     def _to_readings(self, d: Decoded, rssi: int, now: Now) -> list[Reading]:
         out: list[Reading] = []

@@ -1,7 +1,7 @@
 """A thin adapter around bthome-ble: service-data bytes in, what this one advert said out, or a counted error.
 
 bthome-ble (the parser Home Assistant uses) does the decoding and the AES-CCM decryption. It is built for Home
-Assistant's entity model, which leaves three gaps for a meter, closed here and nowhere else:
+Assistant's entity model, which leaves four gaps for a meter, closed here and nowhere else:
 
 - Its `update()` returns every value it has *ever* seen for the device (sensor-state-data never clears its update
   dicts), so a later advert without power would still show the old power. We capture the values set during *this*
@@ -12,6 +12,10 @@ Assistant's entity model, which leaves three gaps for a meter, closed here and n
   lengths come from the library; the values never come from us.
 - Its packet-id filter accepts a repeat after 4 s. BlueZ re-reports cached service data whenever a property such
   as RSSI changes, so we also drop an advert whose raw bytes or packet id equal the last one we accepted.
+- Its replay check (the encryption counter must not go down) remembers only what this process saw, from the first
+  advert after every start. `BTHomeDecoder(last_counter=...)` resumes from the counter read before a restart
+  (kept by the gateway, see `drivers.ble.CounterStore`), and the check runs here, before decrypting, with
+  bthome-ble's rule: lower is refused unless it is below `RESTART_BELOW` (the device restarted its count).
 
 An advert that does not frame completely is rejected whole: a meter must not bill half an advert.
 
@@ -32,6 +36,8 @@ from functools import cache
 from typing import Any
 
 from .errors import FrameError
+
+RESTART_BELOW = 100  # bthome-ble's rule: a lower counter below this is a device that restarted its count, not a replay
 
 BTHOME_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
 BTHOME_V1_UUIDS = frozenset({"0000181c-0000-1000-8000-00805f9b34fb", "0000181e-0000-1000-8000-00805f9b34fb"})
@@ -173,17 +179,52 @@ def service_info(address: str, service_data: Mapping[str, bytes], *, name: str |
     )
 
 
-class BTHomeDecoder:
-    """Decodes the adverts of one device. Keeps bthome-ble's per-device state (packet id, encryption counter)."""
+class CounterBelow(FrameError):
+    """An encrypted advert whose counter is below the last one read from the device (and not low enough to be the
+    device restarting its count): a recorded advert played again, or a device reset that Koto missed the start of.
+    Counted as `replayed_counter`; carries both counters so that the journal can say what to do."""
 
-    def __init__(self, address: str, bindkey: bytes | None = None) -> None:
+    def __init__(self, counter: int, last: int) -> None:
+        self.counter = counter
+        self.last = last
+        super().__init__("replayed_counter", f"its encryption counter {counter} is below the last one read from it, "
+                                             f"{last}")
+
+
+class BTHomeDecoder:
+    """Decodes the adverts of one device. Keeps bthome-ble's per-device state (packet id, encryption counter).
+
+    `last_counter` is the encryption counter of the last advert read from this device before a restart (None: none
+    known). The first advert must then have a higher counter (or one below `RESTART_BELOW`, a device restarting its
+    count); one with the same counter is the advert already read, heard again, and is dropped as a repeat.
+    """
+
+    def __init__(self, address: str, bindkey: bytes | None = None, *, last_counter: int | None = None) -> None:
         if bindkey is not None and len(bindkey) != 16:
             raise ValueError("a BTHome bindkey is 16 bytes (32 hex digits)")
         self.address = address
         self.bindkey = bindkey
         self._parser = _parser_class()(bindkey)
         self._last_raw: bytes | None = None
-        self._last_counter: int | None = None  # of the last encrypted advert decoded
+        self._last_counter: int | None = last_counter  # of the last encrypted advert decoded
+        self._resumed = last_counter is not None  # from before a restart; cleared by the first advert decoded
+
+    @property
+    def last_counter(self) -> int | None:
+        """The encryption counter of the last encrypted advert decoded (or the one resumed from)."""
+        return self._last_counter
+
+    def _fresh(self, counter: int) -> bool:
+        """Whether an encrypted advert's counter may be read (False: the advert read last before a restart, again);
+        raises CounterBelow for a lower one. Checked before decrypting, as bthome-ble checks its own."""
+        last = self._last_counter
+        if last is None or counter > last:
+            return True
+        if counter == last:
+            return not self._resumed  # this run's own equal counter is judged after decrypting (same or new content)
+        if counter < RESTART_BELOW:
+            return True  # the device restarted its count (a battery change, a power cut, a wrap): bthome-ble's rule
+        raise CounterBelow(counter, last)
 
     def decode(self, service_data: Mapping[str, bytes], *, name: str | None = None, rssi: int = 0,
                t_s: float = 0.0) -> Decoded | None:
@@ -215,6 +256,8 @@ class BTHomeDecoder:
             )
         if body < (8 + 2 if encrypted else 2):
             raise FrameError("wrong_length", f"the advert is too short ({len(raw)} bytes)")
+        if encrypted and not self._fresh(int.from_bytes(raw[-8:-4], "little")):
+            return None
 
         p = self._parser
         p.koto = cap = _Capture()
@@ -233,6 +276,7 @@ class BTHomeDecoder:
                 raise FrameError("replayed_counter", "the encryption counter did not increase (a replayed or forged "
                                                      "advert with new content?)")
             self._last_counter = counter
+            self._resumed = False
         self._last_raw = raw
         if cap.duplicate:
             return None

@@ -38,6 +38,7 @@ from metering.profile import Profile, builtin_profile, load_profile, parse_profi
 from metering.records import CLOCK_TYPE, LIFECYCLE_TYPE, Draft, TimeStatus
 
 from .ack_hold import AckHold
+from .bthome_counters import EncryptionCounters
 from .checkpointing import CheckpointPlan
 from .config import ApplianceConfig, GatewayConfig
 from .errors import ConfigError
@@ -134,6 +135,7 @@ class Gateway:
     def _build(self, cfg: GatewayConfig) -> None:
         self._profiles: dict[str, tuple[int, str]] = {}
         self.pricing = self._load_pricing()
+        self.counters = EncryptionCounters.load(self.ledger)  # BTHome replay memory, saved with each batch
         self.meters: dict[str, ApplianceMeter] = {}
         self.subjects: dict[str, str] = {}
         for app in cfg.appliances:
@@ -213,7 +215,7 @@ class Gateway:
                             **self._source_kwargs(name))
 
     def _source_kwargs(self, name: str) -> dict[str, Any]:
-        kw = dict(self.backends)
+        kw = dict(self.backends, counters=self.counters)  # every driver's from_config ignores what it does not take
         app = self.cfg.appliances[[a.id for a in self.cfg.appliances].index(self.owner[name])]
         if driver_class(self.sources[name].driver).takes_start_count and app.energy == name:
             # The pulse count continues from the meter's checkpoint: a restart loses nothing already counted.
@@ -443,7 +445,7 @@ class Gateway:
     def _checkpoints(self, names: list[str]) -> dict[str, dict[str, Any]]:
         cps = {meter_checkpoint_name(aid): self.meters[aid].snapshot() for aid in names}
         cps[PRICING_CHECKPOINT] = self.pricing.snapshot()
-        return cps
+        return cps | self.counters.checkpoints()  # written only when changed, and only with a batch made anyway
 
     def _batch(self) -> tuple[list[Draft], dict[str, dict[str, Any]]] | None:
         now_ns = self.clock.now().mono_ns
