@@ -25,6 +25,7 @@ from .logs import setup_logging
 # Commands that live in their own modules, imported only when named: `koto run` (the daemon, resident for months)
 # then never loads learn, provision, doctor, support-bundle and the rest, about 2 MiB of RSS (bench/daemon_cost.py).
 LAZY_COMMANDS = {
+    "bthome": ("cli_bthome", "bthome"),
     "check": ("cli_check", "check"), "discover": ("cli_discover", "discover"), "doctor": ("cli_doctor", "doctor"),
     "firstboot": ("cli_firstboot", "firstboot"), "learn": ("cli_learn", "learn"), "logs": ("cli_logs", "logs"),
     "profile": ("cli_profile", "profile"), "provision": ("cli_provision", "provision"),
