@@ -222,7 +222,8 @@ class CycleTracker:
 
     Either dwell only confirms an end that happened when the power fell: `update` reports that moment
     (`CYCLE_LOW`, kept as `fall`) and `CYCLE_BACK` when the power rises again (it was a pause), so the meter can
-    end the use where its power fell, not half an hour later where a long dwell confirmed it.
+    end the use where its power fell, not half an hour later where a long dwell confirmed it; after the end,
+    `since` is where the confirming rule's low spell began.
     """
 
     __slots__ = ("_end_mw", "_end_ns", "_hi_mw", "_left_mw", "_left_ns", "_start_mw", "_start_ns", "fall",
@@ -267,19 +268,20 @@ class CycleTracker:
         if p < self._left_mw:  # running, at most the electronics of a machine left on
             if self.low_since == NO_TIME:
                 self.low_since = t
-            elif t - self.low_since >= self._left_ns:
-                return self._ended()
+            elif t - self.low_since >= self._left_ns and (st != ENDING or p >= self._end_mw):  # (else the end
+                # rule decides: the power is below its level, and the use ends where it went there, if it stays)
+                return self._ended(self.low_since)
         else:
             self.low_since = NO_TIME
         if st == RUNNING:
             if p < self._end_mw:
                 self.state, self.since = ENDING, t
                 if self._end_ns == 0:
-                    return self._ended()
+                    return self._ended(t)
         elif p >= self._end_mw:  # ENDING, and the power is back up: a pause
             self.state = RUNNING
         elif t - self.since >= self._end_ns:
-            return self._ended()
+            return self._ended(self.since)
         low = self.state == ENDING or self.low_since != NO_TIME
         if low and self.fall == NO_TIME:
             self.fall = t
@@ -289,8 +291,11 @@ class CycleTracker:
             return CYCLE_BACK
         return 0
 
-    def _ended(self) -> int:
-        self.state, self.low_since, self.fall = IDLE, NO_TIME, NO_TIME
+    def _ended(self, fell: int) -> int:
+        """The use ended; `since` keeps where it ended by the rule that confirmed it (`fell`) until the next start
+        (the end rule's fall may come later than the low spell's, `fall`: a passive drying at 2.8 W, above the end
+        level and below the left-on level, then the rest below it)."""
+        self.state, self.since, self.low_since, self.fall = IDLE, fell, NO_TIME, NO_TIME
         return CYCLE_ENDED
 
     def rebase(self, t: int) -> None:

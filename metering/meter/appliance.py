@@ -44,7 +44,7 @@ from typing import Any
 from koto.clock import Now
 from koto.reading import Quality, Quantity, Reading
 
-from ..detect import NO_CHANGE, RUNNING, CycleTracker, Detector
+from ..detect import CYCLE_ENDED, NO_CHANGE, RUNNING, CycleTracker, Detector
 from ..energy import MW_NS_PER_MWH, Authority, EnergySpec
 from ..policy import Policy
 from ..profile import Profile
@@ -423,8 +423,10 @@ class ApplianceMeter(EnergyFeed):
         if action == DETECT:
             self._segments.detected(code, at, p)
         elif action == USE:
-            # (decided by a tick: the tracker still knows when the power rose while the use runs)
-            self._segments.use_changed(code, at, p, self.cycle.since if self.cycle.state == RUNNING else None)
+            # (decided by a tick: the tracker still knows when the power rose while the use runs, and where the
+            # use ended until the next reading, which may start another, is fed to it)
+            known = self.cycle.state == RUNNING or code == CYCLE_ENDED
+            self._segments.use_changed(code, at, p, self.cycle.since if known else None)
         elif self.state.seg is not None and at.mono_ns >= self.state.seg.due_ns:
             # (a slice due when the tick decided, unless a decision deferred before it opened a new segment since)
             self._segments.cut(_INTERIM, at)

@@ -161,8 +161,9 @@ class Segments:
         self.events.append(MeterEvent("function_started", self.appliance, new_fn, p, at.wall, msg, decision))
 
     def use_changed(self, cs: int, at: Now, p: int, rise_ns: int | None = None) -> None:
-        """The cycle tracker says a use started or ended at `at` (a start: its power rose at `rise_ns`, in the
-        cursor's boot, when known), or that its power fell to an ending level at `at`, or rose again.
+        """The cycle tracker says a use started or ended at `at` (a start: its power rose at `rise_ns`; an end: the
+        confirming rule's low spell began at `rise_ns`; in the cursor's boot, when known), or that its power fell
+        to an ending level at `at`, or rose again.
 
         A use ends where its power fell, not where the end dwell (up to an hour for a machine left on) confirmed
         it. The fall is marked in the open segment (`Segment.fall`, no record: a washer's tumbling pauses fall
@@ -186,11 +187,12 @@ class Segments:
             return
         if cs == CYCLE_ENDED and st.fall is not None:
             fall = st.fall
-            self.cut_at_fall()
-            if st.cycle_id and (st.seg is None or _since(st.seg, fall)):
-                self._end_at_fall(fall, at, p)
+            ended = fall.mono_ns if rise_ns is None else max(rise_ns, fall.mono_ns)
+            if st.cycle_id and self._end_at_fall(fall, ended, at, p):
                 return
-            self.recorder.flush_tail(out_of_use=False)  # (no mark at the fall: the use ends here, as confirmed)
+            if st.seg is not None:  # (no boundary where it ended: the use ends here, where it was confirmed)
+                st.seg.fall = None
+            self.recorder.flush_tail(out_of_use=False)
         if cs == CYCLE_STARTED:
             self.detector.new_use()
             cid = f"{self.appliance}-{st.cursor.boot[:8]}-{at.mono_ns}"
@@ -242,19 +244,33 @@ class Segments:
         new = self.open(f.at)
         new.mwh, new.weight, new.dur_ns, new.peak_mw, new.mark = f.mwh, f.weight, f.dur_ns, f.peak_mw, mk
 
-    def _end_at_fall(self, fall: Now, at: Now, p: int) -> None:
-        """The use under way ended at `fall` (confirmed at `at`): what began since leaves it — the tail's records,
-        the held slices and the open segment — and its summary follows its last record before the fall."""
+    def _end_at_fall(self, fall: Now, ended_ns: int, at: Now, p: int) -> bool:
+        """The use under way ended at `ended_ns` (at or after its low spell's `fall`; confirmed at `at`): what began
+        since leaves it — the tail's records, the held slices and the open segment — and its summary follows its
+        last record before. The fall mark is a boundary; a later end needs one there already (a function switch,
+        an interim slice). False, and nothing done, when the open segment spans the end."""
         st = self.state
+        seg = st.seg
+        if ended_ns == fall.mono_ns:
+            self.cut_at_fall()
+            seg = st.seg
+        end = Now(ended_ns, fall.wall, fall.synced, fall.boot_id)
+        if seg is not None and not _since(seg, end):
+            return False
+        if seg is not None:
+            seg.fall = None
         cid = st.cycle_id
-        st.cycle_id = ""
         tail, st.tail, st.fall = st.tail, [], None
-        for s in tail:
+        inside = [s for s in tail if not _since(s, end)]
+        outside = tail[len(inside):]
+        for s in inside:
+            self.recorder.slice(s)
+        st.cycle_id = ""
+        for s in outside:
             s.cycle_id = ""
         for s in st.held:
-            if s.cycle_id == cid and _since(s, fall):
+            if s.cycle_id == cid and _since(s, end):
                 s.cycle_id = ""
-        seg = st.seg
         if seg is not None:
             seg.cycle_id = ""
             seg.due_ns = seg.start.mono_ns + self._idle_interim_ns
@@ -263,11 +279,13 @@ class Segments:
             mine[-1].ends_cycle = True
         else:
             self.recorder.use(cid)
-        for s in tail:
+        for s in outside:
             self.recorder.slice(s)
+        u_end = (inside[-1].end if inside else fall) if not mine else mine[-1].end
         self.events.append(MeterEvent("cycle_ended", self.appliance, self.detector.function, p, at.wall,
-                                      f"{self.appliance}: use ended at {clock_time(fall.wall)}, when its power "
+                                      f"{self.appliance}: use ended at {clock_time(u_end.wall)}, when its power "
                                       f"fell ({cid})"))
+        return True
 
     def split_at_mark(self, rise_ns: int) -> None:
         """A use starts (its power rose at `rise_ns`) while the open segment began before that rise and a candidate

@@ -1,9 +1,9 @@
 """The support call, end to end: "my washer use on Tuesday was not billed".
 
 A simulated gateway (the production Gateway, a real Modbus RTU SDM120 simulator on a pty, a real Mosquitto and the
-reference receiver) meters a washer cycle on Tuesday 1 December from 10:02 to 11:14 while the cloud is away; the
+reference receiver) meters a washer cycle on Tuesday 1 December from 10:02 to 11:12 while the cloud is away; the
 cloud comes back on Wednesday at 08:03. Support staff then answer with Koto's own commands alone: `koto usage --by
-cycle` says the use ran 10:02–11:14, used 0.81 kWh and was synced on Wednesday at 08:03; `koto status` and
+cycle` says the use ran 10:02–11:12, used 0.81 kWh and was synced on Wednesday at 08:03; `koto status` and
 `koto verify` agree. Time is compressed by a clock that follows a fixed plan (the night passes in seconds).
 """
 
@@ -34,8 +34,9 @@ T0 = datetime(2026, 12, 1, 10, 0, tzinfo=BERLIN).timestamp()  # Tuesday 10:00
 CLOUD_BACK = datetime(2026, 12, 2, 8, 3, tzinfo=BERLIN).timestamp()  # Wednesday 08:03
 
 # The programme: fill at 10:02:30, heat, wash (tumbling in 12 s bursts with 4 s pauses), a drain/rinse fill, spin
-# until 11:12:45, then standby; the washing-machine profile closes a use after 90 s near standby
-# (metering/profiles/washing_machine.toml), so the use ran 10:02-11:14. About 0.81 kWh in the use.
+# until 11:12:45, then standby; the washing-machine profile confirms a use's end after 90 s near standby
+# (metering/profiles/washing_machine.toml), and the use ends where the spin did: it ran 10:02-11:12. About 0.81 kWh
+# in the use.
 TUMBLE = [Phase("wash", 12, 180), Phase("pause", 4, 6, ripple=0.0)]
 WASH = Script("washer", [
     Phase("standby", 150, 1.5, ripple=0.0),
@@ -138,7 +139,7 @@ async def test_tuesday_s_wash_is_found_metered_and_synced_on_wednesday_with_koto
     row = next(line for line in table.splitlines() if line.startswith("washer"))
     assert koto(["usage", "--config", str(cfg), "--by", "record", "--appliance", "washer"]) == 0
     table += capsys.readouterr().out  # every record, for whoever reads a failure
-    assert "Tue 2026-12-01 10:02–11:14" in row, table
+    assert "Tue 2026-12-01 10:02–11:12" in row, table
     # ~0.81 kWh. The simulator's register (the truth the gateway bills) integrates the power seen at each poll, and
     # the polls follow the compressed clock, so on a loaded machine (fewer polls per simulated minute) the register
     # itself drifts by a few % from the programme's 0.81: the band is loose, the register check below is exact.

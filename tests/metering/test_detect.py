@@ -210,3 +210,25 @@ def test_the_functions_run_in_a_use_survive_a_snapshot() -> None:
     e.restore(snap)
     feed(e, [(t, 60) for t in range(50, 60)])
     assert e.function == "rinse"
+
+
+def test_a_use_ends_where_the_confirming_rule_s_low_spell_began() -> None:
+    """A passive drying at 2.8 W (below the left-on level, above the end level) for 40 minutes, then rest below the
+    end level: the left-on hour passes during the rest, but the power is below the end level then, so the end rule
+    decides, and the use ended where the rest began, not where the drying did. Left on at 4 W, it ends where the
+    power fell to 4 W."""
+    rule = CycleRule(start_mw=5_000, start_ns=20 * S, end_mw=2_500, end_ns=1800 * S, left_on_mw=5_000,
+                     left_on_ns=3600 * S)
+    c = CycleTracker(rule)
+    c.update(0, 60_000)
+    assert c.update(20 * S, 60_000) == CYCLE_STARTED
+    assert c.update(100 * S, 2_800) == CYCLE_LOW and c.fall == 100 * S  # the drying
+    assert all(c.update(t * S, 2_800) == 0 for t in range(101, 2500))
+    assert all(c.update(t * S, 500) == 0 for t in range(2500, 4300))  # at rest; the left-on hour is up at 3700
+    assert c.update(4300 * S, 500) == CYCLE_ENDED and c.since == 2500 * S
+    d = CycleTracker(rule)
+    d.update(0, 60_000)
+    d.update(20 * S, 60_000)
+    assert d.update(100 * S, 4_000) == CYCLE_LOW
+    assert all(d.update(t * S, 4_000) == 0 for t in range(101, 3700))
+    assert d.update(3700 * S, 4_000) == CYCLE_ENDED and d.since == 100 * S
