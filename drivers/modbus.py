@@ -111,18 +111,22 @@ def decode_block(rmap: RegisterMap, block: Block, regs: list[int]) -> list[tuple
 
 # -- the source ---------------------------------------------------------------------------------------------------
 SOURCE_KEYS = {"driver", "port", "address", "model", "map", "baud", "parity", "bytesize", "stopbits", "timeout_s",
-               "poll_s", "retries", "diag_every"}
+               "poll_s", "retries", "diag_every", "energy_every"}
 DIAG_EVERY = 10  # default `diag_every`: voltage, current, frequency and the other channels every 10th poll
+ENERGY_EVERY = 5  # default `energy_every`: the channel's energy register every 5th poll (its power every poll)
 
 
 class ModbusMeterSource(Source):
     """Polls one meter at one address; meters on the same port share one bus owner.
 
-    What metering needs, the power and energy registers of `channel` (the meter's totals unless the gateway names a
-    phase), is read on every poll; the rest of the map (voltage, current, frequency, the other channels' registers
-    such as an SDM120's import energy) on the first poll and every `diag_every`-th after it. On an SDM120 that is
-    two requests per poll instead of three, nine times in ten: the requests are most of the daemon's CPU per meter
-    and of the RS-485 bus time (docs/performance.md). `diag_every = 1` reads everything on every poll.
+    What metering needs is read on the first poll and then: the power register of `channel` (the meter's totals
+    unless the gateway names a phase) on every poll, its energy register every `energy_every`-th (and on the next
+    poll after a failed read); the rest of the map (voltage, current, frequency, the other channels' registers such
+    as an SDM120's import energy) every `diag_every`-th. The meter splits each register delta over the power
+    samples since the last one, so the register's total stays exact and detection keeps its 1 Hz; an SDM120's power
+    and energy are too far apart for one request, so that is one request per poll instead of two, four times in
+    five: the requests are most of the daemon's CPU per meter and of the RS-485 bus time (docs/performance.md).
+    `energy_every = 1` and `diag_every = 1` read everything on every poll.
     """
 
     driver = "modbus"
@@ -131,7 +135,7 @@ class ModbusMeterSource(Source):
     def __init__(self, name: str, *, clock: Clock, settings: SerialSettings, address: int, regmap: RegisterMap,
                  poll_s: float = 2.0, retries: int = 2, timeout_s: float = 0.5,
                  bus_options: Mapping[str, Any] | None = None, diag_every: int = DIAG_EVERY,
-                 channel: str = "") -> None:
+                 energy_every: int = ENERGY_EVERY, channel: str = "") -> None:
         super().__init__(name, clock=clock)
         self.settings = settings
         self.address = address
@@ -143,12 +147,17 @@ class ModbusMeterSource(Source):
         self.polls = 0
         self.bus: ModbusBus | None = None
         self.diag_every = diag_every
+        self.energy_every = energy_every
         self.channel = channel
         self._blocks = regmap.blocks()
-        every_poll = tuple(r for r in regmap.registers if r.signal == channel
-                           and r.quantity in (Quantity.POWER_MW, Quantity.ENERGY_MWH))
-        # A map without power or energy on that channel (a custom map of diagnostics): everything, every poll.
-        self._every_poll_blocks = replace(regmap, registers=every_poll).blocks() if every_poll else self._blocks
+        metered = tuple(r for r in regmap.registers if r.signal == channel
+                        and r.quantity in (Quantity.POWER_MW, Quantity.ENERGY_MWH))
+        power = tuple(r for r in metered if r.quantity is Quantity.POWER_MW)
+        # A map without power or energy on that channel (a custom map of diagnostics): everything, every poll; one
+        # without power on it: its energy, every poll.
+        self._metered_blocks = replace(regmap, registers=metered).blocks() if metered else self._blocks
+        self._power_blocks = replace(regmap, registers=power).blocks() if power else self._metered_blocks
+        self._energy_owed = False  # the last read of the energy register failed: read it on the next poll
         self._seen_generation = 0
         self._port_down = False
         self._energy_last: dict[str, int] = {}
@@ -202,12 +211,14 @@ class ModbusMeterSource(Source):
         timeout_s = pick("timeout_s", 0.5, lambda v: isinstance(v, int | float) and 0.01 <= v <= 10, "0.01..10 s")
         retries = pick("retries", 2, lambda v: isinstance(v, int) and 0 <= v <= 10, "0..10")
         diag_every = pick("diag_every", DIAG_EVERY, lambda v: isinstance(v, int) and 1 <= v <= 3600, "1..3600 polls")
+        energy_every = pick("energy_every", ENERGY_EVERY, lambda v: isinstance(v, int) and 1 <= v <= 60,
+                            "1..60 polls")
         problems.raise_if_any()
         assert regmap is not None  # one of model and map was given, and it was read without a problem
         settings = SerialSettings(port=port, baud=baud, parity=parity, bytesize=bytesize, stopbits=stopbits)
         return cls(name, clock=clock, settings=settings, address=address, regmap=regmap, poll_s=float(poll_s),
                    retries=retries, timeout_s=float(timeout_s), bus_options=backends.get("bus_options"),
-                   diag_every=diag_every, channel=str(backends.get("channel", "")))
+                   diag_every=diag_every, energy_every=energy_every, channel=str(backends.get("channel", "")))
 
     def channels(self) -> Mapping[str, frozenset[Quantity]]:
         metered = (Quantity.POWER_MW, Quantity.ENERGY_MWH)
@@ -278,17 +289,22 @@ class ModbusMeterSource(Source):
         return True
 
     async def poll_once(self) -> list[Reading]:
-        """Read every block once (or, between the `diag_every`-th polls, those of the channel's power and energy);
-        return the readings that passed every check."""
+        """Read every block once, or between the `diag_every`-th polls those of the channel's power and energy, or
+        between the `energy_every`-th those of its power alone; return the readings that passed every check."""
         self.polls += 1
         self._port_down = False
         out: list[Reading] = []
         failed = False
-        full = (self.polls - 1) % self.diag_every == 0
-        for block in self._blocks if full else self._every_poll_blocks:
+        n = self.polls - 1
+        blocks = (self._blocks if n % self.diag_every == 0
+                  else self._metered_blocks if n % self.energy_every == 0 or self._energy_owed
+                  else self._power_blocks)
+        self._energy_owed = False
+        for block in blocks:
             regs = await self._read_block(block)
             if regs is None:
                 failed = True
+                self._energy_owed = self._energy_owed or blocks is not self._power_blocks
                 continue
             now = self.clock.now()
             for spec, val in decode_block(self.map, block, regs):

@@ -21,7 +21,8 @@ SLOW_BACKOFF_BUS = {**FAST_BUS, "backoff_initial_s": 60.0, "backoff_max_s": 60.0
 def meter(sim: ModbusSimulator, address: int, model: str, *, bus: dict[str, float] = FAST_BUS,
           **extra: Any) -> ModbusMeterSource:
     cfg = {"driver": "modbus", "port": sim.port, "address": address, "model": model, "poll_s": 0.02,
-           "timeout_s": 0.15, "retries": 0, "baud": 9600, "diag_every": 1, **extra}  # every register, every poll
+           "timeout_s": 0.15, "retries": 0, "baud": 9600, "diag_every": 1, "energy_every": 1,
+           **extra}  # every register, every poll
     src = build_source(f"{model}-{address}", cfg, clock=ManualClock(), bus_options=bus)
     assert isinstance(src, ModbusMeterSource)
     return src
@@ -229,25 +230,44 @@ async def test_a_late_reply_is_never_taken_for_the_retrys_answer() -> None:
 
 
 async def test_between_full_polls_only_the_channels_power_and_energy_are_read(sim: ModbusSimulator) -> None:
-    """diag_every = 3 on an SDM120: the first poll reads all six values (three requests), the next two only power
-    and total energy (two requests: 0x000C and 0x0156 are too far apart for one), the fourth all six again."""
-    async with meter(sim, 1, "sdm120", diag_every=3) as src:
+    """diag_every = 6 and energy_every = 2 on an SDM120: the first poll reads all six values (three requests), then
+    power alone (one request) and power with total energy (two: 0x000C and 0x0156 are too far apart for one) in
+    turn, and the seventh all six again."""
+    async with meter(sim, 1, "sdm120", diag_every=6, energy_every=2) as src:
         keys, requests = [], []
-        for _ in range(4):
+        for _ in range(7):
             before = sim.replies
             keys.append(sorted(by_key(src, await src.poll_once())))
             requests.append(sim.replies - before)
         assert src.health.errors == {} and src.health.state == "ok"
     everything = ["current", "energy", "frequency", "import_energy", "power", "voltage"]
-    assert keys == [everything, ["energy", "power"], ["energy", "power"], everything]
-    assert requests == [3, 2, 2, 3]
+    both, power = ["energy", "power"], ["power"]
+    assert keys == [everything, power, both, power, both, power, everything]
+    assert requests == [3, 1, 2, 1, 2, 1, 3]
+
+
+async def test_by_default_the_energy_register_is_read_every_fifth_poll_and_after_a_failed_read(
+        sim: ModbusSimulator) -> None:
+    """The defaults: the full map on the first poll and every 10th, the total energy every 5th, the power on every
+    poll; a poll whose energy read failed (the meter silent) is followed by one that reads it again."""
+    async with meter(sim, 1, "sdm120", diag_every=10, energy_every=5) as src:
+        got = [sorted(by_key(src, await src.poll_once())) for _ in range(11)]
+        assert [("energy" in k) for k in got] == [True, False, False, False, False, True, False, False, False,
+                                                 False, True]
+        for _ in range(4):  # the 12th to the 15th
+            await src.poll_once()
+        await sim.stop_server()  # the meter goes silent for the 16th, an energy poll
+        assert "energy" not in by_key(src, await src.poll_once())
+        await sim.start_server()
+        assert "energy" in by_key(src, await src.poll_once())  # the 17th makes up for it
+        assert "energy" not in by_key(src, await src.poll_once())
 
 
 async def test_a_phase_channel_is_read_every_poll_and_the_totals_between(sim: ModbusSimulator) -> None:
     """The gateway names the appliance's channel (`channel=`, as for an SDM630 phase): that phase's power and energy
     every poll, the totals and the other phases only on the full polls."""
     cfg = {"driver": "modbus", "port": sim.port, "address": 2, "model": "sdm630", "poll_s": 0.02,
-           "timeout_s": 0.15, "retries": 0, "baud": 9600, "diag_every": 2}
+           "timeout_s": 0.15, "retries": 0, "baud": 9600, "diag_every": 2, "energy_every": 1}
     src = build_source("sdm630-2", cfg, clock=ManualClock(), bus_options=FAST_BUS, channel="L1")
     assert isinstance(src, ModbusMeterSource)
     async with src:
@@ -258,12 +278,12 @@ async def test_a_phase_channel_is_read_every_poll_and_the_totals_between(sim: Mo
     assert (Quantity.POWER_MW, "L1") in fast and {(r.quantity, r.signal) for r in first} > fast
 
 
-def test_diag_every_is_checked() -> None:
+def test_diag_every_and_energy_every_are_checked() -> None:
     from drivers.errors import DriverConfigError
 
-    for bad in (0, 3601, 2.5, True):
-        cfg = {"driver": "modbus", "port": "/dev/null", "model": "sdm120", "diag_every": bad}
-        with pytest.raises(DriverConfigError, match="diag_every"):
+    for key, bad in [("diag_every", v) for v in (0, 3601, 2.5, True)] + [("energy_every", v) for v in (0, 61, 1.5)]:
+        cfg = {"driver": "modbus", "port": "/dev/null", "model": "sdm120", key: bad}
+        with pytest.raises(DriverConfigError, match=key):
             build_source("m", cfg, clock=ManualClock())
 
 

@@ -111,7 +111,7 @@ async def test_a_kettle_boil_read_from_the_rtu_simulator_at_12346_kwh_is_within_
 
     sim_meter = SimMeter("sdm120", 1, energy_kwh=12_346.0, time_fn=lambda: t[0], power_fn=kettle)
     async with ModbusSimulator([sim_meter]) as sim:
-        cfg = {"driver": "modbus", "port": sim.port, "address": 1, "model": "sdm120", "poll_s": 0.05,
+        cfg = {"driver": "modbus", "port": sim.port, "address": 1, "model": "sdm120", "energy_every": 1, "poll_s": 0.05,
                "timeout_s": 0.3, "retries": 1, "baud": 9600}
         src = build_source("kettle-meter", cfg, clock=ManualClock(),
                            bus_options={"backoff_initial_s": 0.01, "backoff_max_s": 0.05, "turnaround_s": 0.005})
@@ -157,7 +157,7 @@ async def test_a_kettle_read_through_the_driver_is_billed_to_boil_within_one_ste
     meter = ApplianceMeter("kettle", builtin_profile("kettle"), energy=EnergySpec("register", "kettle-meter"))
     records: list[UsageRecord] = []
     async with ModbusSimulator([sim_meter]) as sim:
-        cfg = {"driver": "modbus", "port": sim.port, "address": 1, "model": "sdm120", "poll_s": 2.0,
+        cfg = {"driver": "modbus", "port": sim.port, "address": 1, "model": "sdm120", "energy_every": 1, "poll_s": 2.0,
                "timeout_s": 0.3, "retries": 2, "baud": 19200}
         src = build_source("kettle-meter", cfg, clock=clock,
                            bus_options={"backoff_initial_s": 0.01, "backoff_max_s": 0.05, "turnaround_s": 0.005})

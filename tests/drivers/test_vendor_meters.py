@@ -47,7 +47,8 @@ def by_key(readings: list[Reading]) -> dict[tuple[Quantity, str], int]:
 
 
 def source(bus: VendorBus, model: str, address: int, baud: int, channel: str = "", **extra: object) -> Source:
-    cfg = {"driver": "modbus", "model": model, "port": bus.port, "address": address, "baud": baud, **extra}
+    cfg = {"driver": "modbus", "model": model, "port": bus.port, "address": address, "baud": baud,
+           "energy_every": 1, **extra}
     return build_source(f"{model}-{address}", cfg, clock=ManualClock(), channel=channel)
 
 
