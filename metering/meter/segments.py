@@ -236,13 +236,20 @@ class Segments:
         if mk is not None and mk.at.mono_ns < f.at.mono_ns:  # began before the fall: from it, on the new segment
             mk = Mark(f.at, 0, max(mk.peak_mw, f.peak_mw), f.mwh, f.weight, f.dur_ns)
         seg.mark = None
-        seg.mwh -= f.mwh
-        seg.weight -= f.weight
-        seg.dur_ns -= f.dur_ns
-        seg.peak_mw = f.peak_before
-        self.close(RecordKind.INTERIM, f.at)
-        new = self.open(f.at)
-        new.mwh, new.weight, new.dur_ns, new.peak_mw, new.mark = f.mwh, f.weight, f.dur_ns, f.peak_mw, mk
+        self._split_at(f, RecordKind.INTERIM).mark = mk
+
+    def _split_at(self, m: Mark, kind: RecordKind) -> Segment:
+        """Close the open segment at `m` as a `kind` slice, without what accumulated since `m`, which goes on in a
+        new segment of the same function from `m` (returned)."""
+        seg = self.current()
+        seg.mwh -= m.mwh
+        seg.weight -= m.weight
+        seg.dur_ns -= m.dur_ns
+        seg.peak_mw = m.peak_before
+        self.close(kind, m.at)
+        new = self.open(m.at)
+        new.mwh, new.weight, new.dur_ns, new.peak_mw = m.mwh, m.weight, m.dur_ns, m.peak_mw
+        return new
 
     def _end_at_fall(self, fall: Now, ended_ns: int, at: Now, p: int) -> bool:
         """The use under way ended at `ended_ns` (at or after its low spell's `fall`; confirmed at `at`): what began
@@ -301,14 +308,7 @@ class Segments:
         if (mk is None or seg.start.mono_ns >= rise_ns or mk.at.mono_ns <= seg.start.mono_ns
                 or mk.at.boot_id != seg.start.boot_id or seg.start.boot_id != st.cursor.boot):
             return
-        seg.mwh -= mk.mwh
-        seg.weight -= mk.weight
-        seg.dur_ns -= mk.dur_ns
-        seg.peak_mw = mk.peak_before
-        self.close(RecordKind.FUNCTION, mk.at)
-        new = self.open(mk.at)
-        new.mwh, new.weight, new.dur_ns, new.peak_mw = mk.mwh, mk.weight, mk.dur_ns, mk.peak_mw
-        new.mark = mk
+        self._split_at(mk, RecordKind.FUNCTION).mark = mk
         mk.peak_before = 0
 
     def drop_empty(self) -> None:
