@@ -38,7 +38,8 @@ from koto.signing import (
 
 from . import commands as cmds
 from .errors import CommandRejected, NotRegistered, NotSent, ReplyTimeout, UnknownGateway
-from .store import NOT_SENT, SENDING, SENT, UNCONFIRMED, UNKNOWN, CommandRecord, Store, open_store
+from .store import Store, open_store
+from .store_commands import NOT_SENT, SENDING, SENT, UNCONFIRMED, UNKNOWN, CommandRecord
 
 F = TypeVar("F", bound=Callable[..., Any])
 DB_HELP = "SQLite file (default) or postgresql:// DSN"

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud.store import NOT_SENT, SENDING, SENT, UNCONFIRMED, UNKNOWN, PostgresStore, SqliteStore, Store
+from cloud.store import PostgresStore, SqliteStore, Store
+from cloud.store_commands import NOT_SENT, SENDING, SENT, UNCONFIRMED, UNKNOWN
 from tests.support.events import EventFactory
 
 # The `commands` table as koto-cloud made it before it recorded whether the broker took a command.
