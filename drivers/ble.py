@@ -18,8 +18,11 @@ source's health to "degraded" with one log line; nothing is invented while it is
 
 An encrypted device's last encryption counter is kept in a `CounterStore` the gateway passes in (`counters=`): the
 source resumes from it when it opens, so an advert recorded earlier and played back after a restart is refused as
-it would have been before. The source only reads and updates the store in memory; when it is written to disk is
-the gateway's business (gateway/bthome_counters.py).
+it would have been before. With the counter the store keeps how fast the device counts and when it was last read
+(`drivers.bthome.Kept`), so that a device whose count restarted while Koto did not hear it (a power cut that took
+the device and the Pi together) is read at once when its counter is no higher than it can have counted since
+(`drivers.bthome.CounterPace`), and a recorded advert further back is still refused. The source only reads and
+updates the store in memory; when it is written to disk is the gateway's business (gateway/bthome_counters.py).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from koto.reading import Quantity, Reading, to_milli
 
 from .base import Claim, Source
 from .ble_backend import BleakBackend, Subscription
-from .bthome import BTHomeDecoder, CounterBelow, Decoded
+from .bthome import RESTART_BELOW, BTHomeDecoder, CounterBelow, CounterPace, Decoded, Kept
 from .errors import FrameError, SourceProblems
 
 log = logging.getLogger("koto.drivers.bthome")
@@ -56,17 +59,18 @@ _KEYS = ("driver", "address", "bindkey", "stale_after_s", "adapter", "scanning",
 
 
 class CounterStore(Protocol):
-    """Where BTHome sources keep the last encryption counter they read from each encrypted device, by address and
-    key id (`key_id`), so that a restart of the source or of the gateway does not forget it."""
+    """Where BTHome sources keep the last encryption counter they read from each encrypted device (with how fast it
+    counts and when it was read: `Kept`), by address and key id (`key_id`), so that a restart of the source or of
+    the gateway does not forget it."""
 
-    def last(self, address: str, key_id: str) -> int | None:
-        """The last counter read from `address` under the key `key_id`; None when none is kept (or under another
+    def kept(self, address: str, key_id: str) -> Kept | None:
+        """What is kept of `address`'s counter under the key `key_id`; None when nothing is (or only under another
         key: a device given a new bindkey starts afresh)."""
         ...
 
-    def accepted(self, address: str, key_id: str, counter: int) -> None:
-        """`address` sent an advert under `key_id` with this counter, and it was read (lower than the last one when
-        the device restarted its count)."""
+    def keep(self, address: str, key_id: str, kept: Kept) -> None:
+        """`address` sent an advert under `key_id` with the counter `kept.counter`, and it was read (lower than the
+        last one when the device restarted its count)."""
         ...
 
 
@@ -102,6 +106,7 @@ class BTHomeSource(Source):
         self.backend = backend if backend is not None else BleakBackend()
         self._queue: asyncio.Queue[Reading] = asyncio.Queue(maxsize=queue_size)
         self._decoder: BTHomeDecoder | None = None
+        self._pace: CounterPace | None = None
         self._sub: Subscription | None = None
         self._last_heard_ns: int | None = None
         self._since_ns = 0
@@ -157,9 +162,11 @@ class BTHomeSource(Source):
         return (Claim(f"ble:{self.address}", "address"),)
 
     async def _open(self) -> None:
-        last = self.counters.last(self.address, self._key_id) if self.counters is not None else None
-        self._decoder = BTHomeDecoder(self.address, self.bindkey, last_counter=last)
-        self._since_ns = self.clock.now().mono_ns
+        kept = self.counters.kept(self.address, self._key_id) if self.counters is not None else None
+        now = self.clock.now()
+        self._decoder = BTHomeDecoder(self.address, self.bindkey, last_counter=None if kept is None else kept.counter)
+        self._pace = CounterPace(kept, now.boot_id) if self.bindkey is not None else None
+        self._since_ns = now.mono_ns
         self._sub = self.backend.subscribe(self._on_advert)
 
     async def _close(self) -> None:
@@ -210,9 +217,10 @@ class BTHomeSource(Source):
             log.info("%s: %s is heard again", self.name, self.address)
         self._sync_health()
         before = self._decoder.last_counter
+        restart_below = self._pace.restart_below(now.mono_ns) if self._pace is not None else RESTART_BELOW
         try:
             decoded = self._decoder.decode(adv.service_data, name=adv.local_name, rssi=adv.rssi,
-                                           t_s=now.mono_ns / 1e9)
+                                           t_s=now.mono_ns / 1e9, restart_below=restart_below)
         except CounterBelow as e:
             self._count_error(e.kind, "advert from %s ignored: %s (kept across restarts): a recorded advert played "
                               "again, or the device was reset (new battery, re-flashed) while Koto did not hear it. "
@@ -223,7 +231,7 @@ class BTHomeSource(Source):
         except FrameError as e:
             self._count_error(e.kind, "advert from %s ignored: %s", self.address, e.detail)
             return
-        self._counted(before)
+        self._counted(before, now)
         if decoded is None:
             self.duplicates += 1
             return
@@ -237,16 +245,24 @@ class BTHomeSource(Source):
                 self._queue.get_nowait()
             self._queue.put_nowait(reading)
 
-    def _counted(self, before: int | None) -> None:
+    def _counted(self, before: int | None, now: Now) -> None:
         """Keep the counter of an advert just read; say so when it went down (a device restarting its count)."""
         counter = self._decoder.last_counter if self._decoder is not None else None
-        if counter is None or counter == before:
+        pace = self._pace
+        if counter is None or counter == before or pace is None:
             return
-        if before is not None and counter < before:
+        if before is not None and counter < before and counter < RESTART_BELOW:
             log.warning("%s: %s counts its encryption counter again from %d (it was at %d): read as the device "
                         "restarting (a new battery, a power cut)", self.name, self.address, counter, before)
+        elif before is not None and counter < before and pace.kept is not None:
+            log.warning("%s: %s counts its encryption counter again: %d, below the %d read from it at least %.0f s "
+                        "ago; counting at most %.3g a second (the fastest it was seen), a count restarted since then "
+                        "is below %d: read as the device restarting (a power cut, a new battery)", self.name,
+                        self.address, counter, before, pace.unheard_s(now.mono_ns) or 0.0, pace.kept.rate or 0.0,
+                        pace.restart_below(now.mono_ns))
+        kept = pace.read(counter, now.mono_ns)
         if self.counters is not None:
-            self.counters.accepted(self.address, self._key_id, counter)
+            self.counters.keep(self.address, self._key_id, kept)
 
     def _to_readings(self, d: Decoded, rssi: int, now: Now) -> list[Reading]:
         out: list[Reading] = []

@@ -15,7 +15,9 @@ Assistant's entity model, which leaves four gaps for a meter, closed here and no
 - Its replay check (the encryption counter must not go down) remembers only what this process saw, from the first
   advert after every start. `BTHomeDecoder(last_counter=...)` resumes from the counter read before a restart
   (kept by the gateway, see `drivers.ble.CounterStore`), and the check runs here, before decrypting, with
-  bthome-ble's rule: lower is refused unless it is below `RESTART_BELOW` (the device restarted its count).
+  bthome-ble's rule: lower is refused unless it is below `RESTART_BELOW` (the device restarted its count), or
+  below the higher limit `CounterPace` works out from how fast the device counts and how long it was not heard
+  (a device restarted while the gateway was down, as in a power cut that takes both).
 
 An advert that does not frame completely is rejected whole: a meter must not bill half an advert.
 
@@ -28,6 +30,7 @@ bthome-ble is imported lazily (on the first decoder), so importing this module c
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,6 +41,9 @@ from typing import Any
 from .errors import FrameError
 
 RESTART_BELOW = 100  # bthome-ble's rule: a lower counter below this is a device that restarted its count, not a replay
+RATE_SPAN_S = 30.0  # a device's counting rate is measured over at least this long (BlueZ delivers in bursts)
+RATE_MAX = 50.0  # counter steps a second, at most: BLE's shortest advertising interval is 20 ms
+RESTART_MARGIN = 2.0  # how much faster than the fastest rate seen a restarted device may have counted
 
 BTHOME_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
 BTHOME_V1_UUIDS = frozenset({"0000181c-0000-1000-8000-00805f9b34fb", "0000181e-0000-1000-8000-00805f9b34fb"})
@@ -191,12 +197,88 @@ class CounterBelow(FrameError):
                                              f"{last}")
 
 
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """What is kept of an encrypted device's counter across restarts: the last counter read; the fastest its counter
+    was seen rising, in steps a second (None until learned); and when that counter was read, as the boot it was read
+    in (`boot_tag`) and that boot's monotonic clock (None for a counter kept before Koto kept these)."""
+
+    counter: int
+    rate: float | None = None
+    boot: str | None = None
+    mono_ns: int | None = None
+
+
+def boot_tag(boot_id: str) -> str:
+    """The short name of a boot kept with a counter: the last 8 characters of its boot id (its random part)."""
+    return boot_id[-8:]
+
+
+class CounterPace:
+    """How fast one encrypted device counts, and from that which lower counter is the device restarting its count.
+
+    A device that restarted its count (a power cut, a new battery) did so after Koto last read it, so its counter is
+    now at most (its rate) x (the time since Koto last read it). A lower counter within `RESTART_MARGIN` times that,
+    plus `RESTART_BELOW`, is read as that restart; any other lower counter is a replay. The time is taken on the
+    monotonic clock, never the wall clock (which a Pi without a real-time clock gets right only once NTP answers,
+    and which whoever answers NTP sets): in the boot the counter was read in, the time since; in a later boot, the
+    time since that boot (Linux's monotonic clock starts at the boot), which is less than the time since the
+    counter was read, so the limit errs on the side of refusing. In a power cut that takes the Pi and the device
+    together, the two started together, so it is the time the device has been counting.
+
+    The rate is learned while the device is heard: counter steps over at least `RATE_SPAN_S`, the fastest such
+    measure kept (rounded up, at most `RATE_MAX`), never across a step up further than that limit. None until
+    learned; until then only `RESTART_BELOW` applies.
+    """
+
+    def __init__(self, kept: Kept | None, boot_id: str) -> None:
+        self.kept = kept
+        self._boot = boot_tag(boot_id)
+        self._anchor: tuple[int, int] | None = None  # (counter, mono_ns) the next measure of the rate starts from
+
+    def unheard_s(self, mono_ns: int) -> float | None:
+        """At least how long ago the kept counter was read (None: not known)."""
+        kept = self.kept
+        if kept is None or kept.boot is None or kept.mono_ns is None:
+            return None
+        since = mono_ns - kept.mono_ns if kept.boot == self._boot else mono_ns
+        return max(since, 0) / 1e9
+
+    def restart_below(self, mono_ns: int) -> int:
+        """A counter below the kept one and below this is read as the device restarting its count."""
+        kept, unheard = self.kept, self.unheard_s(mono_ns)
+        if kept is None or kept.rate is None or unheard is None:
+            return RESTART_BELOW
+        return RESTART_BELOW + int(min(kept.rate, RATE_MAX) * unheard * RESTART_MARGIN)
+
+    def read(self, counter: int, mono_ns: int) -> Kept:
+        """An advert with `counter` was read at `mono_ns`: what to keep now."""
+        kept = self.kept
+        rate = kept.rate if kept is not None else None
+        anchor = self._anchor
+        if anchor is None or counter < anchor[0]:
+            self._anchor = (counter, mono_ns)  # the first advert read, or the device counting again from low
+        elif kept is not None and rate is not None and counter - kept.counter >= self.restart_below(mono_ns):
+            # Further up than it can have counted since the last advert: not counting but something else (an
+            # advert recorded before the device restarted its count, played back; a device set to send faster,
+            # whose new pace the next measure learns). Not learned from, so a replay cannot widen the limit.
+            self._anchor = (counter, mono_ns)
+        elif mono_ns - anchor[1] >= RATE_SPAN_S * 1e9:
+            per_s = (counter - anchor[0]) * 1e9 / (mono_ns - anchor[1])
+            seen = min(math.ceil(per_s * (1000 - 1e-3)) / 1000, RATE_MAX)  # up to the next 0.001, past 1 ppm
+            rate = seen if rate is None else max(rate, seen)
+            self._anchor = (counter, mono_ns)
+        self.kept = Kept(counter, rate, self._boot, mono_ns)
+        return self.kept
+
+
 class BTHomeDecoder:
     """Decodes the adverts of one device. Keeps bthome-ble's per-device state (packet id, encryption counter).
 
     `last_counter` is the encryption counter of the last advert read from this device before a restart (None: none
-    known). The first advert must then have a higher counter (or one below `RESTART_BELOW`, a device restarting its
-    count); one with the same counter is the advert already read, heard again, and is dropped as a repeat.
+    known). The first advert must then have a higher counter (or one below `RESTART_BELOW`, or below the
+    `restart_below` given to `decode`: a device restarting its count); one with the same counter is the advert
+    already read, heard again, and is dropped as a repeat.
     """
 
     def __init__(self, address: str, bindkey: bytes | None = None, *, last_counter: int | None = None) -> None:
@@ -214,7 +296,7 @@ class BTHomeDecoder:
         """The encryption counter of the last encrypted advert decoded (or the one resumed from)."""
         return self._last_counter
 
-    def _fresh(self, counter: int) -> bool:
+    def _fresh(self, counter: int, restart_below: int) -> bool:
         """Whether an encrypted advert's counter may be read (False: the advert read last before a restart, again);
         raises CounterBelow for a lower one. Checked before decrypting, as bthome-ble checks its own."""
         last = self._last_counter
@@ -222,15 +304,18 @@ class BTHomeDecoder:
             return True
         if counter == last:
             return not self._resumed  # this run's own equal counter is judged after decrypting (same or new content)
-        if counter < RESTART_BELOW:
-            return True  # the device restarted its count (a battery change, a power cut, a wrap): bthome-ble's rule
+        if counter < max(restart_below, RESTART_BELOW):
+            return True  # the device restarted its count (a battery change, a power cut, a wrap): bthome-ble's rule,
+            # or one restarted while it was not heard, no further than it can have counted since (CounterPace)
         raise CounterBelow(counter, last)
 
     def decode(self, service_data: Mapping[str, bytes], *, name: str | None = None, rssi: int = 0,
-               t_s: float = 0.0) -> Decoded | None:
+               t_s: float = 0.0, restart_below: int = RESTART_BELOW) -> Decoded | None:
         """Decode one advert. Returns None for a repeat of what we already have; raises FrameError for bad input.
 
-        `t_s` is a monotonic time in seconds (bthome-ble's 4 s duplicate window uses it).
+        `t_s` is a monotonic time in seconds (bthome-ble's 4 s duplicate window uses it). A counter below the last one
+        read is the device restarting its count when it is below `restart_below` (`CounterPace.restart_below`; never
+        less than `RESTART_BELOW`), and raises CounterBelow otherwise.
         """
         raw = service_data.get(BTHOME_UUID)
         if raw is None:
@@ -256,7 +341,7 @@ class BTHomeDecoder:
             )
         if body < (8 + 2 if encrypted else 2):
             raise FrameError("wrong_length", f"the advert is too short ({len(raw)} bytes)")
-        if encrypted and not self._fresh(int.from_bytes(raw[-8:-4], "little")):
+        if encrypted and not self._fresh(int.from_bytes(raw[-8:-4], "little"), restart_below):
             return None
 
         p = self._parser

@@ -16,16 +16,24 @@ next advert (whose counter is higher) closes it again. A clean stop (`systemctl 
 reboot) leaves no such window.
 
 A device that was reset counts again from 0: a counter below 100 is read as such a restart (bthome-ble's rule) and
-becomes the new last counter. One reset while Koto did not hear its first 100 adverts is refused until its counter
-passes the kept one; `koto bthome forget-counter SOURCE` (the gateway stopped) forgets it. A device given a new
-bindkey starts afresh by itself: a counter is kept with the id of the key it was read under.
+becomes the new last counter. So is a higher one that the device can have reached since Koto last read it: with each
+counter the row keeps the fastest the device was seen counting (`rate`, steps a second) and when the counter was
+read (`boot`, the boot's tag, and `mono_ms`, that boot's monotonic clock), from which `drivers.bthome.CounterPace`
+works out the limit; a plug restarted by the power cut that also restarted the Pi is read at once. A row written
+before these were kept loads (bthome-ble's rule alone applies until the rate is learned, 30 s of adverts). A reset
+further back than that is refused until its counter passes the kept one, or until the limit, which grows while the
+device is not read, reaches it; `koto bthome forget-counter SOURCE` (the gateway stopped) forgets the counter. A
+device given a new bindkey starts afresh by itself: a counter is kept with the id of the key it was read under.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
+
+from drivers.bthome import RATE_MAX, Kept
 
 if TYPE_CHECKING:
     from metering.ledger import Ledger
@@ -41,42 +49,77 @@ class _Checkpoints(Protocol):
     def checkpoint(self, name: str) -> dict[str, Any] | None: ...
 
 
+def _kept(kept: Any) -> Kept | None:
+    """A device's entry as written by `snapshot` (the rate and time optional: rows written before they were kept
+    have neither); None when it is unreadable. An unreadable rate or time costs only themselves."""
+    if not isinstance(kept, Mapping):
+        return None
+    counter: Any = kept.get("counter")
+    rate: Any = kept.get("rate")
+    boot: Any = kept.get("boot")
+    mono_ms: Any = kept.get("mono_ms")
+    if type(counter) is not int or not 0 <= counter < 1 << 32 or not isinstance(kept.get("key"), str):
+        return None
+    if not (type(rate) in (int, float) and math.isfinite(rate) and 0 < rate <= RATE_MAX):
+        rate = None
+    if not (isinstance(boot, str) and type(mono_ms) is int and mono_ms >= 0):
+        return Kept(counter, rate)
+    return Kept(counter, rate, boot, mono_ms * 1_000_000)
+
+
 class EncryptionCounters:
-    """Address -> (the last encryption counter read, the id of the bindkey it was read under). In RAM; the daemon
-    writes `checkpoints()` with its batches."""
+    """Address -> (what is kept of its counter, the id of the bindkey it was read under). In RAM; the daemon writes
+    `checkpoints()` with its batches. A `drivers.ble.CounterStore`."""
 
     def __init__(self, state: Mapping[str, Any] | None = None) -> None:
-        self._devices: dict[str, tuple[int, str]] = {}
+        self._devices: dict[str, tuple[Kept, str]] = {}
         devices = (state or {}).get("devices")
-        for address, kept in (devices.items() if isinstance(devices, Mapping) else ()):
-            counter, key = (kept.get("counter"), kept.get("key")) if isinstance(kept, Mapping) else (None, None)
-            if type(counter) is int and 0 <= counter < 1 << 32 and isinstance(key, str):
-                self._devices[str(address).upper()] = (counter, key)
+        for address, entry in (devices.items() if isinstance(devices, Mapping) else ()):
+            kept = _kept(entry)
+            if kept is not None:
+                self._devices[str(address).upper()] = (kept, entry["key"])
             else:  # written by us, so only a damaged row: start afresh for that device rather than not at all
                 log.warning("bthome counters: the kept counter of %s is unreadable (%r); starting afresh", address,
-                            kept)
+                            entry)
 
     @classmethod
     def load(cls, ledger: _Checkpoints) -> EncryptionCounters:
         return cls(ledger.checkpoint(CHECKPOINT))
 
+    def kept(self, address: str, key_id: str) -> Kept | None:
+        entry = self._devices.get(address.upper())
+        return entry[0] if entry is not None and entry[1] == key_id else None
+
+    def keep(self, address: str, key_id: str, kept: Kept) -> None:
+        self._devices[address.upper()] = (kept, key_id)
+
     def last(self, address: str, key_id: str) -> int | None:
-        kept = self._devices.get(address.upper())
-        return kept[0] if kept is not None and kept[1] == key_id else None
+        """The last counter read from `address` under `key_id` (None: none kept)."""
+        kept = self.kept(address, key_id)
+        return None if kept is None else kept.counter
 
     def accepted(self, address: str, key_id: str, counter: int) -> None:
-        self._devices[address.upper()] = (counter, key_id)
+        """Keep `counter` alone (no rate, no time: what a row written before they were kept gives)."""
+        self.keep(address, key_id, Kept(counter))
 
     def forget(self, address: str) -> int | None:
         """Forget `address`'s counter; returns it (None when none was kept)."""
-        kept = self._devices.pop(address.upper(), None)
-        return None if kept is None else kept[0]
+        entry = self._devices.pop(address.upper(), None)
+        return None if entry is None else entry[0].counter
 
     def __len__(self) -> int:
         return len(self._devices)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"devices": {a: {"counter": c, "key": k} for a, (c, k) in sorted(self._devices.items())}}
+        devices: dict[str, Any] = {}
+        for address, (kept, key) in sorted(self._devices.items()):
+            entry: dict[str, Any] = {"counter": kept.counter, "key": key}
+            if kept.rate is not None:
+                entry["rate"] = kept.rate
+            if kept.boot is not None and kept.mono_ns is not None:
+                entry["boot"], entry["mono_ms"] = kept.boot, kept.mono_ns // 1_000_000
+            devices[address] = entry
+        return {"devices": devices}
 
     def checkpoints(self) -> dict[str, dict[str, Any]]:
         """The checkpoint row to write with a batch; none while no counter is kept (a gateway without encrypted

@@ -1,9 +1,11 @@
 """`koto bthome forget-counter SOURCE`: forget the encryption counter Koto keeps for an encrypted BTHome device.
 
 Koto refuses an encrypted advert whose counter is below the last one it read from the device, across restarts
-(gateway/bthome_counters.py). A device that was reset (a new battery, re-flashed) counts again from 0; when Koto
-missed its first 100 adverts, its adverts are refused until its counter passes the kept one, and the journal says
-so and names this command. The gateway must be stopped: it holds the ledger, and writes its counters when it stops.
+(gateway/bthome_counters.py). A device that was reset (a new battery, re-flashed) counts again from 0; Koto reads
+it when its counter is below 100, or no higher than it can have counted since Koto last read it (a power cut that
+restarted the device and the Pi together). Otherwise its adverts are refused until its counter passes the kept one
+(or that limit, growing meanwhile, reaches it), and the journal says so and names this command. The gateway must be
+stopped: it holds the ledger, and writes its counters when it stops.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ The production `Gateway` on a real ledger file, a BTHome plug's adverts encrypte
 (`build_service_data`, which reproduces bthome-ble's published vector) entering through bleak's front end and
 bthome-ble (`ReplayBackend`), and real restarts: a clean stop (what SIGTERM does), or a crash (the run cancelled:
 nothing more reaches the ledger than what its last batch committed), then a new `Gateway` on the same state folder.
+A household power cut restarts the plug's count and the Pi together: the Pi's clock (`ManualClock`) then starts a
+new boot, and the plug, counting again from 0, is read at once; an advert recorded before the cut is still refused.
 The `koto bthome forget-counter` command runs as an installer types it.
 """
 
@@ -18,14 +20,15 @@ from typing import Any
 
 import pytest
 
-from drivers.ble import BTHomeSource
+from drivers.ble import BTHomeSource, key_id
 from drivers.ble_backend import ReplayAdvert, ReplayBackend
 from drivers.bthome import build_service_data
+from gateway.bthome_counters import CHECKPOINT
 from gateway.cli import main as koto
 from gateway.config import parse_config
 from gateway.daemon import Gateway
 from gateway.state import StateDir
-from koto.clock import SystemClock
+from koto.clock import Clock, ManualClock, SystemClock
 from tests.support.slow import scaled
 
 PLUG = "A4:C1:38:8D:18:B2"
@@ -63,8 +66,8 @@ async def until(cond: Callable[[], bool]) -> None:
 class Gw:
     """One run of the gateway on the test's state folder, with the plug in range."""
 
-    def __init__(self, tmp: Path) -> None:
-        clock = SystemClock()
+    def __init__(self, tmp: Path, clock: Clock | None = None) -> None:
+        clock = clock or SystemClock()
         self.ble = ReplayBackend(clock=clock)
         self.gw = Gateway(parse_config(config(tmp), file="koto.toml"), clock=clock, backends={"ble": self.ble},
                           sync_enabled=False)
@@ -169,8 +172,9 @@ async def test_after_a_crash_the_gateway_resumes_from_the_counter_its_last_batch
     batches = first.gw.stats.batches
     await first.hears(advert(1001), advert(1002))  # recorded by someone
     assert first.gw.stats.batches == batches  # adverts alone wrote nothing
-    assert first.gw.ledger.checkpoint(CHECKPOINT) == {"devices": {PLUG: {"counter": 1000,
-                                                                          "key": first.plug._key_id}}}
+    kept = first.gw.ledger.checkpoint(CHECKPOINT)
+    assert kept is not None and (kept["devices"][PLUG]["counter"], kept["devices"][PLUG]["key"]) == (
+        1000, first.plug._key_id)
     await first.crash()
 
     again = Gw(state)
@@ -252,3 +256,96 @@ async def test_a_device_that_restarts_its_count_while_heard_is_read_on_and_the_j
     await again.stop()
     assert any("counts its encryption counter again from 0 (it was at 5000)" in r.getMessage()
                for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A household power cut: the plug and the Pi lose power together and start together
+
+
+def plug_advert(counter: int, t_s: float, *, wh: int = 80_016, watts: float = 1.5) -> ReplayAdvert:
+    """The plug's advert with this counter, sent `t_s` seconds into the replay; its energy register (which the plug
+    keeps across a power cut, unlike its counter) at `wh`."""
+    return ReplayAdvert(PLUG, build_service_data(packet_id=counter % 256, power_mw=int(watts * 1000),
+                                                 energy_mwh=wh * 1000, bindkey=KEY, mac=PLUG, counter=counter),
+                        t_s=t_s)
+
+
+def pi(boot: str, up_s: float, wall: float) -> ManualClock:
+    """The Pi's clock in one boot: `boot` names the boot (its id's last 8 characters), `up_s` how long it is up."""
+    return ManualClock(mono_ns=int(up_s * 1e9), wall=wall, boot_id=f"00000000-0000-4000-8000-0000{boot}")
+
+
+async def heard_then_a_power_cut(state: Path) -> None:
+    """The plug heard for a minute, one advert every 0.2 s (counters 5000-5300), the kettle boiling 30 s of it; the
+    use is written a minute after it ended, with the counter and the rate learned. Then the lights go out."""
+    first = Gw(state, pi("aaaaaaaa", 86_400.0, 1_764_460_800.0))
+    boiling = range(50, 200)  # 10 s to 40 s: 2 kW, the register rising 16 Wh
+    await first.hears(*(plug_advert(5000 + i, 0.2 * i, wh=80_000 + (min(max(i - 50, 0), 150) * 16) // 150,
+                                    watts=2000.0 if i in boiling else 1.5) for i in range(301)))
+    await first.hears(plug_advert(6000, 200.0))  # the use ended (its records wait a minute: hold_use_s) ...
+    await first.hears(plug_advert(6500, 300.0))  # ... and go with the next batch, the counters with them
+
+    def kept() -> dict[str, Any]:
+        return dict((first.gw.ledger.checkpoint(CHECKPOINT) or {"devices": {PLUG: {}}})["devices"][PLUG])
+
+    await until(lambda: kept().get("counter") == 6500)
+    assert first.plug.health.errors == {}
+    assert kept() == {"counter": 6500, "key": key_id(KEY), "rate": pytest.approx(5.0, abs=0.01), "boot": "aaaaaaaa",
+                      "mono_ms": pytest.approx(86_700_000, abs=1)}
+    await first.crash()
+
+
+async def test_a_plug_restarted_by_the_power_cut_that_restarted_the_pi_is_read_at_once(
+        state: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The Pi is back 60 s after the power came back (55 s on its own clock: the firmware boots first); the plug,
+    restarted at the same moment, counts again from 0 and is at 300 when first heard. It cannot have counted that far
+    since it was last read more slowly than 5 a second: it is read at once, and the journal says why."""
+    caplog.set_level(logging.WARNING)
+    await heard_then_a_power_cut(state)
+
+    again = Gw(state, pi("bbbbbbbb", 55.0, 1_764_460_800.0 + 3600))  # however long the cut lasted
+    await again.hears(plug_advert(300, 0.0), plug_advert(301, 0.2))
+    assert (again.plug.health.errors, again.plug.health.readings) == ({}, 6)
+    assert again.gw.meters["kettle"].last_raw == 80_016_000
+    await again.stop()
+    said = [r.getMessage() for r in caplog.records if "counts its encryption counter again" in r.getMessage()]
+    assert said == ["plug: A4:C1:38:8D:18:B2 counts its encryption counter again: 300, below the 6500 read from it "
+                    "at least 55 s ago; counting at most 5 a second (the fastest it was seen), a count restarted "
+                    "since then is below 650: read as the device restarting (a power cut, a new battery)"]
+    assert not [r for r in caplog.records if "ignored" in r.getMessage()]
+
+
+async def test_after_a_power_cut_an_advert_recorded_before_it_is_still_refused(
+        state: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Someone recorded the plug's advert 5100 before the cut and plays it back when the Pi is back: the plug cannot
+    have counted to 5100 in the 55 s the Pi has been up, at 5 a second, so it is a replay, refused with the same
+    hint as before; the plug's own adverts are read."""
+    await heard_then_a_power_cut(state)
+
+    again = Gw(state, pi("bbbbbbbb", 55.0, 1_764_460_800.0 + 3600))
+    await again.hears(plug_advert(5100, 0.0, wh=80_005), plug_advert(290, 0.1))
+    assert (again.plug.health.errors, again.plug.health.readings) == ({"replayed_counter": 1}, 3)
+    assert again.gw.meters["kettle"].last_raw == 80_016_000
+    await again.stop()
+    said = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    assert len(said) == 1 and "5100 is below the last one read from it, 6500" in said[0], said
+    assert "sudo -u koto koto bthome forget-counter plug" in said[0]
+
+
+async def test_a_row_kept_before_rates_were_kept_loads_and_the_old_rule_applies_until_one_is_learned(
+        state: Path) -> None:
+    """A `bthome:counters` row written by Koto before it kept rates: the counter is read back and guards as it did,
+    so a plug first heard at 300 after the power cut is refused (bthome-ble's rule alone) until a rate is learned."""
+    from metering.ledger import Ledger
+
+    sd = StateDir(state / "state")
+    with Ledger.open(sd.ledger, gateway_id="gw-ble", key=sd.private_key()) as ledger:
+        ledger.append([], checkpoints={CHECKPOINT: {"devices": {PLUG: {"counter": 5301, "key": key_id(KEY)}}}})
+    again = Gw(state, pi("bbbbbbbb", 55.0, 1_764_460_800.0))
+    await again.hears(plug_advert(300, 0.0), plug_advert(5302, 0.2))
+    assert (again.plug.health.errors, again.plug.health.readings) == ({"replayed_counter": 1}, 3)
+    await again.stop()
+    with Ledger.open(sd.ledger, gateway_id="gw-ble", key=None) as ledger:
+        kept = ledger.checkpoint(CHECKPOINT)
+    assert kept is not None and kept["devices"][PLUG] == {"counter": 5302, "key": key_id(KEY), "boot": "bbbbbbbb",
+                                                          "mono_ms": 55_200}
