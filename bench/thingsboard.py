@@ -8,7 +8,9 @@ install at start). It runs as a child process against:
 
 - the same simulated meters Koto's benches use: `--meters` Eastron SDM120 on one RS-485 bus, a pymodbus RTU server
   on a pty pair in this process (drivers/modbus_sim.py), each polled every second for power (0x000C) and total
-  energy (0x0156), float32 on input registers, as Koto's SDM120 map reads them;
+  energy (0x0156), float32 on input registers, as Koto's SDM120 map reads them (since 2026-12-07 Koto reads the
+  energy register every 5th poll by default, `energy_every`, its power every poll: one request per poll four times
+  in five where ThingsBoard, as configured here, makes two; rows measured before that day read it every poll);
 - a real Mosquitto (tests/support/broker.py) standing in for the ThingsBoard server: the gateway publishes
   `v1/gateway/telemetry` with its access token as the MQTT username, and publishes nothing until its server has
   answered `getSessionLimits` on `v1/devices/me/rpc/request/N`, so this bench answers that (no limits), and counts
