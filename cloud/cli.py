@@ -275,7 +275,7 @@ def _duration_s(text: str) -> float:
         raise click.BadParameter(f"{text!r}: use a number with s, m, h or d, e.g. 1d") from None
 
 
-def _send(gateway: str, type_: str, data: dict[str, Any], o: dict[str, Any]) -> dict[str, Any]:
+def _send(gateway: str, type_: str, data: dict[str, Any], o: dict[str, Any], *, again: str = "") -> dict[str, Any]:
     """Sign, record and publish the command; with --wait, wait for the reply and turn it into the exit code."""
     if o["operator_key"] is None:
         raise click.UsageError("missing option --operator-key (the operator's signing key, made by keygen)")
@@ -300,6 +300,8 @@ def _send(gateway: str, type_: str, data: dict[str, Any], o: dict[str, Any]) -> 
                                                   on_sent=lambda: store.command_state(gateway, dseq, SENT)))
         except NotSent as e:
             store.command_state(gateway, dseq, UNCONFIRMED if e.unconfirmed else NOT_SENT, e.problem)
+            if again:  # (`again`: how to re-run it so that it is the same command, not a second one)
+                raise e.with_hint(again) from None
             raise
         except ReplyTimeout as e:
             raise ReplyTimeout(f"{e}; the command stays queued for the gateway") from None
@@ -370,7 +372,9 @@ def grant(gateway: str, appliance: str, function: str, uses: int | None, kwh: st
         if v is not None:
             doc[k] = v
     data = cmds.entitlement_data(doc)
-    _send(gateway, cmds.ENTITLEMENT, data, o)
+    # A grant without --id gets a new id each run: re-run so after one that may have arrived, it would grant twice.
+    again = "" if ent_id else f"to send this same grant again, not a second one, re-run it with --id {data['id']}"
+    _send(gateway, cmds.ENTITLEMENT, data, o, again=again)
     click.echo(json.dumps(data, sort_keys=True))
 
 

@@ -79,7 +79,7 @@ class NotSent(CommandError, ConnectionError):
     exit_code = 1
 
     def __init__(self, gateway: str, dseq: int, command: str, problem: str, *, refused: bool = False,
-                 unconfirmed: bool = False) -> None:
+                 unconfirmed: bool = False, hint: str = "") -> None:
         self.gateway = gateway
         self.dseq = dseq
         self.command = command
@@ -98,7 +98,13 @@ class NotSent(CommandError, ConnectionError):
         else:
             text = (f"not sent: {which} did not reach the broker ({problem}); re-run it when the broker is "
                     "reachable (it will take the next dseq)")
-        super().__init__(text)
+        self.hint = hint
+        super().__init__(f"{text}; {hint}" if hint else text)
+
+    def with_hint(self, hint: str) -> NotSent:
+        """The same failure, its line ending with `hint` (what the re-run needs that only the sender knows)."""
+        return NotSent(self.gateway, self.dseq, self.command, self.problem, refused=self.refused,
+                       unconfirmed=self.unconfirmed, hint=hint)
 
 
 class ReplyTimeout(CommandError):

@@ -411,6 +411,25 @@ async def test_a_command_that_never_reached_the_broker_is_recorded_as_not_sent(c
     assert listed[0]["sent_at"] is None and listed[2]["sent_at"] is not None
 
 
+async def test_a_grant_not_sent_says_how_to_send_the_same_grant_again(cloud_db, tmp_path, capsys):
+    """A grant without --id gets a new entitlement id on every run, so re-running one that may have reached the
+    gateway (not confirmed) would grant twice: the line names the id to re-run it with (the gateway takes the same
+    id and version again as a duplicate). With --id given, the line says nothing more."""
+    key = tmp_path / "operator.pem"
+    assert main(["keygen", "--out", str(key)]) == 0
+    grant = ["grant", "gw-1", "--appliance", "washer-1", "--uses", "3", "--operator-key", str(key), "--db", cloud_db,
+             "--broker", f"mqtt://127.0.0.1:{free_port()}"]
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, grant) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("koto-cloud: not sent: the entitlement command for gw-1 (dseq 1)")
+    hint = "; to send this same grant again, not a second one, re-run it with --id ent-washer-1-"
+    assert hint in err and err.split("--id ")[-1].removeprefix("ent-washer-1-").isdigit()
+    assert await asyncio.to_thread(main, [*grant, "--id", "e7"]) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert "--id" not in err and err.endswith("re-run it when the broker is reachable (it will take the next dseq)")
+
+
 async def until_true(cond, within: float = 10.0) -> None:
     from tests.support.cloudpeer import until
 
@@ -493,7 +512,8 @@ async def test_a_publish_the_broker_never_acknowledged_is_recorded_as_not_confir
     err = capsys.readouterr().err.splitlines()
     assert err[-1].startswith("koto-cloud: not confirmed: the broker did not acknowledge the entitlement command "
                               "for gw-1 (dseq 1) (broker 127.0.0.1:")
-    assert err[-1].endswith("before re-running it (a re-run takes the next dseq)")
+    assert "before re-running it (a re-run takes the next dseq); to send this same grant again, not a second one, " \
+           "re-run it with --id ent-washer-1-" in err[-1]  # (it may have arrived: a new id would grant twice)
     assert command_rows(str(db)) == [(1, "unconfirmed", False)]
     assert main(["commands", "gw-1", "--db", str(db)]) == 0
     assert "not confirmed: broker 127.0.0.1:" in capsys.readouterr().out
