@@ -65,8 +65,8 @@ async def run(minutes: float, factor: float, corrupt: float, poll_s: float, seed
             cfg = {"driver": "modbus", "port": sim.port, "address": addr, "model": model, "baud": 9600,
                    "poll_s": poll_s, "timeout_s": 0.1, "retries": 2,
                    # every register on every poll: each is checked against the simulator's truth, and "delivered"
-                   # counts them (the daemon's default reads diagnostics only every 10th poll)
-                   "diag_every": 1}
+                   # counts them (the daemon's default reads diagnostics every 10th poll, energy every 5th)
+                   "diag_every": 1, "energy_every": 1}
             src = build_source(f"{model}-{addr}", cfg, clock=clock, bus_options={"turnaround_s": 0.005})
             assert isinstance(src, ModbusMeterSource)
             sources.append(src)
