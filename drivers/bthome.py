@@ -341,7 +341,8 @@ class BTHomeDecoder:
             )
         if body < (8 + 2 if encrypted else 2):
             raise FrameError("wrong_length", f"the advert is too short ({len(raw)} bytes)")
-        if encrypted and not self._fresh(int.from_bytes(raw[-8:-4], "little"), restart_below):
+        counter = int.from_bytes(raw[-8:-4], "little") if encrypted else 0  # (the nonce's last part)
+        if encrypted and not self._fresh(counter, restart_below):
             return None
 
         p = self._parser
@@ -355,8 +356,7 @@ class BTHomeDecoder:
             if encrypted:
                 raise FrameError("replayed_counter", "the encryption counter went backwards (replayed advert?)")
             raise FrameError("not_parsed", "bthome-ble did not accept the advert")
-        if encrypted:  # the counter (the nonce's last part) must increase: bthome-ble refuses only a lower one
-            counter = int.from_bytes(raw[-8:-4], "little")
+        if encrypted:  # the counter must increase: bthome-ble refuses only a lower one
             if counter == self._last_counter and self._last_raw is not None:
                 raise FrameError("replayed_counter", "the encryption counter did not increase (a replayed or forged "
                                                      "advert with new content?)")
