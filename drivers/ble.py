@@ -21,7 +21,9 @@ source resumes from it when it opens, so an advert recorded earlier and played b
 it would have been before. With the counter the store keeps how fast the device counts and when it was last read
 (`drivers.bthome.Kept`), so that a device whose count restarted while Koto did not hear it (a power cut that took
 the device and the Pi together) is read at once when its counter is no higher than it can have counted since
-(`drivers.bthome.CounterPace`), and a recorded advert further back is still refused. The source only reads and
+(`drivers.bthome.CounterPace`), and a recorded advert further back is still refused. After such a restart the
+counter the device had before it is kept too, and an advert recorded before the restart (higher than the device's new
+count) is refused when the device cannot have counted that far since it was last read. The source only reads and
 updates the store in memory; when it is written to disk is the gateway's business (gateway/bthome_counters.py).
 """
 
@@ -39,7 +41,7 @@ from koto.reading import Quantity, Reading, to_milli
 
 from .base import Claim, Source
 from .ble_backend import BleakBackend, Subscription
-from .bthome import RESTART_BELOW, BTHomeDecoder, CounterBelow, CounterPace, Decoded, Kept
+from .bthome import RESTART_BELOW, BTHomeDecoder, CounterBeforeRestart, CounterBelow, CounterPace, Decoded, Kept
 from .errors import FrameError, SourceProblems
 
 log = logging.getLogger("koto.drivers.bthome")
@@ -217,10 +219,20 @@ class BTHomeSource(Source):
             log.info("%s: %s is heard again", self.name, self.address)
         self._sync_health()
         before = self._decoder.last_counter
-        restart_below = self._pace.restart_below(now.mono_ns) if self._pace is not None else RESTART_BELOW
+        pace = self._pace
+        restart_below = pace.restart_below(now.mono_ns) if pace is not None else RESTART_BELOW
         try:
             decoded = self._decoder.decode(adv.service_data, name=adv.local_name, rssi=adv.rssi,
-                                           t_s=now.mono_ns / 1e9, restart_below=restart_below)
+                                           t_s=now.mono_ns / 1e9, restart_below=restart_below,
+                                           recorded=pace.recorded(now.mono_ns) if pace is not None else None)
+        except CounterBeforeRestart as e:
+            self._count_error(e.kind, "advert from %s ignored: %s: an advert recorded before the device restarted its "
+                              "count, played again. If it was the device's own (reset again while Koto did not hear "
+                              "it, or counting faster than it was seen to), it is read again by itself, at the latest "
+                              "once its counter passes %d; to read it at once, run `sudo systemctl stop koto; sudo -u "
+                              "koto koto bthome forget-counter %s; sudo systemctl start koto`", self.address, e.detail,
+                              e.before, self.name)
+            return
         except CounterBelow as e:
             self._count_error(e.kind, "advert from %s ignored: %s (kept across restarts): a recorded advert played "
                               "again, or the device was reset (new battery, re-flashed) while Koto did not hear it. "

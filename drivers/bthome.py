@@ -17,7 +17,11 @@ Assistant's entity model, which leaves four gaps for a meter, closed here and no
   (kept by the gateway, see `drivers.ble.CounterStore`), and the check runs here, before decrypting, with
   bthome-ble's rule: lower is refused unless it is below `RESTART_BELOW` (the device restarted its count), or
   below the higher limit `CounterPace` works out from how fast the device counts and how long it was not heard
-  (a device restarted while the gateway was down, as in a power cut that takes both).
+  (a device restarted while the gateway was down, as in a power cut that takes both). A counter carries no epoch,
+  so after such a restart an advert recorded before it is higher than the device's new count: while the counter
+  from before the restart is kept (`Kept.before`), a higher counter up to it is read only when the device can have
+  counted that far since it was last read (`CounterPace.recorded`); a step further is refused as that replay
+  (`CounterBeforeRestart`).
 
 An advert that does not frame completely is rejected whole: a meter must not bill half an advert.
 
@@ -197,16 +201,38 @@ class CounterBelow(FrameError):
                                              f"{last}")
 
 
+class CounterBeforeRestart(FrameError):
+    """An encrypted advert whose counter is above the last one read from the device but further up than the device
+    can have counted since (`reach` and up), and not above the counter it had before it last restarted its count
+    (`before`): an advert recorded before that restart, played again. Counted as `replayed_counter`."""
+
+    def __init__(self, counter: int, last: int, reach: int, before: int) -> None:
+        self.counter = counter
+        self.last = last
+        self.reach = reach
+        self.before = before
+        super().__init__("replayed_counter", f"its encryption counter {counter} is {counter - last} above the last one "
+                                             f"read from it, {last}, further than the device can have counted since "
+                                             f"(below {reach}), and not above {before}, where its count was before "
+                                             "it restarted")
+
+
 @dataclass(frozen=True, slots=True)
 class Kept:
     """What is kept of an encrypted device's counter across restarts: the last counter read; the fastest its counter
     was seen rising, in steps a second (None until learned); and when that counter was read, as the boot it was read
-    in (`boot_tag`) and that boot's monotonic clock (None for a counter kept before Koto kept these)."""
+    in (`boot_tag`) and that boot's monotonic clock (None for a counter kept before Koto kept these).
+
+    After the device restarted its count, `before` is the counter it had before (the highest, after several), and
+    `since_restart_ns` at least how long before `mono_ns` that restart was read; both None once a counter above
+    `before` is read, or once the device can have counted past it since the restart (`CounterPace`)."""
 
     counter: int
     rate: float | None = None
     boot: str | None = None
     mono_ns: int | None = None
+    before: int | None = None
+    since_restart_ns: int | None = None
 
 
 def boot_tag(boot_id: str) -> str:
@@ -229,6 +255,13 @@ class CounterPace:
     The rate is learned while the device is heard: counter steps over at least `RATE_SPAN_S`, the fastest such
     measure kept (rounded up, at most `RATE_MAX`), never across a step up further than that limit. None until
     learned; until then only `RESTART_BELOW` applies.
+
+    The same bound tells an advert recorded before a restart of the count from the device's own (`recorded`): while
+    `Kept.before` is kept, a step up from the last counter read that lands at or below it must be shorter than the
+    bound over the time since that counter was read. Only within the boot it was read in: across a reboot the time
+    is known only to be at least the uptime, and a device that counted on while the Pi was off for hours would be
+    refused for as long. `before` is dropped once a counter above it is read, or once the bound over the time since
+    the restart passes it (so this check holds a device back for no longer than that, whatever happens).
     """
 
     def __init__(self, kept: Kept | None, boot_id: str) -> None:
@@ -236,20 +269,42 @@ class CounterPace:
         self._boot = boot_tag(boot_id)
         self._anchor: tuple[int, int] | None = None  # (counter, mono_ns) the next measure of the rate starts from
 
-    def unheard_s(self, mono_ns: int) -> float | None:
-        """At least how long ago the kept counter was read (None: not known)."""
+    def _unheard_ns(self, mono_ns: int) -> int | None:
         kept = self.kept
         if kept is None or kept.boot is None or kept.mono_ns is None:
             return None
-        since = mono_ns - kept.mono_ns if kept.boot == self._boot else mono_ns
-        return max(since, 0) / 1e9
+        return max(mono_ns - kept.mono_ns if kept.boot == self._boot else mono_ns, 0)
+
+    def unheard_s(self, mono_ns: int) -> float | None:
+        """At least how long ago the kept counter was read (None: not known)."""
+        since = self._unheard_ns(mono_ns)
+        return None if since is None else since / 1e9
+
+    @staticmethod
+    def _bound(rate: float, seconds: float) -> int:
+        """How far a count can have gone in `seconds` at `rate`, with the margin: the restart limit."""
+        return RESTART_BELOW + int(min(rate, RATE_MAX) * seconds * RESTART_MARGIN)
 
     def restart_below(self, mono_ns: int) -> int:
         """A counter below the kept one and below this is read as the device restarting its count."""
         kept, unheard = self.kept, self.unheard_s(mono_ns)
         if kept is None or kept.rate is None or unheard is None:
             return RESTART_BELOW
-        return RESTART_BELOW + int(min(kept.rate, RATE_MAX) * unheard * RESTART_MARGIN)
+        return self._bound(kept.rate, unheard)
+
+    def recorded(self, mono_ns: int) -> tuple[int, int] | None:
+        """The counters (from, to: both included) of an advert recorded before the device restarted its count that
+        the device itself cannot have reached since it was last read; None when there are none, or when how far it
+        can have counted is not known (no rate learned; last read in an earlier boot)."""
+        kept = self.kept
+        if (kept is None or kept.before is None or kept.rate is None or kept.mono_ns is None
+                or kept.boot != self._boot):
+            return None
+        since_restart = (kept.since_restart_ns or 0) + max(mono_ns - kept.mono_ns, 0)
+        if self._bound(kept.rate, since_restart / 1e9) > kept.before:
+            return None  # the device can have counted past it since its restart
+        reach = kept.counter + self.restart_below(mono_ns)
+        return (reach, kept.before) if reach <= kept.before else None
 
     def read(self, counter: int, mono_ns: int) -> Kept:
         """An advert with `counter` was read at `mono_ns`: what to keep now."""
@@ -268,7 +323,14 @@ class CounterPace:
             seen = min(math.ceil(per_s * (1000 - 1e-3)) / 1000, RATE_MAX)  # up to the next 0.001, past 1 ppm
             rate = seen if rate is None else max(rate, seen)
             self._anchor = (counter, mono_ns)
-        self.kept = Kept(counter, rate, self._boot, mono_ns)
+        before, since = (kept.before, kept.since_restart_ns) if kept is not None else (None, None)
+        if kept is not None and counter < kept.counter:  # (a lower counter is read only as a restart of the count)
+            before, since = max(kept.counter, before or 0), 0
+        elif before is not None:
+            since = (since or 0) + (self._unheard_ns(mono_ns) or 0)
+            if counter > before or (rate is not None and self._bound(rate, since / 1e9) > before):
+                before = since = None
+        self.kept = Kept(counter, rate, self._boot, mono_ns, before, since)
         return self.kept
 
 
@@ -278,7 +340,8 @@ class BTHomeDecoder:
     `last_counter` is the encryption counter of the last advert read from this device before a restart (None: none
     known). The first advert must then have a higher counter (or one below `RESTART_BELOW`, or below the
     `restart_below` given to `decode`: a device restarting its count); one with the same counter is the advert
-    already read, heard again, and is dropped as a repeat.
+    already read, heard again, and is dropped as a repeat. A higher counter within the `recorded` given to `decode`
+    (`CounterPace.recorded`) is refused.
     """
 
     def __init__(self, address: str, bindkey: bytes | None = None, *, last_counter: int | None = None) -> None:
@@ -296,11 +359,14 @@ class BTHomeDecoder:
         """The encryption counter of the last encrypted advert decoded (or the one resumed from)."""
         return self._last_counter
 
-    def _fresh(self, counter: int, restart_below: int) -> bool:
+    def _fresh(self, counter: int, restart_below: int, recorded: tuple[int, int] | None) -> bool:
         """Whether an encrypted advert's counter may be read (False: the advert read last before a restart, again);
-        raises CounterBelow for a lower one. Checked before decrypting, as bthome-ble checks its own."""
+        raises CounterBelow for a lower one, CounterBeforeRestart for a higher one within `recorded`. Checked before
+        decrypting, as bthome-ble checks its own."""
         last = self._last_counter
         if last is None or counter > last:
+            if last is not None and recorded is not None and recorded[0] <= counter <= recorded[1]:
+                raise CounterBeforeRestart(counter, last, *recorded)
             return True
         if counter == last:
             return not self._resumed  # this run's own equal counter is judged after decrypting (same or new content)
@@ -310,12 +376,14 @@ class BTHomeDecoder:
         raise CounterBelow(counter, last)
 
     def decode(self, service_data: Mapping[str, bytes], *, name: str | None = None, rssi: int = 0,
-               t_s: float = 0.0, restart_below: int = RESTART_BELOW) -> Decoded | None:
+               t_s: float = 0.0, restart_below: int = RESTART_BELOW,
+               recorded: tuple[int, int] | None = None) -> Decoded | None:
         """Decode one advert. Returns None for a repeat of what we already have; raises FrameError for bad input.
 
         `t_s` is a monotonic time in seconds (bthome-ble's 4 s duplicate window uses it). A counter below the last one
         read is the device restarting its count when it is below `restart_below` (`CounterPace.restart_below`; never
-        less than `RESTART_BELOW`), and raises CounterBelow otherwise.
+        less than `RESTART_BELOW`), and raises CounterBelow otherwise. A higher counter within `recorded` (from, to;
+        `CounterPace.recorded`) raises CounterBeforeRestart.
         """
         raw = service_data.get(BTHOME_UUID)
         if raw is None:
@@ -342,10 +410,12 @@ class BTHomeDecoder:
         if body < (8 + 2 if encrypted else 2):
             raise FrameError("wrong_length", f"the advert is too short ({len(raw)} bytes)")
         counter = int.from_bytes(raw[-8:-4], "little") if encrypted else 0  # (the nonce's last part)
-        if encrypted and not self._fresh(counter, restart_below):
+        if encrypted and not self._fresh(counter, restart_below, recorded):
             return None
 
         p = self._parser
+        if encrypted and self._last_counter is not None and counter < self._last_counter:
+            p.encryption_counter = 0.0  # a restart of the count, read as such: bthome-ble must not refuse it either
         p.koto = cap = _Capture()
         p.update(service_info(self.address, service_data, name=name, rssi=rssi, t_s=t_s))
         if cap.error is not None:

@@ -349,3 +349,79 @@ async def test_a_row_kept_before_rates_were_kept_loads_and_the_old_rule_applies_
         kept = ledger.checkpoint(CHECKPOINT)
     assert kept is not None and kept["devices"][PLUG] == {"counter": 5302, "key": key_id(KEY), "boot": "bbbbbbbb",
                                                           "mono_ms": 55_200}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A restart of the plug's count, and an advert recorded before it played back after the gateway restarted
+
+
+async def plug_restarted(state: Path) -> None:
+    """The plug heard for a minute at 5 a second (5000-5300: the rate learned), then unplugged for a moment (the Pi
+    stays on): it counts again from 0 and is read at 40. A clean stop writes what is kept, with the counter from
+    before the plug's restart."""
+    first = Gw(state, pi("aaaaaaaa", 86_400.0, 1_764_460_800.0))
+    await first.hears(*(plug_advert(5000 + i, 0.2 * i) for i in range(301)))
+    await first.hears(plug_advert(40, 120.0), plug_advert(41, 120.2))
+    assert first.plug.health.errors == {}
+    await first.stop()
+    from metering.ledger import Ledger
+
+    with Ledger.open(state / "state" / "ledger.db", gateway_id="gw-ble", key=None) as ledger:
+        kept = (ledger.checkpoint(CHECKPOINT) or {})["devices"][PLUG]
+    assert (kept["counter"], kept["before"], kept["mono_ms"]) == (41, 5300, pytest.approx(86_520_200, abs=1))
+    assert kept["since_restart_ms"] == pytest.approx(200, abs=1)  # at least how long ago the restart was read
+
+
+async def test_an_advert_recorded_before_the_plug_restarted_its_count_is_refused_after_a_gateway_restart(
+        state: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`systemctl restart koto` a minute later (the same boot, so the time since the plug was read is known): the
+    advert recorded at 5200, higher than the plug's 41, is refused; the plug's own are read, a jump of 250 after 50 s
+    of lost adverts included (within 100 + 2 x 5 x 50)."""
+    await plug_restarted(state)
+    again = Gw(state, pi("aaaaaaaa", 86_580.0, 1_764_460_980.0))
+    await again.hears(plug_advert(5200, 0.0, wh=80_005), plug_advert(341, 0.2), plug_advert(591, 50.2))
+    assert (again.plug.health.errors, again.plug.health.readings) == ({"replayed_counter": 1}, 6)
+    assert again.gw.meters["kettle"].last_raw == 80_016_000  # never the recorded 80_005 Wh
+    await again.stop()
+    said = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    assert len(said) == 1 and "its encryption counter 5200 is 5159 above the last one read from it, 41" in said[0]
+    assert "not above 5300, where its count was before it restarted" in said[0]
+    assert "sudo -u koto koto bthome forget-counter plug" in said[0]
+
+
+@pytest.mark.parametrize("first_heard", [300, 3041], ids=["power-cut-took-plug-and-pi", "pi-off-10-min"])
+async def test_after_a_reboot_the_plugs_first_advert_is_read_however_far_it_counted(state: Path,
+                                                                                    first_heard: int) -> None:
+    """Across a reboot only the uptime is sure to have passed: a power cut that restarted the plug with the Pi (the
+    plug at 300 after 55 s), or the Pi off for ten minutes while the plug counted on (at 3041), would be refused if
+    held to 100 + 2 x 5 x 55. The first advert is read; the check goes on from it."""
+    await plug_restarted(state)
+    again = Gw(state, pi("bbbbbbbb", 55.0, 1_764_461_400.0))
+    await again.hears(plug_advert(first_heard, 0.0), plug_advert(first_heard + 1, 0.2),
+                      plug_advert(5200, 0.4, wh=80_005))
+    assert (again.plug.health.errors, again.plug.health.readings) == ({"replayed_counter": 1}, 6)
+    await again.stop()
+
+
+async def test_a_row_without_before_loads_and_forget_counter_forgets_before_with_the_counter(
+        state: Path, cli: Callable[..., tuple[int, str, str]]) -> None:
+    from metering.ledger import Ledger
+
+    sd = StateDir(state / "state")
+    toml = write_config(state)
+    with Ledger.open(sd.ledger, gateway_id="gw-ble", key=sd.private_key()) as ledger:  # as the previous Koto wrote it
+        ledger.append([], checkpoints={CHECKPOINT: {"devices": {PLUG: {
+            "counter": 5300, "key": key_id(KEY), "rate": 5.0, "boot": "aaaaaaaa", "mono_ms": 86_460_000}}}})
+    again = Gw(state, pi("aaaaaaaa", 86_520.0, 1_764_460_920.0))
+    await again.hears(plug_advert(40, 0.0), plug_advert(5200, 0.2, wh=80_005), plug_advert(41, 0.4))
+    assert (again.plug.health.errors, again.plug.health.readings) == ({"replayed_counter": 1}, 6)
+    await again.stop()
+
+    rc, out, _ = cli("bthome", "forget-counter", "plug", "--config", str(toml))
+    assert rc == 0 and "forgot encryption counter 41 of A4:C1:38:8D:18:B2" in out
+    with Ledger.open(sd.ledger, gateway_id="gw-ble", key=None) as ledger:
+        assert ledger.checkpoint(CHECKPOINT) == {"devices": {}}
+    third = Gw(state, pi("aaaaaaaa", 86_540.0, 1_764_460_940.0))
+    await third.hears(plug_advert(5200, 0.0, wh=80_005))  # nothing kept: read whatever its counter
+    assert (third.plug.health.errors, third.plug.health.readings) == ({}, 3)
+    await third.stop()
