@@ -58,6 +58,10 @@ class Context:
     unit_files: tuple[Path, ...] = (Path("/etc/systemd/system/koto.service"),
                                     Path("/usr/lib/systemd/system/koto.service"),
                                     Path("/lib/systemd/system/koto.service"))
+    drop_in_dirs: tuple[Path, ...] | None = None  # where the unit's drop-ins are looked for (None: systemd's folders)
+    cmdline: Path = Path("/proc/cmdline")  # the kernel command line, for its serial console
+    proc_devices: Path = Path("/proc/devices")  # the device groups that a unit's char-GROUP names
+    dev: Path = Path("/dev")
 
     @property
     def cfg(self) -> GatewayConfig | None:
@@ -89,6 +93,7 @@ def all_checks() -> list[tuple[str, CheckFn]]:
         ("state folder", system.check_state_folder),
         ("GPIO", hw.check_gpio),
         ("serial ports", hw.check_serial_ports),
+        ("SPI", hw.check_spi),
         ("BLE", hw.check_ble),
         ("clock", system.check_clock),
         ("broker", cloud.check_broker),

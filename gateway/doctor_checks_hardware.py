@@ -1,4 +1,4 @@
-"""Doctor checks of the hardware the config names: the GPIO pin factory, serial ports, the BLE adapter and BlueZ.
+"""Doctor checks of the hardware the config names: the GPIO pin factory, serial ports, SPI, the BLE adapter, BlueZ.
 
 Each runs only when a configured source needs it. The GPIO check asks gpiozero for its default pin factory exactly
 as the daemon will (`Device.ensure_pin_factory`, which tries lgpio, rpigpio, pigpio, native in turn and only
@@ -18,6 +18,7 @@ from typing import Any
 
 from .doctor import Check, Context
 from .doctor_checks_system import can, describe, lookup_user, no_user, owner_group
+from .doctor_devices import allowed, console_on, device_policy
 
 
 def _sources(ctx: Context) -> list[tuple[str, str, dict[str, Any]]]:
@@ -120,7 +121,69 @@ def check_serial_ports(ctx: Context) -> list[Check]:
                        f"MODE=\"0660\") and add {user.name} to it: sudo usermod -aG dialout {user.name}")
             out.append(Check(name, "fail", f"{describe(path, st)} is not readable and writable by {user.name}", fix))
             continue
-        out.append(Check(name, "ok", f"{describe(path, st)}: readable and writable by {user.name}"))
+        held = _service_may_not_open(ctx, port, st, name) or _console(ctx, port, name)
+        out.append(held or Check(name, "ok", f"{describe(path, st)}: readable and writable by {user.name}"))
+    return out
+
+
+def _service_may_not_open(ctx: Context, port: str, st: os.stat_result, name: str) -> Check | None:
+    """A failed check when the installed koto.service's device policy keeps the service from the node `port`: the
+    kernel refuses it with EPERM inside the unit whatever its mode, so `koto check` in a shell opens it and the
+    daemon cannot (the Pi's own UART before the unit allowed /dev/ttyS0, a USB-serial chip with its own driver)."""
+    policy = device_policy(ctx.unit_files, ctx.drop_in_dirs)
+    if policy is None or allowed(policy, st.st_rdev, proc_devices=ctx.proc_devices):
+        return None
+    node = os.path.realpath(port)
+    what = f"{port} ({node.removeprefix('/dev/')}, char {os.major(st.st_rdev)}:{os.minor(st.st_rdev)})"
+    return Check(name, "fail",
+                 f"{what} is not among the devices {policy.unit.name} lets the service open ({policy.listed()}): "
+                 "the daemon gets 'Operation not permitted' however the node's mode reads",
+                 f"allow it with a drop-in: sudo systemctl edit koto, add the two lines [Service] and "
+                 f"DeviceAllow={node} rw, then sudo systemctl restart koto")
+
+
+def _console(ctx: Context, port: str, name: str) -> Check | None:
+    """A failed check when the kernel's serial console is on `port` (Raspberry Pi OS boots with
+    console=serial0,115200): its boot messages and serial-getty's login prompt go out on the meter's bus, and
+    whatever the meter answers is read as a login."""
+    word = console_on(port, ctx.cmdline, ctx.dev)
+    if word is None:
+        return None
+    return Check(name, "fail",
+                 f"{port} is the kernel's serial console ({word} on the kernel command line): boot messages and a "
+                 "login prompt are sent to the meter's wires",
+                 "turn the serial console off and keep the port: sudo raspi-config nonint do_serial_cons 1 (it takes "
+                 "console=serial0,115200 out of /boot/firmware/cmdline.txt), then reboot")
+
+
+def check_spi(ctx: Context) -> list[Check]:
+    """Each MCP3008's SPI device: present (else gpiozero falls back to bit-banging the pins, its `SPISoftwareFallback`
+    warning), readable and writable by the service user, and allowed by the unit."""
+    chips = [(n, int(s.get("spi_port", 0)), int(s.get("spi_device", 0))) for _a, n, s in _sources(ctx)
+             if s.get("driver") == "mcp3008"]
+    if not chips:
+        return [Check("SPI", "skip", "no MCP3008 configured")]
+    user = lookup_user(ctx.user)
+    if user is None:
+        return [no_user(ctx, "SPI")]
+    out: list[Check] = []
+    for source, port, device in chips:
+        name = f"SPI {source}"
+        path = ctx.dev / f"spidev{port}.{device}"
+        try:
+            st = path.stat()
+        except OSError:
+            out.append(Check(name, "warn", f"{path} is not there: SPI is off, so gpiozero reads the MCP3008 by "
+                                           "toggling its pins itself (software SPI: slower, more CPU)",
+                             "turn SPI on: sudo raspi-config nonint do_spi 0 (dtparam=spi=on in "
+                             "/boot/firmware/config.txt), then reboot"))
+            continue
+        if not can(user, st, read=True, write=True):
+            out.append(Check(name, "fail", f"{describe(path, st)} is not readable and writable by {user.name}",
+                             f"add {user.name} to the spi group: sudo usermod -aG spi {user.name}"))
+            continue
+        held = _service_may_not_open(ctx, str(path), st, name)
+        out.append(held or Check(name, "ok", f"{describe(path, st)}: readable and writable by {user.name}"))
     return out
 
 

@@ -71,7 +71,7 @@ TimeoutStartSec=10min
 WantedBy=multi-user.target
 """
 
-# The unit allows only real serial devices (ttyUSB, ttyACM, ttyAMA); the simulated meter is a pty.
+# The unit allows only real serial devices (ttyUSB, ttyACM, ttyAMA, ttyS0); the simulated meter is a pty.
 SIM_DROP_IN = "[Service]\nDeviceAllow=char-pts rw\n"
 
 REPORT_UNIT = """[Unit]
