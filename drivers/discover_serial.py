@@ -72,11 +72,28 @@ def _by_id(device: str, by_id_dir: Path = Path("/dev/serial/by-id")) -> str:
     return device
 
 
-def list_ports() -> list[PortInfo]:
-    """Serial ports as pyserial sees them, with the stable by-id path when there is one."""
+PI_UART = "/dev/serial0"  # udev's name for the UART on a Raspberry Pi's GPIO 14/15, whichever the model
+PI_UART_TEXT = "the Pi's UART on GPIO 14/15"
+
+
+def list_ports(pi_uart: str = PI_UART) -> list[PortInfo]:
+    """Serial ports as pyserial sees them, with the stable by-id path when there is one, and the Pi's own UART as
+    `/dev/serial0` when that link exists: pyserial hides the mini UART it points to on a Pi 3 or 4 with Bluetooth
+    on (ttyS0, a "platform" port, which it takes for a PC's absent COM port), and the link names the GPIO UART
+    whatever the model. Not `/dev/serial1`, which is Bluetooth's UART on those Pis."""
     from serial.tools import list_ports as lp
 
-    return [PortInfo(p.device, p.description or "", p.hwid or "", _by_id(p.device)) for p in lp.comports()]
+    ports = [PortInfo(p.device, p.description or "", p.hwid or "", _by_id(p.device)) for p in lp.comports()]
+    if not os.path.exists(pi_uart):
+        return ports
+    real = os.path.realpath(pi_uart)
+    mine = [i for i, p in enumerate(ports) if os.path.realpath(p.device) == real]
+    if mine:
+        p = ports[mine[0]]
+        ports[mine[0]] = PortInfo(p.device, p.description or PI_UART_TEXT, p.hwid, pi_uart)
+    else:
+        ports.append(PortInfo(real, PI_UART_TEXT, "", pi_uart))
+    return ports
 
 
 def _f32(regs: Sequence[int]) -> float:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
+from pathlib import Path
 
 from drivers.base import build_source
-from drivers.discover_serial import Found, config_block, discover, list_ports
+from drivers.discover_serial import Found, PortInfo, config_block, discover, list_ports
 from drivers.modbus import ModbusMeterSource
 from drivers.modbus_sim import ModbusSimulator, SimMeter
 from koto.clock import ManualClock
@@ -43,3 +45,19 @@ def test_unknown_device_gets_a_commented_block_and_empty_result_a_hint() -> None
 def test_list_ports_returns_port_descriptions() -> None:
     for p in list_ports():
         assert p.device and p.stable_path
+
+
+def test_the_pis_own_uart_is_listed_as_serial0_which_pyserial_does_not_list(tmp_path: Path) -> None:
+    """On a Pi 3 or 4 with Bluetooth on, /dev/serial0 points to the mini UART (ttyS0), which pyserial hides as a
+    "platform" port; discovery and the household's pairing page list the ports it gives. A pty stands for it."""
+    master, slave = os.openpty()
+    try:
+        tty = os.ttyname(slave)
+        link = tmp_path / "serial0"
+        assert [p for p in list_ports(str(link)) if p.device == tty] == []  # no link: not listed
+        link.symlink_to(tty)
+        listed = [p for p in list_ports(str(link)) if p.device == tty]
+        assert listed == [PortInfo(tty, "the Pi's UART on GPIO 14/15", "", str(link))]
+    finally:
+        os.close(master)
+        os.close(slave)
