@@ -40,7 +40,7 @@ from koto.reading import Quantity, Reading, to_milli
 
 from .base import Claim, Source
 from .errors import FrameError, SourceProblems
-from .port_watch import backoff_or_back, missing
+from .port_watch import backoff_or_back, missing, why_not_open
 
 MAX_LINE = 1024
 UNITS: dict[Quantity, dict[str, int]] = {**METER_UNITS, Quantity.PULSES: {"": 1}}  # a sketch may count pulses
@@ -320,7 +320,7 @@ class LineSource(Source):
                 await self._connect()
             except (OSError, ValueError) as e:
                 self.health.state = "reconnecting"
-                self._count_error("port", "cannot open %s (%s); retrying", self.port, e)
+                self._count_error("port", "cannot open %s (%s); retrying", self.port, why_not_open(self.port) or e)
                 backoff = min(self.backoff_max_s, max(self.backoff_initial_s, backoff * 2))
                 if await backoff_or_back(self.port, backoff * self._rng.uniform(0.5, 1.0),
                                          was_missing=missing(self.port)):

@@ -15,10 +15,37 @@ URLs) back off as before.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 
 # How often a missing port's path is looked at while a line protocol source waits out its backoff.
 LOOK_EVERY_S = 0.5
+
+
+def why_not_open(port: str) -> str:
+    """Why the OS refuses to open `port` for reading and writing now, in plain words with what to do ("" when it
+    opens, or when the port is not a path). Asked after a failed open, whose library error (pymodbus returns False;
+    pyserial's "[Errno 1] Operation not permitted") does not tell an unplugged adapter from a group the service user
+    is not in, or from a device that koto.service's device policy leaves out (EPERM inside the unit, whatever the
+    node's mode)."""
+    if not port.startswith("/"):
+        return ""
+    try:
+        fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return "it is not there (the adapter unplugged, or a wrong path: ls -l /dev/serial/by-id/)"
+    except PermissionError as e:
+        if e.errno == errno.EPERM:
+            return ("the system does not let the service open this device (Operation not permitted): koto.service's "
+                    "DeviceAllow= does not list it; sudo koto doctor names the drop-in that does")
+        return ("permission denied: the service user may not read and write it (not in the port's group, "
+                "dialout?); sudo koto doctor says which")
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            return "it is busy: another program holds it"
+        return f"cannot open it: {e.strerror or e}"
+    os.close(fd)
+    return ""
 
 
 def missing(port: str) -> bool:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import BackendUnavailable, BusSettingsConflict, FrameError
-from .port_watch import missing
+from .port_watch import missing, why_not_open
 
 log = logging.getLogger("koto.drivers.serialbus")
 
@@ -279,7 +279,7 @@ class ModbusBus:
             delay = self._backoff_s * self._rng.uniform(0.5, 1.0)
             self._next_open_at = time.monotonic() + delay
             self._was_missing = missing(self.settings.port)
-            self.last_open_error = "cannot open the port (unplugged or missing?)"
+            self.last_open_error = why_not_open(self.settings.port) or "cannot open the port (unplugged or missing?)"
             raise PortUnavailable(f"{self.settings.port}: {self.last_open_error}")
         transport = getattr(self._client.ctx, "transport", None)
         if transport is not None and hasattr(transport, "intern_write_buffer"):  # pymodbus' SerialTransport
