@@ -223,16 +223,14 @@ class Kept:
     was seen rising, in steps a second (None until learned); and when that counter was read, as the boot it was read
     in (`boot_tag`) and that boot's monotonic clock (None for a counter kept before Koto kept these).
 
-    After the device restarted its count, `before` is the counter it had before (the highest, after several), and
-    `since_restart_ns` at least how long before `mono_ns` that restart was read; both None once a counter above
-    `before` is read, or once the device can have counted past it since the restart (`CounterPace`)."""
+    After the device restarted its count, `before` is the counter it had before (the highest, after several); None
+    again once a counter above it is read (`CounterPace`)."""
 
     counter: int
     rate: float | None = None
     boot: str | None = None
     mono_ns: int | None = None
     before: int | None = None
-    since_restart_ns: int | None = None
 
 
 def boot_tag(boot_id: str) -> str:
@@ -260,8 +258,10 @@ class CounterPace:
     `Kept.before` is kept, a step up from the last counter read that lands at or below it must be shorter than the
     bound over the time since that counter was read. Only within the boot it was read in: across a reboot the time
     is known only to be at least the uptime, and a device that counted on while the Pi was off for hours would be
-    refused for as long. `before` is dropped once a counter above it is read, or once the bound over the time since
-    the restart passes it (so this check holds a device back for no longer than that, whatever happens).
+    refused for as long. `before` is dropped once a counter above it is read. Not by time: a device's own adverts
+    are refused only while it counts faster than twice its fastest learned rate, and such a device passes `before`
+    sooner than the bound over the time since its restart would (while an advert recorded between its count and
+    `before` would be read again from then on).
     """
 
     def __init__(self, kept: Kept | None, boot_id: str) -> None:
@@ -300,9 +300,6 @@ class CounterPace:
         if (kept is None or kept.before is None or kept.rate is None or kept.mono_ns is None
                 or kept.boot != self._boot):
             return None
-        since_restart = (kept.since_restart_ns or 0) + max(mono_ns - kept.mono_ns, 0)
-        if self._bound(kept.rate, since_restart / 1e9) > kept.before:
-            return None  # the device can have counted past it since its restart
         reach = kept.counter + self.restart_below(mono_ns)
         return (reach, kept.before) if reach <= kept.before else None
 
@@ -323,14 +320,12 @@ class CounterPace:
             seen = min(math.ceil(per_s * (1000 - 1e-3)) / 1000, RATE_MAX)  # up to the next 0.001, past 1 ppm
             rate = seen if rate is None else max(rate, seen)
             self._anchor = (counter, mono_ns)
-        before, since = (kept.before, kept.since_restart_ns) if kept is not None else (None, None)
+        before = kept.before if kept is not None else None
         if kept is not None and counter < kept.counter:  # (a lower counter is read only as a restart of the count)
-            before, since = max(kept.counter, before or 0), 0
-        elif before is not None:
-            since = (since or 0) + (self._unheard_ns(mono_ns) or 0)
-            if counter > before or (rate is not None and self._bound(rate, since / 1e9) > before):
-                before = since = None
-        self.kept = Kept(counter, rate, self._boot, mono_ns, before, since)
+            before = max(kept.counter, before or 0)
+        elif before is not None and counter > before:
+            before = None
+        self.kept = Kept(counter, rate, self._boot, mono_ns, before)
         return self.kept
 
 

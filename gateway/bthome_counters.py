@@ -21,13 +21,12 @@ counter the row keeps the fastest the device was seen counting (`rate`, steps a 
 read (`boot`, the boot's tag, and `mono_ms`, that boot's monotonic clock), from which `drivers.bthome.CounterPace`
 works out the limit; a plug restarted by the power cut that also restarted the Pi is read at once. A row written
 before these were kept loads (bthome-ble's rule alone applies until the rate is learned, 30 s of adverts). After a
-restart of the count the row also keeps the counter the device had before it (`before`) and at least how long ago
-the restart was read (`since_restart_ms`), so that an advert recorded before the restart, higher than the new count,
-is still refused after a gateway restart; a row without them loads (nothing from before a restart is then known). A
-reset
-further back than that is refused until its counter passes the kept one, or until the limit, which grows while the
-device is not read, reaches it; `koto bthome forget-counter SOURCE` (the gateway stopped) forgets the counter. A
-device given a new bindkey starts afresh by itself: a counter is kept with the id of the key it was read under.
+restart of the count the row also keeps the counter the device had before it (`before`), so that an advert recorded
+before the restart, higher than the new count, is still refused after a gateway restart; a row without it loads
+(nothing from before a restart is then known). A reset further back than that is refused until its counter passes
+the kept one, or until the limit, which grows while the device is not read, reaches it; `koto bthome forget-counter
+SOURCE` (the gateway stopped) forgets the counter. A device given a new bindkey starts afresh by itself: a counter
+is kept with the id of the key it was read under.
 """
 
 from __future__ import annotations
@@ -68,15 +67,11 @@ def _kept(kept: Any) -> Kept | None:
     if not (type(rate) in (int, float) and math.isfinite(rate) and 0 < rate <= RATE_MAX):
         rate = None
     before: Any = kept.get("before")
-    since_ms: Any = kept.get("since_restart_ms")
     if not (type(before) is int and counter <= before < 1 << 32):
         before = None
-    since_ns = since_ms * 1_000_000 if before is not None and type(since_ms) is int and since_ms >= 0 else None
-    if before is not None and since_ns is None:
-        since_ns = 0  # (at least 0 s ago: the least that is sure)
     if not (isinstance(boot, str) and type(mono_ms) is int and mono_ms >= 0):
-        return Kept(counter, rate, before=before, since_restart_ns=since_ns)
-    return Kept(counter, rate, boot, mono_ms * 1_000_000, before, since_ns)
+        return Kept(counter, rate, before=before)
+    return Kept(counter, rate, boot, mono_ms * 1_000_000, before)
 
 
 class EncryptionCounters:
@@ -131,7 +126,7 @@ class EncryptionCounters:
             if kept.boot is not None and kept.mono_ns is not None:
                 entry["boot"], entry["mono_ms"] = kept.boot, kept.mono_ns // 1_000_000
             if kept.before is not None:
-                entry["before"], entry["since_restart_ms"] = kept.before, (kept.since_restart_ns or 0) // 1_000_000
+                entry["before"] = kept.before
             devices[address] = entry
         return {"devices": devices}
 
