@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import FrameError, ProbeRequestError
+from .pi_uart import PI_UART
 from .serialbus import FC_READ_HOLDING, FC_READ_INPUT, ModbusBus, PortUnavailable, SerialSettings
 
 DEFAULT_ADDRESSES = tuple(range(1, 11))
@@ -72,7 +73,6 @@ def _by_id(device: str, by_id_dir: Path = Path("/dev/serial/by-id")) -> str:
     return device
 
 
-PI_UART = "/dev/serial0"  # udev's name for the UART on a Raspberry Pi's GPIO 14/15, whichever the model
 PI_UART_TEXT = "the Pi's UART on GPIO 14/15"
 
 

@@ -40,6 +40,7 @@ from koto.reading import Quantity, Reading, to_milli
 
 from .base import Claim, Source
 from .errors import FrameError, SourceProblems
+from .pi_uart import pin_claims
 from .port_watch import backoff_or_back, missing, why_not_open
 
 MAX_LINE = 1024
@@ -352,7 +353,7 @@ class LineSource(Source):
 
     def claims(self) -> tuple[Claim, ...]:
         # A line protocol owns its port: another reader would steal half of every line.
-        return (Claim(f"serial:{os.path.realpath(self.port)}", "port", label=self.port),)
+        return (Claim(f"serial:{os.path.realpath(self.port)}", "port", label=self.port), *pin_claims(self.port, "port"))
 
     def _readings(self) -> AsyncIterator[Reading]:
         """One stream per source: a second `async for` continues where the first stopped, on the same port."""

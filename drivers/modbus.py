@@ -41,6 +41,7 @@ from koto.reading import UNITS, Quantity, Reading
 from .base import Claim, Source
 from .errors import BusSettingsConflict, DriverConfigError, FrameError, SourceProblems
 from .modbus_map import MODELS, TYPES, Block, RegisterMap, RegisterSpec, load_map, model_map, parse_map
+from .pi_uart import pin_claims
 from .serialbus import ModbusBus, PortUnavailable, SerialSettings, acquire_bus, release_bus
 
 __all__ = [  # the register maps (drivers/modbus_map.py) are named here too, where they were first
@@ -232,7 +233,8 @@ class ModbusMeterSource(Source):
         """Meters share an RS-485 bus (one owner serialises them) only when all use the same line settings."""
         s = self.settings
         terms = f"{s.baud} baud, parity {s.parity}, {s.bytesize} data bits, {s.stopbits} stop bit(s)"
-        return (Claim(f"serial:{os.path.realpath(s.port)}", "baud", terms=terms, exclusive=False, label=s.port),)
+        return (Claim(f"serial:{os.path.realpath(s.port)}", "baud", terms=terms, exclusive=False, label=s.port),
+                *pin_claims(s.port, "port"))
 
     async def _open(self) -> None:
         try:

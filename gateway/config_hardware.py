@@ -63,8 +63,10 @@ def check_hardware(appliances: tuple[ApplianceConfig, ...], problems: Problems, 
             if problem:
                 kind, _, ident = claim.resource.partition(":")
                 named = claim.label or ident
-                if first[1].label and first[1].label != named:  # two names of one adapter: say both
+                if kind == "serial" and first[1].label and first[1].label != named:  # two names of one adapter
                     named += f" (the same device as {first[1].label})"
+                elif not claim.label and first[1].label:  # the first claimant's words for it (a pin of the Pi's UART)
+                    named = first[1].label
                 problems.add(ConfigError(file, f"{where}.{claim.key}",
                                          f"{_RESOURCE_WORDS.get(kind, kind)} {named} {problem} (see {first[0]})"))
 

@@ -124,3 +124,38 @@ def test_a_source_with_a_bad_key_is_named_when_the_config_loads() -> None:
         parse_config(gateway(appliance("washer", m={"driver": "modbus", "model": "sdm120", "port": PORT,
                                                     "device_id": 1})), file="koto.toml")
     assert (e.value.file, e.value.source, e.value.key) == ("koto.toml", "m", "device_id")
+
+
+def test_an_s0_meter_on_a_pin_of_the_pis_uart_is_refused_while_a_meter_reads_the_uart() -> None:
+    """GPIO 14 and 15 are the Pi's UART (/dev/serial0): a source on that port uses them, and a pulse input there
+    would take them from it (gpiozero makes the pin a plain input, and the meter goes quiet)."""
+    washer = {"driver": "modbus", "model": "pzem004t", "port": "/dev/serial0", "address": 1}
+    s0 = {"driver": "s0", "pin": 14, "imp_per_kwh": 1000}
+    e = refused(gateway(appliance("washer", washer=washer), appliance("kettle", "kettle", s0=s0)))
+    assert e.key == "appliance.kettle.sources.s0.pin"
+    assert e.problem == ("GPIO 14 (TXD of the Pi's UART, /dev/serial0) is already used by another source; each can "
+                         "be used by only one (see appliance.washer.sources.washer)")
+    e = refused(gateway(appliance("kettle", "kettle", s0={**s0, "pin": 15}), appliance("washer", washer=washer)))
+    assert e.key == "appliance.washer.sources.washer.port"
+    assert e.problem.startswith("GPIO 15 (RXD of the Pi's UART, /dev/serial0) is already used by another source")
+    # two meters on the UART share its pins, as they share the bus; a pin beside them is free
+    two = gateway(appliance("washer", washer=washer), appliance("dryer", dryer={**washer, "address": 2}),
+                  appliance("kettle", "kettle", s0={**s0, "pin": 17}))
+    assert len(parse_config(two).appliances) == 3
+
+
+def test_the_device_serial0_points_to_is_the_pis_uart_under_its_own_name_too(tmp_path: Path) -> None:
+    """`port = "/dev/ttyS0"` on a Pi 4 with Bluetooth on is the same UART as /dev/serial0 (a pty stands for it)."""
+    from drivers.pi_uart import pin_claims
+
+    master, slave = os.openpty()
+    try:
+        tty = os.ttyname(slave)
+        link = tmp_path / "serial0"
+        assert pin_claims(tty, "port", str(link)) == ()  # no /dev/serial0: not the Pi's UART
+        link.symlink_to(tty)
+        assert [c.resource for c in pin_claims(tty, "port", str(link))] == ["gpio:14", "gpio:15"]
+        assert pin_claims(str(tmp_path / "ttyUSB0"), "port", str(link)) == ()
+    finally:
+        os.close(master)
+        os.close(slave)
