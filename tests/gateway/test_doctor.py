@@ -11,7 +11,6 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,18 +50,6 @@ def one(got: Check | list[Check], name: str | None = None) -> Check:
     failed = [c for c in checks if c.status != "ok" and (name is None or c.name == name)]
     assert len(failed) == 1, checks
     return failed[0]
-
-
-@pytest.fixture
-def pty_port() -> Iterator[str]:
-    master, slave = os.openpty()
-    name = os.ttyname(slave)
-    os.chmod(name, 0o666)
-    try:
-        yield name
-    finally:
-        os.close(master)
-        os.close(slave)
 
 
 def test_a_state_folder_owned_by_root_is_the_crash_loop(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,18 +44,6 @@ Block devices:
   1 ramdisk
 179 mmc
 """
-
-
-@pytest.fixture
-def pty_port() -> Iterator[str]:
-    master, slave = os.openpty()
-    name = os.ttyname(slave)
-    os.chmod(name, 0o666)
-    try:
-        yield name
-    finally:
-        os.close(master)
-        os.close(slave)
 
 
 def context(tmp: Path, source: str, *, unit: Path | None = UNIT) -> Context:
