@@ -13,16 +13,15 @@ tests/gateway/test_bthome_restart.py.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import pytest
 
 from drivers.ble import BTHomeSource, key_id
-from drivers.ble_backend import ReplayAdvert, ReplayBackend
 from drivers.bthome import BTHOME_UUID, BTHomeDecoder, CounterBeforeRestart, CounterPace, Kept, build_service_data
 from gateway.bthome_counters import CHECKPOINT, EncryptionCounters
 from koto.clock import ManualClock
+from tests.drivers.test_bthome_replay import hear as hear_replayed
 
 PLUG = "A4:C1:38:8D:18:B2"
 KEY = bytes.fromhex("231d39c1d7cc1ab1aee224cd096db932")
@@ -120,12 +119,8 @@ def test_the_decoder_refuses_a_higher_counter_in_the_recorded_range_before_decry
 
 
 async def hear(counters: EncryptionCounters, clock: ManualClock, adverts: list[tuple[int, float]]) -> BTHomeSource:
-    """One source on `counters` hears adverts with these (counter, seconds into the replay)."""
-    backend = ReplayBackend([ReplayAdvert(PLUG, sd(c)[BTHOME_UUID], t_s=t) for c, t in adverts], clock=clock)
-    async with BTHomeSource("plug", clock=clock, address=PLUG, backend=backend, bindkey=KEY, counters=counters,
-                            queue_size=1000) as src:
-        async with asyncio.timeout(10):
-            await backend.replay.idle.wait()
+    """One source on `counters` hears adverts with these (counter, seconds into the replay), every one of them."""
+    src = await hear_replayed(counters, clock, adverts)
     assert src.adverts == len(adverts)
     return src
 
