@@ -74,11 +74,14 @@ class MountedBoot:
         return (self.root / name).read_bytes()
 
     def write(self, name: str, data: bytes) -> None:
-        path = self.root / name
-        with open(path, "wb") as f:
+        """A whole new file put in place by a rename (config.txt and cmdline.txt among them: a power cut while
+        writing must leave the old file, never half a new one the firmware boots with)."""
+        path, tmp = self.root / name, self.root / f".{name}.koto-new"
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.replace(tmp, path)
         fsync_dir(self.root)
 
     def scrub(self, name: str) -> None:

@@ -45,7 +45,10 @@ def _provisioner(owner: Owner | None, user: str) -> Callable[[Path], str]:
               help="Where the config and the files it names go.")
 @click.option("--user", default="koto", show_default=True,
               help="The service user: owns the imported files and the device key (when run as root).")
-def firstboot(boot_dir: str | None, image: str | None, offset: int | None, etc_dir: str, user: str) -> None:
+@click.option("--reboot/--no-reboot", default=True, show_default=True,
+              help="Reboot when the Pi's boot files were changed for the config's sources (UART, SPI).")
+def firstboot(boot_dir: str | None, image: str | None, offset: int | None, etc_dir: str, user: str,
+              reboot: bool) -> None:
     """Import koto.toml (and the key and certificate files it names) from the boot partition into /etc/koto,
     check it, scrub the secrets from the card and provision. A refused config stays on the card with the reasons
     in koto.toml.rejected.txt; exit 1."""
@@ -75,3 +78,11 @@ def firstboot(boot_dir: str | None, image: str | None, offset: int | None, etc_d
         click.echo(f"imported {', '.join(result.files)}; gateway {result.gateway_id} provisioned; the card's copies "
                    f"are scrubbed. Register this public key at the billing cloud:", err=True)
         click.echo(result.public_pem or "", nl=False)
+        if result.switched_on:
+            click.echo(f"switched on in {boot.where} for the config's sources: {'; '.join(result.switched_on)}",
+                       err=True)
+            if reboot:
+                click.echo("rebooting once for the firmware to read them", err=True)
+                subprocess.run(["systemctl", "--no-block", "reboot"], check=False)
+            else:
+                click.echo("they take effect at the next boot", err=True)

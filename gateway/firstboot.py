@@ -14,7 +14,10 @@ operator's public key, the CA and the client certificate and key, by the same fi
 4. accepted: each imported file is scrubbed from the card (overwritten in place at the same length, synced, then
    deleted: see gateway/bootfs.py), the device key is made (`koto provision`, as the service user) and its public
    key is left on the card as `koto-<gateway id>.pub.pem` for registration (public, not a secret). The card's
-   free space is overwritten as well: an editor that replaced koto.toml on the laptop left the old copies there.
+   free space is overwritten as well: an editor that replaced koto.toml on the laptop left the old copies there;
+5. on a Raspberry Pi's boot partition, what the sources need is switched on (the UART on GPIO 14/15 for a source on
+   /dev/serial0, with the kernel's console taken off it; SPI for an MCP3008: gateway/boot_hardware.py), and the
+   command reboots the Pi once for the firmware to read it.
 
 The import runs whenever `koto.toml` is on the partition, so a refused card fixed on a laptop is imported at its
 next boot, and a new config dropped on a running gateway's card replaces the old one at the next reboot.
@@ -32,6 +35,7 @@ from typing import Any
 
 from koto.files import fsync_dir, write_atomic
 
+from .boot_hardware import switch_on
 from .bootfs import BootPartition
 from .config_check import check_config
 
@@ -50,6 +54,7 @@ class ImportResult:
     problems: list[str] = field(default_factory=list)
     gateway_id: str | None = None
     public_pem: str | None = None
+    switched_on: list[str] = field(default_factory=list)  # boot-file changes for the sources: a reboot applies them
 
 
 @dataclass(frozen=True)
@@ -143,8 +148,9 @@ def import_from_boot(boot: BootPartition, *, etc: Path, owner: Owner | None,
     boot.write(f"koto-{cfg.id}.pub.pem", pem.encode())
     log.info("gateway %s provisioned; its public key is on the boot partition as koto-%s.pub.pem: register it "
              "at the billing cloud", cfg.id, cfg.id)
+    switched = switch_on(boot, cfg)
     return ImportResult("imported", [str(target), *(str(p) for p, _ in imports)], gateway_id=cfg.id,
-                        public_pem=pem)
+                        public_pem=pem, switched_on=switched)
 
 
 def _refuse(boot: BootPartition, problems: list[str], imports: list[tuple[Path, str]],

@@ -224,3 +224,80 @@ def test_a_boot_folder_that_does_not_exist_is_a_usage_error_not_nothing_to_impor
     err = capsys.readouterr().err
     assert "bootfs-typo" in err and "does not exist" in err
     assert not (tmp_path / "etc").exists()
+
+
+# Raspberry Pi OS Lite (bookworm, 64-bit) as flashed: the end of its config.txt and its whole cmdline.txt
+PI_CONFIG_TXT = """# For more options and information see
+# http://rptl.io/configtxt
+#dtparam=i2c_arm=on
+#dtparam=i2s=on
+#dtparam=spi=on
+dtparam=audio=on
+camera_auto_detect=1
+display_auto_detect=1
+auto_initramfs=1
+dtoverlay=vc4-kms-v3d
+max_framebuffers=2
+disable_fw_kms_setup=1
+arm_64bit=1
+disable_overscan=1
+arm_boost=1
+
+[cm4]
+otg_mode=1
+
+[cm5]
+dtoverlay=dwc2,dr_mode=host
+
+[all]
+"""
+PI_CMDLINE = ("console=serial0,115200 console=tty1 root=PARTUUID=8a438930-02 rootfstype=ext4 fsck.repair=yes "
+              "rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot\n")
+UART_AND_SPI = """
+[gateway]
+id = "gw-0042"
+state_dir = "{state}"
+
+[[appliance]]
+id = "washer"
+profile = "washing_machine"
+[appliance.sources.pzem]
+driver = "modbus"
+model = "pzem004t"
+port = "/dev/serial0"
+address = 1
+
+[[appliance]]
+id = "oven"
+profile = "oven"
+[appliance.sources.ct]
+driver = "mcp3008"
+channel = 0
+points = [[3, 0], [700, 2000]]
+"""
+
+
+def test_a_config_on_the_pis_uart_and_spi_switches_them_on_in_the_boot_files_once(
+        card: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A PZEM-004T on GPIO 14/15 and an MCP3008 on SPI: the import does what raspi-config's do_serial_hw 0,
+    do_serial_cons 1 and do_spi 0 would (an installer need not log in), and says that the Pi reboots for it."""
+    etc, state = tmp_path / "etc", tmp_path / "state"
+    boot = ImageBoot(card, fat_offset(card))
+    boot.write("config.txt", PI_CONFIG_TXT.encode())
+    boot.write("cmdline.txt", PI_CMDLINE.encode())
+    drop(card, tmp_path, UART_AND_SPI.format(state=state))
+    assert main(["firstboot", "--image", str(card), "--etc", str(etc), "--user", ME, "--no-reboot"]) == 0
+    config_txt = boot.read("config.txt").decode()
+    assert config_txt == PI_CONFIG_TXT + (
+        "\n# enable_uart=1: added by koto firstboot for appliance washer, source pzem on /dev/serial0\n"
+        "# dtparam=spi=on: added by koto firstboot for appliance oven, source ct (MCP3008)\n"
+        "[all]\nenable_uart=1\ndtparam=spi=on\n")
+    assert boot.read("cmdline.txt").decode() == PI_CMDLINE.replace("console=serial0,115200 ", "")
+    err = capsys.readouterr().err
+    assert "switched on in" in err and "enable_uart=1 in config.txt" in err
+    assert "they take effect at the next boot" in err
+    # A config imported later with the same needs changes nothing more.
+    drop(card, tmp_path, UART_AND_SPI.format(state=state))
+    assert main(["firstboot", "--image", str(card), "--etc", str(etc), "--user", ME, "--no-reboot"]) == 0
+    assert boot.read("config.txt").decode() == config_txt
+    assert "switched on" not in capsys.readouterr().err
