@@ -83,6 +83,11 @@ def firstboot(boot_dir: str | None, image: str | None, offset: int | None, etc_d
                        err=True)
             if reboot:
                 click.echo("rebooting once for the firmware to read them", err=True)
-                subprocess.run(["systemctl", "--no-block", "reboot"], check=False)
+                try:
+                    done = subprocess.run(["systemctl", "--no-block", "reboot"], check=False).returncode
+                except OSError as e:
+                    done = e.errno or 1
+                if done != 0:
+                    click.echo("could not ask systemd to reboot: reboot the Pi for them to take effect", err=True)
             else:
                 click.echo("they take effect at the next boot", err=True)
