@@ -46,7 +46,8 @@ def _provisioner(owner: Owner | None, user: str) -> Callable[[Path], str]:
 @click.option("--user", default="koto", show_default=True,
               help="The service user: owns the imported files and the device key (when run as root).")
 @click.option("--reboot/--no-reboot", default=True, show_default=True,
-              help="Reboot when the Pi's boot files were changed for the config's sources (UART, SPI).")
+              help="Reboot when the Pi's boot files were changed for the config's sources (UART, SPI); only for "
+                   "this machine's own boot partition (neither --boot nor --image given).")
 def firstboot(boot_dir: str | None, image: str | None, offset: int | None, etc_dir: str, user: str,
               reboot: bool) -> None:
     """Import koto.toml (and the key and certificate files it names) from the boot partition into /etc/koto,
@@ -81,7 +82,7 @@ def firstboot(boot_dir: str | None, image: str | None, offset: int | None, etc_d
         if result.switched_on:
             click.echo(f"switched on in {boot.where} for the config's sources: {'; '.join(result.switched_on)}",
                        err=True)
-            if reboot:
+            if reboot and not image and not boot_dir:  # this machine's own boot partition (never a laptop's card)
                 click.echo("rebooting once for the firmware to read them", err=True)
                 try:
                     done = subprocess.run(["systemctl", "--no-block", "reboot"], check=False).returncode
@@ -90,4 +91,4 @@ def firstboot(boot_dir: str | None, image: str | None, offset: int | None, etc_d
                 if done != 0:
                     click.echo("could not ask systemd to reboot: reboot the Pi for them to take effect", err=True)
             else:
-                click.echo("they take effect at the next boot", err=True)
+                click.echo("they take effect when the Pi next boots from this card", err=True)
