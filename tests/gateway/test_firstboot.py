@@ -278,7 +278,7 @@ points = [[3, 0], [700, 2000]]
 
 
 def test_a_config_on_the_pis_uart_and_spi_switches_them_on_in_the_boot_files_once(
-        card: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        card: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """A PZEM-004T on GPIO 14/15 and an MCP3008 on SPI: the import does what raspi-config's do_serial_hw 0,
     do_serial_cons 1 and do_spi 0 would (an installer need not log in), and says that the Pi reboots for it."""
     etc, state = tmp_path / "etc", tmp_path / "state"
@@ -286,8 +286,15 @@ def test_a_config_on_the_pis_uart_and_spi_switches_them_on_in_the_boot_files_onc
     boot.write("config.txt", PI_CONFIG_TXT.encode())
     boot.write("cmdline.txt", PI_CMDLINE.encode())
     drop(card, tmp_path, UART_AND_SPI.format(state=state))
-    # (--reboot is the default, but a card in a USB reader, --image, is never this machine's: no reboot here)
+    # --reboot is the default, but a card in a USB reader (--image) is never this machine's: no reboot is asked for
+    # (a systemctl first on PATH that only writes down how it was called)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "systemctl.calls"}\n')
+    (bin_dir / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     assert main(["firstboot", "--image", str(card), "--etc", str(etc), "--user", ME]) == 0
+    assert not (tmp_path / "systemctl.calls").exists()
     config_txt = boot.read("config.txt").decode()
     assert config_txt == PI_CONFIG_TXT + (
         "\n# enable_uart=1: added by koto firstboot for appliance washer, source pzem on /dev/serial0\n"
