@@ -80,7 +80,8 @@ def list_ports(pi_uart: str = PI_UART) -> list[PortInfo]:
     """Serial ports as pyserial sees them, with the stable by-id path when there is one, and the Pi's own UART as
     `/dev/serial0` when that link exists: pyserial hides the mini UART it points to on a Pi 3 or 4 with Bluetooth
     on (ttyS0, a "platform" port, which it takes for a PC's absent COM port), and the link names the GPIO UART
-    whatever the model. Not `/dev/serial1`, which is Bluetooth's UART on those Pis."""
+    up to the Pi 4 (a Pi 5's is its debug connector's, listed all the same). Not `/dev/serial1`, which is
+    Bluetooth's UART on a Pi 3 or 4."""
     from serial.tools import list_ports as lp
 
     ports = [PortInfo(p.device, p.description or "", p.hwid or "", _by_id(p.device)) for p in lp.comports()]

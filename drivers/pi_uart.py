@@ -1,9 +1,11 @@
 """The Raspberry Pi's own UART on GPIO 14 (TXD) and 15 (RXD), as a serial port for a meter.
 
-`/dev/serial0` is udev's name for it on every model (the mini UART `ttyS0` on a Pi 3, 4 or Zero W with Bluetooth
-on, the PL011 `ttyAMA0` otherwise). A source reading it uses those two pins: they are claimed, shared by every
-source on the port, so that an S0 meter, a contact or a relay wired to GPIO 14 or 15 is refused at config load
-instead of taking the pins from the UART (gpiozero would make them plain inputs or outputs, and the meter go quiet).
+`/dev/serial0` is udev's name for it up to the Pi 4 (the mini UART `ttyS0` on a Pi 3, 4 or Zero W with Bluetooth on,
+the PL011 `ttyAMA0` otherwise; on a Pi 5 it is the debug connector's UART, and GPIO 14/15's is `ttyAMA0` with
+`dtparam=uart0=on`, which is not recognised here: its pins are not claimed). A source reading it uses those two
+pins: they are claimed, shared by every source on the port, so that an S0 meter, a contact or a relay wired to GPIO
+14 or 15 is refused at config load instead of taking the pins from the UART (gpiozero would make them plain inputs
+or outputs, and the meter go quiet).
 """
 
 from __future__ import annotations
