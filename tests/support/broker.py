@@ -23,6 +23,7 @@ from types import TracebackType
 from tests.support.slow import scaled
 
 from .pki import TestPKI
+from .ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "mosquitto"
@@ -44,12 +45,6 @@ def deploy_tls_lines(*, ca: Path, cert: Path, key: Path, acl_file: Path) -> list
             continue
         out.append(f"{name} {swap[name]}" if name in swap else line)
     return out
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def mosquitto_binary() -> str:

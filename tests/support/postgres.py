@@ -21,6 +21,8 @@ from types import TracebackType
 
 from tests.support.slow import scaled
 
+from .ports import free_port
+
 INSTALL_HINT = "install PostgreSQL (Debian: apt-get install postgresql; `make system-deps` does it)"
 
 
@@ -35,18 +37,12 @@ def _bindir() -> Path:
     return Path(candidates[-1]).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class PostgresServer:
     """`with PostgresServer() as pg: pg.dsn` — a private cluster on 127.0.0.1, gone after the block."""
 
     def __init__(self) -> None:
         self.bin = _bindir()
-        self.port = _free_port()
+        self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="koto-pg-"))
         self.data = self.root / "data"
         self._user: str | None = None

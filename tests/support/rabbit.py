@@ -34,6 +34,8 @@ from types import TracebackType
 
 from tests.support.slow import scaled
 
+from .ports import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "rabbitmq"
 BIN = Path("/usr/lib/rabbitmq/bin")
@@ -42,12 +44,6 @@ INSTALL_HINT = "install RabbitMQ (Debian: apt-get install rabbitmq-server; `make
 
 def rabbit_available() -> bool:
     return (BIN / "rabbitmq-server").exists() and (BIN / "rabbitmqctl").exists()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _listening(port: int) -> bool:
@@ -136,7 +132,7 @@ class RabbitCluster:
         for i in range(nodes):
             root = self.folder / f"node{i + 1}"
             root.mkdir(exist_ok=True)
-            node = RabbitNode(i, f"koto{tag}-{i + 1}@localhost", _free_port(), _free_port(), _free_port(), root,
+            node = RabbitNode(i, f"koto{tag}-{i + 1}@localhost", free_port(), free_port(), free_port(), root,
                               self.home)
             (root / "rabbitmq.conf").write_text(node_conf(amqp_port=node.amqp_port, mqtt_port=node.mqtt_port))
             node.env = self._env(node)
