@@ -18,6 +18,8 @@ import asyncio
 import errno
 import os
 
+from .pi_uart import PI_UART
+
 # How often a missing port's path is looked at while a line protocol source waits out its backoff.
 LOOK_EVERY_S = 0.5
 
@@ -33,6 +35,9 @@ def why_not_open(port: str) -> str:
     try:
         fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
     except FileNotFoundError:
+        if port == PI_UART:  # (udev makes the link only when the UART is on)
+            return ("it is not there: the Pi's UART is off (enable_uart=1 in /boot/firmware/config.txt and a reboot; "
+                    "docs/install.md)")
         return "it is not there (the adapter unplugged, or a wrong path: ls -l /dev/serial/by-id/)"
     except PermissionError as e:
         if e.errno == errno.EPERM:

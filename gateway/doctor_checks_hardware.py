@@ -16,6 +16,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from drivers.pi_uart import PI_UART
+
 from .doctor import Check, Context
 from .doctor_checks_system import can, describe, lookup_user, no_user, owner_group
 from .doctor_devices import allowed, console_on, device_policy
@@ -101,9 +103,12 @@ def check_serial_ports(ctx: Context) -> list[Check]:
         try:
             st = path.stat()
         except FileNotFoundError:
-            out.append(Check(name, "fail", f"{port} (appliance {appliance}) does not exist",
-                             "is the USB adapter plugged in? `ls -l /dev/serial/by-id/` lists the ports; use the "
-                             "by-id path in the config"))
+            fix = ("is the USB adapter plugged in? `ls -l /dev/serial/by-id/` lists the ports; use the by-id path in "
+                   "the config")
+            if port == PI_UART:
+                fix = ("the Pi's UART is off: sudo raspi-config nonint do_serial_hw 0 (enable_uart=1 in "
+                       "/boot/firmware/config.txt) and do_serial_cons 1, then reboot")
+            out.append(Check(name, "fail", f"{port} (appliance {appliance}) does not exist", fix))
             continue
         except OSError as e:
             out.append(Check(name, "fail", f"{port}: {e.strerror}", "check the port path in the config"))

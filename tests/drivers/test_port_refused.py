@@ -68,3 +68,12 @@ async def test_the_bus_says_why_its_port_did_not_open() -> None:
         assert await src.poll_once() == []
         assert src.bus is not None
         assert src.bus.last_open_error.startswith("it is not there (the adapter unplugged")
+
+
+def test_the_pis_uart_missing_is_the_uart_switched_off_not_an_adapter_unplugged() -> None:
+    """udev makes /dev/serial0 only while the UART is on; this machine has no such link (no Pi here to switch it
+    off), so the answer for a missing /dev/serial0 is asked of the real call on the real path."""
+    if os.path.exists("/dev/serial0"):
+        pytest.skip("this machine has a /dev/serial0")
+    assert why_not_open("/dev/serial0") == ("it is not there: the Pi's UART is off (enable_uart=1 in "
+                                            "/boot/firmware/config.txt and a reboot; docs/install.md)")

@@ -171,3 +171,11 @@ def test_an_mcp3008_without_spi_is_read_by_software_spi_and_says_how_to_turn_spi
 
 def test_no_mcp3008_no_spi_check(tmp_path: Path, pty_port: str) -> None:
     assert only(check_spi(context(tmp_path, modbus(pty_port)))).status == "skip"
+
+
+def test_a_missing_serial0_is_the_pis_uart_switched_off(tmp_path: Path) -> None:
+    if os.path.exists("/dev/serial0"):
+        pytest.skip("this machine has a /dev/serial0")
+    c = only(check_serial_ports(context(tmp_path, modbus("/dev/serial0"))))
+    assert c.summary == "/dev/serial0 (appliance washer) does not exist"
+    assert c.fix.startswith("the Pi's UART is off: sudo raspi-config nonint do_serial_hw 0")
