@@ -43,7 +43,7 @@ class DevicePolicy:
         return ", ".join(spec for spec, _access in self.allow) or "nothing"
 
 
-def _unit_lines(path: Path) -> list[str]:
+def _lines(path: Path) -> list[str]:
     try:
         return path.read_text().splitlines()
     except (OSError, UnicodeDecodeError):
@@ -70,7 +70,7 @@ def device_policy(unit_files: tuple[Path, ...], drop_in_dirs: tuple[Path, ...] |
     policy, allow = "auto", list[tuple[str, str]]()
     for f in [unit, *(confs[n] for n in sorted(confs))]:
         section = ""
-        for raw in _unit_lines(f):
+        for raw in _lines(f):
             line = raw.strip()
             if line.startswith("["):
                 section = line
@@ -92,7 +92,7 @@ def char_majors(group: str, proc_devices: Path = Path("/proc/devices")) -> set[i
     takes `char-GROUP`)."""
     majors: set[int] = set()
     in_char = False
-    for line in _unit_lines(proc_devices):
+    for line in _lines(proc_devices):
         if line.endswith(":"):
             in_char = line.startswith("Character")
             continue
@@ -124,7 +124,7 @@ def allowed(policy: DevicePolicy, rdev: int, *, proc_devices: Path = Path("/proc
 def consoles(cmdline: Path = Path("/proc/cmdline")) -> list[str]:
     """The `console=` words of the kernel command line (`console=ttyS0,115200`), in order (none after `--`, which
     is init's)."""
-    words = " ".join(_unit_lines(cmdline)).split(" -- ", 1)[0].split()
+    words = " ".join(_lines(cmdline)).split(" -- ", 1)[0].split()
     return [w for w in words if w.startswith("console=") and len(w) > 8]
 
 
