@@ -28,13 +28,13 @@ UART_CONSOLES = ("serial0", "ttyS0", "ttyAMA0")
 
 
 def needs(cfg: GatewayConfig) -> dict[str, str]:
-    """Setting -> the source that needs it: `enable_uart=1` for a serial source on /dev/serial0, `dtparam=spi=on`
-    for an MCP3008."""
+    """Setting -> the source that needs it: `enable_uart=1` for a serial source on /dev/serial0 (or the mini UART it
+    points to on a Pi 3 or 4, /dev/ttyS0), `dtparam=spi=on` for an MCP3008."""
     out: dict[str, str] = {}
     for app in cfg.appliances:
         for name, src in app.sources.items():
-            if src.get("port") == PI_UART:
-                out.setdefault("enable_uart=1", f"appliance {app.id}, source {name} on {PI_UART}")
+            if src.get("port") in (PI_UART, "/dev/ttyS0"):  # (ttyS0: the mini UART, off until enable_uart=1)
+                out.setdefault("enable_uart=1", f"appliance {app.id}, source {name} on {src['port']}")
             if src.get("driver") == "mcp3008":
                 out.setdefault("dtparam=spi=on", f"appliance {app.id}, source {name} (MCP3008)")
     return out

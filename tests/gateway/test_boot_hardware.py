@@ -25,6 +25,8 @@ def test_a_setting_already_made_is_not_made_again_and_a_commented_one_does_not_c
     assert switch_on(boot, config("/dev/serial0")) == made
     (tmp_path / "config.txt").write_text("[pi4]\nenable_uart=1\n")  # for a Pi 4 alone: not this Pi 3's
     assert switch_on(boot, config("/dev/serial0")) == made
+    (tmp_path / "config.txt").write_text("")
+    assert switch_on(boot, config("/dev/ttyS0")) == [made[0].replace("serial0", "ttyS0")]  # the mini UART by name
     assert not list(tmp_path.glob(".*")), "written through a temporary file renamed into place"
 
 
