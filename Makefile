@@ -165,6 +165,20 @@ bench-fleet: $(DEV_STAMP) system-deps
 bench-armhf: $(DEV_STAMP) system-deps
 	$(BIN)/python -m bench.foreign_rss --make-root
 
+# The same daemon's RSS on 64-bit ARM measured by an arm64 kernel (not qemu-user's host page cache): Debian 12
+# arm64 with Koto installed by deploy/install.sh, booted under qemu-system-aarch64; section 2 of bench/daemon_cost.py
+# runs in the guest (bench/arm64_rss.py). Needs root; makes the arm64 root of `make image-test` the first time
+# (15-20 min, cached in ~/.cache/koto-tests); then about 5 min: 1 to install into an overlay, 3.5 to boot and run.
+bench-arm64: $(DEV_STAMP) system-deps
+	@command -v qemu-system-aarch64 >/dev/null 2>&1 || \
+		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends qemu-system-arm )
+	@[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || command -v qemu-aarch64-static >/dev/null 2>&1 || \
+		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q qemu-user-static binfmt-support )
+	@[ -e /proc/sys/fs/binfmt_misc/register ] || $(SUDO) mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+	@[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || $(SUDO) update-binfmts --enable qemu-aarch64
+	@command -v debootstrap >/dev/null 2>&1 || ( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q debootstrap )
+	$(BIN)/python -m bench.arm64_rss
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
@@ -172,7 +186,7 @@ clean:
 # fault of tests/chaos/faults.py five times at seeded random moments (a fresh seed each run, printed; about 10 min),
 # then two rounds with the receiver on PostgreSQL. `make test` runs it once per fault (tests/chaos/test_chaos.py).
 # SEED=N reruns one schedule. A failing run keeps its files and says where (a passing one leaves nothing). docs/testing.md.
-.PHONY: chaos soak bench-armhf
+.PHONY: chaos soak bench-armhf bench-arm64
 chaos: $(DEV_STAMP) system-deps
 	$(BIN)/python bench/chaos.py $(if $(SEED),--seed $(SEED),)
 	$(BIN)/python bench/chaos.py --store postgres --rounds 2 $(if $(SEED),--seed $(SEED),)
