@@ -11,17 +11,17 @@ bench/foreign_rss.py cannot answer that for arm64: qemu-user uses the host kerne
 kernel is the guest's own: full-system emulation, no KVM.
 
 **What runs.** The arm64 root of `make image-test` (tests/support/vm.py: a debootstrapped Debian 12 with systemd and
-the distribution's kernel, made once under qemu-user, 15-20 minutes, and cached in ~/.cache/koto-tests) gets, in
-an overlay (tests/support/rootfs.py), Koto installed by deploy/install.sh from a wheel of this checkout and the
-aarch64 wheels of the same versions as the build machine's wheelhouse (/opt/koto/.venv, as on a Pi; see
-`pinned_wheelhouse`), and a copy of this checkout in /opt/koto-src (bench/ and tests/support/ are not in the wheel;
-PYTHONPATH). koto.service and koto-firstboot are disabled (the bench starts its own daemon); a unit runs `python -m
-bench.arm64_rss --guest` once the boot is done. That is section 2 of bench/daemon_cost.py (`three_kinds`: `koto run`
-with an SDM120 on a pty served by the bench, an S0 kettle and a BTHome plug with its GPIO contact on the daemon's
-loop, the page on, MALLOC_ARENA_MAX=1 as the unit sets it), with the guest venv's interpreter. Every 5 s after the
-settle it reads the daemon's /proc/PID/status (VmRSS, RssAnon, RssFile, RssShmem) and smaps_rollup (Pss, Pss_Anon,
-Pss_File); at the end VmHWM. The guest prints the figures between markers on its serial console with `uname -r` and
-the page size, and powers off; this side parses them.
+the distribution's kernel, made once under qemu-user, 15-20 minutes, and cached in ~/.cache/koto-tests) gets, in an
+overlay (tests/support/rootfs.py), Koto installed by deploy/install.sh from a wheel of this checkout and the aarch64
+wheels of the same versions as the build machine's wheelhouse (/opt/koto/.venv, as on a Pi; see
+`tests/support/vm.arm64_wheelhouse`), and a copy of this checkout in /opt/koto-src (bench/ and tests/support/ are
+not in the wheel; PYTHONPATH). koto.service and koto-firstboot are disabled (the bench starts its own daemon); a
+unit runs `python -m bench.arm64_rss --guest` once the boot is done. That is section 2 of bench/daemon_cost.py
+(`three_kinds`: `koto run` with an SDM120 on a pty served by the bench, an S0 kettle and a BTHome plug with its GPIO
+contact on the daemon's loop, the page on, MALLOC_ARENA_MAX=1 as the unit sets it), with the guest venv's
+interpreter. Every 5 s after the settle it reads the daemon's /proc/PID/status (VmRSS, RssAnon, RssFile, RssShmem)
+and smaps_rollup (Pss, Pss_Anon, Pss_File); at the end VmHWM. The guest prints the figures between markers on its
+serial console with `uname -r` and the page size, and powers off; this side parses them.
 
 Emulation is slower (on a 2-core x86-64 host READY came about 10 s after the start, the guest's whole run took 3.5
 minutes, `--ready` allows 15): only the memory figures mean anything, not CPU or times. The ext4 image
@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -167,47 +166,16 @@ systemctl poweroff
 
 # ------------------------------------------------------------------------------------------------ on this machine
 
-def pinned_wheelhouse() -> Path:
-    """aarch64 wheels of exactly the versions in the build machine's wheelhouse (tests/support/rootfs.wheelhouse,
-    what this venv runs): its pure wheels as they are, the others downloaded for aarch64 and CPython 3.11.
-
-    Not tests/support/vm.arm64_wheelhouse: its binary-only resolve (`--only-binary=:all:`) cannot use habluetooth's
-    chain (PyRIC, which bluetooth-auto-recovery needs, is an sdist only on PyPI) and backtracks to bthome-ble 3.9.1
-    without habluetooth, dbus-fast or bleak-retry-connector: a smaller daemon than the one measured on x86-64."""
-    from tests.support.rootfs import wheelhouse
-
-    host = wheelhouse(CACHE)
-    folder = CACHE / host.name.replace("wheels-", "wheels-aarch64-pinned-")
-    if (folder / ".complete").exists():
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    binary = []
-    for w in sorted(host.glob("*.whl")):
-        if w.name.endswith("-none-any.whl"):
-            shutil.copy2(w, folder)
-        else:
-            binary.append("==".join(w.name.split("-")[:2]))
-    platforms = [a for p in ("manylinux_2_36_aarch64", "manylinux_2_28_aarch64", "manylinux_2_17_aarch64",
-                             "manylinux2014_aarch64", "linux_aarch64") for a in ("--platform", p)]
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "-d", str(folder),
-                    "--no-deps", "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
-                    "--abi", "cp311", "--abi", "abi3", "--abi", "none", *platforms, *binary],
-                   check=True, capture_output=True, timeout=900)
-    (folder / ".complete").touch()
-    return folder
-
-
 def build_images(work: Path, args: list[str]) -> dict[str, Path]:
     """The arm64 root with Koto installed and this checkout in it, as an ext4 image (module docstring)."""
     from tests.support.rootfs import OverlayRoot, build_wheel
-    from tests.support.vm import arm64_root
+    from tests.support.vm import arm64_root, arm64_wheelhouse
 
     t = time.monotonic()
     lower = arm64_root(CACHE)
     print(f"arm64 root: {lower} ({time.monotonic() - t:.0f} s)", flush=True)
     wheel = build_wheel(work / "dist")
-    wheels = pinned_wheelhouse()
+    wheels = arm64_wheelhouse(CACHE)
     extra = work / "extra"
     extra.mkdir()
     (extra / "koto-arm64-rss.service").write_text(GUEST_UNIT)

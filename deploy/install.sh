@@ -155,8 +155,11 @@ with zipfile.ZipFile(sys.argv[1]) as z:
 EOF
 ) || die "$WHEEL: not a wheel"
 if [ "$(cat "$PREFIX/.installed-wheel" 2>/dev/null)" != "$fingerprint" ]; then
-    set -- --only-binary=:all:
-    [ -z "$WHEELS" ] || set -- "$@" --no-index --find-links "$WHEELS"
+    # From a wheelhouse: wheels only. From the index: wheels wherever one exists (nothing compiled on the Pi), and the
+    # source of a pure-Python package that PyPI has only as source: PyRIC, under habluetooth (bthome-ble needs it).
+    # --only-binary=:all: there made pip fall back to bthome-ble 3.9.1 without it: an older parser than the tests'.
+    set -- --prefer-binary
+    [ -z "$WHEELS" ] || set -- --only-binary=:all: --no-index --find-links "$WHEELS"
     "$VENV/bin/pip" install -q "$@" "${WHEEL}[$EXTRAS]" || die "pip install $WHEEL failed (see above)"
     "$VENV/bin/pip" install -q --force-reinstall --no-deps "$WHEEL" || die "pip install $WHEEL failed (see above)"
     echo "$fingerprint" > "$PREFIX/.installed-wheel"

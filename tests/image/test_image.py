@@ -123,8 +123,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("image")
     lower = arm64_root(CACHE)
     wheel = build_wheel(tmp / "dist")
-    key = subprocess.run(["sha256sum", str(REPO / "pyproject.toml")], capture_output=True, text=True).stdout[:12]
-    wheels = arm64_wheelhouse(CACHE, wheel, key)
+    wheels = arm64_wheelhouse(CACHE)
     extra = tmp / "extra"
     extra.mkdir()
     (extra / "koto-sim.service").write_text(SIM_UNIT)

@@ -42,20 +42,34 @@ def arm64_root(cache: Path, suite: str = "bookworm", mirror: str = "http://deb.d
     return done
 
 
-def arm64_wheelhouse(cache: Path, wheel: Path, key: str) -> Path:
-    """aarch64 (or pure) wheels of every runtime dependency of `wheel`, for Debian 12's CPython 3.11; cached."""
-    folder = cache / f"wheels-aarch64-{key}"
+def arm64_wheelhouse(cache: Path) -> Path:
+    """aarch64 wheels of exactly the versions in the build machine's wheelhouse (`rootfs.wheelhouse`, what the tests
+    install): its pure wheels as they are, the others downloaded for aarch64 and Debian 12's CPython 3.11; cached.
+
+    Not a binary-only resolve of Koto's requirements for aarch64 (`pip download --only-binary=:all:`), as before
+    2026-12-07: habluetooth's chain needs PyRIC (under bluetooth-auto-recovery), which PyPI has as source only, so
+    that resolve backtracked to bthome-ble 3.9.1 without habluetooth: the image ran an older BTHome parser than the
+    tests, and a smaller daemon (bench/arm64_rss.py found it). pyproject.toml's floor refuses that chain now."""
+    from tests.support.rootfs import wheelhouse
+
+    host = wheelhouse(cache)
+    folder = cache / host.name.replace("wheels-", "wheels-aarch64-pinned-")
     if (folder / ".complete").exists():
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    binary = []
+    for w in sorted(host.glob("*.whl")):
+        if w.name.endswith("-none-any.whl"):
+            shutil.copy2(w, folder)
+        else:
+            binary.append("==".join(w.name.split("-")[:2]))
     platforms = [a for p in ("manylinux_2_36_aarch64", "manylinux_2_28_aarch64", "manylinux_2_17_aarch64",
                              "manylinux2014_aarch64", "linux_aarch64") for a in ("--platform", p)]
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "-d", str(folder),
-                    "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
-                    "--abi", "abi3", "--abi", "none", *platforms, f"{wheel}[gpio,serial,ble,sync,web]"],
+                    "--no-deps", "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
+                    "--abi", "cp311", "--abi", "abi3", "--abi", "none", *platforms, *binary],
                    check=True, capture_output=True, timeout=900)
-    for own in folder.glob("koto_gateway-*.whl"):
-        own.unlink()
     (folder / ".complete").touch()
     return folder
 
