@@ -412,7 +412,10 @@ class BTHomeDecoder:
         if encrypted and self._last_counter is not None and counter < self._last_counter:
             p.encryption_counter = 0.0  # a restart of the count, read as such: bthome-ble must not refuse it either
         p.koto = cap = _Capture()
-        p.update(service_info(self.address, service_data, name=name, rssi=rssi, t_s=t_s))
+        # Only the v2 data, which was checked above: bthome-ble also parses BTHome v1 service data (0x181C, 0x181E)
+        # beside it, and an advert carrying both came out with v1's values (make test's fuzzing, 2026-12-07: an
+        # energy of 2.2e17 kWh from a plain v1 payload next to a v2 power reading).
+        p.update(service_info(self.address, {BTHOME_UUID: raw}, name=name, rssi=rssi, t_s=t_s))
         if cap.error is not None:
             raise cap.error
         if not cap.payload_seen:

@@ -102,6 +102,22 @@ def test_an_advert_without_bthome_data_is_not_bthome() -> None:
     assert e.value.kind == "unsupported_version"
 
 
+V1_UUID = "0000181c-0000-1000-8000-00805f9b34fb"
+# A BTHome v1 (0x181C) payload that bthome-ble reads as an energy of 2.2e17 kWh and a count of 2e20: found by
+# make test's fuzzing beside a v2 power reading (2026-12-07)
+V1_GARBAGE = b"E=a`*a\n\n*\x8b\x0f\xfe\xfe\x87Y\xf8\x0b\xff,%"
+
+
+def test_v1_service_data_beside_the_v2_data_is_not_read() -> None:
+    """bthome-ble parses v1 service data too; Koto reads v2 only, from the data it checked: what a v1 payload beside
+    it says (any value a sender likes, unencrypted) must not become a reading."""
+    d = BTHomeDecoder("A4:C1:38:8D:18:B2").decode({V1_UUID: V1_GARBAGE, BTHOME_UUID: V.PLAIN[0].service_data})
+    assert d is not None and dict(d.sensors) == V.PLAIN[0].sensors
+    dec = BTHomeDecoder(V.ENCRYPTED.address, V.ENCRYPTED.bindkey)  # beside an authentic encrypted advert, too
+    d = dec.decode({V1_UUID: V1_GARBAGE, BTHOME_UUID: V.ENCRYPTED.service_data}, t_s=100.0)
+    assert d is not None and d.encrypted and dict(d.sensors) == V.ENCRYPTED.sensors
+
+
 def test_a_repeat_of_the_same_bytes_is_dropped_even_after_the_parsers_4_s_window() -> None:
     dec = BTHomeDecoder(V.PACKET_ID_9.address)
     assert decode(V.PACKET_ID_9, dec, t_s=100.0) is not None

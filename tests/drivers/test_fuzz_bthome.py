@@ -217,6 +217,11 @@ def encrypted_source() -> Iterator[Harness]:
 @given(batch=st.lists(adverts(plain_service_data, "A4:C1:38:8D:18:B2"), min_size=1, max_size=3))
 @example(batch=[(BLEDevice("A4:C1:38:8D:18:B2", None, None),
                  AdvertisementData(None, {}, {BTHOME_UUID: b"\x40\x5c\xff\xff\xff\xff"}, [], None, -60, ()))])
+# make test, 2026-12-07: bthome-ble read the v1 data (0x181C) beside the v2 data: an energy of 2.2e17 kWh
+@example(batch=[(BLEDevice("A4:C1:38:8D:18:B2", None, None),
+                 AdvertisementData(None, {}, {"0000181c-0000-1000-8000-00805f9b34fb":
+                                              b"E=a`*a\n\n*\x8b\x0f\xfe\xfe\x87Y\xf8\x0b\xff,%",
+                                              BTHOME_UUID: b"@\x0b\x02\x1b\x00"}, [], None, 0, ()))])
 def test_plain_adverts_are_decoded_counted_or_dropped_never_crash(plain_source: Harness,
                                                                   batch: list[tuple[BLEDevice, Any]]) -> None:
     outcomes = plain_source.feed(batch)
