@@ -113,9 +113,17 @@ def test_v1_service_data_beside_the_v2_data_is_not_read() -> None:
     it says (any value a sender likes, unencrypted) must not become a reading."""
     d = BTHomeDecoder("A4:C1:38:8D:18:B2").decode({V1_UUID: V1_GARBAGE, BTHOME_UUID: V.PLAIN[0].service_data})
     assert d is not None and dict(d.sensors) == V.PLAIN[0].sensors
-    dec = BTHomeDecoder(V.ENCRYPTED.address, V.ENCRYPTED.bindkey)  # beside an authentic encrypted advert, too
+    # beside an authentic encrypted advert (bthome-ble with a bindkey refused the pair as a failed decryption,
+    # bad_mic, before: a device's own adverts dropped whenever something added v1 data)
+    dec = BTHomeDecoder(V.ENCRYPTED.address, V.ENCRYPTED.bindkey)
     d = dec.decode({V1_UUID: V1_GARBAGE, BTHOME_UUID: V.ENCRYPTED.service_data}, t_s=100.0)
     assert d is not None and d.encrypted and dict(d.sensors) == V.ENCRYPTED.sensors
+    # and beside a forged one (a higher counter, a MIC that does not authenticate): refused, as before
+    forged = bytearray(V.ENCRYPTED.service_data)
+    forged[-8:-4] = (int.from_bytes(forged[-8:-4], "little") + 1).to_bytes(4, "little")
+    with pytest.raises(FrameError) as e:
+        dec.decode({V1_UUID: V1_GARBAGE, BTHOME_UUID: bytes(forged)}, t_s=101.0)
+    assert e.value.kind == "bad_mic"
 
 
 def test_a_repeat_of_the_same_bytes_is_dropped_even_after_the_parsers_4_s_window() -> None:
