@@ -93,7 +93,8 @@ async def test_tuesday_s_wash_is_found_metered_and_synced_on_wednesday_with_koto
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     night = CLOUD_BACK - T0
     clock = PlannedClock([(0, 300), (135, 30), (180, 300),  # the use's start, at a pace the meter's polls follow
-                          (4380, 30), (4500, 300),  # its end
+                          (4320, 30), (4500, 300),  # its end, from before the spin stops (11:12:45): at 300x a
+                          # loaded machine polls every few simulated seconds, and the fall came at 11:13 once
                           (4800, 20_000), (night - 300, 100), (night - 5, 1)],  # the night; Wednesday morning
                          wall0=T0)
     meter = SimMeter("sdm120", 1, energy_kwh=10.0, time_fn=lambda: clock.now().mono_ns / 1e9,
