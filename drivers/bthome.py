@@ -269,28 +269,21 @@ class CounterPace:
         self._boot = boot_tag(boot_id)
         self._anchor: tuple[int, int] | None = None  # (counter, mono_ns) the next measure of the rate starts from
 
-    def _unheard_ns(self, mono_ns: int) -> int | None:
+    def unheard_s(self, mono_ns: int) -> float | None:
+        """At least how long ago the kept counter was read (None: not known)."""
         kept = self.kept
         if kept is None or kept.boot is None or kept.mono_ns is None:
             return None
-        return max(mono_ns - kept.mono_ns if kept.boot == self._boot else mono_ns, 0)
-
-    def unheard_s(self, mono_ns: int) -> float | None:
-        """At least how long ago the kept counter was read (None: not known)."""
-        since = self._unheard_ns(mono_ns)
-        return None if since is None else since / 1e9
-
-    @staticmethod
-    def _bound(rate: float, seconds: float) -> int:
-        """How far a count can have gone in `seconds` at `rate`, with the margin: the restart limit."""
-        return RESTART_BELOW + int(min(rate, RATE_MAX) * seconds * RESTART_MARGIN)
+        since = mono_ns - kept.mono_ns if kept.boot == self._boot else mono_ns
+        return max(since, 0) / 1e9
 
     def restart_below(self, mono_ns: int) -> int:
-        """A counter below the kept one and below this is read as the device restarting its count."""
+        """A counter below the kept one and below this is read as the device restarting its count: how far it can
+        have counted since it was last read, with the margin (also the bound of `recorded`)."""
         kept, unheard = self.kept, self.unheard_s(mono_ns)
         if kept is None or kept.rate is None or unheard is None:
             return RESTART_BELOW
-        return self._bound(kept.rate, unheard)
+        return RESTART_BELOW + int(min(kept.rate, RATE_MAX) * unheard * RESTART_MARGIN)
 
     def recorded(self, mono_ns: int) -> tuple[int, int] | None:
         """The counters (from, to: both included) of an advert recorded before the device restarted its count that
