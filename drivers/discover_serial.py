@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import FrameError, ProbeRequestError
-from .pi_uart import PI_UART
+from .pi_uart import PI_UART, uart_role
 from .serialbus import FC_READ_HOLDING, FC_READ_INPUT, ModbusBus, PortUnavailable, SerialSettings
 
 DEFAULT_ADDRESSES = tuple(range(1, 11))
@@ -79,13 +79,14 @@ PI_UART_TEXT = "the Pi's UART on GPIO 14/15"
 def list_ports(pi_uart: str = PI_UART) -> list[PortInfo]:
     """Serial ports as pyserial sees them, with the stable by-id path when there is one, and the Pi's own UART as
     `/dev/serial0` when that link exists: pyserial hides the mini UART it points to on a Pi 3 or 4 with Bluetooth
-    on (ttyS0, a "platform" port, which it takes for a PC's absent COM port), and the link names the GPIO UART
-    up to the Pi 4 (a Pi 5's is its debug connector's, listed all the same). Not `/dev/serial1`, which is
-    Bluetooth's UART on a Pi 3 or 4."""
+    on (ttyS0, a "platform" port, which it takes for a PC's absent COM port). Not `/dev/serial1`, nor any UART the
+    device tree says is a Pi 5's debug connector or the Bluetooth chip's (`drivers/pi_uart.py:uart_role`): no meter
+    is there, and probing one writes Modbus frames into a login console or the Bluetooth controller at 9600 baud."""
     from serial.tools import list_ports as lp
 
-    ports = [PortInfo(p.device, p.description or "", p.hwid or "", _by_id(p.device)) for p in lp.comports()]
-    if not os.path.exists(pi_uart):
+    ports = [PortInfo(p.device, p.description or "", p.hwid or "", _by_id(p.device)) for p in lp.comports()
+             if uart_role(p.device) is None]
+    if not os.path.exists(pi_uart) or uart_role(pi_uart) is not None:  # (a Pi 5's serial0 until uart0_console)
         return ports
     real = os.path.realpath(pi_uart)
     mine = [i for i, p in enumerate(ports) if os.path.realpath(p.device) == real]

@@ -40,7 +40,7 @@ from koto.reading import Quantity, Reading, to_milli
 
 from .base import Claim, Source
 from .errors import FrameError, SourceProblems
-from .pi_uart import pin_claims
+from .pi_uart import not_the_pins, pin_claims
 from .port_watch import backoff_or_back, missing, why_not_open
 
 MAX_LINE = 1024
@@ -330,6 +330,8 @@ class LineSource(Source):
             if self._opened_once:
                 self.health.reconnects += 1
                 self._rl.warning("reopened", "%s: %s open again", self.name, self.port)
+            elif (elsewhere := not_the_pins(self.port)) is not None:
+                self._rl.warning("elsewhere", "%s: %s; %s", self.name, *elsewhere)  # it opens; GPIO 14/15 unheard
             self._opened_once = True
             backoff = 0.0
             self.health.state = "ok"

@@ -18,7 +18,7 @@ import asyncio
 import errno
 import os
 
-from .pi_uart import PI_UART
+from .pi_uart import PI_UART, PL011_UART0, UART0_OFF
 
 # How often a missing port's path is looked at while a line protocol source waits out its backoff.
 LOOK_EVERY_S = 0.5
@@ -38,6 +38,8 @@ def why_not_open(port: str) -> str:
         if port == PI_UART:  # (udev makes the link only when the UART is on)
             return ("it is not there: the Pi's UART is off (enable_uart=1 in /boot/firmware/config.txt and a reboot; "
                     "docs/install.md)")
+        if port == PL011_UART0:
+            return f"it is not there: {UART0_OFF}"
         return "it is not there (the adapter unplugged, or a wrong path: ls -l /dev/serial/by-id/)"
     except PermissionError as e:
         if e.errno == errno.EPERM:

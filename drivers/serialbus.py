@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import BackendUnavailable, BusSettingsConflict, FrameError
+from .pi_uart import not_the_pins
 from .port_watch import missing, why_not_open
 
 log = logging.getLogger("koto.drivers.serialbus")
@@ -291,6 +292,8 @@ class ModbusBus:
         if self.opened_once:
             self.generation += 1
             log.info("%s: serial port open again", self.settings.port)
+        elif (elsewhere := not_the_pins(self.settings.port)) is not None:
+            log.warning("%s; %s", *elsewhere)  # it opens, and the meter on GPIO 14/15 will never answer through it
         self.opened_once = True
 
     async def close(self) -> None:

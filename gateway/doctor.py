@@ -62,6 +62,8 @@ class Context:
     cmdline: Path = Path("/proc/cmdline")  # the kernel command line, for its serial console
     proc_devices: Path = Path("/proc/devices")  # the device groups that a unit's char-GROUP names
     dev: Path = Path("/dev")
+    sys_tty: Path = Path("/sys/class/tty")  # a tty's device-tree node, to tell a Pi's UARTs apart
+    device_tree: Path = Path("/proc/device-tree")
 
     @property
     def cfg(self) -> GatewayConfig | None:

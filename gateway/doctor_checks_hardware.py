@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from drivers.pi_uart import PI_UART
+from drivers.pi_uart import PI_UART, PL011_UART0, UART0_OFF, not_the_pins
 
 from .doctor import Check, Context
 from .doctor_checks_system import can, describe, lookup_user, no_user, owner_group
@@ -108,6 +108,8 @@ def check_serial_ports(ctx: Context) -> list[Check]:
             if port == PI_UART:
                 fix = ("the Pi's UART is off: sudo raspi-config nonint do_serial_hw 0 (enable_uart=1 in "
                        "/boot/firmware/config.txt) and do_serial_cons 1, then reboot")
+            elif port == PL011_UART0:
+                fix = UART0_OFF
             out.append(Check(name, "fail", f"{port} (appliance {appliance}) does not exist", fix))
             continue
         except OSError as e:
@@ -126,7 +128,7 @@ def check_serial_ports(ctx: Context) -> list[Check]:
                        f"MODE=\"0660\") and add {user.name} to it: sudo usermod -aG dialout {user.name}")
             out.append(Check(name, "fail", f"{describe(path, st)} is not readable and writable by {user.name}", fix))
             continue
-        held = _service_may_not_open(ctx, port, st, name) or _console(ctx, port, name)
+        held = _service_may_not_open(ctx, port, st, name) or _console(ctx, port, name) or _elsewhere(ctx, port, name)
         out.append(held or Check(name, "ok", f"{describe(path, st)}: readable and writable by {user.name}"))
     return out
 
@@ -159,6 +161,15 @@ def _console(ctx: Context, port: str, name: str) -> Check | None:
                  "login prompt are sent to the meter's wires",
                  "turn the serial console off and keep the port: sudo raspi-config nonint do_serial_cons 1 (it takes "
                  "console=serial0,115200 out of /boot/firmware/cmdline.txt), then reboot")
+
+
+def _elsewhere(ctx: Context, port: str, name: str) -> Check | None:
+    """A failed check when `port` opens but is not the UART on GPIO 14/15: a Pi 5's /dev/serial0 is its debug
+    connector until dtparam=uart0_console, a Pi 3 or 4's ttyAMA0 the Bluetooth chip's (drivers/pi_uart.py)."""
+    why = not_the_pins(port, ctx.sys_tty, ctx.device_tree)
+    if why is None:
+        return None
+    return Check(name, "fail", f"{why[0]}: a meter wired to the pins is never heard", why[1])
 
 
 def check_spi(ctx: Context) -> list[Check]:

@@ -50,6 +50,19 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
         yield b
 
 
+@pytest.fixture
+def pty_port() -> Iterator[str]:
+    """A real pty that anyone may open (crw-rw-rw-), standing for a serial port."""
+    master, slave = os.openpty()
+    name = os.ttyname(slave)
+    os.chmod(name, 0o666)
+    try:
+        yield name
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
 @pytest.fixture(scope="session")
 def key() -> PrivateKey:
     """An ECDSA P-256 device key (one per session: a test that needs a second key makes its own)."""

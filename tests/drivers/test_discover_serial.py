@@ -6,6 +6,8 @@ import os
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from drivers.base import build_source
 from drivers.discover_serial import Found, PortInfo, config_block, discover, list_ports
 from drivers.modbus import ModbusMeterSource
@@ -58,6 +60,29 @@ def test_the_pis_own_uart_is_listed_as_serial0_which_pyserial_does_not_list(tmp_
         link.symlink_to(tty)
         listed = [p for p in list_ports(str(link)) if p.device == tty]
         assert listed == [PortInfo(tty, "the Pi's UART on GPIO 14/15", "", str(link))]
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_a_pi_5s_debug_connector_and_a_bluetooth_uart_are_not_listed(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Discovery probes what it lists at 9600 baud: a Pi 5's /dev/serial0 before dtparam=uart0_console is its debug
+    connector (a login console), a Pi 3 or 4's ttyAMA0 the Bluetooth chip's UART. The device trees are a Pi's files
+    (tests/drivers/test_pi_uart.py); a pty stands for the UART."""
+    from drivers import pi_uart
+    from tests.drivers.test_pi_uart import PI5_DEBUG, PI5_UART0, pi
+
+    master, slave = os.openpty()
+    try:
+        tty = os.ttyname(slave)
+        link = tmp_path / "serial0"
+        link.symlink_to(tty)
+        for where, node, listed in (("pi5", PI5_DEBUG, False), ("pi5-on-the-pins", PI5_UART0, True)):
+            sys_tty, dt = pi(tmp_path / where, {"uart10": PI5_DEBUG}, {os.path.basename(tty): node})
+            monkeypatch.setattr(pi_uart, "SYS_TTY", sys_tty)
+            monkeypatch.setattr(pi_uart, "DEVICE_TREE", dt)
+            assert bool([p for p in list_ports(str(link)) if p.device == tty]) is listed
     finally:
         os.close(master)
         os.close(slave)

@@ -77,3 +77,12 @@ def test_the_pis_uart_missing_is_the_uart_switched_off_not_an_adapter_unplugged(
         pytest.skip("this machine has a /dev/serial0")
     assert why_not_open("/dev/serial0") == ("it is not there: the Pi's UART is off (enable_uart=1 in "
                                             "/boot/firmware/config.txt and a reboot; docs/install.md)")
+
+
+def test_a_missing_ttyama0_is_a_pi_5s_uart_switched_off_or_a_pi_4s_bluetooth() -> None:
+    if os.path.exists("/dev/ttyAMA0"):
+        pytest.skip("this machine has a /dev/ttyAMA0")
+    assert why_not_open("/dev/ttyAMA0") == (
+        "it is not there: a Pi 5's UART on GPIO 14/15 is off (dtparam=uart0=on in /boot/firmware/config.txt: sudo "
+        "raspi-config nonint do_serial_hw 0, and a reboot); on a Pi 3 or 4 ttyAMA0 is the Bluetooth chip's: name "
+        "/dev/serial0")

@@ -144,6 +144,16 @@ def test_an_s0_meter_on_a_pin_of_the_pis_uart_is_refused_while_a_meter_reads_the
     assert len(parse_config(two).appliances) == 3
 
 
+@pytest.mark.parametrize("port", ["/dev/ttyAMA0", "/dev/ttyS0"])
+def test_the_uarts_that_can_be_on_gpio_14_and_15_claim_the_pins_by_name_on_any_machine(port: str) -> None:
+    """A Pi 5's GPIO UART is /dev/ttyAMA0 (raspi-config's dtparam=uart0=on), a Pi 3 or 4's mini UART /dev/ttyS0: a
+    config naming them is checked on a laptop too, where no /dev/serial0 says which device it is."""
+    meter = {"driver": "modbus", "model": "sdm120", "port": port, "address": 1}
+    e = refused(gateway(appliance("washer", washer=meter),
+                        appliance("kettle", "kettle", s0={"driver": "s0", "pin": 15, "imp_per_kwh": 1000})))
+    assert e.problem.startswith(f"GPIO 15 (RXD of the Pi's UART, {port}) is already used by another source")
+
+
 def test_the_device_serial0_points_to_is_the_pis_uart_under_its_own_name_too(tmp_path: Path) -> None:
     """`port = "/dev/ttyS0"` on a Pi 4 with Bluetooth on is the same UART as /dev/serial0 (a pty stands for it)."""
     from drivers.pi_uart import pin_claims

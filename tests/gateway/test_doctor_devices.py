@@ -13,6 +13,7 @@ import pytest
 from gateway.doctor import Check, Context, make_context
 from gateway.doctor_checks_hardware import check_serial_ports, check_spi
 from gateway.doctor_devices import allowed, console_on, device_policy
+from tests.drivers.test_pi_uart import PI4_PL011, PI5_DEBUG, PI5_UART0, pi
 from tests.support.as_user import AS_ROOT
 
 pytestmark = pytest.mark.skipif(not AS_ROOT, reason="judges files owned by root for the user nobody")
@@ -145,6 +146,26 @@ def test_the_kernels_serial_console_on_the_meters_port(tmp_path: Path, pty_port:
     ctx.cmdline.write_text(f"console=tty1 rootwait -- {console}\n")  # after `--`: init's arguments, not a console
     assert only(check_serial_ports(ctx)).status == "ok"
     assert console_on(pty_port, ctx.cmdline) is None
+
+
+def test_a_port_that_opens_but_is_not_gpio_14_and_15_fails(tmp_path: Path, pty_port: str) -> None:
+    """A Pi 5's /dev/serial0 is its debug connector until dtparam=uart0_console; a Pi 4's ttyAMA0 is the Bluetooth
+    chip's. Both open, so nothing else here fails, and the meter on the pins is never heard (the device trees are
+    the files a Pi has: tests/drivers/test_pi_uart.py)."""
+    link = tmp_path / "serial0"
+    link.symlink_to(pty_port)
+    ctx = context(tmp_path, modbus(str(link)), unit=None)
+    tty = os.path.basename(pty_port)
+    ctx.sys_tty, ctx.device_tree = pi(tmp_path / "pi5", {"uart10": PI5_DEBUG, "console": PI5_DEBUG}, {tty: PI5_DEBUG})
+    c = only(check_serial_ports(ctx))
+    assert (c.status, c.summary) == ("fail", f"{link} is {tty}, the Raspberry Pi 5's debug connector UART, not GPIO "
+                                             "14/15: a meter wired to the pins is never heard")
+    assert c.fix.startswith("add the lines [pi5] and dtparam=uart0_console at the end of /boot/firmware/config.txt")
+    ctx.sys_tty, ctx.device_tree = pi(tmp_path / "pi4", {"bluetooth": f"{PI4_PL011}/bluetooth"}, {tty: PI4_PL011})
+    c = only(check_serial_ports(ctx))
+    assert c.status == "fail" and "the Bluetooth chip's UART on this Pi" in c.summary
+    ctx.sys_tty, ctx.device_tree = pi(tmp_path / "pi5-on-the-pins", {"uart10": PI5_DEBUG}, {tty: PI5_UART0})
+    assert only(check_serial_ports(ctx)).status == "ok"
 
 
 MCP3008 = 'driver = "mcp3008"\nchannel = 0\npoints = [[3, 0], [700, 2000]]'

@@ -298,8 +298,10 @@ def test_a_config_on_the_pis_uart_and_spi_switches_them_on_in_the_boot_files_onc
     config_txt = boot.read("config.txt").decode()
     assert config_txt == PI_CONFIG_TXT + (
         "\n# enable_uart=1: added by koto firstboot for appliance washer, source pzem on /dev/serial0\n"
+        "# dtparam=uart0_console: added by koto firstboot for appliance washer, source pzem on /dev/serial0 "
+        "(a Pi 5 alone)\n"
         "# dtparam=spi=on: added by koto firstboot for appliance oven, source ct (MCP3008)\n"
-        "[all]\nenable_uart=1\ndtparam=spi=on\n")
+        "[all]\nenable_uart=1\ndtparam=spi=on\n[pi5]\ndtparam=uart0_console\n[all]\n")
     assert boot.read("cmdline.txt").decode() == PI_CMDLINE.replace("console=serial0,115200 ", "")
     err = capsys.readouterr().err
     assert "switched on in" in err and "enable_uart=1 in config.txt" in err
