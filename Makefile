@@ -57,6 +57,9 @@ system-deps:
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q rabbitmq-server )
 	@command -v mcopy >/dev/null 2>&1 && { command -v mkfs.fat >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.fat ]; } || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q mtools dosfstools )
+	@# A Modbus RTU peer with no pymodbus in it: tests/support/libmodbus_meter.c, built with Debian's libmodbus.
+	@command -v cc >/dev/null 2>&1 && [ -e /usr/include/modbus/modbus.h ] || \
+		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q gcc libc6-dev libmodbus-dev )
 	@# The status page's browser tests drive Debian's chromium through its matching chromedriver (tests/web/).
 	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || \
 		( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver )
