@@ -15,7 +15,7 @@ ROOT=${KOTO_ARM64_ROOT:-/var/cache/koto-arm64/bookworm}
 TARGET=${KOTO_ARM64_TARGET:-pytest}
 SLOWDOWN=${KOTO_TEST_SLOWDOWN:-8}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
-PACKAGES=python3,python3-venv,python3-pip,python3-dev,mosquitto,postgresql,systemd,systemd-journal-remote,ca-certificates,make,git,procps
+PACKAGES=python3,python3-venv,python3-pip,python3-dev,mosquitto,postgresql,systemd,systemd-journal-remote,ca-certificates,make,git,procps,gcc,libc6-dev,libmodbus-dev
 
 say() { printf 'test-arm64: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
