@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from drivers.pi_uart import MINI_UART, PI_UART, PL011_UART0
 
-from .bootfs import BootPartition
+from .bootfs import BootPartition, MountedBoot
 from .config import GatewayConfig
 
 log = logging.getLogger("koto.firstboot")
@@ -111,18 +112,23 @@ def _consoles_to_drop(cfg: GatewayConfig) -> tuple[str, ...]:
     return ("ttyAMA0",) if PL011_UART0 in ports else ()
 
 
-def switch_on(boot: BootPartition, cfg: GatewayConfig) -> list[str]:
-    """Make the boot files switch on what the config needs; what was changed, in words (empty: nothing to do, or
-    not a Pi's boot partition). The changes take effect at the next boot."""
+@dataclass(frozen=True)
+class Plan:
+    """What first boot would change: config.txt's and cmdline.txt's new text (None: left as it is), in words."""
+
+    config_txt: str | None
+    cmdline_txt: str | None
+    changed: tuple[str, ...]
+
+
+def plan(boot: BootPartition, cfg: GatewayConfig) -> Plan:
+    """What `switch_on` would write, without writing (`koto check --bootfs` shows it before the card boots)."""
     wanted = needs(cfg)
-    if not wanted:
-        return []
-    if not boot.exists(CONFIG_TXT):
-        log.info("%s has no %s (not a Raspberry Pi's boot partition): %s left as they are", boot.where, CONFIG_TXT,
-                 ", ".join(s.line for s in wanted))
-        return []
+    if not wanted or not boot.exists(CONFIG_TXT):
+        return Plan(None, None, ())
     text = boot.read(CONFIG_TXT).decode("utf-8", "replace")
     add = [s for s in wanted if not _norm(s.line) <= in_effect(text, s.section)]
+    config_txt: str | None = None
     changed: list[str] = []
     if add:
         lines = [f"# {s.line}: added by koto firstboot for {s.why}" + (" (a Pi 5 alone)" if s.section != "all" else "")
@@ -132,16 +138,42 @@ def switch_on(boot: BootPartition, cfg: GatewayConfig) -> list[str]:
                 lines += [f"[{section}]", *here]
         if any(s.section != "all" for s in add):
             lines.append("[all]")  # what anyone appends after us applies to every model again
-        text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
-        boot.write(CONFIG_TXT, text.encode())
+        config_txt = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
         changed += [f"{s.line} in {CONFIG_TXT}" + (" for a Pi 5" if s.section == "pi5" else "") + f" ({s.why})"
                     for s in add]
+    cmdline_txt: str | None = None
     drop = _consoles_to_drop(cfg)
     if drop and boot.exists(CMDLINE_TXT):
         cmdline = boot.read(CMDLINE_TXT).decode("utf-8", "replace")
         if (new := without_uart_console(cmdline, drop)).split() != cmdline.split():
-            boot.write(CMDLINE_TXT, new.encode())
+            cmdline_txt = new
             changed.append(f"the kernel's console off the UART in {CMDLINE_TXT} (the meter's wires)")
-    for c in changed:
+    return Plan(config_txt, cmdline_txt, tuple(changed))
+
+
+def switch_on(boot: BootPartition, cfg: GatewayConfig) -> list[str]:
+    """Make the boot files switch on what the config needs; what was changed, in words (empty: nothing to do, or
+    not a Pi's boot partition). The changes take effect at the next boot."""
+    if needs(cfg) and not boot.exists(CONFIG_TXT):
+        log.info("%s has no %s (not a Raspberry Pi's boot partition): %s left as they are", boot.where, CONFIG_TXT,
+                 ", ".join(s.line for s in needs(cfg)))
+        return []
+    p = plan(boot, cfg)
+    if p.config_txt is not None:
+        boot.write(CONFIG_TXT, p.config_txt.encode())
+    if p.cmdline_txt is not None:
+        boot.write(CMDLINE_TXT, p.cmdline_txt.encode())
+    for c in p.changed:
         log.info("switched on for the config's sources: %s", c)
-    return changed
+    return list(p.changed)
+
+
+def preview(folder: Path, cfg: GatewayConfig) -> list[str]:
+    """`koto check --bootfs`'s notes: what first boot will change in the card's boot files for this config, and
+    the reboot it takes (nothing when the files beside it already have it, or the folder is not a Pi's boot
+    partition: then first boot leaves them too)."""
+    changed = plan(MountedBoot(folder), cfg).changed
+    if not changed:
+        return []
+    return [f"first boot will change the card's boot files: {c}" for c in changed] + [
+        "first boot then reboots the Pi once, for the firmware to read them"]

@@ -66,6 +66,10 @@ def check_config(path: str | Path, *, with_state: bool = True, bootfs: bool = Fa
     report.problems.extend(problems.items)
     report.problems.extend(_profile_problems(cfg, hh))
     report.problems.extend(_cloud_file_problems(cfg))
+    if bootfs:
+        from .boot_hardware import preview
+
+        report.notes.extend(preview(p.resolve().parent, cfg))
     if with_state and cfg.tariff is not None and not any(e.key.startswith("tariff") for e in report.problems):
         from .config_tariff import check_against_ledger
 

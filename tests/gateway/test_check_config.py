@@ -109,6 +109,33 @@ def test_with_bootfs_the_files_named_under_etc_koto_are_read_from_beside_the_con
     assert "cloud.key" in out and f"/etc/koto/{names['gw-0001.key']}" in out and "cloud.ca" not in out
 
 
+def test_with_bootfs_it_says_what_first_boot_will_switch_on_in_the_cards_boot_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A meter on the Pi's UART and an MCP3008: the installer sees on the laptop which lines first boot adds to the
+    card's config.txt and that the Pi reboots once; nothing on the card is written by the check."""
+    from tests.gateway.test_firstboot import PI_CMDLINE, PI_CONFIG_TXT, UART_AND_SPI
+
+    card = tmp_path / "bootfs"
+    card.mkdir()
+    (card / "config.txt").write_text(PI_CONFIG_TXT)
+    (card / "cmdline.txt").write_text(PI_CMDLINE)
+    (card / "koto.toml").write_text(UART_AND_SPI.format(state=tmp_path / "state"))
+    assert main(["check", "--config", str(card / "koto.toml"), "--bootfs"]) == 0
+    err = capsys.readouterr().err
+    said = "note: first boot will change the card's boot files: "
+    assert f"{said}enable_uart=1 in config.txt (appliance washer, source pzem on /dev/serial0)" in err
+    assert f"{said}dtparam=uart0_console in config.txt for a Pi 5" in err
+    assert f"{said}dtparam=spi=on in config.txt (appliance oven, source ct (MCP3008))" in err
+    assert f"{said}the kernel's console off the UART in cmdline.txt" in err
+    assert "note: first boot then reboots the Pi once" in err
+    assert (card / "config.txt").read_text() == PI_CONFIG_TXT and (card / "cmdline.txt").read_text() == PI_CMDLINE
+    (card / "koto.toml").write_text(UART_AND_SPI.format(state=tmp_path / "state").replace("/dev/serial0",
+                                                                                          "/dev/ttyUSB0"))
+    (card / "config.txt").write_text(PI_CONFIG_TXT + "dtparam=spi=on\n")  # already there: nothing to say
+    assert main(["check", "--config", str(card / "koto.toml"), "--bootfs"]) == 0
+    assert "first boot" not in capsys.readouterr().err
+
+
 def test_every_problem_is_printed_at_once_naming_file_and_key(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, broken())
