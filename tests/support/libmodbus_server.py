@@ -4,8 +4,8 @@ Koto's client is pymodbus' framer and transport with Koto's own reply checks aro
 test serves its meters with pymodbus' RTU server too, so a habit they share (how a reply is timed, how an exception
 frame is read, what happens to a request for a slave nobody is) would pass unseen. libmodbus is the C library
 behind many real meters' gateways and PLC tools; here it frames, checks and times every reply. What it serves is a
-register image made from tests/support/vendor_meters.py (the vendors' documents), on one end of the same pty cable
-the simulators use (drivers/modbus_sim.PtyWire), the driver opening the other.
+register image made from tests/support/vendor_meters.py (the vendors' documents), one server per meter, all on one
+RS-485 bus made of pty pairs (`RS485Bus`: every byte reaches every other device, as on the wire).
 
 The server is compiled on first use (cc and Debian's libmodbus-dev: `make system-deps` installs them) into a
 folder keyed by its source's hash, once per machine.
@@ -20,10 +20,10 @@ import os
 import shutil
 import subprocess
 import tempfile
+import tty
 from pathlib import Path
 from types import TracebackType
 
-from drivers.modbus_sim import PtyWire
 from tests.support.vendor_meters import FC_READ_INPUT, PZEM004T, EastronMeter, EmulatedMeter, float32_words
 
 SOURCE = Path(__file__).with_name("libmodbus_meter.c")
@@ -71,57 +71,112 @@ def registers(meter: EmulatedMeter) -> list[tuple[str, int, int]]:
     return out
 
 
-class LibmodbusMeter:
-    """`async with LibmodbusMeter(SDM120(7, power_w=...)) as m:` a libmodbus RTU server for that meter at its
-    address; `m.port` is what a driver opens; `m.update()` serves the meter's current values from the next
-    request on."""
+class RS485Bus:
+    """A two-wire RS-485 bus as the pty pairs can make it: the gateway's adapter (`port`, what a driver opens) and
+    one pty per meter, and a relay that puts every byte sent on it in front of every other device on it. The
+    gateway's requests reach every meter, and each meter's reply reaches the gateway and the other meters, as on
+    the wire (a meter built on libmodbus relies on that: after another meter's request it reads that meter's
+    reply and drops it)."""
 
-    def __init__(self, meter: EmulatedMeter, *, baud: int = 9600) -> None:
-        self.meter, self.baud = meter, baud
-        self.wire = PtyWire()
+    def __init__(self, meters: int) -> None:
+        self._folder = tempfile.TemporaryDirectory(prefix="koto-rs485-")
+        self.port = str(Path(self._folder.name) / "ttyRS485")
+        self._gateway = self._pair()
+        self._meters = [self._pair() for _ in range(meters)]
+        os.symlink(self._gateway[2], self.port)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @staticmethod
+    def _pair() -> tuple[int, int, str]:
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        return master, slave, os.ttyname(slave)
+
+    def meter_path(self, i: int) -> str:
+        """The tty meter `i` opens."""
+        return self._meters[i][2]
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        ends = [self._gateway[0], *(m[0] for m in self._meters)]
+        for fd in ends:
+            self._loop.add_reader(fd, self._relay, fd, [other for other in ends if other != fd])
+
+    @staticmethod
+    def _relay(fd: int, to: list[int]) -> None:
+        try:
+            data = os.read(fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return
+        for dest in to:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(dest, data)
+
+    def close(self) -> None:
+        for master, slave, _path in (self._gateway, *self._meters):
+            if self._loop is not None:
+                self._loop.remove_reader(master)
+            os.close(master)
+            os.close(slave)
+        self._folder.cleanup()
+
+
+class LibmodbusMeters:
+    """`async with LibmodbusMeters(SDM120(7, ...), PZEM004T(3, ...)) as bus:` one libmodbus RTU server per meter,
+    at its address, all on one RS-485 bus; `bus.port` is what a driver opens; `bus.update()` serves the meters'
+    current values from their next request on."""
+
+    def __init__(self, *meters: EmulatedMeter, baud: int = 9600) -> None:
+        self.meters, self.baud = meters, baud
+        self.bus = RS485Bus(len(meters))
         self._folder = tempfile.TemporaryDirectory(prefix="koto-libmodbus-")
-        self._map = Path(self._folder.name) / "registers"
-        self._proc: asyncio.subprocess.Process | None = None
-        self.stderr = b""
+        self._maps = [Path(self._folder.name) / f"registers-{i}" for i in range(len(meters))]
+        self._procs: list[asyncio.subprocess.Process] = []
+        self.stderr: list[bytes] = []
 
     @property
     def port(self) -> str:
-        return self.wire.port
+        return self.bus.port
 
     def update(self) -> None:
-        """Write the register image and rename it into place (the server rereads it when its mtime changes;
+        """Write each register image and rename it into place (a server rereads its file when the mtime changes;
         each version gets its own mtime)."""
-        text = "".join(f"{k} {a} {w}\n" for k, a, w in registers(self.meter))
-        part = self._map.with_suffix(".part")
-        part.write_text(text)
-        old = self._map.stat().st_mtime_ns if self._map.exists() else 0
-        new = max(part.stat().st_mtime_ns, old + 1_000_000)
-        os.utime(part, ns=(new, new))
-        part.replace(self._map)
+        for meter, path in zip(self.meters, self._maps, strict=True):
+            text = "".join(f"{k} {a} {w}\n" for k, a, w in registers(meter))
+            part = path.with_suffix(".part")
+            part.write_text(text)
+            old = path.stat().st_mtime_ns if path.exists() else 0
+            new = max(part.stat().st_mtime_ns, old + 1_000_000)
+            os.utime(part, ns=(new, new))
+            part.replace(path)
 
-    async def __aenter__(self) -> LibmodbusMeter:
+    async def __aenter__(self) -> LibmodbusMeters:
         binary = await asyncio.to_thread(build)
         self.update()
-        self.wire.start()
-        self._proc = await asyncio.create_subprocess_exec(
-            str(binary), self.wire.server_path, str(self.meter.address), str(self.baud), str(self._map),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        assert self._proc.stdout is not None
-        line = await asyncio.wait_for(self._proc.stdout.readline(), 10)
-        if line.strip() != b"ready":
-            await self._stop()
-            raise RuntimeError(f"libmodbus_meter did not start: {self.stderr.decode(errors='replace')}")
+        self.bus.start()
+        for i, meter in enumerate(self.meters):
+            proc = await asyncio.create_subprocess_exec(
+                str(binary), self.bus.meter_path(i), str(meter.address), str(self.baud), str(self._maps[i]),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            self._procs.append(proc)
+            assert proc.stdout is not None
+            if (await asyncio.wait_for(proc.stdout.readline(), 10)).strip() != b"ready":
+                await self._stop()
+                raise RuntimeError(f"libmodbus_meter did not start: {b''.join(self.stderr).decode(errors='replace')}")
         return self
 
     async def _stop(self) -> None:
-        if self._proc is not None:
+        for proc in self._procs:
             with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
-            _out, self.stderr = await self._proc.communicate()
-            self._proc = None
+                proc.kill()
+            self.stderr.append((await proc.communicate())[1])
+        self._procs = []
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self._stop()
-        self.wire.close()
+        self.bus.close()
         self._folder.cleanup()
