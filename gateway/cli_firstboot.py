@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -84,6 +85,9 @@ def firstboot(boot_dir: str | None, image: str | None, offset: int | None, etc_d
                        err=True)
             if reboot and not image and not boot_dir:  # this machine's own boot partition (never a laptop's card)
                 click.echo("rebooting once for the firmware to read them", err=True)
+                # The reboot job stops koto-firstboot.service at once, while this process is still its main process:
+                # its SIGTERM would fail the unit ('signal') after a good import. Nothing is left to do but exit 0.
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 try:
                     done = subprocess.run(["systemctl", "--no-block", "reboot"], check=False).returncode
                 except OSError as e:

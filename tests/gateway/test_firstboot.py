@@ -11,6 +11,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -311,3 +312,29 @@ def test_a_config_on_the_pis_uart_and_spi_switches_them_on_in_the_boot_files_onc
     assert main(["firstboot", "--image", str(card), "--etc", str(etc), "--user", ME, "--no-reboot"]) == 0
     assert boot.read("config.txt").decode() == config_txt
     assert "switched on" not in capsys.readouterr().err
+
+
+def test_on_its_own_boot_partition_it_asks_for_one_reboot_and_survives_the_stop_that_follows(tmp_path: Path) -> None:
+    """Without --image or --boot, the Pi's own partition: after the boot files are changed it asks systemd for one
+    reboot. The reboot job stops koto-firstboot.service while `koto firstboot` is still its main process, with a
+    SIGTERM (found by make image-test: the unit failed with result 'signal' after a good import); the command
+    finishes and exits 0. A systemctl first on PATH writes down its arguments and sends that SIGTERM."""
+    firmware, etc = tmp_path / "firmware", tmp_path / "etc"
+    firmware.mkdir()
+    (firmware / "config.txt").write_text(PI_CONFIG_TXT)
+    (firmware / "cmdline.txt").write_text(PI_CMDLINE)
+    (firmware / "koto.toml").write_text(UART_AND_SPI.format(state=tmp_path / "state"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "systemctl.calls"}\nkill -TERM $PPID\n')
+    (bin_dir / "systemctl").chmod(0o755)
+    code = ("import sys; from pathlib import Path; import gateway.cli_firstboot as c; from gateway.cli import main; "
+            f"c.find_boot = lambda: c.MountedBoot(Path({str(firmware)!r})); "
+            f"sys.exit(main(['firstboot', '--etc', {str(etc)!r}, '--user', {ME!r}]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert out.returncode == 0, (out.returncode, out.stderr)
+    assert (tmp_path / "systemctl.calls").read_text() == "--no-block reboot\n"
+    assert "rebooting once for the firmware to read them" in out.stderr
+    assert not (firmware / "koto.toml").exists() and (etc / "koto.toml").exists()
+    assert "enable_uart=1" in (firmware / "config.txt").read_text()
