@@ -130,8 +130,12 @@ async def discover_report(*, ports: list[str] | None, addresses: list[int], baud
         from drivers.discover_serial import survey as run_survey
 
         if ports is None:
+            from drivers.pi_uart import PI_UART, not_the_pins
+
             listed = list_ports()
             lines.append(f"Serial ports: {', '.join(p.stable_path for p in listed) or 'none found'}")
+            if (elsewhere := not_the_pins(PI_UART)) is not None:  # (a Pi 5 before dtparam=uart0_console)
+                lines.append(f"  not probed: {elsewhere[0]}; to read a meter on the pins, {elsewhere[1]}")
         survey = await run_survey(ports, addresses=addresses, bauds=bauds, timeout_s=timeout_s, on_step=on_step)
         found = survey.found
         lines.append(f"Modbus meters found: {len(found)}")

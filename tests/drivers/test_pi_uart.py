@@ -91,3 +91,22 @@ async def test_the_journal_says_once_that_the_meters_port_is_the_debug_connector
     said = [r.getMessage() for r in caplog.records if "debug connector" in r.getMessage()]
     assert len(said) == 1, said
     assert said[0].startswith(f"{sim.port} is {tty}, the Raspberry Pi 5's debug connector UART, not GPIO 14/15; add")
+
+
+async def test_discover_says_why_a_pi_5s_serial0_is_not_probed_and_what_to_do(
+        tmp_path: Path, pty_port: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`koto discover` leaves a Pi 5's /dev/serial0 out while it is the debug connector (a login console: probing
+    it at 9600 baud writes Modbus frames into it), and says so, or an installer who wired GPIO 14/15 is left to
+    wonder why the pins' UART is not in the list."""
+    from gateway.discover import discover_report
+
+    link = tmp_path / "serial0"
+    link.symlink_to(pty_port)
+    sys_tty, dt = pi(tmp_path, {"uart10": PI5_DEBUG}, {tty_of(pty_port): PI5_DEBUG})
+    monkeypatch.setattr(pi_uart, "PI_UART", str(link))
+    monkeypatch.setattr(pi_uart, "SYS_TTY", sys_tty)
+    monkeypatch.setattr(pi_uart, "DEVICE_TREE", dt)
+    report = await discover_report(ports=None, addresses=[], bauds=[], timeout_s=0.1, ble_seconds=0, gpio_pins=[],
+                                   pin_factory=None)
+    said = f"  not probed: {link} is {tty_of(pty_port)}, the Raspberry Pi 5's debug connector UART, not GPIO 14/15; "
+    assert said + "to read a meter on the pins, add the lines [pi5] and dtparam=uart0_console" in report.text
