@@ -153,10 +153,18 @@ def _chunks(conn: sqlite3.Connection, ranges: list[tuple[int, int]], job: _Job, 
     # Imported here, not at the top: the daemon imports this module through the Ledger facade but never verifies
     # in parallel, and multiprocessing (with pickle) would cost it about 0.5 MiB (docs/performance.md).
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    # spawn, not fork: the parent holds SQLite connections and locks that a forked child must not inherit.
-    with multiprocessing.get_context("spawn").Pool(n) as pool:
-        yield from pool.imap(_worker, [(job, lo, hi, pem) for lo, hi in ranges])
+    # spawn, not fork: the parent holds SQLite connections and locks that a forked child must not inherit. An
+    # executor, not multiprocessing.Pool: when the walk stops early (a damaged record found, Ctrl-C), Pool's exit
+    # kills its workers, and one killed while it holds the result queue's lock leaves the pool's task thread waiting
+    # for that lock forever (`make test` hung so under load, in Pool.terminate). The executor cancels the chunks not
+    # yet started and lets the running ones finish (a few, each a fraction of a second), killing nothing.
+    with ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            yield from pool.map(_worker, [(job, lo, hi, pem) for lo, hi in ranges])
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _worker(task: tuple[_Job, int, int, bytes]) -> _Chunk:
