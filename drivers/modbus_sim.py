@@ -46,6 +46,14 @@ ALL_FAULTS = (*FAULTS, "late")  # late: the whole reply, but `late_s` after it w
 
 
 # -- the wire -----------------------------------------------------------------------------------------------------
+def raw_pty() -> tuple[int, int, str]:
+    """A pty pair in raw mode with a non-blocking master: (master, slave, the slave's path, what a device opens)."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    return master, slave, os.ttyname(slave)
+
+
 class PtyWire:
     """Two pty pairs and a relay between their masters: a serial cable with a plug and a tap."""
 
@@ -61,16 +69,9 @@ class PtyWire:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.plugged = False
 
-    @staticmethod
-    def _pair() -> tuple[int, int, str]:
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        return master, slave, os.ttyname(slave)
-
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        m, s, path = self._pair()
+        m, s, path = raw_pty()
         self._s = (m, s)
         self.server_path = path
         self._loop.add_reader(m, self._relay, m, True)
@@ -81,7 +82,7 @@ class PtyWire:
         assert self._loop is not None
         if self.plugged:
             return
-        m, s, path = self._pair()
+        m, s, path = raw_pty()
         self._c = (m, s)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.port)

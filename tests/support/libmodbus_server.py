@@ -20,10 +20,10 @@ import os
 import shutil
 import subprocess
 import tempfile
-import tty
 from pathlib import Path
 from types import TracebackType
 
+from drivers.modbus_sim import raw_pty
 from tests.support.vendor_meters import FC_READ_INPUT, PZEM004T, EastronMeter, EmulatedMeter, float32_words
 
 SOURCE = Path(__file__).with_name("libmodbus_meter.c")
@@ -81,17 +81,10 @@ class RS485Bus:
     def __init__(self, meters: int) -> None:
         self._folder = tempfile.TemporaryDirectory(prefix="koto-rs485-")
         self.port = str(Path(self._folder.name) / "ttyRS485")
-        self._gateway = self._pair()
-        self._meters = [self._pair() for _ in range(meters)]
+        self._gateway = raw_pty()
+        self._meters = [raw_pty() for _ in range(meters)]
         os.symlink(self._gateway[2], self.port)
         self._loop: asyncio.AbstractEventLoop | None = None
-
-    @staticmethod
-    def _pair() -> tuple[int, int, str]:
-        master, slave = os.openpty()
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        return master, slave, os.ttyname(slave)
 
     def meter_path(self, i: int) -> str:
         """The tty meter `i` opens."""
