@@ -36,7 +36,6 @@ log = logging.getLogger("koto.firstboot")
 
 CONFIG_TXT = "config.txt"
 CMDLINE_TXT = "cmdline.txt"
-
 # The names the kernel's console takes for the GPIO UART: the firmware rewrites serial0 to one of the others.
 UART_CONSOLES = ("serial0", "ttyS0", "ttyAMA0")
 
@@ -154,9 +153,9 @@ def plan(boot: BootPartition, cfg: GatewayConfig) -> Plan:
 def switch_on(boot: BootPartition, cfg: GatewayConfig) -> list[str]:
     """Make the boot files switch on what the config needs; what was changed, in words (empty: nothing to do, or
     not a Pi's boot partition). The changes take effect at the next boot."""
-    if needs(cfg) and not boot.exists(CONFIG_TXT):
+    if (wanted := needs(cfg)) and not boot.exists(CONFIG_TXT):
         log.info("%s has no %s (not a Raspberry Pi's boot partition): %s left as they are", boot.where, CONFIG_TXT,
-                 ", ".join(s.line for s in needs(cfg)))
+                 ", ".join(s.line for s in wanted))
         return []
     p = plan(boot, cfg)
     if p.config_txt is not None:
