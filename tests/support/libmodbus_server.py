@@ -100,9 +100,7 @@ class RS485Bus:
     def _relay(fd: int, to: list[int]) -> None:
         try:
             data = os.read(fd, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
+        except OSError:  # (nothing to read yet, or the pty closed)
             return
         for dest in to:
             with contextlib.suppress(BlockingIOError, OSError):
