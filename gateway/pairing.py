@@ -23,7 +23,6 @@ Errors are `PairingError`: one plain sentence a person at the page can act on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import tomllib
 from dataclasses import dataclass, field
@@ -252,11 +251,11 @@ class HotAdd:
             raise PairingError(f"{aid!r} was not added on this page since the gateway started; remove it from the "
                                "config by hand")
         cfg = remove_block(self.path, added.text)
-        for t in added.tasks:
-            t.cancel()
-        for t in added.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        from .supervisor import stop_tasks
+
+        # Not one cancel and a wait: pymodbus' wait_for can swallow a cancellation, and the page's request then hung
+        # for good (tests/web/test_pairing.py under load); stop_tasks asks again until the task has ended.
+        await stop_tasks(added.tasks)
         for name in added.sources:
             gw.owner.pop(name, None)  # a reading still queued from it is not routed any more
         # The meter's last records and its closed state go to the ledger in one batch (the meter loop writes it
