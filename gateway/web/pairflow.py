@@ -11,7 +11,6 @@ a second opener would disturb its polling.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -171,9 +170,9 @@ class PairFlow:
 
     async def close(self) -> None:
         if self.search is not None and self.search.task is not None:
-            self.search.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.search.task
+            from ..supervisor import stop_tasks
+
+            await stop_tasks([self.search.task])  # it polls through pymodbus, whose wait_for can swallow a cancel
 
 
 # ------------------------------------------------------------------------------------------------ HTML
